@@ -1,0 +1,53 @@
+package applier
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+)
+
+// manifest is what ccm remembers of one configuration between runs.
+type manifest struct {
+	// Files lists every path (as the configuration names it) that the
+	// configuration wrote and still owns.
+	Files []string `json:"files"`
+	// OnChangePending is set from a change until on_change has succeeded.
+	OnChangePending bool `json:"on_change_pending,omitempty"`
+}
+
+func (a *Applier) manifestPath(config string) string {
+	return filepath.Join(a.opts.StateDir, "configs", config+".json")
+}
+
+func (a *Applier) loadManifest(config string) (manifest, error) {
+	var m manifest
+	raw, err := os.ReadFile(a.manifestPath(config))
+	if errors.Is(err, fs.ErrNotExist) {
+		return m, nil
+	}
+	if err != nil {
+		return m, fmt.Errorf("state: %w", err)
+	}
+	if err := json.Unmarshal(raw, &m); err != nil {
+		return m, fmt.Errorf("state %s: %w", a.manifestPath(config), err)
+	}
+	return m, nil
+}
+
+func (a *Applier) saveManifest(config string, m manifest) error {
+	raw, err := json.MarshalIndent(m, "", "  ")
+	if err != nil {
+		return err
+	}
+	p := a.manifestPath(config)
+	if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
+		return fmt.Errorf("state: %w", err)
+	}
+	if err := writeAtomic(p, append(raw, '\n'), 0o600, nil, nil); err != nil {
+		return fmt.Errorf("state: %w", err)
+	}
+	return nil
+}

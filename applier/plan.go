@@ -1,0 +1,273 @@
+package applier
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+	"syscall"
+
+	"github.com/ccm-dev/ccm/configs"
+	"github.com/ccm-dev/ccm/objects"
+	"github.com/ccm-dev/ccm/render"
+)
+
+// Action is what a change does to a path.
+type Action string
+
+// The actions of a Change.
+const (
+	Create Action = "create"
+	Update Action = "update"
+	Remove Action = "remove"
+)
+
+// state is a path's mode and owner on disk.
+type state struct {
+	exists   bool
+	mode     fs.FileMode
+	uid, gid int
+}
+
+// Change is one file that converging would create, update or remove.
+type Change struct {
+	Action Action
+	Path   string // as the configuration names it
+	Real   string // on disk, under the root
+	Old    []byte
+	New    []byte
+	// Content reports whether the bytes differ; an Update may change only
+	// attributes.
+	Content bool
+	// Attrs describes mode and owner changes, e.g. "mode 0600 -> 0644".
+	Attrs []string
+	old   state
+	file  *render.File
+}
+
+// Diff returns the unified diff of the change's content.
+func (c *Change) Diff() string {
+	if !c.Content {
+		return ""
+	}
+	return render.Unified(c.Path, c.Old, c.New, c.Action != Create, c.Action != Remove)
+}
+
+// DirChange is a directory that converging would create or fix.
+type DirChange struct {
+	Dir   render.Directory
+	Exist bool
+	Attrs []string
+}
+
+// Plan is what converging one configuration would do.
+type Plan struct {
+	Config  *configs.Config
+	Output  *render.Output
+	Dirs    []DirChange
+	Changes []Change // sorted by path
+	// PendingOnChange is set when an earlier run's on_change failed.
+	PendingOnChange bool
+	manifest        manifest
+}
+
+// Changed reports whether applying the plan would change anything on disk.
+func (p *Plan) Changed() bool {
+	return len(p.Dirs) > 0 || len(p.Changes) > 0
+}
+
+// Counts returns how many paths would be created, changed and removed.
+func (p *Plan) Counts() (create, change, remove int) {
+	for _, d := range p.Dirs {
+		if d.Exist {
+			change++
+		} else {
+			create++
+		}
+	}
+	for _, c := range p.Changes {
+		switch c.Action {
+		case Create:
+			create++
+		case Update:
+			change++
+		case Remove:
+			remove++
+		}
+	}
+	return create, change, remove
+}
+
+// Plan renders cfg and compares it with the disk. claimed lists paths that
+// other configurations of the same run render; they are never pruned here.
+func (a *Applier) Plan(cfg *configs.Config, snap *objects.Snapshot, claimed map[string]string) (*Plan, error) {
+	out, err := render.Render(cfg, snap, a.opts.Node, a.opts.Root)
+	if err != nil {
+		return nil, err
+	}
+	m, err := a.loadManifest(cfg.Name)
+	if err != nil {
+		return nil, err
+	}
+	p := &Plan{Config: cfg, Output: out, PendingOnChange: m.OnChangePending, manifest: m}
+	for _, d := range out.Directories {
+		dc, err := planDir(d)
+		if err != nil {
+			return nil, err
+		}
+		if dc != nil {
+			p.Dirs = append(p.Dirs, *dc)
+		}
+	}
+	rendered := make(map[string]bool, len(out.Files))
+	for i := range out.Files {
+		f := &out.Files[i]
+		if other, ok := claimed[f.Path]; ok && other != cfg.Name {
+			return nil, fmt.Errorf("file %s is also written by configuration %q", f.Path, other)
+		}
+		rendered[f.Path] = true
+		c, err := planFile(f)
+		if err != nil {
+			return nil, err
+		}
+		if c != nil {
+			p.Changes = append(p.Changes, *c)
+		}
+	}
+	for _, path := range m.Files {
+		if rendered[path] || claimed[path] != "" {
+			continue
+		}
+		c, err := a.planRemove(path)
+		if err != nil {
+			return nil, err
+		}
+		if c != nil {
+			p.Changes = append(p.Changes, *c)
+		}
+	}
+	sort.SliceStable(p.Changes, func(i, j int) bool { return p.Changes[i].Path < p.Changes[j].Path })
+	return p, nil
+}
+
+func planDir(d render.Directory) (*DirChange, error) {
+	st, err := stat(d.Real)
+	if err != nil {
+		return nil, err
+	}
+	if !st.exists {
+		return &DirChange{Dir: d}, nil
+	}
+	attrs := attrChanges(st, d.Mode, d.Ownership)
+	if len(attrs) == 0 {
+		return nil, nil
+	}
+	return &DirChange{Dir: d, Exist: true, Attrs: attrs}, nil
+}
+
+func planFile(f *render.File) (*Change, error) {
+	st, err := stat(f.Real)
+	if err != nil {
+		return nil, err
+	}
+	c := &Change{Path: f.Path, Real: f.Real, New: f.Content, old: st, file: f}
+	if !st.exists {
+		c.Action, c.Content = Create, true
+		return c, nil
+	}
+	if !st.mode.IsRegular() {
+		return nil, fmt.Errorf("%s exists and is not a regular file", f.Real)
+	}
+	if c.Old, err = os.ReadFile(f.Real); err != nil {
+		return nil, err
+	}
+	c.Content = !bytes.Equal(c.Old, f.Content)
+	c.Attrs = attrChanges(st, f.Mode, f.Ownership)
+	if !c.Content && len(c.Attrs) == 0 {
+		return nil, nil
+	}
+	c.Action = Update
+	return c, nil
+}
+
+func (a *Applier) planRemove(path string) (*Change, error) {
+	real, err := render.Confine(a.opts.Root, path)
+	if err != nil {
+		return nil, fmt.Errorf("stale file %s: %w", path, err)
+	}
+	st, err := stat(real)
+	if err != nil || !st.exists {
+		return nil, err
+	}
+	if !st.mode.IsRegular() {
+		return nil, nil // replaced by something ccm did not write
+	}
+	old, err := os.ReadFile(real)
+	if err != nil {
+		return nil, err
+	}
+	return &Change{Action: Remove, Path: path, Real: real, Old: old, Content: true, old: st}, nil
+}
+
+func stat(path string) (state, error) {
+	fi, err := os.Lstat(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return state{}, nil
+	}
+	if err != nil {
+		return state{}, err
+	}
+	st := state{exists: true, mode: fi.Mode()}
+	if sys, ok := fi.Sys().(*syscall.Stat_t); ok {
+		st.uid, st.gid = int(sys.Uid), int(sys.Gid)
+	}
+	return st, nil
+}
+
+// permBits are the mode bits ccm manages.
+const permBits = fs.ModePerm | fs.ModeSetuid | fs.ModeSetgid | fs.ModeSticky
+
+func attrChanges(st state, mode fs.FileMode, own configs.Ownership) []string {
+	var attrs []string
+	if st.mode&permBits != mode&permBits {
+		attrs = append(attrs, fmt.Sprintf("mode %s -> %s", FormatMode(st.mode), FormatMode(mode)))
+	}
+	if own.UID != nil && *own.UID != st.uid {
+		attrs = append(attrs, fmt.Sprintf("owner %d -> %d (%s)", st.uid, *own.UID, own.Owner))
+	}
+	if own.GID != nil && *own.GID != st.gid {
+		attrs = append(attrs, fmt.Sprintf("group %d -> %d (%s)", st.gid, *own.GID, own.Group))
+	}
+	return attrs
+}
+
+// FormatMode formats permission bits as octal, e.g. 0644 or 4755.
+func FormatMode(m fs.FileMode) string {
+	v := uint32(m.Perm())
+	if m&fs.ModeSetuid != 0 {
+		v |= 0o4000
+	}
+	if m&fs.ModeSetgid != 0 {
+		v |= 0o2000
+	}
+	if m&fs.ModeSticky != 0 {
+		v |= 0o1000
+	}
+	return fmt.Sprintf("%04o", v)
+}
+
+// dirsOf returns the distinct parent directories of the plan's files.
+func dirsOf(p *Plan) []string {
+	seen := map[string]bool{}
+	var dirs []string
+	for _, c := range p.Changes {
+		if d := filepath.Dir(c.Real); !seen[d] {
+			seen[d] = true
+			dirs = append(dirs, d)
+		}
+	}
+	return dirs
+}

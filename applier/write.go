@@ -1,0 +1,104 @@
+package applier
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+)
+
+// tempPrefix marks ccm's temp files, so a run can remove those a crash
+// left behind.
+const tempPrefix = ".ccm-"
+
+// stage writes content to a new temp file beside path, created with the
+// final mode and owner, and fsynced. The caller renames or removes it.
+func stage(path string, content []byte, mode fs.FileMode, uid, gid *int) (string, error) {
+	var rnd [6]byte
+	_, _ = rand.Read(rnd[:])
+	base := filepath.Base(path)
+	if len(base) > 200 {
+		base = base[:200]
+	}
+	tmp := filepath.Join(filepath.Dir(path), tempPrefix+base+"."+hex.EncodeToString(rnd[:])+".tmp")
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, mode.Perm())
+	if err != nil {
+		return "", err
+	}
+	err = func() error {
+		if uid != nil || gid != nil {
+			if err := f.Chown(idOr(uid), idOr(gid)); err != nil {
+				return err
+			}
+		}
+		// Chmod after chown (which clears setuid) and regardless of umask.
+		if err := f.Chmod(mode); err != nil {
+			return err
+		}
+		if _, err := f.Write(content); err != nil {
+			return err
+		}
+		return f.Sync()
+	}()
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		os.Remove(tmp)
+		return "", fmt.Errorf("write %s: %w", path, err)
+	}
+	return tmp, nil
+}
+
+// commit renames a staged file into place and fsyncs the directory.
+func commit(tmp, path string) error {
+	if err := os.Rename(tmp, path); err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("rename %s: %w", path, err)
+	}
+	return syncDir(filepath.Dir(path))
+}
+
+// writeAtomic replaces path with content, mode and owner.
+func writeAtomic(path string, content []byte, mode fs.FileMode, uid, gid *int) error {
+	tmp, err := stage(path, content, mode, uid, gid)
+	if err != nil {
+		return err
+	}
+	return commit(tmp, path)
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("fsync %s: %w", dir, err)
+	}
+	return nil
+}
+
+// removeStaleTemps removes temp files that a crashed run left in dir.
+func removeStaleTemps(dir string) {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return
+	}
+	for _, e := range entries {
+		if n := e.Name(); strings.HasPrefix(n, tempPrefix) && strings.HasSuffix(n, ".tmp") && e.Type().IsRegular() {
+			os.Remove(filepath.Join(dir, n))
+		}
+	}
+}
+
+func idOr(id *int) int {
+	if id == nil {
+		return -1
+	}
+	return *id
+}

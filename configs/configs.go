@@ -1,0 +1,269 @@
+package configs
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strings"
+	"text/template"
+	"time"
+
+	"github.com/ccm-dev/ccm/toposort"
+)
+
+// DefaultTimeout bounds each command of a configuration that sets none.
+const DefaultTimeout = 60 * time.Second
+
+// Default modes for files and directories that set none.
+const (
+	DefaultFileMode fs.FileMode = 0o644
+	DefaultDirMode  fs.FileMode = 0o755
+)
+
+// Config is one validated configuration.
+type Config struct {
+	Name        string
+	File        string // the YAML file it was loaded from
+	Subscribes  []string
+	DependsOn   []string
+	When        map[string]string
+	Directories []Directory
+	Files       []File
+	Validate    Command // nil when unset
+	OnChange    []Command
+	Timeout     time.Duration
+}
+
+// Ownership is the owner and group a path must have. A nil ID leaves that
+// attribute as the filesystem makes it.
+type Ownership struct {
+	Owner, Group string
+	UID, GID     *int
+}
+
+// Directory is a directory a configuration ensures exists.
+type Directory struct {
+	Path    *template.Template
+	ForEach string // empty, or an object type: one directory per object
+	Mode    fs.FileMode
+	Ownership
+}
+
+// File is a file, or with ForEach one file per object, a configuration
+// renders.
+type File struct {
+	Path    *template.Template
+	ForEach string
+	Body    *template.Template // from template: or content:
+	Mode    fs.FileMode
+	Ownership
+	Check Command // nil when unset; may use {{ .Staged }} and {{ .Path }}
+}
+
+// Types returns every object type the configuration reads, sorted: the
+// subscribed ones and those iterated by for_each.
+func (c *Config) Types() []string {
+	set := map[string]bool{}
+	for _, t := range c.Subscribes {
+		set[t] = true
+	}
+	for _, f := range c.Files {
+		if f.ForEach != "" {
+			set[f.ForEach] = true
+		}
+	}
+	for _, d := range c.Directories {
+		if d.ForEach != "" {
+			set[d.ForEach] = true
+		}
+	}
+	types := make([]string, 0, len(set))
+	for t := range set {
+		types = append(types, t)
+	}
+	sort.Strings(types)
+	return types
+}
+
+// Matches reports whether a node with these labels runs the configuration.
+func (c *Config) Matches(labels map[string]string) bool {
+	for k, v := range c.When {
+		if labels[k] != v {
+			return false
+		}
+	}
+	return true
+}
+
+// Set is a loaded configuration directory.
+type Set struct {
+	Dir     string
+	Configs map[string]*Config
+	// Order lists every configuration name in dependency order.
+	Order []string
+}
+
+// Get returns a configuration by name.
+func (s *Set) Get(name string) (*Config, bool) {
+	c, ok := s.Configs[name]
+	return c, ok
+}
+
+// Load reads and validates every *.yaml file of dir.
+func Load(dir string) (*Set, error) {
+	paths, err := filepath.Glob(filepath.Join(dir, "*.yaml"))
+	if err != nil {
+		return nil, err
+	}
+	if _, err := os.Stat(dir); err != nil {
+		return nil, fmt.Errorf("config dir: %w", err)
+	}
+	sort.Strings(paths)
+	l := loader{templateDir: filepath.Join(dir, "templates")}
+	set := &Set{Dir: dir, Configs: map[string]*Config{}}
+	var errs []error
+	for _, p := range paths {
+		c, err := l.loadFile(p)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if prev, ok := set.Configs[c.Name]; ok {
+			errs = append(errs, fmt.Errorf("%s: configuration name %q is already used by %s", p, c.Name, prev.File))
+			continue
+		}
+		set.Configs[c.Name] = c
+	}
+	errs = append(errs, checkPathsClaimedTwice(set)...)
+	order, err := orderConfigs(set)
+	if err != nil {
+		errs = append(errs, err)
+	}
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	if len(paths) == 0 {
+		return nil, fmt.Errorf("%s: no configuration (*.yaml) found", dir)
+	}
+	set.Order = order
+	return set, nil
+}
+
+func orderConfigs(set *Set) ([]string, error) {
+	deps := map[string][]string{}
+	var errs []error
+	for _, name := range sortedNames(set) {
+		c := set.Configs[name]
+		deps[name] = nil
+		for _, d := range c.DependsOn {
+			if _, ok := set.Configs[d]; !ok {
+				errs = append(errs, fmt.Errorf("%s: depends_on %q: no such configuration", c.File, d))
+				continue
+			}
+			deps[name] = append(deps[name], d)
+		}
+	}
+	order, err := toposort.Sort(deps)
+	if err != nil {
+		var ce *toposort.CycleError
+		if errors.As(err, &ce) {
+			err = fmt.Errorf("%s: %w", cycleFiles(set, ce), err)
+		}
+		errs = append(errs, err)
+	}
+	return order, errors.Join(errs...)
+}
+
+// cycleFiles names the files involved in the cycles.
+func cycleFiles(set *Set, ce *toposort.CycleError) string {
+	seen := map[string]bool{}
+	var files []string
+	for _, c := range ce.Cycles {
+		for _, n := range c {
+			if f := set.Configs[n].File; !seen[f] {
+				seen[f] = true
+				files = append(files, f)
+			}
+		}
+	}
+	sort.Strings(files)
+	return strings.Join(files, ", ")
+}
+
+// checkPathsClaimedTwice rejects two configurations writing one literal path.
+// Paths built from objects are checked again after rendering.
+func checkPathsClaimedTwice(set *Set) []error {
+	owner := map[string]string{}
+	var errs []error
+	for _, name := range sortedNames(set) {
+		c := set.Configs[name]
+		for _, f := range c.Files {
+			p := f.Path.Root.String()
+			if strings.Contains(p, "{{") {
+				continue
+			}
+			if prev, ok := owner[p]; ok && prev != name {
+				errs = append(errs, fmt.Errorf("%s: file %s is also written by configuration %q", c.File, p, prev))
+				continue
+			}
+			owner[p] = name
+		}
+	}
+	return errs
+}
+
+func sortedNames(set *Set) []string {
+	names := make([]string, 0, len(set.Configs))
+	for n := range set.Configs {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	return names
+}
+
+// placeholder matches the only template actions a command may contain.
+var placeholder = regexp.MustCompile(`\{\{\s*\.(Staged|Path)\s*\}\}`)
+
+// Command is an argv list run without a shell.
+type Command []string
+
+// Expand returns the argv with {{ .Staged }} and {{ .Path }} replaced.
+func (c Command) Expand(staged, path string) []string {
+	out := make([]string, len(c))
+	for i, arg := range c {
+		out[i] = placeholder.ReplaceAllStringFunc(arg, func(m string) string {
+			if strings.Contains(m, "Staged") {
+				return staged
+			}
+			return path
+		})
+	}
+	return out
+}
+
+func (c Command) String() string { return strings.Join(c, " ") }
+
+// checkCommand validates an argv; placeholders says whether {{ .Staged }}
+// and {{ .Path }} are allowed.
+func checkCommand(c Command, placeholders bool) error {
+	if len(c) == 0 || c[0] == "" {
+		return errors.New("command is empty")
+	}
+	for _, arg := range c {
+		rest := arg
+		if placeholders {
+			rest = placeholder.ReplaceAllString(arg, "")
+		}
+		if strings.Contains(rest, "{{") {
+			if placeholders {
+				return fmt.Errorf("argument %q: only {{ .Staged }} and {{ .Path }} may be used in a command; object data never reaches a command line", arg)
+			}
+			return fmt.Errorf("argument %q: templates are not allowed here; object data never reaches a command line", arg)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,109 @@
+package render
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+)
+
+// Limits on rendered paths, those of Linux.
+const (
+	MaxNameLen = 255
+	MaxPathLen = 4096
+)
+
+type confiner struct {
+	root string
+}
+
+// Confine returns where path (absolute, as a configuration names it) lives
+// under root, or an error if it is not a safe path inside root.
+func Confine(root, path string) (string, error) {
+	return confiner{root: root}.confine(path)
+}
+
+func (c confiner) confine(path string) (string, error) {
+	if err := checkSyntax(path); err != nil {
+		return "", err
+	}
+	real := filepath.Join(c.root, path)
+	if len(real) > MaxPathLen {
+		return "", fmt.Errorf("longer than %d bytes", MaxPathLen)
+	}
+	if fi, err := os.Lstat(real); err == nil && fi.Mode()&fs.ModeSymlink != 0 {
+		return "", fmt.Errorf("%s is a symlink; refusing to write through it", real)
+	}
+	if err := c.checkParents(real); err != nil {
+		return "", err
+	}
+	return real, nil
+}
+
+// checkSyntax rejects paths that are not absolute and clean. Object data
+// that tries to climb ("../x") or restart ("/etc") leaves a "..", "//" or
+// "/./" in the rendered path, so a clean path is one no data bent.
+func checkSyntax(path string) error {
+	for _, r := range path {
+		if r < 0x20 || r == 0x7f {
+			return errors.New("contains a control character")
+		}
+	}
+	if !strings.HasPrefix(path, "/") {
+		return errors.New("is not absolute")
+	}
+	if path == "/" {
+		return errors.New("is the root itself")
+	}
+	if filepath.Clean(path) != path {
+		return fmt.Errorf("is not clean (it would be %s): %w", filepath.Clean(path), ErrEscapes)
+	}
+	for _, part := range strings.Split(path[1:], "/") {
+		if len(part) > MaxNameLen {
+			return fmt.Errorf("has a name longer than %d bytes", MaxNameLen)
+		}
+	}
+	return nil
+}
+
+// checkParents resolves the deepest existing ancestor of real and requires
+// it to stay inside the root, so a symlink planted inside the root cannot
+// send a write outside it.
+func (c confiner) checkParents(real string) error {
+	root, err := filepath.EvalSymlinks(c.root)
+	if err != nil {
+		return fmt.Errorf("root %s: %w", c.root, err)
+	}
+	dir := filepath.Dir(real)
+	for {
+		resolved, err := filepath.EvalSymlinks(dir)
+		if err == nil {
+			if !within(root, resolved) {
+				return fmt.Errorf("%s resolves to %s: %w", dir, resolved, ErrEscapes)
+			}
+			return nil
+		}
+		if !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("%s: %w", dir, err)
+		}
+		// A dangling symlink resolves to ErrNotExist too: refuse it, as a
+		// later mkdir would follow it.
+		if fi, lerr := os.Lstat(dir); lerr == nil && fi.Mode()&fs.ModeSymlink != 0 {
+			return fmt.Errorf("%s is a dangling symlink: %w", dir, ErrEscapes)
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return nil
+		}
+		dir = parent
+	}
+}
+
+func within(root, p string) bool {
+	if root == "/" {
+		return true
+	}
+	return p == root || strings.HasPrefix(p, root+"/")
+}
