@@ -81,6 +81,7 @@ func (a *Applier) Apply(ctx context.Context, cfg *configs.Config, snap *objects.
 		if err := runCommand(cmdCtx, cmd, cfg.Timeout); err != nil {
 			return p, fmt.Errorf("%w: %w", ErrOnChange, err)
 		}
+		a.log.Info("on_change ran", zap.String("config", cfg.Name), zap.Strings("command", cmd))
 	}
 	m.OnChangePending = false
 	return p, a.saveManifest(cfg.Name, m)
@@ -131,8 +132,12 @@ func (a *Applier) write(ctx context.Context, p *Plan, tx *txn) error {
 			return err
 		}
 		delete(staged, i)
-		a.log.Info("file", zap.String("config", p.Config.Name), zap.String("action", string(p.Changes[i].Action)),
-			zap.String("path", p.Changes[i].Path), zap.Strings("attrs", p.Changes[i].Attrs))
+		c := &p.Changes[i]
+		fields := []zap.Field{zap.String("config", p.Config.Name), zap.String("action", string(c.Action)), zap.String("path", c.Path)}
+		if len(c.Attrs) > 0 {
+			fields = append(fields, zap.Strings("attrs", c.Attrs))
+		}
+		a.log.Info("file", fields...)
 	}
 	return nil
 }

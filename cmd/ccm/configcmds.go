@@ -1,0 +1,78 @@
+package main
+
+import (
+	"fmt"
+	"runtime"
+	"runtime/debug"
+	"strings"
+
+	"github.com/spf13/cobra"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+func newValidateCmd(a *app) *cobra.Command {
+	return &cobra.Command{
+		Use:   "validate",
+		Short: "Load and check the configuration directory offline",
+		Args:  cobra.NoArgs,
+		RunE: func(*cobra.Command, []string) error {
+			set, err := a.loadConfigs()
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(a.stdout, "%s: %d configurations OK, in order: %s\n", set.Dir, len(set.Order), strings.Join(set.Order, ", "))
+			return nil
+		},
+	}
+}
+
+func newGraphCmd(a *app) *cobra.Command {
+	return &cobra.Command{
+		Use:   "graph",
+		Short: "Print the configuration dependency graph as DOT",
+		Long:  "Edges point in run order: from a dependency to the configuration that depends on it.",
+		Args:  cobra.NoArgs,
+		RunE: func(*cobra.Command, []string) error {
+			set, err := a.loadConfigs()
+			if err != nil {
+				return err
+			}
+			fmt.Fprintln(a.stdout, "digraph ccm {")
+			fmt.Fprintln(a.stdout, "  rankdir=LR;")
+			for _, n := range set.Order {
+				fmt.Fprintf(a.stdout, "  %q;\n", n)
+			}
+			for _, n := range set.Order {
+				for _, d := range set.Configs[n].DependsOn {
+					fmt.Fprintf(a.stdout, "  %q -> %q;\n", d, n)
+				}
+			}
+			fmt.Fprintln(a.stdout, "}")
+			return nil
+		},
+	}
+}
+
+func newVersionCmd(a *app) *cobra.Command {
+	return &cobra.Command{
+		Use:   "version",
+		Short: "Print the version",
+		Args:  cobra.NoArgs,
+		// Needs no flags, etcd or logger.
+		PersistentPreRunE: func(*cobra.Command, []string) error { return nil },
+		RunE: func(*cobra.Command, []string) error {
+			rev := ""
+			if info, ok := debug.ReadBuildInfo(); ok {
+				for _, s := range info.Settings {
+					if s.Key == "vcs.revision" {
+						rev = " " + s.Value
+					}
+				}
+			}
+			fmt.Fprintf(a.stdout, "ccm %s%s %s/%s %s\n", version, rev, runtime.GOOS, runtime.GOARCH, runtime.Version())
+			return nil
+		},
+	}
+}

@@ -1,0 +1,215 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"sort"
+	"strings"
+
+	"github.com/spf13/cobra"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/ccm-dev/ccm/objects"
+)
+
+func newObjectCmd(a *app) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "object",
+		Short: "Manage the objects in etcd",
+	}
+	cmd.AddCommand(newObjectPutCmd(a), newObjectGetCmd(a), newObjectDeleteCmd(a), newObjectListCmd(a), newObjectImportCmd(a))
+	return cmd
+}
+
+// objectKey validates a type and ID and returns their key.
+func (a *app) objectKey(typ, id string) (string, error) {
+	if err := objects.CheckName("type", typ); err != nil {
+		return "", err
+	}
+	if err := objects.CheckName("id", id); err != nil {
+		return "", err
+	}
+	return objects.Key(a.prefix, typ, id), nil
+}
+
+// withKV runs fn with an etcd client and a request timeout.
+func (a *app) withKV(cmd *cobra.Command, fn func(context.Context, clientv3.KV) error) error {
+	c, err := a.cluster(cmd.Context())
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(cmd.Context(), requestTimeout)
+	defer cancel()
+	return fn(ctx, c.Client())
+}
+
+func newObjectPutCmd(a *app) *cobra.Command {
+	var file string
+	cmd := &cobra.Command{
+		Use:   "put TYPE ID [-f FILE]",
+		Short: "Create or replace an object from a JSON file or stdin",
+		Args:  cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			key, err := a.objectKey(args[0], args[1])
+			if err != nil {
+				return err
+			}
+			var raw []byte
+			if file == "" || file == "-" {
+				raw, err = io.ReadAll(a.stdin)
+			} else {
+				raw, err = os.ReadFile(file)
+			}
+			if err != nil {
+				return err
+			}
+			if _, err := objects.Decode(raw); err != nil {
+				return fmt.Errorf("object %s: %w", key, err)
+			}
+			return a.withKV(cmd, func(ctx context.Context, kv clientv3.KV) error {
+				_, err := kv.Put(ctx, key, strings.TrimSpace(string(raw)))
+				return err
+			})
+		},
+	}
+	cmd.Flags().StringVarP(&file, "file", "f", "", "JSON file (default: stdin)")
+	return cmd
+}
+
+func newObjectGetCmd(a *app) *cobra.Command {
+	return &cobra.Command{
+		Use:   "get TYPE ID",
+		Short: "Print an object's JSON",
+		Args:  cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			key, err := a.objectKey(args[0], args[1])
+			if err != nil {
+				return err
+			}
+			return a.withKV(cmd, func(ctx context.Context, kv clientv3.KV) error {
+				resp, err := kv.Get(ctx, key)
+				if err != nil {
+					return err
+				}
+				if len(resp.Kvs) == 0 {
+					return fmt.Errorf("object %s: not found", key)
+				}
+				fmt.Fprintln(a.stdout, string(resp.Kvs[0].Value))
+				return nil
+			})
+		},
+	}
+}
+
+func newObjectDeleteCmd(a *app) *cobra.Command {
+	return &cobra.Command{
+		Use:   "delete TYPE ID",
+		Short: "Delete an object",
+		Args:  cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			key, err := a.objectKey(args[0], args[1])
+			if err != nil {
+				return err
+			}
+			return a.withKV(cmd, func(ctx context.Context, kv clientv3.KV) error {
+				resp, err := kv.Delete(ctx, key)
+				if err != nil {
+					return err
+				}
+				if resp.Deleted == 0 {
+					return fmt.Errorf("object %s: not found", key)
+				}
+				return nil
+			})
+		},
+	}
+}
+
+func newObjectListCmd(a *app) *cobra.Command {
+	return &cobra.Command{
+		Use:   "list [TYPE]",
+		Short: "List objects as TYPE/ID, sorted",
+		Args:  cobra.MaximumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			prefix := objects.Prefix(a.prefix)
+			if len(args) == 1 {
+				if err := objects.CheckName("type", args[0]); err != nil {
+					return err
+				}
+				prefix += args[0] + "/"
+			}
+			return a.withKV(cmd, func(ctx context.Context, kv clientv3.KV) error {
+				resp, err := kv.Get(ctx, prefix, clientv3.WithPrefix(), clientv3.WithKeysOnly())
+				if err != nil {
+					return err
+				}
+				for _, kv := range resp.Kvs {
+					fmt.Fprintln(a.stdout, strings.TrimPrefix(string(kv.Key), objects.Prefix(a.prefix)))
+				}
+				return nil
+			})
+		},
+	}
+}
+
+func newObjectImportCmd(a *app) *cobra.Command {
+	return &cobra.Command{
+		Use:   "import FILE.json",
+		Short: `Put every object of a file shaped {"<type>": {"<id>": {...}}}`,
+		Long:  "The whole file is checked first; nothing is written if any object is malformed.",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			snap, err := objects.ReadFile(args[0])
+			if err != nil {
+				return err
+			}
+			var ops []clientv3.Op
+			for _, typ := range sortedTypes(snap) {
+				for _, o := range snap.Types[typ] {
+					raw, err := jsonValue(o.Data)
+					if err != nil {
+						return err
+					}
+					ops = append(ops, clientv3.OpPut(objects.Key(a.prefix, typ, o.ID), raw))
+				}
+			}
+			return a.withKV(cmd, func(ctx context.Context, kv clientv3.KV) error {
+				// etcd limits a transaction to 128 operations by default.
+				for len(ops) > 0 {
+					n := min(len(ops), 100)
+					if _, err := kv.Txn(ctx).Then(ops[:n]...).Commit(); err != nil {
+						return err
+					}
+					ops = ops[n:]
+				}
+				fmt.Fprintf(a.stdout, "Imported %d objects.\n", countObjects(snap))
+				return nil
+			})
+		},
+	}
+}
+
+func sortedTypes(snap *objects.Snapshot) []string {
+	types := make([]string, 0, len(snap.Types))
+	for t := range snap.Types {
+		types = append(types, t)
+	}
+	sort.Strings(types)
+	return types
+}
+
+func countObjects(snap *objects.Snapshot) int {
+	n := 0
+	for _, l := range snap.Types {
+		n += len(l)
+	}
+	return n
+}
+
+func jsonValue(v any) (string, error) {
+	raw, err := json.Marshal(v)
+	return string(raw), err
+}

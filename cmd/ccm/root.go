@@ -1,0 +1,258 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"golang.org/x/term"
+
+	"github.com/ccm-dev/ccm/applier"
+	"github.com/ccm-dev/ccm/cluster"
+	"github.com/ccm-dev/ccm/configs"
+	"github.com/ccm-dev/ccm/embedded"
+	"github.com/ccm-dev/ccm/render"
+)
+
+// Exit codes, mapped from errors in one place (exitCode).
+const (
+	exitOK      = 0
+	exitError   = 1
+	exitChanges = 2 // plan: something would change
+	exitHalted  = 3 // the failure flag is set
+)
+
+var (
+	// errChanges is returned by plan when something would change.
+	errChanges = errors.New("changes pending")
+	// errHalted is returned when the failure flag stops a command.
+	errHalted = errors.New("halted by the failure flag; run ccm resume once it is fixed")
+)
+
+// exitCode maps a command's error to the process exit code.
+func exitCode(err error) int {
+	switch {
+	case err == nil:
+		return exitOK
+	case errors.Is(err, errChanges):
+		return exitChanges
+	case errors.Is(err, errHalted):
+		return exitHalted
+	default:
+		return exitError
+	}
+}
+
+// run executes the CLI and returns the exit code.
+func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	app := &app{stdin: stdin, stdout: stdout, stderr: stderr}
+	cmd := newRootCmd(app)
+	cmd.SetArgs(args)
+	cmd.SetIn(stdin)
+	cmd.SetOut(stdout)
+	cmd.SetErr(stderr)
+	err := cmd.ExecuteContext(ctx)
+	app.close()
+	if err != nil && !errors.Is(err, errChanges) {
+		fmt.Fprintf(stderr, "ccm: %s\n", render.Escape(err.Error()))
+	}
+	return exitCode(err)
+}
+
+// app holds the global flags and what they build, shared by the commands.
+type app struct {
+	stdin          io.Reader
+	stdout, stderr io.Writer
+
+	endpoints           []string
+	prefix              string
+	configDir           string
+	stateDir            string
+	root                string
+	node                string
+	labels              []string
+	cacert, cert, key   string
+	user                string
+	logFormat, logLevel string
+	embeddedEtcd        string
+
+	log     *zap.Logger
+	etcd    *embedded.Server
+	closers []func()
+}
+
+func newRootCmd(a *app) *cobra.Command {
+	root := &cobra.Command{
+		Use:           "ccm",
+		Short:         "Converge node configuration files from objects in etcd",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
+			if err := bindEnv(cmd.Flags()); err != nil {
+				return err
+			}
+			return a.setup()
+		},
+	}
+	hostname, _ := os.Hostname()
+	f := root.PersistentFlags()
+	f.StringSliceVar(&a.endpoints, "endpoints", []string{"127.0.0.1:2379"}, "etcd endpoints")
+	f.StringVar(&a.prefix, "prefix", cluster.DefaultPrefix, "etcd key prefix of the cluster")
+	f.StringVar(&a.configDir, "config-dir", "/etc/ccm", "configuration directory")
+	f.StringVar(&a.stateDir, "state-dir", "/var/lib/ccm", "state directory (manifests of written files)")
+	f.StringVar(&a.root, "root", "/", "directory all rendered paths live under")
+	f.StringVar(&a.node, "node", hostname, "this node's name")
+	f.StringSliceVar(&a.labels, "label", nil, "node label k=v (repeatable), matched by when:")
+	f.StringVar(&a.cacert, "cacert", "", "etcd CA certificate (PEM)")
+	f.StringVar(&a.cert, "cert", "", "etcd client certificate (PEM)")
+	f.StringVar(&a.key, "key", "", "etcd client key (PEM)")
+	f.StringVar(&a.user, "user", "", "etcd user; the password is read from CCM_PASSWORD")
+	f.StringVar(&a.logFormat, "log-format", "", "console or json (default: console on a terminal, else json)")
+	f.StringVar(&a.logLevel, "log-level", "info", "debug, info, warn or error")
+	f.StringVar(&a.embeddedEtcd, "embedded-etcd", "", "run a single-member etcd in this process with data in `DIR`, serving --endpoints")
+
+	root.AddCommand(
+		newPlanCmd(a), newApplyCmd(a), newStatusCmd(a), newResumeCmd(a),
+		newValidateCmd(a), newGraphCmd(a), newObjectCmd(a), newVersionCmd(a),
+	)
+	return root
+}
+
+// bindEnv sets every flag not given on the command line from CCM_<FLAG>.
+func bindEnv(fs *pflag.FlagSet) error {
+	var errs []error
+	fs.VisitAll(func(f *pflag.Flag) {
+		if f.Changed {
+			return
+		}
+		env := "CCM_" + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
+		if v, ok := os.LookupEnv(env); ok {
+			if err := fs.Set(f.Name, v); err != nil {
+				errs = append(errs, fmt.Errorf("%s: %w", env, err))
+			}
+		}
+	})
+	return errors.Join(errs...)
+}
+
+func (a *app) setup() error {
+	log, err := newLogger(a.logFormat, a.logLevel, a.stderr)
+	if err != nil {
+		return err
+	}
+	a.log = log
+	if a.root, err = filepath.Abs(a.root); err != nil {
+		return err
+	}
+	return nil
+}
+
+func (a *app) close() {
+	for i := len(a.closers) - 1; i >= 0; i-- {
+		a.closers[i]()
+	}
+	if a.log != nil {
+		_ = a.log.Sync()
+	}
+}
+
+func newLogger(format, level string, w io.Writer) (*zap.Logger, error) {
+	lvl, err := zapcore.ParseLevel(level)
+	if err != nil {
+		return nil, fmt.Errorf("--log-level: %w", err)
+	}
+	if format == "" {
+		format = "json"
+		if isTerminal(w) {
+			format = "console"
+		}
+	}
+	encCfg := zap.NewProductionEncoderConfig()
+	encCfg.EncodeTime = zapcore.ISO8601TimeEncoder
+	encCfg.EncodeDuration = zapcore.StringDurationEncoder
+	var enc zapcore.Encoder
+	switch format {
+	case "json":
+		enc = zapcore.NewJSONEncoder(encCfg)
+	case "console":
+		encCfg.EncodeLevel = zapcore.CapitalLevelEncoder
+		enc = zapcore.NewConsoleEncoder(encCfg)
+	default:
+		return nil, fmt.Errorf("--log-format %q: want console or json", format)
+	}
+	return zap.New(zapcore.NewCore(enc, zapcore.AddSync(w), lvl)), nil
+}
+
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	return ok && term.IsTerminal(int(f.Fd()))
+}
+
+// nodeLabels parses --label k=v flags.
+func (a *app) nodeLabels() (map[string]string, error) {
+	labels := map[string]string{}
+	for _, l := range a.labels {
+		k, v, ok := strings.Cut(l, "=")
+		if !ok || k == "" {
+			return nil, fmt.Errorf("--label %q: want key=value", l)
+		}
+		labels[k] = v
+	}
+	return labels, nil
+}
+
+func (a *app) loadConfigs() (*configs.Set, error) {
+	return configs.Load(a.configDir)
+}
+
+func (a *app) applier() (*applier.Applier, error) {
+	labels, err := a.nodeLabels()
+	if err != nil {
+		return nil, err
+	}
+	return applier.New(applier.Options{
+		Root:     a.root,
+		StateDir: a.stateDir,
+		Node:     render.Node{Name: a.node, Labels: labels},
+		Logger:   a.log,
+	}), nil
+}
+
+// cluster connects to etcd (starting the embedded one if asked) and returns
+// the cluster's shared state.
+func (a *app) cluster(ctx context.Context) (*cluster.Cluster, error) {
+	if a.embeddedEtcd != "" && a.etcd == nil {
+		srv, err := embedded.Start(ctx, embedded.Config{Dir: a.embeddedEtcd, ClientURL: clientURL(a.endpoints[0]), Logger: a.log})
+		if err != nil {
+			return nil, err
+		}
+		a.etcd = srv
+		a.closers = append(a.closers, srv.Close)
+	}
+	client, err := cluster.NewClient(cluster.ClientConfig{
+		Endpoints: a.endpoints,
+		CACert:    a.cacert, Cert: a.cert, Key: a.key,
+		User: a.user, Password: os.Getenv("CCM_PASSWORD"),
+		Logger: a.log,
+	})
+	if err != nil {
+		return nil, err
+	}
+	a.closers = append(a.closers, func() { client.Close() })
+	return cluster.New(client, cluster.Options{Prefix: a.prefix, Node: a.node}), nil
+}
+
+func clientURL(endpoint string) string {
+	if strings.Contains(endpoint, "://") {
+		return endpoint
+	}
+	return "http://" + endpoint
+}

@@ -1,0 +1,116 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/ccm-dev/ccm/cluster"
+	"github.com/ccm-dev/ccm/render"
+)
+
+func newStatusCmd(a *app) *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "status",
+		Short: "Show the failure flag, the lock holder and every node's last run",
+		Long:  "Exit codes: 0, or 3 when the failure flag is set.",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := a.cluster(cmd.Context())
+			if err != nil {
+				return err
+			}
+			ctx, cancel := context.WithTimeout(cmd.Context(), requestTimeout)
+			defer cancel()
+			v, err := c.View(ctx)
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				enc := json.NewEncoder(a.stdout)
+				enc.SetIndent("", "  ")
+				if err := enc.Encode(v); err != nil {
+					return err
+				}
+			} else {
+				printView(a.stdout, v)
+			}
+			if v.Failure != nil {
+				return errHalted
+			}
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	return cmd
+}
+
+func printView(w io.Writer, v *cluster.View) {
+	if f := v.Failure; f != nil {
+		fmt.Fprintf(w, "Failure flag: SET by node %s, configuration %s, revision %d, at %s\n  %s\n",
+			f.Node, f.Configuration, f.Revision, f.Time.Format(time.RFC3339), render.Escape(f.Error))
+	} else {
+		fmt.Fprintln(w, "Failure flag: clear")
+	}
+	holder := v.Holder
+	if holder == "" {
+		holder = "free"
+	}
+	fmt.Fprintf(w, "Lock: %s\n\n", holder)
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "NODE\tALIVE\tRESULT\tREVISION\tWHEN\tDETAIL")
+	for _, n := range v.Nodes {
+		alive := "no"
+		if n.Presence != nil {
+			alive = "yes"
+		}
+		result, rev, when, detail := "-", "-", "-", ""
+		if s := n.Status; s != nil {
+			result, rev, when = s.Result, fmt.Sprint(s.Revision), s.Time.Format(time.RFC3339)
+			detail = firstLine(s.Error)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", n.Name, alive, result, rev, when, render.Escape(detail))
+	}
+	tw.Flush()
+}
+
+func firstLine(s string) string {
+	for i, r := range s {
+		if r == '\n' {
+			return s[:i] + " ..."
+		}
+	}
+	return s
+}
+
+func newResumeCmd(a *app) *cobra.Command {
+	return &cobra.Command{
+		Use:   "resume",
+		Short: "Clear the failure flag so that the rollout continues",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := a.cluster(cmd.Context())
+			if err != nil {
+				return err
+			}
+			ctx, cancel := context.WithTimeout(cmd.Context(), requestTimeout)
+			defer cancel()
+			f, err := c.Resume(ctx)
+			if err != nil {
+				return err
+			}
+			if f == nil {
+				fmt.Fprintln(a.stdout, "Failure flag was not set.")
+				return nil
+			}
+			fmt.Fprintf(a.stdout, "Failure flag cleared (was set by node %s, configuration %s).\n", f.Node, f.Configuration)
+			return nil
+		},
+	}
+}
