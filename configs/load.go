@@ -254,11 +254,8 @@ func (l *loader) body(rf rawFile) (*template.Template, error) {
 		}
 		return nil, fmt.Errorf("template %s: %w", p, err)
 	}
-	t, err := templates.Parse(p, string(text))
-	if err != nil {
-		return nil, fmt.Errorf("template: %w", err)
-	}
-	return t, nil
+	// The parse error already reads "template: <file>:<line>: ...".
+	return templates.Parse(p, string(text))
 }
 
 // parsePath parses a path template; its literal beginning must be absolute.

@@ -1,0 +1,384 @@
+package applier_test
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/ccm-dev/ccm/applier"
+	"github.com/ccm-dev/ccm/configs"
+	"github.com/ccm-dev/ccm/objects"
+	"github.com/ccm-dev/ccm/render"
+)
+
+// fixture is a configuration directory, a root and a state directory.
+type fixture struct {
+	t          *testing.T
+	set        *configs.Set
+	root, tmp  string
+	applier    *applier.Applier
+	objectsMap map[string]string
+}
+
+func newFixture(t *testing.T, files map[string]string) *fixture {
+	t.Helper()
+	dir := t.TempDir()
+	for name, content := range files {
+		require.NoError(t, os.WriteFile(filepath.Join(dir, name), []byte(content), 0o644))
+	}
+	set, err := configs.Load(dir)
+	require.NoError(t, err)
+	f := &fixture{t: t, set: set, root: t.TempDir(), tmp: t.TempDir(), objectsMap: map[string]string{}}
+	f.applier = applier.New(applier.Options{Root: f.root, StateDir: filepath.Join(f.tmp, "state"), Node: render.Node{Name: "n1"}})
+	return f
+}
+
+func (f *fixture) put(key, value string) { f.objectsMap[key] = value }
+func (f *fixture) del(key string)        { delete(f.objectsMap, key) }
+
+func (f *fixture) snap() *objects.Snapshot {
+	b := objects.NewBuilder("/ccm", 1)
+	for k, v := range f.objectsMap {
+		b.Add("/ccm/objects/"+k, []byte(v), 1)
+	}
+	return b.Snapshot()
+}
+
+func (f *fixture) apply(name string) (*applier.Plan, error) {
+	return f.applier.Apply(context.Background(), f.set.Configs[name], f.snap(), nil)
+}
+
+func (f *fixture) plan(name string) *applier.Plan {
+	p, err := f.applier.Plan(f.set.Configs[name], f.snap(), nil)
+	require.NoError(f.t, err)
+	return p
+}
+
+func (f *fixture) path(p string) string { return filepath.Join(f.root, p) }
+
+func (f *fixture) read(p string) string {
+	b, err := os.ReadFile(f.path(p))
+	require.NoError(f.t, err)
+	return string(b)
+}
+
+// tree returns every file under the root with its content and mode.
+func (f *fixture) tree() map[string]string {
+	out := map[string]string{}
+	require.NoError(f.t, filepath.Walk(f.root, func(p string, fi os.FileInfo, err error) error {
+		if err != nil || fi.IsDir() {
+			return err
+		}
+		b, err := os.ReadFile(p)
+		out[strings.TrimPrefix(p, f.root)] = fi.Mode().String() + " " + string(b)
+		return err
+	}))
+	return out
+}
+
+func inode(t *testing.T, p string) uint64 {
+	fi, err := os.Stat(p)
+	require.NoError(t, err)
+	return fi.Sys().(*syscall.Stat_t).Ino
+}
+
+const sites = `
+subscribes: [sites]
+files:
+  - path: /etc/nginx/sites/{{ .Object.ID }}.conf
+    for_each: sites
+    content: "server_name {{ .Object.Data.name }};\n"
+    mode: "0640"
+`
+
+func TestApplyWritesWithModeAndTouchesNothingTheSecondTime(t *testing.T) {
+	old := syscall.Umask(0o077)
+	defer syscall.Umask(old)
+	f := newFixture(t, map[string]string{"web.yaml": sites})
+	f.put("sites/a", `{"name":"a.example"}`)
+
+	p, err := f.apply("web")
+	require.NoError(t, err)
+	assert.True(t, p.Changed())
+	assert.Equal(t, "server_name a.example;\n", f.read("/etc/nginx/sites/a.conf"))
+	fi, err := os.Stat(f.path("/etc/nginx/sites/a.conf"))
+	require.NoError(t, err)
+	assert.Equal(t, os.FileMode(0o640), fi.Mode(), "final mode regardless of umask")
+
+	ino := inode(t, f.path("/etc/nginx/sites/a.conf"))
+	p, err = f.apply("web")
+	require.NoError(t, err)
+	assert.False(t, p.Changed())
+	assert.Equal(t, ino, inode(t, f.path("/etc/nginx/sites/a.conf")), "an unchanged file is not rewritten")
+}
+
+func TestApplyPrunesOnlyFilesItWrote(t *testing.T) {
+	f := newFixture(t, map[string]string{"web.yaml": sites})
+	f.put("sites/a", `{"name":"a"}`)
+	f.put("sites/b", `{"name":"b"}`)
+	_, err := f.apply("web")
+	require.NoError(t, err)
+	require.NoError(t, os.WriteFile(f.path("/etc/nginx/sites/manual.conf"), []byte("mine\n"), 0o644))
+
+	f.del("sites/b")
+	p := f.plan("web")
+	require.Len(t, p.Changes, 1)
+	assert.Equal(t, applier.Remove, p.Changes[0].Action)
+	assert.Equal(t, "--- a/etc/nginx/sites/b.conf\n+++ /dev/null\n@@ -1 +0,0 @@\n-server_name b;\n", p.Changes[0].Diff())
+
+	_, err = f.apply("web")
+	require.NoError(t, err)
+	assert.NoFileExists(t, f.path("/etc/nginx/sites/b.conf"))
+	assert.FileExists(t, f.path("/etc/nginx/sites/a.conf"))
+	assert.Equal(t, "mine\n", f.read("/etc/nginx/sites/manual.conf"), "a file ccm never wrote is never removed")
+}
+
+func TestValidateFailureRestoresEveryFileByteForByte(t *testing.T) {
+	marker := filepath.Join(t.TempDir(), "broken")
+	f := newFixture(t, map[string]string{"web.yaml": sites + "validate: [test, '!', -e, " + strconv.Quote(marker) + "]\n"})
+	f.put("sites/a", `{"name":"a"}`)
+	f.put("sites/b", `{"name":"b"}`)
+	_, err := f.apply("web")
+	require.NoError(t, err)
+	require.NoError(t, os.Chmod(f.path("/etc/nginx/sites/b.conf"), 0o600)) // drifted mode is restored too
+	before := f.tree()
+
+	require.NoError(t, os.WriteFile(marker, nil, 0o644))
+	f.put("sites/a", `{"name":"changed"}`)
+	f.del("sites/b")
+	f.put("sites/c", `{"name":"new"}`)
+	_, err = f.apply("web")
+	require.ErrorIs(t, err, applier.ErrValidate)
+	assert.ErrorContains(t, err, `"test ! -e `+marker+`": exit status 1`)
+	assert.Equal(t, before, f.tree(), "created, changed and removed files are all restored")
+
+	// The manifest was kept: b is still known, so once validate passes the
+	// run removes it.
+	require.NoError(t, os.Remove(marker))
+	_, err = f.apply("web")
+	require.NoError(t, err)
+	assert.NoFileExists(t, f.path("/etc/nginx/sites/b.conf"))
+	assert.Equal(t, "server_name changed;\n", f.read("/etc/nginx/sites/a.conf"))
+}
+
+func TestCheckFailureWritesNothing(t *testing.T) {
+	f := newFixture(t, map[string]string{"web.yaml": `
+subscribes: [sites]
+directories:
+  - path: /etc/new-dir
+files:
+  - path: /etc/nginx/{{ .Object.ID }}.conf
+    for_each: sites
+    content: "{{ .Object.Data.body }}\n"
+    check: [grep, -q, "^ok", "{{ .Staged }}"]
+`})
+	f.put("sites/a", `{"body":"ok"}`)
+	_, err := f.apply("web")
+	require.NoError(t, err)
+	before := f.tree()
+
+	f.put("sites/a", `{"body":"ok too"}`)
+	f.put("sites/b", `{"body":"broken"}`)
+	_, err = f.apply("web")
+	assert.ErrorContains(t, err, "check /etc/nginx/b.conf: \"grep -q ^ok "+f.path("/etc/nginx/.ccm-b.conf."))
+	assert.Equal(t, before, f.tree(), "no file changed and no temp file is left")
+}
+
+func TestCheckSeesTheStagedFileAndItsFinalPath(t *testing.T) {
+	out := filepath.Join(t.TempDir(), "seen")
+	f := newFixture(t, map[string]string{"c.yaml": `
+files:
+  - path: /etc/x.conf
+    content: "hello\n"
+    mode: "0600"
+    check: [cp, --preserve=mode, "{{ .Staged }}", ` + strconv.Quote(out) + `]
+`})
+	_, err := f.apply("c")
+	require.NoError(t, err)
+	b, err := os.ReadFile(out)
+	require.NoError(t, err)
+	assert.Equal(t, "hello\n", string(b))
+	fi, err := os.Stat(out)
+	require.NoError(t, err)
+	assert.Equal(t, os.FileMode(0o600), fi.Mode(), "the staged file already has its final mode")
+}
+
+func TestOnChangeRunsOnceAfterAChangeAndIsRetriedAfterFailure(t *testing.T) {
+	dir := t.TempDir()
+	log, gate := filepath.Join(dir, "log"), filepath.Join(dir, "gate")
+	// The argv names sh explicitly: ccm itself never uses a shell.
+	f := newFixture(t, map[string]string{"web.yaml": sites + `on_change:
+  - [sh, -c, 'echo run >> "$0"', ` + strconv.Quote(log) + `]
+  - [test, -e, ` + strconv.Quote(gate) + `]
+`})
+	runs := func() int {
+		b, _ := os.ReadFile(log)
+		return strings.Count(string(b), "run")
+	}
+	f.put("sites/a", `{"name":"a"}`)
+	_, err := f.apply("web")
+	require.ErrorIs(t, err, applier.ErrOnChange)
+	assert.Equal(t, 1, runs())
+	assert.True(t, f.plan("web").PendingOnChange)
+
+	_, err = f.apply("web") // nothing changed, but on_change is pending
+	require.ErrorIs(t, err, applier.ErrOnChange)
+	assert.Equal(t, 2, runs())
+
+	require.NoError(t, os.WriteFile(gate, nil, 0o644))
+	_, err = f.apply("web")
+	require.NoError(t, err)
+	assert.Equal(t, 3, runs())
+
+	_, err = f.apply("web")
+	require.NoError(t, err)
+	assert.Equal(t, 3, runs(), "no change, nothing pending: on_change does not run")
+}
+
+func TestCommandsNeverSeeObjectDataOrAShell(t *testing.T) {
+	pwned := filepath.Join(t.TempDir(), "pwned")
+	args := filepath.Join(t.TempDir(), "args")
+	f := newFixture(t, map[string]string{"web.yaml": `
+subscribes: [sites]
+files:
+  - path: /etc/{{ .Object.ID }}.conf
+    for_each: sites
+    content: "{{ .Object.Data.name }}\n"
+    check: [cp, "{{ .Staged }}", ` + strconv.Quote(args) + `]
+validate: [true]
+`})
+	hostile := `$(touch ` + pwned + `); rm -rf / ; ` + "`touch " + pwned + "`"
+	f.put("sites/a", `{"name":`+strconv.Quote(hostile)+`}`)
+	_, err := f.apply("web")
+	require.NoError(t, err)
+	assert.NoFileExists(t, pwned)
+	assert.Equal(t, hostile+"\n", f.read("/etc/a.conf"), "data is written verbatim to the file")
+}
+
+func TestCommandTimeoutKillsTheProcessGroup(t *testing.T) {
+	pidfile := filepath.Join(t.TempDir(), "pid")
+	f := newFixture(t, map[string]string{"c.yaml": `
+files:
+  - {path: /x, content: x}
+validate: [sh, -c, 'sleep 300 & echo $! > "$0"; wait', ` + strconv.Quote(pidfile) + `]
+timeout: 500ms
+`})
+	start := time.Now()
+	_, err := f.apply("c")
+	require.ErrorIs(t, err, applier.ErrTimeout)
+	assert.Less(t, time.Since(start), 10*time.Second)
+	assert.NoFileExists(t, f.path("/x"), "rolled back")
+
+	raw, err := os.ReadFile(pidfile)
+	require.NoError(t, err)
+	pid, err := strconv.Atoi(strings.TrimSpace(string(raw)))
+	require.NoError(t, err)
+	require.Eventually(t, func() bool {
+		// Signal 0 fails once the background child is gone (or a zombie
+		// reaped by init); a surviving child would answer.
+		return syscall.Kill(pid, 0) != nil || isZombie(pid)
+	}, 5*time.Second, 20*time.Millisecond, "the grandchild sleep was killed with its group")
+}
+
+func isZombie(pid int) bool {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return true
+	}
+	fields := strings.Fields(string(b))
+	return len(fields) > 2 && fields[2] == "Z"
+}
+
+func TestModeDriftIsAnAttributeOnlyChange(t *testing.T) {
+	f := newFixture(t, map[string]string{"web.yaml": sites})
+	f.put("sites/a", `{"name":"a"}`)
+	_, err := f.apply("web")
+	require.NoError(t, err)
+	require.NoError(t, os.Chmod(f.path("/etc/nginx/sites/a.conf"), 0o666))
+	ino := inode(t, f.path("/etc/nginx/sites/a.conf"))
+
+	p := f.plan("web")
+	require.Len(t, p.Changes, 1)
+	assert.False(t, p.Changes[0].Content)
+	assert.Equal(t, []string{"mode 0666 -> 0640"}, p.Changes[0].Attrs)
+	assert.Empty(t, p.Changes[0].Diff())
+
+	_, err = f.apply("web")
+	require.NoError(t, err)
+	fi, err := os.Stat(f.path("/etc/nginx/sites/a.conf"))
+	require.NoError(t, err)
+	assert.Equal(t, os.FileMode(0o640), fi.Mode())
+	assert.Equal(t, ino, inode(t, f.path("/etc/nginx/sites/a.conf")), "fixed in place")
+}
+
+func TestApplyRemovesTempFilesACrashLeftBehind(t *testing.T) {
+	f := newFixture(t, map[string]string{"web.yaml": sites})
+	f.put("sites/a", `{"name":"a"}`)
+	_, err := f.apply("web")
+	require.NoError(t, err)
+	stale := f.path("/etc/nginx/sites/.ccm-a.conf.0123456789ab.tmp")
+	require.NoError(t, os.WriteFile(stale, []byte("torn"), 0o644))
+
+	f.put("sites/a", `{"name":"a2"}`)
+	_, err = f.apply("web")
+	require.NoError(t, err)
+	assert.NoFileExists(t, stale)
+}
+
+func TestRunSkipsDependentsOfAFailedConfiguration(t *testing.T) {
+	f := newFixture(t, map[string]string{
+		"base.yaml":  "files:\n  - {path: /base, content: '{{ .Objects.missing }}'}\n",
+		"child.yaml": "depends_on: [base]\nfiles:\n  - {path: /child, content: c}\n",
+		"other.yaml": "files:\n  - {path: /other, content: o}\n",
+	})
+	names, err := f.applier.Select(f.set, nil)
+	require.NoError(t, err)
+	r := f.applier.Run(context.Background(), f.set, f.snap(), names)
+	require.True(t, r.Failed())
+	got := map[string]applier.Result{}
+	for _, o := range r.Outcomes {
+		got[o.Config] = o.Result
+	}
+	assert.Equal(t, map[string]applier.Result{"base": applier.Failed, "child": applier.Skipped, "other": applier.Changed}, got)
+	assert.NoFileExists(t, f.path("/child"))
+	assert.FileExists(t, f.path("/other"))
+	cfg, msg := r.FirstFailure()
+	assert.Equal(t, "base", cfg)
+	assert.Contains(t, msg, `map has no entry for key "missing"`)
+}
+
+func TestRunStopsBetweenConfigurationsWhenCancelled(t *testing.T) {
+	f := newFixture(t, map[string]string{
+		"a.yaml": "files:\n  - {path: /a, content: a}\n",
+		"b.yaml": "files:\n  - {path: /b, content: b}\n",
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	r := f.applier.Run(ctx, f.set, f.snap(), []string{"a", "b"})
+	assert.True(t, r.Aborted)
+	assert.Equal(t, applier.Aborted, r.Outcomes[0].Result)
+	assert.NoFileExists(t, f.path("/a"))
+}
+
+func TestAFileMovedBetweenConfigurationsIsNotPruned(t *testing.T) {
+	f := newFixture(t, map[string]string{
+		"a.yaml": "subscribes: [s]\nfiles:\n  - {path: '/x/{{ .Object.ID }}', for_each: s, content: a}\n",
+		"b.yaml": "files:\n  - {path: /x/y, content: b}\n",
+	})
+	f.put("s/y", `{}`)
+	r := f.applier.Run(context.Background(), f.set, f.snap(), []string{"a"})
+	require.NoError(t, r.Err)
+
+	f.del("s/y") // y now belongs to b only, which runs after a
+	r = f.applier.Run(context.Background(), f.set, f.snap(), []string{"b", "a"})
+	require.NoError(t, r.Err)
+	assert.Equal(t, "b", f.read("/x/y"))
+}
