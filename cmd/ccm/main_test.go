@@ -1,0 +1,122 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"flag"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+var update = flag.Bool("update", false, "rewrite golden files")
+
+// ccm runs the CLI in-process and returns exit code, stdout and stderr.
+func ccm(t *testing.T, args ...string) (int, string, string) {
+	t.Helper()
+	var out, errOut bytes.Buffer
+	code := run(context.Background(), args, strings.NewReader(""), &out, &errOut)
+	return code, out.String(), errOut.String()
+}
+
+// offline returns flags that plan the example under a fresh root.
+func offline(t *testing.T) []string {
+	root, state := t.TempDir(), t.TempDir()
+	return []string{"--config-dir", "../../examples/ccm", "--root", root, "--state-dir", state, "--log-level", "error"}
+}
+
+func golden(t *testing.T, name, got string) {
+	t.Helper()
+	p := filepath.Join("testdata", name)
+	if *update {
+		require.NoError(t, os.WriteFile(p, []byte(got), 0o644))
+	}
+	want, err := os.ReadFile(p)
+	require.NoError(t, err, "run go test ./cmd/ccm -update to create it")
+	assert.Equal(t, string(want), got)
+}
+
+func TestPlanOfflineMatchesGoldenAndExits2(t *testing.T) {
+	code, out, stderr := ccm(t, append(offline(t), "plan", "--objects", "../../examples/objects.json", "--color", "never")...)
+	assert.Equal(t, exitChanges, code, stderr)
+	golden(t, "plan-example.golden", out)
+}
+
+func TestPlanOneConfiguration(t *testing.T) {
+	code, out, _ := ccm(t, append(offline(t), "plan", "--objects", "../../examples/objects.json", "--config", "crontab", "--color", "never")...)
+	assert.Equal(t, exitChanges, code)
+	assert.Contains(t, out, "+++ b/etc/cron.d/ccm-alice")
+	assert.NotContains(t, out, "nginx")
+	assert.True(t, strings.HasSuffix(out, "Plan: 2 to create, 0 to change, 0 to remove.\n"), out)
+}
+
+func TestPlanColoursOnlyWhenAsked(t *testing.T) {
+	_, out, _ := ccm(t, append(offline(t), "plan", "--objects", "../../examples/objects.json", "--color", "always")...)
+	assert.Contains(t, out, "\x1b[32m+[blog]\x1b[0m")
+}
+
+func TestPlanShowsHostileContentEscaped(t *testing.T) {
+	objs := filepath.Join(t.TempDir(), "o.json")
+	require.NoError(t, os.WriteFile(objs, []byte(`{"sites": {"evil": {"user": "x", "domains": ["a\u001b]0;owned\u0007.example"]}}}`), 0o644))
+	code, out, _ := ccm(t, append(offline(t), "plan", "--objects", objs, "--config", "nginx-vhosts", "--color", "never")...)
+	assert.Equal(t, exitChanges, code)
+	assert.NotContains(t, out, "\x1b")
+	assert.Contains(t, out, `server_name a\x1b]0;owned\a.example;`)
+}
+
+func TestExitCodes(t *testing.T) {
+	bad := t.TempDir()
+	require.NoError(t, os.WriteFile(filepath.Join(bad, "a.yaml"), []byte("depends_on: [a]\nfiles: [{path: /a, content: a}]\n"), 0o644))
+	objs := filepath.Join(t.TempDir(), "bad.json")
+	require.NoError(t, os.WriteFile(objs, []byte(`{"sites": {"x": "not an object"}}`), 0o644))
+
+	tests := []struct {
+		name   string
+		args   []string
+		code   int
+		stderr string
+	}{
+		{"validate ok", []string{"--config-dir", "../../examples/ccm", "validate"}, 0, ""},
+		{"validate cycle", []string{"--config-dir", bad, "validate"}, 1, "dependency cycle: a -> a"},
+		{"graph", []string{"--config-dir", "../../examples/ccm", "graph"}, 0, ""},
+		{"plan bad objects", append(offline(t), "plan", "--objects", objs), 1, "object /objects/sites/x: value is a JSON string"},
+		{"plan unknown config", append(offline(t), "plan", "--objects", "../../examples/objects.json", "--config", "nope"), 1, `configuration "nope": not found`},
+		{"apply without --once", []string{"apply"}, 1, "apply needs --once"},
+		{"bad object name", []string{"object", "get", "sites", "../x"}, 1, `id "../x": must match`},
+		{"version", []string{"version"}, 0, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			code, _, stderr := ccm(t, tt.args...)
+			assert.Equal(t, tt.code, code, stderr)
+			assert.Contains(t, stderr, tt.stderr)
+		})
+	}
+}
+
+func TestGraphIsDOTInRunOrder(t *testing.T) {
+	_, out, _ := ccm(t, "--config-dir", "../../examples/ccm", "graph")
+	golden(t, "graph-example.golden", out)
+}
+
+func TestFlagsFallBackToEnvironment(t *testing.T) {
+	t.Setenv("CCM_CONFIG_DIR", "../../examples/ccm")
+	t.Setenv("CCM_LOG_LEVEL", "error")
+	code, out, stderr := ccm(t, "validate")
+	assert.Equal(t, 0, code, stderr)
+	assert.Contains(t, out, "4 configurations OK")
+
+	t.Setenv("CCM_CONFIG_DIR", "/nonexistent")
+	code, _, _ = ccm(t, "--config-dir", "../../examples/ccm", "validate")
+	assert.Equal(t, 0, code, "a flag on the command line beats the environment")
+
+	t.Setenv("CCM_LOG_LEVEL", "loud")
+	code, _, stderr = ccm(t, "validate")
+	assert.Equal(t, 1, code)
+	assert.Regexp(t, regexp.MustCompile(`--log-level: unrecognized level: "loud"`), stderr)
+}

@@ -1,0 +1,179 @@
+package test
+
+import (
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/ccm-dev/ccm/cluster"
+	"github.com/ccm-dev/ccm/test/etcdtest"
+)
+
+func TestApplyOnceConvergesPrunesAndReports(t *testing.T) {
+	etcd := etcdtest.New(t, 1)
+	n := newNode(t, "web1", "../examples/ccm", etcd.Endpoints())
+
+	r := n.run("", "object", "import", "../examples/objects.json")
+	require.Equal(t, 0, r.code, r.stderr)
+	r = n.run("", "plan", "--color", "never")
+	require.Equal(t, 2, r.code, r.stderr)
+	assert.Contains(t, r.stdout, "Plan: 11 to create, 0 to change, 0 to remove.")
+
+	r = n.run("", "apply", "--once")
+	require.Equal(t, 0, r.code, r.stderr)
+	assert.FileExists(t, filepath.Join(n.root, "etc/nginx/sites-enabled/blog.conf"))
+	r = n.run("", "plan")
+	assert.Equal(t, 0, r.code, "a second plan finds nothing to do: %s", r.stdout)
+
+	// Deleting a site removes its vhost and its pool.
+	r = n.run("", "object", "delete", "sites", "blog")
+	require.Equal(t, 0, r.code, r.stderr)
+	r = n.run("", "plan", "--color", "never")
+	require.Equal(t, 2, r.code)
+	assert.Contains(t, r.stdout, "--- a/etc/nginx/sites-enabled/blog.conf\n+++ /dev/null\n")
+	assert.Contains(t, r.stdout, "Plan: 0 to create, 0 to change, 2 to remove.")
+	r = n.run("", "apply", "--once")
+	require.Equal(t, 0, r.code, r.stderr)
+	assert.NoFileExists(t, filepath.Join(n.root, "etc/nginx/sites-enabled/blog.conf"))
+	assert.NoFileExists(t, filepath.Join(n.root, "etc/php/8.2/fpm/pool.d/blog.conf"))
+	assert.FileExists(t, filepath.Join(n.root, "etc/nginx/sites-enabled/shop.conf"))
+
+	r = n.run("", "status", "--json")
+	require.Equal(t, 0, r.code, r.stderr)
+	var view cluster.View
+	require.NoError(t, json.Unmarshal([]byte(r.stdout), &view))
+	require.Len(t, view.Nodes, 1)
+	assert.Equal(t, "web1", view.Nodes[0].Name)
+	assert.Equal(t, cluster.ResultConverged, view.Nodes[0].Status.Result)
+	assert.Nil(t, view.Nodes[0].Presence, "presence goes with the session")
+	assert.Empty(t, view.Holder)
+}
+
+func TestFailingValidateRestoresFilesSetsTheFlagAndHaltsOtherNodes(t *testing.T) {
+	etcd := etcdtest.New(t, 1)
+	marker := filepath.Join(t.TempDir(), "nginx-is-broken")
+	dir := copyDir(t, "../examples/ccm")
+	vhosts := filepath.Join(dir, "nginx-vhosts.yaml")
+	raw, err := os.ReadFile(vhosts)
+	require.NoError(t, err)
+	raw = []byte(strings.Replace(string(raw), `validate: ["true"]`, `validate: [test, "!", -e, `+strconv.Quote(marker)+`]`, 1))
+	require.NoError(t, os.WriteFile(vhosts, raw, 0o644))
+
+	web1 := newNode(t, "web1", dir, etcd.Endpoints())
+	web2 := newNode(t, "web2", dir, etcd.Endpoints())
+	require.Equal(t, 0, web1.run("", "object", "import", "../examples/objects.json").code)
+	r := web1.run("", "apply", "--once")
+	require.Equal(t, 0, r.code, r.stderr)
+	before := tree(t, web1.root)
+
+	// A change that nginx would reject.
+	require.NoError(t, os.WriteFile(marker, nil, 0o644))
+	r = web1.run(`{"user":"alice","domains":["new.example.com"]}`, "object", "put", "sites", "shop")
+	require.Equal(t, 0, r.code, r.stderr)
+	r = web1.run("", "apply", "--once")
+	assert.Equal(t, 1, r.code)
+	assert.Contains(t, r.stderr, "configuration nginx-vhosts: validate failed, files restored")
+	after := tree(t, web1.root)
+	for path, content := range before {
+		if strings.Contains(path, "nginx") {
+			assert.Equal(t, content, after[path], "%s is restored byte for byte", path)
+		}
+	}
+	assert.NotEqual(t, before["/etc/php/8.2/fpm/pool.d/shop.conf"], after["/etc/php/8.2/fpm/pool.d/shop.conf"],
+		"php-fpm-pools ran before nginx-vhosts and converged")
+
+	r = web1.run("", "status")
+	assert.Equal(t, 3, r.code)
+	assert.Contains(t, r.stdout, "Failure flag: SET by node web1, configuration nginx-vhosts")
+	assert.Regexp(t, `web1\s+no\s+failed`, r.stdout)
+
+	// The next node does not apply while the flag is set.
+	r = web2.run("", "apply", "--once")
+	assert.Equal(t, 3, r.code, r.stderr)
+	assert.Contains(t, r.stderr, "halted by the failure flag")
+	assert.Empty(t, tree(t, web2.root))
+	r = web2.run("", "status")
+	assert.Regexp(t, `web2\s+no\s+halted`, r.stdout)
+
+	// Fixed and resumed, both converge.
+	require.NoError(t, os.Remove(marker))
+	r = web2.run("", "resume")
+	require.Equal(t, 0, r.code, r.stderr)
+	assert.Contains(t, r.stdout, "Failure flag cleared (was set by node web1, configuration nginx-vhosts).")
+	for _, n := range []*node{web2, web1} {
+		r = n.run("", "apply", "--once")
+		require.Equal(t, 0, r.code, r.stderr)
+		b, err := os.ReadFile(filepath.Join(n.root, "etc/nginx/sites-enabled/shop.conf"))
+		require.NoError(t, err)
+		assert.Contains(t, string(b), "server_name new.example.com;")
+	}
+	assert.Equal(t, 0, web1.run("", "status").code)
+}
+
+func TestMalformedObjectFailsOnlyItsConfigurations(t *testing.T) {
+	etcd := etcdtest.New(t, 1)
+	n := newNode(t, "web1", "../examples/ccm", etcd.Endpoints())
+	require.Equal(t, 0, n.run("", "object", "import", "../examples/objects.json").code)
+	require.Equal(t, 0, n.run("", "apply", "--once").code)
+	before := tree(t, n.root)
+
+	cli := etcd.Client(t)
+	_, err := cli.Put(context.Background(), "/ccm/objects/sites/broken", `{"user": `)
+	require.NoError(t, err)
+	_, err = cli.Put(context.Background(), "/ccm/objects/sites/bad$key", `{}`)
+	require.NoError(t, err)
+	_, err = cli.Put(context.Background(), "/ccm/objects/users/carol", `{"uid": 2003}`)
+	require.NoError(t, err)
+
+	r := n.run("", "apply", "--once")
+	assert.Equal(t, 1, r.code)
+	assert.Contains(t, r.stderr, "configuration php-fpm-pools: object /ccm/objects/sites/broken: value is not valid JSON")
+	assert.Contains(t, r.stderr, `key \"/ccm/objects/sites/bad$key\": id \"bad$key\": must match`, "ignored keys are reported")
+	after := tree(t, n.root)
+	for path, content := range before {
+		if strings.Contains(path, "nginx") || strings.Contains(path, "php") {
+			assert.Equal(t, content, after[path], "%s is untouched", path)
+		}
+	}
+	assert.Contains(t, after, "/etc/cron.d/ccm-carol", "configurations not reading sites still converge")
+}
+
+func TestObjectCommands(t *testing.T) {
+	etcd := etcdtest.New(t, 1)
+	n := newNode(t, "n", "../examples/ccm", etcd.Endpoints())
+	obj := filepath.Join(t.TempDir(), "o.json")
+	require.NoError(t, os.WriteFile(obj, []byte(`{"user":"alice","domains":["a.example"]}`+"\n"), 0o644))
+
+	assert.Equal(t, 0, n.run("", "object", "put", "sites", "a", "-f", obj).code)
+	assert.Equal(t, 0, n.run(`{"user":"bob"}`, "object", "put", "sites", "b").code)
+	r := n.run("[1]", "object", "put", "sites", "c")
+	assert.Equal(t, 1, r.code)
+	assert.Contains(t, r.stderr, "object /ccm/objects/sites/c: value is a JSON array, want a JSON object")
+
+	r = n.run("", "object", "list")
+	assert.Equal(t, "sites/a\nsites/b\n", r.stdout)
+	r = n.run("", "object", "get", "sites", "a")
+	assert.JSONEq(t, `{"user":"alice","domains":["a.example"]}`, r.stdout)
+	assert.Equal(t, 0, n.run("", "object", "delete", "sites", "a").code)
+	r = n.run("", "object", "delete", "sites", "a")
+	assert.Equal(t, 1, r.code)
+	assert.Contains(t, r.stderr, "object /ccm/objects/sites/a: not found")
+}
+
+func TestApplyGivesUpOnAnUnreachableEtcd(t *testing.T) {
+	n := newNode(t, "n", "../examples/ccm", []string{"127.0.0.1:1"})
+	start := time.Now()
+	r := n.run("", "apply", "--once", "--lock-timeout", "2s")
+	assert.Equal(t, 1, r.code)
+	assert.Contains(t, r.stderr, "lock session")
+	assert.Less(t, time.Since(start), 20*time.Second)
+	assert.Empty(t, tree(t, n.root))
+}

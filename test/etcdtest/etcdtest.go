@@ -1,0 +1,174 @@
+// Package etcdtest starts real etcd clusters inside a test process: embedded
+// members on 127.0.0.1 random ports, with short election timeouts.
+package etcdtest
+
+import (
+	"fmt"
+	"net"
+	"net/url"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/server/v3/embed"
+	"go.uber.org/zap"
+)
+
+// Cluster is a running embedded etcd cluster.
+type Cluster struct {
+	t       testing.TB
+	mu      sync.Mutex
+	members []*member
+}
+
+type member struct {
+	name           string
+	dir            string
+	client, peer   url.URL
+	initialCluster string
+	etcd           *embed.Etcd
+}
+
+// New starts an n-member cluster and stops it when the test ends.
+func New(t testing.TB, n int) *Cluster {
+	t.Helper()
+	c := &Cluster{t: t}
+	var initial []string
+	for i := 0; i < n; i++ {
+		m := &member{
+			name:   fmt.Sprintf("m%d", i),
+			dir:    t.TempDir(),
+			client: url.URL{Scheme: "http", Host: freeAddr(t)},
+			peer:   url.URL{Scheme: "http", Host: freeAddr(t)},
+		}
+		initial = append(initial, m.name+"="+m.peer.String())
+		c.members = append(c.members, m)
+	}
+	for _, m := range c.members {
+		m.initialCluster = strings.Join(initial, ",")
+	}
+	// Members start concurrently: none is ready before a quorum is up.
+	var wg sync.WaitGroup
+	errs := make([]error, n)
+	for i, m := range c.members {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = m.start("new")
+		}()
+	}
+	wg.Wait()
+	t.Cleanup(c.Close)
+	for _, err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	return c
+}
+
+// freeAddr returns a 127.0.0.1 address with a port that was free just now.
+func freeAddr(t testing.TB) string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+func (m *member) start(state string) error {
+	cfg := embed.NewConfig()
+	cfg.Name = m.name
+	cfg.Dir = m.dir
+	cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{m.client}, []url.URL{m.client}
+	cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{m.peer}, []url.URL{m.peer}
+	cfg.InitialCluster = m.initialCluster
+	cfg.ClusterState = state
+	cfg.TickMs, cfg.ElectionMs = 25, 250
+	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
+	e, err := embed.StartEtcd(cfg)
+	if err != nil {
+		return fmt.Errorf("start %s: %w", m.name, err)
+	}
+	select {
+	case <-e.Server.ReadyNotify():
+	case err := <-e.Err():
+		e.Close()
+		return fmt.Errorf("start %s: %w", m.name, err)
+	case <-time.After(30 * time.Second):
+		e.Close()
+		return fmt.Errorf("start %s: not ready after 30s", m.name)
+	}
+	m.etcd = e
+	return nil
+}
+
+// Endpoints returns every member's client address (host:port).
+func (c *Cluster) Endpoints() []string {
+	var eps []string
+	for _, m := range c.members {
+		eps = append(eps, m.client.Host)
+	}
+	return eps
+}
+
+// Endpoint returns member i's client address.
+func (c *Cluster) Endpoint(i int) string { return c.members[i].client.Host }
+
+// Client returns a client of the given members (all when none is given),
+// closed when the test ends.
+func (c *Cluster) Client(t testing.TB, members ...int) *clientv3.Client {
+	t.Helper()
+	eps := c.Endpoints()
+	if len(members) > 0 {
+		eps = nil
+		for _, i := range members {
+			eps = append(eps, c.Endpoint(i))
+		}
+	}
+	cli, err := clientv3.New(clientv3.Config{Endpoints: eps, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cli.Close() })
+	return cli
+}
+
+// Stop stops member i, keeping its data.
+func (c *Cluster) Stop(i int) { c.stopMember(i) }
+
+func (c *Cluster) stopMember(i int) {
+	c.mu.Lock()
+	e := c.members[i].etcd
+	c.members[i].etcd = nil
+	c.mu.Unlock()
+	if e != nil {
+		e.Close()
+	}
+}
+
+// Restart starts a stopped member i again with its data.
+func (c *Cluster) Restart(i int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err := c.members[i].start("existing"); err != nil {
+		c.t.Fatal(err)
+	}
+}
+
+// Close stops every member, concurrently: a member stopped alone waits
+// for the others to take over its leadership.
+func (c *Cluster) Close() {
+	var wg sync.WaitGroup
+	for i := range c.members {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c.stopMember(i)
+		}()
+	}
+	wg.Wait()
+}
