@@ -79,5 +79,4 @@ func TestWritesAreFencedOnceTheLeaseIsGone(t *testing.T) {
 	require.NoError(t, err)
 	assert.Nil(t, f, "the stale holder could not raise the flag")
 	require.NoError(t, lb.Release())
-	t.Log("end", time.Since(start))
 }
