@@ -52,7 +52,7 @@ func TestLoadRejectsBadDirectories(t *testing.T) {
 		{"template escapes templates/", map[string]string{"a.yaml": "files:\n  - path: /x\n    template: ../a.yaml\n"},
 			`$DIR/a.yaml: files[0] /x: template "../a.yaml" must be a relative path inside templates/`},
 		{"template parse error", map[string]string{
-			"a.yaml":         "files:\n  - path: /x\n    template: t.tmpl\n",
+			"a.yaml":           "files:\n  - path: /x\n    template: t.tmpl\n",
 			"templates/t.tmpl": "line one\n{{ if .Object }}\n",
 		}, "$DIR/a.yaml: files[0] /x: template: $DIR/templates/t.tmpl:3: unexpected EOF"},
 		{"content parse error", map[string]string{"a.yaml": "files:\n  - path: /x\n    content: '{{ .X '\n"},
