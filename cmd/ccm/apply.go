@@ -47,15 +47,7 @@ Exit codes: 0 converged, 1 failed (flag set), 3 halted by the flag.`,
 }
 
 func (a *app) applyOnce(ctx context.Context, names []string, lockTTL time.Duration) error {
-	set, err := a.loadConfigs()
-	if err != nil {
-		return err
-	}
-	ap, err := a.applier()
-	if err != nil {
-		return err
-	}
-	selected, err := ap.Select(set, names)
+	set, ap, selected, err := a.prepare(names)
 	if err != nil {
 		return err
 	}

@@ -12,6 +12,7 @@ import (
 	"github.com/spf13/cobra"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/ccm-dev/ccm/cluster"
 	"github.com/ccm-dev/ccm/objects"
 )
 
@@ -37,13 +38,27 @@ func (a *app) objectKey(typ, id string) (string, error) {
 
 // withKV runs fn with an etcd client and a request timeout.
 func (a *app) withKV(cmd *cobra.Command, fn func(context.Context, clientv3.KV) error) error {
-	c, err := a.cluster(cmd.Context())
-	if err != nil {
-		return err
+	return a.withCluster(cmd, func(ctx context.Context, c *cluster.Cluster) error {
+		return fn(ctx, c.Client())
+	})
+}
+
+// keyCmd is an object command on one TYPE ID.
+func (a *app) keyCmd(use, short string, fn func(ctx context.Context, kv clientv3.KV, key string) error) *cobra.Command {
+	return &cobra.Command{
+		Use:   use + " TYPE ID",
+		Short: short,
+		Args:  cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			key, err := a.objectKey(args[0], args[1])
+			if err != nil {
+				return err
+			}
+			return a.withKV(cmd, func(ctx context.Context, kv clientv3.KV) error {
+				return fn(ctx, kv, key)
+			})
+		},
 	}
-	ctx, cancel := context.WithTimeout(cmd.Context(), requestTimeout)
-	defer cancel()
-	return fn(ctx, c.Client())
 }
 
 func newObjectPutCmd(a *app) *cobra.Command {
@@ -80,52 +95,30 @@ func newObjectPutCmd(a *app) *cobra.Command {
 }
 
 func newObjectGetCmd(a *app) *cobra.Command {
-	return &cobra.Command{
-		Use:   "get TYPE ID",
-		Short: "Print an object's JSON",
-		Args:  cobra.ExactArgs(2),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			key, err := a.objectKey(args[0], args[1])
-			if err != nil {
-				return err
-			}
-			return a.withKV(cmd, func(ctx context.Context, kv clientv3.KV) error {
-				resp, err := kv.Get(ctx, key)
-				if err != nil {
-					return err
-				}
-				if len(resp.Kvs) == 0 {
-					return fmt.Errorf("object %s: not found", key)
-				}
-				fmt.Fprintln(a.stdout, string(resp.Kvs[0].Value))
-				return nil
-			})
-		},
-	}
+	return a.keyCmd("get", "Print an object's JSON", func(ctx context.Context, kv clientv3.KV, key string) error {
+		resp, err := kv.Get(ctx, key)
+		if err != nil {
+			return err
+		}
+		if len(resp.Kvs) == 0 {
+			return fmt.Errorf("object %s: not found", key)
+		}
+		fmt.Fprintln(a.stdout, string(resp.Kvs[0].Value))
+		return nil
+	})
 }
 
 func newObjectDeleteCmd(a *app) *cobra.Command {
-	return &cobra.Command{
-		Use:   "delete TYPE ID",
-		Short: "Delete an object",
-		Args:  cobra.ExactArgs(2),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			key, err := a.objectKey(args[0], args[1])
-			if err != nil {
-				return err
-			}
-			return a.withKV(cmd, func(ctx context.Context, kv clientv3.KV) error {
-				resp, err := kv.Delete(ctx, key)
-				if err != nil {
-					return err
-				}
-				if resp.Deleted == 0 {
-					return fmt.Errorf("object %s: not found", key)
-				}
-				return nil
-			})
-		},
-	}
+	return a.keyCmd("delete", "Delete an object", func(ctx context.Context, kv clientv3.KV, key string) error {
+		resp, err := kv.Delete(ctx, key)
+		if err != nil {
+			return err
+		}
+		if resp.Deleted == 0 {
+			return fmt.Errorf("object %s: not found", key)
+		}
+		return nil
+	})
 }
 
 func newObjectListCmd(a *app) *cobra.Command {

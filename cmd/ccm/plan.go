@@ -29,19 +29,11 @@ files that would be created, changed or removed, then a summary.
 Exit codes: 0 no changes, 2 changes, 1 error.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			set, err := a.loadConfigs()
+			set, ap, selected, err := a.prepare(names)
 			if err != nil {
 				return err
 			}
 			snap, err := a.snapshot(cmd.Context(), objectsFile)
-			if err != nil {
-				return err
-			}
-			ap, err := a.applier()
-			if err != nil {
-				return err
-			}
-			selected, err := ap.Select(set, names)
 			if err != nil {
 				return err
 			}

@@ -250,6 +250,35 @@ func (a *app) cluster(ctx context.Context) (*cluster.Cluster, error) {
 	return cluster.New(client, cluster.Options{Prefix: a.prefix, Node: a.node}), nil
 }
 
+// withCluster runs fn with the cluster and a request timeout.
+func (a *app) withCluster(cmd *cobra.Command, fn func(context.Context, *cluster.Cluster) error) error {
+	c, err := a.cluster(cmd.Context())
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(cmd.Context(), requestTimeout)
+	defer cancel()
+	return fn(ctx, c)
+}
+
+// prepare loads the configuration directory and selects the configurations
+// to run on this node: all of them, or those named.
+func (a *app) prepare(names []string) (*configs.Set, *applier.Applier, []string, error) {
+	set, err := a.loadConfigs()
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	ap, err := a.applier()
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	selected, err := ap.Select(set, names)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	return set, ap, selected, nil
+}
+
 func clientURL(endpoint string) string {
 	if strings.Contains(endpoint, "://") {
 		return endpoint

@@ -22,13 +22,11 @@ func newStatusCmd(a *app) *cobra.Command {
 		Long:  "Exit codes: 0, or 3 when the failure flag is set.",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := a.cluster(cmd.Context())
-			if err != nil {
+			var v *cluster.View
+			err := a.withCluster(cmd, func(ctx context.Context, c *cluster.Cluster) (err error) {
+				v, err = c.View(ctx)
 				return err
-			}
-			ctx, cancel := context.WithTimeout(cmd.Context(), requestTimeout)
-			defer cancel()
-			v, err := c.View(ctx)
+			})
 			if err != nil {
 				return err
 			}
@@ -95,13 +93,11 @@ func newResumeCmd(a *app) *cobra.Command {
 		Short: "Clear the failure flag so that the rollout continues",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := a.cluster(cmd.Context())
-			if err != nil {
+			var f *cluster.Failure
+			err := a.withCluster(cmd, func(ctx context.Context, c *cluster.Cluster) (err error) {
+				f, err = c.Resume(ctx)
 				return err
-			}
-			ctx, cancel := context.WithTimeout(cmd.Context(), requestTimeout)
-			defer cancel()
-			f, err := c.Resume(ctx)
+			})
 			if err != nil {
 				return err
 			}
