@@ -150,7 +150,7 @@ func (b *Builder) Add(key string, value []byte, modRevision int64) {
 	}
 	data, err := Decode(value)
 	if err != nil {
-		b.snap.Invalid[typ] = append(b.snap.Invalid[typ], fmt.Errorf("object %s: %w", key, err))
+		b.snap.Invalid[typ] = append(b.snap.Invalid[typ], objectError(key, err))
 		return
 	}
 	b.snap.Types[typ] = append(b.snap.Types[typ], Object{ID: id, Type: typ, Revision: modRevision, Data: data})
@@ -163,4 +163,8 @@ func (b *Builder) Snapshot() *Snapshot {
 	}
 	s := b.snap
 	return &s
+}
+
+func objectError(key string, err error) error {
+	return fmt.Errorf("object %s: %w", key, err)
 }

@@ -120,7 +120,7 @@ func newRootCmd(a *app) *cobra.Command {
 	f.StringVar(&a.embeddedEtcd, "embedded-etcd", "", "run a single-member etcd in this process with data in `DIR`, serving --endpoints")
 
 	root.AddCommand(
-		newPlanCmd(a), newApplyCmd(a), newStatusCmd(a), newResumeCmd(a),
+		newAgentCmd(a), newPlanCmd(a), newApplyCmd(a), newStatusCmd(a), newResumeCmd(a),
 		newValidateCmd(a), newGraphCmd(a), newObjectCmd(a), newVersionCmd(a),
 	)
 	return root

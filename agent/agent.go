@@ -1,0 +1,252 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jonboulle/clockwork"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+
+	"github.com/ccm-dev/ccm/applier"
+	"github.com/ccm-dev/ccm/cluster"
+	"github.com/ccm-dev/ccm/configs"
+	"github.com/ccm-dev/ccm/debounce"
+	"github.com/ccm-dev/ccm/eventbus"
+	"github.com/ccm-dev/ccm/metrics"
+	"github.com/ccm-dev/ccm/objects"
+	"github.com/ccm-dev/ccm/render"
+	"github.com/ccm-dev/ccm/retry"
+	"github.com/ccm-dev/ccm/watcher"
+)
+
+// Defaults of the agent's timing options.
+const (
+	DefaultDebounce = 10 * time.Second
+	DefaultMaxWait  = 60 * time.Second
+	DefaultResync   = time.Hour
+)
+
+// Options configures an Agent. Client, Node, ConfigDir, Root and StateDir
+// are required; zero durations take the defaults.
+type Options struct {
+	Client    *clientv3.Client
+	Prefix    string
+	Node      string
+	Labels    map[string]string
+	ConfigDir string
+	Root      string
+	StateDir  string
+
+	Debounce time.Duration // quiet period; 0 with DebounceSet means none
+	// DebounceSet distinguishes an explicit --debounce 0 from unset.
+	DebounceSet bool
+	MaxWait     time.Duration
+	LockTTL     time.Duration
+	Resync      time.Duration
+	// Liveness is the watch's progress-request period (default 10s).
+	Liveness time.Duration
+
+	Logger  *zap.Logger
+	Metrics *metrics.Metrics // nil: a new set
+	Clock   clockwork.Clock  // nil: the real clock
+}
+
+// Agent is the per-node service.
+type Agent struct {
+	opts    Options
+	log     *zap.Logger
+	metrics *metrics.Metrics
+	cluster *cluster.Cluster
+	applier *applier.Applier
+	configs atomic.Pointer[configs.Set]
+	bus     *eventbus.Bus
+	mirror  *objects.Mirror
+	deb     *debounce.Debouncer
+	watcher *watcher.Watcher
+	flag    *flagState
+
+	session *cluster.Session // owned by the run loop
+	retry   *retry.Delay     // owned by the run loop
+}
+
+// New loads the configuration directory and returns an Agent. It refuses a
+// broken directory. It starts nothing; Run does.
+func New(opts Options) (*Agent, error) {
+	if opts.Client == nil || opts.Node == "" {
+		return nil, errors.New("agent: a client and a node name are required")
+	}
+	defaults(&opts)
+	set, err := configs.Load(opts.ConfigDir)
+	if err != nil {
+		return nil, err
+	}
+	a := &Agent{
+		opts:    opts,
+		log:     opts.Logger.With(zap.String("node", opts.Node)),
+		metrics: opts.Metrics,
+		cluster: cluster.New(opts.Client, cluster.Options{Prefix: opts.Prefix, Node: opts.Node}),
+		bus:     eventbus.New(),
+		mirror:  objects.NewMirror(opts.Prefix),
+		deb:     debounce.New(opts.Debounce, opts.MaxWait, opts.Clock),
+		retry:   retry.New(10 * time.Second),
+	}
+	a.applier = applier.New(applier.Options{
+		Root: opts.Root, StateDir: opts.StateDir,
+		Node:   render.Node{Name: opts.Node, Labels: opts.Labels},
+		Logger: a.log,
+	})
+	a.flag = newFlagState(a.metrics, func() { a.deb.AddAll("failure flag cleared") })
+	a.watcher = watcher.New(opts.Client, a.mirror, a.deb, watcher.Options{
+		Prefix: opts.Prefix, Liveness: opts.Liveness, Logger: a.log,
+		OnRevision: func(cluster, mirror int64) { a.metrics.WatchLag.Set(float64(max(0, cluster-mirror))) },
+	})
+	a.use(set)
+	return a, nil
+}
+
+func defaults(o *Options) {
+	if o.Prefix == "" {
+		o.Prefix = cluster.DefaultPrefix
+	}
+	if o.Debounce == 0 && !o.DebounceSet {
+		o.Debounce = DefaultDebounce
+	}
+	if o.MaxWait == 0 {
+		o.MaxWait = DefaultMaxWait
+	}
+	if o.LockTTL == 0 {
+		o.LockTTL = cluster.DefaultLockTTL
+	}
+	if o.Resync == 0 {
+		o.Resync = DefaultResync
+	}
+	if o.Logger == nil {
+		o.Logger = zap.NewNop()
+	}
+	if o.Metrics == nil {
+		o.Metrics = metrics.New()
+	}
+	if o.Clock == nil {
+		o.Clock = clockwork.NewRealClock()
+	}
+}
+
+// use installs a configuration set and its subscriptions.
+func (a *Agent) use(set *configs.Set) {
+	subs := make(map[string][]string, len(set.Configs))
+	for name, c := range set.Configs {
+		subs[name] = c.Types()
+	}
+	a.bus.Replace(subs)
+	a.configs.Store(set)
+}
+
+// Reload loads the configuration directory again. A broken directory keeps
+// the old one and returns the error; a good one converges everything.
+func (a *Agent) Reload() error {
+	set, err := configs.Load(a.opts.ConfigDir)
+	if err != nil {
+		a.log.Error("reload failed; keeping the loaded configuration", zap.Error(err))
+		return err
+	}
+	a.use(set)
+	a.log.Info("configuration reloaded", zap.Strings("order", set.Order))
+	a.deb.AddAll("reload")
+	return nil
+}
+
+// Ready returns nil when the mirror is synced with etcd.
+func (a *Agent) Ready() error {
+	if !a.watcher.Synced() {
+		return errors.New("object watch not synced with etcd")
+	}
+	return nil
+}
+
+// Metrics returns the agent's metrics.
+func (a *Agent) Metrics() *metrics.Metrics { return a.metrics }
+
+// Run converges until ctx is cancelled, then finishes the configuration
+// under way, releases the lock and returns nil.
+func (a *Agent) Run(ctx context.Context) error {
+	bg, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	defer func() {
+		cancel()
+		wg.Wait()
+		if a.session != nil {
+			a.session.Close()
+		}
+	}()
+	for _, fn := range []func(context.Context){a.runWatcher, a.watchFlag, a.resyncLoop, a.readiness} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			fn(bg)
+		}()
+	}
+	for {
+		if err := a.flag.waitClear(ctx); err != nil {
+			return nil
+		}
+		a.metrics.DebouncePending.Set(float64(a.deb.Pending()))
+		batch, err := a.deb.Next(ctx)
+		if err != nil {
+			return nil
+		}
+		a.metrics.DebouncePending.Set(float64(a.deb.Pending()))
+		a.converge(ctx, batch)
+	}
+}
+
+func (a *Agent) runWatcher(ctx context.Context) {
+	if err := a.watcher.Run(ctx); err != nil {
+		a.log.Error("watcher stopped", zap.Error(err))
+	}
+}
+
+// resyncLoop asks for a converge of everything every Resync, repairing
+// local drift.
+func (a *Agent) resyncLoop(ctx context.Context) {
+	t := a.opts.Clock.NewTicker(a.opts.Resync)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.Chan():
+			a.deb.AddAll("resync")
+		}
+	}
+}
+
+// readiness mirrors Ready into the ready metric.
+func (a *Agent) readiness(ctx context.Context) {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		ready := 0.0
+		if a.Ready() == nil {
+			ready = 1
+		}
+		a.metrics.Ready.Set(ready)
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// describe formats a batch for logs.
+func describe(b debounce.Batch) string {
+	if b.All {
+		return fmt.Sprintf("everything (%v)", b.Reasons)
+	}
+	return fmt.Sprintf("types %v", b.Types)
+}

@@ -1,0 +1,23 @@
+// Package agent is the long-running ccm service on one node: it wires the
+// watcher, the debouncer, the event bus, the cluster lock and the applier
+// into the flow of DESIGN.md.
+//
+//	watch -> mirror + thin events -> debounce -> event bus selects
+//	configurations -> lock -> failure flag? -> sync mirror -> apply in
+//	dependency order -> status (+ flag on failure) -> unlock
+//
+// Guarantees:
+//   - Every run holds the cluster lock; status and flag writes are fenced
+//     by lock ownership.
+//   - Events that arrive during a run are collected for the next one.
+//   - While the failure flag is set the agent does not apply: it reports
+//     itself halted once, keeps collecting events, and converges
+//     everything when the flag is cleared.
+//   - If the session is lost mid-run, the run stops before the next
+//     configuration, is recorded as aborted, and everything converges again
+//     on a new session.
+//   - etcd being unreachable never stops the agent: it backs off and
+//     retries, and reports not ready.
+//   - Run returns nil after its context is cancelled, once the current
+//     configuration has finished and the lock is released.
+package agent

@@ -1,0 +1,155 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/coreos/go-systemd/v22/daemon"
+	"github.com/spf13/cobra"
+	"go.uber.org/zap"
+
+	"github.com/ccm-dev/ccm/agent"
+	"github.com/ccm-dev/ccm/cluster"
+)
+
+func newAgentCmd(a *app) *cobra.Command {
+	opts := agent.Options{}
+	var metricsAddr string
+	cmd := &cobra.Command{
+		Use:   "agent",
+		Short: "Run the per-node service: watch etcd and converge on change",
+		Long: `Watch the objects in etcd, debounce changes, and converge the configurations
+that subscribe to them, one node at a time under the cluster lock.
+SIGTERM/SIGINT finish the current configuration, release the lock and exit 0.
+SIGHUP reloads the configuration directory (a broken one is logged and the
+loaded one kept).`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			opts.DebounceSet = cmd.Flags().Changed("debounce") || os.Getenv("CCM_DEBOUNCE") != ""
+			return a.runAgent(cmd.Context(), opts, metricsAddr)
+		},
+	}
+	f := cmd.Flags()
+	f.DurationVar(&opts.Debounce, "debounce", agent.DefaultDebounce, "quiet period after the last change before a run")
+	f.DurationVar(&opts.MaxWait, "max-wait", agent.DefaultMaxWait, "longest delay of a run after the first change")
+	f.DurationVar(&opts.LockTTL, "lock-ttl", cluster.DefaultLockTTL, "lease TTL of the node's session (lock and presence)")
+	f.DurationVar(&opts.Resync, "resync", agent.DefaultResync, "converge everything this often, repairing local drift")
+	f.StringVar(&metricsAddr, "metrics-addr", "", "serve /metrics, /healthz and /readyz on this `ADDR` (e.g. 127.0.0.1:9310)")
+	return cmd
+}
+
+func (a *app) runAgent(ctx context.Context, opts agent.Options, metricsAddr string) error {
+	c, err := a.cluster(ctx)
+	if err != nil {
+		return err
+	}
+	labels, err := a.nodeLabels()
+	if err != nil {
+		return err
+	}
+	opts.Client, opts.Prefix, opts.Node, opts.Labels = c.Client(), a.prefix, a.node, labels
+	opts.ConfigDir, opts.Root, opts.StateDir, opts.Logger = a.configDir, a.root, a.stateDir, a.log
+	ag, err := agent.New(opts)
+	if err != nil {
+		return err
+	}
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	if metricsAddr != "" {
+		if err := serveMetrics(ctx, &wg, metricsAddr, ag, a.log); err != nil {
+			return err
+		}
+	}
+	wg.Add(2)
+	go func() { defer wg.Done(); reloadOnHUP(ctx, ag) }()
+	go func() { defer wg.Done(); notifySystemd(ctx, ag, a.log) }()
+	a.log.Info("agent started", zap.String("config_dir", a.configDir), zap.String("root", a.root),
+		zap.Strings("endpoints", a.endpoints), zap.Duration("debounce", opts.Debounce))
+	err = ag.Run(ctx)
+	_, _ = daemon.SdNotify(false, daemon.SdNotifyStopping)
+	a.log.Info("agent stopped")
+	return err
+}
+
+// serveMetrics listens on addr and serves until ctx ends.
+func serveMetrics(ctx context.Context, wg *sync.WaitGroup, addr string, ag *agent.Agent, log *zap.Logger) error {
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("--metrics-addr: %w", err)
+	}
+	srv := &http.Server{Handler: ag.Metrics().Handler(ag.Ready), ReadHeaderTimeout: 10 * time.Second}
+	wg.Add(2)
+	go func() {
+		defer wg.Done()
+		if err := srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("metrics server", zap.Error(err))
+		}
+	}()
+	go func() {
+		defer wg.Done()
+		<-ctx.Done()
+		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(sctx)
+	}()
+	log.Info("serving metrics", zap.String("addr", l.Addr().String()))
+	return nil
+}
+
+// reloadOnHUP reloads the configuration directory on SIGHUP.
+func reloadOnHUP(ctx context.Context, ag *agent.Agent) {
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-hup:
+			_ = ag.Reload() // logged; the loaded configuration stays
+		}
+	}
+}
+
+// notifySystemd tells systemd (Type=notify) that the service is up, keeps
+// its status line current and pings the watchdog. Readiness to systemd
+// means the agent runs; whether etcd answers shows in STATUS= and /readyz,
+// so that an unreachable etcd does not make systemd kill the agent.
+func notifySystemd(ctx context.Context, ag *agent.Agent, log *zap.Logger) {
+	sent, err := daemon.SdNotify(false, daemon.SdNotifyReady)
+	if err != nil || !sent {
+		return // not under systemd
+	}
+	interval, err := daemon.SdWatchdogEnabled(false)
+	if err != nil || interval == 0 {
+		interval = 30 * time.Second
+	} else {
+		interval /= 2
+	}
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		status := "STATUS=converging; watching etcd"
+		if err := ag.Ready(); err != nil {
+			status = "STATUS=not ready: " + err.Error()
+		}
+		if _, err := daemon.SdNotify(false, daemon.SdNotifyWatchdog+"\n"+status); err != nil {
+			log.Debug("sd_notify", zap.Error(err))
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}

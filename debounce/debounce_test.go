@@ -1,0 +1,150 @@
+package debounce_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/jonboulle/clockwork"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/ccm-dev/ccm/debounce"
+)
+
+// next runs Next in the background and returns a channel for its batch.
+func next(t *testing.T, d *debounce.Debouncer) <-chan debounce.Batch {
+	ch := make(chan debounce.Batch, 1)
+	go func() {
+		b, err := d.Next(context.Background())
+		if err == nil {
+			ch <- b
+		}
+	}()
+	return ch
+}
+
+func requireNone(t *testing.T, ch <-chan debounce.Batch) {
+	t.Helper()
+	select {
+	case b := <-ch:
+		t.Fatalf("batch released early: %+v", b)
+	default:
+	}
+}
+
+// waitTimer waits until Next sleeps on the fake clock.
+func waitTimer(t *testing.T, fc *clockwork.FakeClock) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	require.NoError(t, fc.BlockUntilContext(ctx, 1))
+}
+
+func receive(t *testing.T, ch <-chan debounce.Batch) debounce.Batch {
+	t.Helper()
+	select {
+	case b := <-ch:
+		return b
+	case <-time.After(5 * time.Second):
+		t.Fatal("no batch")
+		return debounce.Batch{}
+	}
+}
+
+func TestBurstIsOneBatchAfterTheQuietPeriod(t *testing.T) {
+	fc := clockwork.NewFakeClock()
+	d := debounce.New(10*time.Second, time.Minute, fc)
+	ch := next(t, d)
+	for i := 1; i <= 100; i++ {
+		d.Add(int64(i), "sites")
+		if i%10 == 0 {
+			d.Add(int64(i), "users")
+		}
+	}
+	waitTimer(t, fc)
+	fc.Advance(9 * time.Second)
+	requireNone(t, ch)
+	waitTimer(t, fc)
+	fc.Advance(time.Second)
+	b := receive(t, ch)
+	assert.Equal(t, []string{"sites", "users"}, b.Types)
+	assert.Equal(t, int64(100), b.Revision)
+	assert.False(t, b.All)
+	assert.Zero(t, d.Pending())
+}
+
+func TestEachEventRestartsTheQuietPeriod(t *testing.T) {
+	fc := clockwork.NewFakeClock()
+	d := debounce.New(10*time.Second, time.Minute, fc)
+	ch := next(t, d)
+	d.Add(1, "a")
+	waitTimer(t, fc)
+	fc.Advance(8 * time.Second)
+	d.Add(2, "b") // restarts the 10s
+	waitTimer(t, fc)
+	fc.Advance(8 * time.Second)
+	requireNone(t, ch)
+	waitTimer(t, fc)
+	fc.Advance(2 * time.Second)
+	assert.Equal(t, []string{"a", "b"}, receive(t, ch).Types)
+}
+
+func TestChurnIsReleasedAtTheCeiling(t *testing.T) {
+	fc := clockwork.NewFakeClock()
+	d := debounce.New(10*time.Second, 60*time.Second, fc)
+	ch := next(t, d)
+	start := fc.Now()
+	for i := 0; ; i++ {
+		d.Add(int64(i), "sites")
+		waitTimer(t, fc)
+		fc.Advance(5 * time.Second) // always inside the quiet period
+		select {
+		case b := <-ch:
+			assert.Equal(t, 60*time.Second, fc.Since(start), "released at max-wait after the first event")
+			assert.Equal(t, start, b.First)
+			return
+		case <-time.After(10 * time.Millisecond):
+		}
+		require.Less(t, i, 20, "never released")
+	}
+}
+
+func TestEventsDuringARunAreKeptForTheNextBatch(t *testing.T) {
+	fc := clockwork.NewFakeClock()
+	d := debounce.New(0, 0, fc)
+	d.Add(1, "a")
+	b, err := d.Next(context.Background())
+	require.NoError(t, err)
+	assert.Equal(t, []string{"a"}, b.Types)
+
+	// The run is under way; events keep arriving.
+	d.Add(2, "b")
+	d.AddAll("resync")
+	assert.Equal(t, 2, d.Pending())
+	b, err = d.Next(context.Background())
+	require.NoError(t, err)
+	assert.Equal(t, []string{"b"}, b.Types)
+	assert.True(t, b.All)
+	assert.Equal(t, []string{"resync"}, b.Reasons)
+}
+
+func TestRequeueKeepsEverything(t *testing.T) {
+	d := debounce.New(0, 0, nil)
+	d.Requeue(debounce.Batch{Types: []string{"x"}, All: true, Reasons: []string{"start"}, Revision: 9})
+	d.Add(3, "y")
+	b, err := d.Next(context.Background())
+	require.NoError(t, err)
+	assert.Equal(t, debounce.Batch{Types: []string{"x", "y"}, All: true, Reasons: []string{"start"}, Revision: 9, First: b.First}, b)
+}
+
+func TestNextReturnsOnCancel(t *testing.T) {
+	d := debounce.New(time.Hour, time.Hour, nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	d.Add(1, "a")
+	errc := make(chan error)
+	go func() { _, err := d.Next(ctx); errc <- err }()
+	cancel()
+	assert.ErrorIs(t, <-errc, context.Canceled)
+	assert.Equal(t, 1, d.Pending(), "cancelling loses nothing")
+}

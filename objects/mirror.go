@@ -1,0 +1,188 @@
+package objects
+
+import (
+	"context"
+	"sort"
+	"sync"
+)
+
+// Mirror is a local copy of every object, fed by the watch stream (an
+// informer cache), so that a run renders from memory and never re-reads the
+// whole prefix. It is safe for concurrent use; snapshots it returns are
+// immutable and share unchanged per-type lists between calls.
+type Mirror struct {
+	prefix string
+
+	mu      sync.RWMutex
+	rev     int64
+	objs    map[string]map[string]Object // type -> id -> object
+	invalid map[string]map[string]error  // type -> id -> decode error
+	ignored map[string]error             // key -> grammar error
+	sorted  map[string][]Object          // type -> objects by ID; rebuilt lazily
+	revCh   chan struct{}                // closed and replaced when rev grows
+}
+
+// NewMirror returns an empty mirror of the objects under prefix.
+func NewMirror(prefix string) *Mirror {
+	m := &Mirror{prefix: prefix, revCh: make(chan struct{})}
+	m.clear()
+	return m
+}
+
+func (m *Mirror) clear() {
+	m.objs = map[string]map[string]Object{}
+	m.invalid = map[string]map[string]error{}
+	m.ignored = map[string]error{}
+	m.sorted = map[string][]Object{}
+}
+
+// KV is one key/value of a list or a watch event.
+type KV struct {
+	Key         string
+	Value       []byte
+	ModRevision int64
+	Deleted     bool
+}
+
+// Reset replaces the whole mirror with a list taken at rev.
+func (m *Mirror) Reset(kvs []KV, rev int64) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.clear()
+	for _, kv := range kvs {
+		m.applyLocked(kv)
+	}
+	m.setRevisionLocked(rev)
+}
+
+// Apply applies watch events and returns the types they changed. Events
+// at or below the mirror's revision were applied already and are skipped,
+// so a resumed watch never applies an event twice.
+func (m *Mirror) Apply(kvs []KV) []string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	seen := map[string]bool{}
+	var types []string
+	for _, kv := range kvs {
+		if kv.ModRevision <= m.rev {
+			continue
+		}
+		if t, ok := m.applyLocked(kv); ok && !seen[t] {
+			seen[t] = true
+			types = append(types, t)
+		}
+	}
+	return types
+}
+
+// applyLocked applies one key; it reports the type when a valid key
+// changed.
+func (m *Mirror) applyLocked(kv KV) (string, bool) {
+	typ, id, err := ParseKey(m.prefix, kv.Key)
+	if err != nil {
+		if kv.Deleted {
+			delete(m.ignored, kv.Key)
+		} else {
+			m.ignored[kv.Key] = err
+		}
+		return "", false
+	}
+	delete(m.sorted, typ)
+	delete(m.objs[typ], id)
+	delete(m.invalid[typ], id)
+	if kv.Deleted {
+		return typ, true
+	}
+	data, err := Decode(kv.Value)
+	if err != nil {
+		if m.invalid[typ] == nil {
+			m.invalid[typ] = map[string]error{}
+		}
+		m.invalid[typ][id] = objectError(kv.Key, err)
+		return typ, true
+	}
+	if m.objs[typ] == nil {
+		m.objs[typ] = map[string]Object{}
+	}
+	m.objs[typ][id] = Object{ID: id, Type: typ, Revision: kv.ModRevision, Data: data}
+	return typ, true
+}
+
+// SetRevision records that the mirror holds every change up to rev (from a
+// watch response or progress notification).
+func (m *Mirror) SetRevision(rev int64) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.setRevisionLocked(rev)
+}
+
+func (m *Mirror) setRevisionLocked(rev int64) {
+	if rev > m.rev {
+		m.rev = rev
+		close(m.revCh)
+		m.revCh = make(chan struct{})
+	}
+}
+
+// Revision returns the revision up to which the mirror is complete.
+func (m *Mirror) Revision() int64 {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	return m.rev
+}
+
+// WaitRevision blocks until the mirror reaches rev or ctx ends.
+func (m *Mirror) WaitRevision(ctx context.Context, rev int64) error {
+	for {
+		m.mu.RLock()
+		cur, ch := m.rev, m.revCh
+		m.mu.RUnlock()
+		if cur >= rev {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// Snapshot returns the mirror's objects as a Snapshot at its revision.
+func (m *Mirror) Snapshot() *Snapshot {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	s := &Snapshot{Revision: m.rev, Types: make(map[string][]Object, len(m.objs)), Invalid: map[string][]error{}}
+	for typ, byID := range m.objs {
+		l, ok := m.sorted[typ]
+		if !ok {
+			l = make([]Object, 0, len(byID))
+			for _, o := range byID {
+				l = append(l, o)
+			}
+			sort.Slice(l, func(i, j int) bool { return l[i].ID < l[j].ID })
+			m.sorted[typ] = l
+		}
+		if len(l) > 0 {
+			s.Types[typ] = l
+		}
+	}
+	for typ, byID := range m.invalid {
+		for _, id := range sortedIDs(byID) {
+			s.Invalid[typ] = append(s.Invalid[typ], byID[id])
+		}
+	}
+	for _, key := range sortedIDs(m.ignored) {
+		s.Ignored = append(s.Ignored, m.ignored[key])
+	}
+	return s
+}
+
+func sortedIDs(m map[string]error) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}

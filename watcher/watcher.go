@@ -1,0 +1,244 @@
+// Package watcher keeps the local mirror of <prefix>/objects/ in step with
+// etcd and turns key events into thin events: the object types that changed,
+// and the revision.
+//
+// Flow: list the prefix at revision R into the mirror, then watch from R+1.
+// After a disconnect the watch resumes from the mirror's revision + 1, so no
+// event is lost; events at or below that revision are skipped, so none is
+// applied twice. When etcd has compacted past that revision (ErrCompacted),
+// or the watch cannot resume, the watcher lists again and asks for a
+// converge of everything.
+//
+// The watch uses WithRequireLeader, so a member cut off from its cluster
+// ends the watch instead of starving the agent silently, and progress
+// requests on a timer of its own detect a stream that stopped answering.
+//
+// Shutdown: Run returns nil when its context is cancelled.
+package watcher
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync/atomic"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+
+	"github.com/ccm-dev/ccm/objects"
+	"github.com/ccm-dev/ccm/retry"
+)
+
+// Sink receives thin events. The debouncer is one.
+type Sink interface {
+	// Add reports that objects of types changed at revision rev.
+	Add(rev int64, types ...string)
+	// AddAll asks for a converge of everything.
+	AddAll(reason string)
+}
+
+// Options configures a Watcher.
+type Options struct {
+	Prefix string
+	// Liveness is how often the watcher asks etcd for a progress
+	// notification; a stream silent for two periods is restarted.
+	// Default 10s.
+	Liveness time.Duration
+	// MaxBackoff caps the retry delay while etcd is unreachable. Default 10s.
+	MaxBackoff time.Duration
+	Logger     *zap.Logger
+	// OnRevision, if set, is called with the cluster's revision and the
+	// mirror's after each liveness check, for the lag metric.
+	OnRevision func(cluster, mirror int64)
+}
+
+// Watcher feeds a Mirror and a Sink from an etcd watch.
+type Watcher struct {
+	client *clientv3.Client
+	mirror *objects.Mirror
+	sink   Sink
+	opts   Options
+	log    *zap.Logger
+	synced atomic.Bool
+	lists  atomic.Int64
+}
+
+// New returns a Watcher; Run starts it.
+func New(client *clientv3.Client, mirror *objects.Mirror, sink Sink, opts Options) *Watcher {
+	if opts.Liveness <= 0 {
+		opts.Liveness = 10 * time.Second
+	}
+	if opts.MaxBackoff <= 0 {
+		opts.MaxBackoff = 10 * time.Second
+	}
+	log := opts.Logger
+	if log == nil {
+		log = zap.NewNop()
+	}
+	return &Watcher{client: client, mirror: mirror, sink: sink, opts: opts, log: log.Named("watcher")}
+}
+
+// Synced reports whether the mirror is listed and the watch is healthy.
+func (w *Watcher) Synced() bool { return w.synced.Load() }
+
+// Lists returns how many times the watcher listed the whole prefix.
+func (w *Watcher) Lists() int64 { return w.lists.Load() }
+
+// errStalled ends a watch that stopped answering progress requests.
+var errStalled = errors.New("watch stream stalled")
+
+// Run lists and watches until ctx is cancelled.
+func (w *Watcher) Run(ctx context.Context) error {
+	reason := "start"
+	backoff := retry.New(w.opts.MaxBackoff)
+	for {
+		if reason != "" {
+			if err := w.list(ctx); err != nil {
+				if ctx.Err() != nil {
+					return nil
+				}
+				w.log.Warn("list failed; retrying", zap.Error(err), zap.Duration("in", backoff.Next()))
+				if !backoff.Wait(ctx) {
+					return nil
+				}
+				continue
+			}
+			w.sink.AddAll(reason)
+			reason = ""
+		}
+		err := w.watch(ctx, backoff)
+		w.synced.Store(false)
+		switch {
+		case ctx.Err() != nil:
+			return nil
+		case errors.Is(err, rpctypes.ErrCompacted):
+			w.log.Warn("watch compacted; listing again", zap.Error(err))
+			reason = "compacted"
+		default:
+			w.log.Warn("watch ended; resuming", zap.Error(err), zap.Int64("from", w.mirror.Revision()+1), zap.Duration("in", backoff.Next()))
+			if !backoff.Wait(ctx) {
+				return nil
+			}
+		}
+	}
+}
+
+// list replaces the mirror with every object at one revision.
+func (w *Watcher) list(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	resp, err := w.client.Get(ctx, objects.Prefix(w.opts.Prefix), clientv3.WithPrefix())
+	if err != nil {
+		return fmt.Errorf("list %s: %w", objects.Prefix(w.opts.Prefix), err)
+	}
+	kvs := make([]objects.KV, len(resp.Kvs))
+	for i, kv := range resp.Kvs {
+		kvs[i] = objects.KV{Key: string(kv.Key), Value: kv.Value, ModRevision: kv.ModRevision}
+	}
+	w.mirror.Reset(kvs, resp.Header.Revision)
+	w.lists.Add(1)
+	w.log.Info("listed objects", zap.Int("keys", len(kvs)), zap.Int64("revision", resp.Header.Revision))
+	return nil
+}
+
+// watch follows the prefix from the mirror's revision + 1 until the stream
+// fails or ctx ends.
+func (w *Watcher) watch(ctx context.Context, backoff *retry.Delay) error {
+	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+	defer cancel()
+	from := w.mirror.Revision() + 1
+	wch := w.client.Watch(wctx, objects.Prefix(w.opts.Prefix), clientv3.WithPrefix(), clientv3.WithRev(from), clientv3.WithProgressNotify())
+	tick := time.NewTicker(w.opts.Liveness)
+	defer tick.Stop()
+	lastHeard := time.Now()
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-tick.C:
+			if time.Since(lastHeard) > 2*w.opts.Liveness {
+				return errStalled
+			}
+			w.probe(wctx)
+		case resp, ok := <-wch:
+			if !ok {
+				return errors.New("watch channel closed")
+			}
+			lastHeard = time.Now()
+			if resp.CompactRevision != 0 {
+				return fmt.Errorf("revision %d compacted (compact revision %d): %w", from, resp.CompactRevision, rpctypes.ErrCompacted)
+			}
+			if err := resp.Err(); err != nil {
+				return err
+			}
+			w.synced.Store(true)
+			backoff.Reset()
+			w.handle(resp)
+		}
+	}
+}
+
+// handle applies one watch response to the mirror and reports the change.
+func (w *Watcher) handle(resp clientv3.WatchResponse) {
+	if len(resp.Events) > 0 {
+		kvs := make([]objects.KV, len(resp.Events))
+		for i, ev := range resp.Events {
+			kvs[i] = objects.KV{Key: string(ev.Kv.Key), Value: ev.Kv.Value, ModRevision: ev.Kv.ModRevision, Deleted: ev.Type == clientv3.EventTypeDelete}
+		}
+		types := w.mirror.Apply(kvs)
+		rev := resp.Events[len(resp.Events)-1].Kv.ModRevision
+		w.mirror.SetRevision(rev)
+		if len(types) > 0 {
+			w.log.Debug("objects changed", zap.Strings("types", types), zap.Int64("revision", rev))
+			w.sink.Add(rev, types...)
+		}
+	}
+	if resp.IsProgressNotify() {
+		w.mirror.SetRevision(resp.Header.Revision)
+	}
+}
+
+// probe asks for a progress notification and reports the revision lag.
+func (w *Watcher) probe(ctx context.Context) {
+	ctx, cancel := context.WithTimeout(ctx, w.opts.Liveness)
+	defer cancel()
+	if err := w.client.RequestProgress(ctx); err != nil {
+		w.log.Debug("progress request failed", zap.Error(err))
+	}
+	if w.opts.OnRevision == nil {
+		return
+	}
+	resp, err := w.client.Get(ctx, objects.Prefix(w.opts.Prefix), clientv3.WithCountOnly())
+	if err == nil {
+		w.opts.OnRevision(resp.Header.Revision, w.mirror.Revision())
+	}
+}
+
+// Sync waits until the mirror holds every change up to the cluster's
+// current revision, so a run that starts now renders the newest state.
+func (w *Watcher) Sync(ctx context.Context) error {
+	resp, err := w.client.Get(ctx, objects.Prefix(w.opts.Prefix), clientv3.WithCountOnly())
+	if err != nil {
+		return err
+	}
+	target := resp.Header.Revision
+	// Writes outside objects/ (status, lock) advance the revision without
+	// a watch event; a progress notification confirms them.
+	for w.mirror.Revision() < target {
+		if err := w.client.RequestProgress(clientv3.WithRequireLeader(ctx)); err != nil {
+			return err
+		}
+		wait, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
+		err := w.mirror.WaitRevision(wait, target)
+		cancel()
+		if err == nil {
+			return nil
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+	}
+	return nil
+}
