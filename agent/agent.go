@@ -103,7 +103,6 @@ func New(opts Options) (*Agent, error) {
 	a.flag = newFlagState(a.metrics, func() { a.deb.AddAll("failure flag cleared") })
 	a.watcher = watcher.New(opts.Client, a.mirror, a.deb, watcher.Options{
 		Prefix: opts.Prefix, Liveness: opts.Liveness, Logger: a.log,
-		OnRevision: func(cluster, mirror int64) { a.metrics.WatchLag.Set(float64(max(0, cluster-mirror))) },
 	})
 	a.use(set)
 	return a, nil
@@ -190,7 +189,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			fn(bg)
 		}()
 	}
-	for {
+	for ctx.Err() == nil {
 		if err := a.flag.waitClear(ctx); err != nil {
 			return nil
 		}
@@ -202,6 +201,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		a.metrics.DebouncePending.Set(float64(a.deb.Pending()))
 		a.converge(ctx, batch)
 	}
+	return nil
 }
 
 func (a *Agent) runWatcher(ctx context.Context) {
@@ -225,7 +225,7 @@ func (a *Agent) resyncLoop(ctx context.Context) {
 	}
 }
 
-// readiness mirrors Ready into the ready metric.
+// readiness mirrors Ready and the watch lag into the metrics.
 func (a *Agent) readiness(ctx context.Context) {
 	t := time.NewTicker(time.Second)
 	defer t.Stop()
@@ -235,6 +235,11 @@ func (a *Agent) readiness(ctx context.Context) {
 			ready = 1
 		}
 		a.metrics.Ready.Set(ready)
+		lctx, cancel := context.WithTimeout(ctx, time.Second)
+		if lag, err := a.watcher.Lag(lctx); err == nil {
+			a.metrics.WatchLag.Set(float64(lag))
+		}
+		cancel()
 		select {
 		case <-ctx.Done():
 			return

@@ -123,6 +123,9 @@ func (d *Debouncer) Pending() int {
 // Next blocks until a batch is due and returns it, or returns ctx's error.
 func (d *Debouncer) Next(ctx context.Context) (Batch, error) {
 	for {
+		if err := ctx.Err(); err != nil {
+			return Batch{}, err
+		}
 		d.mu.Lock()
 		wake := d.wake
 		if !d.pendingLocked() {

@@ -147,4 +147,9 @@ func TestNextReturnsOnCancel(t *testing.T) {
 	cancel()
 	assert.ErrorIs(t, <-errc, context.Canceled)
 	assert.Equal(t, 1, d.Pending(), "cancelling loses nothing")
+
+	due := debounce.New(0, 0, nil)
+	due.Add(1, "a")
+	_, err := due.Next(ctx)
+	assert.ErrorIs(t, err, context.Canceled, "a due batch is not handed out after cancel")
 }

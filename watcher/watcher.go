@@ -26,6 +26,7 @@ import (
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+	"google.golang.org/grpc/metadata"
 
 	"github.com/ccm-dev/ccm/objects"
 	"github.com/ccm-dev/ccm/retry"
@@ -43,15 +44,12 @@ type Sink interface {
 type Options struct {
 	Prefix string
 	// Liveness is how often the watcher asks etcd for a progress
-	// notification; a stream silent for two periods is restarted.
-	// Default 10s.
+	// notification; a stream that leaves one unanswered for a whole period
+	// is restarted. Default 10s.
 	Liveness time.Duration
 	// MaxBackoff caps the retry delay while etcd is unreachable. Default 10s.
 	MaxBackoff time.Duration
 	Logger     *zap.Logger
-	// OnRevision, if set, is called with the cluster's revision and the
-	// mirror's after each liveness check, for the lag metric.
-	OnRevision func(cluster, mirror int64)
 }
 
 // Watcher feeds a Mirror and a Sink from an etcd watch.
@@ -146,33 +144,41 @@ func (w *Watcher) list(ctx context.Context) error {
 // watch follows the prefix from the mirror's revision + 1 until the stream
 // fails or ctx ends.
 func (w *Watcher) watch(ctx context.Context, backoff *retry.Delay) error {
-	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+	wctx, cancel := context.WithCancel(streamContext(ctx))
 	defer cancel()
 	from := w.mirror.Revision() + 1
-	wch := w.client.Watch(wctx, objects.Prefix(w.opts.Prefix), clientv3.WithPrefix(), clientv3.WithRev(from), clientv3.WithProgressNotify())
+	wch := w.client.Watch(wctx, objects.Prefix(w.opts.Prefix), clientv3.WithPrefix(), clientv3.WithRev(from), clientv3.WithProgressNotify(), clientv3.WithCreatedNotify())
 	tick := time.NewTicker(w.opts.Liveness)
 	defer tick.Stop()
-	lastHeard := time.Now()
+	// A probe is a progress request; the stream is stalled when a probe
+	// sent a whole period ago is still unanswered.
+	var probeSent time.Time
 	for {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-tick.C:
-			if time.Since(lastHeard) > 2*w.opts.Liveness {
-				return errStalled
+			if !probeSent.IsZero() && time.Since(probeSent) >= w.opts.Liveness {
+				if err := w.checkIdle(ctx); err != nil {
+					return err
+				}
 			}
-			w.probe(wctx)
+			if err := w.client.RequestProgress(wctx); err != nil {
+				w.log.Debug("progress request failed", zap.Error(err))
+			}
+			probeSent = time.Now()
 		case resp, ok := <-wch:
 			if !ok {
 				return errors.New("watch channel closed")
 			}
-			lastHeard = time.Now()
+			probeSent = time.Time{}
 			if resp.CompactRevision != 0 {
 				return fmt.Errorf("revision %d compacted (compact revision %d): %w", from, resp.CompactRevision, rpctypes.ErrCompacted)
 			}
 			if err := resp.Err(); err != nil {
 				return err
 			}
+			w.log.Debug("watch response", zap.Bool("created", resp.Created), zap.Bool("progress", resp.IsProgressNotify()), zap.Int("events", len(resp.Events)), zap.Int64("rev", resp.Header.Revision))
 			w.synced.Store(true)
 			backoff.Reset()
 			w.handle(resp)
@@ -200,20 +206,40 @@ func (w *Watcher) handle(resp clientv3.WatchResponse) {
 	}
 }
 
-// probe asks for a progress notification and reports the revision lag.
-func (w *Watcher) probe(ctx context.Context) {
+// streamContext gives the object watch a gRPC stream of its own. etcd
+// answers a progress request only when every watch on the stream has
+// started (start revision <= current revision), so a watch that shares the
+// stream (the agent's flag watch) must not hold the answer back.
+func streamContext(ctx context.Context) context.Context {
+	return metadata.AppendToOutgoingContext(clientv3.WithRequireLeader(ctx), "ccm-watch", "objects")
+}
+
+// checkIdle decides what an unanswered progress request means. etcd does
+// not answer while nothing was written since the watch started; that is an
+// idle stream. If etcd is unreachable, or has revisions the mirror lacks,
+// the stream is stalled.
+func (w *Watcher) checkIdle(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, w.opts.Liveness)
 	defer cancel()
-	if err := w.client.RequestProgress(ctx); err != nil {
-		w.log.Debug("progress request failed", zap.Error(err))
-	}
-	if w.opts.OnRevision == nil {
-		return
-	}
 	resp, err := w.client.Get(ctx, objects.Prefix(w.opts.Prefix), clientv3.WithCountOnly())
-	if err == nil {
-		w.opts.OnRevision(resp.Header.Revision, w.mirror.Revision())
+	if err != nil {
+		return fmt.Errorf("%w: %w", errStalled, err)
 	}
+	if resp.Header.Revision > w.mirror.Revision() {
+		return fmt.Errorf("%w: etcd is at revision %d, the mirror at %d", errStalled, resp.Header.Revision, w.mirror.Revision())
+	}
+	return nil
+}
+
+// Lag returns the cluster's current revision minus the mirror's: how far
+// the local copy is behind, counting writes outside objects/ until a
+// progress notification confirms them.
+func (w *Watcher) Lag(ctx context.Context) (int64, error) {
+	resp, err := w.client.Get(ctx, objects.Prefix(w.opts.Prefix), clientv3.WithCountOnly())
+	if err != nil {
+		return 0, err
+	}
+	return max(0, resp.Header.Revision-w.mirror.Revision()), nil
 }
 
 // Sync waits until the mirror holds every change up to the cluster's
@@ -227,7 +253,7 @@ func (w *Watcher) Sync(ctx context.Context) error {
 	// Writes outside objects/ (status, lock) advance the revision without
 	// a watch event; a progress notification confirms them.
 	for w.mirror.Revision() < target {
-		if err := w.client.RequestProgress(clientv3.WithRequireLeader(ctx)); err != nil {
+		if err := w.client.RequestProgress(streamContext(ctx)); err != nil {
 			return err
 		}
 		wait, cancel := context.WithTimeout(ctx, 200*time.Millisecond)

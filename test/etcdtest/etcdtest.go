@@ -79,6 +79,8 @@ func freeAddr(t testing.TB) string {
 	return l.Addr().String()
 }
 
+// start starts the member; m.etcd is set under no lock: callers start a
+// member only while it is stopped.
 func (m *member) start(state string) error {
 	cfg := embed.NewConfig()
 	cfg.Name = m.name
@@ -150,14 +152,29 @@ func (c *Cluster) stopMember(i int) {
 	}
 }
 
-// Restart starts a stopped member i again with its data.
-func (c *Cluster) Restart(i int) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if err := c.members[i].start("existing"); err != nil {
-		c.t.Fatal(err)
+// Restart starts stopped members again with their data, concurrently, as
+// a member that lost quorum is ready only when enough others are back.
+func (c *Cluster) Restart(members ...int) {
+	var wg sync.WaitGroup
+	errs := make([]error, len(members))
+	for k, i := range members {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			m := c.members[i]
+			errs[k] = m.start("existing")
+		}()
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			c.t.Fatal(err)
+		}
 	}
 }
+
+// Size returns the number of members.
+func (c *Cluster) Size() int { return len(c.members) }
 
 // Close stops every member, concurrently: a member stopped alone waits
 // for the others to take over its leadership.

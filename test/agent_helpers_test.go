@@ -1,0 +1,170 @@
+package test
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/stretchr/testify/require"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest"
+
+	"github.com/ccm-dev/ccm/agent"
+	"github.com/ccm-dev/ccm/cluster"
+	"github.com/ccm-dev/ccm/test/etcdtest"
+)
+
+// siteConfig writes a configuration directory for one node: a file per
+// site, a validate that fails while marker exists, and an on_change that
+// logs its start and end, with the node's name, to log.
+func siteConfig(t *testing.T, node, log, marker string, onChangeSleep string) string {
+	t.Helper()
+	dir := t.TempDir()
+	yaml := fmt.Sprintf(`subscribes: [sites]
+files:
+  - path: /sites/{{ .Object.ID }}.conf
+    for_each: sites
+    content: "{{ .Object.Data.v }}\n"
+validate: [test, "!", -e, %q]
+on_change:
+  - [sh, -c, 'echo "$0 start $(date +%%s%%N)" >> "$1"; sleep %s; echo "$0 end $(date +%%s%%N)" >> "$1"', %q, %q]
+timeout: 120s
+`, marker, onChangeSleep, node, log)
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "sites.yaml"), []byte(yaml), 0o644))
+	return dir
+}
+
+// agentNode is an agent running in this test process.
+type agentNode struct {
+	name  string
+	root  string
+	ag    *agent.Agent
+	stop  context.CancelFunc
+	done  chan error
+	alive func() bool
+}
+
+type agentConfig struct {
+	debounce, maxWait, lockTTL time.Duration
+	endpoints                  []int // members to talk to; all when empty
+}
+
+func startAgent(t *testing.T, etcd *etcdtest.Cluster, name, configDir string, cfg agentConfig) *agentNode {
+	t.Helper()
+	if cfg.debounce == 0 {
+		cfg.debounce = 300 * time.Millisecond
+	}
+	if cfg.lockTTL == 0 {
+		cfg.lockTTL = 2 * time.Second
+	}
+	var eps []string
+	for _, i := range cfg.endpoints {
+		eps = append(eps, etcd.Endpoint(i))
+	}
+	if len(eps) == 0 {
+		eps = etcd.Endpoints()
+	}
+	cli, err := cluster.NewClient(cluster.ClientConfig{Endpoints: eps, DialTimeout: 2 * time.Second})
+	require.NoError(t, err)
+	n := &agentNode{name: name, root: t.TempDir(), done: make(chan error, 1)}
+	n.ag, err = agent.New(agent.Options{
+		Client: cli, Node: name, ConfigDir: configDir, Root: n.root, StateDir: t.TempDir(),
+		Debounce: cfg.debounce, DebounceSet: true, MaxWait: cfg.maxWait, LockTTL: cfg.lockTTL,
+		Liveness: 500 * time.Millisecond,
+		Logger:   zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel)).Named(name),
+	})
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	n.stop = cancel
+	go func() { n.done <- n.ag.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case <-n.done:
+		case <-time.After(30 * time.Second):
+			t.Errorf("agent %s did not stop", name)
+		}
+		cli.Close()
+	})
+	return n
+}
+
+// runs returns how many runs the agent made, by any result.
+func (n *agentNode) runs() int {
+	total := 0
+	for _, r := range []string{cluster.ResultConverged, cluster.ResultFailed, cluster.ResultAborted, cluster.ResultHalted} {
+		total += int(testutil.ToFloat64(n.ag.Metrics().Runs.WithLabelValues(r)))
+	}
+	return total
+}
+
+// read returns a file under the agent's root, or "" if it does not exist.
+func (n *agentNode) read(path string) string {
+	b, _ := os.ReadFile(filepath.Join(n.root, path))
+	return string(b)
+}
+
+// eventually waits for cond, failing with msg after timeout.
+func eventually(t *testing.T, timeout time.Duration, cond func() bool, msg string, args ...any) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s: %s", timeout, fmt.Sprintf(msg, args...))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// nodeStatus reads a node's status from etcd.
+func nodeStatus(t *testing.T, cli *clientv3.Client, node string) *cluster.Status {
+	t.Helper()
+	v, err := cluster.New(cli, cluster.Options{}).View(context.Background())
+	require.NoError(t, err)
+	for _, n := range v.Nodes {
+		if n.Name == node {
+			return n.Status
+		}
+	}
+	return nil
+}
+
+// interval is one on_change execution.
+type interval struct {
+	node       string
+	start, end int64
+}
+
+// intervals parses the on_change log.
+func intervals(t *testing.T, log string) []interval {
+	t.Helper()
+	f, err := os.Open(log)
+	require.NoError(t, err)
+	defer f.Close()
+	open := map[string]int64{}
+	var out []interval
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		require.Len(t, fields, 3, sc.Text())
+		ts, err := strconv.ParseInt(fields[2], 10, 64)
+		require.NoError(t, err)
+		switch fields[1] {
+		case "start":
+			open[fields[0]] = ts
+		case "end":
+			out = append(out, interval{node: fields[0], start: open[fields[0]], end: ts})
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].start < out[j].start })
+	return out
+}

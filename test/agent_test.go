@@ -1,0 +1,263 @@
+package test
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/ccm-dev/ccm/cluster"
+	"github.com/ccm-dev/ccm/test/etcdtest"
+)
+
+// threeAgents starts a 3-member cluster and three agents, each with its own
+// configuration (node name baked into on_change), root and state, and waits
+// for their start-up converge.
+func threeAgents(t *testing.T, cfg agentConfig, marker string) (*etcdtest.Cluster, []*agentNode, string) {
+	etcd := etcdtest.New(t, 3)
+	log := filepath.Join(t.TempDir(), "on_change.log")
+	var nodes []*agentNode
+	for i := 0; i < 3; i++ {
+		name := fmt.Sprintf("node%d", i)
+		nodes = append(nodes, startAgent(t, etcd, name, siteConfig(t, name, log, marker, "0.05"), cfg))
+	}
+	for _, n := range nodes {
+		eventually(t, 20*time.Second, func() bool { return n.runs() >= 1 }, "%s converged at start", n.name)
+	}
+	return etcd, nodes, log
+}
+
+// putSites writes n site objects with value v through a client of the
+// given members (all when none) and returns the revision.
+func putSites(t *testing.T, etcd *etcdtest.Cluster, n int, v string, members ...int) int64 {
+	t.Helper()
+	cli := etcd.Client(t, members...)
+	var rev int64
+	for i := 0; i < n; i++ {
+		resp, err := cli.Put(context.Background(), fmt.Sprintf("/ccm/objects/sites/s%03d", i), fmt.Sprintf(`{"v":%q}`, v))
+		require.NoError(t, err)
+		rev = resp.Header.Revision
+	}
+	return rev
+}
+
+// converged waits until every node renders s000..s<n-1> with value v.
+func converged(t *testing.T, nodes []*agentNode, n int, v string) {
+	t.Helper()
+	for _, node := range nodes {
+		eventually(t, 30*time.Second, func() bool {
+			return node.read("/sites/s000.conf") == v+"\n" && node.read(fmt.Sprintf("/sites/s%03d.conf", n-1)) == v+"\n"
+		}, "%s renders %d sites with %q", node.name, n, v)
+	}
+}
+
+func TestBurstOfWritesGivesOneRunPerNode(t *testing.T) {
+	etcd, nodes, _ := threeAgents(t, agentConfig{debounce: 2 * time.Second, maxWait: time.Minute}, "/nonexistent")
+	before := map[string]int{}
+	for _, n := range nodes {
+		before[n.name] = n.runs()
+	}
+	start := time.Now()
+	putSites(t, etcd, 100, "v1")
+	require.Less(t, time.Since(start), 2*time.Second, "the burst must fit in the quiet period for the test to mean anything")
+
+	converged(t, nodes, 100, "v1")
+	for _, n := range nodes {
+		eventually(t, 10*time.Second, func() bool { return n.runs() >= before[n.name]+1 }, "%s recorded its run", n.name)
+	}
+	// Absence of a second run can only be observed over a window: one
+	// more quiet period.
+	time.Sleep(2500 * time.Millisecond)
+	for _, n := range nodes {
+		assert.Equal(t, before[n.name]+1, n.runs(), "%s: exactly one run for 100 writes", n.name)
+	}
+}
+
+func TestRunsNeverOverlapAcrossNodes(t *testing.T) {
+	etcd, nodes, log := threeAgents(t, agentConfig{}, "/nonexistent")
+	for round := 1; round <= 3; round++ {
+		putSites(t, etcd, 3, fmt.Sprintf("round%d", round))
+		converged(t, nodes, 3, fmt.Sprintf("round%d", round))
+	}
+	var runs []interval
+	eventually(t, 10*time.Second, func() bool { runs = intervals(t, log); return len(runs) == 9 },
+		"one on_change per node per round")
+	for i := 1; i < len(runs); i++ {
+		assert.Greater(t, runs[i].start, runs[i-1].end,
+			"on_change of %s started before %s's ended: runs overlapped", runs[i].node, runs[i-1].node)
+	}
+}
+
+func TestFailingValidateHaltsTheRolloutUntilResume(t *testing.T) {
+	marker := filepath.Join(t.TempDir(), "broken")
+	etcd, nodes, _ := threeAgents(t, agentConfig{}, marker)
+	putSites(t, etcd, 2, "good")
+	converged(t, nodes, 2, "good")
+
+	require.NoError(t, os.WriteFile(marker, nil, 0o644)) // every node's validate now fails
+	putSites(t, etcd, 2, "bad")
+	cli := etcd.Client(t)
+	c := cluster.New(cli, cluster.Options{})
+	var failed string
+	eventually(t, 30*time.Second, func() bool {
+		f, err := c.Failure(context.Background())
+		if err == nil && f != nil {
+			failed = f.Node
+		}
+		return failed != ""
+	}, "the failure flag is set")
+	for _, n := range nodes {
+		want := cluster.ResultHalted
+		if n.name == failed {
+			want = cluster.ResultFailed
+		}
+		eventually(t, 30*time.Second, func() bool {
+			s := nodeStatus(t, cli, n.name)
+			return s != nil && s.Result == want
+		}, "%s reports %s", n.name, want)
+		assert.Equal(t, "good\n", n.read("/sites/s000.conf"), "%s: files unchanged", n.name)
+		assert.Equal(t, 1.0, testutil.ToFloat64(n.ag.Metrics().Halted), "%s: halted metric", n.name)
+	}
+
+	require.NoError(t, os.Remove(marker))
+	_, err := c.Resume(context.Background())
+	require.NoError(t, err)
+	converged(t, nodes, 2, "bad")
+	for _, n := range nodes {
+		eventually(t, 10*time.Second, func() bool {
+			s := nodeStatus(t, cli, n.name)
+			return s != nil && s.Result == cluster.ResultConverged
+		}, "%s converged after resume", n.name)
+	}
+}
+
+func TestKilledLockHolderLetsTheNextNodeProceedAfterTheTTL(t *testing.T) {
+	etcd := etcdtest.New(t, 3)
+	putSites(t, etcd, 1, "v")
+	dir := t.TempDir()
+	log, started := filepath.Join(dir, "log"), filepath.Join(dir, "started")
+
+	// Node a: a real process whose on_change hangs, holding the lock.
+	hang := t.TempDir()
+	require.NoError(t, os.WriteFile(filepath.Join(hang, "sites.yaml"), []byte(fmt.Sprintf(`subscribes: [sites]
+files:
+  - {path: '/sites/{{ .Object.ID }}.conf', for_each: sites, content: "{{ .Object.Data.v }}\n"}
+on_change:
+  - [sh, -c, 'echo $$ > "$0"; exec sleep 120', %q]
+`, started)), 0o644))
+	a := newNode(t, "a", hang, etcd.Endpoints())
+	proc := a.start("agent", "--debounce", "0s", "--lock-ttl", "2s")
+	eventually(t, 30*time.Second, func() bool { _, err := os.Stat(started); return err == nil }, "a is in on_change")
+	t.Cleanup(func() { killPidFile(started) })
+
+	b := startAgent(t, etcd, "b", siteConfig(t, "b", log, "/nonexistent", "0"), agentConfig{})
+	time.Sleep(500 * time.Millisecond) // b waits on the lock a holds
+	assert.Empty(t, b.read("/sites/s000.conf"), "b cannot run while a holds the lock")
+
+	killed := time.Now()
+	require.NoError(t, proc.Process.Signal(syscall.SIGKILL))
+	_, _ = proc.Process.Wait()
+	eventually(t, 20*time.Second, func() bool { return b.read("/sites/s000.conf") == "v\n" }, "b converges after a's lease expires")
+	t.Logf("b converged %s after a was killed (lock TTL 2s)", time.Since(killed).Round(time.Millisecond))
+}
+
+func TestCompactionPastTheAgentTriggersAFullResync(t *testing.T) {
+	etcd := etcdtest.New(t, 3)
+	log := filepath.Join(t.TempDir(), "log")
+	n := startAgent(t, etcd, "n", siteConfig(t, "n", log, "/nonexistent", "0"), agentConfig{endpoints: []int{2}})
+	eventually(t, 20*time.Second, func() bool { return n.runs() >= 1 }, "start-up converge")
+
+	etcd.Stop(2) // the agent's only member
+	admin := etcd.Client(t, 0, 1)
+	rev := putSites(t, etcd, 5, "while-away", 0, 1)
+	_, err := admin.Compact(context.Background(), rev)
+	require.NoError(t, err)
+	etcd.Restart(2)
+
+	converged(t, []*agentNode{n}, 5, "while-away")
+}
+
+func TestRolloutSurvivesEtcdOutages(t *testing.T) {
+	etcd, nodes, _ := threeAgents(t, agentConfig{}, "/nonexistent")
+
+	etcd.Stop(0)
+	putSites(t, etcd, 2, "one-down", 1, 2)
+	converged(t, nodes, 2, "one-down")
+
+	etcd.Stop(1)
+	etcd.Stop(2)
+	time.Sleep(3 * time.Second) // longer than the lock TTL: sessions expire
+	for _, n := range nodes {
+		select {
+		case err := <-n.done:
+			t.Fatalf("%s stopped while etcd was down: %v", n.name, err)
+		default:
+		}
+		assert.Error(t, n.ag.Ready(), "%s reports not ready", n.name)
+	}
+	etcd.Restart(0, 1, 2)
+	putSites(t, etcd, 2, "all-back")
+	converged(t, nodes, 2, "all-back")
+}
+
+func TestSIGTERMWhileWaitingForTheLockExitsPromptly(t *testing.T) {
+	etcd := etcdtest.New(t, 1)
+	holder := cluster.New(etcd.Client(t), cluster.Options{Node: "holder"})
+	lock, err := holder.Acquire(context.Background(), 30*time.Second, nil)
+	require.NoError(t, err)
+	defer lock.Release()
+
+	n := newNode(t, "waiter", "../examples/ccm", etcd.Endpoints())
+	proc := n.start("agent", "--debounce", "0s")
+	eventually(t, 20*time.Second, func() bool {
+		v, err := holder.View(context.Background())
+		return err == nil && len(v.Nodes) > 0 && v.Nodes[len(v.Nodes)-1].Presence != nil && v.Holder == "holder"
+	}, "the agent is up and waits for the lock")
+	time.Sleep(200 * time.Millisecond)
+
+	start := time.Now()
+	require.NoError(t, proc.Process.Signal(syscall.SIGTERM))
+	state, err := proc.Process.Wait()
+	require.NoError(t, err)
+	assert.Equal(t, 0, state.ExitCode())
+	assert.Less(t, time.Since(start), 5*time.Second)
+	assert.Empty(t, tree(t, n.root), "it never held the lock")
+}
+
+// start runs the ccm binary in the background as this node.
+func (n *node) start(args ...string) *exec.Cmd {
+	n.t.Helper()
+	base := []string{
+		"--endpoints", strings.Join(n.endpoints, ","), "--node", n.name, "--root", n.root,
+		"--state-dir", n.state, "--config-dir", n.configDir, "--log-format", "json", "--log-level", "warn",
+	}
+	cmd := exec.Command(ccmBin, append(base, args...)...)
+	cmd.Stderr = os.Stderr
+	require.NoError(n.t, cmd.Start())
+	n.t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		_, _ = cmd.Process.Wait()
+	})
+	return cmd
+}
+
+// killPidFile kills the process group whose leader's pid is in file.
+func killPidFile(file string) {
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return
+	}
+	var pid int
+	if _, err := fmt.Sscan(string(b), &pid); err == nil && pid > 0 {
+		_ = syscall.Kill(-pid, syscall.SIGKILL)
+	}
+}
