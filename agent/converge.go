@@ -9,6 +9,7 @@ import (
 
 	"github.com/ccm-dev/ccm/applier"
 	"github.com/ccm-dev/ccm/cluster"
+	"github.com/ccm-dev/ccm/configs"
 	"github.com/ccm-dev/ccm/debounce"
 )
 
@@ -16,14 +17,19 @@ import (
 // the lock is taken.
 const syncTimeout = 5 * time.Second
 
-// selectConfigs returns the configurations a batch runs on this node, in
-// dependency order.
-func (a *Agent) selectConfigs(b debounce.Batch) ([]string, error) {
-	set := a.configs.Load()
+// selectConfigs returns the configurations of set a batch runs on this
+// node, in dependency order. The bus may briefly name configurations of a
+// set being reloaded; only those of set are kept.
+func (a *Agent) selectConfigs(set *configs.Set, b debounce.Batch) ([]string, error) {
 	if b.All {
 		return a.applier.Select(set, nil)
 	}
-	names := a.bus.Publish(b.Types...)
+	var names []string
+	for _, n := range a.bus.Publish(b.Types...) {
+		if _, ok := set.Get(n); ok {
+			names = append(names, n)
+		}
+	}
 	if len(names) == 0 {
 		return nil, nil
 	}
@@ -33,7 +39,9 @@ func (a *Agent) selectConfigs(b debounce.Batch) ([]string, error) {
 // converge runs one batch under the lock. A batch that cannot run (etcd
 // unreachable, lock lost, flag set) is put back.
 func (a *Agent) converge(ctx context.Context, b debounce.Batch) {
-	names, err := a.selectConfigs(b)
+	// One set for the whole run, even if SIGHUP swaps it meanwhile.
+	set := a.configs.Load()
+	names, err := a.selectConfigs(set, b)
 	if err != nil {
 		a.log.Error("select configurations", zap.Error(err))
 		return
@@ -60,11 +68,11 @@ func (a *Agent) converge(ctx context.Context, b debounce.Batch) {
 	a.metrics.LockWait.Observe(a.opts.Clock.Since(start).Seconds())
 	a.log.Info("lock acquired", zap.String("run", describe(b)), zap.Strings("configurations", names),
 		zap.Duration("waited", a.opts.Clock.Since(start)))
-	a.runLocked(ctx, lock, b, names)
+	a.runLocked(ctx, lock, set, b, names)
 }
 
 // runLocked checks the flag, syncs the mirror and applies, holding lock.
-func (a *Agent) runLocked(ctx context.Context, lock *cluster.Lock, b debounce.Batch, names []string) {
+func (a *Agent) runLocked(ctx context.Context, lock *cluster.Lock, set *configs.Set, b debounce.Batch, names []string) {
 	start := a.opts.Clock.Now()
 	status := cluster.Status{Node: a.opts.Node, Time: start.UTC()}
 	f, err := a.cluster.Failure(ctx)
@@ -86,7 +94,7 @@ func (a *Agent) runLocked(ctx context.Context, lock *cluster.Lock, b debounce.Ba
 		a.log.Warn("ignored key", zap.Error(err))
 	}
 	runCtx, stop := lock.Context(ctx)
-	report := a.applier.Run(runCtx, a.configs.Load(), snap, names)
+	report := a.applier.Run(runCtx, set, snap, names)
 	lost := errors.Is(context.Cause(runCtx), cluster.ErrLockLost)
 	stop()
 	a.retry.Reset()

@@ -261,3 +261,22 @@ func killPidFile(file string) {
 		_ = syscall.Kill(-pid, syscall.SIGKILL)
 	}
 }
+
+func TestReloadKeepsTheLoadedConfigurationWhenTheNewOneIsBroken(t *testing.T) {
+	etcd := etcdtest.New(t, 1)
+	log := filepath.Join(t.TempDir(), "log")
+	dir := siteConfig(t, "n", log, "/nonexistent", "0")
+	n := startAgent(t, etcd, "n", dir, agentConfig{})
+	eventually(t, 20*time.Second, func() bool { return n.runs() >= 1 }, "start-up converge")
+
+	broken := filepath.Join(dir, "broken.yaml")
+	require.NoError(t, os.WriteFile(broken, []byte("depends_on: [ghost]\nfiles: [{path: /x, content: x}]\n"), 0o644))
+	err := n.ag.Reload()
+	assert.ErrorContains(t, err, `broken.yaml: depends_on "ghost": no such configuration`)
+	putSites(t, etcd, 1, "still-works")
+	converged(t, []*agentNode{n}, 1, "still-works")
+
+	require.NoError(t, os.WriteFile(broken, []byte("files: [{path: /motd, content: \"hello\\n\"}]\n"), 0o644))
+	require.NoError(t, n.ag.Reload())
+	eventually(t, 20*time.Second, func() bool { return n.read("/motd") == "hello\n" }, "the reloaded configuration converges")
+}
