@@ -50,7 +50,6 @@ type agentNode struct {
 	ag    *agent.Agent
 	stop  context.CancelFunc
 	done  chan error
-	alive func() bool
 }
 
 type agentConfig struct {

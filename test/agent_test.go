@@ -240,7 +240,8 @@ func (n *node) start(args ...string) *exec.Cmd {
 		"--endpoints", strings.Join(n.endpoints, ","), "--node", n.name, "--root", n.root,
 		"--state-dir", n.state, "--config-dir", n.configDir, "--log-format", "json", "--log-level", "warn",
 	}
-	cmd := exec.Command(ccmBin, append(base, args...)...)
+	cmd := exec.Command(ccmBin, append(append(base, n.flags...), args...)...)
+	cmd.Env = append(os.Environ(), n.env...)
 	cmd.Stderr = os.Stderr
 	require.NoError(n.t, cmd.Start())
 	n.t.Cleanup(func() {

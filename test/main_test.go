@@ -41,6 +41,8 @@ type node struct {
 	state     string
 	configDir string
 	endpoints []string
+	flags     []string // extra global flags (TLS, user)
+	env       []string // extra environment (CCM_PASSWORD)
 }
 
 func newNode(t *testing.T, name, configDir string, endpoints []string) *node {
@@ -60,7 +62,8 @@ func (n *node) run(stdin string, args ...string) result {
 		"--endpoints", strings.Join(n.endpoints, ","), "--node", n.name, "--root", n.root,
 		"--state-dir", n.state, "--config-dir", n.configDir, "--log-format", "json",
 	}
-	cmd := exec.Command(ccmBin, append(base, args...)...)
+	cmd := exec.Command(ccmBin, append(append(base, n.flags...), args...)...)
+	cmd.Env = append(os.Environ(), n.env...)
 	cmd.Stdin = strings.NewReader(stdin)
 	var out, errOut bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errOut

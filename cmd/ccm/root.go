@@ -121,7 +121,7 @@ func newRootCmd(a *app) *cobra.Command {
 
 	root.AddCommand(
 		newAgentCmd(a), newPlanCmd(a), newApplyCmd(a), newStatusCmd(a), newResumeCmd(a),
-		newValidateCmd(a), newGraphCmd(a), newObjectCmd(a), newVersionCmd(a),
+		newValidateCmd(a), newGraphCmd(a), newObjectCmd(a), newRBACCmd(a), newVersionCmd(a),
 	)
 	return root
 }

@@ -1,0 +1,104 @@
+package test
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/ccm-dev/ccm/cluster"
+	"github.com/ccm-dev/ccm/test/etcdtest"
+)
+
+// nodeOn returns a ccm node that talks to the external etcd over TLS as
+// user (with password), presenting a certificate for cn.
+func nodeOn(t *testing.T, e *etcdtest.External, name, user, password string) *node {
+	cert, key := e.PKI.Issue(user)
+	n := newNode(t, name, "../examples/ccm", []string{e.Endpoint})
+	n.flags = []string{"--cacert", e.PKI.CACert, "--cert", cert, "--key", key, "--user", user}
+	n.env = []string{"CCM_PASSWORD=" + password}
+	return n
+}
+
+// grantNodeRole runs the etcdctl commands that `ccm rbac print` prints.
+func grantNodeRole(t *testing.T, e *etcdtest.External, admin *node, name, password string) {
+	r := admin.run("", "rbac", "print", "--node", name)
+	require.Equal(t, 0, r.code, r.stderr)
+	for _, line := range strings.Split(strings.TrimSpace(r.stdout), "\n") {
+		if strings.HasPrefix(line, "#") {
+			continue
+		}
+		args := strings.Fields(strings.ReplaceAll(line, `"$CCM_NODE_PASSWORD"`, password))
+		require.Equal(t, "etcdctl", args[0], line)
+		out, err := e.Etcdctl(args[1:]...)
+		require.NoError(t, err, "%s: %s", line, out)
+	}
+}
+
+func TestAgentWorksWithOnlyItsNodeRoleOverTLS(t *testing.T) {
+	e := etcdtest.StartExternal(t)
+	e.EnableAuth("root-secret")
+	admin := nodeOn(t, e, "admin", "root", "root-secret")
+	grantNodeRole(t, e, admin, "web1", "web1-secret")
+	grantNodeRole(t, e, admin, "web2", "web2-secret")
+	r := admin.run("", "object", "import", "../examples/objects.json")
+	require.Equal(t, 0, r.code, r.stderr)
+
+	web1 := nodeOn(t, e, "web1", "ccm-node-web1", "web1-secret")
+	r = web1.run("", "apply", "--once")
+	require.Equal(t, 0, r.code, r.stderr)
+	assert.FileExists(t, filepath.Join(web1.root, "etc/nginx/sites-enabled/shop.conf"))
+
+	// The agent, with the same rights, follows a change.
+	proc := web1.start("agent", "--debounce", "0s", "--lock-ttl", "5s")
+	r = admin.run(`{"user":"bob","domains":["tls.example"]}`, "object", "put", "sites", "tls")
+	require.Equal(t, 0, r.code, r.stderr)
+	eventually(t, 30*time.Second, func() bool {
+		_, err := os.Stat(filepath.Join(web1.root, "etc/nginx/sites-enabled/tls.conf"))
+		return err == nil
+	}, "the agent converged the new site")
+	require.NoError(t, proc.Process.Signal(syscall.SIGTERM))
+	state, err := proc.Process.Wait()
+	require.NoError(t, err)
+	assert.Equal(t, 0, state.ExitCode())
+
+	r = admin.run("", "status")
+	require.Equal(t, 0, r.code, r.stderr)
+	assert.Regexp(t, `web1\s+no\s+converged`, r.stdout)
+}
+
+func TestANodeCannotWriteOutsideItsRole(t *testing.T) {
+	e := etcdtest.StartExternal(t)
+	e.EnableAuth("root-secret")
+	admin := nodeOn(t, e, "admin", "root", "root-secret")
+	grantNodeRole(t, e, admin, "web1", "web1-secret")
+	cert, key := e.PKI.Issue("ccm-node-web1")
+	cli, err := cluster.NewClient(cluster.ClientConfig{
+		Endpoints: []string{e.Endpoint}, CACert: e.PKI.CACert, Cert: cert, Key: key,
+		User: "ccm-node-web1", Password: "web1-secret",
+	})
+	require.NoError(t, err)
+	defer cli.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+
+	_, err = cli.Put(ctx, "/ccm/nodes/web1/status", `{}`)
+	require.NoError(t, err, "its own status")
+	for _, key := range []string{"/ccm/nodes/web2/status", "/ccm/objects/sites/evil", "/other"} {
+		_, err = cli.Put(ctx, key, `{}`)
+		assert.ErrorContains(t, err, "permission denied", key)
+	}
+	_, err = cli.Get(ctx, "/ccm/nodes/web2/status")
+	assert.ErrorContains(t, err, "permission denied", "it cannot read another node's keys either")
+
+	wrong := nodeOn(t, e, "web1", "ccm-node-web1", "not-the-password")
+	r := wrong.run("", "apply", "--once", "--lock-timeout", "10s")
+	assert.Equal(t, 1, r.code)
+	assert.Contains(t, r.stderr, "authentication failed")
+}
