@@ -45,11 +45,11 @@ timeout: 120s
 
 // agentNode is an agent running in this test process.
 type agentNode struct {
-	name  string
-	root  string
-	ag    *agent.Agent
-	stop  context.CancelFunc
-	done  chan error
+	name string
+	root string
+	ag   *agent.Agent
+	stop context.CancelFunc
+	done chan error
 }
 
 type agentConfig struct {
