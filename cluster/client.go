@@ -23,6 +23,9 @@ type ClientConfig struct {
 	Logger      *zap.Logger
 }
 
+// MaxObjectBytes is the largest request ccm sends to etcd.
+const MaxObjectBytes = 32 << 20
+
 // NewClient returns an etcd client. Like clientv3.New it does not block: an
 // unreachable cluster shows on the first request.
 func NewClient(cfg ClientConfig) (*clientv3.Client, error) {
@@ -55,5 +58,8 @@ func NewClient(cfg ClientConfig) (*clientv3.Client, error) {
 		// Keepalives notice a dead member, so the balancer moves on.
 		DialKeepAliveTime:    10 * time.Second,
 		DialKeepAliveTimeout: 5 * time.Second,
+		// Objects of several MB: etcd's --max-request-bytes is the limit
+		// that counts, not gRPC's 2 MB default.
+		MaxCallSendMsgSize: MaxObjectBytes,
 	})
 }

@@ -90,6 +90,7 @@ func (m *member) start(state string) error {
 	cfg.InitialCluster = m.initialCluster
 	cfg.ClusterState = state
 	cfg.TickMs, cfg.ElectionMs = 25, 250
+	cfg.MaxRequestBytes = 16 << 20 // objects of several MB
 	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
 	e, err := embed.StartEtcd(cfg)
 	if err != nil {
@@ -131,7 +132,8 @@ func (c *Cluster) Client(t testing.TB, members ...int) *clientv3.Client {
 			eps = append(eps, c.Endpoint(i))
 		}
 	}
-	cli, err := clientv3.New(clientv3.Config{Endpoints: eps, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	cli, err := clientv3.New(clientv3.Config{Endpoints: eps, DialTimeout: 5 * time.Second, Logger: zap.NewNop(),
+		MaxCallSendMsgSize: 16 << 20})
 	if err != nil {
 		t.Fatal(err)
 	}
