@@ -3,7 +3,7 @@ GO      ?= go
 BIN     := bin/ccm
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 
-.PHONY: build test demo demo-clean vet fmt
+.PHONY: build test demo demo-clean vet fmt fuzz soak lint
 
 build:
 	$(GO) build -ldflags "-X main.version=$(VERSION)" -o $(BIN) ./cmd/ccm
@@ -16,6 +16,25 @@ test:
 ## demo: run the agent with an embedded etcd on examples/; files appear under ./demo-root
 demo: build
 	./examples/demo.sh
+
+## fuzz: run every fuzz target for FUZZTIME each (make test runs only the seed corpora)
+FUZZTIME ?= 30s
+FUZZ_TARGETS := FuzzDecode:./objects FuzzParseKey:./objects FuzzLoad:./configs FuzzConfine:./render
+fuzz:
+	@for t in $(FUZZ_TARGETS); do \
+		name=$${t%%:*}; pkg=$${t#*:}; \
+		echo "== $$name ($$pkg, $(FUZZTIME))"; \
+		$(GO) test -run='^$$' -fuzz="^$$name\$$" -fuzztime=$(FUZZTIME) $$pkg || exit 1; \
+	done
+
+## soak: the SIGKILL crash loop with SOAK_ITERATIONS kills (bounded by the test timeout)
+SOAK_ITERATIONS ?= 200
+soak:
+	CCM_SOAK_ITERATIONS=$(SOAK_ITERATIONS) $(GO) test -count=1 -timeout 30m -run 'TestSIGKILLAtRandomPoints' -v ./test/
+
+## lint: staticcheck (CI also runs govulncheck)
+lint:
+	$(GO) run honnef.co/go/tools/cmd/staticcheck@v0.8.2 ./...
 
 demo-clean:
 	rm -rf demo-root demo-state demo-etcd demo-agent.log

@@ -382,3 +382,15 @@ func TestAFileMovedBetweenConfigurationsIsNotPruned(t *testing.T) {
 	require.NoError(t, r.Err)
 	assert.Equal(t, "b", f.read("/x/y"))
 }
+
+func TestTwoConfigurationsRenderingOnePathIsAnError(t *testing.T) {
+	f := newFixture(t, map[string]string{
+		"a.yaml": "subscribes: [s]\nfiles:\n  - {path: '/etc/{{ .Object.Data.f }}', for_each: s, content: a}\n",
+		"b.yaml": "files:\n  - {path: /etc/shared.conf, content: b}\n",
+	})
+	f.put("s/x", `{"f":"shared.conf"}`)
+	r := f.applier.Run(context.Background(), f.set, f.snap(), []string{"a", "b"})
+	require.True(t, r.Failed())
+	assert.EqualError(t, r.Err, `configuration b: file /etc/shared.conf is also written by configuration "a"`)
+	assert.Equal(t, "a", f.read("/etc/shared.conf"), "the first writer's file stands")
+}
