@@ -94,7 +94,11 @@ func (a *Agent) runLocked(ctx context.Context, lock *cluster.Lock, set *configs.
 		a.log.Warn("ignored key", zap.Error(err))
 	}
 	runCtx, stop := lock.Context(ctx)
-	report := a.applier.Run(runCtx, set, snap, names)
+	run := a.applier.RunChanged
+	if b.All { // start, resync, resume, reload, compaction: check everything
+		run = a.applier.Run
+	}
+	report := run(runCtx, set, snap, names)
 	lost := errors.Is(context.Cause(runCtx), cluster.ErrLockLost)
 	stop()
 	a.retry.Reset()

@@ -26,6 +26,8 @@ type fixture struct {
 	root, tmp  string
 	applier    *applier.Applier
 	objectsMap map[string]string
+	revs       map[string]int64 // mod revision per key, bumped on put as etcd does
+	rev        int64
 }
 
 func newFixture(t *testing.T, files map[string]string) *fixture {
@@ -36,18 +38,25 @@ func newFixture(t *testing.T, files map[string]string) *fixture {
 	}
 	set, err := configs.Load(dir)
 	require.NoError(t, err)
-	f := &fixture{t: t, set: set, root: t.TempDir(), tmp: t.TempDir(), objectsMap: map[string]string{}}
+	f := &fixture{t: t, set: set, root: t.TempDir(), tmp: t.TempDir(), objectsMap: map[string]string{}, revs: map[string]int64{}}
 	f.applier = applier.New(applier.Options{Root: f.root, StateDir: filepath.Join(f.tmp, "state"), Node: render.Node{Name: "n1"}})
 	return f
 }
 
-func (f *fixture) put(key, value string) { f.objectsMap[key] = value }
-func (f *fixture) del(key string)        { delete(f.objectsMap, key) }
+func (f *fixture) put(key, value string) {
+	f.rev++
+	f.objectsMap[key], f.revs[key] = value, f.rev
+}
+
+func (f *fixture) del(key string) {
+	f.rev++
+	delete(f.objectsMap, key)
+}
 
 func (f *fixture) snap() *objects.Snapshot {
-	b := objects.NewBuilder("/ccm", 1)
+	b := objects.NewBuilder("/ccm", f.rev)
 	for k, v := range f.objectsMap {
-		b.Add("/ccm/objects/"+k, []byte(v), 1)
+		b.Add("/ccm/objects/"+k, []byte(v), f.revs[k])
 	}
 	return b.Snapshot()
 }
@@ -393,4 +402,43 @@ func TestTwoConfigurationsRenderingOnePathIsAnError(t *testing.T) {
 	require.True(t, r.Failed())
 	assert.EqualError(t, r.Err, `configuration b: file /etc/shared.conf is also written by configuration "a"`)
 	assert.Equal(t, "a", f.read("/etc/shared.conf"), "the first writer's file stands")
+}
+
+func TestRunChangedTrustsWhatItWroteAndRunRepairsDrift(t *testing.T) {
+	f := newFixture(t, map[string]string{"web.yaml": sites})
+	f.put("sites/a", `{"name":"a"}`)
+	f.put("sites/b", `{"name":"b"}`)
+	snap := f.snap()
+	r := f.applier.Run(context.Background(), f.set, snap, []string{"web"})
+	require.NoError(t, r.Err)
+
+	require.NoError(t, os.WriteFile(f.path("/etc/nginx/sites/b.conf"), []byte("edited by hand\n"), 0o640))
+	r = f.applier.RunChanged(context.Background(), f.set, snap, []string{"web"})
+	require.NoError(t, r.Err)
+	assert.Equal(t, applier.Unchanged, r.Outcomes[0].Result, "an event-driven run does not re-read files it wrote")
+	assert.Equal(t, "edited by hand\n", f.read("/etc/nginx/sites/b.conf"))
+
+	r = f.applier.Run(context.Background(), f.set, snap, []string{"web"})
+	require.NoError(t, r.Err)
+	assert.Equal(t, 1, r.Outcomes[0].Updated, "a full run repairs the drift")
+	assert.Equal(t, "server_name b;\n", f.read("/etc/nginx/sites/b.conf"))
+}
+
+func TestRunChangedAfterAFailedValidateChecksTheDisk(t *testing.T) {
+	marker := filepath.Join(t.TempDir(), "broken")
+	f := newFixture(t, map[string]string{"web.yaml": sites + "validate: [test, '!', -e, " + strconv.Quote(marker) + "]\n"})
+	f.put("sites/a", `{"name":"a"}`)
+	r := f.applier.Run(context.Background(), f.set, f.snap(), []string{"web"})
+	require.NoError(t, r.Err)
+
+	require.NoError(t, os.WriteFile(marker, nil, 0o644))
+	f.put("sites/a", `{"name":"a2"}`)
+	r = f.applier.RunChanged(context.Background(), f.set, f.snap(), []string{"web"})
+	require.Error(t, r.Err)
+	assert.Equal(t, "server_name a;\n", f.read("/etc/nginx/sites/a.conf"), "rolled back")
+
+	require.NoError(t, os.Remove(marker))
+	r = f.applier.RunChanged(context.Background(), f.set, f.snap(), []string{"web"})
+	require.NoError(t, r.Err)
+	assert.Equal(t, "server_name a2;\n", f.read("/etc/nginx/sites/a.conf"), "the rolled-back file is not trusted")
 }

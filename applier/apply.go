@@ -1,6 +1,7 @@
 package applier
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -30,9 +31,25 @@ type Options struct {
 
 // Applier plans and applies configurations on this node. It is not safe for
 // concurrent use: runs are serialised by the caller (the cluster lock).
+//
+// An Applier remembers, between runs, the rendered output of unchanged
+// objects (render.Cache), the manifests, and the files it wrote or verified
+// (known). A trusting run (RunChanged) skips reading files it knows are in
+// their desired state; a full run (Run, Plan) checks every file on disk.
 type Applier struct {
-	opts Options
-	log  *zap.Logger
+	opts      Options
+	log       *zap.Logger
+	cache     *render.Cache
+	manifests map[string]manifest
+	known     map[string]known // real path -> desired state last written or verified
+}
+
+// known is a file ccm wrote or verified: its content (the slice the render
+// produced, shared with the render cache) and the attributes asked for.
+type known struct {
+	content  []byte
+	mode     fs.FileMode
+	uid, gid int // -1: not managed
 }
 
 // New returns an Applier.
@@ -41,7 +58,45 @@ func New(opts Options) *Applier {
 	if log == nil {
 		log = zap.NewNop()
 	}
-	return &Applier{opts: opts, log: log}
+	return &Applier{opts: opts, log: log, cache: render.NewCache(), manifests: map[string]manifest{}, known: map[string]known{}}
+}
+
+func knownOf(f *render.File) known {
+	return known{content: f.Content, mode: f.Mode, uid: idOr(f.UID), gid: idOr(f.GID)}
+}
+
+// trusted reports whether f is known to be on disk exactly as rendered.
+func (a *Applier) trusted(f *render.File) bool {
+	k, ok := a.known[f.Real]
+	if !ok || k.mode != f.Mode || k.uid != idOr(f.UID) || k.gid != idOr(f.GID) || len(k.content) != len(f.Content) {
+		return false
+	}
+	// The render cache hands back the very slice that was written.
+	if len(k.content) > 0 && &k.content[0] == &f.Content[0] {
+		return true
+	}
+	return bytes.Equal(k.content, f.Content)
+}
+
+// remember records the outcome of applying p: every file it checked is now
+// as rendered (the others were trusted already), and removed files are
+// gone. After a failure nothing of p is trusted.
+func (a *Applier) remember(p *Plan, ok bool) {
+	if ok {
+		for _, i := range p.checked {
+			f := &p.Output.Files[i]
+			a.known[f.Real] = knownOf(f)
+		}
+	} else {
+		for i := range p.Output.Files {
+			delete(a.known, p.Output.Files[i].Real)
+		}
+	}
+	for _, c := range p.Changes {
+		if c.Action == Remove || !ok {
+			delete(a.known, c.Real)
+		}
+	}
 }
 
 // ErrValidate wraps a failed validate command; the files were restored.
@@ -54,45 +109,61 @@ var ErrOnChange = errors.New("on_change failed, will retry next run")
 // On error, disk is as it was before the call, except after ErrOnChange,
 // where the new files stay in place.
 func (a *Applier) Apply(ctx context.Context, cfg *configs.Config, snap *objects.Snapshot, claimed map[string]string) (*Plan, error) {
-	p, err := a.Plan(cfg, snap, claimed)
+	return a.apply(ctx, cfg, snap, claimed, false)
+}
+
+func (a *Applier) apply(ctx context.Context, cfg *configs.Config, snap *objects.Snapshot, claimed map[string]string, trust bool) (*Plan, error) {
+	p, err := a.plan(cfg, snap, claimed, trust)
 	if err != nil {
 		return nil, err
 	}
+	err = a.applyPlan(ctx, p)
+	a.remember(p, err == nil || errors.Is(err, ErrOnChange))
+	return p, err
+}
+
+// applyPlan carries out p; see Apply.
+func (a *Applier) applyPlan(ctx context.Context, p *Plan) error {
+	cfg := p.Config
 	// Commands run to completion even when ctx is cancelled: a shutdown
 	// finishes the current configuration rather than leave it half done.
 	cmdCtx := context.WithoutCancel(ctx)
 	tx := &txn{log: a.log}
+	if !p.trusting {
+		// Temp files are left only by a crash, and a restarted agent
+		// starts with a full run: event-driven runs need not look.
+		for _, d := range dirsOf(p) {
+			removeStaleTemps(d)
+		}
+	}
 	if err := a.write(cmdCtx, p, tx); err != nil {
-		return p, errors.Join(err, tx.rollback())
+		return errors.Join(err, tx.rollback())
 	}
 	if p.Changed() && cfg.Validate != nil {
 		if err := runCommand(cmdCtx, cfg.Validate, cfg.Timeout); err != nil {
-			return p, fmt.Errorf("%w: %w", ErrValidate, errors.Join(err, tx.rollback()))
+			return fmt.Errorf("%w: %w", ErrValidate, errors.Join(err, tx.rollback()))
 		}
 	}
 	m := manifest{Files: renderedPaths(p.Output), OnChangePending: (p.PendingOnChange || p.Changed()) && len(cfg.OnChange) > 0}
 	if err := a.saveManifest(cfg.Name, m); err != nil {
-		return p, err
+		return err
 	}
 	if !m.OnChangePending {
-		return p, nil
+		return nil
 	}
 	for _, cmd := range cfg.OnChange {
 		if err := runCommand(cmdCtx, cmd, cfg.Timeout); err != nil {
-			return p, fmt.Errorf("%w: %w", ErrOnChange, err)
+			return fmt.Errorf("%w: %w", ErrOnChange, err)
 		}
 		a.log.Info("on_change ran", zap.String("config", cfg.Name), zap.Strings("command", cmd))
 	}
 	m.OnChangePending = false
-	return p, a.saveManifest(cfg.Name, m)
+	return a.saveManifest(cfg.Name, m)
 }
 
 // write creates directories, stages and checks every changed file, and only
 // then commits them all and prunes.
 func (a *Applier) write(ctx context.Context, p *Plan, tx *txn) error {
-	for _, d := range dirsOf(p) {
-		removeStaleTemps(d)
-	}
 	for _, d := range p.Dirs {
 		if err := tx.ensureDir(d.Dir.Real, d.Dir.Mode, d.Dir.Ownership, true); err != nil {
 			return err

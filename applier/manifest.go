@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 )
 
 // manifest is what ccm remembers of one configuration between runs.
@@ -23,6 +24,9 @@ func (a *Applier) manifestPath(config string) string {
 }
 
 func (a *Applier) loadManifest(config string) (manifest, error) {
+	if m, ok := a.manifests[config]; ok {
+		return m, nil
+	}
 	var m manifest
 	raw, err := os.ReadFile(a.manifestPath(config))
 	if errors.Is(err, fs.ErrNotExist) {
@@ -34,10 +38,17 @@ func (a *Applier) loadManifest(config string) (manifest, error) {
 	if err := json.Unmarshal(raw, &m); err != nil {
 		return m, fmt.Errorf("state %s: %w", a.manifestPath(config), err)
 	}
+	a.manifests[config] = m
 	return m, nil
 }
 
+// saveManifest writes m unless it is what the state directory already
+// holds.
 func (a *Applier) saveManifest(config string, m manifest) error {
+	if old, ok := a.manifests[config]; ok && old.OnChangePending == m.OnChangePending && slices.Equal(old.Files, m.Files) {
+		return nil
+	}
+	delete(a.manifests, config)
 	raw, err := json.MarshalIndent(m, "", "  ")
 	if err != nil {
 		return err
@@ -49,5 +60,6 @@ func (a *Applier) saveManifest(config string, m manifest) error {
 	if err := writeAtomic(p, append(raw, '\n'), 0o600, nil, nil); err != nil {
 		return fmt.Errorf("state: %w", err)
 	}
+	a.manifests[config] = m
 	return nil
 }

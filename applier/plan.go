@@ -72,6 +72,8 @@ type Plan struct {
 	// PendingOnChange is set when an earlier run's on_change failed.
 	PendingOnChange bool
 	manifest        manifest
+	trusting        bool  // planned by an event-driven run
+	checked         []int // indexes of Output.Files checked against the disk
 }
 
 // Changed reports whether applying the plan would change anything on disk.
@@ -104,7 +106,13 @@ func (p *Plan) Counts() (create, change, remove int) {
 // Plan renders cfg and compares it with the disk. claimed lists paths that
 // other configurations of the same run render; they are never pruned here.
 func (a *Applier) Plan(cfg *configs.Config, snap *objects.Snapshot, claimed map[string]string) (*Plan, error) {
-	out, err := render.Render(cfg, snap, a.opts.Node, a.opts.Root)
+	return a.plan(cfg, snap, claimed, false)
+}
+
+// plan is Plan; with trust, files known to be in their desired state are
+// not read from disk, and unchanged objects are not rendered again.
+func (a *Applier) plan(cfg *configs.Config, snap *objects.Snapshot, claimed map[string]string, trust bool) (*Plan, error) {
+	out, err := a.cache.Render(cfg, snap, a.opts.Node, a.opts.Root, !trust)
 	if err != nil {
 		return nil, err
 	}
@@ -112,7 +120,7 @@ func (a *Applier) Plan(cfg *configs.Config, snap *objects.Snapshot, claimed map[
 	if err != nil {
 		return nil, err
 	}
-	p := &Plan{Config: cfg, Output: out, PendingOnChange: m.OnChangePending, manifest: m}
+	p := &Plan{Config: cfg, Output: out, PendingOnChange: m.OnChangePending, manifest: m, trusting: trust}
 	for _, d := range out.Directories {
 		dc, err := planDir(d)
 		if err != nil {
@@ -122,13 +130,15 @@ func (a *Applier) Plan(cfg *configs.Config, snap *objects.Snapshot, claimed map[
 			p.Dirs = append(p.Dirs, *dc)
 		}
 	}
-	rendered := make(map[string]bool, len(out.Files))
 	for i := range out.Files {
 		f := &out.Files[i]
 		if other, ok := claimed[f.Path]; ok && other != cfg.Name {
 			return nil, fmt.Errorf("file %s is also written by configuration %q", f.Path, other)
 		}
-		rendered[f.Path] = true
+		if trust && a.trusted(f) {
+			continue
+		}
+		p.checked = append(p.checked, i)
 		c, err := planFile(f)
 		if err != nil {
 			return nil, err
@@ -138,7 +148,7 @@ func (a *Applier) Plan(cfg *configs.Config, snap *objects.Snapshot, claimed map[
 		}
 	}
 	for _, path := range m.Files {
-		if rendered[path] || claimed[path] != "" {
+		if out.Has(path) || claimed[path] != "" {
 			continue
 		}
 		c, err := a.planRemove(path)

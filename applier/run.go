@@ -105,20 +105,37 @@ func (a *Applier) PlanAll(set *configs.Set, snap *objects.Snapshot, names []stri
 // configuration and marks the rest aborted: the configuration under way is
 // always finished, so that none is left half-applied.
 func (a *Applier) Run(ctx context.Context, set *configs.Set, snap *objects.Snapshot, names []string) *Report {
+	return a.run(ctx, set, snap, names, false)
+}
+
+// RunChanged is Run for a run triggered by object changes: it renders only
+// what the changes touch and does not re-read files that this Applier wrote
+// or verified and whose desired state is unchanged. Drift made by hand is
+// repaired by the next Run (start, resync, resume), not by RunChanged.
+func (a *Applier) RunChanged(ctx context.Context, set *configs.Set, snap *objects.Snapshot, names []string) *Report {
+	return a.run(ctx, set, snap, names, true)
+}
+
+func (a *Applier) run(ctx context.Context, set *configs.Set, snap *objects.Snapshot, names []string, trust bool) *Report {
 	r := &Report{Revision: snap.Revision}
 	claimed := map[string]string{}
 	bad := map[string]bool{}
 	var errs []error
-	for _, n := range names {
+	for i, n := range names {
 		cfg := set.Configs[n]
 		o := Outcome{Config: n}
+
 		switch dep := failedDependency(cfg, bad); {
 		case ctx.Err() != nil:
 			o.Result, o.Error, r.Aborted = Aborted, context.Cause(ctx).Error(), true
 		case dep != "":
 			o.Result, o.Error = Skipped, fmt.Sprintf("dependency %s did not converge", dep)
 		default:
-			o = a.runOne(ctx, cfg, snap, claimed)
+			var p *Plan
+			o, p = a.runOne(ctx, cfg, snap, claimed, trust)
+			if p != nil && i < len(names)-1 { // the last one's paths need no record
+				claim(claimed, p)
+			}
 		}
 		if o.Result != Unchanged && o.Result != Changed {
 			bad[n] = true
@@ -132,19 +149,18 @@ func (a *Applier) Run(ctx context.Context, set *configs.Set, snap *objects.Snaps
 	return r
 }
 
-func (a *Applier) runOne(ctx context.Context, cfg *configs.Config, snap *objects.Snapshot, claimed map[string]string) Outcome {
+func (a *Applier) runOne(ctx context.Context, cfg *configs.Config, snap *objects.Snapshot, claimed map[string]string, trust bool) (Outcome, *Plan) {
 	start := time.Now()
 	o := Outcome{Config: cfg.Name}
-	p, err := a.Apply(ctx, cfg, snap, claimed)
+	p, err := a.apply(ctx, cfg, snap, claimed, trust)
 	if p != nil {
-		claim(claimed, p)
 		o.Created, o.Updated, o.Removed = p.Counts()
 	}
 	switch {
 	case err != nil:
 		o.Result, o.Error = Failed, err.Error()
 		a.log.Error("configuration failed", zap.String("config", cfg.Name), zap.Error(err))
-		return o
+		return o, p
 	case p.Changed():
 		o.Result = Changed
 	default:
@@ -153,7 +169,7 @@ func (a *Applier) runOne(ctx context.Context, cfg *configs.Config, snap *objects
 	a.log.Info("configuration converged", zap.String("config", cfg.Name), zap.String("result", string(o.Result)),
 		zap.Int("created", o.Created), zap.Int("updated", o.Updated), zap.Int("removed", o.Removed),
 		zap.Duration("took", time.Since(start)))
-	return o
+	return o, p
 }
 
 func failedDependency(cfg *configs.Config, bad map[string]bool) string {

@@ -19,6 +19,7 @@ type Mirror struct {
 	invalid map[string]map[string]error  // type -> id -> decode error
 	ignored map[string]error             // key -> grammar error
 	sorted  map[string][]Object          // type -> objects by ID; rebuilt lazily
+	version map[string]int64             // type -> last revision that changed it
 	revCh   chan struct{}                // closed and replaced when rev grows
 }
 
@@ -34,6 +35,7 @@ func (m *Mirror) clear() {
 	m.invalid = map[string]map[string]error{}
 	m.ignored = map[string]error{}
 	m.sorted = map[string][]Object{}
+	m.version = map[string]int64{}
 }
 
 // KV is one key/value of a list or a watch event.
@@ -48,9 +50,18 @@ type KV struct {
 func (m *Mirror) Reset(kvs []KV, rev int64) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	old := m.version
 	m.clear()
 	for _, kv := range kvs {
 		m.applyLocked(kv)
+	}
+	// A list cannot show what was deleted since the last event seen, so
+	// every type, present or gone, counts as changed at rev.
+	for typ := range old {
+		m.version[typ] = rev
+	}
+	for typ := range m.version {
+		m.version[typ] = rev
 	}
 	m.setRevisionLocked(rev)
 }
@@ -88,6 +99,7 @@ func (m *Mirror) applyLocked(kv KV) (string, bool) {
 		return "", false
 	}
 	delete(m.sorted, typ)
+	m.version[typ] = max(m.version[typ], kv.ModRevision)
 	delete(m.objs[typ], id)
 	delete(m.invalid[typ], id)
 	if kv.Deleted {
@@ -152,7 +164,11 @@ func (m *Mirror) WaitRevision(ctx context.Context, rev int64) error {
 func (m *Mirror) Snapshot() *Snapshot {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	s := &Snapshot{Revision: m.rev, Types: make(map[string][]Object, len(m.objs)), Invalid: map[string][]error{}}
+	s := &Snapshot{Revision: m.rev, Types: make(map[string][]Object, len(m.objs)), Invalid: map[string][]error{},
+		Versions: make(map[string]int64, len(m.version))}
+	for typ, v := range m.version {
+		s.Versions[typ] = v
+	}
 	for typ, byID := range m.objs {
 		l, ok := m.sorted[typ]
 		if !ok {

@@ -107,6 +107,9 @@ type Snapshot struct {
 	Invalid map[string][]error
 	// Ignored lists keys outside the key grammar.
 	Ignored []error
+	// Versions maps a type to the last revision that changed any of its
+	// objects; equal versions mean equal objects of that type.
+	Versions map[string]int64
 }
 
 // List returns the objects of one type, sorted by ID; never nil.
@@ -138,6 +141,7 @@ func NewBuilder(prefix string, revision int64) *Builder {
 		Revision: revision,
 		Types:    map[string][]Object{},
 		Invalid:  map[string][]error{},
+		Versions: map[string]int64{},
 	}}
 }
 
@@ -148,6 +152,7 @@ func (b *Builder) Add(key string, value []byte, modRevision int64) {
 		b.snap.Ignored = append(b.snap.Ignored, err)
 		return
 	}
+	b.snap.Versions[typ] = max(b.snap.Versions[typ], modRevision)
 	data, err := Decode(value)
 	if err != nil {
 		b.snap.Invalid[typ] = append(b.snap.Invalid[typ], objectError(key, err))

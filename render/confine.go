@@ -15,17 +15,27 @@ const (
 	MaxPathLen = 4096
 )
 
+// confiner checks paths under one root. It remembers the resolved root and
+// the directories it already checked, so rendering thousands of files into
+// one directory resolves it once. It lives for one render: the filesystem is
+// checked afresh every run.
 type confiner struct {
-	root string
+	root     string
+	resolved string           // root with symlinks resolved; "" until needed
+	dirs     map[string]error // directory -> result of checking it
+}
+
+func newConfiner(root string) *confiner {
+	return &confiner{root: root, dirs: map[string]error{}}
 }
 
 // Confine returns where path (absolute, as a configuration names it) lives
 // under root, or an error if it is not a safe path inside root.
 func Confine(root, path string) (string, error) {
-	return confiner{root: root}.confine(path)
+	return newConfiner(root).confine(path)
 }
 
-func (c confiner) confine(path string) (string, error) {
+func (c *confiner) confine(path string) (string, error) {
 	if err := checkSyntax(path); err != nil {
 		return "", err
 	}
@@ -36,7 +46,13 @@ func (c confiner) confine(path string) (string, error) {
 	if fi, err := os.Lstat(real); err == nil && fi.Mode()&fs.ModeSymlink != 0 {
 		return "", fmt.Errorf("%s is a symlink; refusing to write through it", real)
 	}
-	if err := c.checkParents(real); err != nil {
+	dir := filepath.Dir(real)
+	err, ok := c.dirs[dir]
+	if !ok {
+		err = c.checkParents(dir)
+		c.dirs[dir] = err
+	}
+	if err != nil {
 		return "", err
 	}
 	return real, nil
@@ -68,15 +84,18 @@ func checkSyntax(path string) error {
 	return nil
 }
 
-// checkParents resolves the deepest existing ancestor of real and requires
+// checkParents resolves the deepest existing ancestor of dir and requires
 // it to stay inside the root, so a symlink planted inside the root cannot
 // send a write outside it.
-func (c confiner) checkParents(real string) error {
-	root, err := filepath.EvalSymlinks(c.root)
-	if err != nil {
-		return fmt.Errorf("root %s: %w", c.root, err)
+func (c *confiner) checkParents(dir string) error {
+	if c.resolved == "" {
+		root, err := filepath.EvalSymlinks(c.root)
+		if err != nil {
+			return fmt.Errorf("root %s: %w", c.root, err)
+		}
+		c.resolved = root
 	}
-	dir := filepath.Dir(real)
+	root := c.resolved
 	for {
 		resolved, err := filepath.EvalSymlinks(dir)
 		if err == nil {

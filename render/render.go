@@ -5,7 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"sort"
+	"slices"
+	"strings"
 	"text/template"
 
 	"github.com/ccm-dev/ccm/configs"
@@ -54,12 +55,28 @@ type Directory struct {
 type Output struct {
 	Directories []Directory // in configuration order
 	Files       []File      // sorted by Path
+	paths       map[string]bool
 }
+
+// Has reports whether the output has a file at path.
+func (o *Output) Has(path string) bool { return o.paths[path] }
 
 // Render renders cfg from snap for node, confining paths to root. It fails
 // without output if any object the configuration reads is malformed, any
 // template fails, a path escapes root, or two files share a path.
 func Render(cfg *configs.Config, snap *objects.Snapshot, node Node, root string) (*Output, error) {
+	r := &renderer{}
+	return r.render(cfg, snap, node, root)
+}
+
+// renderer renders one configuration, with a cache or without (nil).
+type renderer struct {
+	cache *configCache
+	deps  *Cache
+	used  int // cache entries used or made by this render
+}
+
+func (r *renderer) render(cfg *configs.Config, snap *objects.Snapshot, node Node, root string) (*Output, error) {
 	types := cfg.Types()
 	if err := snap.Check(types...); err != nil {
 		return nil, err
@@ -68,7 +85,7 @@ func Render(cfg *configs.Config, snap *objects.Snapshot, node Node, root string)
 	for _, t := range types {
 		data.Objects[t] = snap.List(t)
 	}
-	c := confiner{root: root}
+	c := newConfiner(root)
 	out := &Output{}
 	for _, d := range cfg.Directories {
 		err := each(d.ForEach, data, func(data Data) error {
@@ -83,30 +100,87 @@ func Render(cfg *configs.Config, snap *objects.Snapshot, node Node, root string)
 			return nil, err
 		}
 	}
-	seen := map[string]bool{}
-	for _, f := range cfg.Files {
+	seen := make(map[string]bool, r.expected())
+	for i := range cfg.Files {
+		f := &cfg.Files[i]
+		var versions []int64
+		cached := false
+		if r.cache != nil && f.ForEach != "" {
+			var deps []string
+			deps, cached = r.deps.deps(f)
+			versions = versionsOf(snap, deps)
+		}
 		err := each(f.ForEach, data, func(data Data) error {
-			p, real, err := renderPath(c, f.Path, data)
+			file, err := r.file(c, f, data, cached, versions)
 			if err != nil {
 				return err
 			}
-			if seen[p] {
-				return fmt.Errorf("file %s is rendered twice%s", p, objectSuffix(data))
+			if seen[file.Path] {
+				return fmt.Errorf("file %s is rendered twice%s", file.Path, objectSuffix(data))
 			}
-			seen[p] = true
-			var buf bytes.Buffer
-			if err := f.Body.Execute(&buf, data); err != nil {
-				return fmt.Errorf("render %s%s: %w", p, objectSuffix(data), err)
-			}
-			out.Files = append(out.Files, File{Path: p, Real: real, Content: buf.Bytes(), Mode: f.Mode, Ownership: f.Ownership, Check: f.Check})
+			seen[file.Path] = true
+			out.Files = append(out.Files, file)
 			return nil
 		})
 		if err != nil {
 			return nil, err
 		}
 	}
-	sort.Slice(out.Files, func(i, j int) bool { return out.Files[i].Path < out.Files[j].Path })
+	byPath := func(a, b File) int { return strings.Compare(a.Path, b.Path) }
+	if !slices.IsSortedFunc(out.Files, byPath) {
+		slices.SortFunc(out.Files, byPath)
+	}
+	out.paths = seen
 	return out, nil
+}
+
+// file renders one file, or takes it from the cache when the object has
+// not changed since the last render.
+func (r *renderer) file(c *confiner, f *configs.File, data Data, cached bool, versions []int64) (File, error) {
+	var key cacheKey
+	if cached {
+		key = cacheKey{file: f, id: data.Object.ID}
+		if e, ok := r.cache.entries[key]; ok && e.revision == data.Object.Revision && slices.Equal(e.versions, versions) {
+			e.gen = r.cache.gen
+			r.used++
+			return e.file, nil
+		}
+	}
+	p, real, err := renderPath(c, f.Path, data)
+	if err != nil {
+		return File{}, err
+	}
+	var buf bytes.Buffer
+	if err := f.Body.Execute(&buf, data); err != nil {
+		return File{}, fmt.Errorf("render %s%s: %w", p, objectSuffix(data), err)
+	}
+	file := File{Path: p, Real: real, Content: buf.Bytes(), Mode: f.Mode, Ownership: f.Ownership, Check: f.Check}
+	if cached {
+		r.cache.entries[key] = &cacheEntry{revision: data.Object.Revision, versions: versions, file: file, gen: r.cache.gen}
+		r.used++
+	}
+	return file, nil
+}
+
+// expected guesses how many files the render makes, to size its maps.
+func (r *renderer) expected() int {
+	if r.cache == nil {
+		return 0
+	}
+	return len(r.cache.entries)
+}
+
+// versionsOf returns the versions of types, in the order of types (fixed
+// per template).
+func versionsOf(snap *objects.Snapshot, types []string) []int64 {
+	if len(types) == 0 {
+		return nil
+	}
+	v := make([]int64, len(types))
+	for i, t := range types {
+		v[i] = snap.Versions[t]
+	}
+	return v
 }
 
 // each calls fn once with data, or with forEach set once per object of that
@@ -125,7 +199,7 @@ func each(forEach string, data Data, fn func(Data) error) error {
 	return nil
 }
 
-func renderPath(c confiner, t *template.Template, data Data) (path, real string, err error) {
+func renderPath(c *confiner, t *template.Template, data Data) (path, real string, err error) {
 	var buf bytes.Buffer
 	if err := t.Execute(&buf, data); err != nil {
 		return "", "", fmt.Errorf("render path %q%s: %w", t.Root.String(), objectSuffix(data), err)

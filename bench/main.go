@@ -1,0 +1,195 @@
+// Command bench measures ccm against a real etcd on loopback and writes
+// bench/results.json: event-to-file latency, render and apply throughput,
+// serial rollout, idle footprint and debounce behaviour. Every figure that
+// has a floor is reported with the floor measured in the same run.
+//
+// Run it with make bench (about five minutes on two cores).
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"runtime/pprof"
+	"sort"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/ccm-dev/ccm/embedded"
+)
+
+// Result is one measured figure.
+type Result struct {
+	Scenario string  `json:"scenario"`
+	Metric   string  `json:"metric"`
+	Value    float64 `json:"value"`
+	Unit     string  `json:"unit"`
+	Target   string  `json:"target,omitempty"`
+	Met      *bool   `json:"met,omitempty"`
+	Note     string  `json:"note,omitempty"`
+}
+
+// Report is the whole run.
+type Report struct {
+	Time    time.Time `json:"time"`
+	GoOS    string    `json:"goos"`
+	CPUs    int       `json:"cpus"`
+	Results []Result  `json:"results"`
+}
+
+type bench struct {
+	ctx     context.Context
+	work    string // scratch directory
+	ccm     string // the ccm binary
+	etcdURL string
+	report  Report
+	idle    time.Duration
+	scale   []int
+	nodes   []int
+}
+
+func main() {
+	out := flag.String("out", "bench/results.json", "where to write the results")
+	idle := flag.Duration("idle", 60*time.Second, "idle period for the footprint")
+	quick := flag.Bool("quick", false, "smaller sizes, for a smoke run")
+	only := flag.String("only", "", "run only scenarios whose name contains this")
+	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the in-process agents to this file")
+	flag.Parse()
+	if *cpuprofile != "" {
+		f, err := os.Create(*cpuprofile)
+		if err == nil {
+			_ = pprof.StartCPUProfile(f)
+			defer pprof.StopCPUProfile()
+		}
+	}
+	if err := run(*out, *idle, *quick, *only); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		pprof.StopCPUProfile()
+		os.Exit(1)
+	}
+}
+
+func run(out string, idle time.Duration, quick bool, only string) error {
+	work, err := os.MkdirTemp("", "ccm-bench")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(work)
+	b := &bench{ctx: context.Background(), work: work, idle: idle,
+		scale: []int{1000, 10000, 100000}, nodes: []int{5, 20, 50},
+		report: Report{Time: time.Now().UTC(), GoOS: runtime.GOOS + "/" + runtime.GOARCH, CPUs: runtime.NumCPU()}}
+	if quick {
+		b.scale, b.nodes, b.idle = []int{1000, 10000}, []int{5, 20}, 10*time.Second
+	}
+	b.ccm = filepath.Join(work, "ccm")
+	if out, err := exec.Command("go", "build", "-o", b.ccm, "./cmd/ccm").CombinedOutput(); err != nil {
+		return fmt.Errorf("build ccm: %v: %s", err, out)
+	}
+	addr, err := freeAddr()
+	if err != nil {
+		return err
+	}
+	b.etcdURL = "http://" + addr
+	srv, err := embedded.Start(b.ctx, embedded.Config{Dir: filepath.Join(work, "etcd"), ClientURL: b.etcdURL, Logger: zap.NewNop()})
+	if err != nil {
+		return err
+	}
+	defer srv.Close()
+
+	scenarios := []struct {
+		name string
+		fn   func() error
+	}{
+		{"latency", b.latency},
+		{"throughput", b.throughput},
+		{"rollout", b.rollout},
+		{"debounce", b.debounce},
+		{"footprint", b.footprint},
+	}
+	for _, s := range scenarios {
+		if only != "" && !strings.Contains(s.name, only) {
+			continue
+		}
+		start := time.Now()
+		fmt.Fprintf(os.Stderr, "== %s\n", s.name)
+		if err := s.fn(); err != nil {
+			return fmt.Errorf("%s: %w", s.name, err)
+		}
+		fmt.Fprintf(os.Stderr, "   %s done in %s\n", s.name, time.Since(start).Round(time.Second))
+	}
+	b.print()
+	raw, err := json.MarshalIndent(b.report, "", "  ")
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(out, append(raw, '\n'), 0o644)
+}
+
+// add records a result; target, when set, is checked as value <= max.
+func (b *bench) add(scenario, metric string, value float64, unit string, max float64, target, note string) {
+	r := Result{Scenario: scenario, Metric: metric, Value: round(value), Unit: unit, Target: target, Note: note}
+	if target != "" {
+		met := value <= max
+		r.Met = &met
+	}
+	b.report.Results = append(b.report.Results, r)
+}
+
+func round(v float64) float64 {
+	switch {
+	case v >= 100:
+		return float64(int64(v + 0.5))
+	case v >= 1:
+		return float64(int64(v*100+0.5)) / 100
+	default:
+		return float64(int64(v*10000+0.5)) / 10000
+	}
+}
+
+func (b *bench) print() {
+	w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(w, "SCENARIO\tMETRIC\tVALUE\tUNIT\tTARGET\tMET\tNOTE")
+	for _, r := range b.report.Results {
+		met := ""
+		if r.Met != nil {
+			met = map[bool]string{true: "yes", false: "NO"}[*r.Met]
+		}
+		fmt.Fprintf(w, "%s\t%s\t%v\t%s\t%s\t%s\t%s\n", r.Scenario, r.Metric, r.Value, r.Unit, r.Target, met, r.Note)
+	}
+	w.Flush()
+}
+
+func freeAddr() (string, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	defer l.Close()
+	return l.Addr().String(), nil
+}
+
+// percentile returns the p-th percentile (0..100) of sorted durations.
+func percentile(sorted []time.Duration, p float64) time.Duration {
+	if len(sorted) == 0 {
+		return 0
+	}
+	i := int(float64(len(sorted)-1) * p / 100)
+	return sorted[i]
+}
+
+func sortDurations(d []time.Duration) []time.Duration {
+	s := append([]time.Duration(nil), d...)
+	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
+	return s
+}
+
+func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }

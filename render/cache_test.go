@@ -1,0 +1,73 @@
+package render_test
+
+import (
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/ccm-dev/ccm/objects"
+	"github.com/ccm-dev/ccm/render"
+)
+
+func snapAt(rev int64, objs map[string]string) *objects.Snapshot {
+	b := objects.NewBuilder("/ccm", rev)
+	for key, value := range objs {
+		b.Add("/ccm/objects/"+key, []byte(value), rev)
+	}
+	return b.Snapshot()
+}
+
+func TestCacheServesOnlyTemplatesThatCannotHaveChanged(t *testing.T) {
+	tests := []struct {
+		name    string
+		content string
+		cached  bool
+	}{
+		{"object only", `{{ .Object.ID }} {{ .Object.Data.v }} {{ .Node.Name }}`, true},
+		{"range over own data", `{{ range .Object.Data.list }}{{ . }}{{ end }}`, true},
+		{"reads another type", `{{ range $c := .Objects.certs }}{{ if eq $c.Data.site $.Object.ID }}{{ $c.ID }}{{ end }}{{ end }}`, true},
+		{"reads the revision", `{{ .Revision }}`, false},
+		{"reads every type", `{{ len .Objects }}`, false},
+		{"hands the whole data to a function", `{{ toJson . }}`, false},
+	}
+	objs := map[string]string{"sites/a": `{"v":1,"list":[1]}`, "certs/c": `{"site":"a"}`}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg := loadConfig(t, "subscribes: [sites, certs]\nfiles:\n  - path: /x/{{ .Object.ID }}\n    for_each: sites\n    content: '"+tt.content+"'\n")
+			cache, root := render.NewCache(), t.TempDir()
+			render1 := func(rev int64, fresh bool) []byte {
+				out, err := cache.Render(cfg, snapAt(rev, objs), render.Node{Name: "n"}, root, fresh)
+				require.NoError(t, err)
+				require.Len(t, out.Files, 1)
+				return out.Files[0].Content
+			}
+			first := render1(5, false)
+			second := render1(5, false)
+			assert.Equal(t, tt.cached, &first[0] == &second[0], "same snapshot: served from the cache")
+			third := render1(6, false)
+			assert.NotSame(t, &second[0], &third[0], "the object changed (revision 6): rendered again")
+			fourth := render1(6, true)
+			assert.NotSame(t, &third[0], &fourth[0], "fresh renders everything")
+		})
+	}
+}
+
+func TestCacheNoticesAChangeInATypeItReads(t *testing.T) {
+	cfg := loadConfig(t, "subscribes: [sites, certs]\nfiles:\n  - path: /x/{{ .Object.ID }}\n    for_each: sites\n    content: '{{ range .Objects.certs }}{{ .ID }} {{ end }}'\n")
+	cache, root := render.NewCache(), t.TempDir()
+	b := objects.NewBuilder("/ccm", 3)
+	b.Add("/ccm/objects/sites/a", []byte(`{}`), 2)
+	b.Add("/ccm/objects/certs/c1", []byte(`{}`), 2)
+	out, err := cache.Render(cfg, b.Snapshot(), render.Node{}, root, false)
+	require.NoError(t, err)
+	assert.Equal(t, "c1 ", string(out.Files[0].Content))
+
+	b = objects.NewBuilder("/ccm", 4)
+	b.Add("/ccm/objects/sites/a", []byte(`{}`), 2) // the site itself did not change
+	b.Add("/ccm/objects/certs/c1", []byte(`{}`), 2)
+	b.Add("/ccm/objects/certs/c2", []byte(`{}`), 4)
+	out, err = cache.Render(cfg, b.Snapshot(), render.Node{}, root, false)
+	require.NoError(t, err)
+	assert.Equal(t, "c1 c2 ", string(out.Files[0].Content))
+}
