@@ -6,7 +6,6 @@ import (
 	"os"
 	"path/filepath"
 	"time"
-
 )
 
 // latency: an agent with --debounce 0 and 10,000 sites; from a put
