@@ -75,7 +75,7 @@ func (a *Agent) converge(ctx context.Context, b debounce.Batch) {
 func (a *Agent) runLocked(ctx context.Context, lock *cluster.Lock, set *configs.Set, b debounce.Batch, names []string) {
 	start := a.opts.Clock.Now()
 	status := cluster.Status{Node: a.opts.Node, Time: start.UTC()}
-	f, err := a.cluster.Failure(ctx)
+	f, rev, err := a.cluster.FailureAt(ctx)
 	if err != nil {
 		a.postpone(ctx, b, "read failure flag", err)
 		return
@@ -84,8 +84,9 @@ func (a *Agent) runLocked(ctx context.Context, lock *cluster.Lock, set *configs.
 		a.halt(ctx, lock, b, f)
 		return
 	}
+	// Render at least what etcd held when the lock was ours.
 	syncCtx, cancel := context.WithTimeout(ctx, syncTimeout)
-	if err := a.watcher.Sync(syncCtx); err != nil {
+	if err := a.watcher.SyncTo(syncCtx, rev); err != nil {
 		a.log.Warn("mirror not confirmed up to date; rendering what it holds", zap.Error(err))
 	}
 	cancel()

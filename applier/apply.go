@@ -187,7 +187,7 @@ func (a *Applier) write(ctx context.Context, p *Plan, tx *txn) error {
 		if c.old.exists { // keep the owner of a file whose owner is not managed
 			uid, gid = keep(uid, c.old.uid), keep(gid, c.old.gid)
 		}
-		tmp, err := stage(c.Real, c.New, c.file.Mode, uid, gid)
+		tmp, err := stage(c.Real, c.New, c.file.Mode, uid, gid, false)
 		if err != nil {
 			return err
 		}
@@ -198,6 +198,21 @@ func (a *Applier) write(ctx context.Context, p *Plan, tx *txn) error {
 			}
 		}
 	}
+	tmps := make([]string, 0, len(staged))
+	for _, tmp := range staged {
+		tmps = append(tmps, tmp)
+	}
+	if err := syncStaged(tmps); err != nil {
+		return err
+	}
+	defer func() {
+		// Renames and removals are durable once their directories are.
+		for _, d := range dirsOf(p) {
+			if err := syncDir(d); err != nil {
+				a.log.Warn("fsync directory", zap.String("dir", d), zap.Error(err))
+			}
+		}
+	}()
 	for i := range p.Changes {
 		if err := tx.apply(&p.Changes[i], staged[i]); err != nil {
 			return err
@@ -275,9 +290,7 @@ func (t *txn) apply(c *Change, tmp string) error {
 	var err error
 	switch {
 	case c.Action == Remove:
-		if err = os.Remove(c.Real); err == nil {
-			err = syncDir(filepath.Dir(c.Real))
-		}
+		err = os.Remove(c.Real)
 	case tmp != "":
 		err = commit(tmp, c.Real)
 	default:

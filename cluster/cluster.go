@@ -102,19 +102,29 @@ func (c *Cluster) AliveKey(node string) string { return c.prefix + "/nodes/" + n
 
 // Failure returns the failure flag, or nil when it is clear.
 func (c *Cluster) Failure(ctx context.Context) (*Failure, error) {
+	f, _, err := c.FailureAt(ctx)
+	return f, err
+}
+
+// FailureAt is Failure, with the cluster revision it was read at.
+func (c *Cluster) FailureAt(ctx context.Context) (*Failure, int64, error) {
 	resp, err := c.client.Get(ctx, c.FailureKey())
 	if err != nil {
-		return nil, fmt.Errorf("read %s: %w", c.FailureKey(), err)
+		return nil, 0, fmt.Errorf("read %s: %w", c.FailureKey(), err)
 	}
+	return decodeFailure(resp), resp.Header.Revision, nil
+}
+
+func decodeFailure(resp *clientv3.GetResponse) *Failure {
 	if len(resp.Kvs) == 0 {
-		return nil, nil
+		return nil
 	}
 	f := &Failure{}
 	if err := json.Unmarshal(resp.Kvs[0].Value, f); err != nil {
 		// A flag someone set by hand still halts the rollout.
 		f.Error = string(resp.Kvs[0].Value)
 	}
-	return f, nil
+	return f
 }
 
 // Resume clears the failure flag and returns what it held.

@@ -13,8 +13,16 @@ import (
 type Mirror struct {
 	prefix string
 
-	mu      sync.RWMutex
-	rev     int64
+	mu sync.RWMutex
+	// rev is the revision the mirror is known complete up to (events,
+	// lists and progress notifications); Sync waits on it.
+	rev int64
+	// applied is the revision of the last event applied, or of the last
+	// list. Duplicates are detected, and watches resumed, against applied,
+	// never rev: some etcd servers (3.4 before 3.4.25, 3.5 before 3.5.8)
+	// send a progress notification ahead of events a catching-up watch has
+	// not delivered yet, and trusting it would drop those events.
+	applied int64
 	objs    map[string]map[string]Object // type -> id -> object
 	invalid map[string]map[string]error  // type -> id -> decode error
 	ignored map[string]error             // key -> grammar error
@@ -63,21 +71,26 @@ func (m *Mirror) Reset(kvs []KV, rev int64) {
 	for typ := range m.version {
 		m.version[typ] = rev
 	}
+	m.applied = rev
 	m.setRevisionLocked(rev)
 }
 
 // Apply applies watch events and returns the types they changed. Events
-// at or below the mirror's revision were applied already and are skipped,
-// so a resumed watch never applies an event twice.
+// at or below the last applied revision were applied already and are
+// skipped, so a resumed watch never applies an event twice.
 func (m *Mirror) Apply(kvs []KV) []string {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	seen := map[string]bool{}
 	var types []string
+	// One response carries every event of a revision (a transaction), so
+	// duplicates are judged against what was applied before this batch.
+	before := m.applied
 	for _, kv := range kvs {
-		if kv.ModRevision <= m.rev {
+		if kv.ModRevision <= before {
 			continue
 		}
+		m.applied = max(m.applied, kv.ModRevision)
 		if t, ok := m.applyLocked(kv); ok && !seen[t] {
 			seen[t] = true
 			types = append(types, t)
@@ -141,6 +154,14 @@ func (m *Mirror) Revision() int64 {
 	m.mu.RLock()
 	defer m.mu.RUnlock()
 	return m.rev
+}
+
+// Applied returns the revision of the last event applied (or of the last
+// list): a watch that resumes must start right after it.
+func (m *Mirror) Applied() int64 {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	return m.applied
 }
 
 // WaitRevision blocks until the mirror reaches rev or ctx ends.

@@ -73,3 +73,17 @@ func TestMirrorWaitRevision(t *testing.T) {
 	cancel()
 	assert.ErrorIs(t, m.WaitRevision(ctx, 11), context.Canceled)
 }
+
+// etcd 3.4.23 can send a progress notification at the current revision
+// while a watch that started in the past still owes events (seen with
+// Debian's etcd-server). Such an event must still be applied.
+func TestMirrorAppliesEventsDeliveredAfterAPrematureProgressNotification(t *testing.T) {
+	m := objects.NewMirror("/ccm")
+	m.Reset(nil, 7)
+	m.SetRevision(10) // progress notification at 10, ahead of the events
+	types := m.Apply([]objects.KV{kv("sites/tls", `{}`, 8)})
+	assert.Equal(t, []string{"sites"}, types)
+	assert.Len(t, m.Snapshot().List("sites"), 1)
+	assert.Equal(t, int64(8), m.Applied(), "a resumed watch starts after the last applied event")
+	assert.Equal(t, int64(10), m.Revision())
+}

@@ -3,9 +3,10 @@
 // and the revision.
 //
 // Flow: list the prefix at revision R into the mirror, then watch from R+1.
-// After a disconnect the watch resumes from the mirror's revision + 1, so no
-// event is lost; events at or below that revision are skipped, so none is
-// applied twice. When etcd has compacted past that revision (ErrCompacted),
+// After a disconnect the watch resumes right after the last event applied,
+// so no event is lost; events at or below it are skipped, so none is
+// applied twice. Progress notifications never move that point: some etcd
+// servers send them ahead of events a catching-up watch still owes. When etcd has compacted past that revision (ErrCompacted),
 // or the watch cannot resume, the watcher lists again and asks for a
 // converge of everything.
 //
@@ -115,7 +116,7 @@ func (w *Watcher) Run(ctx context.Context) error {
 			w.log.Warn("watch compacted; listing again", zap.Error(err))
 			reason = "compacted"
 		default:
-			w.log.Warn("watch ended; resuming", zap.Error(err), zap.Int64("from", w.mirror.Revision()+1), zap.Duration("in", backoff.Next()))
+			w.log.Warn("watch ended; resuming", zap.Error(err), zap.Int64("from", w.mirror.Applied()+1), zap.Duration("in", backoff.Next()))
 			if !backoff.Wait(ctx) {
 				return nil
 			}
@@ -146,7 +147,7 @@ func (w *Watcher) list(ctx context.Context) error {
 func (w *Watcher) watch(ctx context.Context, backoff *retry.Delay) error {
 	wctx, cancel := context.WithCancel(streamContext(ctx))
 	defer cancel()
-	from := w.mirror.Revision() + 1
+	from := w.mirror.Applied() + 1
 	wch := w.client.Watch(wctx, objects.Prefix(w.opts.Prefix), clientv3.WithPrefix(), clientv3.WithRev(from), clientv3.WithProgressNotify(), clientv3.WithCreatedNotify())
 	tick := time.NewTicker(w.opts.Liveness)
 	defer tick.Stop()
@@ -178,7 +179,14 @@ func (w *Watcher) watch(ctx context.Context, backoff *retry.Delay) error {
 			if err := resp.Err(); err != nil {
 				return err
 			}
-			w.log.Debug("watch response", zap.Bool("created", resp.Created), zap.Bool("progress", resp.IsProgressNotify()), zap.Int("events", len(resp.Events)), zap.Int64("rev", resp.Header.Revision))
+			if ce := w.log.Check(zap.DebugLevel, "watch response"); ce != nil {
+				var evs []string
+				for _, ev := range resp.Events {
+					evs = append(evs, fmt.Sprintf("%s %s@%d", ev.Type, ev.Kv.Key, ev.Kv.ModRevision))
+				}
+				ce.Write(zap.Bool("created", resp.Created), zap.Bool("progress", resp.IsProgressNotify()),
+					zap.Strings("events", evs), zap.Int64("header", resp.Header.Revision), zap.Int64("mirror", w.mirror.Revision()))
+			}
 			w.synced.Store(true)
 			backoff.Reset()
 			w.handle(resp)
@@ -249,7 +257,12 @@ func (w *Watcher) Sync(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	target := resp.Header.Revision
+	return w.SyncTo(ctx, resp.Header.Revision)
+}
+
+// SyncTo waits until the mirror holds every change up to target, a
+// revision the caller read from etcd.
+func (w *Watcher) SyncTo(ctx context.Context, target int64) error {
 	// Writes outside objects/ (status, lock) advance the revision without
 	// a watch event; a progress notification confirms them.
 	for w.mirror.Revision() < target {
