@@ -3,7 +3,7 @@ GO      ?= go
 BIN     := bin/ccm
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 
-.PHONY: build test demo demo-clean vet fmt fuzz soak lint
+.PHONY: build test demo demo-clean vet fmt fuzz soak lint bench microbench
 
 build:
 	$(GO) build -ldflags "-X main.version=$(VERSION)" -o $(BIN) ./cmd/ccm
@@ -31,6 +31,14 @@ fuzz:
 SOAK_ITERATIONS ?= 200
 soak:
 	CCM_SOAK_ITERATIONS=$(SOAK_ITERATIONS) $(GO) test -count=1 -timeout 30m -run 'TestSIGKILLAtRandomPoints' -v ./test/
+
+## bench: the benchmark command against a real etcd on loopback; prints a table, writes bench/results.json
+bench:
+	$(GO) run ./bench -out bench/results.json
+
+## microbench: Go benchmarks of the hot paths (compare runs with benchstat)
+microbench:
+	$(GO) test -run '^$$' -bench . -benchmem -count 5 ./toposort ./render ./objects
 
 ## lint: staticcheck (CI also runs govulncheck)
 lint:
