@@ -225,9 +225,13 @@ func (a *Agent) resyncLoop(ctx context.Context) {
 	}
 }
 
+// readinessInterval is how often the ready and lag gauges refresh; the lag
+// costs an etcd request, which an idle agent should rarely make.
+const readinessInterval = 10 * time.Second
+
 // readiness mirrors Ready and the watch lag into the metrics.
 func (a *Agent) readiness(ctx context.Context) {
-	t := time.NewTicker(time.Second)
+	t := time.NewTicker(readinessInterval)
 	defer t.Stop()
 	for {
 		ready := 0.0
