@@ -117,40 +117,37 @@ func syncStaged(tmps []string) error {
 	return nil
 }
 
+// fsyncPath fsyncs a file or a directory.
 func fsyncPath(path string) error {
-	f, err := os.Open(path)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	if err := f.Sync(); err != nil {
-		return fmt.Errorf("fsync %s: %w", path, err)
-	}
-	return nil
+	return withFile(path, func(f *os.File) error {
+		if err := f.Sync(); err != nil {
+			return fmt.Errorf("fsync %s: %w", path, err)
+		}
+		return nil
+	})
 }
 
+// syncDir makes renames and removals in dir durable.
+func syncDir(dir string) error { return fsyncPath(dir) }
+
+// syncfs flushes the whole filesystem that holds path.
 func syncfs(path string) error {
+	return withFile(path, func(f *os.File) error {
+		if err := unix.Syncfs(int(f.Fd())); err != nil {
+			return fmt.Errorf("syncfs %s: %w", path, err)
+		}
+		return nil
+	})
+}
+
+// withFile opens path read-only for fn.
+func withFile(path string, fn func(*os.File) error) error {
 	f, err := os.Open(path)
 	if err != nil {
 		return err
 	}
 	defer f.Close()
-	if err := unix.Syncfs(int(f.Fd())); err != nil {
-		return fmt.Errorf("syncfs %s: %w", path, err)
-	}
-	return nil
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("fsync %s: %w", dir, err)
-	}
-	return nil
+	return fn(f)
 }
 
 // removeStaleTemps removes temp files that a crashed run left in dir.
