@@ -225,25 +225,29 @@ func (a *Agent) resyncLoop(ctx context.Context) {
 	}
 }
 
-// readinessInterval is how often the ready and lag gauges refresh; the lag
-// costs an etcd request, which an idle agent should rarely make.
-const readinessInterval = 10 * time.Second
+// lagEvery is how many readiness ticks (seconds) pass between two
+// measurements of the watch lag, which costs an etcd request: an idle
+// agent should rarely make one.
+const lagEvery = 10
 
-// readiness mirrors Ready and the watch lag into the metrics.
+// readiness mirrors Ready (every second) and the watch lag (every
+// lagEvery seconds) into the metrics.
 func (a *Agent) readiness(ctx context.Context) {
-	t := time.NewTicker(readinessInterval)
+	t := time.NewTicker(time.Second)
 	defer t.Stop()
-	for {
+	for tick := 0; ; tick++ {
 		ready := 0.0
 		if a.Ready() == nil {
 			ready = 1
 		}
 		a.metrics.Ready.Set(ready)
-		lctx, cancel := context.WithTimeout(ctx, time.Second)
-		if lag, err := a.watcher.Lag(lctx); err == nil {
-			a.metrics.WatchLag.Set(float64(lag))
+		if tick%lagEvery == 0 {
+			lctx, cancel := context.WithTimeout(ctx, time.Second)
+			if lag, err := a.watcher.Lag(lctx); err == nil {
+				a.metrics.WatchLag.Set(float64(lag))
+			}
+			cancel()
 		}
-		cancel()
 		select {
 		case <-ctx.Done():
 			return
