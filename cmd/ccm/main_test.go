@@ -120,3 +120,12 @@ func TestFlagsFallBackToEnvironment(t *testing.T) {
 	assert.Equal(t, 1, code)
 	assert.Regexp(t, regexp.MustCompile(`--log-level: unrecognized level: "loud"`), stderr)
 }
+
+func TestRBACPrintGrantsOnlyTheNodesKeys(t *testing.T) {
+	code, out, _ := ccm(t, "--prefix", "/prod", "rbac", "print", "--node", "web7")
+	require.Equal(t, 0, code)
+	assert.Contains(t, out, "etcdctl role grant-permission --prefix=true ccm-node-web7 read /prod/objects/\n")
+	assert.Contains(t, out, "etcdctl role grant-permission --prefix=true ccm-node-web7 readwrite /prod/nodes/web7/\n")
+	assert.NotContains(t, out, "readwrite /prod/objects/", "nodes never write objects")
+	assert.NotContains(t, out, "/prod/nodes/ ", "nor every node's keys")
+}
