@@ -32,7 +32,7 @@ const (
 )
 
 // Options configures an Agent. Client, Node, ConfigDir, Root and StateDir
-// are required; zero durations take the defaults.
+// are required; zero MaxWait, LockTTL and Resync take the defaults.
 type Options struct {
 	Client    *clientv3.Client
 	Prefix    string
@@ -42,12 +42,12 @@ type Options struct {
 	Root      string
 	StateDir  string
 
-	Debounce time.Duration // quiet period; 0 with DebounceSet means none
-	// DebounceSet distinguishes an explicit --debounce 0 from unset.
-	DebounceSet bool
-	MaxWait     time.Duration
-	LockTTL     time.Duration
-	Resync      time.Duration
+	// Debounce is the quiet period before a run; 0 runs at once. (The
+	// CLI's default is DefaultDebounce.)
+	Debounce time.Duration
+	MaxWait  time.Duration
+	LockTTL  time.Duration
+	Resync   time.Duration
 	// Liveness is the watch's progress-request period (default 10s).
 	Liveness time.Duration
 
@@ -111,9 +111,6 @@ func New(opts Options) (*Agent, error) {
 func defaults(o *Options) {
 	if o.Prefix == "" {
 		o.Prefix = cluster.DefaultPrefix
-	}
-	if o.Debounce == 0 && !o.DebounceSet {
-		o.Debounce = DefaultDebounce
 	}
 	if o.MaxWait == 0 {
 		o.MaxWait = DefaultMaxWait

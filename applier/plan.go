@@ -71,7 +71,6 @@ type Plan struct {
 	Changes []Change // sorted by path
 	// PendingOnChange is set when an earlier run's on_change failed.
 	PendingOnChange bool
-	manifest        manifest
 	trusting        bool  // planned by an event-driven run
 	checked         []int // indexes of Output.Files checked against the disk
 }
@@ -120,7 +119,7 @@ func (a *Applier) plan(cfg *configs.Config, snap *objects.Snapshot, claimed map[
 	if err != nil {
 		return nil, err
 	}
-	p := &Plan{Config: cfg, Output: out, PendingOnChange: m.OnChangePending, manifest: m, trusting: trust}
+	p := &Plan{Config: cfg, Output: out, PendingOnChange: m.OnChangePending, trusting: trust}
 	for _, d := range out.Directories {
 		dc, err := planDir(d)
 		if err != nil {

@@ -95,7 +95,7 @@ func (b *bench) startAgent(name, prefix, configDir string, debounce, maxWait tim
 	ag, err := agent.New(agent.Options{
 		Client: cli, Prefix: prefix, Node: name, ConfigDir: configDir,
 		Root: root, StateDir: filepath.Join(b.work, name, "state"),
-		Debounce: debounce, DebounceSet: true, MaxWait: maxWait, LockTTL: 30 * time.Second,
+		Debounce: debounce, MaxWait: maxWait, LockTTL: 30 * time.Second,
 		Logger: zap.NewNop(), Metrics: metrics.New(),
 	})
 	if err != nil {

@@ -77,7 +77,7 @@ func startAgent(t *testing.T, etcd *etcdtest.Cluster, name, configDir string, cf
 	n := &agentNode{name: name, root: t.TempDir(), done: make(chan error, 1)}
 	n.ag, err = agent.New(agent.Options{
 		Client: cli, Node: name, ConfigDir: configDir, Root: n.root, StateDir: t.TempDir(),
-		Debounce: cfg.debounce, DebounceSet: true, MaxWait: cfg.maxWait, LockTTL: cfg.lockTTL,
+		Debounce: cfg.debounce, MaxWait: cfg.maxWait, LockTTL: cfg.lockTTL,
 		Liveness: 500 * time.Millisecond,
 		Logger:   zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel)).Named(name),
 	})

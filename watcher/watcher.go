@@ -61,7 +61,6 @@ type Watcher struct {
 	opts   Options
 	log    *zap.Logger
 	synced atomic.Bool
-	lists  atomic.Int64
 }
 
 // New returns a Watcher; Run starts it.
@@ -81,9 +80,6 @@ func New(client *clientv3.Client, mirror *objects.Mirror, sink Sink, opts Option
 
 // Synced reports whether the mirror is listed and the watch is healthy.
 func (w *Watcher) Synced() bool { return w.synced.Load() }
-
-// Lists returns how many times the watcher listed the whole prefix.
-func (w *Watcher) Lists() int64 { return w.lists.Load() }
 
 // errStalled ends a watch that stopped answering progress requests.
 var errStalled = errors.New("watch stream stalled")
@@ -137,7 +133,6 @@ func (w *Watcher) list(ctx context.Context) error {
 		kvs[i] = objects.KV{Key: string(kv.Key), Value: kv.Value, ModRevision: kv.ModRevision}
 	}
 	w.mirror.Reset(kvs, resp.Header.Revision)
-	w.lists.Add(1)
 	w.log.Info("listed objects", zap.Int("keys", len(kvs)), zap.Int64("revision", resp.Header.Revision))
 	return nil
 }
@@ -250,18 +245,9 @@ func (w *Watcher) Lag(ctx context.Context) (int64, error) {
 	return max(0, resp.Header.Revision-w.mirror.Revision()), nil
 }
 
-// Sync waits until the mirror holds every change up to the cluster's
-// current revision, so a run that starts now renders the newest state.
-func (w *Watcher) Sync(ctx context.Context) error {
-	resp, err := w.client.Get(ctx, objects.Prefix(w.opts.Prefix), clientv3.WithCountOnly())
-	if err != nil {
-		return err
-	}
-	return w.SyncTo(ctx, resp.Header.Revision)
-}
-
 // SyncTo waits until the mirror holds every change up to target, a
-// revision the caller read from etcd.
+// revision the caller read from etcd (the agent reads it with the failure
+// flag, once it holds the lock), so that the run renders the newest state.
 func (w *Watcher) SyncTo(ctx context.Context, target int64) error {
 	// Writes outside objects/ (status, lock) advance the revision without
 	// a watch event; a progress notification confirms them.

@@ -79,7 +79,7 @@ func TestWatcherMirrorsEveryWrite(t *testing.T) {
 	resp, err := cli.Delete(ctx, "/ccm/objects/sites/pre")
 	require.NoError(t, err)
 	last := resp.Header.Revision
-	_, err = cli.Put(ctx, "/ccm/nodes/x/status", `{}`) // outside objects/: no event
+	status, err := cli.Put(ctx, "/ccm/nodes/x/status", `{}`) // outside objects/: no event
 	require.NoError(t, err)
 
 	require.NoError(t, m.WaitRevision(ctxTimeout(t), last))
@@ -90,8 +90,8 @@ func TestWatcherMirrorsEveryWrite(t *testing.T) {
 	assert.Equal(t, []string{"start"}, reasons)
 	assert.Equal(t, last, maxRev)
 
-	// Sync confirms writes outside objects/ through a progress notification.
-	require.NoError(t, w.Sync(ctxTimeout(t)))
+	// SyncTo confirms writes outside objects/ through a progress notification.
+	require.NoError(t, w.SyncTo(ctxTimeout(t), status.Header.Revision))
 	assert.Greater(t, m.Revision(), last)
 }
 

@@ -33,7 +33,6 @@ SIGHUP reloads the configuration directory (a broken one is logged and the
 loaded one kept).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			opts.DebounceSet = cmd.Flags().Changed("debounce") || os.Getenv("CCM_DEBOUNCE") != ""
 			return a.runAgent(cmd.Context(), opts, metricsAddr)
 		},
 	}
