@@ -248,11 +248,15 @@ type txn struct {
 	log         *zap.Logger
 	createdDirs []string
 	done        []*Change
+	present     map[string]bool // directories known to exist: 10,000 files in one directory stat it once
 }
 
 // ensureDir creates dir (and missing parents with the default mode). With
 // fix, an existing dir gets mode and own too; without, it is left alone.
 func (t *txn) ensureDir(dir string, mode fs.FileMode, own configs.Ownership, fix bool) error {
+	if !fix && t.present[dir] {
+		return nil
+	}
 	st, err := stat(dir)
 	if err != nil {
 		return err
@@ -261,6 +265,7 @@ func (t *txn) ensureDir(dir string, mode fs.FileMode, own configs.Ownership, fix
 		if !st.mode.IsDir() {
 			return fmt.Errorf("%s exists and is not a directory", dir)
 		}
+		t.markPresent(dir)
 		if !fix || len(attrChanges(st, mode, own)) == 0 {
 			return nil
 		}
@@ -273,7 +278,15 @@ func (t *txn) ensureDir(dir string, mode fs.FileMode, own configs.Ownership, fix
 		return fmt.Errorf("mkdir %s: %w", dir, err)
 	}
 	t.createdDirs = append(t.createdDirs, dir)
+	t.markPresent(dir)
 	return setAttrs(dir, mode, own)
+}
+
+func (t *txn) markPresent(dir string) {
+	if t.present == nil {
+		t.present = map[string]bool{}
+	}
+	t.present[dir] = true
 }
 
 func setAttrs(path string, mode fs.FileMode, own configs.Ownership) error {
@@ -324,6 +337,6 @@ func (t *txn) rollback() error {
 	for i := len(t.createdDirs) - 1; i >= 0; i-- {
 		os.Remove(t.createdDirs[i]) // only if empty
 	}
-	t.done, t.createdDirs = nil, nil
+	t.done, t.createdDirs, t.present = nil, nil, nil
 	return errors.Join(errs...)
 }
