@@ -203,12 +203,13 @@ files:
 
 func TestCheckSeesTheStagedFileAndItsFinalPath(t *testing.T) {
 	out := filepath.Join(t.TempDir(), "seen")
+	// The argv names sh explicitly to record both placeholders.
 	f := newFixture(t, map[string]string{"c.yaml": `
 files:
   - path: /etc/x.conf
     content: "hello\n"
     mode: "0600"
-    check: [cp, --preserve=mode, "{{ .Staged }}", ` + strconv.Quote(out) + `]
+    check: [sh, -c, 'cp --preserve=mode "$0" "$2" && echo "$1" > "$2.path"', "{{ .Staged }}", "{{ .Path }}", ` + strconv.Quote(out) + `]
 `})
 	_, err := f.apply("c")
 	require.NoError(t, err)
@@ -218,6 +219,9 @@ files:
 	fi, err := os.Stat(out)
 	require.NoError(t, err)
 	assert.Equal(t, os.FileMode(0o600), fi.Mode(), "the staged file already has its final mode")
+	path, err := os.ReadFile(out + ".path")
+	require.NoError(t, err)
+	assert.Equal(t, f.path("/etc/x.conf")+"\n", string(path), "{{ .Path }} is the final path under the root")
 }
 
 func TestOnChangeRunsOnceAfterAChangeAndIsRetriedAfterFailure(t *testing.T) {
@@ -254,7 +258,10 @@ func TestOnChangeRunsOnceAfterAChangeAndIsRetriedAfterFailure(t *testing.T) {
 
 func TestCommandsNeverSeeObjectDataOrAShell(t *testing.T) {
 	pwned := filepath.Join(t.TempDir(), "pwned")
+	shell := filepath.Join(t.TempDir(), "shell-ran")
 	args := filepath.Join(t.TempDir(), "args")
+	// validate carries shell syntax as a literal argument: run directly,
+	// test -n sees a non-empty string; run through a shell, touch would run.
 	f := newFixture(t, map[string]string{"web.yaml": `
 subscribes: [sites]
 files:
@@ -262,13 +269,17 @@ files:
     for_each: sites
     content: "{{ .Object.Data.name }}\n"
     check: [cp, "{{ .Staged }}", ` + strconv.Quote(args) + `]
-validate: [true]
+validate: [test, -n, ` + strconv.Quote("$(touch "+shell+")") + `]
 `})
 	hostile := `$(touch ` + pwned + `); rm -rf / ; ` + "`touch " + pwned + "`"
 	f.put("sites/a", `{"name":`+strconv.Quote(hostile)+`}`)
 	_, err := f.apply("web")
 	require.NoError(t, err)
 	assert.NoFileExists(t, pwned)
+	assert.NoFileExists(t, shell, "commands run without a shell")
+	b, err := os.ReadFile(args)
+	require.NoError(t, err)
+	assert.Equal(t, hostile+"\n", string(b), "check ran on the staged file, which holds the data; its argv did not")
 	assert.Equal(t, hostile+"\n", f.read("/etc/a.conf"), "data is written verbatim to the file")
 }
 
