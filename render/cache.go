@@ -20,8 +20,8 @@ type Cache struct {
 	// configs maps a configuration name to the entries of its last render;
 	// each render replaces them, which drops deleted objects and the files
 	// of configurations that were reloaded.
-	configs map[string]*configCache
-	local   map[*template.Template]templateDeps
+	configs  map[string]*configCache
+	tmplDeps map[*template.Template]templateDeps // what each template reads, found once
 }
 
 // configCache holds one configuration's entries. Entries are updated in
@@ -46,7 +46,7 @@ type cacheEntry struct {
 
 // NewCache returns an empty Cache.
 func NewCache() *Cache {
-	return &Cache{configs: map[string]*configCache{}, local: map[*template.Template]templateDeps{}}
+	return &Cache{configs: map[string]*configCache{}, tmplDeps: map[*template.Template]templateDeps{}}
 }
 
 // Render is render.Render with the cache. With fresh, every file renders
@@ -84,7 +84,7 @@ func (c *Cache) deps(f *configs.File) ([]string, bool) {
 }
 
 func (c *Cache) templateDeps(t *template.Template) ([]string, bool) {
-	if d, ok := c.local[t]; ok {
+	if d, ok := c.tmplDeps[t]; ok {
 		return d.types, d.ok
 	}
 	w := depWalker{types: map[string]bool{}, ok: true}
@@ -100,7 +100,7 @@ func (c *Cache) templateDeps(t *template.Template) ([]string, bool) {
 		d.types = append(d.types, typ)
 	}
 	sort.Strings(d.types)
-	c.local[t] = d
+	c.tmplDeps[t] = d
 	return d.types, d.ok
 }
 
