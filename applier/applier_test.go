@@ -3,6 +3,7 @@ package applier_test
 import (
 	"context"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -23,6 +24,7 @@ import (
 type fixture struct {
 	t          *testing.T
 	set        *configs.Set
+	dir        string // the configuration directory
 	root, tmp  string
 	applier    *applier.Applier
 	objectsMap map[string]string
@@ -38,8 +40,8 @@ func newFixture(t *testing.T, files map[string]string) *fixture {
 	}
 	set, err := configs.Load(dir)
 	require.NoError(t, err)
-	f := &fixture{t: t, set: set, root: t.TempDir(), tmp: t.TempDir(), objectsMap: map[string]string{}, revs: map[string]int64{}}
-	f.applier = applier.New(applier.Options{Root: f.root, StateDir: filepath.Join(f.tmp, "state"), Node: render.Node{Name: "n1"}})
+	f := &fixture{t: t, set: set, dir: dir, root: t.TempDir(), tmp: t.TempDir(), objectsMap: map[string]string{}, revs: map[string]int64{}}
+	f.applier = applier.New(applier.Options{Root: f.root, StateDir: filepath.Join(f.tmp, "state"), ConfigDir: dir, Node: render.Node{Name: "n1"}})
 	return f
 }
 
@@ -187,7 +189,7 @@ files:
   - path: /etc/nginx/{{ .Object.ID }}.conf
     for_each: sites
     content: "{{ .Object.Data.body }}\n"
-    check: [grep, -q, "^ok", "{{ .Staged }}"]
+    check: [sh, -c, 'grep -q "^ok" "$0" || { echo "bad line in $0:1" >&2; exit 1; }', "{{ .Staged }}"]
 `})
 	f.put("sites/a", `{"body":"ok"}`)
 	_, err := f.apply("web")
@@ -197,7 +199,11 @@ files:
 	f.put("sites/a", `{"body":"ok too"}`)
 	f.put("sites/b", `{"body":"broken"}`)
 	_, err = f.apply("web")
-	assert.ErrorContains(t, err, "check /etc/nginx/b.conf: \"grep -q ^ok "+f.path("/etc/nginx/.ccm-b.conf."))
+	require.Error(t, err)
+	final := f.path("/etc/nginx/b.conf")
+	assert.Contains(t, err.Error(), "check /etc/nginx/b.conf: ")
+	assert.Contains(t, err.Error(), "bad line in "+final+":1", "the check's output names the final path")
+	assert.NotContains(t, err.Error(), ".ccm-", "never the staged temp file, which is gone")
 	assert.Equal(t, before, f.tree(), "no file changed and no temp file is left")
 }
 
@@ -452,4 +458,106 @@ func TestRunChangedAfterAFailedValidateChecksTheDisk(t *testing.T) {
 	r = f.applier.RunChanged(context.Background(), f.set, f.snap(), []string{"web"})
 	require.NoError(t, r.Err)
 	assert.Equal(t, "server_name a2;\n", f.read("/etc/nginx/sites/a.conf"), "the rolled-back file is not trusted")
+}
+
+func TestCommandsGetTheNodeRootAndConfigurationInTheirEnvironment(t *testing.T) {
+	out := filepath.Join(t.TempDir(), "env")
+	t.Setenv("CCM_PASSWORD", "secret")
+	f := newFixture(t, map[string]string{"web.yaml": `
+files:
+  - path: /etc/x.conf
+    content: "x\n"
+validate: [sh, -c, 'echo "$CCM_NODE $CCM_ROOT $CCM_CONFIG ${CCM_PASSWORD:-none} $(pwd)" > "$0"', ` + strconv.Quote(out) + `]
+`})
+	_, err := f.apply("web")
+	require.NoError(t, err)
+	b, err := os.ReadFile(out)
+	require.NoError(t, err)
+	assert.Equal(t, "n1 "+f.root+" web none "+f.dir+"\n", string(b),
+		"CCM_NODE, CCM_ROOT, CCM_CONFIG set; the etcd password not passed; run in the configuration directory")
+}
+
+func (f *fixture) run() *applier.Report {
+	names, err := f.applier.Select(f.set, nil)
+	require.NoError(f.t, err)
+	return f.applier.Run(context.Background(), f.set, f.snap(), names)
+}
+
+func TestRemovalsRunInReverseDependencyOrder(t *testing.T) {
+	log := filepath.Join(t.TempDir(), "log")
+	onChange := `on_change: [[sh, -c, 'echo "$CCM_CONFIG" >> "$0"', ` + strconv.Quote(log) + `]]`
+	f := newFixture(t, map[string]string{
+		"users.yaml": "files: [{path: '/home/{{ .Object.ID }}/.profile', for_each: sites, content: x}]\n" + onChange,
+		"pools.yaml": "depends_on: [users]\nfiles: [{path: '/pools/{{ .Object.ID }}.conf', for_each: sites, content: x}]\n" + onChange,
+		"vhosts.yaml": "depends_on: [pools]\nfiles: [{path: '/vhosts/{{ .Object.ID }}.conf', for_each: sites, content: x}]\n" +
+			// The vhost's socket must still exist when the vhost goes.
+			`validate: [sh, -c, 'for f in vhosts/*.conf; do [ ! -e "$f" ] || [ -e "pools/$(basename "$f")" ] || exit 1; done', ]` + "\n" + onChange,
+	})
+	f.applier = applier.New(applier.Options{Root: f.root, StateDir: filepath.Join(f.tmp, "state"), ConfigDir: f.root, Node: render.Node{Name: "n1"}})
+	f.put("sites/a", `{}`)
+	f.put("sites/b", `{}`)
+	require.NoError(t, f.run().Err)
+	b, _ := os.ReadFile(log)
+	assert.Equal(t, "users\npools\nvhosts\n", string(b), "creations in dependency order")
+
+	require.NoError(t, os.Remove(log))
+	f.del("sites/b")
+	r := f.run()
+	require.NoError(t, r.Err)
+	b, _ = os.ReadFile(log)
+	assert.Equal(t, "vhosts\npools\nusers\n", string(b), "removals in reverse dependency order")
+	assert.NoFileExists(t, f.path("/pools/b.conf"))
+	assert.NoFileExists(t, f.path("/home/b/.profile"))
+}
+
+func TestFilesOfADeletedConfigurationAreRemovedByAFullRun(t *testing.T) {
+	f := newFixture(t, map[string]string{
+		"keep.yaml": "files: [{path: /etc/keep, content: k}]\n",
+		"gone.yaml": "files: [{path: /etc/gone, content: g}, {path: /etc/moved, content: m}]\n",
+	})
+	require.NoError(t, os.WriteFile(f.path("/operator-file"), []byte("mine"), 0o644))
+	require.NoError(t, f.run().Err)
+	require.FileExists(t, f.path("/etc/gone"))
+
+	require.NoError(t, os.Remove(filepath.Join(f.dir, "gone.yaml")))
+	require.NoError(t, os.WriteFile(filepath.Join(f.dir, "keep.yaml"), []byte("files: [{path: /etc/keep, content: k}, {path: /etc/moved, content: m2}]\n"), 0o644))
+	set, err := configs.Load(f.dir)
+	require.NoError(t, err)
+	f.set = set
+
+	names, _ := f.applier.Select(set, nil)
+	plans, err := f.applier.PlanAll(set, f.snap(), names)
+	require.NoError(t, err)
+	var removals []string
+	for _, p := range plans {
+		for _, c := range p.Changes {
+			if c.Action == applier.Remove {
+				removals = append(removals, p.Config.Name+" "+c.Path)
+			}
+		}
+	}
+	assert.Equal(t, []string{"gone /etc/gone"}, removals, "plan shows the removal; a file another configuration took over stays")
+
+	r := f.run()
+	require.NoError(t, r.Err)
+	assert.NoFileExists(t, f.path("/etc/gone"))
+	assert.Equal(t, "m2", f.read("/etc/moved"))
+	assert.Equal(t, "mine", f.read("/operator-file"), "a file ccm never wrote stays")
+	assert.NoFileExists(t, filepath.Join(f.tmp, "state", "configs", "gone.json"), "the manifest is forgotten")
+	assert.Empty(t, f.applier.Run(context.Background(), set, f.snap(), names).Outcomes[0].Error)
+}
+
+func TestAReadOnlyStateDirectoryChangesNothing(t *testing.T) {
+	f := newFixture(t, map[string]string{"c.yaml": "files: [{path: /etc/x, content: x}]\non_change: [[\"true\"]]\n"})
+	state := filepath.Join(f.tmp, "state")
+	require.NoError(t, os.MkdirAll(state, 0o755))
+	// root ignores permissions: a read-only file system it is.
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", state).CombinedOutput(); err != nil {
+		t.Skipf("cannot mount a read-only tmpfs (needs root): %v: %s", err, out)
+	}
+	t.Cleanup(func() { _ = exec.Command("umount", state).Run() })
+	_, err := f.apply("c")
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "state")
+	assert.NoFileExists(t, f.path("/etc/x"), "nothing renamed before the intent was durable")
 }

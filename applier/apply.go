@@ -21,8 +21,12 @@ type Options struct {
 	// Root is the directory every rendered path lives under ("/" in
 	// production).
 	Root string
-	// StateDir holds the manifests of what each configuration wrote.
+	// StateDir holds the manifests of what each configuration wrote, and
+	// the journals of runs under way.
 	StateDir string
+	// ConfigDir is the configuration directory, where commands run (so a
+	// configuration can ship its helpers as ./bin/check-something).
+	ConfigDir string
 	// Node is the node rendering, passed to templates and matched by when.
 	Node render.Node
 	// Logger receives one event per change; nil discards.
@@ -117,14 +121,14 @@ func (a *Applier) apply(ctx context.Context, cfg *configs.Config, snap *objects.
 	if err != nil {
 		return nil, err
 	}
-	err = a.applyPlan(ctx, p)
+	err = a.applyPlan(ctx, p, renderedPaths(p.Output))
 	a.remember(p, err == nil || errors.Is(err, ErrOnChange))
 	return p, err
 }
 
-// applyPlan carries out p; see Apply.
-func (a *Applier) applyPlan(ctx context.Context, p *Plan) error {
-	cfg := p.Config
+// applyPlan carries out p; see Apply. files is the manifest to record
+// once the plan's changes are in place and validated.
+func (a *Applier) applyPlan(ctx context.Context, p *Plan, files []string) error {
 	// Commands run to completion even when ctx is cancelled: a shutdown
 	// finishes the current configuration rather than leave it half done.
 	cmdCtx := context.WithoutCancel(ctx)
@@ -136,52 +140,54 @@ func (a *Applier) applyPlan(ctx context.Context, p *Plan) error {
 			removeStaleTemps(d)
 		}
 	}
-	if err := a.write(cmdCtx, p, tx); err != nil {
-		return errors.Join(err, tx.rollback())
-	}
-	if p.Changed() && cfg.Validate != nil {
-		if err := runCommand(cmdCtx, cfg.Validate, cfg.Timeout); err != nil {
-			return fmt.Errorf("%w: %w", ErrValidate, errors.Join(err, tx.rollback()))
-		}
-	}
-	m := manifest{Files: renderedPaths(p.Output), OnChangePending: (p.PendingOnChange || p.Changed()) && len(cfg.OnChange) > 0}
-	if err := a.saveManifest(cfg.Name, m); err != nil {
-		return err
-	}
-	if !m.OnChangePending {
-		return nil
-	}
-	for _, cmd := range cfg.OnChange {
-		if err := runCommand(cmdCtx, cmd, cfg.Timeout); err != nil {
-			return fmt.Errorf("%w: %w", ErrOnChange, err)
-		}
-		a.log.Info("on_change ran", zap.String("config", cfg.Name), zap.Strings("command", cmd))
-	}
-	m.OnChangePending = false
-	return a.saveManifest(cfg.Name, m)
-}
-
-// write creates directories, stages and checks every changed file, and only
-// then commits them all and prunes.
-func (a *Applier) write(ctx context.Context, p *Plan, tx *txn) error {
-	for _, d := range p.Dirs {
-		if err := tx.ensureDir(d.Dir.Real, d.Dir.Mode, d.Dir.Ownership, true); err != nil {
-			return err
-		}
-	}
-	staged := map[int]string{}
+	staged, err := a.stageAll(cmdCtx, p, tx)
 	defer func() {
 		for _, tmp := range staged {
 			os.Remove(tmp)
 		}
 	}()
+	if err != nil {
+		tx.removeCreatedDirs()
+		return err
+	}
+	j := a.newJournal(p, manifest{Files: files, OnChangePending: p.PendingOnChange}, tx.createdDirs)
+	if len(p.Changes) > 0 {
+		if err := a.writeJournal(j); err != nil {
+			tx.removeCreatedDirs()
+			return err
+		}
+		crashAt("journaled")
+		err := a.commitAll(p, staged)
+		// Renames and removals are durable once their directories are.
+		for _, d := range dirsOf(p) {
+			if err := syncDir(d); err != nil {
+				a.log.Warn("fsync directory", zap.String("dir", d), zap.Error(err))
+			}
+		}
+		if err != nil {
+			return errors.Join(err, a.restore(j))
+		}
+		crashAt("renamed")
+	}
+	return a.finish(cmdCtx, j, p.Changed())
+}
+
+// stageAll creates directories, then stages and checks every changed file.
+// It returns the staged temp files by change index.
+func (a *Applier) stageAll(ctx context.Context, p *Plan, tx *txn) (map[int]string, error) {
+	for _, d := range p.Dirs {
+		if err := tx.ensureDir(d.Dir.Real, d.Dir.Mode, d.Dir.Ownership, true); err != nil {
+			return nil, err
+		}
+	}
+	staged := map[int]string{}
 	for i := range p.Changes {
 		c := &p.Changes[i]
 		if c.Action == Remove || !c.Content {
 			continue
 		}
 		if err := tx.ensureDir(filepath.Dir(c.Real), configs.DefaultDirMode, configs.Ownership{}, false); err != nil {
-			return err
+			return staged, err
 		}
 		uid, gid := c.file.UID, c.file.GID
 		if c.old.exists { // keep the owner of a file whose owner is not managed
@@ -189,12 +195,13 @@ func (a *Applier) write(ctx context.Context, p *Plan, tx *txn) error {
 		}
 		tmp, err := stage(c.Real, c.New, c.file.Mode, uid, gid, false)
 		if err != nil {
-			return err
+			return staged, err
 		}
 		staged[i] = tmp
 		if c.file.Check != nil {
-			if err := runCommand(ctx, c.file.Check.Expand(tmp, c.Real), p.Config.Timeout); err != nil {
-				return fmt.Errorf("check %s: %w", c.Path, err)
+			check := command{config: p.Config.Name, argv: c.file.Check.Expand(tmp, c.Real), timeout: p.Config.Timeout, staged: tmp, final: c.Real}
+			if err := a.runCommand(ctx, check); err != nil {
+				return staged, fmt.Errorf("check %s: %w", c.Path, err)
 			}
 		}
 	}
@@ -202,23 +209,19 @@ func (a *Applier) write(ctx context.Context, p *Plan, tx *txn) error {
 	for _, tmp := range staged {
 		tmps = append(tmps, tmp)
 	}
-	if err := syncStaged(tmps); err != nil {
-		return err
-	}
-	defer func() {
-		// Renames and removals are durable once their directories are.
-		for _, d := range dirsOf(p) {
-			if err := syncDir(d); err != nil {
-				a.log.Warn("fsync directory", zap.String("dir", d), zap.Error(err))
-			}
-		}
-	}()
+	return staged, syncStaged(tmps)
+}
+
+// commitAll renames the staged files into place, removes stale files and
+// fixes attributes, in path order. Each staged file it renames leaves
+// staged.
+func (a *Applier) commitAll(p *Plan, staged map[int]string) error {
 	for i := range p.Changes {
-		if err := tx.apply(&p.Changes[i], staged[i]); err != nil {
+		c := &p.Changes[i]
+		if err := apply(c, staged[i]); err != nil {
 			return err
 		}
 		delete(staged, i)
-		c := &p.Changes[i]
 		fields := []zap.Field{zap.String("config", p.Config.Name), zap.String("action", string(c.Action)), zap.String("path", c.Path)}
 		if len(c.Attrs) > 0 {
 			fields = append(fields, zap.Strings("attrs", c.Attrs))
@@ -243,11 +246,11 @@ func renderedPaths(out *render.Output) []string {
 	return paths
 }
 
-// txn records what a run changed so that it can be undone.
+// txn records the directories a run created, so that they can be removed
+// again on failure.
 type txn struct {
 	log         *zap.Logger
 	createdDirs []string
-	done        []*Change
 	present     map[string]bool // directories known to exist: 10,000 files in one directory stat it once
 }
 
@@ -299,7 +302,7 @@ func setAttrs(path string, mode fs.FileMode, own configs.Ownership) error {
 }
 
 // apply carries out one change; tmp is its staged file, if any.
-func (t *txn) apply(c *Change, tmp string) error {
+func apply(c *Change, tmp string) error {
 	var err error
 	switch {
 	case c.Action == Remove:
@@ -312,31 +315,13 @@ func (t *txn) apply(c *Change, tmp string) error {
 	if err != nil {
 		return fmt.Errorf("%s %s: %w", c.Action, c.Path, err)
 	}
-	t.done = append(t.done, c)
 	return nil
 }
 
-// rollback restores every changed file byte for byte and removes the
-// directories the run created.
-func (t *txn) rollback() error {
-	var errs []error
-	for i := len(t.done) - 1; i >= 0; i-- {
-		c := t.done[i]
-		var err error
-		if c.Action == Create {
-			err = os.Remove(c.Real)
-		} else {
-			err = writeAtomic(c.Real, c.Old, c.old.mode, &c.old.uid, &c.old.gid)
-		}
-		if err != nil {
-			errs = append(errs, fmt.Errorf("rollback %s: %w", c.Path, err))
-			continue
-		}
-		t.log.Info("rolled back", zap.String("path", c.Path), zap.String("action", string(c.Action)))
-	}
+// removeCreatedDirs removes the directories a run created, if empty, after
+// the run failed before anything was renamed.
+func (t *txn) removeCreatedDirs() {
 	for i := len(t.createdDirs) - 1; i >= 0; i-- {
 		os.Remove(t.createdDirs[i]) // only if empty
 	}
-	t.done, t.createdDirs, t.present = nil, nil, nil
-	return errors.Join(errs...)
 }

@@ -8,6 +8,9 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
+
+	"github.com/ccm-dev/ccm/configs"
 )
 
 // manifest is what ccm remembers of one configuration between runs.
@@ -62,4 +65,35 @@ func (a *Applier) saveManifest(config string, m manifest) error {
 	}
 	a.manifests[config] = m
 	return nil
+}
+
+// dropManifest forgets a configuration whose files are all removed.
+func (a *Applier) dropManifest(config string) error {
+	delete(a.manifests, config)
+	if err := os.Remove(a.manifestPath(config)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("state: %w", err)
+	}
+	return nil
+}
+
+// orphans lists the configurations that have a manifest but that this node
+// no longer runs: deleted from the directory, or whose when no longer
+// matches the node's labels. Their files are removed by a full run.
+func (a *Applier) orphans(set *configs.Set) []string {
+	entries, err := os.ReadDir(filepath.Join(a.opts.StateDir, "configs"))
+	if err != nil {
+		return nil // no state yet, or unreadable: loading a manifest says why
+	}
+	var names []string
+	for _, e := range entries {
+		n, ok := strings.CutSuffix(e.Name(), ".json")
+		if !ok || !e.Type().IsRegular() {
+			continue
+		}
+		if c, ok := set.Get(n); ok && c.Matches(a.opts.Node.Labels) {
+			continue
+		}
+		names = append(names, n)
+	}
+	return names
 }

@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"syscall"
 
@@ -71,8 +72,50 @@ type Plan struct {
 	Changes []Change // sorted by path
 	// PendingOnChange is set when an earlier run's on_change failed.
 	PendingOnChange bool
-	trusting        bool  // planned by an event-driven run
-	checked         []int // indexes of Output.Files checked against the disk
+	// Orphan marks the plan of a configuration this node no longer runs
+	// (deleted, or its when no longer matches): it only removes files.
+	Orphan   bool
+	trusting bool     // planned by an event-driven run
+	checked  []int    // indexes of Output.Files checked against the disk
+	manifest []string // the files the configuration owned before
+}
+
+// removals returns the part of p that removes files, or nil if none.
+func (p *Plan) removals() *Plan {
+	rm := &Plan{Config: p.Config, Output: p.Output, trusting: p.trusting}
+	for _, c := range p.Changes {
+		if c.Action == Remove {
+			rm.Changes = append(rm.Changes, c)
+		}
+	}
+	if len(rm.Changes) == 0 {
+		return nil
+	}
+	return rm
+}
+
+// writes returns the part of p that creates and updates.
+func (p *Plan) writes() *Plan {
+	w := *p
+	w.Changes = slices.DeleteFunc(slices.Clone(p.Changes), func(c Change) bool { return c.Action == Remove })
+	return &w
+}
+
+// kept is the manifest once the removals are done: what the configuration
+// owned before and still renders.
+func (p *Plan) kept() []string {
+	return slices.DeleteFunc(slices.Clone(p.manifest), func(path string) bool { return !p.Output.Has(path) })
+}
+
+// stale lists the files p removes.
+func (p *Plan) stale() []string {
+	var paths []string
+	for _, c := range p.Changes {
+		if c.Action == Remove {
+			paths = append(paths, c.Path)
+		}
+	}
+	return paths
 }
 
 // Changed reports whether applying the plan would change anything on disk.
@@ -119,7 +162,7 @@ func (a *Applier) plan(cfg *configs.Config, snap *objects.Snapshot, claimed map[
 	if err != nil {
 		return nil, err
 	}
-	p := &Plan{Config: cfg, Output: out, PendingOnChange: m.OnChangePending, trusting: trust}
+	p := &Plan{Config: cfg, Output: out, PendingOnChange: m.OnChangePending, trusting: trust, manifest: m.Files}
 	for _, d := range out.Directories {
 		dc, err := planDir(d)
 		if err != nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"go.uber.org/zap"
@@ -83,27 +84,84 @@ func (a *Applier) Select(set *configs.Set, names []string) ([]string, error) {
 }
 
 // PlanAll plans the named configurations in order. A configuration that
-// fails to plan is reported in the joined error and left out.
+// fails to plan is reported in the joined error and left out. When names
+// is everything this node runs, the plans also remove the files of
+// configurations that were deleted or no longer match the node (their
+// Config has no files, only a name).
 func (a *Applier) PlanAll(set *configs.Set, snap *objects.Snapshot, names []string) ([]*Plan, error) {
-	claimed := map[string]string{}
-	var plans []*Plan
+	plans, failed := a.planEach(set, snap, names, false)
 	var errs []error
-	for _, n := range names {
-		p, err := a.Plan(set.Configs[n], snap, claimed)
-		if err != nil {
-			errs = append(errs, fmt.Errorf("configuration %s: %w", n, err))
-			continue
-		}
-		claim(claimed, p)
-		plans = append(plans, p)
+	for _, f := range failed {
+		errs = append(errs, f)
 	}
-	return plans, errors.Join(errs...)
+	return slices.DeleteFunc(plans, func(p *Plan) bool { return p == nil }), errors.Join(errs...)
 }
 
-// Run applies the named configurations in order. A configuration whose
-// dependency failed is skipped. When ctx is done, Run stops before the next
-// configuration and marks the rest aborted: the configuration under way is
-// always finished, so that none is left half-applied.
+// planError is a configuration that failed to plan.
+type planError struct {
+	config string
+	err    error
+}
+
+func (e planError) Error() string { return fmt.Sprintf("configuration %s: %v", e.config, e.err) }
+
+// planEach plans names in order, then the orphans when names is all this
+// node runs. plans[i] is nil where names[i] failed to plan; failed names
+// each failure. A file a configuration no longer renders is removed only
+// if no other configuration renders it now (it moved).
+func (a *Applier) planEach(set *configs.Set, snap *objects.Snapshot, names []string, trust bool) ([]*Plan, []planError) {
+	claimed := map[string]string{}
+	var plans []*Plan
+	var errs []planError
+	for _, n := range names {
+		p, err := a.plan(set.Configs[n], snap, claimed, trust)
+		if err != nil {
+			errs = append(errs, planError{n, err})
+		} else {
+			claim(claimed, p)
+		}
+		plans = append(plans, p)
+	}
+	if !trust && a.full(set, names) {
+		for _, n := range a.orphans(set) {
+			p, err := a.plan(&configs.Config{Name: n}, snap, claimed, false)
+			if err != nil {
+				errs = append(errs, planError{n, fmt.Errorf("files of a configuration this node no longer runs: %w", err)})
+				continue
+			}
+			p.Orphan = true
+			plans = append(plans, p)
+		}
+	}
+	for _, p := range plans {
+		if p != nil {
+			p.Changes = slices.DeleteFunc(p.Changes, func(c Change) bool {
+				return c.Action == Remove && claimed[c.Path] != "" && claimed[c.Path] != p.Config.Name
+			})
+		}
+	}
+	return plans, errs
+}
+
+// full reports whether names is every configuration of set this node runs.
+func (a *Applier) full(set *configs.Set, names []string) bool {
+	all, err := a.Select(set, nil)
+	return err == nil && slices.Equal(all, names)
+}
+
+// Run applies the named configurations. A run has two phases, so that
+// nothing ever points at something already gone:
+//
+//  1. removals, in reverse dependency order (a vhost goes before the pool
+//     whose socket it uses), files of deleted configurations first;
+//  2. creations and updates, in dependency order.
+//
+// Each phase of a configuration is a journaled transaction with its own
+// validate and on_change. A configuration whose dependency failed is
+// skipped, and so are the removals of one whose dependent failed. A run
+// that a crash interrupted is finished first (see journal). When ctx is
+// done, Run stops before the next configuration and marks the rest
+// aborted: the configuration under way is always finished.
 func (a *Applier) Run(ctx context.Context, set *configs.Set, snap *objects.Snapshot, names []string) *Report {
 	return a.run(ctx, set, snap, names, false)
 }
@@ -116,60 +174,150 @@ func (a *Applier) RunChanged(ctx context.Context, set *configs.Set, snap *object
 	return a.run(ctx, set, snap, names, true)
 }
 
+// runState is one run's bookkeeping.
+type runState struct {
+	outcomes map[string]*Outcome
+	bad      map[string]bool // failed, skipped or aborted
+	errs     []error
+}
+
+func (rs *runState) fail(name string, err error) {
+	o := rs.outcomes[name]
+	o.Result, o.Error = Failed, err.Error()
+	rs.bad[name] = true
+	rs.errs = append(rs.errs, fmt.Errorf("configuration %s: %s", name, o.Error))
+}
+
 func (a *Applier) run(ctx context.Context, set *configs.Set, snap *objects.Snapshot, names []string, trust bool) *Report {
 	r := &Report{Revision: snap.Revision}
-	claimed := map[string]string{}
-	bad := map[string]bool{}
-	var errs []error
-	for i, n := range names {
-		cfg := set.Configs[n]
-		o := Outcome{Config: n}
-
-		switch dep := failedDependency(cfg, bad); {
-		case ctx.Err() != nil:
-			o.Result, o.Error, r.Aborted = Aborted, context.Cause(ctx).Error(), true
-		case dep != "":
-			o.Result, o.Error = Skipped, fmt.Sprintf("dependency %s did not converge", dep)
-		default:
-			var p *Plan
-			o, p = a.runOne(ctx, cfg, snap, claimed, trust)
-			if p != nil && i < len(names)-1 { // the last one's paths need no record
-				claim(claimed, p)
+	rs := &runState{outcomes: map[string]*Outcome{}, bad: map[string]bool{}}
+	var order []string
+	add := func(n string) {
+		if rs.outcomes[n] == nil {
+			rs.outcomes[n] = &Outcome{Config: n, Result: Unchanged}
+			order = append(order, n)
+		}
+	}
+	a.recoverAll(ctx, rs, add)
+	for _, n := range names {
+		add(n)
+	}
+	plans, failed := a.planEach(set, snap, names, trust)
+	for _, p := range plans {
+		if p != nil && p.Orphan {
+			add(p.Config.Name)
+		}
+	}
+	for _, f := range failed {
+		add(f.config)
+		rs.fail(f.config, f.err)
+	}
+	removed := map[string]bool{} // removal phase carried out
+	// Phase 1: removals, orphans first, then reverse dependency order.
+	for i := len(plans) - 1; i >= 0; i-- {
+		p := plans[i]
+		if p == nil || rs.bad[p.Config.Name] {
+			continue
+		}
+		rm := p.removals()
+		if rm == nil || a.dependentFailed(set, p.Config.Name, rs.bad) {
+			continue
+		}
+		a.step(ctx, r, rs, rm, p.kept())
+		if rs.bad[p.Config.Name] {
+			continue
+		}
+		removed[p.Config.Name] = true
+		if p.Orphan {
+			if err := a.dropManifest(p.Config.Name); err != nil {
+				rs.fail(p.Config.Name, err)
 			}
 		}
-		if o.Result != Unchanged && o.Result != Changed {
-			bad[n] = true
-		}
-		if o.Result == Failed {
-			errs = append(errs, fmt.Errorf("configuration %s: %s", n, o.Error))
-		}
-		r.Outcomes = append(r.Outcomes, o)
 	}
-	r.Err = errors.Join(errs...)
+	// Phase 2: creations and updates, in dependency order.
+	for i, p := range plans {
+		if p == nil || p.Orphan {
+			continue
+		}
+		n := names[i]
+		if rs.bad[n] {
+			continue
+		}
+		if dep := failedDependency(p.Config, rs.bad); dep != "" {
+			o := rs.outcomes[n]
+			o.Result, o.Error = Skipped, fmt.Sprintf("dependency %s did not converge", dep)
+			rs.bad[n] = true
+			continue
+		}
+		fw := p.writes()
+		if m, err := a.loadManifest(n); err == nil {
+			fw.PendingOnChange = m.OnChangePending
+		}
+		files := renderedPaths(p.Output)
+		if !removed[n] { // still ours: removed by a later run
+			files = append(files, p.stale()...)
+		}
+		a.step(ctx, r, rs, fw, files)
+	}
+	for _, n := range order {
+		r.Outcomes = append(r.Outcomes, *rs.outcomes[n])
+	}
+	r.Err = errors.Join(rs.errs...)
 	return r
 }
 
-func (a *Applier) runOne(ctx context.Context, cfg *configs.Config, snap *objects.Snapshot, claimed map[string]string, trust bool) (Outcome, *Plan) {
+// step applies one phase of one configuration and records its outcome.
+func (a *Applier) step(ctx context.Context, r *Report, rs *runState, p *Plan, files []string) {
+	n := p.Config.Name
+	o := rs.outcomes[n]
+	if ctx.Err() != nil {
+		o.Result, o.Error, r.Aborted = Aborted, context.Cause(ctx).Error(), true
+		rs.bad[n] = true
+		return
+	}
 	start := time.Now()
-	o := Outcome{Config: cfg.Name}
-	p, err := a.apply(ctx, cfg, snap, claimed, trust)
-	if p != nil {
-		o.Created, o.Updated, o.Removed = p.Counts()
+	err := a.applyPlan(ctx, p, files)
+	a.remember(p, err == nil || errors.Is(err, ErrOnChange))
+	c, u, rm := p.Counts()
+	o.Created, o.Updated, o.Removed = o.Created+c, o.Updated+u, o.Removed+rm
+	if err != nil {
+		a.log.Error("configuration failed", zap.String("config", n), zap.Error(err))
+		rs.fail(n, err)
+		return
 	}
-	switch {
-	case err != nil:
-		o.Result, o.Error = Failed, err.Error()
-		a.log.Error("configuration failed", zap.String("config", cfg.Name), zap.Error(err))
-		return o, p
-	case p.Changed():
+	if p.Changed() {
 		o.Result = Changed
-	default:
-		o.Result = Unchanged
 	}
-	a.log.Info("configuration converged", zap.String("config", cfg.Name), zap.String("result", string(o.Result)),
-		zap.Int("created", o.Created), zap.Int("updated", o.Updated), zap.Int("removed", o.Removed),
-		zap.Duration("took", time.Since(start)))
-	return o, p
+	a.log.Info("configuration converged", zap.String("config", n), zap.String("result", string(o.Result)),
+		zap.Int("created", c), zap.Int("updated", u), zap.Int("removed", rm), zap.Duration("took", time.Since(start)))
+}
+
+// recoverAll finishes every run a crash interrupted, before anything else.
+func (a *Applier) recoverAll(ctx context.Context, rs *runState, add func(string)) {
+	names, err := a.interrupted()
+	if err != nil {
+		a.log.Error("read journals", zap.Error(err))
+		return
+	}
+	for _, n := range names {
+		add(n)
+		if err := a.recover(ctx, n); err != nil {
+			rs.fail(n, fmt.Errorf("finishing the run a crash interrupted: %w", err))
+			continue
+		}
+		rs.outcomes[n].Result = Changed
+	}
+}
+
+// dependentFailed reports whether a configuration that depends on name
+// failed: name's removals could pull something from under it.
+func (a *Applier) dependentFailed(set *configs.Set, name string, bad map[string]bool) bool {
+	for n := range bad {
+		if c, ok := set.Get(n); ok && slices.Contains(c.DependsOn, name) {
+			return true
+		}
+	}
+	return false
 }
 
 func failedDependency(cfg *configs.Config, bad map[string]bool) string {

@@ -1,0 +1,199 @@
+package applier
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// journal is the durable intent of one configuration's run: written to the
+// state directory before the first rename, removed once the manifest
+// records the outcome. A run that a crash interrupted is finished from it
+// at the next run: validate, restore on failure, then on_change. So after a
+// change on_change runs at least once, and a rejected file never stays.
+type journal struct {
+	Config string `json:"config"`
+	// Root is the --root the paths were written under; a journal for
+	// another root is refused, never replayed.
+	Root     string        `json:"root"`
+	Validate []string      `json:"validate,omitempty"`
+	OnChange [][]string    `json:"on_change,omitempty"`
+	Timeout  time.Duration `json:"timeout"`
+	// Manifest is what the state directory records once validate passed.
+	Manifest manifest `json:"manifest"`
+	// Files is the old state of every path the run changes.
+	Files []journalFile `json:"files"`
+	// Dirs are the directories the run created (removed if empty on
+	// restore).
+	Dirs []string `json:"created_dirs,omitempty"`
+	// Restoring is set once a restore has begun: a crash during it is
+	// finished by restoring, never by validating a half-restored tree.
+	Restoring bool `json:"restoring,omitempty"`
+}
+
+// journalFile is the state of one path before the run.
+type journalFile struct {
+	Path    string      `json:"path"` // as the configuration names it
+	Real    string      `json:"real"` // on disk
+	Existed bool        `json:"existed"`
+	Content []byte      `json:"content,omitempty"`
+	Mode    fs.FileMode `json:"mode,omitempty"`
+	UID     int         `json:"uid"`
+	GID     int         `json:"gid"`
+}
+
+func (a *Applier) journalDir() string { return filepath.Join(a.opts.StateDir, "journal") }
+
+func (a *Applier) journalPath(config string) string {
+	return filepath.Join(a.journalDir(), config+".json")
+}
+
+// newJournal records what applying p would change and then do.
+func (a *Applier) newJournal(p *Plan, m manifest, dirs []string) *journal {
+	cfg := p.Config
+	j := &journal{Config: cfg.Name, Root: a.opts.Root, Validate: cfg.Validate, Timeout: cfg.Timeout, Manifest: m, Dirs: dirs}
+	for _, c := range cfg.OnChange {
+		j.OnChange = append(j.OnChange, c)
+	}
+	for _, c := range p.Changes {
+		j.Files = append(j.Files, journalFile{Path: c.Path, Real: c.Real, Existed: c.old.exists,
+			Content: c.Old, Mode: c.old.mode, UID: c.old.uid, GID: c.old.gid})
+	}
+	return j
+}
+
+// write makes the journal durable.
+func (a *Applier) writeJournal(j *journal) error {
+	raw, err := json.Marshal(j)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(a.journalDir(), 0o700); err != nil {
+		return fmt.Errorf("state: %w", err)
+	}
+	if err := writeAtomic(a.journalPath(j.Config), raw, 0o600, nil, nil); err != nil {
+		return fmt.Errorf("state: journal of %s: %w", j.Config, err)
+	}
+	return nil
+}
+
+func (a *Applier) removeJournal(config string) error {
+	if err := os.Remove(a.journalPath(config)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("state: %w", err)
+	}
+	return syncDir(a.journalDir())
+}
+
+// restore puts every path of j back as it was, byte for byte with its mode
+// and owner, and removes the directories the run created if they are
+// empty. It is idempotent, so a crash during it is finished by running it
+// again.
+func (a *Applier) restore(j *journal) error {
+	if !j.Restoring {
+		j.Restoring = true
+		if err := a.writeJournal(j); err != nil {
+			return err
+		}
+	}
+	var errs []error
+	for i := len(j.Files) - 1; i >= 0; i-- {
+		f := j.Files[i]
+		var err error
+		if f.Existed {
+			err = writeAtomic(f.Real, f.Content, f.Mode, &f.UID, &f.GID)
+		} else if err = os.Remove(f.Real); errors.Is(err, fs.ErrNotExist) {
+			err = nil
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("restore %s: %w", f.Path, err))
+			continue
+		}
+		a.log.Info("restored", zap.String("config", j.Config), zap.String("path", f.Path))
+	}
+	for i := len(j.Dirs) - 1; i >= 0; i-- {
+		os.Remove(j.Dirs[i]) // only if empty
+	}
+	if len(errs) > 0 {
+		return errors.Join(errs...) // the journal stays: the next run restores again
+	}
+	return a.removeJournal(j.Config)
+}
+
+// finish carries a journaled run to its end once its files are in place:
+// validate (restoring every file on failure), record the manifest, run
+// on_change. A crashed run is finished by the same function.
+func (a *Applier) finish(ctx context.Context, j *journal, changed bool) error {
+	if j.Restoring {
+		return fmt.Errorf("%w: an interrupted restore was finished: %w", ErrValidate, a.restore(j))
+	}
+	if changed && j.Validate != nil {
+		if err := a.runCommand(ctx, command{config: j.Config, argv: j.Validate, timeout: j.Timeout}); err != nil {
+			return fmt.Errorf("%w: %w", ErrValidate, errors.Join(err, a.restore(j)))
+		}
+	}
+	m := j.Manifest
+	m.OnChangePending = m.OnChangePending || (changed && len(j.OnChange) > 0)
+	if err := a.saveManifest(j.Config, m); err != nil {
+		return errors.Join(err, a.restore(j))
+	}
+	if err := a.removeJournal(j.Config); err != nil {
+		return err
+	}
+	if !m.OnChangePending {
+		return nil
+	}
+	for _, argv := range j.OnChange {
+		if err := a.runCommand(ctx, command{config: j.Config, argv: argv, timeout: j.Timeout}); err != nil {
+			return fmt.Errorf("%w: %w", ErrOnChange, err)
+		}
+		a.log.Info("on_change ran", zap.String("config", j.Config), zap.Strings("command", argv))
+	}
+	m.OnChangePending = false
+	return a.saveManifest(j.Config, m)
+}
+
+// interrupted lists the configurations whose run a crash interrupted.
+func (a *Applier) interrupted() ([]string, error) {
+	entries, err := os.ReadDir(a.journalDir())
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("state: %w", err)
+	}
+	var names []string
+	for _, e := range entries {
+		if n, ok := strings.CutSuffix(e.Name(), ".json"); ok && e.Type().IsRegular() {
+			names = append(names, n)
+		}
+	}
+	sort.Strings(names)
+	return names, nil
+}
+
+// recover finishes the run of config that a crash interrupted.
+func (a *Applier) recover(ctx context.Context, config string) error {
+	raw, err := os.ReadFile(a.journalPath(config))
+	if err != nil {
+		return fmt.Errorf("state: %w", err)
+	}
+	j := &journal{}
+	if err := json.Unmarshal(raw, j); err != nil {
+		return fmt.Errorf("state: journal %s: %w", a.journalPath(config), err)
+	}
+	if j.Root != a.opts.Root {
+		return fmt.Errorf("state: journal %s was written for root %s, not %s; refusing to replay it", a.journalPath(config), j.Root, a.opts.Root)
+	}
+	delete(a.manifests, config)
+	a.log.Warn("finishing a run a crash interrupted", zap.String("config", config), zap.Int("files", len(j.Files)))
+	return a.finish(context.WithoutCancel(ctx), j, true)
+}
