@@ -4,11 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/jonboulle/clockwork"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
@@ -21,6 +21,7 @@ import (
 	"github.com/ccm-dev/ccm/objects"
 	"github.com/ccm-dev/ccm/render"
 	"github.com/ccm-dev/ccm/retry"
+	"github.com/ccm-dev/ccm/rollout"
 	"github.com/ccm-dev/ccm/watcher"
 )
 
@@ -42,8 +43,9 @@ type Options struct {
 	Root      string
 	StateDir  string
 
-	// Debounce is the quiet period before a run; 0 runs at once. (The
-	// CLI's default is DefaultDebounce.)
+	// Debounce is the quiet period before a run triggered by object
+	// changes; 0 runs at once. Full runs never wait for it. (The CLI's
+	// default is DefaultDebounce.)
 	Debounce time.Duration
 	MaxWait  time.Duration
 	LockTTL  time.Duration
@@ -53,25 +55,40 @@ type Options struct {
 
 	Logger  *zap.Logger
 	Metrics *metrics.Metrics // nil: a new set
-	Clock   clockwork.Clock  // nil: the real clock
+}
+
+// selection is a configuration set with its subscription index. A reload
+// swaps both at once, so a run decides what to converge from one value.
+type selection struct {
+	set *configs.Set
+	bus *eventbus.Bus
+}
+
+func newSelection(set *configs.Set) *selection {
+	subs := make(map[string][]string, len(set.Configs))
+	for name, c := range set.Configs {
+		subs[name] = c.Types()
+	}
+	return &selection{set: set, bus: eventbus.New(subs)}
 }
 
 // Agent is the per-node service.
 type Agent struct {
-	opts    Options
-	log     *zap.Logger
-	metrics *metrics.Metrics
-	cluster *cluster.Cluster
-	applier *applier.Applier
-	configs atomic.Pointer[configs.Set]
-	bus     *eventbus.Bus
-	mirror  *objects.Mirror
-	deb     *debounce.Debouncer
-	watcher *watcher.Watcher
-	flag    *flagState
+	opts      Options
+	log       *zap.Logger
+	metrics   *metrics.Metrics
+	cluster   *cluster.Cluster
+	applier   *applier.Applier
+	runner    *rollout.Runner
+	selection atomic.Pointer[selection]
+	mirror    *objects.Mirror
+	deb       *debounce.Debouncer
+	watcher   *watcher.Watcher
+	flag      *flagState
+	presence  *presence
 
-	session *cluster.Session // owned by the run loop
-	retry   *retry.Delay     // owned by the run loop
+	session atomic.Pointer[cluster.Session] // replaced by the run loop only
+	retry   *retry.Delay                    // owned by the run loop
 }
 
 // New loads the configuration directory and returns an Agent. It refuses a
@@ -90,21 +107,22 @@ func New(opts Options) (*Agent, error) {
 		log:     opts.Logger.With(zap.String("node", opts.Node)),
 		metrics: opts.Metrics,
 		cluster: cluster.New(opts.Client, cluster.Options{Prefix: opts.Prefix, Node: opts.Node}),
-		bus:     eventbus.New(),
 		mirror:  objects.NewMirror(opts.Prefix),
-		deb:     debounce.New(opts.Debounce, opts.MaxWait, opts.Clock),
+		deb:     debounce.New(opts.Debounce, opts.MaxWait, nil),
 		retry:   retry.New(10 * time.Second),
 	}
 	a.applier = applier.New(applier.Options{
-		Root: opts.Root, StateDir: opts.StateDir,
+		Root: opts.Root, StateDir: opts.StateDir, ConfigDir: opts.ConfigDir,
 		Node:   render.Node{Name: opts.Node, Labels: opts.Labels},
 		Logger: a.log,
 	})
+	a.runner = rollout.New(rollout.Options{Cluster: a.cluster, Applier: a.applier, Node: opts.Node, Logger: a.log, Metrics: a.metrics})
 	a.flag = newFlagState(a.metrics, func() { a.deb.AddAll("failure flag cleared") })
-	a.watcher = watcher.New(opts.Client, a.mirror, a.deb, watcher.Options{
+	a.presence = newPresence(opts.Labels)
+	a.watcher = watcher.New(opts.Client, a.mirror, (*events)(a), watcher.Options{
 		Prefix: opts.Prefix, Liveness: opts.Liveness, Logger: a.log,
 	})
-	a.use(set)
+	a.selection.Store(newSelection(set))
 	return a, nil
 }
 
@@ -127,19 +145,6 @@ func defaults(o *Options) {
 	if o.Metrics == nil {
 		o.Metrics = metrics.New()
 	}
-	if o.Clock == nil {
-		o.Clock = clockwork.NewRealClock()
-	}
-}
-
-// use installs a configuration set and its subscriptions.
-func (a *Agent) use(set *configs.Set) {
-	subs := make(map[string][]string, len(set.Configs))
-	for name, c := range set.Configs {
-		subs[name] = c.Types()
-	}
-	a.bus.Replace(subs)
-	a.configs.Store(set)
 }
 
 // Reload loads the configuration directory again. A broken directory keeps
@@ -150,7 +155,7 @@ func (a *Agent) Reload() error {
 		a.log.Error("reload failed; keeping the loaded configuration", zap.Error(err))
 		return err
 	}
-	a.use(set)
+	a.selection.Store(newSelection(set))
 	a.log.Info("configuration reloaded", zap.Strings("order", set.Order))
 	a.deb.AddAll("reload")
 	return nil
@@ -175,11 +180,11 @@ func (a *Agent) Run(ctx context.Context) error {
 	defer func() {
 		cancel()
 		wg.Wait()
-		if a.session != nil {
-			a.session.Close()
+		if s := a.session.Swap(nil); s != nil {
+			s.Close()
 		}
 	}()
-	for _, fn := range []func(context.Context){a.runWatcher, a.watchFlag, a.resyncLoop, a.readiness} {
+	for _, fn := range []func(context.Context){a.runWatcher, a.watchFlag, a.resyncLoop, a.readiness, a.keepPresence} {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -210,13 +215,13 @@ func (a *Agent) runWatcher(ctx context.Context) {
 // resyncLoop asks for a converge of everything every Resync, repairing
 // local drift.
 func (a *Agent) resyncLoop(ctx context.Context) {
-	t := a.opts.Clock.NewTicker(a.opts.Resync)
+	t := time.NewTicker(a.opts.Resync)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case <-t.Chan():
+		case <-t.C:
 			a.deb.AddAll("resync")
 		}
 	}
@@ -239,7 +244,7 @@ func (a *Agent) readiness(ctx context.Context) {
 		}
 		a.metrics.Ready.Set(ready)
 		if tick%lagEvery == 0 {
-			lctx, cancel := context.WithTimeout(ctx, time.Second)
+			lctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 			if lag, err := a.watcher.Lag(lctx); err == nil {
 				a.metrics.WatchLag.Set(float64(lag))
 			}
@@ -252,6 +257,10 @@ func (a *Agent) readiness(ctx context.Context) {
 		}
 	}
 }
+
+// leaseFile is where the agent records its session's lease, to revoke it
+// after a crash.
+func (a *Agent) leaseFile() string { return filepath.Join(a.opts.StateDir, "session.lease") }
 
 // describe formats a batch for logs.
 func describe(b debounce.Batch) string {

@@ -11,7 +11,6 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
-	"github.com/ccm-dev/ccm/applier"
 )
 
 // DefaultPrefix is the key prefix of a cluster.
@@ -33,15 +32,31 @@ type Failure struct {
 	Time          time.Time `json:"time"`
 }
 
-// Status is a node's last run.
+// Status is a node's last run, written under the lock.
 type Status struct {
-	Node     string            `json:"node"`
-	Revision int64             `json:"revision"`
-	Result   string            `json:"result"` // converged, failed, aborted, halted
-	Outcomes []applier.Outcome `json:"configurations,omitempty"`
-	Error    string            `json:"error,omitempty"`
-	Time     time.Time         `json:"time"`
-	Duration string            `json:"duration,omitempty"`
+	Node string `json:"node"`
+	// Result is how the last run ended: converged, failed, aborted or
+	// halted.
+	Result string `json:"result"`
+	// Revision is the etcd revision the last run rendered.
+	Revision int64 `json:"revision"`
+	// Converged is the revision of the last run that converged; it is
+	// kept while later runs are halted or fail.
+	Converged      int64     `json:"converged_revision"`
+	Configurations []Outcome `json:"configurations,omitempty"`
+	Error          string    `json:"error,omitempty"`
+	Time           time.Time `json:"time"`
+	Duration       string    `json:"duration,omitempty"`
+}
+
+// Outcome is how one configuration ended in a run.
+type Outcome struct {
+	Config  string `json:"config"`
+	Result  string `json:"result"`
+	Created int    `json:"created,omitempty"`
+	Updated int    `json:"updated,omitempty"`
+	Removed int    `json:"removed,omitempty"`
+	Error   string `json:"error,omitempty"`
 }
 
 // The results of a node's run.
@@ -52,12 +67,16 @@ const (
 	ResultHalted    = "halted"
 )
 
-// Presence is the value of a node's alive key.
+// Presence is the value of a node's alive key, on the agent's lease.
 type Presence struct {
 	Node   string            `json:"node"`
 	Labels map[string]string `json:"labels,omitempty"`
 	Lease  string            `json:"lease"`
 	Since  time.Time         `json:"since"`
+	// Pending is the revision of the oldest change that concerns the
+	// node and that it had not converged when it saw it (0: none). The
+	// node is behind while Pending is above its converged revision.
+	Pending int64 `json:"pending_revision,omitempty"`
 }
 
 // Options configures a Cluster.
@@ -84,9 +103,6 @@ func New(client *clientv3.Client, opts Options) *Cluster {
 
 // Client returns the etcd client.
 func (c *Cluster) Client() *clientv3.Client { return c.client }
-
-// Prefix returns the cluster's key prefix, without a trailing slash.
-func (c *Cluster) Prefix() string { return c.prefix }
 
 // FailureKey returns the key of the failure flag.
 func (c *Cluster) FailureKey() string { return c.prefix + "/failure" }
@@ -139,35 +155,53 @@ func (c *Cluster) Resume(ctx context.Context) (*Failure, error) {
 	return f, nil
 }
 
+// Node states, as ccm status shows them.
+const (
+	StateIdle    = "idle"
+	StateWaiting = "waiting" // for the lock
+	StateRunning = "running" // holds the lock
+	StateHalted  = "halted"  // its last run was stopped by the flag
+	StateFailed  = "failed"  // its last run failed
+	StateDown    = "down"    // no agent alive
+)
+
 // NodeView is what ccm status shows of one node.
 type NodeView struct {
-	Name     string
-	Status   *Status
-	Presence *Presence
+	Name  string `json:"name"`
+	State string `json:"state"`
+	// Converged is the last revision the node converged.
+	Converged int64 `json:"converged_revision"`
+	// Behind is set while a change that concerns the node is not
+	// converged there yet.
+	Behind   bool      `json:"behind"`
+	Status   *Status   `json:"status,omitempty"`
+	Presence *Presence `json:"presence,omitempty"`
 }
 
 // View is the whole cluster as ccm status shows it.
 type View struct {
-	Failure *Failure
-	// Holder is the node holding the lock ("" when free; the lease ID when
-	// the holder has no presence key).
-	Holder string
-	Nodes  []NodeView // sorted by name
+	Failure *Failure `json:"failure,omitempty"`
+	// Holder is the node holding the lock ("" when free).
+	Holder string `json:"holder,omitempty"`
+	// Waiting lists the nodes queued for the lock, in order.
+	Waiting []string   `json:"waiting,omitempty"`
+	Nodes   []NodeView `json:"nodes"` // sorted by name
 }
 
-// View reads the failure flag, the lock holder and every node.
+// View reads the failure flag, the lock queue and every node, at one
+// revision.
 func (c *Cluster) View(ctx context.Context) (*View, error) {
-	v := &View{}
-	var err error
-	if v.Failure, err = c.Failure(ctx); err != nil {
-		return nil, err
-	}
-	resp, err := c.client.Get(ctx, c.prefix+"/nodes/", clientv3.WithPrefix())
+	resp, err := c.client.Txn(ctx).Then(
+		clientv3.OpGet(c.FailureKey()),
+		clientv3.OpGet(c.prefix+"/nodes/", clientv3.WithPrefix()),
+		clientv3.OpGet(c.LockPrefix()+"/", clientv3.WithPrefix(), clientv3.WithSort(clientv3.SortByCreateRevision, clientv3.SortAscend)),
+	).Commit()
 	if err != nil {
-		return nil, fmt.Errorf("read %s/nodes/: %w", c.prefix, err)
+		return nil, fmt.Errorf("read %s: %w", c.prefix, err)
 	}
+	v := &View{Failure: decodeFailure((*clientv3.GetResponse)(resp.Responses[0].GetResponseRange()))}
 	nodes := map[string]*NodeView{}
-	for _, kv := range resp.Kvs {
+	for _, kv := range resp.Responses[1].GetResponseRange().Kvs {
 		rest := strings.TrimPrefix(string(kv.Key), c.prefix+"/nodes/")
 		name, kind, ok := strings.Cut(rest, "/")
 		if !ok {
@@ -191,29 +225,80 @@ func (c *Cluster) View(ctx context.Context) (*View, error) {
 			}
 		}
 	}
+	locked := map[string]string{}
+	for i, kv := range resp.Responses[2].GetResponseRange().Kvs {
+		name := string(kv.Value)
+		if i == 0 {
+			v.Holder, locked[name] = name, StateRunning
+		} else {
+			v.Waiting = append(v.Waiting, name)
+			if locked[name] == "" {
+				locked[name] = StateWaiting
+			}
+		}
+	}
 	for _, n := range nodes {
+		n.describe(locked[n.Name])
 		v.Nodes = append(v.Nodes, *n)
 	}
 	sort.Slice(v.Nodes, func(i, j int) bool { return v.Nodes[i].Name < v.Nodes[j].Name })
-	v.Holder, err = c.holder(ctx, v.Nodes)
-	return v, err
+	return v, nil
 }
 
-// holder finds the lock owner: the lock key with the lowest create
-// revision, matched to a node by the lease in its presence.
-func (c *Cluster) holder(ctx context.Context, nodes []NodeView) (string, error) {
-	resp, err := c.client.Get(ctx, c.LockPrefix()+"/", clientv3.WithFirstCreate()...)
+// describe derives the node's state and whether it is behind. This is the
+// one place that decides what a node's state is.
+func (n *NodeView) describe(lock string) {
+	if n.Status != nil {
+		n.Converged = n.Status.Converged
+	}
+	if n.Presence != nil && n.Presence.Pending > n.Converged {
+		n.Behind = true
+	}
+	switch {
+	case n.Presence == nil && lock == "":
+		n.State = StateDown
+	case lock != "":
+		n.State = lock
+	case n.Status != nil && n.Status.Result == ResultHalted:
+		n.State = StateHalted
+	case n.Status != nil && n.Status.Result == ResultFailed:
+		n.State = StateFailed
+	default:
+		n.State = StateIdle
+	}
+	if n.State == StateHalted { // it skipped the change that halted it
+		n.Behind = true
+	}
+}
+
+// Status returns a node's last run, or nil if it never ran.
+func (c *Cluster) Status(ctx context.Context, node string) (*Status, error) {
+	resp, err := c.client.Get(ctx, c.StatusKey(node))
 	if err != nil {
-		return "", fmt.Errorf("read %s/: %w", c.LockPrefix(), err)
+		return nil, fmt.Errorf("read %s: %w", c.StatusKey(node), err)
 	}
 	if len(resp.Kvs) == 0 {
-		return "", nil
+		return nil, nil
 	}
-	lease := fmt.Sprintf("%x", resp.Kvs[0].Lease)
-	for _, n := range nodes {
-		if n.Presence != nil && n.Presence.Lease == lease {
-			return n.Name, nil
-		}
+	s := &Status{}
+	if err := json.Unmarshal(resp.Kvs[0].Value, s); err != nil {
+		return nil, fmt.Errorf("read %s: %w", c.StatusKey(node), err)
 	}
-	return "lease " + lease, nil
+	return s, nil
+}
+
+// Presence returns a node's presence, or nil if its agent is not alive.
+func (c *Cluster) Presence(ctx context.Context, node string) (*Presence, error) {
+	resp, err := c.client.Get(ctx, c.AliveKey(node))
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", c.AliveKey(node), err)
+	}
+	if len(resp.Kvs) == 0 {
+		return nil, nil
+	}
+	p := &Presence{}
+	if err := json.Unmarshal(resp.Kvs[0].Value, p); err != nil {
+		return nil, fmt.Errorf("read %s: %w", c.AliveKey(node), err)
+	}
+	return p, nil
 }

@@ -3,25 +3,53 @@ package cluster
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
 )
 
+// ErrSessionLost is returned when the session's lease ended while waiting
+// for the lock.
+var ErrSessionLost = errors.New("session lease expired")
+
+// SessionOptions configures a Session.
+type SessionOptions struct {
+	// TTL of the lease, rounded up to seconds (at least 1); DefaultLockTTL
+	// when zero.
+	TTL time.Duration
+	// Presence, when set, is written to the node's alive key on the lease.
+	// One-shot commands leave it nil: the alive key is the agent's.
+	Presence *Presence
+	// LeaseFile, when set, records the lease ID. A new session first
+	// revokes the lease a previous process recorded there, so that a
+	// restarted lock holder does not wait out its own dead lease.
+	LeaseFile string
+}
+
 // Session is a node's lease, kept alive until Close or until etcd cannot be
 // reached for its TTL. The node's presence key lives on it, and so does its
-// one mutex on the cluster lock.
+// place in the cluster lock.
 type Session struct {
 	c       *Cluster
 	session *concurrency.Session
-	mutex   *concurrency.Mutex
 }
 
-// NewSession grants a lease of ttl (rounded up to seconds, at least 1) and
-// writes the node's presence on it, with its labels.
-func (c *Cluster) NewSession(ctx context.Context, ttl time.Duration, labels map[string]string) (*Session, error) {
+// NewSession grants a lease and, with opts.Presence, announces the node on
+// it.
+func (c *Cluster) NewSession(ctx context.Context, opts SessionOptions) (*Session, error) {
+	ttl := opts.TTL
+	if ttl == 0 {
+		ttl = DefaultLockTTL
+	}
+	if opts.LeaseFile != "" {
+		c.revokeRecorded(ctx, opts.LeaseFile)
+	}
 	secs := int64((ttl + time.Second - 1) / time.Second)
 	// Grant under ctx, so an unreachable etcd does not block forever, but
 	// keep the lease alive independently of ctx: a shutdown finishes its
@@ -34,17 +62,56 @@ func (c *Cluster) NewSession(ctx context.Context, ttl time.Duration, labels map[
 	if err != nil {
 		return nil, fmt.Errorf("lock session: %w", err)
 	}
-	s := &Session{c: c, session: session, mutex: concurrency.NewMutex(session, c.LockPrefix())}
-	if err := s.announce(ctx, labels); err != nil {
-		s.Close()
-		return nil, err
+	s := &Session{c: c, session: session}
+	if opts.LeaseFile != "" {
+		if err := recordLease(opts.LeaseFile, lease.ID); err != nil {
+			s.Close()
+			return nil, err
+		}
+	}
+	if opts.Presence != nil {
+		if err := s.Announce(ctx, *opts.Presence); err != nil {
+			s.Close()
+			return nil, err
+		}
 	}
 	return s, nil
 }
 
-// announce writes the node's presence on the session lease.
-func (s *Session) announce(ctx context.Context, labels map[string]string) error {
-	p := Presence{Node: s.c.node, Labels: labels, Lease: fmt.Sprintf("%x", s.session.Lease()), Since: time.Now().UTC()}
+// revokeRecorded revokes the lease recorded in file, if any. Errors are
+// ignored: the lease may have expired already.
+func (c *Cluster) revokeRecorded(ctx context.Context, file string) {
+	raw, err := os.ReadFile(file)
+	if err != nil {
+		return
+	}
+	id, err := strconv.ParseInt(string(raw), 16, 64)
+	if err != nil {
+		return
+	}
+	_, _ = c.client.Revoke(ctx, clientv3.LeaseID(id))
+}
+
+func recordLease(file string, id clientv3.LeaseID) error {
+	if err := os.MkdirAll(filepath.Dir(file), 0o700); err != nil {
+		return fmt.Errorf("state: %w", err)
+	}
+	tmp := file + ".tmp"
+	if err := os.WriteFile(tmp, []byte(fmt.Sprintf("%x", int64(id))), 0o600); err != nil {
+		return fmt.Errorf("state: %w", err)
+	}
+	if err := os.Rename(tmp, file); err != nil {
+		return fmt.Errorf("state: %w", err)
+	}
+	return nil
+}
+
+// Lease returns the session's lease as hex, as presence records show it.
+func (s *Session) Lease() string { return fmt.Sprintf("%x", int64(s.session.Lease())) }
+
+// Announce writes the node's presence on the session lease.
+func (s *Session) Announce(ctx context.Context, p Presence) error {
+	p.Node, p.Lease = s.c.node, s.Lease()
 	raw, _ := json.Marshal(p)
 	key := s.c.AliveKey(s.c.node)
 	if _, err := s.c.client.Put(ctx, key, string(raw), clientv3.WithLease(s.session.Lease())); err != nil {
@@ -67,14 +134,8 @@ func (s *Session) Lost() bool {
 // session is lost, or when parent is done.
 func (s *Session) Context(parent context.Context) (context.Context, context.CancelFunc) {
 	ctx, cancel := context.WithCancelCause(parent)
-	go func() {
-		select {
-		case <-s.session.Done():
-			cancel(ErrLockLost)
-		case <-ctx.Done():
-		}
-	}()
-	return ctx, func() { cancel(context.Canceled) }
+	stop := context.AfterFunc(s.session.Ctx(), func() { cancel(ErrLockLost) })
+	return ctx, func() { stop(); cancel(context.Canceled) }
 }
 
 // Close revokes the lease, which also removes the presence key and any
@@ -85,33 +146,92 @@ func (s *Session) Close() {
 
 // Lock is the held cluster lock.
 type Lock struct {
-	s *Session
-	// ownSession: Release also closes the session (Acquire made it).
-	ownSession bool
+	s   *Session
+	key string
+	rev int64 // create revision of key: ownership is key still at rev
 }
 
-// Lock waits for the cluster lock.
+// Lock waits for the cluster lock. Like etcd's concurrency.Mutex, it
+// queues a key <prefix>/lock/<lease> and holds the lock once every key
+// created before it is gone; unlike it, the key's value is the node's name
+// (so status can name holders and waiters), and each wait watches from the
+// revision after the one it read, which etcd serves at once rather than
+// from its 100 ms catch-up loop.
 func (s *Session) Lock(ctx context.Context) (*Lock, error) {
-	if err := s.mutex.Lock(ctx); err != nil {
-		return nil, fmt.Errorf("lock %s: %w", s.c.LockPrefix(), err)
+	cli, prefix := s.c.client, s.c.LockPrefix()+"/"
+	key := prefix + s.Lease()
+	resp, err := cli.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
+		Then(clientv3.OpPut(key, s.c.node, clientv3.WithLease(s.session.Lease()))).
+		Else(clientv3.OpGet(key)).Commit()
+	if err != nil {
+		return nil, fmt.Errorf("lock %s: %w", prefix, err)
 	}
-	return &Lock{s: s}, nil
+	l := &Lock{s: s, key: key, rev: resp.Header.Revision}
+	if !resp.Succeeded {
+		l.rev = resp.Responses[0].GetResponseRange().Kvs[0].CreateRevision
+	}
+	if err := l.waitPredecessors(ctx); err != nil {
+		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		_, _ = cli.Delete(dctx, key)
+		return nil, fmt.Errorf("lock %s: %w", prefix, err)
+	}
+	return l, nil
 }
 
-// Acquire opens a session and waits for the lock on it: the one-shot form
-// for ccm apply --once. Release closes the session too.
-func (c *Cluster) Acquire(ctx context.Context, ttl time.Duration, labels map[string]string) (*Lock, error) {
-	s, err := c.NewSession(ctx, ttl, labels)
-	if err != nil {
-		return nil, err
+// waitPredecessors returns once no lock key created before l's exists, and
+// l's key still does.
+func (l *Lock) waitPredecessors(ctx context.Context) error {
+	cli, prefix := l.s.c.client, l.s.c.LockPrefix()+"/"
+	ctx, cancel := l.s.Context(ctx)
+	defer cancel()
+	for {
+		resp, err := cli.Get(ctx, prefix, append(clientv3.WithLastCreate(), clientv3.WithMaxCreateRev(l.rev-1))...)
+		if err != nil {
+			return lockWaitErr(ctx, err)
+		}
+		if len(resp.Kvs) == 0 {
+			break
+		}
+		if err := waitDelete(ctx, cli, string(resp.Kvs[0].Key), resp.Header.Revision+1); err != nil {
+			return lockWaitErr(ctx, err)
+		}
 	}
-	l, err := s.Lock(ctx)
+	resp, err := cli.Get(ctx, l.key)
 	if err != nil {
-		s.Close()
-		return nil, err
+		return lockWaitErr(ctx, err)
 	}
-	l.ownSession = true
-	return l, nil
+	if len(resp.Kvs) == 0 || resp.Kvs[0].CreateRevision != l.rev {
+		return ErrSessionLost
+	}
+	return nil
+}
+
+func lockWaitErr(ctx context.Context, err error) error {
+	if cause := context.Cause(ctx); errors.Is(cause, ErrLockLost) {
+		return ErrSessionLost
+	}
+	return err
+}
+
+// waitDelete returns when key is deleted at or after rev.
+func waitDelete(ctx context.Context, cli *clientv3.Client, key string, rev int64) error {
+	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+	defer cancel()
+	for wr := range cli.Watch(wctx, key, clientv3.WithRev(rev), clientv3.WithFilterPut()) {
+		if err := wr.Err(); err != nil {
+			return err
+		}
+		for _, ev := range wr.Events {
+			if ev.Type == clientv3.EventTypeDelete {
+				return nil
+			}
+		}
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	return errors.New("watch closed")
 }
 
 // Context returns a context cancelled with ErrLockLost when the session
@@ -121,13 +241,18 @@ func (l *Lock) Context(parent context.Context) (context.Context, context.CancelF
 	return l.s.Context(parent)
 }
 
+// isOwner is the compare that fences every write made under the lock.
+func (l *Lock) isOwner() clientv3.Cmp {
+	return clientv3.Compare(clientv3.CreateRevision(l.key), "=", l.rev)
+}
+
 // put writes key under the lock, in a transaction guarded by ownership.
 func (l *Lock) put(ctx context.Context, key string, v any) error {
 	raw, err := json.Marshal(v)
 	if err != nil {
 		return err
 	}
-	resp, err := l.s.c.client.Txn(ctx).If(l.s.mutex.IsOwner()).Then(clientv3.OpPut(key, string(raw))).Commit()
+	resp, err := l.s.c.client.Txn(ctx).If(l.isOwner()).Then(clientv3.OpPut(key, string(raw))).Commit()
 	if err != nil {
 		return fmt.Errorf("write %s: %w", key, err)
 	}
@@ -147,17 +272,13 @@ func (l *Lock) WriteStatus(ctx context.Context, s Status) error {
 	return l.put(ctx, l.s.c.StatusKey(l.s.c.node), s)
 }
 
-// Release unlocks (and, after Acquire, ends the session). It uses its own
-// short timeout so that it works during shutdown.
+// Release unlocks. It uses its own short timeout so that it works during
+// shutdown.
 func (l *Lock) Release() error {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	err := l.s.mutex.Unlock(ctx)
-	if l.ownSession {
-		l.s.Close()
-	}
-	if err != nil {
-		return fmt.Errorf("unlock %s: %w", l.s.c.LockPrefix(), err)
+	if _, err := l.s.c.client.Txn(ctx).If(l.isOwner()).Then(clientv3.OpDelete(l.key)).Commit(); err != nil {
+		return fmt.Errorf("unlock %s: %w", l.key, err)
 	}
 	return nil
 }

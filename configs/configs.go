@@ -125,11 +125,14 @@ func Load(dir string) (*Set, error) {
 	sort.Strings(paths)
 	l := loader{templateDir: filepath.Join(dir, "templates")}
 	set := &Set{Dir: dir, Configs: map[string]*Config{}}
+	// Configurations with errors still take part in the name, dependency
+	// and cycle checks, so one pass reports everything.
+	broken := map[string]bool{}
 	var errs []error
 	for _, p := range paths {
-		c, err := l.loadFile(p)
-		if err != nil {
-			errs = append(errs, err)
+		c, fileErrs := l.loadFile(p)
+		errs = append(errs, fileErrs...)
+		if c == nil {
 			continue
 		}
 		if prev, ok := set.Configs[c.Name]; ok {
@@ -137,9 +140,10 @@ func Load(dir string) (*Set, error) {
 			continue
 		}
 		set.Configs[c.Name] = c
+		broken[c.Name] = len(fileErrs) > 0
 	}
 	errs = append(errs, checkPathsClaimedTwice(set)...)
-	order, err := orderConfigs(set)
+	order, err := orderConfigs(set, broken)
 	if err != nil {
 		errs = append(errs, err)
 	}
@@ -153,16 +157,20 @@ func Load(dir string) (*Set, error) {
 	return set, nil
 }
 
-func orderConfigs(set *Set) ([]string, error) {
+func orderConfigs(set *Set, broken map[string]bool) ([]string, error) {
 	deps := map[string][]string{}
 	var errs []error
 	for _, name := range sortedNames(set) {
 		c := set.Configs[name]
 		deps[name] = nil
 		for _, d := range c.DependsOn {
-			if _, ok := set.Configs[d]; !ok {
+			dep, ok := set.Configs[d]
+			switch {
+			case !ok:
 				errs = append(errs, fmt.Errorf("%s: depends_on %q: no such configuration", c.File, d))
 				continue
+			case broken[d] && !broken[name]:
+				errs = append(errs, fmt.Errorf("%s: depends_on %q: that configuration has errors (%s), so this one cannot run either", c.File, d, dep.File))
 			}
 			deps[name] = append(deps[name], d)
 		}

@@ -36,9 +36,9 @@ func TestLoadRejectsBadDirectories(t *testing.T) {
 		{"yaml syntax", map[string]string{"a.yaml": "files: [\n"},
 			"$DIR/a.yaml: yaml: line 1: did not find expected node content"},
 		{"unknown field", map[string]string{"a.yaml": simple + "subscribe: [x]\n"},
-			"$DIR/a.yaml: yaml: unmarshal errors:\n  line 4: field subscribe is not a known configuration field"},
+			"$DIR/a.yaml: line 4: field subscribe is not a known configuration field"},
 		{"unknown file field", map[string]string{"a.yaml": "files:\n  - path: /x\n    content: x\n    owner_name: root\n"},
-			"$DIR/a.yaml: yaml: unmarshal errors:\n  line 4: field owner_name is not a known field of files"},
+			"$DIR/a.yaml: line 4: field owner_name is not a known field of files"},
 		{"unknown depends_on", map[string]string{"a.yaml": simple + "depends_on: [ghost]\n"},
 			`$DIR/a.yaml: depends_on "ghost": no such configuration`},
 		{"cycle", map[string]string{
@@ -159,4 +159,24 @@ func TestMatches(t *testing.T) {
 func TestCommandExpandOnlyReplacesPlaceholders(t *testing.T) {
 	c := configs.Command{"nginx", "-t", "-c", "{{ .Staged }}", "--path={{.Path}}"}
 	assert.Equal(t, []string{"nginx", "-t", "-c", "/tmp/s", "--path=/etc/x"}, c.Expand("/tmp/s", "/etc/x"))
+}
+
+func TestLoadReportsEveryErrorInOnePass(t *testing.T) {
+	// The trial's directory: each error used to hide the next one.
+	dir := writeDir(t, map[string]string{
+		"a.yaml": "depends_on: [b]\nfiles:\n  - path: /x\n    content: x\n    mode: 0644\n    colour: red\nvalidate: [echo, '{{ .Object.ID }}']\n",
+		"b.yaml": "depends_on: [a]\nfiles: [{path: /y, content: y}]\n",
+		"c.yaml": "depends_on: [a]\nfiles: [{path: /z, content: z}]\n",
+	})
+	_, err := configs.Load(dir)
+	require.Error(t, err)
+	lines := strings.Split(strings.ReplaceAll(err.Error(), dir+"/", ""), "\n")
+	assert.Equal(t, []string{
+		`a.yaml: line 5: mode 0644 must be a quoted octal string such as "0644"`,
+		`a.yaml: line 6: field colour is not a known field of files`,
+		`a.yaml: validate: argument "{{ .Object.ID }}": templates are not allowed here; object data never reaches a command line`,
+		`b.yaml: depends_on "a": that configuration has errors (a.yaml), so this one cannot run either`,
+		`c.yaml: depends_on "a": that configuration has errors (a.yaml), so this one cannot run either`,
+		`a.yaml, b.yaml: dependency cycle: a -> b -> a`,
+	}, lines, "one error per line, all of them, each naming its file")
 }

@@ -61,7 +61,8 @@ type rawMode struct {
 
 func (m *rawMode) UnmarshalYAML(n *yaml.Node) error {
 	if n.Kind != yaml.ScalarNode || n.Tag != "!!str" {
-		return fmt.Errorf("line %d: mode %s must be a quoted octal string such as \"0644\"", n.Line, n.Value)
+		// A TypeError lets the decoder go on and report the rest too.
+		return &yaml.TypeError{Errors: []string{fmt.Sprintf("line %d: mode %s must be a quoted octal string such as \"0644\"", n.Line, n.Value)}}
 	}
 	m.text, m.set = n.Value, true
 	return nil
@@ -106,25 +107,33 @@ var yamlTypeNames = strings.NewReplacer(
 	"not found in type configs.rawDirectory", "is not a known field of directories",
 )
 
-func (l *loader) loadFile(path string) (*Config, error) {
+// loadFile loads one configuration file and returns every error in it at
+// once, each naming the file. The Config is returned whenever the YAML
+// could be read at all, even with errors, so that the set can still check
+// names, dependencies and cycles.
+func (l *loader) loadFile(path string) (*Config, []error) {
 	raw, err := os.ReadFile(path)
 	if err != nil {
-		return nil, err
+		return nil, []error{err}
 	}
 	var rc rawConfig
+	var errs []error
 	dec := yaml.NewDecoder(bytes.NewReader(raw))
 	dec.KnownFields(true)
 	if err := dec.Decode(&rc); err != nil && err != io.EOF {
-		return nil, fmt.Errorf("%s: %s", path, yamlTypeNames.Replace(err.Error()))
-	}
-	c, errs := l.build(path, &rc)
-	if len(errs) > 0 {
-		for i, e := range errs {
-			errs[i] = fmt.Errorf("%s: %w", path, e)
+		var te *yaml.TypeError
+		if !errors.As(err, &te) { // a syntax error: nothing was decoded
+			return nil, []error{fmt.Errorf("%s: %s", path, err)}
 		}
-		return nil, errors.Join(errs...)
+		for _, msg := range te.Errors {
+			errs = append(errs, fmt.Errorf("%s: %s", path, yamlTypeNames.Replace(msg)))
+		}
 	}
-	return c, nil
+	c, buildErrs := l.build(path, &rc)
+	for _, e := range buildErrs {
+		errs = append(errs, fmt.Errorf("%s: %w", path, e))
+	}
+	return c, errs
 }
 
 func (l *loader) build(path string, rc *rawConfig) (*Config, []error) {

@@ -33,10 +33,6 @@ type Batch struct {
 	All bool
 	// Reasons says why All was asked for, for logs.
 	Reasons []string
-	// Revision is the highest etcd revision seen in the batch.
-	Revision int64
-	// First is when the first event of the batch arrived.
-	First time.Time
 }
 
 // Debouncer collects events. The zero value is not usable; call New.
@@ -48,7 +44,6 @@ type Debouncer struct {
 	types   map[string]bool
 	all     bool
 	reasons []string
-	rev     int64
 	first   time.Time
 	last    time.Time
 	wake    chan struct{} // closed and replaced on every Add
@@ -63,14 +58,13 @@ func New(quiet, maxWait time.Duration, clock clockwork.Clock) *Debouncer {
 	return &Debouncer{quiet: quiet, maxWait: maxWait, clock: clock, types: map[string]bool{}, wake: make(chan struct{})}
 }
 
-// Add records that types changed at revision rev.
-func (d *Debouncer) Add(rev int64, types ...string) {
+// Add records that types changed.
+func (d *Debouncer) Add(types ...string) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	for _, t := range types {
 		d.types[t] = true
 	}
-	d.rev = max(d.rev, rev)
 	d.touch()
 }
 
@@ -92,7 +86,6 @@ func (d *Debouncer) Requeue(b Batch) {
 	}
 	d.all = d.all || b.All
 	d.reasons = append(d.reasons, b.Reasons...)
-	d.rev = max(d.rev, b.Revision)
 	d.touch()
 }
 
@@ -138,6 +131,9 @@ func (d *Debouncer) Next(ctx context.Context) (Batch, error) {
 			}
 		}
 		due := d.last.Add(d.quiet)
+		if d.all { // a full run is not a burst of events: nothing to batch
+			due = d.clock.Now()
+		}
 		if ceiling := d.first.Add(d.maxWait); d.maxWait > 0 && ceiling.Before(due) {
 			due = ceiling
 		}
@@ -162,7 +158,7 @@ func (d *Debouncer) Next(ctx context.Context) (Batch, error) {
 
 // takeLocked returns the pending batch and clears it; d.mu is held.
 func (d *Debouncer) takeLocked() Batch {
-	b := Batch{All: d.all, Reasons: d.reasons, Revision: d.rev, First: d.first}
+	b := Batch{All: d.all, Reasons: d.reasons}
 	for t := range d.types {
 		b.Types = append(b.Types, t)
 	}

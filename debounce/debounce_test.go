@@ -57,9 +57,9 @@ func TestBurstIsOneBatchAfterTheQuietPeriod(t *testing.T) {
 	d := debounce.New(10*time.Second, time.Minute, fc)
 	ch := next(t, d)
 	for i := 1; i <= 100; i++ {
-		d.Add(int64(i), "sites")
+		d.Add("sites")
 		if i%10 == 0 {
-			d.Add(int64(i), "users")
+			d.Add("users")
 		}
 	}
 	waitTimer(t, fc)
@@ -69,7 +69,6 @@ func TestBurstIsOneBatchAfterTheQuietPeriod(t *testing.T) {
 	fc.Advance(time.Second)
 	b := receive(t, ch)
 	assert.Equal(t, []string{"sites", "users"}, b.Types)
-	assert.Equal(t, int64(100), b.Revision)
 	assert.False(t, b.All)
 	assert.Zero(t, d.Pending())
 }
@@ -78,10 +77,10 @@ func TestEachEventRestartsTheQuietPeriod(t *testing.T) {
 	fc := clockwork.NewFakeClock()
 	d := debounce.New(10*time.Second, time.Minute, fc)
 	ch := next(t, d)
-	d.Add(1, "a")
+	d.Add("a")
 	waitTimer(t, fc)
 	fc.Advance(8 * time.Second)
-	d.Add(2, "b") // restarts the 10s
+	d.Add("b") // restarts the 10s
 	waitTimer(t, fc)
 	fc.Advance(8 * time.Second)
 	requireNone(t, ch)
@@ -96,13 +95,12 @@ func TestChurnIsReleasedAtTheCeiling(t *testing.T) {
 	ch := next(t, d)
 	start := fc.Now()
 	for i := 0; ; i++ {
-		d.Add(int64(i), "sites")
+		d.Add("sites")
 		waitTimer(t, fc)
 		fc.Advance(5 * time.Second) // always inside the quiet period
 		select {
-		case b := <-ch:
+		case <-ch:
 			assert.Equal(t, 60*time.Second, fc.Since(start), "released at max-wait after the first event")
-			assert.Equal(t, start, b.First)
 			return
 		case <-time.After(10 * time.Millisecond):
 		}
@@ -113,13 +111,13 @@ func TestChurnIsReleasedAtTheCeiling(t *testing.T) {
 func TestEventsDuringARunAreKeptForTheNextBatch(t *testing.T) {
 	fc := clockwork.NewFakeClock()
 	d := debounce.New(0, 0, fc)
-	d.Add(1, "a")
+	d.Add("a")
 	b, err := d.Next(context.Background())
 	require.NoError(t, err)
 	assert.Equal(t, []string{"a"}, b.Types)
 
 	// The run is under way; events keep arriving.
-	d.Add(2, "b")
+	d.Add("b")
 	d.AddAll("resync")
 	assert.Equal(t, 2, d.Pending())
 	b, err = d.Next(context.Background())
@@ -131,17 +129,17 @@ func TestEventsDuringARunAreKeptForTheNextBatch(t *testing.T) {
 
 func TestRequeueKeepsEverything(t *testing.T) {
 	d := debounce.New(0, 0, nil)
-	d.Requeue(debounce.Batch{Types: []string{"x"}, All: true, Reasons: []string{"start"}, Revision: 9})
-	d.Add(3, "y")
+	d.Requeue(debounce.Batch{Types: []string{"x"}, All: true, Reasons: []string{"start"}})
+	d.Add("y")
 	b, err := d.Next(context.Background())
 	require.NoError(t, err)
-	assert.Equal(t, debounce.Batch{Types: []string{"x", "y"}, All: true, Reasons: []string{"start"}, Revision: 9, First: b.First}, b)
+	assert.Equal(t, debounce.Batch{Types: []string{"x", "y"}, All: true, Reasons: []string{"start"}}, b)
 }
 
 func TestNextReturnsOnCancel(t *testing.T) {
 	d := debounce.New(time.Hour, time.Hour, nil)
 	ctx, cancel := context.WithCancel(context.Background())
-	d.Add(1, "a")
+	d.Add("a")
 	errc := make(chan error)
 	go func() { _, err := d.Next(ctx); errc <- err }()
 	cancel()
@@ -149,7 +147,20 @@ func TestNextReturnsOnCancel(t *testing.T) {
 	assert.Equal(t, 1, d.Pending(), "cancelling loses nothing")
 
 	due := debounce.New(0, 0, nil)
-	due.Add(1, "a")
+	due.Add("a")
 	_, err := due.Next(ctx)
 	assert.ErrorIs(t, err, context.Canceled, "a due batch is not handed out after cancel")
+}
+
+func TestAFullRunIsReleasedAtOnce(t *testing.T) {
+	fc := clockwork.NewFakeClock()
+	d := debounce.New(10*time.Second, time.Minute, fc)
+	d.Add("sites")
+	d.AddAll("resync")
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	b, err := d.Next(ctx) // the fake clock never moves
+	require.NoError(t, err)
+	assert.True(t, b.All, "start, resume, reload and resync do not wait for the quiet period")
+	assert.Equal(t, []string{"sites"}, b.Types, "pending events ride along")
 }

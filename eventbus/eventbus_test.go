@@ -10,8 +10,7 @@ import (
 )
 
 func TestPublishSelectsSubscribers(t *testing.T) {
-	b := eventbus.New()
-	b.Replace(map[string][]string{
+	b := eventbus.New(map[string][]string{
 		"nginx-vhosts":  {"sites", "certificates"},
 		"php-fpm-pools": {"sites"},
 		"crontab":       {"users"},
@@ -20,15 +19,10 @@ func TestPublishSelectsSubscribers(t *testing.T) {
 	assert.Equal(t, []string{"nginx-vhosts", "php-fpm-pools"}, b.Publish("sites"))
 	assert.Equal(t, []string{"crontab", "nginx-vhosts"}, b.Publish("certificates", "users"))
 	assert.Empty(t, b.Publish("unknown"))
-	assert.Equal(t, []string{"crontab", "nginx-vhosts", "php-fpm-pools", "static"}, b.All())
-
-	b.Replace(map[string][]string{"crontab": {"users"}})
-	assert.Empty(t, b.Publish("sites"), "Replace drops old subscriptions")
 }
 
 func ExampleBus() {
-	b := eventbus.New()
-	b.Replace(map[string][]string{"nginx-vhosts": {"sites"}, "crontab": {"users"}})
+	b := eventbus.New(map[string][]string{"nginx-vhosts": {"sites"}, "crontab": {"users"}})
 	fmt.Println(b.Publish("sites"))
 	// Output: [nginx-vhosts]
 }

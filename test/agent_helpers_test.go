@@ -45,6 +45,7 @@ timeout: 120s
 
 // agentNode is an agent running in this test process.
 type agentNode struct {
+	cli  *clientv3.Client
 	name string
 	root string
 	ag   *agent.Agent
@@ -74,7 +75,7 @@ func startAgent(t *testing.T, etcd *etcdtest.Cluster, name, configDir string, cf
 	}
 	cli, err := cluster.NewClient(cluster.ClientConfig{Endpoints: eps, DialTimeout: 2 * time.Second})
 	require.NoError(t, err)
-	n := &agentNode{name: name, root: t.TempDir(), done: make(chan error, 1)}
+	n := &agentNode{cli: cli, name: name, root: t.TempDir(), done: make(chan error, 1)}
 	n.ag, err = agent.New(agent.Options{
 		Client: cli, Node: name, ConfigDir: configDir, Root: n.root, StateDir: t.TempDir(),
 		Debounce: cfg.debounce, MaxWait: cfg.maxWait, LockTTL: cfg.lockTTL,
@@ -104,6 +105,24 @@ func (n *agentNode) runs() int {
 		total += int(testutil.ToFloat64(n.ag.Metrics().Runs.WithLabelValues(r)))
 	}
 	return total
+}
+
+// status is the node's last reported run, or nil.
+func (n *agentNode) status(t *testing.T) *cluster.Status {
+	return nodeStatus(t, n.cli, n.name)
+}
+
+// reported waits until the node reports result for a run that rendered at
+// least revision rev: a reported state, never a side effect midway
+// through a run.
+func (n *agentNode) reported(t *testing.T, rev int64, result string) *cluster.Status {
+	t.Helper()
+	var s *cluster.Status
+	eventually(t, 30*time.Second, func() bool {
+		s = n.status(t)
+		return s != nil && s.Result == result && s.Revision >= rev
+	}, "%s reports %s at revision %d or later (last: %+v)", n.name, result, rev, s)
+	return s
 }
 
 // read returns a file under the agent's root, or "" if it does not exist.

@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/ccm-dev/ccm/cluster"
 	"github.com/ccm-dev/ccm/test/etcdtest"
@@ -32,7 +33,7 @@ func threeAgents(t *testing.T, cfg agentConfig, marker string) (*etcdtest.Cluste
 		nodes = append(nodes, startAgent(t, etcd, name, siteConfig(t, name, log, marker, "0.05"), cfg))
 	}
 	for _, n := range nodes {
-		eventually(t, 20*time.Second, func() bool { return n.runs() >= 1 }, "%s converged at start", n.name)
+		n.reported(t, 1, cluster.ResultConverged)
 	}
 	return etcd, nodes, log
 }
@@ -51,14 +52,24 @@ func putSites(t *testing.T, etcd *etcdtest.Cluster, n int, v string, members ...
 	return rev
 }
 
-// converged waits until every node renders s000..s<n-1> with value v.
-func converged(t *testing.T, nodes []*agentNode, n int, v string) {
+// converged waits until every node reports a converged run at revision
+// rev or later, then checks that it renders s000..s<n-1> with value v.
+func converged(t *testing.T, nodes []*agentNode, rev int64, n int, v string) {
 	t.Helper()
 	for _, node := range nodes {
-		eventually(t, 30*time.Second, func() bool {
-			return node.read("/sites/s000.conf") == v+"\n" && node.read(fmt.Sprintf("/sites/s%03d.conf", n-1)) == v+"\n"
-		}, "%s renders %d sites with %q", node.name, n, v)
+		node.reported(t, rev, cluster.ResultConverged)
+		for i := 0; i < n; i++ {
+			require.Equal(t, v+"\n", node.read(fmt.Sprintf("/sites/s%03d.conf", i)), "%s renders site %d", node.name, i)
+		}
 	}
+}
+
+// revision is etcd's current revision.
+func revision(t *testing.T, cli *clientv3.Client) int64 {
+	t.Helper()
+	resp, err := cli.Get(context.Background(), "/ccm/none")
+	require.NoError(t, err)
+	return resp.Header.Revision
 }
 
 func TestBurstOfWritesGivesOneRunPerNode(t *testing.T) {
@@ -88,7 +99,7 @@ func TestBurstOfWritesGivesOneRunPerNode(t *testing.T) {
 	t.Logf("100 writes in %s", burst)
 	require.Less(t, burst, quiet, "the burst must fit in the quiet period for the test to mean anything")
 
-	converged(t, nodes, 100, "v1")
+	converged(t, nodes, revision(t, cli), 100, "v1")
 	for _, n := range nodes {
 		eventually(t, 10*time.Second, func() bool { return n.runs() >= before[n.name]+1 }, "%s recorded its run", n.name)
 	}
@@ -103,8 +114,8 @@ func TestBurstOfWritesGivesOneRunPerNode(t *testing.T) {
 func TestRunsNeverOverlapAcrossNodes(t *testing.T) {
 	etcd, nodes, log := threeAgents(t, agentConfig{}, "/nonexistent")
 	for round := 1; round <= 3; round++ {
-		putSites(t, etcd, 3, fmt.Sprintf("round%d", round))
-		converged(t, nodes, 3, fmt.Sprintf("round%d", round))
+		rev := putSites(t, etcd, 3, fmt.Sprintf("round%d", round))
+		converged(t, nodes, rev, 3, fmt.Sprintf("round%d", round))
 	}
 	var runs []interval
 	eventually(t, 10*time.Second, func() bool { runs = intervals(t, log); return len(runs) == 9 },
@@ -118,11 +129,10 @@ func TestRunsNeverOverlapAcrossNodes(t *testing.T) {
 func TestFailingValidateHaltsTheRolloutUntilResume(t *testing.T) {
 	marker := filepath.Join(t.TempDir(), "broken")
 	etcd, nodes, _ := threeAgents(t, agentConfig{}, marker)
-	putSites(t, etcd, 2, "good")
-	converged(t, nodes, 2, "good")
+	converged(t, nodes, putSites(t, etcd, 2, "good"), 2, "good")
 
 	require.NoError(t, os.WriteFile(marker, nil, 0o644)) // every node's validate now fails
-	putSites(t, etcd, 2, "bad")
+	bad := putSites(t, etcd, 2, "bad")
 	cli := etcd.Client(t)
 	c := cluster.New(cli, cluster.Options{})
 	var failed string
@@ -149,13 +159,7 @@ func TestFailingValidateHaltsTheRolloutUntilResume(t *testing.T) {
 	require.NoError(t, os.Remove(marker))
 	_, err := c.Resume(context.Background())
 	require.NoError(t, err)
-	converged(t, nodes, 2, "bad")
-	for _, n := range nodes {
-		eventually(t, 10*time.Second, func() bool {
-			s := nodeStatus(t, cli, n.name)
-			return s != nil && s.Result == cluster.ResultConverged
-		}, "%s converged after resume", n.name)
-	}
+	converged(t, nodes, bad, 2, "bad")
 }
 
 func TestKilledLockHolderLetsTheNextNodeProceedAfterTheTTL(t *testing.T) {
@@ -192,7 +196,7 @@ func TestCompactionPastTheAgentTriggersAFullResync(t *testing.T) {
 	etcd := etcdtest.New(t, 3)
 	log := filepath.Join(t.TempDir(), "log")
 	n := startAgent(t, etcd, "n", siteConfig(t, "n", log, "/nonexistent", "0"), agentConfig{endpoints: []int{2}})
-	eventually(t, 20*time.Second, func() bool { return n.runs() >= 1 }, "start-up converge")
+	n.reported(t, 1, cluster.ResultConverged)
 
 	etcd.Stop(2) // the agent's only member
 	admin := etcd.Client(t, 0, 1)
@@ -201,15 +205,14 @@ func TestCompactionPastTheAgentTriggersAFullResync(t *testing.T) {
 	require.NoError(t, err)
 	etcd.Restart(2)
 
-	converged(t, []*agentNode{n}, 5, "while-away")
+	converged(t, []*agentNode{n}, rev, 5, "while-away")
 }
 
 func TestRolloutSurvivesEtcdOutages(t *testing.T) {
 	etcd, nodes, _ := threeAgents(t, agentConfig{}, "/nonexistent")
 
 	etcd.Stop(0)
-	putSites(t, etcd, 2, "one-down", 1, 2)
-	converged(t, nodes, 2, "one-down")
+	converged(t, nodes, putSites(t, etcd, 2, "one-down", 1, 2), 2, "one-down")
 
 	etcd.Stop(1)
 	etcd.Stop(2)
@@ -223,14 +226,13 @@ func TestRolloutSurvivesEtcdOutages(t *testing.T) {
 		assert.Error(t, n.ag.Ready(), "%s reports not ready", n.name)
 	}
 	etcd.Restart(0, 1, 2)
-	putSites(t, etcd, 2, "all-back")
-	converged(t, nodes, 2, "all-back")
+	converged(t, nodes, putSites(t, etcd, 2, "all-back"), 2, "all-back")
 }
 
 func TestSIGTERMWhileWaitingForTheLockExitsPromptly(t *testing.T) {
 	etcd := etcdtest.New(t, 1)
 	holder := cluster.New(etcd.Client(t), cluster.Options{Node: "holder"})
-	lock, err := holder.Acquire(context.Background(), 30*time.Second, nil)
+	lock, err := acquire(context.Background(), t, holder, 30*time.Second, nil)
 	require.NoError(t, err)
 	defer lock.Release()
 
@@ -286,14 +288,13 @@ func TestReloadKeepsTheLoadedConfigurationWhenTheNewOneIsBroken(t *testing.T) {
 	log := filepath.Join(t.TempDir(), "log")
 	dir := siteConfig(t, "n", log, "/nonexistent", "0")
 	n := startAgent(t, etcd, "n", dir, agentConfig{})
-	eventually(t, 20*time.Second, func() bool { return n.runs() >= 1 }, "start-up converge")
+	n.reported(t, 1, cluster.ResultConverged)
 
 	broken := filepath.Join(dir, "broken.yaml")
 	require.NoError(t, os.WriteFile(broken, []byte("depends_on: [ghost]\nfiles: [{path: /x, content: x}]\n"), 0o644))
 	err := n.ag.Reload()
 	assert.ErrorContains(t, err, `broken.yaml: depends_on "ghost": no such configuration`)
-	putSites(t, etcd, 1, "still-works")
-	converged(t, []*agentNode{n}, 1, "still-works")
+	converged(t, []*agentNode{n}, putSites(t, etcd, 1, "still-works"), 1, "still-works")
 
 	require.NoError(t, os.WriteFile(broken, []byte("files: [{path: /motd, content: \"hello\\n\"}]\n"), 0o644))
 	require.NoError(t, n.ag.Reload())

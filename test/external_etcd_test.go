@@ -70,7 +70,7 @@ func TestAgentWorksWithOnlyItsNodeRoleOverTLS(t *testing.T) {
 
 	r = admin.run("", "status")
 	require.Equal(t, 0, r.code, r.stderr)
-	assert.Regexp(t, `web1\s+no\s+converged`, r.stdout)
+	assert.Regexp(t, `web1\s+down\s+\d+\s+no\s+converged`, r.stdout)
 }
 
 func TestANodeCannotWriteOutsideItsRole(t *testing.T) {

@@ -13,13 +13,27 @@ import (
 	"github.com/ccm-dev/ccm/test/etcdtest"
 )
 
+// acquire opens a session for c's node (announcing it with labels when
+// given) and waits for the lock on it. Cleanup closes the session.
+func acquire(ctx context.Context, t *testing.T, c *cluster.Cluster, ttl time.Duration, labels map[string]string) (*cluster.Lock, error) {
+	t.Helper()
+	opts := cluster.SessionOptions{TTL: ttl}
+	if labels != nil {
+		opts.Presence = &cluster.Presence{Labels: labels}
+	}
+	s, err := c.NewSession(context.Background(), opts)
+	require.NoError(t, err)
+	t.Cleanup(s.Close)
+	return s.Lock(ctx)
+}
+
 func TestLockIsExclusiveAcrossMembers(t *testing.T) {
 	etcd := etcdtest.New(t, 3)
 	ctx := context.Background()
 	a := cluster.New(etcd.Client(t, 0), cluster.Options{Node: "a"})
 	b := cluster.New(etcd.Client(t, 2), cluster.Options{Node: "b"})
 
-	la, err := a.Acquire(ctx, 5*time.Second, map[string]string{"role": "web"})
+	la, err := acquire(ctx, t, a, 5*time.Second, map[string]string{"role": "web"})
 	require.NoError(t, err)
 	view, err := b.View(ctx)
 	require.NoError(t, err)
@@ -27,12 +41,12 @@ func TestLockIsExclusiveAcrossMembers(t *testing.T) {
 	assert.Equal(t, map[string]string{"role": "web"}, view.Nodes[0].Presence.Labels)
 
 	short, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
-	_, err = b.Acquire(short, 5*time.Second, nil)
+	_, err = acquire(short, t, b, 5*time.Second, nil)
 	cancel()
 	require.ErrorIs(t, err, context.DeadlineExceeded, "b waits while a holds the lock")
 
 	require.NoError(t, la.Release())
-	lb, err := b.Acquire(ctx, 5*time.Second, nil)
+	lb, err := acquire(ctx, t, b, 5*time.Second, nil)
 	require.NoError(t, err)
 	view, err = a.View(ctx)
 	require.NoError(t, err)
@@ -48,7 +62,7 @@ func TestWritesAreFencedOnceTheLeaseIsGone(t *testing.T) {
 	b := cluster.New(etcd.Client(t, 2), cluster.Options{Node: "b"})
 
 	// The client notices a revoked lease at its next keepalive, TTL/3.
-	la, err := a.Acquire(ctx, 3*time.Second, nil)
+	la, err := acquire(ctx, t, a, 3*time.Second, nil)
 	require.NoError(t, err)
 	runCtx, stop := la.Context(ctx)
 	defer stop()
@@ -67,7 +81,7 @@ func TestWritesAreFencedOnceTheLeaseIsGone(t *testing.T) {
 		t.Fatal("the run context was not cancelled when the session ended")
 	}
 
-	lb, err := b.Acquire(ctx, 30*time.Second, nil)
+	lb, err := acquire(ctx, t, b, 30*time.Second, nil)
 	require.NoError(t, err)
 	require.NoError(t, lb.WriteStatus(ctx, cluster.Status{Node: "b", Result: cluster.ResultConverged}))
 
@@ -79,4 +93,47 @@ func TestWritesAreFencedOnceTheLeaseIsGone(t *testing.T) {
 	require.NoError(t, err)
 	assert.Nil(t, f, "the stale holder could not raise the flag")
 	require.NoError(t, lb.Release())
+}
+
+func TestLockIsGrantedInQueueOrderAndStatusNamesHolderAndWaiters(t *testing.T) {
+	etcd := etcdtest.New(t, 3)
+	ctx := context.Background()
+	nodes := []string{"a", "b", "c", "d"}
+	clusters := map[string]*cluster.Cluster{}
+	for i, n := range nodes {
+		clusters[n] = cluster.New(etcd.Client(t, i%3), cluster.Options{Node: n})
+	}
+	first, err := acquire(ctx, t, clusters["a"], 10*time.Second, nil)
+	require.NoError(t, err)
+	got := make(chan string, 3)
+	var locks = make(chan *cluster.Lock, 3)
+	for _, n := range nodes[1:] {
+		go func() {
+			l, err := acquire(ctx, t, clusters[n], 10*time.Second, nil)
+			if err == nil {
+				got <- n
+				locks <- l
+			}
+		}()
+		// Queue in order: each waiter's key exists before the next starts.
+		eventually(t, 10*time.Second, func() bool {
+			v, err := clusters["a"].View(ctx)
+			return err == nil && len(v.Waiting) > 0 && v.Waiting[len(v.Waiting)-1] == n
+		}, "%s queued", n)
+	}
+	v, err := clusters["a"].View(ctx)
+	require.NoError(t, err)
+	assert.Equal(t, "a", v.Holder, "the holder is named by node, even without a presence key")
+	assert.Equal(t, []string{"b", "c", "d"}, v.Waiting)
+
+	require.NoError(t, first.Release())
+	for _, want := range nodes[1:] {
+		select {
+		case n := <-got:
+			assert.Equal(t, want, n, "granted by creation revision")
+			require.NoError(t, (<-locks).Release())
+		case <-time.After(10 * time.Second):
+			t.Fatalf("%s never got the lock", want)
+		}
+	}
 }

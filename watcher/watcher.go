@@ -235,13 +235,15 @@ func (w *Watcher) checkIdle(ctx context.Context) error {
 }
 
 // Lag returns the cluster's current revision minus the mirror's: how far
-// the local copy is behind, counting writes outside objects/ until a
-// progress notification confirms them.
+// the local copy is behind. Writes outside objects/ (status, presence,
+// lock) are confirmed by a progress notification first, so an idle,
+// synced mirror reads 0.
 func (w *Watcher) Lag(ctx context.Context) (int64, error) {
 	resp, err := w.client.Get(ctx, objects.Prefix(w.opts.Prefix), clientv3.WithCountOnly())
 	if err != nil {
 		return 0, err
 	}
+	_ = w.SyncTo(ctx, resp.Header.Revision) // a lag is what remains if it cannot
 	return max(0, resp.Header.Revision-w.mirror.Revision()), nil
 }
 

@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"maps"
+	"slices"
 	"strings"
 	"time"
 
@@ -29,6 +31,11 @@ files that would be created, changed or removed, then a summary.
 Exit codes: 0 no changes, 2 changes, 1 error.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if objectsFile == "" && len(a.labels) == 0 {
+				if err := a.publishedLabels(cmd.Context()); err != nil {
+					return err
+				}
+			}
 			set, ap, selected, err := a.prepare(names)
 			if err != nil {
 				return err
@@ -52,6 +59,35 @@ Exit codes: 0 no changes, 2 changes, 1 error.`,
 	cmd.Flags().StringVar(&objectsFile, "objects", "", "plan offline from `FILE.json` shaped {\"<type>\": {\"<id>\": {...}}}")
 	cmd.Flags().StringVar(&color, "color", "auto", "colour diffs: auto, always or never")
 	return cmd
+}
+
+// publishedLabels takes the labels the node's agent announced, so that a
+// plan without --label sees what the agent would converge; it says which
+// it used on stderr.
+func (a *app) publishedLabels(ctx context.Context) error {
+	c, err := a.cluster(ctx)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, requestTimeout)
+	defer cancel()
+	p, err := c.Presence(ctx, a.node)
+	if err != nil {
+		return err
+	}
+	if p == nil {
+		fmt.Fprintf(a.stderr, "ccm: no --label given and no agent alive for node %s: planning with no labels\n", render.Escape(a.node))
+		return nil
+	}
+	for _, k := range slices.Sorted(maps.Keys(p.Labels)) {
+		a.labels = append(a.labels, k+"="+p.Labels[k])
+	}
+	used := strings.Join(a.labels, ",")
+	if used == "" {
+		used = "(none)"
+	}
+	fmt.Fprintf(a.stderr, "ccm: using the labels node %s's agent published: %s\n", render.Escape(a.node), render.Escape(used))
+	return nil
 }
 
 // snapshot reads the objects from a file, or from etcd at one revision.
@@ -134,7 +170,11 @@ func printPlans(w io.Writer, plans []*applier.Plan, color bool) bool {
 		if !p.Changed() && !p.PendingOnChange {
 			continue
 		}
-		fmt.Fprintln(w, pal.paint("1", "# configuration "+p.Config.Name))
+		title := "# configuration " + p.Config.Name
+		if p.Orphan {
+			title += " (no longer run on this node: its files are removed)"
+		}
+		fmt.Fprintln(w, pal.paint("1", title))
 		for _, d := range p.Dirs {
 			if d.Exist {
 				fmt.Fprintf(w, "~ directory %s: %s\n", render.Escape(d.Dir.Path), strings.Join(d.Attrs, ", "))

@@ -20,6 +20,7 @@ import (
 	"github.com/ccm-dev/ccm/configs"
 	"github.com/ccm-dev/ccm/embedded"
 	"github.com/ccm-dev/ccm/render"
+	"github.com/ccm-dev/ccm/rollout"
 )
 
 // Exit codes, mapped from errors in one place (exitCode).
@@ -44,7 +45,7 @@ func exitCode(err error) int {
 		return exitOK
 	case errors.Is(err, errChanges):
 		return exitChanges
-	case errors.Is(err, errHalted):
+	case errors.Is(err, errHalted), errors.Is(err, rollout.ErrHalted):
 		return exitHalted
 	default:
 		return exitError
@@ -62,9 +63,18 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	err := cmd.ExecuteContext(ctx)
 	app.close()
 	if err != nil && !errors.Is(err, errChanges) {
-		fmt.Fprintf(stderr, "ccm: %s\n", render.Escape(err.Error()))
+		printError(stderr, err)
 	}
 	return exitCode(err)
+}
+
+// printError prints err one error per line, each escaped for the terminal.
+func printError(w io.Writer, err error) {
+	for _, line := range strings.Split(err.Error(), "\n") {
+		if line = strings.TrimSpace(line); line != "" {
+			fmt.Fprintf(w, "ccm: %s\n", render.Escape(line))
+		}
+	}
 }
 
 // app holds the global flags and what they build, shared by the commands.

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -52,28 +53,31 @@ func newStatusCmd(a *app) *cobra.Command {
 func printView(w io.Writer, v *cluster.View) {
 	if f := v.Failure; f != nil {
 		fmt.Fprintf(w, "Failure flag: SET by node %s, configuration %s, revision %d, at %s\n  %s\n",
-			f.Node, f.Configuration, f.Revision, f.Time.Format(time.RFC3339), render.Escape(f.Error))
+			render.Escape(f.Node), render.Escape(f.Configuration), f.Revision, f.Time.Format(time.RFC3339), render.Escape(firstLine(f.Error)))
 	} else {
 		fmt.Fprintln(w, "Failure flag: clear")
 	}
-	holder := v.Holder
-	if holder == "" {
-		holder = "free"
+	holder := "free"
+	if v.Holder != "" {
+		holder = "held by " + render.Escape(v.Holder)
+	}
+	if len(v.Waiting) > 0 {
+		holder += fmt.Sprintf("; waiting: %s", render.Escape(strings.Join(v.Waiting, ", ")))
 	}
 	fmt.Fprintf(w, "Lock: %s\n\n", holder)
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "NODE\tALIVE\tRESULT\tREVISION\tWHEN\tDETAIL")
+	fmt.Fprintln(tw, "NODE\tSTATE\tCONVERGED\tBEHIND\tLAST RUN\tWHEN\tDETAIL")
 	for _, n := range v.Nodes {
-		alive := "no"
-		if n.Presence != nil {
-			alive = "yes"
+		behind := "no"
+		if n.Behind {
+			behind = "yes"
 		}
-		result, rev, when, detail := "-", "-", "-", ""
+		last, when, detail := "-", "-", ""
 		if s := n.Status; s != nil {
-			result, rev, when = s.Result, fmt.Sprint(s.Revision), s.Time.Format(time.RFC3339)
+			last, when = s.Result, s.Time.Format(time.RFC3339)
 			detail = firstLine(s.Error)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", n.Name, alive, result, rev, when, render.Escape(detail))
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\t%s\n", render.Escape(n.Name), n.State, n.Converged, behind, last, when, render.Escape(detail))
 	}
 	tw.Flush()
 }

@@ -1,0 +1,130 @@
+package agent
+
+import (
+	"context"
+	"maps"
+	"sync"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+
+	"github.com/ccm-dev/ccm/cluster"
+	"github.com/ccm-dev/ccm/retry"
+)
+
+// presence is what the node announces in its alive key: its labels, and
+// the first change that concerns it and that it has not converged, so that
+// ccm status can tell it is behind.
+type presence struct {
+	mu        sync.Mutex
+	current    cluster.Presence
+	upTo      int64 // the last converged revision
+	changed   chan struct{} // a new value to announce
+}
+
+func newPresence(labels map[string]string) *presence {
+	return &presence{current: cluster.Presence{Labels: maps.Clone(labels), Since: time.Now().UTC()}, changed: make(chan struct{}, 1)}
+}
+
+func (p *presence) value() cluster.Presence {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.current
+}
+
+// wake asks keepPresence to announce the current value.
+func (p *presence) wake() {
+	select {
+	case p.changed <- struct{}{}:
+	default:
+	}
+}
+
+// changedAt records a change at rev that concerns the node. Only the first
+// one since the node was last up to date is announced: one write per
+// rollout, not one per event.
+func (p *presence) changedAt(rev int64) {
+	p.mu.Lock()
+	behind := p.current.Pending > p.upTo
+	if !behind {
+		p.current.Pending = rev
+	}
+	p.mu.Unlock()
+	if !behind {
+		p.wake()
+	}
+}
+
+// converged records the last converged revision.
+func (p *presence) converged(rev int64) {
+	p.mu.Lock()
+	p.upTo = max(p.upTo, rev)
+	p.mu.Unlock()
+}
+
+// events is the watcher's sink: the debouncer, plus the pending revision
+// of changes that concern this node.
+type events Agent
+
+// Add records that types changed at rev.
+func (e *events) Add(rev int64, types ...string) {
+	a := (*Agent)(e)
+	a.deb.Add(types...)
+	sel := a.selection.Load()
+	if names, err := a.applier.Select(sel.set, sel.bus.Publish(types...)); err == nil && len(names) > 0 {
+		a.presence.changedAt(rev)
+	}
+}
+
+// AddAll asks for a converge of everything.
+func (e *events) AddAll(reason string) { (*Agent)(e).deb.AddAll(reason) }
+
+// keepPresence announces the presence when it changes, and again whenever
+// the alive key disappears while the session lives (deleted by hand, or by
+// an old session's revocation).
+func (a *Agent) keepPresence(ctx context.Context) {
+	key := a.cluster.AliveKey(a.opts.Node)
+	delay := retry.New(10 * time.Second)
+	for ctx.Err() == nil {
+		wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+		wch := a.opts.Client.Watch(wctx, key, clientv3.WithFilterPut())
+		a.announce(ctx) // whatever happened before the watch started
+		a.followPresence(ctx, wch, delay)
+		cancel()
+		delay.Wait(ctx)
+	}
+}
+
+// followPresence announces on a wake or a deletion until the watch ends.
+func (a *Agent) followPresence(ctx context.Context, wch clientv3.WatchChan, delay *retry.Delay) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-a.presence.changed:
+			a.announce(ctx)
+		case wr, ok := <-wch:
+			if !ok || wr.Err() != nil {
+				return
+			}
+			delay.Reset()
+			if len(wr.Events) > 0 {
+				a.log.Info("alive key deleted; announcing again")
+				a.announce(ctx)
+			}
+		}
+	}
+}
+
+func (a *Agent) announce(ctx context.Context) {
+	s := a.session.Load()
+	if s == nil || s.Lost() {
+		return // the next session announces itself
+	}
+	actx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if err := s.Announce(actx, a.presence.value()); err != nil {
+		a.log.Warn("announce presence", zap.Error(err))
+	}
+}
