@@ -87,7 +87,11 @@ func (a *Applier) writeJournal(j *journal) error {
 }
 
 func (a *Applier) removeJournal(config string) error {
-	if err := os.Remove(a.journalPath(config)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+	err := os.Remove(a.journalPath(config))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil // the run changed nothing, so wrote none
+	}
+	if err != nil {
 		return fmt.Errorf("state: %w", err)
 	}
 	return syncDir(a.journalDir())

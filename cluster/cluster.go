@@ -266,7 +266,7 @@ func (n *NodeView) describe(lock string) {
 	default:
 		n.State = StateIdle
 	}
-	if n.State == StateHalted { // it skipped the change that halted it
+	if n.Status != nil && n.Status.Result == ResultHalted { // it skipped a change
 		n.Behind = true
 	}
 }

@@ -93,7 +93,7 @@ func TestFailingValidateRestoresFilesSetsTheFlagAndHaltsOtherNodes(t *testing.T)
 	r = web1.run("", "status")
 	assert.Equal(t, 3, r.code)
 	assert.Contains(t, r.stdout, "Failure flag: SET by node web1, configuration nginx-vhosts")
-	assert.Regexp(t, `web1\s+no\s+failed`, r.stdout)
+	assert.Regexp(t, `web1\s+down\s+\d+\s+no\s+failed`, r.stdout)
 
 	// The next node does not apply while the flag is set.
 	r = web2.run("", "apply", "--once")
@@ -101,7 +101,7 @@ func TestFailingValidateRestoresFilesSetsTheFlagAndHaltsOtherNodes(t *testing.T)
 	assert.Contains(t, r.stderr, "halted by the failure flag")
 	assert.Empty(t, tree(t, web2.root))
 	r = web2.run("", "status")
-	assert.Regexp(t, `web2\s+no\s+halted`, r.stdout)
+	assert.Regexp(t, `web2\s+down\s+\d+\s+yes\s+halted`, r.stdout)
 
 	// Fixed and resumed, both converge.
 	require.NoError(t, os.Remove(marker))
@@ -171,9 +171,9 @@ func TestObjectCommands(t *testing.T) {
 func TestApplyGivesUpOnAnUnreachableEtcd(t *testing.T) {
 	n := newNode(t, "n", "../examples/ccm", []string{"127.0.0.1:1"})
 	start := time.Now()
-	r := n.run("", "apply", "--once", "--lock-timeout", "2s")
+	r := n.run("", "apply", "--once", "--timeout", "2s")
 	assert.Equal(t, 1, r.code)
-	assert.Contains(t, r.stderr, "lock session")
+	assert.Contains(t, r.stderr, "etcd at 127.0.0.1:1 unreachable")
 	assert.Less(t, time.Since(start), 20*time.Second)
 	assert.Empty(t, tree(t, n.root))
 }

@@ -49,11 +49,11 @@ func (a *app) applyOnce(ctx context.Context, names []string, lockTTL, lockTimeou
 	if err != nil {
 		return err
 	}
-	sctx, cancel := context.WithTimeout(ctx, requestTimeout)
+	sctx, cancel := a.requestContext(ctx)
 	s, err := c.NewSession(sctx, cluster.SessionOptions{TTL: lockTTL})
 	cancel()
 	if err != nil {
-		return err
+		return a.unreachable(err)
 	}
 	defer s.Close()
 	runner := rollout.New(rollout.Options{Cluster: c, Applier: ap, Node: a.node, Logger: a.log})
@@ -66,5 +66,5 @@ func (a *app) applyOnce(ctx context.Context, names []string, lockTTL, lockTimeou
 	if res.Err == nil {
 		a.log.Info("converged", zap.Int64("revision", res.Status.Revision), zap.String("took", res.Status.Duration))
 	}
-	return res.Err
+	return a.unreachable(res.Err)
 }

@@ -7,7 +7,6 @@ import (
 	"maps"
 	"slices"
 	"strings"
-	"time"
 
 	"github.com/spf13/cobra"
 	"go.uber.org/zap"
@@ -17,8 +16,6 @@ import (
 	"github.com/ccm-dev/ccm/render"
 )
 
-// requestTimeout bounds the etcd requests of short CLI commands.
-const requestTimeout = 30 * time.Second
 
 func newPlanCmd(a *app) *cobra.Command {
 	var names []string
@@ -69,7 +66,7 @@ func (a *app) publishedLabels(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	ctx, cancel := context.WithTimeout(ctx, requestTimeout)
+	ctx, cancel := a.requestContext(ctx)
 	defer cancel()
 	p, err := c.Presence(ctx, a.node)
 	if err != nil {
@@ -99,7 +96,7 @@ func (a *app) snapshot(ctx context.Context, file string) (*objects.Snapshot, err
 	if err != nil {
 		return nil, err
 	}
-	ctx, cancel := context.WithTimeout(ctx, requestTimeout)
+	ctx, cancel := a.requestContext(ctx)
 	defer cancel()
 	snap, err := objects.Load(ctx, c.Client(), a.prefix)
 	if err != nil {

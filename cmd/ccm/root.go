@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
@@ -93,6 +94,7 @@ type app struct {
 	user                string
 	logFormat, logLevel string
 	embeddedEtcd        string
+	timeout             time.Duration
 
 	log     *zap.Logger
 	etcd    *embedded.Server
@@ -127,6 +129,7 @@ func newRootCmd(a *app) *cobra.Command {
 	f.StringVar(&a.user, "user", "", "etcd user; the password is read from CCM_PASSWORD")
 	f.StringVar(&a.logFormat, "log-format", "", "console or json (default: console on a terminal, else json)")
 	f.StringVar(&a.logLevel, "log-level", "info", "debug, info, warn or error")
+	f.DurationVar(&a.timeout, "timeout", 10*time.Second, "give up on etcd requests of one-shot commands after this long")
 	f.StringVar(&a.embeddedEtcd, "embedded-etcd", "", "run a single-member etcd in this process with data in `DIR`, serving --endpoints")
 
 	root.AddCommand(
@@ -266,9 +269,22 @@ func (a *app) withCluster(cmd *cobra.Command, fn func(context.Context, *cluster.
 	if err != nil {
 		return err
 	}
-	ctx, cancel := context.WithTimeout(cmd.Context(), requestTimeout)
+	ctx, cancel := a.requestContext(cmd.Context())
 	defer cancel()
-	return fn(ctx, c)
+	return a.unreachable(fn(ctx, c))
+}
+
+// requestContext bounds a one-shot command's etcd requests by --timeout.
+func (a *app) requestContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(ctx, a.timeout)
+}
+
+// unreachable names the endpoints when etcd did not answer in time.
+func (a *app) unreachable(err error) error {
+	if errors.Is(err, context.DeadlineExceeded) {
+		return fmt.Errorf("etcd at %s unreachable or without quorum within --timeout %s: %w", strings.Join(a.endpoints, ","), a.timeout, err)
+	}
+	return err
 }
 
 // prepare loads the configuration directory and selects the configurations
