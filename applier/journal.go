@@ -144,6 +144,7 @@ func (a *Applier) finish(ctx context.Context, j *journal, changed bool) error {
 			return fmt.Errorf("%w: %w", ErrValidate, errors.Join(err, a.restore(j)))
 		}
 	}
+	crashAt("validated")
 	m := j.Manifest
 	m.OnChangePending = m.OnChangePending || (changed && len(j.OnChange) > 0)
 	if err := a.saveManifest(j.Config, m); err != nil {

@@ -22,7 +22,8 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	ccmBin = filepath.Join(dir, "ccm")
-	build := exec.Command("go", "build", "-o", ccmBin, "../cmd/ccm")
+	// failpoints: CCM_CRASH_AT=<step> SIGKILLs the binary at a step of a run.
+	build := exec.Command("go", "build", "-tags", "failpoints", "-o", ccmBin, "../cmd/ccm")
 	build.Stdout, build.Stderr = os.Stderr, os.Stderr
 	if err := build.Run(); err != nil {
 		fmt.Fprintln(os.Stderr, "build ccm:", err)
