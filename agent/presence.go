@@ -17,10 +17,10 @@ import (
 // the first change that concerns it and that it has not converged, so that
 // ccm status can tell it is behind.
 type presence struct {
-	mu        sync.Mutex
-	current    cluster.Presence
-	upTo      int64 // the last converged revision
-	changed   chan struct{} // a new value to announce
+	mu      sync.Mutex
+	current cluster.Presence
+	upTo    int64         // the last converged revision
+	changed chan struct{} // a new value to announce
 }
 
 func newPresence(labels map[string]string) *presence {

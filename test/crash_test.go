@@ -112,7 +112,6 @@ func crash(t *testing.T, n *node, step, marker string) {
 	require.NoError(t, os.Remove(marker+".hang"))
 }
 
-
 // read returns a file under the node's root, or "" if it does not exist.
 func (n *node) read(path string) string {
 	b, _ := os.ReadFile(filepath.Join(n.root, path))

@@ -29,6 +29,10 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, "build ccm:", err)
 		os.Exit(1)
 	}
+	// The example's checks run the real nginx -t and php-fpm -t, which
+	// reject its sample objects on a test machine (no certificate files,
+	// no user alice). Tests that mean to run them set CHECK_SKIP=0.
+	os.Setenv("CHECK_SKIP", "1")
 	code := m.Run()
 	os.RemoveAll(dir)
 	os.Exit(code)
@@ -96,26 +100,44 @@ func tree(t *testing.T, dir string) map[string]string {
 	return out
 }
 
-// copyDir copies the example configuration so a test can edit it.
+// copyDir copies the example configuration so a test can edit it,
+// following symbolic links (check/ links to contrib/check).
 func copyDir(t *testing.T, src string) string {
 	t.Helper()
 	dst := t.TempDir()
-	err := filepath.Walk(src, func(p string, fi os.FileInfo, err error) error {
-		if err != nil {
-			return err
-		}
-		rel, _ := filepath.Rel(src, p)
-		if fi.IsDir() {
-			return os.MkdirAll(filepath.Join(dst, rel), 0o755)
-		}
-		b, err := os.ReadFile(p)
-		if err != nil {
-			return err
-		}
-		return os.WriteFile(filepath.Join(dst, rel), b, 0o644)
-	})
-	if err != nil {
+	if err := copyTree(src, dst); err != nil {
 		t.Fatal(err)
 	}
 	return dst
+}
+
+func copyTree(src, dst string) error {
+	entries, err := os.ReadDir(src)
+	if err != nil {
+		return err
+	}
+	for _, e := range entries {
+		from, to := filepath.Join(src, e.Name()), filepath.Join(dst, e.Name())
+		fi, err := os.Stat(from) // follows links
+		if err != nil {
+			return err
+		}
+		if fi.IsDir() {
+			if err := os.MkdirAll(to, 0o755); err != nil {
+				return err
+			}
+			if err := copyTree(from, to); err != nil {
+				return err
+			}
+			continue
+		}
+		b, err := os.ReadFile(from)
+		if err != nil {
+			return err
+		}
+		if err := os.WriteFile(to, b, fi.Mode().Perm()); err != nil {
+			return err
+		}
+	}
+	return nil
 }

@@ -16,7 +16,6 @@ import (
 	"github.com/ccm-dev/ccm/render"
 )
 
-
 func newPlanCmd(a *app) *cobra.Command {
 	var names []string
 	var objectsFile, color string

@@ -165,6 +165,10 @@ func (a *app) setup() error {
 	if a.root, err = filepath.Abs(a.root); err != nil {
 		return err
 	}
+	// Commands run in the configuration directory.
+	if a.configDir, err = filepath.Abs(a.configDir); err != nil {
+		return err
+	}
 	return nil
 }
 
@@ -232,10 +236,11 @@ func (a *app) applier() (*applier.Applier, error) {
 		return nil, err
 	}
 	return applier.New(applier.Options{
-		Root:     a.root,
-		StateDir: a.stateDir,
-		Node:     render.Node{Name: a.node, Labels: labels},
-		Logger:   a.log,
+		Root:      a.root,
+		StateDir:  a.stateDir,
+		ConfigDir: a.configDir,
+		Node:      render.Node{Name: a.node, Labels: labels},
+		Logger:    a.log,
 	}), nil
 }
 
