@@ -164,7 +164,7 @@ func TestFailingValidateHaltsTheRolloutUntilResume(t *testing.T) {
 
 func TestKilledLockHolderLetsTheNextNodeProceedAfterTheTTL(t *testing.T) {
 	etcd := etcdtest.New(t, 3)
-	putSites(t, etcd, 1, "v")
+	rev := putSites(t, etcd, 1, "v")
 	dir := t.TempDir()
 	log, started := filepath.Join(dir, "log"), filepath.Join(dir, "started")
 
@@ -188,7 +188,8 @@ on_change:
 	killed := time.Now()
 	require.NoError(t, proc.Process.Signal(syscall.SIGKILL))
 	_, _ = proc.Process.Wait()
-	eventually(t, 20*time.Second, func() bool { return b.read("/sites/s000.conf") == "v\n" }, "b converges after a's lease expires")
+	b.reported(t, rev, cluster.ResultConverged) // after a's lease expired
+	assert.Equal(t, "v\n", b.read("/sites/s000.conf"))
 	t.Logf("b converged %s after a was killed (lock TTL 2s)", time.Since(killed).Round(time.Millisecond))
 }
 
@@ -297,6 +298,8 @@ func TestReloadKeepsTheLoadedConfigurationWhenTheNewOneIsBroken(t *testing.T) {
 	converged(t, []*agentNode{n}, putSites(t, etcd, 1, "still-works"), 1, "still-works")
 
 	require.NoError(t, os.WriteFile(broken, []byte("files: [{path: /motd, content: \"hello\\n\"}]\n"), 0o644))
+	rev := revision(t, n.cli)
 	require.NoError(t, n.ag.Reload())
-	eventually(t, 20*time.Second, func() bool { return n.read("/motd") == "hello\n" }, "the reloaded configuration converges")
+	n.reported(t, rev, cluster.ResultConverged)
+	assert.Equal(t, "hello\n", n.read("/motd"), "the reloaded configuration converged")
 }

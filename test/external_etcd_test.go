@@ -2,7 +2,7 @@ package test
 
 import (
 	"context"
-	"os"
+	"encoding/json"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -60,9 +60,15 @@ func TestAgentWorksWithOnlyItsNodeRoleOverTLS(t *testing.T) {
 	r = admin.run(`{"user":"bob","domains":["tls.example"]}`, "object", "put", "sites", "tls")
 	require.Equal(t, 0, r.code, r.stderr)
 	eventually(t, 30*time.Second, func() bool {
-		_, err := os.Stat(filepath.Join(web1.root, "etc/nginx/sites-enabled/tls.conf"))
-		return err == nil
-	}, "the agent converged the new site")
+		r := admin.run("", "status", "--json")
+		var v cluster.View
+		if r.code != 0 || json.Unmarshal([]byte(r.stdout), &v) != nil || len(v.Nodes) == 0 || v.Nodes[0].Status == nil {
+			return false
+		}
+		s := v.Nodes[0].Status
+		return s.Result == cluster.ResultConverged && s.Configurations[len(s.Configurations)-1].Created > 0
+	}, "the agent reports that it converged the new site")
+	assert.FileExists(t, filepath.Join(web1.root, "etc/nginx/sites-enabled/tls.conf"))
 	require.NoError(t, proc.Process.Signal(syscall.SIGTERM))
 	state, err := proc.Process.Wait()
 	require.NoError(t, err)

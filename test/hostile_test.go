@@ -42,9 +42,10 @@ func TestHostileObjectsFailCleanlyAndTheAgentKeepsRunning(t *testing.T) {
 	n := startAgent(t, etcd, "n", hostileConfig(t, pwned), agentConfig{debounce: 100 * time.Millisecond})
 
 	// A good site, converged first: it must survive every attack intact.
-	_, err := cli.Put(ctx, "/ccm/objects/sites/good", `{"dir":"www","body":"good"}`)
+	resp, err := cli.Put(ctx, "/ccm/objects/sites/good", `{"dir":"www","body":"good"}`)
 	require.NoError(t, err)
-	eventually(t, 20*time.Second, func() bool { return n.read("/srv/www/good.conf") == "good\n" }, "good site")
+	n.reported(t, resp.Header.Revision, cluster.ResultConverged)
+	require.Equal(t, "good\n", n.read("/srv/www/good.conf"), "good site")
 	// A symlink planted inside the root, pointing outside it.
 	require.NoError(t, os.Symlink(outside, filepath.Join(n.root, "srv", "planted")))
 
@@ -64,10 +65,11 @@ func TestHostileObjectsFailCleanlyAndTheAgentKeepsRunning(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := cli.Put(ctx, "/ccm/objects/"+tc.key, tc.value)
+			resp, err := cli.Put(ctx, "/ccm/objects/"+tc.key, tc.value)
 			require.NoError(t, err)
 			if tc.want == "" { // harmless data: it converges, verbatim
-				eventually(t, 20*time.Second, func() bool { return strings.HasPrefix(n.read("/srv/www/sh.conf"), "$(touch") }, "converged")
+				n.reported(t, resp.Header.Revision, cluster.ResultConverged)
+				assert.True(t, strings.HasPrefix(n.read("/srv/www/sh.conf"), "$(touch"), "rendered verbatim")
 				assert.NoFileExists(t, pwned, "no shell ran")
 			} else {
 				var f *cluster.Failure
@@ -107,20 +109,19 @@ func TestLargeObjectsAndBadKeysDoNotStopTheRollout(t *testing.T) {
 	cli := etcd.Client(t)
 	ctx := context.Background()
 	n := startAgent(t, etcd, "n", hostileConfig(t, filepath.Join(t.TempDir(), "pwned")), agentConfig{debounce: 100 * time.Millisecond})
-	eventually(t, 20*time.Second, func() bool { return n.runs() >= 1 }, "start-up converge")
+	n.reported(t, 1, cluster.ResultConverged)
 
 	big := strings.Repeat("x", 5<<20)
 	_, err := cli.Put(ctx, "/ccm/objects/sites/big", `{"dir":"www","body":"`+big+`"}`)
 	require.NoError(t, err)
 	_, err = cli.Put(ctx, "/ccm/objects/sites/bad$key", `{"dir":"www","body":"x"}`)
 	require.NoError(t, err)
-	_, err = cli.Put(ctx, "/ccm/objects/sites/.hidden", `{"dir":"www","body":"x"}`)
+	resp, err := cli.Put(ctx, "/ccm/objects/sites/.hidden", `{"dir":"www","body":"x"}`)
 	require.NoError(t, err)
 
-	eventually(t, 30*time.Second, func() bool { return len(n.read("/srv/www/big.conf")) == len(big)+1 }, "a 5 MB object renders")
-	s := nodeStatus(t, cli, "n")
-	require.NotNil(t, s)
-	assert.Equal(t, cluster.ResultConverged, s.Result, "keys outside the grammar are ignored, not fatal")
+	// Converged, not failed: keys outside the grammar are ignored.
+	n.reported(t, resp.Header.Revision, cluster.ResultConverged)
+	assert.Len(t, n.read("/srv/www/big.conf"), len(big)+1, "a 5 MB object renders")
 	entries, err := os.ReadDir(filepath.Join(n.root, "srv", "www"))
 	require.NoError(t, err)
 	assert.Len(t, entries, 1, "ignored keys are never rendered")

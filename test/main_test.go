@@ -10,6 +10,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"go.etcd.io/etcd/client/pkg/v3/testutil"
 )
 
 // ccmBin is the ccm binary built for these tests.
@@ -34,6 +36,11 @@ func TestMain(m *testing.M) {
 	// no user alice). Tests that mean to run them set CHECK_SKIP=0.
 	os.Setenv("CHECK_SKIP", "1")
 	code := m.Run()
+	// No goroutine outlives its test: agents, watchers, sessions and
+	// embedded etcd members all stop.
+	if code == 0 {
+		testutil.MustCheckLeakedGoroutine()
+	}
 	os.RemoveAll(dir)
 	os.Exit(code)
 }
