@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"go.etcd.io/etcd/client/v3/concurrency"
+
+	"github.com/ccm-dev/ccm/objects"
 )
 
 // rollout: N agents (goroutines, each with its own root) and a trivial
@@ -69,7 +71,7 @@ files:
 		}
 		return true
 	}
-	if _, err := cli.Put(b.ctx, prefix+"/objects/motd/m", `{"text":"warm-up"}`); err != nil {
+	if _, err := cli.Put(b.ctx, objects.Key(prefix, "motd", "m"), `{"text":"warm-up"}`); err != nil {
 		return 0, 0, err
 	}
 	if err := waitFor(5*time.Minute, 5*time.Millisecond, func() bool { return converged("warm-up") }); err != nil {
@@ -81,7 +83,7 @@ files:
 		time.Sleep(500 * time.Millisecond) // let the last run release the lock
 		text := fmt.Sprintf("rolled out %d", r)
 		start := time.Now()
-		if _, err := cli.Put(b.ctx, prefix+"/objects/motd/m", fmt.Sprintf(`{"text":%q}`, text)); err != nil {
+		if _, err := cli.Put(b.ctx, objects.Key(prefix, "motd", "m"), fmt.Sprintf(`{"text":%q}`, text)); err != nil {
 			return 0, 0, err
 		}
 		if err := waitFor(5*time.Minute, time.Millisecond, func() bool { return converged(text) }); err != nil {

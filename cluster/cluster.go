@@ -86,34 +86,18 @@ type Options struct {
 
 // Cluster reads and writes one cluster's shared state.
 type Cluster struct {
+	Keys
 	client *clientv3.Client
-	prefix string
 	node   string
 }
 
 // New returns a Cluster for a node.
 func New(client *clientv3.Client, opts Options) *Cluster {
-	p := strings.TrimSuffix(opts.Prefix, "/")
-	if opts.Prefix == "" {
-		p = DefaultPrefix
-	}
-	return &Cluster{client: client, prefix: p, node: opts.Node}
+	return &Cluster{Keys: NewKeys(opts.Prefix), client: client, node: opts.Node}
 }
 
 // Client returns the etcd client.
 func (c *Cluster) Client() *clientv3.Client { return c.client }
-
-// FailureKey returns the key of the failure flag.
-func (c *Cluster) FailureKey() string { return c.prefix + "/failure" }
-
-// LockPrefix returns the mutex prefix; lock keys are LockPrefix()+"/<lease>".
-func (c *Cluster) LockPrefix() string { return c.prefix + "/lock" }
-
-// StatusKey returns the key of a node's status.
-func (c *Cluster) StatusKey(node string) string { return c.prefix + "/nodes/" + node + "/status" }
-
-// AliveKey returns the key of a node's presence.
-func (c *Cluster) AliveKey(node string) string { return c.prefix + "/nodes/" + node + "/alive" }
 
 // Failure returns the failure flag, or nil when it is clear.
 func (c *Cluster) Failure(ctx context.Context) (*Failure, error) {
@@ -192,16 +176,16 @@ type View struct {
 func (c *Cluster) View(ctx context.Context) (*View, error) {
 	resp, err := c.client.Txn(ctx).Then(
 		clientv3.OpGet(c.FailureKey()),
-		clientv3.OpGet(c.prefix+"/nodes/", clientv3.WithPrefix()),
-		clientv3.OpGet(c.LockPrefix()+"/", clientv3.WithPrefix(), clientv3.WithSort(clientv3.SortByCreateRevision, clientv3.SortAscend)),
+		clientv3.OpGet(c.NodesPrefix(), clientv3.WithPrefix()),
+		clientv3.OpGet(c.LockPrefix(), clientv3.WithPrefix(), clientv3.WithSort(clientv3.SortByCreateRevision, clientv3.SortAscend)),
 	).Commit()
 	if err != nil {
-		return nil, fmt.Errorf("read %s: %w", c.prefix, err)
+		return nil, fmt.Errorf("read %s: %w", c.NodesPrefix(), err)
 	}
 	v := &View{Failure: decodeFailure((*clientv3.GetResponse)(resp.Responses[0].GetResponseRange()))}
 	nodes := map[string]*NodeView{}
 	for _, kv := range resp.Responses[1].GetResponseRange().Kvs {
-		rest := strings.TrimPrefix(string(kv.Key), c.prefix+"/nodes/")
+		rest := strings.TrimPrefix(string(kv.Key), c.NodesPrefix())
 		name, kind, ok := strings.Cut(rest, "/")
 		if !ok {
 			continue

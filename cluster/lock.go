@@ -158,7 +158,7 @@ type Lock struct {
 // revision after the one it read, which etcd serves at once rather than
 // from its 100 ms catch-up loop.
 func (s *Session) Lock(ctx context.Context) (*Lock, error) {
-	cli, prefix := s.c.client, s.c.LockPrefix()+"/"
+	cli, prefix := s.c.client, s.c.LockPrefix()
 	key := prefix + s.Lease()
 	resp, err := cli.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
 		Then(clientv3.OpPut(key, s.c.node, clientv3.WithLease(s.session.Lease()))).
@@ -182,7 +182,7 @@ func (s *Session) Lock(ctx context.Context) (*Lock, error) {
 // waitPredecessors returns once no lock key created before l's exists, and
 // l's key still does.
 func (l *Lock) waitPredecessors(ctx context.Context) error {
-	cli, prefix := l.s.c.client, l.s.c.LockPrefix()+"/"
+	cli, prefix := l.s.c.client, l.s.c.LockPrefix()
 	ctx, cancel := l.s.Context(ctx)
 	defer cancel()
 	for {

@@ -2,7 +2,6 @@ package cluster
 
 import (
 	"fmt"
-	"strings"
 )
 
 // Permission is one etcd role permission.
@@ -22,17 +21,14 @@ type Role struct {
 // objects, take the lock, read and raise the failure flag, and write its own
 // status and presence. It cannot write objects or another node's keys.
 func NodeRole(prefix, node string) Role {
-	p := strings.TrimSuffix(prefix, "/")
-	if p == "" {
-		p = DefaultPrefix
-	}
+	k := NewKeys(prefix)
 	return Role{
 		Name: "ccm-node-" + node,
 		Permissions: []Permission{
-			{Type: "read", Key: p + "/objects/", Prefix: true},
-			{Type: "readwrite", Key: p + "/lock/", Prefix: true},
-			{Type: "readwrite", Key: p + "/failure"},
-			{Type: "readwrite", Key: p + "/nodes/" + node + "/", Prefix: true},
+			{Type: "read", Key: k.ObjectsPrefix(), Prefix: true},
+			{Type: "readwrite", Key: k.LockPrefix(), Prefix: true},
+			{Type: "readwrite", Key: k.FailureKey()},
+			{Type: "readwrite", Key: k.NodePrefix(node), Prefix: true},
 		},
 	}
 }

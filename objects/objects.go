@@ -10,6 +10,8 @@ import (
 	"sort"
 	"strings"
 	"unicode/utf8"
+
+	"github.com/ccm-dev/ccm/cluster"
 )
 
 // namePattern is the grammar of object types and IDs.
@@ -72,9 +74,10 @@ func Key(prefix, typ, id string) string {
 	return Prefix(prefix) + typ + "/" + id
 }
 
-// Prefix returns the etcd prefix under which all objects live.
+// Prefix returns the etcd prefix under which all objects of the cluster
+// with this prefix live; the layout is cluster's.
 func Prefix(prefix string) string {
-	return strings.TrimSuffix(prefix, "/") + "/objects/"
+	return cluster.NewKeys(prefix).ObjectsPrefix()
 }
 
 // ParseKey splits an object key into type and ID, checking the grammar.
