@@ -91,7 +91,7 @@ func TestBuilderSortsAndSeparatesBadObjects(t *testing.T) {
 func TestReadFileNamesTheBadObject(t *testing.T) {
 	tests := []struct{ name, content, want string }{
 		{"not a map", `[1]`, "want {\"<type>\": {\"<id>\": {...}}}"},
-		{"bad object", `{"sites": {"shop": [1]}}`, "object /objects/sites/shop: value is a JSON array"},
+		{"bad object", `{"sites": {"shop": [1]}}`, "object /ccm/objects/sites/shop: value is a JSON array"},
 		{"bad id", `{"sites": {"../x": {}}}`, `id "../x": must match`},
 	}
 	for _, tt := range tests {

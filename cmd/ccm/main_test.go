@@ -84,7 +84,7 @@ func TestExitCodes(t *testing.T) {
 		{"validate ok", []string{"--config-dir", "../../examples/ccm", "validate"}, 0, ""},
 		{"validate cycle", []string{"--config-dir", bad, "validate"}, 1, "dependency cycle: a -> a"},
 		{"graph", []string{"--config-dir", "../../examples/ccm", "graph"}, 0, ""},
-		{"plan bad objects", append(offline(t), "plan", "--objects", objs), 1, "object /objects/sites/x: value is a JSON string"},
+		{"plan bad objects", append(offline(t), "plan", "--objects", objs), 1, "object /ccm/objects/sites/x: value is a JSON string"},
 		{"plan unknown config", append(offline(t), "plan", "--objects", "../../examples/objects.json", "--config", "nope"), 1, `configuration "nope": not found`},
 		{"apply without --once", []string{"apply"}, 1, "apply needs --once"},
 		{"bad object name", []string{"object", "get", "sites", "../x"}, 1, `id "../x": must match`},
