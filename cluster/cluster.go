@@ -256,32 +256,26 @@ func (n *NodeView) describe(lock string) {
 
 // Status returns a node's last run, or nil if it never ran.
 func (c *Cluster) Status(ctx context.Context, node string) (*Status, error) {
-	resp, err := c.client.Get(ctx, c.StatusKey(node))
-	if err != nil {
-		return nil, fmt.Errorf("read %s: %w", c.StatusKey(node), err)
-	}
-	if len(resp.Kvs) == 0 {
-		return nil, nil
-	}
-	s := &Status{}
-	if err := json.Unmarshal(resp.Kvs[0].Value, s); err != nil {
-		return nil, fmt.Errorf("read %s: %w", c.StatusKey(node), err)
-	}
-	return s, nil
+	return getJSON[Status](ctx, c.client, c.StatusKey(node))
 }
 
 // Presence returns a node's presence, or nil if its agent is not alive.
 func (c *Cluster) Presence(ctx context.Context, node string) (*Presence, error) {
-	resp, err := c.client.Get(ctx, c.AliveKey(node))
+	return getJSON[Presence](ctx, c.client, c.AliveKey(node))
+}
+
+// getJSON reads key as a JSON T, or nil when it does not exist.
+func getJSON[T any](ctx context.Context, cli *clientv3.Client, key string) (*T, error) {
+	resp, err := cli.Get(ctx, key)
 	if err != nil {
-		return nil, fmt.Errorf("read %s: %w", c.AliveKey(node), err)
+		return nil, fmt.Errorf("read %s: %w", key, err)
 	}
 	if len(resp.Kvs) == 0 {
 		return nil, nil
 	}
-	p := &Presence{}
-	if err := json.Unmarshal(resp.Kvs[0].Value, p); err != nil {
-		return nil, fmt.Errorf("read %s: %w", c.AliveKey(node), err)
+	v := new(T)
+	if err := json.Unmarshal(resp.Kvs[0].Value, v); err != nil {
+		return nil, fmt.Errorf("read %s: %w", key, err)
 	}
-	return p, nil
+	return v, nil
 }

@@ -169,14 +169,7 @@ func TestKilledLockHolderLetsTheNextNodeProceedAfterTheTTL(t *testing.T) {
 	log, started := filepath.Join(dir, "log"), filepath.Join(dir, "started")
 
 	// Node a: a real process whose on_change hangs, holding the lock.
-	hang := t.TempDir()
-	require.NoError(t, os.WriteFile(filepath.Join(hang, "sites.yaml"), []byte(fmt.Sprintf(`subscribes: [sites]
-files:
-  - {path: '/sites/{{ .Object.ID }}.conf', for_each: sites, content: "{{ .Object.Data.v }}\n"}
-on_change:
-  - [sh, -c, 'echo $$ > "$0"; exec sleep 120', %q]
-`, started)), 0o644))
-	a := newNode(t, "a", hang, etcd.Endpoints())
+	a := newNode(t, "a", hangingConfig(t, started), etcd.Endpoints())
 	proc := a.start("agent", "--debounce", "0s", "--lock-ttl", "2s")
 	eventually(t, 30*time.Second, func() bool { _, err := os.Stat(started); return err == nil }, "a is in on_change")
 	t.Cleanup(func() { killPidFile(started) })
@@ -252,6 +245,20 @@ func TestSIGTERMWhileWaitingForTheLockExitsPromptly(t *testing.T) {
 	assert.Equal(t, 0, state.ExitCode())
 	assert.Less(t, time.Since(start), 5*time.Second)
 	assert.Empty(t, tree(t, n.root), "it never held the lock")
+}
+
+// hangingConfig is a configuration whose on_change, the first time, writes
+// its pid to started and hangs, holding the lock.
+func hangingConfig(t *testing.T, started string) string {
+	t.Helper()
+	dir := t.TempDir()
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "sites.yaml"), []byte(fmt.Sprintf(`subscribes: [sites]
+files:
+  - {path: '/sites/{{ .Object.ID }}.conf', for_each: sites, content: "{{ .Object.Data.v }}\n"}
+on_change:
+  - [sh, -c, 'if [ ! -e "$0" ]; then echo $$ > "$0"; exec sleep 120; fi', %q]
+`, started)), 0o644))
+	return dir
 }
 
 // start runs the ccm binary in the background as this node.

@@ -2,7 +2,6 @@ package test
 
 import (
 	"context"
-	"fmt"
 	"os"
 	"path/filepath"
 	"syscall"
@@ -35,14 +34,7 @@ func TestARestartedLockHolderRevokesItsOwnDeadLease(t *testing.T) {
 	putSites(t, etcd, 1, "v")
 	dir := t.TempDir()
 	started := filepath.Join(dir, "started")
-	hang := t.TempDir()
-	require.NoError(t, os.WriteFile(filepath.Join(hang, "sites.yaml"), []byte(fmt.Sprintf(`subscribes: [sites]
-files:
-  - {path: '/sites/{{ .Object.ID }}.conf', for_each: sites, content: "{{ .Object.Data.v }}\n"}
-on_change:
-  - [sh, -c, 'if [ ! -e "$0" ]; then echo $$ > "$0"; exec sleep 120; fi', %q]
-`, started)), 0o644))
-	a := newNode(t, "a", hang, etcd.Endpoints())
+	a := newNode(t, "a", hangingConfig(t, started), etcd.Endpoints())
 	const ttl = "60s" // far longer than the test waits
 	proc := a.start("agent", "--debounce", "0s", "--lock-ttl", ttl)
 	eventually(t, 30*time.Second, func() bool { _, err := os.Stat(started); return err == nil }, "a holds the lock, in on_change")
