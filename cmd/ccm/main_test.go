@@ -129,3 +129,16 @@ func TestRBACPrintGrantsOnlyTheNodesKeys(t *testing.T) {
 	assert.NotContains(t, out, "readwrite /prod/objects/", "nodes never write objects")
 	assert.NotContains(t, out, "/prod/nodes/ ", "nor every node's keys")
 }
+
+func TestErrorsArePrintedOnePerLine(t *testing.T) {
+	dir := t.TempDir()
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "a.yaml"), []byte("files:\n  - path: /x\n    content: x\n    mode: 0644\n    colour: red\n"), 0o644))
+	code, _, stderr := ccm(t, "--config-dir", dir, "--log-level", "error", "validate")
+	assert.Equal(t, 1, code)
+	lines := strings.Split(strings.TrimSuffix(stderr, "\n"), "\n")
+	require.Len(t, lines, 2, stderr)
+	for _, l := range lines {
+		assert.True(t, strings.HasPrefix(l, "ccm: "+dir+"/a.yaml: line "), "each error on its own line, naming the file: %q", l)
+	}
+	assert.NotContains(t, stderr, `\n`, "never a literal \\n")
+}
