@@ -561,3 +561,28 @@ func TestAReadOnlyStateDirectoryChangesNothing(t *testing.T) {
 	assert.Contains(t, err.Error(), "state")
 	assert.NoFileExists(t, f.path("/etc/x"), "nothing renamed before the intent was durable")
 }
+
+func TestACommandThatStartsADaemonSucceedsAndLeavesItRunning(t *testing.T) {
+	pid := filepath.Join(t.TempDir(), "daemon.pid")
+	// An init script's "start": the daemon keeps stdout and stderr open.
+	f := newFixture(t, map[string]string{"c.yaml": `
+files: [{path: /etc/x, content: x}]
+on_change: [[sh, -c, 'sleep 60 & echo $! > "$0"; echo started', ` + strconv.Quote(pid) + `]]
+`})
+	t.Cleanup(func() {
+		if b, err := os.ReadFile(pid); err == nil {
+			if n, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil {
+				_ = syscall.Kill(n, syscall.SIGKILL)
+			}
+		}
+	})
+	_, err := f.apply("c")
+	require.NoError(t, err, "exit 0 is success, whatever a child does with stdout")
+	b, err := os.ReadFile(pid)
+	require.NoError(t, err)
+	n, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	require.NoError(t, err)
+	assert.NoError(t, syscall.Kill(n, 0), "the daemon is left running")
+	_, err = f.apply("c")
+	require.NoError(t, err)
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"strings"
@@ -14,21 +15,34 @@ import (
 // maxOutput bounds how much command output an error carries.
 const maxOutput = 4 << 10
 
-// waitDelay is how long a killed command's pipes may stay open.
+// waitDelay is how long Wait waits for a killed command's process to go.
 const waitDelay = 2 * time.Second
 
 // ErrTimeout is returned for a command killed at its timeout.
 var ErrTimeout = errors.New("timed out")
 
-// tailBuffer keeps the last maxOutput bytes written to it.
-type tailBuffer struct{ b []byte }
-
-func (t *tailBuffer) Write(p []byte) (int, error) {
-	t.b = append(t.b, p...)
-	if len(t.b) > maxOutput {
-		t.b = t.b[len(t.b)-maxOutput:]
+// outputFile is where a command's stdout and stderr go: an unlinked temp
+// file, not a pipe, so that a command that exits 0 has succeeded even if a
+// daemon it started keeps the descriptors open (Wait never waits for EOF).
+func outputFile() (*os.File, error) {
+	f, err := os.CreateTemp("", "ccm-command-*")
+	if err != nil {
+		return nil, fmt.Errorf("command output: %w", err)
 	}
-	return len(p), nil
+	os.Remove(f.Name())
+	return f, nil
+}
+
+// tail returns the last maxOutput bytes of f.
+func tail(f *os.File) string {
+	end, err := f.Seek(0, io.SeekEnd)
+	if err != nil {
+		return ""
+	}
+	start := max(0, end-maxOutput)
+	b := make([]byte, end-start)
+	n, _ := f.ReadAt(b, start)
+	return string(b[:n])
 }
 
 // command is one check, validate or on_change to run for a configuration.
@@ -42,9 +56,15 @@ type command struct {
 }
 
 // runCommand runs c without a shell, in a new process group that is killed
-// whole when the timeout expires or ctx is cancelled. It runs in the
+// whole when the timeout expires or ctx is cancelled; on success, children
+// it left running (a daemon it started) are left alone. It runs in the
 // configuration directory, with CCM_NODE, CCM_ROOT and CCM_CONFIG set.
 func (a *Applier) runCommand(ctx context.Context, c command) error {
+	out, err := outputFile()
+	if err != nil {
+		return err
+	}
+	defer out.Close()
 	ctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, c.argv[0], c.argv[1:]...)
@@ -53,16 +73,15 @@ func (a *Applier) runCommand(ctx context.Context, c command) error {
 	cmd.WaitDelay = waitDelay
 	cmd.Dir = a.opts.ConfigDir
 	cmd.Env = a.commandEnv(c.config)
-	var out tailBuffer
-	cmd.Stdout, cmd.Stderr = &out, &out
-	err := cmd.Run()
+	cmd.Stdout, cmd.Stderr = out, out
+	err = cmd.Run()
 	if err == nil {
 		return nil
 	}
 	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
 		err = fmt.Errorf("%w after %s, process group killed", ErrTimeout, c.timeout)
 	}
-	argv, msg := strings.Join(c.argv, " "), strings.TrimSpace(string(out.b))
+	argv, msg := strings.Join(c.argv, " "), strings.TrimSpace(tail(out))
 	if c.staged != "" {
 		r := strings.NewReplacer(c.staged, c.final)
 		argv, msg = r.Replace(argv), r.Replace(msg)

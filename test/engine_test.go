@@ -160,6 +160,11 @@ func TestObjectCommands(t *testing.T) {
 
 	r = n.run("", "object", "list")
 	assert.Equal(t, "sites/a\nsites/b\n", r.stdout)
+	// A key written by anyone, with a terminal escape sequence in it.
+	_, err := etcd.Client(t).Put(context.Background(), "/ccm/objects/sites/evil\x1b]0;owned\a", "{}")
+	require.NoError(t, err)
+	r = n.run("", "object", "list")
+	assert.Equal(t, "sites/a\nsites/b\nsites/evil\\x1b]0;owned\\a\n", r.stdout, "raw key bytes are escaped")
 	r = n.run("", "object", "get", "sites", "a")
 	assert.JSONEq(t, `{"user":"alice","domains":["a.example"]}`, r.stdout)
 	assert.Equal(t, 0, n.run("", "object", "delete", "sites", "a").code)

@@ -14,6 +14,7 @@ import (
 
 	"github.com/ccm-dev/ccm/cluster"
 	"github.com/ccm-dev/ccm/objects"
+	"github.com/ccm-dev/ccm/render"
 )
 
 func newObjectCmd(a *app) *cobra.Command {
@@ -140,7 +141,8 @@ func newObjectListCmd(a *app) *cobra.Command {
 					return err
 				}
 				for _, kv := range resp.Kvs {
-					fmt.Fprintln(a.stdout, strings.TrimPrefix(string(kv.Key), objects.Prefix(a.prefix)))
+					// Keys are anyone's bytes: escaped as plan escapes content.
+					fmt.Fprintln(a.stdout, render.Escape(strings.TrimPrefix(string(kv.Key), objects.Prefix(a.prefix))))
 				}
 				return nil
 			})
