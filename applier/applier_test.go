@@ -586,3 +586,20 @@ on_change: [[sh, -c, 'sleep 60 & echo $! > "$0"; echo started', ` + strconv.Quot
 	_, err = f.apply("c")
 	require.NoError(t, err)
 }
+
+func TestACollisionIsAnErrorInAnEventDrivenRunToo(t *testing.T) {
+	f := newFixture(t, map[string]string{
+		"a.yaml": "files: [{path: '/x/{{ .Object.Data.name }}', for_each: as, content: a}]\n",
+		"b.yaml": "files: [{path: '/x/{{ .Object.Data.name }}', for_each: bs, content: b}]\n",
+	})
+	f.put("as/1", `{"name":"foo"}`)
+	f.put("bs/1", `{"name":"bar"}`)
+	require.NoError(t, f.run().Err)
+
+	f.put("bs/1", `{"name":"foo"}`) // only b subscribes to bs: only b runs
+	r := f.applier.RunChanged(context.Background(), f.set, f.snap(), []string{"b"})
+	require.Error(t, r.Err)
+	assert.Contains(t, r.Err.Error(), `file /x/foo is also written by configuration "a"`)
+	assert.Equal(t, "a", f.read("/x/foo"), "a's file is neither overwritten")
+	assert.Equal(t, "b", f.read("/x/bar"), "nor is b's removed")
+}

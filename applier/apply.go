@@ -46,6 +46,7 @@ type Applier struct {
 	cache     *render.Cache
 	manifests map[string]manifest
 	known     map[string]known // real path -> desired state last written or verified
+	owners    map[string]string // path -> the configuration that last rendered it
 }
 
 // known is a file ccm wrote or verified: its content (the slice the render
@@ -62,7 +63,7 @@ func New(opts Options) *Applier {
 	if log == nil {
 		log = zap.NewNop()
 	}
-	return &Applier{opts: opts, log: log, cache: render.NewCache(), manifests: map[string]manifest{}, known: map[string]known{}}
+	return &Applier{opts: opts, log: log, cache: render.NewCache(), manifests: map[string]manifest{}, known: map[string]known{}, owners: map[string]string{}}
 }
 
 func knownOf(f *render.File) known {

@@ -115,7 +115,11 @@ func (a *Applier) planEach(set *configs.Set, snap *objects.Snapshot, names []str
 	var errs []planError
 	for _, n := range names {
 		p, err := a.plan(set.Configs[n], snap, claimed, trust)
+		if err == nil && trust { // a full run plans every side itself
+			err = a.collision(p, names)
+		}
 		if err != nil {
+			p = nil
 			errs = append(errs, planError{n, err})
 		} else {
 			claim(claimed, p)
@@ -141,6 +145,41 @@ func (a *Applier) planEach(set *configs.Set, snap *objects.Snapshot, names []str
 		}
 	}
 	return plans, errs
+}
+
+// collision reports a file of p that a configuration not in this run
+// rendered when it last ran: an event-driven run plans only what changed,
+// so the other side of a collision may not be in it.
+func (a *Applier) collision(p *Plan, names []string) error {
+	for _, f := range p.Output.Files {
+		if o, ok := a.owners[f.Path]; ok && o != p.Config.Name && !slices.Contains(names, o) {
+			return fmt.Errorf("file %s is also written by configuration %q", f.Path, o)
+		}
+	}
+	return nil
+}
+
+// own records which configuration renders each file, from the plans of a
+// run; a full run of names also forgets configurations not among them.
+func (a *Applier) own(plans []*Plan, names []string, full bool) {
+	for path, o := range a.owners {
+		if full && !slices.Contains(names, o) {
+			delete(a.owners, path)
+		}
+	}
+	for _, p := range plans {
+		if p == nil {
+			continue
+		}
+		for path, o := range a.owners {
+			if o == p.Config.Name && !p.Output.Has(path) {
+				delete(a.owners, path)
+			}
+		}
+		for _, f := range p.Output.Files {
+			a.owners[f.Path] = p.Config.Name
+		}
+	}
 }
 
 // full reports whether names is every configuration of set this node runs.
@@ -203,6 +242,7 @@ func (a *Applier) run(ctx context.Context, set *configs.Set, snap *objects.Snaps
 		add(n)
 	}
 	plans, failed := a.planEach(set, snap, names, trust)
+	a.own(plans, names, !trust && a.full(set, names))
 	for _, p := range plans {
 		if p != nil && p.Orphan {
 			add(p.Config.Name)
