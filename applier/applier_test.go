@@ -603,3 +603,24 @@ func TestACollisionIsAnErrorInAnEventDrivenRunToo(t *testing.T) {
 	assert.Equal(t, "a", f.read("/x/foo"), "a's file is neither overwritten")
 	assert.Equal(t, "b", f.read("/x/bar"), "nor is b's removed")
 }
+
+func TestAStateDirectoryDeletedUnderARunningAgentIsWrittenAgain(t *testing.T) {
+	f := newFixture(t, map[string]string{"c.yaml": "files: [{path: '/x/{{ .Object.ID }}', for_each: s, content: x}]\n"})
+	f.put("s/a", `{}`)
+	f.put("s/b", `{}`)
+	require.NoError(t, f.run().Err)
+	state := filepath.Join(f.tmp, "state")
+	require.NoError(t, os.RemoveAll(state))
+	require.NoError(t, f.run().Err)
+	assert.FileExists(t, filepath.Join(state, "configs", "c.json"), "a full run writes the manifest again, even with nothing to change")
+
+	require.NoError(t, os.RemoveAll(state))
+	f.del("s/b") // meanwhile, an object goes
+	require.NoError(t, f.run().Err)
+	assert.NoFileExists(t, f.path("/x/b"), "its file is still pruned")
+	assert.FileExists(t, f.path("/x/a"))
+	b, err := os.ReadFile(filepath.Join(state, "configs", "c.json"))
+	require.NoError(t, err, "the manifest is written again")
+	assert.Contains(t, string(b), `"/x/a"`)
+	assert.NotContains(t, string(b), `"/x/b"`)
+}

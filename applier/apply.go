@@ -45,7 +45,7 @@ type Applier struct {
 	log       *zap.Logger
 	cache     *render.Cache
 	manifests map[string]manifest
-	known     map[string]known // real path -> desired state last written or verified
+	known     map[string]known  // real path -> desired state last written or verified
 	owners    map[string]string // path -> the configuration that last rendered it
 }
 

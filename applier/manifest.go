@@ -5,10 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
+
+	"go.uber.org/zap"
 
 	"github.com/ccm-dev/ccm/configs"
 )
@@ -96,4 +99,23 @@ func (a *Applier) orphans(set *configs.Set) []string {
 		names = append(names, n)
 	}
 	return names
+}
+
+// restoreState writes again every manifest this Applier holds whose file
+// is gone, for instance because the state directory was deleted under a
+// running agent: what ccm wrote stays known, so it is still pruned.
+func (a *Applier) restoreState() error {
+	var errs []error
+	for _, config := range slices.Sorted(maps.Keys(a.manifests)) {
+		if _, err := os.Stat(a.manifestPath(config)); !errors.Is(err, fs.ErrNotExist) {
+			continue
+		}
+		m := a.manifests[config]
+		delete(a.manifests, config)
+		a.log.Warn("manifest missing from the state directory; writing it again", zap.String("config", config))
+		if err := a.saveManifest(config, m); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
 }

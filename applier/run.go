@@ -237,6 +237,11 @@ func (a *Applier) run(ctx context.Context, set *configs.Set, snap *objects.Snaps
 			order = append(order, n)
 		}
 	}
+	if !trust {
+		if err := a.restoreState(); err != nil {
+			a.log.Error("restore the state directory", zap.Error(err))
+		}
+	}
 	a.recoverAll(ctx, rs, add)
 	for _, n := range names {
 		add(n)
