@@ -27,10 +27,10 @@ fuzz:
 		$(GO) test -run='^$$' -fuzz="^$$name\$$" -fuzztime=$(FUZZTIME) $$pkg || exit 1; \
 	done
 
-## soak: the SIGKILL crash loop with SOAK_ITERATIONS kills (bounded by the test timeout)
+## soak: the SIGKILL crash loop with SOAK_ITERATIONS kills, and the symlink race with 100x as many runs
 SOAK_ITERATIONS ?= 200
 soak:
-	CCM_SOAK_ITERATIONS=$(SOAK_ITERATIONS) $(GO) test -count=1 -timeout 30m -run 'TestSIGKILLAtRandomPoints' -v ./test/
+	CCM_SOAK_ITERATIONS=$(SOAK_ITERATIONS) $(GO) test -count=1 -timeout 30m -run 'TestSIGKILLAtRandomPoints|TestSymlinkSwapsMidRunNeverEscapeTheRoot' -v ./test/
 
 ## bench: the benchmark command against a real etcd on loopback; prints a table, writes bench/results.json
 bench:

@@ -7,7 +7,7 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
-	"path/filepath"
+	"path"
 
 	"go.uber.org/zap"
 
@@ -45,6 +45,9 @@ type Applier struct {
 	log       *zap.Logger
 	cache     *render.Cache
 	manifests map[string]manifest
+	// files and state are the root and the state directory, open for the
+	// duration of one public call (see open).
+	files, state *tree
 	known     map[string]known  // real path -> desired state last written or verified
 	owners    map[string]string // path -> the configuration that last rendered it
 }
@@ -114,6 +117,11 @@ var ErrOnChange = errors.New("on_change failed, will retry next run")
 // On error, disk is as it was before the call, except after ErrOnChange,
 // where the new files stay in place.
 func (a *Applier) Apply(ctx context.Context, cfg *configs.Config, snap *objects.Snapshot, claimed map[string]string) (*Plan, error) {
+	closeAll, err := a.open(true)
+	if err != nil {
+		return nil, err
+	}
+	defer closeAll()
 	return a.apply(ctx, cfg, snap, claimed, false)
 }
 
@@ -133,18 +141,18 @@ func (a *Applier) applyPlan(ctx context.Context, p *Plan, files []string) error 
 	// Commands run to completion even when ctx is cancelled: a shutdown
 	// finishes the current configuration rather than leave it half done.
 	cmdCtx := context.WithoutCancel(ctx)
-	tx := &txn{log: a.log}
+	tx := &txn{files: a.files}
 	if !p.trusting {
 		// Temp files are left only by a crash, and a restarted agent
 		// starts with a full run: event-driven runs need not look.
 		for _, d := range dirsOf(p) {
-			removeStaleTemps(d)
+			a.files.removeStaleTemps(d)
 		}
 	}
 	staged, err := a.stageAll(cmdCtx, p, tx)
 	defer func() {
 		for _, tmp := range staged {
-			os.Remove(tmp)
+			a.files.remove(tmp)
 		}
 	}()
 	if err != nil {
@@ -161,7 +169,7 @@ func (a *Applier) applyPlan(ctx context.Context, p *Plan, files []string) error 
 		err := a.commitAll(p, staged)
 		// Renames and removals are durable once their directories are.
 		for _, d := range dirsOf(p) {
-			if err := syncDir(d); err != nil {
+			if err := a.files.syncDir(d); err != nil {
 				a.log.Warn("fsync directory", zap.String("dir", d), zap.Error(err))
 			}
 		}
@@ -177,7 +185,7 @@ func (a *Applier) applyPlan(ctx context.Context, p *Plan, files []string) error 
 // It returns the staged temp files by change index.
 func (a *Applier) stageAll(ctx context.Context, p *Plan, tx *txn) (map[int]string, error) {
 	for _, d := range p.Dirs {
-		if err := tx.ensureDir(d.Dir.Real, d.Dir.Mode, d.Dir.Ownership, true); err != nil {
+		if err := tx.ensureDir(d.Dir.Path, d.Dir.Mode, d.Dir.Ownership, true); err != nil {
 			return nil, err
 		}
 	}
@@ -187,20 +195,21 @@ func (a *Applier) stageAll(ctx context.Context, p *Plan, tx *txn) (map[int]strin
 		if c.Action == Remove || !c.Content {
 			continue
 		}
-		if err := tx.ensureDir(filepath.Dir(c.Real), configs.DefaultDirMode, configs.Ownership{}, false); err != nil {
+		if err := tx.ensureDir(path.Dir(c.Path), configs.DefaultDirMode, configs.Ownership{}, false); err != nil {
 			return staged, err
 		}
 		uid, gid := c.file.UID, c.file.GID
 		if c.old.exists { // keep the owner of a file whose owner is not managed
 			uid, gid = keep(uid, c.old.uid), keep(gid, c.old.gid)
 		}
-		tmp, err := stage(c.Real, c.New, c.file.Mode, uid, gid, false)
+		tmp, err := a.files.stage(rel(c.Path), c.New, c.file.Mode, uid, gid, false)
 		if err != nil {
 			return staged, err
 		}
 		staged[i] = tmp
 		if c.file.Check != nil {
-			check := command{config: p.Config.Name, argv: c.file.Check.Expand(tmp, c.Real), timeout: p.Config.Timeout, staged: tmp, final: c.Real}
+			real := a.files.name(tmp)
+			check := command{config: p.Config.Name, argv: c.file.Check.Expand(real, c.Real), timeout: p.Config.Timeout, staged: real, final: c.Real}
 			if err := a.runCommand(ctx, check); err != nil {
 				return staged, fmt.Errorf("check %s: %w", c.Path, err)
 			}
@@ -210,7 +219,7 @@ func (a *Applier) stageAll(ctx context.Context, p *Plan, tx *txn) (map[int]strin
 	for _, tmp := range staged {
 		tmps = append(tmps, tmp)
 	}
-	return staged, syncStaged(tmps)
+	return staged, a.files.syncStaged(tmps)
 }
 
 // commitAll renames the staged files into place, removes stale files and
@@ -219,7 +228,7 @@ func (a *Applier) stageAll(ctx context.Context, p *Plan, tx *txn) (map[int]strin
 func (a *Applier) commitAll(p *Plan, staged map[int]string) error {
 	for i := range p.Changes {
 		c := &p.Changes[i]
-		if err := apply(c, staged[i]); err != nil {
+		if err := a.files.apply(c, staged[i]); err != nil {
 			return err
 		}
 		delete(staged, i)
@@ -250,40 +259,41 @@ func renderedPaths(out *render.Output) []string {
 // txn records the directories a run created, so that they can be removed
 // again on failure.
 type txn struct {
-	log         *zap.Logger
-	createdDirs []string
+	files       *tree
+	createdDirs []string        // as the configuration names them
 	present     map[string]bool // directories known to exist: 10,000 files in one directory stat it once
 }
 
-// ensureDir creates dir (and missing parents with the default mode). With
-// fix, an existing dir gets mode and own too; without, it is left alone.
+// ensureDir creates dir (a configuration's absolute path) and missing
+// parents with the default mode. With fix, an existing dir gets mode and
+// own too; without, it is left alone.
 func (t *txn) ensureDir(dir string, mode fs.FileMode, own configs.Ownership, fix bool) error {
-	if !fix && t.present[dir] {
+	if dir == "/" || (!fix && t.present[dir]) {
 		return nil
 	}
-	st, err := stat(dir)
+	st, err := t.files.lstat(rel(dir))
 	if err != nil {
 		return err
 	}
 	if st.exists {
 		if !st.mode.IsDir() {
-			return fmt.Errorf("%s exists and is not a directory", dir)
+			return fmt.Errorf("%s exists and is not a directory", t.files.name(rel(dir)))
 		}
 		t.markPresent(dir)
 		if !fix || len(attrChanges(st, mode, own)) == 0 {
 			return nil
 		}
-		return setAttrs(dir, mode, own)
+		return t.files.setAttrs(rel(dir), mode, own)
 	}
-	if err := t.ensureDir(filepath.Dir(dir), configs.DefaultDirMode, configs.Ownership{}, false); err != nil {
+	if err := t.ensureDir(path.Dir(dir), configs.DefaultDirMode, configs.Ownership{}, false); err != nil {
 		return err
 	}
-	if err := os.Mkdir(dir, mode.Perm()); err != nil {
-		return fmt.Errorf("mkdir %s: %w", dir, err)
+	if err := t.files.root.Mkdir(rel(dir), mode.Perm()); err != nil {
+		return fmt.Errorf("mkdir %s: %w", t.files.name(rel(dir)), err)
 	}
 	t.createdDirs = append(t.createdDirs, dir)
 	t.markPresent(dir)
-	return setAttrs(dir, mode, own)
+	return t.files.setAttrs(rel(dir), mode, own)
 }
 
 func (t *txn) markPresent(dir string) {
@@ -293,25 +303,16 @@ func (t *txn) markPresent(dir string) {
 	t.present[dir] = true
 }
 
-func setAttrs(path string, mode fs.FileMode, own configs.Ownership) error {
-	if own.UID != nil || own.GID != nil {
-		if err := os.Lchown(path, idOr(own.UID), idOr(own.GID)); err != nil {
-			return err
-		}
-	}
-	return os.Chmod(path, mode)
-}
-
 // apply carries out one change; tmp is its staged file, if any.
-func apply(c *Change, tmp string) error {
+func (t *tree) apply(c *Change, tmp string) error {
 	var err error
 	switch {
 	case c.Action == Remove:
-		err = os.Remove(c.Real)
+		err = t.root.Remove(rel(c.Path))
 	case tmp != "":
-		err = commit(tmp, c.Real)
+		err = t.commit(tmp, rel(c.Path))
 	default:
-		err = setAttrs(c.Real, c.file.Mode, c.file.Ownership)
+		err = t.setAttrs(rel(c.Path), c.file.Mode, c.file.Ownership)
 	}
 	if err != nil {
 		return fmt.Errorf("%s %s: %w", c.Action, c.Path, err)
@@ -323,6 +324,41 @@ func apply(c *Change, tmp string) error {
 // the run failed before anything was renamed.
 func (t *txn) removeCreatedDirs() {
 	for i := len(t.createdDirs) - 1; i >= 0; i-- {
-		os.Remove(t.createdDirs[i]) // only if empty
+		t.files.remove(rel(t.createdDirs[i])) // only if empty
 	}
+}
+
+// open opens the root and the state directory for one public call: each
+// call opens them afresh, so a state directory deleted in between is
+// created again. A plan (write false) creates nothing: without a state
+// directory, nothing is recorded. It returns the function that closes
+// them.
+func (a *Applier) open(write bool) (func(), error) {
+	files, err := openTree(a.opts.Root, 0)
+	if err != nil {
+		return nil, fmt.Errorf("root: %w", err)
+	}
+	var state *tree
+	switch _, serr := os.Stat(a.opts.StateDir); {
+	case write || serr == nil:
+		perm := fs.FileMode(0)
+		if write {
+			perm = 0o700
+		}
+		if state, err = openTree(a.opts.StateDir, perm); err != nil {
+			files.close()
+			return nil, fmt.Errorf("state: %w", err)
+		}
+	case !errors.Is(serr, fs.ErrNotExist):
+		files.close()
+		return nil, fmt.Errorf("state: %w", serr)
+	}
+	a.files, a.state = files, state
+	return func() {
+		files.close()
+		if state != nil {
+			state.close()
+		}
+		a.files, a.state = nil, nil
+	}, nil
 }

@@ -6,8 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"os"
-	"path/filepath"
+	"path"
 	"sort"
 	"strings"
 	"time"
@@ -32,8 +31,8 @@ type journal struct {
 	Manifest manifest `json:"manifest"`
 	// Files is the old state of every path the run changes.
 	Files []journalFile `json:"files"`
-	// Dirs are the directories the run created (removed if empty on
-	// restore).
+	// Dirs are the directories the run created, as the configuration
+	// names them (removed if empty on restore).
 	Dirs []string `json:"created_dirs,omitempty"`
 	// Restoring is set once a restore has begun: a crash during it is
 	// finished by restoring, never by validating a half-restored tree.
@@ -42,8 +41,8 @@ type journal struct {
 
 // journalFile is the state of one path before the run.
 type journalFile struct {
-	Path    string      `json:"path"` // as the configuration names it
-	Real    string      `json:"real"` // on disk
+	Path    string      `json:"path"` // as the configuration names it, under Root
+	Real    string      `json:"real"` // on disk, for messages
 	Existed bool        `json:"existed"`
 	Content []byte      `json:"content,omitempty"`
 	Mode    fs.FileMode `json:"mode,omitempty"`
@@ -51,11 +50,10 @@ type journalFile struct {
 	GID     int         `json:"gid"`
 }
 
-func (a *Applier) journalDir() string { return filepath.Join(a.opts.StateDir, "journal") }
+// journalDir holds the journals, in the state directory.
+const journalDir = "journal"
 
-func (a *Applier) journalPath(config string) string {
-	return filepath.Join(a.journalDir(), config+".json")
-}
+func journalPath(config string) string { return path.Join(journalDir, config+".json") }
 
 // newJournal records what applying p would change and then do.
 func (a *Applier) newJournal(p *Plan, m manifest, dirs []string) *journal {
@@ -77,24 +75,24 @@ func (a *Applier) writeJournal(j *journal) error {
 	if err != nil {
 		return err
 	}
-	if err := os.MkdirAll(a.journalDir(), 0o700); err != nil {
+	if err := a.state.root.MkdirAll(journalDir, 0o700); err != nil {
 		return fmt.Errorf("state: %w", err)
 	}
-	if err := writeAtomic(a.journalPath(j.Config), raw, 0o600, nil, nil); err != nil {
+	if err := a.state.writeAtomic(journalPath(j.Config), raw, 0o600, nil, nil); err != nil {
 		return fmt.Errorf("state: journal of %s: %w", j.Config, err)
 	}
 	return nil
 }
 
 func (a *Applier) removeJournal(config string) error {
-	err := os.Remove(a.journalPath(config))
+	err := a.state.root.Remove(journalPath(config))
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil // the run changed nothing, so wrote none
 	}
 	if err != nil {
 		return fmt.Errorf("state: %w", err)
 	}
-	return syncDir(a.journalDir())
+	return a.state.syncDir(journalDir)
 }
 
 // restore puts every path of j back as it was, byte for byte with its mode
@@ -113,9 +111,9 @@ func (a *Applier) restore(j *journal) error {
 		f := j.Files[i]
 		var err error
 		if f.Existed {
-			err = writeAtomic(f.Real, f.Content, f.Mode, &f.UID, &f.GID)
-		} else if err = os.Remove(f.Real); errors.Is(err, fs.ErrNotExist) {
-			err = nil
+			err = a.files.writeAtomic(rel(f.Path), f.Content, f.Mode, &f.UID, &f.GID)
+		} else {
+			err = a.files.remove(rel(f.Path))
 		}
 		if err != nil {
 			errs = append(errs, fmt.Errorf("restore %s: %w", f.Path, err))
@@ -124,7 +122,7 @@ func (a *Applier) restore(j *journal) error {
 		a.log.Info("restored", zap.String("config", j.Config), zap.String("path", f.Path))
 	}
 	for i := len(j.Dirs) - 1; i >= 0; i-- {
-		os.Remove(j.Dirs[i]) // only if empty
+		a.files.remove(rel(j.Dirs[i])) // only if empty
 	}
 	if len(errs) > 0 {
 		return errors.Join(errs...) // the journal stays: the next run restores again
@@ -168,10 +166,7 @@ func (a *Applier) finish(ctx context.Context, j *journal, changed bool) error {
 
 // interrupted lists the configurations whose run a crash interrupted.
 func (a *Applier) interrupted() ([]string, error) {
-	entries, err := os.ReadDir(a.journalDir())
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, nil
-	}
+	entries, err := a.state.readDir(journalDir)
 	if err != nil {
 		return nil, fmt.Errorf("state: %w", err)
 	}
@@ -187,16 +182,17 @@ func (a *Applier) interrupted() ([]string, error) {
 
 // recover finishes the run of config that a crash interrupted.
 func (a *Applier) recover(ctx context.Context, config string) error {
-	raw, err := os.ReadFile(a.journalPath(config))
+	name := a.state.name(journalPath(config))
+	raw, err := a.state.readFile(journalPath(config))
 	if err != nil {
 		return fmt.Errorf("state: %w", err)
 	}
 	j := &journal{}
 	if err := json.Unmarshal(raw, j); err != nil {
-		return fmt.Errorf("state: journal %s: %w", a.journalPath(config), err)
+		return fmt.Errorf("state: journal %s: %w", name, err)
 	}
 	if j.Root != a.opts.Root {
-		return fmt.Errorf("state: journal %s was written for root %s, not %s; refusing to replay it", a.journalPath(config), j.Root, a.opts.Root)
+		return fmt.Errorf("state: journal %s was written for root %s, not %s; refusing to replay it", name, j.Root, a.opts.Root)
 	}
 	delete(a.manifests, config)
 	a.log.Warn("finishing a run a crash interrupted", zap.String("config", config), zap.Int("files", len(j.Files)))

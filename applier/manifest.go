@@ -6,8 +6,7 @@ import (
 	"fmt"
 	"io/fs"
 	"maps"
-	"os"
-	"path/filepath"
+	"path"
 	"slices"
 	"strings"
 
@@ -18,6 +17,9 @@ import (
 
 // manifest is what ccm remembers of one configuration between runs.
 type manifest struct {
+	// Root is the --root the files were written under. A manifest for
+	// another root is refused: its paths mean other files there.
+	Root string `json:"root"`
 	// Files lists every path (as the configuration names it) that the
 	// configuration wrote and still owns.
 	Files []string `json:"files"`
@@ -25,24 +27,29 @@ type manifest struct {
 	OnChangePending bool `json:"on_change_pending,omitempty"`
 }
 
-func (a *Applier) manifestPath(config string) string {
-	return filepath.Join(a.opts.StateDir, "configs", config+".json")
-}
+// manifestDir holds the manifests, in the state directory.
+const manifestDir = "configs"
+
+func manifestPath(config string) string { return path.Join(manifestDir, config+".json") }
 
 func (a *Applier) loadManifest(config string) (manifest, error) {
 	if m, ok := a.manifests[config]; ok {
 		return m, nil
 	}
 	var m manifest
-	raw, err := os.ReadFile(a.manifestPath(config))
+	raw, err := a.state.readFile(manifestPath(config))
 	if errors.Is(err, fs.ErrNotExist) {
 		return m, nil
 	}
+	name := a.state.name(manifestPath(config))
 	if err != nil {
 		return m, fmt.Errorf("state: %w", err)
 	}
 	if err := json.Unmarshal(raw, &m); err != nil {
-		return m, fmt.Errorf("state %s: %w", a.manifestPath(config), err)
+		return m, fmt.Errorf("state %s: %w", name, err)
+	}
+	if m.Root != "" && m.Root != a.opts.Root {
+		return m, fmt.Errorf("state %s was written for root %s, not %s: refusing to manage files by it (use the state directory of that root)", name, m.Root, a.opts.Root)
 	}
 	a.manifests[config] = m
 	return m, nil
@@ -51,6 +58,7 @@ func (a *Applier) loadManifest(config string) (manifest, error) {
 // saveManifest writes m unless it is what the state directory already
 // holds.
 func (a *Applier) saveManifest(config string, m manifest) error {
+	m.Root = a.opts.Root
 	if old, ok := a.manifests[config]; ok && old.OnChangePending == m.OnChangePending && slices.Equal(old.Files, m.Files) {
 		return nil
 	}
@@ -59,11 +67,10 @@ func (a *Applier) saveManifest(config string, m manifest) error {
 	if err != nil {
 		return err
 	}
-	p := a.manifestPath(config)
-	if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
+	if err := a.state.root.MkdirAll(manifestDir, 0o700); err != nil {
 		return fmt.Errorf("state: %w", err)
 	}
-	if err := writeAtomic(p, append(raw, '\n'), 0o600, nil, nil); err != nil {
+	if err := a.state.writeAtomic(manifestPath(config), append(raw, '\n'), 0o600, nil, nil); err != nil {
 		return fmt.Errorf("state: %w", err)
 	}
 	a.manifests[config] = m
@@ -73,7 +80,7 @@ func (a *Applier) saveManifest(config string, m manifest) error {
 // dropManifest forgets a configuration whose files are all removed.
 func (a *Applier) dropManifest(config string) error {
 	delete(a.manifests, config)
-	if err := os.Remove(a.manifestPath(config)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+	if err := a.state.remove(manifestPath(config)); err != nil {
 		return fmt.Errorf("state: %w", err)
 	}
 	return nil
@@ -83,9 +90,9 @@ func (a *Applier) dropManifest(config string) error {
 // no longer runs: deleted from the directory, or whose when no longer
 // matches the node's labels. Their files are removed by a full run.
 func (a *Applier) orphans(set *configs.Set) []string {
-	entries, err := os.ReadDir(filepath.Join(a.opts.StateDir, "configs"))
+	entries, err := a.state.readDir(manifestDir)
 	if err != nil {
-		return nil // no state yet, or unreadable: loading a manifest says why
+		return nil // unreadable: loading a manifest says why
 	}
 	var names []string
 	for _, e := range entries {
@@ -107,7 +114,7 @@ func (a *Applier) orphans(set *configs.Set) []string {
 func (a *Applier) restoreState() error {
 	var errs []error
 	for _, config := range slices.Sorted(maps.Keys(a.manifests)) {
-		if _, err := os.Stat(a.manifestPath(config)); !errors.Is(err, fs.ErrNotExist) {
+		if st, err := a.state.lstat(manifestPath(config)); err != nil || st.exists {
 			continue
 		}
 		m := a.manifests[config]

@@ -2,14 +2,11 @@ package applier
 
 import (
 	"bytes"
-	"errors"
 	"fmt"
 	"io/fs"
-	"os"
-	"path/filepath"
+	"path"
 	"slices"
 	"sort"
-	"syscall"
 
 	"github.com/ccm-dev/ccm/configs"
 	"github.com/ccm-dev/ccm/objects"
@@ -148,6 +145,11 @@ func (p *Plan) Counts() (create, change, remove int) {
 // Plan renders cfg and compares it with the disk. claimed lists paths that
 // other configurations of the same run render; they are never pruned here.
 func (a *Applier) Plan(cfg *configs.Config, snap *objects.Snapshot, claimed map[string]string) (*Plan, error) {
+	closeAll, err := a.open(false)
+	if err != nil {
+		return nil, err
+	}
+	defer closeAll()
 	return a.plan(cfg, snap, claimed, false)
 }
 
@@ -164,7 +166,7 @@ func (a *Applier) plan(cfg *configs.Config, snap *objects.Snapshot, claimed map[
 	}
 	p := &Plan{Config: cfg, Output: out, PendingOnChange: m.OnChangePending, trusting: trust, manifest: m.Files}
 	for _, d := range out.Directories {
-		dc, err := planDir(d)
+		dc, err := a.planDir(d)
 		if err != nil {
 			return nil, err
 		}
@@ -181,7 +183,7 @@ func (a *Applier) plan(cfg *configs.Config, snap *objects.Snapshot, claimed map[
 			continue
 		}
 		p.checked = append(p.checked, i)
-		c, err := planFile(f)
+		c, err := a.planFile(f)
 		if err != nil {
 			return nil, err
 		}
@@ -205,8 +207,8 @@ func (a *Applier) plan(cfg *configs.Config, snap *objects.Snapshot, claimed map[
 	return p, nil
 }
 
-func planDir(d render.Directory) (*DirChange, error) {
-	st, err := stat(d.Real)
+func (a *Applier) planDir(d render.Directory) (*DirChange, error) {
+	st, err := a.files.lstat(rel(d.Path))
 	if err != nil {
 		return nil, err
 	}
@@ -220,8 +222,8 @@ func planDir(d render.Directory) (*DirChange, error) {
 	return &DirChange{Dir: d, Exist: true, Attrs: attrs}, nil
 }
 
-func planFile(f *render.File) (*Change, error) {
-	st, err := stat(f.Real)
+func (a *Applier) planFile(f *render.File) (*Change, error) {
+	st, err := a.files.lstat(rel(f.Path))
 	if err != nil {
 		return nil, err
 	}
@@ -233,7 +235,7 @@ func planFile(f *render.File) (*Change, error) {
 	if !st.mode.IsRegular() {
 		return nil, fmt.Errorf("%s exists and is not a regular file", f.Real)
 	}
-	if c.Old, err = os.ReadFile(f.Real); err != nil {
+	if c.Old, err = a.files.readFile(rel(f.Path)); err != nil {
 		return nil, err
 	}
 	c.Content = !bytes.Equal(c.Old, f.Content)
@@ -250,33 +252,18 @@ func (a *Applier) planRemove(path string) (*Change, error) {
 	if err != nil {
 		return nil, fmt.Errorf("stale file %s: %w", path, err)
 	}
-	st, err := stat(real)
+	st, err := a.files.lstat(rel(path))
 	if err != nil || !st.exists {
 		return nil, err
 	}
 	if !st.mode.IsRegular() {
 		return nil, nil // replaced by something ccm did not write
 	}
-	old, err := os.ReadFile(real)
+	old, err := a.files.readFile(rel(path))
 	if err != nil {
 		return nil, err
 	}
 	return &Change{Action: Remove, Path: path, Real: real, Old: old, Content: true, old: st}, nil
-}
-
-func stat(path string) (state, error) {
-	fi, err := os.Lstat(path)
-	if errors.Is(err, fs.ErrNotExist) {
-		return state{}, nil
-	}
-	if err != nil {
-		return state{}, err
-	}
-	st := state{exists: true, mode: fi.Mode()}
-	if sys, ok := fi.Sys().(*syscall.Stat_t); ok {
-		st.uid, st.gid = int(sys.Uid), int(sys.Gid)
-	}
-	return st, nil
 }
 
 // permBits are the mode bits ccm manages.
@@ -311,12 +298,13 @@ func FormatMode(m fs.FileMode) string {
 	return fmt.Sprintf("%04o", v)
 }
 
-// dirsOf returns the distinct parent directories of the plan's files.
+// dirsOf returns the distinct parent directories of the plan's files,
+// relative to the root.
 func dirsOf(p *Plan) []string {
 	seen := map[string]bool{}
 	var dirs []string
 	for _, c := range p.Changes {
-		if d := filepath.Dir(c.Real); !seen[d] {
+		if d := rel(path.Dir(c.Path)); !seen[d] {
 			seen[d] = true
 			dirs = append(dirs, d)
 		}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	"go.uber.org/zap"
@@ -89,6 +90,11 @@ func (a *Applier) Select(set *configs.Set, names []string) ([]string, error) {
 // configurations that were deleted or no longer match the node (their
 // Config has no files, only a name).
 func (a *Applier) PlanAll(set *configs.Set, snap *objects.Snapshot, names []string) ([]*Plan, error) {
+	closeAll, err := a.open(false)
+	if err != nil {
+		return nil, err
+	}
+	defer closeAll()
 	plans, failed := a.planEach(set, snap, names, false)
 	var errs []error
 	for _, f := range failed {
@@ -229,6 +235,15 @@ func (rs *runState) fail(name string, err error) {
 
 func (a *Applier) run(ctx context.Context, set *configs.Set, snap *objects.Snapshot, names []string, trust bool) *Report {
 	r := &Report{Revision: snap.Revision}
+	closeAll, err := a.open(true)
+	if err != nil {
+		for _, n := range names {
+			r.Outcomes = append(r.Outcomes, Outcome{Config: n, Result: Failed, Error: err.Error()})
+		}
+		r.Err = fmt.Errorf("configuration %s: %w", strings.Join(names, ", "), err)
+		return r
+	}
+	defer closeAll()
 	rs := &runState{outcomes: map[string]*Outcome{}, bad: map[string]bool{}}
 	var order []string
 	add := func(n string) {

@@ -3,34 +3,124 @@ package applier
 import (
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io/fs"
 	"os"
+	"path"
 	"path/filepath"
 	"strings"
 	"syscall"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/ccm-dev/ccm/configs"
 )
 
 // tempPrefix marks ccm's temp files, so a run can remove those a crash
 // left behind.
 const tempPrefix = ".ccm-"
 
-// stage writes content to a new temp file beside path, created with the
-// final mode and owner; with sync, the file is fsynced (otherwise the caller
-// makes a batch durable with syncStaged). The caller renames or removes it.
-func stage(path string, content []byte, mode fs.FileMode, uid, gid *int, sync bool) (string, error) {
+// tree is a directory that file operations are confined to by the kernel:
+// every operation goes through an os.Root, which resolves each path
+// component with openat and refuses to leave the directory, so a path
+// swapped for a symlink between a check and a use cannot send a write,
+// chmod, chown, rename or removal outside it. There is no
+// check-then-use: the confinement is part of each system call.
+//
+// Paths are slash-separated and relative to the tree; a configuration's
+// absolute path "/etc/x" is "etc/x" (see rel).
+type tree struct {
+	root *os.Root
+	dir  string // for messages
+}
+
+// openTree opens dir as a tree, creating it with perm if it is missing
+// (perm 0: it must exist).
+func openTree(dir string, perm fs.FileMode) (*tree, error) {
+	if perm != 0 {
+		if err := os.MkdirAll(dir, perm); err != nil {
+			return nil, err
+		}
+	}
+	r, err := os.OpenRoot(dir)
+	if err != nil {
+		return nil, err
+	}
+	return &tree{root: r, dir: dir}, nil
+}
+
+func (t *tree) close() { t.root.Close() }
+
+// rel turns a configuration's absolute, clean path into one relative to
+// the tree ("." for "/").
+func rel(p string) string {
+	if p = strings.TrimPrefix(p, "/"); p == "" {
+		return "."
+	}
+	return p
+}
+
+// name is a relative path as the user knows it, for messages.
+func (t *tree) name(p string) string { return filepath.Join(t.dir, p) }
+
+// lstat returns a path's type, mode and owner without following a final
+// symlink.
+func (t *tree) lstat(p string) (state, error) {
+	fi, err := t.root.Lstat(p)
+	if errors.Is(err, fs.ErrNotExist) {
+		return state{}, nil
+	}
+	if err != nil {
+		return state{}, err
+	}
+	st := state{exists: true, mode: fi.Mode()}
+	if sys, ok := fi.Sys().(*syscall.Stat_t); ok {
+		st.uid, st.gid = int(sys.Uid), int(sys.Gid)
+	}
+	return st, nil
+}
+
+// readFile reads a regular file. A nil tree (a state directory that does
+// not exist yet) has no files.
+func (t *tree) readFile(p string) ([]byte, error) {
+	if t == nil {
+		return nil, fs.ErrNotExist
+	}
+	return t.root.ReadFile(p)
+}
+
+// readDir lists a directory; a missing one, or a nil tree, is empty.
+func (t *tree) readDir(dir string) ([]fs.DirEntry, error) {
+	if t == nil {
+		return nil, nil
+	}
+	f, err := t.root.Open(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return f.ReadDir(-1)
+}
+
+// stage writes content to a new temp file beside p, created with the final
+// mode and owner; with sync, the file is fsynced (otherwise the caller
+// makes a batch durable with syncStaged). It returns the temp file's path;
+// the caller renames or removes it.
+func (t *tree) stage(p string, content []byte, mode fs.FileMode, uid, gid *int, sync bool) (string, error) {
 	var rnd [6]byte
 	_, _ = rand.Read(rnd[:])
-	base := filepath.Base(path)
+	base := path.Base(p)
 	if len(base) > 200 {
 		base = base[:200]
 	}
-	tmp := filepath.Join(filepath.Dir(path), tempPrefix+base+"."+hex.EncodeToString(rnd[:])+".tmp")
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, mode.Perm())
+	tmp := path.Join(path.Dir(p), tempPrefix+base+"."+hex.EncodeToString(rnd[:])+".tmp")
+	f, err := t.root.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, mode.Perm())
 	if err != nil {
-		return "", err
+		return "", fmt.Errorf("write %s: %w", t.name(p), err)
 	}
 	err = func() error {
 		if uid != nil || gid != nil {
@@ -54,32 +144,63 @@ func stage(path string, content []byte, mode fs.FileMode, uid, gid *int, sync bo
 		err = cerr
 	}
 	if err != nil {
-		os.Remove(tmp)
-		return "", fmt.Errorf("write %s: %w", path, err)
+		t.root.Remove(tmp)
+		return "", fmt.Errorf("write %s: %w", t.name(p), err)
 	}
 	return tmp, nil
 }
 
 // commit renames a durable staged file into place; the caller fsyncs the
 // directory.
-func commit(tmp, path string) error {
-	if err := os.Rename(tmp, path); err != nil {
-		os.Remove(tmp)
-		return fmt.Errorf("rename %s: %w", path, err)
+func (t *tree) commit(tmp, p string) error {
+	if err := t.root.Rename(tmp, p); err != nil {
+		t.root.Remove(tmp)
+		return fmt.Errorf("rename %s: %w", t.name(p), err)
 	}
 	return nil
 }
 
-// writeAtomic replaces path with content, mode and owner, durably.
-func writeAtomic(path string, content []byte, mode fs.FileMode, uid, gid *int) error {
-	tmp, err := stage(path, content, mode, uid, gid, true)
+// writeAtomic replaces p with content, mode and owner, durably.
+func (t *tree) writeAtomic(p string, content []byte, mode fs.FileMode, uid, gid *int) error {
+	tmp, err := t.stage(p, content, mode, uid, gid, true)
 	if err != nil {
 		return err
 	}
-	if err := commit(tmp, path); err != nil {
+	if err := t.commit(tmp, p); err != nil {
 		return err
 	}
-	return syncDir(filepath.Dir(path))
+	return t.syncDir(path.Dir(p))
+}
+
+// remove removes a file (or an empty directory); a missing one is no error.
+func (t *tree) remove(p string) error {
+	if err := t.root.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	return nil
+}
+
+// setAttrs sets owner and mode on the inode it opens, so the check and the
+// change concern the same file.
+func (t *tree) setAttrs(p string, mode fs.FileMode, own configs.Ownership) error {
+	f, err := t.root.OpenFile(p, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	if !fi.Mode().IsRegular() && !fi.IsDir() {
+		return fmt.Errorf("%s is neither a regular file nor a directory", t.name(p))
+	}
+	if own.UID != nil || own.GID != nil {
+		if err := f.Chown(idOr(own.UID), idOr(own.GID)); err != nil {
+			return err
+		}
+	}
+	return f.Chmod(mode)
 }
 
 // syncBatch is the number of staged files from which one syncfs(2) of
@@ -90,10 +211,10 @@ const syncBatch = 16
 // place: a crash after the rename must never expose an empty or partial
 // file. A large batch is flushed with one syncfs per filesystem instead of
 // one fsync (one journal commit) per file.
-func syncStaged(tmps []string) error {
+func (t *tree) syncStaged(tmps []string) error {
 	if len(tmps) < syncBatch {
 		for _, tmp := range tmps {
-			if err := fsyncPath(tmp); err != nil {
+			if err := t.withFile(tmp, syncFile); err != nil {
 				return err
 			}
 		}
@@ -101,7 +222,7 @@ func syncStaged(tmps []string) error {
 	}
 	synced := map[uint64]bool{} // by device
 	for _, tmp := range tmps {
-		fi, err := os.Stat(tmp)
+		fi, err := t.root.Stat(tmp)
 		if err != nil {
 			return err
 		}
@@ -109,7 +230,7 @@ func syncStaged(tmps []string) error {
 		if synced[dev] {
 			continue
 		}
-		if err := syncfs(tmp); err != nil {
+		if err := t.withFile(tmp, func(f *os.File) error { return unix.Syncfs(int(f.Fd())) }); err != nil {
 			return err
 		}
 		synced[dev] = true
@@ -117,48 +238,33 @@ func syncStaged(tmps []string) error {
 	return nil
 }
 
-// fsyncPath fsyncs a file or a directory.
-func fsyncPath(path string) error {
-	return withFile(path, func(f *os.File) error {
-		if err := f.Sync(); err != nil {
-			return fmt.Errorf("fsync %s: %w", path, err)
-		}
-		return nil
-	})
-}
+func syncFile(f *os.File) error { return f.Sync() }
 
 // syncDir makes renames and removals in dir durable.
-func syncDir(dir string) error { return fsyncPath(dir) }
+func (t *tree) syncDir(dir string) error { return t.withFile(dir, syncFile) }
 
-// syncfs flushes the whole filesystem that holds path.
-func syncfs(path string) error {
-	return withFile(path, func(f *os.File) error {
-		if err := unix.Syncfs(int(f.Fd())); err != nil {
-			return fmt.Errorf("syncfs %s: %w", path, err)
-		}
-		return nil
-	})
-}
-
-// withFile opens path read-only for fn.
-func withFile(path string, fn func(*os.File) error) error {
-	f, err := os.Open(path)
+// withFile opens p read-only for fn.
+func (t *tree) withFile(p string, fn func(*os.File) error) error {
+	f, err := t.root.Open(p)
 	if err != nil {
 		return err
 	}
 	defer f.Close()
-	return fn(f)
+	if err := fn(f); err != nil {
+		return fmt.Errorf("sync %s: %w", t.name(p), err)
+	}
+	return nil
 }
 
 // removeStaleTemps removes temp files that a crashed run left in dir.
-func removeStaleTemps(dir string) {
-	entries, err := os.ReadDir(dir)
+func (t *tree) removeStaleTemps(dir string) {
+	entries, err := t.readDir(dir)
 	if err != nil {
 		return
 	}
 	for _, e := range entries {
 		if n := e.Name(); strings.HasPrefix(n, tempPrefix) && strings.HasSuffix(n, ".tmp") && e.Type().IsRegular() {
-			os.Remove(filepath.Join(dir, n))
+			t.root.Remove(path.Join(dir, n))
 		}
 	}
 }
