@@ -48,8 +48,8 @@ type Applier struct {
 	// files and state are the root and the state directory, open for the
 	// duration of one public call (see open).
 	files, state *tree
-	known     map[string]known  // real path -> desired state last written or verified
-	owners    map[string]string // path -> the configuration that last rendered it
+	known        map[string]known  // real path -> desired state last written or verified
+	owners       map[string]string // path -> the configuration that last rendered it
 }
 
 // known is a file ccm wrote or verified: its content (the slice the render
