@@ -64,7 +64,7 @@ func TestTheExampleStackChecksWithRealNginxAndPHPFPM(t *testing.T) {
 	}
 
 	// A customer's domain list that breaks the vhost.
-	put("sites/evil", `{"user":"www-data","domains":["evil.example;", "include /etc/shadow"]}`)
+	put("sites/evil", `{"user":"www-data","domains":["evil.example;", "listen 99999"]}`)
 	var f *cluster.Failure
 	eventually(t, 60*time.Second, func() bool { f, _ = c.Failure(ctx); return f != nil }, "the first node's check fails and raises the flag")
 	assert.Equal(t, "nginx-vhosts", f.Configuration)

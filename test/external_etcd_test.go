@@ -59,6 +59,15 @@ func TestAgentWorksWithOnlyItsNodeRoleOverTLS(t *testing.T) {
 	proc := web1.start("agent", "--debounce", "0s", "--lock-ttl", "5s")
 	r = admin.run(`{"user":"bob","domains":["tls.example"]}`, "object", "put", "sites", "tls")
 	require.Equal(t, 0, r.code, r.stderr)
+	out, err := e.Etcdctl("get", "/ccm/objects/sites/tls", "-w", "json")
+	require.NoError(t, err, out)
+	var got struct {
+		Kvs []struct {
+			ModRevision int64 `json:"mod_revision"`
+		} `json:"kvs"`
+	}
+	require.NoError(t, json.Unmarshal([]byte(out), &got), out)
+	require.Len(t, got.Kvs, 1)
 	eventually(t, 30*time.Second, func() bool {
 		r := admin.run("", "status", "--json")
 		var v cluster.View
@@ -66,7 +75,7 @@ func TestAgentWorksWithOnlyItsNodeRoleOverTLS(t *testing.T) {
 			return false
 		}
 		s := v.Nodes[0].Status
-		return s.Result == cluster.ResultConverged && s.Configurations[len(s.Configurations)-1].Created > 0
+		return s.Result == cluster.ResultConverged && s.Revision >= got.Kvs[0].ModRevision
 	}, "the agent reports that it converged the new site")
 	assert.FileExists(t, filepath.Join(web1.root, "etc/nginx/sites-enabled/tls.conf"))
 	require.NoError(t, proc.Process.Signal(syscall.SIGTERM))
