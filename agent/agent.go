@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"sync"
 	"sync/atomic"
@@ -11,6 +12,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
 
 	"github.com/ccm-dev/ccm/applier"
 	"github.com/ccm-dev/ccm/cluster"
@@ -173,8 +175,15 @@ func (a *Agent) Ready() error {
 func (a *Agent) Metrics() *metrics.Metrics { return a.metrics }
 
 // Run converges until ctx is cancelled, then finishes the configuration
-// under way, releases the lock and returns nil.
+// under way, releases the lock and returns nil. It returns an error at
+// once if another agent uses the state directory, or as soon as it finds
+// another live agent serving the same node name.
 func (a *Agent) Run(ctx context.Context) error {
+	unlock, err := lockStateDir(a.opts.StateDir)
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	bg, cancel := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	defer func() {
@@ -201,9 +210,30 @@ func (a *Agent) Run(ctx context.Context) error {
 			return nil
 		}
 		a.metrics.DebouncePending.Set(float64(a.deb.Pending()))
-		a.converge(ctx, batch)
+		if err := a.converge(ctx, batch); err != nil {
+			a.log.Error("refusing to run", zap.Error(err))
+			return err
+		}
 	}
 	return nil
+}
+
+// lockStateDir takes an exclusive lock on the state directory for as long
+// as the agent runs, so that a second agent started by mistake on the same
+// node fails at once (and never revokes the first one's lease).
+func lockStateDir(dir string) (func(), error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("state: %w", err)
+	}
+	f, err := os.OpenFile(filepath.Join(dir, "agent.lock"), os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("state: %w", err)
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("state directory %s is in use by another ccm agent: %w", dir, err)
+	}
+	return func() { f.Close() }, nil
 }
 
 func (a *Agent) runWatcher(ctx context.Context) {

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"time"
 
 	"go.uber.org/zap"
@@ -30,23 +31,27 @@ func (a *Agent) names(sel *selection, b debounce.Batch) ([]string, error) {
 }
 
 // converge runs one batch under the lock. A batch that cannot run (etcd
-// unreachable, lock lost, flag set) is put back.
-func (a *Agent) converge(ctx context.Context, b debounce.Batch) {
+// unreachable, lock lost, flag set) is put back. The error is one the
+// agent must stop for: another live agent serves this node.
+func (a *Agent) converge(ctx context.Context, b debounce.Batch) error {
 	// One selection for the whole run, even if SIGHUP swaps it meanwhile.
 	sel := a.selection.Load()
 	names, err := a.names(sel, b)
 	if err != nil {
 		a.log.Error("select configurations", zap.Error(err))
-		return
+		return nil
 	}
 	if len(names) == 0 && !b.All {
 		a.log.Debug("no configuration subscribes to the change", zap.Strings("types", b.Types))
-		return
+		return nil
 	}
 	s, err := a.ensureSession(ctx)
+	if errors.Is(err, cluster.ErrNodeTaken) {
+		return err
+	}
 	if err != nil {
 		a.postpone(ctx, b, "open session", err)
-		return
+		return nil
 	}
 	res := a.runner.Run(ctx, s, rollout.Request{
 		Set: sel.set, Names: names, Full: b.All, Snapshot: a.snapshot, Reason: describe(b),
@@ -57,7 +62,7 @@ func (a *Agent) converge(ctx context.Context, b debounce.Batch) {
 		a.deb.Requeue(b)
 	case !res.Ran:
 		a.postpone(ctx, b, "run", res.Err)
-		return
+		return nil
 	case res.Status.Result == cluster.ResultFailed:
 		a.flag.observe(true)
 	case res.Report.Aborted:
@@ -69,6 +74,7 @@ func (a *Agent) converge(ctx context.Context, b debounce.Batch) {
 	}
 	a.retry.Reset()
 	a.presence.converged(a.runner.Converged())
+	return nil
 }
 
 // snapshot is the mirror, once it holds at least revision rev.

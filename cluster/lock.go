@@ -18,6 +18,10 @@ import (
 // for the lock.
 var ErrSessionLost = errors.New("session lease expired")
 
+// ErrNodeTaken is returned when another live session already announces
+// the node: two agents must never serve one node name.
+var ErrNodeTaken = errors.New("node already served by another live agent")
+
 // SessionOptions configures a Session.
 type SessionOptions struct {
 	// TTL of the lease, rounded up to seconds (at least 1); DefaultLockTTL
@@ -109,13 +113,34 @@ func recordLease(file string, id clientv3.LeaseID) error {
 // Lease returns the session's lease as hex, as presence records show it.
 func (s *Session) Lease() string { return fmt.Sprintf("%x", int64(s.session.Lease())) }
 
-// Announce writes the node's presence on the session lease.
+// Announce writes the node's presence on the session lease. The alive key
+// is created only if it is absent or already this session's, in one
+// transaction: if another live session holds it, Announce fails with
+// ErrNodeTaken.
 func (s *Session) Announce(ctx context.Context, p Presence) error {
 	p.Node, p.Lease = s.c.node, s.Lease()
 	raw, _ := json.Marshal(p)
-	key := s.c.AliveKey(s.c.node)
-	if _, err := s.c.client.Put(ctx, key, string(raw), clientv3.WithLease(s.session.Lease())); err != nil {
+	key, lease := s.c.AliveKey(s.c.node), s.session.Lease()
+	put := clientv3.OpPut(key, string(raw), clientv3.WithLease(lease))
+	resp, err := s.c.client.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
+		Then(put).Else(clientv3.OpGet(key)).Commit()
+	if err != nil {
 		return fmt.Errorf("write %s: %w", key, err)
+	}
+	if resp.Succeeded {
+		return nil
+	}
+	if kvs := resp.Responses[0].GetResponseRange().Kvs; len(kvs) == 1 && clientv3.LeaseID(kvs[0].Lease) != lease {
+		var other Presence
+		_ = json.Unmarshal(kvs[0].Value, &other)
+		return fmt.Errorf("%w: %s is held by lease %s, alive since %s", ErrNodeTaken, key, other.Lease, other.Since.Format(time.RFC3339))
+	}
+	resp, err = s.c.client.Txn(ctx).If(clientv3.Compare(clientv3.LeaseValue(key), "=", lease)).Then(put).Commit()
+	if err != nil {
+		return fmt.Errorf("write %s: %w", key, err)
+	}
+	if !resp.Succeeded {
+		return fmt.Errorf("write %s: %w", key, ErrNodeTaken)
 	}
 	return nil
 }

@@ -142,3 +142,26 @@ func TestPlanUsesTheLabelsTheAgentPublished(t *testing.T) {
 	assert.Contains(t, r.stderr, "using the labels node w1's agent published: role=web")
 	assert.NotContains(t, r.stderr, "no agent alive")
 }
+
+func TestASecondAgentForTheSameNodeRefusesToStart(t *testing.T) {
+	etcd := etcdtest.New(t, 1)
+	dir := siteConfig(t, "n", filepath.Join(t.TempDir(), "log"), "/nonexistent", "0")
+	first := newNode(t, "web1", dir, etcd.Endpoints())
+	first.start("agent", "--debounce", "0s")
+	c := cluster.New(etcd.Client(t), cluster.Options{})
+	eventually(t, 20*time.Second, func() bool { return nodeView(t, c, "web1").Presence != nil }, "the first agent is alive")
+	lease := nodeView(t, c, "web1").Presence.Lease
+
+	elsewhere := newNode(t, "web1", dir, etcd.Endpoints()) // another host, same name
+	r := elsewhere.run("", "agent", "--debounce", "0s")
+	assert.Equal(t, 1, r.code)
+	assert.Contains(t, r.stderr, "node already served by another live agent")
+
+	sameHost := newNode(t, "web1", dir, etcd.Endpoints())
+	sameHost.state = first.state
+	r = sameHost.run("", "agent", "--debounce", "0s")
+	assert.Equal(t, 1, r.code)
+	assert.Contains(t, r.stderr, "is in use by another ccm agent")
+
+	assert.Equal(t, lease, nodeView(t, c, "web1").Presence.Lease, "the first agent's session is untouched")
+}
