@@ -1,8 +1,12 @@
 package cluster
 
 import (
+	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
+	"net"
+	"net/url"
 	"time"
 
 	"go.etcd.io/etcd/client/pkg/v3/transport"
@@ -32,13 +36,9 @@ func NewClient(cfg ClientConfig) (*clientv3.Client, error) {
 	if len(cfg.Endpoints) == 0 {
 		return nil, fmt.Errorf("no etcd endpoints")
 	}
-	var tlsConfig *tls.Config
-	if cfg.CACert != "" || cfg.Cert != "" {
-		info := transport.TLSInfo{TrustedCAFile: cfg.CACert, CertFile: cfg.Cert, KeyFile: cfg.Key}
-		var err error
-		if tlsConfig, err = info.ClientConfig(); err != nil {
-			return nil, fmt.Errorf("etcd TLS: %w", err)
-		}
+	tlsConfig, err := cfg.tls()
+	if err != nil {
+		return nil, err
 	}
 	timeout := cfg.DialTimeout
 	if timeout == 0 {
@@ -62,4 +62,64 @@ func NewClient(cfg ClientConfig) (*clientv3.Client, error) {
 		// that counts, not gRPC's 2 MB default.
 		MaxCallSendMsgSize: MaxObjectBytes,
 	})
+}
+
+// tls returns the TLS configuration, or nil for plain connections.
+func (cfg ClientConfig) tls() (*tls.Config, error) {
+	if cfg.CACert == "" && cfg.Cert == "" {
+		return nil, nil
+	}
+	info := transport.TLSInfo{TrustedCAFile: cfg.CACert, CertFile: cfg.Cert, KeyFile: cfg.Key}
+	c, err := info.ClientConfig()
+	if err != nil {
+		return nil, fmt.Errorf("etcd TLS: %w", err)
+	}
+	return c, nil
+}
+
+// Diagnose says why no endpoint answers: it dials each one (DNS, TCP) and,
+// with TLS, shakes hands, and returns the causes, one per endpoint, or nil
+// when one of them connects. The etcd client itself only reports that a
+// request timed out.
+func Diagnose(ctx context.Context, cfg ClientConfig) error {
+	tlsConfig, err := cfg.tls()
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, ep := range cfg.Endpoints {
+		err := probe(ctx, ep, tlsConfig)
+		if err == nil {
+			return nil
+		}
+		errs = append(errs, fmt.Errorf("etcd at %s: %w", ep, err))
+	}
+	return errors.Join(errs...)
+}
+
+// probe connects to one endpoint the way the client would.
+func probe(ctx context.Context, endpoint string, tlsConfig *tls.Config) error {
+	host := endpoint
+	if u, err := url.Parse(endpoint); err == nil && u.Host != "" {
+		host = u.Host
+	}
+	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	conn, err := (&net.Dialer{}).DialContext(ctx, "tcp", host)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	if tlsConfig == nil {
+		return nil
+	}
+	c := tlsConfig.Clone()
+	if c.ServerName == "" {
+		c.ServerName, _, _ = net.SplitHostPort(host)
+	}
+	tc := tls.Client(conn, c)
+	if err := tc.HandshakeContext(ctx); err != nil {
+		return fmt.Errorf("TLS handshake: %w", err)
+	}
+	return nil
 }

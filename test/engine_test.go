@@ -173,12 +173,33 @@ func TestObjectCommands(t *testing.T) {
 	assert.Contains(t, r.stderr, "object /ccm/objects/sites/a: not found")
 }
 
-func TestApplyGivesUpOnAnUnreachableEtcd(t *testing.T) {
-	n := newNode(t, "n", "../examples/ccm", []string{"127.0.0.1:1"})
-	start := time.Now()
-	r := n.run("", "apply", "--once", "--timeout", "2s")
-	assert.Equal(t, 1, r.code)
-	assert.Contains(t, r.stderr, "etcd at 127.0.0.1:1 unreachable")
-	assert.Less(t, time.Since(start), 20*time.Second)
-	assert.Empty(t, tree(t, n.root))
+func TestOneShotCommandsGiveUpWithTheRealCause(t *testing.T) {
+	plain := etcdtest.New(t, 1)
+	pki := etcdtest.NewPKI(t)
+	tests := []struct {
+		name      string
+		endpoints []string
+		flags     []string
+		want      string
+	}{
+		{"refused port", []string{"127.0.0.1:1"}, nil, "etcd at 127.0.0.1:1: dial tcp 127.0.0.1:1: connect: connection refused"},
+		{"unknown host", []string{"no-such-host.invalid:2379"}, nil, "etcd at no-such-host.invalid:2379: dial tcp: lookup no-such-host.invalid"},
+		{"TLS against plain etcd", plain.Endpoints(), []string{"--cacert", pki.CACert}, "TLS handshake: "},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			n := newNode(t, "n", "../examples/ccm", tt.endpoints)
+			n.flags = tt.flags
+			for _, cmd := range [][]string{{"apply", "--once"}, {"status"}, {"object", "list"}} {
+				start := time.Now()
+				r := n.run("", append(cmd, "--timeout", "2s")...)
+				took := time.Since(start)
+				assert.Equal(t, 1, r.code, "%v: %s", cmd, r.stderr)
+				assert.Contains(t, r.stderr, "etcd unreachable within --timeout 2s", "%v", cmd)
+				assert.Contains(t, r.stderr, tt.want, "%v: the real cause", cmd)
+				assert.Less(t, took, 15*time.Second, "%v gives up instead of waiting forever", cmd)
+			}
+			assert.Empty(t, tree(t, n.root))
+		})
+	}
 }

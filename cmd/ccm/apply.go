@@ -53,7 +53,7 @@ func (a *app) applyOnce(ctx context.Context, names []string, lockTTL, lockTimeou
 	s, err := c.NewSession(sctx, cluster.SessionOptions{TTL: lockTTL})
 	cancel()
 	if err != nil {
-		return a.unreachable(err)
+		return err
 	}
 	defer s.Close()
 	runner := rollout.New(rollout.Options{Cluster: c, Applier: ap, Node: a.node, Logger: a.log})
@@ -66,5 +66,5 @@ func (a *app) applyOnce(ctx context.Context, names []string, lockTTL, lockTimeou
 	if res.Err == nil {
 		a.log.Info("converged", zap.Int64("revision", res.Status.Revision), zap.String("took", res.Status.Duration))
 	}
-	return a.unreachable(res.Err)
+	return res.Err
 }

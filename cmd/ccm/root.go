@@ -61,7 +61,7 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	cmd.SetIn(stdin)
 	cmd.SetOut(stdout)
 	cmd.SetErr(stderr)
-	err := cmd.ExecuteContext(ctx)
+	err := app.unreachable(cmd.ExecuteContext(ctx))
 	app.close()
 	if err != nil && !errors.Is(err, errChanges) {
 		printError(stderr, err)
@@ -255,17 +255,22 @@ func (a *app) cluster(ctx context.Context) (*cluster.Cluster, error) {
 		a.etcd = srv
 		a.closers = append(a.closers, srv.Close)
 	}
-	client, err := cluster.NewClient(cluster.ClientConfig{
-		Endpoints: a.endpoints,
-		CACert:    a.cacert, Cert: a.cert, Key: a.key,
-		User: a.user, Password: os.Getenv("CCM_PASSWORD"),
-		Logger: a.log,
-	})
+	client, err := cluster.NewClient(a.clientConfig())
 	if err != nil {
 		return nil, err
 	}
 	a.closers = append(a.closers, func() { client.Close() })
 	return cluster.New(client, cluster.Options{Prefix: a.prefix, Node: a.node}), nil
+}
+
+// clientConfig is how to reach etcd, from the global flags.
+func (a *app) clientConfig() cluster.ClientConfig {
+	return cluster.ClientConfig{
+		Endpoints: a.endpoints,
+		CACert:    a.cacert, Cert: a.cert, Key: a.key,
+		User: a.user, Password: os.Getenv("CCM_PASSWORD"),
+		Logger: a.log,
+	}
 }
 
 // withCluster runs fn with the cluster and a request timeout.
@@ -276,7 +281,7 @@ func (a *app) withCluster(cmd *cobra.Command, fn func(context.Context, *cluster.
 	}
 	ctx, cancel := a.requestContext(cmd.Context())
 	defer cancel()
-	return a.unreachable(fn(ctx, c))
+	return fn(ctx, c)
 }
 
 // requestContext bounds a one-shot command's etcd requests by --timeout.
@@ -284,12 +289,18 @@ func (a *app) requestContext(ctx context.Context) (context.Context, context.Canc
 	return context.WithTimeout(ctx, a.timeout)
 }
 
-// unreachable names the endpoints when etcd did not answer in time.
+// unreachable names the endpoints when etcd did not answer in time, and
+// the cause when a plain connection shows one (refused, DNS, TLS).
 func (a *app) unreachable(err error) error {
-	if errors.Is(err, context.DeadlineExceeded) {
-		return fmt.Errorf("etcd at %s unreachable or without quorum within --timeout %s: %w", strings.Join(a.endpoints, ","), a.timeout, err)
+	if !errors.Is(err, context.DeadlineExceeded) {
+		return err
 	}
-	return err
+	ctx, cancel := context.WithTimeout(context.Background(), a.timeout)
+	defer cancel()
+	if cause := cluster.Diagnose(ctx, a.clientConfig()); cause != nil {
+		return fmt.Errorf("etcd unreachable within --timeout %s:\n%w", a.timeout, cause)
+	}
+	return fmt.Errorf("etcd at %s did not answer within --timeout %s (no quorum?): %w", strings.Join(a.endpoints, ","), a.timeout, err)
 }
 
 // prepare loads the configuration directory and selects the configurations
