@@ -163,10 +163,17 @@ func (s *Session) Context(parent context.Context) (context.Context, context.Canc
 	return ctx, func() { stop(); cancel(context.Canceled) }
 }
 
+// closeTimeout bounds the revocation at Close: past it, the lease expires
+// on its own, and a shutdown must not wait for an etcd that is gone.
+const closeTimeout = 5 * time.Second
+
 // Close revokes the lease, which also removes the presence key and any
 // lock key of the session.
 func (s *Session) Close() {
-	_ = s.session.Close()
+	s.session.Orphan()
+	ctx, cancel := context.WithTimeout(context.Background(), closeTimeout)
+	defer cancel()
+	_, _ = s.c.client.Revoke(ctx, s.session.Lease())
 }
 
 // Lock is the held cluster lock.

@@ -71,8 +71,12 @@ func (m *Mirror) Reset(kvs []KV, rev int64) {
 	for typ := range m.version {
 		m.version[typ] = rev
 	}
+	// The list is the truth at rev, even below what the mirror held: an
+	// etcd restored from a snapshot lists an older revision.
 	m.applied = rev
-	m.setRevisionLocked(rev)
+	m.rev = rev
+	close(m.revCh)
+	m.revCh = make(chan struct{})
 }
 
 // Apply applies watch events and returns the types they changed. Events

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime/pprof"
 	"sort"
 	"strconv"
 	"strings"
@@ -56,6 +57,9 @@ type agentNode struct {
 type agentConfig struct {
 	debounce, maxWait, lockTTL time.Duration
 	endpoints                  []int // members to talk to; all when empty
+	// client, when set, is used instead of one to the embedded cluster
+	// (which may then be nil): an external etcd.
+	client *clientv3.Client
 }
 
 func startAgent(t *testing.T, etcd *etcdtest.Cluster, name, configDir string, cfg agentConfig) *agentNode {
@@ -66,16 +70,21 @@ func startAgent(t *testing.T, etcd *etcdtest.Cluster, name, configDir string, cf
 	if cfg.lockTTL == 0 {
 		cfg.lockTTL = 2 * time.Second
 	}
-	var eps []string
-	for _, i := range cfg.endpoints {
-		eps = append(eps, etcd.Endpoint(i))
+	cli := cfg.client
+	if cli == nil {
+		var eps []string
+		for _, i := range cfg.endpoints {
+			eps = append(eps, etcd.Endpoint(i))
+		}
+		if len(eps) == 0 {
+			eps = etcd.Endpoints()
+		}
+		var err error
+		cli, err = cluster.NewClient(cluster.ClientConfig{Endpoints: eps, DialTimeout: 2 * time.Second})
+		require.NoError(t, err)
 	}
-	if len(eps) == 0 {
-		eps = etcd.Endpoints()
-	}
-	cli, err := cluster.NewClient(cluster.ClientConfig{Endpoints: eps, DialTimeout: 2 * time.Second})
-	require.NoError(t, err)
 	n := &agentNode{cli: cli, name: name, root: t.TempDir(), done: make(chan error, 1)}
+	var err error
 	n.ag, err = agent.New(agent.Options{
 		Client: cli, Node: name, ConfigDir: configDir, Root: n.root, StateDir: t.TempDir(),
 		Debounce: cfg.debounce, MaxWait: cfg.maxWait, LockTTL: cfg.lockTTL,
@@ -91,7 +100,9 @@ func startAgent(t *testing.T, etcd *etcdtest.Cluster, name, configDir string, cf
 		select {
 		case <-n.done:
 		case <-time.After(30 * time.Second):
-			t.Errorf("agent %s did not stop", name)
+			var stacks strings.Builder
+			_ = pprof.Lookup("goroutine").WriteTo(&stacks, 1)
+			t.Errorf("agent %s did not stop; goroutines:\n%s", name, stacks.String())
 		}
 		cli.Close()
 	})

@@ -3,6 +3,7 @@ package test
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/ccm-dev/ccm/cluster"
 	"github.com/ccm-dev/ccm/test/etcdtest"
@@ -116,4 +118,56 @@ func TestANodeCannotWriteOutsideItsRole(t *testing.T) {
 	r := wrong.run("", "apply", "--once", "--lock-timeout", "10s")
 	assert.Equal(t, 1, r.code)
 	assert.Contains(t, r.stderr, "authentication failed")
+}
+
+// rootClient is a client of the external etcd with root's certificate.
+func rootClient(t *testing.T, e *etcdtest.External) *clientv3.Client {
+	t.Helper()
+	cli, err := cluster.NewClient(cluster.ClientConfig{Endpoints: []string{e.Endpoint}, CACert: e.PKI.CACert, Cert: e.RootCert, Key: e.RootKey, DialTimeout: 2 * time.Second})
+	require.NoError(t, err)
+	t.Cleanup(func() { cli.Close() })
+	return cli
+}
+
+func TestAnEtcdRestoredFromASnapshotOrWipedIsConvergedAgain(t *testing.T) {
+	e := etcdtest.StartExternal(t)
+	admin := rootClient(t, e)
+	ctx := context.Background()
+	put := func(id, v string) {
+		_, err := admin.Put(ctx, "/ccm/objects/sites/"+id, fmt.Sprintf(`{"v":%q}`, v))
+		require.NoError(t, err)
+	}
+	dir := siteConfig(t, "n", filepath.Join(t.TempDir(), "log"), "/nonexistent", "0")
+	n := startAgent(t, nil, "n", dir, agentConfig{client: rootClient(t, e)})
+	// reportedAfter waits for a converged run that started after since.
+	reportedAfter := func(since time.Time, what string) {
+		t.Helper()
+		eventually(t, 60*time.Second, func() bool {
+			s, err := cluster.New(admin, cluster.Options{}).Status(ctx, "n")
+			return err == nil && s != nil && s.Result == cluster.ResultConverged && s.Time.After(since)
+		}, "converged %s", what)
+	}
+
+	put("a", "v1")
+	reportedAfter(time.Now().Add(-time.Hour), "before the snapshot")
+	snapshot := e.Snapshot()
+	put("a", "v2")
+	put("b", "v1")
+	rev := revision(t, admin)
+	n.reported(t, rev, cluster.ResultConverged)
+	require.Equal(t, "v2\n", n.read("/sites/a.conf"))
+
+	restored := time.Now()
+	e.Restore(snapshot) // back to a=v1, no b
+	reportedAfter(restored, "after the restore")
+	assert.Equal(t, "v1\n", n.read("/sites/a.conf"), "the restored object is rendered")
+	assert.Empty(t, n.read("/sites/b.conf"), "an object the snapshot lacks is removed")
+	put("c", "v1")
+	n.reported(t, revision(t, admin), cluster.ResultConverged)
+	assert.Equal(t, "v1\n", n.read("/sites/c.conf"), "later events are followed")
+
+	wiped := time.Now()
+	e.Wipe()
+	reportedAfter(wiped, "after the wipe")
+	assert.Empty(t, n.read("/sites/a.conf"), "a wiped etcd has no objects")
 }

@@ -10,6 +10,12 @@
 // or the watch cannot resume, the watcher lists again and asks for a
 // converge of everything.
 //
+// An etcd restored from a snapshot, or wiped, goes back in its history: a
+// response whose cluster ID changed, or a linearizable read at a revision
+// lower than the mirror's, makes the watcher list again and ask for a
+// converge of everything, instead of waiting for revisions that will never
+// come while it renders stale objects.
+//
 // The watch uses WithRequireLeader, so a member cut off from its cluster
 // ends the watch instead of starving the agent silently, and progress
 // requests on a timer of its own detect a stream that stopped answering.
@@ -24,6 +30,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
@@ -61,6 +68,8 @@ type Watcher struct {
 	opts   Options
 	log    *zap.Logger
 	synced atomic.Bool
+	// cluster is the ID of the etcd cluster the mirror was listed from.
+	cluster uint64
 }
 
 // New returns a Watcher; Run starts it.
@@ -83,6 +92,26 @@ func (w *Watcher) Synced() bool { return w.synced.Load() }
 
 // errStalled ends a watch that stopped answering progress requests.
 var errStalled = errors.New("watch stream stalled")
+
+// errRestored ends a watch on an etcd that went back in its history.
+var errRestored = errors.New("etcd went back in its history (restored from a snapshot, or wiped)")
+
+// checkHistory compares a response header with what the watcher has seen.
+// The revision is compared only for a linearizable read, whose revision is
+// never below one already committed; a watch response may come from a
+// member that lags behind.
+func (w *Watcher) checkHistory(h *etcdserverpb.ResponseHeader, linearizable bool) error {
+	if h == nil || w.cluster == 0 {
+		return nil
+	}
+	if h.ClusterId != w.cluster {
+		return fmt.Errorf("%w: cluster ID %x, was %x", errRestored, h.ClusterId, w.cluster)
+	}
+	if linearizable && h.Revision < w.mirror.Revision() {
+		return fmt.Errorf("%w: revision %d, the mirror holds %d", errRestored, h.Revision, w.mirror.Revision())
+	}
+	return nil
+}
 
 // Run lists and watches until ctx is cancelled.
 func (w *Watcher) Run(ctx context.Context) error {
@@ -111,6 +140,9 @@ func (w *Watcher) Run(ctx context.Context) error {
 		case errors.Is(err, rpctypes.ErrCompacted):
 			w.log.Warn("watch compacted; listing again", zap.Error(err))
 			reason = "compacted"
+		case errors.Is(err, errRestored):
+			w.log.Error("etcd history changed; listing again and converging everything", zap.Error(err))
+			reason = "etcd restored"
 		default:
 			w.log.Warn("watch ended; resuming", zap.Error(err), zap.Int64("from", w.mirror.Applied()+1), zap.Duration("in", backoff.Next()))
 			if !backoff.Wait(ctx) {
@@ -133,6 +165,7 @@ func (w *Watcher) list(ctx context.Context) error {
 		kvs[i] = objects.KV{Key: string(kv.Key), Value: kv.Value, ModRevision: kv.ModRevision}
 	}
 	w.mirror.Reset(kvs, resp.Header.Revision)
+	w.cluster = resp.Header.ClusterId
 	w.log.Info("listed objects", zap.Int("keys", len(kvs)), zap.Int64("revision", resp.Header.Revision))
 	return nil
 }
@@ -173,6 +206,16 @@ func (w *Watcher) watch(ctx context.Context, backoff *retry.Delay) error {
 			}
 			if err := resp.Err(); err != nil {
 				return err
+			}
+			if err := w.checkHistory(resp.Header, false); err != nil {
+				return err
+			}
+			if resp.IsProgressNotify() && resp.Header.Revision < w.mirror.Revision() {
+				// A restored etcd, or a member far behind: a
+				// linearizable read tells which.
+				if err := w.checkIdle(ctx); errors.Is(err, errRestored) {
+					return err
+				}
 			}
 			if ce := w.log.Check(zap.DebugLevel, "watch response"); ce != nil {
 				var evs []string
@@ -227,6 +270,9 @@ func (w *Watcher) checkIdle(ctx context.Context) error {
 	resp, err := w.client.Get(ctx, objects.Prefix(w.opts.Prefix), clientv3.WithCountOnly())
 	if err != nil {
 		return fmt.Errorf("%w: %w", errStalled, err)
+	}
+	if err := w.checkHistory(resp.Header, true); err != nil {
+		return err
 	}
 	if resp.Header.Revision > w.mirror.Revision() {
 		return fmt.Errorf("%w: etcd is at revision %d, the mirror at %d", errStalled, resp.Header.Revision, w.mirror.Revision())

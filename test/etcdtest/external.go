@@ -97,10 +97,13 @@ func (p *PKI) Issue(cn string) (cert, key string) {
 // External is an etcd server run from the etcd binary (Debian's
 // etcd-server), serving TLS with client-certificate authentication.
 type External struct {
-	t        testing.TB
-	PKI      *PKI
-	Endpoint string // https://127.0.0.1:port
-	cmd      *exec.Cmd
+	t                     testing.TB
+	PKI                   *PKI
+	Endpoint              string // https://127.0.0.1:port
+	cmd                   *exec.Cmd
+	bin                   string
+	peer                  string
+	serverCert, serverKey string
 	// RootCert and RootKey are the client certificate of the root user.
 	RootCert, RootKey string
 	rootAuth          string // user:password once auth is enabled
@@ -121,14 +124,23 @@ func StartExternal(t testing.TB) *External {
 	serverCert, serverKey := pki.Issue("etcd-server")
 	rootCert, rootKey := pki.Issue("root")
 	client, peer := freeAddr(t), freeAddr(t)
-	e := &External{t: t, PKI: pki, Endpoint: "https://" + client, RootCert: rootCert, RootKey: rootKey}
-	e.cmd = exec.Command(etcdBin,
-		"--name", "ext", "--data-dir", t.TempDir(),
+	e := &External{t: t, PKI: pki, Endpoint: "https://" + client, RootCert: rootCert, RootKey: rootKey,
+		bin: etcdBin, peer: "http://" + peer, serverCert: serverCert, serverKey: serverKey}
+	e.start(t.TempDir())
+	return e
+}
+
+// start runs etcd on dataDir and waits until it is healthy.
+func (e *External) start(dataDir string) {
+	t := e.t
+	t.Helper()
+	e.cmd = exec.Command(e.bin,
+		"--name", "ext", "--data-dir", dataDir,
 		"--listen-client-urls", e.Endpoint, "--advertise-client-urls", e.Endpoint,
-		"--listen-peer-urls", "http://"+peer, "--initial-advertise-peer-urls", "http://"+peer,
-		"--initial-cluster", "ext=http://"+peer,
-		"--cert-file", serverCert, "--key-file", serverKey,
-		"--trusted-ca-file", pki.CACert, "--client-cert-auth",
+		"--listen-peer-urls", e.peer, "--initial-advertise-peer-urls", e.peer,
+		"--initial-cluster", "ext="+e.peer,
+		"--cert-file", e.serverCert, "--key-file", e.serverKey,
+		"--trusted-ca-file", e.PKI.CACert, "--client-cert-auth",
 		"--log-level", "error",
 	)
 	var stderr bytes.Buffer
@@ -136,20 +148,60 @@ func StartExternal(t testing.TB) *External {
 	if err := e.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
+	cmd := e.cmd
 	t.Cleanup(func() {
-		_ = e.cmd.Process.Kill()
-		_, _ = e.cmd.Process.Wait()
+		_ = cmd.Process.Kill()
+		_, _ = cmd.Process.Wait()
 	})
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		if _, err := e.Etcdctl("endpoint", "health"); err == nil {
-			return e
+			return
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("etcd did not become healthy: %s", stderr.String())
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+}
+
+// stop kills the server.
+func (e *External) stop() {
+	_ = e.cmd.Process.Kill()
+	_, _ = e.cmd.Process.Wait()
+}
+
+// Snapshot saves a snapshot of the data to a file and returns its path.
+func (e *External) Snapshot() string {
+	e.t.Helper()
+	file := filepath.Join(e.t.TempDir(), "snapshot.db")
+	if out, err := e.Etcdctl("snapshot", "save", file); err != nil {
+		e.t.Fatalf("snapshot save: %v: %s", err, out)
+	}
+	return file
+}
+
+// Restore stops etcd, restores snapshot into a new data directory (as an
+// operator recovering from a disaster does) and starts it again on the
+// same endpoint.
+func (e *External) Restore(snapshot string) {
+	e.t.Helper()
+	e.stop()
+	dir := filepath.Join(e.t.TempDir(), "restored")
+	cmd := exec.Command("etcdctl", "snapshot", "restore", snapshot, "--data-dir", dir, "--name", "ext",
+		"--initial-cluster", "ext="+e.peer, "--initial-advertise-peer-urls", e.peer)
+	cmd.Env = append(os.Environ(), "ETCDCTL_API=3")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		e.t.Fatalf("snapshot restore: %v: %s", err, out)
+	}
+	e.start(dir)
+}
+
+// Wipe stops etcd and starts it again on an empty data directory.
+func (e *External) Wipe() {
+	e.t.Helper()
+	e.stop()
+	e.start(e.t.TempDir())
 }
 
 // Etcdctl runs etcdctl as root (over TLS, with root's password once
