@@ -89,8 +89,11 @@ type Agent struct {
 	flag      *flagState
 	presence  *presence
 
-	session atomic.Pointer[cluster.Session] // replaced by the run loop only
-	retry   *retry.Delay                    // owned by the run loop
+	sessionMu sync.Mutex                      // held while a session is opened
+	session   atomic.Pointer[cluster.Session] // the live session, if any
+	retry     *retry.Delay                    // owned by the run loop
+	// stop ends Run with a cause: another agent serves this node.
+	stop context.CancelCauseFunc
 }
 
 // New loads the configuration directory and returns an Agent. It refuses a
@@ -163,10 +166,14 @@ func (a *Agent) Reload() error {
 	return nil
 }
 
-// Ready returns nil when the mirror is synced with etcd.
+// Ready returns nil when the mirror is synced with etcd and the node is
+// announced on a live session.
 func (a *Agent) Ready() error {
 	if !a.watcher.Synced() {
 		return errors.New("object watch not synced with etcd")
+	}
+	if s := a.session.Load(); s == nil || s.Lost() {
+		return errors.New("no live session with etcd: the node is not announced")
 	}
 	return nil
 }
@@ -184,6 +191,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		return err
 	}
 	defer unlock()
+	ctx, a.stop = context.WithCancelCause(ctx)
 	bg, cancel := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	defer func() {
@@ -202,18 +210,21 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	for ctx.Err() == nil {
 		if err := a.flag.waitClear(ctx); err != nil {
-			return nil
+			break
 		}
 		a.metrics.DebouncePending.Set(float64(a.deb.Pending()))
 		batch, err := a.deb.Next(ctx)
 		if err != nil {
-			return nil
+			break
 		}
 		a.metrics.DebouncePending.Set(float64(a.deb.Pending()))
 		if err := a.converge(ctx, batch); err != nil {
-			a.log.Error("refusing to run", zap.Error(err))
-			return err
+			a.stop(err)
 		}
+	}
+	if err := context.Cause(ctx); errors.Is(err, cluster.ErrNodeTaken) {
+		a.log.Error("refusing to run", zap.Error(err))
+		return err
 	}
 	return nil
 }

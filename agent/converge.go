@@ -63,6 +63,11 @@ func (a *Agent) converge(ctx context.Context, b debounce.Batch) error {
 	case !res.Ran:
 		a.postpone(ctx, b, "run", res.Err)
 		return nil
+	case errors.Is(res.Err, rollout.ErrNotRecorded):
+		// etcd went away at the end of the run: run everything again
+		// once it answers, so that the status and the flag are written.
+		a.postpone(ctx, debounce.Batch{All: true, Reasons: []string{"outcome not recorded"}}, "record the run", res.Err)
+		return nil
 	case res.Status.Result == cluster.ResultFailed:
 		a.flag.observe(true)
 	case res.Report.Aborted:
@@ -103,8 +108,11 @@ func (a *Agent) postpone(ctx context.Context, b debounce.Batch, what string, err
 
 // ensureSession returns the live session, opening one (lease, presence) if
 // there is none. The lease of a session a crash left behind is revoked
-// first, so that a restarted holder does not wait for its own lock.
+// first, so that a restarted holder does not wait for its own lock. The
+// run loop and keepPresence both call it; one opens at a time.
 func (a *Agent) ensureSession(ctx context.Context) (*cluster.Session, error) {
+	a.sessionMu.Lock()
+	defer a.sessionMu.Unlock()
 	if s := a.session.Load(); s != nil && !s.Lost() {
 		return s, nil
 	}

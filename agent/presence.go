@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"maps"
 	"sync"
 	"time"
@@ -80,32 +81,46 @@ func (e *events) Add(rev int64, types ...string) {
 // AddAll asks for a converge of everything.
 func (e *events) AddAll(reason string) { (*Agent)(e).deb.AddAll(reason) }
 
-// keepPresence announces the presence when it changes, and again whenever
-// the alive key disappears while the session lives (deleted by hand, or by
-// an old session's revocation).
+// keepPresence keeps the node announced: it opens a session whenever there
+// is none (at start, and once etcd answers again after an outage), and
+// announces the presence when it changes and whenever the alive key
+// disappears (deleted by hand, or by an old session's revocation). It
+// stops the agent if another live agent serves this node.
 func (a *Agent) keepPresence(ctx context.Context) {
-	key := a.cluster.AliveKey(a.opts.Node)
 	delay := retry.New(10 * time.Second)
 	for ctx.Err() == nil {
-		wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
-		wch := a.opts.Client.Watch(wctx, key, clientv3.WithFilterPut())
-		a.announce(ctx) // whatever happened before the watch started
-		a.followPresence(ctx, wch, delay)
-		cancel()
-		delay.Wait(ctx)
+		s, err := a.ensureSession(ctx)
+		if errors.Is(err, cluster.ErrNodeTaken) {
+			a.stop(err)
+			return
+		}
+		if err != nil {
+			a.log.Warn("open session failed; will retry", zap.Error(err), zap.Duration("in", delay.Next()))
+			delay.Wait(ctx)
+			continue
+		}
+		a.followPresence(ctx, s, delay)
 	}
 }
 
-// followPresence announces on a wake or a deletion until the watch ends.
-func (a *Agent) followPresence(ctx context.Context, wch clientv3.WatchChan, delay *retry.Delay) {
+// followPresence announces on a wake or a deletion until the session is
+// lost or the watch ends.
+func (a *Agent) followPresence(ctx context.Context, s *cluster.Session, delay *retry.Delay) {
+	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+	defer cancel()
+	wch := a.opts.Client.Watch(wctx, a.cluster.AliveKey(a.opts.Node), clientv3.WithFilterPut())
+	a.announce(ctx) // whatever happened before the watch started
 	for {
 		select {
 		case <-ctx.Done():
+			return
+		case <-s.Done():
 			return
 		case <-a.presence.changed:
 			a.announce(ctx)
 		case wr, ok := <-wch:
 			if !ok || wr.Err() != nil {
+				delay.Wait(ctx)
 				return
 			}
 			delay.Reset()

@@ -145,6 +145,9 @@ func (s *Session) Announce(ctx context.Context, p Presence) error {
 	return nil
 }
 
+// Done is closed when the lease is gone (expired, revoked or closed).
+func (s *Session) Done() <-chan struct{} { return s.session.Done() }
+
 // Lost reports whether the lease is gone (expired, revoked or closed).
 func (s *Session) Lost() bool {
 	select {

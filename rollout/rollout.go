@@ -22,6 +22,12 @@ const statusTimeout = 10 * time.Second
 // ErrHalted is returned when the failure flag stopped the run.
 var ErrHalted = errors.New("halted by the failure flag")
 
+// ErrNotRecorded is returned when the run ended but its status, or the
+// failure flag after a failure, could not be written (etcd unreachable,
+// lock lost): the outcome is not known to the cluster, so the run must be
+// repeated once etcd answers.
+var ErrNotRecorded = errors.New("run outcome not recorded in etcd")
+
 // ErrLockTimeout is returned when the lock was not had within
 // Request.LockTimeout.
 var ErrLockTimeout = errors.New("lock not acquired in time")
@@ -215,11 +221,11 @@ func (r *Runner) record(ctx context.Context, lock *cluster.Lock, res *Result) er
 		config, msg := report.FirstFailure()
 		f := cluster.Failure{Node: r.opts.Node, Configuration: config, Error: msg, Revision: report.Revision, Time: s.Time}
 		if err := lock.SetFailure(wctx, f); err != nil {
-			return errors.Join(report.Err, fmt.Errorf("could not raise the failure flag: %w", err))
+			return errors.Join(report.Err, fmt.Errorf("%w: could not raise the failure flag: %w", ErrNotRecorded, err))
 		}
 		return fmt.Errorf("%w; failure flag set", report.Err)
 	case statusErr != nil:
-		return statusErr
+		return fmt.Errorf("%w: %w", ErrNotRecorded, statusErr)
 	case report.Aborted:
 		return fmt.Errorf("run aborted before every configuration ran: %s", s.Error)
 	}

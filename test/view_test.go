@@ -165,3 +165,32 @@ func TestASecondAgentForTheSameNodeRefusesToStart(t *testing.T) {
 
 	assert.Equal(t, lease, nodeView(t, c, "web1").Presence.Lease, "the first agent's session is untouched")
 }
+
+func TestAnEtcdOutageAtTheEndOfARunIsRecordedOnceEtcdReturns(t *testing.T) {
+	etcd := etcdtest.New(t, 1)
+	dir := t.TempDir()
+	started := filepath.Join(dir, "started")
+	cfg := t.TempDir()
+	// validate fails, slowly: etcd goes away while it runs.
+	require.NoError(t, os.WriteFile(filepath.Join(cfg, "sites.yaml"), []byte(`subscribes: [sites]
+files:
+  - {path: '/sites/{{ .Object.ID }}.conf', for_each: sites, content: "{{ .Object.Data.v }}\n"}
+validate: [sh, -c, 'touch "$0"; sleep 3; exit 1', `+started+`]
+`), 0o644))
+	n := startAgent(t, etcd, "n", cfg, agentConfig{debounce: 100 * time.Millisecond, lockTTL: time.Second})
+	putSites(t, etcd, 1, "v")
+	eventually(t, 30*time.Second, func() bool { _, err := os.Stat(started); return err == nil }, "validate runs")
+	etcd.Stop(0)
+	time.Sleep(4 * time.Second) // validate fails, the status and flag writes fail, the lease expires
+	assert.Error(t, n.ag.Ready(), "not ready while etcd is gone")
+	etcd.Restart(0)
+
+	c := cluster.New(etcd.Client(t), cluster.Options{})
+	eventually(t, 30*time.Second, func() bool {
+		f, err := c.Failure(context.Background())
+		return err == nil && f != nil && f.Node == "n"
+	}, "the failure is recorded once etcd answers: the flag is raised")
+	eventually(t, 30*time.Second, func() bool { return nodeView(t, c, "n").Presence != nil }, "the node announces itself again")
+	eventually(t, 30*time.Second, func() bool { return n.ag.Ready() == nil }, "and is ready")
+	assert.Empty(t, n.read("/sites/s000.conf"), "the rejected file was restored away")
+}
