@@ -624,3 +624,47 @@ func TestAStateDirectoryDeletedUnderARunningAgentIsWrittenAgain(t *testing.T) {
 	assert.Contains(t, string(b), `"/x/a"`)
 	assert.NotContains(t, string(b), `"/x/b"`)
 }
+
+func TestAFileCcmDidNotWriteIsAdoptedAndItsOriginalRestored(t *testing.T) {
+	f := newFixture(t, map[string]string{"motd.yaml": "files: [{path: '/etc/{{ .Object.ID }}', for_each: files, content: '{{ .Object.Data.body }}', mode: \"0644\"}]\n"})
+	require.NoError(t, os.MkdirAll(f.path("/etc"), 0o755))
+	require.NoError(t, os.WriteFile(f.path("/etc/motd"), []byte("the operator's motd\n"), 0o600))
+	f.put("files/motd", `{"body":"managed\n"}`)
+
+	names, _ := f.applier.Select(f.set, nil)
+	plans, err := f.applier.PlanAll(f.set, f.snap(), names)
+	require.NoError(t, err)
+	require.Len(t, plans[0].Changes, 1)
+	assert.Equal(t, applier.Adopt, plans[0].Changes[0].Action, "plan shows the adoption")
+
+	require.NoError(t, f.run().Err)
+	assert.Equal(t, "managed\n", f.read("/etc/motd"))
+	require.NoError(t, f.run().Err)
+
+	f.del("files/motd")
+	require.NoError(t, f.run().Err)
+	assert.Equal(t, "the operator's motd\n", f.read("/etc/motd"), "pruning puts the original back, never deletes it")
+	fi, err := os.Stat(f.path("/etc/motd"))
+	require.NoError(t, err)
+	assert.Equal(t, os.FileMode(0o600), fi.Mode().Perm(), "with its mode")
+	entries, _ := os.ReadDir(filepath.Join(f.tmp, "state", "adopted"))
+	assert.Empty(t, entries, "the original is forgotten once it is back")
+}
+
+func TestAStateDirectoryOfAnotherRootIsRefused(t *testing.T) {
+	f := newFixture(t, map[string]string{"c.yaml": "files: [{path: '/x/{{ .Object.ID }}', for_each: s, content: x}]\n"})
+	f.put("s/a", `{}`)
+	require.NoError(t, f.run().Err)
+
+	other := t.TempDir()
+	require.NoError(t, os.MkdirAll(filepath.Join(other, "x"), 0o755))
+	require.NoError(t, os.WriteFile(filepath.Join(other, "x", "a"), []byte("not ccm's\n"), 0o644))
+	ap := applier.New(applier.Options{Root: other, StateDir: filepath.Join(f.tmp, "state"), Node: render.Node{Name: "n1"}})
+	f.del("s/a")
+	r := ap.Run(context.Background(), f.set, f.snap(), []string{"c"})
+	require.Error(t, r.Err)
+	assert.Contains(t, r.Err.Error(), "was written for root "+f.root+", not "+other)
+	b, err := os.ReadFile(filepath.Join(other, "x", "a"))
+	require.NoError(t, err)
+	assert.Equal(t, "not ccm's\n", string(b), "nothing under the other root is touched")
+}

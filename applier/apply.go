@@ -50,6 +50,7 @@ type Applier struct {
 	files, state *tree
 	known        map[string]known  // real path -> desired state last written or verified
 	owners       map[string]string // path -> the configuration that last rendered it
+	managed      map[string]bool   // during a call: paths some manifest lists
 }
 
 // known is a file ccm wrote or verified: its content (the slice the render
@@ -101,7 +102,7 @@ func (a *Applier) remember(p *Plan, ok bool) {
 		}
 	}
 	for _, c := range p.Changes {
-		if c.Action == Remove || !ok {
+		if c.removes() || !ok {
 			delete(a.known, c.Real)
 		}
 	}
@@ -122,6 +123,7 @@ func (a *Applier) Apply(ctx context.Context, cfg *configs.Config, snap *objects.
 		return nil, err
 	}
 	defer closeAll()
+	a.managed = a.managedPaths()
 	return a.apply(ctx, cfg, snap, claimed, false)
 }
 
@@ -161,6 +163,10 @@ func (a *Applier) applyPlan(ctx context.Context, p *Plan, files []string) error 
 	}
 	j := a.newJournal(p, manifest{Files: files, OnChangePending: p.PendingOnChange}, tx.createdDirs)
 	if len(p.Changes) > 0 {
+		if err := a.saveOriginals(p); err != nil {
+			tx.removeCreatedDirs()
+			return err
+		}
 		if err := a.writeJournal(j); err != nil {
 			tx.removeCreatedDirs()
 			return err
@@ -178,7 +184,11 @@ func (a *Applier) applyPlan(ctx context.Context, p *Plan, files []string) error 
 		}
 		crashAt("renamed")
 	}
-	return a.finish(cmdCtx, j, p.Changed())
+	err = a.finish(cmdCtx, j, p.Changed())
+	if err == nil || errors.Is(err, ErrOnChange) { // the originals are back
+		err = errors.Join(err, a.dropOriginals(p))
+	}
+	return err
 }
 
 // stageAll creates directories, then stages and checks every changed file.
@@ -192,7 +202,7 @@ func (a *Applier) stageAll(ctx context.Context, p *Plan, tx *txn) (map[int]strin
 	staged := map[int]string{}
 	for i := range p.Changes {
 		c := &p.Changes[i]
-		if c.Action == Remove || !c.Content {
+		if c.removes() || !c.Content {
 			continue
 		}
 		if err := tx.ensureDir(path.Dir(c.Path), configs.DefaultDirMode, configs.Ownership{}, false); err != nil {
@@ -307,8 +317,12 @@ func (t *txn) markPresent(dir string) {
 func (t *tree) apply(c *Change, tmp string) error {
 	var err error
 	switch {
+	case !c.modifies():
 	case c.Action == Remove:
 		err = t.root.Remove(rel(c.Path))
+	case c.Action == Restore:
+		o := c.orig
+		err = t.writeAtomic(rel(c.Path), o.Content, o.Mode, &o.UID, &o.GID)
 	case tmp != "":
 		err = t.commit(tmp, rel(c.Path))
 	default:

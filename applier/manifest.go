@@ -96,8 +96,8 @@ func (a *Applier) orphans(set *configs.Set) []string {
 	}
 	var names []string
 	for _, e := range entries {
-		n, ok := strings.CutSuffix(e.Name(), ".json")
-		if !ok || !e.Type().IsRegular() {
+		n, ok := cutJSON(e)
+		if !ok {
 			continue
 		}
 		if c, ok := set.Get(n); ok && c.Matches(a.opts.Node.Labels) {
@@ -125,4 +125,10 @@ func (a *Applier) restoreState() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// cutJSON returns the configuration a state file is for.
+func cutJSON(e fs.DirEntry) (string, bool) {
+	n, ok := strings.CutSuffix(e.Name(), ".json")
+	return n, ok && e.Type().IsRegular()
 }

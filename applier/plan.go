@@ -21,6 +21,12 @@ const (
 	Create Action = "create"
 	Update Action = "update"
 	Remove Action = "remove"
+	// Adopt is an update of a file ccm did not write: its original bytes,
+	// mode and owner are kept in the state directory first.
+	Adopt Action = "adopt"
+	// Restore puts an adopted file's original back where a file ccm wrote
+	// would be removed.
+	Restore Action = "restore"
 )
 
 // state is a path's mode and owner on disk.
@@ -44,7 +50,17 @@ type Change struct {
 	Attrs []string
 	old   state
 	file  *render.File
+	orig  *original // Restore: what is put back
 }
+
+// modifies reports whether carrying out the change touches the disk (an
+// adoption of a file that already matches only records its original).
+func (c *Change) modifies() bool {
+	return c.Action != Adopt || c.Content || len(c.Attrs) > 0
+}
+
+// removes reports whether the change takes away a file ccm wrote.
+func (c *Change) removes() bool { return c.Action == Remove || c.Action == Restore }
 
 // Diff returns the unified diff of the change's content.
 func (c *Change) Diff() string {
@@ -81,7 +97,7 @@ type Plan struct {
 func (p *Plan) removals() *Plan {
 	rm := &Plan{Config: p.Config, Output: p.Output, trusting: p.trusting}
 	for _, c := range p.Changes {
-		if c.Action == Remove {
+		if c.removes() {
 			rm.Changes = append(rm.Changes, c)
 		}
 	}
@@ -94,7 +110,7 @@ func (p *Plan) removals() *Plan {
 // writes returns the part of p that creates and updates.
 func (p *Plan) writes() *Plan {
 	w := *p
-	w.Changes = slices.DeleteFunc(slices.Clone(p.Changes), func(c Change) bool { return c.Action == Remove })
+	w.Changes = slices.DeleteFunc(slices.Clone(p.Changes), func(c Change) bool { return c.removes() })
 	return &w
 }
 
@@ -108,7 +124,7 @@ func (p *Plan) kept() []string {
 func (p *Plan) stale() []string {
 	var paths []string
 	for _, c := range p.Changes {
-		if c.Action == Remove {
+		if c.removes() {
 			paths = append(paths, c.Path)
 		}
 	}
@@ -117,7 +133,15 @@ func (p *Plan) stale() []string {
 
 // Changed reports whether applying the plan would change anything on disk.
 func (p *Plan) Changed() bool {
-	return len(p.Dirs) > 0 || len(p.Changes) > 0
+	if len(p.Dirs) > 0 {
+		return true
+	}
+	for i := range p.Changes {
+		if p.Changes[i].modifies() {
+			return true
+		}
+	}
+	return false
 }
 
 // Counts returns how many paths would be created, changed and removed.
@@ -130,13 +154,14 @@ func (p *Plan) Counts() (create, change, remove int) {
 		}
 	}
 	for _, c := range p.Changes {
-		switch c.Action {
-		case Create:
+		switch {
+		case !c.modifies():
+		case c.Action == Create:
 			create++
-		case Update:
-			change++
-		case Remove:
+		case c.removes():
 			remove++
+		default:
+			change++
 		}
 	}
 	return create, change, remove
@@ -150,6 +175,7 @@ func (a *Applier) Plan(cfg *configs.Config, snap *objects.Snapshot, claimed map[
 		return nil, err
 	}
 	defer closeAll()
+	a.managed = a.managedPaths()
 	return a.plan(cfg, snap, claimed, false)
 }
 
@@ -240,10 +266,14 @@ func (a *Applier) planFile(f *render.File) (*Change, error) {
 	}
 	c.Content = !bytes.Equal(c.Old, f.Content)
 	c.Attrs = attrChanges(st, f.Mode, f.Ownership)
+	c.Action = Update
+	if !a.managed[f.Path] {
+		c.Action = Adopt // a file ccm did not write: keep its original
+		return c, nil
+	}
 	if !c.Content && len(c.Attrs) == 0 {
 		return nil, nil
 	}
-	c.Action = Update
 	return c, nil
 }
 
@@ -263,7 +293,14 @@ func (a *Applier) planRemove(path string) (*Change, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Change{Action: Remove, Path: path, Real: real, Old: old, Content: true, old: st}, nil
+	c := &Change{Action: Remove, Path: path, Real: real, Old: old, Content: true, old: st}
+	if c.orig, err = a.loadOriginal(path); err != nil {
+		return nil, err
+	}
+	if c.orig != nil { // adopted: put the original back
+		c.Action, c.New, c.Content = Restore, c.orig.Content, !bytes.Equal(old, c.orig.Content)
+	}
+	return c, nil
 }
 
 // permBits are the mode bits ccm manages.

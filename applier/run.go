@@ -116,6 +116,7 @@ func (e planError) Error() string { return fmt.Sprintf("configuration %s: %v", e
 // each failure. A file a configuration no longer renders is removed only
 // if no other configuration renders it now (it moved).
 func (a *Applier) planEach(set *configs.Set, snap *objects.Snapshot, names []string, trust bool) ([]*Plan, []planError) {
+	a.managed = a.managedPaths()
 	claimed := map[string]string{}
 	var plans []*Plan
 	var errs []planError
@@ -146,7 +147,7 @@ func (a *Applier) planEach(set *configs.Set, snap *objects.Snapshot, names []str
 	for _, p := range plans {
 		if p != nil {
 			p.Changes = slices.DeleteFunc(p.Changes, func(c Change) bool {
-				return c.Action == Remove && claimed[c.Path] != "" && claimed[c.Path] != p.Config.Name
+				return c.removes() && claimed[c.Path] != "" && claimed[c.Path] != p.Config.Name
 			})
 		}
 	}

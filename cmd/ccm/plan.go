@@ -180,6 +180,12 @@ func printPlans(w io.Writer, plans []*applier.Plan, color bool) bool {
 		}
 		for i := range p.Changes {
 			c := &p.Changes[i]
+			switch c.Action {
+			case applier.Adopt:
+				fmt.Fprintf(w, "* adopt %s: ccm did not write it; its original is kept and put back when ccm stops managing it\n", render.Escape(c.Path))
+			case applier.Restore:
+				fmt.Fprintf(w, "* restore %s: the original from before ccm adopted it\n", render.Escape(c.Path))
+			}
 			fmt.Fprint(w, pal.diff(c.Diff()))
 			if len(c.Attrs) > 0 {
 				fmt.Fprintf(w, "~ %s: %s\n", render.Escape(c.Path), strings.Join(c.Attrs, ", "))
