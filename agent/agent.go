@@ -222,8 +222,8 @@ func (a *Agent) Run(ctx context.Context) error {
 			a.stop(err)
 		}
 	}
-	if err := context.Cause(ctx); errors.Is(err, cluster.ErrNodeTaken) {
-		a.log.Error("refusing to run", zap.Error(err))
+	if err := context.Cause(ctx); errors.Is(err, cluster.ErrNodeTaken) || errors.Is(err, render.ErrStuck) {
+		a.log.Error("stopping the agent", zap.Error(err))
 		return err
 	}
 	return nil

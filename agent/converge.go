@@ -10,6 +10,7 @@ import (
 	"github.com/ccm-dev/ccm/cluster"
 	"github.com/ccm-dev/ccm/debounce"
 	"github.com/ccm-dev/ccm/objects"
+	"github.com/ccm-dev/ccm/render"
 	"github.com/ccm-dev/ccm/rollout"
 )
 
@@ -63,6 +64,12 @@ func (a *Agent) converge(ctx context.Context, b debounce.Batch) error {
 	case !res.Ran:
 		a.postpone(ctx, b, "run", res.Err)
 		return nil
+	case errors.Is(res.Err, render.ErrStuck):
+		// A template that cannot be stopped spins in a goroutine: the
+		// flag is raised; exit, and let systemd start a clean process,
+		// which stays halted by the flag.
+		a.flag.observe(true)
+		return res.Err
 	case errors.Is(res.Err, rollout.ErrNotRecorded):
 		// etcd went away at the end of the run: run everything again
 		// once it answers, so that the status and the flag are written.

@@ -128,7 +128,7 @@ func (a *Applier) Apply(ctx context.Context, cfg *configs.Config, snap *objects.
 }
 
 func (a *Applier) apply(ctx context.Context, cfg *configs.Config, snap *objects.Snapshot, claimed map[string]string, trust bool) (*Plan, error) {
-	p, err := a.plan(cfg, snap, claimed, trust)
+	p, err := a.plan(ctx, cfg, snap, claimed, trust)
 	if err != nil {
 		return nil, err
 	}

@@ -2,6 +2,7 @@ package applier
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"io/fs"
 	"path"
@@ -176,13 +177,13 @@ func (a *Applier) Plan(cfg *configs.Config, snap *objects.Snapshot, claimed map[
 	}
 	defer closeAll()
 	a.managed = a.managedPaths()
-	return a.plan(cfg, snap, claimed, false)
+	return a.plan(context.Background(), cfg, snap, claimed, false)
 }
 
 // plan is Plan; with trust, files known to be in their desired state are
 // not read from disk, and unchanged objects are not rendered again.
-func (a *Applier) plan(cfg *configs.Config, snap *objects.Snapshot, claimed map[string]string, trust bool) (*Plan, error) {
-	out, err := a.cache.Render(cfg, snap, a.opts.Node, a.opts.Root, !trust)
+func (a *Applier) plan(ctx context.Context, cfg *configs.Config, snap *objects.Snapshot, claimed map[string]string, trust bool) (*Plan, error) {
+	out, err := a.cache.Render(ctx, cfg, snap, a.opts.Node, a.opts.Root, !trust)
 	if err != nil {
 		return nil, err
 	}

@@ -12,6 +12,7 @@ import (
 
 	"github.com/ccm-dev/ccm/configs"
 	"github.com/ccm-dev/ccm/objects"
+	"github.com/ccm-dev/ccm/render"
 )
 
 // Result is how one configuration's run ended.
@@ -95,7 +96,7 @@ func (a *Applier) PlanAll(set *configs.Set, snap *objects.Snapshot, names []stri
 		return nil, err
 	}
 	defer closeAll()
-	plans, failed := a.planEach(set, snap, names, false)
+	plans, failed := a.planEach(context.Background(), set, snap, names, false)
 	var errs []error
 	for _, f := range failed {
 		errs = append(errs, f)
@@ -115,13 +116,13 @@ func (e planError) Error() string { return fmt.Sprintf("configuration %s: %v", e
 // node runs. plans[i] is nil where names[i] failed to plan; failed names
 // each failure. A file a configuration no longer renders is removed only
 // if no other configuration renders it now (it moved).
-func (a *Applier) planEach(set *configs.Set, snap *objects.Snapshot, names []string, trust bool) ([]*Plan, []planError) {
+func (a *Applier) planEach(ctx context.Context, set *configs.Set, snap *objects.Snapshot, names []string, trust bool) ([]*Plan, []planError) {
 	a.managed = a.managedPaths()
 	claimed := map[string]string{}
 	var plans []*Plan
 	var errs []planError
 	for _, n := range names {
-		p, err := a.plan(set.Configs[n], snap, claimed, trust)
+		p, err := a.plan(ctx, set.Configs[n], snap, claimed, trust)
 		if err == nil && trust { // a full run plans every side itself
 			err = a.collision(p, names)
 		}
@@ -135,7 +136,7 @@ func (a *Applier) planEach(set *configs.Set, snap *objects.Snapshot, names []str
 	}
 	if !trust && a.full(set, names) {
 		for _, n := range a.orphans(set) {
-			p, err := a.plan(&configs.Config{Name: n}, snap, claimed, false)
+			p, err := a.plan(ctx, &configs.Config{Name: n}, snap, claimed, false)
 			if err != nil {
 				errs = append(errs, planError{n, fmt.Errorf("files of a configuration this node no longer runs: %w", err)})
 				continue
@@ -231,7 +232,14 @@ func (rs *runState) fail(name string, err error) {
 	o := rs.outcomes[name]
 	o.Result, o.Error = Failed, err.Error()
 	rs.bad[name] = true
-	rs.errs = append(rs.errs, fmt.Errorf("configuration %s: %s", name, o.Error))
+	rs.errs = append(rs.errs, fmt.Errorf("configuration %s: %w", name, err))
+}
+
+// abort marks name as not run because the run stopped.
+func (rs *runState) abort(r *Report, name string, cause error) {
+	o := rs.outcomes[name]
+	o.Result, o.Error, r.Aborted = Aborted, cause.Error(), true
+	rs.bad[name] = true
 }
 
 func (a *Applier) run(ctx context.Context, set *configs.Set, snap *objects.Snapshot, names []string, trust bool) *Report {
@@ -262,16 +270,31 @@ func (a *Applier) run(ctx context.Context, set *configs.Set, snap *objects.Snaps
 	for _, n := range names {
 		add(n)
 	}
-	plans, failed := a.planEach(set, snap, names, trust)
+	plans, failed := a.planEach(ctx, set, snap, names, trust)
 	a.own(plans, names, !trust && a.full(set, names))
 	for _, p := range plans {
 		if p != nil && p.Orphan {
 			add(p.Config.Name)
 		}
 	}
+	stuck := false
 	for _, f := range failed {
 		add(f.config)
-		rs.fail(f.config, f.err)
+		switch {
+		case ctx.Err() != nil:
+			rs.abort(r, f.config, context.Cause(ctx))
+		default:
+			rs.fail(f.config, f.err)
+			stuck = stuck || errors.Is(f.err, render.ErrStuck)
+		}
+	}
+	if stuck { // nothing more may run: the process must exit
+		for _, n := range order {
+			if !rs.bad[n] {
+				rs.abort(r, n, render.ErrStuck)
+			}
+		}
+		plans = nil
 	}
 	removed := map[string]bool{} // removal phase carried out
 	// Phase 1: removals, orphans first, then reverse dependency order.
@@ -330,12 +353,11 @@ func (a *Applier) run(ctx context.Context, set *configs.Set, snap *objects.Snaps
 // step applies one phase of one configuration and records its outcome.
 func (a *Applier) step(ctx context.Context, r *Report, rs *runState, p *Plan, files []string) {
 	n := p.Config.Name
-	o := rs.outcomes[n]
 	if ctx.Err() != nil {
-		o.Result, o.Error, r.Aborted = Aborted, context.Cause(ctx).Error(), true
-		rs.bad[n] = true
+		rs.abort(r, n, context.Cause(ctx))
 		return
 	}
+	o := rs.outcomes[n]
 	start := time.Now()
 	err := a.applyPlan(ctx, p, files)
 	a.remember(p, err == nil || errors.Is(err, ErrOnChange))

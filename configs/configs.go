@@ -18,6 +18,13 @@ import (
 // DefaultTimeout bounds each command of a configuration that sets none.
 const DefaultTimeout = 60 * time.Second
 
+// The render budget of one file, unless a configuration raises it: a
+// template that writes more, or runs longer, fails its configuration.
+const (
+	DefaultRenderTimeout = 10 * time.Second
+	DefaultMaxFileSize   = 16 << 20
+)
+
 // Default modes for files and directories that set none.
 const (
 	DefaultFileMode fs.FileMode = 0o644
@@ -36,6 +43,9 @@ type Config struct {
 	Validate    Command // nil when unset
 	OnChange    []Command
 	Timeout     time.Duration
+	// RenderTimeout and MaxFileSize bound the rendering of one file.
+	RenderTimeout time.Duration
+	MaxFileSize   int
 }
 
 // Ownership is the owner and group a path must have. A nil ID leaves that

@@ -31,6 +31,9 @@ type rawConfig struct {
 	Validate    Command           `yaml:"validate"`
 	OnChange    []Command         `yaml:"on_change"`
 	Timeout     string            `yaml:"timeout"`
+	// RenderTimeout and MaxFileSize raise the render budget of one file.
+	RenderTimeout string `yaml:"render_timeout"`
+	MaxFileSize   string `yaml:"max_file_size"`
 }
 
 type rawDirectory struct {
@@ -148,6 +151,9 @@ func (l *loader) build(path string, rc *rawConfig) (*Config, []error) {
 		Validate:   rc.Validate,
 		OnChange:   rc.OnChange,
 		Timeout:    DefaultTimeout,
+
+		RenderTimeout: DefaultRenderTimeout,
+		MaxFileSize:   DefaultMaxFileSize,
 	}
 	if c.Name == "" {
 		c.Name = strings.TrimSuffix(filepath.Base(path), ".yaml")
@@ -166,6 +172,20 @@ func (l *loader) build(path string, rc *rawConfig) (*Config, []error) {
 			fail(fmt.Errorf("timeout %q is not a positive duration such as 60s", rc.Timeout))
 		}
 		c.Timeout = d
+	}
+	if rc.RenderTimeout != "" {
+		d, err := time.ParseDuration(rc.RenderTimeout)
+		if err != nil || d <= 0 {
+			fail(fmt.Errorf("render_timeout %q is not a positive duration such as 10s", rc.RenderTimeout))
+		}
+		c.RenderTimeout = d
+	}
+	if rc.MaxFileSize != "" {
+		n, err := parseSize(rc.MaxFileSize)
+		if err != nil {
+			fail(fmt.Errorf("max_file_size %q: %w", rc.MaxFileSize, err))
+		}
+		c.MaxFileSize = n
 	}
 	if rc.Validate != nil {
 		if err := checkCommand(rc.Validate, false); err != nil {
@@ -314,4 +334,26 @@ func lookupOwnership(owner, group string) (Ownership, error) {
 		o.GID = &gid
 	}
 	return o, nil
+}
+
+// sizeUnits are the suffixes max_file_size accepts.
+var sizeUnits = []struct {
+	suffix string
+	factor int
+}{{"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}, {"B", 1}, {"", 1}}
+
+// parseSize reads a byte count such as 16MiB, 512KiB or 1048576.
+func parseSize(s string) (int, error) {
+	for _, u := range sizeUnits {
+		num, ok := strings.CutSuffix(s, u.suffix)
+		if !ok {
+			continue
+		}
+		n, err := strconv.Atoi(strings.TrimSpace(num))
+		if err != nil || n <= 0 || n > (1<<40)/u.factor {
+			break
+		}
+		return n * u.factor, nil
+	}
+	return 0, errors.New("not a size such as 16MiB, 512KiB or 1048576")
 }

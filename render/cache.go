@@ -1,6 +1,7 @@
 package render
 
 import (
+	"context"
 	"sort"
 	"text/template"
 	"text/template/parse"
@@ -50,15 +51,22 @@ func NewCache() *Cache {
 }
 
 // Render is render.Render with the cache. With fresh, every file renders
-// (and refills the cache): full runs trust nothing.
-func (c *Cache) Render(cfg *configs.Config, snap *objects.Snapshot, node Node, root string, fresh bool) (*Output, error) {
+// (and refills the cache): full runs trust nothing. It returns when ctx
+// ends, and with ErrStuck when a template runs past its render_timeout
+// without writing (see budget.watch).
+func (c *Cache) Render(ctx context.Context, cfg *configs.Config, snap *objects.Snapshot, node Node, root string, fresh bool) (*Output, error) {
+	b := newBudget(cfg)
+	return b.watch(ctx, func() (*Output, error) { return c.render(cfg, snap, node, root, fresh, b) })
+}
+
+func (c *Cache) render(cfg *configs.Config, snap *objects.Snapshot, node Node, root string, fresh bool, b budget) (*Output, error) {
 	cc := c.configs[cfg.Name]
 	if cc == nil || fresh {
 		cc = &configCache{entries: map[cacheKey]*cacheEntry{}}
 		c.configs[cfg.Name] = cc
 	}
 	cc.gen++
-	r := &renderer{cache: cc, deps: c}
+	r := &renderer{cache: cc, deps: c, budget: b}
 	out, err := r.render(cfg, snap, node, root)
 	if err != nil {
 		delete(c.configs, cfg.Name)

@@ -1,6 +1,7 @@
 package render_test
 
 import (
+	"context"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -37,7 +38,7 @@ func TestCacheServesOnlyTemplatesThatCannotHaveChanged(t *testing.T) {
 			cfg := loadConfig(t, "subscribes: [sites, certs]\nfiles:\n  - path: /x/{{ .Object.ID }}\n    for_each: sites\n    content: '"+tt.content+"'\n")
 			cache, root := render.NewCache(), t.TempDir()
 			render1 := func(rev int64, fresh bool) []byte {
-				out, err := cache.Render(cfg, snapAt(rev, objs), render.Node{Name: "n"}, root, fresh)
+				out, err := cache.Render(context.Background(), cfg, snapAt(rev, objs), render.Node{Name: "n"}, root, fresh)
 				require.NoError(t, err)
 				require.Len(t, out.Files, 1)
 				return out.Files[0].Content
@@ -59,7 +60,7 @@ func TestCacheNoticesAChangeInATypeItReads(t *testing.T) {
 	b := objects.NewBuilder("/ccm", 3)
 	b.Add("/ccm/objects/sites/a", []byte(`{}`), 2)
 	b.Add("/ccm/objects/certs/c1", []byte(`{}`), 2)
-	out, err := cache.Render(cfg, b.Snapshot(), render.Node{}, root, false)
+	out, err := cache.Render(context.Background(), cfg, b.Snapshot(), render.Node{}, root, false)
 	require.NoError(t, err)
 	assert.Equal(t, "c1 ", string(out.Files[0].Content))
 
@@ -67,7 +68,7 @@ func TestCacheNoticesAChangeInATypeItReads(t *testing.T) {
 	b.Add("/ccm/objects/sites/a", []byte(`{}`), 2) // the site itself did not change
 	b.Add("/ccm/objects/certs/c1", []byte(`{}`), 2)
 	b.Add("/ccm/objects/certs/c2", []byte(`{}`), 4)
-	out, err = cache.Render(cfg, b.Snapshot(), render.Node{}, root, false)
+	out, err = cache.Render(context.Background(), cfg, b.Snapshot(), render.Node{}, root, false)
 	require.NoError(t, err)
 	assert.Equal(t, "c1 c2 ", string(out.Files[0].Content))
 }

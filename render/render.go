@@ -1,7 +1,6 @@
 package render
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -65,15 +64,16 @@ func (o *Output) Has(path string) bool { return o.paths[path] }
 // without output if any object the configuration reads is malformed, any
 // template fails, a path escapes root, or two files share a path.
 func Render(cfg *configs.Config, snap *objects.Snapshot, node Node, root string) (*Output, error) {
-	r := &renderer{}
+	r := &renderer{budget: newBudget(cfg)}
 	return r.render(cfg, snap, node, root)
 }
 
 // renderer renders one configuration, with a cache or without (nil).
 type renderer struct {
-	cache *configCache
-	deps  *Cache
-	used  int // cache entries used or made by this render
+	cache  *configCache
+	deps   *Cache
+	used   int // cache entries used or made by this render
+	budget budget
 }
 
 func (r *renderer) render(cfg *configs.Config, snap *objects.Snapshot, node Node, root string) (*Output, error) {
@@ -89,7 +89,7 @@ func (r *renderer) render(cfg *configs.Config, snap *objects.Snapshot, node Node
 	out := &Output{}
 	for _, d := range cfg.Directories {
 		err := each(d.ForEach, data, func(data Data) error {
-			p, real, err := renderPath(c, d.Path, data)
+			p, real, err := r.renderPath(c, d.Path, data)
 			if err != nil {
 				return err
 			}
@@ -146,12 +146,12 @@ func (r *renderer) file(c *confiner, f *configs.File, data Data, cached bool, ve
 			return e.file, nil
 		}
 	}
-	p, real, err := renderPath(c, f.Path, data)
+	p, real, err := r.renderPath(c, f.Path, data)
 	if err != nil {
 		return File{}, err
 	}
-	var buf bytes.Buffer
-	if err := f.Body.Execute(&buf, data); err != nil {
+	buf := r.budget.writer()
+	if err := f.Body.Execute(buf, data); err != nil {
 		return File{}, fmt.Errorf("render %s%s: %w", p, objectSuffix(data), err)
 	}
 	file := File{Path: p, Real: real, Content: buf.Bytes(), Mode: f.Mode, Ownership: f.Ownership, Check: f.Check}
@@ -199,9 +199,9 @@ func each(forEach string, data Data, fn func(Data) error) error {
 	return nil
 }
 
-func renderPath(c *confiner, t *template.Template, data Data) (path, real string, err error) {
-	var buf bytes.Buffer
-	if err := t.Execute(&buf, data); err != nil {
+func (r *renderer) renderPath(c *confiner, t *template.Template, data Data) (path, real string, err error) {
+	buf := r.budget.writer()
+	if err := t.Execute(buf, data); err != nil {
 		return "", "", fmt.Errorf("render path %q%s: %w", t.Root.String(), objectSuffix(data), err)
 	}
 	path = buf.String()

@@ -215,14 +215,16 @@ func (r *Runner) record(ctx context.Context, lock *cluster.Lock, res *Result) er
 	}
 	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), statusTimeout)
 	defer cancel()
-	statusErr := lock.WriteStatus(wctx, s)
-	switch {
-	case report.Failed():
+	if report.Failed() { // the flag first: it stops the other nodes
 		config, msg := report.FirstFailure()
 		f := cluster.Failure{Node: r.opts.Node, Configuration: config, Error: msg, Revision: report.Revision, Time: s.Time}
 		if err := lock.SetFailure(wctx, f); err != nil {
 			return errors.Join(report.Err, fmt.Errorf("%w: could not raise the failure flag: %w", ErrNotRecorded, err))
 		}
+	}
+	statusErr := lock.WriteStatus(wctx, s)
+	switch {
+	case report.Failed():
 		return fmt.Errorf("%w; failure flag set", report.Err)
 	case statusErr != nil:
 		return fmt.Errorf("%w: %w", ErrNotRecorded, statusErr)
