@@ -29,10 +29,11 @@ type budget struct {
 	size     int
 	timeout  time.Duration
 	progress *atomic.Int64 // unix nanoseconds of the last write or file start
+	current  *atomic.Pointer[string]
 }
 
 func newBudget(cfg *configs.Config) budget {
-	b := budget{size: cfg.MaxFileSize, timeout: cfg.RenderTimeout, progress: &atomic.Int64{}}
+	b := budget{size: cfg.MaxFileSize, timeout: cfg.RenderTimeout, progress: &atomic.Int64{}, current: &atomic.Pointer[string]{}}
 	if b.size <= 0 {
 		b.size = configs.DefaultMaxFileSize
 	}
@@ -42,12 +43,14 @@ func newBudget(cfg *configs.Config) budget {
 	return b
 }
 
-// writer returns a buffer for one file that refuses to grow past the size
-// budget, or to be written after the time budget: a template writing
-// either way fails at its next write.
-func (b budget) writer() *budgetWriter {
+// writer returns a buffer for what renders (a path or a file, as errors
+// name it) that refuses to grow past the size budget, or to be written
+// after the time budget: a template writing either way fails at its next
+// write.
+func (b budget) writer(what string) *budgetWriter {
 	now := time.Now()
 	b.progress.Store(now.UnixNano())
+	b.current.Store(&what)
 	return &budgetWriter{b: b, deadline: now.Add(b.timeout)}
 }
 
@@ -94,7 +97,11 @@ func (b budget) watch(ctx context.Context, render func() (*Output, error)) (*Out
 			return nil, context.Cause(ctx)
 		case now := <-tick.C:
 			if idle := now.Sub(time.Unix(0, b.progress.Load())); idle > b.timeout+stuckGrace {
-				return nil, fmt.Errorf("%w: no output for %s (render_timeout %s)", ErrStuck, idle.Round(time.Second), b.timeout)
+				what := "render"
+				if p := b.current.Load(); p != nil {
+					what = *p
+				}
+				return nil, fmt.Errorf("%s: %w: no output for %s (render_timeout %s)", what, ErrStuck, idle.Round(time.Second), b.timeout)
 			}
 		}
 	}

@@ -150,7 +150,7 @@ func (r *renderer) file(c *confiner, f *configs.File, data Data, cached bool, ve
 	if err != nil {
 		return File{}, err
 	}
-	buf := r.budget.writer()
+	buf := r.budget.writer(fmt.Sprintf("render %s%s", p, objectSuffix(data)))
 	if err := f.Body.Execute(buf, data); err != nil {
 		return File{}, fmt.Errorf("render %s%s: %w", p, objectSuffix(data), err)
 	}
@@ -200,7 +200,7 @@ func each(forEach string, data Data, fn func(Data) error) error {
 }
 
 func (r *renderer) renderPath(c *confiner, t *template.Template, data Data) (path, real string, err error) {
-	buf := r.budget.writer()
+	buf := r.budget.writer(fmt.Sprintf("render path %q%s", t.Root.String(), objectSuffix(data)))
 	if err := t.Execute(buf, data); err != nil {
 		return "", "", fmt.Errorf("render path %q%s: %w", t.Root.String(), objectSuffix(data), err)
 	}

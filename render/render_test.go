@@ -1,10 +1,12 @@
 package render_test
 
 import (
+	"context"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -127,4 +129,33 @@ func TestConfineRejectsSymlinksLeavingTheRoot(t *testing.T) {
 	real, err := render.Confine(root, "/etc/inside/x.conf")
 	require.NoError(t, err, "a symlink that stays inside the root is fine")
 	assert.Equal(t, filepath.Join(root, "etc/inside/x.conf"), real)
+}
+
+func TestARenderOverItsBudgetFailsWithAClearError(t *testing.T) {
+	tests := []struct {
+		name, yaml, want string
+	}{
+		{"size", "files: [{path: /x, content: '{{ range until 1000000 }}{{ repeat 100 \"x\" }}{{ end }}'}]\nmax_file_size: 1MiB\n",
+			"over the render budget: more than 1048576 bytes (max_file_size)"},
+		{"time", "files: [{path: /x, content: '{{ range until 1000000 }}{{ range until 100000 }}{{ end }}x{{ end }}'}]\nrender_timeout: 500ms\n",
+			"over the render budget: still rendering after 500ms (render_timeout)"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg := loadConfig(t, tt.yaml)
+			_, err := render.NewCache().Render(context.Background(), cfg, snapshot(nil), render.Node{}, t.TempDir(), true)
+			require.Error(t, err)
+			assert.Contains(t, err.Error(), "render /x: ", "the error names the file")
+			assert.Contains(t, err.Error(), tt.want)
+		})
+	}
+}
+
+func TestATemplateThatCannotBeStoppedIsReportedStuck(t *testing.T) {
+	cfg := loadConfig(t, "files: [{path: /x, content: '{{ range $i := 1000000000000 }}{{ end }}'}]\nrender_timeout: 200ms\n")
+	start := time.Now()
+	_, err := render.NewCache().Render(context.Background(), cfg, snapshot(nil), render.Node{}, t.TempDir(), true)
+	require.ErrorIs(t, err, render.ErrStuck)
+	assert.Less(t, time.Since(start), time.Minute, "the caller gets control back")
+	// The goroutine spins on: the process must exit (the agent does).
 }

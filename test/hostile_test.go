@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -125,4 +126,69 @@ func TestLargeObjectsAndBadKeysDoNotStopTheRollout(t *testing.T) {
 	entries, err := os.ReadDir(filepath.Join(n.root, "srv", "www"))
 	require.NoError(t, err)
 	assert.Len(t, entries, 1, "ignored keys are never rendered")
+}
+
+// spinConfig renders a template that loops over an object's count without
+// writing: Go cannot stop it.
+func spinConfig(t *testing.T, renderTimeout string) string {
+	t.Helper()
+	dir := t.TempDir()
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "pools.yaml"), []byte(`subscribes: [pools]
+render_timeout: `+renderTimeout+`
+files:
+  - path: '/pools/{{ .Object.ID }}.conf'
+    for_each: pools
+    content: "{{ range $i := (int .Object.Data.workers) }}{{ end }}workers\n"
+`), 0o644))
+	return dir
+}
+
+func TestAStuckRenderRaisesTheFlagAndTheAgentExits(t *testing.T) {
+	etcd := etcdtest.New(t, 1)
+	cli := etcd.Client(t)
+	_, err := cli.Put(context.Background(), "/ccm/objects/pools/evil", `{"workers": 1e12}`)
+	require.NoError(t, err)
+	n := newNode(t, "n", spinConfig(t, "1s"), etcd.Endpoints())
+	proc := n.start("agent", "--debounce", "0s")
+	exited := make(chan int, 1)
+	go func() { st, _ := proc.Process.Wait(); exited <- st.ExitCode() }()
+	select {
+	case code := <-exited:
+		assert.NotEqual(t, 0, code, "the agent exits non-zero for systemd to restart it")
+	case <-time.After(60 * time.Second):
+		t.Fatal("the agent did not exit")
+	}
+	c := cluster.New(cli, cluster.Options{})
+	f, err := c.Failure(context.Background())
+	require.NoError(t, err)
+	require.NotNil(t, f, "the flag is raised before the agent exits")
+	assert.Contains(t, f.Error, "render stuck and cannot be stopped")
+	assert.Contains(t, f.Error, "/pools/evil.conf (object pools/evil)")
+
+	// Restarted, the agent is halted by the flag and renders nothing.
+	n.start("agent", "--debounce", "0s")
+	eventually(t, 30*time.Second, func() bool {
+		s, err := c.Status(context.Background(), "n")
+		return err == nil && s != nil && s.Result == cluster.ResultHalted
+	}, "the restarted agent reports halted")
+	assert.Empty(t, n.read("/pools/evil.conf"))
+}
+
+func TestSIGTERMStopsTheAgentMidRender(t *testing.T) {
+	etcd := etcdtest.New(t, 1)
+	_, err := etcd.Client(t).Put(context.Background(), "/ccm/objects/pools/evil", `{"workers": 1e12}`)
+	require.NoError(t, err)
+	n := newNode(t, "n", spinConfig(t, "1h"), etcd.Endpoints())
+	proc := n.start("agent", "--debounce", "0s")
+	c := cluster.New(etcd.Client(t), cluster.Options{})
+	eventually(t, 30*time.Second, func() bool { return nodeView(t, c, "n").State == cluster.StateRunning }, "the agent renders, holding the lock")
+	time.Sleep(500 * time.Millisecond)
+	start := time.Now()
+	require.NoError(t, proc.Process.Signal(syscall.SIGTERM))
+	st, err := proc.Process.Wait()
+	require.NoError(t, err)
+	assert.Equal(t, 0, st.ExitCode())
+	assert.Less(t, time.Since(start), 10*time.Second, "SIGTERM ends the agent within seconds, mid-render")
+	v := nodeView(t, c, "n")
+	assert.NotEqual(t, cluster.StateRunning, v.State, "the lock is released")
 }
