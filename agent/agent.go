@@ -178,6 +178,28 @@ func (a *Agent) Ready() error {
 	return nil
 }
 
+// healthGrace is added to the longest step a configuration allows (its
+// command timeout or render budget) before a silent run counts as stuck.
+const healthGrace = 30 * time.Second
+
+// Healthy returns nil while the main loop makes progress: it is idle, or
+// its run moved on (a configuration, a file, a command) within the longest
+// step a configuration allows. The systemd watchdog and /healthz follow it.
+func (a *Agent) Healthy() error {
+	stalled := a.applier.Stalled()
+	if stalled == 0 {
+		return nil
+	}
+	limit := healthGrace
+	for _, c := range a.selection.Load().set.Configs {
+		limit = max(limit, c.Timeout+healthGrace, c.RenderTimeout+healthGrace)
+	}
+	if stalled > limit {
+		return fmt.Errorf("the run has made no progress for %s (limit %s)", stalled.Round(time.Second), limit)
+	}
+	return nil
+}
+
 // Metrics returns the agent's metrics.
 func (a *Agent) Metrics() *metrics.Metrics { return a.metrics }
 

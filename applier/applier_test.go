@@ -668,3 +668,19 @@ func TestAStateDirectoryOfAnotherRootIsRefused(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, "not ccm's\n", string(b), "nothing under the other root is touched")
 }
+
+func TestStalledMeasuresARunThatMakesNoProgress(t *testing.T) {
+	gate := filepath.Join(t.TempDir(), "gate")
+	f := newFixture(t, map[string]string{"c.yaml": "files: [{path: /x, content: x}]\nvalidate: [sh, -c, 'while [ ! -e \"$0\" ]; do sleep 0.05; done', " + strconv.Quote(gate) + "]\n"})
+	assert.Zero(t, f.applier.Stalled(), "idle is not stalled")
+	done := make(chan struct{})
+	go func() { defer close(done); f.run() }()
+	deadline := time.Now().Add(20 * time.Second)
+	for f.applier.Stalled() < 200*time.Millisecond { // the run waits in validate
+		require.True(t, time.Now().Before(deadline), "Stalled grows while one command runs")
+		time.Sleep(20 * time.Millisecond)
+	}
+	require.NoError(t, os.WriteFile(gate, nil, 0o644))
+	<-done
+	assert.Zero(t, f.applier.Stalled())
+}

@@ -51,6 +51,7 @@ type Applier struct {
 	known        map[string]known  // real path -> desired state last written or verified
 	owners       map[string]string // path -> the configuration that last rendered it
 	managed      map[string]bool   // during a call: paths some manifest lists
+	progress     progress
 }
 
 // known is a file ccm wrote or verified: its content (the slice the render
@@ -217,6 +218,7 @@ func (a *Applier) stageAll(ctx context.Context, p *Plan, tx *txn) (map[int]strin
 			return staged, err
 		}
 		staged[i] = tmp
+		a.progress.mark()
 		if c.file.Check != nil {
 			real := a.files.name(tmp)
 			check := command{config: p.Config.Name, argv: c.file.Check.Expand(real, c.Real), timeout: p.Config.Timeout, staged: real, final: c.Real}

@@ -60,6 +60,8 @@ type command struct {
 // it left running (a daemon it started) are left alone. It runs in the
 // configuration directory, with CCM_NODE, CCM_ROOT and CCM_CONFIG set.
 func (a *Applier) runCommand(ctx context.Context, c command) error {
+	a.progress.mark()
+	defer a.progress.mark()
 	out, err := outputFile()
 	if err != nil {
 		return err

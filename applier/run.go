@@ -122,6 +122,7 @@ func (a *Applier) planEach(ctx context.Context, set *configs.Set, snap *objects.
 	var plans []*Plan
 	var errs []planError
 	for _, n := range names {
+		a.progress.mark()
 		p, err := a.plan(ctx, set.Configs[n], snap, claimed, trust)
 		if err == nil && trust { // a full run plans every side itself
 			err = a.collision(p, names)
@@ -244,6 +245,8 @@ func (rs *runState) abort(r *Report, name string, cause error) {
 
 func (a *Applier) run(ctx context.Context, set *configs.Set, snap *objects.Snapshot, names []string, trust bool) *Report {
 	r := &Report{Revision: snap.Revision}
+	a.progress.start()
+	defer a.progress.stop()
 	closeAll, err := a.open(true)
 	if err != nil {
 		for _, n := range names {
@@ -353,6 +356,7 @@ func (a *Applier) run(ctx context.Context, set *configs.Set, snap *objects.Snaps
 // step applies one phase of one configuration and records its outcome.
 func (a *Applier) step(ctx context.Context, r *Report, rs *runState, p *Plan, files []string) {
 	n := p.Config.Name
+	a.progress.mark()
 	if ctx.Err() != nil {
 		rs.abort(r, n, context.Cause(ctx))
 		return

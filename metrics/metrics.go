@@ -84,20 +84,23 @@ func New() *Metrics {
 	return m
 }
 
-// Handler serves /metrics, /healthz (the process answers) and /readyz
-// (ready returns nil).
-func (m *Metrics) Handler(ready func() error) http.Handler {
+// Handler serves /metrics, /healthz (healthy returns nil: the main loop
+// makes progress) and /readyz (ready returns nil).
+func (m *Metrics) Handler(healthy, ready func() error) http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(m.Registry, promhttp.HandlerOpts{}))
-	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
-		_, _ = w.Write([]byte("ok\n"))
-	})
-	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
-		if err := ready(); err != nil {
-			http.Error(w, "not ready: "+err.Error(), http.StatusServiceUnavailable)
+	mux.HandleFunc("/healthz", check("unhealthy", healthy))
+	mux.HandleFunc("/readyz", check("not ready", ready))
+	return mux
+}
+
+// check answers 200 ok, or 503 with what fn says.
+func check(what string, fn func() error) http.HandlerFunc {
+	return func(w http.ResponseWriter, _ *http.Request) {
+		if err := fn(); err != nil {
+			http.Error(w, what+": "+err.Error(), http.StatusServiceUnavailable)
 			return
 		}
 		_, _ = w.Write([]byte("ok\n"))
-	})
-	return mux
+	}
 }

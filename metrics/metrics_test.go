@@ -26,7 +26,8 @@ func TestHandlerServesMetricsAndHealth(t *testing.T) {
 	m.Runs.WithLabelValues("converged").Add(3)
 	m.Halted.Set(1)
 	var notReady error = errors.New("object watch not synced with etcd")
-	h := m.Handler(func() error { return notReady })
+	var unhealthy error
+	h := m.Handler(func() error { return unhealthy }, func() error { return notReady })
 
 	code, body := get(t, h, "/metrics")
 	assert.Equal(t, http.StatusOK, code)
@@ -43,4 +44,9 @@ func TestHandlerServesMetricsAndHealth(t *testing.T) {
 	notReady = nil
 	code, _ = get(t, h, "/readyz")
 	assert.Equal(t, http.StatusOK, code)
+
+	unhealthy = errors.New("the run has made no progress for 2m0s")
+	code, body = get(t, h, "/healthz")
+	assert.Equal(t, http.StatusServiceUnavailable, code)
+	assert.Contains(t, body, "unhealthy: the run has made no progress")
 }

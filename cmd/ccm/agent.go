@@ -86,7 +86,7 @@ func serveMetrics(ctx context.Context, wg *sync.WaitGroup, addr string, ag *agen
 	if err != nil {
 		return fmt.Errorf("--metrics-addr: %w", err)
 	}
-	srv := &http.Server{Handler: ag.Metrics().Handler(ag.Ready), ReadHeaderTimeout: 10 * time.Second}
+	srv := &http.Server{Handler: ag.Metrics().Handler(ag.Healthy, ag.Ready), ReadHeaderTimeout: 10 * time.Second}
 	wg.Add(2)
 	go func() {
 		defer wg.Done()
@@ -138,11 +138,15 @@ func notifySystemd(ctx context.Context, ag *agent.Agent, log *zap.Logger) {
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
-		status := "STATUS=converging; watching etcd"
-		if err := ag.Ready(); err != nil {
-			status = "STATUS=not ready: " + err.Error()
+		// The watchdog is fed only while the main loop makes progress: a
+		// wedged run gets the agent restarted.
+		msg := daemon.SdNotifyWatchdog + "\nSTATUS=converging; watching etcd"
+		if err := ag.Healthy(); err != nil {
+			msg = "STATUS=unhealthy: " + err.Error()
+		} else if err := ag.Ready(); err != nil {
+			msg = daemon.SdNotifyWatchdog + "\nSTATUS=not ready: " + err.Error()
 		}
-		if _, err := daemon.SdNotify(false, daemon.SdNotifyWatchdog+"\n"+status); err != nil {
+		if _, err := daemon.SdNotify(false, msg); err != nil {
 			log.Debug("sd_notify", zap.Error(err))
 		}
 		select {
