@@ -72,15 +72,9 @@ func (a *Applier) saveOriginals(p *Plan) error {
 		if o, err := a.loadOriginal(c.Path); err != nil || o != nil {
 			continue // the first original is the one to keep
 		}
-		raw, err := json.Marshal(original{Path: c.Path, Content: c.Old, Mode: c.old.mode, UID: c.old.uid, GID: c.old.gid})
-		if err != nil {
-			return err
-		}
-		if err := a.state.root.MkdirAll(adoptedDir, 0o700); err != nil {
-			return fmt.Errorf("state: %w", err)
-		}
-		if err := a.state.writeAtomic(adoptedPath(c.Path), raw, 0o600, nil, nil); err != nil {
-			return fmt.Errorf("state: original of %s: %w", c.Path, err)
+		o := original{Path: c.Path, Content: c.Old, Mode: c.old.mode, UID: c.old.uid, GID: c.old.gid}
+		if err := a.writeState(adoptedPath(c.Path), o); err != nil {
+			return fmt.Errorf("original of %s: %w", c.Path, err)
 		}
 	}
 	return nil

@@ -69,17 +69,23 @@ func (a *Applier) newJournal(p *Plan, m manifest, dirs []string) *journal {
 	return j
 }
 
-// write makes the journal durable.
+// writeJournal makes the journal durable.
 func (a *Applier) writeJournal(j *journal) error {
-	raw, err := json.Marshal(j)
+	return a.writeState(journalPath(j.Config), j)
+}
+
+// writeState writes v as JSON to p in the state directory, durably, with
+// only root able to read it.
+func (a *Applier) writeState(p string, v any) error {
+	raw, err := json.MarshalIndent(v, "", "  ")
 	if err != nil {
 		return err
 	}
-	if err := a.state.root.MkdirAll(journalDir, 0o700); err != nil {
+	if err := a.state.root.MkdirAll(path.Dir(p), 0o700); err != nil {
 		return fmt.Errorf("state: %w", err)
 	}
-	if err := a.state.writeAtomic(journalPath(j.Config), raw, 0o600, nil, nil); err != nil {
-		return fmt.Errorf("state: journal of %s: %w", j.Config, err)
+	if err := a.state.writeAtomic(p, append(raw, '\n'), 0o600, nil, nil); err != nil {
+		return fmt.Errorf("state: %w", err)
 	}
 	return nil
 }

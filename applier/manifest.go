@@ -63,15 +63,8 @@ func (a *Applier) saveManifest(config string, m manifest) error {
 		return nil
 	}
 	delete(a.manifests, config)
-	raw, err := json.MarshalIndent(m, "", "  ")
-	if err != nil {
+	if err := a.writeState(manifestPath(config), m); err != nil {
 		return err
-	}
-	if err := a.state.root.MkdirAll(manifestDir, 0o700); err != nil {
-		return fmt.Errorf("state: %w", err)
-	}
-	if err := a.state.writeAtomic(manifestPath(config), append(raw, '\n'), 0o600, nil, nil); err != nil {
-		return fmt.Errorf("state: %w", err)
 	}
 	a.manifests[config] = m
 	return nil
