@@ -74,9 +74,11 @@ func (w *budgetWriter) Write(p []byte) (int, error) {
 
 // watch runs render in a goroutine and returns its result, or ErrStuck
 // when it made no progress for longer than the time budget, or ctx's error
-// when ctx ends first. In both of those cases the goroutine is abandoned:
-// text/template cannot be interrupted.
-func (b budget) watch(ctx context.Context, render func() (*Output, error)) (*Output, error) {
+// when ctx ends first. A render still running when ctx ends gets
+// stuckGrace to finish; after that, or when stuck, the goroutine is
+// abandoned (text/template cannot be interrupted) and abandoned is true:
+// the caller must not render again in this process.
+func (b budget) watch(ctx context.Context, render func() (*Output, error)) (out *Output, err error, abandoned bool) {
 	type result struct {
 		out *Output
 		err error
@@ -92,16 +94,21 @@ func (b budget) watch(ctx context.Context, render func() (*Output, error)) (*Out
 	for {
 		select {
 		case r := <-done:
-			return r.out, r.err
+			return r.out, r.err, false
 		case <-ctx.Done():
-			return nil, context.Cause(ctx)
+			select {
+			case <-done:
+				return nil, context.Cause(ctx), false
+			case <-time.After(stuckGrace):
+				return nil, context.Cause(ctx), true
+			}
 		case now := <-tick.C:
 			if idle := now.Sub(time.Unix(0, b.progress.Load())); idle > b.timeout+stuckGrace {
 				what := "render"
 				if p := b.current.Load(); p != nil {
 					what = *p
 				}
-				return nil, fmt.Errorf("%s: %w: no output for %s (render_timeout %s)", what, ErrStuck, idle.Round(time.Second), b.timeout)
+				return nil, fmt.Errorf("%s: %w: no output for %s (render_timeout %s)", what, ErrStuck, idle.Round(time.Second), b.timeout), true
 			}
 		}
 	}

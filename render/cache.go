@@ -2,7 +2,9 @@ package render
 
 import (
 	"context"
+	"fmt"
 	"sort"
+	"sync/atomic"
 	"text/template"
 	"text/template/parse"
 
@@ -23,6 +25,10 @@ type Cache struct {
 	// of configurations that were reloaded.
 	configs  map[string]*configCache
 	tmplDeps map[*template.Template]templateDeps // what each template reads, found once
+	// abandoned is set once a render was left running (stuck, or still
+	// running at shutdown): it may still touch the maps, so no other
+	// render may start.
+	abandoned atomic.Bool
 }
 
 // configCache holds one configuration's entries. Entries are updated in
@@ -55,8 +61,18 @@ func NewCache() *Cache {
 // ends, and with ErrStuck when a template runs past its render_timeout
 // without writing (see budget.watch).
 func (c *Cache) Render(ctx context.Context, cfg *configs.Config, snap *objects.Snapshot, node Node, root string, fresh bool) (*Output, error) {
+	if c.abandoned.Load() {
+		return nil, fmt.Errorf("%w: an earlier render still runs; the process must restart", ErrStuck)
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, context.Cause(ctx)
+	}
 	b := newBudget(cfg)
-	return b.watch(ctx, func() (*Output, error) { return c.render(cfg, snap, node, root, fresh, b) })
+	out, err, abandoned := b.watch(ctx, func() (*Output, error) { return c.render(cfg, snap, node, root, fresh, b) })
+	if abandoned {
+		c.abandoned.Store(true)
+	}
+	return out, err
 }
 
 func (c *Cache) render(cfg *configs.Config, snap *objects.Snapshot, node Node, root string, fresh bool, b budget) (*Output, error) {
