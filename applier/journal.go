@@ -90,15 +90,15 @@ func (a *Applier) writeState(p string, v any) error {
 	return nil
 }
 
+// removeJournal drops the journal once the manifest records the outcome.
+// The removal is not fsynced: if a crash undoes it, the next run finishes
+// the journal again, which runs validate and on_change once more (at least
+// once, as promised), and every run saves an fsync.
 func (a *Applier) removeJournal(config string) error {
-	err := a.state.root.Remove(journalPath(config))
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil // the run changed nothing, so wrote none
-	}
-	if err != nil {
+	if err := a.state.remove(journalPath(config)); err != nil {
 		return fmt.Errorf("state: %w", err)
 	}
-	return a.state.syncDir(journalDir)
+	return nil
 }
 
 // restore puts every path of j back as it was, byte for byte with its mode
