@@ -28,22 +28,20 @@ func adoptedPath(p string) string {
 	return path.Join(adoptedDir, hex.EncodeToString(sum[:16])+".json")
 }
 
-// managedPaths is every path some configuration's manifest lists: a file
-// there was written by ccm; any other existing file is adopted.
-func (a *Applier) managedPaths() map[string]bool {
+// loadManifests reads every manifest of the state directory once, so that
+// listed knows every file ccm wrote: an existing file it does not list is
+// adopted.
+func (a *Applier) loadManifests() {
+	if a.allLoaded {
+		return
+	}
 	entries, _ := a.state.readDir(manifestDir)
 	for _, e := range entries {
 		if n, ok := cutJSON(e); ok {
 			_, _ = a.loadManifest(n) // a broken one fails its configuration
 		}
 	}
-	paths := map[string]bool{}
-	for _, m := range a.manifests {
-		for _, p := range m.Files {
-			paths[p] = true
-		}
-	}
-	return paths
+	a.allLoaded = a.state != nil
 }
 
 // loadOriginal returns the original of an adopted file, or nil.

@@ -50,7 +50,8 @@ type Applier struct {
 	files, state *tree
 	known        map[string]known  // real path -> desired state last written or verified
 	owners       map[string]string // path -> the configuration that last rendered it
-	managed      map[string]bool   // during a call: paths some manifest lists
+	listed       map[string]int    // path -> how many cached manifests list it
+	allLoaded    bool              // every manifest of the state directory is cached
 	progress     progress
 }
 
@@ -68,7 +69,7 @@ func New(opts Options) *Applier {
 	if log == nil {
 		log = zap.NewNop()
 	}
-	return &Applier{opts: opts, log: log, cache: render.NewCache(), manifests: map[string]manifest{}, known: map[string]known{}, owners: map[string]string{}}
+	return &Applier{opts: opts, log: log, cache: render.NewCache(), manifests: map[string]manifest{}, known: map[string]known{}, owners: map[string]string{}, listed: map[string]int{}}
 }
 
 func knownOf(f *render.File) known {
@@ -124,7 +125,7 @@ func (a *Applier) Apply(ctx context.Context, cfg *configs.Config, snap *objects.
 		return nil, err
 	}
 	defer closeAll()
-	a.managed = a.managedPaths()
+	a.loadManifests()
 	return a.apply(ctx, cfg, snap, claimed, false)
 }
 

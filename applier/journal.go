@@ -200,7 +200,7 @@ func (a *Applier) recover(ctx context.Context, config string) error {
 	if j.Root != a.opts.Root {
 		return fmt.Errorf("state: journal %s was written for root %s, not %s; refusing to replay it", name, j.Root, a.opts.Root)
 	}
-	delete(a.manifests, config)
+	a.forgetManifest(config)
 	a.log.Warn("finishing a run a crash interrupted", zap.String("config", config), zap.Int("files", len(j.Files)))
 	return a.finish(context.WithoutCancel(ctx), j, true)
 }

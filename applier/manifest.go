@@ -51,7 +51,7 @@ func (a *Applier) loadManifest(config string) (manifest, error) {
 	if m.Root != "" && m.Root != a.opts.Root {
 		return m, fmt.Errorf("state %s was written for root %s, not %s: refusing to manage files by it (use the state directory of that root)", name, m.Root, a.opts.Root)
 	}
-	a.manifests[config] = m
+	a.rememberManifest(config, m)
 	return m, nil
 }
 
@@ -62,17 +62,17 @@ func (a *Applier) saveManifest(config string, m manifest) error {
 	if old, ok := a.manifests[config]; ok && old.OnChangePending == m.OnChangePending && slices.Equal(old.Files, m.Files) {
 		return nil
 	}
-	delete(a.manifests, config)
+	a.forgetManifest(config)
 	if err := a.writeState(manifestPath(config), m); err != nil {
 		return err
 	}
-	a.manifests[config] = m
+	a.rememberManifest(config, m)
 	return nil
 }
 
 // dropManifest forgets a configuration whose files are all removed.
 func (a *Applier) dropManifest(config string) error {
-	delete(a.manifests, config)
+	a.forgetManifest(config)
 	if err := a.state.remove(manifestPath(config)); err != nil {
 		return fmt.Errorf("state: %w", err)
 	}
@@ -111,7 +111,7 @@ func (a *Applier) restoreState() error {
 			continue
 		}
 		m := a.manifests[config]
-		delete(a.manifests, config)
+		a.forgetManifest(config)
 		a.log.Warn("manifest missing from the state directory; writing it again", zap.String("config", config))
 		if err := a.saveManifest(config, m); err != nil {
 			errs = append(errs, err)
@@ -124,4 +124,28 @@ func (a *Applier) restoreState() error {
 func cutJSON(e fs.DirEntry) (string, bool) {
 	n, ok := strings.CutSuffix(e.Name(), ".json")
 	return n, ok && e.Type().IsRegular()
+}
+
+// rememberManifest caches a manifest as the state directory holds it, and indexes
+// its files.
+func (a *Applier) rememberManifest(config string, m manifest) {
+	a.forgetManifest(config)
+	a.manifests[config] = m
+	for _, p := range m.Files {
+		a.listed[p]++
+	}
+}
+
+// forgetManifest forgets a manifest, so that it is read again.
+func (a *Applier) forgetManifest(config string) {
+	old, ok := a.manifests[config]
+	if !ok {
+		return
+	}
+	for _, p := range old.Files {
+		if a.listed[p]--; a.listed[p] <= 0 {
+			delete(a.listed, p)
+		}
+	}
+	delete(a.manifests, config)
 }

@@ -176,7 +176,7 @@ func (a *Applier) Plan(cfg *configs.Config, snap *objects.Snapshot, claimed map[
 		return nil, err
 	}
 	defer closeAll()
-	a.managed = a.managedPaths()
+	a.loadManifests()
 	return a.plan(context.Background(), cfg, snap, claimed, false)
 }
 
@@ -268,7 +268,7 @@ func (a *Applier) planFile(f *render.File) (*Change, error) {
 	c.Content = !bytes.Equal(c.Old, f.Content)
 	c.Attrs = attrChanges(st, f.Mode, f.Ownership)
 	c.Action = Update
-	if !a.managed[f.Path] {
+	if a.listed[f.Path] == 0 {
 		c.Action = Adopt // a file ccm did not write: keep its original
 		return c, nil
 	}
