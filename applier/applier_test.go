@@ -684,3 +684,42 @@ func TestStalledMeasuresARunThatMakesNoProgress(t *testing.T) {
 	<-done
 	assert.Zero(t, f.applier.Stalled())
 }
+
+// TestAPathSwappedForASymlinkMidRunIsRefused: the customer who owns
+// /home/alice swaps a managed file, or a managed directory, for a symlink
+// to a root-owned place (inside the root, as /etc is with --root /) right
+// between ccm's plan and its write. A check command does the swap, so the
+// race is won every time. No symlink is followed.
+func TestAPathSwappedForASymlinkMidRunIsRefused(t *testing.T) {
+	tests := []struct{ name, files string }{
+		{"file: chmod", `
+  - {path: /home/alice/.forward, content: "alice@example.com\n", mode: "0640"}
+  - {path: /home/alice/trigger, content: "new\n", check: [sh, -c, 'ln -sfn "$0/etc/shadow" "$0/home/alice/.forward"', ROOT]}`},
+		{"directory: write", `
+  - {path: /home/alice/conf/a.conf, content: "new\n", check: [sh, -c, 'mv "$0/home/alice/conf" "$0/home/alice/conf.old" && ln -sfn "$0/etc" "$0/home/alice/conf"', ROOT]}
+  - {path: /home/alice/conf/b.conf, content: "new\n"}`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			root := t.TempDir()
+			f := newFixture(t, map[string]string{"c.yaml": "files:" + strings.ReplaceAll(tt.files, "ROOT", strconv.Quote(root)) + "\n"})
+			f.root = root
+			f.applier = applier.New(applier.Options{Root: root, StateDir: filepath.Join(f.tmp, "state"), ConfigDir: f.dir, Node: render.Node{Name: "n1"}})
+			require.NoError(t, os.MkdirAll(f.path("/etc"), 0o755))
+			require.NoError(t, os.WriteFile(f.path("/etc/shadow"), []byte("secret\n"), 0o600))
+			require.NoError(t, os.MkdirAll(f.path("/home/alice/conf"), 0o755))
+			require.NoError(t, os.MkdirAll(f.path("/home/alice/a"), 0o755))
+			require.NoError(t, os.WriteFile(f.path("/home/alice/.forward"), []byte("alice@example.com\n"), 0o644))
+
+			r := f.run()
+			require.Error(t, r.Err, "the swapped path is refused")
+			assert.Contains(t, r.Err.Error(), "symlink")
+			fi, err := os.Stat(f.path("/etc/shadow"))
+			require.NoError(t, err)
+			assert.Equal(t, os.FileMode(0o600), fi.Mode().Perm(), "the file the symlink points to is not chmodded")
+			entries, err := os.ReadDir(f.path("/etc"))
+			require.NoError(t, err)
+			assert.Len(t, entries, 1, "nothing is written through the symlinked directory")
+		})
+	}
+}

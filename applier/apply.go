@@ -289,6 +289,9 @@ func (t *txn) ensureDir(dir string, mode fs.FileMode, own configs.Ownership, fix
 		return err
 	}
 	if st.exists {
+		if st.mode&fs.ModeSymlink != 0 {
+			return fmt.Errorf("%s is a symlink; refusing to follow it", t.files.name(rel(dir)))
+		}
 		if !st.mode.IsDir() {
 			return fmt.Errorf("%s exists and is not a directory", t.files.name(rel(dir)))
 		}
@@ -301,7 +304,7 @@ func (t *txn) ensureDir(dir string, mode fs.FileMode, own configs.Ownership, fix
 	if err := t.ensureDir(path.Dir(dir), configs.DefaultDirMode, configs.Ownership{}, false); err != nil {
 		return err
 	}
-	if err := t.files.root.Mkdir(rel(dir), mode.Perm()); err != nil {
+	if err := t.files.mkdir(rel(dir), mode.Perm()); err != nil {
 		return fmt.Errorf("mkdir %s: %w", t.files.name(rel(dir)), err)
 	}
 	t.createdDirs = append(t.createdDirs, dir)
@@ -322,7 +325,7 @@ func (t *tree) apply(c *Change, tmp string) error {
 	switch {
 	case !c.modifies():
 	case c.Action == Remove:
-		err = t.root.Remove(rel(c.Path))
+		err = t.remove(rel(c.Path))
 	case c.Action == Restore:
 		o := c.orig
 		err = t.writeAtomic(rel(c.Path), o.Content, o.Mode, &o.UID, &o.GID)

@@ -81,7 +81,7 @@ func (a *Applier) writeState(p string, v any) error {
 	if err != nil {
 		return err
 	}
-	if err := a.state.root.MkdirAll(path.Dir(p), 0o700); err != nil {
+	if err := a.state.mkdirAll(path.Dir(p), 0o700); err != nil {
 		return fmt.Errorf("state: %w", err)
 	}
 	if err := a.state.writeAtomic(p, append(raw, '\n'), 0o600, nil, nil); err != nil {

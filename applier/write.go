@@ -5,12 +5,12 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path"
 	"path/filepath"
 	"strings"
-	"syscall"
 
 	"golang.org/x/sys/unix"
 
@@ -21,36 +21,43 @@ import (
 // left behind.
 const tempPrefix = ".ccm-"
 
-// tree is a directory that file operations are confined to by the kernel:
-// every operation goes through an os.Root, which resolves each path
-// component with openat and refuses to leave the directory, so a path
-// swapped for a symlink between a check and a use cannot send a write,
-// chmod, chown, rename or removal outside it. There is no
-// check-then-use: the confinement is part of each system call.
+// tree is a directory that file operations are confined to by the kernel.
+// Every path is resolved with openat2(RESOLVE_BENEATH|RESOLVE_NO_SYMLINKS)
+// from the tree's directory, and the last component is then used with
+// *at system calls that do not follow it: no component of a managed path
+// may be a symlink, and nothing resolves outside the tree. A customer who
+// swaps a file or a directory for a symlink between a check and a use
+// makes the operation fail; it can never send a write, chmod, chown,
+// rename or removal elsewhere, even with --root /. There is no
+// check-then-use: the refusal is part of each system call.
 //
 // Paths are slash-separated and relative to the tree; a configuration's
 // absolute path "/etc/x" is "etc/x" (see rel).
 type tree struct {
-	root *os.Root
-	dir  string // for messages
+	fd  int    // O_PATH descriptor of the directory
+	dir string // for messages
 }
 
+// resolve is how every path in a tree is resolved.
+const resolve = unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS
+
 // openTree opens dir as a tree, creating it with perm if it is missing
-// (perm 0: it must exist).
+// (perm 0: it must exist). dir itself is the operator's: symlinks in it
+// are followed.
 func openTree(dir string, perm fs.FileMode) (*tree, error) {
 	if perm != 0 {
 		if err := os.MkdirAll(dir, perm); err != nil {
 			return nil, err
 		}
 	}
-	r, err := os.OpenRoot(dir)
+	fd, err := unix.Open(dir, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return nil, err
+		return nil, &fs.PathError{Op: "open", Path: dir, Err: err}
 	}
-	return &tree{root: r, dir: dir}, nil
+	return &tree{fd: fd, dir: dir}, nil
 }
 
-func (t *tree) close() { t.root.Close() }
+func (t *tree) close() { unix.Close(t.fd) }
 
 // rel turns a configuration's absolute, clean path into one relative to
 // the tree ("." for "/").
@@ -64,21 +71,86 @@ func rel(p string) string {
 // name is a relative path as the user knows it, for messages.
 func (t *tree) name(p string) string { return filepath.Join(t.dir, p) }
 
+// pathErr names the path and says plainly when a symlink or an escape
+// was refused.
+func (t *tree) pathErr(op, p string, err error) error {
+	if errors.Is(err, unix.ELOOP) || errors.Is(err, unix.EXDEV) {
+		err = fmt.Errorf("a component is a symlink or leads outside %s; refusing to follow it (%w)", t.dir, err)
+	}
+	return &fs.PathError{Op: op, Path: t.name(p), Err: err}
+}
+
+// open opens p with flags, resolving no symlink on the way or at the end.
+func (t *tree) open(p string, flags uint64, mode fs.FileMode) (*os.File, error) {
+	fd, err := unix.Openat2(t.fd, p, &unix.OpenHow{Flags: flags | unix.O_CLOEXEC | unix.O_NOFOLLOW, Mode: uint64(mode.Perm()), Resolve: resolve})
+	if err != nil {
+		return nil, t.pathErr("open", p, err)
+	}
+	return os.NewFile(uintptr(fd), t.name(p)), nil
+}
+
+// parent opens the directory that holds p and returns it with p's last
+// component, for the *at system calls.
+func (t *tree) parent(p string) (*os.File, string, error) {
+	dir, base := path.Split(p)
+	if dir == "" {
+		dir = "."
+	}
+	f, err := t.open(dir, unix.O_PATH|unix.O_DIRECTORY, 0)
+	return f, base, err
+}
+
+// at runs fn with the descriptor of p's directory and p's last component.
+func (t *tree) at(op, p string, fn func(dirfd int, base string) error) error {
+	d, base, err := t.parent(p)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	if err := fn(int(d.Fd()), base); err != nil {
+		return t.pathErr(op, p, err)
+	}
+	return nil
+}
+
 // lstat returns a path's type, mode and owner without following a final
 // symlink.
 func (t *tree) lstat(p string) (state, error) {
-	fi, err := t.root.Lstat(p)
+	var st unix.Stat_t
+	err := t.at("lstat", p, func(dirfd int, base string) error {
+		return unix.Fstatat(dirfd, base, &st, unix.AT_SYMLINK_NOFOLLOW)
+	})
 	if errors.Is(err, fs.ErrNotExist) {
 		return state{}, nil
 	}
 	if err != nil {
 		return state{}, err
 	}
-	st := state{exists: true, mode: fi.Mode()}
-	if sys, ok := fi.Sys().(*syscall.Stat_t); ok {
-		st.uid, st.gid = int(sys.Uid), int(sys.Gid)
+	return state{exists: true, mode: fileMode(st.Mode), uid: int(st.Uid), gid: int(st.Gid)}, nil
+}
+
+// fileMode converts a stat mode to an fs.FileMode (type and permissions).
+func fileMode(m uint32) fs.FileMode {
+	mode := fs.FileMode(m & 0o777)
+	switch m & unix.S_IFMT {
+	case unix.S_IFDIR:
+		mode |= fs.ModeDir
+	case unix.S_IFLNK:
+		mode |= fs.ModeSymlink
+	case unix.S_IFREG:
+	default:
+		mode |= fs.ModeIrregular
 	}
-	return st, nil
+	if m&unix.S_ISUID != 0 {
+		mode |= fs.ModeSetuid
+	}
+	if m&unix.S_ISGID != 0 {
+		mode |= fs.ModeSetgid
+	}
+	if m&unix.S_ISVTX != 0 {
+		mode |= fs.ModeSticky
+	}
+	return mode
 }
 
 // readFile reads a regular file. A nil tree (a state directory that does
@@ -87,7 +159,12 @@ func (t *tree) readFile(p string) ([]byte, error) {
 	if t == nil {
 		return nil, fs.ErrNotExist
 	}
-	return t.root.ReadFile(p)
+	f, err := t.open(p, unix.O_RDONLY|unix.O_NONBLOCK, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return io.ReadAll(f)
 }
 
 // readDir lists a directory; a missing one, or a nil tree, is empty.
@@ -95,7 +172,7 @@ func (t *tree) readDir(dir string) ([]fs.DirEntry, error) {
 	if t == nil {
 		return nil, nil
 	}
-	f, err := t.root.Open(dir)
+	f, err := t.open(dir, unix.O_RDONLY|unix.O_DIRECTORY, 0)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
 	}
@@ -104,6 +181,30 @@ func (t *tree) readDir(dir string) ([]fs.DirEntry, error) {
 	}
 	defer f.Close()
 	return f.ReadDir(-1)
+}
+
+// mkdir creates a directory.
+func (t *tree) mkdir(p string, perm fs.FileMode) error {
+	return t.at("mkdir", p, func(dirfd int, base string) error {
+		return unix.Mkdirat(dirfd, base, uint32(perm.Perm()))
+	})
+}
+
+// mkdirAll creates a directory and its missing parents.
+func (t *tree) mkdirAll(p string, perm fs.FileMode) error {
+	if p == "." {
+		return nil
+	}
+	if st, err := t.lstat(p); err != nil || st.exists {
+		return err
+	}
+	if err := t.mkdirAll(path.Dir(p), perm); err != nil {
+		return err
+	}
+	if err := t.mkdir(p, perm); err != nil && !errors.Is(err, fs.ErrExist) {
+		return err
+	}
+	return nil
 }
 
 // stage writes content to a new temp file beside p, created with the final
@@ -118,7 +219,7 @@ func (t *tree) stage(p string, content []byte, mode fs.FileMode, uid, gid *int, 
 		base = base[:200]
 	}
 	tmp := path.Join(path.Dir(p), tempPrefix+base+"."+hex.EncodeToString(rnd[:])+".tmp")
-	f, err := t.root.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, mode.Perm())
+	f, err := t.open(tmp, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL, mode)
 	if err != nil {
 		return "", fmt.Errorf("write %s: %w", t.name(p), err)
 	}
@@ -144,7 +245,7 @@ func (t *tree) stage(p string, content []byte, mode fs.FileMode, uid, gid *int, 
 		err = cerr
 	}
 	if err != nil {
-		t.root.Remove(tmp)
+		t.remove(tmp)
 		return "", fmt.Errorf("write %s: %w", t.name(p), err)
 	}
 	return tmp, nil
@@ -153,9 +254,15 @@ func (t *tree) stage(p string, content []byte, mode fs.FileMode, uid, gid *int, 
 // commit renames a durable staged file into place; the caller fsyncs the
 // directory.
 func (t *tree) commit(tmp, p string) error {
-	if err := t.root.Rename(tmp, p); err != nil {
-		t.root.Remove(tmp)
-		return fmt.Errorf("rename %s: %w", t.name(p), err)
+	if path.Dir(tmp) != path.Dir(p) {
+		return fmt.Errorf("rename %s: the staged file is in another directory", t.name(p))
+	}
+	err := t.at("rename", p, func(dirfd int, base string) error {
+		return unix.Renameat(dirfd, path.Base(tmp), dirfd, base)
+	})
+	if err != nil {
+		t.remove(tmp)
+		return err
 	}
 	return nil
 }
@@ -172,18 +279,26 @@ func (t *tree) writeAtomic(p string, content []byte, mode fs.FileMode, uid, gid 
 	return t.syncDir(path.Dir(p))
 }
 
-// remove removes a file (or an empty directory); a missing one is no error.
+// remove removes a file, a symlink (not its target) or an empty
+// directory; a missing one is no error.
 func (t *tree) remove(p string) error {
-	if err := t.root.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
+	err := t.at("remove", p, func(dirfd int, base string) error {
+		err := unix.Unlinkat(dirfd, base, 0)
+		if errors.Is(err, unix.EISDIR) {
+			err = unix.Unlinkat(dirfd, base, unix.AT_REMOVEDIR)
+		}
 		return err
+	})
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
 	}
-	return nil
+	return err
 }
 
 // setAttrs sets owner and mode on the inode it opens, so the check and the
 // change concern the same file.
 func (t *tree) setAttrs(p string, mode fs.FileMode, own configs.Ownership) error {
-	f, err := t.root.OpenFile(p, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	f, err := t.open(p, unix.O_RDONLY|unix.O_NONBLOCK, 0)
 	if err != nil {
 		return err
 	}
@@ -222,11 +337,13 @@ func (t *tree) syncStaged(tmps []string) error {
 	}
 	synced := map[uint64]bool{} // by device
 	for _, tmp := range tmps {
-		fi, err := t.root.Stat(tmp)
-		if err != nil {
+		var st unix.Stat_t
+		if err := t.at("stat", tmp, func(dirfd int, base string) error {
+			return unix.Fstatat(dirfd, base, &st, unix.AT_SYMLINK_NOFOLLOW)
+		}); err != nil {
 			return err
 		}
-		dev := uint64(fi.Sys().(*syscall.Stat_t).Dev)
+		dev := uint64(st.Dev)
 		if synced[dev] {
 			continue
 		}
@@ -245,7 +362,7 @@ func (t *tree) syncDir(dir string) error { return t.withFile(dir, syncFile) }
 
 // withFile opens p read-only for fn.
 func (t *tree) withFile(p string, fn func(*os.File) error) error {
-	f, err := t.root.Open(p)
+	f, err := t.open(p, unix.O_RDONLY|unix.O_NONBLOCK, 0)
 	if err != nil {
 		return err
 	}
@@ -264,7 +381,7 @@ func (t *tree) removeStaleTemps(dir string) {
 	}
 	for _, e := range entries {
 		if n := e.Name(); strings.HasPrefix(n, tempPrefix) && strings.HasSuffix(n, ".tmp") && e.Type().IsRegular() {
-			t.root.Remove(path.Join(dir, n))
+			t.remove(path.Join(dir, n))
 		}
 	}
 }
