@@ -125,7 +125,6 @@ func (a *Applier) Apply(ctx context.Context, cfg *configs.Config, snap *objects.
 		return nil, err
 	}
 	defer closeAll()
-	a.loadManifests()
 	return a.apply(ctx, cfg, snap, claimed, false)
 }
 
@@ -348,7 +347,8 @@ func (t *txn) removeCreatedDirs() {
 	}
 }
 
-// open opens the root and the state directory for one public call: each
+// open opens the root and the state directory for one public call, and
+// reads every manifest once: each
 // call opens them afresh, so a state directory deleted in between is
 // created again. A plan (write false) creates nothing: without a state
 // directory, nothing is recorded. It returns the function that closes
@@ -374,6 +374,7 @@ func (a *Applier) open(write bool) (func(), error) {
 		return nil, fmt.Errorf("state: %w", serr)
 	}
 	a.files, a.state = files, state
+	a.loadManifests() // which files ccm wrote: every call plans
 	return func() {
 		files.close()
 		if state != nil {

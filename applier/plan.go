@@ -176,7 +176,6 @@ func (a *Applier) Plan(cfg *configs.Config, snap *objects.Snapshot, claimed map[
 		return nil, err
 	}
 	defer closeAll()
-	a.loadManifests()
 	return a.plan(context.Background(), cfg, snap, claimed, false)
 }
 

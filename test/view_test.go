@@ -141,6 +141,7 @@ func TestPlanUsesTheLabelsTheAgentPublished(t *testing.T) {
 	r = n.run("", "plan", "--color", "never")
 	assert.Contains(t, r.stderr, "using the labels node w1's agent published: role=web")
 	assert.NotContains(t, r.stderr, "no agent alive")
+	assert.Contains(t, r.stdout, "2 configurations up to date", "the configuration for role=web is planned too (the agent converged both)")
 }
 
 func TestASecondAgentForTheSameNodeRefusesToStart(t *testing.T) {
