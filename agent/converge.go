@@ -59,7 +59,7 @@ func (a *Agent) converge(ctx context.Context, b debounce.Batch) error {
 	})
 	switch {
 	case res.Failure != nil:
-		a.flag.observe(true)
+		a.flag.observe(true, res.FlagRevision)
 		a.deb.Requeue(b)
 	case !res.Ran:
 		a.postpone(ctx, b, "run", res.Err)
@@ -68,7 +68,6 @@ func (a *Agent) converge(ctx context.Context, b debounce.Batch) error {
 		// A template that cannot be stopped spins in a goroutine: the
 		// flag is raised; exit, and let systemd start a clean process,
 		// which stays halted by the flag.
-		a.flag.observe(true)
 		return res.Err
 	case errors.Is(res.Err, rollout.ErrNotRecorded):
 		// etcd went away at the end of the run: run everything again
@@ -76,7 +75,8 @@ func (a *Agent) converge(ctx context.Context, b debounce.Batch) error {
 		a.postpone(ctx, debounce.Batch{All: true, Reasons: []string{"outcome not recorded"}}, "record the run", res.Err)
 		return nil
 	case res.Status.Result == cluster.ResultFailed:
-		a.flag.observe(true)
+		// The flag this run raised reaches the agent through its watch,
+		// in order with a resume that may already follow it.
 	case res.Report.Aborted:
 		if res.LockLost {
 			a.log.Warn("lock lost mid-run; starting again from scratch on a new session")

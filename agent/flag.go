@@ -19,6 +19,7 @@ type flagState struct {
 
 	mu      sync.Mutex
 	set     bool
+	rev     int64         // the etcd revision the state was seen at
 	cleared chan struct{} // closed and replaced when the flag clears
 }
 
@@ -26,10 +27,17 @@ func newFlagState(m *metrics.Metrics, onClear func()) *flagState {
 	return &flagState{metrics: m, onClear: onClear, cleared: make(chan struct{})}
 }
 
-// observe records the flag's state; a set -> clear transition asks for a
-// converge of everything.
-func (f *flagState) observe(set bool) {
+// observe records the flag's state as seen at etcd revision rev; an
+// observation older than one already recorded is ignored, so that a run
+// that saw the flag cannot undo the watch's later news of its clearing. A
+// set -> clear transition asks for a converge of everything.
+func (f *flagState) observe(set bool, rev int64) {
 	f.mu.Lock()
+	if rev < f.rev {
+		f.mu.Unlock()
+		return
+	}
+	f.rev = rev
 	wasSet := f.set
 	f.set = set
 	if wasSet && !set {
@@ -76,7 +84,7 @@ func (a *Agent) watchFlag(ctx context.Context) {
 			delay.Wait(ctx)
 			continue
 		}
-		a.flag.observe(len(resp.Kvs) > 0)
+		a.flag.observe(len(resp.Kvs) > 0, resp.Header.Revision)
 		wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
 		for wresp := range a.opts.Client.Watch(wctx, key, clientv3.WithRev(resp.Header.Revision+1)) {
 			if wresp.Err() != nil {
@@ -85,7 +93,7 @@ func (a *Agent) watchFlag(ctx context.Context) {
 			}
 			delay.Reset()
 			for _, ev := range wresp.Events {
-				a.flag.observe(ev.Type == clientv3.EventTypePut)
+				a.flag.observe(ev.Type == clientv3.EventTypePut, ev.Kv.ModRevision)
 			}
 		}
 		cancel()

@@ -84,8 +84,9 @@ type Result struct {
 	Ran    bool
 	Status cluster.Status
 	Report *applier.Report
-	// Failure is the flag that halted the run.
-	Failure *cluster.Failure
+	// Failure is the flag that halted the run, read at FlagRevision.
+	Failure      *cluster.Failure
+	FlagRevision int64
 	// LockLost is set when the session ended during the run.
 	LockLost bool
 	// Err is why the run could not happen or failed; nil when it
@@ -134,7 +135,9 @@ func (r *Runner) locked(ctx context.Context, lock *cluster.Lock, req Request) Re
 	}
 	r.readConverged(ctx)
 	if f != nil {
-		return r.halt(ctx, lock, f)
+		res := r.halt(ctx, lock, f)
+		res.FlagRevision = rev
+		return res
 	}
 	snap, err := req.Snapshot(ctx, rev)
 	if err != nil {

@@ -153,7 +153,7 @@ func TestFailingValidateHaltsTheRolloutUntilResume(t *testing.T) {
 			return s != nil && s.Result == want
 		}, "%s reports %s", n.name, want)
 		assert.Equal(t, "good\n", n.read("/sites/s000.conf"), "%s: files unchanged", n.name)
-		assert.Equal(t, 1.0, testutil.ToFloat64(n.ag.Metrics().Halted), "%s: halted metric", n.name)
+		eventually(t, 10*time.Second, func() bool { return testutil.ToFloat64(n.ag.Metrics().Halted) == 1 }, "%s: halted metric", n.name)
 	}
 
 	require.NoError(t, os.Remove(marker))
