@@ -136,7 +136,10 @@ func TestPlanUsesTheLabelsTheAgentPublished(t *testing.T) {
 	n.flags = []string{"--label", "role=web"}
 	n.start("agent", "--debounce", "0s")
 	c := cluster.New(etcd.Client(t), cluster.Options{})
-	eventually(t, 20*time.Second, func() bool { return nodeView(t, c, "w1").Presence != nil }, "the agent is alive")
+	eventually(t, 20*time.Second, func() bool {
+		v := nodeView(t, c, "w1")
+		return v.Presence != nil && v.Status != nil && v.Status.Result == cluster.ResultConverged
+	}, "the agent is alive and has converged")
 	n.flags = nil
 	r = n.run("", "plan", "--color", "never")
 	assert.Contains(t, r.stderr, "using the labels node w1's agent published: role=web")
