@@ -14,6 +14,7 @@ import (
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
 
+	"github.com/ccm-dev/ccm/actions"
 	"github.com/ccm-dev/ccm/applier"
 	"github.com/ccm-dev/ccm/cluster"
 	"github.com/ccm-dev/ccm/configs"
@@ -59,19 +60,28 @@ type Options struct {
 	Metrics *metrics.Metrics // nil: a new set
 }
 
-// selection is a configuration set with its subscription index. A reload
-// swaps both at once, so a run decides what to converge from one value.
+// selection is a configuration set with its subscription index, and the
+// action handlers. A reload swaps them at once, so a run decides what to
+// converge from one value.
 type selection struct {
-	set *configs.Set
-	bus *eventbus.Bus
+	set      *configs.Set
+	bus      *eventbus.Bus
+	handlers *actions.Handlers
 }
 
-func newSelection(set *configs.Set) *selection {
+// load reads the configuration directory: the configurations and the
+// action handlers, every error of both at once.
+func load(dir string) (*selection, error) {
+	set, err := configs.Load(dir)
+	handlers, herr := actions.LoadHandlers(dir)
+	if err != nil || herr != nil {
+		return nil, errors.Join(err, herr)
+	}
 	subs := make(map[string][]string, len(set.Configs))
 	for name, c := range set.Configs {
 		subs[name] = c.Types()
 	}
-	return &selection{set: set, bus: eventbus.New(subs)}
+	return &selection{set: set, bus: eventbus.New(subs), handlers: handlers}, nil
 }
 
 // Agent is the per-node service.
@@ -89,9 +99,14 @@ type Agent struct {
 	flag      *flagState
 	presence  *presence
 
-	sessionMu sync.Mutex                      // held while a session is opened
-	session   atomic.Pointer[cluster.Session] // the live session, if any
-	retry     *retry.Delay                    // owned by the run loop
+	// runMu is held by whatever uses the cluster lock: a run, ccm.converge,
+	// a serial action. The lock's key is the session's, so one at a time.
+	runMu        sync.Mutex
+	announced    chan struct{} // closed once the node is first announced
+	announceOnce sync.Once
+	sessionMu    sync.Mutex                      // held while a session is opened
+	session      atomic.Pointer[cluster.Session] // the live session, if any
+	retry        *retry.Delay                    // owned by the run loop
 	// stop ends Run with a cause: another agent serves this node.
 	stop context.CancelCauseFunc
 }
@@ -103,32 +118,38 @@ func New(opts Options) (*Agent, error) {
 		return nil, errors.New("agent: a client and a node name are required")
 	}
 	defaults(&opts)
-	set, err := configs.Load(opts.ConfigDir)
+	sel, err := load(opts.ConfigDir)
 	if err != nil {
 		return nil, err
 	}
 	a := &Agent{
-		opts:    opts,
-		log:     opts.Logger.With(zap.String("node", opts.Node)),
-		metrics: opts.Metrics,
-		cluster: cluster.New(opts.Client, cluster.Options{Prefix: opts.Prefix, Node: opts.Node}),
-		mirror:  objects.NewMirror(opts.Prefix),
-		deb:     debounce.New(opts.Debounce, opts.MaxWait, nil),
-		retry:   retry.New(10 * time.Second),
+		announced: make(chan struct{}),
+		opts:      opts,
+		log:       opts.Logger.With(zap.String("node", opts.Node)),
+		metrics:   opts.Metrics,
+		cluster:   cluster.New(opts.Client, cluster.Options{Prefix: opts.Prefix, Node: opts.Node}),
+		mirror:    objects.NewMirror(opts.Prefix),
+		deb:       debounce.New(opts.Debounce, opts.MaxWait, nil),
+		retry:     retry.New(10 * time.Second),
 	}
-	a.applier = applier.New(applier.Options{
-		Root: opts.Root, StateDir: opts.StateDir, ConfigDir: opts.ConfigDir,
-		Node:   render.Node{Name: opts.Node, Labels: opts.Labels},
-		Logger: a.log,
-	})
+	a.applier = applier.New(a.applierOptions())
 	a.runner = rollout.New(rollout.Options{Cluster: a.cluster, Applier: a.applier, Node: opts.Node, Logger: a.log, Metrics: a.metrics})
 	a.flag = newFlagState(a.metrics, func() { a.deb.AddAll("failure flag cleared") })
 	a.presence = newPresence(opts.Labels)
 	a.watcher = watcher.New(opts.Client, a.mirror, (*events)(a), watcher.Options{
 		Prefix: opts.Prefix, Liveness: opts.Liveness, Logger: a.log,
 	})
-	a.selection.Store(newSelection(set))
+	a.selection.Store(sel)
 	return a, nil
+}
+
+// applierOptions is how this node applies (and plans).
+func (a *Agent) applierOptions() applier.Options {
+	return applier.Options{
+		Root: a.opts.Root, StateDir: a.opts.StateDir, ConfigDir: a.opts.ConfigDir,
+		Node:   render.Node{Name: a.opts.Node, Labels: a.opts.Labels},
+		Logger: a.log,
+	}
 }
 
 func defaults(o *Options) {
@@ -152,16 +173,17 @@ func defaults(o *Options) {
 	}
 }
 
-// Reload loads the configuration directory again. A broken directory keeps
-// the old one and returns the error; a good one converges everything.
+// Reload loads the configuration directory (and the action handlers)
+// again. A broken directory keeps the old one and returns the error; a
+// good one converges everything.
 func (a *Agent) Reload() error {
-	set, err := configs.Load(a.opts.ConfigDir)
+	sel, err := load(a.opts.ConfigDir)
 	if err != nil {
 		a.log.Error("reload failed; keeping the loaded configuration", zap.Error(err))
 		return err
 	}
-	a.selection.Store(newSelection(set))
-	a.log.Info("configuration reloaded", zap.Strings("order", set.Order))
+	a.selection.Store(sel)
+	a.log.Info("configuration reloaded", zap.Strings("order", sel.set.Order), zap.Strings("actions", sel.handlers.Names()))
 	a.deb.AddAll("reload")
 	return nil
 }
@@ -223,7 +245,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			s.Close()
 		}
 	}()
-	for _, fn := range []func(context.Context){a.runWatcher, a.watchFlag, a.resyncLoop, a.readiness, a.keepPresence} {
+	for _, fn := range []func(context.Context){a.runWatcher, a.watchFlag, a.resyncLoop, a.readiness, a.keepPresence, a.runActions} {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -240,7 +262,10 @@ func (a *Agent) Run(ctx context.Context) error {
 			break
 		}
 		a.metrics.DebouncePending.Set(float64(a.deb.Pending()))
-		if err := a.converge(ctx, batch); err != nil {
+		a.runMu.Lock()
+		err = a.converge(ctx, batch)
+		a.runMu.Unlock()
+		if err != nil {
 			a.stop(err)
 		}
 	}

@@ -133,6 +133,7 @@ func (a *Agent) ensureSession(ctx context.Context) (*cluster.Session, error) {
 	}
 	a.session.Store(s)
 	a.presence.wake()
+	a.announceOnce.Do(func() { close(a.announced) })
 	return s, nil
 }
 

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"sort"
 	"strings"
 	"time"
 
@@ -176,40 +175,18 @@ type View struct {
 func (c *Cluster) View(ctx context.Context) (*View, error) {
 	resp, err := c.client.Txn(ctx).Then(
 		clientv3.OpGet(c.FailureKey()),
-		clientv3.OpGet(c.NodesPrefix(), clientv3.WithPrefix()),
 		clientv3.OpGet(c.LockPrefix(), clientv3.WithPrefix(), clientv3.WithSort(clientv3.SortByCreateRevision, clientv3.SortAscend)),
 	).Commit()
 	if err != nil {
-		return nil, fmt.Errorf("read %s: %w", c.NodesPrefix(), err)
+		return nil, fmt.Errorf("read %s: %w", c.FailureKey(), err)
 	}
 	v := &View{Failure: decodeFailure((*clientv3.GetResponse)(resp.Responses[0].GetResponseRange()))}
-	nodes := map[string]*NodeView{}
-	for _, kv := range resp.Responses[1].GetResponseRange().Kvs {
-		rest := strings.TrimPrefix(string(kv.Key), c.NodesPrefix())
-		name, kind, ok := strings.Cut(rest, "/")
-		if !ok {
-			continue
-		}
-		n := nodes[name]
-		if n == nil {
-			n = &NodeView{Name: name}
-			nodes[name] = n
-		}
-		switch kind {
-		case "status":
-			n.Status = &Status{}
-			if json.Unmarshal(kv.Value, n.Status) != nil {
-				n.Status = &Status{Node: name, Result: "unreadable"}
-			}
-		case "alive":
-			n.Presence = &Presence{}
-			if json.Unmarshal(kv.Value, n.Presence) != nil {
-				n.Presence = &Presence{Node: name}
-			}
-		}
+	nodes, err := c.scanNodes(ctx, resp.Header.Revision)
+	if err != nil {
+		return nil, err
 	}
 	locked := map[string]string{}
-	for i, kv := range resp.Responses[2].GetResponseRange().Kvs {
+	for i, kv := range resp.Responses[1].GetResponseRange().Kvs {
 		name := string(kv.Value)
 		if i == 0 {
 			v.Holder, locked[name] = name, StateRunning
@@ -224,8 +201,77 @@ func (c *Cluster) View(ctx context.Context) (*View, error) {
 		n.describe(locked[n.Name])
 		v.Nodes = append(v.Nodes, *n)
 	}
-	sort.Slice(v.Nodes, func(i, j int) bool { return v.Nodes[i].Name < v.Nodes[j].Name })
 	return v, nil
+}
+
+// Alive returns the presence of every node whose agent is alive, sorted
+// by name.
+func (c *Cluster) Alive(ctx context.Context) ([]Presence, error) {
+	nodes, err := c.scanNodes(ctx, 0)
+	if err != nil {
+		return nil, err
+	}
+	var out []Presence
+	for _, n := range nodes {
+		if n.Presence != nil {
+			out = append(out, *n.Presence)
+		}
+	}
+	return out, nil
+}
+
+// scanNodes reads every node's status and presence at revision rev (0:
+// the current one), sorted by name. A node's keys also hold its replies
+// to actions, which can be many and large, so it does not read the
+// prefix: it hops from node to node, reading two keys and the first key
+// of the next node in one transaction per node.
+func (c *Cluster) scanNodes(ctx context.Context, rev int64) ([]*NodeView, error) {
+	end := clientv3.GetPrefixRangeEnd(c.NodesPrefix())
+	next := func(from string) clientv3.Op {
+		return clientv3.OpGet(from, clientv3.WithRange(end), clientv3.WithKeysOnly(), clientv3.WithLimit(1), clientv3.WithRev(rev))
+	}
+	fail := func(err error) error { return fmt.Errorf("read %s: %w", c.NodesPrefix(), err) }
+	resp, err := c.client.Txn(ctx).Then(next(c.NodesPrefix())).Commit()
+	if err != nil {
+		return nil, fail(err)
+	}
+	if rev == 0 {
+		rev = resp.Header.Revision
+	}
+	var nodes []*NodeView
+	for {
+		kvs := resp.Responses[len(resp.Responses)-1].GetResponseRange().Kvs
+		if len(kvs) == 0 {
+			return nodes, nil
+		}
+		name, _, _ := strings.Cut(strings.TrimPrefix(string(kvs[0].Key), c.NodesPrefix()), "/")
+		// "0" follows "/": the first key after every key of this node.
+		after := strings.TrimSuffix(c.NodePrefix(name), "/") + "0"
+		resp, err = c.client.Txn(ctx).Then(
+			clientv3.OpGet(c.StatusKey(name), clientv3.WithRev(rev)),
+			clientv3.OpGet(c.AliveKey(name), clientv3.WithRev(rev)),
+			next(after),
+		).Commit()
+		if err != nil {
+			return nil, fail(err)
+		}
+		n := &NodeView{Name: name}
+		if kv := resp.Responses[0].GetResponseRange().Kvs; len(kv) > 0 {
+			n.Status = &Status{}
+			if json.Unmarshal(kv[0].Value, n.Status) != nil {
+				n.Status = &Status{Node: name, Result: "unreadable"}
+			}
+		}
+		if kv := resp.Responses[1].GetResponseRange().Kvs; len(kv) > 0 {
+			n.Presence = &Presence{}
+			if json.Unmarshal(kv[0].Value, n.Presence) != nil {
+				n.Presence = &Presence{Node: name}
+			}
+		}
+		if n.Status != nil || n.Presence != nil {
+			nodes = append(nodes, n)
+		}
+	}
 }
 
 // describe derives the node's state and whether it is behind. This is the

@@ -36,3 +36,19 @@ func (k Keys) StatusKey(node string) string { return k.NodePrefix(node) + "statu
 
 // AliveKey is the key of a node's presence.
 func (k Keys) AliveKey(node string) string { return k.NodePrefix(node) + "alive" }
+
+// ActionsPrefix is the prefix of the requests addressed to one node:
+// ActionsPrefix(node)+"<id>". Only callers write there; the node reads.
+func (k Keys) ActionsPrefix(node string) string { return k.prefix + "/actions/" + node + "/" }
+
+// AllActionsPrefix is the prefix of every node's requests.
+func (k Keys) AllActionsPrefix() string { return k.prefix + "/actions/" }
+
+// ActionKey is the key of one request to one node.
+func (k Keys) ActionKey(node, id string) string { return k.ActionsPrefix(node) + id }
+
+// RepliesPrefix is the prefix of one node's replies, among its own keys.
+func (k Keys) RepliesPrefix(node string) string { return k.NodePrefix(node) + "replies/" }
+
+// ReplyKey is the key of a node's reply to one request.
+func (k Keys) ReplyKey(node, id string) string { return k.RepliesPrefix(node) + id }

@@ -285,3 +285,7 @@ func checkCommand(c Command, placeholders bool) error {
 	}
 	return nil
 }
+
+// Check validates an argv that takes no placeholders, such as a handler's
+// command.
+func (c Command) Check() error { return checkCommand(c, false) }

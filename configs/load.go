@@ -110,6 +110,25 @@ var yamlTypeNames = strings.NewReplacer(
 	"not found in type configs.rawDirectory", "is not a known field of directories",
 )
 
+// DecodeYAML decodes raw, the content of the file path, into v, refusing
+// unknown fields. It returns every error at once, each naming the file,
+// with yaml's type names made readable by names. ok is false when nothing
+// could be decoded (a syntax error); otherwise v holds what could be.
+func DecodeYAML(path string, raw []byte, v any, names *strings.Replacer) (errs []error, ok bool) {
+	dec := yaml.NewDecoder(bytes.NewReader(raw))
+	dec.KnownFields(true)
+	if err := dec.Decode(v); err != nil && err != io.EOF {
+		var te *yaml.TypeError
+		if !errors.As(err, &te) { // a syntax error: nothing was decoded
+			return []error{fmt.Errorf("%s: %s", path, err)}, false
+		}
+		for _, msg := range te.Errors {
+			errs = append(errs, fmt.Errorf("%s: %s", path, names.Replace(msg)))
+		}
+	}
+	return errs, true
+}
+
 // loadFile loads one configuration file and returns every error in it at
 // once, each naming the file. The Config is returned whenever the YAML
 // could be read at all, even with errors, so that the set can still check
@@ -120,17 +139,9 @@ func (l *loader) loadFile(path string) (*Config, []error) {
 		return nil, []error{err}
 	}
 	var rc rawConfig
-	var errs []error
-	dec := yaml.NewDecoder(bytes.NewReader(raw))
-	dec.KnownFields(true)
-	if err := dec.Decode(&rc); err != nil && err != io.EOF {
-		var te *yaml.TypeError
-		if !errors.As(err, &te) { // a syntax error: nothing was decoded
-			return nil, []error{fmt.Errorf("%s: %s", path, err)}
-		}
-		for _, msg := range te.Errors {
-			errs = append(errs, fmt.Errorf("%s: %s", path, yamlTypeNames.Replace(msg)))
-		}
+	errs, ok := DecodeYAML(path, raw, &rc, yamlTypeNames)
+	if !ok {
+		return nil, errs
 	}
 	c, buildErrs := l.build(path, &rc)
 	for _, e := range buildErrs {

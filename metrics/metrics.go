@@ -39,6 +39,12 @@ type Metrics struct {
 	Halted prometheus.Gauge
 	// Ready is 1 while the mirror is synced with etcd.
 	Ready prometheus.Gauge
+	// Actions counts node actions by action and final state.
+	Actions *prometheus.CounterVec
+	// ActionDuration observes node actions, from claim to reply.
+	ActionDuration *prometheus.HistogramVec
+	// ActionsRunning is the number of actions claimed and not finished.
+	ActionsRunning prometheus.Gauge
 }
 
 // New returns the metrics, registered in a new registry.
@@ -77,9 +83,20 @@ func New() *Metrics {
 		Ready: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "ccm_ready", Help: "1 while the local mirror is synced with etcd.",
 		}),
+		Actions: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ccm_actions_total", Help: "Node actions by action and final state.",
+		}, []string{"action", "state"}),
+		ActionDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "ccm_action_duration_seconds", Help: "Duration of node actions, from claim to reply.",
+			Buckets: prometheus.ExponentialBuckets(0.001, 4, 10),
+		}, []string{"action"}),
+		ActionsRunning: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "ccm_actions_running", Help: "Node actions claimed and not finished.",
+		}),
 	}
 	m.Registry.MustRegister(m.Runs, m.Failures, m.ChangedFiles, m.RunDuration, m.LockWait,
 		m.DebouncePending, m.LastSuccess, m.WatchLag, m.Halted, m.Ready,
+		m.Actions, m.ActionDuration, m.ActionsRunning,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

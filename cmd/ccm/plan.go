@@ -41,7 +41,7 @@ Exit codes: 0 no changes, 2 changes, 1 error.`,
 				return err
 			}
 			plans, planErr := ap.PlanAll(set, snap, selected)
-			changed := printPlans(a.stdout, plans, useColor(color, a.stdout))
+			changed := applier.WritePlans(a.stdout, plans, useColor(color, a.stdout))
 			if planErr != nil {
 				return planErr
 			}
@@ -119,93 +119,4 @@ func useColor(mode string, w io.Writer) bool {
 		return false
 	}
 	return isTerminal(w)
-}
-
-// palette colours diff lines on a terminal.
-type palette struct{ on bool }
-
-func (p palette) paint(code, s string) string {
-	if !p.on {
-		return s
-	}
-	return "\x1b[" + code + "m" + s + "\x1b[0m"
-}
-
-func (p palette) diff(d string) string {
-	if !p.on {
-		return d
-	}
-	var b strings.Builder
-	for _, line := range strings.SplitAfter(d, "\n") {
-		trimmed := strings.TrimSuffix(line, "\n")
-		switch {
-		case trimmed == "":
-		case strings.HasPrefix(line, "---"), strings.HasPrefix(line, "+++"):
-			trimmed = p.paint("1", trimmed)
-		case strings.HasPrefix(line, "@@"):
-			trimmed = p.paint("36", trimmed)
-		case strings.HasPrefix(line, "+"):
-			trimmed = p.paint("32", trimmed)
-		case strings.HasPrefix(line, "-"):
-			trimmed = p.paint("31", trimmed)
-		}
-		b.WriteString(trimmed)
-		if strings.HasSuffix(line, "\n") {
-			b.WriteByte('\n')
-		}
-	}
-	return b.String()
-}
-
-// printPlans prints every plan and the summary, and reports whether
-// anything would change.
-func printPlans(w io.Writer, plans []*applier.Plan, color bool) bool {
-	pal := palette{on: color}
-	var create, change, remove, pending int
-	for _, p := range plans {
-		if !p.Changed() && !p.PendingOnChange {
-			continue
-		}
-		title := "# configuration " + p.Config.Name
-		if p.Orphan {
-			title += " (no longer run on this node: its files are removed)"
-		}
-		fmt.Fprintln(w, pal.paint("1", title))
-		for _, d := range p.Dirs {
-			if d.Exist {
-				fmt.Fprintf(w, "~ directory %s: %s\n", render.Escape(d.Dir.Path), strings.Join(d.Attrs, ", "))
-			} else {
-				fmt.Fprintf(w, "+ directory %s (mode %s)\n", render.Escape(d.Dir.Path), applier.FormatMode(d.Dir.Mode))
-			}
-		}
-		for i := range p.Changes {
-			c := &p.Changes[i]
-			switch c.Action {
-			case applier.Adopt:
-				fmt.Fprintf(w, "* adopt %s: ccm did not write it; its original is kept and put back when ccm stops managing it\n", render.Escape(c.Path))
-			case applier.Restore:
-				fmt.Fprintf(w, "* restore %s: the original from before ccm adopted it\n", render.Escape(c.Path))
-			}
-			fmt.Fprint(w, pal.diff(c.Diff()))
-			if len(c.Attrs) > 0 {
-				fmt.Fprintf(w, "~ %s: %s\n", render.Escape(c.Path), strings.Join(c.Attrs, ", "))
-			}
-		}
-		if p.PendingOnChange && !p.Changed() {
-			pending++
-			fmt.Fprintln(w, "! on_change failed in an earlier run and will run again")
-		}
-		cr, ch, rm := p.Counts()
-		create, change, remove = create+cr, change+ch, remove+rm
-	}
-	if create+change+remove+pending == 0 {
-		fmt.Fprintf(w, "No changes: %d configurations up to date.\n", len(plans))
-		return false
-	}
-	fmt.Fprintf(w, "Plan: %d to create, %d to change, %d to remove.", create, change, remove)
-	if pending > 0 {
-		fmt.Fprintf(w, " %d on_change to retry.", pending)
-	}
-	fmt.Fprintln(w)
-	return true
 }

@@ -1,0 +1,262 @@
+package actions
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"os/user"
+	"strconv"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// Output limits of a handler.
+const (
+	// MaxOutput bounds the stdout a reply carries; the rest is dropped.
+	MaxOutput = 64 << 10
+	// maxStderr bounds the stderr a failed reply's error carries.
+	maxStderr = 4 << 10
+	// drainDelay is how long the output of an exited handler is read
+	// before its pipes are closed: a daemon that left its process group
+	// may keep them open.
+	drainDelay = 2 * time.Second
+)
+
+// defaultPath is the PATH of a handler's clean environment.
+const defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+// identity is the UNIX user a handler runs as.
+type identity struct {
+	name     string
+	uid, gid uint32
+	groups   []uint32
+	home     string
+}
+
+// identity resolves run_as for a request's parameters. A parameter that
+// names root, a user below min_uid or no user at all is refused.
+func (h *Handler) identity(params map[string]string) (*identity, error) {
+	name := h.RunAs.User
+	if h.RunAs.Param != "" {
+		name = params[h.RunAs.Param]
+	}
+	u, err := user.Lookup(name)
+	if err != nil {
+		return nil, fmt.Errorf("run_as: no such user %q", name)
+	}
+	uid, err1 := strconv.ParseUint(u.Uid, 10, 32)
+	gid, err2 := strconv.ParseUint(u.Gid, 10, 32)
+	if err1 != nil || err2 != nil {
+		return nil, fmt.Errorf("run_as: user %q has no numeric uid and gid", name)
+	}
+	if h.RunAs.Param != "" && (uid == 0 || int(uid) < h.RunAs.MinUID) {
+		return nil, fmt.Errorf("run_as: user %q (uid %d) is below min_uid %d: a parameter never names root or a system user", name, uid, h.RunAs.MinUID)
+	}
+	id := &identity{name: u.Username, uid: uint32(uid), gid: uint32(gid), home: u.HomeDir}
+	gids, err := u.GroupIds()
+	if err != nil {
+		return nil, fmt.Errorf("run_as: groups of %q: %w", name, err)
+	}
+	for _, g := range gids {
+		if n, err := strconv.ParseUint(g, 10, 32); err == nil {
+			id.groups = append(id.groups, uint32(n))
+		}
+	}
+	return id, nil
+}
+
+// invocation is one handler process to run.
+type invocation struct {
+	handler *Handler
+	req     *Request
+	id      *identity
+	timeout time.Duration
+	env     []string // CCM_NODE, CCM_ROOT and the like
+}
+
+// outcome is how a handler process ended.
+type outcome struct {
+	state    string
+	exitCode *int
+	stdout   []byte
+	stderr   []byte
+	err      string
+}
+
+// environment is the handler's clean environment: nothing of the agent's,
+// only what names the user, the run and the parameters.
+func (inv *invocation) environment() []string {
+	env := []string{
+		"PATH=" + defaultPath, "LANG=C.UTF-8",
+		"HOME=" + inv.id.home, "USER=" + inv.id.name, "LOGNAME=" + inv.id.name,
+		"CCM_CONFIG=" + inv.req.Action, "CCM_ACTION_ID=" + inv.req.ID,
+	}
+	env = append(env, inv.env...)
+	for _, n := range sortedKeys(inv.req.Params) {
+		env = append(env, EnvName(n)+"="+inv.req.Params[n])
+	}
+	return env
+}
+
+// run starts the handler with its parameters as JSON on stdin, in its own
+// process group, as its run_as user, and waits for it. At the timeout the
+// whole group is killed; when the handler exits, whatever it left in its
+// group is killed too. The handler dies with the agent (SIGKILL as parent
+// death signal), so a crashed agent leaves nothing running.
+func (inv *invocation) run() outcome {
+	stdin, err := json.Marshal(orEmpty(inv.req.Params))
+	if err != nil {
+		return outcome{state: StateFailed, err: err.Error()}
+	}
+	cmd := exec.Command(inv.handler.Command[0], inv.handler.Command[1:]...)
+	cmd.Env = inv.environment()
+	cmd.Dir = "/"
+	if st, err := os.Stat(inv.id.home); err == nil && st.IsDir() {
+		cmd.Dir = inv.id.home
+	}
+	cmd.Stdin = bytes.NewReader(stdin)
+	attr := &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if uint32(os.Geteuid()) != inv.id.uid {
+		// A fresh process with the user's ids: nothing to give back.
+		attr.Credential = &syscall.Credential{Uid: inv.id.uid, Gid: inv.id.gid, Groups: inv.id.groups}
+	}
+	cmd.SysProcAttr = attr
+	stdout, stderr := &capped{max: MaxOutput}, &capped{max: maxStderr, keepTail: true}
+	drain, err := pipeTo(cmd, stdout, stderr)
+	if err != nil {
+		return outcome{state: StateFailed, err: err.Error()}
+	}
+	if err := cmd.Start(); err != nil {
+		drain.abort()
+		return outcome{state: StateFailed, err: fmt.Sprintf("start %s: %v", inv.handler.Command[0], err)}
+	}
+	drain.started()
+	pgid := cmd.Process.Pid
+	timer := time.AfterFunc(inv.timeout, func() { _ = syscall.Kill(-pgid, syscall.SIGKILL) })
+	start := time.Now()
+	waitErr := cmd.Wait()
+	timedOut := !timer.Stop() && time.Since(start) >= inv.timeout
+	_ = syscall.Kill(-pgid, syscall.SIGKILL) // leftovers in its group
+	drain.wait(drainDelay)
+	o := outcome{stdout: stdout.bytes(), stderr: stderr.bytes()}
+	if stdout.dropped > 0 {
+		o.stdout = append(o.stdout, fmt.Sprintf("\n[ccm: %d more bytes of output dropped]", stdout.dropped)...)
+	}
+	var exitErr *exec.ExitError
+	switch {
+	case timedOut:
+		o.state, o.err = StateTimedOut, fmt.Sprintf("killed with its process group after the timeout of %s", inv.timeout)
+	case waitErr == nil:
+		o.state, o.exitCode = StateSucceeded, new(int)
+	case errors.As(waitErr, &exitErr):
+		code := exitErr.ExitCode()
+		o.state, o.exitCode = StateFailed, &code
+		o.err = fmt.Sprintf("exit status %d", code)
+		if code < 0 {
+			o.err = exitErr.Error()
+		}
+		if msg := bytes.TrimSpace(o.stderr); len(msg) > 0 {
+			o.err += ": " + string(msg)
+		}
+	default:
+		o.state, o.err = StateFailed, waitErr.Error()
+	}
+	return o
+}
+
+func orEmpty(m map[string]string) map[string]string {
+	if m == nil {
+		return map[string]string{}
+	}
+	return m
+}
+
+// drainer reads a process's stdout and stderr from pipes ccm owns, so
+// that Wait returns when the process exits, not when the last holder of
+// its output closes it.
+type drainer struct {
+	readers []*os.File
+	writers []*os.File
+	wg      sync.WaitGroup
+}
+
+func pipeTo(cmd *exec.Cmd, outs ...io.Writer) (*drainer, error) {
+	d := &drainer{}
+	for i, w := range outs {
+		r, pw, err := os.Pipe()
+		if err != nil {
+			d.abort()
+			return nil, fmt.Errorf("output pipe: %w", err)
+		}
+		d.readers, d.writers = append(d.readers, r), append(d.writers, pw)
+		if i == 0 {
+			cmd.Stdout = pw
+		} else {
+			cmd.Stderr = pw
+		}
+		d.wg.Add(1)
+		go func() {
+			defer d.wg.Done()
+			_, _ = io.Copy(w, r)
+		}()
+	}
+	return d, nil
+}
+
+// started closes the agent's copies of the write ends.
+func (d *drainer) started() {
+	for _, w := range d.writers {
+		w.Close()
+	}
+}
+
+// wait lets the readers finish for at most delay, then closes the pipes.
+func (d *drainer) wait(delay time.Duration) {
+	done := make(chan struct{})
+	go func() { d.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(delay):
+	}
+	for _, r := range d.readers {
+		r.Close()
+	}
+	<-done
+}
+
+func (d *drainer) abort() {
+	d.started()
+	for _, r := range d.readers {
+		r.Close()
+	}
+	d.wg.Wait()
+}
+
+// capped keeps the first max bytes written (or the last, with keepTail)
+// and counts the rest.
+type capped struct {
+	max      int
+	keepTail bool
+	buf      []byte
+	dropped  int64
+}
+
+func (c *capped) Write(p []byte) (int, error) {
+	c.buf = append(c.buf, p...)
+	if extra := len(c.buf) - c.max; extra > 0 {
+		c.dropped += int64(extra)
+		if c.keepTail {
+			c.buf = append(c.buf[:0], c.buf[extra:]...)
+		} else {
+			c.buf = c.buf[:c.max]
+		}
+	}
+	return len(p), nil
+}
+
+func (c *capped) bytes() []byte { return c.buf }

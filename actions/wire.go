@@ -1,0 +1,98 @@
+package actions
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"time"
+)
+
+// The states of a reply. Running is the only one that is not final.
+const (
+	StateRunning     = "running"
+	StateSucceeded   = "succeeded"
+	StateFailed      = "failed"
+	StateTimedOut    = "timed_out"
+	StateRejected    = "rejected"
+	StateInterrupted = "interrupted"
+)
+
+// Final reports whether a reply in state s is the last one.
+func Final(s string) bool { return s != StateRunning && s != "" }
+
+// Request asks one node to run one action. The caller writes it; a node
+// only reads it.
+type Request struct {
+	ID     string            `json:"id"`
+	Action string            `json:"action"`
+	Params map[string]string `json:"params,omitempty"`
+	// By names the caller, for the log and ccm action list.
+	By      string    `json:"by,omitempty"`
+	Created time.Time `json:"created"`
+	// Deadline, when set, is the last moment the node may pick the
+	// request up; later it is rejected.
+	Deadline time.Time `json:"deadline,omitzero"`
+	// Timeout, when set, shortens the handler's own timeout.
+	Timeout   Duration `json:"timeout,omitzero"`
+	Signature string   `json:"signature,omitempty"`
+}
+
+// Reply is a node's answer to a request: written as running when the node
+// claims the request, then once more with the final state.
+type Reply struct {
+	ID       string `json:"id"`
+	Node     string `json:"node"`
+	State    string `json:"state"`
+	ExitCode *int   `json:"exit_code,omitempty"`
+	// Output is the handler's stdout: a JSON value if it printed one,
+	// otherwise a JSON string.
+	Output   json.RawMessage `json:"output,omitempty"`
+	Error    string          `json:"error,omitempty"`
+	Started  time.Time       `json:"started,omitzero"`
+	Finished time.Time       `json:"finished,omitzero"`
+}
+
+// Duration is a time.Duration written as a Go duration string ("30s").
+type Duration time.Duration
+
+// MarshalJSON writes the duration as a string.
+func (d Duration) MarshalJSON() ([]byte, error) { return json.Marshal(time.Duration(d).String()) }
+
+// UnmarshalJSON reads a duration string.
+func (d *Duration) UnmarshalJSON(b []byte) error {
+	var s string
+	if err := json.Unmarshal(b, &s); err != nil {
+		return err
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return err
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// NewID returns a unique request ID that sorts by creation time and
+// follows the object ID grammar.
+func NewID(now time.Time) string {
+	var b [4]byte
+	_, _ = rand.Read(b[:])
+	return now.UTC().Format("20060102T150405.000000Z") + "-" + hex.EncodeToString(b[:])
+}
+
+// outputJSON is stdout as a reply carries it: kept as JSON when it is a
+// JSON document, else as a JSON string.
+func outputJSON(out []byte) json.RawMessage {
+	if len(out) == 0 {
+		return nil
+	}
+	if json.Valid(out) {
+		var compact json.RawMessage
+		if c, err := json.Marshal(json.RawMessage(out)); err == nil {
+			compact = c
+		}
+		return compact
+	}
+	s, _ := json.Marshal(string(out))
+	return s
+}

@@ -1,0 +1,114 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"strings"
+
+	"github.com/ccm-dev/ccm/actions"
+	"github.com/ccm-dev/ccm/applier"
+	"github.com/ccm-dev/ccm/render"
+	"github.com/ccm-dev/ccm/rollout"
+)
+
+// The built-in actions every agent answers.
+const (
+	ActionPlan     = actions.BuiltinPrefix + "plan"
+	ActionConverge = actions.BuiltinPrefix + "converge"
+)
+
+// PlanOutput is the output of the ccm.plan action.
+type PlanOutput struct {
+	Changed bool `json:"changed"`
+	// Summary is the plan's last line ("Plan: 1 to create, ...").
+	Summary string `json:"summary"`
+	// Diff is the whole plan as ccm plan prints it.
+	Diff     string `json:"diff"`
+	Revision int64  `json:"revision"`
+}
+
+// runActions answers the node's actions once the node is announced: an
+// agent that is refused the node name must not touch its replies.
+func (a *Agent) runActions(ctx context.Context) {
+	select {
+	case <-a.announced:
+	case <-ctx.Done():
+		return
+	}
+	env := []string{"CCM_NODE=" + a.opts.Node, "CCM_ROOT=" + a.opts.Root}
+	actions.NewEngine(actions.Options{
+		Client: a.opts.Client, Prefix: a.opts.Prefix, Node: a.opts.Node, Env: env,
+		Handlers: func() *actions.Handlers { return a.selection.Load().handlers },
+		Builtins: map[string]actions.Builtin{ActionPlan: a.planAction, ActionConverge: a.convergeAction},
+		Serial:   a.serial,
+		Logger:   a.log, Metrics: a.metrics,
+	}).Run(ctx)
+}
+
+// serial runs fn holding the cluster lock, as no run of this node does.
+func (a *Agent) serial(ctx context.Context, fn func()) error {
+	a.runMu.Lock()
+	defer a.runMu.Unlock()
+	s, err := a.ensureSession(ctx)
+	if err != nil {
+		return err
+	}
+	lock, err := s.Lock(ctx)
+	if err != nil {
+		return err
+	}
+	defer lock.Release()
+	fn()
+	return nil
+}
+
+// planAction is ccm.plan: this node's plan against the newest objects,
+// with nothing applied. It plans with an applier of its own, so that it
+// never waits for a run.
+func (a *Agent) planAction(ctx context.Context, _ *actions.Request) (any, error) {
+	if _, err := a.watcher.Lag(ctx); err != nil {
+		return nil, err
+	}
+	snap := a.mirror.Snapshot()
+	sel := a.selection.Load()
+	ap := applier.New(a.applierOptions())
+	names, err := ap.Select(sel.set, nil)
+	if err != nil {
+		return nil, err
+	}
+	plans, err := ap.PlanAll(sel.set, snap, names)
+	var b strings.Builder
+	changed := applier.WritePlans(&b, plans, false)
+	text := strings.TrimRight(b.String(), "\n")
+	out := PlanOutput{Changed: changed, Diff: b.String(), Revision: snap.Revision}
+	out.Summary = text[strings.LastIndexByte(text, '\n')+1:]
+	return out, err
+}
+
+// convergeAction is ccm.converge: a full run now, through the lock, like
+// ccm apply --once. Its output is the run's status.
+func (a *Agent) convergeAction(ctx context.Context, _ *actions.Request) (any, error) {
+	a.runMu.Lock()
+	defer a.runMu.Unlock()
+	sel := a.selection.Load()
+	names, err := a.applier.Select(sel.set, nil)
+	if err != nil {
+		return nil, err
+	}
+	s, err := a.ensureSession(ctx)
+	if err != nil {
+		return nil, err
+	}
+	res := a.runner.Run(ctx, s, rollout.Request{Set: sel.set, Names: names, Full: true, Snapshot: a.snapshot, Reason: "action " + ActionConverge})
+	if res.Failure != nil {
+		a.flag.observe(true, res.FlagRevision)
+	}
+	if errors.Is(res.Err, render.ErrStuck) {
+		a.stop(res.Err)
+	}
+	a.presence.converged(a.runner.Converged())
+	if res.Err != nil {
+		return nil, res.Err
+	}
+	return res.Status, nil
+}

@@ -1,0 +1,361 @@
+package client
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"iter"
+	"slices"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/ccm-dev/ccm/actions"
+	"github.com/ccm-dev/ccm/cluster"
+	"github.com/ccm-dev/ccm/objects"
+)
+
+// Defaults of a call.
+const (
+	DefaultPickupTimeout = 10 * time.Second
+	DefaultRetention     = actions.DefaultRetention
+)
+
+// maxTxnOps is etcd's default limit of operations in one transaction.
+const maxTxnOps = 128
+
+// The errors a call reports for one node, wrapped in a *NodeError.
+var (
+	// ErrNotAlive: the node was named but no agent of it is alive. Its
+	// request was written all the same, and runs when it returns (before
+	// the deadline, if one was given).
+	ErrNotAlive = errors.New("no agent alive: the request waits for the node to return")
+	// ErrNoPickup: the node did not pick the request up within the
+	// pickup timeout; the request was withdrawn and never runs.
+	ErrNoPickup = errors.New("no reply within the pickup timeout; the request was withdrawn")
+	// ErrNodeLost: the node's agent went away while the action ran. Its
+	// reply will say interrupted when it returns.
+	ErrNodeLost = errors.New("the agent went away while the action ran")
+	// ErrNotSent: the call stopped sending after MaxFailures failures.
+	ErrNotSent = errors.New("not sent: the call stopped after too many failures")
+)
+
+// ErrNoTargets is returned when a call addresses no node.
+var ErrNoTargets = errors.New("no node to call: no alive node matches, and none was named")
+
+// NodeError is a node that gave no final reply.
+type NodeError struct {
+	Node string
+	Err  error
+}
+
+func (e *NodeError) Error() string { return e.Node + ": " + e.Err.Error() }
+
+// Unwrap returns one of ErrNotAlive, ErrNoPickup, ErrNodeLost or
+// ErrNotSent, or the context's error.
+func (e *NodeError) Unwrap() error { return e.Err }
+
+// Call is one action called on some nodes.
+type Call struct {
+	Action string
+	Params map[string]string
+	// Nodes, Labels and All address the call; their union is called.
+	// Labels and All match alive nodes only; a named node that is not
+	// alive is reported with ErrNotAlive.
+	Nodes  []string
+	Labels map[string]string
+	All    bool
+	// By names the caller in the request.
+	By string
+	// Deadline, when set, is the last moment a node may pick up the
+	// request; Timeout, when set, shortens the handler's timeout.
+	Deadline time.Time
+	Timeout  time.Duration
+	// Batch, when above 0, sends to at most that many nodes at a time;
+	// MaxFailures, when above 0, stops sending after that many failures.
+	Batch       int
+	MaxFailures int
+	// PickupTimeout is how long a node has to pick up its request
+	// (DefaultPickupTimeout when 0). Retention is how long requests and
+	// replies are kept (DefaultRetention when 0).
+	PickupTimeout time.Duration
+	Retention     time.Duration
+}
+
+// Client calls actions on one cluster.
+type Client struct {
+	cli     *clientv3.Client
+	cluster *cluster.Cluster
+}
+
+// New returns a Client for the cluster under prefix (the default when
+// empty).
+func New(cli *clientv3.Client, prefix string) *Client {
+	return &Client{cli: cli, cluster: cluster.New(cli, cluster.Options{Prefix: prefix})}
+}
+
+// Sent is a call whose requests are written.
+type Sent struct {
+	ID string
+	// Nodes are the alive nodes addressed; NotAlive the named ones that
+	// are not.
+	Nodes    []string
+	NotAlive []string
+	// Revision is the etcd revision of the first write.
+	Revision int64
+	lease    clientv3.LeaseID
+}
+
+// Send writes the call's requests and returns without waiting; Batch is
+// ignored. Use Replies, or ccm action get, to read the outcome.
+func (c *Client) Send(ctx context.Context, call Call) (*Sent, error) {
+	s, req, err := c.prepare(ctx, call)
+	if err != nil {
+		return nil, err
+	}
+	rev, err := c.write(ctx, s, req, append(slices.Clone(s.Nodes), s.NotAlive...))
+	s.Revision = rev
+	return s, err
+}
+
+// Run calls the action and yields each node's final reply as it arrives,
+// exactly once per node: a reply, or an empty reply (ID and Node set)
+// with a *NodeError. An error that ends the call (etcd unreachable, no
+// node to call) is yielded alone, with no node. Breaking out of the loop
+// stops waiting; requests already written still run.
+func (c *Client) Run(ctx context.Context, call Call) iter.Seq2[actions.Reply, error] {
+	return func(yield func(actions.Reply, error) bool) {
+		ctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		s, req, err := c.prepare(ctx, call)
+		if err != nil {
+			yield(actions.Reply{}, err)
+			return
+		}
+		fail := func(node string, err error) bool {
+			return yield(actions.Reply{ID: s.ID, Node: node}, &NodeError{Node: node, Err: err})
+		}
+		if len(s.NotAlive) > 0 {
+			if _, err := c.write(ctx, s, req, s.NotAlive); err != nil {
+				yield(actions.Reply{}, err)
+				return
+			}
+			for _, n := range s.NotAlive {
+				if !fail(n, ErrNotAlive) {
+					return
+				}
+			}
+		}
+		batch := call.Batch
+		if batch <= 0 {
+			batch = len(s.Nodes)
+		}
+		pickup := call.PickupTimeout
+		if pickup <= 0 {
+			pickup = DefaultPickupTimeout
+		}
+		done := make(chan result)
+		queue, inflight, failures := s.Nodes, 0, 0
+		for len(queue) > 0 || inflight > 0 {
+			if n := min(batch-inflight, len(queue)); n > 0 && (call.MaxFailures <= 0 || failures < call.MaxFailures) {
+				send := queue[:n]
+				queue = queue[n:]
+				rev, err := c.write(ctx, s, req, send)
+				if err != nil {
+					yield(actions.Reply{}, err)
+					return
+				}
+				for _, node := range send {
+					inflight++
+					go func() { done <- c.await(ctx, s.ID, node, rev, pickup) }()
+				}
+			}
+			if inflight == 0 { // stopped sending
+				for _, n := range queue {
+					if !fail(n, ErrNotSent) {
+						return
+					}
+				}
+				return
+			}
+			r := <-done
+			inflight--
+			if r.err != nil || r.reply.State != actions.StateSucceeded {
+				failures++
+			}
+			if r.err != nil {
+				if !fail(r.node, r.err) {
+					return
+				}
+			} else if !yield(r.reply, nil) {
+				return
+			}
+		}
+	}
+}
+
+type result struct {
+	node  string
+	reply actions.Reply
+	err   error
+}
+
+// prepare resolves the call's nodes and builds its request.
+func (c *Client) prepare(ctx context.Context, call Call) (*Sent, *actions.Request, error) {
+	if call.Action == "" {
+		return nil, nil, errors.New("no action named")
+	}
+	for _, n := range call.Nodes {
+		if err := objects.CheckName("node", n); err != nil {
+			return nil, nil, err
+		}
+	}
+	alive, err := c.cluster.Alive(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	s := &Sent{}
+	live := map[string]bool{}
+	for _, p := range alive {
+		live[p.Node] = true
+		if call.All || (len(call.Labels) > 0 && matches(p.Labels, call.Labels)) {
+			s.Nodes = append(s.Nodes, p.Node)
+		}
+	}
+	for _, n := range call.Nodes {
+		switch {
+		case slices.Contains(s.Nodes, n), slices.Contains(s.NotAlive, n):
+		case live[n]:
+			s.Nodes = append(s.Nodes, n)
+		default:
+			s.NotAlive = append(s.NotAlive, n)
+		}
+	}
+	slices.Sort(s.Nodes)
+	slices.Sort(s.NotAlive)
+	if len(s.Nodes)+len(s.NotAlive) == 0 {
+		return nil, nil, ErrNoTargets
+	}
+	now := time.Now().UTC()
+	s.ID = actions.NewID(now)
+	req := &actions.Request{
+		ID: s.ID, Action: call.Action, Params: call.Params, By: call.By, Created: now,
+		Deadline: call.Deadline, Timeout: actions.Duration(call.Timeout),
+	}
+	retention := call.Retention
+	if retention <= 0 {
+		retention = DefaultRetention
+	}
+	lease, err := c.cli.Grant(ctx, int64(retention.Seconds()))
+	if err != nil {
+		return nil, nil, fmt.Errorf("grant the retention lease: %w", err)
+	}
+	s.lease = lease.ID
+	return s, req, nil
+}
+
+func matches(labels, want map[string]string) bool {
+	for k, v := range want {
+		if labels[k] != v {
+			return false
+		}
+	}
+	return true
+}
+
+// write puts the request for each node, as few transactions as etcd
+// allows, and returns the revision of the first.
+func (c *Client) write(ctx context.Context, s *Sent, req *actions.Request, nodes []string) (int64, error) {
+	raw, err := json.Marshal(req)
+	if err != nil {
+		return 0, err
+	}
+	var first int64
+	for chunk := range slices.Chunk(nodes, maxTxnOps) {
+		ops := make([]clientv3.Op, 0, len(chunk))
+		for _, n := range chunk {
+			ops = append(ops, clientv3.OpPut(c.cluster.ActionKey(n, s.ID), string(raw), clientv3.WithLease(s.lease)))
+		}
+		resp, err := c.cli.Txn(ctx).Then(ops...).Commit()
+		if err != nil {
+			return 0, fmt.Errorf("write the requests: %w", err)
+		}
+		if first == 0 {
+			first = resp.Header.Revision
+		}
+	}
+	return first, nil
+}
+
+// await waits for one node's final reply from revision rev. A node that
+// does not pick the request up in time has it withdrawn; a node whose
+// agent goes away while it runs is reported lost.
+func (c *Client) await(ctx context.Context, id, node string, rev int64, pickup time.Duration) result {
+	res := result{node: node}
+	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+	defer cancel()
+	replyKey := c.cluster.ReplyKey(node, id)
+	replies := c.cli.Watch(wctx, replyKey, clientv3.WithRev(rev), clientv3.WithFilterDelete())
+	gone := c.cli.Watch(wctx, c.cluster.AliveKey(node), clientv3.WithRev(rev), clientv3.WithFilterPut())
+	timer := time.NewTimer(pickup)
+	defer timer.Stop()
+	picked := false
+	for {
+		select {
+		case <-ctx.Done():
+			res.err = ctx.Err()
+			return res
+		case wr := <-replies:
+			if err := wr.Err(); err != nil {
+				res.err = err
+				return res
+			}
+			for _, ev := range wr.Events {
+				var r actions.Reply
+				if json.Unmarshal(ev.Kv.Value, &r) != nil {
+					continue
+				}
+				if actions.Final(r.State) {
+					res.reply = r
+					return res
+				}
+				picked = true
+			}
+		case wr := <-gone:
+			if len(wr.Events) == 0 {
+				continue
+			}
+			if picked {
+				res.err = ErrNodeLost
+				return res
+			}
+			gone = nil // not picked up yet: the pickup timeout decides
+		case <-timer.C:
+			if picked {
+				continue
+			}
+			withdrawn, err := c.withdraw(ctx, node, id)
+			if err != nil {
+				res.err = err
+				return res
+			}
+			if withdrawn {
+				res.err = ErrNoPickup
+				return res
+			}
+			picked = true // its reply is on its way
+		}
+	}
+}
+
+// withdraw deletes a request its node has not claimed. It reports false
+// when the node claimed it first.
+func (c *Client) withdraw(ctx context.Context, node, id string) (bool, error) {
+	resp, err := c.cli.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(c.cluster.ReplyKey(node, id)), "=", 0)).
+		Then(clientv3.OpDelete(c.cluster.ActionKey(node, id))).Commit()
+	if err != nil {
+		return false, fmt.Errorf("withdraw the request to %s: %w", node, err)
+	}
+	return resp.Succeeded, nil
+}
