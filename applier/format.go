@@ -97,3 +97,7 @@ func WritePlans(w io.Writer, plans []*Plan, color bool) bool {
 	fmt.Fprintln(w)
 	return true
 }
+
+// Colorize colours the diff lines of a plan's text for a terminal when on
+// is set.
+func Colorize(text string, on bool) string { return palette{on: on}.diff(text) }

@@ -83,16 +83,34 @@ type Call struct {
 	Retention     time.Duration
 }
 
+// Options configures a Client.
+type Options struct {
+	// Prefix is the cluster's key prefix (cluster.DefaultPrefix when
+	// empty).
+	Prefix string
+	// RequestTimeout bounds each etcd request of a call, but not the wait
+	// for replies (0: only the context does).
+	RequestTimeout time.Duration
+}
+
 // Client calls actions on one cluster.
 type Client struct {
 	cli     *clientv3.Client
 	cluster *cluster.Cluster
+	opts    Options
 }
 
-// New returns a Client for the cluster under prefix (the default when
-// empty).
-func New(cli *clientv3.Client, prefix string) *Client {
-	return &Client{cli: cli, cluster: cluster.New(cli, cluster.Options{Prefix: prefix})}
+// New returns a Client.
+func New(cli *clientv3.Client, opts Options) *Client {
+	return &Client{cli: cli, cluster: cluster.New(cli, cluster.Options{Prefix: opts.Prefix}), opts: opts}
+}
+
+// request bounds one etcd request by RequestTimeout.
+func (c *Client) request(ctx context.Context) (context.Context, context.CancelFunc) {
+	if c.opts.RequestTimeout <= 0 {
+		return context.WithCancel(ctx)
+	}
+	return context.WithTimeout(ctx, c.opts.RequestTimeout)
 }
 
 // Sent is a call whose requests are written.
@@ -211,6 +229,8 @@ func (c *Client) prepare(ctx context.Context, call Call) (*Sent, *actions.Reques
 			return nil, nil, err
 		}
 	}
+	ctx, cancel := c.request(ctx)
+	defer cancel()
 	alive, err := c.cluster.Alive(ctx)
 	if err != nil {
 		return nil, nil, err
@@ -277,7 +297,9 @@ func (c *Client) write(ctx context.Context, s *Sent, req *actions.Request, nodes
 		for _, n := range chunk {
 			ops = append(ops, clientv3.OpPut(c.cluster.ActionKey(n, s.ID), string(raw), clientv3.WithLease(s.lease)))
 		}
-		resp, err := c.cli.Txn(ctx).Then(ops...).Commit()
+		rctx, cancel := c.request(ctx)
+		resp, err := c.cli.Txn(rctx).Then(ops...).Commit()
+		cancel()
 		if err != nil {
 			return 0, fmt.Errorf("write the requests: %w", err)
 		}
@@ -352,6 +374,8 @@ func (c *Client) await(ctx context.Context, id, node string, rev int64, pickup t
 // withdraw deletes a request its node has not claimed. It reports false
 // when the node claimed it first.
 func (c *Client) withdraw(ctx context.Context, node, id string) (bool, error) {
+	ctx, cancel := c.request(ctx)
+	defer cancel()
 	resp, err := c.cli.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(c.cluster.ReplyKey(node, id)), "=", 0)).
 		Then(clientv3.OpDelete(c.cluster.ActionKey(node, id))).Commit()
 	if err != nil {

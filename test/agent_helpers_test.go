@@ -60,6 +60,7 @@ type agentConfig struct {
 	// client, when set, is used instead of one to the embedded cluster
 	// (which may then be nil): an external etcd.
 	client *clientv3.Client
+	labels map[string]string
 }
 
 func startAgent(t *testing.T, etcd *etcdtest.Cluster, name, configDir string, cfg agentConfig) *agentNode {
@@ -86,7 +87,7 @@ func startAgent(t *testing.T, etcd *etcdtest.Cluster, name, configDir string, cf
 	n := &agentNode{cli: cli, name: name, root: t.TempDir(), done: make(chan error, 1)}
 	var err error
 	n.ag, err = agent.New(agent.Options{
-		Client: cli, Node: name, ConfigDir: configDir, Root: n.root, StateDir: t.TempDir(),
+		Client: cli, Node: name, Labels: cfg.labels, ConfigDir: configDir, Root: n.root, StateDir: t.TempDir(),
 		Debounce: cfg.debounce, MaxWait: cfg.maxWait, LockTTL: cfg.lockTTL,
 		Liveness: 500 * time.Millisecond,
 		Logger:   zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel)).Named(name),

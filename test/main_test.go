@@ -71,8 +71,11 @@ type result struct {
 func (n *node) run(stdin string, args ...string) result {
 	n.t.Helper()
 	base := []string{
-		"--endpoints", strings.Join(n.endpoints, ","), "--node", n.name, "--root", n.root,
+		"--endpoints", strings.Join(n.endpoints, ","), "--root", n.root,
 		"--state-dir", n.state, "--config-dir", n.configDir, "--log-format", "json",
+	}
+	if n.name != "" { // ccm action run takes --node as a target
+		base = append(base, "--node", n.name)
 	}
 	cmd := exec.Command(ccmBin, append(append(base, n.flags...), args...)...)
 	cmd.Env = append(os.Environ(), n.env...)

@@ -1,12 +1,15 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"runtime"
 	"runtime/debug"
 	"strings"
 
 	"github.com/spf13/cobra"
+
+	"github.com/ccm-dev/ccm/actions"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -16,13 +19,18 @@ func newValidateCmd(a *app) *cobra.Command {
 	return &cobra.Command{
 		Use:   "validate",
 		Short: "Load and check the configuration directory offline",
+		Long:  "Checks the configurations and the action handlers. Exit codes: 0 ok, 1 errors (all of them, each naming its file).",
 		Args:  cobra.NoArgs,
 		RunE: func(*cobra.Command, []string) error {
 			set, err := a.loadConfigs()
-			if err != nil {
-				return err
+			hs, herr := actions.LoadHandlers(a.configDir)
+			if err != nil || herr != nil {
+				return errors.Join(err, herr)
 			}
 			fmt.Fprintf(a.stdout, "%s: %d configurations OK, in order: %s\n", set.Dir, len(set.Order), strings.Join(set.Order, ", "))
+			if names := hs.Names(); len(names) > 0 {
+				fmt.Fprintf(a.stdout, "%s: %d actions OK: %s\n", hs.Dir, len(names), strings.Join(names, ", "))
+			}
 			return nil
 		},
 	}

@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"maps"
@@ -11,7 +13,10 @@ import (
 	"github.com/spf13/cobra"
 	"go.uber.org/zap"
 
+	"github.com/ccm-dev/ccm/actions"
+	"github.com/ccm-dev/ccm/agent"
 	"github.com/ccm-dev/ccm/applier"
+	"github.com/ccm-dev/ccm/client"
 	"github.com/ccm-dev/ccm/objects"
 	"github.com/ccm-dev/ccm/render"
 )
@@ -19,14 +24,20 @@ import (
 func newPlanCmd(a *app) *cobra.Command {
 	var names []string
 	var objectsFile, color string
+	var onCluster bool
 	cmd := &cobra.Command{
 		Use:   "plan",
 		Short: "Show, as unified diffs, what apply would change on this node",
 		Long: `Render every configuration (or --config NAME) and print unified diffs of the
 files that would be created, changed or removed, then a summary.
-Exit codes: 0 no changes, 2 changes, 1 error.`,
+With --cluster, every alive node's agent plans itself (the ccm.plan action)
+and each node's plan is printed; nodes that do not answer are named.
+Exit codes: 0 no changes, 2 changes, 1 error (or a node without a plan).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if onCluster {
+				return a.planCluster(cmd.Context(), useColor(color, a.stdout))
+			}
 			if objectsFile == "" && len(a.labels) == 0 {
 				if err := a.publishedLabels(cmd.Context()); err != nil {
 					return err
@@ -54,6 +65,9 @@ Exit codes: 0 no changes, 2 changes, 1 error.`,
 	cmd.Flags().StringSliceVar(&names, "config", nil, "plan only this configuration (repeatable)")
 	cmd.Flags().StringVar(&objectsFile, "objects", "", "plan offline from `FILE.json` shaped {\"<type>\": {\"<id>\": {...}}}")
 	cmd.Flags().StringVar(&color, "color", "auto", "colour diffs: auto, always or never")
+	cmd.Flags().BoolVar(&onCluster, "cluster", false, "ask every alive node's agent for its plan (the ccm.plan action) and print each")
+	cmd.MarkFlagsMutuallyExclusive("cluster", "objects")
+	cmd.MarkFlagsMutuallyExclusive("cluster", "config")
 	return cmd
 }
 
@@ -119,4 +133,42 @@ func useColor(mode string, w io.Writer) bool {
 		return false
 	}
 	return isTerminal(w)
+}
+
+// planCluster prints every alive node's own plan, from the ccm.plan
+// action, in node order.
+func (a *app) planCluster(ctx context.Context, color bool) error {
+	c, err := a.client(ctx)
+	if err != nil {
+		return err
+	}
+	var changed, failed bool
+	for reply, err := range c.Run(ctx, client.Call{Action: agent.ActionPlan, All: true, By: caller()}) {
+		var ne *client.NodeError
+		if err != nil && !errors.As(err, &ne) {
+			return err
+		}
+		title := "# node " + render.Escape(reply.Node)
+		var out agent.PlanOutput
+		switch {
+		case ne != nil:
+			failed = true
+			fmt.Fprintf(a.stdout, "%s: no plan: %s\n", title, render.Escape(ne.Err.Error()))
+			continue
+		case reply.State != actions.StateSucceeded || json.Unmarshal(reply.Output, &out) != nil:
+			failed = true
+			fmt.Fprintf(a.stdout, "%s: no plan: %s: %s\n", title, reply.State, render.Escape(firstLine(reply.Error)))
+			continue
+		}
+		changed = changed || out.Changed
+		fmt.Fprintf(a.stdout, "%s (revision %d)\n", title, out.Revision)
+		fmt.Fprint(a.stdout, applier.Colorize(out.Diff, color))
+	}
+	switch {
+	case failed:
+		return errors.New("some nodes gave no plan")
+	case changed:
+		return errChanges
+	}
+	return nil
 }

@@ -134,16 +134,21 @@ func newRootCmd(a *app) *cobra.Command {
 
 	root.AddCommand(
 		newAgentCmd(a), newPlanCmd(a), newApplyCmd(a), newStatusCmd(a), newResumeCmd(a),
-		newValidateCmd(a), newGraphCmd(a), newObjectCmd(a), newRBACCmd(a), newVersionCmd(a),
+		newValidateCmd(a), newGraphCmd(a), newObjectCmd(a), newRBACCmd(a), newActionCmd(a), newVersionCmd(a),
 	)
 	return root
 }
+
+// noEnv marks a flag that is never read from the environment: the
+// targets of a call, which share names with the node's own settings
+// (--node, --label) but mean something else.
+const noEnv = "ccm-no-env"
 
 // bindEnv sets every flag not given on the command line from CCM_<FLAG>.
 func bindEnv(fs *pflag.FlagSet) error {
 	var errs []error
 	fs.VisitAll(func(f *pflag.Flag) {
-		if f.Changed {
+		if f.Changed || f.Annotations[noEnv] != nil {
 			return
 		}
 		env := "CCM_" + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))

@@ -1,0 +1,324 @@
+package test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/user"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/ccm-dev/ccm/actions"
+	"github.com/ccm-dev/ccm/client"
+	"github.com/ccm-dev/ccm/cluster"
+	"github.com/ccm-dev/ccm/test/etcdtest"
+)
+
+// actionConfig writes a configuration directory with one trivial
+// configuration and a handler file per entry of handlers (name to the
+// YAML after "name:"), and returns it. Scripts get absolute paths under
+// the directory's bin/.
+func actionConfig(t *testing.T, handlers map[string]string, scripts map[string]string) string {
+	t.Helper()
+	dir := t.TempDir()
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "sites.yaml"), []byte(`subscribes: [sites]
+files:
+  - {path: '/sites/{{ .Object.ID }}.conf', for_each: sites, content: "{{ .Object.Data.v }}\n"}
+`), 0o644))
+	require.NoError(t, os.MkdirAll(filepath.Join(dir, "actions"), 0o755))
+	require.NoError(t, os.MkdirAll(filepath.Join(dir, "bin"), 0o755))
+	for name, body := range scripts {
+		require.NoError(t, os.WriteFile(filepath.Join(dir, "bin", name), []byte("#!/bin/sh\n"+body), 0o755))
+	}
+	me, err := user.Current()
+	require.NoError(t, err)
+	for name, body := range handlers {
+		body = strings.ReplaceAll(body, "BIN/", filepath.Join(dir, "bin")+"/")
+		body = strings.ReplaceAll(body, "ME", me.Username)
+		require.NoError(t, os.WriteFile(filepath.Join(dir, "actions", name+".yaml"), []byte("name: "+name+"\n"+body), 0o644))
+	}
+	return dir
+}
+
+// caller runs ccm action commands as an operator: global flags without
+// --node, which ccm action run takes as a target.
+func caller(t *testing.T, etcd *etcdtest.Cluster, dir string) *node {
+	return &node{t: t, name: "", root: t.TempDir(), state: t.TempDir(), configDir: dir, endpoints: etcd.Endpoints()}
+}
+
+// action runs a ccm command as the caller.
+func (n *node) action(args ...string) result {
+	n.t.Helper()
+	return n.run("", args...)
+}
+
+// callReplies runs a call through the Go client and returns every final
+// reply (or node error) by node.
+func callReplies(t *testing.T, cli *clientv3.Client, call client.Call) (map[string]actions.Reply, map[string]error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	replies, errs := map[string]actions.Reply{}, map[string]error{}
+	for r, err := range client.New(cli, client.Options{}).Run(ctx, call) {
+		if ne := (*client.NodeError)(nil); err != nil {
+			require.ErrorAs(t, err, &ne)
+			errs[ne.Node] = ne.Err
+			continue
+		}
+		replies[r.Node] = r
+	}
+	return replies, errs
+}
+
+// replyOf reads one node's reply to a call, or nil.
+func replyOf(t *testing.T, cli *clientv3.Client, id, node string) *actions.Reply {
+	t.Helper()
+	recs, err := client.New(cli, client.Options{}).Get(context.Background(), id)
+	require.NoError(t, err)
+	for _, r := range recs {
+		if r.Node == node {
+			return r.Reply
+		}
+	}
+	return nil
+}
+
+const echoHandler = `command: [BIN/echo-params, should-stay-alone]
+params:
+  site: {pattern: '[a-z0-9-]{1,64}', required: true}
+  note: {}
+run_as: {user: ME}
+timeout: 10s
+`
+
+// echo-params prints its argv, its stdin and its CCM_ environment as JSON
+// (CCM_PARAM_NOTE, which may hold anything, goes to a file of its own
+// when NOTE_FILE is set at the top).
+const echoScript = `in=$(cat)
+[ -n "$NOTE_FILE" ] && printf '%s' "$CCM_PARAM_NOTE" > "$NOTE_FILE"
+printf '{"argv": "%s", "stdin": %s, "site": "%s", "config": "%s", "node": "%s", "home": "%s", "leaked": "%s"}\n' \
+  "$*" "$in" "$CCM_PARAM_SITE" "$CCM_CONFIG" "$CCM_NODE" "$HOME" "$CCM_PASSWORD$GOPATH"
+`
+
+func TestActionGetsItsParametersOnStdinAndInTheEnvironmentNeverInArgv(t *testing.T) {
+	etcd := etcdtest.New(t, 1)
+	noteFile := filepath.Join(t.TempDir(), "note")
+	dir := actionConfig(t, map[string]string{"echo": echoHandler}, map[string]string{"echo-params": "NOTE_FILE=" + noteFile + "\n" + echoScript})
+	n := startAgent(t, etcd, "web1", dir, agentConfig{})
+	n.reported(t, 1, cluster.ResultConverged)
+
+	note := `a "quoted" $(touch /tmp/pwned); rm -rf / ; value`
+	replies, errs := callReplies(t, n.cli, client.Call{Action: "echo", Nodes: []string{"web1"}, Params: map[string]string{"site": "shop-1", "note": note}})
+	require.Empty(t, errs)
+	r := replies["web1"]
+	require.Equal(t, actions.StateSucceeded, r.State, r.Error)
+	require.NotNil(t, r.ExitCode)
+	assert.Equal(t, 0, *r.ExitCode)
+	var out struct {
+		Argv, Site, Config, Node, Home, Leaked string
+		Stdin                                        map[string]string
+	}
+	require.NoError(t, json.Unmarshal(r.Output, &out), "a JSON document stays JSON: %s", r.Output)
+	assert.Equal(t, "should-stay-alone", out.Argv, "parameters never reach argv")
+	assert.Equal(t, map[string]string{"site": "shop-1", "note": note}, out.Stdin)
+	assert.Equal(t, "shop-1", out.Site)
+	b, err := os.ReadFile(noteFile)
+	require.NoError(t, err)
+	assert.Equal(t, note, string(b), "CCM_PARAM_NOTE")
+	assert.Equal(t, "echo", out.Config)
+	assert.Equal(t, "web1", out.Node)
+	assert.Empty(t, out.Leaked, "a clean environment: nothing of the agent's")
+	assert.NoFileExists(t, "/tmp/pwned")
+	assert.Equal(t, 1.0, testutil.ToFloat64(n.ag.Metrics().Actions.WithLabelValues("echo", actions.StateSucceeded)))
+
+	// The CLI prints the table, and exits 0.
+	res := caller(t, etcd, dir).action("action", "run", "echo", "--node", "web1", "--param", "site=shop-2", "--param", "note=a,b")
+	require.Equal(t, 0, res.code, res.stderr)
+	assert.Contains(t, res.stdout, "NODE")
+	assert.Regexp(t, `web1\s+succeeded\s+0\s+`, res.stdout)
+	b, err = os.ReadFile(noteFile)
+	require.NoError(t, err)
+	assert.Equal(t, "a,b", string(b), "a comma stays in the value")
+}
+
+func TestActionFansOutByLabelAndReportsANamedNodeThatIsNotAlive(t *testing.T) {
+	etcd := etcdtest.New(t, 1)
+	dir := actionConfig(t, map[string]string{"echo": echoHandler}, map[string]string{"echo-params": echoScript})
+	for _, name := range []string{"web1", "web2", "web3"} {
+		startAgent(t, etcd, name, dir, agentConfig{labels: map[string]string{"role": "web"}})
+	}
+	db := startAgent(t, etcd, "db1", dir, agentConfig{labels: map[string]string{"role": "db"}})
+	c := cluster.New(db.cli, cluster.Options{})
+	eventually(t, 20*time.Second, func() bool {
+		alive, err := c.Alive(context.Background())
+		return err == nil && len(alive) == 4
+	}, "four agents alive")
+
+	res := caller(t, etcd, dir).action("action", "run", "echo", "--label", "role=web", "--node", "web9", "--param", "site=x")
+	assert.Equal(t, 1, res.code, "a node without a reply fails the call\n%s%s", res.stdout, res.stderr)
+	for _, name := range []string{"web1", "web2", "web3"} {
+		assert.Regexp(t, name+`\s+succeeded\s+0`, res.stdout)
+	}
+	assert.Regexp(t, `web9\s+not_alive\s+-\s+-\s+no agent alive`, res.stdout)
+	assert.NotContains(t, res.stdout, "db1", "the label selects the web nodes only")
+
+	// --json: one reply per line.
+	res = caller(t, etcd, dir).action("action", "run", "echo", "--all", "--param", "site=x", "--json")
+	require.Equal(t, 0, res.code, res.stderr)
+	lines := strings.Split(strings.TrimSpace(res.stdout), "\n")
+	assert.Len(t, lines, 4)
+	for _, l := range lines {
+		var r actions.Reply
+		require.NoError(t, json.Unmarshal([]byte(l), &r))
+		assert.Equal(t, actions.StateSucceeded, r.State)
+	}
+}
+
+func TestActionRejectsBadRequestsBeforeAnythingRuns(t *testing.T) {
+	etcd := etcdtest.New(t, 1)
+	ran := filepath.Join(t.TempDir(), "ran")
+	dir := actionConfig(t, map[string]string{"echo": echoHandler, "touch": "command: [BIN/touch]\nrun_as: {user: ME}\n"},
+		map[string]string{"echo-params": echoScript, "touch": "echo >> " + ran + "\n"})
+	n := startAgent(t, etcd, "web1", dir, agentConfig{})
+	n.reported(t, 1, cluster.ResultConverged)
+
+	cases := []struct {
+		name string
+		call client.Call
+		want []string
+	}{
+		{"unknown action", client.Call{Action: "nope"}, []string{`unknown action "nope"`, "ccm.converge, ccm.plan, echo, touch"}},
+		{"pattern", client.Call{Action: "echo", Params: map[string]string{"site": "../../etc"}}, []string{"parameter site: does not match"}},
+		{"undeclared and missing", client.Call{Action: "echo", Params: map[string]string{"evil": "1"}}, []string{`parameter "evil" is not declared`, "parameter site is required"}},
+		{"undeclared", client.Call{Action: "touch", Params: map[string]string{"x": "1"}}, []string{`parameter "x" is not declared`}},
+		{"deadline", client.Call{Action: "touch", Deadline: time.Now().Add(-time.Second)}, []string{"deadline", "passed before the node picked it up"}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			tc.call.Nodes = []string{"web1"}
+			replies, errs := callReplies(t, n.cli, tc.call)
+			require.Empty(t, errs)
+			r := replies["web1"]
+			assert.Equal(t, actions.StateRejected, r.State)
+			for _, w := range tc.want {
+				assert.Contains(t, r.Error, w)
+			}
+			assert.Nil(t, r.ExitCode, "nothing ran")
+		})
+	}
+	assert.NoFileExists(t, ran, "no rejected request ran its handler")
+	assert.Equal(t, 5.0, testutil.ToFloat64(n.ag.Metrics().Actions.WithLabelValues("touch", actions.StateRejected))+
+		testutil.ToFloat64(n.ag.Metrics().Actions.WithLabelValues("echo", actions.StateRejected))+
+		testutil.ToFloat64(n.ag.Metrics().Actions.WithLabelValues("nope", actions.StateRejected)))
+}
+
+// alive reports whether a process exists.
+func alive(pid int) bool { return syscall.Kill(pid, 0) == nil }
+
+func readPids(t *testing.T, file string) []int {
+	b, err := os.ReadFile(file)
+	require.NoError(t, err)
+	var pids []int
+	for _, f := range strings.Fields(string(b)) {
+		var p int
+		_, err := fmt.Sscan(f, &p)
+		require.NoError(t, err)
+		pids = append(pids, p)
+	}
+	return pids
+}
+
+func TestActionTimeoutKillsTheWholeProcessGroup(t *testing.T) {
+	etcd := etcdtest.New(t, 1)
+	pids := filepath.Join(t.TempDir(), "pids")
+	dir := actionConfig(t, map[string]string{"hang": "command: [BIN/hang]\nrun_as: {user: ME}\ntimeout: 1s\n"},
+		map[string]string{"hang": fmt.Sprintf("sleep 300 &\necho $! $$ > %s\nwait\n", pids)})
+	n := startAgent(t, etcd, "web1", dir, agentConfig{})
+	n.reported(t, 1, cluster.ResultConverged)
+
+	start := time.Now()
+	replies, _ := callReplies(t, n.cli, client.Call{Action: "hang", Nodes: []string{"web1"}})
+	r := replies["web1"]
+	assert.Equal(t, actions.StateTimedOut, r.State)
+	assert.Contains(t, r.Error, "killed with its process group after the timeout of 1s")
+	assert.Less(t, time.Since(start), 30*time.Second)
+	for _, pid := range readPids(t, pids) {
+		eventually(t, 10*time.Second, func() bool { return !alive(pid) }, "process %d of the group is killed", pid)
+	}
+}
+
+func TestAgentKilledMidActionReportsInterruptedAndNeverRunsItAgain(t *testing.T) {
+	etcd := etcdtest.New(t, 1)
+	state := t.TempDir()
+	runs, pids := filepath.Join(state, "runs"), filepath.Join(state, "pids")
+	dir := actionConfig(t, map[string]string{
+		"slow":  "command: [BIN/slow]\nrun_as: {user: ME}\ntimeout: 5m\n",
+		"quick": "command: [/bin/true]\nrun_as: {user: ME}\n",
+	}, map[string]string{"slow": fmt.Sprintf("echo ran >> %s\necho $$ > %s\nexec sleep 300\n", runs, pids)})
+	n := newNode(t, "web1", dir, etcd.Endpoints())
+	agentProc := n.start("agent", "--debounce", "0s")
+	cli := etcd.Client(t)
+	c := cluster.New(cli, cluster.Options{})
+	eventually(t, 20*time.Second, func() bool { return nodeView(t, c, "web1").Presence != nil }, "the agent is alive")
+
+	sent, err := client.New(cli, client.Options{}).Send(context.Background(), client.Call{Action: "slow", Nodes: []string{"web1"}})
+	require.NoError(t, err)
+	eventually(t, 20*time.Second, func() bool {
+		r := replyOf(t, cli, sent.ID, "web1")
+		return r != nil && r.State == actions.StateRunning
+	}, "the node reports the action running")
+	eventually(t, 10*time.Second, func() bool { _, err := os.Stat(pids); return err == nil }, "the handler started")
+	handler := readPids(t, pids)[0]
+
+	require.NoError(t, agentProc.Process.Signal(syscall.SIGKILL))
+	_, _ = agentProc.Process.Wait()
+	eventually(t, 10*time.Second, func() bool { return !alive(handler) }, "the handler dies with its agent")
+
+	// The lease of the killed agent keeps its alive key for the TTL;
+	// the new agent revokes it from its lease file and starts at once.
+	n.start("agent", "--debounce", "0s")
+	eventually(t, 30*time.Second, func() bool {
+		r := replyOf(t, cli, sent.ID, "web1")
+		return r != nil && r.State == actions.StateInterrupted
+	}, "the request is reported interrupted at the next start")
+	// A later request is answered: the restarted engine went through its
+	// queue, and the interrupted one was not run again.
+	replies, errs := callReplies(t, cli, client.Call{Action: "quick", Nodes: []string{"web1"}})
+	require.Empty(t, errs)
+	assert.Equal(t, actions.StateSucceeded, replies["web1"].State)
+	b, err := os.ReadFile(runs)
+	require.NoError(t, err)
+	assert.Equal(t, "ran\n", string(b), "the handler ran exactly once")
+}
+
+func TestARequestWrittenWhileTheNodeIsDownRunsWhenItReturns(t *testing.T) {
+	etcd := etcdtest.New(t, 1)
+	ran := filepath.Join(t.TempDir(), "ran")
+	dir := actionConfig(t, map[string]string{"touch": "command: [BIN/touch]\nrun_as: {user: ME}\n"}, map[string]string{"touch": "echo ran >> " + ran + "\n"})
+	cli := etcd.Client(t)
+	res := caller(t, etcd, dir).action("action", "run", "touch", "--node", "web1")
+	assert.Equal(t, 1, res.code)
+	assert.Regexp(t, `web1\s+not_alive`, res.stdout)
+	recs, err := client.New(cli, client.Options{}).List(context.Background(), "web1", 0)
+	require.NoError(t, err)
+	require.Len(t, recs, 1)
+	assert.Nil(t, recs[0].Reply, "not picked up while the node is down")
+
+	startAgent(t, etcd, "web1", dir, agentConfig{})
+	eventually(t, 20*time.Second, func() bool {
+		r := replyOf(t, cli, recs[0].Request.ID, "web1")
+		return r != nil && r.State == actions.StateSucceeded
+	}, "the request runs once the node is back")
+	b, err := os.ReadFile(ran)
+	require.NoError(t, err)
+	assert.Equal(t, "ran\n", string(b))
+}
