@@ -195,12 +195,12 @@ func loadHandler(path string) (*Handler, []error) {
 		envNames[EnvName(name)] = name
 		p := Param{Required: rp.Required, Secret: rp.Secret}
 		if rp.Pattern != "" {
-			// The whole value must match, anchors or not.
-			re, err := regexp.Compile(`^(?:` + rp.Pattern + `)$`)
-			if err != nil {
+			if _, err := regexp.Compile(rp.Pattern); err != nil {
 				fail("params: %s: pattern: %w", name, err)
+				continue
 			}
-			p.Pattern = re
+			// The whole value must match, anchors or not.
+			p.Pattern = regexp.MustCompile(`^(?:` + rp.Pattern + `)$`)
 		}
 		h.Params[name] = p
 	}

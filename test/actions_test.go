@@ -52,7 +52,11 @@ files:
 // caller runs ccm action commands as an operator: global flags without
 // --node, which ccm action run takes as a target.
 func caller(t *testing.T, etcd *etcdtest.Cluster, dir string) *node {
-	return &node{t: t, name: "", root: t.TempDir(), state: t.TempDir(), configDir: dir, endpoints: etcd.Endpoints()}
+	endpoints := []string{"127.0.0.1:1"} // offline commands
+	if etcd != nil {
+		endpoints = etcd.Endpoints()
+	}
+	return &node{t: t, name: "", root: t.TempDir(), state: t.TempDir(), configDir: dir, endpoints: endpoints}
 }
 
 // action runs a ccm command as the caller.
@@ -321,4 +325,192 @@ func TestARequestWrittenWhileTheNodeIsDownRunsWhenItReturns(t *testing.T) {
 	b, err := os.ReadFile(ran)
 	require.NoError(t, err)
 	assert.Equal(t, "ran\n", string(b))
+}
+
+// loggingScript logs "<key> start|end <ns>" around a sleep, with the node
+// and the request id as the key, and exits with code.
+func loggingScript(log, sleep string, code int) string {
+	return fmt.Sprintf(`echo "$CCM_NODE/$CCM_ACTION_ID start $(date +%%s%%N)" >> %s
+sleep %s
+echo "$CCM_NODE/$CCM_ACTION_ID end $(date +%%s%%N)" >> %s
+exit %d
+`, log, sleep, log, code)
+}
+
+// maxOverlap is the most intervals running at one instant.
+func maxOverlap(in []interval) int {
+	most := 0
+	for _, a := range in {
+		n := 0
+		for _, b := range in {
+			if b.start <= a.start && a.start < b.end {
+				n++
+			}
+		}
+		most = max(most, n)
+	}
+	return most
+}
+
+func TestBatchOneNeverOverlapsAndMaxFailuresStopsSending(t *testing.T) {
+	etcd := etcdtest.New(t, 1)
+	log, failLog := filepath.Join(t.TempDir(), "log"), filepath.Join(t.TempDir(), "fail")
+	dir := actionConfig(t, map[string]string{
+		"work": "command: [BIN/work]\nrun_as: {user: ME}\n",
+		"fail": "command: [BIN/fail]\nrun_as: {user: ME}\n",
+	}, map[string]string{"work": loggingScript(log, "0.2", 0), "fail": loggingScript(failLog, "0", 3)})
+	var cli *clientv3.Client
+	for _, name := range []string{"web1", "web2", "web3", "web4"} {
+		cli = startAgent(t, etcd, name, dir, agentConfig{}).cli
+	}
+	c := cluster.New(cli, cluster.Options{})
+	eventually(t, 20*time.Second, func() bool { a, err := c.Alive(context.Background()); return err == nil && len(a) == 4 }, "four agents alive")
+
+	res := caller(t, etcd, dir).action("action", "run", "work", "--all", "--batch", "1")
+	require.Equal(t, 0, res.code, res.stdout+res.stderr)
+	in := intervals(t, log)
+	require.Len(t, in, 4)
+	assert.Equal(t, 1, maxOverlap(in), "--batch 1: one node at a time: %v", in)
+
+	res = caller(t, etcd, dir).action("action", "run", "fail", "--all", "--batch", "1", "--max-failures", "2")
+	assert.Equal(t, 1, res.code)
+	assert.Equal(t, 2, strings.Count(res.stdout, " failed "), res.stdout)
+	assert.Equal(t, 2, strings.Count(res.stdout, "not_sent"), res.stdout)
+	assert.Len(t, intervals(t, failLog), 2, "nothing is sent after the second failure")
+	assert.Contains(t, res.stdout, "exit status 3")
+}
+
+func TestConcurrencyBoundsTheHandlersRunningAtOnce(t *testing.T) {
+	etcd := etcdtest.New(t, 1)
+	log := filepath.Join(t.TempDir(), "log")
+	dir := actionConfig(t, map[string]string{"work": "command: [BIN/work]\nrun_as: {user: ME}\nconcurrency: 2\n"},
+		map[string]string{"work": loggingScript(log, "0.5", 0)})
+	n := startAgent(t, etcd, "web1", dir, agentConfig{})
+	n.reported(t, 1, cluster.ResultConverged)
+	cl := client.New(n.cli, client.Options{})
+	var ids []string
+	for range 6 {
+		s, err := cl.Send(context.Background(), client.Call{Action: "work", Nodes: []string{"web1"}})
+		require.NoError(t, err)
+		ids = append(ids, s.ID)
+	}
+	for _, id := range ids {
+		eventually(t, 30*time.Second, func() bool {
+			r := replyOf(t, n.cli, id, "web1")
+			return r != nil && r.State == actions.StateSucceeded
+		}, "request %s succeeds", id)
+	}
+	in := intervals(t, log)
+	require.Len(t, in, 6)
+	assert.Equal(t, 2, maxOverlap(in), "concurrency 2: two at once, never more: %v", in)
+}
+
+func TestRequestsAndRepliesLiveOnTheRetentionLease(t *testing.T) {
+	etcd := etcdtest.New(t, 1)
+	dir := actionConfig(t, map[string]string{"quick": "command: [/bin/true]\nrun_as: {user: ME}\n"}, nil)
+	n := startAgent(t, etcd, "web1", dir, agentConfig{})
+	n.reported(t, 1, cluster.ResultConverged)
+	res := caller(t, etcd, dir).action("action", "run", "quick", "--node", "web1", "--retention", "1h", "--json")
+	require.Equal(t, 0, res.code, res.stderr)
+	var r actions.Reply
+	require.NoError(t, json.Unmarshal([]byte(res.stdout), &r))
+
+	keys := cluster.NewKeys("")
+	ctx := context.Background()
+	req, err := n.cli.Get(ctx, keys.ActionKey("web1", r.ID))
+	require.NoError(t, err)
+	reply, err := n.cli.Get(ctx, keys.ReplyKey("web1", r.ID))
+	require.NoError(t, err)
+	require.Len(t, req.Kvs, 1)
+	require.Len(t, reply.Kvs, 1)
+	lease := clientv3.LeaseID(req.Kvs[0].Lease)
+	require.NotZero(t, lease, "the request is on a lease")
+	assert.Equal(t, lease, clientv3.LeaseID(reply.Kvs[0].Lease), "the reply shares its request's lease")
+	ttl, err := n.cli.TimeToLive(ctx, lease)
+	require.NoError(t, err)
+	assert.InDelta(t, time.Hour.Seconds(), float64(ttl.GrantedTTL), 1)
+
+	// When the lease ends, both go: etcd does not grow with the calls.
+	_, err = n.cli.Revoke(ctx, lease)
+	require.NoError(t, err)
+	recs, err := client.New(n.cli, client.Options{}).Get(ctx, r.ID)
+	require.NoError(t, err)
+	assert.Empty(t, recs)
+	res = caller(t, etcd, dir).action("action", "get", r.ID)
+	assert.Equal(t, 1, res.code)
+	assert.Contains(t, res.stderr, "no request with id")
+}
+
+func TestBuiltinPlanAndConvergeOnEveryNode(t *testing.T) {
+	etcd := etcdtest.New(t, 1)
+	dir := actionConfig(t, nil, nil)
+	var nodes []*agentNode
+	for _, name := range []string{"web1", "web2"} {
+		nodes = append(nodes, startAgent(t, etcd, name, dir, agentConfig{debounce: time.Hour, maxWait: time.Hour}))
+	}
+	for _, n := range nodes {
+		n.reported(t, 1, cluster.ResultConverged)
+	}
+	res := caller(t, etcd, dir).action("plan", "--cluster", "--color", "never")
+	assert.Equal(t, 0, res.code, res.stdout+res.stderr)
+	assert.Equal(t, 2, strings.Count(res.stdout, "No changes"), res.stdout)
+
+	// A change the agents hold back (an hour's debounce) shows in every
+	// node's plan, and nothing is applied.
+	rev := putSites(t, etcd, 1, "v2")
+	res = caller(t, etcd, dir).action("plan", "--cluster", "--color", "never")
+	assert.Equal(t, 2, res.code, res.stdout+res.stderr)
+	for _, name := range []string{"web1", "web2"} {
+		assert.Contains(t, res.stdout, "# node "+name)
+	}
+	assert.Equal(t, 2, strings.Count(res.stdout, "+v2"), res.stdout)
+	assert.Empty(t, nodes[0].read("/sites/s000.conf"), "ccm.plan applies nothing")
+
+	// ccm.converge runs now, through the lock, and replies with the status.
+	res = caller(t, etcd, dir).action("action", "run", "ccm.converge", "--node", "web1", "--json")
+	require.Equal(t, 0, res.code, res.stdout+res.stderr)
+	var r actions.Reply
+	require.NoError(t, json.Unmarshal([]byte(res.stdout), &r))
+	var st cluster.Status
+	require.NoError(t, json.Unmarshal(r.Output, &st))
+	assert.Equal(t, cluster.ResultConverged, st.Result)
+	assert.GreaterOrEqual(t, st.Revision, rev)
+	assert.Equal(t, "v2\n", nodes[0].read("/sites/s000.conf"))
+	nodes[0].reported(t, rev, cluster.ResultConverged)
+	assert.Empty(t, nodes[1].read("/sites/s000.conf"), "only the node called converged")
+}
+
+func TestHandlerFilesAreCheckedWithEveryErrorNamed(t *testing.T) {
+	dir := actionConfig(t, map[string]string{
+		"bad": `command: [relative/path]
+params:
+  site: {pattern: '([', required: true}
+  "bad-name": {}
+  x: {secret: true, colour: red}
+run_as: {param: x}
+timeout: soon
+concurrency: 0
+`,
+		"noone": "command: [/bin/true]\n",
+		"ccm.mine": "command: [/bin/true]\nrun_as: {user: ME}\n",
+	}, nil)
+	n := caller(t, nil, dir)
+	for _, args := range [][]string{{"action", "validate"}, {"validate"}} {
+		res := n.action(args...)
+		assert.Equal(t, 1, res.code, res.stdout)
+		bad := filepath.Join(dir, "actions", "bad.yaml")
+		for _, want := range []string{
+			bad + `: line 6: field colour is not a known parameter field`,
+			bad + `: command: "relative/path" is not an absolute path`,
+			bad + `: params: site: pattern: error parsing regexp`,
+			bad + `: params: "bad-name" is not a parameter name`,
+			bad + `: timeout "soon" is not a positive duration`,
+			bad + `: concurrency 0: want 1 or more`,
+			bad + `: run_as: param "x" must be required: true`,
+			filepath.Join(dir, "actions", "noone.yaml") + `: run_as: required`,
+			filepath.Join(dir, "actions", "ccm.mine.yaml") + `: name "ccm.mine": names starting with "ccm." are ccm's built-in actions`,
+		} {
+			assert.Contains(t, res.stderr, want, args)
+		}
+	}
 }
