@@ -7,8 +7,10 @@ import (
 	"fmt"
 	"iter"
 	"slices"
+	"sync"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/ccm-dev/ccm/actions"
@@ -98,11 +100,14 @@ type Client struct {
 	cli     *clientv3.Client
 	cluster *cluster.Cluster
 	opts    Options
+
+	mu     sync.Mutex
+	leases map[time.Duration]heldLease // by retention
 }
 
 // New returns a Client.
 func New(cli *clientv3.Client, opts Options) *Client {
-	return &Client{cli: cli, cluster: cluster.New(cli, cluster.Options{Prefix: opts.Prefix}), opts: opts}
+	return &Client{cli: cli, cluster: cluster.New(cli, cluster.Options{Prefix: opts.Prefix}), opts: opts, leases: map[time.Duration]heldLease{}}
 }
 
 // request bounds one etcd request by RequestTimeout.
@@ -121,8 +126,8 @@ type Sent struct {
 	Nodes    []string
 	NotAlive []string
 	// Revision is the etcd revision of the first write.
-	Revision int64
-	lease    clientv3.LeaseID
+	Revision  int64
+	retention time.Duration
 }
 
 // Send writes the call's requests and returns without waiting; Batch is
@@ -179,14 +184,17 @@ func (c *Client) Run(ctx context.Context, call Call) iter.Seq2[actions.Reply, er
 			if n := min(batch-inflight, len(queue)); n > 0 && (call.MaxFailures <= 0 || failures < call.MaxFailures) {
 				send := queue[:n]
 				queue = queue[n:]
-				rev, err := c.write(ctx, s, req, send)
+				waiters, err := c.watch(ctx, s.ID, send)
+				if err == nil {
+					_, err = c.write(ctx, s, req, send)
+				}
 				if err != nil {
 					yield(actions.Reply{}, err)
 					return
 				}
-				for _, node := range send {
+				for _, w := range waiters {
 					inflight++
-					go func() { done <- c.await(ctx, s.ID, node, rev, pickup) }()
+					go func() { done <- w.await(ctx, c, pickup) }()
 				}
 			}
 			if inflight == 0 { // stopped sending
@@ -231,14 +239,12 @@ func (c *Client) prepare(ctx context.Context, call Call) (*Sent, *actions.Reques
 	}
 	ctx, cancel := c.request(ctx)
 	defer cancel()
-	alive, err := c.cluster.Alive(ctx)
+	live, err := c.alive(ctx, call)
 	if err != nil {
 		return nil, nil, err
 	}
 	s := &Sent{}
-	live := map[string]bool{}
-	for _, p := range alive {
-		live[p.Node] = true
+	for _, p := range live {
 		if call.All || (len(call.Labels) > 0 && matches(p.Labels, call.Labels)) {
 			s.Nodes = append(s.Nodes, p.Node)
 		}
@@ -246,7 +252,7 @@ func (c *Client) prepare(ctx context.Context, call Call) (*Sent, *actions.Reques
 	for _, n := range call.Nodes {
 		switch {
 		case slices.Contains(s.Nodes, n), slices.Contains(s.NotAlive, n):
-		case live[n]:
+		case live[n] != nil:
 			s.Nodes = append(s.Nodes, n)
 		default:
 			s.NotAlive = append(s.NotAlive, n)
@@ -263,16 +269,65 @@ func (c *Client) prepare(ctx context.Context, call Call) (*Sent, *actions.Reques
 		ID: s.ID, Action: call.Action, Params: call.Params, By: call.By, Created: now,
 		Deadline: call.Deadline, Timeout: actions.Duration(call.Timeout),
 	}
-	retention := call.Retention
-	if retention <= 0 {
-		retention = DefaultRetention
+	s.retention = call.Retention
+	if s.retention <= 0 {
+		s.retention = DefaultRetention
 	}
-	lease, err := c.cli.Grant(ctx, int64(retention.Seconds()))
-	if err != nil {
-		return nil, nil, fmt.Errorf("grant the retention lease: %w", err)
-	}
-	s.lease = lease.ID
 	return s, req, nil
+}
+
+// alive returns the presence of the nodes a call may address: every alive
+// node for labels or all, else only the named ones (one request).
+func (c *Client) alive(ctx context.Context, call Call) (map[string]*cluster.Presence, error) {
+	out := map[string]*cluster.Presence{}
+	if call.All || len(call.Labels) > 0 {
+		all, err := c.cluster.Alive(ctx)
+		for i := range all {
+			out[all[i].Node] = &all[i]
+		}
+		return out, err
+	}
+	for chunk := range slices.Chunk(call.Nodes, maxTxnOps) {
+		ops := make([]clientv3.Op, 0, len(chunk))
+		for _, n := range chunk {
+			ops = append(ops, clientv3.OpGet(c.cluster.AliveKey(n)))
+		}
+		resp, err := c.cli.Txn(ctx).Then(ops...).Commit()
+		if err != nil {
+			return nil, fmt.Errorf("read the nodes' presence: %w", err)
+		}
+		for i, n := range chunk {
+			if kvs := resp.Responses[i].GetResponseRange().Kvs; len(kvs) > 0 {
+				p := &cluster.Presence{Node: n}
+				_ = json.Unmarshal(kvs[0].Value, p)
+				out[n] = p
+			}
+		}
+	}
+	return out, nil
+}
+
+// lease returns a lease of the retention period. One lease serves the
+// calls of a twenty-fourth of that period, so that a busy caller does not
+// grant one per call; a request thus lives between 23/24 of the retention
+// and all of it. fresh discards the lease held (revoked by someone).
+func (c *Client) lease(ctx context.Context, retention time.Duration, fresh bool) (clientv3.LeaseID, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if l, ok := c.leases[retention]; ok && !fresh && time.Since(l.granted) < retention/24 {
+		return l.id, nil
+	}
+	resp, err := c.cli.Grant(ctx, int64(retention.Seconds()))
+	if err != nil {
+		return 0, fmt.Errorf("grant the retention lease: %w", err)
+	}
+	c.leases[retention] = heldLease{id: resp.ID, granted: time.Now()}
+	return resp.ID, nil
+}
+
+type heldLease struct {
+	id      clientv3.LeaseID
+	granted time.Time
 }
 
 func matches(labels, want map[string]string) bool {
@@ -293,42 +348,101 @@ func (c *Client) write(ctx context.Context, s *Sent, req *actions.Request, nodes
 	}
 	var first int64
 	for chunk := range slices.Chunk(nodes, maxTxnOps) {
-		ops := make([]clientv3.Op, 0, len(chunk))
-		for _, n := range chunk {
-			ops = append(ops, clientv3.OpPut(c.cluster.ActionKey(n, s.ID), string(raw), clientv3.WithLease(s.lease)))
-		}
-		rctx, cancel := c.request(ctx)
-		resp, err := c.cli.Txn(rctx).Then(ops...).Commit()
-		cancel()
+		rev, err := c.put(ctx, s, chunk, string(raw))
 		if err != nil {
 			return 0, fmt.Errorf("write the requests: %w", err)
 		}
 		if first == 0 {
-			first = resp.Header.Revision
+			first = rev
 		}
 	}
 	return first, nil
 }
 
-// await waits for one node's final reply from revision rev. A node that
-// does not pick the request up in time has it withdrawn; a node whose
-// agent goes away while it runs is reported lost.
-func (c *Client) await(ctx context.Context, id, node string, rev int64, pickup time.Duration) result {
-	res := result{node: node}
-	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+// put writes one transaction of requests on the retention lease, with a
+// new lease if the one held was revoked.
+func (c *Client) put(ctx context.Context, s *Sent, nodes []string, raw string) (int64, error) {
+	ctx, cancel := c.request(ctx)
 	defer cancel()
-	replyKey := c.cluster.ReplyKey(node, id)
-	replies := c.cli.Watch(wctx, replyKey, clientv3.WithRev(rev), clientv3.WithFilterDelete())
-	gone := c.cli.Watch(wctx, c.cluster.AliveKey(node), clientv3.WithRev(rev), clientv3.WithFilterPut())
+	for fresh := false; ; fresh = true {
+		lease, err := c.lease(ctx, s.retention, fresh)
+		if err != nil {
+			return 0, err
+		}
+		ops := make([]clientv3.Op, 0, len(nodes))
+		for _, n := range nodes {
+			ops = append(ops, clientv3.OpPut(c.cluster.ActionKey(n, s.ID), raw, clientv3.WithLease(lease)))
+		}
+		resp, err := c.cli.Txn(ctx).Then(ops...).Commit()
+		if errors.Is(err, rpctypes.ErrLeaseNotFound) && !fresh {
+			continue
+		}
+		if err != nil {
+			return 0, err
+		}
+		return resp.Header.Revision, nil
+	}
+}
+
+// waiter follows one node's reply and presence.
+type waiter struct {
+	node, id      string
+	replies, gone clientv3.WatchChan
+	cancel        context.CancelFunc
+}
+
+// watch starts following the reply and the presence of each node, and
+// returns once etcd has created every watch: a watch created before the
+// request is written sees the reply at once, where one that starts from a
+// past revision waits for etcd's catch-up loop (up to 100 ms).
+func (c *Client) watch(ctx context.Context, id string, nodes []string) ([]*waiter, error) {
+	var ws []*waiter
+	for _, n := range nodes {
+		wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+		ws = append(ws, &waiter{node: n, id: id, cancel: cancel,
+			replies: c.cli.Watch(wctx, c.cluster.ReplyKey(n, id), clientv3.WithFilterDelete(), clientv3.WithCreatedNotify()),
+			gone:    c.cli.Watch(wctx, c.cluster.AliveKey(n), clientv3.WithFilterPut(), clientv3.WithCreatedNotify()),
+		})
+	}
+	rctx, cancel := c.request(ctx)
+	defer cancel()
+	for _, w := range ws {
+		for _, ch := range []clientv3.WatchChan{w.replies, w.gone} {
+			select {
+			case wr, ok := <-ch:
+				if err := wr.Err(); err != nil || !ok {
+					for _, w := range ws {
+						w.cancel()
+					}
+					return nil, fmt.Errorf("watch the replies: %w", errors.Join(err, ctx.Err()))
+				}
+			case <-rctx.Done():
+				for _, w := range ws {
+					w.cancel()
+				}
+				return nil, fmt.Errorf("watch the replies: %w", rctx.Err())
+			}
+		}
+	}
+	return ws, nil
+}
+
+// await waits for the node's final reply. A node that does not pick the
+// request up in time has it withdrawn; a node whose agent goes away while
+// it runs is reported lost.
+func (w *waiter) await(ctx context.Context, c *Client, pickup time.Duration) result {
+	defer w.cancel()
+	res := result{node: w.node}
 	timer := time.NewTimer(pickup)
 	defer timer.Stop()
 	picked := false
+	gone := w.gone
 	for {
 		select {
 		case <-ctx.Done():
 			res.err = ctx.Err()
 			return res
-		case wr := <-replies:
+		case wr := <-w.replies:
 			if err := wr.Err(); err != nil {
 				res.err = err
 				return res
@@ -357,7 +471,7 @@ func (c *Client) await(ctx context.Context, id, node string, rev int64, pickup t
 			if picked {
 				continue
 			}
-			withdrawn, err := c.withdraw(ctx, node, id)
+			withdrawn, err := c.withdraw(ctx, w.node, w.id)
 			if err != nil {
 				res.err = err
 				return res

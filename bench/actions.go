@@ -1,0 +1,147 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"os/user"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/ccm-dev/ccm/actions"
+	"github.com/ccm-dev/ccm/client"
+	"github.com/ccm-dev/ccm/cluster"
+)
+
+// actions: node actions with a handler that exits at once (/bin/true):
+// the round trip of one call to one node, a fan-out to every agent, and
+// 1,000 calls to one node with concurrency 8. The floor is one etcd put,
+// measured in the same run.
+func (b *bench) actions() error {
+	const prefix = "/act"
+	fanout := b.nodes[len(b.nodes)-1]
+	me, err := user.Current()
+	if err != nil {
+		return err
+	}
+	dir, err := b.configDir("actions", map[string]string{"motd.yaml": "files: [{path: /etc/motd, content: hi}]\n"})
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Join(dir, "actions"), 0o755); err != nil {
+		return err
+	}
+	handler := fmt.Sprintf("command: [/bin/true]\nrun_as: {user: %s}\nconcurrency: 8\n", me.Username)
+	if err := os.WriteFile(filepath.Join(dir, "actions", "true.yaml"), []byte(handler), 0o644); err != nil {
+		return err
+	}
+	var agents []*runningAgent
+	defer func() {
+		for _, a := range agents {
+			a.stop()
+		}
+	}()
+	for i := 0; i < fanout; i++ {
+		a, err := b.startAgent(fmt.Sprintf("act-n%02d", i), prefix, dir, 0, time.Minute)
+		if err != nil {
+			return err
+		}
+		agents = append(agents, a)
+	}
+	cli, err := b.client()
+	if err != nil {
+		return err
+	}
+	defer cli.Close()
+	c := cluster.New(cli, cluster.Options{Prefix: prefix})
+	if err := waitFor(2*time.Minute, 10*time.Millisecond, func() bool {
+		alive, err := c.Alive(b.ctx)
+		return err == nil && len(alive) == fanout
+	}); err != nil {
+		return fmt.Errorf("agents alive: %w", err)
+	}
+	cl := client.New(cli, client.Options{Prefix: prefix})
+	call := func(call client.Call) (time.Duration, error) {
+		start := time.Now()
+		for r, err := range cl.Run(b.ctx, call) {
+			if err != nil {
+				return 0, err
+			}
+			if r.State != actions.StateSucceeded {
+				return 0, fmt.Errorf("%s: %s: %s", r.Node, r.State, r.Error)
+			}
+		}
+		return time.Since(start), nil
+	}
+	one := client.Call{Action: "true", Nodes: []string{"act-n00"}}
+	for range 20 { // warm-up
+		if _, err := call(one); err != nil {
+			return err
+		}
+	}
+	put := func() (time.Duration, error) {
+		start := time.Now()
+		_, err := cli.Put(b.ctx, prefix+"/floor", "x")
+		return time.Since(start), err
+	}
+	var rtt, floor []time.Duration
+	for range 200 {
+		d, err := call(one)
+		if err != nil {
+			return err
+		}
+		f, err := put()
+		if err != nil {
+			return err
+		}
+		rtt, floor = append(rtt, d), append(floor, f)
+	}
+	s, f := sortDurations(rtt), sortDurations(floor)
+	putNote := fmt.Sprintf("etcd put p50 %.2f ms", ms(percentile(f, 50)))
+	b.add("actions", "call round trip to one node p50", ms(percentile(s, 50)), "ms", 10, "<= 10 ms",
+		fmt.Sprintf("%.1fx one etcd put; %s", ms(percentile(s, 50))/ms(percentile(f, 50)), putNote))
+	b.add("actions", "call round trip to one node p90", ms(percentile(s, 90)), "ms", 0, "", "")
+
+	var fan []time.Duration
+	for range 20 {
+		d, err := call(client.Call{Action: "true", All: true})
+		if err != nil {
+			return err
+		}
+		fan = append(fan, d)
+	}
+	b.add("actions", fmt.Sprintf("fan-out to %d agents, last reply p50", fanout), ms(percentile(sortDurations(fan), 50)), "ms", 150, "<= 150 ms",
+		fmt.Sprintf("%d agents in one process on %d cores; %s", fanout, b.report.CPUs, putNote))
+
+	const calls, callers = 1000, 32
+	var wg sync.WaitGroup
+	errs := make(chan error, callers)
+	next := make(chan struct{}, calls)
+	for range calls {
+		next <- struct{}{}
+	}
+	close(next)
+	start := time.Now()
+	for range callers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range next {
+				if _, err := call(one); err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	took := time.Since(start)
+	select {
+	case err := <-errs:
+		return err
+	default:
+	}
+	b.addAtLeast("actions", "1,000 calls to one node, concurrency 8", float64(calls)/took.Seconds(), "calls/s", 200, ">= 200 calls/s",
+		fmt.Sprintf("%d callers at once; %s", callers, putNote))
+	return nil
+}
