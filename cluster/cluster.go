@@ -5,9 +5,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/etcdserverpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
@@ -220,12 +222,61 @@ func (c *Cluster) Alive(ctx context.Context) ([]Presence, error) {
 	return out, nil
 }
 
+// scanLimit is how many keys under nodes/ scanNodes lists in one request
+// before it hops from node to node instead.
+var scanLimit int64 = 4096
+
 // scanNodes reads every node's status and presence at revision rev (0:
 // the current one), sorted by name. A node's keys also hold its replies
-// to actions, which can be many and large, so it does not read the
-// prefix: it hops from node to node, reading two keys and the first key
-// of the next node in one transaction per node.
+// to actions, which can be many and large, so it never reads the values
+// under the prefix: it lists the keys alone when they are few, and
+// otherwise hops from node to node.
 func (c *Cluster) scanNodes(ctx context.Context, rev int64) ([]*NodeView, error) {
+	resp, err := c.client.Get(ctx, c.NodesPrefix(), clientv3.WithPrefix(), clientv3.WithKeysOnly(), clientv3.WithLimit(scanLimit), clientv3.WithRev(rev))
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", c.NodesPrefix(), err)
+	}
+	if rev == 0 {
+		rev = resp.Header.Revision
+	}
+	if resp.More {
+		nodes, err := c.hopNodes(ctx, rev)
+		sortByName(nodes)
+		return nodes, err
+	}
+	var names []string
+	for _, kv := range resp.Kvs {
+		name, kind, _ := strings.Cut(strings.TrimPrefix(string(kv.Key), c.NodesPrefix()), "/")
+		if (kind == "status" || kind == "alive") && (len(names) == 0 || names[len(names)-1] != name) {
+			names = append(names, name)
+		}
+	}
+	var nodes []*NodeView
+	for chunk := range slices.Chunk(names, 64) {
+		var ops []clientv3.Op
+		for _, name := range chunk {
+			ops = append(ops, clientv3.OpGet(c.StatusKey(name), clientv3.WithRev(rev)), clientv3.OpGet(c.AliveKey(name), clientv3.WithRev(rev)))
+		}
+		tr, err := c.client.Txn(ctx).Then(ops...).Commit()
+		if err != nil {
+			return nil, fmt.Errorf("read %s: %w", c.NodesPrefix(), err)
+		}
+		for i, name := range chunk {
+			nodes = append(nodes, nodeView(name, tr.Responses[2*i], tr.Responses[2*i+1]))
+		}
+	}
+	sortByName(nodes)
+	return nodes, nil
+}
+
+// sortByName sorts by node name: keys sort "web-1/" before "web/".
+func sortByName(nodes []*NodeView) {
+	slices.SortFunc(nodes, func(a, b *NodeView) int { return strings.Compare(a.Name, b.Name) })
+}
+
+// hopNodes is scanNodes for many keys: two keys and the first key of the
+// next node in one transaction per node.
+func (c *Cluster) hopNodes(ctx context.Context, rev int64) ([]*NodeView, error) {
 	end := clientv3.GetPrefixRangeEnd(c.NodesPrefix())
 	next := func(from string) clientv3.Op {
 		return clientv3.OpGet(from, clientv3.WithRange(end), clientv3.WithKeysOnly(), clientv3.WithLimit(1), clientv3.WithRev(rev))
@@ -234,9 +285,6 @@ func (c *Cluster) scanNodes(ctx context.Context, rev int64) ([]*NodeView, error)
 	resp, err := c.client.Txn(ctx).Then(next(c.NodesPrefix())).Commit()
 	if err != nil {
 		return nil, fail(err)
-	}
-	if rev == 0 {
-		rev = resp.Header.Revision
 	}
 	var nodes []*NodeView
 	for {
@@ -255,23 +303,28 @@ func (c *Cluster) scanNodes(ctx context.Context, rev int64) ([]*NodeView, error)
 		if err != nil {
 			return nil, fail(err)
 		}
-		n := &NodeView{Name: name}
-		if kv := resp.Responses[0].GetResponseRange().Kvs; len(kv) > 0 {
-			n.Status = &Status{}
-			if json.Unmarshal(kv[0].Value, n.Status) != nil {
-				n.Status = &Status{Node: name, Result: "unreadable"}
-			}
-		}
-		if kv := resp.Responses[1].GetResponseRange().Kvs; len(kv) > 0 {
-			n.Presence = &Presence{}
-			if json.Unmarshal(kv[0].Value, n.Presence) != nil {
-				n.Presence = &Presence{Node: name}
-			}
-		}
-		if n.Status != nil || n.Presence != nil {
+		if n := nodeView(name, resp.Responses[0], resp.Responses[1]); n.Status != nil || n.Presence != nil {
 			nodes = append(nodes, n)
 		}
 	}
+}
+
+// nodeView decodes a node's status and alive key.
+func nodeView(name string, status, alive *etcdserverpb.ResponseOp) *NodeView {
+	n := &NodeView{Name: name}
+	if kv := status.GetResponseRange().Kvs; len(kv) > 0 {
+		n.Status = &Status{}
+		if json.Unmarshal(kv[0].Value, n.Status) != nil {
+			n.Status = &Status{Node: name, Result: "unreadable"}
+		}
+	}
+	if kv := alive.GetResponseRange().Kvs; len(kv) > 0 {
+		n.Presence = &Presence{}
+		if json.Unmarshal(kv[0].Value, n.Presence) != nil {
+			n.Presence = &Presence{Node: name}
+		}
+	}
+	return n
 }
 
 // describe derives the node's state and whether it is behind. This is the
