@@ -40,8 +40,8 @@ type Options struct {
 	Builtins map[string]Builtin
 	// Serial runs fn holding the cluster lock, for serial handlers.
 	Serial func(ctx context.Context, fn func()) error
-	// Retention is the lease of a reply to a request that has none
-	// (written by hand); replies otherwise share their request's lease.
+	// Retention is how long etcd keeps the node's replies
+	// (DefaultRetention when 0).
 	Retention time.Duration
 	Logger    *zap.Logger
 	Metrics   *metrics.Metrics
@@ -194,14 +194,15 @@ func (e *Engine) handle(ctx context.Context, kv *mvccpb.KeyValue) error {
 	req, run, reason := e.accept(id, kv.Value, now)
 	if reason != "" {
 		reply := Reply{ID: id, Node: e.opts.Node, State: StateRejected, Error: reason, Started: now, Finished: now}
-		_, ok, err := e.claim(ctx, kv, reply)
+		_, ok, err := e.claim(ctx, kv, reply, e.leaseOf(ctx))
 		if ok {
 			e.log.Warn("action rejected", zap.String("id", id), zap.String("action", req.Action), zap.String("by", req.By), zap.String("error", reason))
 			e.m.Actions.WithLabelValues(req.Action, StateRejected).Inc()
 		}
 		return err
 	}
-	rev, ok, err := e.claim(ctx, kv, Reply{ID: id, Node: e.opts.Node, State: StateRunning, Started: now})
+	lease := e.leaseOf(ctx)
+	rev, ok, err := e.claim(ctx, kv, Reply{ID: id, Node: e.opts.Node, State: StateRunning, Started: now}, lease)
 	if !ok {
 		return err
 	}
@@ -210,7 +211,7 @@ func (e *Engine) handle(ctx context.Context, kv *mvccpb.KeyValue) error {
 	go func() {
 		defer e.wg.Done()
 		defer e.m.ActionsRunning.Dec()
-		e.execute(ctx, req, run, string(kv.Key), rev, e.leaseOf(ctx, kv), now)
+		e.execute(ctx, req, run, rev, lease, now)
 	}()
 	return nil
 }
@@ -259,9 +260,8 @@ func (e *Engine) accept(id string, raw []byte, now time.Time) (*Request, runner,
 
 // claim creates the reply, unless one exists or the request was withdrawn
 // meanwhile: the one place that makes a request run at most once. It
-// returns the reply's revision. A request whose lease expired is gone, not
-// an error.
-func (e *Engine) claim(ctx context.Context, kv *mvccpb.KeyValue, r Reply) (int64, bool, error) {
+// returns the reply's revision.
+func (e *Engine) claim(ctx context.Context, kv *mvccpb.KeyValue, r Reply, lease clientv3.LeaseID) (int64, bool, error) {
 	raw, err := json.Marshal(r)
 	if err != nil {
 		return 0, false, err
@@ -270,9 +270,9 @@ func (e *Engine) claim(ctx context.Context, kv *mvccpb.KeyValue, r Reply) (int64
 	resp, err := e.opts.Client.Txn(ctx).If(
 		clientv3.Compare(clientv3.CreateRevision(key), "=", 0),
 		clientv3.Compare(clientv3.CreateRevision(string(kv.Key)), "=", kv.CreateRevision),
-	).Then(clientv3.OpPut(key, string(raw), clientv3.WithLease(e.leaseOf(ctx, kv)))).Commit()
+	).Then(clientv3.OpPut(key, string(raw), clientv3.WithLease(lease))).Commit()
 	if errors.Is(err, rpctypes.ErrLeaseNotFound) {
-		return 0, false, nil
+		e.dropLease(lease)
 	}
 	if err != nil {
 		return 0, false, fmt.Errorf("claim %s: %w", kv.Key, err)
@@ -280,13 +280,11 @@ func (e *Engine) claim(ctx context.Context, kv *mvccpb.KeyValue, r Reply) (int64
 	return resp.Header.Revision, resp.Succeeded, nil
 }
 
-// leaseOf is the lease a reply lives on: its request's, so that both go
-// together, or the engine's retention lease for a request written without
-// one.
-func (e *Engine) leaseOf(ctx context.Context, kv *mvccpb.KeyValue) clientv3.LeaseID {
-	if kv.Lease != 0 {
-		return clientv3.LeaseID(kv.Lease)
-	}
+// leaseOf is the lease a reply lives on: the engine's retention lease,
+// granted anew every twenty-fourth of the retention. Not the request's:
+// etcd lets a key join a lease only if its writer may write every key on
+// the lease, and a node may not write requests.
+func (e *Engine) leaseOf(ctx context.Context) clientv3.LeaseID {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if e.lease != 0 && time.Since(e.since) < e.opts.Retention/24 {
@@ -301,10 +299,20 @@ func (e *Engine) leaseOf(ctx context.Context, kv *mvccpb.KeyValue) clientv3.Leas
 	return e.lease
 }
 
+// dropLease forgets a lease etcd no longer has (revoked by hand), so that
+// the next reply gets a new one.
+func (e *Engine) dropLease(id clientv3.LeaseID) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.lease == id {
+		e.lease = 0
+	}
+}
+
 // execute runs a claimed request in its turn and writes the final reply.
 // A request still waiting for its turn when the agent stops is handed
 // back (its reply deleted), so that the next start runs it.
-func (e *Engine) execute(ctx context.Context, req *Request, run runner, reqKey string, rev int64, lease clientv3.LeaseID, started time.Time) {
+func (e *Engine) execute(ctx context.Context, req *Request, run runner, rev int64, lease clientv3.LeaseID, started time.Time) {
 	replyKey := e.keys.ReplyKey(e.opts.Node, req.ID)
 	concurrency := 1 // a built-in runs one at a time
 	if run.handler != nil {
@@ -334,7 +342,12 @@ func (e *Engine) execute(ctx context.Context, req *Request, run runner, reqKey s
 	defer cancel()
 	for {
 		err := e.write(wctx, replyKey, rev, lease, reply)
-		if err == nil || errors.Is(err, rpctypes.ErrLeaseNotFound) || wctx.Err() != nil {
+		if errors.Is(err, rpctypes.ErrLeaseNotFound) { // keep the reply all the same
+			e.dropLease(lease)
+			lease = e.leaseOf(wctx)
+			continue
+		}
+		if err == nil || wctx.Err() != nil {
 			break
 		}
 		e.log.Warn("actions: write reply; will retry", zap.String("id", req.ID), zap.Error(err))

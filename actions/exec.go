@@ -57,6 +57,9 @@ func (h *Handler) identity(params map[string]string) (*identity, error) {
 	if h.RunAs.Param != "" && (uid == 0 || int(uid) < h.RunAs.MinUID) {
 		return nil, fmt.Errorf("run_as: user %q (uid %d) is below min_uid %d: a parameter never names root or a system user", name, uid, h.RunAs.MinUID)
 	}
+	if euid := os.Geteuid(); euid != 0 && uint64(euid) != uid {
+		return nil, fmt.Errorf("run_as: the agent runs as uid %d, not root, and cannot switch to user %q (uid %d)", euid, name, uid)
+	}
 	id := &identity{name: u.Username, uid: uint32(uid), gid: uint32(gid), home: u.HomeDir}
 	gids, err := u.GroupIds()
 	if err != nil {

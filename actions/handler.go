@@ -130,7 +130,7 @@ func LoadHandlers(configDir string) (*Handlers, error) {
 	sort.Strings(paths)
 	var errs []error
 	for _, p := range paths {
-		h, fileErrs := loadHandler(p)
+		h, fileErrs := loadHandler(configDir, p)
 		for _, e := range fileErrs {
 			errs = append(errs, fmt.Errorf("%s: %w", p, e))
 		}
@@ -150,7 +150,7 @@ func LoadHandlers(configDir string) (*Handlers, error) {
 }
 
 // loadHandler loads one handler file; the errors do not name the file.
-func loadHandler(path string) (*Handler, []error) {
+func loadHandler(configDir, path string) (*Handler, []error) {
 	raw, err := os.ReadFile(path)
 	if err != nil {
 		return nil, []error{err}
@@ -180,8 +180,11 @@ func loadHandler(path string) (*Handler, []error) {
 	}
 	if err := h.Command.Check(); err != nil {
 		fail("command: %w", err)
+	} else if strings.HasPrefix(h.Command[0], "./") {
+		// Shipped with the configuration, like ./check/ helpers.
+		h.Command = append(configs.Command{filepath.Join(configDir, h.Command[0])}, h.Command[1:]...)
 	} else if !filepath.IsAbs(h.Command[0]) {
-		fail("command: %q is not an absolute path; a handler never depends on $PATH", h.Command[0])
+		fail("command: %q is neither an absolute path nor ./ (the configuration directory); a handler never depends on $PATH", h.Command[0])
 	}
 	envNames := map[string]string{}
 	for name, rp := range rh.Params {

@@ -55,6 +55,9 @@ type Options struct {
 	Resync   time.Duration
 	// Liveness is the watch's progress-request period (default 10s).
 	Liveness time.Duration
+	// Retention is how long etcd keeps the node's replies to actions
+	// (actions.DefaultRetention when 0).
+	Retention time.Duration
 
 	Logger  *zap.Logger
 	Metrics *metrics.Metrics // nil: a new set

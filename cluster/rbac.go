@@ -18,14 +18,16 @@ type Role struct {
 }
 
 // NodeRole returns the role a node's agent needs and nothing more: read the
-// objects, take the lock, read and raise the failure flag, and write its own
-// status and presence. It cannot write objects or another node's keys.
+// objects and the actions addressed to it, take the lock, read and raise
+// the failure flag, and write its own status, presence and replies. It
+// cannot write objects, requests or another node's keys.
 func NodeRole(prefix, node string) Role {
 	k := NewKeys(prefix)
 	return Role{
 		Name: "ccm-node-" + node,
 		Permissions: []Permission{
 			{Type: "read", Key: k.ObjectsPrefix(), Prefix: true},
+			{Type: "read", Key: k.ActionsPrefix(node), Prefix: true},
 			{Type: "readwrite", Key: k.LockPrefix(), Prefix: true},
 			{Type: "readwrite", Key: k.FailureKey()},
 			{Type: "readwrite", Key: k.NodePrefix(node), Prefix: true},

@@ -39,6 +39,11 @@ done
 echo
 "$ccm" status
 echo
+if [ "$(id -u)" = 0 ]; then
+  echo "== a node action: ccm action run site-info --node demo --param site=shop"
+  "$ccm" action run site-info --node demo --param site=shop || true
+  echo
+fi
 echo "== files under ./demo-root"
 find demo-root -type f | sort
 echo
@@ -55,6 +60,7 @@ cat <<'MSG'
 The agent is running. In another terminal, try:
   CCM_ENDPOINTS=127.0.0.1:23790 bin/ccm object delete sites blog     # vhost and pool disappear
   echo '{"user":"bob","domains":["new.example"]}' | CCM_ENDPOINTS=127.0.0.1:23790 bin/ccm object put sites new
+  sudo CCM_ENDPOINTS=127.0.0.1:23790 bin/ccm action run site-info --node demo --param site=blog
   tail -f demo-agent.log
 Ctrl-C stops it.
 MSG

@@ -425,20 +425,36 @@ func TestRequestsAndRepliesLiveOnTheRetentionLease(t *testing.T) {
 	require.Len(t, reply.Kvs, 1)
 	lease := clientv3.LeaseID(req.Kvs[0].Lease)
 	require.NotZero(t, lease, "the request is on a lease")
-	assert.Equal(t, lease, clientv3.LeaseID(reply.Kvs[0].Lease), "the reply shares its request's lease")
 	ttl, err := n.cli.TimeToLive(ctx, lease)
 	require.NoError(t, err)
 	assert.InDelta(t, time.Hour.Seconds(), float64(ttl.GrantedTTL), 1)
+	// The reply is on the node's own lease (a node may not join the
+	// caller's), of the agent's retention.
+	replyLease := clientv3.LeaseID(reply.Kvs[0].Lease)
+	require.NotZero(t, replyLease, "the reply is on a lease")
+	ttl, err = n.cli.TimeToLive(ctx, replyLease)
+	require.NoError(t, err)
+	assert.InDelta(t, actions.DefaultRetention.Seconds(), float64(ttl.GrantedTTL), 1)
 
-	// When the lease ends, both go: etcd does not grow with the calls.
+	// When the leases end, both go: etcd does not grow with the calls.
 	_, err = n.cli.Revoke(ctx, lease)
 	require.NoError(t, err)
+	_, err = n.cli.Revoke(ctx, replyLease)
+	require.NoError(t, err)
+	reply, err = n.cli.Get(ctx, keys.ReplyKey("web1", r.ID))
+	require.NoError(t, err)
+	assert.Empty(t, reply.Kvs)
 	recs, err := client.New(n.cli, client.Options{}).Get(ctx, r.ID)
 	require.NoError(t, err)
 	assert.Empty(t, recs)
 	res = caller(t, etcd, dir).action("action", "get", r.ID)
 	assert.Equal(t, 1, res.code)
 	assert.Contains(t, res.stderr, "no request with id")
+
+	// The node replaces a lease revoked under it: the next call answers.
+	replies, errs := callReplies(t, n.cli, client.Call{Action: "quick", Nodes: []string{"web1"}})
+	require.Empty(t, errs)
+	assert.Equal(t, actions.StateSucceeded, replies["web1"].State)
 }
 
 func TestBuiltinPlanAndConvergeOnEveryNode(t *testing.T) {
@@ -501,7 +517,7 @@ concurrency: 0
 		bad := filepath.Join(dir, "actions", "bad.yaml")
 		for _, want := range []string{
 			bad + `: line 6: field colour is not a known parameter field`,
-			bad + `: command: "relative/path" is not an absolute path`,
+			bad + `: command: "relative/path" is neither an absolute path nor ./`,
 			bad + `: params: site: pattern: error parsing regexp`,
 			bad + `: params: "bad-name" is not a parameter name`,
 			bad + `: timeout "soon" is not a positive duration`,

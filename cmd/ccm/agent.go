@@ -16,6 +16,7 @@ import (
 	"github.com/spf13/cobra"
 	"go.uber.org/zap"
 
+	"github.com/ccm-dev/ccm/actions"
 	"github.com/ccm-dev/ccm/agent"
 	"github.com/ccm-dev/ccm/cluster"
 )
@@ -29,8 +30,9 @@ func newAgentCmd(a *app) *cobra.Command {
 		Long: `Watch the objects in etcd, debounce changes, and converge the configurations
 that subscribe to them, one node at a time under the cluster lock.
 SIGTERM/SIGINT finish the current configuration, release the lock and exit 0.
-SIGHUP reloads the configuration directory (a broken one is logged and the
-loaded one kept).`,
+SIGHUP reloads the configuration directory and the action handlers (a broken
+one is logged and the loaded one kept). The agent also answers the actions
+addressed to its node.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return a.runAgent(cmd.Context(), opts, metricsAddr)
@@ -41,6 +43,7 @@ loaded one kept).`,
 	f.DurationVar(&opts.MaxWait, "max-wait", agent.DefaultMaxWait, "longest delay of a run after the first change")
 	f.DurationVar(&opts.LockTTL, "lock-ttl", cluster.DefaultLockTTL, "lease TTL of the node's session (lock and presence)")
 	f.DurationVar(&opts.Resync, "resync", agent.DefaultResync, "converge everything this often, repairing local drift")
+	f.DurationVar(&opts.Retention, "retention", actions.DefaultRetention, "how long etcd keeps this node's replies to actions")
 	f.StringVar(&metricsAddr, "metrics-addr", "", "serve /metrics, /healthz and /readyz on this `ADDR` (e.g. 127.0.0.1:9310)")
 	return cmd
 }
