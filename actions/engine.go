@@ -16,6 +16,7 @@ import (
 
 	"github.com/ccm-dev/ccm/cluster"
 	"github.com/ccm-dev/ccm/metrics"
+	"github.com/ccm-dev/ccm/objects"
 )
 
 // DefaultRetention is how long requests and replies stay in etcd.
@@ -133,8 +134,15 @@ func (e *Engine) interrupted(ctx context.Context) error {
 		if err := e.write(ctx, string(kv.Key), kv.ModRevision, clientv3.LeaseID(kv.Lease), r); err != nil {
 			return err
 		}
-		e.log.Warn("action interrupted by the agent's stop", zap.String("id", r.ID))
-		e.m.Actions.WithLabelValues("", StateInterrupted).Inc()
+		action := "unknown"
+		if req, err := e.opts.Client.Get(ctx, e.keys.ActionKey(e.opts.Node, r.ID)); err == nil && len(req.Kvs) > 0 {
+			var rq Request
+			if json.Unmarshal(req.Kvs[0].Value, &rq) == nil {
+				action = rq.Action
+			}
+		}
+		e.log.Warn("action interrupted by the agent's stop", zap.String("id", r.ID), zap.String("action", action))
+		e.m.Actions.WithLabelValues(action, StateInterrupted).Inc()
 	}
 	return nil
 }
@@ -229,6 +237,9 @@ func (e *Engine) accept(id string, raw []byte, now time.Time) (*Request, runner,
 	req := &Request{}
 	if err := json.Unmarshal(raw, req); err != nil {
 		return req, runner{}, fmt.Sprintf("the request is not valid JSON: %v", err)
+	}
+	if err := objects.CheckName("request id", id); err != nil {
+		return req, runner{}, err.Error()
 	}
 	if req.ID != id {
 		return req, runner{}, fmt.Sprintf("the request's id %q is not its key's %q", req.ID, id)

@@ -178,7 +178,7 @@ func (c *Client) Run(ctx context.Context, call Call) iter.Seq2[actions.Reply, er
 		if pickup <= 0 {
 			pickup = DefaultPickupTimeout
 		}
-		done := make(chan result)
+		done := make(chan result, len(s.Nodes)) // a caller that stops early leaves no sender blocked
 		queue, inflight, failures := s.Nodes, 0, 0
 		for len(queue) > 0 || inflight > 0 {
 			if n := min(batch-inflight, len(queue)); n > 0 && (call.MaxFailures <= 0 || failures < call.MaxFailures) {
