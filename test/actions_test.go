@@ -129,7 +129,7 @@ func TestActionGetsItsParametersOnStdinAndInTheEnvironmentNeverInArgv(t *testing
 	assert.Equal(t, 0, *r.ExitCode)
 	var out struct {
 		Argv, Site, Config, Node, Home, Leaked string
-		Stdin                                        map[string]string
+		Stdin                                  map[string]string
 	}
 	require.NoError(t, json.Unmarshal(r.Output, &out), "a JSON document stays JSON: %s", r.Output)
 	assert.Equal(t, "should-stay-alone", out.Argv, "parameters never reach argv")
@@ -507,7 +507,7 @@ run_as: {param: x}
 timeout: soon
 concurrency: 0
 `,
-		"noone": "command: [/bin/true]\n",
+		"noone":    "command: [/bin/true]\n",
 		"ccm.mine": "command: [/bin/true]\nrun_as: {user: ME}\n",
 	}, nil)
 	n := caller(t, nil, dir)
