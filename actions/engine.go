@@ -44,8 +44,14 @@ type Options struct {
 	// Retention is how long etcd keeps the node's replies
 	// (DefaultRetention when 0).
 	Retention time.Duration
-	Logger    *zap.Logger
-	Metrics   *metrics.Metrics
+	// Keys returns the only keys whose signed requests run
+	// (--action-keys; SIGHUP reloads them). nil, or a nil result: etcd
+	// RBAC alone decides who may call.
+	Keys func() *AuthorizedKeys
+	// NodeKey opens secret parameters.
+	NodeKey *NodeKey
+	Logger  *zap.Logger
+	Metrics *metrics.Metrics
 }
 
 // Engine is the node side of actions: it claims the requests addressed to
@@ -229,6 +235,11 @@ type runner struct {
 	handler *Handler
 	builtin Builtin
 	id      *identity
+	// params are the request's, secrets unsealed; secrets are kept out
+	// of the reply and the log.
+	params  map[string]string
+	secrets []string
+	signer  string
 }
 
 // accept checks a request before it is claimed. It returns the reason to
@@ -247,11 +258,25 @@ func (e *Engine) accept(id string, raw []byte, now time.Time) (*Request, runner,
 	if !req.Deadline.IsZero() && now.After(req.Deadline) {
 		return req, runner{}, fmt.Sprintf("its deadline %s passed before the node picked it up", req.Deadline.UTC().Format(time.RFC3339))
 	}
+	var run runner
+	if ak := e.keysNow(); ak != nil {
+		// A signed request is replayable until its deadline; its claimed
+		// reply blocks that only while the reply lives.
+		if req.Deadline.IsZero() || req.Deadline.After(now.Add(e.opts.Retention)) {
+			return req, runner{}, fmt.Sprintf("a signed request needs a deadline within the reply retention (%s)", e.opts.Retention)
+		}
+		who, err := ak.Verify(e.opts.Node, req)
+		if err != nil {
+			return req, runner{}, err.Error()
+		}
+		run.signer = who
+	}
 	if b, ok := e.opts.Builtins[req.Action]; ok {
 		if len(req.Params) > 0 {
 			return req, runner{}, fmt.Sprintf("the built-in action %s takes no parameters", req.Action)
 		}
-		return req, runner{builtin: b}, ""
+		run.builtin = b
+		return req, run, ""
 	}
 	hs := e.opts.Handlers()
 	h, ok := hs.Get(req.Action)
@@ -259,14 +284,26 @@ func (e *Engine) accept(id string, raw []byte, now time.Time) (*Request, runner,
 		known := append(sortedKeys(e.opts.Builtins), hs.Names()...)
 		return req, runner{}, fmt.Sprintf("unknown action %q; this node answers: %s", req.Action, strings.Join(known, ", "))
 	}
-	if err := h.CheckParams(req.Params); err != nil {
-		return req, runner{}, err.Error()
+	params, secrets, err := h.openSecrets(req.Params, e.opts.NodeKey)
+	if err == nil {
+		err = h.CheckParams(params)
 	}
-	ident, err := h.identity(req.Params)
 	if err != nil {
 		return req, runner{}, err.Error()
 	}
-	return req, runner{handler: h, id: ident}, ""
+	ident, err := h.identity(params)
+	if err != nil {
+		return req, runner{}, err.Error()
+	}
+	run.handler, run.id, run.params, run.secrets = h, ident, params, secrets
+	return req, run, ""
+}
+
+func (e *Engine) keysNow() *AuthorizedKeys {
+	if e.opts.Keys == nil {
+		return nil
+	}
+	return e.opts.Keys()
 }
 
 // claim creates the reply, unless one exists or the request was withdrawn
@@ -347,6 +384,7 @@ func (e *Engine) execute(ctx context.Context, req *Request, run runner, rev int6
 		o = e.invocation(req, run).run()
 	}
 	release()
+	o.stdout, o.stderr, o.err = redact(o.stdout, run.secrets), redact(o.stderr, run.secrets), string(redact([]byte(o.err), run.secrets))
 	reply := Reply{ID: req.ID, Node: e.opts.Node, State: o.state, ExitCode: o.exitCode, Output: outputJSON(o.stdout), Error: o.err,
 		Started: started, Finished: time.Now().UTC()}
 	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
@@ -369,6 +407,9 @@ func (e *Engine) execute(ctx context.Context, req *Request, run runner, rev int6
 	e.m.ActionDuration.WithLabelValues(req.Action).Observe(took.Seconds())
 	fields := []zap.Field{zap.String("id", req.ID), zap.String("action", req.Action), zap.String("by", req.By),
 		zap.String("state", o.state), zap.Duration("took", took)}
+	if run.signer != "" {
+		fields = append(fields, zap.String("signed_by", run.signer))
+	}
 	if len(o.stderr) > 0 {
 		fields = append(fields, zap.ByteString("stderr", o.stderr))
 	}
@@ -380,7 +421,7 @@ func (e *Engine) execute(ctx context.Context, req *Request, run runner, rev int6
 }
 
 func (e *Engine) invocation(req *Request, run runner) *invocation {
-	return &invocation{handler: run.handler, req: req, id: run.id, timeout: timeoutOf(run.handler.Timeout, req), env: e.opts.Env}
+	return &invocation{handler: run.handler, req: req, params: run.params, id: run.id, timeout: timeoutOf(run.handler.Timeout, req), env: e.opts.Env}
 }
 
 // turn waits for one of an action's n concurrency slots.

@@ -77,6 +77,7 @@ func (h *Handler) identity(params map[string]string) (*identity, error) {
 type invocation struct {
 	handler *Handler
 	req     *Request
+	params  map[string]string // secrets unsealed
 	id      *identity
 	timeout time.Duration
 	env     []string // CCM_NODE, CCM_ROOT and the like
@@ -100,8 +101,8 @@ func (inv *invocation) environment() []string {
 		"CCM_CONFIG=" + inv.req.Action, "CCM_ACTION_ID=" + inv.req.ID,
 	}
 	env = append(env, inv.env...)
-	for _, n := range sortedKeys(inv.req.Params) {
-		env = append(env, EnvName(n)+"="+inv.req.Params[n])
+	for _, n := range sortedKeys(inv.params) {
+		env = append(env, EnvName(n)+"="+inv.params[n])
 	}
 	return env
 }
@@ -112,7 +113,7 @@ func (inv *invocation) environment() []string {
 // group is killed too. The handler dies with the agent (SIGKILL as parent
 // death signal), so a crashed agent leaves nothing running.
 func (inv *invocation) run() outcome {
-	stdin, err := json.Marshal(orEmpty(inv.req.Params))
+	stdin, err := json.Marshal(orEmpty(inv.params))
 	if err != nil {
 		return outcome{state: StateFailed, err: err.Error()}
 	}

@@ -40,6 +40,8 @@ func (a *Agent) runActions(ctx context.Context) {
 		Client: a.opts.Client, Prefix: a.opts.Prefix, Node: a.opts.Node, Env: env,
 		Handlers: func() *actions.Handlers { return a.selection.Load().handlers },
 		Builtins: map[string]actions.Builtin{ActionPlan: a.planAction, ActionConverge: a.convergeAction},
+		Keys:     func() *actions.AuthorizedKeys { return a.selection.Load().keys },
+		NodeKey:  a.nodeKey,
 		Serial:   a.serial, Retention: a.opts.Retention,
 		Logger: a.log, Metrics: a.metrics,
 	}).Run(ctx)

@@ -58,6 +58,9 @@ type Options struct {
 	// Retention is how long etcd keeps the node's replies to actions
 	// (actions.DefaultRetention when 0).
 	Retention time.Duration
+	// ActionKeys is an OpenSSH authorized_keys file: when set, only
+	// requests signed by one of its keys run.
+	ActionKeys string
 
 	Logger  *zap.Logger
 	Metrics *metrics.Metrics // nil: a new set
@@ -70,21 +73,27 @@ type selection struct {
 	set      *configs.Set
 	bus      *eventbus.Bus
 	handlers *actions.Handlers
+	keys     *actions.AuthorizedKeys // nil: requests need no signature
 }
 
-// load reads the configuration directory: the configurations and the
-// action handlers, every error of both at once.
-func load(dir string) (*selection, error) {
+// load reads the configuration directory (the configurations and the
+// action handlers) and the action keys, every error at once.
+func load(dir, keysFile string) (*selection, error) {
 	set, err := configs.Load(dir)
 	handlers, herr := actions.LoadHandlers(dir)
-	if err != nil || herr != nil {
-		return nil, errors.Join(err, herr)
+	var keys *actions.AuthorizedKeys
+	var kerr error
+	if keysFile != "" {
+		keys, kerr = actions.LoadAuthorizedKeys(keysFile)
+	}
+	if err != nil || herr != nil || kerr != nil {
+		return nil, errors.Join(err, herr, kerr)
 	}
 	subs := make(map[string][]string, len(set.Configs))
 	for name, c := range set.Configs {
 		subs[name] = c.Types()
 	}
-	return &selection{set: set, bus: eventbus.New(subs), handlers: handlers}, nil
+	return &selection{set: set, bus: eventbus.New(subs), handlers: handlers, keys: keys}, nil
 }
 
 // Agent is the per-node service.
@@ -106,6 +115,7 @@ type Agent struct {
 	// a serial action. The lock's key is the session's, so one at a time.
 	runMu        sync.Mutex
 	announced    chan struct{} // closed once the node is first announced
+	nodeKey      *actions.NodeKey
 	announceOnce sync.Once
 	sessionMu    sync.Mutex                      // held while a session is opened
 	session      atomic.Pointer[cluster.Session] // the live session, if any
@@ -121,7 +131,7 @@ func New(opts Options) (*Agent, error) {
 		return nil, errors.New("agent: a client and a node name are required")
 	}
 	defaults(&opts)
-	sel, err := load(opts.ConfigDir)
+	sel, err := load(opts.ConfigDir, opts.ActionKeys)
 	if err != nil {
 		return nil, err
 	}
@@ -180,7 +190,7 @@ func defaults(o *Options) {
 // again. A broken directory keeps the old one and returns the error; a
 // good one converges everything.
 func (a *Agent) Reload() error {
-	sel, err := load(a.opts.ConfigDir)
+	sel, err := load(a.opts.ConfigDir, a.opts.ActionKeys)
 	if err != nil {
 		a.log.Error("reload failed; keeping the loaded configuration", zap.Error(err))
 		return err
@@ -238,6 +248,13 @@ func (a *Agent) Run(ctx context.Context) error {
 		return err
 	}
 	defer unlock()
+	if a.nodeKey, err = actions.LoadNodeKey(a.opts.StateDir); err != nil {
+		return err
+	}
+	a.presence.setActionKey(a.nodeKey.Public())
+	if a.opts.ActionKeys == "" {
+		a.log.Warn("actions are authenticated by etcd RBAC alone: no --action-keys, so any identity that may write this node's requests may run its actions")
+	}
 	ctx, a.stop = context.WithCancelCause(ctx)
 	bg, cancel := context.WithCancel(ctx)
 	var wg sync.WaitGroup

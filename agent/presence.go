@@ -34,6 +34,13 @@ func (p *presence) value() cluster.Presence {
 	return p.current
 }
 
+// setActionKey publishes the node's public key for secret parameters.
+func (p *presence) setActionKey(key string) {
+	p.mu.Lock()
+	p.current.ActionKey = key
+	p.mu.Unlock()
+}
+
 // wake asks keepPresence to announce the current value.
 func (p *presence) wake() {
 	select {

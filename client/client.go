@@ -6,12 +6,14 @@ import (
 	"errors"
 	"fmt"
 	"iter"
+	"maps"
 	"slices"
 	"sync"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"golang.org/x/crypto/ssh"
 
 	"github.com/ccm-dev/ccm/actions"
 	"github.com/ccm-dev/ccm/cluster"
@@ -23,6 +25,11 @@ const (
 	DefaultPickupTimeout = 10 * time.Second
 	DefaultRetention     = actions.DefaultRetention
 )
+
+// DefaultSignedDeadline is the deadline of a signed call that sets none:
+// an agent refuses a signed request without one, since a signed request
+// without a deadline could be replayed once its reply expired.
+const DefaultSignedDeadline = time.Hour
 
 // maxTxnOps is etcd's default limit of operations in one transaction.
 const maxTxnOps = 128
@@ -43,6 +50,10 @@ var (
 	ErrNotSent = errors.New("not sent: the call stopped after too many failures")
 )
 
+// ErrNoKey is reported for a node whose key to seal secrets to is not
+// known: it is not alive, or publishes none.
+var ErrNoKey = errors.New("no action key published: the secret parameters cannot be sealed to it")
+
 // ErrNoTargets is returned when a call addresses no node.
 var ErrNoTargets = errors.New("no node to call: no alive node matches, and none was named")
 
@@ -62,6 +73,10 @@ func (e *NodeError) Unwrap() error { return e.Err }
 type Call struct {
 	Action string
 	Params map[string]string
+	// Secrets are parameters sealed to each node's key: only that node
+	// can read them, and etcd never holds them in clear. The handler
+	// declares them secret: true.
+	Secrets map[string]string
 	// Nodes, Labels and All address the call; their union is called.
 	// Labels and All match alive nodes only; a named node that is not
 	// alive is reported with ErrNotAlive.
@@ -71,7 +86,8 @@ type Call struct {
 	// By names the caller in the request.
 	By string
 	// Deadline, when set, is the last moment a node may pick up the
-	// request; Timeout, when set, shortens the handler's timeout.
+	// request (a signed call without one gets DefaultSignedDeadline);
+	// Timeout, when set, shortens the handler's timeout.
 	Deadline time.Time
 	Timeout  time.Duration
 	// Batch, when above 0, sends to at most that many nodes at a time;
@@ -93,6 +109,9 @@ type Options struct {
 	// RequestTimeout bounds each etcd request of a call, but not the wait
 	// for replies (0: only the context does).
 	RequestTimeout time.Duration
+	// Signer, when set, signs every request (agents started with
+	// --action-keys run only signed ones).
+	Signer ssh.Signer
 }
 
 // Client calls actions on one cluster.
@@ -122,12 +141,16 @@ func (c *Client) request(ctx context.Context) (context.Context, context.CancelFu
 type Sent struct {
 	ID string
 	// Nodes are the alive nodes addressed; NotAlive the named ones that
-	// are not.
+	// are not; NoKey those a call with secrets skipped, for want of the
+	// node's key (ErrNoKey).
 	Nodes    []string
 	NotAlive []string
+	NoKey    []string
 	// Revision is the etcd revision of the first write.
 	Revision  int64
 	retention time.Duration
+	keys      map[string]string // node -> its action key
+	secrets   map[string]string
 }
 
 // Send writes the call's requests and returns without waiting; Batch is
@@ -158,6 +181,11 @@ func (c *Client) Run(ctx context.Context, call Call) iter.Seq2[actions.Reply, er
 		}
 		fail := func(node string, err error) bool {
 			return yield(actions.Reply{ID: s.ID, Node: node}, &NodeError{Node: node, Err: err})
+		}
+		for _, n := range s.NoKey {
+			if !fail(n, ErrNoKey) {
+				return
+			}
 		}
 		if len(s.NotAlive) > 0 {
 			if _, err := c.write(ctx, s, req, s.NotAlive); err != nil {
@@ -243,8 +271,14 @@ func (c *Client) prepare(ctx context.Context, call Call) (*Sent, *actions.Reques
 	if err != nil {
 		return nil, nil, err
 	}
-	s := &Sent{}
+	for k := range call.Secrets {
+		if _, ok := call.Params[k]; ok {
+			return nil, nil, fmt.Errorf("parameter %s is given both in clear and as a secret", k)
+		}
+	}
+	s := &Sent{keys: map[string]string{}, secrets: call.Secrets}
 	for _, p := range live {
+		s.keys[p.Node] = p.ActionKey
 		if call.All || (len(call.Labels) > 0 && matches(p.Labels, call.Labels)) {
 			s.Nodes = append(s.Nodes, p.Node)
 		}
@@ -263,7 +297,16 @@ func (c *Client) prepare(ctx context.Context, call Call) (*Sent, *actions.Reques
 	if len(s.Nodes)+len(s.NotAlive) == 0 {
 		return nil, nil, ErrNoTargets
 	}
+	if len(call.Secrets) > 0 { // no key, no request
+		keyed := func(n string) bool { return s.keys[n] != "" }
+		s.NoKey = slices.DeleteFunc(slices.Concat(s.Nodes, s.NotAlive), keyed)
+		s.Nodes = slices.DeleteFunc(s.Nodes, func(n string) bool { return !keyed(n) })
+		s.NotAlive = nil
+	}
 	now := time.Now().UTC()
+	if c.opts.Signer != nil && call.Deadline.IsZero() {
+		call.Deadline = now.Add(DefaultSignedDeadline)
+	}
 	s.ID = actions.NewID(now)
 	req := &actions.Request{
 		ID: s.ID, Action: call.Action, Params: call.Params, By: call.By, Created: now,
@@ -342,13 +385,17 @@ func matches(labels, want map[string]string) bool {
 // write puts the request for each node, as few transactions as etcd
 // allows, and returns the revision of the first.
 func (c *Client) write(ctx context.Context, s *Sent, req *actions.Request, nodes []string) (int64, error) {
-	raw, err := json.Marshal(req)
-	if err != nil {
-		return 0, err
-	}
 	var first int64
 	for chunk := range slices.Chunk(nodes, maxTxnOps) {
-		rev, err := c.put(ctx, s, chunk, string(raw))
+		bodies := make([]string, len(chunk))
+		for i, n := range chunk {
+			raw, err := c.body(s, req, n)
+			if err != nil {
+				return 0, err
+			}
+			bodies[i] = raw
+		}
+		rev, err := c.put(ctx, s, chunk, bodies)
 		if err != nil {
 			return 0, fmt.Errorf("write the requests: %w", err)
 		}
@@ -359,9 +406,35 @@ func (c *Client) write(ctx context.Context, s *Sent, req *actions.Request, nodes
 	return first, nil
 }
 
+// body is the request for one node: its secrets sealed to the node's key
+// (once per node), then signed for the node.
+func (c *Client) body(s *Sent, req *actions.Request, node string) (string, error) {
+	r := *req
+	if len(s.secrets) > 0 {
+		r.Params = maps.Clone(req.Params)
+		if r.Params == nil {
+			r.Params = map[string]string{}
+		}
+		for k, v := range s.secrets {
+			sealed, err := actions.Seal(s.keys[node], v)
+			if err != nil {
+				return "", &NodeError{Node: node, Err: ErrNoKey}
+			}
+			r.Params[k] = sealed
+		}
+	}
+	if c.opts.Signer != nil {
+		if err := actions.Sign(c.opts.Signer, node, &r); err != nil {
+			return "", err
+		}
+	}
+	raw, err := json.Marshal(&r)
+	return string(raw), err
+}
+
 // put writes one transaction of requests on the retention lease, with a
 // new lease if the one held was revoked.
-func (c *Client) put(ctx context.Context, s *Sent, nodes []string, raw string) (int64, error) {
+func (c *Client) put(ctx context.Context, s *Sent, nodes, bodies []string) (int64, error) {
 	ctx, cancel := c.request(ctx)
 	defer cancel()
 	for fresh := false; ; fresh = true {
@@ -370,8 +443,8 @@ func (c *Client) put(ctx context.Context, s *Sent, nodes []string, raw string) (
 			return 0, err
 		}
 		ops := make([]clientv3.Op, 0, len(nodes))
-		for _, n := range nodes {
-			ops = append(ops, clientv3.OpPut(c.cluster.ActionKey(n, s.ID), raw, clientv3.WithLease(lease)))
+		for i, n := range nodes {
+			ops = append(ops, clientv3.OpPut(c.cluster.ActionKey(n, s.ID), bodies[i], clientv3.WithLease(lease)))
 		}
 		resp, err := c.cli.Txn(ctx).Then(ops...).Commit()
 		if errors.Is(err, rpctypes.ErrLeaseNotFound) && !fresh {

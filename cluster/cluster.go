@@ -77,6 +77,9 @@ type Presence struct {
 	// node and that it had not converged when it saw it (0: none). The
 	// node is behind while Pending is above its converged revision.
 	Pending int64 `json:"pending_revision,omitempty"`
+	// ActionKey is the node's public key (base64, X25519) that callers
+	// seal secret action parameters to.
+	ActionKey string `json:"action_key,omitempty"`
 }
 
 // Options configures a Cluster.

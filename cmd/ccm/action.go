@@ -34,6 +34,8 @@ func newActionCmd(a *app) *cobra.Command {
 // callFlags are the flags of ccm action run.
 type callFlags struct {
 	nodes, labels, params []string
+	secrets               []string
+	signKey               string
 	all, asJSON, noWait   bool
 	paramsFile, deadline  string
 	batch, maxFailures    int
@@ -58,7 +60,7 @@ gave no reply. With --no-wait: 0, and the call's id.`,
 			if err != nil {
 				return err
 			}
-			c, err := a.client(cmd.Context())
+			c, err := a.client(cmd.Context(), f.signKey)
 			if err != nil {
 				return err
 			}
@@ -73,6 +75,8 @@ gave no reply. With --no-wait: 0, and the call's id.`,
 	fl.StringArrayVar(&f.labels, "label", nil, "call the alive nodes with this label k=v (repeatable: all must match)")
 	fl.BoolVar(&f.all, "all", false, "call every alive node")
 	fl.StringArrayVar(&f.params, "param", nil, "parameter k=v (repeatable; the value may hold any character)")
+	fl.StringArrayVar(&f.secrets, "secret", nil, "secret parameter k=v, or k=@FILE to read the value from a file: sealed to each node's key, never stored in clear")
+	fl.StringVar(&f.signKey, "sign-key", "", "sign the requests with this OpenSSH ed25519 private key `FILE` (for agents with --action-keys)")
 	fl.StringVar(&f.paramsFile, "params-file", "", "parameters from a JSON object of strings in `FILE.json` (--param wins)")
 	fl.IntVar(&f.batch, "batch", 0, "call at most N nodes at a time (0: all at once)")
 	fl.IntVar(&f.maxFailures, "max-failures", 0, "with --batch: stop sending after K failures (0: never)")
@@ -120,6 +124,23 @@ func (f *callFlags) call(a *app, action string) (client.Call, error) {
 		}
 		call.Params[k] = v
 	}
+	for _, p := range f.secrets {
+		k, v, ok := strings.Cut(p, "=")
+		if !ok || k == "" {
+			return call, fmt.Errorf("--secret %s: want key=value or key=@FILE", k)
+		}
+		if file, ok := strings.CutPrefix(v, "@"); ok {
+			raw, err := os.ReadFile(file)
+			if err != nil {
+				return call, fmt.Errorf("--secret %s: %w", k, err)
+			}
+			v = strings.TrimSuffix(string(raw), "\n")
+		}
+		if call.Secrets == nil {
+			call.Secrets = map[string]string{}
+		}
+		call.Secrets[k] = v
+	}
 	if f.deadline != "" {
 		if d, err := time.ParseDuration(f.deadline); err == nil {
 			call.Deadline = time.Now().Add(d)
@@ -151,6 +172,9 @@ func (a *app) send(ctx context.Context, c *client.Client, call client.Call) erro
 	}
 	for _, n := range s.NotAlive {
 		fmt.Fprintf(a.stderr, "ccm: %s: %s\n", render.Escape(n), client.ErrNotAlive)
+	}
+	for _, n := range s.NoKey {
+		fmt.Fprintf(a.stderr, "ccm: %s: not sent: %s\n", render.Escape(n), client.ErrNoKey)
 	}
 	fmt.Fprintln(a.stdout, s.ID)
 	return nil
@@ -227,7 +251,7 @@ func nodeErrorState(err error) string {
 		return "no_reply"
 	case errors.Is(err, client.ErrNodeLost):
 		return "lost"
-	case errors.Is(err, client.ErrNotSent):
+	case errors.Is(err, client.ErrNotSent), errors.Is(err, client.ErrNoKey):
 		return "not_sent"
 	}
 	return "error"
@@ -363,7 +387,7 @@ func newActionValidateCmd(a *app) *cobra.Command {
 
 // records reads requests with a request timeout.
 func (a *app) records(cmd *cobra.Command, fn func(context.Context, *client.Client) ([]client.Record, error)) ([]client.Record, error) {
-	c, err := a.client(cmd.Context())
+	c, err := a.client(cmd.Context(), "")
 	if err != nil {
 		return nil, err
 	}
@@ -382,11 +406,20 @@ func printJSONLines[T any](w io.Writer, items []T) error {
 	return nil
 }
 
-// client connects to etcd and returns the action client.
-func (a *app) client(ctx context.Context) (*client.Client, error) {
+// client connects to etcd and returns the action client, signing with
+// the key in signKey when given.
+func (a *app) client(ctx context.Context, signKey string) (*client.Client, error) {
+	opts := client.Options{Prefix: a.prefix, RequestTimeout: a.timeout}
+	if signKey != "" {
+		signer, err := actions.LoadSigner(signKey)
+		if err != nil {
+			return nil, err
+		}
+		opts.Signer = signer
+	}
 	c, err := a.cluster(ctx)
 	if err != nil {
 		return nil, err
 	}
-	return client.New(c.Client(), client.Options{Prefix: a.prefix, RequestTimeout: a.timeout}), nil
+	return client.New(c.Client(), opts), nil
 }

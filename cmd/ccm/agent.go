@@ -43,6 +43,7 @@ addressed to its node.`,
 	f.DurationVar(&opts.MaxWait, "max-wait", agent.DefaultMaxWait, "longest delay of a run after the first change")
 	f.DurationVar(&opts.LockTTL, "lock-ttl", cluster.DefaultLockTTL, "lease TTL of the node's session (lock and presence)")
 	f.DurationVar(&opts.Resync, "resync", agent.DefaultResync, "converge everything this often, repairing local drift")
+	f.StringVar(&opts.ActionKeys, "action-keys", "", "run only action requests signed by a key in this OpenSSH authorized_keys `FILE` (ed25519)")
 	f.DurationVar(&opts.Retention, "retention", actions.DefaultRetention, "how long etcd keeps this node's replies to actions")
 	f.StringVar(&metricsAddr, "metrics-addr", "", "serve /metrics, /healthz and /readyz on this `ADDR` (e.g. 127.0.0.1:9310)")
 	return cmd

@@ -25,6 +25,7 @@ func newPlanCmd(a *app) *cobra.Command {
 	var names []string
 	var objectsFile, color string
 	var onCluster bool
+	var signKey string
 	cmd := &cobra.Command{
 		Use:   "plan",
 		Short: "Show, as unified diffs, what apply would change on this node",
@@ -36,7 +37,7 @@ Exit codes: 0 no changes, 2 changes, 1 error (or a node without a plan).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if onCluster {
-				return a.planCluster(cmd.Context(), useColor(color, a.stdout))
+				return a.planCluster(cmd.Context(), useColor(color, a.stdout), signKey)
 			}
 			if objectsFile == "" && len(a.labels) == 0 {
 				if err := a.publishedLabels(cmd.Context()); err != nil {
@@ -66,6 +67,7 @@ Exit codes: 0 no changes, 2 changes, 1 error (or a node without a plan).`,
 	cmd.Flags().StringVar(&objectsFile, "objects", "", "plan offline from `FILE.json` shaped {\"<type>\": {\"<id>\": {...}}}")
 	cmd.Flags().StringVar(&color, "color", "auto", "colour diffs: auto, always or never")
 	cmd.Flags().BoolVar(&onCluster, "cluster", false, "ask every alive node's agent for its plan (the ccm.plan action) and print each")
+	cmd.Flags().StringVar(&signKey, "sign-key", "", "with --cluster: sign the requests with this OpenSSH ed25519 private key `FILE`")
 	cmd.MarkFlagsMutuallyExclusive("cluster", "objects")
 	cmd.MarkFlagsMutuallyExclusive("cluster", "config")
 	return cmd
@@ -137,8 +139,8 @@ func useColor(mode string, w io.Writer) bool {
 
 // planCluster prints every alive node's own plan, from the ccm.plan
 // action, in node order.
-func (a *app) planCluster(ctx context.Context, color bool) error {
-	c, err := a.client(ctx)
+func (a *app) planCluster(ctx context.Context, color bool, signKey string) error {
+	c, err := a.client(ctx, signKey)
 	if err != nil {
 		return err
 	}
