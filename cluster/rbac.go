@@ -35,6 +35,21 @@ func NodeRole(prefix, node string) Role {
 	}
 }
 
+// CallerRole returns the role of a caller of actions, such as the cluster
+// API: write requests to any node (and withdraw them), read the nodes'
+// replies and presence. It cannot read or write objects, take the lock or
+// touch the failure flag.
+func CallerRole(prefix, name string) Role {
+	k := NewKeys(prefix)
+	return Role{
+		Name: "ccm-caller-" + name,
+		Permissions: []Permission{
+			{Type: "readwrite", Key: k.AllActionsPrefix(), Prefix: true},
+			{Type: "read", Key: k.NodesPrefix(), Prefix: true},
+		},
+	}
+}
+
 // EtcdctlCommands returns the etcdctl commands that create the role and a
 // user of the same name with it. The password is read from the shell
 // variable passwordVar.

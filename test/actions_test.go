@@ -67,12 +67,12 @@ func (n *node) action(args ...string) result {
 
 // callReplies runs a call through the Go client and returns every final
 // reply (or node error) by node.
-func callReplies(t *testing.T, cli *clientv3.Client, call client.Call) (map[string]actions.Reply, map[string]error) {
+func callReplies(t *testing.T, cli *clientv3.Client, call client.Call, opts ...client.Options) (map[string]actions.Reply, map[string]error) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	replies, errs := map[string]actions.Reply{}, map[string]error{}
-	for r, err := range client.New(cli, client.Options{}).Run(ctx, call) {
+	for r, err := range client.New(cli, append(opts, client.Options{})[0]).Run(ctx, call) {
 		if ne := (*client.NodeError)(nil); err != nil {
 			require.ErrorAs(t, err, &ne)
 			errs[ne.Node] = ne.Err

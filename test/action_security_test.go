@@ -1,0 +1,305 @@
+package test
+
+import (
+	"context"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"os/user"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/ccm-dev/ccm/actions"
+	"github.com/ccm-dev/ccm/client"
+	"github.com/ccm-dev/ccm/cluster"
+	"github.com/ccm-dev/ccm/test/etcdtest"
+)
+
+// sshKey makes an ed25519 key pair with the real ssh-keygen and returns
+// the private key file and the public key line.
+func sshKey(t *testing.T, comment string) (string, string) {
+	t.Helper()
+	if _, err := exec.LookPath("ssh-keygen"); err != nil {
+		t.Skip("ssh-keygen not installed (.ci/run installs openssh-client)")
+	}
+	file := filepath.Join(t.TempDir(), "id_ed25519")
+	out, err := exec.Command("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", file).CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	pub, err := os.ReadFile(file + ".pub")
+	require.NoError(t, err)
+	return file, string(pub)
+}
+
+// grantRole runs the etcdctl lines `ccm rbac print` prints with args.
+func grantRole(t *testing.T, e *etcdtest.External, admin *node, password string, args ...string) {
+	t.Helper()
+	r := admin.run("", append([]string{"rbac", "print"}, args...)...)
+	require.Equal(t, 0, r.code, r.stderr)
+	for _, line := range strings.Split(strings.TrimSpace(r.stdout), "\n") {
+		if strings.HasPrefix(line, "#") {
+			continue
+		}
+		line = strings.NewReplacer(`"$CCM_NODE_PASSWORD"`, password, `"$CCM_CALLER_PASSWORD"`, password).Replace(line)
+		fields := strings.Fields(line)
+		out, err := e.Etcdctl(fields[1:]...)
+		require.NoError(t, err, "%s: %s", line, out)
+	}
+}
+
+// externalClient is a client of the external etcd as user.
+func externalClient(t *testing.T, e *etcdtest.External, user, password string) *clientv3.Client {
+	t.Helper()
+	cert, key := e.PKI.Issue(user)
+	cli, err := cluster.NewClient(cluster.ClientConfig{Endpoints: []string{e.Endpoint}, CACert: e.PKI.CACert, Cert: cert, Key: key, User: user, Password: password, DialTimeout: 2 * time.Second})
+	require.NoError(t, err)
+	t.Cleanup(func() { cli.Close() })
+	return cli
+}
+
+// secretHandler echoes its parameters, the secret one included, to
+// stdout and stderr: ccm must keep the secret out of the reply and log.
+const secretHandler = `command: [BIN/tell]
+params:
+  site: {pattern: '[a-z0-9-]+', required: true}
+  password: {secret: true, required: true}
+run_as: {user: ME}
+`
+
+const tellScript = `echo "site=$CCM_PARAM_SITE password=$CCM_PARAM_PASSWORD stdin=$(cat | tr -d '"{}')"
+echo "stderr says $CCM_PARAM_PASSWORD" >&2
+`
+
+func TestActionsOverRBACSignedWithSecretsAgainstDebianEtcd(t *testing.T) {
+	e := etcdtest.StartExternal(t)
+	e.EnableAuth("root-secret")
+	admin := nodeOn(t, e, "admin", "root", "root-secret")
+	grantRole(t, e, admin, "web1-secret", "--node", "web1")
+	grantRole(t, e, admin, "web2-secret", "--node", "web2")
+	grantRole(t, e, admin, "api-secret", "--caller", "api")
+
+	signKey, pub := sshKey(t, "cluster-api@example")
+	otherKey, _ := sshKey(t, "intruder@example")
+	authorized := filepath.Join(t.TempDir(), "authorized_keys")
+	require.NoError(t, os.WriteFile(authorized, []byte("# the cluster API\n"+pub), 0o644))
+	dir := actionConfig(t, map[string]string{"tell": secretHandler, "quick": "command: [/bin/true]\nrun_as: {user: ME}\n"},
+		map[string]string{"tell": tellScript})
+
+	logs := map[string]string{}
+	for _, name := range []string{"web1", "web2"} {
+		n := nodeOn(t, e, name, "ccm-node-"+name, name+"-secret")
+		n.configDir = dir
+		logs[name] = filepath.Join(t.TempDir(), "agent.log")
+		n.startLogged(logs[name], "agent", "--debounce", "0s", "--action-keys", authorized)
+	}
+	root := rootClient(t, e)
+	c := cluster.New(root, cluster.Options{})
+	eventually(t, 30*time.Second, func() bool {
+		alive, err := c.Alive(context.Background())
+		return err == nil && len(alive) == 2 && alive[0].ActionKey != "" && alive[1].ActionKey != ""
+	}, "both agents alive, each with its action key published")
+
+	// The cluster API, with its caller role only: a signed call with a
+	// secret to both nodes.
+	api := nodeOn(t, e, "", "ccm-caller-api", "api-secret")
+	api.configDir = dir
+	r := api.run("", "action", "run", "tell", "--node", "web1", "--node", "web2", "--param", "site=shop",
+		"--secret", "password=hunter2-very-secret", "--sign-key", signKey, "--json")
+	require.Equal(t, 0, r.code, r.stdout+r.stderr)
+	var id string
+	for _, line := range strings.Split(strings.TrimSpace(r.stdout), "\n") {
+		var reply actions.Reply
+		require.NoError(t, json.Unmarshal([]byte(line), &reply))
+		assert.Equal(t, actions.StateSucceeded, reply.State)
+		assert.Contains(t, string(reply.Output), "site=shop password=[secret] stdin=password:[secret],site:shop", "the handler got the secret; the reply does not")
+		id = reply.ID
+	}
+	assert.NotContains(t, r.stdout+r.stderr, "hunter2")
+
+	// The secret is nowhere in clear: not in etcd, not in ccm action get,
+	// not in the agents' logs (the handler printed it on stderr too).
+	all, err := e.Etcdctl("get", "--prefix", "/ccm/")
+	require.NoError(t, err)
+	assert.Contains(t, all, id)
+	assert.NotContains(t, all, "hunter2")
+	assert.Equal(t, 2, strings.Count(all, "ccm-sealed:"), "sealed once per node")
+	r = api.run("", "action", "get", id, "--json")
+	require.Equal(t, 0, r.code, r.stderr)
+	assert.NotContains(t, r.stdout, "hunter2")
+	for name, log := range logs {
+		b, err := os.ReadFile(log)
+		require.NoError(t, err)
+		assert.NotContains(t, string(b), "hunter2", name)
+		assert.Contains(t, string(b), "stderr says [secret]", name)
+		assert.Contains(t, string(b), `"signed_by":"cluster-api@example"`, name)
+	}
+
+	// A node reads its own requests only, writes none, and cannot forge
+	// another node's reply.
+	web1 := externalClient(t, e, "ccm-node-web1", "web1-secret")
+	ctx := context.Background()
+	_, err = web1.Get(ctx, "/ccm/actions/web1/", clientv3.WithPrefix())
+	require.NoError(t, err, "its own requests")
+	_, err = web1.Get(ctx, "/ccm/actions/web2/", clientv3.WithPrefix())
+	assert.ErrorContains(t, err, "permission denied", "another node's requests")
+	for _, key := range []string{"/ccm/actions/web1/forged", "/ccm/actions/web2/forged", "/ccm/nodes/web2/replies/" + id} {
+		_, err = web1.Put(ctx, key, `{"id":"forged","action":"tell"}`)
+		assert.ErrorContains(t, err, "permission denied", key)
+	}
+	// The caller writes requests and reads replies, and nothing else.
+	apiCli := externalClient(t, e, "ccm-caller-api", "api-secret")
+	for _, key := range []string{"/ccm/objects/sites/evil", "/ccm/failure", "/ccm/nodes/web1/replies/forged"} {
+		_, err = apiCli.Put(ctx, key, `{}`)
+		assert.ErrorContains(t, err, "permission denied", key)
+	}
+
+	// Signatures: each of these is rejected, with its reason, and runs
+	// nothing.
+	signer, err := actions.LoadSigner(signKey)
+	require.NoError(t, err)
+	intruder, err := actions.LoadSigner(otherKey)
+	require.NoError(t, err)
+	raw := func(node string, mutate func(*actions.Request)) string {
+		now := time.Now().UTC()
+		req := &actions.Request{ID: actions.NewID(now), Action: "quick", Created: now, Deadline: now.Add(time.Hour)}
+		mutate(req)
+		b, err := json.Marshal(req)
+		require.NoError(t, err)
+		_, err = apiCli.Put(ctx, "/ccm/actions/"+node+"/"+req.ID, string(b))
+		require.NoError(t, err)
+		return req.ID
+	}
+	cases := []struct {
+		name, node string
+		mutate     func(*actions.Request)
+		want       string
+	}{
+		{"unsigned", "web1", func(*actions.Request) {}, "the request is not signed"},
+		{"unknown key", "web1", func(r *actions.Request) { require.NoError(t, actions.Sign(intruder, "web1", r)) }, "a key not in " + authorized},
+		{"tampered", "web1", func(r *actions.Request) {
+			require.NoError(t, actions.Sign(signer, "web1", r))
+			r.Action = "tell"
+			r.Params = map[string]string{"site": "x"}
+		}, "does not verify"},
+		{"replayed to another node", "web2", func(r *actions.Request) { require.NoError(t, actions.Sign(signer, "web1", r)) }, "does not verify"},
+		{"replayed after its deadline", "web1", func(r *actions.Request) {
+			r.Deadline = time.Now().Add(-time.Second)
+			require.NoError(t, actions.Sign(signer, "web1", r))
+		}, "passed before the node picked it up"},
+		{"no deadline", "web1", func(r *actions.Request) {
+			r.Deadline = time.Time{}
+			require.NoError(t, actions.Sign(signer, "web1", r))
+		}, "a signed request needs a deadline"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			id := raw(tc.node, tc.mutate)
+			eventually(t, 20*time.Second, func() bool { r := replyOf(t, root, id, tc.node); return r != nil && actions.Final(r.State) }, "a reply")
+			reply := replyOf(t, root, id, tc.node)
+			assert.Equal(t, actions.StateRejected, reply.State)
+			assert.Contains(t, reply.Error, tc.want)
+		})
+	}
+	// Properly signed through the Go client, it runs.
+	replies, errs := callReplies(t, apiCli, client.Call{Action: "quick", Nodes: []string{"web1"}}, client.Options{Signer: signer})
+	require.Empty(t, errs)
+	assert.Equal(t, actions.StateSucceeded, replies["web1"].State)
+}
+
+// startLogged runs the ccm binary in the background with its stderr in
+// log.
+func (n *node) startLogged(log string, args ...string) *exec.Cmd {
+	n.t.Helper()
+	f, err := os.Create(log)
+	require.NoError(n.t, err)
+	n.t.Cleanup(func() { f.Close() })
+	base := []string{
+		"--endpoints", strings.Join(n.endpoints, ","), "--node", n.name, "--root", n.root,
+		"--state-dir", n.state, "--config-dir", n.configDir, "--log-format", "json", "--log-level", "info",
+	}
+	cmd := exec.Command(ccmBin, append(append(base, n.flags...), args...)...)
+	cmd.Env = append(os.Environ(), n.env...)
+	cmd.Stderr = f
+	require.NoError(n.t, cmd.Start())
+	n.t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		_, _ = cmd.Process.Wait()
+	})
+	return cmd
+}
+
+// unixUser creates a user (and a supplementary group) for the test, or
+// skips when not root.
+func unixUser(t *testing.T, name, group string) *user.User {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("creating UNIX users needs root (CI runs as root)")
+	}
+	_ = exec.Command("userdel", "-r", name).Run()
+	_ = exec.Command("groupdel", group).Run()
+	out, err := exec.Command("groupadd", group).CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	out, err = exec.Command("useradd", "-m", "-K", "UID_MIN=1000", "-G", group, name).CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	t.Cleanup(func() {
+		_ = exec.Command("userdel", "-r", name).Run()
+		_ = exec.Command("groupdel", group).Run()
+	})
+	u, err := user.Lookup(name)
+	require.NoError(t, err)
+	return u
+}
+
+func TestActionsRunAsTheSitesUnixUser(t *testing.T) {
+	site := unixUser(t, "ccmsite1", "ccmweb")
+	web, err := user.LookupGroup("ccmweb")
+	require.NoError(t, err)
+	etcd := etcdtest.New(t, 1)
+	whoami := `echo "$(id -u) $(id -g) $(id -G | tr ' ' ,) $HOME $USER $(pwd)"` + "\n"
+	dir := actionConfig(t, map[string]string{
+		"as-site": "command: [BIN/whoami]\nparams: {user: {required: true}}\nrun_as: {param: user, min_uid: 1000}\n",
+		"as-root": "command: [BIN/whoami]\nrun_as: {user: root}\n",
+	}, map[string]string{"whoami": whoami})
+	// The site's user must reach the handler: t.TempDir's parent is 0700.
+	require.NoError(t, os.Chmod(filepath.Dir(dir), 0o755))
+	require.NoError(t, os.Chmod(dir, 0o755))
+	n := startAgent(t, etcd, "web1", dir, agentConfig{})
+	n.reported(t, 1, cluster.ResultConverged)
+
+	call := func(action string, params map[string]string) actions.Reply {
+		replies, errs := callReplies(t, n.cli, client.Call{Action: action, Nodes: []string{"web1"}, Params: params})
+		require.Empty(t, errs)
+		return replies["web1"]
+	}
+	r := call("as-site", map[string]string{"user": "ccmsite1"})
+	require.Equal(t, actions.StateSucceeded, r.State, r.Error)
+	var out string
+	require.NoError(t, json.Unmarshal(r.Output, &out))
+	fields := strings.Fields(out)
+	require.Len(t, fields, 6, out)
+	assert.Equal(t, site.Uid, fields[0], "uid")
+	assert.Equal(t, site.Gid, fields[1], "gid")
+	assert.Contains(t, strings.Split(fields[2], ","), web.Gid, "supplementary groups")
+	assert.NotContains(t, strings.Split(fields[2], ","), "0", "no group of root's")
+	assert.Equal(t, site.HomeDir, fields[3], "HOME")
+	assert.Equal(t, "ccmsite1", fields[4])
+	assert.Equal(t, site.HomeDir, fields[5], "it runs in its home")
+
+	for _, tc := range []struct{ user, want string }{
+		{"root", "below min_uid 1000"},
+		{"daemon", "below min_uid 1000"},
+		{"no-such-user", `no such user "no-such-user"`},
+	} {
+		r := call("as-site", map[string]string{"user": tc.user})
+		assert.Equal(t, actions.StateRejected, r.State, tc.user)
+		assert.Contains(t, r.Error, tc.want, tc.user)
+	}
+	r = call("as-root", nil)
+	require.Equal(t, actions.StateSucceeded, r.State, r.Error)
+	assert.Contains(t, string(r.Output), `"0 0 `, "root only when the handler says {user: root}")
+}
