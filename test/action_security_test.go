@@ -3,11 +3,13 @@ package test
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"os/user"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -302,4 +304,95 @@ func TestActionsRunAsTheSitesUnixUser(t *testing.T) {
 	r = call("as-root", nil)
 	require.Equal(t, actions.StateSucceeded, r.State, r.Error)
 	assert.Contains(t, string(r.Output), `"0 0 `, "root only when the handler says {user: root}")
+}
+
+func TestHostileRequestsAndHandlersGetAClearStateAndTheAgentStaysHealthy(t *testing.T) {
+	etcd := etcdtest.New(t, 1)
+	pids := filepath.Join(t.TempDir(), "daemon.pid")
+	dir := actionConfig(t, map[string]string{
+		"echo":   echoHandler,
+		"flood":  "command: [BIN/flood]\nrun_as: {user: ME}\n",
+		"escape": "command: [BIN/escape]\nrun_as: {user: ME}\n",
+		"daemon": "command: [BIN/daemon]\nrun_as: {user: ME}\n",
+	}, map[string]string{
+		"echo-params": echoScript,
+		"flood":       "head -c 100000000 /dev/zero | tr '\\0' x\n",
+		"escape":      `printf '\033]0;owned\007\033[2J\033[31mred\n'` + "\n",
+		// setsid: out of the handler's process group, holding stdout.
+		"daemon": "setsid sh -c 'echo $$ > " + pids + "; exec sleep 300' &\necho started\n",
+	})
+	n := startAgent(t, etcd, "web1", dir, agentConfig{})
+	n.reported(t, 1, cluster.ResultConverged)
+	t.Cleanup(func() {
+		for _, pid := range readPidsIfAny(pids) {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		}
+	})
+	call := func(action string, params map[string]string) actions.Reply {
+		t.Helper()
+		replies, errs := callReplies(t, n.cli, client.Call{Action: action, Nodes: []string{"web1"}, Params: params})
+		require.Empty(t, errs)
+		return replies["web1"]
+	}
+
+	for _, tc := range []struct {
+		name   string
+		params map[string]string
+		state  string
+		want   string
+	}{
+		{"a 1 MB value", map[string]string{"site": "a", "note": strings.Repeat("x", 1<<20)}, actions.StateRejected, "parameter note: 1048576 bytes, over the limit of 65536"},
+		{"a NUL", map[string]string{"site": "a", "note": "a\x00b"}, actions.StateRejected, "parameter note: contains a NUL byte"},
+		{"__proto__", map[string]string{"site": "a", "__proto__": "{}"}, actions.StateRejected, `parameter "__proto__" is not declared`},
+		{"shell in the pattern", map[string]string{"site": "a;reboot"}, actions.StateRejected, "parameter site: does not match"},
+		{"invalid UTF-8", map[string]string{"site": "a", "note": "\xff\xfe"}, actions.StateSucceeded, ""},
+	} {
+		r := call("echo", tc.params)
+		assert.Equal(t, tc.state, r.State, tc.name)
+		assert.Contains(t, r.Error, tc.want, tc.name)
+	}
+
+	start := time.Now()
+	r := call("flood", nil)
+	assert.Equal(t, actions.StateSucceeded, r.State)
+	assert.Less(t, len(r.Output), actions.MaxOutput+200, "100 MB of output is cut to 64 KiB")
+	assert.Contains(t, string(r.Output), "more bytes of output dropped")
+	t.Logf("100 MB of output handled in %s", time.Since(start))
+
+	// Escape sequences stay in the reply as data and are escaped on a
+	// terminal.
+	r = call("escape", nil)
+	assert.Equal(t, actions.StateSucceeded, r.State)
+	res := caller(t, etcd, dir).action("action", "run", "escape", "--node", "web1")
+	require.Equal(t, 0, res.code, res.stderr)
+	assert.NotContains(t, res.stdout, "\x1b", "no raw escape reaches the terminal")
+	assert.Contains(t, res.stdout, `\x1b]0;owned\a`)
+
+	// A daemon that keeps the handler's stdout open does not hold the
+	// reply: it comes once the handler exits (and its pipe is let go).
+	start = time.Now()
+	r = call("daemon", nil)
+	assert.Equal(t, actions.StateSucceeded, r.State, r.Error)
+	assert.Contains(t, string(r.Output), "started")
+	assert.Less(t, time.Since(start), 15*time.Second)
+
+	require.NoError(t, n.ag.Healthy())
+	require.NoError(t, n.ag.Ready())
+	r = call("echo", map[string]string{"site": "after"})
+	assert.Equal(t, actions.StateSucceeded, r.State, "the agent still answers")
+}
+
+func readPidsIfAny(file string) []int {
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return nil
+	}
+	var out []int
+	for _, f := range strings.Fields(string(b)) {
+		var p int
+		if _, err := fmt.Sscan(f, &p); err == nil {
+			out = append(out, p)
+		}
+	}
+	return out
 }
