@@ -379,7 +379,7 @@ func newActionValidateCmd(a *app) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(a.stdout, "%s: %d actions OK: %s\n", hs.Dir, len(hs.Names()), strings.Join(hs.Names(), ", "))
+			printHandlers(a.stdout, hs)
 			return nil
 		},
 	}
@@ -422,4 +422,9 @@ func (a *app) client(ctx context.Context, signKey string) (*client.Client, error
 		return nil, err
 	}
 	return client.New(c.Client(), opts), nil
+}
+
+// printHandlers says which actions a handler directory declares.
+func printHandlers(w io.Writer, hs *actions.Handlers) {
+	fmt.Fprintf(w, "%s: %d actions OK: %s\n", hs.Dir, len(hs.Names()), strings.Join(hs.Names(), ", "))
 }

@@ -28,8 +28,8 @@ func newValidateCmd(a *app) *cobra.Command {
 				return errors.Join(err, herr)
 			}
 			fmt.Fprintf(a.stdout, "%s: %d configurations OK, in order: %s\n", set.Dir, len(set.Order), strings.Join(set.Order, ", "))
-			if names := hs.Names(); len(names) > 0 {
-				fmt.Fprintf(a.stdout, "%s: %d actions OK: %s\n", hs.Dir, len(names), strings.Join(names, ", "))
+			if len(hs.Names()) > 0 {
+				printHandlers(a.stdout, hs)
 			}
 			return nil
 		},
