@@ -109,6 +109,7 @@ type Agent struct {
 	deb       *debounce.Debouncer
 	watcher   *watcher.Watcher
 	flag      *flagState
+	pause     *flagState
 	presence  *presence
 
 	// runMu is held by whatever uses the cluster lock: a run, ccm.converge,
@@ -147,7 +148,8 @@ func New(opts Options) (*Agent, error) {
 	}
 	a.applier = applier.New(a.applierOptions())
 	a.runner = rollout.New(rollout.Options{Cluster: a.cluster, Applier: a.applier, Node: opts.Node, Logger: a.log, Metrics: a.metrics})
-	a.flag = newFlagState(a.metrics, func() { a.deb.AddAll("failure flag cleared") })
+	a.flag = newFlagState(a.metrics.Halted, func() { a.deb.AddAll("failure flag cleared") })
+	a.pause = newFlagState(a.metrics.Paused, func() { a.deb.AddAll("pause lifted") })
 	a.presence = newPresence(opts.Labels)
 	a.watcher = watcher.New(opts.Client, a.mirror, (*events)(a), watcher.Options{
 		Prefix: opts.Prefix, Liveness: opts.Liveness, Logger: a.log,
@@ -265,7 +267,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			s.Close()
 		}
 	}()
-	for _, fn := range []func(context.Context){a.runWatcher, a.watchFlag, a.resyncLoop, a.readiness, a.keepPresence, a.runActions} {
+	for _, fn := range []func(context.Context){a.runWatcher, a.watchFlag, a.watchPause, a.resyncLoop, a.readiness, a.keepPresence, a.runActions} {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -273,7 +275,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		}()
 	}
 	for ctx.Err() == nil {
-		if err := a.flag.waitClear(ctx); err != nil {
+		if err := a.waitGate(ctx); err != nil {
 			break
 		}
 		a.metrics.DebouncePending.Set(float64(a.deb.Pending()))
@@ -294,6 +296,21 @@ func (a *Agent) Run(ctx context.Context) error {
 		return err
 	}
 	return nil
+}
+
+// waitGate blocks while the failure flag is set or the rollout paused.
+func (a *Agent) waitGate(ctx context.Context) error {
+	for {
+		if err := a.flag.waitClear(ctx); err != nil {
+			return err
+		}
+		if err := a.pause.waitClear(ctx); err != nil {
+			return err
+		}
+		if a.flag.isClear() {
+			return nil
+		}
+	}
 }
 
 // lockStateDir takes an exclusive lock on the state directory for as long

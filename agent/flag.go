@@ -5,26 +5,35 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
-	"github.com/ccm-dev/ccm/metrics"
 	"github.com/ccm-dev/ccm/retry"
 )
 
-// flagState is what this node knows of the failure flag.
+// flagState is what this node knows of a key that stops the rollout while
+// it exists: the failure flag, or the pause.
 type flagState struct {
-	metrics *metrics.Metrics
+	gauge   prometheus.Gauge // 1 while set
 	onClear func()
 
 	mu      sync.Mutex
 	set     bool
 	rev     int64         // the etcd revision the state was seen at
 	cleared chan struct{} // closed and replaced when the flag clears
+	raised  chan struct{} // closed and replaced when the flag is set
 }
 
-func newFlagState(m *metrics.Metrics, onClear func()) *flagState {
-	return &flagState{metrics: m, onClear: onClear, cleared: make(chan struct{})}
+func newFlagState(gauge prometheus.Gauge, onClear func()) *flagState {
+	return &flagState{gauge: gauge, onClear: onClear, cleared: make(chan struct{}), raised: make(chan struct{})}
+}
+
+// raisedCh is closed when the flag is next set.
+func (f *flagState) raisedCh() <-chan struct{} {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.raised
 }
 
 // observe records the flag's state as seen at etcd revision rev; an
@@ -44,15 +53,26 @@ func (f *flagState) observe(set bool, rev int64) {
 		close(f.cleared)
 		f.cleared = make(chan struct{})
 	}
+	if !wasSet && set {
+		close(f.raised)
+		f.raised = make(chan struct{})
+	}
 	f.mu.Unlock()
 	if set {
-		f.metrics.Halted.Set(1)
+		f.gauge.Set(1)
 	} else {
-		f.metrics.Halted.Set(0)
+		f.gauge.Set(0)
 	}
 	if wasSet && !set {
 		f.onClear()
 	}
+}
+
+// isClear reports whether the flag is clear.
+func (f *flagState) isClear() bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return !f.set
 }
 
 // waitClear blocks while the flag is set.
@@ -72,28 +92,33 @@ func (f *flagState) waitClear(ctx context.Context) error {
 	}
 }
 
-// watchFlag follows <prefix>/failure: read it, then watch from the next
+// watchFlag follows <prefix>/failure.
+func (a *Agent) watchFlag(ctx context.Context) { a.follow(ctx, a.cluster.FailureKey(), a.flag) }
+
+// watchPause follows <prefix>/paused.
+func (a *Agent) watchPause(ctx context.Context) { a.follow(ctx, a.cluster.PausedKey(), a.pause) }
+
+// follow keeps state in step with key: read it, then watch from the next
 // revision; on any error, read again.
-func (a *Agent) watchFlag(ctx context.Context) {
-	key := a.cluster.FailureKey()
+func (a *Agent) follow(ctx context.Context, key string, state *flagState) {
 	delay := retry.New(10 * time.Second)
 	for ctx.Err() == nil {
 		resp, err := a.opts.Client.Get(ctx, key)
 		if err != nil {
-			a.log.Warn("read failure flag", zap.Error(err))
+			a.log.Warn("read "+key, zap.Error(err))
 			delay.Wait(ctx)
 			continue
 		}
-		a.flag.observe(len(resp.Kvs) > 0, resp.Header.Revision)
+		state.observe(len(resp.Kvs) > 0, resp.Header.Revision)
 		wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
 		for wresp := range a.opts.Client.Watch(wctx, key, clientv3.WithRev(resp.Header.Revision+1)) {
 			if wresp.Err() != nil {
-				a.log.Warn("failure flag watch", zap.Error(wresp.Err()))
+				a.log.Warn("watch "+key, zap.Error(wresp.Err()))
 				break
 			}
 			delay.Reset()
 			for _, ev := range wresp.Events {
-				a.flag.observe(ev.Type == clientv3.EventTypePut, ev.Kv.ModRevision)
+				state.observe(ev.Type == clientv3.EventTypePut, ev.Kv.ModRevision)
 			}
 		}
 		cancel()

@@ -11,7 +11,7 @@ import (
 
 func TestAnOlderObservationOfTheFlagNeverUndoesANewerOne(t *testing.T) {
 	cleared := 0
-	f := newFlagState(metrics.New(), func() { cleared++ })
+	f := newFlagState(metrics.New().Halted, func() { cleared++ })
 	f.observe(true, 10)  // the watch: the flag is raised
 	f.observe(false, 12) // the watch: an operator resumed
 	f.observe(true, 11)  // a run that read the flag before the resume

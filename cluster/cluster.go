@@ -130,16 +130,18 @@ func decodeFailure(resp *clientv3.GetResponse) *Failure {
 	return f
 }
 
-// Resume clears the failure flag and returns what it held.
-func (c *Cluster) Resume(ctx context.Context) (*Failure, error) {
-	f, err := c.Failure(ctx)
+// Resume clears the failure flag and the pause, in one transaction, and
+// returns what they held.
+func (c *Cluster) Resume(ctx context.Context) (*Failure, *Pause, error) {
+	resp, err := c.client.Txn(ctx).Then(
+		clientv3.OpGet(c.FailureKey()), clientv3.OpGet(c.PausedKey()),
+		clientv3.OpDelete(c.FailureKey()), clientv3.OpDelete(c.PausedKey()),
+	).Commit()
 	if err != nil {
-		return nil, err
+		return nil, nil, fmt.Errorf("delete %s and %s: %w", c.FailureKey(), c.PausedKey(), err)
 	}
-	if _, err := c.client.Delete(ctx, c.FailureKey()); err != nil {
-		return nil, fmt.Errorf("delete %s: %w", c.FailureKey(), err)
-	}
-	return f, nil
+	return decodeFailure((*clientv3.GetResponse)(resp.Responses[0].GetResponseRange())),
+		decodePause((*clientv3.GetResponse)(resp.Responses[1].GetResponseRange())), nil
 }
 
 // Node states, as ccm status shows them.
@@ -148,6 +150,7 @@ const (
 	StateWaiting = "waiting" // for the lock
 	StateRunning = "running" // holds the lock
 	StateHalted  = "halted"  // its last run was stopped by the flag
+	StatePaused  = "paused"  // the rollout is paused
 	StateFailed  = "failed"  // its last run failed
 	StateDown    = "down"    // no agent alive
 )
@@ -168,8 +171,12 @@ type NodeView struct {
 // View is the whole cluster as ccm status shows it.
 type View struct {
 	Failure *Failure `json:"failure,omitempty"`
-	// Holder is the node holding the lock ("" when free).
-	Holder string `json:"holder,omitempty"`
+	Pause   *Pause   `json:"pause,omitempty"`
+	Rollout Rollout  `json:"rollout"`
+	// Holder is the node holding the lock ("" when free); Holders every
+	// node holding a slot, when the rollout runs in batches.
+	Holder  string   `json:"holder,omitempty"`
+	Holders []string `json:"holders,omitempty"`
 	// Waiting lists the nodes queued for the lock, in order.
 	Waiting []string   `json:"waiting,omitempty"`
 	Nodes   []NodeView `json:"nodes"` // sorted by name
@@ -181,20 +188,30 @@ func (c *Cluster) View(ctx context.Context) (*View, error) {
 	resp, err := c.client.Txn(ctx).Then(
 		clientv3.OpGet(c.FailureKey()),
 		clientv3.OpGet(c.LockPrefix(), clientv3.WithPrefix(), clientv3.WithSort(clientv3.SortByCreateRevision, clientv3.SortAscend)),
+		clientv3.OpGet(c.PausedKey()),
+		clientv3.OpGet(c.RolloutKey()),
 	).Commit()
 	if err != nil {
 		return nil, fmt.Errorf("read %s: %w", c.FailureKey(), err)
 	}
-	v := &View{Failure: decodeFailure((*clientv3.GetResponse)(resp.Responses[0].GetResponseRange()))}
+	v := &View{
+		Failure: decodeFailure((*clientv3.GetResponse)(resp.Responses[0].GetResponseRange())),
+		Pause:   decodePause((*clientv3.GetResponse)(resp.Responses[2].GetResponseRange())),
+		Rollout: decodeRollout((*clientv3.GetResponse)(resp.Responses[3].GetResponseRange())),
+	}
 	nodes, err := c.scanNodes(ctx, resp.Header.Revision)
 	if err != nil {
 		return nil, err
 	}
 	locked := map[string]string{}
 	for i, kv := range resp.Responses[1].GetResponseRange().Kvs {
-		name := string(kv.Value)
-		if i == 0 {
-			v.Holder, locked[name] = name, StateRunning
+		name, held := strings.CutSuffix(string(kv.Value), heldMark)
+		if i == 0 || held {
+			if v.Holder == "" {
+				v.Holder = name
+			}
+			v.Holders = append(v.Holders, name)
+			locked[name] = StateRunning
 		} else {
 			v.Waiting = append(v.Waiting, name)
 			if locked[name] == "" {
@@ -203,7 +220,7 @@ func (c *Cluster) View(ctx context.Context) (*View, error) {
 		}
 	}
 	for _, n := range nodes {
-		n.describe(locked[n.Name])
+		n.describe(locked[n.Name], v.Pause != nil)
 		v.Nodes = append(v.Nodes, *n)
 	}
 	return v, nil
@@ -332,7 +349,7 @@ func nodeView(name string, status, alive *etcdserverpb.ResponseOp) *NodeView {
 
 // describe derives the node's state and whether it is behind. This is the
 // one place that decides what a node's state is.
-func (n *NodeView) describe(lock string) {
+func (n *NodeView) describe(lock string, paused bool) {
 	if n.Status != nil {
 		n.Converged = n.Status.Converged
 	}
@@ -344,6 +361,8 @@ func (n *NodeView) describe(lock string) {
 		n.State = StateDown
 	case lock != "":
 		n.State = lock
+	case paused:
+		n.State = StatePaused
 	case n.Status != nil && n.Status.Result == ResultHalted:
 		n.State = StateHalted
 	case n.Status != nil && n.Status.Result == ResultFailed:

@@ -52,3 +52,9 @@ func (k Keys) RepliesPrefix(node string) string { return k.NodePrefix(node) + "r
 
 // ReplyKey is the key of a node's reply to one request.
 func (k Keys) ReplyKey(node, id string) string { return k.RepliesPrefix(node) + id }
+
+// PausedKey is the key of the rollout pause.
+func (k Keys) PausedKey() string { return k.prefix + "/paused" }
+
+// RolloutKey is the key of the rollout strategy.
+func (k Keys) RolloutKey() string { return k.prefix + "/rollout" }

@@ -179,19 +179,21 @@ func (s *Session) Close() {
 	_, _ = s.c.client.Revoke(ctx, s.session.Lease())
 }
 
-// Lock is the held cluster lock.
+// Lock is a held slot of the cluster lock.
 type Lock struct {
-	s   *Session
-	key string
-	rev int64 // create revision of key: ownership is key still at rev
+	s     *Session
+	key   string
+	rev   int64 // create revision of key: ownership is key still at rev
+	slots int   // the strategy's slots when the lock was had
 }
 
-// Lock waits for the cluster lock. Like etcd's concurrency.Mutex, it
-// queues a key <prefix>/lock/<lease> and holds the lock once every key
-// created before it is gone; unlike it, the key's value is the node's name
-// (so status can name holders and waiters), and each wait watches from the
-// revision after the one it read, which etcd serves at once rather than
-// from its 100 ms catch-up loop.
+// Lock waits for a slot of the cluster lock. Like etcd's
+// concurrency.Mutex, it queues a key <prefix>/lock/<lease> and holds the
+// lock once every key created before it is gone, or, with a rollout
+// strategy of N slots, once fewer than N are left; unlike it, the key's
+// value is the node's name (so status can name holders and waiters), and
+// each wait watches from the revision after the one it read, which etcd
+// serves at once rather than from its 100 ms catch-up loop.
 func (s *Session) Lock(ctx context.Context) (*Lock, error) {
 	cli, prefix := s.c.client, s.c.LockPrefix()
 	key := prefix + s.Lease()
@@ -214,21 +216,33 @@ func (s *Session) Lock(ctx context.Context) (*Lock, error) {
 	return l, nil
 }
 
-// waitPredecessors returns once no lock key created before l's exists, and
-// l's key still does.
+// heldMark follows the node name in the value of a lock key whose node
+// holds one of several slots, so that ccm status can name every holder.
+const heldMark = " running"
+
+// waitPredecessors returns once fewer lock keys created before l's exist
+// than the rollout strategy has slots (one: no key before it), and l's
+// key still does. A change of strategy takes effect at once.
 func (l *Lock) waitPredecessors(ctx context.Context) error {
 	cli, prefix := l.s.c.client, l.s.c.LockPrefix()
 	ctx, cancel := l.s.Context(ctx)
 	defer cancel()
 	for {
-		resp, err := cli.Get(ctx, prefix, append(clientv3.WithLastCreate(), clientv3.WithMaxCreateRev(l.rev-1))...)
+		resp, err := cli.Txn(ctx).Then(
+			clientv3.OpGet(l.s.c.RolloutKey()),
+			clientv3.OpGet(prefix, append(clientv3.WithLastCreate(), clientv3.WithKeysOnly(), clientv3.WithMaxCreateRev(l.rev-1), clientv3.WithLimit(0))...),
+		).Commit()
 		if err != nil {
 			return lockWaitErr(ctx, err)
 		}
-		if len(resp.Kvs) == 0 {
+		l.slots = decodeRollout((*clientv3.GetResponse)(resp.Responses[0].GetResponseRange())).Slots()
+		preds := resp.Responses[1].GetResponseRange().Kvs // newest first
+		if len(preds) < l.slots {
 			break
 		}
-		if err := waitDelete(ctx, cli, string(resp.Kvs[0].Key), resp.Header.Revision+1); err != nil {
+		// One slot: the key just before this one going is the turn.
+		// Several: any key before this one going may be.
+		if err := l.waitTurn(ctx, string(preds[0].Key), resp.Header.Revision+1); err != nil {
 			return lockWaitErr(ctx, err)
 		}
 	}
@@ -239,34 +253,67 @@ func (l *Lock) waitPredecessors(ctx context.Context) error {
 	if len(resp.Kvs) == 0 || resp.Kvs[0].CreateRevision != l.rev {
 		return ErrSessionLost
 	}
+	if l.slots > 1 { // fenced, and the key stays on its lease
+		_, err := cli.Txn(ctx).If(l.isOwner()).Then(clientv3.OpPut(l.key, l.s.c.node+heldMark, clientv3.WithIgnoreLease())).Commit()
+		return lockWaitErr(ctx, err)
+	}
 	return nil
 }
 
-func lockWaitErr(ctx context.Context, err error) error {
-	if cause := context.Cause(ctx); errors.Is(cause, ErrLockLost) {
-		return ErrSessionLost
-	}
-	return err
-}
-
-// waitDelete returns when key is deleted at or after rev.
-func waitDelete(ctx context.Context, cli *clientv3.Client, key string, rev int64) error {
+// waitTurn returns when, from revision rev, the rollout strategy changes
+// or a lock key that may free this one's turn is deleted: last, the newest
+// key before it, with one slot; any key created before it with several.
+func (l *Lock) waitTurn(ctx context.Context, last string, rev int64) error {
+	cli := l.s.c.client
 	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
 	defer cancel()
-	for wr := range cli.Watch(wctx, key, clientv3.WithRev(rev), clientv3.WithFilterPut()) {
-		if err := wr.Err(); err != nil {
-			return err
-		}
-		for _, ev := range wr.Events {
-			if ev.Type == clientv3.EventTypeDelete {
+	key, opts := last, []clientv3.OpOption{clientv3.WithRev(rev), clientv3.WithFilterPut()}
+	if l.slots > 1 {
+		key, opts = l.s.c.LockPrefix(), append(opts, clientv3.WithPrefix(), clientv3.WithPrevKV())
+	}
+	keys := cli.Watch(wctx, key, opts...)
+	strategy := cli.Watch(wctx, l.s.c.RolloutKey(), clientv3.WithRev(rev))
+	for {
+		select {
+		case wr, ok := <-keys:
+			if err := watchErr(ctx, wr, ok); err != nil {
+				return err
+			}
+			for _, ev := range wr.Events {
+				if l.slots == 1 || ev.PrevKv == nil || ev.PrevKv.CreateRevision < l.rev {
+					return nil
+				}
+			}
+		case wr, ok := <-strategy:
+			if err := watchErr(ctx, wr, ok); err != nil {
+				return err
+			}
+			if len(wr.Events) > 0 {
 				return nil
 			}
 		}
 	}
-	if err := ctx.Err(); err != nil {
-		return err
+}
+
+// watchErr is why a watch response ends a wait, or nil.
+func watchErr(ctx context.Context, wr clientv3.WatchResponse, ok bool) error {
+	switch {
+	case !ok && ctx.Err() != nil:
+		return ctx.Err()
+	case !ok:
+		return errors.New("watch closed")
 	}
-	return errors.New("watch closed")
+	return wr.Err()
+}
+
+func lockWaitErr(ctx context.Context, err error) error {
+	if err == nil {
+		return nil
+	}
+	if cause := context.Cause(ctx); errors.Is(cause, ErrLockLost) {
+		return ErrSessionLost
+	}
+	return err
 }
 
 // Context returns a context cancelled with ErrLockLost when the session

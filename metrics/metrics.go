@@ -39,6 +39,8 @@ type Metrics struct {
 	Halted prometheus.Gauge
 	// Ready is 1 while the mirror is synced with etcd.
 	Ready prometheus.Gauge
+	// Paused is 1 while the rollout is paused.
+	Paused prometheus.Gauge
 	// Actions counts node actions by action and final state.
 	Actions *prometheus.CounterVec
 	// ActionDuration observes node actions, from claim to reply.
@@ -83,6 +85,9 @@ func New() *Metrics {
 		Ready: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "ccm_ready", Help: "1 while the local mirror is synced with etcd.",
 		}),
+		Paused: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "ccm_paused", Help: "1 while the rollout is paused (ccm pause).",
+		}),
 		Actions: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "ccm_actions_total", Help: "Node actions by action and final state.",
 		}, []string{"action", "state"}),
@@ -96,7 +101,7 @@ func New() *Metrics {
 	}
 	m.Registry.MustRegister(m.Runs, m.Failures, m.ChangedFiles, m.RunDuration, m.LockWait,
 		m.DebouncePending, m.LastSuccess, m.WatchLag, m.Halted, m.Ready,
-		m.Actions, m.ActionDuration, m.ActionsRunning,
+		m.Paused, m.Actions, m.ActionDuration, m.ActionsRunning,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

@@ -28,6 +28,9 @@ var ErrHalted = errors.New("halted by the failure flag")
 // repeated once etcd answers.
 var ErrNotRecorded = errors.New("run outcome not recorded in etcd")
 
+// ErrPaused is returned when the rollout is paused (ccm pause).
+var ErrPaused = errors.New("the rollout is paused; ccm resume continues it")
+
 // ErrLockTimeout is returned when the lock was not had within
 // Request.LockTimeout.
 var ErrLockTimeout = errors.New("lock not acquired in time")
@@ -84,8 +87,10 @@ type Result struct {
 	Ran    bool
 	Status cluster.Status
 	Report *applier.Report
-	// Failure is the flag that halted the run, read at FlagRevision.
+	// Failure is the flag that halted the run, read at FlagRevision;
+	// Paused is the pause that held it back.
 	Failure      *cluster.Failure
+	Paused       *cluster.Pause
 	FlagRevision int64
 	// LockLost is set when the session ended during the run.
 	LockLost bool
@@ -129,15 +134,20 @@ func (r *Runner) Run(ctx context.Context, s *cluster.Session, req Request) Resul
 // locked is the run once the lock is held.
 func (r *Runner) locked(ctx context.Context, lock *cluster.Lock, req Request) Result {
 	start := time.Now()
-	f, rev, err := r.opts.Cluster.FailureAt(ctx)
+	gate, err := r.opts.Cluster.ReadGate(ctx)
 	if err != nil {
 		return Result{Err: err}
 	}
+	rev := gate.Revision
 	r.readConverged(ctx)
-	if f != nil {
+	if f := gate.Failure; f != nil {
 		res := r.halt(ctx, lock, f)
 		res.FlagRevision = rev
 		return res
+	}
+	if p := gate.Pause; p != nil {
+		r.log.Info("the rollout is paused; nothing applied", zap.String("by", p.By), zap.String("reason", p.Reason))
+		return Result{Paused: p, FlagRevision: rev, Err: fmt.Errorf("%w by %s at %s: %s", ErrPaused, p.By, p.Time.Format(time.RFC3339), p.Reason)}
 	}
 	snap, err := req.Snapshot(ctx, rev)
 	if err != nil {

@@ -157,7 +157,7 @@ func TestFailingValidateHaltsTheRolloutUntilResume(t *testing.T) {
 	}
 
 	require.NoError(t, os.Remove(marker))
-	_, err := c.Resume(context.Background())
+	_, _, err := c.Resume(context.Background())
 	require.NoError(t, err)
 	converged(t, nodes, bad, 2, "bad")
 }

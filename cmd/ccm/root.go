@@ -29,7 +29,7 @@ const (
 	exitOK      = 0
 	exitError   = 1
 	exitChanges = 2 // plan: something would change
-	exitHalted  = 3 // the failure flag is set
+	exitHalted  = 3 // the failure flag is set, or the rollout paused
 )
 
 var (
@@ -46,7 +46,7 @@ func exitCode(err error) int {
 		return exitOK
 	case errors.Is(err, errChanges):
 		return exitChanges
-	case errors.Is(err, errHalted), errors.Is(err, rollout.ErrHalted):
+	case errors.Is(err, errHalted), errors.Is(err, rollout.ErrHalted), errors.Is(err, rollout.ErrPaused):
 		return exitHalted
 	default:
 		return exitError
@@ -133,7 +133,7 @@ func newRootCmd(a *app) *cobra.Command {
 	f.StringVar(&a.embeddedEtcd, "embedded-etcd", "", "run a single-member etcd in this process with data in `DIR`, serving --endpoints")
 
 	root.AddCommand(
-		newAgentCmd(a), newPlanCmd(a), newApplyCmd(a), newStatusCmd(a), newResumeCmd(a),
+		newAgentCmd(a), newPlanCmd(a), newApplyCmd(a), newStatusCmd(a), newResumeCmd(a), newPauseCmd(a), newRolloutCmd(a),
 		newValidateCmd(a), newGraphCmd(a), newObjectCmd(a), newRBACCmd(a), newActionCmd(a), newVersionCmd(a),
 	)
 	return root

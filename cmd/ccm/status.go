@@ -57,9 +57,13 @@ func printView(w io.Writer, v *cluster.View) {
 	} else {
 		fmt.Fprintln(w, "Failure flag: clear")
 	}
+	if p := v.Pause; p != nil {
+		fmt.Fprintf(w, "Paused: by %s at %s: %s\n", render.Escape(p.By), p.Time.Format(time.RFC3339), render.Escape(firstLine(p.Reason)))
+	}
+	fmt.Fprintf(w, "Rollout: %s\n", v.Rollout)
 	holder := "free"
-	if v.Holder != "" {
-		holder = "held by " + render.Escape(v.Holder)
+	if len(v.Holders) > 0 {
+		holder = "held by " + render.Escape(strings.Join(v.Holders, ", "))
 	}
 	if len(v.Waiting) > 0 {
 		holder += fmt.Sprintf("; waiting: %s", render.Escape(strings.Join(v.Waiting, ", ")))
@@ -94,23 +98,79 @@ func firstLine(s string) string {
 func newResumeCmd(a *app) *cobra.Command {
 	return &cobra.Command{
 		Use:   "resume",
-		Short: "Clear the failure flag so that the rollout continues",
+		Short: "Clear the failure flag and the pause so that the rollout continues",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var f *cluster.Failure
+			var p *cluster.Pause
 			err := a.withCluster(cmd, func(ctx context.Context, c *cluster.Cluster) (err error) {
-				f, err = c.Resume(ctx)
+				f, p, err = c.Resume(ctx)
 				return err
 			})
 			if err != nil {
 				return err
 			}
-			if f == nil {
-				fmt.Fprintln(a.stdout, "Failure flag was not set.")
-				return nil
+			if f == nil && p == nil {
+				fmt.Fprintln(a.stdout, "Nothing to resume: the failure flag was not set and the rollout was not paused.")
 			}
-			fmt.Fprintf(a.stdout, "Failure flag cleared (was set by node %s, configuration %s).\n", f.Node, f.Configuration)
+			if f != nil {
+				fmt.Fprintf(a.stdout, "Failure flag cleared (was set by node %s, configuration %s).\n", render.Escape(f.Node), render.Escape(f.Configuration))
+			}
+			if p != nil {
+				fmt.Fprintf(a.stdout, "Pause lifted (paused by %s: %s).\n", render.Escape(p.By), render.Escape(p.Reason))
+			}
 			return nil
 		},
 	}
+}
+
+func newPauseCmd(a *app) *cobra.Command {
+	var reason string
+	cmd := &cobra.Command{
+		Use:   "pause",
+		Short: "Pause the rollout: agents apply nothing and keep collecting changes",
+		Long: `Write <prefix>/paused. Agents finish the run under way, then apply nothing
+and report paused; no failure is implied. ccm resume lifts it, and every
+agent converges in turn.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			p := cluster.Pause{By: caller(), Reason: reason, Time: time.Now().UTC()}
+			err := a.withCluster(cmd, func(ctx context.Context, c *cluster.Cluster) error { return c.SetPause(ctx, p) })
+			if err != nil {
+				return err
+			}
+			fmt.Fprintln(a.stdout, "Rollout paused; ccm resume continues it.")
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&reason, "reason", "", "why, for ccm status")
+	return cmd
+}
+
+func newRolloutCmd(a *app) *cobra.Command {
+	cmd := &cobra.Command{Use: "rollout", Short: "Set how many nodes converge at once"}
+	var batch int
+	var canary bool
+	set := &cobra.Command{
+		Use:   "set",
+		Short: "Set the rollout strategy: --batch N nodes at once, after a --canary",
+		Long: `Write <prefix>/rollout; agents follow it at once. --batch N lets N nodes
+converge at once (N slots of the cluster lock); 1 is the serial rollout.
+--canary makes the first node to converge a change do so alone: the others
+start once it reported converged for it, then N at a time.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			r := cluster.Rollout{Batch: batch, Canary: canary}
+			err := a.withCluster(cmd, func(ctx context.Context, c *cluster.Cluster) error { return c.SetRollout(ctx, r) })
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(a.stdout, "Rollout: %s.\n", r)
+			return nil
+		},
+	}
+	set.Flags().IntVar(&batch, "batch", 1, "nodes that converge at once")
+	set.Flags().BoolVar(&canary, "canary", false, "each change first on one node alone")
+	cmd.AddCommand(set)
+	return cmd
 }

@@ -1,0 +1,117 @@
+package cluster
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// Pause is the value of <prefix>/paused: while it exists, agents apply
+// nothing and keep collecting changes. It implies no failure.
+type Pause struct {
+	By     string    `json:"by"`
+	Reason string    `json:"reason,omitempty"`
+	Time   time.Time `json:"time"`
+}
+
+// Rollout is the rollout strategy, <prefix>/rollout. Absent, it is the
+// serial rollout: one node at a time, no canary.
+type Rollout struct {
+	// Batch is how many nodes converge at once (lock slots); at least 1.
+	Batch int `json:"batch"`
+	// Canary makes the first node to converge a change do so alone; the
+	// others start once it reported converged for it.
+	Canary bool `json:"canary,omitempty"`
+}
+
+// Serial is the default strategy.
+var Serial = Rollout{Batch: 1}
+
+// Slots is how many nodes may hold the lock at once.
+func (r Rollout) Slots() int { return max(r.Batch, 1) }
+
+// String describes the strategy for ccm status.
+func (r Rollout) String() string {
+	s := "serial (one node at a time)"
+	if r.Slots() > 1 {
+		s = fmt.Sprintf("batches of %d nodes", r.Slots())
+	}
+	if r.Canary {
+		s += ", each change first on one canary node"
+	}
+	return s
+}
+
+// decodeRollout reads the strategy from its key's range response; a
+// missing or unreadable value is the serial rollout.
+func decodeRollout(resp *clientv3.GetResponse) Rollout {
+	r := Serial
+	if len(resp.Kvs) > 0 && json.Unmarshal(resp.Kvs[0].Value, &r) != nil {
+		r = Serial
+	}
+	return r
+}
+
+// decodePause reads the pause from its key's range response, or nil.
+func decodePause(resp *clientv3.GetResponse) *Pause {
+	if len(resp.Kvs) == 0 {
+		return nil
+	}
+	p := &Pause{}
+	if err := json.Unmarshal(resp.Kvs[0].Value, p); err != nil {
+		p.Reason = string(resp.Kvs[0].Value) // set by hand: still a pause
+	}
+	return p
+}
+
+// Gate is what decides, under the lock, whether a node may run: the
+// failure flag and the pause, read at one revision.
+type Gate struct {
+	Failure  *Failure
+	Pause    *Pause
+	Revision int64
+}
+
+// ReadGate reads the failure flag and the pause in one request.
+func (c *Cluster) ReadGate(ctx context.Context) (Gate, error) {
+	resp, err := c.client.Txn(ctx).Then(clientv3.OpGet(c.FailureKey()), clientv3.OpGet(c.PausedKey())).Commit()
+	if err != nil {
+		return Gate{}, fmt.Errorf("read %s: %w", c.FailureKey(), err)
+	}
+	return Gate{
+		Failure:  decodeFailure((*clientv3.GetResponse)(resp.Responses[0].GetResponseRange())),
+		Pause:    decodePause((*clientv3.GetResponse)(resp.Responses[1].GetResponseRange())),
+		Revision: resp.Header.Revision,
+	}, nil
+}
+
+// SetPause pauses the rollout.
+func (c *Cluster) SetPause(ctx context.Context, p Pause) error {
+	raw, err := json.Marshal(p)
+	if err != nil {
+		return err
+	}
+	if _, err := c.client.Put(ctx, c.PausedKey(), string(raw)); err != nil {
+		return fmt.Errorf("write %s: %w", c.PausedKey(), err)
+	}
+	return nil
+}
+
+// SetRollout writes the rollout strategy; agents follow it at once.
+func (c *Cluster) SetRollout(ctx context.Context, r Rollout) error {
+	if r.Batch < 1 {
+		return errors.New("a batch is at least 1 node")
+	}
+	raw, err := json.Marshal(r)
+	if err != nil {
+		return err
+	}
+	if _, err := c.client.Put(ctx, c.RolloutKey(), string(raw)); err != nil {
+		return fmt.Errorf("write %s: %w", c.RolloutKey(), err)
+	}
+	return nil
+}
