@@ -54,20 +54,9 @@ func (a *Agent) converge(ctx context.Context, b debounce.Batch) error {
 		a.postpone(ctx, b, "open session", err)
 		return nil
 	}
-	// Another node's failure stops this run before its next
-	// configuration (with batches, nodes run side by side).
-	runCtx, stop := context.WithCancelCause(ctx)
-	defer stop(nil)
-	raised := a.flag.raisedCh()
-	go func() {
-		select {
-		case <-raised:
-			stop(rollout.ErrHalted)
-		case <-runCtx.Done():
-		}
-	}()
-	res := a.runner.Run(runCtx, s, rollout.Request{
+	res := a.runner.Run(ctx, s, rollout.Request{
 		Set: sel.set, Names: names, Full: b.All, Snapshot: a.snapshot, Reason: describe(b),
+		Halt: a.flag.raisedCh(),
 	})
 	switch {
 	case res.Failure != nil:
@@ -76,9 +65,6 @@ func (a *Agent) converge(ctx context.Context, b debounce.Batch) error {
 	case res.Paused != nil:
 		a.pause.observe(true, res.FlagRevision)
 		a.deb.Requeue(b)
-	case !res.Ran && errors.Is(context.Cause(runCtx), rollout.ErrHalted):
-		a.deb.Requeue(b) // the flag went up while this node waited
-		return nil
 	case !res.Ran:
 		a.postpone(ctx, b, "run", res.Err)
 		return nil

@@ -79,6 +79,10 @@ type Request struct {
 	LockTimeout time.Duration
 	// Reason says why the run happens, for the log.
 	Reason string
+	// Halt, when closed during the run, stops it before its next
+	// configuration: another node raised the failure flag (with batches,
+	// nodes run side by side).
+	Halt <-chan struct{}
 }
 
 // Result is how a run ended.
@@ -157,6 +161,18 @@ func (r *Runner) locked(ctx context.Context, lock *cluster.Lock, req Request) Re
 		r.log.Warn("ignored key", zap.Error(err))
 	}
 	runCtx, stop := lock.Context(ctx)
+	haltCtx, halt := context.WithCancelCause(runCtx)
+	defer halt(nil)
+	if req.Halt != nil {
+		go func() {
+			select {
+			case <-req.Halt:
+				halt(fmt.Errorf("%w: another node failed", ErrHalted))
+			case <-haltCtx.Done():
+			}
+		}()
+	}
+	runCtx = haltCtx
 	run := r.opts.Applier.RunChanged
 	if req.Full {
 		run = r.opts.Applier.Run
