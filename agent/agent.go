@@ -25,6 +25,7 @@ import (
 	"github.com/ccm-dev/ccm/render"
 	"github.com/ccm-dev/ccm/retry"
 	"github.com/ccm-dev/ccm/rollout"
+	"github.com/ccm-dev/ccm/schemas"
 	"github.com/ccm-dev/ccm/watcher"
 )
 
@@ -74,6 +75,7 @@ type selection struct {
 	bus      *eventbus.Bus
 	handlers *actions.Handlers
 	keys     *actions.AuthorizedKeys // nil: requests need no signature
+	schemas  *schemas.Set
 }
 
 // load reads the configuration directory (the configurations and the
@@ -81,19 +83,20 @@ type selection struct {
 func load(dir, keysFile string) (*selection, error) {
 	set, err := configs.Load(dir)
 	handlers, herr := actions.LoadHandlers(dir)
+	sch, serr := schemas.Load(dir)
 	var keys *actions.AuthorizedKeys
 	var kerr error
 	if keysFile != "" {
 		keys, kerr = actions.LoadAuthorizedKeys(keysFile)
 	}
-	if err != nil || herr != nil || kerr != nil {
-		return nil, errors.Join(err, herr, kerr)
+	if err != nil || herr != nil || serr != nil || kerr != nil {
+		return nil, errors.Join(err, herr, serr, kerr)
 	}
 	subs := make(map[string][]string, len(set.Configs))
 	for name, c := range set.Configs {
 		subs[name] = c.Types()
 	}
-	return &selection{set: set, bus: eventbus.New(subs), handlers: handlers, keys: keys}, nil
+	return &selection{set: set, bus: eventbus.New(subs), handlers: handlers, keys: keys, schemas: sch}, nil
 }
 
 // Agent is the per-node service.
@@ -155,6 +158,7 @@ func New(opts Options) (*Agent, error) {
 		Prefix: opts.Prefix, Liveness: opts.Liveness, Logger: a.log,
 	})
 	a.selection.Store(sel)
+	a.mirror.SetValidator(sel.schemas)
 	return a, nil
 }
 
@@ -198,6 +202,7 @@ func (a *Agent) Reload() error {
 		return err
 	}
 	a.selection.Store(sel)
+	a.mirror.SetValidator(sel.schemas)
 	a.log.Info("configuration reloaded", zap.Strings("order", sel.set.Order), zap.Strings("actions", sel.handlers.Names()))
 	a.deb.AddAll("reload")
 	return nil

@@ -56,7 +56,7 @@ func (f *fixture) del(key string) {
 }
 
 func (f *fixture) snap() *objects.Snapshot {
-	b := objects.NewBuilder("/ccm", f.rev)
+	b := objects.NewBuilder("/ccm", f.rev, nil)
 	for k, v := range f.objectsMap {
 		b.Add("/ccm/objects/"+k, []byte(v), f.revs[k])
 	}

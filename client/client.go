@@ -112,6 +112,9 @@ type Options struct {
 	// Signer, when set, signs every request (agents started with
 	// --action-keys run only signed ones).
 	Signer ssh.Signer
+	// Schemas, when set, are the object schemas PutObject enforces
+	// (schemas.Load of the configuration directory).
+	Schemas objects.Validator
 }
 
 // Client calls actions on one cluster.
@@ -569,4 +572,29 @@ func (c *Client) withdraw(ctx context.Context, node, id string) (bool, error) {
 		return false, fmt.Errorf("withdraw the request to %s: %w", node, err)
 	}
 	return resp.Succeeded, nil
+}
+
+// PutObject writes one object, refusing one whose type or ID breaks the
+// key grammar or which breaks its type's schema: the error names the key
+// and every field at fault.
+func (c *Client) PutObject(ctx context.Context, typ, id string, obj map[string]any) error {
+	if err := errors.Join(objects.CheckName("type", typ), objects.CheckName("id", id)); err != nil {
+		return err
+	}
+	key := c.cluster.ObjectsPrefix() + typ + "/" + id
+	if c.opts.Schemas != nil {
+		if err := c.opts.Schemas.Validate(typ, obj); err != nil {
+			return fmt.Errorf("object %s: %w", key, err)
+		}
+	}
+	raw, err := json.Marshal(obj)
+	if err != nil {
+		return fmt.Errorf("object %s: %w", key, err)
+	}
+	ctx, cancel := c.request(ctx)
+	defer cancel()
+	if _, err := c.cli.Put(ctx, key, string(raw)); err != nil {
+		return fmt.Errorf("object %s: %w", key, err)
+	}
+	return nil
 }

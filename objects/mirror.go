@@ -25,6 +25,8 @@ type Mirror struct {
 	applied int64
 	objs    map[string]map[string]Object // type -> id -> object
 	invalid map[string]map[string]error  // type -> id -> decode error
+	schema  map[string]map[string]error  // type -> id -> schema error (the object is in objs)
+	check   Validator                    // nil: no schemas
 	ignored map[string]error             // key -> grammar error
 	sorted  map[string][]Object          // type -> objects by ID; rebuilt lazily
 	version map[string]int64             // type -> last revision that changed it
@@ -41,6 +43,7 @@ func NewMirror(prefix string) *Mirror {
 func (m *Mirror) clear() {
 	m.objs = map[string]map[string]Object{}
 	m.invalid = map[string]map[string]error{}
+	m.schema = map[string]map[string]error{}
 	m.ignored = map[string]error{}
 	m.sorted = map[string][]Object{}
 	m.version = map[string]int64{}
@@ -119,6 +122,7 @@ func (m *Mirror) applyLocked(kv KV) (string, bool) {
 	m.version[typ] = max(m.version[typ], kv.ModRevision)
 	delete(m.objs[typ], id)
 	delete(m.invalid[typ], id)
+	delete(m.schema[typ], id)
 	if kv.Deleted {
 		return typ, true
 	}
@@ -134,7 +138,46 @@ func (m *Mirror) applyLocked(kv KV) (string, bool) {
 		m.objs[typ] = map[string]Object{}
 	}
 	m.objs[typ][id] = Object{ID: id, Type: typ, Revision: kv.ModRevision, Data: data}
+	m.validateLocked(kv.Key, typ, id, data)
 	return typ, true
+}
+
+// validateLocked records whether an object breaks its type's schema.
+func (m *Mirror) validateLocked(key, typ, id string, data map[string]any) bool {
+	if m.check == nil {
+		return false
+	}
+	err := m.check.Validate(typ, data)
+	if err == nil {
+		return false
+	}
+	if m.schema[typ] == nil {
+		m.schema[typ] = map[string]error{}
+	}
+	m.schema[typ][id] = objectError(key, err)
+	return true
+}
+
+// SetValidator checks every object against v from now on (nil: no
+// schemas), and at once against the objects held. The types whose
+// validity changed count as changed.
+func (m *Mirror) SetValidator(v Validator) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.check = v
+	before := m.schema
+	m.schema = map[string]map[string]error{}
+	for typ, byID := range m.objs {
+		for id, o := range byID {
+			m.validateLocked(Key(m.prefix, typ, id), typ, id, o.Data)
+		}
+	}
+	for typ := range m.objs {
+		if len(before[typ]) != len(m.schema[typ]) || len(m.schema[typ]) > 0 {
+			m.version[typ] = m.rev
+			delete(m.sorted, typ)
+		}
+	}
 }
 
 // SetRevision records that the mirror holds every change up to rev (from a
@@ -208,9 +251,11 @@ func (m *Mirror) Snapshot() *Snapshot {
 			s.Types[typ] = l
 		}
 	}
-	for typ, byID := range m.invalid {
-		for _, id := range sortedIDs(byID) {
-			s.Invalid[typ] = append(s.Invalid[typ], byID[id])
+	for _, bad := range []map[string]map[string]error{m.invalid, m.schema} {
+		for typ, byID := range bad {
+			for _, id := range sortedIDs(byID) {
+				s.Invalid[typ] = append(s.Invalid[typ], byID[id])
+			}
 		}
 	}
 	for _, key := range sortedIDs(m.ignored) {

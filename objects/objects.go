@@ -132,15 +132,22 @@ func (s *Snapshot) Check(types ...string) error {
 	return errors.Join(errs...)
 }
 
+// Validator checks an object against its type's schema.
+type Validator interface {
+	Validate(typ string, data map[string]any) error
+}
+
 // Builder accumulates key/value pairs into a Snapshot.
 type Builder struct {
 	prefix string
+	check  Validator
 	snap   Snapshot
 }
 
-// NewBuilder returns a Builder for keys under prefix.
-func NewBuilder(prefix string, revision int64) *Builder {
-	return &Builder{prefix: prefix, snap: Snapshot{
+// NewBuilder returns a Builder for keys under prefix, checking each object
+// with v (nil: no schemas).
+func NewBuilder(prefix string, revision int64, v Validator) *Builder {
+	return &Builder{prefix: prefix, check: v, snap: Snapshot{
 		Revision: revision,
 		Types:    map[string][]Object{},
 		Invalid:  map[string][]error{},
@@ -157,6 +164,9 @@ func (b *Builder) Add(key string, value []byte, modRevision int64) {
 	}
 	b.snap.Versions[typ] = max(b.snap.Versions[typ], modRevision)
 	data, err := Decode(value)
+	if err == nil && b.check != nil {
+		err = b.check.Validate(typ, data)
+	}
 	if err != nil {
 		b.snap.Invalid[typ] = append(b.snap.Invalid[typ], objectError(key, err))
 		return

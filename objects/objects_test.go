@@ -70,7 +70,7 @@ func TestParseKeyEnforcesTheGrammar(t *testing.T) {
 }
 
 func TestBuilderSortsAndSeparatesBadObjects(t *testing.T) {
-	b := objects.NewBuilder("/ccm", 7)
+	b := objects.NewBuilder("/ccm", 7, nil)
 	b.Add("/ccm/objects/sites/zeta", []byte(`{"n":1}`), 3)
 	b.Add("/ccm/objects/sites/alpha", []byte(`{"n":2}`), 4)
 	b.Add("/ccm/objects/sites/broken", []byte(`{`), 5)
@@ -98,7 +98,7 @@ func TestReadFileNamesTheBadObject(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			p := filepath.Join(t.TempDir(), "objects.json")
 			require.NoError(t, os.WriteFile(p, []byte(tt.content), 0o644))
-			_, err := objects.ReadFile(p)
+			_, err := objects.ReadFile(p, nil)
 			assert.ErrorContains(t, err, p+": ")
 			assert.ErrorContains(t, err, tt.want)
 		})

@@ -3,6 +3,7 @@ package objects
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"sort"
@@ -11,13 +12,13 @@ import (
 )
 
 // Load reads every object under prefix in one Get, so the snapshot is
-// consistent at a single revision.
-func Load(ctx context.Context, kv clientv3.KV, prefix string) (*Snapshot, error) {
+// consistent at a single revision, and checks each with v (nil: none).
+func Load(ctx context.Context, kv clientv3.KV, prefix string, v Validator) (*Snapshot, error) {
 	resp, err := kv.Get(ctx, Prefix(prefix), clientv3.WithPrefix())
 	if err != nil {
 		return nil, fmt.Errorf("list %s: %w", Prefix(prefix), err)
 	}
-	b := NewBuilder(prefix, resp.Header.Revision)
+	b := NewBuilder(prefix, resp.Header.Revision, v)
 	for _, kv := range resp.Kvs {
 		b.Add(string(kv.Key), kv.Value, kv.ModRevision)
 	}
@@ -27,7 +28,8 @@ func Load(ctx context.Context, kv clientv3.KV, prefix string) (*Snapshot, error)
 // ReadFile reads an offline snapshot from a JSON file shaped
 // {"<type>": {"<id>": {...}}}. Unlike Load, any bad name or malformed object
 // is an error naming it: a file is edited by hand and should be fixed.
-func ReadFile(path string) (*Snapshot, error) {
+// Each object is checked with v (nil: none).
+func ReadFile(path string, v Validator) (*Snapshot, error) {
 	raw, err := os.ReadFile(path)
 	if err != nil {
 		return nil, err
@@ -37,7 +39,7 @@ func ReadFile(path string) (*Snapshot, error) {
 		return nil, fmt.Errorf("%s: want {\"<type>\": {\"<id>\": {...}}}: %w", path, err)
 	}
 	const prefix = ""
-	b := NewBuilder(prefix, 0)
+	b := NewBuilder(prefix, 0, v)
 	types := make([]string, 0, len(byType))
 	for t := range byType {
 		types = append(types, t)
@@ -52,10 +54,14 @@ func ReadFile(path string) (*Snapshot, error) {
 	if len(s.Ignored) > 0 {
 		return nil, fmt.Errorf("%s: %w", path, s.Ignored[0])
 	}
+	var errs []error
 	for _, t := range types {
-		if err := s.Check(t); err != nil {
-			return nil, fmt.Errorf("%s: %w", path, err)
+		for _, err := range s.Invalid[t] {
+			errs = append(errs, fmt.Errorf("%s: %w", path, err))
 		}
+	}
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
 	}
 	return s, nil
 }

@@ -14,7 +14,7 @@ import (
 
 // benchSnapshot returns n site objects like the example's.
 func benchSnapshot(n int) *objects.Snapshot {
-	b := objects.NewBuilder("/ccm", 1)
+	b := objects.NewBuilder("/ccm", 1, nil)
 	for i := 0; i < n; i++ {
 		b.Add(fmt.Sprintf("/ccm/objects/sites/site%05d", i),
 			[]byte(fmt.Sprintf(`{"user":"u%d","domains":["s%d.example.com","www.s%d.example.com"]}`, i, i, i)), int64(i+2))

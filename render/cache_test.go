@@ -12,7 +12,7 @@ import (
 )
 
 func snapAt(rev int64, objs map[string]string) *objects.Snapshot {
-	b := objects.NewBuilder("/ccm", rev)
+	b := objects.NewBuilder("/ccm", rev, nil)
 	for key, value := range objs {
 		b.Add("/ccm/objects/"+key, []byte(value), rev)
 	}
@@ -57,14 +57,14 @@ func TestCacheServesOnlyTemplatesThatCannotHaveChanged(t *testing.T) {
 func TestCacheNoticesAChangeInATypeItReads(t *testing.T) {
 	cfg := loadConfig(t, "subscribes: [sites, certs]\nfiles:\n  - path: /x/{{ .Object.ID }}\n    for_each: sites\n    content: '{{ range .Objects.certs }}{{ .ID }} {{ end }}'\n")
 	cache, root := render.NewCache(), t.TempDir()
-	b := objects.NewBuilder("/ccm", 3)
+	b := objects.NewBuilder("/ccm", 3, nil)
 	b.Add("/ccm/objects/sites/a", []byte(`{}`), 2)
 	b.Add("/ccm/objects/certs/c1", []byte(`{}`), 2)
 	out, err := cache.Render(context.Background(), cfg, b.Snapshot(), render.Node{}, root, false)
 	require.NoError(t, err)
 	assert.Equal(t, "c1 ", string(out.Files[0].Content))
 
-	b = objects.NewBuilder("/ccm", 4)
+	b = objects.NewBuilder("/ccm", 4, nil)
 	b.Add("/ccm/objects/sites/a", []byte(`{}`), 2) // the site itself did not change
 	b.Add("/ccm/objects/certs/c1", []byte(`{}`), 2)
 	b.Add("/ccm/objects/certs/c2", []byte(`{}`), 4)

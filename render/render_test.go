@@ -27,7 +27,7 @@ func loadConfig(t *testing.T, yaml string) *configs.Config {
 }
 
 func snapshot(objs map[string]string) *objects.Snapshot {
-	b := objects.NewBuilder("/ccm", 9)
+	b := objects.NewBuilder("/ccm", 9, nil)
 	for key, value := range objs {
 		b.Add("/ccm/objects/"+key, []byte(value), 5)
 	}

@@ -47,7 +47,7 @@ files:
 	require.NoError(t, err)
 	ap := applier.New(applier.Options{Root: root, StateDir: t.TempDir(), Node: render.Node{Name: "n"}})
 	snapOf := func(body string) *objects.Snapshot {
-		b := objects.NewBuilder("/ccm", 1)
+		b := objects.NewBuilder("/ccm", 1, nil)
 		b.Add("/ccm/objects/s/x", []byte(`{"body":`+strconv.Quote(body)+`}`), 1)
 		return b.Snapshot()
 	}

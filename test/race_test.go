@@ -74,7 +74,7 @@ files:
 	}()
 	var ran, failed int
 	for i := 0; i < raceIterations(); i++ {
-		b := objects.NewBuilder("/ccm", int64(i+1))
+		b := objects.NewBuilder("/ccm", int64(i+1), nil)
 		b.Add("/ccm/objects/users/alice", []byte(fmt.Sprintf(`{"v":"v%d"}`, i)), int64(i+1))
 		r := ap.Run(context.Background(), sets[i%2], b.Snapshot(), []string{"home"})
 		ran++

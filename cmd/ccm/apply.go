@@ -45,6 +45,10 @@ func (a *app) applyOnce(ctx context.Context, names []string, lockTTL, lockTimeou
 	if err != nil {
 		return err
 	}
+	sch, err := a.schemas()
+	if err != nil {
+		return err
+	}
 	c, err := a.cluster(ctx)
 	if err != nil {
 		return err
@@ -60,7 +64,7 @@ func (a *app) applyOnce(ctx context.Context, names []string, lockTTL, lockTimeou
 	res := runner.Run(ctx, s, rollout.Request{
 		Set: set, Names: selected, Full: true, LockTimeout: lockTimeout, Reason: "apply --once",
 		Snapshot: func(ctx context.Context, _ int64) (*objects.Snapshot, error) {
-			return objects.Load(ctx, c.Client(), a.prefix)
+			return objects.Load(ctx, c.Client(), a.prefix, sch)
 		},
 	})
 	if res.Err == nil {

@@ -19,17 +19,21 @@ func newValidateCmd(a *app) *cobra.Command {
 	return &cobra.Command{
 		Use:   "validate",
 		Short: "Load and check the configuration directory offline",
-		Long:  "Checks the configurations and the action handlers. Exit codes: 0 ok, 1 errors (all of them, each naming its file).",
+		Long:  "Checks the configurations, the action handlers and the object schemas. Exit codes: 0 ok, 1 errors (all of them, each naming its file).",
 		Args:  cobra.NoArgs,
 		RunE: func(*cobra.Command, []string) error {
 			set, err := a.loadConfigs()
 			hs, herr := actions.LoadHandlers(a.configDir)
-			if err != nil || herr != nil {
-				return errors.Join(err, herr)
+			sch, serr := a.schemas()
+			if err != nil || herr != nil || serr != nil {
+				return errors.Join(err, herr, serr)
 			}
 			fmt.Fprintf(a.stdout, "%s: %d configurations OK, in order: %s\n", set.Dir, len(set.Order), strings.Join(set.Order, ", "))
 			if len(hs.Names()) > 0 {
 				printHandlers(a.stdout, hs)
+			}
+			if types := sch.Types(); len(types) > 0 {
+				fmt.Fprintf(a.stdout, "%s: %d schemas OK: %s\n", sch.Dir, len(types), strings.Join(types, ", "))
 			}
 			return nil
 		},

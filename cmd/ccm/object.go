@@ -11,10 +11,12 @@ import (
 
 	"github.com/spf13/cobra"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
 
 	"github.com/ccm-dev/ccm/cluster"
 	"github.com/ccm-dev/ccm/objects"
 	"github.com/ccm-dev/ccm/render"
+	"github.com/ccm-dev/ccm/schemas"
 )
 
 func newObjectCmd(a *app) *cobra.Command {
@@ -22,7 +24,7 @@ func newObjectCmd(a *app) *cobra.Command {
 		Use:   "object",
 		Short: "Manage the objects in etcd",
 	}
-	cmd.AddCommand(newObjectPutCmd(a), newObjectGetCmd(a), newObjectDeleteCmd(a), newObjectListCmd(a), newObjectImportCmd(a))
+	cmd.AddCommand(newObjectPutCmd(a), newObjectGetCmd(a), newObjectDeleteCmd(a), newObjectListCmd(a), newObjectImportCmd(a), newObjectExportCmd(a))
 	return cmd
 }
 
@@ -82,7 +84,11 @@ func newObjectPutCmd(a *app) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if _, err := objects.Decode(raw); err != nil {
+			data, err := objects.Decode(raw)
+			if err == nil {
+				err = a.validateObject(args[0], data)
+			}
+			if err != nil {
 				return fmt.Errorf("object %s: %w", key, err)
 			}
 			return a.withKV(cmd, func(ctx context.Context, kv clientv3.KV) error {
@@ -154,10 +160,16 @@ func newObjectImportCmd(a *app) *cobra.Command {
 	return &cobra.Command{
 		Use:   "import FILE.json",
 		Short: `Put every object of a file shaped {"<type>": {"<id>": {...}}}`,
-		Long:  "The whole file is checked first; nothing is written if any object is malformed.",
-		Args:  cobra.ExactArgs(1),
+		Long: `The whole file is checked first, against the schemas of the configuration
+directory too; nothing is written if any object is malformed, and every bad
+object is named.`,
+		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			snap, err := objects.ReadFile(args[0])
+			sch, err := a.schemas()
+			if err != nil {
+				return err
+			}
+			snap, err := objects.ReadFile(args[0], sch)
 			if err != nil {
 				return err
 			}
@@ -185,6 +197,52 @@ func newObjectImportCmd(a *app) *cobra.Command {
 			})
 		},
 	}
+}
+
+func newObjectExportCmd(a *app) *cobra.Command {
+	return &cobra.Command{
+		Use:   "export",
+		Short: `Print every object as {"<type>": {"<id>": {...}}}, the import and plan --objects format`,
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return a.withKV(cmd, func(ctx context.Context, kv clientv3.KV) error {
+				snap, err := objects.Load(ctx, kv, a.prefix, nil)
+				if err != nil {
+					return err
+				}
+				for _, err := range snap.Ignored {
+					a.log.Warn("not exported: a key outside the grammar", zap.Error(err))
+				}
+				for _, errs := range snap.Invalid {
+					for _, err := range errs {
+						a.log.Warn("not exported: a malformed object", zap.Error(err))
+					}
+				}
+				out := map[string]map[string]map[string]any{}
+				for typ, list := range snap.Types {
+					out[typ] = map[string]map[string]any{}
+					for _, o := range list {
+						out[typ][o.ID] = o.Data
+					}
+				}
+				enc := json.NewEncoder(a.stdout)
+				enc.SetIndent("", "  ")
+				return enc.Encode(out)
+			})
+		},
+	}
+}
+
+// schemas loads the schemas of the configuration directory.
+func (a *app) schemas() (*schemas.Set, error) { return schemas.Load(a.configDir) }
+
+// validateObject checks one object against its type's schema.
+func (a *app) validateObject(typ string, data map[string]any) error {
+	sch, err := a.schemas()
+	if err != nil {
+		return err
+	}
+	return sch.Validate(typ, data)
 }
 
 func sortedTypes(snap *objects.Snapshot) []string {

@@ -104,8 +104,12 @@ func (a *app) publishedLabels(ctx context.Context) error {
 
 // snapshot reads the objects from a file, or from etcd at one revision.
 func (a *app) snapshot(ctx context.Context, file string) (*objects.Snapshot, error) {
+	sch, err := a.schemas()
+	if err != nil {
+		return nil, err
+	}
 	if file != "" {
-		return objects.ReadFile(file)
+		return objects.ReadFile(file, sch)
 	}
 	c, err := a.cluster(ctx)
 	if err != nil {
@@ -113,7 +117,7 @@ func (a *app) snapshot(ctx context.Context, file string) (*objects.Snapshot, err
 	}
 	ctx, cancel := a.requestContext(ctx)
 	defer cancel()
-	snap, err := objects.Load(ctx, c.Client(), a.prefix)
+	snap, err := objects.Load(ctx, c.Client(), a.prefix, sch)
 	if err != nil {
 		return nil, err
 	}
