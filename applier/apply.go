@@ -220,10 +220,8 @@ func (a *Applier) stageAll(ctx context.Context, p *Plan, tx *txn) (map[int]strin
 		staged[i] = tmp
 		a.progress.mark()
 		if c.file.Check != nil {
-			real := a.files.name(tmp)
-			check := command{config: p.Config.Name, argv: c.file.Check.Expand(real, c.Real), timeout: p.Config.Timeout, staged: real, final: c.Real}
-			if err := a.runCommand(ctx, check); err != nil {
-				return staged, fmt.Errorf("check %s: %w", c.Path, err)
+			if err := a.runCheck(ctx, p, c, a.files.name(tmp)); err != nil {
+				return staged, err
 			}
 		}
 	}

@@ -3,6 +3,7 @@ package test
 import (
 	"context"
 	"fmt"
+	"os"
 	"path/filepath"
 	"testing"
 	"time"
@@ -90,4 +91,36 @@ func TestPauseHoldsEveryNodeAndResumeConvergesThemInTurn(t *testing.T) {
 	require.Equal(t, 0, r.code, r.stderr)
 	assert.Contains(t, r.stdout, "Pause lifted (paused by")
 	converged(t, nodes, rev, 1, "held")
+}
+
+func TestPlanCheckRunsChecksOnCopiesAndWritesNothing(t *testing.T) {
+	etcd := etcdtest.New(t, 1)
+	dir := t.TempDir()
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "sites.yaml"), []byte(`subscribes: [sites]
+files:
+  - path: '/sites/{{ .Object.ID }}.conf'
+    for_each: sites
+    content: "{{ .Object.Data.v }}\n"
+    check: [sh, -c, 'grep -q good "$0" || { echo "not good: $(cat "$0")"; exit 1; }', '{{ .Staged }}']
+`), 0o644))
+	n := newNode(t, "n", dir, etcd.Endpoints())
+	tmp := t.TempDir()
+	n.env = []string{"TMPDIR=" + tmp}
+	putSites(t, etcd, 1, "good")
+	r := n.run("", "plan", "--check", "--label", "x=y", "--color", "never")
+	require.Equal(t, 2, r.code, "changes, every check passes: %s%s", r.stdout, r.stderr)
+	assert.Contains(t, r.stdout, "Checks: 1 files checked, 0 would fail.")
+
+	cli := etcd.Client(t)
+	_, err := cli.Put(context.Background(), "/ccm/objects/sites/s001", `{"v": "bad"}`)
+	require.NoError(t, err)
+	r = n.run("", "plan", "--check", "--label", "x=y", "--color", "never")
+	assert.Equal(t, 1, r.code, r.stdout)
+	assert.Contains(t, r.stdout, "! check fails: /sites/s001.conf (configuration sites)")
+	assert.Contains(t, r.stdout, "not good: bad")
+	assert.Contains(t, r.stdout, "Checks: 2 files checked, 1 would fail.")
+	assert.Empty(t, tree(t, n.root), "nothing written under the root")
+	entries, err := os.ReadDir(tmp)
+	require.NoError(t, err)
+	assert.Empty(t, entries, "no copy left behind")
 }

@@ -142,3 +142,22 @@ func TestErrorsArePrintedOnePerLine(t *testing.T) {
 	}
 	assert.NotContains(t, stderr, `\n`, "never a literal \\n")
 }
+
+// Every command builds and prints its help: a flag wired wrong panics
+// when the command tree is made, and that would break every command.
+func TestEveryCommandHasHelp(t *testing.T) {
+	root := newRootCmd(&app{})
+	var paths [][]string
+	for _, c := range root.Commands() {
+		paths = append(paths, []string{c.Name()})
+		for _, sub := range c.Commands() {
+			paths = append(paths, []string{c.Name(), sub.Name()})
+		}
+	}
+	require.Greater(t, len(paths), 20)
+	for _, p := range paths {
+		code, out, errOut := ccm(t, append(p, "--help")...)
+		assert.Equal(t, 0, code, "%v: %s", p, errOut)
+		assert.Contains(t, out, "Usage:", p)
+	}
+}

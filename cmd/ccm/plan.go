@@ -24,7 +24,7 @@ import (
 func newPlanCmd(a *app) *cobra.Command {
 	var names []string
 	var objectsFile, color string
-	var onCluster bool
+	var onCluster, check bool
 	var signKey string
 	cmd := &cobra.Command{
 		Use:   "plan",
@@ -33,7 +33,11 @@ func newPlanCmd(a *app) *cobra.Command {
 files that would be created, changed or removed, then a summary.
 With --cluster, every alive node's agent plans itself (the ccm.plan action)
 and each node's plan is printed; nodes that do not answer are named.
-Exit codes: 0 no changes, 2 changes, 1 error (or a node without a plan).`,
+With --check, the check command of every file that would be created or
+changed runs on a copy of its new content in a private temporary directory:
+nothing is written under the root. Files whose check fails are listed.
+Exit codes: 0 no changes, 2 changes, 1 error (a check that would fail, or a
+node without a plan).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if onCluster {
@@ -57,6 +61,11 @@ Exit codes: 0 no changes, 2 changes, 1 error (or a node without a plan).`,
 			if planErr != nil {
 				return planErr
 			}
+			if check {
+				if err := a.checkPlans(cmd.Context(), ap, plans); err != nil {
+					return err
+				}
+			}
 			if changed {
 				return errChanges
 			}
@@ -66,9 +75,11 @@ Exit codes: 0 no changes, 2 changes, 1 error (or a node without a plan).`,
 	cmd.Flags().StringSliceVar(&names, "config", nil, "plan only this configuration (repeatable)")
 	cmd.Flags().StringVar(&objectsFile, "objects", "", "plan offline from `FILE.json` shaped {\"<type>\": {\"<id>\": {...}}}")
 	cmd.Flags().StringVar(&color, "color", "auto", "colour diffs: auto, always or never")
+	cmd.Flags().BoolVar(&check, "check", false, "also run the check of every file that would change, on a copy outside the root; exit 1 if any fails")
 	cmd.Flags().BoolVar(&onCluster, "cluster", false, "ask every alive node's agent for its plan (the ccm.plan action) and print each")
 	cmd.Flags().StringVar(&signKey, "sign-key", "", "with --cluster: sign the requests with this OpenSSH ed25519 private key `FILE`")
 	cmd.MarkFlagsMutuallyExclusive("cluster", "objects")
+	cmd.MarkFlagsMutuallyExclusive("cluster", "check")
 	cmd.MarkFlagsMutuallyExclusive("cluster", "config")
 	return cmd
 }
@@ -175,6 +186,23 @@ func (a *app) planCluster(ctx context.Context, color bool, signKey string) error
 		return errors.New("some nodes gave no plan")
 	case changed:
 		return errChanges
+	}
+	return nil
+}
+
+// checkPlans runs the checks of the files the plans would write and lists
+// those that would fail.
+func (a *app) checkPlans(ctx context.Context, ap *applier.Applier, plans []*applier.Plan) error {
+	failed, n, err := ap.Check(ctx, plans)
+	if err != nil {
+		return err
+	}
+	for _, f := range failed {
+		fmt.Fprintf(a.stdout, "! check fails: %s (configuration %s): %s\n", render.Escape(f.Path), render.Escape(f.Config), render.Escape(firstLine(f.Err.Error())))
+	}
+	fmt.Fprintf(a.stdout, "Checks: %d files checked, %d would fail.\n", n, len(failed))
+	if len(failed) > 0 {
+		return fmt.Errorf("%d files would fail their check", len(failed))
 	}
 	return nil
 }
