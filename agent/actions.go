@@ -55,7 +55,7 @@ func (a *Agent) serial(ctx context.Context, fn func()) error {
 	if err != nil {
 		return err
 	}
-	lock, err := s.Lock(ctx)
+	lock, err := s.Lock(ctx, nil) // an action is no change to canary
 	if err != nil {
 		return err
 	}
@@ -101,7 +101,7 @@ func (a *Agent) convergeAction(ctx context.Context, _ *actions.Request) (any, er
 	if err != nil {
 		return nil, err
 	}
-	res := a.runner.Run(ctx, s, rollout.Request{Set: sel.set, Names: names, Full: true, Snapshot: a.snapshot, Reason: "action " + ActionConverge})
+	res := a.runner.Run(ctx, s, rollout.Request{Set: sel.set, Names: names, Full: true, Snapshot: a.snapshot, Reason: "action " + ActionConverge, Target: a.mirror.Applied})
 	if res.Failure != nil {
 		a.flag.observe(true, res.FlagRevision)
 	}

@@ -56,7 +56,7 @@ func (a *Agent) converge(ctx context.Context, b debounce.Batch) error {
 	}
 	res := a.runner.Run(ctx, s, rollout.Request{
 		Set: sel.set, Names: names, Full: b.All, Snapshot: a.snapshot, Reason: describe(b),
-		Halt: a.flag.raisedCh(),
+		Halt: a.flag.raisedCh(), Target: a.mirror.Applied,
 	})
 	switch {
 	case res.Failure != nil:

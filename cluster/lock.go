@@ -181,10 +181,12 @@ func (s *Session) Close() {
 
 // Lock is a held slot of the cluster lock.
 type Lock struct {
-	s     *Session
-	key   string
-	rev   int64 // create revision of key: ownership is key still at rev
-	slots int   // the strategy's slots when the lock was had
+	s      *Session
+	key    string
+	rev    int64        // create revision of key: ownership is key still at rev
+	slots  int          // the slots it may share the lock with
+	wide   bool         // the strategy has several slots
+	target func() int64 // the change the holder will converge (canary)
 }
 
 // Lock waits for a slot of the cluster lock. Like etcd's
@@ -194,7 +196,12 @@ type Lock struct {
 // value is the node's name (so status can name holders and waiters), and
 // each wait watches from the revision after the one it read, which etcd
 // serves at once rather than from its 100 ms catch-up loop.
-func (s *Session) Lock(ctx context.Context) (*Lock, error) {
+//
+// target, when set, returns the change the caller will converge: the
+// revision of the newest object event it has seen. With a canary strategy
+// it may share the lock only once a node reported that revision (or a
+// later one) converged; until then it runs alone, as the canary.
+func (s *Session) Lock(ctx context.Context, target func() int64) (*Lock, error) {
 	cli, prefix := s.c.client, s.c.LockPrefix()
 	key := prefix + s.Lease()
 	resp, err := cli.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
@@ -203,7 +210,7 @@ func (s *Session) Lock(ctx context.Context) (*Lock, error) {
 	if err != nil {
 		return nil, fmt.Errorf("lock %s: %w", prefix, err)
 	}
-	l := &Lock{s: s, key: key, rev: resp.Header.Revision}
+	l := &Lock{s: s, key: key, rev: resp.Header.Revision, target: target}
 	if !resp.Succeeded {
 		l.rev = resp.Responses[0].GetResponseRange().Kvs[0].CreateRevision
 	}
@@ -235,7 +242,12 @@ func (l *Lock) waitPredecessors(ctx context.Context) error {
 		if err != nil {
 			return lockWaitErr(ctx, err)
 		}
-		l.slots = decodeRollout((*clientv3.GetResponse)(resp.Responses[0].GetResponseRange())).Slots()
+		strategy := decodeRollout((*clientv3.GetResponse)(resp.Responses[0].GetResponseRange()))
+		l.slots, err = l.slotsFor(ctx, strategy, resp.Header.Revision)
+		if err != nil {
+			return lockWaitErr(ctx, err)
+		}
+		l.wide = strategy.Slots() > 1
 		preds := resp.Responses[1].GetResponseRange().Kvs // newest first
 		if len(preds) < l.slots {
 			break
@@ -253,11 +265,31 @@ func (l *Lock) waitPredecessors(ctx context.Context) error {
 	if len(resp.Kvs) == 0 || resp.Kvs[0].CreateRevision != l.rev {
 		return ErrSessionLost
 	}
-	if l.slots > 1 { // fenced, and the key stays on its lease
+	if l.wide { // fenced, and the key stays on its lease
 		_, err := cli.Txn(ctx).If(l.isOwner()).Then(clientv3.OpPut(l.key, l.s.c.node+heldMark, clientv3.WithIgnoreLease())).Commit()
 		return lockWaitErr(ctx, err)
 	}
 	return nil
+}
+
+// slotsFor is how many nodes this one may share the lock with under
+// strategy r, read at revision rev: its batch, or one (alone) while it
+// would be the canary of its change.
+func (l *Lock) slotsFor(ctx context.Context, r Rollout, rev int64) (int, error) {
+	if !r.Canary || r.Slots() == 1 || l.target == nil {
+		return r.Slots(), nil
+	}
+	target := l.target()
+	nodes, err := l.s.c.scanNodes(ctx, rev)
+	if err != nil {
+		return 0, err
+	}
+	for _, n := range nodes {
+		if n.Status != nil && n.Status.Converged >= target {
+			return r.Slots(), nil // its canary converged
+		}
+	}
+	return 1, nil
 }
 
 // waitTurn returns when, from revision rev, the rollout strategy changes
@@ -268,7 +300,7 @@ func (l *Lock) waitTurn(ctx context.Context, last string, rev int64) error {
 	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
 	defer cancel()
 	key, opts := last, []clientv3.OpOption{clientv3.WithRev(rev), clientv3.WithFilterPut()}
-	if l.slots > 1 {
+	if l.wide { // several slots, or one while a canary runs: any key may be the turn
 		key, opts = l.s.c.LockPrefix(), append(opts, clientv3.WithPrefix(), clientv3.WithPrevKV())
 	}
 	keys := cli.Watch(wctx, key, opts...)
@@ -280,7 +312,7 @@ func (l *Lock) waitTurn(ctx context.Context, last string, rev int64) error {
 				return err
 			}
 			for _, ev := range wr.Events {
-				if l.slots == 1 || ev.PrevKv == nil || ev.PrevKv.CreateRevision < l.rev {
+				if !l.wide || ev.PrevKv == nil || ev.PrevKv.CreateRevision < l.rev {
 					return nil
 				}
 			}

@@ -79,6 +79,10 @@ type Request struct {
 	LockTimeout time.Duration
 	// Reason says why the run happens, for the log.
 	Reason string
+	// Target, when set, returns the change the run converges: the
+	// revision of the newest object event seen (see cluster.Session.Lock;
+	// it decides who is a canary).
+	Target func() int64
 	// Halt, when closed during the run, stops it before its next
 	// configuration: another node raised the failure flag (with batches,
 	// nodes run side by side).
@@ -114,7 +118,7 @@ func (r *Runner) Run(ctx context.Context, s *cluster.Session, req Request) Resul
 	if req.LockTimeout > 0 {
 		lockCtx, cancel = context.WithTimeoutCause(ctx, req.LockTimeout, fmt.Errorf("%w (--lock-timeout %s)", ErrLockTimeout, req.LockTimeout))
 	}
-	lock, err := s.Lock(lockCtx)
+	lock, err := s.Lock(lockCtx, req.Target)
 	if err != nil && context.Cause(lockCtx) != nil && ctx.Err() == nil {
 		err = context.Cause(lockCtx)
 	}

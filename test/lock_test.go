@@ -24,7 +24,7 @@ func acquire(ctx context.Context, t *testing.T, c *cluster.Cluster, ttl time.Dur
 	s, err := c.NewSession(context.Background(), opts)
 	require.NoError(t, err)
 	t.Cleanup(s.Close)
-	return s.Lock(ctx)
+	return s.Lock(ctx, nil)
 }
 
 func TestLockIsExclusiveAcrossMembers(t *testing.T) {

@@ -124,3 +124,45 @@ files:
 	require.NoError(t, err)
 	assert.Empty(t, entries, "no copy left behind")
 }
+
+func TestACanaryConvergesAloneThenTheRestInBatches(t *testing.T) {
+	etcd := etcdtest.New(t, 1)
+	log := filepath.Join(t.TempDir(), "on_change.log")
+	marker := filepath.Join(t.TempDir(), "broken")
+	nodes := agents(t, etcd, 6, log, marker, "0.3")
+	admin := caller(t, etcd, t.TempDir())
+	r := admin.action("rollout", "set", "--batch", "3", "--canary")
+	require.Equal(t, 0, r.code, r.stderr)
+
+	rev := putSites(t, etcd, 1, "v1")
+	converged(t, nodes, rev, 1, "v1")
+	var runs []interval
+	eventually(t, 10*time.Second, func() bool { runs = intervals(t, log); return len(runs) == 6 }, "one on_change per node")
+	canary := runs[0]
+	for _, r := range runs[1:] {
+		assert.Greater(t, r.start, canary.end, "%s started before the canary %s finished", r.node, canary.node)
+	}
+	assert.Equal(t, 3, maxOverlap(runs[1:]), "then three at a time: %v", runs)
+
+	// A failing canary: the flag goes up and nobody else applies.
+	require.NoError(t, os.WriteFile(marker, nil, 0o644))
+	bad := putSites(t, etcd, 1, "v2")
+	c := cluster.New(nodes[0].cli, cluster.Options{})
+	var failed string
+	eventually(t, 30*time.Second, func() bool {
+		f, err := c.Failure(context.Background())
+		if err == nil && f != nil {
+			failed = f.Node
+		}
+		return failed != ""
+	}, "the canary fails and raises the flag")
+	for _, n := range nodes {
+		if n.name == failed {
+			continue
+		}
+		s := n.reported(t, 0, cluster.ResultHalted)
+		assert.Less(t, s.Converged, bad)
+		assert.Equal(t, "v1\n", n.read("/sites/s000.conf"), "%s is untouched", n.name)
+	}
+	assert.Len(t, intervals(t, log), 6, "no other node ran on_change")
+}

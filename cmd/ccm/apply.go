@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
 	"github.com/ccm-dev/ccm/cluster"
@@ -66,9 +67,22 @@ func (a *app) applyOnce(ctx context.Context, names []string, lockTTL, lockTimeou
 		Snapshot: func(ctx context.Context, _ int64) (*objects.Snapshot, error) {
 			return objects.Load(ctx, c.Client(), a.prefix, sch)
 		},
+		Target: func() int64 { return newestObject(ctx, c) },
 	})
 	if res.Err == nil {
 		a.log.Info("converged", zap.Int64("revision", res.Status.Revision), zap.String("took", res.Status.Duration))
 	}
 	return res.Err
+}
+
+// newestObject is the revision of the newest object write: the change a
+// one-shot run converges, for a canary strategy (0 if unknown).
+func newestObject(ctx context.Context, c *cluster.Cluster) int64 {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	resp, err := c.Client().Get(ctx, c.ObjectsPrefix(), clientv3.WithLastRev()...)
+	if err != nil || len(resp.Kvs) == 0 {
+		return 0
+	}
+	return resp.Kvs[0].ModRevision
 }
