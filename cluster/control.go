@@ -76,19 +76,6 @@ type Gate struct {
 	Revision int64
 }
 
-// ReadGate reads the failure flag and the pause in one request.
-func (c *Cluster) ReadGate(ctx context.Context) (Gate, error) {
-	resp, err := c.client.Txn(ctx).Then(clientv3.OpGet(c.FailureKey()), clientv3.OpGet(c.PausedKey())).Commit()
-	if err != nil {
-		return Gate{}, fmt.Errorf("read %s: %w", c.FailureKey(), err)
-	}
-	return Gate{
-		Failure:  decodeFailure((*clientv3.GetResponse)(resp.Responses[0].GetResponseRange())),
-		Pause:    decodePause((*clientv3.GetResponse)(resp.Responses[1].GetResponseRange())),
-		Revision: resp.Header.Revision,
-	}, nil
-}
-
 // SetPause pauses the rollout.
 func (c *Cluster) SetPause(ctx context.Context, p Pause) error {
 	raw, err := json.Marshal(p)

@@ -186,6 +186,7 @@ type Lock struct {
 	rev    int64        // create revision of key: ownership is key still at rev
 	slots  int          // the slots it may share the lock with
 	wide   bool         // the strategy has several slots
+	gate   *Gate        // read with the last check of the queue
 	target func() int64 // the change the holder will converge (canary)
 }
 
@@ -235,12 +236,20 @@ func (l *Lock) waitPredecessors(ctx context.Context) error {
 	ctx, cancel := l.s.Context(ctx)
 	defer cancel()
 	for {
+		// One request tells whether this node holds a slot, and reads
+		// what a holder checks first: the failure flag and the pause.
 		resp, err := cli.Txn(ctx).Then(
 			clientv3.OpGet(l.s.c.RolloutKey()),
 			clientv3.OpGet(prefix, append(clientv3.WithLastCreate(), clientv3.WithKeysOnly(), clientv3.WithMaxCreateRev(l.rev-1), clientv3.WithLimit(0))...),
+			clientv3.OpGet(l.key, clientv3.WithKeysOnly()),
+			clientv3.OpGet(l.s.c.FailureKey()),
+			clientv3.OpGet(l.s.c.PausedKey()),
 		).Commit()
 		if err != nil {
 			return lockWaitErr(ctx, err)
+		}
+		if own := resp.Responses[2].GetResponseRange().Kvs; len(own) == 0 || own[0].CreateRevision != l.rev {
+			return ErrSessionLost
 		}
 		strategy := decodeRollout((*clientv3.GetResponse)(resp.Responses[0].GetResponseRange()))
 		l.slots, err = l.slotsFor(ctx, strategy, resp.Header.Revision)
@@ -250,6 +259,11 @@ func (l *Lock) waitPredecessors(ctx context.Context) error {
 		l.wide = strategy.Slots() > 1
 		preds := resp.Responses[1].GetResponseRange().Kvs // newest first
 		if len(preds) < l.slots {
+			l.gate = &Gate{
+				Failure:  decodeFailure((*clientv3.GetResponse)(resp.Responses[3].GetResponseRange())),
+				Pause:    decodePause((*clientv3.GetResponse)(resp.Responses[4].GetResponseRange())),
+				Revision: resp.Header.Revision,
+			}
 			break
 		}
 		// One slot: the key just before this one going is the turn.
@@ -258,19 +272,16 @@ func (l *Lock) waitPredecessors(ctx context.Context) error {
 			return lockWaitErr(ctx, err)
 		}
 	}
-	resp, err := cli.Get(ctx, l.key)
-	if err != nil {
-		return lockWaitErr(ctx, err)
-	}
-	if len(resp.Kvs) == 0 || resp.Kvs[0].CreateRevision != l.rev {
-		return ErrSessionLost
-	}
 	if l.wide { // fenced, and the key stays on its lease
 		_, err := cli.Txn(ctx).If(l.isOwner()).Then(clientv3.OpPut(l.key, l.s.c.node+heldMark, clientv3.WithIgnoreLease())).Commit()
 		return lockWaitErr(ctx, err)
 	}
 	return nil
 }
+
+// Gate is the failure flag and the pause as read when the lock was had,
+// in the same request.
+func (l *Lock) Gate() Gate { return *l.gate }
 
 // slotsFor is how many nodes this one may share the lock with under
 // strategy r, read at revision rev: its batch, or one (alone) while it

@@ -142,10 +142,7 @@ func (r *Runner) Run(ctx context.Context, s *cluster.Session, req Request) Resul
 // locked is the run once the lock is held.
 func (r *Runner) locked(ctx context.Context, lock *cluster.Lock, req Request) Result {
 	start := time.Now()
-	gate, err := r.opts.Cluster.ReadGate(ctx)
-	if err != nil {
-		return Result{Err: err}
-	}
+	gate := lock.Gate()
 	rev := gate.Revision
 	r.readConverged(ctx)
 	if f := gate.Failure; f != nil {
