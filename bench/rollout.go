@@ -2,13 +2,16 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"go.etcd.io/etcd/client/v3/concurrency"
 
+	"github.com/ccm-dev/ccm/cluster"
 	"github.com/ccm-dev/ccm/objects"
 )
 
@@ -31,22 +34,72 @@ func (b *bench) rollout() error {
 	slope := (totals[hi] - totals[lo]) / time.Duration(hi-lo)
 	b.add("rollout", fmt.Sprintf("marginal cost per node (%d to %d nodes)", lo, hi), ms(slope), "ms", 0, "",
 		fmt.Sprintf("%.1fx the lock round trip (%.2f ms)", float64(slope)/float64(rt), ms(rt)))
+	return b.rolloutBatch(hi, 5, 200*time.Millisecond)
+}
+
+// rolloutBatch: n agents converge in batches of batch, each with an
+// on_change that takes onChange; from one put to the last node converged.
+// The floor is n/batch on_change durations back to back.
+func (b *bench) rolloutBatch(n, batch int, onChange time.Duration) error {
+	prefix := fmt.Sprintf("/rb%d", n)
+	cli, err := b.client()
+	if err != nil {
+		return err
+	}
+	defer cli.Close()
+	raw, err := json.Marshal(cluster.Rollout{Batch: batch})
+	if err != nil {
+		return err
+	}
+	if _, err := cli.Put(b.ctx, prefix+"/rollout", string(raw)); err != nil {
+		return err
+	}
+	total, err := b.timeRollout(prefix, n, fmt.Sprintf("on_change: [[sleep, %q]]\n", fmt.Sprint(onChange.Seconds())))
+	if err != nil {
+		return err
+	}
+	floor := time.Duration(n/batch) * onChange
+	b.add("rollout", fmt.Sprintf("batch %d over %d nodes, on_change %s: put to last converged", batch, n, onChange), total.Seconds(), "s",
+		1.3*floor.Seconds(), fmt.Sprintf("<= 1.3 x %s", floor), fmt.Sprintf("%.2fx the floor of %d batches x %s", total.Seconds()/floor.Seconds(), n/batch, onChange))
 	return nil
 }
 
 func (b *bench) rolloutN(n int) (time.Duration, time.Duration, error) {
 	prefix := fmt.Sprintf("/ro%d", n)
-	dir, err := b.configDir(fmt.Sprintf("rollout%d", n), map[string]string{"motd.yaml": `subscribes: [motd]
-files:
-  - path: /etc/motd
-    content: "{{ range .Objects.motd }}{{ .Data.text }}{{ end }}\n"
-`})
+	total, err := b.timeRollout(prefix, n, "")
 	if err != nil {
 		return 0, 0, err
 	}
-	cli, err := b.client()
+	rt, err := b.lockRoundTrip(prefix + "/floor")
 	if err != nil {
 		return 0, 0, err
+	}
+	perNode := total / time.Duration(n)
+	b.add("rollout", fmt.Sprintf("%d nodes: put to last converged", n), ms(total), "ms", 0, "",
+		fmt.Sprintf("median of %d rollouts; floor %d x %.2f ms lock round trip = %.0f ms", rolloutRounds, n, ms(rt), ms(rt)*float64(n)))
+	b.add("rollout", fmt.Sprintf("%d nodes: per node / lock round trip", n), float64(perNode)/float64(rt), "x", 3, "<= 3x",
+		fmt.Sprintf("%.2f ms per node", ms(perNode)))
+	return total, rt, nil
+}
+
+// rolloutRounds is how many rollouts a figure is the median of.
+const rolloutRounds = 5
+
+// timeRollout starts n agents under prefix with a trivial configuration
+// (plus extra YAML), and returns the median time from one put to the last
+// node converged.
+func (b *bench) timeRollout(prefix string, n int, extra string) (time.Duration, error) {
+	dir, err := b.configDir(strings.TrimPrefix(prefix, "/"), map[string]string{"motd.yaml": `subscribes: [motd]
+files:
+  - path: /etc/motd
+    content: "{{ range .Objects.motd }}{{ .Data.text }}{{ end }}\n"
+` + extra})
+	if err != nil {
+		return 0, err
+	}
+	cli, err := b.client()
+	if err != nil {
+		return 0, err
 	}
 	defer cli.Close()
 	var agents []*runningAgent
@@ -56,9 +109,9 @@ files:
 		}
 	}()
 	for i := 0; i < n; i++ {
-		a, err := b.startAgent(fmt.Sprintf("ro%d-n%02d", n, i), prefix, dir, 0, time.Minute)
+		a, err := b.startAgent(fmt.Sprintf("%s-n%02d", strings.TrimPrefix(prefix, "/"), i), prefix, dir, 0, time.Minute)
 		if err != nil {
-			return 0, 0, err
+			return 0, err
 		}
 		agents = append(agents, a)
 	}
@@ -72,37 +125,25 @@ files:
 		return true
 	}
 	if _, err := cli.Put(b.ctx, objects.Key(prefix, "motd", "m"), `{"text":"warm-up"}`); err != nil {
-		return 0, 0, err
+		return 0, err
 	}
 	if err := waitFor(5*time.Minute, 5*time.Millisecond, func() bool { return converged("warm-up") }); err != nil {
-		return 0, 0, fmt.Errorf("warm-up: %w", err)
+		return 0, fmt.Errorf("warm-up: %w", err)
 	}
-	const rounds = 5
 	var totals []time.Duration
-	for r := 0; r < rounds; r++ {
+	for r := 0; r < rolloutRounds; r++ {
 		time.Sleep(500 * time.Millisecond) // let the last run release the lock
 		text := fmt.Sprintf("rolled out %d", r)
 		start := time.Now()
 		if _, err := cli.Put(b.ctx, objects.Key(prefix, "motd", "m"), fmt.Sprintf(`{"text":%q}`, text)); err != nil {
-			return 0, 0, err
+			return 0, err
 		}
 		if err := waitFor(5*time.Minute, time.Millisecond, func() bool { return converged(text) }); err != nil {
-			return 0, 0, err
+			return 0, err
 		}
 		totals = append(totals, time.Since(start))
 	}
-	total := percentile(sortDurations(totals), 50)
-
-	rt, err := b.lockRoundTrip(prefix + "/floor")
-	if err != nil {
-		return 0, 0, err
-	}
-	perNode := total / time.Duration(n)
-	b.add("rollout", fmt.Sprintf("%d nodes: put to last converged", n), ms(total), "ms", 0, "",
-		fmt.Sprintf("median of %d rollouts; floor %d x %.2f ms lock round trip = %.0f ms", rounds, n, ms(rt), ms(rt)*float64(n)))
-	b.add("rollout", fmt.Sprintf("%d nodes: per node / lock round trip", n), float64(perNode)/float64(rt), "x", 3, "<= 3x",
-		fmt.Sprintf("%.2f ms per node", ms(perNode)))
-	return total, rt, nil
+	return percentile(sortDurations(totals), 50), nil
 }
 
 // lockRoundTrip measures one acquire and release of an uncontended etcd
