@@ -63,7 +63,24 @@ func TestPlanColoursOnlyWhenAsked(t *testing.T) {
 func TestPlanShowsHostileContentEscaped(t *testing.T) {
 	objs := filepath.Join(t.TempDir(), "o.json")
 	require.NoError(t, os.WriteFile(objs, []byte(`{"sites": {"evil": {"user": "x", "domains": ["a\u001b]0;owned\u0007.example"]}}}`), 0o644))
-	code, out, _ := ccm(t, append(offline(t), "plan", "--objects", objs, "--config", "nginx-vhosts", "--color", "never")...)
+	// The example's schema stops it at the door, and says so escaped.
+	code, out, errOut := ccm(t, append(offline(t), "plan", "--objects", objs, "--config", "nginx-vhosts", "--color", "never")...)
+	assert.Equal(t, exitError, code)
+	assert.NotContains(t, errOut, "\x1b")
+	assert.Contains(t, errOut, `sites/evil: breaks schemas/sites.json at /domains/0`)
+
+	// Without the schema, the plan shows it escaped.
+	dir := t.TempDir()
+	entries, err := os.ReadDir("../../examples/ccm")
+	require.NoError(t, err)
+	for _, e := range entries {
+		if e.Name() != "schemas" {
+			abs, err := filepath.Abs(filepath.Join("../../examples/ccm", e.Name()))
+			require.NoError(t, err)
+			require.NoError(t, os.Symlink(abs, filepath.Join(dir, e.Name())))
+		}
+	}
+	code, out, _ = ccm(t, append(offline(t), "--config-dir", dir, "plan", "--objects", objs, "--config", "nginx-vhosts", "--color", "never")...)
 	assert.Equal(t, exitChanges, code)
 	assert.NotContains(t, out, "\x1b")
 	assert.Contains(t, out, `server_name a\x1b]0;owned\a.example;`)
