@@ -46,6 +46,22 @@ func (r Rollout) String() string {
 	return s
 }
 
+// Canary is the value of <prefix>/canary: the last change a canary node
+// converged, written with its status.
+type Canary struct {
+	Node     string `json:"node"`
+	Revision int64  `json:"revision"`
+}
+
+// decodeCanary reads the canary record (zero when absent or unreadable).
+func decodeCanary(resp *clientv3.GetResponse) Canary {
+	var c Canary
+	if len(resp.Kvs) > 0 && json.Unmarshal(resp.Kvs[0].Value, &c) != nil {
+		c = Canary{}
+	}
+	return c
+}
+
 // decodeRollout reads the strategy from its key's range response; a
 // missing or unreadable value is the serial rollout.
 func decodeRollout(resp *clientv3.GetResponse) Rollout {

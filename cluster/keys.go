@@ -58,3 +58,6 @@ func (k Keys) PausedKey() string { return k.prefix + "/paused" }
 
 // RolloutKey is the key of the rollout strategy.
 func (k Keys) RolloutKey() string { return k.prefix + "/rollout" }
+
+// CanaryKey is the key of the last change a canary converged.
+func (k Keys) CanaryKey() string { return k.prefix + "/canary" }

@@ -186,6 +186,7 @@ type Lock struct {
 	rev    int64        // create revision of key: ownership is key still at rev
 	slots  int          // the slots it may share the lock with
 	wide   bool         // the strategy has several slots
+	canary bool         // it holds the lock alone as its change's canary
 	gate   *Gate        // read with the last check of the queue
 	target func() int64 // the change the holder will converge (canary)
 }
@@ -244,6 +245,7 @@ func (l *Lock) waitPredecessors(ctx context.Context) error {
 			clientv3.OpGet(l.key, clientv3.WithKeysOnly()),
 			clientv3.OpGet(l.s.c.FailureKey()),
 			clientv3.OpGet(l.s.c.PausedKey()),
+			clientv3.OpGet(l.s.c.CanaryKey()),
 		).Commit()
 		if err != nil {
 			return lockWaitErr(ctx, err)
@@ -252,10 +254,7 @@ func (l *Lock) waitPredecessors(ctx context.Context) error {
 			return ErrSessionLost
 		}
 		strategy := decodeRollout((*clientv3.GetResponse)(resp.Responses[0].GetResponseRange()))
-		l.slots, err = l.slotsFor(ctx, strategy, resp.Header.Revision)
-		if err != nil {
-			return lockWaitErr(ctx, err)
-		}
+		l.slots, l.canary = l.slotsFor(strategy, decodeCanary((*clientv3.GetResponse)(resp.Responses[5].GetResponseRange())))
 		l.wide = strategy.Slots() > 1
 		preds := resp.Responses[1].GetResponseRange().Kvs // newest first
 		if len(preds) < l.slots {
@@ -284,23 +283,13 @@ func (l *Lock) waitPredecessors(ctx context.Context) error {
 func (l *Lock) Gate() Gate { return *l.gate }
 
 // slotsFor is how many nodes this one may share the lock with under
-// strategy r, read at revision rev: its batch, or one (alone) while it
-// would be the canary of its change.
-func (l *Lock) slotsFor(ctx context.Context, r Rollout, rev int64) (int, error) {
-	if !r.Canary || r.Slots() == 1 || l.target == nil {
-		return r.Slots(), nil
+// strategy r, and whether it is the canary of its change: its batch once a
+// canary converged its change (or a later one), one (alone) until then.
+func (l *Lock) slotsFor(r Rollout, canary Canary) (int, bool) {
+	if !r.Canary || r.Slots() == 1 || l.target == nil || canary.Revision >= l.target() {
+		return r.Slots(), false
 	}
-	target := l.target()
-	nodes, err := l.s.c.scanNodes(ctx, rev)
-	if err != nil {
-		return 0, err
-	}
-	for _, n := range nodes {
-		if n.Status != nil && n.Status.Converged >= target {
-			return r.Slots(), nil // its canary converged
-		}
-	}
-	return 1, nil
+	return 1, true
 }
 
 // waitTurn returns when, from revision rev, the rollout strategy changes
@@ -393,8 +382,32 @@ func (l *Lock) SetFailure(ctx context.Context, f Failure) error {
 }
 
 // WriteStatus records this node's last run.
+//
+// A canary that converged also records its change, in the same
+// transaction: the other nodes may then share the lock.
 func (l *Lock) WriteStatus(ctx context.Context, s Status) error {
-	return l.put(ctx, l.s.c.StatusKey(l.s.c.node), s)
+	if !l.canary || s.Result != ResultConverged {
+		return l.put(ctx, l.s.c.StatusKey(l.s.c.node), s)
+	}
+	status, err := json.Marshal(s)
+	if err != nil {
+		return err
+	}
+	canary, err := json.Marshal(Canary{Node: s.Node, Revision: s.Revision})
+	if err != nil {
+		return err
+	}
+	resp, err := l.s.c.client.Txn(ctx).If(l.isOwner()).Then(
+		clientv3.OpPut(l.s.c.StatusKey(l.s.c.node), string(status)),
+		clientv3.OpPut(l.s.c.CanaryKey(), string(canary)),
+	).Commit()
+	if err != nil {
+		return fmt.Errorf("write %s: %w", l.s.c.StatusKey(l.s.c.node), err)
+	}
+	if !resp.Succeeded {
+		return fmt.Errorf("write %s: %w", l.s.c.StatusKey(l.s.c.node), ErrLockLost)
+	}
+	return nil
 }
 
 // Release unlocks. It uses its own short timeout so that it works during

@@ -19,8 +19,9 @@ type Role struct {
 
 // NodeRole returns the role a node's agent needs and nothing more: read the
 // objects and the actions addressed to it, take the lock, read and raise
-// the failure flag, and write its own status, presence and replies. It
-// cannot write objects, requests or another node's keys.
+// the failure flag, read the pause and the strategy, record a canary's
+// change, and write its own status, presence and replies. It cannot write
+// objects, requests or another node's keys.
 func NodeRole(prefix, node string) Role {
 	k := NewKeys(prefix)
 	return Role{
@@ -30,6 +31,9 @@ func NodeRole(prefix, node string) Role {
 			{Type: "read", Key: k.ActionsPrefix(node), Prefix: true},
 			{Type: "readwrite", Key: k.LockPrefix(), Prefix: true},
 			{Type: "readwrite", Key: k.FailureKey()},
+			{Type: "read", Key: k.PausedKey()},
+			{Type: "read", Key: k.RolloutKey()},
+			{Type: "readwrite", Key: k.CanaryKey()},
 			{Type: "readwrite", Key: k.NodePrefix(node), Prefix: true},
 		},
 	}

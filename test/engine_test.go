@@ -153,7 +153,7 @@ func TestObjectCommands(t *testing.T) {
 	require.NoError(t, os.WriteFile(obj, []byte(`{"user":"alice","domains":["a.example"]}`+"\n"), 0o644))
 
 	assert.Equal(t, 0, n.run("", "object", "put", "sites", "a", "-f", obj).code)
-	assert.Equal(t, 0, n.run(`{"user":"bob"}`, "object", "put", "sites", "b").code)
+	assert.Equal(t, 0, n.run(`{"user":"bob","domains":["b.example"]}`, "object", "put", "sites", "b").code)
 	r := n.run("[1]", "object", "put", "sites", "c")
 	assert.Equal(t, 1, r.code)
 	assert.Contains(t, r.stderr, "object /ccm/objects/sites/c: value is a JSON array, want a JSON object")

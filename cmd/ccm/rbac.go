@@ -16,8 +16,9 @@ func newRBACCmd(a *app) *cobra.Command {
 		Use:   "print",
 		Short: "Print the etcdctl commands that create a node's or a caller's least-privilege role and user",
 		Long: `Print the etcdctl commands that create the role and user of --node: read on
-<prefix>/objects/ and <prefix>/actions/<node>/, read-write on <prefix>/lock/,
-<prefix>/failure and <prefix>/nodes/<node>/ (status, presence, replies).
+<prefix>/objects/, <prefix>/actions/<node>/, <prefix>/paused and
+<prefix>/rollout; read-write on <prefix>/lock/, <prefix>/failure,
+<prefix>/canary and <prefix>/nodes/<node>/ (status, presence, replies).
 With --caller NAME, those of a caller of actions such as the cluster API:
 read-write on <prefix>/actions/ (requests), read on <prefix>/nodes/ (replies
 and presence).
