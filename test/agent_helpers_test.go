@@ -198,3 +198,17 @@ func intervals(t *testing.T, log string) []interval {
 	sort.Slice(out, func(i, j int) bool { return out[i].start < out[j].start })
 	return out
 }
+
+// failedNode waits for the failure flag and returns the node that set it.
+func failedNode(t *testing.T, c *cluster.Cluster, msg string) string {
+	t.Helper()
+	var failed string
+	eventually(t, 30*time.Second, func() bool {
+		f, err := c.Failure(context.Background())
+		if err == nil && f != nil {
+			failed = f.Node
+		}
+		return failed != ""
+	}, "%s", msg)
+	return failed
+}

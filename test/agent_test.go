@@ -135,14 +135,7 @@ func TestFailingValidateHaltsTheRolloutUntilResume(t *testing.T) {
 	bad := putSites(t, etcd, 2, "bad")
 	cli := etcd.Client(t)
 	c := cluster.New(cli, cluster.Options{})
-	var failed string
-	eventually(t, 30*time.Second, func() bool {
-		f, err := c.Failure(context.Background())
-		if err == nil && f != nil {
-			failed = f.Node
-		}
-		return failed != ""
-	}, "the failure flag is set")
+	failed := failedNode(t, c, "the failure flag is set")
 	for _, n := range nodes {
 		want := cluster.ResultHalted
 		if n.name == failed {

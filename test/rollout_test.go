@@ -148,14 +148,7 @@ func TestACanaryConvergesAloneThenTheRestInBatches(t *testing.T) {
 	require.NoError(t, os.WriteFile(marker, nil, 0o644))
 	bad := putSites(t, etcd, 1, "v2")
 	c := cluster.New(nodes[0].cli, cluster.Options{})
-	var failed string
-	eventually(t, 30*time.Second, func() bool {
-		f, err := c.Failure(context.Background())
-		if err == nil && f != nil {
-			failed = f.Node
-		}
-		return failed != ""
-	}, "the canary fails and raises the flag")
+	failed := failedNode(t, c, "the canary fails and raises the flag")
 	for _, n := range nodes {
 		if n.name == failed {
 			continue
