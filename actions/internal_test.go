@@ -1,0 +1,40 @@
+package actions
+
+import (
+	"encoding/json"
+	"regexp"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+)
+
+func TestCappedKeepsTheHeadOrTheTailAndCountsTheRest(t *testing.T) {
+	head := &capped{max: 4}
+	_, _ = head.Write([]byte("abc"))
+	_, _ = head.Write([]byte("defg"))
+	assert.Equal(t, "abcd", string(head.bytes()))
+	assert.Equal(t, int64(3), head.dropped)
+
+	tail := &capped{max: 4, keepTail: true}
+	_, _ = tail.Write([]byte("abc"))
+	_, _ = tail.Write([]byte("defg"))
+	assert.Equal(t, "defg", string(tail.bytes()))
+}
+
+func TestOutputStaysJSONWhenItIsJSON(t *testing.T) {
+	assert.JSONEq(t, `{"a":1}`, string(outputJSON([]byte("{ \"a\": 1 }\n"))))
+	var s string
+	assert.NoError(t, json.Unmarshal(outputJSON([]byte("plain \x1b[2J text")), &s))
+	assert.Equal(t, "plain \x1b[2J text", s, "anything else is a JSON string, escapes kept as data")
+	assert.Nil(t, outputJSON(nil))
+}
+
+func TestAPatternMustMatchTheWholeValue(t *testing.T) {
+	h := &Handler{Name: "x", Params: map[string]Param{"site": {Pattern: regexp.MustCompile(`^(?:[a-z]+)$`), Required: true}}}
+	assert.NoError(t, h.CheckParams(map[string]string{"site": "shop"}))
+	err := h.CheckParams(map[string]string{"site": "shop; reboot", "other": "1"})
+	assert.ErrorContains(t, err, "parameter site: does not match")
+	assert.ErrorContains(t, err, `parameter "other" is not declared`)
+	assert.Len(t, strings.Split(err.Error(), "\n"), 2, "every problem, one per line")
+}
