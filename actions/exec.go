@@ -250,6 +250,8 @@ type capped struct {
 	dropped  int64
 }
 
+// Write keeps what fits and counts the rest; it never fails, so a handler
+// that writes too much is never blocked.
 func (c *capped) Write(p []byte) (int, error) {
 	c.buf = append(c.buf, p...)
 	if extra := len(c.buf) - c.max; extra > 0 {

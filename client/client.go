@@ -63,6 +63,7 @@ type NodeError struct {
 	Err  error
 }
 
+// Error names the node and what happened to its request.
 func (e *NodeError) Error() string { return e.Node + ": " + e.Err.Error() }
 
 // Unwrap returns one of ErrNotAlive, ErrNoPickup, ErrNodeLost or
