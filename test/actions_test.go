@@ -530,3 +530,45 @@ concurrency: 0
 		}
 	}
 }
+
+func TestSerialActionsHoldTheLockAndTheFlagStopsNoAction(t *testing.T) {
+	etcd := etcdtest.New(t, 1)
+	dir := actionConfig(t, map[string]string{"serial": "command: [/bin/sleep, '2']\nrun_as: {user: ME}\nserial: true\n"}, nil)
+	n := startAgent(t, etcd, "web1", dir, agentConfig{})
+	n.reported(t, 1, cluster.ResultConverged)
+	c := cluster.New(n.cli, cluster.Options{})
+	ctx := context.Background()
+
+	// The failure flag is set: convergence halts, actions do not.
+	_, err := n.cli.Put(ctx, c.FailureKey(), `{"node":"other","configuration":"x","error":"broken"}`)
+	require.NoError(t, err)
+
+	admin := caller(t, etcd, dir)
+	r := admin.action("action", "run", "serial", "--node", "web1", "--no-wait")
+	require.Equal(t, 0, r.code, r.stderr)
+	id := strings.TrimSpace(r.stdout)
+	eventually(t, 20*time.Second, func() bool { return nodeView(t, c, "web1").State == cluster.StateRunning }, "the serial action holds the cluster lock")
+	eventually(t, 20*time.Second, func() bool {
+		r := replyOf(t, n.cli, id, "web1")
+		return r != nil && r.State == actions.StateSucceeded
+	}, "it succeeds, flag or not")
+	v, err := c.View(ctx)
+	require.NoError(t, err)
+	assert.Empty(t, v.Holders, "the lock is released")
+
+	r = admin.action("action", "get", id)
+	require.Equal(t, 0, r.code, r.stderr)
+	assert.Regexp(t, `web1\s+succeeded\s+0`, r.stdout)
+	r = admin.action("action", "list", "--node", "web1")
+	require.Equal(t, 0, r.code, r.stderr)
+	assert.Contains(t, r.stdout, id)
+
+	// SIGHUP (Reload) picks up a new handler file.
+	me, err := user.Current()
+	require.NoError(t, err)
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "actions", "new.yaml"), []byte("command: [/bin/true]\nrun_as: {user: "+me.Username+"}\n"), 0o644))
+	require.NoError(t, n.ag.Reload())
+	replies, errs := callReplies(t, n.cli, client.Call{Action: "new", Nodes: []string{"web1"}})
+	require.Empty(t, errs)
+	assert.Equal(t, actions.StateSucceeded, replies["web1"].State)
+}
