@@ -142,7 +142,10 @@ func TestActionGetsItsParametersOnStdinAndInTheEnvironmentNeverInArgv(t *testing
 	assert.Equal(t, "web1", out.Node)
 	assert.Empty(t, out.Leaked, "a clean environment: nothing of the agent's")
 	assert.NoFileExists(t, "/tmp/pwned")
-	assert.Equal(t, 1.0, testutil.ToFloat64(n.ag.Metrics().Actions.WithLabelValues("echo", actions.StateSucceeded)))
+	// The metric follows the reply: wait for it, as for any reported state.
+	eventually(t, 10*time.Second, func() bool {
+		return testutil.ToFloat64(n.ag.Metrics().Actions.WithLabelValues("echo", actions.StateSucceeded)) == 1
+	}, "ccm_actions_total{action=echo,state=succeeded} is 1")
 
 	// The CLI prints the table, and exits 0.
 	res := caller(t, etcd, dir).action("action", "run", "echo", "--node", "web1", "--param", "site=shop-2", "--param", "note=a,b")
@@ -220,9 +223,13 @@ func TestActionRejectsBadRequestsBeforeAnythingRuns(t *testing.T) {
 		})
 	}
 	assert.NoFileExists(t, ran, "no rejected request ran its handler")
-	assert.Equal(t, 5.0, testutil.ToFloat64(n.ag.Metrics().Actions.WithLabelValues("touch", actions.StateRejected))+
-		testutil.ToFloat64(n.ag.Metrics().Actions.WithLabelValues("echo", actions.StateRejected))+
-		testutil.ToFloat64(n.ag.Metrics().Actions.WithLabelValues("nope", actions.StateRejected)))
+	rejected := func() float64 {
+		m := n.ag.Metrics().Actions
+		return testutil.ToFloat64(m.WithLabelValues("touch", actions.StateRejected)) +
+			testutil.ToFloat64(m.WithLabelValues("echo", actions.StateRejected)) +
+			testutil.ToFloat64(m.WithLabelValues("nope", actions.StateRejected))
+	}
+	eventually(t, 10*time.Second, func() bool { return rejected() == 5 }, "five rejections counted (%v)", rejected())
 }
 
 // alive reports whether a process exists.

@@ -64,7 +64,7 @@ func TestPlanShowsHostileContentEscaped(t *testing.T) {
 	objs := filepath.Join(t.TempDir(), "o.json")
 	require.NoError(t, os.WriteFile(objs, []byte(`{"sites": {"evil": {"user": "x", "domains": ["a\u001b]0;owned\u0007.example"]}}}`), 0o644))
 	// The example's schema stops it at the door, and says so escaped.
-	code, out, errOut := ccm(t, append(offline(t), "plan", "--objects", objs, "--config", "nginx-vhosts", "--color", "never")...)
+	code, _, errOut := ccm(t, append(offline(t), "plan", "--objects", objs, "--config", "nginx-vhosts", "--color", "never")...)
 	assert.Equal(t, exitError, code)
 	assert.NotContains(t, errOut, "\x1b")
 	assert.Contains(t, errOut, `sites/evil: breaks schemas/sites.json at /domains/0`)
@@ -80,7 +80,7 @@ func TestPlanShowsHostileContentEscaped(t *testing.T) {
 			require.NoError(t, os.Symlink(abs, filepath.Join(dir, e.Name())))
 		}
 	}
-	code, out, _ = ccm(t, append(offline(t), "--config-dir", dir, "plan", "--objects", objs, "--config", "nginx-vhosts", "--color", "never")...)
+	code, out, _ := ccm(t, append(offline(t), "--config-dir", dir, "plan", "--objects", objs, "--config", "nginx-vhosts", "--color", "never")...)
 	assert.Equal(t, exitChanges, code)
 	assert.NotContains(t, out, "\x1b")
 	assert.Contains(t, out, `server_name a\x1b]0;owned\a.example;`)
