@@ -33,7 +33,7 @@ func agents(t *testing.T, etcd *etcdtest.Cluster, n int, log, marker, sleep stri
 func TestBatchOfTwoRunsTwoNodesAtOnceNeverThree(t *testing.T) {
 	etcd := etcdtest.New(t, 1)
 	log := filepath.Join(t.TempDir(), "on_change.log")
-	nodes := agents(t, etcd, 6, log, "/nonexistent", "0.3")
+	nodes := agents(t, etcd, 6, log, "/nonexistent", "1")
 	admin := caller(t, etcd, t.TempDir())
 	r := admin.action("rollout", "set", "--batch", "2")
 	require.Equal(t, 0, r.code, r.stderr)
@@ -129,7 +129,7 @@ func TestACanaryConvergesAloneThenTheRestInBatches(t *testing.T) {
 	etcd := etcdtest.New(t, 1)
 	log := filepath.Join(t.TempDir(), "on_change.log")
 	marker := filepath.Join(t.TempDir(), "broken")
-	nodes := agents(t, etcd, 6, log, marker, "0.3")
+	nodes := agents(t, etcd, 6, log, marker, "1")
 	admin := caller(t, etcd, t.TempDir())
 	r := admin.action("rollout", "set", "--batch", "3", "--canary")
 	require.Equal(t, 0, r.code, r.stderr)
