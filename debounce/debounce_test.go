@@ -60,17 +60,6 @@ func stepUntil(t *testing.T, fc *clockwork.FakeClock, ch <-chan debounce.Batch) 
 	return debounce.Batch{}
 }
 
-func receive(t *testing.T, ch <-chan debounce.Batch) debounce.Batch {
-	t.Helper()
-	select {
-	case b := <-ch:
-		return b
-	case <-time.After(5 * time.Second):
-		t.Fatal("no batch")
-		return debounce.Batch{}
-	}
-}
-
 func TestBurstIsOneBatchAfterTheQuietPeriod(t *testing.T) {
 	fc := clockwork.NewFakeClock()
 	d := debounce.New(10*time.Second, time.Minute, fc)
