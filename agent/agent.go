@@ -288,6 +288,13 @@ func (a *Agent) Run(ctx context.Context) error {
 		if err != nil {
 			break
 		}
+		// Paused during the wait: keep the changes, take no lock. (A flag
+		// raised meanwhile is met under the lock, so that the node reports
+		// halted.)
+		if !a.pause.isClear() {
+			a.deb.Requeue(batch)
+			continue
+		}
 		a.metrics.DebouncePending.Set(float64(a.deb.Pending()))
 		a.runMu.Lock()
 		err = a.converge(ctx, batch)

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -59,6 +60,11 @@ func TestPauseHoldsEveryNodeAndResumeConvergesThemInTurn(t *testing.T) {
 	require.Equal(t, 0, r.code, r.stderr)
 
 	rev := putSites(t, etcd, 1, "held")
+	// Each agent has taken in the pause (its own report), so it starts
+	// no new attempt; then none is in the lock queue.
+	for _, n := range nodes {
+		eventually(t, 20*time.Second, func() bool { return testutil.ToFloat64(n.ag.Metrics().Paused) == 1 }, "%s: ccm_paused is 1", n.name)
+	}
 	eventually(t, 20*time.Second, func() bool {
 		v, err := c.View(context.Background())
 		if err != nil || v.Pause == nil {
