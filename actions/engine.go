@@ -377,7 +377,13 @@ func (e *Engine) execute(ctx context.Context, req *Request, run runner, rev int6
 		o = e.builtin(ctx, req, run.builtin)
 	case run.handler.Serial && e.opts.Serial != nil:
 		inv := e.invocation(req, run)
-		if err := e.opts.Serial(ctx, func() { o = inv.run() }); err != nil {
+		err := e.opts.Serial(ctx, func() { o = inv.run() })
+		if err != nil && ctx.Err() != nil { // stopping while it waited for the lock: it never started
+			release()
+			e.handBack(replyKey, rev, req)
+			return
+		}
+		if err != nil {
 			o = outcome{state: StateFailed, err: fmt.Sprintf("cluster lock for a serial action: %v", err)}
 		}
 	default:

@@ -49,6 +49,7 @@ func grantRole(t *testing.T, e *etcdtest.External, admin *node, password string,
 		}
 		line = strings.NewReplacer(`"$CCM_NODE_PASSWORD"`, password, `"$CCM_CALLER_PASSWORD"`, password).Replace(line)
 		fields := strings.Fields(line)
+		require.Equal(t, "etcdctl", fields[0], line)
 		out, err := e.Etcdctl(fields[1:]...)
 		require.NoError(t, err, "%s: %s", line, out)
 	}

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"path/filepath"
-	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -28,19 +27,10 @@ func nodeOn(t *testing.T, e *etcdtest.External, name, user, password string) *no
 	return n
 }
 
-// grantNodeRole runs the etcdctl commands that `ccm rbac print` prints.
+// grantNodeRole runs the etcdctl commands that `ccm rbac print --node`
+// prints.
 func grantNodeRole(t *testing.T, e *etcdtest.External, admin *node, name, password string) {
-	r := admin.run("", "rbac", "print", "--node", name)
-	require.Equal(t, 0, r.code, r.stderr)
-	for _, line := range strings.Split(strings.TrimSpace(r.stdout), "\n") {
-		if strings.HasPrefix(line, "#") {
-			continue
-		}
-		args := strings.Fields(strings.ReplaceAll(line, `"$CCM_NODE_PASSWORD"`, password))
-		require.Equal(t, "etcdctl", args[0], line)
-		out, err := e.Etcdctl(args[1:]...)
-		require.NoError(t, err, "%s: %s", line, out)
-	}
+	grantRole(t, e, admin, password, "--node", name)
 }
 
 func TestAgentWorksWithOnlyItsNodeRoleOverTLS(t *testing.T) {
