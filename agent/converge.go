@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"errors"
+	"runtime/debug"
 	"time"
 
 	"go.uber.org/zap"
@@ -90,8 +91,18 @@ func (a *Agent) converge(ctx context.Context, b debounce.Batch) error {
 	}
 	a.retry.Reset()
 	a.presence.converged(a.runner.Converged())
+	if b.All {
+		releaseMemory()
+	}
 	return nil
 }
+
+// releaseMemory hands the garbage of a full run back to the kernel at
+// once. A full run (the first, a resync, a reload) lists, decodes and
+// renders everything, and leaves the heap at twice what the agent keeps;
+// the runtime's background scavenger would return it over minutes, while
+// the node counts it as the agent's memory. It costs one collection.
+func releaseMemory() { debug.FreeOSMemory() }
 
 // snapshot is the mirror, once it holds at least revision rev.
 func (a *Agent) snapshot(ctx context.Context, rev int64) (*objects.Snapshot, error) {

@@ -1,9 +1,7 @@
 package main
 
 import (
-	"bytes"
 	"fmt"
-	"os"
 	"path/filepath"
 	"time"
 )
@@ -38,26 +36,11 @@ func (b *bench) latency() error {
 	}
 	b.add("latency", "agent start to 10,000 files", time.Since(start).Seconds(), "s", 0, "", "list, render and write everything")
 
-	var lat, floor []time.Duration
-	for i := 0; i < writes; i++ {
-		domain := fmt.Sprintf("change%d.example", i)
-		key := fmt.Sprintf("%s/objects/sites/s%06d", prefix, (i*7919)%n)
-		before := time.Now()
-		if _, err := cli.Put(b.ctx, key, siteValue(i, domain)); err != nil {
-			return err
-		}
-		t0 := time.Now()
-		floor = append(floor, t0.Sub(before))
-		file := filepath.Join(sites, fmt.Sprintf("s%06d.conf", (i*7919)%n))
-		want := []byte(domain)
-		if err := waitFor(30*time.Second, 100*time.Microsecond, func() bool {
-			got, _ := os.ReadFile(file)
-			return bytes.Contains(got, want)
-		}); err != nil {
-			return fmt.Errorf("write %d: %w", i, err)
-		}
-		lat = append(lat, time.Since(t0))
-		time.Sleep(20 * time.Millisecond) // let the run finish (status, unlock)
+	lat, floor, err := b.putToFile(cli, prefix, n, writes, func(site int) string {
+		return filepath.Join(sites, fmt.Sprintf("s%06d.conf", site))
+	})
+	if err != nil {
+		return err
 	}
 	s, f := sortDurations(lat), sortDurations(floor)
 	b.add("latency", "event-to-file p50", ms(percentile(s, 50)), "ms", 20, "< 20 ms", fmt.Sprintf("%.1fx one etcd put (p50 %.2f ms); confd 0.17: 324 ms", ms(percentile(s, 50))/max(ms(percentile(f, 50)), 0.001), ms(percentile(f, 50))))

@@ -46,15 +46,24 @@ type Report struct {
 	Results []Result  `json:"results"`
 }
 
+// agentTags are the build tags of the binary a node runs (make build-agent,
+// the Debian package).
+const agentTags = "noembed"
+
 type bench struct {
 	ctx     context.Context
 	work    string // scratch directory
-	ccm     string // the ccm binary
+	ccm     string // the ccm binary, built as for a node (agentTags)
+	ccmFull string // the ccm binary with the etcd server
 	etcdURL string
 	report  Report
 	idle    time.Duration
-	scale   []int
-	nodes   []int
+	// profiles, when set, is a directory for the agent's heap and CPU
+	// profiles of the one-file scenario.
+	profiles string
+	confd    string // a confd binary to compare against, or ""
+	scale    []int
+	nodes    []int
 }
 
 func main() {
@@ -63,6 +72,8 @@ func main() {
 	quick := flag.Bool("quick", false, "smaller sizes, for a smoke run")
 	only := flag.String("only", "", "run only scenarios whose name contains this")
 	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the in-process agents to this file")
+	profiles := flag.String("profiles", "", "write the one-file agent's heap and CPU profiles into this `DIR`")
+	confd := flag.String("confd", os.Getenv("CONFD"), "a confd binary to measure beside ccm in the one-file scenario (default $CONFD)")
 	flag.Parse()
 	if *cpuprofile != "" {
 		f, err := os.Create(*cpuprofile)
@@ -71,27 +82,35 @@ func main() {
 			defer pprof.StopCPUProfile()
 		}
 	}
-	if err := run(*out, *idle, *quick, *only); err != nil {
+	if err := run(*out, *idle, *quick, *only, *profiles, *confd); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		pprof.StopCPUProfile()
 		os.Exit(1)
 	}
 }
 
-func run(out string, idle time.Duration, quick bool, only string) error {
+func run(out string, idle time.Duration, quick bool, only, profiles, confd string) error {
 	work, err := os.MkdirTemp("", "ccm-bench")
 	if err != nil {
 		return err
 	}
 	defer os.RemoveAll(work)
-	b := &bench{ctx: context.Background(), work: work, idle: idle,
+	b := &bench{ctx: context.Background(), work: work, idle: idle, profiles: profiles, confd: confd,
 		scale: []int{1000, 10000, 100000}, nodes: []int{5, 20, 50},
 		report: Report{Time: time.Now().UTC(), GoOS: runtime.GOOS + "/" + runtime.GOARCH, CPUs: runtime.NumCPU()}}
 	if quick {
 		b.scale, b.nodes, b.idle = []int{1000, 10000}, []int{5, 20}, 10*time.Second
 	}
-	b.ccm = filepath.Join(work, "ccm")
-	if out, err := exec.Command("go", "build", "-o", b.ccm, "./cmd/ccm").CombinedOutput(); err != nil {
+	if profiles != "" {
+		if err := os.MkdirAll(profiles, 0o755); err != nil {
+			return err
+		}
+	}
+	b.ccm, b.ccmFull = filepath.Join(work, "ccm"), filepath.Join(work, "ccm-full")
+	if out, err := exec.Command("go", "build", "-tags", agentTags, "-o", b.ccm, "./cmd/ccm").CombinedOutput(); err != nil {
+		return fmt.Errorf("build ccm: %v: %s", err, out)
+	}
+	if out, err := exec.Command("go", "build", "-o", b.ccmFull, "./cmd/ccm").CombinedOutput(); err != nil {
 		return fmt.Errorf("build ccm: %v: %s", err, out)
 	}
 	addr, err := freeAddr()
@@ -110,6 +129,7 @@ func run(out string, idle time.Duration, quick bool, only string) error {
 		fn   func() error
 	}{
 		{"latency", b.latency},
+		{"onefile", b.onefile},
 		{"throughput", b.throughput},
 		{"rollout", b.rollout},
 		{"actions", b.actions},

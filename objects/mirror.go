@@ -2,7 +2,9 @@ package objects
 
 import (
 	"context"
+	"slices"
 	"sort"
+	"strings"
 	"sync"
 )
 
@@ -28,7 +30,8 @@ type Mirror struct {
 	schema  map[string]map[string]error  // type -> id -> schema error (the object is in objs)
 	check   Validator                    // nil: no schemas
 	ignored map[string]error             // key -> grammar error
-	sorted  map[string][]Object          // type -> objects by ID; rebuilt lazily
+	sorted  map[string][]Object          // type -> objects by ID; built lazily, then kept in order
+	shared  map[string]bool              // type -> its sorted list was handed out: copy before changing it
 	version map[string]int64             // type -> last revision that changed it
 	revCh   chan struct{}                // closed and replaced when rev grows
 }
@@ -46,6 +49,7 @@ func (m *Mirror) clear() {
 	m.schema = map[string]map[string]error{}
 	m.ignored = map[string]error{}
 	m.sorted = map[string][]Object{}
+	m.shared = map[string]bool{}
 	m.version = map[string]int64{}
 }
 
@@ -118,12 +122,12 @@ func (m *Mirror) applyLocked(kv KV) (string, bool) {
 		}
 		return "", false
 	}
-	delete(m.sorted, typ)
 	m.version[typ] = max(m.version[typ], kv.ModRevision)
 	delete(m.objs[typ], id)
 	delete(m.invalid[typ], id)
 	delete(m.schema[typ], id)
 	if kv.Deleted {
+		m.placeLocked(typ, id, nil)
 		return typ, true
 	}
 	data, err := Decode(kv.Value)
@@ -132,14 +136,45 @@ func (m *Mirror) applyLocked(kv KV) (string, bool) {
 			m.invalid[typ] = map[string]error{}
 		}
 		m.invalid[typ][id] = objectError(kv.Key, err)
+		m.placeLocked(typ, id, nil)
 		return typ, true
 	}
 	if m.objs[typ] == nil {
 		m.objs[typ] = map[string]Object{}
 	}
-	m.objs[typ][id] = Object{ID: id, Type: typ, Revision: kv.ModRevision, Data: data}
+	o := Object{ID: id, Type: typ, Revision: kv.ModRevision, Data: data}
+	m.objs[typ][id] = o
+	m.placeLocked(typ, id, &o)
 	m.validateLocked(kv.Key, typ, id, data)
 	return typ, true
+}
+
+// placeLocked keeps the sorted list of typ in order after the object id
+// became o (nil: gone), so that one event costs a binary search and a
+// copy, not a sort of the whole type. A list a snapshot holds is copied
+// first: snapshots never change.
+func (m *Mirror) placeLocked(typ, id string, o *Object) {
+	l, ok := m.sorted[typ]
+	if !ok {
+		return
+	}
+	i, found := slices.BinarySearchFunc(l, id, func(e Object, id string) int { return strings.Compare(e.ID, id) })
+	if !found && o == nil {
+		return
+	}
+	if m.shared[typ] {
+		l = slices.Grow(slices.Clone(l), 1)
+		m.shared[typ] = false
+	}
+	switch {
+	case found && o != nil:
+		l[i] = *o
+	case found:
+		l = slices.Delete(l, i, i+1)
+	default:
+		l = slices.Insert(l, i, *o)
+	}
+	m.sorted[typ] = l
 }
 
 // validateLocked records whether an object breaks its type's schema.
@@ -249,6 +284,7 @@ func (m *Mirror) Snapshot() *Snapshot {
 		}
 		if len(l) > 0 {
 			s.Types[typ] = l
+			m.shared[typ] = true
 		}
 	}
 	for _, bad := range []map[string]map[string]error{m.invalid, m.schema} {

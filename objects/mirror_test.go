@@ -2,6 +2,10 @@ package objects_test
 
 import (
 	"context"
+	"fmt"
+	"maps"
+	"math/rand/v2"
+	"slices"
 	"testing"
 	"time"
 
@@ -86,4 +90,44 @@ func TestMirrorAppliesEventsDeliveredAfterAPrematureProgressNotification(t *test
 	assert.Len(t, m.Snapshot().List("sites"), 1)
 	assert.Equal(t, int64(8), m.Applied(), "a resumed watch starts after the last applied event")
 	assert.Equal(t, int64(10), m.Revision())
+}
+
+// The mirror keeps each type's list in order across events instead of
+// sorting it per snapshot; a snapshot taken before an event must not see
+// it.
+func TestMirrorListsStayOrderedAndSnapshotsNeverChange(t *testing.T) {
+	m := objects.NewMirror("/ccm")
+	m.Reset(nil, 1)
+	rng := rand.New(rand.NewPCG(1, 2))
+	want := map[string]int64{}
+	var snaps []*objects.Snapshot
+	var wants []map[string]int64
+	for rev := int64(2); rev < 600; rev++ {
+		id := fmt.Sprintf("s%02d", rng.IntN(40))
+		switch rng.IntN(4) {
+		case 0:
+			m.Apply([]objects.KV{{Key: "/ccm/objects/sites/" + id, ModRevision: rev, Deleted: true}})
+			delete(want, id)
+		case 1:
+			m.Apply([]objects.KV{kv("sites/"+id, `not json`, rev)})
+			delete(want, id)
+		default:
+			m.Apply([]objects.KV{kv("sites/"+id, `{"v":1}`, rev)})
+			want[id] = rev
+		}
+		if rng.IntN(3) == 0 {
+			snaps = append(snaps, m.Snapshot())
+			wants = append(wants, maps.Clone(want))
+		}
+	}
+	for i, s := range snaps {
+		got := map[string]int64{}
+		ids := []string{}
+		for _, o := range s.List("sites") {
+			got[o.ID] = o.Revision
+			ids = append(ids, o.ID)
+		}
+		require.Equal(t, wants[i], got, "snapshot %d", i)
+		require.True(t, slices.IsSorted(ids), "snapshot %d is in ID order: %v", i, ids)
+	}
 }

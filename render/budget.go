@@ -26,14 +26,24 @@ const stuckGrace = 2 * time.Second
 
 // budget bounds the rendering of one file of cfg.
 type budget struct {
-	size     int
-	timeout  time.Duration
-	progress *atomic.Int64 // unix nanoseconds of the last write or file start
+	size    int
+	timeout time.Duration
+	// writes counts writes and file starts: watch sees progress in it.
+	writes *atomic.Int64
+	// deadline is the unix nanoseconds by which the current file must be
+	// written; a writer looks at the clock every clockEvery writes.
+	deadline *atomic.Int64
 	current  *atomic.Pointer[string]
 }
 
+// clockEvery is how many writes pass between two looks at the clock: a
+// template that ranges over 10,000 objects writes 50,000 times, and
+// time.Now on each was a tenth of the render.
+const clockEvery = 64
+
 func newBudget(cfg *configs.Config) budget {
-	b := budget{size: cfg.MaxFileSize, timeout: cfg.RenderTimeout, progress: &atomic.Int64{}, current: &atomic.Pointer[string]{}}
+	b := budget{size: cfg.MaxFileSize, timeout: cfg.RenderTimeout,
+		writes: &atomic.Int64{}, deadline: &atomic.Int64{}, current: &atomic.Pointer[string]{}}
 	if b.size <= 0 {
 		b.size = configs.DefaultMaxFileSize
 	}
@@ -48,28 +58,40 @@ func newBudget(cfg *configs.Config) budget {
 // after the time budget: a template writing either way fails at its next
 // write.
 func (b budget) writer(what string) *budgetWriter {
-	now := time.Now()
-	b.progress.Store(now.UnixNano())
+	b.writes.Add(1)
+	b.deadline.Store(time.Now().Add(b.timeout).UnixNano())
 	b.current.Store(&what)
-	return &budgetWriter{b: b, deadline: now.Add(b.timeout)}
+	return b.part()
 }
+
+// part returns a buffer for a part of the current file (a range's
+// elements, see Data.CCMRange), under the same budgets.
+func (b budget) part() *budgetWriter { return &budgetWriter{b: b} }
 
 type budgetWriter struct {
 	bytes.Buffer
-	b        budget
-	deadline time.Time
+	b budget
+	n int
 }
 
 func (w *budgetWriter) Write(p []byte) (int, error) {
-	now := time.Now()
-	w.b.progress.Store(now.UnixNano())
+	w.b.writes.Add(1)
 	if w.Len()+len(p) > w.b.size {
 		return 0, fmt.Errorf("%w: more than %d bytes (max_file_size)", ErrOverBudget, w.b.size)
 	}
-	if now.After(w.deadline) {
+	if w.n++; w.n%clockEvery == 0 && time.Now().UnixNano() > w.b.deadline.Load() {
 		return 0, fmt.Errorf("%w: still rendering after %s (render_timeout)", ErrOverBudget, w.b.timeout)
 	}
 	return w.Buffer.Write(p)
+}
+
+// WriteString writes a part rendered before, under the same budgets.
+func (w *budgetWriter) WriteString(s string) (int, error) {
+	if w.Len()+len(s) > w.b.size {
+		return 0, fmt.Errorf("%w: more than %d bytes (max_file_size)", ErrOverBudget, w.b.size)
+	}
+	w.b.writes.Add(1)
+	return w.Buffer.WriteString(s)
 }
 
 // watch runs render in a goroutine and returns its result, or ErrStuck
@@ -84,7 +106,7 @@ func (b budget) watch(ctx context.Context, render func() (*Output, error)) (out 
 		err error
 	}
 	done := make(chan result, 1)
-	b.progress.Store(time.Now().UnixNano())
+	seen, since := b.writes.Load(), time.Now()
 	go func() {
 		out, err := render()
 		done <- result{out, err}
@@ -103,7 +125,10 @@ func (b budget) watch(ctx context.Context, render func() (*Output, error)) (out 
 				return nil, context.Cause(ctx), true
 			}
 		case now := <-tick.C:
-			if idle := now.Sub(time.Unix(0, b.progress.Load())); idle > b.timeout+stuckGrace {
+			if w := b.writes.Load(); w != seen {
+				seen, since = w, now
+			}
+			if idle := now.Sub(since); idle > b.timeout+stuckGrace {
 				what := "render"
 				if p := b.current.Load(); p != nil {
 					what = *p

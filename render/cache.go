@@ -10,6 +10,7 @@ import (
 
 	"github.com/ccm-dev/ccm/configs"
 	"github.com/ccm-dev/ccm/objects"
+	"github.com/ccm-dev/ccm/templates"
 )
 
 // Cache remembers for_each output per object revision, so a run after one
@@ -36,6 +37,7 @@ type Cache struct {
 // swept after it.
 type configCache struct {
 	entries map[cacheKey]*cacheEntry
+	ranges  map[rangeKey]*rangeEntry // element outputs of rewritten ranges
 	gen     uint64
 }
 
@@ -78,7 +80,7 @@ func (c *Cache) Render(ctx context.Context, cfg *configs.Config, snap *objects.S
 func (c *Cache) render(cfg *configs.Config, snap *objects.Snapshot, node Node, root string, fresh bool, b budget) (*Output, error) {
 	cc := c.configs[cfg.Name]
 	if cc == nil || fresh {
-		cc = &configCache{entries: map[cacheKey]*cacheEntry{}}
+		cc = &configCache{entries: map[cacheKey]*cacheEntry{}, ranges: map[rangeKey]*rangeEntry{}}
 		c.configs[cfg.Name] = cc
 	}
 	cc.gen++
@@ -93,6 +95,11 @@ func (c *Cache) render(cfg *configs.Config, snap *objects.Snapshot, node Node, r
 			if e.gen != cc.gen {
 				delete(cc.entries, k)
 			}
+		}
+	}
+	for k, e := range cc.ranges {
+		if e.gen != cc.gen {
+			delete(cc.ranges, k)
 		}
 	}
 	return out, nil
@@ -117,7 +124,7 @@ func (c *Cache) templateDeps(t *template.Template) ([]string, bool) {
 			w.ok = false
 			continue
 		}
-		w.node(tt.Tree.Root, false)
+		w.node(tt.Tree.Root, templates.IsRangeBody(tt))
 	}
 	d := templateDeps{ok: w.ok}
 	for typ := range w.types {

@@ -10,6 +10,7 @@ import (
 
 	"github.com/ccm-dev/ccm/configs"
 	"github.com/ccm-dev/ccm/objects"
+	"github.com/ccm-dev/ccm/templates"
 )
 
 // Node is the node a configuration renders for.
@@ -28,6 +29,8 @@ type Data struct {
 	Node   Node
 	// Revision is the etcd revision of the snapshot.
 	Revision int64
+
+	memo *rangeMemo
 }
 
 // File is one rendered file.
@@ -81,7 +84,8 @@ func (r *renderer) render(cfg *configs.Config, snap *objects.Snapshot, node Node
 	if err := snap.Check(types...); err != nil {
 		return nil, err
 	}
-	data := Data{Objects: map[string][]objects.Object{}, Node: node, Revision: snap.Revision}
+	data := Data{Objects: map[string][]objects.Object{}, Node: node, Revision: snap.Revision,
+		memo: &rangeMemo{budget: r.budget, cache: r.cache}}
 	for _, t := range types {
 		data.Objects[t] = snap.List(t)
 	}
@@ -152,7 +156,7 @@ func (r *renderer) file(c *confiner, f *configs.File, data Data, cached bool, ve
 	}
 	buf := r.budget.writer(fmt.Sprintf("render %s%s", p, objectSuffix(data)))
 	if err := f.Body.Execute(buf, data); err != nil {
-		return File{}, fmt.Errorf("render %s%s: %w", p, objectSuffix(data), err)
+		return File{}, fmt.Errorf("render %s%s: %w", p, objectSuffix(data), templates.CleanError(err))
 	}
 	file := File{Path: p, Real: real, Content: buf.Bytes(), Mode: f.Mode, Ownership: f.Ownership, Check: f.Check}
 	if cached {
@@ -202,7 +206,7 @@ func each(forEach string, data Data, fn func(Data) error) error {
 func (r *renderer) renderPath(c *confiner, t *template.Template, data Data) (path, real string, err error) {
 	buf := r.budget.writer(fmt.Sprintf("render path %q%s", t.Root.String(), objectSuffix(data)))
 	if err := t.Execute(buf, data); err != nil {
-		return "", "", fmt.Errorf("render path %q%s: %w", t.Root.String(), objectSuffix(data), err)
+		return "", "", fmt.Errorf("render path %q%s: %w", t.Root.String(), objectSuffix(data), templates.CleanError(err))
 	}
 	path = buf.String()
 	real, err = c.confine(path)

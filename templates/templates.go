@@ -102,6 +102,17 @@ func checkCount(fn string, n int64) error {
 // Parse parses text as a template named name, with the ccm functions and
 // missingkey=error, so a typo in a field name fails instead of rendering
 // "<no value>".
+//
+// Ranges whose body reads only its element are rewritten so that the
+// renderer can cache each element's output (see Ranger); the output is
+// the same.
 func Parse(name, text string) (*template.Template, error) {
-	return template.New(name).Funcs(FuncMap()).Option("missingkey=error").Parse(text)
+	t, err := template.New(name).Funcs(FuncMap()).Option("missingkey=error").Parse(text)
+	if err != nil {
+		return nil, err
+	}
+	if err := memoize(t); err != nil {
+		return nil, fmt.Errorf("template %s: %w", name, err)
+	}
+	return t, nil
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"os/signal"
 	"sync"
@@ -24,6 +25,7 @@ import (
 func newAgentCmd(a *app) *cobra.Command {
 	opts := agent.Options{}
 	var metricsAddr string
+	var profiles bool
 	cmd := &cobra.Command{
 		Use:   "agent",
 		Short: "Run the per-node service: watch etcd and converge on change",
@@ -35,7 +37,7 @@ one is logged and the loaded one kept). The agent also answers the actions
 addressed to its node.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return a.runAgent(cmd.Context(), opts, metricsAddr)
+			return a.runAgent(cmd.Context(), opts, metricsAddr, profiles)
 		},
 	}
 	f := cmd.Flags()
@@ -46,10 +48,11 @@ addressed to its node.`,
 	f.StringVar(&opts.ActionKeys, "action-keys", "", "run only action requests signed by a key in this OpenSSH authorized_keys `FILE` (ed25519)")
 	f.DurationVar(&opts.Retention, "retention", actions.DefaultRetention, "how long etcd keeps this node's replies to actions")
 	f.StringVar(&metricsAddr, "metrics-addr", "", "serve /metrics, /healthz and /readyz on this `ADDR` (e.g. 127.0.0.1:9310)")
+	f.BoolVar(&profiles, "pprof", false, "also serve Go's profiles under /debug/pprof/ on --metrics-addr")
 	return cmd
 }
 
-func (a *app) runAgent(ctx context.Context, opts agent.Options, metricsAddr string) error {
+func (a *app) runAgent(ctx context.Context, opts agent.Options, metricsAddr string, profiles bool) error {
 	c, err := a.cluster(ctx)
 	if err != nil {
 		return err
@@ -69,7 +72,7 @@ func (a *app) runAgent(ctx context.Context, opts agent.Options, metricsAddr stri
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	if metricsAddr != "" {
-		if err := serveMetrics(ctx, &wg, metricsAddr, ag, a.log); err != nil {
+		if err := serveMetrics(ctx, &wg, metricsAddr, ag, profiles, a.log); err != nil {
 			return err
 		}
 	}
@@ -85,12 +88,23 @@ func (a *app) runAgent(ctx context.Context, opts agent.Options, metricsAddr stri
 }
 
 // serveMetrics listens on addr and serves until ctx ends.
-func serveMetrics(ctx context.Context, wg *sync.WaitGroup, addr string, ag *agent.Agent, log *zap.Logger) error {
+func serveMetrics(ctx context.Context, wg *sync.WaitGroup, addr string, ag *agent.Agent, withPprof bool, log *zap.Logger) error {
 	l, err := net.Listen("tcp", addr)
 	if err != nil {
 		return fmt.Errorf("--metrics-addr: %w", err)
 	}
-	srv := &http.Server{Handler: ag.Metrics().Handler(ag.Healthy, ag.Ready), ReadHeaderTimeout: 10 * time.Second}
+	handler := ag.Metrics().Handler(ag.Healthy, ag.Ready)
+	if withPprof {
+		mux := http.NewServeMux()
+		mux.Handle("/", handler)
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+		handler = mux
+	}
+	srv := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second}
 	wg.Add(2)
 	go func() {
 		defer wg.Done()

@@ -19,7 +19,6 @@ import (
 	"github.com/ccm-dev/ccm/applier"
 	"github.com/ccm-dev/ccm/cluster"
 	"github.com/ccm-dev/ccm/configs"
-	"github.com/ccm-dev/ccm/embedded"
 	"github.com/ccm-dev/ccm/render"
 	"github.com/ccm-dev/ccm/rollout"
 )
@@ -96,9 +95,11 @@ type app struct {
 	embeddedEtcd        string
 	timeout             time.Duration
 
-	log     *zap.Logger
-	etcd    *embedded.Server
-	closers []func()
+	log *zap.Logger
+	// etcdStarted: the embedded etcd runs (a command that connects twice
+	// starts it once).
+	etcdStarted bool
+	closers     []func()
 }
 
 func newRootCmd(a *app) *cobra.Command {
@@ -252,13 +253,13 @@ func (a *app) applier() (*applier.Applier, error) {
 // cluster connects to etcd (starting the embedded one if asked) and returns
 // the cluster's shared state.
 func (a *app) cluster(ctx context.Context) (*cluster.Cluster, error) {
-	if a.embeddedEtcd != "" && a.etcd == nil {
-		srv, err := embedded.Start(ctx, embedded.Config{Dir: a.embeddedEtcd, ClientURL: clientURL(a.endpoints[0]), Logger: a.log})
+	if a.embeddedEtcd != "" && !a.etcdStarted {
+		closeEtcd, err := startEmbedded(ctx, a.embeddedEtcd, clientURL(a.endpoints[0]), a.log)
 		if err != nil {
 			return nil, err
 		}
-		a.etcd = srv
-		a.closers = append(a.closers, srv.Close)
+		a.etcdStarted = true
+		a.closers = append(a.closers, closeEtcd)
 	}
 	client, err := cluster.NewClient(a.clientConfig())
 	if err != nil {
