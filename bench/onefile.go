@@ -83,6 +83,7 @@ func (b *bench) onefile() error {
 	if err := waitMetric(metricsAddr, "ccm_runs_total", 30*time.Second); err != nil {
 		return err
 	}
+	time.Sleep(2 * time.Second) // as footprint: the run's last steps, then measure
 	rss, err := procRSS(cmd.Process.Pid)
 	if err != nil {
 		return err

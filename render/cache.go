@@ -37,7 +37,7 @@ type Cache struct {
 // swept after it.
 type configCache struct {
 	entries map[cacheKey]*cacheEntry
-	ranges  map[rangeKey]*rangeEntry // element outputs of rewritten ranges
+	ranges  map[*template.Template]*rangeOutputs // element outputs of rewritten ranges, by body
 	gen     uint64
 }
 
@@ -80,7 +80,7 @@ func (c *Cache) Render(ctx context.Context, cfg *configs.Config, snap *objects.S
 func (c *Cache) render(cfg *configs.Config, snap *objects.Snapshot, node Node, root string, fresh bool, b budget) (*Output, error) {
 	cc := c.configs[cfg.Name]
 	if cc == nil || fresh {
-		cc = &configCache{entries: map[cacheKey]*cacheEntry{}, ranges: map[rangeKey]*rangeEntry{}}
+		cc = &configCache{entries: map[cacheKey]*cacheEntry{}, ranges: map[*template.Template]*rangeOutputs{}}
 		c.configs[cfg.Name] = cc
 	}
 	cc.gen++
@@ -97,9 +97,14 @@ func (c *Cache) render(cfg *configs.Config, snap *objects.Snapshot, node Node, r
 			}
 		}
 	}
-	for k, e := range cc.ranges {
-		if e.gen != cc.gen {
-			delete(cc.ranges, k)
+	for body, outs := range cc.ranges {
+		for k, e := range outs.elems {
+			if e.gen != cc.gen {
+				delete(outs.elems, k)
+			}
+		}
+		if len(outs.elems) == 0 {
+			delete(cc.ranges, body)
 		}
 	}
 	return out, nil

@@ -7,10 +7,11 @@ import (
 	"github.com/ccm-dev/ccm/objects"
 )
 
-// rangeKey names one element's output of one range body.
-type rangeKey struct {
-	body    *template.Template // identity changes when the directory is reloaded
-	typ, id string
+// rangeOutputs are one range body's element outputs, by object type and
+// ID, and the size of its last whole output.
+type rangeOutputs struct {
+	elems map[[2]string]*rangeEntry
+	size  int
 }
 
 // rangeEntry is one element's output, valid while the object's revision
@@ -49,9 +50,15 @@ func (d Data) CCMRange(body, loop *template.Template, value any) (string, error)
 		}
 		return w.String(), nil
 	}
+	outs := cc.ranges[body] // the body's identity changes when the directory is reloaded
+	if outs == nil {
+		outs = &rangeOutputs{elems: make(map[[2]string]*rangeEntry, len(objs))}
+		cc.ranges[body] = outs
+	}
+	w.Grow(outs.size)
 	for _, o := range objs {
-		key := rangeKey{body: body, typ: o.Type, id: o.ID}
-		if e, ok := cc.ranges[key]; ok && o.Revision > 0 && e.revision == o.Revision {
+		key := [2]string{o.Type, o.ID}
+		if e, ok := outs.elems[key]; ok && o.Revision > 0 && e.revision == o.Revision {
 			e.gen = cc.gen
 			if _, err := w.WriteString(e.out); err != nil {
 				return "", err
@@ -63,8 +70,9 @@ func (d Data) CCMRange(body, loop *template.Template, value any) (string, error)
 			return "", err
 		}
 		if o.Revision > 0 {
-			cc.ranges[key] = &rangeEntry{revision: o.Revision, out: string(w.Bytes()[start:]), gen: cc.gen}
+			outs.elems[key] = &rangeEntry{revision: o.Revision, out: string(w.Bytes()[start:]), gen: cc.gen}
 		}
 	}
+	outs.size = w.Len()
 	return w.String(), nil
 }
