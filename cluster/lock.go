@@ -10,6 +10,8 @@ import (
 	"strconv"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
 )
@@ -206,17 +208,20 @@ type Lock struct {
 func (s *Session) Lock(ctx context.Context, target func() int64) (*Lock, error) {
 	cli, prefix := s.c.client, s.c.LockPrefix()
 	key := prefix + s.Lease()
+	l := &Lock{s: s, key: key, target: target}
+	// The queue is read in the same request that joins it: without
+	// contention the lock is one round trip.
 	resp, err := cli.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
-		Then(clientv3.OpPut(key, s.c.node, clientv3.WithLease(s.session.Lease()))).
-		Else(clientv3.OpGet(key)).Commit()
+		Then(append([]clientv3.Op{clientv3.OpPut(key, s.c.node, clientv3.WithLease(s.session.Lease()))}, l.queueReads(0)...)...).
+		Else(append([]clientv3.Op{clientv3.OpGet(key)}, l.queueReads(0)...)...).Commit()
 	if err != nil {
 		return nil, fmt.Errorf("lock %s: %w", prefix, err)
 	}
-	l := &Lock{s: s, key: key, rev: resp.Header.Revision, target: target}
+	l.rev = resp.Header.Revision
 	if !resp.Succeeded {
 		l.rev = resp.Responses[0].GetResponseRange().Kvs[0].CreateRevision
 	}
-	if err := l.waitPredecessors(ctx); err != nil {
+	if err := l.waitPredecessors(ctx, resp.Responses[1:], resp.Header.Revision); err != nil {
 		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 		defer cancel()
 		_, _ = cli.Delete(dctx, key)
@@ -229,47 +234,64 @@ func (s *Session) Lock(ctx context.Context, target func() int64) (*Lock, error) 
 // holds one of several slots, so that ccm status can name every holder.
 const heldMark = " running"
 
+// queueReads are what tells whether this node holds a slot, and what a
+// holder checks first: the rollout strategy, the lock keys (created before
+// maxCreate, or all with 0, newest first), this node's own key, the
+// failure flag, the pause and the canary, in this order.
+func (l *Lock) queueReads(maxCreate int64) []clientv3.Op {
+	preds := append(clientv3.WithLastCreate(), clientv3.WithKeysOnly(), clientv3.WithLimit(0))
+	if maxCreate > 0 {
+		preds = append(preds, clientv3.WithMaxCreateRev(maxCreate))
+	}
+	return []clientv3.Op{
+		clientv3.OpGet(l.s.c.RolloutKey()),
+		clientv3.OpGet(l.s.c.LockPrefix(), preds...),
+		clientv3.OpGet(l.key, clientv3.WithKeysOnly()),
+		clientv3.OpGet(l.s.c.FailureKey()),
+		clientv3.OpGet(l.s.c.PausedKey()),
+		clientv3.OpGet(l.s.c.CanaryKey()),
+	}
+}
+
 // waitPredecessors returns once fewer lock keys created before l's exist
 // than the rollout strategy has slots (one: no key before it), and l's
-// key still does. A change of strategy takes effect at once.
-func (l *Lock) waitPredecessors(ctx context.Context) error {
-	cli, prefix := l.s.c.client, l.s.c.LockPrefix()
+// key still does. A change of strategy takes effect at once. reads are
+// the responses to queueReads at revision rev.
+func (l *Lock) waitPredecessors(ctx context.Context, reads []*etcdserverpb.ResponseOp, rev int64) error {
+	cli := l.s.c.client
 	ctx, cancel := l.s.Context(ctx)
 	defer cancel()
 	for {
-		// One request tells whether this node holds a slot, and reads
-		// what a holder checks first: the failure flag and the pause.
-		resp, err := cli.Txn(ctx).Then(
-			clientv3.OpGet(l.s.c.RolloutKey()),
-			clientv3.OpGet(prefix, append(clientv3.WithLastCreate(), clientv3.WithKeysOnly(), clientv3.WithMaxCreateRev(l.rev-1), clientv3.WithLimit(0))...),
-			clientv3.OpGet(l.key, clientv3.WithKeysOnly()),
-			clientv3.OpGet(l.s.c.FailureKey()),
-			clientv3.OpGet(l.s.c.PausedKey()),
-			clientv3.OpGet(l.s.c.CanaryKey()),
-		).Commit()
-		if err != nil {
-			return lockWaitErr(ctx, err)
-		}
-		if own := resp.Responses[2].GetResponseRange().Kvs; len(own) == 0 || own[0].CreateRevision != l.rev {
+		if own := reads[2].GetResponseRange().Kvs; len(own) == 0 || own[0].CreateRevision != l.rev {
 			return ErrSessionLost
 		}
-		strategy := decodeRollout((*clientv3.GetResponse)(resp.Responses[0].GetResponseRange()))
-		l.slots, l.canary = l.slotsFor(strategy, decodeCanary((*clientv3.GetResponse)(resp.Responses[5].GetResponseRange())))
+		strategy := decodeRollout((*clientv3.GetResponse)(reads[0].GetResponseRange()))
+		l.slots, l.canary = l.slotsFor(strategy, decodeCanary((*clientv3.GetResponse)(reads[5].GetResponseRange())))
 		l.wide = strategy.Slots() > 1
-		preds := resp.Responses[1].GetResponseRange().Kvs // newest first
+		var preds []*mvccpb.KeyValue // newest first
+		for _, kv := range reads[1].GetResponseRange().Kvs {
+			if kv.CreateRevision < l.rev {
+				preds = append(preds, kv)
+			}
+		}
 		if len(preds) < l.slots {
 			l.gate = &Gate{
-				Failure:  decodeFailure((*clientv3.GetResponse)(resp.Responses[3].GetResponseRange())),
-				Pause:    decodePause((*clientv3.GetResponse)(resp.Responses[4].GetResponseRange())),
-				Revision: resp.Header.Revision,
+				Failure:  decodeFailure((*clientv3.GetResponse)(reads[3].GetResponseRange())),
+				Pause:    decodePause((*clientv3.GetResponse)(reads[4].GetResponseRange())),
+				Revision: rev,
 			}
 			break
 		}
 		// One slot: the key just before this one going is the turn.
 		// Several: any key before this one going may be.
-		if err := l.waitTurn(ctx, string(preds[0].Key), resp.Header.Revision+1); err != nil {
+		if err := l.waitTurn(ctx, string(preds[0].Key), rev+1); err != nil {
 			return lockWaitErr(ctx, err)
 		}
+		resp, err := cli.Txn(ctx).Then(l.queueReads(l.rev - 1)...).Commit()
+		if err != nil {
+			return lockWaitErr(ctx, err)
+		}
+		reads, rev = resp.Responses, resp.Header.Revision
 	}
 	if l.wide { // fenced, and the key stays on its lease
 		_, err := cli.Txn(ctx).If(l.isOwner()).Then(clientv3.OpPut(l.key, l.s.c.node+heldMark, clientv3.WithIgnoreLease())).Commit()

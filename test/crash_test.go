@@ -68,6 +68,11 @@ func TestACrashMidRunIsFinishedAtTheNextStart(t *testing.T) {
 					assert.Equal(t, "v2\n", n.read("/sites/a.conf"), "the crash came after the rename")
 				}
 				assert.NotContains(t, readLog(log), "on_change\non_change", "nothing ran on_change twice yet")
+				if step != "on_change" {
+					journal, err := os.ReadFile(filepath.Join(n.state, "journal", "site.json"))
+					require.NoError(t, err)
+					assert.Contains(t, string(journal), `"same_files":true`, "an update of a file the manifest lists leaves the list out of the journal")
+				}
 
 				r := n.run("", "apply", "--once", "--lock-ttl", "1s")
 				if validateFails {
@@ -87,6 +92,9 @@ func TestACrashMidRunIsFinishedAtTheNextStart(t *testing.T) {
 				assert.Equal(t, 0, n.run("", "plan").code, "nothing left to do")
 				entries, _ := os.ReadDir(filepath.Join(n.state, "journal"))
 				assert.Empty(t, entries, "the journal is gone")
+				manifest, err := os.ReadFile(filepath.Join(n.state, "configs", "site.json"))
+				require.NoError(t, err)
+				assert.Contains(t, string(manifest), `"files":["/sites/a.conf"]`, "the manifest still lists the file")
 			})
 		}
 	}
