@@ -88,6 +88,9 @@ gave no reply. With --no-wait: 0, and the call's id.`,
 	for _, name := range []string{"node", "label"} {
 		_ = fl.SetAnnotation(name, noEnv, []string{"true"})
 	}
+	cmd.ValidArgsFunction = a.completion(argLister(actionNames))
+	a.registerFlagCompletion(cmd, "node", nodeNames)
+	a.registerFlagCompletion(cmd, "label", labelPairs)
 	return cmd
 }
 

@@ -36,6 +36,7 @@ Exit codes: 0 converged, 1 failed (flag set), 3 halted by the flag.`,
 	}
 	cmd.Flags().BoolVar(&once, "once", false, "run once and exit")
 	cmd.Flags().StringSliceVar(&names, "config", nil, "converge only this configuration (repeatable)")
+	a.registerFlagCompletion(cmd, "config", configNames)
 	cmd.Flags().DurationVar(&lockTTL, "lock-ttl", cluster.DefaultLockTTL, "lease TTL of the lock session")
 	cmd.Flags().DurationVar(&lockTimeout, "lock-timeout", 0, "give up waiting for the lock after this long (0: wait); the run itself is not bounded")
 	return cmd

@@ -49,9 +49,10 @@ func (a *app) withKV(cmd *cobra.Command, fn func(context.Context, clientv3.KV) e
 // keyCmd is an object command on one TYPE ID.
 func (a *app) keyCmd(use, short string, fn func(ctx context.Context, kv clientv3.KV, key string) error) *cobra.Command {
 	return &cobra.Command{
-		Use:   use + " TYPE ID",
-		Short: short,
-		Args:  cobra.ExactArgs(2),
+		Use:               use + " TYPE ID",
+		Short:             short,
+		Args:              cobra.ExactArgs(2),
+		ValidArgsFunction: a.completion(argLister(objectTypes, objectIDs)),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			key, err := a.objectKey(args[0], args[1])
 			if err != nil {
@@ -130,9 +131,10 @@ func newObjectDeleteCmd(a *app) *cobra.Command {
 
 func newObjectListCmd(a *app) *cobra.Command {
 	return &cobra.Command{
-		Use:   "list [TYPE]",
-		Short: "List objects as TYPE/ID, sorted",
-		Args:  cobra.MaximumNArgs(1),
+		Use:               "list [TYPE]",
+		Short:             "List objects as TYPE/ID, sorted",
+		Args:              cobra.MaximumNArgs(1),
+		ValidArgsFunction: a.completion(argLister(objectTypes)),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			prefix := objects.Prefix(a.prefix)
 			if len(args) == 1 {

@@ -73,6 +73,7 @@ node without a plan).`,
 		},
 	}
 	cmd.Flags().StringSliceVar(&names, "config", nil, "plan only this configuration (repeatable)")
+	a.registerFlagCompletion(cmd, "config", configNames)
 	cmd.Flags().StringVar(&objectsFile, "objects", "", "plan offline from `FILE.json` shaped {\"<type>\": {\"<id>\": {...}}}")
 	cmd.Flags().StringVar(&color, "color", "auto", "colour diffs: auto, always or never")
 	cmd.Flags().BoolVar(&check, "check", false, "also run the check of every file that would change, on a copy outside the root; exit 1 if any fails")
