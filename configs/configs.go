@@ -15,6 +15,12 @@ import (
 	"github.com/ccm-dev/ccm/toposort"
 )
 
+// ErrNoConfigurations is returned for a directory without any *.yaml. An
+// agent or apply refuses it: a full run would remove every file that
+// configurations wrote before, and an empty directory is more often a
+// wrong --config-dir than an intent.
+var ErrNoConfigurations = errors.New("no configuration (*.yaml) found")
+
 // DefaultTimeout bounds each command of a configuration that sets none.
 const DefaultTimeout = 60 * time.Second
 
@@ -161,7 +167,7 @@ func Load(dir string) (*Set, error) {
 		return nil, errors.Join(errs...)
 	}
 	if len(paths) == 0 {
-		return nil, fmt.Errorf("%s: no configuration (*.yaml) found", dir)
+		return nil, fmt.Errorf("%s: %w", dir, ErrNoConfigurations)
 	}
 	set.Order = order
 	return set, nil

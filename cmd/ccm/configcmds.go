@@ -10,6 +10,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/ccm-dev/ccm/actions"
+	"github.com/ccm-dev/ccm/configs"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -23,12 +24,20 @@ func newValidateCmd(a *app) *cobra.Command {
 		Args:  cobra.NoArgs,
 		RunE: func(*cobra.Command, []string) error {
 			set, err := a.loadConfigs()
+			empty := errors.Is(err, configs.ErrNoConfigurations)
+			if empty { // a fresh install: valid, and said so
+				err = nil
+			}
 			hs, herr := actions.LoadHandlers(a.configDir)
 			sch, serr := a.schemas()
 			if err != nil || herr != nil || serr != nil {
 				return errors.Join(err, herr, serr)
 			}
-			fmt.Fprintf(a.stdout, "%s: %d configurations OK, in order: %s\n", set.Dir, len(set.Order), strings.Join(set.Order, ", "))
+			if empty {
+				fmt.Fprintf(a.stdout, "%s: no configurations yet; the agent and apply refuse to run until there is one\n", a.configDir)
+			} else {
+				fmt.Fprintf(a.stdout, "%s: %d configurations OK, in order: %s\n", set.Dir, len(set.Order), strings.Join(set.Order, ", "))
+			}
 			if len(hs.Names()) > 0 {
 				printHandlers(a.stdout, hs)
 			}
