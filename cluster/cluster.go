@@ -180,6 +180,8 @@ type View struct {
 	// Waiting lists the nodes queued for the lock, in order.
 	Waiting []string   `json:"waiting,omitempty"`
 	Nodes   []NodeView `json:"nodes"` // sorted by name
+	// Revision is the etcd revision the view was read at.
+	Revision int64 `json:"revision"`
 }
 
 // View reads the failure flag, the lock queue and every node, at one
@@ -195,9 +197,10 @@ func (c *Cluster) View(ctx context.Context) (*View, error) {
 		return nil, fmt.Errorf("read %s: %w", c.FailureKey(), err)
 	}
 	v := &View{
-		Failure: decodeFailure((*clientv3.GetResponse)(resp.Responses[0].GetResponseRange())),
-		Pause:   decodePause((*clientv3.GetResponse)(resp.Responses[2].GetResponseRange())),
-		Rollout: decodeRollout((*clientv3.GetResponse)(resp.Responses[3].GetResponseRange())),
+		Failure:  decodeFailure((*clientv3.GetResponse)(resp.Responses[0].GetResponseRange())),
+		Pause:    decodePause((*clientv3.GetResponse)(resp.Responses[2].GetResponseRange())),
+		Rollout:  decodeRollout((*clientv3.GetResponse)(resp.Responses[3].GetResponseRange())),
+		Revision: resp.Header.Revision,
 	}
 	nodes, err := c.scanNodes(ctx, resp.Header.Revision)
 	if err != nil {

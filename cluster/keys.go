@@ -16,6 +16,9 @@ func NewKeys(prefix string) Keys {
 	return Keys{prefix: p}
 }
 
+// Prefix is the prefix of every key of the cluster.
+func (k Keys) Prefix() string { return k.prefix + "/" }
+
 // ObjectsPrefix is the prefix of every object: ObjectsPrefix()+"<type>/<id>".
 func (k Keys) ObjectsPrefix() string { return k.prefix + "/objects/" }
 

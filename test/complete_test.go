@@ -2,7 +2,6 @@ package test
 
 import (
 	"context"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -83,11 +82,7 @@ func TestCompletionKnowsTheCluster(t *testing.T) {
 	assert.Equal(t, []string{"dc=ams", "role=web"}, got, "labels the agents published")
 
 	// etcd unreachable: nothing offered, and the shell gets its prompt back.
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	closed := l.Addr().String()
-	l.Close()
-	down := newNode(t, "", dir, []string{closed})
+	down := newNode(t, "", dir, []string{freeAddr(t)})
 	got, directive = down.complete("object", "get", "")
 	assert.Empty(t, got)
 	assert.Equal(t, ":4", directive)

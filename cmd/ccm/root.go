@@ -135,7 +135,7 @@ func newRootCmd(a *app) *cobra.Command {
 
 	root.AddCommand(
 		newAgentCmd(a), newPlanCmd(a), newApplyCmd(a), newStatusCmd(a), newResumeCmd(a), newPauseCmd(a), newRolloutCmd(a),
-		newValidateCmd(a), newGraphCmd(a), newObjectCmd(a), newRBACCmd(a), newActionCmd(a), newVersionCmd(a),
+		newValidateCmd(a), newGraphCmd(a), newObjectCmd(a), newRBACCmd(a), newActionCmd(a), newDashboardCmd(a), newVersionCmd(a),
 	)
 	return root
 }

@@ -1,0 +1,111 @@
+// The ccm dashboard: renders each state the server sends over
+// server-sent events. Everything shown comes from etcd, where customers'
+// names and errors live, so it only ever becomes text (textContent), never
+// markup.
+"use strict";
+
+const $ = (sel) => document.querySelector(sel);
+
+function cell(tr, text, cls, title) {
+  const td = document.createElement("td");
+  td.textContent = text;
+  if (cls) td.className = cls;
+  if (title) td.title = title;
+  tr.appendChild(td);
+  return td;
+}
+
+function firstLine(s) {
+  const i = (s || "").indexOf("\n");
+  return i < 0 ? (s || "") : s.slice(0, i) + " ...";
+}
+
+function time(t) {
+  if (!t || t.startsWith("0001")) return "";
+  return new Date(t).toLocaleString();
+}
+
+function setText(root, sel, text) {
+  root.querySelector(sel).textContent = text;
+}
+
+function render(st) {
+  const v = st.view || { nodes: [] };
+  document.body.dataset.revision = String(st.revision || 0);
+  $("#revision").textContent = "revision " + (st.revision || 0) + " · " + time(st.time);
+
+  const failure = $("#failure");
+  failure.hidden = !v.failure;
+  failure.dataset.node = v.failure ? v.failure.node : "";
+  if (v.failure) {
+    setText(failure, ".node", v.failure.node);
+    setText(failure, ".config", v.failure.configuration);
+    setText(failure, ".revision", String(v.failure.revision));
+    setText(failure, ".error", v.failure.error);
+  }
+  const pause = $("#pause");
+  pause.hidden = !v.pause;
+  if (v.pause) {
+    setText(pause, ".by", v.pause.by);
+    setText(pause, ".reason", v.pause.reason || "");
+  }
+  const etcdError = $("#etcd-error");
+  etcdError.hidden = !st.error;
+  etcdError.textContent = st.error || "";
+
+  $("#rollout").textContent = st.rollout || "";
+  $("#holders").textContent = (v.holders || []).join(", ") || "free";
+  $("#waiting").textContent = (v.waiting || []).join(", ") || "none";
+
+  const nodes = $("#nodes tbody");
+  nodes.replaceChildren();
+  for (const n of v.nodes || []) {
+    const tr = document.createElement("tr");
+    tr.dataset.node = n.name;
+    tr.dataset.state = n.state;
+    tr.dataset.behind = String(!!n.behind);
+    if (n.behind) tr.className = "behind";
+    cell(tr, n.name, "name");
+    cell(tr, n.state, "state state-" + n.state);
+    cell(tr, String(n.converged_revision), "converged");
+    cell(tr, n.behind ? "yes" : "no", "behind");
+    const s = n.status || {};
+    cell(tr, s.result ? s.result + " · " + time(s.time) : "", "last");
+    const labels = (n.presence && n.presence.labels) || {};
+    cell(tr, Object.keys(labels).sort().map((k) => k + "=" + labels[k]).join(" "), "labels");
+    cell(tr, firstLine(s.error), "detail", s.error || "");
+    nodes.appendChild(tr);
+  }
+
+  const acts = $("#actions tbody");
+  acts.replaceChildren();
+  for (const a of st.actions || []) {
+    const tr = document.createElement("tr");
+    tr.dataset.id = a.id;
+    tr.dataset.node = a.node;
+    tr.dataset.state = a.state;
+    cell(tr, time(a.created), "when");
+    cell(tr, a.action, "action");
+    cell(tr, a.node, "node");
+    cell(tr, a.by || "", "by");
+    cell(tr, a.state, "state state-" + a.state);
+    cell(tr, firstLine(a.error), "error", a.error || "");
+    acts.appendChild(tr);
+  }
+}
+
+function connect() {
+  const events = new EventSource("events");
+  events.onopen = () => {
+    document.body.dataset.connection = "live";
+    $("#connection").textContent = "live";
+  };
+  events.onmessage = (e) => render(JSON.parse(e.data));
+  events.onerror = () => {
+    // EventSource reconnects by itself.
+    document.body.dataset.connection = "lost";
+    $("#connection").textContent = "reconnecting";
+  };
+}
+
+connect();
