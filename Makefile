@@ -45,8 +45,12 @@ soak:
 	CCM_SOAK_ITERATIONS=$(SOAK_ITERATIONS) $(GO) test -count=1 -timeout 30m -run 'TestSIGKILLAtRandomPoints|TestSymlinkSwapsMidRunNeverEscapeTheRoot' -v ./test/
 
 ## bench: the benchmark command against a real etcd on loopback; prints a table, writes bench/results.json
+## BASELINE=<git rev> also measures ccm as built at that revision (before and after in one run);
+## CONFD=<binary> measures confd beside ccm on the one-file scenario; PROFILES=<dir> keeps the agent's profiles.
+BASELINE ?=
+PROFILES ?=
 bench:
-	$(GO) run ./bench -out bench/results.json
+	$(GO) run ./bench -out bench/results.json $(if $(BASELINE),-baseline $(BASELINE)) $(if $(PROFILES),-profiles $(PROFILES))
 
 ## microbench: Go benchmarks of the hot paths (compare runs with benchstat)
 microbench:

@@ -185,7 +185,9 @@ func (a *Applier) own(plans []*Plan, names []string, full bool) {
 			}
 		}
 		for _, f := range p.Output.Files {
-			a.owners[f.Path] = p.Config.Name
+			if a.owners[f.Path] != p.Config.Name { // a read is cheaper than a write
+				a.owners[f.Path] = p.Config.Name
+			}
 		}
 	}
 }

@@ -85,7 +85,7 @@ func (b *bench) runConfd(prefix string, n, writes int) (confdResult, error) {
 		return confdResult{}, err
 	}
 	defer cli.Close()
-	lat, _, err := b.putToFile(cli, prefix, n, writes, func(int) string { return out })
+	lat, _, err := b.putToFile(cli, prefix, "confd", n, writes, func(int) string { return out })
 	if err != nil {
 		return confdResult{}, err
 	}

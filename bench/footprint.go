@@ -29,16 +29,24 @@ func (b *bench) footprint() error {
 	if err != nil {
 		return err
 	}
-	full, err := b.idleAgent("full", b.ccmFull, dir, n)
+	full, err := b.idleAgent("full", b.ccmFull, true, dir, n)
 	if err != nil {
 		return err
 	}
-	agent, err := b.idleAgent("agent", b.ccm, dir, n)
+	agent, err := b.idleAgent("agent", b.ccm, true, dir, n)
 	if err != nil {
 		return err
+	}
+	before := ""
+	if b.baseline != "" {
+		base, err := b.idleAgent("baseline", b.baseline, false, dir, n)
+		if err != nil {
+			return err
+		}
+		before = fmt.Sprintf("; before (%s): %.1f MB", b.baselineRev, base.rss)
 	}
 	b.add("footprint", "idle agent RSS, 1,000 objects", agent.rss, "MB", 25, "<= 25 MB",
-		fmt.Sprintf("%.1f MB after %s idle; the full build (with the etcd server): %.1f MB; confd idle: 26 MB (reference)", agent.rssAfter, b.idle, full.rss))
+		fmt.Sprintf("%.1f MB after %s idle; the full build (with the etcd server): %.1f MB%s; confd idle: 26 MB (reference)", agent.rssAfter, b.idle, full.rss, before))
 	b.add("footprint", "idle CPU per minute", agent.cpuPerMinute, "s", 0.1, "< 0.1 s", fmt.Sprintf("measured over %s", b.idle))
 	b.add("footprint", "binary size", agent.size, "MB", 0, "", fmt.Sprintf("the full build: %.1f MB", full.size))
 	return nil
@@ -48,9 +56,10 @@ type idleFigures struct {
 	rss, rssAfter, cpuPerMinute, size float64
 }
 
-// idleAgent starts the binary ccm as an agent on the objects under /fp,
-// waits for n files and measures it.
-func (b *bench) idleAgent(name, ccm, configDir string, n int) (idleFigures, error) {
+// idleAgent starts the binary ccm as an agent on the objects under /fp
+// (with the systemd unit's settings when unit is set), waits for n files
+// and measures it.
+func (b *bench) idleAgent(name, ccm string, unit bool, configDir string, n int) (idleFigures, error) {
 	var fig idleFigures
 	st, err := os.Stat(ccm)
 	if err != nil {
@@ -62,7 +71,11 @@ func (b *bench) idleAgent(name, ccm, configDir string, n int) (idleFigures, erro
 		return fig, err
 	}
 	cmd := exec.Command(ccm, "agent", "--debounce", "0s")
-	cmd.Env = append(append(os.Environ(), unitEnv()...), "CCM_ENDPOINTS="+b.etcdURL, "CCM_PREFIX=/fp", "CCM_CONFIG_DIR="+configDir, "CCM_ROOT="+root,
+	cmd.Env = os.Environ()
+	if unit {
+		cmd.Env = append(cmd.Env, unitEnv()...)
+	}
+	cmd.Env = append(cmd.Env, "CCM_ENDPOINTS="+b.etcdURL, "CCM_PREFIX=/fp", "CCM_CONFIG_DIR="+configDir, "CCM_ROOT="+root,
 		"CCM_STATE_DIR="+filepath.Join(b.work, "footprint", name, "state"), "CCM_NODE=idle-"+name, "CCM_LOG_LEVEL=error")
 	if err := cmd.Start(); err != nil {
 		return fig, err

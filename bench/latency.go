@@ -36,7 +36,7 @@ func (b *bench) latency() error {
 	}
 	b.add("latency", "agent start to 10,000 files", time.Since(start).Seconds(), "s", 0, "", "list, render and write everything")
 
-	lat, floor, err := b.putToFile(cli, prefix, n, writes, func(site int) string {
+	lat, floor, err := b.putToFile(cli, prefix, "change", n, writes, func(site int) string {
 		return filepath.Join(sites, fmt.Sprintf("s%06d.conf", site))
 	})
 	if err != nil {

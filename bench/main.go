@@ -62,8 +62,11 @@ type bench struct {
 	// profiles of the one-file scenario.
 	profiles string
 	confd    string // a confd binary to compare against, or ""
-	scale    []int
-	nodes    []int
+	// baseline is ccm built at baselineRev (-baseline), measured beside
+	// this one where an agent runs as a process; "" without.
+	baseline, baselineRev string
+	scale                 []int
+	nodes                 []int
 }
 
 func main() {
@@ -74,6 +77,7 @@ func main() {
 	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the in-process agents to this file")
 	profiles := flag.String("profiles", "", "write the one-file agent's heap and CPU profiles into this `DIR`")
 	confd := flag.String("confd", os.Getenv("CONFD"), "a confd binary to measure beside ccm in the one-file scenario (default $CONFD)")
+	baseline := flag.String("baseline", "", "also measure ccm as built at this git `REV` (before and after in one run)")
 	flag.Parse()
 	if *cpuprofile != "" {
 		f, err := os.Create(*cpuprofile)
@@ -82,14 +86,14 @@ func main() {
 			defer pprof.StopCPUProfile()
 		}
 	}
-	if err := run(*out, *idle, *quick, *only, *profiles, *confd); err != nil {
+	if err := run(*out, *idle, *quick, *only, *profiles, *confd, *baseline); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		pprof.StopCPUProfile()
 		os.Exit(1)
 	}
 }
 
-func run(out string, idle time.Duration, quick bool, only, profiles, confd string) error {
+func run(out string, idle time.Duration, quick bool, only, profiles, confd, baseline string) error {
 	work, err := os.MkdirTemp("", "ccm-bench")
 	if err != nil {
 		return err
@@ -113,6 +117,11 @@ func run(out string, idle time.Duration, quick bool, only, profiles, confd strin
 	if out, err := exec.Command("go", "build", "-o", b.ccmFull, "./cmd/ccm").CombinedOutput(); err != nil {
 		return fmt.Errorf("build ccm: %v: %s", err, out)
 	}
+	if baseline != "" {
+		if b.baseline, b.baselineRev, err = buildAt(work, baseline); err != nil {
+			return fmt.Errorf("-baseline %s: %w", baseline, err)
+		}
+	}
 	addr, err := freeAddr()
 	if err != nil {
 		return err
@@ -130,6 +139,7 @@ func run(out string, idle time.Duration, quick bool, only, profiles, confd strin
 	}{
 		{"latency", b.latency},
 		{"onefile", b.onefile},
+		{"perfile", b.perfile},
 		{"throughput", b.throughput},
 		{"rollout", b.rollout},
 		{"actions", b.actions},
@@ -222,3 +232,25 @@ func sortDurations(d []time.Duration) []time.Duration {
 }
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+// buildAt builds ccm as it was at git revision rev, in a scratch work tree
+// under work, and returns the binary and the short revision.
+func buildAt(work, rev string) (bin, short string, err error) {
+	out, err := exec.Command("git", "rev-parse", "--short", rev).Output()
+	if err != nil {
+		return "", "", err
+	}
+	short = strings.TrimSpace(string(out))
+	tree := filepath.Join(work, "baseline-src")
+	if out, err := exec.Command("git", "worktree", "add", "--detach", tree, rev).CombinedOutput(); err != nil {
+		return "", "", fmt.Errorf("%v: %s", err, out)
+	}
+	defer exec.Command("git", "worktree", "remove", "--force", tree).Run()
+	bin = filepath.Join(work, "ccm-"+short)
+	build := exec.Command("go", "build", "-o", bin, "./cmd/ccm")
+	build.Dir = tree
+	if out, err := build.CombinedOutput(); err != nil {
+		return "", "", fmt.Errorf("build: %v: %s", err, out)
+	}
+	return bin, short, nil
+}

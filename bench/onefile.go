@@ -28,14 +28,56 @@ const onefileTmpl = `# managed by ccm
 {{- end }}
 `
 
-// onefile: a ccm agent process (the shipped binary, with the systemd
-// unit's memory settings) renders 10,000 sites into one file. It reports
-// the resident memory after converging and the event-to-file latency; with
-// -confd it runs confd 0.17 on the same data, one after the other, in the
-// same run.
+// onefile: a ccm agent process (the node build, with the systemd unit's
+// settings) renders 10,000 sites into one file. It reports the resident
+// memory after converging and the event-to-file latency; with -baseline,
+// the same for that revision's ccm, and with -confd, confd on the same
+// data, one after the other in the same run.
 func (b *bench) onefile() error {
 	const n, writes = 10000, 40
 	const prefix = "/one"
+	dir, err := b.configDir("onefile", map[string]string{"sites.yaml": onefileYAML, "templates/sites.map.tmpl": onefileTmpl})
+	if err != nil {
+		return err
+	}
+	last := []byte(fmt.Sprintf(" s%06d ", n-1))
+	file := func(root string) func(int) string {
+		return func(int) string { return filepath.Join(root, "etc/nginx/sites.map") }
+	}
+	converged := func(root string) func() bool {
+		return func() bool {
+			got, _ := os.ReadFile(file(root)(0))
+			return bytes.Contains(got, last)
+		}
+	}
+	return b.eventScenario("onefile", "one file of 10,000 sites", prefix, dir, n, writes, file, converged, 35, 15)
+}
+
+// perfile: as onefile, with one file per site (the example's vhosts).
+func (b *bench) perfile() error {
+	const n, writes = 10000, 40
+	const prefix = "/per"
+	dir, err := b.configDir("perfile", map[string]string{"nginx.yaml": vhostYAML})
+	if err != nil {
+		return err
+	}
+	file := func(root string) func(int) string {
+		return func(site int) string {
+			return filepath.Join(root, "etc/nginx/sites-enabled", fmt.Sprintf("s%06d.conf", site))
+		}
+	}
+	converged := func(root string) func() bool {
+		return func() bool { return countFiles(filepath.Join(root, "etc/nginx/sites-enabled")) == n }
+	}
+	return b.eventScenario("perfile", "10,000 files, one per site", prefix, dir, n, writes, file, converged, 0, 8)
+}
+
+// eventScenario loads n sites under prefix, then measures each agent in
+// turn (this ccm, the baseline, confd for onefile): RSS once converged,
+// and the event-to-file latency of writes changes. rssTarget and p50Target
+// (0: none) are this ccm's targets.
+func (b *bench) eventScenario(scenario, what, prefix, configDir string, n, writes int,
+	fileOf func(root string) func(int) string, converged func(root string) func() bool, rssTarget, p50Target float64) error {
 	cli, err := b.client()
 	if err != nil {
 		return err
@@ -44,98 +86,134 @@ func (b *bench) onefile() error {
 	if err := b.load(cli, prefix, "sites", n, func(i int) string { return siteValue(i, fmt.Sprintf("s%d.example", i)) }); err != nil {
 		return err
 	}
-	dir, err := b.configDir("onefile", map[string]string{"sites.yaml": onefileYAML, "templates/sites.map.tmpl": onefileTmpl})
-	if err != nil {
-		return err
+	type agent struct{ label, bin string }
+	agents := []agent{{"ccm", b.ccm}}
+	if b.baseline != "" {
+		agents = append(agents, agent{"before (" + b.baselineRev + ")", b.baseline})
 	}
-	root := filepath.Join(b.work, "onefile", "root")
+	var runs []eventRun
+	for i, a := range agents {
+		root := filepath.Join(b.work, scenario, fmt.Sprint(i), "root")
+		profile := ""
+		if i == 0 {
+			profile = b.profiles
+		}
+		r, err := b.runAgent(cli, scenario, a.bin, i == 0, prefix, configDir, root, n, writes, fileOf(root), converged(root), profile)
+		if err != nil {
+			return fmt.Errorf("%s: %w", a.label, err)
+		}
+		runs = append(runs, r)
+	}
+	now := runs[0]
+	rssNote, p50Note := "", fmt.Sprintf("one etcd put p50 %.2f ms", ms(percentile(sortDurations(now.floor), 50)))
+	for i, r := range runs[1:] {
+		rssNote += fmt.Sprintf("%s: %.1f MB; ", agents[i+1].label, r.rss)
+		p50Note += fmt.Sprintf("; %s: %.1f ms", agents[i+1].label, ms(percentile(sortDurations(r.lat), 50)))
+	}
+	if scenario == "onefile" {
+		if b.confd != "" {
+			c, err := b.runConfd(prefix, n, writes)
+			if err != nil {
+				return fmt.Errorf("confd: %w", err)
+			}
+			rssNote += fmt.Sprintf("confd in this run: %.1f MB; ", c.rss)
+			p50Note += fmt.Sprintf("; confd in this run: %.0f ms", c.p50)
+			b.add(scenario, "confd RSS after converging", c.rss, "MB", 0, "", b.confd)
+			b.add(scenario, "confd event-to-file p50", c.p50, "ms", 0, "", b.confd)
+		} else {
+			rssNote += "confd 0.17: 37 MB (issue 13, not this run); "
+			p50Note += "; confd 0.17: about 260 ms (issue 13, not this run)"
+		}
+	}
+	b.add(scenario, "agent start to "+what, now.start, "s", 0, "", "")
+	rssTargetText := ""
+	if rssTarget > 0 {
+		rssTargetText = fmt.Sprintf("<= %.0f MB and <= confd", rssTarget)
+	}
+	b.add(scenario, "RSS after converging", now.rss, "MB", rssTarget, rssTargetText, fmt.Sprintf("%s%.1f MB after %d events", rssNote, now.rssAfter, writes))
+	b.add(scenario, "event-to-file p50", ms(percentile(sortDurations(now.lat), 50)), "ms", p50Target, fmt.Sprintf("<= %.0f ms", p50Target), p50Note)
+	b.add(scenario, "event-to-file p90", ms(percentile(sortDurations(now.lat), 90)), "ms", 0, "", "")
+	return nil
+}
+
+// eventRun is what runAgent measured.
+type eventRun struct {
+	start, rss, rssAfter float64 // seconds to converge; MB
+	lat, floor           []time.Duration
+}
+
+// runAgent starts the binary ccm as an agent process and measures it; see
+// eventScenario. unit says whether it gets the systemd unit's settings
+// (a baseline gets those of its day: none).
+func (b *bench) runAgent(cli *clientv3.Client, name, ccm string, unit bool, prefix, configDir, root string, n, writes int,
+	fileOf func(int) string, converged func() bool, profiles string) (eventRun, error) {
+	var r eventRun
 	if err := os.MkdirAll(root, 0o755); err != nil {
-		return err
+		return r, err
 	}
 	metricsAddr, err := freeAddr()
 	if err != nil {
-		return err
+		return r, err
 	}
 	args := []string{"agent", "--debounce", "0s", "--metrics-addr", metricsAddr}
-	if b.profiles != "" {
+	if profiles != "" {
 		args = append(args, "--pprof")
 	}
-	cmd := exec.Command(b.ccm, args...)
-	cmd.Env = append(append(os.Environ(), unitEnv()...), "CCM_ENDPOINTS="+b.etcdURL, "CCM_PREFIX="+prefix, "CCM_CONFIG_DIR="+dir,
-		"CCM_ROOT="+root, "CCM_STATE_DIR="+filepath.Join(b.work, "onefile", "state"), "CCM_NODE=onefile", "CCM_LOG_LEVEL=error")
+	cmd := exec.Command(ccm, args...)
+	cmd.Env = os.Environ()
+	if unit {
+		cmd.Env = append(cmd.Env, unitEnv()...)
+	}
+	cmd.Env = append(cmd.Env, "CCM_ENDPOINTS="+b.etcdURL, "CCM_PREFIX="+prefix, "CCM_CONFIG_DIR="+configDir,
+		"CCM_ROOT="+root, "CCM_STATE_DIR="+filepath.Join(filepath.Dir(root), "state"), "CCM_NODE="+name+filepath.Base(filepath.Dir(root)), "CCM_LOG_LEVEL=error")
 	if err := cmd.Start(); err != nil {
-		return err
+		return r, err
 	}
 	defer func() {
 		_ = cmd.Process.Signal(syscall.SIGTERM)
 		_ = cmd.Wait()
 	}()
-	file := filepath.Join(root, "etc/nginx/sites.map")
-	last := []byte(fmt.Sprintf(" s%06d ", n-1))
 	start := time.Now()
-	if err := waitFor(2*time.Minute, 10*time.Millisecond, func() bool {
-		got, _ := os.ReadFile(file)
-		return bytes.Contains(got, last)
-	}); err != nil {
-		return fmt.Errorf("initial converge: %w", err)
+	if err := waitFor(5*time.Minute, 10*time.Millisecond, converged); err != nil {
+		return r, fmt.Errorf("initial converge: %w", err)
 	}
-	b.add("onefile", "agent start to one file of 10,000 sites", time.Since(start).Seconds(), "s", 0, "", "")
+	r.start = time.Since(start).Seconds()
 	if err := waitMetric(metricsAddr, "ccm_runs_total", 30*time.Second); err != nil {
-		return err
+		return r, err
 	}
 	time.Sleep(2 * time.Second) // as footprint: the run's last steps, then measure
-	rss, err := procRSS(cmd.Process.Pid)
-	if err != nil {
-		return err
-	}
-	if b.profiles != "" {
-		if err := fetchProfile(metricsAddr, "heap", filepath.Join(b.profiles, "onefile.heap.pprof")); err != nil {
-			return err
-		}
+	if r.rss, err = procRSS(cmd.Process.Pid); err != nil {
+		return r, err
 	}
 	var cpuDone chan error
-	if b.profiles != "" {
+	if profiles != "" {
+		if err := fetchProfile(metricsAddr, "heap", filepath.Join(profiles, name+".heap.pprof")); err != nil {
+			return r, err
+		}
 		cpuDone = make(chan error, 1)
 		go func() {
-			cpuDone <- fetchProfile(metricsAddr, "profile?seconds=5", filepath.Join(b.profiles, "onefile.cpu.pprof"))
+			cpuDone <- fetchProfile(metricsAddr, "profile?seconds=5", filepath.Join(profiles, name+".cpu.pprof"))
 		}()
 	}
-	lat, floor, err := b.putToFile(cli, prefix, n, writes, func(int) string { return file })
-	if err != nil {
-		return err
+	if r.lat, r.floor, err = b.putToFile(cli, prefix, name+filepath.Base(filepath.Dir(root)), n, writes, fileOf); err != nil {
+		return r, err
 	}
-	rssAfter, _ := procRSS(cmd.Process.Pid)
+	r.rssAfter, _ = procRSS(cmd.Process.Pid)
 	if cpuDone != nil {
 		if err := <-cpuDone; err != nil {
-			return err
+			return r, err
 		}
 	}
-	confdRSS, confdP50 := "confd 0.17: 37 MB (issue 13, not this run)", "confd 0.17: about 260 ms (issue 13, not this run)"
-	if b.confd != "" {
-		c, err := b.runConfd(prefix, n, writes)
-		if err != nil {
-			return fmt.Errorf("confd: %w", err)
-		}
-		confdRSS = fmt.Sprintf("confd in this run: %.1f MB", c.rss)
-		confdP50 = fmt.Sprintf("confd in this run: %.0f ms", c.p50)
-		b.add("onefile", "confd RSS after converging", c.rss, "MB", 0, "", b.confd)
-		b.add("onefile", "confd event-to-file p50", c.p50, "ms", 0, "", b.confd)
-	}
-	b.add("onefile", "RSS after converging 10,000 sites", rss, "MB", 35, "<= 35 MB and <= confd", fmt.Sprintf("%s; %.1f MB after %d events", confdRSS, rssAfter, writes))
-	s, f := sortDurations(lat), sortDurations(floor)
-	b.add("onefile", "event-to-file p50", ms(percentile(s, 50)), "ms", 15, "<= 15 ms",
-		fmt.Sprintf("%s; one etcd put p50 %.2f ms", confdP50, ms(percentile(f, 50))))
-	b.add("onefile", "event-to-file p90", ms(percentile(s, 90)), "ms", 0, "", "")
-	return nil
+	return r, nil
 }
 
-// putToFile changes writes sites one at a time and measures from each put
+// putToFile changes writes sites one at a time (domains named by tag) and measures from each put
 // returning until fileOf(site) holds the change, and each put's own round
 // trip (the floor).
-func (b *bench) putToFile(cli *clientv3.Client, prefix string, n, writes int, fileOf func(int) string) (lat, floor []time.Duration, err error) {
+func (b *bench) putToFile(cli *clientv3.Client, prefix, tag string, n, writes int, fileOf func(int) string) (lat, floor []time.Duration, err error) {
 	for i := 0; i < writes; i++ {
 		site := (i * 7919) % n
-		domain := fmt.Sprintf("change%d.example", i)
+		domain := fmt.Sprintf("%s%d.example", tag, i) // new in every run
 		before := time.Now()
 		if _, err := cli.Put(b.ctx, fmt.Sprintf("%s/objects/sites/s%06d", prefix, site), siteValue(site, domain)); err != nil {
 			return nil, nil, err

@@ -90,7 +90,7 @@ func (r *renderer) render(cfg *configs.Config, snap *objects.Snapshot, node Node
 		data.Objects[t] = snap.List(t)
 	}
 	c := newConfiner(root)
-	out := &Output{}
+	out := &Output{Files: make([]File, 0, r.expected())}
 	for _, d := range cfg.Directories {
 		err := each(d.ForEach, data, func(data Data) error {
 			p, real, err := r.renderPath(c, d.Path, data)
