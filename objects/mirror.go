@@ -2,8 +2,8 @@ package objects
 
 import (
 	"context"
+	"maps"
 	"slices"
-	"sort"
 	"strings"
 	"sync"
 )
@@ -25,15 +25,16 @@ type Mirror struct {
 	// send a progress notification ahead of events a catching-up watch has
 	// not delivered yet, and trusting it would drop those events.
 	applied int64
-	objs    map[string]map[string]Object // type -> id -> object
-	invalid map[string]map[string]error  // type -> id -> decode error
-	schema  map[string]map[string]error  // type -> id -> schema error (the object is in objs)
-	check   Validator                    // nil: no schemas
-	ignored map[string]error             // key -> grammar error
-	sorted  map[string][]Object          // type -> objects by ID; built lazily, then kept in order
-	shared  map[string]bool              // type -> its sorted list was handed out: copy before changing it
-	version map[string]int64             // type -> last revision that changed it
-	revCh   chan struct{}                // closed and replaced when rev grows
+	invalid map[string]map[string]error // type -> id -> decode error
+	schema  map[string]map[string]error // type -> id -> schema error (the object is in objs)
+	check   Validator                   // nil: no schemas
+	ignored map[string]error            // key -> grammar error
+	// sorted holds each object once: type -> objects in ID order, kept
+	// in order event by event (a binary search and a copy, never a sort).
+	sorted  map[string][]Object
+	shared  map[string]bool  // type -> its list was handed out: copy before changing it
+	version map[string]int64 // type -> last revision that changed it
+	revCh   chan struct{}    // closed and replaced when rev grows
 }
 
 // NewMirror returns an empty mirror of the objects under prefix.
@@ -44,7 +45,6 @@ func NewMirror(prefix string) *Mirror {
 }
 
 func (m *Mirror) clear() {
-	m.objs = map[string]map[string]Object{}
 	m.invalid = map[string]map[string]error{}
 	m.schema = map[string]map[string]error{}
 	m.ignored = map[string]error{}
@@ -67,8 +67,13 @@ func (m *Mirror) Reset(kvs []KV, rev int64) {
 	defer m.mu.Unlock()
 	old := m.version
 	m.clear()
-	for _, kv := range kvs {
-		m.applyLocked(kv)
+	for _, kv := range kvs { // a list has each key once: append, sort once
+		if typ, o, ok := m.decodeLocked(kv); ok && o != nil {
+			m.sorted[typ] = append(m.sorted[typ], *o)
+		}
+	}
+	for _, l := range m.sorted {
+		slices.SortFunc(l, byID)
 	}
 	// A list cannot show what was deleted since the last event seen, so
 	// every type, present or gone, counts as changed at rev.
@@ -113,6 +118,16 @@ func (m *Mirror) Apply(kvs []KV) []string {
 // applyLocked applies one key; it reports the type when a valid key
 // changed.
 func (m *Mirror) applyLocked(kv KV) (string, bool) {
+	typ, o, ok := m.decodeLocked(kv)
+	if ok {
+		m.placeLocked(typ, idOf(m.prefix, kv.Key), o)
+	}
+	return typ, ok
+}
+
+// decodeLocked records one key's errors and returns its object (nil:
+// deleted or malformed); ok is false for a key outside the grammar.
+func (m *Mirror) decodeLocked(kv KV) (typ string, o *Object, ok bool) {
 	typ, id, err := ParseKey(m.prefix, kv.Key)
 	if err != nil {
 		if kv.Deleted {
@@ -120,15 +135,13 @@ func (m *Mirror) applyLocked(kv KV) (string, bool) {
 		} else {
 			m.ignored[kv.Key] = err
 		}
-		return "", false
+		return "", nil, false
 	}
 	m.version[typ] = max(m.version[typ], kv.ModRevision)
-	delete(m.objs[typ], id)
 	delete(m.invalid[typ], id)
 	delete(m.schema[typ], id)
 	if kv.Deleted {
-		m.placeLocked(typ, id, nil)
-		return typ, true
+		return typ, nil, true
 	}
 	data, err := Decode(kv.Value)
 	if err != nil {
@@ -136,28 +149,23 @@ func (m *Mirror) applyLocked(kv KV) (string, bool) {
 			m.invalid[typ] = map[string]error{}
 		}
 		m.invalid[typ][id] = objectError(kv.Key, err)
-		m.placeLocked(typ, id, nil)
-		return typ, true
+		return typ, nil, true
 	}
-	if m.objs[typ] == nil {
-		m.objs[typ] = map[string]Object{}
-	}
-	o := Object{ID: id, Type: typ, Revision: kv.ModRevision, Data: data}
-	m.objs[typ][id] = o
-	m.placeLocked(typ, id, &o)
 	m.validateLocked(kv.Key, typ, id, data)
-	return typ, true
+	return typ, &Object{ID: id, Type: typ, Revision: kv.ModRevision, Data: data}, true
 }
 
-// placeLocked keeps the sorted list of typ in order after the object id
-// became o (nil: gone), so that one event costs a binary search and a
-// copy, not a sort of the whole type. A list a snapshot holds is copied
-// first: snapshots never change.
+// idOf is the ID of a key ParseKey accepted.
+func idOf(prefix, key string) string { return key[strings.LastIndexByte(key, '/')+1:] }
+
+func byID(a, b Object) int { return strings.Compare(a.ID, b.ID) }
+
+// placeLocked keeps the list of typ in order after the object id became o
+// (nil: gone), so that one event costs a binary search and a copy, not a
+// sort of the whole type. A list a snapshot holds is copied first:
+// snapshots never change.
 func (m *Mirror) placeLocked(typ, id string, o *Object) {
-	l, ok := m.sorted[typ]
-	if !ok {
-		return
-	}
+	l := m.sorted[typ]
 	i, found := slices.BinarySearchFunc(l, id, func(e Object, id string) int { return strings.Compare(e.ID, id) })
 	if !found && o == nil {
 		return
@@ -202,15 +210,14 @@ func (m *Mirror) SetValidator(v Validator) {
 	m.check = v
 	before := m.schema
 	m.schema = map[string]map[string]error{}
-	for typ, byID := range m.objs {
-		for id, o := range byID {
-			m.validateLocked(Key(m.prefix, typ, id), typ, id, o.Data)
+	for typ, l := range m.sorted {
+		for _, o := range l {
+			m.validateLocked(Key(m.prefix, typ, o.ID), typ, o.ID, o.Data)
 		}
 	}
-	for typ := range m.objs {
+	for typ := range m.sorted {
 		if len(before[typ]) != len(m.schema[typ]) || len(m.schema[typ]) > 0 {
 			m.version[typ] = m.rev
-			delete(m.sorted, typ)
 		}
 	}
 }
@@ -267,21 +274,12 @@ func (m *Mirror) WaitRevision(ctx context.Context, rev int64) error {
 func (m *Mirror) Snapshot() *Snapshot {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	s := &Snapshot{Revision: m.rev, Types: make(map[string][]Object, len(m.objs)), Invalid: map[string][]error{},
+	s := &Snapshot{Revision: m.rev, Types: make(map[string][]Object, len(m.sorted)), Invalid: map[string][]error{},
 		Versions: make(map[string]int64, len(m.version))}
 	for typ, v := range m.version {
 		s.Versions[typ] = v
 	}
-	for typ, byID := range m.objs {
-		l, ok := m.sorted[typ]
-		if !ok {
-			l = make([]Object, 0, len(byID))
-			for _, o := range byID {
-				l = append(l, o)
-			}
-			sort.Slice(l, func(i, j int) bool { return l[i].ID < l[j].ID })
-			m.sorted[typ] = l
-		}
+	for typ, l := range m.sorted {
 		if len(l) > 0 {
 			s.Types[typ] = l
 			m.shared[typ] = true
@@ -300,11 +298,4 @@ func (m *Mirror) Snapshot() *Snapshot {
 	return s
 }
 
-func sortedIDs(m map[string]error) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	return keys
-}
+func sortedIDs(m map[string]error) []string { return slices.Sorted(maps.Keys(m)) }
