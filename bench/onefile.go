@@ -34,7 +34,7 @@ const onefileTmpl = `# managed by ccm
 // the same for that revision's ccm, and with -confd, confd on the same
 // data, one after the other in the same run.
 func (b *bench) onefile() error {
-	const n, writes = 10000, 40
+	const n, writes = 10000, 100
 	const prefix = "/one"
 	dir, err := b.configDir("onefile", map[string]string{"sites.yaml": onefileYAML, "templates/sites.map.tmpl": onefileTmpl})
 	if err != nil {
@@ -55,7 +55,7 @@ func (b *bench) onefile() error {
 
 // perfile: as onefile, with one file per site (the example's vhosts).
 func (b *bench) perfile() error {
-	const n, writes = 10000, 40
+	const n, writes = 10000, 100
 	const prefix = "/per"
 	dir, err := b.configDir("perfile", map[string]string{"nginx.yaml": vhostYAML})
 	if err != nil {

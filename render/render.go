@@ -1,6 +1,7 @@
 package render
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -158,12 +159,23 @@ func (r *renderer) file(c *confiner, f *configs.File, data Data, cached bool, ve
 	if err := f.Body.Execute(buf, data); err != nil {
 		return File{}, fmt.Errorf("render %s%s: %w", p, objectSuffix(data), templates.CleanError(err))
 	}
-	file := File{Path: p, Real: real, Content: buf.Bytes(), Mode: f.Mode, Ownership: f.Ownership, Check: f.Check}
+	file := File{Path: p, Real: real, Content: tight(buf.Bytes()), Mode: f.Mode, Ownership: f.Ownership, Check: f.Check}
 	if cached {
 		r.cache.entries[key] = &cacheEntry{revision: data.Object.Revision, versions: versions, file: file, gen: r.cache.gen}
 		r.used++
 	}
 	return file, nil
+}
+
+// tight returns b, or a copy without the room a growing buffer left at its
+// end when that room is over an eighth: the content stays in memory (the
+// cache, the applier's known state) for as long as the file is unchanged,
+// and 10,000 vhosts of 1.2 KB carried 7 MB of it.
+func tight(b []byte) []byte {
+	if cap(b)-len(b) > len(b)/8 {
+		return bytes.Clone(b)
+	}
+	return b
 }
 
 // expected guesses how many files the render makes, to size its maps.
