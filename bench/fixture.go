@@ -32,6 +32,20 @@ func siteValue(i int, domain string) string {
 	return fmt.Sprintf(`{"user":"u%d","domains":[%q,"www.%s"]}`, i, domain, domain)
 }
 
+// sites connects and puts n sites under prefix (site i has the domain
+// s<i>.example); the caller closes the client.
+func (b *bench) sites(prefix string, n int) (*clientv3.Client, error) {
+	cli, err := b.client()
+	if err != nil {
+		return nil, err
+	}
+	if err := b.load(cli, prefix, "sites", n, func(i int) string { return siteValue(i, fmt.Sprintf("s%d.example", i)) }); err != nil {
+		cli.Close()
+		return nil, err
+	}
+	return cli, nil
+}
+
 // load puts n objects of typ under prefix, 100 per transaction.
 func (b *bench) load(cli *clientv3.Client, prefix, typ string, n int, value func(int) string) error {
 	var ops []clientv3.Op

@@ -16,15 +16,12 @@ import (
 // builds are measured: the agent's (without the etcd server) and the full
 // one (with --embedded-etcd for trying ccm out).
 func (b *bench) footprint() error {
-	cli, err := b.client()
+	const n = 1000
+	cli, err := b.sites("/fp", n)
 	if err != nil {
 		return err
 	}
 	defer cli.Close()
-	const n = 1000
-	if err := b.load(cli, "/fp", "sites", n, func(i int) string { return siteValue(i, fmt.Sprintf("s%d.example", i)) }); err != nil {
-		return err
-	}
 	dir, err := b.configDir("footprint", map[string]string{"nginx.yaml": vhostYAML})
 	if err != nil {
 		return err

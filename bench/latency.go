@@ -12,14 +12,11 @@ import (
 func (b *bench) latency() error {
 	const n, writes = 10000, 60
 	const prefix = "/lat"
-	cli, err := b.client()
+	cli, err := b.sites(prefix, n)
 	if err != nil {
 		return err
 	}
 	defer cli.Close()
-	if err := b.load(cli, prefix, "sites", n, func(i int) string { return siteValue(i, fmt.Sprintf("s%d.example", i)) }); err != nil {
-		return err
-	}
 	dir, err := b.configDir("latency", map[string]string{"nginx.yaml": vhostYAML})
 	if err != nil {
 		return err

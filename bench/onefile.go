@@ -78,14 +78,11 @@ func (b *bench) perfile() error {
 // (0: none) are this ccm's targets.
 func (b *bench) eventScenario(scenario, what, prefix, configDir string, n, writes int,
 	fileOf func(root string) func(int) string, converged func(root string) func() bool, rssTarget, p50Target float64) error {
-	cli, err := b.client()
+	cli, err := b.sites(prefix, n)
 	if err != nil {
 		return err
 	}
 	defer cli.Close()
-	if err := b.load(cli, prefix, "sites", n, func(i int) string { return siteValue(i, fmt.Sprintf("s%d.example", i)) }); err != nil {
-		return err
-	}
 	type agent struct{ label, bin string }
 	agents := []agent{{"ccm", b.ccm}}
 	if b.baseline != "" {
