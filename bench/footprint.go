@@ -34,17 +34,18 @@ func (b *bench) footprint() error {
 	if err != nil {
 		return err
 	}
-	before := ""
+	before, beforeCPU := "", ""
 	if b.baseline != "" {
 		base, err := b.idleAgent("baseline", b.baseline, false, dir, n)
 		if err != nil {
 			return err
 		}
 		before = fmt.Sprintf("; before (%s): %.1f MB", b.baselineRev, base.rss)
+		beforeCPU = fmt.Sprintf("; before (%s): %.2f s", b.baselineRev, base.cpuPerMinute)
 	}
 	b.add("footprint", "idle agent RSS, 1,000 objects", agent.rss, "MB", 25, "<= 25 MB",
 		fmt.Sprintf("%.1f MB after %s idle; the full build (with the etcd server): %.1f MB%s; confd idle: 26 MB (reference)", agent.rssAfter, b.idle, full.rss, before))
-	b.add("footprint", "idle CPU per minute", agent.cpuPerMinute, "s", 0.1, "< 0.1 s", fmt.Sprintf("measured over %s", b.idle))
+	b.add("footprint", "idle CPU per minute", agent.cpuPerMinute, "s", 0.1, "< 0.1 s", fmt.Sprintf("measured over %s%s", b.idle, beforeCPU))
 	b.add("footprint", "binary size", agent.size, "MB", 0, "", fmt.Sprintf("the full build: %.1f MB", full.size))
 	return nil
 }
