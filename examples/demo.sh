@@ -61,6 +61,7 @@ The agent is running. In another terminal, try:
   CCM_ENDPOINTS=127.0.0.1:23790 bin/ccm object delete sites blog     # vhost and pool disappear
   echo '{"user":"bob","domains":["new.example"]}' | CCM_ENDPOINTS=127.0.0.1:23790 bin/ccm object put sites new
   sudo CCM_ENDPOINTS=127.0.0.1:23790 bin/ccm action run site-info --node demo --param site=blog
+  CCM_ENDPOINTS=127.0.0.1:23790 bin/ccm dashboard                    # then open http://127.0.0.1:9320/
   tail -f demo-agent.log
 Ctrl-C stops it.
 MSG
