@@ -73,7 +73,8 @@ type Server struct {
 	log     *zap.Logger
 
 	mu      sync.Mutex
-	state   []byte                   // the last state, JSON
+	last    State                    // the last state read
+	state   []byte                   // the same, JSON
 	viewers map[chan []byte]struct{} // each gets every new state
 }
 
@@ -152,6 +153,7 @@ func (s *Server) refresh(ctx context.Context) {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.last = st
 	if bytes.Equal(raw, s.state) {
 		return
 	}
@@ -178,8 +180,7 @@ func (s *Server) read(ctx context.Context) State {
 	}
 	if err != nil {
 		s.mu.Lock()
-		var last State
-		_ = json.Unmarshal(s.state, &last)
+		last := s.last
 		s.mu.Unlock()
 		last.Error = fmt.Sprintf("cannot read etcd: %v", err)
 		return last

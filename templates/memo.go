@@ -160,16 +160,12 @@ func (m *memoizer) rewrite(r *parse.RangeNode) parse.Node {
 // tree parses one line of template text with rangeFunc known.
 func (m *memoizer) tree(name, text string) (*parse.Tree, error) {
 	funcs := map[string]any{rangeFunc: m.call}
-	trees, err := parse.Parse(name, text, "", "", funcs, builtinNames)
+	trees, err := parse.Parse(name, text, "", "", funcs)
 	if err != nil {
 		return nil, err
 	}
 	return trees[name], nil
 }
-
-// builtinNames stands in for text/template's builtins when parsing the
-// rewrite's own lines, which use none of them.
-var builtinNames = map[string]any{}
 
 // scope is the set of variables visible at a point of a body.
 type scope map[string]bool

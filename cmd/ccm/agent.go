@@ -104,12 +104,20 @@ func serveMetrics(ctx context.Context, wg *sync.WaitGroup, addr string, ag *agen
 		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 		handler = mux
 	}
+	serveHTTP(ctx, wg, l, handler, "metrics server", log)
+	log.Info("serving metrics", zap.String("addr", l.Addr().String()))
+	return nil
+}
+
+// serveHTTP serves handler on l until ctx ends, then shuts the server down
+// within 2 s; wg counts its goroutines.
+func serveHTTP(ctx context.Context, wg *sync.WaitGroup, l net.Listener, handler http.Handler, what string, log *zap.Logger) {
 	srv := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second}
 	wg.Add(2)
 	go func() {
 		defer wg.Done()
 		if err := srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			log.Error("metrics server", zap.Error(err))
+			log.Error(what, zap.Error(err))
 		}
 	}()
 	go func() {
@@ -119,8 +127,6 @@ func serveMetrics(ctx context.Context, wg *sync.WaitGroup, addr string, ag *agen
 		defer cancel()
 		_ = srv.Shutdown(sctx)
 	}()
-	log.Info("serving metrics", zap.String("addr", l.Addr().String()))
-	return nil
 }
 
 // reloadOnHUP reloads the configuration directory on SIGHUP.

@@ -2,11 +2,9 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net"
-	"net/http"
-	"time"
+	"sync"
 
 	"github.com/spf13/cobra"
 	"go.uber.org/zap"
@@ -46,23 +44,9 @@ func (a *app) runDashboard(ctx context.Context, listen string) error {
 	if err != nil {
 		return fmt.Errorf("--listen: %w", err)
 	}
-	hs := &http.Server{Handler: srv.Handler(), ReadHeaderTimeout: 10 * time.Second}
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	done := make(chan error, 1)
-	go func() { done <- srv.Run(ctx) }()
-	go func() {
-		<-ctx.Done()
-		sctx, stop := context.WithTimeout(context.Background(), 2*time.Second)
-		defer stop()
-		_ = hs.Shutdown(sctx)
-	}()
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	serveHTTP(ctx, &wg, l, srv.Handler(), "dashboard server", a.log)
 	a.log.Info("dashboard", zap.String("url", "http://"+l.Addr().String()+"/"))
-	err = hs.Serve(l)
-	cancel()
-	<-done
-	if errors.Is(err, http.ErrServerClosed) {
-		return nil
-	}
-	return err
+	return srv.Run(ctx)
 }
