@@ -9,9 +9,9 @@ import (
 	"regexp"
 	"sort"
 	"strings"
-	"text/template"
 	"time"
 
+	"github.com/ccm-dev/ccm/templates"
 	"github.com/ccm-dev/ccm/toposort"
 )
 
@@ -63,7 +63,7 @@ type Ownership struct {
 
 // Directory is a directory a configuration ensures exists.
 type Directory struct {
-	Path    *template.Template
+	Path    *templates.Template
 	ForEach string // empty, or an object type: one directory per object
 	Mode    fs.FileMode
 	Ownership
@@ -72,9 +72,9 @@ type Directory struct {
 // File is a file, or with ForEach one file per object, a configuration
 // renders.
 type File struct {
-	Path    *template.Template
+	Path    *templates.Template
 	ForEach string
-	Body    *template.Template // from template: or content:
+	Body    *templates.Template // from template: or content:
 	Mode    fs.FileMode
 	Ownership
 	Check Command // nil when unset; may use {{ .Staged }} and {{ .Path }}

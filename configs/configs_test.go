@@ -57,8 +57,13 @@ func TestLoadRejectsBadDirectories(t *testing.T) {
 		}, "$DIR/a.yaml: files[0] /x: template: $DIR/templates/t.tmpl:3: unexpected EOF"},
 		{"content parse error", map[string]string{"a.yaml": "files:\n  - path: /x\n    content: '{{ .X '\n"},
 			"$DIR/a.yaml: files[0] /x: content: template: content:1: unclosed action"},
-		{"unknown function", map[string]string{"a.yaml": "files:\n  - path: /x\n    content: '{{ env \"HOME\" }}'\n"},
-			`$DIR/a.yaml: files[0] /x: content: template: content:1: function "env" not defined`},
+		{"unknown function", map[string]string{"a.yaml": "files:\n  - path: /x\n    content: '{{ envv \"HOME\" }}'\n"},
+			`$DIR/a.yaml: files[0] /x: content: template: content:1: function "envv" not defined`},
+		{"functions that are not deterministic, every call with its line", map[string]string{"a.yaml": "files:\n  - path: /x\n    content: \"{{ now | date \\\"2006\\\" }}\\n{{ randAlphaNum 8 }} {{ getHostByName \\\"localhost\\\" }}\"\n"},
+			"$DIR/a.yaml: files[0] /x: content: template: content:1:3: function \"now\" is not allowed: not deterministic: every node and every run would render different bytes (it reads the clock or the node's time zone); put the time in the object data\n" +
+				"template: content:1:9: function \"date\" is not allowed: not deterministic: every node and every run would render different bytes (it reads the clock or the node's time zone); put the time in the object data\n" +
+				"template: content:2:3: function \"randAlphaNum\" is not allowed: not deterministic: every node and every run would render different bytes (it is random); put the value in the object data\n" +
+				"template: content:2:24: function \"getHostByName\" is not allowed: not deterministic: it asks DNS at render time, so nodes and runs can differ; put the address in the object data"},
 		{"unquoted mode", map[string]string{"a.yaml": "files:\n  - path: /x\n    content: x\n    mode: 0644\n"},
 			"$DIR/a.yaml: line 4: mode 0644 must be a quoted octal string such as \"0644\""},
 		{"bad mode", map[string]string{"a.yaml": "files:\n  - path: /x\n    content: x\n    mode: \"0999\"\n"},

@@ -11,7 +11,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"text/template"
 	"time"
 
 	"go.yaml.in/yaml/v3"
@@ -270,7 +269,7 @@ func (l *loader) file(rf rawFile) (File, error) {
 	return f, err
 }
 
-func (l *loader) body(rf rawFile) (*template.Template, error) {
+func (l *loader) body(rf rawFile) (*templates.Template, error) {
 	switch {
 	case rf.Content != nil && rf.Template != "":
 		return nil, errors.New("set either template or content, not both")
@@ -299,7 +298,7 @@ func (l *loader) body(rf rawFile) (*template.Template, error) {
 }
 
 // parsePath parses a path template; its literal beginning must be absolute.
-func parsePath(p string) (*template.Template, error) {
+func parsePath(p string) (*templates.Template, error) {
 	if p == "" {
 		return nil, errors.New("path is empty")
 	}

@@ -7,7 +7,6 @@ import (
 	"io/fs"
 	"slices"
 	"strings"
-	"text/template"
 
 	"github.com/ccm-dev/ccm/configs"
 	"github.com/ccm-dev/ccm/objects"
@@ -215,7 +214,7 @@ func each(forEach string, data Data, fn func(Data) error) error {
 	return nil
 }
 
-func (r *renderer) renderPath(c *confiner, t *template.Template, data Data) (path, real string, err error) {
+func (r *renderer) renderPath(c *confiner, t *templates.Template, data Data) (path, real string, err error) {
 	buf := r.budget.writer(fmt.Sprintf("render path %q%s", t.Root.String(), objectSuffix(data)))
 	if err := t.Execute(buf, data); err != nil {
 		return "", "", fmt.Errorf("render path %q%s: %w", t.Root.String(), objectSuffix(data), templates.CleanError(err))

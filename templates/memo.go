@@ -20,7 +20,8 @@ import (
 //
 //	{{ ccm_range__ $ "<template>#range1" .Objects.sites }}
 //
-// A body qualifies when it has no {{break}} or {{continue}}, uses neither
+// The walk that finds what a template reads (analyze) also decides which
+// ranges qualify. A body qualifies when it has no {{break}} or {{continue}}, uses neither
 // $ nor a variable declared outside it (except the range's own element
 // variable), and assigns no outer variable; the range has no {{else}} and
 // declares at most the element variable. Anything else renders as written.
@@ -47,12 +48,12 @@ func IsRangeBody(t *template.Template) bool {
 	return strings.Contains(t.Name(), rangeSuffix)
 }
 
-// memoize rewrites the qualifying ranges of t's main tree.
-func memoize(t *template.Template) error {
+// memoize rewrites the ranges of t's main tree that qualify (see analyze).
+func memoize(t *template.Template, qualify map[*parse.RangeNode]bool) error {
 	if t.Tree == nil {
 		return nil
 	}
-	m := &memoizer{t: t}
+	m := &memoizer{t: t, qualify: qualify}
 	m.list(t.Tree.Root)
 	if m.err != nil {
 		return m.err
@@ -62,9 +63,10 @@ func memoize(t *template.Template) error {
 }
 
 type memoizer struct {
-	t   *template.Template
-	n   int
-	err error
+	t       *template.Template
+	qualify map[*parse.RangeNode]bool
+	n       int
+	err     error
 }
 
 // call is rangeFunc: root is $, the data the template was executed with.
@@ -108,15 +110,12 @@ func (m *memoizer) list(l *parse.ListNode) {
 // rewrite returns the call that replaces r, or nil when r does not
 // qualify.
 func (m *memoizer) rewrite(r *parse.RangeNode) parse.Node {
-	if m.err != nil || r.ElseList != nil || len(r.Pipe.Decl) > 1 || r.Pipe.IsAssign {
+	if m.err != nil || !m.qualify[r] {
 		return nil
 	}
 	elem := ""
 	if len(r.Pipe.Decl) == 1 {
 		elem = r.Pipe.Decl[0].Ident[0]
-	}
-	if !selfContained(r.List, scope{}.with(r.Pipe.Decl)) {
-		return nil
 	}
 	m.n++
 	name := fmt.Sprintf("%s%s%d", m.t.Name(), rangeSuffix, m.n)
@@ -165,106 +164,6 @@ func (m *memoizer) tree(name, text string) (*parse.Tree, error) {
 		return nil, err
 	}
 	return trees[name], nil
-}
-
-// scope is the set of variables visible at a point of a body.
-type scope map[string]bool
-
-func (s scope) with(vars []*parse.VariableNode) scope {
-	if len(vars) == 0 {
-		return s
-	}
-	c := make(scope, len(s)+len(vars))
-	for k := range s {
-		c[k] = true
-	}
-	for _, v := range vars {
-		c[v.Ident[0]] = true
-	}
-	return c
-}
-
-// selfContained reports whether the nodes of l read only variables in s
-// or declared inside l, and do nothing that reaches outside the element.
-func selfContained(l *parse.ListNode, s scope) bool {
-	if l == nil {
-		return true
-	}
-	for _, n := range l.Nodes {
-		switch n := n.(type) {
-		case *parse.BreakNode, *parse.ContinueNode:
-			return false
-		case *parse.ActionNode:
-			if !pipeContained(n.Pipe, s) {
-				return false
-			}
-			if !n.Pipe.IsAssign {
-				s = s.with(n.Pipe.Decl)
-			}
-		case *parse.IfNode:
-			if !branchContained(&n.BranchNode, s) {
-				return false
-			}
-		case *parse.WithNode:
-			if !branchContained(&n.BranchNode, s) {
-				return false
-			}
-		case *parse.RangeNode:
-			if !branchContained(&n.BranchNode, s) {
-				return false
-			}
-		case *parse.TemplateNode:
-			if !pipeContained(n.Pipe, s) {
-				return false
-			}
-		}
-	}
-	return true
-}
-
-func branchContained(b *parse.BranchNode, s scope) bool {
-	if !pipeContained(b.Pipe, s) {
-		return false
-	}
-	inner := s
-	if !b.Pipe.IsAssign {
-		inner = s.with(b.Pipe.Decl)
-	}
-	return selfContained(b.List, inner) && selfContained(b.ElseList, inner)
-}
-
-// pipeContained reports whether p reads and assigns only variables in s.
-func pipeContained(p *parse.PipeNode, s scope) bool {
-	if p == nil {
-		return true
-	}
-	if p.IsAssign {
-		for _, v := range p.Decl {
-			if !s[v.Ident[0]] || v.Ident[0] == "$" {
-				return false
-			}
-		}
-	}
-	for _, c := range p.Cmds {
-		for _, a := range c.Args {
-			if !argContained(a, s) {
-				return false
-			}
-		}
-	}
-	return true
-}
-
-func argContained(n parse.Node, s scope) bool {
-	switch n := n.(type) {
-	case *parse.VariableNode:
-		return n.Ident[0] != "$" && s[n.Ident[0]]
-	case *parse.PipeNode:
-		return pipeContained(n, s)
-	case *parse.ChainNode:
-		return argContained(n.Node, s)
-	}
-	return true
 }
 
 // rangeNames matches the names of the templates a rewrite adds.

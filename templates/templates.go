@@ -1,22 +1,25 @@
 // Package templates is the template language of configurations: Go
-// text/template with the Sprig functions and missingkey=error.
+// text/template with an allow-list of Sprig's functions and
+// missingkey=error.
 //
-// Sprig's env and expandenv are removed: a template renders the same bytes
-// on every node from the same objects, and the agent's environment (which
-// holds CCM_PASSWORD) never leaks into a file.
+// Templates are hermetic: a template is a pure function of its data, so
+// the same objects render the same bytes on every node and in every run.
+// Functions that read the clock, randomness, DNS or the environment are
+// not there (a template calling one fails to load, naming the function
+// and why), and no function can change object data, which every
+// configuration shares. Parse also finds what a template reads (Reads),
+// so that the renderer never serves a stale cached output.
 package templates
 
 import (
+	"errors"
 	"fmt"
+	"reflect"
+	"sort"
 	"strings"
 	"text/template"
-
-	"github.com/Masterminds/sprig/v3"
+	"text/template/parse"
 )
-
-// removed lists the Sprig functions that would make output depend on the
-// process environment.
-var removed = []string{"env", "expandenv"}
 
 // Limits of the Sprig functions that allocate by a count, so that one
 // object field cannot exhaust the agent's memory.
@@ -27,16 +30,6 @@ const (
 	// produce.
 	MaxSequence = 1 << 20
 )
-
-// FuncMap returns the functions available to templates.
-func FuncMap() template.FuncMap {
-	fm := sprig.TxtFuncMap()
-	for _, name := range removed {
-		delete(fm, name)
-	}
-	bound(fm)
-	return fm
-}
 
 // bound replaces the Sprig functions that allocate by a count with ones
 // that refuse a count over the limits.
@@ -99,20 +92,112 @@ func checkCount(fn string, n int64) error {
 	return nil
 }
 
+// Template is a parsed template with what it reads.
+type Template struct {
+	*template.Template
+	reads Reads
+}
+
+// Reads returns what the template's output depends on.
+func (t *Template) Reads() Reads { return t.reads }
+
 // Parse parses text as a template named name, with the ccm functions and
 // missingkey=error, so a typo in a field name fails instead of rendering
-// "<no value>".
+// "<no value>". A call of an excluded function fails, naming each call's
+// line and the reason (see Excluded).
 //
 // Ranges whose body reads only its element are rewritten so that the
 // renderer can cache each element's output (see Ranger); the output is
 // the same.
-func Parse(name, text string) (*template.Template, error) {
-	t, err := template.New(name).Funcs(FuncMap()).Option("missingkey=error").Parse(text)
+func Parse(name, text string) (*Template, error) {
+	t, err := template.New(name).Funcs(parseFuncs()).Option("missingkey=error").Parse(text)
 	if err != nil {
 		return nil, err
 	}
-	if err := memoize(t); err != nil {
+	if err := checkExcluded(t); err != nil {
+		return nil, err
+	}
+	reads, qualify := analyze(t)
+	if err := memoize(t, qualify); err != nil {
 		return nil, fmt.Errorf("template %s: %w", name, err)
 	}
-	return t, nil
+	return &Template{Template: t, reads: reads}, nil
+}
+
+// checkExcluded returns one error per call of an excluded function in
+// any of t's templates, each with its line.
+func checkExcluded(t *template.Template) error {
+	type found struct {
+		tree string
+		pos  parse.Pos
+		err  error
+	}
+	var all []found
+	for _, tt := range t.Templates() {
+		if tt.Tree == nil {
+			continue
+		}
+		tree := tt.Tree
+		walk(tree.Root, func(n parse.Node) {
+			id, ok := n.(*parse.IdentifierNode)
+			if !ok {
+				return
+			}
+			if why := excluded[id.Ident]; why != "" {
+				loc, _ := tree.ErrorContext(id)
+				all = append(all, found{tree.Name, id.Pos, fmt.Errorf("template: %s: function %q is not allowed: %s", loc, id.Ident, why)})
+			}
+		})
+	}
+	sort.Slice(all, func(i, j int) bool {
+		if all[i].tree != all[j].tree {
+			return all[i].tree < all[j].tree
+		}
+		return all[i].pos < all[j].pos
+	})
+	errs := make([]error, len(all))
+	for i, f := range all {
+		errs[i] = f.err
+	}
+	return errors.Join(errs...)
+}
+
+// walk calls fn for n and every node below it.
+func walk(n parse.Node, fn func(parse.Node)) {
+	if n == nil || reflect.ValueOf(n).IsNil() {
+		return
+	}
+	fn(n)
+	switch n := n.(type) {
+	case *parse.ListNode:
+		for _, c := range n.Nodes {
+			walk(c, fn)
+		}
+	case *parse.ActionNode:
+		walk(n.Pipe, fn)
+	case *parse.PipeNode:
+		for _, c := range n.Cmds {
+			walk(c, fn)
+		}
+	case *parse.CommandNode:
+		for _, c := range n.Args {
+			walk(c, fn)
+		}
+	case *parse.ChainNode:
+		walk(n.Node, fn)
+	case *parse.IfNode:
+		walkBranch(&n.BranchNode, fn)
+	case *parse.RangeNode:
+		walkBranch(&n.BranchNode, fn)
+	case *parse.WithNode:
+		walkBranch(&n.BranchNode, fn)
+	case *parse.TemplateNode:
+		walk(n.Pipe, fn)
+	}
+}
+
+func walkBranch(b *parse.BranchNode, fn func(parse.Node)) {
+	walk(b.Pipe, fn)
+	walk(b.List, fn)
+	walk(b.ElseList, fn)
 }

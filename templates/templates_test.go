@@ -14,7 +14,7 @@ import (
 func TestParseRejectsEnvironmentFunctions(t *testing.T) {
 	for _, text := range []string{`{{ env "HOME" }}`, `{{ expandenv "$HOME" }}`} {
 		_, err := templates.Parse("t", text)
-		assert.ErrorContains(t, err, "not defined", text)
+		assert.ErrorContains(t, err, "reads the agent's environment", text)
 	}
 }
 
