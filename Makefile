@@ -31,7 +31,7 @@ demo: build
 
 ## fuzz: run every fuzz target for FUZZTIME each (make test runs only the seed corpora)
 FUZZTIME ?= 30s
-FUZZ_TARGETS := FuzzDecode:./objects FuzzParseKey:./objects FuzzLoad:./configs FuzzConfine:./render
+FUZZ_TARGETS := FuzzDecode:./objects FuzzParseKey:./objects FuzzLoad:./configs FuzzConfine:./render FuzzCachedRendersMatchPlainTemplates:./render
 fuzz:
 	@for t in $(FUZZ_TARGETS); do \
 		name=$${t%%:*}; pkg=$${t#*:}; \
