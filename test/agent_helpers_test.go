@@ -46,12 +46,13 @@ timeout: 120s
 
 // agentNode is an agent running in this test process.
 type agentNode struct {
-	cli  *clientv3.Client
-	name string
-	root string
-	ag   *agent.Agent
-	stop context.CancelFunc
-	done chan error
+	cli   *clientv3.Client
+	name  string
+	root  string
+	state string
+	ag    *agent.Agent
+	stop  context.CancelFunc
+	done  chan error
 }
 
 type agentConfig struct {
@@ -84,10 +85,10 @@ func startAgent(t *testing.T, etcd *etcdtest.Cluster, name, configDir string, cf
 		cli, err = cluster.NewClient(cluster.ClientConfig{Endpoints: eps, DialTimeout: 2 * time.Second})
 		require.NoError(t, err)
 	}
-	n := &agentNode{cli: cli, name: name, root: t.TempDir(), done: make(chan error, 1)}
+	n := &agentNode{cli: cli, name: name, root: t.TempDir(), state: t.TempDir(), done: make(chan error, 1)}
 	var err error
 	n.ag, err = agent.New(agent.Options{
-		Client: cli, Node: name, Labels: cfg.labels, ConfigDir: configDir, Root: n.root, StateDir: t.TempDir(),
+		Client: cli, Node: name, Labels: cfg.labels, ConfigDir: configDir, Root: n.root, StateDir: n.state,
 		Debounce: cfg.debounce, MaxWait: cfg.maxWait, LockTTL: cfg.lockTTL,
 		Liveness: 500 * time.Millisecond,
 		Logger:   zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel)).Named(name),

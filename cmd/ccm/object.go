@@ -204,7 +204,7 @@ object is named.`,
 func newObjectExportCmd(a *app) *cobra.Command {
 	return &cobra.Command{
 		Use:   "export",
-		Short: `Print every object as {"<type>": {"<id>": {...}}}, the import and plan --objects format`,
+		Short: `Print every object as {"<type>": {"<id>": {...}}}, the import and plan --objects format, with their revisions`,
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return a.withKV(cmd, func(ctx context.Context, kv clientv3.KV) error {
@@ -220,13 +220,18 @@ func newObjectExportCmd(a *app) *cobra.Command {
 						a.log.Warn("not exported: a malformed object", zap.Error(err))
 					}
 				}
-				out := map[string]map[string]map[string]any{}
+				out := map[string]any{objects.FileRevision: snap.Revision}
+				revisions := map[string]map[string]int64{}
 				for typ, list := range snap.Types {
-					out[typ] = map[string]map[string]any{}
+					objs := map[string]map[string]any{}
+					revisions[typ] = map[string]int64{}
 					for _, o := range list {
-						out[typ][o.ID] = o.Data
+						objs[o.ID] = o.Data
+						revisions[typ][o.ID] = o.Revision
 					}
+					out[typ] = objs
 				}
+				out[objects.FileRevisions] = revisions
 				enc := json.NewEncoder(a.stdout)
 				enc.SetIndent("", "  ")
 				return enc.Encode(out)

@@ -121,7 +121,12 @@ func (a *app) snapshot(ctx context.Context, file string) (*objects.Snapshot, err
 		return nil, err
 	}
 	if file != "" {
-		return objects.ReadFile(file, sch)
+		snap, err := objects.ReadFile(file, sch)
+		if err == nil && snap.Revision == 0 {
+			fmt.Fprintf(a.stderr, "%s has no revisions (%s and %s, which ccm object export writes): .Revision and .Object.Revision render as 0 here, unlike on the nodes\n",
+				file, objects.FileRevision, objects.FileRevisions)
+		}
+		return snap, err
 	}
 	c, err := a.cluster(ctx)
 	if err != nil {
