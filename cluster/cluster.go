@@ -130,18 +130,25 @@ func decodeFailure(resp *clientv3.GetResponse) *Failure {
 	return f
 }
 
-// Resume clears the failure flag and the pause, in one transaction, and
-// returns what they held.
-func (c *Cluster) Resume(ctx context.Context) (*Failure, *Pause, error) {
-	resp, err := c.client.Txn(ctx).Then(
-		clientv3.OpGet(c.FailureKey()), clientv3.OpGet(c.PausedKey()),
-		clientv3.OpDelete(c.FailureKey()), clientv3.OpDelete(c.PausedKey()),
-	).Commit()
+// Resume clears the failure flag, and only the flag: a pause is someone's
+// maintenance window and has its own command (Unpause). It returns what
+// the flag held (nil: it was not set).
+func (c *Cluster) Resume(ctx context.Context) (*Failure, error) {
+	resp, err := c.client.Txn(ctx).Then(clientv3.OpGet(c.FailureKey()), clientv3.OpDelete(c.FailureKey())).Commit()
 	if err != nil {
-		return nil, nil, fmt.Errorf("delete %s and %s: %w", c.FailureKey(), c.PausedKey(), err)
+		return nil, fmt.Errorf("delete %s: %w", c.FailureKey(), err)
 	}
-	return decodeFailure((*clientv3.GetResponse)(resp.Responses[0].GetResponseRange())),
-		decodePause((*clientv3.GetResponse)(resp.Responses[1].GetResponseRange())), nil
+	return decodeFailure((*clientv3.GetResponse)(resp.Responses[0].GetResponseRange())), nil
+}
+
+// Unpause lifts the pause and returns it (nil: the rollout was not
+// paused).
+func (c *Cluster) Unpause(ctx context.Context) (*Pause, error) {
+	resp, err := c.client.Txn(ctx).Then(clientv3.OpGet(c.PausedKey()), clientv3.OpDelete(c.PausedKey())).Commit()
+	if err != nil {
+		return nil, fmt.Errorf("delete %s: %w", c.PausedKey(), err)
+	}
+	return decodePause((*clientv3.GetResponse)(resp.Responses[0].GetResponseRange())), nil
 }
 
 // Node states, as ccm status shows them.

@@ -150,7 +150,7 @@ func TestFailingValidateHaltsTheRolloutUntilResume(t *testing.T) {
 	}
 
 	require.NoError(t, os.Remove(marker))
-	_, _, err := c.Resume(context.Background())
+	_, err := c.Resume(context.Background())
 	require.NoError(t, err)
 	converged(t, nodes, bad, 2, "bad")
 }

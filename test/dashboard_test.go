@@ -125,6 +125,8 @@ func TestDashboardFollowsARolloutThatFailsAndResumes(t *testing.T) {
 	require.NoError(t, os.Remove(marker))
 	r = admin.action("resume")
 	require.Equal(t, 0, r.code, r.stderr)
+	r = admin.action("unpause")
+	require.Equal(t, 0, r.code, r.stderr)
 	for _, n := range nodes {
 		n.reported(t, rev, cluster.ResultConverged)
 	}

@@ -93,7 +93,7 @@ func TestHostileObjectsFailCleanlyAndTheAgentKeepsRunning(t *testing.T) {
 
 			_, err = cli.Delete(ctx, "/ccm/objects/"+tc.key)
 			require.NoError(t, err)
-			_, _, err = c.Resume(ctx)
+			_, err = c.Resume(ctx)
 			require.NoError(t, err)
 			eventually(t, 20*time.Second, func() bool {
 				s := nodeStatus(t, cli, "n")

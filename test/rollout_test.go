@@ -93,9 +93,19 @@ func TestPauseHoldsEveryNodeAndResumeConvergesThemInTurn(t *testing.T) {
 	assert.Equal(t, 3, r.code)
 	assert.Contains(t, r.stderr, "the rollout is paused")
 
+	// ccm resume clears the failure flag only: someone's pause stays,
+	// and it says whose it is.
 	r = admin.action("resume")
 	require.Equal(t, 0, r.code, r.stderr)
-	assert.Contains(t, r.stdout, "Pause lifted (paused by")
+	assert.Contains(t, r.stdout, "Nothing to resume: the failure flag was not set.")
+	assert.Contains(t, r.stdout, "The rollout stays paused by ")
+	assert.Contains(t, r.stdout, "(maintenance window); ccm resume --pause lifts it.")
+	r = admin.action("status")
+	assert.Regexp(t, `node0\s+paused\s+\d+\s+yes`, r.stdout, "still paused after ccm resume")
+
+	r = admin.action("resume", "--pause")
+	require.Equal(t, 0, r.code, r.stderr)
+	assert.Regexp(t, `Pause lifted: it was \S+'s, since \S+ \(maintenance window\)\.`, r.stdout)
 	converged(t, nodes, rev, 1, "held")
 }
 

@@ -85,7 +85,7 @@ func TestSchemasRefuseBadObjectsAtTheDoorAndFailTheirConfigurations(t *testing.T
 	require.NoError(t, err)
 	s := n.reported(t, put.Header.Revision, cluster.ResultFailed)
 	assert.Contains(t, s.Error, "object /ccm/objects/sites/sneaky: breaks schemas/sites.json at /domains:")
-	_, _, err = cluster.New(cli, cluster.Options{}).Resume(ctx)
+	_, err = cluster.New(cli, cluster.Options{}).Resume(ctx)
 	require.NoError(t, err)
 	_, err = cli.Delete(ctx, "/ccm/objects/sites/sneaky")
 	require.NoError(t, err)

@@ -96,32 +96,80 @@ func firstLine(s string) string {
 }
 
 func newResumeCmd(a *app) *cobra.Command {
-	return &cobra.Command{
-		Use:   "resume",
-		Short: "Clear the failure flag and the pause so that the rollout continues",
-		Args:  cobra.NoArgs,
+	var pause bool
+	cmd := &cobra.Command{
+		Use:   "resume [--pause]",
+		Short: "Clear the failure flag so that the rollout continues; --pause lifts a pause instead",
+		Long: `Clear the failure flag, and only it: a pause (ccm pause) is someone's
+maintenance window, and ccm resume --pause (or ccm unpause) lifts it, saying
+whose pause it was.`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if pause {
+				return a.unpause(cmd)
+			}
 			var f *cluster.Failure
-			var p *cluster.Pause
 			err := a.withCluster(cmd, func(ctx context.Context, c *cluster.Cluster) (err error) {
-				f, p, err = c.Resume(ctx)
+				f, err = c.Resume(ctx)
 				return err
 			})
 			if err != nil {
 				return err
 			}
-			if f == nil && p == nil {
-				fmt.Fprintln(a.stdout, "Nothing to resume: the failure flag was not set and the rollout was not paused.")
-			}
-			if f != nil {
+			if f == nil {
+				fmt.Fprintln(a.stdout, "Nothing to resume: the failure flag was not set.")
+			} else {
 				fmt.Fprintf(a.stdout, "Failure flag cleared (was set by node %s, configuration %s).\n", render.Escape(f.Node), render.Escape(f.Configuration))
 			}
-			if p != nil {
-				fmt.Fprintf(a.stdout, "Pause lifted (paused by %s: %s).\n", render.Escape(p.By), render.Escape(p.Reason))
-			}
-			return nil
+			return a.mentionPause(cmd)
 		},
 	}
+	cmd.Flags().BoolVar(&pause, "pause", false, "lift the pause (ccm pause) instead of the failure flag")
+	return cmd
+}
+
+func newUnpauseCmd(a *app) *cobra.Command {
+	return &cobra.Command{
+		Use:   "unpause",
+		Short: "Lift the pause (ccm pause), saying whose it was; the same as ccm resume --pause",
+		Args:  cobra.NoArgs,
+		RunE:  func(cmd *cobra.Command, _ []string) error { return a.unpause(cmd) },
+	}
+}
+
+// unpause lifts the pause and says whose it was.
+func (a *app) unpause(cmd *cobra.Command) error {
+	var p *cluster.Pause
+	err := a.withCluster(cmd, func(ctx context.Context, c *cluster.Cluster) (err error) {
+		p, err = c.Unpause(ctx)
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	if p == nil {
+		fmt.Fprintln(a.stdout, "Nothing to lift: the rollout was not paused.")
+		return nil
+	}
+	fmt.Fprintf(a.stdout, "Pause lifted: it was %s's, since %s (%s).\n", render.Escape(p.By), p.Time.Format(time.RFC3339), render.Escape(p.Reason))
+	return nil
+}
+
+// mentionPause tells, after the flag was cleared, that a pause still holds
+// the rollout, and whose it is.
+func (a *app) mentionPause(cmd *cobra.Command) error {
+	var g *cluster.Pause
+	err := a.withCluster(cmd, func(ctx context.Context, c *cluster.Cluster) (err error) {
+		v, err := c.View(ctx)
+		if err == nil {
+			g = v.Pause
+		}
+		return err
+	})
+	if err == nil && g != nil {
+		fmt.Fprintf(a.stdout, "The rollout stays paused by %s since %s (%s); ccm resume --pause lifts it.\n", render.Escape(g.By), g.Time.Format(time.RFC3339), render.Escape(g.Reason))
+	}
+	return err
 }
 
 func newPauseCmd(a *app) *cobra.Command {
@@ -139,7 +187,7 @@ agent converges in turn.`,
 			if err != nil {
 				return err
 			}
-			fmt.Fprintln(a.stdout, "Rollout paused; ccm resume continues it.")
+			fmt.Fprintln(a.stdout, "Rollout paused; ccm resume --pause (or ccm unpause) continues it.")
 			return nil
 		},
 	}
