@@ -139,13 +139,15 @@ func hunkRange(line, n int) string {
 	return fmt.Sprintf("%d,%d", line, n)
 }
 
-// Escape makes control characters (other than tab) and invalid UTF-8 visible
-// as Go escapes, so text printed to a terminal cannot carry escape
-// sequences.
+// Escape makes control characters (other than tab), Unicode format
+// characters (category Cf: bidi overrides such as U+202E, zero-width
+// characters) and invalid UTF-8 visible as Go escapes, so text printed to
+// a terminal can carry neither escape sequences nor text that reads
+// differently from what it is.
 func Escape(s string) string {
 	clean := true
 	for _, r := range s {
-		if r == unicode.ReplacementChar || (unicode.IsControl(r) && r != '\t') {
+		if r == unicode.ReplacementChar || hidden(r) {
 			clean = false
 			break
 		}
@@ -158,7 +160,7 @@ func Escape(s string) string {
 		switch {
 		case r == unicode.ReplacementChar && !strings.HasPrefix(s[i:], "\uFFFD"):
 			fmt.Fprintf(&b, `\x%02x`, s[i])
-		case unicode.IsControl(r) && r != '\t':
+		case hidden(r):
 			q := strconv.QuoteRune(r)
 			b.WriteString(q[1 : len(q)-1])
 		default:
@@ -166,4 +168,9 @@ func Escape(s string) string {
 		}
 	}
 	return b.String()
+}
+
+// hidden reports whether r must not reach a terminal as it is.
+func hidden(r rune) bool {
+	return (unicode.IsControl(r) && r != '\t') || unicode.Is(unicode.Cf, r)
 }

@@ -50,4 +50,6 @@ func TestEscape(t *testing.T) {
 	assert.Equal(t, `a\x1b[31mb\x00`, render.Escape("a\x1b[31mb\x00"))
 	assert.Equal(t, `bad\xff`, render.Escape("bad\xff"))
 	assert.Equal(t, `\u009b`, render.Escape("\u009b"), "C1 control (CSI)")
+	assert.Equal(t, `invoice\u202egpj.exe`, render.Escape("invoice\u202egpj.exe"), "a bidi override (Cf)")
+	assert.Equal(t, `a\u200bb\ufeff\u2066x\u2069`, render.Escape("a\u200bb\ufeff\u2066x\u2069"), "zero-width and isolate characters (Cf)")
 }

@@ -148,13 +148,21 @@ func TestActionGetsItsParametersOnStdinAndInTheEnvironmentNeverInArgv(t *testing
 	}, "ccm_actions_total{action=echo,state=succeeded} is 1")
 
 	// The CLI prints the table, and exits 0.
-	res := caller(t, etcd, dir).action("action", "run", "echo", "--node", "web1", "--param", "site=shop-2", "--param", "note=a,b")
+	// What it prints can be copied: & < > as they are, in the table and
+	// in --json (Go's encoder writes them as \u0026 and so on).
+	res := caller(t, etcd, dir).action("action", "run", "echo", "--node", "web1", "--param", "site=shop-2", "--param", "note=a,b https://x/login?a=1&b=<2>")
 	require.Equal(t, 0, res.code, res.stderr)
 	assert.Contains(t, res.stdout, "NODE")
 	assert.Regexp(t, `web1\s+succeeded\s+0\s+`, res.stdout)
+	assert.Contains(t, res.stdout, `https://x/login?a=1&b=<2>`)
+	assert.NotContains(t, res.stdout, `\u00`)
 	b, err = os.ReadFile(noteFile)
 	require.NoError(t, err)
-	assert.Equal(t, "a,b", string(b), "a comma stays in the value")
+	assert.Equal(t, "a,b https://x/login?a=1&b=<2>", string(b), "a comma stays in the value")
+	res = caller(t, etcd, dir).action("action", "run", "echo", "--node", "web1", "--param", "site=shop-2", "--param", "note=?a=1&b=2", "--json")
+	require.Equal(t, 0, res.code, res.stderr)
+	assert.Contains(t, res.stdout, `?a=1&b=2`)
+	assert.NotContains(t, res.stdout, `\u0026`)
 }
 
 func TestActionFansOutByLabelAndReportsANamedNodeThatIsNotAlive(t *testing.T) {

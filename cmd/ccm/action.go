@@ -197,7 +197,7 @@ func (a *app) callAndPrint(ctx context.Context, c *client.Client, call client.Ca
 		r := newRow(reply, ne)
 		failed = failed || r.state != actions.StateSucceeded
 		if asJSON {
-			if err := json.NewEncoder(a.stdout).Encode(r.json()); err != nil {
+			if err := writeJSON(a.stdout, r.json(), false); err != nil {
 				return err
 			}
 			continue
@@ -266,7 +266,9 @@ func (r row) json() any {
 	if r.err != nil {
 		return map[string]string{"id": r.reply.ID, "node": r.node, "state": r.state, "error": r.err.Error()}
 	}
-	return r.reply
+	reply := r.reply
+	reply.Output = plainJSON(reply.Output)
+	return reply
 }
 
 // outputText is a reply's output for a terminal: a JSON string as its
@@ -279,7 +281,7 @@ func outputText(raw json.RawMessage) string {
 	if json.Unmarshal(raw, &s) == nil {
 		return s
 	}
-	return string(raw)
+	return string(plainJSON(raw))
 }
 
 // printRows prints the table; each cell is one line, escaped for the
@@ -400,9 +402,8 @@ func (a *app) records(cmd *cobra.Command, fn func(context.Context, *client.Clien
 }
 
 func printJSONLines[T any](w io.Writer, items []T) error {
-	enc := json.NewEncoder(w)
 	for _, it := range items {
-		if err := enc.Encode(it); err != nil {
+		if err := writeJSON(w, it, false); err != nil {
 			return err
 		}
 	}

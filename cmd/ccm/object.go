@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"os"
@@ -111,7 +110,7 @@ func newObjectGetCmd(a *app) *cobra.Command {
 		if len(resp.Kvs) == 0 {
 			return fmt.Errorf("object %s: not found", key)
 		}
-		fmt.Fprintln(a.stdout, string(resp.Kvs[0].Value))
+		fmt.Fprintln(a.stdout, string(plainJSON(resp.Kvs[0].Value)))
 		return nil
 	})
 }
@@ -232,9 +231,7 @@ func newObjectExportCmd(a *app) *cobra.Command {
 					out[typ] = objs
 				}
 				out[objects.FileRevisions] = revisions
-				enc := json.NewEncoder(a.stdout)
-				enc.SetIndent("", "  ")
-				return enc.Encode(out)
+				return writeJSON(a.stdout, out, true)
 			})
 		},
 	}
@@ -270,6 +267,7 @@ func countObjects(snap *objects.Snapshot) int {
 }
 
 func jsonValue(v any) (string, error) {
-	raw, err := json.Marshal(v)
-	return string(raw), err
+	var b strings.Builder
+	err := writeJSON(&b, v, false)
+	return strings.TrimSuffix(b.String(), "\n"), err
 }

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"strings"
@@ -32,9 +31,7 @@ func newStatusCmd(a *app) *cobra.Command {
 				return err
 			}
 			if asJSON {
-				enc := json.NewEncoder(a.stdout)
-				enc.SetIndent("", "  ")
-				if err := enc.Encode(v); err != nil {
+				if err := writeJSON(a.stdout, v, true); err != nil {
 					return err
 				}
 			} else {
