@@ -79,6 +79,7 @@ type events Agent
 func (e *events) Add(rev int64, types ...string) {
 	a := (*Agent)(e)
 	a.deb.Add(types...)
+	a.metrics.DebouncePending.Set(float64(a.deb.Pending()))
 	sel := a.selection.Load()
 	if names, err := a.applier.Select(sel.set, sel.bus.Publish(types...)); err == nil && len(names) > 0 {
 		a.presence.changedAt(rev)

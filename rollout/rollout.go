@@ -179,6 +179,9 @@ func (r *Runner) locked(ctx context.Context, lock *cluster.Lock, req Request) Re
 		run = r.opts.Applier.Run
 	}
 	report := run(runCtx, req.Set, snap, req.Names)
+	if m := r.opts.Metrics; m != nil {
+		m.RunDuration.Observe(time.Since(start).Seconds())
+	}
 	lost := errors.Is(context.Cause(runCtx), cluster.ErrLockLost)
 	stop()
 	res := Result{Ran: true, Report: report, LockLost: lost, Status: r.status(report, start)}
