@@ -22,7 +22,7 @@ type Cache struct {
 	// configs maps a configuration name to the entries of its last render;
 	// each render replaces them, which drops deleted objects and the files
 	// of configurations that were reloaded.
-	configs  map[string]*configCache
+	configs map[string]*configCache
 	// abandoned is set once a render was left running (stuck, or still
 	// running at shutdown): it may still touch the maps, so no other
 	// render may start.

@@ -161,11 +161,11 @@ func TestTemplatesCannotChangeObjectData(t *testing.T) {
 		assert.Equal(t, shared(), data["Object"].(map[string]any)["Data"], text)
 	}
 	for text, want := range map[string]string{
-		`{{ $d := dict "a" 1 }}{{ $_ := set $d "b" 2 }}{{ $_ := unset $d "a" }}{{ toJson $d }}`:                                          `{"b":2}`,
-		`{{ $d := dict "m" .Object.Data.m }}{{ $_ := merge $d (dict "m" (dict "k" "changed" "new" 1)) }}{{ toJson $d.m }}`:            `{"deep":{"k":"v"},"k":"v","new":1,"z":[1,2]}`,
+		`{{ $d := dict "a" 1 }}{{ $_ := set $d "b" 2 }}{{ $_ := unset $d "a" }}{{ toJson $d }}`:                                           `{"b":2}`,
+		`{{ $d := dict "m" .Object.Data.m }}{{ $_ := merge $d (dict "m" (dict "k" "changed" "new" 1)) }}{{ toJson $d.m }}`:                `{"deep":{"k":"v"},"k":"v","new":1,"z":[1,2]}`,
 		`{{ $d := dict "m" .Object.Data.m }}{{ $_ := mergeOverwrite $d (dict "m" (dict "deep" (dict "k" "changed"))) }}{{ $d.m.deep.k }}`: `changed`,
 		`{{ $c := deepCopy .Object.Data }}{{ $_ := set $c "s" "changed" }}{{ $c.s }} {{ .Object.Data.s }}`:                                `changed x`,
-		`{{ $p := pick .Object.Data "s" "n" }}{{ $_ := set $p "s" "y" }}{{ toJson $p }}`:                                                 `{"n":1,"s":"y"}`,
+		`{{ $p := pick .Object.Data "s" "n" }}{{ $_ := set $p "s" "y" }}{{ toJson $p }}`:                                                  `{"n":1,"s":"y"}`,
 		`{{ keys .Object.Data | join "," }} {{ values .Object.Data.m | len }}`:                                                            `b,l,m,n,s 3`,
 	} {
 		data := map[string]any{"Object": map[string]any{"Data": shared()}}
