@@ -199,9 +199,14 @@ func (c *Cluster) View(ctx context.Context) (*View, error) {
 		clientv3.OpGet(c.LockPrefix(), clientv3.WithPrefix(), clientv3.WithSort(clientv3.SortByCreateRevision, clientv3.SortAscend)),
 		clientv3.OpGet(c.PausedKey()),
 		clientv3.OpGet(c.RolloutKey()),
+		clientv3.OpGet(c.ObjectsPrefix(), append(clientv3.WithLastRev(), clientv3.WithPrefix(), clientv3.WithKeysOnly())...),
 	).Commit()
 	if err != nil {
 		return nil, fmt.Errorf("read %s: %w", c.FailureKey(), err)
+	}
+	var newest int64
+	if kvs := resp.Responses[4].GetResponseRange().Kvs; len(kvs) > 0 {
+		newest = kvs[0].ModRevision
 	}
 	v := &View{
 		Failure:  decodeFailure((*clientv3.GetResponse)(resp.Responses[0].GetResponseRange())),
@@ -230,7 +235,7 @@ func (c *Cluster) View(ctx context.Context) (*View, error) {
 		}
 	}
 	for _, n := range nodes {
-		n.describe(locked[n.Name], v.Pause != nil)
+		n.describe(locked[n.Name], v.Pause != nil, newest)
 		v.Nodes = append(v.Nodes, *n)
 	}
 	return v, nil
@@ -358,13 +363,11 @@ func nodeView(name string, status, alive *etcdserverpb.ResponseOp) *NodeView {
 }
 
 // describe derives the node's state and whether it is behind. This is the
-// one place that decides what a node's state is.
-func (n *NodeView) describe(lock string, paused bool) {
+// one place that decides what a node's state is; newest is the revision
+// of the newest object write in the cluster.
+func (n *NodeView) describe(lock string, paused bool, newest int64) {
 	if n.Status != nil {
 		n.Converged = n.Status.Converged
-	}
-	if n.Presence != nil && n.Presence.Pending > n.Converged {
-		n.Behind = true
 	}
 	switch {
 	case n.Presence == nil && lock == "":
@@ -380,9 +383,29 @@ func (n *NodeView) describe(lock string, paused bool) {
 	default:
 		n.State = StateIdle
 	}
-	if n.Status != nil && n.Status.Result == ResultHalted { // it skipped a change
-		n.Behind = true
+	n.Behind = n.behind(newest)
+}
+
+// behind is the one definition of BEHIND, which ccm status and the
+// dashboard show: a change the node should have is not converged there.
+//   - An alive agent says which changes concern it (Presence.Pending).
+//   - A run that was halted skipped a change.
+//   - A run that failed tried a revision it did not converge.
+//   - A node with no agent alive cannot say what concerns it: it is behind
+//     once any object was written after the revision it converged.
+func (n *NodeView) behind(newest int64) bool {
+	s := n.Status
+	switch {
+	case n.Presence != nil && n.Presence.Pending > n.Converged:
+		return true
+	case s != nil && s.Result == ResultHalted:
+		return true
+	case s != nil && s.Result == ResultFailed && s.Revision > n.Converged:
+		return true
+	case n.State == StateDown:
+		return newest > n.Converged
 	}
+	return false
 }
 
 // Status returns a node's last run, or nil if it never ran.

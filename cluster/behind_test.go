@@ -1,0 +1,77 @@
+package cluster
+
+import (
+	"context"
+	"fmt"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/ccm-dev/ccm/test/etcdtest"
+)
+
+// BEHIND for every node state: the newest object write in the cluster is
+// at revision 23.
+func TestBehindForEveryNodeState(t *testing.T) {
+	alive := &Presence{Node: "n"}
+	pending := &Presence{Node: "n", Pending: 20}
+	st := func(result string, rev, converged int64) *Status {
+		return &Status{Node: "n", Result: result, Revision: rev, Converged: converged}
+	}
+	tests := []struct {
+		name     string
+		lock     string
+		paused   bool
+		status   *Status
+		presence *Presence
+		state    string
+		behind   bool
+	}{
+		{"idle, up to date", "", false, st(ResultConverged, 23, 23), alive, StateIdle, false},
+		{"idle, a change that concerns it pending", "", false, st(ResultConverged, 15, 15), pending, StateIdle, true},
+		{"idle, newer writes that do not concern it", "", false, st(ResultConverged, 15, 15), alive, StateIdle, false},
+		{"waiting with a change", StateWaiting, false, st(ResultConverged, 15, 15), pending, StateWaiting, true},
+		{"running with a change", StateRunning, false, st(ResultConverged, 15, 15), pending, StateRunning, true},
+		{"paused with a change", "", true, st(ResultConverged, 15, 15), pending, StatePaused, true},
+		{"paused, up to date", "", true, st(ResultConverged, 23, 23), alive, StatePaused, false},
+		{"halted: it skipped a change", "", false, st(ResultHalted, 0, 15), alive, StateHalted, true},
+		{"failed below the revision it tried", "", false, st(ResultFailed, 23, 15), alive, StateFailed, true},
+		{"failed, then nothing new", "", false, st(ResultFailed, 15, 15), alive, StateFailed, false},
+		{"down after missing a change", "", false, st(ResultConverged, 15, 15), nil, StateDown, true},
+		{"down, up to date", "", false, st(ResultConverged, 23, 23), nil, StateDown, false},
+		{"down, never ran", "", false, nil, nil, StateDown, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			n := &NodeView{Name: "n", Status: tt.status, Presence: tt.presence}
+			n.describe(tt.lock, tt.paused, 23)
+			assert.Equal(t, tt.state, n.State)
+			assert.Equal(t, tt.behind, n.Behind)
+		})
+	}
+}
+
+// The view reads the newest object write at its revision: a node that is
+// down and missed a change shows behind.
+func TestViewShowsADownNodeThatMissedAChangeBehind(t *testing.T) {
+	etcd := etcdtest.New(t, 1)
+	cli := etcd.Client(t)
+	c := New(cli, Options{})
+	ctx := context.Background()
+	put, err := cli.Put(ctx, c.ObjectsPrefix()+"sites/a", `{}`)
+	require.NoError(t, err)
+	_, err = cli.Put(ctx, c.StatusKey("web1"), fmt.Sprintf(`{"node":"web1","result":"converged","revision":%d,"converged_revision":%[1]d}`, put.Header.Revision))
+	require.NoError(t, err)
+	v, err := c.View(ctx)
+	require.NoError(t, err)
+	require.Len(t, v.Nodes, 1)
+	assert.Equal(t, StateDown, v.Nodes[0].State)
+	assert.False(t, v.Nodes[0].Behind, "down, but it has every change")
+
+	_, err = cli.Put(ctx, c.ObjectsPrefix()+"sites/b", `{}`)
+	require.NoError(t, err)
+	v, err = c.View(ctx)
+	require.NoError(t, err)
+	assert.True(t, v.Nodes[0].Behind, "down, and it missed sites/b")
+}
