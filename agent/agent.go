@@ -131,8 +131,11 @@ type Agent struct {
 // New loads the configuration directory and returns an Agent. It refuses a
 // broken directory. It starts nothing; Run does.
 func New(opts Options) (*Agent, error) {
-	if opts.Client == nil || opts.Node == "" {
-		return nil, errors.New("agent: a client and a node name are required")
+	if opts.Client == nil {
+		return nil, errors.New("agent: a client is required")
+	}
+	if err := objects.CheckName("agent: node name", opts.Node); err != nil {
+		return nil, err
 	}
 	defaults(&opts)
 	sel, err := load(opts.ConfigDir, opts.ActionKeys)

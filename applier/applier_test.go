@@ -13,6 +13,7 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
 
 	"github.com/ccm-dev/ccm/applier"
 	"github.com/ccm-dev/ccm/configs"
@@ -722,4 +723,17 @@ func TestAPathSwappedForASymlinkMidRunIsRefused(t *testing.T) {
 			assert.Len(t, entries, 1, "nothing is written through the symlinked directory")
 		})
 	}
+}
+
+// A state file that is not a regular file (a FIFO left by someone) is
+// named as such, and nothing is written.
+func TestAStateFileThatIsAFIFOIsNamed(t *testing.T) {
+	f := newFixture(t, map[string]string{"c.yaml": "files:\n  - {path: /x, content: \"x\\n\"}\n"})
+	state := filepath.Join(f.tmp, "state", "configs")
+	require.NoError(t, os.MkdirAll(state, 0o700))
+	require.NoError(t, unix.Mkfifo(filepath.Join(state, "c.json"), 0o600))
+	_, err := f.apply("c")
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), filepath.Join(state, "c.json")+" is not a regular file (a FIFO)")
+	assert.NoFileExists(t, f.path("/x"))
 }

@@ -29,7 +29,7 @@ var ErrHalted = errors.New("halted by the failure flag")
 var ErrNotRecorded = errors.New("run outcome not recorded in etcd")
 
 // ErrPaused is returned when the rollout is paused (ccm pause).
-var ErrPaused = errors.New("the rollout is paused; ccm resume continues it")
+var ErrPaused = errors.New("the rollout is paused")
 
 // ErrLockTimeout is returned when the lock was not had within
 // Request.LockTimeout.
@@ -152,7 +152,7 @@ func (r *Runner) locked(ctx context.Context, lock *cluster.Lock, req Request) Re
 	}
 	if p := gate.Pause; p != nil {
 		r.log.Info("the rollout is paused; nothing applied", zap.String("by", p.By), zap.String("reason", p.Reason))
-		return Result{Paused: p, FlagRevision: rev, Err: fmt.Errorf("%w by %s at %s: %s", ErrPaused, p.By, p.Time.Format(time.RFC3339), p.Reason)}
+		return Result{Paused: p, FlagRevision: rev, Err: fmt.Errorf("%w by %s since %s (%s); ccm resume --pause lifts it", ErrPaused, p.By, p.Time.Format(time.RFC3339), p.Reason)}
 	}
 	snap, err := req.Snapshot(ctx, rev)
 	if err != nil {

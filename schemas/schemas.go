@@ -13,6 +13,7 @@ import (
 	"strings"
 
 	"github.com/santhosh-tekuri/jsonschema/v6"
+	"github.com/santhosh-tekuri/jsonschema/v6/kind"
 
 	"github.com/ccm-dev/ccm/objects"
 )
@@ -60,6 +61,14 @@ func Load(configDir string) (*Set, error) {
 		if err == nil {
 			sch, err = c.Compile(p)
 		}
+		if err == nil {
+			// A $ref that refers to itself compiles, and then fails every
+			// object with nothing but "validation failed".
+			var ve *jsonschema.ValidationError
+			if errors.As(sch.Validate(map[string]any{}), &ve) {
+				err = cycle(ve)
+			}
+		}
 		if err != nil {
 			errs = append(errs, fmt.Errorf("%s: %s", p, strings.ReplaceAll(err.Error(), "\n", "; ")))
 			continue
@@ -100,6 +109,9 @@ func (s *Set) Validate(typ string, data map[string]any) error {
 	if !errors.As(err, &ve) {
 		return err
 	}
+	if c := cycle(ve); c != nil {
+		return fmt.Errorf("schemas/%s.json cannot validate: %w", typ, c)
+	}
 	var lines []string
 	var walk func(u *jsonschema.OutputUnit)
 	walk = func(u *jsonschema.OutputUnit) {
@@ -117,4 +129,17 @@ func (s *Set) Validate(typ string, data map[string]any) error {
 	walk(ve.BasicOutput())
 	sort.Strings(lines)
 	return fmt.Errorf("breaks schemas/%s.json at %s", typ, strings.Join(lines, "; at "))
+}
+
+// cycle returns the reference cycle that made a validation fail, or nil.
+func cycle(ve *jsonschema.ValidationError) error {
+	if _, ok := ve.ErrorKind.(*kind.Reference); ok {
+		return fmt.Errorf("a $ref cycle (%s)", strings.TrimSpace(strings.TrimPrefix(ve.Error(), "at '':")))
+	}
+	for _, c := range ve.Causes {
+		if err := cycle(c); err != nil {
+			return err
+		}
+	}
+	return nil
 }

@@ -91,7 +91,7 @@ func TestPauseHoldsEveryNodeAndResumeConvergesThemInTurn(t *testing.T) {
 	one.configDir = siteConfig(t, "node0", log, "/nonexistent", "0")
 	r = one.run("", "apply", "--once")
 	assert.Equal(t, 3, r.code)
-	assert.Contains(t, r.stderr, "the rollout is paused")
+	assert.Regexp(t, `the rollout is paused by \S+ since \S+ \(maintenance window\); ccm resume --pause lifts it`, r.stderr)
 
 	// ccm resume clears the failure flag only: someone's pause stays,
 	// and it says whose it is.

@@ -19,6 +19,7 @@ import (
 	"github.com/ccm-dev/ccm/applier"
 	"github.com/ccm-dev/ccm/cluster"
 	"github.com/ccm-dev/ccm/configs"
+	"github.com/ccm-dev/ccm/objects"
 	"github.com/ccm-dev/ccm/render"
 	"github.com/ccm-dev/ccm/rollout"
 )
@@ -165,6 +166,11 @@ func bindEnv(fs *pflag.FlagSet) error {
 func (a *app) setup() error {
 	log, err := newLogger(a.logFormat, a.logLevel, a.stderr)
 	if err != nil {
+		return err
+	}
+	// A node's name is a key component (nodes/<node>/...) and a role
+	// name: the object ID grammar.
+	if err := objects.CheckName("--node", a.node); err != nil {
 		return err
 	}
 	a.log = log
