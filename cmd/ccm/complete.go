@@ -31,11 +31,12 @@ const completionLimit = 1000
 type lister func(ctx context.Context, a *app, args []string, typed string) []string
 
 // completion turns a lister into a cobra completion function. cobra runs
-// no pre-run hook for completions, so it reads the CCM_* environment and
+// no pre-run hook for completions, so it reads the CCM_* variables and
 // makes the paths absolute itself.
 func (a *app) completion(list lister) cobra.CompletionFunc {
 	return func(cmd *cobra.Command, args []string, typed string) ([]string, cobra.ShellCompDirective) {
-		_ = bindEnv(cmd.Flags())
+		a.settings, _ = loadSettings()
+		_ = a.bindEnv(cmd.Flags())
 		a.log = zap.NewNop()
 		if dir, err := filepath.Abs(a.configDir); err == nil {
 			a.configDir = dir

@@ -180,3 +180,27 @@ func TestEveryCommandHasHelp(t *testing.T) {
 		assert.Contains(t, out, "Usage:", p)
 	}
 }
+
+// On a node, commands read /etc/default/ccm as the agent does: flags
+// override the environment, which overrides the file.
+func TestCommandsReadTheDefaultsFile(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "ccm")
+	require.NoError(t, os.WriteFile(file, []byte("# settings\n\nCCM_NODE=\"fromfile\"\nCCM_CONFIG_DIR='../../examples/ccm'\n"), 0o600))
+	t.Setenv("CCM_DEFAULTS_FILE", file)
+	code, out, stderr := ccm(t, "rbac", "print")
+	require.Equal(t, 0, code, stderr)
+	assert.Contains(t, out, "for ccm node fromfile")
+	code, _, stderr = ccm(t, "validate")
+	assert.Equal(t, 0, code, "the configuration directory comes from the file: %s", stderr)
+
+	t.Setenv("CCM_NODE", "fromenv")
+	_, out, _ = ccm(t, "rbac", "print")
+	assert.Contains(t, out, "for ccm node fromenv")
+	_, out, _ = ccm(t, "--node", "fromflag", "rbac", "print")
+	assert.Contains(t, out, "for ccm node fromflag")
+
+	require.NoError(t, os.WriteFile(file, []byte("CCM_NODE=x\nnot a setting\n"), 0o600))
+	code, _, stderr = ccm(t, "rbac", "print")
+	assert.Equal(t, 1, code)
+	assert.Contains(t, stderr, file+":2: want NAME=VALUE")
+}

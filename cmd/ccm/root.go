@@ -96,6 +96,11 @@ type app struct {
 	embeddedEtcd        string
 	timeout             time.Duration
 
+	// settings are the CCM_* variables (environment over the defaults
+	// file); explicitNode is set when --node or CCM_NODE named the node.
+	settings     settings
+	explicitNode bool
+
 	log *zap.Logger
 	// etcdStarted: the embedded etcd runs (a command that connects twice
 	// starts it once).
@@ -110,7 +115,11 @@ func newRootCmd(a *app) *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
-			if err := bindEnv(cmd.Flags()); err != nil {
+			var err error
+			if a.settings, err = loadSettings(); err != nil {
+				return err
+			}
+			if err := a.bindEnv(cmd.Flags()); err != nil {
 				return err
 			}
 			return a.setup()
@@ -146,18 +155,25 @@ func newRootCmd(a *app) *cobra.Command {
 // (--node, --label) but mean something else.
 const noEnv = "ccm-no-env"
 
-// bindEnv sets every flag not given on the command line from CCM_<FLAG>.
-func bindEnv(fs *pflag.FlagSet) error {
+// bindEnv sets every flag not given on the command line from CCM_<FLAG>,
+// in the environment or else in the defaults file. It records whether the
+// node was named (explicitNode) rather than left to the hostname.
+func (a *app) bindEnv(fs *pflag.FlagSet) error {
 	var errs []error
 	fs.VisitAll(func(f *pflag.Flag) {
-		if f.Changed || f.Annotations[noEnv] != nil {
+		if f.Annotations[noEnv] != nil {
+			return
+		}
+		if f.Changed {
+			a.explicitNode = a.explicitNode || f.Name == "node"
 			return
 		}
 		env := "CCM_" + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
-		if v, ok := os.LookupEnv(env); ok {
+		if v, ok := a.settings.lookup(env); ok {
 			if err := fs.Set(f.Name, v); err != nil {
 				errs = append(errs, fmt.Errorf("%s: %w", env, err))
 			}
+			a.explicitNode = a.explicitNode || f.Name == "node"
 		}
 	})
 	return errors.Join(errs...)
@@ -280,9 +296,16 @@ func (a *app) clientConfig() cluster.ClientConfig {
 	return cluster.ClientConfig{
 		Endpoints: a.endpoints,
 		CACert:    a.cacert, Cert: a.cert, Key: a.key,
-		User: a.user, Password: os.Getenv("CCM_PASSWORD"),
+		User: a.user, Password: a.password(),
 		Logger: a.log,
 	}
+}
+
+// password is the etcd user's password, from CCM_PASSWORD (never a flag,
+// which every user of the machine could read).
+func (a *app) password() string {
+	p, _ := a.settings.lookup("CCM_PASSWORD")
+	return p
 }
 
 // withCluster runs fn with the cluster and a request timeout.
