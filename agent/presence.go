@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"maps"
+	"os"
 	"sync"
 	"time"
 
@@ -25,7 +26,8 @@ type presence struct {
 }
 
 func newPresence(labels map[string]string) *presence {
-	return &presence{current: cluster.Presence{Labels: maps.Clone(labels), Since: time.Now().UTC()}, changed: make(chan struct{}, 1)}
+	host, _ := os.Hostname()
+	return &presence{current: cluster.Presence{Labels: maps.Clone(labels), Since: time.Now().UTC(), Host: host}, changed: make(chan struct{}, 1)}
 }
 
 func (p *presence) value() cluster.Presence {

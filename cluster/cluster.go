@@ -73,6 +73,9 @@ type Presence struct {
 	Labels map[string]string `json:"labels,omitempty"`
 	Lease  string            `json:"lease"`
 	Since  time.Time         `json:"since"`
+	// Host is the hostname of the machine the agent runs on, so that a
+	// one-shot command elsewhere can tell it is not that machine.
+	Host string `json:"host,omitempty"`
 	// Pending is the revision of the oldest change that concerns the
 	// node and that it had not converged when it saw it (0: none). The
 	// node is behind while Pending is above its converged revision.
