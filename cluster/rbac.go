@@ -54,6 +54,47 @@ func CallerRole(prefix, name string) Role {
 	}
 }
 
+// APIRole returns the role of a cluster API: write and delete objects,
+// call actions on any node (write and withdraw requests), and read what
+// ccm status reads. It cannot raise or clear the flag, pause, take the
+// lock or write a node's records.
+func APIRole(prefix, name string) Role {
+	k := NewKeys(prefix)
+	return Role{
+		Name: "ccm-api-" + name,
+		Permissions: []Permission{
+			{Type: "readwrite", Key: k.ObjectsPrefix(), Prefix: true},
+			{Type: "readwrite", Key: k.AllActionsPrefix(), Prefix: true},
+			statusRead(k),
+		},
+	}
+}
+
+// OperatorRole returns the role of an operator, whose commands manage
+// the whole cluster: objects, actions, the flag (ccm resume), the pause,
+// the strategy, the canary, the lock and every node's records. It is
+// read-write on the cluster's prefix, and nothing outside it.
+func OperatorRole(prefix, name string) Role {
+	return Role{
+		Name:        "ccm-operator-" + name,
+		Permissions: []Permission{{Type: "readwrite", Key: NewKeys(prefix).Prefix(), Prefix: true}},
+	}
+}
+
+// ViewerRole returns the read-only role of ccm status and the dashboard.
+func ViewerRole(prefix, name string) Role {
+	return Role{Name: "ccm-viewer-" + name, Permissions: []Permission{statusRead(NewKeys(prefix))}}
+}
+
+// statusRead is what ccm status and the dashboard read: the flag, the
+// pause, the strategy, the canary, the lock queue, every node's records,
+// the newest object write and the recent actions, under one watch of the
+// cluster's prefix. So it is the whole prefix, read-only: object data and
+// action replies included.
+func statusRead(k Keys) Permission {
+	return Permission{Type: "read", Key: k.Prefix(), Prefix: true}
+}
+
 // EtcdctlCommands returns the etcdctl commands that create the role and a
 // user of the same name with it. The password is read from the shell
 // variable passwordVar.

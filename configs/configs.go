@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"sort"
@@ -139,7 +140,7 @@ func Load(dir string) (*Set, error) {
 		return nil, fmt.Errorf("config dir: %w", err)
 	}
 	sort.Strings(paths)
-	l := loader{templateDir: filepath.Join(dir, "templates")}
+	l := loader{dir: dir, templateDir: filepath.Join(dir, "templates")}
 	set := &Set{Dir: dir, Configs: map[string]*Config{}}
 	// Configurations with errors still take part in the name, dependency
 	// and cycle checks, so one pass reports everything.
@@ -295,3 +296,29 @@ func checkCommand(c Command, placeholders bool) error {
 // Check validates an argv that takes no placeholders, such as a handler's
 // command.
 func (c Command) Check() error { return checkCommand(c, false) }
+
+// Executable returns an error unless the command's program exists and is
+// executable: a path (relative ones from dir, the working directory
+// commands run in), or a name found on $PATH. A configuration that names a
+// missing helper is refused at load, not by every run.
+func (c Command) Executable(dir string) error {
+	prog := c[0]
+	if !strings.Contains(prog, "/") {
+		if _, err := exec.LookPath(prog); err != nil {
+			return fmt.Errorf("command %q: %q is not on $PATH (%s)", strings.Join(c, " "), prog, os.Getenv("PATH"))
+		}
+		return nil
+	}
+	p := prog
+	if !filepath.IsAbs(p) {
+		p = filepath.Join(dir, p)
+	}
+	info, err := os.Stat(p)
+	switch {
+	case err != nil:
+		return fmt.Errorf("command %q: %s does not exist", strings.Join(c, " "), p)
+	case !info.Mode().IsRegular() || info.Mode().Perm()&0o111 == 0:
+		return fmt.Errorf("command %q: %s is not an executable file", strings.Join(c, " "), p)
+	}
+	return nil
+}

@@ -95,6 +95,11 @@ func TestLoadRejectsBadDirectories(t *testing.T) {
 		{"nothing to do", map[string]string{"a.yaml": "subscribes: [x]\n"},
 			"$DIR/a.yaml: configuration has no files and no directories"},
 		{"empty directory", map[string]string{"README": "x"}, "$DIR: no configuration (*.yaml) found"},
+		{"commands whose programs do not exist", map[string]string{"a.yaml": "files:\n  - {path: /x, content: x, check: [/usr/lib/ccm/check/nope, \"{{ .Staged }}\"]}\n  - {path: /y, content: y, check: [./check/nope]}\nvalidate: [no-such-program-ccm]\non_change:\n  - [./README]\n", "README": "x"},
+			"$DIR/a.yaml: validate: command \"no-such-program-ccm\": \"no-such-program-ccm\" is not on $PATH (" + os.Getenv("PATH") + ")\n" +
+				"$DIR/a.yaml: on_change[0]: command \"./README\": $DIR/README is not an executable file\n" +
+				"$DIR/a.yaml: files[0] /x: check: command \"/usr/lib/ccm/check/nope {{ .Staged }}\": /usr/lib/ccm/check/nope does not exist\n" +
+				"$DIR/a.yaml: files[1] /y: check: command \"./check/nope\": $DIR/check/nope does not exist"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

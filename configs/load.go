@@ -98,7 +98,16 @@ func toFileMode(v uint32) fs.FileMode {
 }
 
 type loader struct {
+	dir         string // the configuration directory: commands run in it
 	templateDir string
+}
+
+// command checks an argv and that its program exists.
+func (l *loader) command(c Command, placeholders bool) error {
+	if err := checkCommand(c, placeholders); err != nil {
+		return err
+	}
+	return c.Executable(l.dir)
 }
 
 // yamlTypeNames makes yaml's "field x not found in type configs.rawFile"
@@ -198,12 +207,12 @@ func (l *loader) build(path string, rc *rawConfig) (*Config, []error) {
 		c.MaxFileSize = n
 	}
 	if rc.Validate != nil {
-		if err := checkCommand(rc.Validate, false); err != nil {
+		if err := l.command(rc.Validate, false); err != nil {
 			fail(fmt.Errorf("validate: %w", err))
 		}
 	}
 	for i, cmd := range rc.OnChange {
-		if err := checkCommand(cmd, false); err != nil {
+		if err := l.command(cmd, false); err != nil {
 			fail(fmt.Errorf("on_change[%d]: %w", i, err))
 		}
 	}
@@ -261,7 +270,7 @@ func (l *loader) file(rf rawFile) (File, error) {
 		return f, err
 	}
 	if rf.Check != nil {
-		if err := checkCommand(rf.Check, true); err != nil {
+		if err := l.command(rf.Check, true); err != nil {
 			return f, fmt.Errorf("check: %w", err)
 		}
 	}

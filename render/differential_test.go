@@ -298,7 +298,7 @@ func (g *generator) call(dot vtype, depth int) string {
 		arg, typ = e, tRoot
 	}
 	saved := *g
-	g.vars, g.dollar, g.object = nil, typ, typ == tRoot && g.object
+	g.vars, g.dollar, g.object, g.inRange = nil, typ, typ == tRoot && g.object, 0 // a define is outside every range
 	body := g.block(typ, depth-1)
 	g.vars, g.dollar, g.object, g.inRange = saved.vars, saved.dollar, saved.object, saved.inRange
 	if g.r.IntN(3) == 0 {

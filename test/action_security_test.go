@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"os/user"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -47,13 +48,16 @@ func grantRole(t *testing.T, e *etcdtest.External, admin *node, password string,
 		if strings.HasPrefix(line, "#") {
 			continue
 		}
-		line = strings.NewReplacer(`"$CCM_NODE_PASSWORD"`, password, `"$CCM_CALLER_PASSWORD"`, password).Replace(line)
+		line = passwordVar.ReplaceAllLiteralString(line, password)
 		fields := strings.Fields(line)
 		require.Equal(t, "etcdctl", fields[0], line)
 		out, err := e.Etcdctl(fields[1:]...)
 		require.NoError(t, err, "%s: %s", line, out)
 	}
 }
+
+// passwordVar is the shell variable ccm rbac print reads a password from.
+var passwordVar = regexp.MustCompile(`"\$CCM_[A-Z]+_PASSWORD"`)
 
 // externalClient is a client of the external etcd as user.
 func externalClient(t *testing.T, e *etcdtest.External, user, password string) *clientv3.Client {

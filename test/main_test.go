@@ -113,7 +113,7 @@ func tree(t *testing.T, dir string) map[string]string {
 }
 
 // copyDir copies the example configuration so a test can edit it,
-// following symbolic links (check/ links to contrib/check).
+// following symbolic links.
 func copyDir(t *testing.T, src string) string {
 	t.Helper()
 	dst := t.TempDir()

@@ -7,37 +7,60 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/ccm-dev/ccm/cluster"
+	"github.com/ccm-dev/ccm/objects"
 )
 
 func newRBACCmd(a *app) *cobra.Command {
 	cmd := &cobra.Command{Use: "rbac", Short: "etcd access control for nodes and callers"}
-	var caller string
+	var caller, api, operator, viewer string
 	printCmd := &cobra.Command{
 		Use:   "print",
-		Short: "Print the etcdctl commands that create a node's or a caller's least-privilege role and user",
-		Long: `Print the etcdctl commands that create the role and user of --node: read on
-<prefix>/objects/, <prefix>/actions/<node>/, <prefix>/paused and
-<prefix>/rollout; read-write on <prefix>/lock/, <prefix>/failure,
-<prefix>/canary and <prefix>/nodes/<node>/ (status, presence, replies).
-With --caller NAME, those of a caller of actions such as the cluster API:
-read-write on <prefix>/actions/ (requests), read on <prefix>/nodes/ (replies
-and presence).
+		Short: "Print the etcdctl commands that create the least-privilege role and user of a node, an API, an operator or a viewer",
+		Long: `Print the etcdctl commands that create a role and a user of the same name.
+By default, those of --node: read on <prefix>/objects/,
+<prefix>/actions/<node>/, <prefix>/paused and <prefix>/rollout; read-write
+on <prefix>/lock/, <prefix>/failure, <prefix>/canary and
+<prefix>/nodes/<node>/ (status, presence, replies).
+--api NAME: a cluster API: read-write on objects and action requests, read
+on <prefix>/ (what ccm status reads).
+--operator NAME: everything an operator's commands need: read-write on
+<prefix>/.
+--viewer NAME: ccm status and the dashboard: read on <prefix>/ (object
+data and action replies included).
+--caller NAME: a caller of actions only: read-write on <prefix>/actions/,
+read on <prefix>/nodes/.
 Run them with root credentials; the user's password is taken from
-$CCM_NODE_PASSWORD (or $CCM_CALLER_PASSWORD). The node then runs with
---user ccm-node-<node> and CCM_PASSWORD.`,
+$CCM_NODE_PASSWORD (or $CCM_<KIND>_PASSWORD, such as $CCM_API_PASSWORD).
+The node then runs with --user ccm-node-<node> and CCM_PASSWORD.`,
 		Args: cobra.NoArgs,
 		// Needs no etcd: it only prints.
 		RunE: func(*cobra.Command, []string) error {
 			role, what, passwordVar := cluster.NodeRole(a.prefix, a.node), "ccm node "+a.node, "CCM_NODE_PASSWORD"
-			if caller != "" {
-				role, what, passwordVar = cluster.CallerRole(a.prefix, caller), "ccm caller "+caller, "CCM_CALLER_PASSWORD"
+			for _, r := range []struct {
+				name, kind string
+				role       func(prefix, name string) cluster.Role
+			}{
+				{caller, "caller", cluster.CallerRole}, {api, "api", cluster.APIRole},
+				{operator, "operator", cluster.OperatorRole}, {viewer, "viewer", cluster.ViewerRole},
+			} {
+				if r.name == "" {
+					continue
+				}
+				if err := objects.CheckName("--"+r.kind, r.name); err != nil {
+					return err
+				}
+				role, what, passwordVar = r.role(a.prefix, r.name), "ccm "+r.kind+" "+r.name, "CCM_"+strings.ToUpper(r.kind)+"_PASSWORD"
 			}
 			fmt.Fprintf(a.stdout, "# etcd role and user for %s (run with root credentials)\n", what)
 			fmt.Fprintln(a.stdout, strings.Join(role.EtcdctlCommands(passwordVar), "\n"))
 			return nil
 		},
 	}
-	printCmd.Flags().StringVar(&caller, "caller", "", "print the role of the caller `NAME` (the cluster API) instead of --node's")
+	printCmd.Flags().StringVar(&caller, "caller", "", "print the role of the caller of actions `NAME` instead of --node's")
+	printCmd.Flags().StringVar(&api, "api", "", "print the role of the cluster API `NAME`: objects, action calls, status")
+	printCmd.Flags().StringVar(&operator, "operator", "", "print the role of the operator `NAME`: everything ccm's commands need")
+	printCmd.Flags().StringVar(&viewer, "viewer", "", "print the read-only role `NAME` of ccm status and the dashboard")
+	printCmd.MarkFlagsMutuallyExclusive("caller", "api", "operator", "viewer")
 	cmd.AddCommand(printCmd)
 	return cmd
 }
