@@ -200,8 +200,9 @@ func actionsOf(recs []client.Record) []Action {
 	return out
 }
 
-// Handler serves the page, /state.json and /events.
-func (s *Server) Handler() http.Handler {
+// Handler serves the page, /state.json and /events to those access
+// allows.
+func (s *Server) Handler(access Access) http.Handler {
 	mux := http.NewServeMux()
 	static, _ := fs.Sub(assets, "assets")
 	mux.Handle("GET /", http.FileServerFS(static))
@@ -210,7 +211,7 @@ func (s *Server) Handler() http.Handler {
 		_, _ = w.Write(s.current())
 	})
 	mux.HandleFunc("GET /events", s.events)
-	return securityHeaders(mux)
+	return securityHeaders(access.guard(mux))
 }
 
 // current is the last state read.

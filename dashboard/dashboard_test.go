@@ -74,7 +74,7 @@ func TestEveryViewerGetsTheChange(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- srv.Run(ctx) }()
-	web := httptest.NewServer(srv.Handler())
+	web := httptest.NewServer(srv.Handler(dashboard.Access{}))
 	defer func() {
 		cancel()
 		web.CloseClientConnections()
