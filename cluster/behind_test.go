@@ -68,10 +68,13 @@ func TestViewShowsADownNodeThatMissedAChangeBehind(t *testing.T) {
 	require.Len(t, v.Nodes, 1)
 	assert.Equal(t, StateDown, v.Nodes[0].State)
 	assert.False(t, v.Nodes[0].Behind, "down, but it has every change")
+	assert.Equal(t, Summary{Nodes: 1, Converged: 1, Down: 1}, v.Summary)
 
 	_, err = cli.Put(ctx, c.ObjectsPrefix()+"sites/b", `{}`)
 	require.NoError(t, err)
 	v, err = c.View(ctx)
 	require.NoError(t, err)
 	assert.True(t, v.Nodes[0].Behind, "down, and it missed sites/b")
+	assert.Equal(t, Summary{Nodes: 1, Behind: 1, Down: 1}, v.Summary)
+	assert.Equal(t, "1 nodes: 0 converged, 1 behind, 0 failed, 1 down", v.Summary.String())
 }

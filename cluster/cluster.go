@@ -190,6 +190,9 @@ type View struct {
 	// Waiting lists the nodes queued for the lock, in order.
 	Waiting []string   `json:"waiting,omitempty"`
 	Nodes   []NodeView `json:"nodes"` // sorted by name
+	// Summary counts the nodes, as the first line of ccm status and the
+	// dashboard show them.
+	Summary Summary `json:"summary"`
 	// Revision is the etcd revision the view was read at.
 	Revision int64 `json:"revision"`
 }
@@ -240,8 +243,41 @@ func (c *Cluster) View(ctx context.Context) (*View, error) {
 	for _, n := range nodes {
 		n.describe(locked[n.Name], v.Pause != nil, newest)
 		v.Nodes = append(v.Nodes, *n)
+		v.Summary.count(n)
 	}
 	return v, nil
+}
+
+// Summary counts the nodes of a view. A node is counted once as
+// converged (its last run converged and it is not behind) and, apart
+// from that, in each of behind, failed and down that holds.
+type Summary struct {
+	Nodes     int `json:"nodes"`
+	Converged int `json:"converged"`
+	Behind    int `json:"behind"`
+	Failed    int `json:"failed"`
+	Down      int `json:"down"`
+}
+
+func (s *Summary) count(n *NodeView) {
+	s.Nodes++
+	if n.Behind {
+		s.Behind++
+	} else if n.Status != nil && n.Status.Result == ResultConverged {
+		s.Converged++
+	}
+	switch n.State {
+	case StateFailed:
+		s.Failed++
+	case StateDown:
+		s.Down++
+	}
+}
+
+// String is the summary in words: "5 nodes: 3 converged, 1 behind, 1
+// failed, 0 down".
+func (s Summary) String() string {
+	return fmt.Sprintf("%d nodes: %d converged, %d behind, %d failed, %d down", s.Nodes, s.Converged, s.Behind, s.Failed, s.Down)
 }
 
 // Alive returns the presence of every node whose agent is alive, sorted

@@ -36,6 +36,10 @@ const RecentActions = 20
 // the cluster: a rollout writes many keys in a burst.
 const quiet = 100 * time.Millisecond
 
+// healthEvery is how often the dashboard reads the cluster without a
+// change, for etcd's health.
+const healthEvery = 10 * time.Second
+
 // heartbeat keeps idle event streams open through proxies.
 const heartbeat = 15 * time.Second
 
@@ -48,9 +52,43 @@ type State struct {
 	// Rollout is the strategy in words.
 	Rollout string   `json:"rollout"`
 	Actions []Action `json:"actions"`
+	// Etcd is the health of each etcd endpoint the dashboard talks to.
+	Etcd []Member `json:"etcd"`
 	// Error is set while etcd cannot be read; the rest is the last state
 	// read.
 	Error string `json:"error,omitempty"`
+}
+
+// Member is one etcd endpoint as the dashboard sees it.
+type Member struct {
+	Endpoint string `json:"endpoint"`
+	// Healthy is set when the endpoint answered its status and a
+	// cluster leader is known.
+	Healthy bool   `json:"healthy"`
+	Leader  bool   `json:"leader,omitempty"`
+	Version string `json:"version,omitempty"`
+	DBSize  int64  `json:"db_size,omitempty"`
+	Error   string `json:"error,omitempty"`
+}
+
+// members asks every endpoint for its status.
+func (s *Server) members(ctx context.Context) []Member {
+	cli := s.cluster.Client()
+	var out []Member
+	for _, ep := range cli.Endpoints() {
+		m := Member{Endpoint: ep}
+		st, err := cli.Status(ctx, ep)
+		switch {
+		case err != nil:
+			m.Error = err.Error()
+		case st.Leader == 0:
+			m.Error = "no leader"
+		default:
+			m.Healthy, m.Leader, m.Version, m.DBSize = true, st.Leader == st.Header.MemberId, st.Version, st.DbSize
+		}
+		out = append(out, m)
+	}
+	return out
 }
 
 // Action is one request of a recent action call, to one node. Parameters
@@ -92,10 +130,14 @@ func (s *Server) Run(ctx context.Context) error {
 		s.follow(ctx, changed)
 	}()
 	s.refresh(ctx)
+	health := time.NewTicker(healthEvery)
+	defer health.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
+		case <-health.C: // etcd's health changes without an event
+			s.refresh(ctx)
 		case _, ok := <-changed:
 			if !ok {
 				return nil
@@ -170,7 +212,7 @@ func (s *Server) refresh(ctx context.Context) {
 func (s *Server) read(ctx context.Context) State {
 	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	st := State{Time: time.Now().UTC()}
+	st := State{Time: time.Now().UTC(), Etcd: s.members(rctx)}
 	v, err := s.cluster.View(rctx)
 	if err == nil {
 		st.View, st.Rollout, st.Revision = v, v.Rollout.String(), v.Revision
@@ -183,6 +225,7 @@ func (s *Server) read(ctx context.Context) State {
 		last := s.last
 		s.mu.Unlock()
 		last.Error = fmt.Sprintf("cannot read etcd: %v", err)
+		last.Etcd = st.Etcd
 		return last
 	}
 	return st

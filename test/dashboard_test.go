@@ -89,6 +89,10 @@ func TestDashboardFollowsARolloutThatFailsAndResumes(t *testing.T) {
 
 	page.waitFor(`document.body.dataset.connection === "live"`, "the event stream is open")
 	page.waitFor(rows(`[data-state="idle"][data-behind="false"]`)+` === 3`, "three converged nodes")
+	page.waitFor(`document.querySelector('#summary').dataset.converged === "3"`, "the summary counts three converged nodes")
+	assert.Equal(t, "3 nodes: 3 converged, 0 behind, 0 failed, 0 down", page.text("#summary"))
+	page.waitFor(`document.querySelector('#etcd').dataset.healthy === "1" && document.querySelector('#etcd').dataset.endpoints === "1"`, "etcd healthy")
+	assert.Equal(t, "1/1 endpoints healthy", page.text("#etcd"))
 	assert.Equal(t, "serial (one node at a time)", page.text("#rollout"))
 	assert.Equal(t, "free", page.text("#holders"))
 
@@ -108,6 +112,7 @@ func TestDashboardFollowsARolloutThatFailsAndResumes(t *testing.T) {
 	assert.Contains(t, page.text("#failure .error"), "validate")
 	page.waitFor(rows(fmt.Sprintf(`[data-node=%q][data-state="failed"]`, failed))+` === 1`, "the failed node")
 	page.waitFor(rows(`[data-state="halted"][data-behind="true"]`)+` === 2`, "the other nodes halted, behind")
+	page.waitFor(`document.querySelector('#summary').dataset.failed === "1" && document.querySelector('#summary').dataset.behind === "3"`, "the summary counts the failure")
 	if shot := os.Getenv("CCM_DASHBOARD_SCREENSHOT"); shot != "" {
 		png, err := chromedp.Run(page.ctx, chromedp.FullScreenshot(100))
 		require.NoError(t, err)

@@ -59,6 +59,9 @@ Exit codes: 0 converged, 1 failed (flag set) or refused, 3 halted by the flag.`,
 }
 
 func (a *app) applyOnce(ctx context.Context, names []string, lockTTL, lockTimeout time.Duration, yes bool) error {
+	if err := a.checkNode(); err != nil {
+		return err
+	}
 	if !a.explicitNode {
 		return fmt.Errorf("apply --once converges this machine as a node: name it with --node or CCM_NODE (set in /etc/default/ccm on a node); the hostname %q is not taken for one", a.node)
 	}

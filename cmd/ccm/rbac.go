@@ -36,6 +36,11 @@ The node then runs with --user ccm-node-<node> and CCM_PASSWORD.`,
 		// Needs no etcd: it only prints.
 		RunE: func(*cobra.Command, []string) error {
 			role, what, passwordVar := cluster.NodeRole(a.prefix, a.node), "ccm node "+a.node, "CCM_NODE_PASSWORD"
+			if caller+api+operator+viewer == "" {
+				if err := a.checkNode(); err != nil {
+					return err
+				}
+			}
 			for _, r := range []struct {
 				name, kind string
 				role       func(prefix, name string) cluster.Role

@@ -185,9 +185,12 @@ func (a *app) setup() error {
 		return err
 	}
 	// A node's name is a key component (nodes/<node>/...) and a role
-	// name: the object ID grammar.
-	if err := objects.CheckName("--node", a.node); err != nil {
-		return err
+	// name: the object ID grammar. (Commands that need one refuse an
+	// empty name themselves: see checkNode.)
+	if a.node != "" {
+		if err := a.checkNode(); err != nil {
+			return err
+		}
 	}
 	a.log = log
 	if a.root, err = filepath.Abs(a.root); err != nil {
@@ -300,6 +303,9 @@ func (a *app) clientConfig() cluster.ClientConfig {
 		Logger: a.log,
 	}
 }
+
+// checkNode refuses a node name outside the object ID grammar.
+func (a *app) checkNode() error { return objects.CheckName("--node", a.node) }
 
 // password is the etcd user's password, from CCM_PASSWORD (never a flag,
 // which every user of the machine could read).

@@ -65,7 +65,8 @@ func printView(w io.Writer, v *cluster.View) {
 	if len(v.Waiting) > 0 {
 		holder += fmt.Sprintf("; waiting: %s", render.Escape(strings.Join(v.Waiting, ", ")))
 	}
-	fmt.Fprintf(w, "Lock: %s\n\n", holder)
+	fmt.Fprintf(w, "Lock: %s\n", holder)
+	fmt.Fprintf(w, "Nodes: %s\n\n", v.Summary)
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "NODE\tSTATE\tCONVERGED\tBEHIND\tLAST RUN\tWHEN\tDETAIL")
 	for _, n := range v.Nodes {

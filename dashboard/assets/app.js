@@ -53,6 +53,22 @@ function render(st) {
   etcdError.hidden = !st.error;
   etcdError.textContent = st.error || "";
 
+  const sum = v.summary || { nodes: 0, converged: 0, behind: 0, failed: 0, down: 0 };
+  const summary = $("#summary");
+  summary.textContent = sum.nodes + " nodes: " + sum.converged + " converged, " + sum.behind + " behind, " +
+    sum.failed + " failed, " + sum.down + " down";
+  summary.className = "summary" + (sum.failed || sum.down ? " bad" : sum.behind ? " warn" : " ok");
+  for (const k of ["nodes", "converged", "behind", "failed", "down"]) summary.dataset[k] = String(sum[k]);
+
+  const members = st.etcd || [];
+  const healthy = members.filter((m) => m.healthy).length;
+  const etcd = $("#etcd");
+  etcd.textContent = healthy + "/" + members.length + " endpoints healthy" +
+    members.filter((m) => !m.healthy).map((m) => " · " + m.endpoint + ": " + firstLine(m.error)).join("");
+  etcd.className = healthy === members.length && members.length > 0 ? "state-idle" : "state-failed";
+  etcd.dataset.healthy = String(healthy);
+  etcd.dataset.endpoints = String(members.length);
+
   $("#rollout").textContent = st.rollout || "";
   $("#holders").textContent = (v.holders || []).join(", ") || "free";
   $("#waiting").textContent = (v.waiting || []).join(", ") || "none";
