@@ -12,7 +12,6 @@ import (
 	"github.com/ccm-dev/ccm/configs"
 	"github.com/ccm-dev/ccm/objects"
 	"github.com/ccm-dev/ccm/render"
-	"github.com/ccm-dev/ccm/templates"
 	"github.com/ccm-dev/ccm/templates/templategen"
 )
 
@@ -29,17 +28,8 @@ func TestPlanAfterARunFindsNothingForGeneratedTemplates(t *testing.T) {
 	for seed := range seeds {
 		r := rand.New(rand.NewPCG(uint64(seed), 7))
 		each, single := templategen.Generate(r, true), templategen.Generate(r, false)
-		parse := func(name, text string) *templates.Template {
-			tmpl, err := templates.Parse(name, text)
-			require.NoError(t, err, text)
-			return tmpl
-		}
-		cfg := &configs.Config{Name: "c", Subscribes: []string{"a", "b"}, Timeout: configs.DefaultTimeout,
-			RenderTimeout: configs.DefaultRenderTimeout, MaxFileSize: configs.DefaultMaxFileSize}
-		cfg.Files = []configs.File{
-			{Path: parse("path", "/out/{{ .Object.ID }}"), ForEach: "a", Body: parse("each", each), Mode: 0o644},
-			{Path: parse("path", "/all"), Body: parse("single", single), Mode: 0o644},
-		}
+		cfg, err := templategen.Config(each, single)
+		require.NoError(t, err)
 		set := &configs.Set{Dir: t.TempDir(), Configs: map[string]*configs.Config{"c": cfg}, Order: []string{"c"}}
 		ap := applier.New(applier.Options{Root: t.TempDir(), StateDir: t.TempDir(), ConfigDir: set.Dir, Node: render.Node{Name: "n1"}})
 		mirror, live := objects.NewMirror("/ccm"), map[string]bool{}

@@ -10,7 +10,6 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/ccm-dev/ccm/configs"
 	"github.com/ccm-dev/ccm/objects"
 	"github.com/ccm-dev/ccm/render"
 	"github.com/ccm-dev/ccm/templates"
@@ -49,11 +48,8 @@ func differential(t *testing.T, seed uint64, steps int) {
 	r := rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
 	each := templategen.Generate(r, true)
 	single := templategen.Generate(r, false)
-	cfg := &configs.Config{Name: "c", Subscribes: []string{"a", "b"}, RenderTimeout: configs.DefaultRenderTimeout, MaxFileSize: configs.DefaultMaxFileSize}
-	cfg.Files = []configs.File{
-		{Path: parse(t, "path", "/out/{{ .Object.ID }}"), ForEach: "a", Body: parse(t, "each", each), Mode: 0o644},
-		{Path: parse(t, "path", "/all"), Body: parse(t, "single", single), Mode: 0o644},
-	}
+	cfg, err := templategen.Config(each, single)
+	require.NoError(t, err)
 	plainEach, plainSingle := plain(t, each), plain(t, single)
 	mirror, cache, root, node := objects.NewMirror("/ccm"), render.NewCache(), t.TempDir(), render.Node{Name: "n1", Labels: map[string]string{"role": "web"}}
 	live := map[string]bool{}
@@ -70,13 +66,6 @@ func differential(t *testing.T, seed uint64, steps int) {
 		fresh, err := render.Render(cfg, snap, node, root)
 		compare(t, want, wantErr, fresh, err, explain("without a cache"))
 	}
-}
-
-func parse(t *testing.T, name, text string) *templates.Template {
-	t.Helper()
-	tmpl, err := templates.Parse(name, text)
-	require.NoError(t, err, text)
-	return tmpl
 }
 
 // plain parses text as text/template does, with the same functions but

@@ -22,11 +22,7 @@ func newStatusCmd(a *app) *cobra.Command {
 		Long:  "Exit codes: 0, or 3 when the failure flag is set.",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			var v *cluster.View
-			err := a.withCluster(cmd, func(ctx context.Context, c *cluster.Cluster) (err error) {
-				v, err = c.View(ctx)
-				return err
-			})
+			v, err := read(a, cmd, (*cluster.Cluster).View)
 			if err != nil {
 				return err
 			}
@@ -106,11 +102,7 @@ whose pause it was.`,
 			if pause {
 				return a.unpause(cmd)
 			}
-			var f *cluster.Failure
-			err := a.withCluster(cmd, func(ctx context.Context, c *cluster.Cluster) (err error) {
-				f, err = c.Resume(ctx)
-				return err
-			})
+			f, err := read(a, cmd, (*cluster.Cluster).Resume)
 			if err != nil {
 				return err
 			}
@@ -137,11 +129,7 @@ func newUnpauseCmd(a *app) *cobra.Command {
 
 // unpause lifts the pause and says whose it was.
 func (a *app) unpause(cmd *cobra.Command) error {
-	var p *cluster.Pause
-	err := a.withCluster(cmd, func(ctx context.Context, c *cluster.Cluster) (err error) {
-		p, err = c.Unpause(ctx)
-		return err
-	})
+	p, err := read(a, cmd, (*cluster.Cluster).Unpause)
 	if err != nil {
 		return err
 	}
@@ -156,18 +144,23 @@ func (a *app) unpause(cmd *cobra.Command) error {
 // mentionPause tells, after the flag was cleared, that a pause still holds
 // the rollout, and whose it is.
 func (a *app) mentionPause(cmd *cobra.Command) error {
-	var g *cluster.Pause
-	err := a.withCluster(cmd, func(ctx context.Context, c *cluster.Cluster) (err error) {
-		v, err := c.View(ctx)
-		if err == nil {
-			g = v.Pause
-		}
-		return err
-	})
-	if err == nil && g != nil {
+	v, err := read(a, cmd, (*cluster.Cluster).View)
+	if err == nil && v.Pause != nil {
+		g := v.Pause
 		fmt.Fprintf(a.stdout, "The rollout stays paused by %s since %s (%s); ccm resume --pause lifts it.\n", render.Escape(g.By), g.Time.Format(time.RFC3339), render.Escape(g.Reason))
 	}
 	return err
+}
+
+// read calls fn on the cluster with a request timeout and returns what it
+// read.
+func read[T any](a *app, cmd *cobra.Command, fn func(*cluster.Cluster, context.Context) (T, error)) (T, error) {
+	var v T
+	err := a.withCluster(cmd, func(ctx context.Context, c *cluster.Cluster) (err error) {
+		v, err = fn(c, ctx)
+		return err
+	})
+	return v, err
 }
 
 func newPauseCmd(a *app) *cobra.Command {

@@ -13,8 +13,33 @@ import (
 	"math/rand/v2"
 	"strings"
 
+	"github.com/ccm-dev/ccm/configs"
 	"github.com/ccm-dev/ccm/objects"
+	"github.com/ccm-dev/ccm/templates"
 )
+
+// Config is the configuration "c" the differential tests render: a file
+// /out/<id> from each for every object of type a, and /all from single.
+// It reads types a and b.
+func Config(each, single string) (*configs.Config, error) {
+	cfg := &configs.Config{Name: "c", Subscribes: []string{"a", "b"}, Timeout: configs.DefaultTimeout,
+		RenderTimeout: configs.DefaultRenderTimeout, MaxFileSize: configs.DefaultMaxFileSize}
+	for _, f := range []struct{ path, forEach, name, text string }{
+		{"/out/{{ .Object.ID }}", "a", "each", each},
+		{"/all", "", "single", single},
+	} {
+		path, err := templates.Parse("path", f.path)
+		if err != nil {
+			return nil, err
+		}
+		body, err := templates.Parse(f.name, f.text)
+		if err != nil {
+			return nil, fmt.Errorf("%w\n%s", err, f.text)
+		}
+		cfg.Files = append(cfg.Files, configs.File{Path: path, ForEach: f.forEach, Body: body, Mode: 0o644})
+	}
+	return cfg, nil
+}
 
 // Change puts or deletes one object of types a and b at rev, under the
 // prefix /ccm; live tracks the keys that exist.
