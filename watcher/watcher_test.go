@@ -129,3 +129,31 @@ func ctxTimeout(t *testing.T) context.Context {
 	t.Cleanup(cancel)
 	return ctx
 }
+
+// Lag (ccm_watch_revision_lag) is what the mirror is behind the cluster:
+// the writes a watcher that is not running yet has not seen, and 0 once it
+// caught up.
+func TestLagCountsTheRevisionsTheMirrorHasNotSeen(t *testing.T) {
+	etcd := etcdtest.New(t, 1)
+	cli := etcd.Client(t)
+	ctx := context.Background()
+	var last int64
+	for i := range 5 {
+		resp, err := cli.Put(ctx, fmt.Sprintf("/ccm/objects/sites/s%d", i), `{}`)
+		require.NoError(t, err)
+		last = resp.Header.Revision
+	}
+	m, s := objects.NewMirror("/ccm"), &sink{types: map[string]int{}}
+	w := watcher.New(cli, m, s, watcher.Options{Prefix: "/ccm", Liveness: 200 * time.Millisecond})
+	lctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
+	lag, err := w.Lag(lctx)
+	cancel()
+	require.NoError(t, err)
+	assert.Equal(t, last, lag, "nothing mirrored yet: behind by every revision")
+
+	start(t, w)
+	require.Eventually(t, func() bool {
+		lag, err := w.Lag(ctxTimeout(t))
+		return err == nil && lag == 0
+	}, 10*time.Second, 50*time.Millisecond, "caught up")
+}
