@@ -8,6 +8,7 @@ import (
 	"os/user"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -264,8 +265,23 @@ func TestActionTimeoutKillsTheWholeProcessGroup(t *testing.T) {
 	n := startAgent(t, etcd, "web1", dir, agentConfig{})
 	n.reported(t, 1, cluster.ResultConverged)
 
+	// ccm_actions_running shows the action while it runs (it runs for its
+	// whole timeout of 1 s), and ccm_action_duration_seconds observes it.
+	m := n.ag.Metrics()
+	var sawRunning atomic.Bool
+	watching := make(chan struct{})
+	go func() {
+		defer close(watching)
+		for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline) && !sawRunning.Load(); time.Sleep(5 * time.Millisecond) {
+			sawRunning.Store(testutil.ToFloat64(m.ActionsRunning) == 1)
+		}
+	}()
 	start := time.Now()
 	replies, _ := callReplies(t, n.cli, client.Call{Action: "hang", Nodes: []string{"web1"}})
+	<-watching
+	assert.True(t, sawRunning.Load(), "ccm_actions_running was 1 while the action ran")
+	eventually(t, 10*time.Second, func() bool { return testutil.ToFloat64(m.ActionsRunning) == 0 }, "ccm_actions_running back to 0")
+	assert.Equal(t, 1, testutil.CollectAndCount(m.ActionDuration), "ccm_action_duration_seconds observed the action")
 	r := replies["web1"]
 	assert.Equal(t, actions.StateTimedOut, r.State)
 	assert.Contains(t, r.Error, "killed with its process group after the timeout of 1s")
