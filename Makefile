@@ -3,7 +3,7 @@ GO      ?= go
 BIN     := bin/ccm
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 
-.PHONY: build build-agent deb test demo demo-clean vet fmt fuzz soak lint bench microbench
+.PHONY: build build-agent deb test demo demo-clean vet fmt fuzz soak chaos lint bench microbench
 
 ## build: the full binary, with the embedded etcd for trying ccm out (make demo)
 build:
@@ -43,6 +43,11 @@ fuzz:
 SOAK_ITERATIONS ?= 200
 soak:
 	CCM_SOAK_ITERATIONS=$(SOAK_ITERATIONS) $(GO) test -count=1 -timeout 30m -run 'TestSIGKILLAtRandomPoints|TestSymlinkSwapsMidRunNeverEscapeTheRoot' -v ./test/
+
+## chaos: the etcd fault tests against Debian's etcd, CHAOS_ROUNDS faults each (make test runs one)
+CHAOS_ROUNDS ?= 10
+chaos:
+	CCM_CHAOS_ROUNDS=$(CHAOS_ROUNDS) $(GO) test -count=1 -timeout 60m -run 'TestChaos' -v ./test/
 
 ## bench: the benchmark command against a real etcd on loopback; prints a table, writes bench/results.json
 ## BASELINE=<git rev> also measures ccm as built at that revision (before and after in one run);

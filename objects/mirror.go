@@ -253,6 +253,22 @@ func (m *Mirror) Applied() int64 {
 	return m.applied
 }
 
+// Keys returns how many keys the mirror holds: objects, malformed objects
+// and keys outside the grammar, as a count of the prefix in etcd finds
+// them.
+func (m *Mirror) Keys() int64 {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	n := int64(len(m.ignored))
+	for _, l := range m.sorted {
+		n += int64(len(l))
+	}
+	for _, bad := range m.invalid {
+		n += int64(len(bad))
+	}
+	return n
+}
+
 // WaitRevision blocks until the mirror reaches rev or ctx ends.
 func (m *Mirror) WaitRevision(ctx context.Context, rev int64) error {
 	for {

@@ -307,11 +307,54 @@ func (w *Watcher) SyncTo(ctx context.Context, target int64) error {
 		err := w.mirror.WaitRevision(wait, target)
 		cancel()
 		if err == nil {
-			return nil
+			break
 		}
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
 	}
+	return w.confirm(ctx, target)
+}
+
+// confirm waits until the mirror holds what etcd held at target: etcd 3.4
+// before 3.4.25 (Debian 12 ships 3.4.23) and 3.5 before 3.5.8 may send a
+// progress notification ahead of events, so a mirror whose revision
+// reached target can still miss writes. Unless it applied an event past
+// target already, one read of the prefix at target (its key count and its
+// newest write, keys only) must match: no object written after the last
+// event applied, and as many keys as the mirror holds.
+func (w *Watcher) confirm(ctx context.Context, target int64) error {
+	prefix := objects.Prefix(w.opts.Prefix)
+	for w.mirror.Applied() < target {
+		count, err := w.client.Get(ctx, prefix, clientv3.WithPrefix(), clientv3.WithCountOnly(), clientv3.WithRev(target))
+		if err != nil {
+			return confirmErr(err)
+		}
+		newest, err := w.client.Get(ctx, prefix, append(clientv3.WithLastRev(), clientv3.WithPrefix(), clientv3.WithKeysOnly(), clientv3.WithRev(target))...)
+		if err != nil {
+			return confirmErr(err)
+		}
+		var last int64
+		if len(newest.Kvs) > 0 {
+			last = newest.Kvs[0].ModRevision
+		}
+		if w.mirror.Applied() >= last && w.mirror.Keys() == count.Count {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(20 * time.Millisecond): // the events are on their way
+		}
+	}
 	return nil
+}
+
+// confirmErr is nil for a target compacted away (the watch relists, and a
+// later run confirms), and err otherwise.
+func confirmErr(err error) error {
+	if errors.Is(err, rpctypes.ErrCompacted) {
+		return nil
+	}
+	return err
 }
