@@ -68,6 +68,9 @@ type Watcher struct {
 	opts   Options
 	log    *zap.Logger
 	synced atomic.Bool
+	// early is whether some endpoint may send progress notifications
+	// ahead of events (see confirm): 0 not known yet, 1 yes, 2 no.
+	early atomic.Int32
 	// cluster is the ID of the etcd cluster the mirror was listed from.
 	cluster uint64
 }
@@ -324,6 +327,9 @@ func (w *Watcher) SyncTo(ctx context.Context, target int64) error {
 // newest write, keys only) must match: no object written after the last
 // event applied, and as many keys as the mirror holds.
 func (w *Watcher) confirm(ctx context.Context, target int64) error {
+	if !w.earlyProgress(ctx) {
+		return nil
+	}
 	prefix := objects.Prefix(w.opts.Prefix)
 	for w.mirror.Applied() < target {
 		count, err := w.client.Get(ctx, prefix, clientv3.WithPrefix(), clientv3.WithCountOnly(), clientv3.WithRev(target))
@@ -348,6 +354,55 @@ func (w *Watcher) confirm(ctx context.Context, target int64) error {
 		}
 	}
 	return nil
+}
+
+// earlyProgress reports whether an endpoint runs an etcd that may send a
+// progress notification ahead of events, asking each endpoint its version
+// once: the confirmation costs two reads of the whole prefix per run
+// (about 6 ms at 10,000 objects), which only those servers need.
+func (w *Watcher) earlyProgress(ctx context.Context) bool {
+	switch w.early.Load() {
+	case 1:
+		return true
+	case 2:
+		return false
+	}
+	early := false
+	for _, ep := range w.client.Endpoints() {
+		st, err := w.client.Status(ctx, ep)
+		if err != nil {
+			return true // not known: confirm, and ask again next time
+		}
+		early = early || sendsEarlyProgress(st.Version)
+	}
+	if early {
+		w.early.Store(1)
+		w.log.Info("etcd may send progress notifications ahead of events (3.4 before 3.4.25, 3.5 before 3.5.8): each run confirms the mirror with a read of the prefix")
+	} else {
+		w.early.Store(2)
+	}
+	return early
+}
+
+// sendsEarlyProgress reports whether etcd version v has the early
+// progress notification (etcd-io/etcd#15220); a version that does not
+// parse counts as having it.
+func sendsEarlyProgress(v string) bool {
+	var major, minor, patch int
+	if _, err := fmt.Sscanf(v, "%d.%d.%d", &major, &minor, &patch); err != nil {
+		return true
+	}
+	switch {
+	case major != 3:
+		return major < 3
+	case minor < 4:
+		return true
+	case minor == 4:
+		return patch < 25
+	case minor == 5:
+		return patch < 8
+	}
+	return false
 }
 
 // confirmErr is nil for a target compacted away (the watch relists, and a
