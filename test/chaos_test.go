@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
@@ -112,5 +113,23 @@ func TestChaosQuorumLostPastTheLockTTL(t *testing.T) {
 		v := fmt.Sprintf("after%d", round)
 		converged(t, nodes, putOn(t, admin, 2, v), 2, v)
 		stillRunning(t, nodes, fmt.Sprintf("round %d, converged", round))
+	}
+}
+
+// Without quorum (two of three members frozen), one-shot commands give
+// up after --timeout with one line that says so, and none of the etcd
+// client's own retry lines.
+func TestChaosOneShotCommandsSayEtcdDidNotAnswer(t *testing.T) {
+	m := etcdtest.StartMembers(t, 3)
+	m.WaitHealthy(30 * time.Second)
+	n := newNode(t, "n", "../examples/ccm", m.Endpoints())
+	m.Freeze(1, 2)
+	defer m.Thaw(1, 2)
+	for _, cmd := range [][]string{{"object", "put", "sites", "x"}, {"status"}, {"object", "list"}} {
+		r := n.run(`{"user":"bob","domains":["a.example"]}`, append(cmd, "--timeout", "2s")...)
+		assert.Equal(t, 1, r.code, "%v", cmd)
+		assert.Contains(t, r.stderr, "did not answer within --timeout 2s (no quorum?)", "%v", cmd)
+		assert.NotContains(t, r.stderr, "retrying of unary invoker", "%v", cmd)
+		assert.NotContains(t, r.stderr, "rpc error", "%v", cmd)
 	}
 }

@@ -191,13 +191,14 @@ func TestOneShotCommandsGiveUpWithTheRealCause(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			n := newNode(t, "n", "../examples/ccm", tt.endpoints)
 			n.flags = tt.flags
-			for _, cmd := range [][]string{{"apply", "--once"}, {"status"}, {"object", "list"}} {
+			for _, cmd := range [][]string{{"apply", "--once"}, {"status"}, {"object", "list"}, {"object", "get", "sites", "x"}} {
 				start := time.Now()
 				r := n.run("", append(cmd, "--timeout", "2s")...)
 				took := time.Since(start)
 				assert.Equal(t, 1, r.code, "%v: %s", cmd, r.stderr)
 				assert.Contains(t, r.stderr, "etcd unreachable within --timeout 2s", "%v", cmd)
 				assert.Contains(t, r.stderr, tt.want, "%v: the real cause", cmd)
+				assert.NotContains(t, r.stderr, "retrying of unary invoker", "%v: the cause once, not the client's retries", cmd)
 				assert.Less(t, took, 15*time.Second, "%v gives up instead of waiting forever", cmd)
 			}
 			assert.Empty(t, tree(t, n.root))

@@ -53,6 +53,7 @@ addressed to its node.`,
 }
 
 func (a *app) runAgent(ctx context.Context, opts agent.Options, metricsAddr string, profiles bool) error {
+	a.longRunning = true
 	c, err := a.cluster(ctx)
 	if err != nil {
 		return err

@@ -70,6 +70,7 @@ func (a *app) runDashboard(ctx context.Context, listen string, opts dashboardOpt
 	if opts.clientCA != "" && opts.tlsCert == "" {
 		return errors.New("--client-ca needs --tls-cert and --tls-key")
 	}
+	a.longRunning = true
 	c, err := a.cluster(ctx)
 	if err != nil {
 		return err

@@ -15,6 +15,8 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	"golang.org/x/term"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/ccm-dev/ccm/applier"
 	"github.com/ccm-dev/ccm/cluster"
@@ -100,6 +102,9 @@ type app struct {
 	// file); explicitNode is set when --node or CCM_NODE named the node.
 	settings     settings
 	explicitNode bool
+	// longRunning is set by the agent and the dashboard, whose etcd
+	// client logs its retries.
+	longRunning bool
 
 	log *zap.Logger
 	// etcdStarted: the embedded etcd runs (a command that connects twice
@@ -296,11 +301,18 @@ func (a *app) cluster(ctx context.Context) (*cluster.Cluster, error) {
 
 // clientConfig is how to reach etcd, from the global flags.
 func (a *app) clientConfig() cluster.ClientConfig {
+	log := a.log
+	if !a.longRunning {
+		// A one-shot command says in one line why it gave up (see
+		// unreachable); the client's own retries would say it again, as
+		// JSON, once per attempt.
+		log = log.WithOptions(zap.IncreaseLevel(zapcore.ErrorLevel))
+	}
 	return cluster.ClientConfig{
 		Endpoints: a.endpoints,
 		CACert:    a.cacert, Cert: a.cert, Key: a.key,
 		User: a.user, Password: a.password(),
-		Logger: a.log,
+		Logger: log,
 	}
 }
 
@@ -333,7 +345,7 @@ func (a *app) requestContext(ctx context.Context) (context.Context, context.Canc
 // unreachable names the endpoints when etcd did not answer in time, and
 // the cause when a plain connection shows one (refused, DNS, TLS).
 func (a *app) unreachable(err error) error {
-	if !errors.Is(err, context.DeadlineExceeded) {
+	if !timedOut(err) {
 		return err
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), a.timeout)
@@ -342,6 +354,20 @@ func (a *app) unreachable(err error) error {
 		return fmt.Errorf("etcd unreachable within --timeout %s:\n%w", a.timeout, cause)
 	}
 	return fmt.Errorf("etcd at %s did not answer within --timeout %s (no quorum?): %w", strings.Join(a.endpoints, ","), a.timeout, err)
+}
+
+// timedOut reports whether err is a request that ran out of time, as
+// Go's context says it or as etcd's gRPC status does (code DeadlineExceeded,
+// or Unknown with the context's words when etcd had no quorum).
+func timedOut(err error) bool {
+	if err == nil {
+		return false
+	}
+	if errors.Is(err, context.DeadlineExceeded) {
+		return true
+	}
+	st, ok := status.FromError(err) // it looks through wrapping
+	return ok && (st.Code() == codes.DeadlineExceeded || (st.Code() == codes.Unknown && strings.Contains(st.Message(), context.DeadlineExceeded.Error())))
 }
 
 // prepare loads the configuration directory and selects the configurations
