@@ -12,6 +12,7 @@ import (
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	"golang.org/x/term"
@@ -357,14 +358,21 @@ func (a *app) unreachable(err error) error {
 }
 
 // timedOut reports whether err is a request that ran out of time, as
-// Go's context says it or as etcd's gRPC status does (code DeadlineExceeded,
-// or Unknown with the context's words when etcd had no quorum).
+// Go's context says it, as etcd says it gave up (no leader, request timed
+// out), or as its gRPC status does (code DeadlineExceeded, or Unknown with
+// the context's words when etcd had no quorum).
 func timedOut(err error) bool {
 	if err == nil {
 		return false
 	}
 	if errors.Is(err, context.DeadlineExceeded) {
 		return true
+	}
+	// etcd gave up itself: a member without a leader, or one that lost it.
+	for _, e := range []error{rpctypes.ErrTimeout, rpctypes.ErrTimeoutDueToLeaderFail, rpctypes.ErrTimeoutDueToConnectionLost, rpctypes.ErrNoLeader, rpctypes.ErrLeaderChanged} {
+		if errors.Is(err, e) {
+			return true
+		}
 	}
 	st, ok := status.FromError(err) // it looks through wrapping
 	return ok && (st.Code() == codes.DeadlineExceeded || (st.Code() == codes.Unknown && strings.Contains(st.Message(), context.DeadlineExceeded.Error())))
