@@ -354,8 +354,24 @@ func (a *app) unreachable(err error) error {
 	if cause := cluster.Diagnose(ctx, a.clientConfig()); cause != nil {
 		return fmt.Errorf("etcd unreachable within --timeout %s:\n%w", a.timeout, cause)
 	}
-	return fmt.Errorf("etcd at %s did not answer within --timeout %s (no quorum?): %w", strings.Join(a.endpoints, ","), a.timeout, err)
+	return &notAnswered{endpoints: strings.Join(a.endpoints, ","), timeout: a.timeout, err: err}
 }
+
+// notAnswered is a request etcd did not answer in time.
+type notAnswered struct {
+	endpoints string
+	timeout   time.Duration
+	err       error
+}
+
+// Error says so, with the request's own words, without the gRPC frame
+// ("rpc error: code = Unknown desc = ") that etcd puts around a deadline.
+func (e *notAnswered) Error() string {
+	return fmt.Sprintf("etcd at %s did not answer within --timeout %s (no quorum?): %s", e.endpoints, e.timeout,
+		strings.ReplaceAll(e.err.Error(), "rpc error: code = Unknown desc = ", ""))
+}
+
+func (e *notAnswered) Unwrap() error { return e.err }
 
 // timedOut reports whether err is a request that ran out of time, as
 // Go's context says it, as etcd says it gave up (no leader, request timed
