@@ -73,6 +73,15 @@ func decodeRollout(resp *clientv3.GetResponse) Rollout {
 }
 
 // decodePause reads the pause from its key's range response, or nil.
+// Pause returns the pause, or nil when the rollout is not paused.
+func (c *Cluster) Pause(ctx context.Context) (*Pause, error) {
+	resp, err := c.client.Get(ctx, c.PausedKey())
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", c.PausedKey(), err)
+	}
+	return decodePause(resp), nil
+}
+
 func decodePause(resp *clientv3.GetResponse) *Pause {
 	if len(resp.Kvs) == 0 {
 		return nil

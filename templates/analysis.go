@@ -126,11 +126,11 @@ func analyze(t *template.Template) (Reads, map[*parse.RangeNode]bool) {
 
 // walkTree walks one template with dot (and $) of kind dot.
 func (a *analyzer) walkTree(tree *parse.Tree, dot kind, main bool) {
-	saved := *a
+	savedDot, savedMain, savedOpen, savedScope := a.dot, a.main, a.open, a.scope
 	a.dot, a.main, a.open = dot, main, nil
 	a.scope = []binding{{name: "$", v: &variable{kind: dot}}}
 	a.list(tree.Root)
-	a.dot, a.main, a.open, a.scope = saved.dot, saved.main, saved.open, saved.scope
+	a.dot, a.main, a.open, a.scope = savedDot, savedMain, savedOpen, savedScope
 }
 
 func (a *analyzer) list(l *parse.ListNode) {

@@ -12,7 +12,6 @@ import (
 	"github.com/spf13/cobra"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
-
 	"golang.org/x/term"
 
 	"github.com/ccm-dev/ccm/applier"

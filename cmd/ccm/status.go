@@ -144,9 +144,8 @@ func (a *app) unpause(cmd *cobra.Command) error {
 // mentionPause tells, after the flag was cleared, that a pause still holds
 // the rollout, and whose it is.
 func (a *app) mentionPause(cmd *cobra.Command) error {
-	v, err := read(a, cmd, (*cluster.Cluster).View)
-	if err == nil && v.Pause != nil {
-		g := v.Pause
+	g, err := read(a, cmd, (*cluster.Cluster).Pause)
+	if err == nil && g != nil {
 		fmt.Fprintf(a.stdout, "The rollout stays paused by %s since %s (%s); ccm resume --pause lifts it.\n", render.Escape(g.By), g.Time.Format(time.RFC3339), render.Escape(g.Reason))
 	}
 	return err
