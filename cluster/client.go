@@ -48,7 +48,7 @@ func NewClient(cfg ClientConfig) (*clientv3.Client, error) {
 	if log == nil {
 		log = zap.NewNop()
 	}
-	return clientv3.New(clientv3.Config{
+	config := clientv3.Config{
 		Endpoints:   cfg.Endpoints,
 		TLS:         tlsConfig,
 		Username:    cfg.User,
@@ -61,7 +61,40 @@ func NewClient(cfg ClientConfig) (*clientv3.Client, error) {
 		// Objects of several MB: etcd's --max-request-bytes is the limit
 		// that counts, not gRPC's 2 MB default.
 		MaxCallSendMsgSize: MaxObjectBytes,
-	})
+	}
+	cli, err := clientv3.New(config)
+	if err != nil {
+		return nil, err
+	}
+	if cfg.User != "" {
+		config.Username, config.Password = "", ""
+		cli.Auth = freshAuth{Auth: cli.Auth, config: config}
+	}
+	return cli, nil
+}
+
+// freshAuth authenticates on a connection of its own, which carries no
+// token. The etcd client asks for a new token when etcd refuses its own
+// (expired, or lost with a leader change), but it asks on its connection,
+// which still sends the refused token, and etcd (3.4, 3.5) refuses the
+// request for it: the client then loops on "invalid auth token" forever
+// (etcd-io/etcd#12385). A new connection per authentication costs one
+// dial, once per token.
+type freshAuth struct {
+	clientv3.Auth
+	config clientv3.Config // without the user: no token
+}
+
+// Authenticate gets a token for name on a new, token-less connection.
+func (a freshAuth) Authenticate(ctx context.Context, name, password string) (*clientv3.AuthenticateResponse, error) {
+	cfg := a.config
+	cfg.Context = ctx
+	cli, err := clientv3.New(cfg)
+	if err != nil {
+		return nil, err
+	}
+	defer cli.Close()
+	return cli.Authenticate(ctx, name, password)
 }
 
 // tls returns the TLS configuration, or nil for plain connections.

@@ -83,6 +83,26 @@ type Presence struct {
 	// ActionKey is the node's public key (base64, X25519) that callers
 	// seal secret action parameters to.
 	ActionKey string `json:"action_key,omitempty"`
+	// Instance identifies the agent's state directory, which one agent
+	// at a time may use: a presence of the same instance on another
+	// lease is this agent's own previous session, which it takes over.
+	Instance string `json:"instance,omitempty"`
+}
+
+// sameInstance reports whether other was announced by the agent that
+// announces p: the one that holds the same state directory.
+func (p Presence) sameInstance(other Presence) bool {
+	return p.Instance != "" && p.Instance == other.Instance
+}
+
+// Problem is why an alive agent cannot make progress, written to its
+// node's problem key once etcd answers, so that ccm status can say why a
+// node is down or not converging while its agent runs. The agent deletes
+// it once it makes progress again.
+type Problem struct {
+	Error string    `json:"error"`
+	Since time.Time `json:"since"`
+	Host  string    `json:"host,omitempty"`
 }
 
 // Options configures a Cluster.
@@ -176,6 +196,8 @@ type NodeView struct {
 	Behind   bool      `json:"behind"`
 	Status   *Status   `json:"status,omitempty"`
 	Presence *Presence `json:"presence,omitempty"`
+	// Problem is what the node's agent last reported it could not do.
+	Problem *Problem `json:"problem,omitempty"`
 }
 
 // View is the whole cluster as ccm status shows it.
@@ -321,7 +343,7 @@ func (c *Cluster) scanNodes(ctx context.Context, rev int64) ([]*NodeView, error)
 	var names []string
 	for _, kv := range resp.Kvs {
 		name, kind, _ := strings.Cut(strings.TrimPrefix(string(kv.Key), c.NodesPrefix()), "/")
-		if (kind == "status" || kind == "alive") && (len(names) == 0 || names[len(names)-1] != name) {
+		if (kind == "status" || kind == "alive" || kind == "problem") && (len(names) == 0 || names[len(names)-1] != name) {
 			names = append(names, name)
 		}
 	}
@@ -329,14 +351,14 @@ func (c *Cluster) scanNodes(ctx context.Context, rev int64) ([]*NodeView, error)
 	for chunk := range slices.Chunk(names, 64) {
 		var ops []clientv3.Op
 		for _, name := range chunk {
-			ops = append(ops, clientv3.OpGet(c.StatusKey(name), clientv3.WithRev(rev)), clientv3.OpGet(c.AliveKey(name), clientv3.WithRev(rev)))
+			ops = append(ops, c.nodeReads(name, rev)...)
 		}
 		tr, err := c.client.Txn(ctx).Then(ops...).Commit()
 		if err != nil {
 			return nil, fmt.Errorf("read %s: %w", c.NodesPrefix(), err)
 		}
 		for i, name := range chunk {
-			nodes = append(nodes, nodeView(name, tr.Responses[2*i], tr.Responses[2*i+1]))
+			nodes = append(nodes, nodeView(name, tr.Responses[nodeRecords*i:]))
 		}
 	}
 	sortByName(nodes)
@@ -369,23 +391,39 @@ func (c *Cluster) hopNodes(ctx context.Context, rev int64) ([]*NodeView, error) 
 		name, _, _ := strings.Cut(strings.TrimPrefix(string(kvs[0].Key), c.NodesPrefix()), "/")
 		// "0" follows "/": the first key after every key of this node.
 		after := strings.TrimSuffix(c.NodePrefix(name), "/") + "0"
-		resp, err = c.client.Txn(ctx).Then(
-			clientv3.OpGet(c.StatusKey(name), clientv3.WithRev(rev)),
-			clientv3.OpGet(c.AliveKey(name), clientv3.WithRev(rev)),
-			next(after),
-		).Commit()
+		resp, err = c.client.Txn(ctx).Then(append(c.nodeReads(name, rev), next(after))...).Commit()
 		if err != nil {
 			return nil, fail(err)
 		}
-		if n := nodeView(name, resp.Responses[0], resp.Responses[1]); n.Status != nil || n.Presence != nil {
+		if n := nodeView(name, resp.Responses); n.Status != nil || n.Presence != nil || n.Problem != nil {
 			nodes = append(nodes, n)
 		}
 	}
 }
 
-// nodeView decodes a node's status and alive key.
-func nodeView(name string, status, alive *etcdserverpb.ResponseOp) *NodeView {
+// nodeRecords is how many keys nodeReads reads per node.
+const nodeRecords = 3
+
+// nodeReads reads a node's status, alive and problem keys at rev, in the
+// order nodeView decodes them.
+func (c *Cluster) nodeReads(name string, rev int64) []clientv3.Op {
+	return []clientv3.Op{
+		clientv3.OpGet(c.StatusKey(name), clientv3.WithRev(rev)),
+		clientv3.OpGet(c.AliveKey(name), clientv3.WithRev(rev)),
+		clientv3.OpGet(c.ProblemKey(name), clientv3.WithRev(rev)),
+	}
+}
+
+// nodeView decodes the responses to a node's nodeReads.
+func nodeView(name string, reads []*etcdserverpb.ResponseOp) *NodeView {
 	n := &NodeView{Name: name}
+	status, alive, problem := reads[0], reads[1], reads[2]
+	if kv := problem.GetResponseRange().Kvs; len(kv) > 0 {
+		n.Problem = &Problem{}
+		if json.Unmarshal(kv[0].Value, n.Problem) != nil {
+			n.Problem = &Problem{Error: "unreadable problem record"}
+		}
+	}
 	if kv := status.GetResponseRange().Kvs; len(kv) > 0 {
 		n.Status = &Status{}
 		if json.Unmarshal(kv[0].Value, n.Status) != nil {
@@ -455,6 +493,23 @@ func (c *Cluster) Status(ctx context.Context, node string) (*Status, error) {
 // Presence returns a node's presence, or nil if its agent is not alive.
 func (c *Cluster) Presence(ctx context.Context, node string) (*Presence, error) {
 	return getJSON[Presence](ctx, c.client, c.AliveKey(node))
+}
+
+// ReportProblem writes what this node's agent cannot do to its problem
+// key; nil deletes it.
+func (c *Cluster) ReportProblem(ctx context.Context, p *Problem) error {
+	key := c.ProblemKey(c.node)
+	var err error
+	if p == nil {
+		_, err = c.client.Delete(ctx, key)
+	} else {
+		raw, _ := json.Marshal(p)
+		_, err = c.client.Put(ctx, key, string(raw))
+	}
+	if err != nil {
+		return fmt.Errorf("write %s: %w", key, err)
+	}
+	return nil
 }
 
 // getJSON reads key as a JSON T, or nil when it does not exist.

@@ -40,6 +40,9 @@ func (k Keys) StatusKey(node string) string { return k.NodePrefix(node) + "statu
 // AliveKey is the key of a node's presence.
 func (k Keys) AliveKey(node string) string { return k.NodePrefix(node) + "alive" }
 
+// ProblemKey is the key of what a node's alive agent cannot do.
+func (k Keys) ProblemKey(node string) string { return k.NodePrefix(node) + "problem" }
+
 // ActionsPrefix is the prefix of the requests addressed to one node:
 // ActionsPrefix(node)+"<id>". Only callers write there; the node reads.
 func (k Keys) ActionsPrefix(node string) string { return k.prefix + "/actions/" + node + "/" }

@@ -12,6 +12,7 @@ import (
 
 	"go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
 )
@@ -135,7 +136,23 @@ func (s *Session) Announce(ctx context.Context, p Presence) error {
 	if kvs := resp.Responses[0].GetResponseRange().Kvs; len(kvs) == 1 && clientv3.LeaseID(kvs[0].Lease) != lease {
 		var other Presence
 		_ = json.Unmarshal(kvs[0].Value, &other)
-		return fmt.Errorf("%w: %s is held by lease %s, alive since %s", ErrNodeTaken, key, other.Lease, other.Since.Format(time.RFC3339))
+		if !p.sameInstance(other) {
+			return fmt.Errorf("%w: %s is held by lease %s, alive since %s", ErrNodeTaken, key, other.Lease, other.Since.Format(time.RFC3339))
+		}
+		// This agent's own previous session, which etcd kept (an outage
+		// longer than the TTL, and a new leader renews every lease):
+		// end it, and take the key if it is still that session's.
+		if _, err := s.c.client.Revoke(ctx, clientv3.LeaseID(kvs[0].Lease)); err != nil && !errors.Is(err, rpctypes.ErrLeaseNotFound) {
+			return fmt.Errorf("revoke the previous session %s of %s: %w", other.Lease, key, err)
+		}
+		resp, err = s.c.client.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).Then(put).Commit()
+		if err != nil {
+			return fmt.Errorf("write %s: %w", key, err)
+		}
+		if !resp.Succeeded {
+			return fmt.Errorf("write %s: %w", key, ErrNodeTaken)
+		}
+		return nil
 	}
 	resp, err = s.c.client.Txn(ctx).If(clientv3.Compare(clientv3.LeaseValue(key), "=", lease)).Then(put).Commit()
 	if err != nil {

@@ -40,7 +40,7 @@ func sshKey(t *testing.T, comment string) (string, string) {
 }
 
 // grantRole runs the etcdctl lines `ccm rbac print` prints with args.
-func grantRole(t *testing.T, e *etcdtest.External, admin *node, password string, args ...string) {
+func grantRole(t *testing.T, e etcdctl, admin *node, password string, args ...string) {
 	t.Helper()
 	r := admin.run("", append([]string{"rbac", "print"}, args...)...)
 	require.Equal(t, 0, r.code, r.stderr)
@@ -54,6 +54,11 @@ func grantRole(t *testing.T, e *etcdtest.External, admin *node, password string,
 		out, err := e.Etcdctl(fields[1:]...)
 		require.NoError(t, err, "%s: %s", line, out)
 	}
+}
+
+// etcdctl runs etcdctl as root against a test cluster.
+type etcdctl interface {
+	Etcdctl(args ...string) (string, error)
 }
 
 // passwordVar is the shell variable ccm rbac print reads a password from.
