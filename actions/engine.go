@@ -15,6 +15,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/ccm-dev/ccm/cluster"
+	"github.com/ccm-dev/ccm/follow"
 	"github.com/ccm-dev/ccm/metrics"
 	"github.com/ccm-dev/ccm/objects"
 )
@@ -90,37 +91,19 @@ func NewEngine(opts Options) *Engine {
 // its turn is handed back, to run at the next start.
 func (e *Engine) Run(ctx context.Context) {
 	defer e.wg.Wait()
-	delay := time.Duration(0)
+	delay := follow.Backoff()
 	for ctx.Err() == nil {
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(delay):
-		}
-		delay = min(max(2*delay, 100*time.Millisecond), 5*time.Second)
-		if err := e.interrupted(ctx); err != nil {
-			e.log.Warn("actions: recover interrupted requests; will retry", zap.Error(err))
-			continue
-		}
-		break
-	}
-	delay = 0
-	for ctx.Err() == nil {
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(delay):
-		}
-		rev, err := e.pickUp(ctx)
+		err := e.interrupted(ctx)
 		if err == nil {
-			err = e.follow(ctx, rev+1)
-			delay = 0
+			break
 		}
-		if err != nil && ctx.Err() == nil {
-			delay = min(max(2*delay, 100*time.Millisecond), 5*time.Second)
-			e.log.Warn("actions: watch interrupted; listing again", zap.Error(err), zap.Duration("in", delay))
-		}
+		e.log.Warn("actions: recover interrupted requests; will retry", zap.Error(err), zap.Duration("in", delay.Next()))
+		delay.Wait(ctx)
 	}
+	follow.New(e.opts.Client, (*requests)(e), follow.Options{
+		Name: "actions", Key: e.keys.ActionsPrefix(e.opts.Node), Prefix: true,
+		WatchOptions: []clientv3.OpOption{clientv3.WithFilterDelete()}, Logger: e.log,
+	}).Run(ctx)
 }
 
 // interrupted rewrites every reply still running, left by an agent that
@@ -153,50 +136,48 @@ func (e *Engine) interrupted(ctx context.Context) error {
 	return nil
 }
 
-// pickUp answers every request without a reply and returns the revision
-// it read them at.
-func (e *Engine) pickUp(ctx context.Context) (int64, error) {
-	resp, err := e.opts.Client.Txn(ctx).Then(
-		clientv3.OpGet(e.keys.ActionsPrefix(e.opts.Node), clientv3.WithPrefix()),
-		clientv3.OpGet(e.keys.RepliesPrefix(e.opts.Node), clientv3.WithPrefix(), clientv3.WithKeysOnly()),
-	).Commit()
+// replyTimeout bounds the writes of a final reply once its handler
+// ended, the agent's shutdown included.
+const replyTimeout = 30 * time.Second
+
+// requests is the Engine as the follower of the node's requests.
+type requests Engine
+
+// Reset answers every request without a reply, as read at rev: those
+// that arrived while the agent was down, or while the watch was broken
+// past a compaction.
+func (r *requests) Reset(ctx context.Context, kvs []*mvccpb.KeyValue, rev int64, _ string) error {
+	e := (*Engine)(r)
+	resp, err := e.opts.Client.Get(ctx, e.keys.RepliesPrefix(e.opts.Node), clientv3.WithPrefix(), clientv3.WithKeysOnly(), clientv3.WithRev(rev))
 	if err != nil {
-		return 0, err
+		return err
 	}
 	replied := map[string]bool{}
-	for _, kv := range resp.Responses[1].GetResponseRange().Kvs {
+	for _, kv := range resp.Kvs {
 		replied[strings.TrimPrefix(string(kv.Key), e.keys.RepliesPrefix(e.opts.Node))] = true
 	}
-	for _, kv := range resp.Responses[0].GetResponseRange().Kvs {
+	for _, kv := range kvs {
 		if replied[strings.TrimPrefix(string(kv.Key), e.keys.ActionsPrefix(e.opts.Node))] {
 			continue
 		}
 		if err := e.handle(ctx, kv); err != nil {
-			return 0, err
-		}
-	}
-	return resp.Header.Revision, nil
-}
-
-// follow answers each request as it is written, from revision rev.
-func (e *Engine) follow(ctx context.Context, rev int64) error {
-	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
-	defer cancel()
-	wch := e.opts.Client.Watch(wctx, e.keys.ActionsPrefix(e.opts.Node), clientv3.WithPrefix(), clientv3.WithRev(rev), clientv3.WithFilterDelete())
-	for wr := range wch {
-		if err := wr.Err(); err != nil {
 			return err
 		}
-		for _, ev := range wr.Events {
-			if err := e.handle(ctx, ev.Kv); err != nil {
-				return err
-			}
+	}
+	return nil
+}
+
+// Apply answers each request as it is written. A request handled twice
+// (a watch resumed after an error) is claimed once: claim refuses the
+// second.
+func (r *requests) Apply(ctx context.Context, resp clientv3.WatchResponse) error {
+	e := (*Engine)(r)
+	for _, ev := range resp.Events {
+		if err := e.handle(ctx, ev.Kv); err != nil {
+			return err
 		}
 	}
-	if ctx.Err() != nil {
-		return nil
-	}
-	return errors.New("watch closed")
+	return nil
 }
 
 // handle decides what to do with one request: reject it, or claim it and
@@ -393,8 +374,9 @@ func (e *Engine) execute(ctx context.Context, req *Request, run runner, rev int6
 	o.stdout, o.stderr, o.err = redact(o.stdout, run.secrets), redact(o.stderr, run.secrets), string(redact([]byte(o.err), run.secrets))
 	reply := Reply{ID: req.ID, Node: e.opts.Node, State: o.state, ExitCode: o.exitCode, Output: outputJSON(o.stdout), Error: o.err,
 		Started: started, Finished: time.Now().UTC()}
-	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), replyTimeout)
 	defer cancel()
+	delay := follow.Backoff()
 	for {
 		err := e.write(wctx, replyKey, rev, lease, reply)
 		if errors.Is(err, rpctypes.ErrLeaseNotFound) { // keep the reply all the same
@@ -405,8 +387,8 @@ func (e *Engine) execute(ctx context.Context, req *Request, run runner, rev int6
 		if err == nil || wctx.Err() != nil {
 			break
 		}
-		e.log.Warn("actions: write reply; will retry", zap.String("id", req.ID), zap.Error(err))
-		time.Sleep(time.Second)
+		e.log.Warn("actions: write reply; will retry", zap.String("id", req.ID), zap.Error(err), zap.Duration("in", delay.Next()))
+		delay.Wait(wctx)
 	}
 	took := reply.Finished.Sub(started)
 	e.m.Actions.WithLabelValues(req.Action, o.state).Inc()

@@ -31,7 +31,7 @@ type PlanOutput struct {
 // agent that is refused the node name must not touch its replies.
 func (a *Agent) runActions(ctx context.Context) {
 	select {
-	case <-a.announced:
+	case <-a.sessions.announced():
 	case <-ctx.Done():
 		return
 	}
@@ -51,7 +51,7 @@ func (a *Agent) runActions(ctx context.Context) {
 func (a *Agent) serial(ctx context.Context, fn func()) error {
 	a.runMu.Lock()
 	defer a.runMu.Unlock()
-	s, err := a.ensureSession(ctx)
+	s, err := a.sessions.ensure(ctx)
 	if err != nil {
 		return err
 	}
@@ -97,7 +97,7 @@ func (a *Agent) convergeAction(ctx context.Context, _ *actions.Request) (any, er
 	if err != nil {
 		return nil, err
 	}
-	s, err := a.ensureSession(ctx)
+	s, err := a.sessions.ensure(ctx)
 	if err != nil {
 		return nil, err
 	}

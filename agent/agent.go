@@ -20,6 +20,7 @@ import (
 	"github.com/ccm-dev/ccm/configs"
 	"github.com/ccm-dev/ccm/debounce"
 	"github.com/ccm-dev/ccm/eventbus"
+	"github.com/ccm-dev/ccm/follow"
 	"github.com/ccm-dev/ccm/metrics"
 	"github.com/ccm-dev/ccm/objects"
 	"github.com/ccm-dev/ccm/render"
@@ -34,6 +35,11 @@ const (
 	DefaultDebounce = 10 * time.Second
 	DefaultMaxWait  = 60 * time.Second
 	DefaultResync   = time.Hour
+	// DefaultStuckAfter is how long the agent may go without being ready
+	// (a live session and a synced watch) before /healthz and the
+	// watchdog fail: longer than etcd's usual elections and restarts, so
+	// that an outage does not restart every agent of the fleet at once.
+	DefaultStuckAfter = 3 * time.Minute
 )
 
 // Options configures an Agent. Client, Node, ConfigDir, Root and StateDir
@@ -59,6 +65,9 @@ type Options struct {
 	// Retention is how long etcd keeps the node's replies to actions
 	// (actions.DefaultRetention when 0).
 	Retention time.Duration
+	// StuckAfter is how long the agent may go without being ready before
+	// Healthy fails (DefaultStuckAfter when 0).
+	StuckAfter time.Duration
 	// ActionKeys is an OpenSSH authorized_keys file: when set, only
 	// requests signed by one of its keys run.
 	ActionKeys string
@@ -114,16 +123,14 @@ type Agent struct {
 	flag      *flagState
 	pause     *flagState
 	presence  *presence
+	health    *health
 
 	// runMu is held by whatever uses the cluster lock: a run, ccm.converge,
 	// a serial action. The lock's key is the session's, so one at a time.
-	runMu        sync.Mutex
-	announced    chan struct{} // closed once the node is first announced
-	nodeKey      *actions.NodeKey
-	announceOnce sync.Once
-	sessionMu    sync.Mutex                      // held while a session is opened
-	session      atomic.Pointer[cluster.Session] // the live session, if any
-	retry        *retry.Delay                    // owned by the run loop
+	runMu    sync.Mutex
+	nodeKey  *actions.NodeKey
+	sessions *sessions
+	retry    *retry.Delay // owned by the run loop
 	// stop ends Run with a cause: another agent serves this node.
 	stop context.CancelCauseFunc
 }
@@ -143,20 +150,21 @@ func New(opts Options) (*Agent, error) {
 		return nil, err
 	}
 	a := &Agent{
-		announced: make(chan struct{}),
-		opts:      opts,
-		log:       opts.Logger.With(zap.String("node", opts.Node)),
-		metrics:   opts.Metrics,
-		cluster:   cluster.New(opts.Client, cluster.Options{Prefix: opts.Prefix, Node: opts.Node}),
-		mirror:    objects.NewMirror(opts.Prefix),
-		deb:       debounce.New(opts.Debounce, opts.MaxWait, nil),
-		retry:     retry.New(10 * time.Second),
+		opts:    opts,
+		log:     opts.Logger.With(zap.String("node", opts.Node)),
+		metrics: opts.Metrics,
+		cluster: cluster.New(opts.Client, cluster.Options{Prefix: opts.Prefix, Node: opts.Node}),
+		mirror:  objects.NewMirror(opts.Prefix),
+		deb:     debounce.New(opts.Debounce, opts.MaxWait, nil),
+		retry:   follow.Backoff(),
 	}
 	a.applier = applier.New(a.applierOptions())
 	a.runner = rollout.New(rollout.Options{Cluster: a.cluster, Applier: a.applier, Node: opts.Node, Logger: a.log, Metrics: a.metrics})
 	a.flag = newFlagState(a.metrics.Halted, func() { a.deb.AddAll("failure flag cleared") })
 	a.pause = newFlagState(a.metrics.Paused, func() { a.deb.AddAll("pause lifted") })
 	a.presence = newPresence(opts.Labels)
+	a.sessions = newSessions(a)
+	a.health = newHealth()
 	a.watcher = watcher.New(opts.Client, a.mirror, (*events)(a), watcher.Options{
 		Prefix: opts.Prefix, Liveness: opts.Liveness, Logger: a.log,
 	})
@@ -187,6 +195,9 @@ func defaults(o *Options) {
 	if o.Resync == 0 {
 		o.Resync = DefaultResync
 	}
+	if o.StuckAfter == 0 {
+		o.StuckAfter = DefaultStuckAfter
+	}
 	if o.Logger == nil {
 		o.Logger = zap.NewNop()
 	}
@@ -215,10 +226,13 @@ func (a *Agent) Reload() error {
 // announced on a live session.
 func (a *Agent) Ready() error {
 	if !a.watcher.Synced() {
+		if why := a.watcher.Err(); why != "" {
+			return fmt.Errorf("object watch not synced with etcd (%s)", why)
+		}
 		return errors.New("object watch not synced with etcd")
 	}
-	if s := a.session.Load(); s == nil || s.Lost() {
-		return errors.New("no live session with etcd: the node is not announced")
+	if a.sessions.live() == nil {
+		return fmt.Errorf("no live session with etcd: the node is not announced (%s)", a.sessions.err())
 	}
 	return nil
 }
@@ -227,10 +241,19 @@ func (a *Agent) Ready() error {
 // command timeout or render budget) before a silent run counts as stuck.
 const healthGrace = 30 * time.Second
 
-// Healthy returns nil while the main loop makes progress: it is idle, or
-// its run moved on (a configuration, a file, a command) within the longest
-// step a configuration allows. The systemd watchdog and /healthz follow it.
+// Healthy returns nil while the agent makes progress: it was ready (a
+// live session and a synced watch) within StuckAfter, and the main loop is
+// idle or its run moved on (a configuration, a file, a command) within
+// the longest step a configuration allows. The systemd watchdog and
+// /healthz follow it.
 func (a *Agent) Healthy() error {
+	if d := a.health.notReadyFor(time.Now()); d > a.opts.StuckAfter {
+		why := "not ready"
+		if err := a.Ready(); err != nil {
+			why = err.Error()
+		}
+		return fmt.Errorf("no progress with etcd for %s (limit --stuck-after %s): %s", d.Round(time.Second), a.opts.StuckAfter, why)
+	}
 	stalled := a.applier.Stalled()
 	if stalled == 0 {
 		return nil
@@ -262,6 +285,11 @@ func (a *Agent) Run(ctx context.Context) error {
 		return err
 	}
 	a.presence.setActionKey(a.nodeKey.Public())
+	instance, err := loadInstance(a.opts.StateDir)
+	if err != nil {
+		return err
+	}
+	a.presence.setInstance(instance)
 	if a.opts.ActionKeys == "" {
 		a.log.Warn("actions are authenticated by etcd RBAC alone: no --action-keys, so any identity that may write this node's requests may run its actions")
 	}
@@ -271,11 +299,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	defer func() {
 		cancel()
 		wg.Wait()
-		if s := a.session.Swap(nil); s != nil {
-			s.Close()
-		}
+		a.sessions.drop()
 	}()
-	for _, fn := range []func(context.Context){a.runWatcher, a.watchFlag, a.watchPause, a.resyncLoop, a.readiness, a.keepPresence, a.runActions} {
+	for _, fn := range []func(context.Context){a.runWatcher, a.watchFlag, a.watchPause, a.resyncLoop, a.readiness, a.sessions.keep, a.runActions} {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -379,12 +405,14 @@ func (a *Agent) readiness(ctx context.Context) {
 	defer t.Stop()
 	for tick := 0; ; tick++ {
 		ready := 0.0
-		if a.Ready() == nil {
+		err := a.Ready()
+		if err == nil {
 			ready = 1
 		}
 		a.metrics.Ready.Set(ready)
+		a.health.observe(ctx, a, err, time.Now())
 		if tick%lagEvery == 0 {
-			lctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+			lctx, cancel := context.WithTimeout(ctx, lagTimeout)
 			if lag, err := a.watcher.Lag(lctx); err == nil {
 				a.metrics.WatchLag.Set(float64(lag))
 			}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"runtime/debug"
-	"time"
 
 	"go.uber.org/zap"
 
@@ -14,10 +13,6 @@ import (
 	"github.com/ccm-dev/ccm/render"
 	"github.com/ccm-dev/ccm/rollout"
 )
-
-// syncTimeout bounds the wait for the mirror to catch up with etcd after
-// the lock is taken.
-const syncTimeout = 5 * time.Second
 
 // names returns the configurations of sel a batch runs on this node, in
 // dependency order.
@@ -47,7 +42,7 @@ func (a *Agent) converge(ctx context.Context, b debounce.Batch) error {
 		a.log.Debug("no configuration subscribes to the change", zap.Strings("types", b.Types))
 		return nil
 	}
-	s, err := a.ensureSession(ctx)
+	s, err := a.sessions.ensure(ctx)
 	if errors.Is(err, cluster.ErrNodeTaken) {
 		return err
 	}
@@ -85,7 +80,7 @@ func (a *Agent) converge(ctx context.Context, b debounce.Batch) error {
 	case res.Report.Aborted:
 		if res.LockLost {
 			a.log.Warn("lock lost mid-run; starting again from scratch on a new session")
-			a.dropSession()
+			a.sessions.drop()
 		}
 		a.deb.Requeue(debounce.Batch{All: true, Reasons: []string{"aborted run"}})
 	}
@@ -122,38 +117,6 @@ func (a *Agent) postpone(ctx context.Context, b debounce.Batch, what string, err
 		return
 	}
 	a.log.Warn(what+" failed; will retry", zap.Error(err), zap.Duration("in", a.retry.Next()))
-	if s := a.session.Load(); s != nil && s.Lost() {
-		a.dropSession()
-	}
+	a.sessions.dropLost()
 	a.retry.Wait(ctx)
-}
-
-// ensureSession returns the live session, opening one (lease, presence) if
-// there is none. The lease of a session a crash left behind is revoked
-// first, so that a restarted holder does not wait for its own lock. The
-// run loop and keepPresence both call it; one opens at a time.
-func (a *Agent) ensureSession(ctx context.Context) (*cluster.Session, error) {
-	a.sessionMu.Lock()
-	defer a.sessionMu.Unlock()
-	if s := a.session.Load(); s != nil && !s.Lost() {
-		return s, nil
-	}
-	a.dropSession()
-	sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	p := a.presence.value()
-	s, err := a.cluster.NewSession(sctx, cluster.SessionOptions{TTL: a.opts.LockTTL, Presence: &p, LeaseFile: a.leaseFile()})
-	if err != nil {
-		return nil, err
-	}
-	a.session.Store(s)
-	a.presence.wake()
-	a.announceOnce.Do(func() { close(a.announced) })
-	return s, nil
-}
-
-func (a *Agent) dropSession() {
-	if s := a.session.Swap(nil); s != nil {
-		s.Close()
-	}
 }

@@ -3,13 +3,12 @@ package agent
 import (
 	"context"
 	"sync"
-	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
 
-	"github.com/ccm-dev/ccm/retry"
+	"github.com/ccm-dev/ccm/follow"
 )
 
 // flagState is what this node knows of a key that stops the rollout while
@@ -98,30 +97,21 @@ func (a *Agent) watchFlag(ctx context.Context) { a.follow(ctx, a.cluster.Failure
 // watchPause follows <prefix>/paused.
 func (a *Agent) watchPause(ctx context.Context) { a.follow(ctx, a.cluster.PausedKey(), a.pause) }
 
-// follow keeps state in step with key: read it, then watch from the next
-// revision; on any error, read again.
+// follow keeps state in step with key.
 func (a *Agent) follow(ctx context.Context, key string, state *flagState) {
-	delay := retry.New(10 * time.Second)
-	for ctx.Err() == nil {
-		resp, err := a.opts.Client.Get(ctx, key)
-		if err != nil {
-			a.log.Warn("read "+key, zap.Error(err))
-			delay.Wait(ctx)
-			continue
-		}
-		state.observe(len(resp.Kvs) > 0, resp.Header.Revision)
-		wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
-		for wresp := range a.opts.Client.Watch(wctx, key, clientv3.WithRev(resp.Header.Revision+1)) {
-			if wresp.Err() != nil {
-				a.log.Warn("watch "+key, zap.Error(wresp.Err()))
-				break
-			}
-			delay.Reset()
-			for _, ev := range wresp.Events {
-				state.observe(ev.Type == clientv3.EventTypePut, ev.Kv.ModRevision)
-			}
-		}
-		cancel()
-		delay.Wait(ctx)
+	follow.New(a.opts.Client, state, follow.Options{Name: key, Key: key, Logger: a.log}).Run(ctx)
+}
+
+// Reset records whether the key exists at rev.
+func (f *flagState) Reset(_ context.Context, kvs []*mvccpb.KeyValue, rev int64, _ string) error {
+	f.observe(len(kvs) > 0, rev)
+	return nil
+}
+
+// Apply records each put and delete of the key.
+func (f *flagState) Apply(_ context.Context, resp clientv3.WatchResponse) error {
+	for _, ev := range resp.Events {
+		f.observe(ev.Type == clientv3.EventTypePut, ev.Kv.ModRevision)
 	}
+	return nil
 }

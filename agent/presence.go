@@ -1,18 +1,12 @@
 package agent
 
 import (
-	"context"
-	"errors"
 	"maps"
 	"os"
 	"sync"
 	"time"
 
-	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
-
 	"github.com/ccm-dev/ccm/cluster"
-	"github.com/ccm-dev/ccm/retry"
 )
 
 // presence is what the node announces in its alive key: its labels, and
@@ -34,6 +28,13 @@ func (p *presence) value() cluster.Presence {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.current
+}
+
+// setInstance records the agent's instance ID.
+func (p *presence) setInstance(id string) {
+	p.mu.Lock()
+	p.current.Instance = id
+	p.mu.Unlock()
 }
 
 // setActionKey publishes the node's public key for secret parameters.
@@ -90,66 +91,3 @@ func (e *events) Add(rev int64, types ...string) {
 
 // AddAll asks for a converge of everything.
 func (e *events) AddAll(reason string) { (*Agent)(e).deb.AddAll(reason) }
-
-// keepPresence keeps the node announced: it opens a session whenever there
-// is none (at start, and once etcd answers again after an outage), and
-// announces the presence when it changes and whenever the alive key
-// disappears (deleted by hand, or by an old session's revocation). It
-// stops the agent if another live agent serves this node.
-func (a *Agent) keepPresence(ctx context.Context) {
-	delay := retry.New(10 * time.Second)
-	for ctx.Err() == nil {
-		s, err := a.ensureSession(ctx)
-		if errors.Is(err, cluster.ErrNodeTaken) {
-			a.stop(err)
-			return
-		}
-		if err != nil {
-			a.log.Warn("open session failed; will retry", zap.Error(err), zap.Duration("in", delay.Next()))
-			delay.Wait(ctx)
-			continue
-		}
-		a.followPresence(ctx, s, delay)
-	}
-}
-
-// followPresence announces on a wake or a deletion until the session is
-// lost or the watch ends.
-func (a *Agent) followPresence(ctx context.Context, s *cluster.Session, delay *retry.Delay) {
-	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
-	defer cancel()
-	wch := a.opts.Client.Watch(wctx, a.cluster.AliveKey(a.opts.Node), clientv3.WithFilterPut())
-	a.announce(ctx) // whatever happened before the watch started
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-s.Done():
-			return
-		case <-a.presence.changed:
-			a.announce(ctx)
-		case wr, ok := <-wch:
-			if !ok || wr.Err() != nil {
-				delay.Wait(ctx)
-				return
-			}
-			delay.Reset()
-			if len(wr.Events) > 0 {
-				a.log.Info("alive key deleted; announcing again")
-				a.announce(ctx)
-			}
-		}
-	}
-}
-
-func (a *Agent) announce(ctx context.Context) {
-	s := a.session.Load()
-	if s == nil || s.Lost() {
-		return // the next session announces itself
-	}
-	actx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	if err := s.Announce(actx, a.presence.value()); err != nil {
-		a.log.Warn("announce presence", zap.Error(err))
-	}
-}

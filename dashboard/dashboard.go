@@ -19,11 +19,13 @@ import (
 	"sync"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
 	"github.com/ccm-dev/ccm/client"
 	"github.com/ccm-dev/ccm/cluster"
+	"github.com/ccm-dev/ccm/follow"
 )
 
 //go:embed assets
@@ -156,32 +158,35 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 }
 
-// follow signals changed at every change under the cluster's prefix, and
-// every few seconds while the watch is broken (leases expire without an
-// event the dashboard could miss otherwise).
+// follow signals changed at every change under the cluster's prefix,
+// and whenever the follower lists again after a broken watch.
 func (s *Server) follow(ctx context.Context, changed chan<- struct{}) {
-	signal := func() {
-		select {
-		case changed <- struct{}{}:
-		default:
-		}
+	follow.New(s.cluster.Client(), signaller(changed), follow.Options{
+		Name: "dashboard", Key: s.cluster.Prefix(), Prefix: true,
+		ListOptions: []clientv3.OpOption{clientv3.WithCountOnly()}, Logger: s.log,
+	}).Run(ctx)
+}
+
+// signaller signals a channel at every list and watch response.
+type signaller chan<- struct{}
+
+func (c signaller) signal() {
+	select {
+	case c <- struct{}{}:
+	default:
 	}
-	for ctx.Err() == nil {
-		wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
-		for wr := range s.cluster.Client().Watch(wctx, s.cluster.Prefix(), clientv3.WithPrefix()) {
-			if wr.Err() != nil {
-				s.log.Warn("dashboard watch", zap.Error(wr.Err()))
-				break
-			}
-			signal()
-		}
-		cancel()
-		signal()
-		select {
-		case <-ctx.Done():
-		case <-time.After(2 * time.Second):
-		}
-	}
+}
+
+// Reset signals.
+func (c signaller) Reset(context.Context, []*mvccpb.KeyValue, int64, string) error {
+	c.signal()
+	return nil
+}
+
+// Apply signals.
+func (c signaller) Apply(context.Context, clientv3.WatchResponse) error {
+	c.signal()
+	return nil
 }
 
 // refresh reads the cluster and hands the state to every viewer when it

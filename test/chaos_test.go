@@ -218,3 +218,67 @@ func TestChaosOneShotCommandsSayEtcdDidNotAnswer(t *testing.T) {
 		assert.NotContains(t, r.stderr, "rpc error", "%v", cmd)
 	}
 }
+
+// /healthz (and with it the systemd watchdog) fails once an agent has not
+// been ready for --stuck-after, and passes again once etcd answers, with
+// no restart; ccm status then says why the node was down, and the agent
+// deletes its problem record once it has recovered.
+func TestChaosHealthzFailsWhileStuckAndRecovers(t *testing.T) {
+	f := startFleet(t, plainEtcd, "--stuck-after", "8s")
+	f.converged(f.put("start"), 60*time.Second)
+	a := f.agents[0]
+	code, body := a.health()
+	require.Equal(t, 200, code, body)
+	f.m.Freeze(1, 2)
+	eventually(t, 30*time.Second, func() bool { code, body = a.health(); return code == 503 },
+		"healthz fails within --stuck-after (8s) and a readiness tick")
+	assert.Contains(t, body, "no progress with etcd for")
+	f.m.Thaw(1, 2)
+	eventually(t, 60*time.Second, func() bool { code, body = a.health(); return code == 200 },
+		"healthz passes again once etcd answers (last: %d %s)", code, body)
+	f.converged(f.put("after"), 60*time.Second)
+	n, exits := a.restarted()
+	assert.Zero(t, n, "recovered by itself: %v", exits)
+}
+
+// An agent that is alive but cannot make progress says why, in ccm status:
+// here it may read and write its own records, but its role lost the read
+// of the objects, so its watch is refused.
+func TestChaosStatusSaysWhyAnAliveAgentMakesNoProgress(t *testing.T) {
+	f := startFleet(t, passwordAuth)
+	f.converged(f.put("start"), 60*time.Second)
+	out, err := f.m.Etcdctl("role", "revoke-permission", "ccm-node-node0", "--prefix=true", "/ccm/objects/")
+	require.NoError(t, err, out)
+	c := cluster.New(f.admin, cluster.Options{})
+	var problem *cluster.Problem
+	f.put("refused")
+	eventually(t, 60*time.Second, func() bool {
+		v, err := c.View(context.Background())
+		if err != nil {
+			return false
+		}
+		for _, n := range v.Nodes {
+			if n.Name == "node0" {
+				problem = n.Problem
+			}
+		}
+		return problem != nil
+	}, "node0's agent writes its problem record")
+	assert.Contains(t, problem.Error, "object watch not synced")
+	assert.Contains(t, problem.Error, "permission denied")
+	out, err = f.m.Etcdctl("role", "grant-permission", "ccm-node-node0", "--prefix=true", "read", "/ccm/objects/")
+	require.NoError(t, err, out)
+	f.converged(f.put("granted"), 60*time.Second)
+	eventually(t, 30*time.Second, func() bool {
+		v, err := c.View(context.Background())
+		if err != nil {
+			return false
+		}
+		for _, n := range v.Nodes {
+			if n.Name == "node0" {
+				return n.Problem == nil
+			}
+		}
+		return false
+	}, "the problem record is deleted once the agent makes progress")
+}

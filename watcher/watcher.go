@@ -2,23 +2,14 @@
 // etcd and turns key events into thin events: the object types that changed,
 // and the revision.
 //
-// Flow: list the prefix at revision R into the mirror, then watch from R+1.
-// After a disconnect the watch resumes right after the last event applied,
-// so no event is lost; events at or below it are skipped, so none is
-// applied twice. Progress notifications never move that point: some etcd
-// servers send them ahead of events a catching-up watch still owes. When etcd has compacted past that revision (ErrCompacted),
-// or the watch cannot resume, the watcher lists again and asks for a
-// converge of everything.
-//
-// An etcd restored from a snapshot, or wiped, goes back in its history: a
-// response whose cluster ID changed, or a linearizable read at a revision
-// lower than the mirror's, makes the watcher list again and ask for a
-// converge of everything, instead of waiting for revisions that will never
-// come while it renders stale objects.
-//
-// The watch uses WithRequireLeader, so a member cut off from its cluster
-// ends the watch instead of starving the agent silently, and progress
-// requests on a timer of its own detect a stream that stopped answering.
+// It follows the prefix with package follow: list at revision R into the
+// mirror, watch from R+1, resume after the last event applied, list again
+// (and ask for a converge of everything) after a compaction or when etcd
+// went back in its history, progress requests to detect a stalled stream,
+// and a new stream for a refused token. What is its own is the mirror,
+// SyncTo (a run's wait for the revision it read with the lock) and the
+// confirmation that early progress notifications of older etcd servers
+// need.
 //
 // Shutdown: Run returns nil when its context is cancelled.
 package watcher
@@ -30,14 +21,13 @@ import (
 	"sync/atomic"
 	"time"
 
-	"go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
-	"google.golang.org/grpc/metadata"
 
+	"github.com/ccm-dev/ccm/follow"
 	"github.com/ccm-dev/ccm/objects"
-	"github.com/ccm-dev/ccm/retry"
 )
 
 // Sink receives thin events. The debouncer is one.
@@ -55,24 +45,22 @@ type Options struct {
 	// notification; a stream that leaves one unanswered for a whole period
 	// is restarted. Default 10s.
 	Liveness time.Duration
-	// MaxBackoff caps the retry delay while etcd is unreachable. Default 10s.
-	MaxBackoff time.Duration
-	Logger     *zap.Logger
+	// Contact, when set, is called whenever etcd answered the watcher.
+	Contact func()
+	Logger  *zap.Logger
 }
 
 // Watcher feeds a Mirror and a Sink from an etcd watch.
 type Watcher struct {
-	client *clientv3.Client
-	mirror *objects.Mirror
-	sink   Sink
-	opts   Options
-	log    *zap.Logger
-	synced atomic.Bool
+	client   *clientv3.Client
+	mirror   *objects.Mirror
+	sink     Sink
+	opts     Options
+	log      *zap.Logger
+	follower *follow.Follower
 	// early is whether some endpoint may send progress notifications
 	// ahead of events (see confirm): 0 not known yet, 1 yes, 2 no.
 	early atomic.Int32
-	// cluster is the ID of the etcd cluster the mirror was listed from.
-	cluster uint64
 }
 
 // New returns a Watcher; Run starts it.
@@ -80,159 +68,60 @@ func New(client *clientv3.Client, mirror *objects.Mirror, sink Sink, opts Option
 	if opts.Liveness <= 0 {
 		opts.Liveness = 10 * time.Second
 	}
-	if opts.MaxBackoff <= 0 {
-		opts.MaxBackoff = 10 * time.Second
-	}
 	log := opts.Logger
 	if log == nil {
 		log = zap.NewNop()
 	}
-	return &Watcher{client: client, mirror: mirror, sink: sink, opts: opts, log: log.Named("watcher")}
+	w := &Watcher{client: client, mirror: mirror, sink: sink, opts: opts, log: log.Named("watcher")}
+	w.follower = follow.New(client, (*objectsHandler)(w), follow.Options{
+		Name: "objects", Key: objects.Prefix(opts.Prefix), Prefix: true, Liveness: opts.Liveness,
+		Contact: opts.Contact, Logger: w.log,
+	})
+	return w
 }
 
 // Synced reports whether the mirror is listed and the watch is healthy.
-func (w *Watcher) Synced() bool { return w.synced.Load() }
+func (w *Watcher) Synced() bool { return w.follower.Synced() }
 
-// errStalled ends a watch that stopped answering progress requests.
-var errStalled = errors.New("watch stream stalled")
-
-// errRestored ends a watch on an etcd that went back in its history.
-var errRestored = errors.New("etcd went back in its history (restored from a snapshot, or wiped)")
-
-// checkHistory compares a response header with what the watcher has seen.
-// The revision is compared only for a linearizable read, whose revision is
-// never below one already committed; a watch response may come from a
-// member that lags behind.
-func (w *Watcher) checkHistory(h *etcdserverpb.ResponseHeader, linearizable bool) error {
-	if h == nil || w.cluster == 0 {
-		return nil
-	}
-	if h.ClusterId != w.cluster {
-		return fmt.Errorf("%w: cluster ID %x, was %x", errRestored, h.ClusterId, w.cluster)
-	}
-	if linearizable && h.Revision < w.mirror.Revision() {
-		return fmt.Errorf("%w: revision %d, the mirror holds %d", errRestored, h.Revision, w.mirror.Revision())
-	}
-	return nil
-}
+// Err is why the watch is not synced ("" when it is).
+func (w *Watcher) Err() string { return w.follower.Err() }
 
 // Run lists and watches until ctx is cancelled.
 func (w *Watcher) Run(ctx context.Context) error {
-	reason := "start"
-	backoff := retry.New(w.opts.MaxBackoff)
-	for {
-		if reason != "" {
-			if err := w.list(ctx); err != nil {
-				if ctx.Err() != nil {
-					return nil
-				}
-				w.log.Warn("list failed; retrying", zap.Error(err), zap.Duration("in", backoff.Next()))
-				if !backoff.Wait(ctx) {
-					return nil
-				}
-				continue
-			}
-			w.sink.AddAll(reason)
-			reason = ""
-		}
-		err := w.watch(ctx, backoff)
-		w.synced.Store(false)
-		switch {
-		case ctx.Err() != nil:
-			return nil
-		case errors.Is(err, rpctypes.ErrCompacted):
-			w.log.Warn("watch compacted; listing again", zap.Error(err))
-			reason = "compacted"
-		case errors.Is(err, errRestored):
-			w.log.Error("etcd history changed; listing again and converging everything", zap.Error(err))
-			reason = "etcd restored"
-		default:
-			w.log.Warn("watch ended; resuming", zap.Error(err), zap.Int64("from", w.mirror.Applied()+1), zap.Duration("in", backoff.Next()))
-			if !backoff.Wait(ctx) {
-				return nil
-			}
-		}
-	}
-}
-
-// list replaces the mirror with every object at one revision.
-func (w *Watcher) list(ctx context.Context) error {
-	ctx, cancel := context.WithTimeout(ctx, time.Minute)
-	defer cancel()
-	resp, err := w.client.Get(ctx, objects.Prefix(w.opts.Prefix), clientv3.WithPrefix())
-	if err != nil {
-		return fmt.Errorf("list %s: %w", objects.Prefix(w.opts.Prefix), err)
-	}
-	kvs := make([]objects.KV, len(resp.Kvs))
-	for i, kv := range resp.Kvs {
-		kvs[i] = objects.KV{Key: string(kv.Key), Value: kv.Value, ModRevision: kv.ModRevision}
-	}
-	w.mirror.Reset(kvs, resp.Header.Revision)
-	w.cluster = resp.Header.ClusterId
-	w.log.Info("listed objects", zap.Int("keys", len(kvs)), zap.Int64("revision", resp.Header.Revision))
+	w.follower.Run(ctx)
 	return nil
 }
 
-// watch follows the prefix from the mirror's revision + 1 until the stream
-// fails or ctx ends.
-func (w *Watcher) watch(ctx context.Context, backoff *retry.Delay) error {
-	wctx, cancel := context.WithCancel(streamContext(ctx))
-	defer cancel()
-	from := w.mirror.Applied() + 1
-	wch := w.client.Watch(wctx, objects.Prefix(w.opts.Prefix), clientv3.WithPrefix(), clientv3.WithRev(from), clientv3.WithProgressNotify(), clientv3.WithCreatedNotify())
-	tick := time.NewTicker(w.opts.Liveness)
-	defer tick.Stop()
-	// A probe is a progress request; the stream is stalled when a probe
-	// sent a whole period ago is still unanswered.
-	var probeSent time.Time
-	for {
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-tick.C:
-			if !probeSent.IsZero() && time.Since(probeSent) >= w.opts.Liveness {
-				if err := w.checkIdle(ctx); err != nil {
-					return err
-				}
-			}
-			if err := w.client.RequestProgress(wctx); err != nil {
-				w.log.Debug("progress request failed", zap.Error(err))
-			}
-			probeSent = time.Now()
-		case resp, ok := <-wch:
-			if !ok {
-				return errors.New("watch channel closed")
-			}
-			probeSent = time.Time{}
-			if resp.CompactRevision != 0 {
-				return fmt.Errorf("revision %d compacted (compact revision %d): %w", from, resp.CompactRevision, rpctypes.ErrCompacted)
-			}
-			if err := resp.Err(); err != nil {
-				return err
-			}
-			if err := w.checkHistory(resp.Header, false); err != nil {
-				return err
-			}
-			if resp.IsProgressNotify() && resp.Header.Revision < w.mirror.Revision() {
-				// A restored etcd, or a member far behind: a
-				// linearizable read tells which.
-				if err := w.checkIdle(ctx); errors.Is(err, errRestored) {
-					return err
-				}
-			}
-			if ce := w.log.Check(zap.DebugLevel, "watch response"); ce != nil {
-				var evs []string
-				for _, ev := range resp.Events {
-					evs = append(evs, fmt.Sprintf("%s %s@%d", ev.Type, ev.Kv.Key, ev.Kv.ModRevision))
-				}
-				ce.Write(zap.Bool("created", resp.Created), zap.Bool("progress", resp.IsProgressNotify()),
-					zap.Strings("events", evs), zap.Int64("header", resp.Header.Revision), zap.Int64("mirror", w.mirror.Revision()))
-			}
-			w.synced.Store(true)
-			backoff.Reset()
-			w.handle(resp)
-		}
+// objectsHandler is the Watcher as the follower's handler.
+type objectsHandler Watcher
+
+// Reset replaces the mirror with every object at one revision, and asks
+// for a converge of everything.
+func (h *objectsHandler) Reset(_ context.Context, kvs []*mvccpb.KeyValue, rev int64, reason string) error {
+	w := (*Watcher)(h)
+	objs := make([]objects.KV, len(kvs))
+	for i, kv := range kvs {
+		objs[i] = objects.KV{Key: string(kv.Key), Value: kv.Value, ModRevision: kv.ModRevision}
 	}
+	w.mirror.Reset(objs, rev)
+	w.log.Info("listed objects", zap.Int("keys", len(objs)), zap.Int64("revision", rev), zap.String("reason", reason))
+	w.sink.AddAll(reason)
+	return nil
+}
+
+// Apply applies one watch response to the mirror.
+func (h *objectsHandler) Apply(_ context.Context, resp clientv3.WatchResponse) error {
+	w := (*Watcher)(h)
+	if ce := w.log.Check(zap.DebugLevel, "watch response"); ce != nil {
+		var evs []string
+		for _, ev := range resp.Events {
+			evs = append(evs, fmt.Sprintf("%s %s@%d", ev.Type, ev.Kv.Key, ev.Kv.ModRevision))
+		}
+		ce.Write(zap.Bool("created", resp.Created), zap.Bool("progress", resp.IsProgressNotify()),
+			zap.Strings("events", evs), zap.Int64("header", resp.Header.Revision), zap.Int64("mirror", w.mirror.Revision()))
+	}
+	w.handle(resp)
+	return nil
 }
 
 // handle applies one watch response to the mirror and reports the change.
@@ -255,34 +144,6 @@ func (w *Watcher) handle(resp clientv3.WatchResponse) {
 	}
 }
 
-// streamContext gives the object watch a gRPC stream of its own. etcd
-// answers a progress request only when every watch on the stream has
-// started (start revision <= current revision), so a watch that shares the
-// stream (the agent's flag watch) must not hold the answer back.
-func streamContext(ctx context.Context) context.Context {
-	return metadata.AppendToOutgoingContext(clientv3.WithRequireLeader(ctx), "ccm-watch", "objects")
-}
-
-// checkIdle decides what an unanswered progress request means. etcd does
-// not answer while nothing was written since the watch started; that is an
-// idle stream. If etcd is unreachable, or has revisions the mirror lacks,
-// the stream is stalled.
-func (w *Watcher) checkIdle(ctx context.Context) error {
-	ctx, cancel := context.WithTimeout(ctx, w.opts.Liveness)
-	defer cancel()
-	resp, err := w.client.Get(ctx, objects.Prefix(w.opts.Prefix), clientv3.WithCountOnly())
-	if err != nil {
-		return fmt.Errorf("%w: %w", errStalled, err)
-	}
-	if err := w.checkHistory(resp.Header, true); err != nil {
-		return err
-	}
-	if resp.Header.Revision > w.mirror.Revision() {
-		return fmt.Errorf("%w: etcd is at revision %d, the mirror at %d", errStalled, resp.Header.Revision, w.mirror.Revision())
-	}
-	return nil
-}
-
 // Lag returns the cluster's current revision minus the mirror's: how far
 // the local copy is behind. Writes outside objects/ (status, presence,
 // lock) are confirmed by a progress notification first, so an idle,
@@ -303,7 +164,7 @@ func (w *Watcher) SyncTo(ctx context.Context, target int64) error {
 	// Writes outside objects/ (status, lock) advance the revision without
 	// a watch event; a progress notification confirms them.
 	for w.mirror.Revision() < target {
-		if err := w.client.RequestProgress(streamContext(ctx)); err != nil {
+		if err := w.follower.RequestProgress(ctx); err != nil {
 			return err
 		}
 		wait, cancel := context.WithTimeout(ctx, 200*time.Millisecond)

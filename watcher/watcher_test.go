@@ -101,7 +101,7 @@ func TestWatcherRelistsAfterCompaction(t *testing.T) {
 	admin := etcd.Client(t, 0, 1)
 	// The agent talks to member 2 only, which goes away for a while.
 	m, s := objects.NewMirror("/ccm"), &sink{types: map[string]int{}}
-	w := watcher.New(etcd.Client(t, 2), m, s, watcher.Options{Prefix: "/ccm", Liveness: 200 * time.Millisecond, MaxBackoff: 200 * time.Millisecond})
+	w := watcher.New(etcd.Client(t, 2), m, s, watcher.Options{Prefix: "/ccm", Liveness: 200 * time.Millisecond})
 	start(t, w)
 	require.Eventually(t, w.Synced, 10*time.Second, 10*time.Millisecond)
 	seen := m.Revision()

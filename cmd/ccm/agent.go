@@ -44,6 +44,7 @@ addressed to its node.`,
 	f.DurationVar(&opts.Debounce, "debounce", agent.DefaultDebounce, "quiet period after the last change before a run")
 	f.DurationVar(&opts.MaxWait, "max-wait", agent.DefaultMaxWait, "longest delay of a run after the first change")
 	f.DurationVar(&opts.LockTTL, "lock-ttl", cluster.DefaultLockTTL, "lease TTL of the node's session (lock and presence)")
+	f.DurationVar(&opts.StuckAfter, "stuck-after", agent.DefaultStuckAfter, "fail /healthz and the systemd watchdog once the agent has not been ready (no session or no synced watch) for this long")
 	f.DurationVar(&opts.Resync, "resync", agent.DefaultResync, "converge everything this often, repairing local drift")
 	f.StringVar(&opts.ActionKeys, "action-keys", "", "run only action requests signed by a key in this OpenSSH authorized_keys `FILE` (ed25519)")
 	f.DurationVar(&opts.Retention, "retention", actions.DefaultRetention, "how long etcd keeps this node's replies to actions")

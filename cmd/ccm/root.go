@@ -21,6 +21,7 @@ import (
 
 	"github.com/ccm-dev/ccm/applier"
 	"github.com/ccm-dev/ccm/cluster"
+	"github.com/ccm-dev/ccm/ratelog"
 	"github.com/ccm-dev/ccm/configs"
 	"github.com/ccm-dev/ccm/objects"
 	"github.com/ccm-dev/ccm/render"
@@ -242,7 +243,9 @@ func newLogger(format, level string, w io.Writer) (*zap.Logger, error) {
 	default:
 		return nil, fmt.Errorf("--log-format %q: want console or json", format)
 	}
-	return zap.New(zapcore.NewCore(enc, zapcore.AddSync(w), lvl)), nil
+	// Repeated warnings (retries while etcd does not answer) are written
+	// once per cause per interval, with a count.
+	return zap.New(ratelog.New(zapcore.NewCore(enc, zapcore.AddSync(w), lvl), ratelog.DefaultInterval)), nil
 }
 
 func isTerminal(w io.Writer) bool {

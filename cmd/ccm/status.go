@@ -75,6 +75,9 @@ func printView(w io.Writer, v *cluster.View) {
 			last, when = s.Result, s.Time.Format(time.RFC3339)
 			detail = firstLine(s.Error)
 		}
+		if p := n.Problem; p != nil { // why an alive agent makes no progress
+			detail = "agent: " + firstLine(p.Error) + " (since " + p.Since.Format(time.RFC3339) + ")"
+		}
 		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\t%s\n", render.Escape(n.Name), n.State, n.Converged, behind, last, when, render.Escape(detail))
 	}
 	tw.Flush()

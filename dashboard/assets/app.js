@@ -89,7 +89,10 @@ function render(st) {
     cell(tr, s.result ? s.result + " · " + time(s.time) : "", "last");
     const labels = (n.presence && n.presence.labels) || {};
     cell(tr, Object.keys(labels).sort().map((k) => k + "=" + labels[k]).join(" "), "labels");
-    cell(tr, firstLine(s.error), "detail", s.error || "");
+    // An alive agent that cannot make progress says why (its problem
+    // record); otherwise the last run's error.
+    const detail = n.problem ? "agent: " + n.problem.error : s.error || "";
+    cell(tr, firstLine(detail), "detail", detail);
     nodes.appendChild(tr);
   }
 

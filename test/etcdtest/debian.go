@@ -212,8 +212,17 @@ func (m *Members) Replace(i int) {
 			}
 		}
 	}
-	if out, err := m.Etcdctl("member", "add", p.name, "--peer-urls", p.peer); err != nil {
-		m.t.Fatalf("member add: %v: %s", err, out)
+	// etcd refuses a member while the others are not connected for 5 s
+	// ("unhealthy cluster"): an operator tries again.
+	for deadline := time.Now().Add(60 * time.Second); ; {
+		out, err := m.Etcdctl("member", "add", p.name, "--peer-urls", p.peer)
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			m.t.Fatalf("member add: %v: %s", err, out)
+		}
+		time.Sleep(time.Second)
 	}
 	if err := os.RemoveAll(p.data); err != nil {
 		m.t.Fatal(err)
