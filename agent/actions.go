@@ -2,12 +2,10 @@ package agent
 
 import (
 	"context"
-	"errors"
 	"strings"
 
 	"github.com/ccm-dev/ccm/actions"
 	"github.com/ccm-dev/ccm/applier"
-	"github.com/ccm-dev/ccm/render"
 	"github.com/ccm-dev/ccm/rollout"
 )
 
@@ -102,11 +100,22 @@ func (a *Agent) convergeAction(ctx context.Context, _ *actions.Request) (any, er
 		return nil, err
 	}
 	res := a.runner.Run(ctx, s, rollout.Request{Set: sel.set, Names: names, Full: true, Snapshot: a.snapshot, Reason: "action " + ActionConverge, Target: a.mirror.Applied})
-	if res.Failure != nil {
-		a.flag.observe(true, res.FlagRevision)
-	}
-	if errors.Is(res.Err, render.ErrStuck) {
+	// What the run leaves to do is the agent loop's, as after its own runs.
+	switch res.Next() {
+	case rollout.Requeue:
+		if res.Failure != nil {
+			a.flag.observe(true, res.FlagRevision)
+		}
+	case rollout.Exit:
 		a.stop(res.Err)
+	case rollout.RetryAll:
+		a.deb.AddAll("outcome of " + ActionConverge + " not recorded")
+	case rollout.RequeueAll:
+		if res.LockLost {
+			a.sessions.drop()
+		}
+		a.deb.AddAll(ActionConverge + " aborted")
+	case rollout.Done, rollout.Retry:
 	}
 	a.presence.converged(a.runner.Converged())
 	if res.Err != nil {

@@ -10,7 +10,6 @@ import (
 	"github.com/ccm-dev/ccm/cluster"
 	"github.com/ccm-dev/ccm/debounce"
 	"github.com/ccm-dev/ccm/objects"
-	"github.com/ccm-dev/ccm/render"
 	"github.com/ccm-dev/ccm/rollout"
 )
 
@@ -54,35 +53,33 @@ func (a *Agent) converge(ctx context.Context, b debounce.Batch) error {
 		Set: sel.set, Names: names, Full: b.All, Snapshot: a.snapshot, Reason: describe(b),
 		Halt: a.flag.raisedCh(), Target: a.mirror.Applied,
 	})
-	switch {
-	case res.Failure != nil:
-		a.flag.observe(true, res.FlagRevision)
+	switch res.Next() {
+	case rollout.Requeue:
+		if res.Failure != nil {
+			a.flag.observe(true, res.FlagRevision)
+		} else {
+			a.pause.observe(true, res.FlagRevision)
+		}
 		a.deb.Requeue(b)
-	case res.Paused != nil:
-		a.pause.observe(true, res.FlagRevision)
-		a.deb.Requeue(b)
-	case !res.Ran:
+	case rollout.Retry:
 		a.postpone(ctx, b, "run", res.Err)
 		return nil
-	case errors.Is(res.Err, render.ErrStuck):
-		// A template that cannot be stopped spins in a goroutine: the
-		// flag is raised; exit, and let systemd start a clean process,
-		// which stays halted by the flag.
+	case rollout.Exit:
+		// The flag is raised: exit, and let systemd start a clean
+		// process, which stays halted by the flag.
 		return res.Err
-	case errors.Is(res.Err, rollout.ErrNotRecorded):
-		// etcd went away at the end of the run: run everything again
-		// once it answers, so that the status and the flag are written.
+	case rollout.RetryAll:
 		a.postpone(ctx, debounce.Batch{All: true, Reasons: []string{"outcome not recorded"}}, "record the run", res.Err)
 		return nil
-	case res.Status.Result == cluster.ResultFailed:
-		// The flag this run raised reaches the agent through its watch,
-		// in order with a resume that may already follow it.
-	case res.Report.Aborted:
+	case rollout.RequeueAll:
 		if res.LockLost {
 			a.log.Warn("lock lost mid-run; starting again from scratch on a new session")
 			a.sessions.drop()
 		}
 		a.deb.Requeue(debounce.Batch{All: true, Reasons: []string{"aborted run"}})
+	case rollout.Done:
+		// A failure's flag reaches the agent through its watch, in
+		// order with a resume that may already follow it.
 	}
 	a.retry.Reset()
 	a.presence.converged(a.runner.Converged())

@@ -10,6 +10,7 @@ import (
 
 	"github.com/ccm-dev/ccm/applier"
 	"github.com/ccm-dev/ccm/cluster"
+	"github.com/ccm-dev/ccm/render"
 	"github.com/ccm-dev/ccm/configs"
 	"github.com/ccm-dev/ccm/metrics"
 	"github.com/ccm-dev/ccm/objects"
@@ -105,6 +106,51 @@ type Result struct {
 	// Err is why the run could not happen or failed; nil when it
 	// converged.
 	Err error
+}
+
+// Next is what the caller of a run does next: the one reading of a Result,
+// for the agent's loop, the ccm.converge action and ccm apply --once.
+type Next int
+
+const (
+	// Done: the batch is over. It converged, or it failed and raised the
+	// flag (which reaches the agent through its watch).
+	Done Next = iota
+	// Requeue: the flag or the pause held the run back; the same batch
+	// runs once they clear.
+	Requeue
+	// RequeueAll: the run was aborted mid-way (the lock lost, a stop);
+	// everything runs again, on a new session if the lock was lost.
+	RequeueAll
+	// Retry: the run could not start (etcd unreachable, the lock not
+	// had); the same batch after the backoff.
+	Retry
+	// RetryAll: the run ended but etcd did not record its outcome;
+	// everything after the backoff, so that the status and the flag are
+	// written.
+	RetryAll
+	// Exit: a template that cannot be stopped spins in a goroutine; the
+	// process must end (the flag is raised, so a new one stays halted).
+	Exit
+)
+
+// Next says what happens after this run.
+func (r Result) Next() Next {
+	switch {
+	case r.Failure != nil || r.Paused != nil:
+		return Requeue
+	case !r.Ran:
+		return Retry
+	case errors.Is(r.Err, render.ErrStuck):
+		return Exit
+	case errors.Is(r.Err, ErrNotRecorded):
+		return RetryAll
+	case r.Status.Result == cluster.ResultFailed:
+		return Done
+	case r.Report != nil && r.Report.Aborted:
+		return RequeueAll
+	}
+	return Done
 }
 
 // Converged returns the last revision this node converged, as the Runner
