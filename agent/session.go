@@ -147,7 +147,6 @@ func (ss *sessions) keep(ctx context.Context) {
 func (ss *sessions) follow(ctx context.Context, s *cluster.Session) {
 	a := ss.a
 	sctx, cancel := context.WithCancel(ctx)
-	defer cancel()
 	f := follow.New(a.opts.Client, aliveHandler{ss}, follow.Options{
 		Name: "alive key", Key: a.cluster.AliveKey(a.opts.Node), ListOptions: []clientv3.OpOption{clientv3.WithKeysOnly()},
 		WatchOptions: []clientv3.OpOption{clientv3.WithFilterPut()}, Logger: a.log,
@@ -157,7 +156,10 @@ func (ss *sessions) follow(ctx context.Context, s *cluster.Session) {
 		defer close(done)
 		f.Run(sctx)
 	}()
-	defer func() { <-done }()
+	defer func() {
+		cancel()
+		<-done
+	}()
 	for {
 		select {
 		case <-ctx.Done():

@@ -292,10 +292,14 @@ func (f *Follower) watch(ctx context.Context, backoff *retry.Delay) error {
 					return err
 				}
 			}
-			if err := f.cli.RequestProgress(wctx); err != nil {
+			// Bounded: while the client reconnects, the request waits
+			// for a stream that is not there.
+			probeSent = time.Now()
+			pctx, cancel := context.WithTimeout(wctx, f.opts.Liveness)
+			if err := f.cli.RequestProgress(pctx); err != nil {
 				f.log.Debug("progress request failed", zap.Error(err))
 			}
-			probeSent = time.Now()
+			cancel()
 		case resp, ok := <-wch:
 			if !ok {
 				return errors.New("watch channel closed")

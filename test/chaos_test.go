@@ -235,7 +235,7 @@ func TestChaosHealthzFailsWhileStuckAndRecovers(t *testing.T) {
 	assert.Contains(t, body, "no progress with etcd for")
 	f.m.Thaw(1, 2)
 	eventually(t, 60*time.Second, func() bool { code, body = a.health(); return code == 200 },
-		"healthz passes again once etcd answers (last: %d %s)", code, body)
+		"healthz passes again once etcd answers (last: %d %s)\n%s", code, body, a.tail(30))
 	f.converged(f.put("after"), 60*time.Second)
 	n, exits := a.restarted()
 	assert.Zero(t, n, "recovered by itself: %v", exits)
@@ -243,12 +243,17 @@ func TestChaosHealthzFailsWhileStuckAndRecovers(t *testing.T) {
 
 // An agent that is alive but cannot make progress says why, in ccm status:
 // here it may read and write its own records, but its role lost the read
-// of the objects, so its watch is refused.
+// of the objects, so its watch is refused once etcd restarts.
 func TestChaosStatusSaysWhyAnAliveAgentMakesNoProgress(t *testing.T) {
 	f := startFleet(t, passwordAuth)
 	f.converged(f.put("start"), 60*time.Second)
 	out, err := f.m.Etcdctl("role", "revoke-permission", "ccm-node-node0", "--prefix=true", "/ccm/objects/")
 	require.NoError(t, err, out)
+	// etcd checks a watch's permission when it is created: restart the
+	// members, so that the agent's watch is created again.
+	f.m.Kill(0, 1, 2)
+	f.m.Restart(0, 1, 2)
+	f.m.WaitHealthy(60 * time.Second)
 	c := cluster.New(f.admin, cluster.Options{})
 	var problem *cluster.Problem
 	f.put("refused")
@@ -263,7 +268,7 @@ func TestChaosStatusSaysWhyAnAliveAgentMakesNoProgress(t *testing.T) {
 			}
 		}
 		return problem != nil
-	}, "node0's agent writes its problem record")
+	}, "node0's agent writes its problem record\n%s", f.agents[0].tail(30))
 	assert.Contains(t, problem.Error, "object watch not synced")
 	assert.Contains(t, problem.Error, "permission denied")
 	out, err = f.m.Etcdctl("role", "grant-permission", "ccm-node-node0", "--prefix=true", "read", "/ccm/objects/")
