@@ -16,8 +16,14 @@
 //   - If the session is lost mid-run, the run stops before the next
 //     configuration, is recorded as aborted, and everything converges again
 //     on a new session.
-//   - etcd being unreachable never stops the agent: it backs off and
-//     retries, and reports not ready.
+//   - etcd being unreachable never stops the agent: every loop follows
+//     etcd with package follow (one backoff policy), the session has one
+//     owner (sessions), and the agent reports not ready. An outage longer
+//     than the TTL leaves its previous session in etcd; the agent takes it
+//     over by its instance ID. Not ready for StuckAfter fails Healthy (and
+//     the watchdog); after 10 s it writes why to its problem record.
+//   - What happens after a run is rollout.Result.Next, read the same way
+//     by the loop, ccm.converge and ccm apply --once.
 //   - Run returns nil after its context is cancelled, once the current
 //     configuration has finished and the lock is released.
 package agent

@@ -44,7 +44,7 @@ func (p *presence) setActionKey(key string) {
 	p.mu.Unlock()
 }
 
-// wake asks keepPresence to announce the current value.
+// wake asks the session owner (sessions.keep) to announce the current value.
 func (p *presence) wake() {
 	select {
 	case p.changed <- struct{}{}:

@@ -39,7 +39,7 @@ const (
 
 // sessions is the one owner of the node's session: its lease, its
 // presence on the lease, and the announcements. The run loop, the
-// actions and keepPresence ask it for the live session; it opens one at a
+// actions and keep ask it for the live session; it opens one at a
 // time.
 type sessions struct {
 	a        *Agent

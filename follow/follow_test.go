@@ -9,12 +9,11 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"go.etcd.io/etcd/api/v3/mvccpb"
-	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/pkg/v3/testutil"
-
+	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap/zaptest"
 
-"github.com/ccm-dev/ccm/follow"
+	"github.com/ccm-dev/ccm/follow"
 	"github.com/ccm-dev/ccm/test/etcdtest"
 )
 

@@ -10,10 +10,10 @@ import (
 
 	"github.com/ccm-dev/ccm/applier"
 	"github.com/ccm-dev/ccm/cluster"
-	"github.com/ccm-dev/ccm/render"
 	"github.com/ccm-dev/ccm/configs"
 	"github.com/ccm-dev/ccm/metrics"
 	"github.com/ccm-dev/ccm/objects"
+	"github.com/ccm-dev/ccm/render"
 )
 
 // statusTimeout bounds the status and flag writes that end a run; they are

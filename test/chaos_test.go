@@ -224,6 +224,7 @@ func TestChaosOneShotCommandsSayEtcdDidNotAnswer(t *testing.T) {
 // no restart; ccm status then says why the node was down, and the agent
 // deletes its problem record once it has recovered.
 func TestChaosHealthzFailsWhileStuckAndRecovers(t *testing.T) {
+	t.Parallel()
 	f := startFleet(t, plainEtcd, "--stuck-after", "8s")
 	f.converged(f.put("start"), 60*time.Second)
 	a := f.agents[0]
@@ -245,6 +246,7 @@ func TestChaosHealthzFailsWhileStuckAndRecovers(t *testing.T) {
 // here it may read and write its own records, but its role lost the read
 // of the objects, so its watch is refused once etcd restarts.
 func TestChaosStatusSaysWhyAnAliveAgentMakesNoProgress(t *testing.T) {
+	t.Parallel()
 	f := startFleet(t, passwordAuth)
 	f.converged(f.put("start"), 60*time.Second)
 	out, err := f.m.Etcdctl("role", "revoke-permission", "ccm-node-node0", "--prefix=true", "/ccm/objects/")

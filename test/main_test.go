@@ -4,6 +4,7 @@ package test
 
 import (
 	"bytes"
+	"flag"
 	"fmt"
 	"os"
 	"os/exec"
@@ -18,6 +19,13 @@ import (
 var ccmBin string
 
 func TestMain(m *testing.M) {
+	flag.Parse()
+	if testing.Short() {
+		// The inner loop (go test -short ./...) runs the packages' own
+		// tests; these start etcd clusters and agents for minutes.
+		fmt.Println("skipping the integration tests in -short mode")
+		os.Exit(0)
+	}
 	dir, err := os.MkdirTemp("", "ccm-test-bin")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)

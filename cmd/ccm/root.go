@@ -21,9 +21,9 @@ import (
 
 	"github.com/ccm-dev/ccm/applier"
 	"github.com/ccm-dev/ccm/cluster"
-	"github.com/ccm-dev/ccm/ratelog"
 	"github.com/ccm-dev/ccm/configs"
 	"github.com/ccm-dev/ccm/objects"
+	"github.com/ccm-dev/ccm/ratelog"
 	"github.com/ccm-dev/ccm/render"
 	"github.com/ccm-dev/ccm/rollout"
 )
