@@ -348,7 +348,7 @@ func (c *Cluster) scanNodes(ctx context.Context, rev int64) ([]*NodeView, error)
 		}
 	}
 	var nodes []*NodeView
-	for chunk := range slices.Chunk(names, 64) {
+	for chunk := range slices.Chunk(names, maxTxnOps/nodeRecords) {
 		var ops []clientv3.Op
 		for _, name := range chunk {
 			ops = append(ops, c.nodeReads(name, rev)...)
@@ -403,6 +403,10 @@ func (c *Cluster) hopNodes(ctx context.Context, rev int64) ([]*NodeView, error) 
 
 // nodeRecords is how many keys nodeReads reads per node.
 const nodeRecords = 3
+
+// maxTxnOps is etcd's default --max-txn-ops: the most operations one
+// transaction may hold.
+const maxTxnOps = 128
 
 // nodeReads reads a node's status, alive and problem keys at rev, in the
 // order nodeView decodes them.

@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"context"
+	"fmt"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -44,4 +45,21 @@ func TestScanNodesSkipsRepliesAndHopsTheSameNodes(t *testing.T) {
 	assert.Equal(t, listed, hopped)
 	assert.Equal(t, "web", hopped[1].Presence.Labels["role"])
 	assert.Equal(t, int64(3), hopped[4].Status.Converged)
+}
+
+// More nodes than one transaction of etcd may read (its --max-txn-ops,
+// 128): the scan reads them in chunks.
+func TestScanNodesReadsManyNodesInChunks(t *testing.T) {
+	etcd := etcdtest.New(t, 1)
+	cli := etcd.Client(t)
+	c := New(cli, Options{})
+	ctx := context.Background()
+	for i := range 100 {
+		n := fmt.Sprintf("n%03d", i)
+		_, err := cli.Put(ctx, c.AliveKey(n), `{"node":"`+n+`"}`)
+		require.NoError(t, err)
+	}
+	nodes, err := c.scanNodes(ctx, 0)
+	require.NoError(t, err)
+	assert.Len(t, nodes, 100)
 }
