@@ -61,18 +61,6 @@ func putOn(t *testing.T, cli *clientv3.Client, n int, v string) int64 {
 	return rev
 }
 
-// stillRunning fails the test when an agent has stopped.
-func stillRunning(t *testing.T, nodes []*agentNode, after string) {
-	t.Helper()
-	for _, n := range nodes {
-		select {
-		case err := <-n.done:
-			t.Fatalf("%s: %s stopped: %v", after, n.name, err)
-		default:
-		}
-	}
-}
-
 // chaosRounds is how many times a chaos test repeats its fault: once in
 // make test, CCM_CHAOS_ROUNDS times in make chaos.
 func chaosRounds() int {
@@ -257,35 +245,28 @@ func TestChaosStatusSaysWhyAnAliveAgentMakesNoProgress(t *testing.T) {
 	f.m.Restart(0, 1, 2)
 	f.m.WaitHealthy(60 * time.Second)
 	c := cluster.New(f.admin, cluster.Options{})
-	var problem *cluster.Problem
-	f.put("refused")
-	eventually(t, 60*time.Second, func() bool {
+	// problem is node0's problem record as ccm status reads it.
+	problem := func() *cluster.Problem {
 		v, err := c.View(context.Background())
-		if err != nil {
-			return false
-		}
+		require.NoError(t, err)
 		for _, n := range v.Nodes {
 			if n.Name == "node0" {
-				problem = n.Problem
+				return n.Problem
 			}
 		}
-		return problem != nil
-	}, "node0's agent writes its problem record\n%s", f.agents[0].tail(30))
-	assert.Contains(t, problem.Error, "object watch not synced")
-	assert.Contains(t, problem.Error, "permission denied")
+		return nil
+	}
+	f.put("refused")
+	eventually(t, 60*time.Second, func() bool { return problem() != nil },
+		"node0's agent writes its problem record\n%s", f.agents[0].tail(30))
+	assert.Contains(t, problem().Error, "object watch not synced")
+	assert.Contains(t, problem().Error, "permission denied")
+	r := f.cli.run("", "status")
+	require.Equal(t, 0, r.code, r.stderr)
+	assert.Regexp(t, `node0\s+\S+.*agent: object watch not synced with etcd \(.*permission denied\)`, r.stdout)
 	out, err = f.m.Etcdctl("role", "grant-permission", "ccm-node-node0", "--prefix=true", "read", "/ccm/objects/")
 	require.NoError(t, err, out)
 	f.converged(f.put("granted"), 60*time.Second)
-	eventually(t, 30*time.Second, func() bool {
-		v, err := c.View(context.Background())
-		if err != nil {
-			return false
-		}
-		for _, n := range v.Nodes {
-			if n.Name == "node0" {
-				return n.Problem == nil
-			}
-		}
-		return false
-	}, "the problem record is deleted once the agent makes progress")
+	eventually(t, 30*time.Second, func() bool { return problem() == nil },
+		"the problem record is deleted once the agent makes progress")
 }

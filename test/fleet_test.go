@@ -45,6 +45,7 @@ type fleet struct {
 	t      *testing.T
 	m      *etcdtest.Members
 	admin  *clientv3.Client // root
+	cli    *node            // the ccm CLI as root
 	agents []*supervised
 	ran    string // the action handler's log: one request ID per run
 }
@@ -84,12 +85,15 @@ func startFleet(t *testing.T, sec security, agentArgs ...string) *fleet {
 	if sec != plainEtcd {
 		m.EnableAuth("root-secret")
 		rootCfg.User, rootCfg.Password = "root", "root-secret"
+		admin.flags = []string{"--user", "root"}
+		admin.env = []string{"CCM_PASSWORD=root-secret"}
 	}
 	if sec == certAuth {
 		ca, cert, key := m.ClientTLS("root")
 		rootCfg.CACert, rootCfg.Cert, rootCfg.Key = ca, cert, key
-		admin.flags = []string{"--cacert", ca, "--cert", cert, "--key", key}
+		admin.flags = append(admin.flags, "--cacert", ca, "--cert", cert, "--key", key)
 	}
+	f.cli = admin
 	var err error
 	f.admin, err = cluster.NewClient(rootCfg)
 	require.NoError(t, err)

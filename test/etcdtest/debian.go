@@ -272,15 +272,7 @@ func (m *Members) liveEndpoints() []string {
 // EnableAuth creates the root user with password and turns etcd auth on.
 func (m *Members) EnableAuth(password string) {
 	m.t.Helper()
-	for _, args := range [][]string{
-		{"user", "add", "root:" + password},
-		{"user", "grant-role", "root", "root"},
-		{"auth", "enable"},
-	} {
-		if out, err := m.Etcdctl(args...); err != nil {
-			m.t.Fatalf("etcdctl %v: %v: %s", args, err, out)
-		}
-	}
+	enableAuth(m.t, m.Etcdctl, password)
 	m.rootAuth = "root:" + password
 }
 

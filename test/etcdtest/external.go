@@ -220,14 +220,21 @@ func (e *External) Etcdctl(args ...string) (string, error) {
 // EnableAuth creates the root user with password and turns etcd auth on.
 func (e *External) EnableAuth(password string) {
 	e.t.Helper()
+	enableAuth(e.t, e.Etcdctl, password)
+	e.rootAuth = "root:" + password
+}
+
+// enableAuth creates the root user with password and turns auth on,
+// through etcdctl.
+func enableAuth(t testing.TB, etcdctl func(args ...string) (string, error), password string) {
+	t.Helper()
 	for _, args := range [][]string{
 		{"user", "add", "root:" + password},
 		{"user", "grant-role", "root", "root"},
 		{"auth", "enable"},
 	} {
-		if out, err := e.Etcdctl(args...); err != nil {
-			e.t.Fatalf("etcdctl %v: %v: %s", args, err, out)
+		if out, err := etcdctl(args...); err != nil {
+			t.Fatalf("etcdctl %v: %v: %s", args, err, out)
 		}
 	}
-	e.rootAuth = "root:" + password
 }
