@@ -58,6 +58,9 @@ func (a *Agent) serial(ctx context.Context, fn func()) error {
 		return err
 	}
 	defer lock.Release()
+	if err := lock.Fence(); err != nil { // the command is the next side effect
+		return err
+	}
 	fn()
 	return nil
 }

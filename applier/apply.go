@@ -173,7 +173,7 @@ func (a *Applier) applyPlan(ctx context.Context, p *Plan, files []string) error 
 			return err
 		}
 		crashAt("journaled")
-		err := a.commitAll(p, staged)
+		err := a.commitAll(cmdCtx, p, staged)
 		// Renames and removals are durable once their directories are.
 		for _, d := range dirsOf(p) {
 			if err := a.files.syncDir(d); err != nil {
@@ -233,11 +233,14 @@ func (a *Applier) stageAll(ctx context.Context, p *Plan, tx *txn) (map[int]strin
 }
 
 // commitAll renames the staged files into place, removes stale files and
-// fixes attributes, in path order. Each staged file it renames leaves
-// staged.
-func (a *Applier) commitAll(p *Plan, staged map[int]string) error {
+// fixes attributes, in path order, each after the run's fence. Each
+// staged file it renames leaves staged.
+func (a *Applier) commitAll(ctx context.Context, p *Plan, staged map[int]string) error {
 	for i := range p.Changes {
 		c := &p.Changes[i]
+		if err := fenced(ctx, "writing "+c.Path); err != nil {
+			return err
+		}
 		if err := a.files.apply(c, staged[i]); err != nil {
 			return err
 		}

@@ -154,6 +154,9 @@ func (a *Applier) finish(ctx context.Context, j *journal, changed bool) error {
 		return fmt.Errorf("%w: an interrupted restore was finished: %w", ErrValidate, a.restore(j))
 	}
 	if changed && j.Validate != nil {
+		if err := fenced(ctx, "validate"); err != nil {
+			return errors.Join(err, a.restore(j))
+		}
 		if err := a.runCommand(ctx, command{config: j.Config, argv: j.Validate, timeout: j.Timeout}); err != nil {
 			return fmt.Errorf("%w: %w", ErrValidate, errors.Join(err, a.restore(j)))
 		}
@@ -178,6 +181,11 @@ func (a *Applier) finish(ctx context.Context, j *journal, changed bool) error {
 		return nil
 	}
 	for _, argv := range j.OnChange {
+		// Past validate the files stay: the on_change is still owed, and
+		// the next run that holds the lock runs it.
+		if err := fenced(ctx, "on_change"); err != nil {
+			return fmt.Errorf("%w: %w", ErrOnChange, err)
+		}
 		if err := a.runCommand(ctx, command{config: j.Config, argv: argv, timeout: j.Timeout}); err != nil {
 			return fmt.Errorf("%w: %w", ErrOnChange, err)
 		}

@@ -368,6 +368,11 @@ func (a *Applier) step(ctx context.Context, r *Report, rs *runState, p *Plan, fi
 	a.remember(p, err == nil || errors.Is(err, ErrOnChange))
 	c, u, rm := p.Counts()
 	o.Created, o.Updated, o.Removed = o.Created+c, o.Updated+u, o.Removed+rm
+	if errors.Is(err, ErrFenced) { // not this configuration's failure
+		a.log.Warn("configuration stopped: the lock was lost", zap.String("config", n), zap.Error(err))
+		rs.abort(r, n, err)
+		return
+	}
 	if err != nil {
 		a.log.Error("configuration failed", zap.String("config", n), zap.Error(err))
 		rs.fail(n, err)

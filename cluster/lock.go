@@ -8,6 +8,8 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/etcdserverpb"
@@ -45,6 +47,13 @@ type SessionOptions struct {
 type Session struct {
 	c       *Cluster
 	session *concurrency.Session
+	ttl     time.Duration
+	// renewed is when etcd last confirmed the lease (a keep-alive
+	// response, or the grant), by the local monotonic clock: the lease
+	// lives at least until renewed + ttl.
+	mu      sync.Mutex
+	renewed time.Time
+	stopKA  context.CancelFunc
 }
 
 // NewSession grants a lease and, with opts.Presence, announces the node on
@@ -61,6 +70,7 @@ func (c *Cluster) NewSession(ctx context.Context, opts SessionOptions) (*Session
 	// Grant under ctx, so an unreachable etcd does not block forever, but
 	// keep the lease alive independently of ctx: a shutdown finishes its
 	// step and releases the lock explicitly.
+	asked := time.Now()
 	lease, err := c.client.Grant(ctx, max(1, secs))
 	if err != nil {
 		return nil, fmt.Errorf("lock session: %w", err)
@@ -69,7 +79,8 @@ func (c *Cluster) NewSession(ctx context.Context, opts SessionOptions) (*Session
 	if err != nil {
 		return nil, fmt.Errorf("lock session: %w", err)
 	}
-	s := &Session{c: c, session: session}
+	s := &Session{c: c, session: session, ttl: time.Duration(lease.TTL) * time.Second, renewed: asked}
+	s.followKeepAlive(lease.ID)
 	if opts.LeaseFile != "" {
 		if err := recordLease(opts.LeaseFile, lease.ID); err != nil {
 			s.Close()
@@ -111,6 +122,45 @@ func recordLease(file string, id clientv3.LeaseID) error {
 		return fmt.Errorf("state: %w", err)
 	}
 	return nil
+}
+
+// followKeepAlive records each keep-alive response of the session's lease.
+// The etcd client sends one keep-alive per lease, however many listen.
+func (s *Session) followKeepAlive(id clientv3.LeaseID) {
+	ctx, cancel := context.WithCancel(context.Background())
+	s.stopKA = cancel
+	ch, err := s.c.client.KeepAlive(ctx, id)
+	if err != nil {
+		cancel()
+		return
+	}
+	go func() {
+		for resp := range ch {
+			s.mu.Lock()
+			s.renewed, s.ttl = time.Now(), time.Duration(resp.TTL)*time.Second
+			s.mu.Unlock()
+		}
+	}()
+}
+
+// fenceMargin is taken off the lease's lifetime by the local clock: the
+// time etcd renewed the lease is before the response arrived here, and
+// clocks run at slightly different speeds.
+func fenceMargin(ttl time.Duration) time.Duration { return max(ttl/5, 500*time.Millisecond) }
+
+// renewal is the last renewal etcd confirmed, and the lease's TTL.
+func (s *Session) renewal() (time.Time, time.Duration) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.renewed, s.ttl
+}
+
+// Deadline is when the lease may end at the earliest, by the local
+// monotonic clock: the last renewal etcd confirmed, plus the TTL, minus a
+// margin. Past it another node may hold the lock.
+func (s *Session) Deadline() time.Time {
+	renewed, ttl := s.renewal()
+	return renewed.Add(ttl - fenceMargin(ttl))
 }
 
 // Lease returns the session's lease as hex, as presence records show it.
@@ -192,6 +242,9 @@ const closeTimeout = 5 * time.Second
 // Close revokes the lease, which also removes the presence key and any
 // lock key of the session.
 func (s *Session) Close() {
+	if s.stopKA != nil {
+		s.stopKA()
+	}
 	s.session.Orphan()
 	ctx, cancel := context.WithTimeout(context.Background(), closeTimeout)
 	defer cancel()
@@ -208,6 +261,10 @@ type Lock struct {
 	canary bool         // it holds the lock alone as its change's canary
 	gate   *Gate        // read with the last check of the queue
 	target func() int64 // the change the holder will converge (canary)
+	// deleted is set once a watch saw the lock key deleted (by an
+	// operator, or anyone); stopWatch ends that watch.
+	deleted   atomic.Bool
+	stopWatch context.CancelFunc
 }
 
 // Lock waits for a slot of the cluster lock. Like etcd's
@@ -244,7 +301,44 @@ func (s *Session) Lock(ctx context.Context, target func() int64) (*Lock, error) 
 		_, _ = cli.Delete(dctx, key)
 		return nil, fmt.Errorf("lock %s: %w", prefix, err)
 	}
+	l.watchKey()
 	return l, nil
+}
+
+// watchKey follows the holder's own lock key, so that Fence knows it was
+// deleted without a round trip.
+func (l *Lock) watchKey() {
+	ctx, cancel := context.WithCancel(context.Background())
+	l.stopWatch = cancel
+	wch := l.s.c.client.Watch(clientv3.WithRequireLeader(ctx), l.key, clientv3.WithRev(l.rev+1), clientv3.WithFilterPut())
+	go func() {
+		for wr := range wch {
+			if len(wr.Events) > 0 {
+				l.deleted.Store(true)
+				return
+			}
+		}
+	}()
+}
+
+// Fence returns nil while this holder may still act on the node: the
+// lease lives by the local clock (see Session.Deadline), the session is
+// not lost, and no watch saw the lock key deleted. It makes no round
+// trip; the applier calls it before each rename and each command. A
+// process paused between Fence and the system call it guards can still
+// act late: that window is what remains.
+func (l *Lock) Fence() error {
+	switch {
+	case l.s.Lost():
+		return fmt.Errorf("%w: the session ended", ErrLockLost)
+	case l.deleted.Load():
+		return fmt.Errorf("%w: the lock key %s was deleted", ErrLockLost, l.key)
+	case time.Now().After(l.s.Deadline()):
+		renewed, ttl := l.s.renewal()
+		return fmt.Errorf("%w: the lease may have expired (no keep-alive for %s, TTL %s)", ErrLockLost,
+			time.Since(renewed).Round(time.Millisecond), ttl)
+	}
+	return nil
 }
 
 // heldMark follows the node name in the value of a lock key whose node
@@ -452,6 +546,9 @@ func (l *Lock) WriteStatus(ctx context.Context, s Status) error {
 // Release unlocks. It uses its own short timeout so that it works during
 // shutdown.
 func (l *Lock) Release() error {
+	if l.stopWatch != nil {
+		l.stopWatch()
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	if _, err := l.s.c.client.Txn(ctx).If(l.isOwner()).Then(clientv3.OpDelete(l.key)).Commit(); err != nil {

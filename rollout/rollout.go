@@ -224,11 +224,13 @@ func (r *Runner) locked(ctx context.Context, lock *cluster.Lock, req Request) Re
 	if req.Full {
 		run = r.opts.Applier.Run
 	}
-	report := run(runCtx, req.Set, snap, req.Names)
+	// Fencing reaches the disk: before each rename and each command the
+	// applier asks whether this node still holds the lock.
+	report := run(applier.WithFence(runCtx, lock.Fence), req.Set, snap, req.Names)
 	if m := r.opts.Metrics; m != nil {
 		m.RunDuration.Observe(time.Since(start).Seconds())
 	}
-	lost := errors.Is(context.Cause(runCtx), cluster.ErrLockLost)
+	lost := errors.Is(context.Cause(runCtx), cluster.ErrLockLost) || lock.Fence() != nil
 	stop()
 	res := Result{Ran: true, Report: report, LockLost: lost, Status: r.status(report, start)}
 	res.Err = r.record(ctx, lock, &res)

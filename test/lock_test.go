@@ -8,6 +8,7 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/ccm-dev/ccm/cluster"
 	"github.com/ccm-dev/ccm/test/etcdtest"
@@ -136,4 +137,41 @@ func TestLockIsGrantedInQueueOrderAndStatusNamesHolderAndWaiters(t *testing.T) {
 			t.Fatalf("%s never got the lock", want)
 		}
 	}
+}
+
+// The lock's fence makes no round trip: it refuses once the lock key is
+// deleted (a watch saw it), and once the lease may have expired by the
+// local clock, when etcd stopped answering keep-alives.
+func TestFenceRefusesOnceTheKeyIsDeletedOrTheLeaseMayHaveExpired(t *testing.T) {
+	m := etcdtest.StartMembers(t, 1)
+	m.WaitHealthy(30 * time.Second)
+	cli, err := cluster.NewClient(cluster.ClientConfig{Endpoints: m.Endpoints(), DialTimeout: 2 * time.Second})
+	require.NoError(t, err)
+	defer cli.Close()
+	c := cluster.New(cli, cluster.Options{Node: "a"})
+	ctx := context.Background()
+
+	l, err := acquire(ctx, t, c, 2*time.Second, nil)
+	require.NoError(t, err)
+	require.NoError(t, l.Fence())
+	view, err := c.View(ctx)
+	require.NoError(t, err)
+	require.Equal(t, "a", view.Holder)
+	_, err = cli.Delete(ctx, c.LockPrefix(), clientv3.WithPrefix()) // an operator breaks the lock
+	require.NoError(t, err)
+	eventually(t, 10*time.Second, func() bool { return l.Fence() != nil }, "the fence refuses once the key is gone")
+	assert.ErrorIs(t, l.Fence(), cluster.ErrLockLost)
+	assert.Contains(t, l.Fence().Error(), "was deleted")
+	require.NoError(t, l.Release())
+
+	l, err = acquire(ctx, t, c, 2*time.Second, nil)
+	require.NoError(t, err)
+	time.Sleep(time.Second) // keep-alives answered meanwhile: the fence holds past a third of the TTL
+	require.NoError(t, l.Fence())
+	m.Freeze(0)
+	defer m.Thaw(0)
+	frozen := time.Now()
+	eventually(t, 10*time.Second, func() bool { return l.Fence() != nil }, "the fence refuses once the lease may have expired")
+	assert.Less(t, time.Since(frozen), 2*time.Second, "before the TTL has passed since etcd stopped answering")
+	assert.Contains(t, l.Fence().Error(), "the lease may have expired")
 }
