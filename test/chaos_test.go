@@ -232,10 +232,12 @@ func TestChaosHealthzFailsWhileStuckAndRecovers(t *testing.T) {
 
 // An agent that is alive but cannot make progress says why, in ccm status:
 // here it may read and write its own records, but its role lost the read
-// of the objects, so its watch is refused once etcd restarts.
+// of the objects, so its watch is refused once etcd restarts. (Client
+// certificates: the password fleet's two-second tokens are the fleet
+// test's business.)
 func TestChaosStatusSaysWhyAnAliveAgentMakesNoProgress(t *testing.T) {
 	t.Parallel()
-	f := startFleet(t, passwordAuth)
+	f := startFleet(t, certAuth)
 	f.converged(f.put("start"), 60*time.Second)
 	out, err := f.m.Etcdctl("role", "revoke-permission", "ccm-node-node0", "--prefix=true", "/ccm/objects/")
 	require.NoError(t, err, out)
