@@ -3,7 +3,7 @@ package dashboard_test
 import (
 	"testing"
 
-	"go.etcd.io/etcd/client/pkg/v3/testutil"
+	"github.com/ccm-dev/ccm/test/leaktest"
 )
 
-func TestMain(m *testing.M) { testutil.MustTestMainWithLeakDetection(m) }
+func TestMain(m *testing.M) { leaktest.Main(m) }

@@ -9,12 +9,12 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"go.etcd.io/etcd/api/v3/mvccpb"
-	"go.etcd.io/etcd/client/pkg/v3/testutil"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap/zaptest"
 
 	"github.com/ccm-dev/ccm/follow"
 	"github.com/ccm-dev/ccm/test/etcdtest"
+	"github.com/ccm-dev/ccm/test/leaktest"
 )
 
 // recorder records what the follower hands over.
@@ -90,4 +90,4 @@ func TestFollowerResumesAfterTheLastEventAcrossARestart(t *testing.T) {
 	assert.Equal(t, []string{"/p/a", "/p/b", "/p/c"}, keys)
 }
 
-func TestMain(m *testing.M) { testutil.MustTestMainWithLeakDetection(m) }
+func TestMain(m *testing.M) { leaktest.Main(m) }

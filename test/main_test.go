@@ -12,7 +12,7 @@ import (
 	"strings"
 	"testing"
 
-	"go.etcd.io/etcd/client/pkg/v3/testutil"
+	"github.com/ccm-dev/ccm/test/leaktest"
 )
 
 // ccmBin is the ccm binary built for these tests.
@@ -49,7 +49,7 @@ func TestMain(m *testing.M) {
 	// No goroutine outlives its test: agents, watchers, sessions and
 	// embedded etcd members all stop.
 	if code == 0 {
-		testutil.MustCheckLeakedGoroutine()
+		leaktest.Check()
 	}
 	os.RemoveAll(dir)
 	os.Exit(code)

@@ -3,8 +3,8 @@ package watcher_test
 import (
 	"testing"
 
-	"go.etcd.io/etcd/client/pkg/v3/testutil"
+	"github.com/ccm-dev/ccm/test/leaktest"
 )
 
 // TestMain fails the package when a test leaves a goroutine running.
-func TestMain(m *testing.M) { testutil.MustTestMainWithLeakDetection(m) }
+func TestMain(m *testing.M) { leaktest.Main(m) }
