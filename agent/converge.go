@@ -101,7 +101,10 @@ func (a *Agent) snapshot(ctx context.Context, rev int64) (*objects.Snapshot, err
 	syncCtx, cancel := context.WithTimeout(ctx, syncTimeout)
 	defer cancel()
 	if err := a.watcher.SyncTo(syncCtx, rev); err != nil {
-		a.log.Warn("mirror not confirmed up to date; rendering what it holds", zap.Error(err))
+		// What it holds is certain only up to the last event applied:
+		// the run claims no more.
+		a.log.Warn("mirror not confirmed up to date; rendering what it holds, up to its last event", zap.Error(err))
+		return a.mirror.AppliedSnapshot(), nil
 	}
 	return a.mirror.Snapshot(), nil
 }

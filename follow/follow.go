@@ -101,6 +101,9 @@ type Follower struct {
 	last    atomic.Int64
 	cluster uint64
 	lastErr atomic.Pointer[string]
+	// watching is the context of the watch under way (nil between
+	// watches): progress requests are sent on its stream.
+	watching atomic.Pointer[context.Context]
 }
 
 // New returns a Follower; Run starts it.
@@ -255,10 +258,30 @@ func (f *Follower) streamContext(ctx context.Context) context.Context {
 		"ccm-follow", f.opts.Name+"#"+strconv.FormatInt(f.stream.Load(), 10))
 }
 
+// ErrNotWatching is returned by RequestProgress between watches (at the
+// start, and while a broken watch waits to resume).
+var ErrNotWatching = errors.New("no watch under way")
+
 // RequestProgress asks etcd for a progress notification on the
-// follower's stream.
+// follower's stream, and gives up when ctx ends. Between watches it fails
+// at once: the etcd client would open a stream for the request, on ctx,
+// and the next watch would join that stream and end with ctx.
 func (f *Follower) RequestProgress(ctx context.Context) error {
-	return f.cli.RequestProgress(f.streamContext(ctx))
+	wctx := f.watching.Load()
+	if wctx == nil {
+		return ErrNotWatching
+	}
+	pctx, cancel := context.WithCancel(*wctx)
+	defer cancel()
+	stop := context.AfterFunc(ctx, cancel)
+	defer stop()
+	if err := f.cli.RequestProgress(pctx); err != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		return err
+	}
+	return nil
 }
 
 // watch follows from the last revision + 1 until the stream fails or ctx
@@ -279,6 +302,8 @@ func (f *Follower) watch(ctx context.Context, backoff *retry.Delay) error {
 		tick = t.C
 	}
 	wch := f.cli.Watch(wctx, f.opts.Key, opts...)
+	f.watching.Store(&wctx)
+	defer f.watching.Store(nil)
 	// A probe is a progress request; the stream is stalled when a probe
 	// sent a whole period ago is still unanswered.
 	var probeSent time.Time

@@ -287,10 +287,22 @@ func (m *Mirror) WaitRevision(ctx context.Context, rev int64) error {
 }
 
 // Snapshot returns the mirror's objects as a Snapshot at its revision.
-func (m *Mirror) Snapshot() *Snapshot {
+func (m *Mirror) Snapshot() *Snapshot { return m.snapshot(false) }
+
+// AppliedSnapshot is Snapshot at the revision of the last event applied,
+// not of a progress notification: what a run may claim when it could not
+// confirm that the mirror holds every write up to its revision (a
+// progress notification of an older etcd may come ahead of events).
+func (m *Mirror) AppliedSnapshot() *Snapshot { return m.snapshot(true) }
+
+func (m *Mirror) snapshot(applied bool) *Snapshot {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	s := &Snapshot{Revision: m.rev, Types: make(map[string][]Object, len(m.sorted)), Invalid: map[string][]error{},
+	rev := m.rev
+	if applied {
+		rev = m.applied
+	}
+	s := &Snapshot{Revision: rev, Types: make(map[string][]Object, len(m.sorted)), Invalid: map[string][]error{},
 		Versions: make(map[string]int64, len(m.version))}
 	for typ, v := range m.version {
 		s.Versions[typ] = v

@@ -77,7 +77,11 @@ func TestAgentWorksWithOnlyItsNodeRoleOverTLS(t *testing.T) {
 
 	r = admin.run("", "status")
 	require.Equal(t, 0, r.code, r.stderr)
-	assert.Regexp(t, `web1\s+down\s+\d+\s+no\s+converged`, r.stdout)
+	// Down once stopped. The last run converged, or, when the SIGTERM
+	// met the run that the event of the new site queued (its start run
+	// already converged the site), it was aborted before any
+	// configuration.
+	assert.Regexp(t, `web1\s+down\s+\d+\s+no\s+(converged|aborted)`, r.stdout)
 }
 
 func TestANodeCannotWriteOutsideItsRole(t *testing.T) {

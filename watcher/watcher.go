@@ -164,11 +164,20 @@ func (w *Watcher) SyncTo(ctx context.Context, target int64) error {
 	// Writes outside objects/ (status, lock) advance the revision without
 	// a watch event; a progress notification confirms them.
 	for w.mirror.Revision() < target {
-		if err := w.follower.RequestProgress(ctx); err != nil {
+		err := w.follower.RequestProgress(ctx)
+		if errors.Is(err, follow.ErrNotWatching) { // starting, or resuming: wait for it
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(20 * time.Millisecond):
+			}
+			continue
+		}
+		if err != nil {
 			return err
 		}
 		wait, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
-		err := w.mirror.WaitRevision(wait, target)
+		err = w.mirror.WaitRevision(wait, target)
 		cancel()
 		if err == nil {
 			break
