@@ -306,11 +306,14 @@ func (s *Session) Lock(ctx context.Context, target func() int64) (*Lock, error) 
 }
 
 // watchKey follows the holder's own lock key, so that Fence knows it was
-// deleted without a round trip.
+// deleted without a round trip. It watches from the revision after the
+// queue read that found the key still there (the gate's): etcd serves
+// that at once, where an older one would replay the history since the
+// key was queued.
 func (l *Lock) watchKey() {
 	ctx, cancel := context.WithCancel(context.Background())
 	l.stopWatch = cancel
-	wch := l.s.c.client.Watch(clientv3.WithRequireLeader(ctx), l.key, clientv3.WithRev(l.rev+1), clientv3.WithFilterPut())
+	wch := l.s.c.client.Watch(clientv3.WithRequireLeader(ctx), l.key, clientv3.WithRev(l.gate.Revision+1), clientv3.WithFilterPut())
 	go func() {
 		for wr := range wch {
 			if len(wr.Events) > 0 {
