@@ -76,7 +76,9 @@ func startFleet(t *testing.T, sec security, agentArgs ...string) *fleet {
 		opts.Extra = []string{"--auth-token-ttl", authTokenTTL}
 	}
 	m := etcdtest.StartMembersWith(t, 3, opts)
-	m.WaitHealthy(30 * time.Second)
+	// Five fleets start side by side in make test: on two busy cores a
+	// member's first proposals can take a while.
+	m.WaitHealthy(90 * time.Second)
 	f := &fleet{t: t, m: m, ran: filepath.Join(t.TempDir(), "ran.log")}
 	dir := actionConfig(t, map[string]string{"record": "command: [BIN/record]\nrun_as: {user: ME}\n"},
 		map[string]string{"record": fmt.Sprintf("echo \"$CCM_ACTION_ID@$CCM_NODE\" >> %q\n", f.ran)})
