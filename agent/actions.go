@@ -106,9 +106,7 @@ func (a *Agent) convergeAction(ctx context.Context, _ *actions.Request) (any, er
 	// What the run leaves to do is the agent loop's, as after its own runs.
 	switch res.Next() {
 	case rollout.Requeue:
-		if res.Failure != nil {
-			a.flag.observe(true, res.FlagRevision)
-		}
+		a.observeGate(res)
 	case rollout.Exit:
 		a.stop(res.Err)
 	case rollout.RetryAll:

@@ -164,7 +164,7 @@ func New(opts Options) (*Agent, error) {
 	a.pause = newFlagState(a.metrics.Paused, func() { a.deb.AddAll("pause lifted") })
 	a.presence = newPresence(opts.Labels)
 	a.sessions = newSessions(a)
-	a.health = newHealth()
+	a.health = newHealth(a.presence.value().Host)
 	a.watcher = watcher.New(opts.Client, a.mirror, (*events)(a), watcher.Options{
 		Prefix: opts.Prefix, Liveness: opts.Liveness, Logger: a.log,
 	})

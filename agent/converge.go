@@ -55,11 +55,7 @@ func (a *Agent) converge(ctx context.Context, b debounce.Batch) error {
 	})
 	switch res.Next() {
 	case rollout.Requeue:
-		if res.Failure != nil {
-			a.flag.observe(true, res.FlagRevision)
-		} else {
-			a.pause.observe(true, res.FlagRevision)
-		}
+		a.observeGate(res)
 		a.deb.Requeue(b)
 	case rollout.Retry:
 		a.postpone(ctx, b, "run", res.Err)
@@ -87,6 +83,17 @@ func (a *Agent) converge(ctx context.Context, b debounce.Batch) error {
 		releaseMemory()
 	}
 	return nil
+}
+
+// observeGate records the flag or the pause that held a run back, as read
+// under the lock at the run's flag revision.
+func (a *Agent) observeGate(res rollout.Result) {
+	if res.Failure != nil {
+		a.flag.observe(true, res.FlagRevision)
+	}
+	if res.Paused != nil {
+		a.pause.observe(true, res.FlagRevision)
+	}
 }
 
 // releaseMemory hands the garbage of a full run back to the kernel at

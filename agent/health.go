@@ -2,7 +2,6 @@ package agent
 
 import (
 	"context"
-	"os"
 	"sync"
 	"time"
 
@@ -31,8 +30,7 @@ type health struct {
 	host      string
 }
 
-func newHealth() *health {
-	host, _ := os.Hostname()
+func newHealth(host string) *health {
 	return &health{ready: time.Now(), host: host}
 }
 
@@ -55,21 +53,22 @@ func (h *health) observe(ctx context.Context, a *Agent, err error, now time.Time
 	}
 	since, published, tried := h.ready, h.published, h.tried
 	h.mu.Unlock()
-	var want *cluster.Problem
-	switch {
-	case err == nil && published == "":
-		return
-	case err != nil && now.Sub(since) < problemAfter:
-		return
-	case err != nil && err.Error() == published && now.Sub(tried) < problemEvery:
-		return
-	case err != nil && err.Error() != published && published != "" && now.Sub(tried) < problemAfter:
-		return // a changing cause is written every problemAfter at most
-	case err != nil:
+	var want *cluster.Problem // nil: delete the record
+	if err == nil {
+		if published == "" {
+			return
+		}
+	} else {
+		// An unchanged cause is written again every problemEvery; a new
+		// one, or a write that failed, every problemAfter.
+		wait := problemAfter
+		if err.Error() == published {
+			wait = problemEvery
+		}
+		if now.Sub(since) < problemAfter || now.Sub(tried) < wait {
+			return
+		}
 		want = &cluster.Problem{Error: err.Error(), Since: since.UTC(), Host: h.host}
-	}
-	if want != nil && published == "" && now.Sub(tried) < problemAfter {
-		return // a failed first write waits before the next
 	}
 	wctx, cancel := context.WithTimeout(ctx, problemTimeout)
 	werr := a.cluster.ReportProblem(wctx, want)

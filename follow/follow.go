@@ -39,15 +39,15 @@ import (
 	"github.com/ccm-dev/ccm/retry"
 )
 
-// MaxBackoff is the ceiling of the retry delay while etcd does not answer:
+// maxBackoff is the ceiling of the retry delay while etcd does not answer:
 // the one retry policy of everything that follows etcd.
-const MaxBackoff = 10 * time.Second
+const maxBackoff = 10 * time.Second
 
 // Backoff returns the retry delay of that policy.
-func Backoff() *retry.Delay { return retry.New(MaxBackoff) }
+func Backoff() *retry.Delay { return retry.New(maxBackoff) }
 
-// ListTimeout bounds one list.
-const ListTimeout = time.Minute
+// listTimeout bounds one list.
+const listTimeout = time.Minute
 
 // Handler is told what the key or prefix holds.
 type Handler interface {
@@ -127,9 +127,6 @@ func (f *Follower) Err() string {
 	return ""
 }
 
-// Revision is the newest revision etcd told the follower of.
-func (f *Follower) Revision() int64 { return f.last.Load() }
-
 // ErrRestored ends a watch on an etcd that went back in its history.
 var ErrRestored = errors.New("etcd went back in its history (restored from a snapshot, or wiped)")
 
@@ -198,7 +195,7 @@ func refusedToken(err error) bool {
 
 // list reads the key or prefix and resets the handler.
 func (f *Follower) list(ctx context.Context, reason string) error {
-	lctx, cancel := context.WithTimeout(ctx, ListTimeout)
+	lctx, cancel := context.WithTimeout(ctx, listTimeout)
 	defer cancel()
 	opts := append([]clientv3.OpOption{}, f.opts.ListOptions...)
 	if f.opts.Prefix {
@@ -222,7 +219,7 @@ func (f *Follower) list(ctx context.Context, reason string) error {
 // the one the follower reached, or another cluster ID, is a restored or
 // wiped etcd.
 func (f *Follower) checkHistory(ctx context.Context) error {
-	rctx, cancel := context.WithTimeout(ctx, ListTimeout)
+	rctx, cancel := context.WithTimeout(ctx, listTimeout)
 	defer cancel()
 	resp, err := f.cli.Get(rctx, f.opts.Key, clientv3.WithCountOnly())
 	if err != nil {
