@@ -160,8 +160,10 @@ func New(opts Options) (*Agent, error) {
 	}
 	a.applier = applier.New(a.applierOptions())
 	a.runner = rollout.New(rollout.Options{Cluster: a.cluster, Applier: a.applier, Node: opts.Node, Logger: a.log, Metrics: a.metrics})
-	a.flag = newFlagState(a.metrics.Halted, func() { a.deb.AddAll("failure flag cleared") })
-	a.pause = newFlagState(a.metrics.Paused, func() { a.deb.AddAll("pause lifted") })
+	a.flag = newFlagState(a.metrics.Halted, func(key string) bool { _, ok := a.cluster.FailureOf(key); return ok },
+		func() { a.deb.AddAll("failure flag cleared") })
+	a.pause = newFlagState(a.metrics.Paused, func(key string) bool { return key == a.cluster.PausedKey() },
+		func() { a.deb.AddAll("pause lifted") })
 	a.presence = newPresence(opts.Labels)
 	a.sessions = newSessions(a)
 	a.health = newHealth(a.presence.value().Host)

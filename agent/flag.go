@@ -11,11 +11,15 @@ import (
 	"github.com/ccm-dev/ccm/follow"
 )
 
-// flagState is what this node knows of a key that stops the rollout while
-// it exists: the failure flag, or the pause.
+// flagState is what this node knows of keys that stop the rollout while
+// any exists: the failure records, or the pause.
 type flagState struct {
 	gauge   prometheus.Gauge // 1 while set
 	onClear func()
+	// counts tells the keys that set the flag from others in the range
+	// followed; keys are those the watch saw last.
+	counts func(key string) bool
+	keys   map[string]bool
 
 	mu      sync.Mutex
 	set     bool
@@ -24,8 +28,9 @@ type flagState struct {
 	raised  chan struct{} // closed and replaced when the flag is set
 }
 
-func newFlagState(gauge prometheus.Gauge, onClear func()) *flagState {
-	return &flagState{gauge: gauge, onClear: onClear, cleared: make(chan struct{}), raised: make(chan struct{})}
+func newFlagState(gauge prometheus.Gauge, counts func(key string) bool, onClear func()) *flagState {
+	return &flagState{gauge: gauge, onClear: onClear, counts: counts, keys: map[string]bool{},
+		cleared: make(chan struct{}), raised: make(chan struct{})}
 }
 
 // raisedCh is closed when the flag is next set.
@@ -91,27 +96,55 @@ func (f *flagState) waitClear(ctx context.Context) error {
 	}
 }
 
-// watchFlag follows <prefix>/failure.
-func (a *Agent) watchFlag(ctx context.Context) { a.follow(ctx, a.cluster.FailureKey(), a.flag) }
+// watchFlag follows the failure records (and the legacy flag).
+func (a *Agent) watchFlag(ctx context.Context) {
+	a.follow(ctx, follow.Options{Name: a.cluster.FailuresRange(), Key: a.cluster.FailuresRange(), Prefix: true}, a.flag)
+}
 
 // watchPause follows <prefix>/paused.
-func (a *Agent) watchPause(ctx context.Context) { a.follow(ctx, a.cluster.PausedKey(), a.pause) }
-
-// follow keeps state in step with key.
-func (a *Agent) follow(ctx context.Context, key string, state *flagState) {
-	follow.New(a.opts.Client, state, follow.Options{Name: key, Key: key, Logger: a.log}).Run(ctx)
+func (a *Agent) watchPause(ctx context.Context) {
+	a.follow(ctx, follow.Options{Name: a.cluster.PausedKey(), Key: a.cluster.PausedKey()}, a.pause)
 }
 
-// Reset records whether the key exists at rev.
+// follow keeps state in step with what opts follows.
+func (a *Agent) follow(ctx context.Context, opts follow.Options, state *flagState) {
+	opts.Logger = a.log
+	follow.New(a.opts.Client, state, opts).Run(ctx)
+}
+
+// Reset records which keys that set the flag exist at rev.
 func (f *flagState) Reset(_ context.Context, kvs []*mvccpb.KeyValue, rev int64, _ string) error {
-	f.observe(len(kvs) > 0, rev)
+	f.mu.Lock()
+	clear(f.keys)
+	for _, kv := range kvs {
+		f.track(string(kv.Key), true)
+	}
+	set := len(f.keys) > 0
+	f.mu.Unlock()
+	f.observe(set, rev)
 	return nil
 }
 
-// Apply records each put and delete of the key.
+// Apply records each put and delete of those keys. The keys follow every
+// event in order; the flag's state only events newer than what it holds.
 func (f *flagState) Apply(_ context.Context, resp clientv3.WatchResponse) error {
 	for _, ev := range resp.Events {
-		f.observe(ev.Type == clientv3.EventTypePut, ev.Kv.ModRevision)
+		f.mu.Lock()
+		f.track(string(ev.Kv.Key), ev.Type == clientv3.EventTypePut)
+		set := len(f.keys) > 0
+		f.mu.Unlock()
+		f.observe(set, ev.Kv.ModRevision)
 	}
 	return nil
+}
+
+// track records that key exists or not; f.mu is held.
+func (f *flagState) track(key string, exists bool) {
+	switch {
+	case !f.counts(key):
+	case exists:
+		f.keys[key] = true
+	default:
+		delete(f.keys, key)
+	}
 }

@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -10,6 +11,7 @@ import (
 	"time"
 
 	"go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
@@ -23,13 +25,21 @@ const DefaultLockTTL = 30 * time.Second
 // no longer holds it.
 var ErrLockLost = errors.New("cluster lock lost")
 
-// Failure is the value of the failure flag.
+// Failure is a failure record, <prefix>/failure/<node>: the node's run
+// that failed. The failure flag is up while any record exists.
 type Failure struct {
+	// Node is the node whose key holds the record, whatever the value
+	// says: a node's role writes only its own record, so a record can
+	// never blame another node. For the legacy flag, it is what the
+	// value says, and Legacy is set.
 	Node          string    `json:"node"`
 	Configuration string    `json:"configuration"`
 	Error         string    `json:"error"`
 	Revision      int64     `json:"revision"`
 	Time          time.Time `json:"time"`
+	// Legacy is set for the one flag of the layout before per-node
+	// records (<prefix>/failure), whose writer cannot be told.
+	Legacy bool `json:"legacy,omitempty"`
 }
 
 // Status is a node's last run, written under the lock.
@@ -126,42 +136,67 @@ func New(client *clientv3.Client, opts Options) *Cluster {
 // Client returns the etcd client.
 func (c *Cluster) Client() *clientv3.Client { return c.client }
 
-// Failure returns the failure flag, or nil when it is clear.
+// Failure returns the oldest failure record, or nil when the flag is
+// clear.
 func (c *Cluster) Failure(ctx context.Context) (*Failure, error) {
-	f, _, err := c.FailureAt(ctx)
-	return f, err
+	f, _, err := c.Failures(ctx)
+	if len(f) == 0 {
+		return nil, err
+	}
+	return &f[0], err
 }
 
-// FailureAt is Failure, with the cluster revision it was read at.
-func (c *Cluster) FailureAt(ctx context.Context) (*Failure, int64, error) {
-	resp, err := c.client.Get(ctx, c.FailureKey())
+// Failures returns every failure record, oldest first (none: the flag is
+// clear), with the cluster revision they were read at.
+func (c *Cluster) Failures(ctx context.Context) ([]Failure, int64, error) {
+	resp, err := c.client.Get(ctx, c.FailuresRange(), clientv3.WithPrefix())
 	if err != nil {
-		return nil, 0, fmt.Errorf("read %s: %w", c.FailureKey(), err)
+		return nil, 0, fmt.Errorf("read %s: %w", c.FailuresRange(), err)
 	}
-	return decodeFailure(resp), resp.Header.Revision, nil
+	return c.decodeFailures(resp.Kvs), resp.Header.Revision, nil
 }
 
-func decodeFailure(resp *clientv3.GetResponse) *Failure {
-	if len(resp.Kvs) == 0 {
-		return nil
+// decodeFailures reads the failure records from a range of
+// FailuresRange, oldest first; keys that are not records are ignored.
+func (k Keys) decodeFailures(kvs []*mvccpb.KeyValue) []Failure {
+	var out []Failure
+	for _, kv := range slices.SortedFunc(slices.Values(kvs), func(a, b *mvccpb.KeyValue) int {
+		return cmp.Compare(a.CreateRevision, b.CreateRevision)
+	}) {
+		node, ok := k.FailureOf(string(kv.Key))
+		if !ok {
+			continue
+		}
+		var f Failure
+		if err := json.Unmarshal(kv.Value, &f); err != nil {
+			// A flag someone set by hand still halts the rollout.
+			f = Failure{Error: string(kv.Value)}
+		}
+		if node == "" {
+			f.Legacy = true
+		} else {
+			f.Node = node
+		}
+		out = append(out, f)
 	}
-	f := &Failure{}
-	if err := json.Unmarshal(resp.Kvs[0].Value, f); err != nil {
-		// A flag someone set by hand still halts the rollout.
-		f.Error = string(resp.Kvs[0].Value)
-	}
-	return f
+	return out
 }
 
-// Resume clears the failure flag, and only the flag: a pause is someone's
-// maintenance window and has its own command (Unpause). It returns what
-// the flag held (nil: it was not set).
-func (c *Cluster) Resume(ctx context.Context) (*Failure, error) {
-	resp, err := c.client.Txn(ctx).Then(clientv3.OpGet(c.FailureKey()), clientv3.OpDelete(c.FailureKey())).Commit()
+// Resume clears the failure flag, and only the flag: every node's record,
+// and the legacy flag, in one transaction. A pause is someone's
+// maintenance window and has its own command (Unpause). It returns the
+// records it cleared (none: the flag was clear).
+func (c *Cluster) Resume(ctx context.Context) ([]Failure, error) {
+	records := c.FailuresRange() + "/"
+	resp, err := c.client.Txn(ctx).Then(
+		clientv3.OpGet(c.LegacyFailureKey()), clientv3.OpGet(records, clientv3.WithPrefix()),
+		clientv3.OpDelete(c.LegacyFailureKey()), clientv3.OpDelete(records, clientv3.WithPrefix()),
+	).Commit()
 	if err != nil {
-		return nil, fmt.Errorf("delete %s: %w", c.FailureKey(), err)
+		return nil, fmt.Errorf("delete %s: %w", c.FailuresRange(), err)
 	}
-	return decodeFailure((*clientv3.GetResponse)(resp.Responses[0].GetResponseRange())), nil
+	kvs := append(resp.Responses[0].GetResponseRange().Kvs, resp.Responses[1].GetResponseRange().Kvs...)
+	return c.decodeFailures(kvs), nil
 }
 
 // Unpause lifts the pause and returns it (nil: the rollout was not
@@ -202,16 +237,24 @@ type NodeView struct {
 
 // View is the whole cluster as ccm status shows it.
 type View struct {
-	Failure *Failure `json:"failure,omitempty"`
-	Pause   *Pause   `json:"pause,omitempty"`
-	Rollout Rollout  `json:"rollout"`
+	// Failure is the oldest failure record, Failures all of them: the
+	// flag is up while there is one.
+	Failure  *Failure  `json:"failure,omitempty"`
+	Failures []Failure `json:"failures,omitempty"`
+	Pause    *Pause    `json:"pause,omitempty"`
+	Rollout  Rollout   `json:"rollout"`
+	// Canary is the newest change a canary converged (with a canary
+	// strategy, the changes up to it run in batches).
+	Canary *Canary `json:"canary,omitempty"`
 	// Holder is the node holding the lock ("" when free); Holders every
 	// node holding a slot, when the rollout runs in batches.
 	Holder  string   `json:"holder,omitempty"`
 	Holders []string `json:"holders,omitempty"`
 	// Waiting lists the nodes queued for the lock, in order.
-	Waiting []string   `json:"waiting,omitempty"`
-	Nodes   []NodeView `json:"nodes"` // sorted by name
+	Waiting []string `json:"waiting,omitempty"`
+	// Queue is every key of the lock queue that counts, in order.
+	Queue []Queued   `json:"queue,omitempty"`
+	Nodes []NodeView `json:"nodes"` // sorted by name
 	// Summary counts the nodes, as the first line of ccm status and the
 	// dashboard show them.
 	Summary Summary `json:"summary"`
@@ -223,42 +266,59 @@ type View struct {
 // revision.
 func (c *Cluster) View(ctx context.Context) (*View, error) {
 	resp, err := c.client.Txn(ctx).Then(
-		clientv3.OpGet(c.FailureKey()),
-		clientv3.OpGet(c.LockPrefix(), clientv3.WithPrefix(), clientv3.WithSort(clientv3.SortByCreateRevision, clientv3.SortAscend)),
+		clientv3.OpGet(c.FailuresRange(), clientv3.WithPrefix()),
+		clientv3.OpGet(c.LockPrefix(), clientv3.WithPrefix()),
 		clientv3.OpGet(c.PausedKey()),
 		clientv3.OpGet(c.RolloutKey()),
 		clientv3.OpGet(c.ObjectsPrefix(), append(clientv3.WithLastRev(), clientv3.WithPrefix(), clientv3.WithKeysOnly())...),
+		clientv3.OpGet(c.CanaryPrefix(), clientv3.WithPrefix()),
 	).Commit()
 	if err != nil {
-		return nil, fmt.Errorf("read %s: %w", c.FailureKey(), err)
+		return nil, fmt.Errorf("read %s: %w", c.Prefix(), err)
 	}
 	var newest int64
 	if kvs := resp.Responses[4].GetResponseRange().Kvs; len(kvs) > 0 {
 		newest = kvs[0].ModRevision
 	}
 	v := &View{
-		Failure:  decodeFailure((*clientv3.GetResponse)(resp.Responses[0].GetResponseRange())),
+		Failures: c.decodeFailures(resp.Responses[0].GetResponseRange().Kvs),
 		Pause:    decodePause((*clientv3.GetResponse)(resp.Responses[2].GetResponseRange())),
 		Rollout:  decodeRollout((*clientv3.GetResponse)(resp.Responses[3].GetResponseRange())),
 		Revision: resp.Header.Revision,
+	}
+	if len(v.Failures) > 0 {
+		v.Failure = &v.Failures[0]
+	}
+	if canary := newestCanary(c.decodeCanaries(resp.Responses[5].GetResponseRange().Kvs)); canary.Revision > 0 {
+		v.Canary = &canary
 	}
 	nodes, err := c.scanNodes(ctx, resp.Header.Revision)
 	if err != nil {
 		return nil, err
 	}
+	byLease := map[string]string{}
+	for _, n := range nodes {
+		if n.Presence != nil {
+			byLease[n.Presence.Lease] = n.Name
+		}
+	}
 	locked := map[string]string{}
-	for i, kv := range resp.Responses[1].GetResponseRange().Kvs {
-		name, held := strings.CutSuffix(string(kv.Value), heldMark)
-		if i == 0 || held {
+	for i, q := range c.decodeQueue(resp.Responses[1].GetResponseRange().Kvs) {
+		if q.Legacy {
+			// Only the presence on the same lease can name its node.
+			q.Node = cmp.Or(byLease[q.Lease], "(lease "+q.Lease+")")
+		}
+		v.Queue = append(v.Queue, q)
+		if i == 0 || q.Held {
 			if v.Holder == "" {
-				v.Holder = name
+				v.Holder = q.Node
 			}
-			v.Holders = append(v.Holders, name)
-			locked[name] = StateRunning
+			v.Holders = append(v.Holders, q.Node)
+			locked[q.Node] = StateRunning
 		} else {
-			v.Waiting = append(v.Waiting, name)
-			if locked[name] == "" {
-				locked[name] = StateWaiting
+			v.Waiting = append(v.Waiting, q.Node)
+			if locked[q.Node] == "" {
+				locked[q.Node] = StateWaiting
 			}
 		}
 	}
@@ -434,11 +494,13 @@ func nodeView(name string, reads []*etcdserverpb.ResponseOp) *NodeView {
 			n.Status = &Status{Node: name, Result: "unreadable"}
 		}
 	}
-	if kv := alive.GetResponseRange().Kvs; len(kv) > 0 {
+	if kv := alive.GetResponseRange().Kvs; len(kv) > 0 && kv[0].Lease != 0 { // not on a lease: not an agent's
 		n.Presence = &Presence{}
 		if json.Unmarshal(kv[0].Value, n.Presence) != nil {
-			n.Presence = &Presence{Node: name}
+			n.Presence = &Presence{}
 		}
+		// The key says whose it is, and etcd what lease it is on.
+		n.Presence.Node, n.Presence.Lease = name, fmt.Sprintf("%x", kv[0].Lease)
 	}
 	return n
 }

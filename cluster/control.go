@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
@@ -46,20 +47,44 @@ func (r Rollout) String() string {
 	return s
 }
 
-// Canary is the value of <prefix>/canary: the last change a canary node
-// converged, written with its status.
+// Canary is a canary record, <prefix>/canary/<node>: the last change
+// the node converged as its change's canary, written with its status.
 type Canary struct {
+	// Node is the node whose key holds the record (a value's own claim
+	// is ignored).
 	Node     string `json:"node"`
 	Revision int64  `json:"revision"`
 }
 
-// decodeCanary reads the canary record (zero when absent or unreadable).
-func decodeCanary(resp *clientv3.GetResponse) Canary {
-	var c Canary
-	if len(resp.Kvs) > 0 && json.Unmarshal(resp.Kvs[0].Value, &c) != nil {
-		c = Canary{}
+// decodeCanaries reads the canary records from a range of CanaryPrefix,
+// with the rule every agent and ccm status share: a record counts only
+// under its node's own key, and only for a change older than the record
+// itself (a node cannot approve a change before it exists, so a forged
+// record can at most approve what its node could have converged).
+func (k Keys) decodeCanaries(kvs []*mvccpb.KeyValue) []Canary {
+	var out []Canary
+	for _, kv := range kvs {
+		node, ok := k.CanaryOf(string(kv.Key))
+		var c Canary
+		if !ok || json.Unmarshal(kv.Value, &c) != nil || c.Revision <= 0 || c.Revision >= kv.ModRevision {
+			continue
+		}
+		c.Node = node
+		out = append(out, c)
 	}
-	return c
+	return out
+}
+
+// newestCanary is the record of the newest change a canary converged
+// (zero when none).
+func newestCanary(records []Canary) Canary {
+	var newest Canary
+	for _, c := range records {
+		if c.Revision > newest.Revision {
+			newest = c
+		}
+	}
+	return newest
 }
 
 // decodeRollout reads the strategy from its key's range response; a

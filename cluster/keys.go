@@ -1,6 +1,9 @@
 package cluster
 
-import "strings"
+import (
+	"fmt"
+	"strings"
+)
 
 // Keys is the key layout of one cluster under its prefix: the one place
 // that spells an etcd key of ccm.
@@ -22,11 +25,70 @@ func (k Keys) Prefix() string { return k.prefix + "/" }
 // ObjectsPrefix is the prefix of every object: ObjectsPrefix()+"<type>/<id>".
 func (k Keys) ObjectsPrefix() string { return k.prefix + "/objects/" }
 
-// FailureKey is the key of the failure flag.
-func (k Keys) FailureKey() string { return k.prefix + "/failure" }
+// FailureKey is the key of a node's failure record. The failure flag is
+// up while any node's record exists (see FailureOf).
+func (k Keys) FailureKey(node string) string { return k.FailuresRange() + "/" + node }
 
-// LockPrefix is the prefix of the lock queue: LockPrefix()+"<lease>".
+// LegacyFailureKey is the one failure flag of the layout before per-node
+// records: agents still obey it, and ccm resume still clears it, so that a
+// cluster halts whichever agents raised the flag during an upgrade.
+func (k Keys) LegacyFailureKey() string { return k.FailuresRange() }
+
+// FailuresRange is the prefix (without a slash) that holds every failure
+// record and the legacy flag; FailureOf tells them from anything else.
+func (k Keys) FailuresRange() string { return k.prefix + "/failure" }
+
+// FailureOf is the node whose failure record key is, "" for the legacy
+// flag; ok is false for a key that is neither.
+func (k Keys) FailureOf(key string) (node string, ok bool) {
+	if key == k.LegacyFailureKey() {
+		return "", true
+	}
+	return k.ownSegment(k.FailuresRange()+"/", key)
+}
+
+// ownSegment is the node that key names right after prefix, when key is
+// prefix+"<node>" and nothing more: the name a node's role lets only that
+// node (and operators) write.
+func (k Keys) ownSegment(prefix, key string) (string, bool) {
+	node, ok := strings.CutPrefix(key, prefix)
+	if !ok || node == "" || strings.Contains(node, "/") {
+		return "", false
+	}
+	return node, true
+}
+
+// LockPrefix is the prefix of the lock queue, whose keys are
+// LockKey(node, lease).
 func (k Keys) LockPrefix() string { return k.prefix + "/lock/" }
+
+// LockKey is the key a node queues for the lock with, on its session's
+// lease (hex): under the node's own prefix of the queue, which its role
+// lets only it write.
+func (k Keys) LockKey(node, lease string) string { return k.LockPrefix() + node + "/" + lease }
+
+// LockOf is the node that queued a lock key, with the rule every agent
+// and ccm status share: a key counts only if it is on a lease (etcd
+// deletes a key when its lease ends, so a key read with a lease is on a
+// live one) and is LockKey(node, lease). A key of the layout before
+// per-node keys, LockPrefix()+"<lease>" on that very lease, still counts
+// (legacy is set, and node is ""): an agent not yet upgraded holds the
+// lock with it. Anything else under the prefix is ignored.
+func (k Keys) LockOf(key string, lease int64) (node string, legacy, ok bool) {
+	rest, found := strings.CutPrefix(key, k.LockPrefix())
+	if !found || lease == 0 {
+		return "", false, false
+	}
+	id := fmt.Sprintf("%x", lease)
+	if rest == id {
+		return "", true, true
+	}
+	node, tail, found := strings.Cut(rest, "/")
+	if !found || node == "" || tail != id {
+		return "", false, false
+	}
+	return node, false, true
+}
 
 // NodesPrefix is the prefix of every node's keys.
 func (k Keys) NodesPrefix() string { return k.prefix + "/nodes/" }
@@ -65,5 +127,13 @@ func (k Keys) PausedKey() string { return k.prefix + "/paused" }
 // RolloutKey is the key of the rollout strategy.
 func (k Keys) RolloutKey() string { return k.prefix + "/rollout" }
 
-// CanaryKey is the key of the last change a canary converged.
-func (k Keys) CanaryKey() string { return k.prefix + "/canary" }
+// CanaryPrefix is the prefix of the canary records: CanaryKey(node).
+func (k Keys) CanaryPrefix() string { return k.prefix + "/canary/" }
+
+// CanaryKey is the key of the last change a node converged as its
+// change's canary.
+func (k Keys) CanaryKey(node string) string { return k.CanaryPrefix() + node }
+
+// CanaryOf is the node whose canary record key is (ok false for any other
+// key).
+func (k Keys) CanaryOf(key string) (string, bool) { return k.ownSegment(k.CanaryPrefix(), key) }

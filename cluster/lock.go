@@ -1,13 +1,17 @@
 package cluster
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"iter"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -257,7 +261,6 @@ type Lock struct {
 	key    string
 	rev    int64        // create revision of key: ownership is key still at rev
 	slots  int          // the slots it may share the lock with
-	wide   bool         // the strategy has several slots
 	canary bool         // it holds the lock alone as its change's canary
 	gate   *Gate        // read with the last check of the queue
 	target func() int64 // the change the holder will converge (canary)
@@ -268,28 +271,33 @@ type Lock struct {
 }
 
 // Lock waits for a slot of the cluster lock. Like etcd's
-// concurrency.Mutex, it queues a key <prefix>/lock/<lease> and holds the
-// lock once every key created before it is gone, or, with a rollout
-// strategy of N slots, once fewer than N are left; unlike it, the key's
-// value is the node's name (so status can name holders and waiters), and
-// each wait watches from the revision after the one it read, which etcd
-// serves at once rather than from its 100 ms catch-up loop.
+// concurrency.Mutex, it queues a key on the session's lease,
+// LockKey(node, lease), and holds the lock once every key created before
+// it is gone, or, with a rollout strategy of N slots, once fewer than N
+// are left. Only keys that LockOf counts are in the queue, ordered by
+// create revision across every node's keys.
+//
+// A waiter watches one key, not the queue: the key just before its own,
+// until that one holds a slot; then, as the first waiter, the keys before
+// it, which are the holders. So a release wakes the first waiter, and a
+// holder taking its slot wakes the one waiter behind it: each costs etcd
+// O(1) events and reads, however long the queue.
 //
 // target, when set, returns the change the caller will converge: the
 // revision of the newest object event it has seen. With a canary strategy
 // it may share the lock only once a node reported that revision (or a
 // later one) converged; until then it runs alone, as the canary.
 func (s *Session) Lock(ctx context.Context, target func() int64) (*Lock, error) {
-	cli, prefix := s.c.client, s.c.LockPrefix()
-	key := prefix + s.Lease()
+	cli := s.c.client
+	key := s.c.LockKey(s.c.node, s.Lease())
 	l := &Lock{s: s, key: key, target: target}
 	// The queue is read in the same request that joins it: without
-	// contention the lock is one round trip.
+	// contention the lock is one round trip and the mark.
 	resp, err := cli.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
-		Then(append([]clientv3.Op{clientv3.OpPut(key, s.c.node, clientv3.WithLease(s.session.Lease()))}, l.queueReads(0)...)...).
+		Then(append([]clientv3.Op{clientv3.OpPut(key, "", clientv3.WithLease(s.session.Lease()))}, l.queueReads(0)...)...).
 		Else(append([]clientv3.Op{clientv3.OpGet(key)}, l.queueReads(0)...)...).Commit()
 	if err != nil {
-		return nil, fmt.Errorf("lock %s: %w", prefix, err)
+		return nil, fmt.Errorf("lock %s: %w", key, err)
 	}
 	l.rev = resp.Header.Revision
 	if !resp.Succeeded {
@@ -299,7 +307,7 @@ func (s *Session) Lock(ctx context.Context, target func() int64) (*Lock, error) 
 		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 		defer cancel()
 		_, _ = cli.Delete(dctx, key)
-		return nil, fmt.Errorf("lock %s: %w", prefix, err)
+		return nil, fmt.Errorf("lock %s: %w", key, err)
 	}
 	l.watchKey()
 	return l, nil
@@ -344,35 +352,82 @@ func (l *Lock) Fence() error {
 	return nil
 }
 
-// heldMark follows the node name in the value of a lock key whose node
-// holds one of several slots, so that ccm status can name every holder.
-const heldMark = " running"
+// Held is the value of a lock key whose node holds a slot; a waiting
+// key's value is empty.
+type Held struct {
+	Since time.Time `json:"held_since"`
+}
+
+// legacyHeldMark follows the node name in the value of a lock key of the
+// layout before per-node keys, whose node holds one of several slots.
+const legacyHeldMark = " running"
+
+// Queued is one key of the lock queue that counts (see Keys.LockOf).
+type Queued struct {
+	// Node queued the key ("" for a legacy key, whose writer only the
+	// presence on the same lease can tell).
+	Node string `json:"node"`
+	Key  string `json:"key"`
+	// Lease is the key's lease, as hex.
+	Lease string `json:"lease"`
+	// Revision is the key's create revision: the queue's order.
+	Revision int64 `json:"revision"`
+	// Held is set once the node took its slot; Since is when, by its
+	// clock (zero for a legacy key).
+	Held   bool      `json:"held"`
+	Since  time.Time `json:"since,omitzero"`
+	Legacy bool      `json:"legacy,omitempty"`
+}
+
+// decodeQueue reads the lock queue from a range of LockPrefix, in queue
+// order; keys that do not count are left out.
+func (k Keys) decodeQueue(kvs []*mvccpb.KeyValue) []Queued {
+	var out []Queued
+	for _, kv := range kvs {
+		node, legacy, ok := k.LockOf(string(kv.Key), kv.Lease)
+		if !ok {
+			continue
+		}
+		q := Queued{Node: node, Key: string(kv.Key), Lease: fmt.Sprintf("%x", kv.Lease), Revision: kv.CreateRevision, Legacy: legacy}
+		var h Held
+		switch {
+		case legacy:
+			q.Held = strings.HasSuffix(string(kv.Value), legacyHeldMark)
+		case json.Unmarshal(kv.Value, &h) == nil && !h.Since.IsZero():
+			q.Held, q.Since = true, h.Since
+		}
+		out = append(out, q)
+	}
+	slices.SortFunc(out, func(a, b Queued) int { return cmp.Compare(a.Revision, b.Revision) })
+	return out
+}
 
 // queueReads are what tells whether this node holds a slot, and what a
 // holder checks first: the rollout strategy, the lock keys (created before
-// maxCreate, or all with 0, newest first), this node's own key, the
-// failure flag, the pause and the canary, in this order.
+// maxCreate, or all with 0), this node's own key, the failure records, the
+// pause and the canary records, in this order.
 func (l *Lock) queueReads(maxCreate int64) []clientv3.Op {
-	preds := append(clientv3.WithLastCreate(), clientv3.WithKeysOnly(), clientv3.WithLimit(0))
+	c := l.s.c
+	queue := []clientv3.OpOption{clientv3.WithPrefix()}
 	if maxCreate > 0 {
-		preds = append(preds, clientv3.WithMaxCreateRev(maxCreate))
+		queue = append(queue, clientv3.WithMaxCreateRev(maxCreate))
 	}
 	return []clientv3.Op{
-		clientv3.OpGet(l.s.c.RolloutKey()),
-		clientv3.OpGet(l.s.c.LockPrefix(), preds...),
+		clientv3.OpGet(c.RolloutKey()),
+		clientv3.OpGet(c.LockPrefix(), queue...),
 		clientv3.OpGet(l.key, clientv3.WithKeysOnly()),
-		clientv3.OpGet(l.s.c.FailureKey()),
-		clientv3.OpGet(l.s.c.PausedKey()),
-		clientv3.OpGet(l.s.c.CanaryKey()),
+		clientv3.OpGet(c.FailuresRange(), clientv3.WithPrefix()),
+		clientv3.OpGet(c.PausedKey()),
+		clientv3.OpGet(c.CanaryPrefix(), clientv3.WithPrefix()),
 	}
 }
 
-// waitPredecessors returns once fewer lock keys created before l's exist
+// waitPredecessors returns once fewer lock keys created before l's count
 // than the rollout strategy has slots (one: no key before it), and l's
-// key still does. A change of strategy takes effect at once. reads are
-// the responses to queueReads at revision rev.
+// key still exists; then it marks the key held. A change of strategy takes
+// effect at once. reads are the responses to queueReads at revision rev.
 func (l *Lock) waitPredecessors(ctx context.Context, reads []*etcdserverpb.ResponseOp, rev int64) error {
-	cli := l.s.c.client
+	c := l.s.c
 	ctx, cancel := l.s.Context(ctx)
 	defer cancel()
 	for {
@@ -380,36 +435,39 @@ func (l *Lock) waitPredecessors(ctx context.Context, reads []*etcdserverpb.Respo
 			return ErrSessionLost
 		}
 		strategy := decodeRollout((*clientv3.GetResponse)(reads[0].GetResponseRange()))
-		l.slots, l.canary = l.slotsFor(strategy, decodeCanary((*clientv3.GetResponse)(reads[5].GetResponseRange())))
-		l.wide = strategy.Slots() > 1
-		var preds []*mvccpb.KeyValue // newest first
-		for _, kv := range reads[1].GetResponseRange().Kvs {
-			if kv.CreateRevision < l.rev {
-				preds = append(preds, kv)
+		l.slots, l.canary = l.slotsFor(strategy, newestCanary(c.decodeCanaries(reads[5].GetResponseRange().Kvs)))
+		var preds []Queued
+		for _, q := range c.decodeQueue(reads[1].GetResponseRange().Kvs) {
+			if q.Revision < l.rev {
+				preds = append(preds, q)
 			}
 		}
 		if len(preds) < l.slots {
-			l.gate = &Gate{
-				Failure:  decodeFailure((*clientv3.GetResponse)(reads[3].GetResponseRange())),
-				Pause:    decodePause((*clientv3.GetResponse)(reads[4].GetResponseRange())),
-				Revision: rev,
+			failures := c.decodeFailures(reads[3].GetResponseRange().Kvs)
+			l.gate = &Gate{Pause: decodePause((*clientv3.GetResponse)(reads[4].GetResponseRange())), Revision: rev}
+			if len(failures) > 0 {
+				l.gate.Failure = &failures[0]
 			}
 			break
 		}
-		// One slot: the key just before this one going is the turn.
-		// Several: any key before this one going may be.
-		if err := l.waitTurn(ctx, string(preds[0].Key), rev+1); err != nil {
+		if err := l.waitTurn(ctx, preds, rev+1); err != nil {
 			return lockWaitErr(ctx, err)
 		}
-		resp, err := cli.Txn(ctx).Then(l.queueReads(l.rev - 1)...).Commit()
+		resp, err := c.client.Txn(ctx).Then(l.queueReads(l.rev - 1)...).Commit()
 		if err != nil {
 			return lockWaitErr(ctx, err)
 		}
 		reads, rev = resp.Responses, resp.Header.Revision
 	}
-	if l.wide { // fenced, and the key stays on its lease
-		_, err := cli.Txn(ctx).If(l.isOwner()).Then(clientv3.OpPut(l.key, l.s.c.node+heldMark, clientv3.WithIgnoreLease())).Commit()
+	// The mark wakes the waiter behind this key, and names the holder in
+	// ccm status; it is fenced, and the key stays on its lease.
+	held, _ := json.Marshal(Held{Since: time.Now().UTC()})
+	resp, err := c.client.Txn(ctx).If(l.isOwner()).Then(clientv3.OpPut(l.key, string(held), clientv3.WithIgnoreLease())).Commit()
+	if err != nil {
 		return lockWaitErr(ctx, err)
+	}
+	if !resp.Succeeded {
+		return ErrSessionLost
 	}
 	return nil
 }
@@ -428,36 +486,85 @@ func (l *Lock) slotsFor(r Rollout, canary Canary) (int, bool) {
 	return 1, true
 }
 
-// waitTurn returns when, from revision rev, the rollout strategy changes
-// or a lock key that may free this one's turn is deleted: last, the newest
-// key before it, with one slot; any key created before it with several.
-func (l *Lock) waitTurn(ctx context.Context, last string, rev int64) error {
-	cli := l.s.c.client
+// waitTurn returns when, from revision rev, something happened that may
+// give this waiter a slot: the strategy changed, its own key went, and
+// then either the key just before it changed (it took a slot, or left),
+// or, once that one holds a slot, enough of the keys before it went (or a
+// canary record arrived that lets it share the lock). preds are the
+// counted keys before it, in queue order.
+func (l *Lock) waitTurn(ctx context.Context, preds []Queued, rev int64) error {
+	c := l.s.c
 	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
 	defer cancel()
-	key, opts := last, []clientv3.OpOption{clientv3.WithRev(rev), clientv3.WithFilterPut()}
-	if l.wide { // several slots, or one while a canary runs: any key may be the turn
-		key, opts = l.s.c.LockPrefix(), append(opts, clientv3.WithPrefix(), clientv3.WithPrevKV())
+	watch := func(key string, opts ...clientv3.OpOption) clientv3.WatchChan {
+		return c.client.Watch(wctx, key, append(opts, clientv3.WithRev(rev))...)
 	}
-	keys := cli.Watch(wctx, key, opts...)
-	strategy := cli.Watch(wctx, l.s.c.RolloutKey(), clientv3.WithRev(rev))
-	for {
-		select {
-		case wr, ok := <-keys:
-			if err := watchErr(ctx, wr, ok); err != nil {
-				return err
-			}
-			for _, ev := range wr.Events {
-				if !l.wide || ev.PrevKv == nil || ev.PrevKv.CreateRevision < l.rev {
-					return nil
-				}
-			}
-		case wr, ok := <-strategy:
-			if err := watchErr(ctx, wr, ok); err != nil {
-				return err
-			}
-			if len(wr.Events) > 0 {
+	last := preds[len(preds)-1]
+	chans := []clientv3.WatchChan{watch(c.RolloutKey()), watch(l.key, clientv3.WithFilterPut())}
+	var ahead map[string]bool // the first waiter's: keys before it still there
+	if !last.Held {
+		chans = append(chans, watch(last.Key))
+	} else {
+		ahead = map[string]bool{}
+		for _, q := range preds {
+			ahead[q.Key] = true
+		}
+		chans = append(chans, watch(c.LockPrefix(), clientv3.WithPrefix(), clientv3.WithFilterPut()))
+		if l.canary {
+			chans = append(chans, watch(c.CanaryPrefix(), clientv3.WithPrefix(), clientv3.WithFilterDelete()))
+		}
+	}
+	for wr, err := range merged(ctx, chans) {
+		if err != nil {
+			return err
+		}
+		for _, ev := range wr.Events {
+			key := string(ev.Kv.Key)
+			if ahead == nil || !strings.HasPrefix(key, c.LockPrefix()) || key == l.key {
 				return nil
+			}
+			delete(ahead, key)
+		}
+		if ahead != nil && len(ahead) < l.slots {
+			return nil
+		}
+	}
+	return ctx.Err()
+}
+
+// merged yields the responses of several watches as they come, with the
+// error that ends one of them (then it stops).
+func merged(ctx context.Context, chans []clientv3.WatchChan) iter.Seq2[clientv3.WatchResponse, error] {
+	return func(yield func(clientv3.WatchResponse, error) bool) {
+		type got struct {
+			wr clientv3.WatchResponse
+			ok bool
+		}
+		out := make(chan got)
+		done := make(chan struct{})
+		defer close(done)
+		for _, ch := range chans {
+			go func() {
+				for {
+					wr, ok := <-ch
+					select {
+					case out <- got{wr, ok}:
+					case <-done:
+						return
+					}
+					if !ok {
+						return
+					}
+				}
+			}()
+		}
+		for g := range out {
+			if err := watchErr(ctx, g.wr, g.ok); err != nil {
+				yield(g.wr, err)
+				return
+			}
+			if !yield(g.wr, nil) {
+				return
 			}
 		}
 	}
@@ -514,7 +621,7 @@ func (l *Lock) put(ctx context.Context, key string, v any) error {
 
 // SetFailure raises the failure flag.
 func (l *Lock) SetFailure(ctx context.Context, f Failure) error {
-	return l.put(ctx, l.s.c.FailureKey(), f)
+	return l.put(ctx, l.s.c.FailureKey(l.s.c.node), f)
 }
 
 // WriteStatus records this node's last run.
@@ -535,7 +642,7 @@ func (l *Lock) WriteStatus(ctx context.Context, s Status) error {
 	}
 	resp, err := l.s.c.client.Txn(ctx).If(l.isOwner()).Then(
 		clientv3.OpPut(l.s.c.StatusKey(l.s.c.node), string(status)),
-		clientv3.OpPut(l.s.c.CanaryKey(), string(canary)),
+		clientv3.OpPut(l.s.c.CanaryKey(l.s.c.node), string(canary)),
 	).Commit()
 	if err != nil {
 		return fmt.Errorf("write %s: %w", l.s.c.StatusKey(l.s.c.node), err)

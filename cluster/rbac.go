@@ -17,11 +17,13 @@ type Role struct {
 	Permissions []Permission
 }
 
-// NodeRole returns the role a node's agent needs and nothing more: read the
-// objects and the actions addressed to it, take the lock, read and raise
-// the failure flag, read the pause and the strategy, record a canary's
-// change, and write its own status, presence and replies. It cannot write
-// objects, requests or another node's keys.
+// NodeRole returns the role a node's agent needs and nothing more: read
+// the objects and the actions addressed to it, read the lock queue, the
+// failure records, the canary records, the pause and the strategy, and
+// write only its own records: its lock keys, its failure record, its
+// canary record, and its status, presence, problem and replies. So it
+// cannot write objects or requests, and cannot queue, release, fail,
+// resume or approve a canary for another node.
 func NodeRole(prefix, node string) Role {
 	k := NewKeys(prefix)
 	return Role{
@@ -29,11 +31,14 @@ func NodeRole(prefix, node string) Role {
 		Permissions: []Permission{
 			{Type: "read", Key: k.ObjectsPrefix(), Prefix: true},
 			{Type: "read", Key: k.ActionsPrefix(node), Prefix: true},
-			{Type: "readwrite", Key: k.LockPrefix(), Prefix: true},
-			{Type: "readwrite", Key: k.FailureKey()},
+			{Type: "read", Key: k.LockPrefix(), Prefix: true},
+			{Type: "readwrite", Key: k.LockKey(node, ""), Prefix: true},
+			{Type: "read", Key: k.FailuresRange(), Prefix: true},
+			{Type: "readwrite", Key: k.FailureKey(node)},
 			{Type: "read", Key: k.PausedKey()},
 			{Type: "read", Key: k.RolloutKey()},
-			{Type: "readwrite", Key: k.CanaryKey()},
+			{Type: "read", Key: k.CanaryPrefix(), Prefix: true},
+			{Type: "readwrite", Key: k.CanaryKey(node)},
 			{Type: "readwrite", Key: k.NodePrefix(node), Prefix: true},
 		},
 	}

@@ -7,6 +7,7 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/ccm-dev/ccm/test/etcdtest"
 )
@@ -25,7 +26,11 @@ func TestScanNodesSkipsRepliesAndHopsTheSameNodes(t *testing.T) {
 			require.NoError(t, err)
 		}
 	}
-	_, err := cli.Put(ctx, c.AliveKey("web-1"), `{"node":"web-1","labels":{"role":"web"}}`)
+	lease, err := cli.Grant(ctx, 60)
+	require.NoError(t, err)
+	_, err = cli.Put(ctx, c.AliveKey("web-1"), `{"node":"web-1","labels":{"role":"web"}}`, clientv3.WithLease(lease.ID))
+	require.NoError(t, err)
+	_, err = cli.Put(ctx, c.AliveKey("web"), `{"node":"web","labels":{"role":"forged"}}`) // on no lease: no agent's
 	require.NoError(t, err)
 	_, err = cli.Put(ctx, c.ReplyKey("only-replies", "a"), `{}`)
 	require.NoError(t, err)
@@ -44,6 +49,7 @@ func TestScanNodesSkipsRepliesAndHopsTheSameNodes(t *testing.T) {
 	assert.Equal(t, []string{"web", "web-1", "web.a", "web0", "x"}, names, "sorted; a node with replies only is no node")
 	assert.Equal(t, listed, hopped)
 	assert.Equal(t, "web", hopped[1].Presence.Labels["role"])
+	assert.Nil(t, hopped[0].Presence, "a presence on no lease is ignored")
 	assert.Equal(t, int64(3), hopped[4].Status.Converged)
 }
 
@@ -54,9 +60,11 @@ func TestScanNodesReadsManyNodesInChunks(t *testing.T) {
 	cli := etcd.Client(t)
 	c := New(cli, Options{})
 	ctx := context.Background()
+	lease, err := cli.Grant(ctx, 60)
+	require.NoError(t, err)
 	for i := range 100 {
 		n := fmt.Sprintf("n%03d", i)
-		_, err := cli.Put(ctx, c.AliveKey(n), `{"node":"`+n+`"}`)
+		_, err := cli.Put(ctx, c.AliveKey(n), `{"node":"`+n+`"}`, clientv3.WithLease(lease.ID))
 		require.NoError(t, err)
 	}
 	nodes, err := c.scanNodes(ctx, 0)

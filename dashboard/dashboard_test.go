@@ -90,7 +90,7 @@ func TestEveryViewerGetsTheChange(t *testing.T) {
 		st := until(t, v, func(st dashboard.State) bool { return st.View != nil }, "the current state at once")
 		assert.Nil(t, st.View.Failure, "viewer %d", i)
 	}
-	_, err := cli.Put(context.Background(), c.FailureKey(), `{"node":"web2","configuration":"nginx","error":"validate failed","revision":7}`)
+	_, err := cli.Put(context.Background(), c.FailureKey("web2"), `{"node":"web2","configuration":"nginx","error":"validate failed","revision":7}`)
 	require.NoError(t, err)
 	for i, v := range views {
 		st := until(t, v, func(st dashboard.State) bool { return st.View != nil && st.View.Failure != nil }, "the failure")

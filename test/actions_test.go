@@ -571,7 +571,7 @@ func TestSerialActionsHoldTheLockAndTheFlagStopsNoAction(t *testing.T) {
 	ctx := context.Background()
 
 	// The failure flag is set: convergence halts, actions do not.
-	_, err := n.cli.Put(ctx, c.FailureKey(), `{"node":"other","configuration":"x","error":"broken"}`)
+	_, err := n.cli.Put(ctx, c.FailureKey("other"), `{"node":"other","configuration":"x","error":"broken"}`)
 	require.NoError(t, err)
 
 	admin := caller(t, etcd, dir)

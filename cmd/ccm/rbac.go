@@ -18,9 +18,11 @@ func newRBACCmd(a *app) *cobra.Command {
 		Short: "Print the etcdctl commands that create the least-privilege role and user of a node, an API, an operator or a viewer",
 		Long: `Print the etcdctl commands that create a role and a user of the same name.
 By default, those of --node: read on <prefix>/objects/,
-<prefix>/actions/<node>/, <prefix>/paused and <prefix>/rollout; read-write
-on <prefix>/lock/, <prefix>/failure, <prefix>/canary and
-<prefix>/nodes/<node>/ (status, presence, replies).
+<prefix>/actions/<node>/, <prefix>/lock/, <prefix>/failure (every failure
+record), <prefix>/canary/, <prefix>/paused and <prefix>/rollout; read-write
+only on the node's own records: <prefix>/lock/<node>/,
+<prefix>/failure/<node>, <prefix>/canary/<node> and <prefix>/nodes/<node>/
+(status, presence, problem, replies).
 --api NAME: a cluster API: read-write on objects and action requests, read
 on <prefix>/ (what ccm status reads).
 --operator NAME: everything an operator's commands need: read-write on

@@ -44,19 +44,35 @@ func newStatusCmd(a *app) *cobra.Command {
 }
 
 func printView(w io.Writer, v *cluster.View) {
-	if f := v.Failure; f != nil {
-		fmt.Fprintf(w, "Failure flag: SET by node %s, configuration %s, revision %d, at %s\n  %s\n",
-			render.Escape(f.Node), render.Escape(f.Configuration), f.Revision, f.Time.Format(time.RFC3339), render.Escape(firstLine(f.Error)))
-	} else {
+	if len(v.Failures) == 0 {
 		fmt.Fprintln(w, "Failure flag: clear")
+	}
+	for _, f := range v.Failures {
+		fmt.Fprintf(w, "Failure flag: SET by %s, configuration %s, revision %d, at %s\n  %s\n",
+			failedBy(f), render.Escape(f.Configuration), f.Revision, f.Time.Format(time.RFC3339), render.Escape(firstLine(f.Error)))
 	}
 	if p := v.Pause; p != nil {
 		fmt.Fprintf(w, "Paused: by %s at %s: %s\n", render.Escape(p.By), p.Time.Format(time.RFC3339), render.Escape(firstLine(p.Reason)))
 	}
 	fmt.Fprintf(w, "Rollout: %s\n", v.Rollout)
+	if v.Rollout.Canary && v.Rollout.Slots() > 1 {
+		if c := v.Canary; c != nil {
+			fmt.Fprintf(w, "Canary: node %s converged revision %d; later changes run on one canary first\n", render.Escape(c.Node), c.Revision)
+		} else {
+			fmt.Fprintln(w, "Canary: no canary converged a change yet; the next change runs on one canary first")
+		}
+	}
 	holder := "free"
-	if len(v.Holders) > 0 {
-		holder = "held by " + render.Escape(strings.Join(v.Holders, ", "))
+	var holders []string
+	for _, q := range v.Queue {
+		if q.Held && !q.Since.IsZero() {
+			holders = append(holders, fmt.Sprintf("%s (for %s)", q.Node, time.Since(q.Since).Round(time.Second)))
+		} else if q.Held || (len(holders) == 0 && q.Node == v.Holder) {
+			holders = append(holders, q.Node)
+		}
+	}
+	if len(holders) > 0 {
+		holder = "held by " + render.Escape(strings.Join(holders, ", "))
 	}
 	if len(v.Waiting) > 0 {
 		holder += fmt.Sprintf("; waiting: %s", render.Escape(strings.Join(v.Waiting, ", ")))
@@ -83,6 +99,15 @@ func printView(w io.Writer, v *cluster.View) {
 	tw.Flush()
 }
 
+// failedBy names who raised a failure record: the node whose key holds
+// it, or, for the legacy flag, what its value claims, marked as unproven.
+func failedBy(f cluster.Failure) string {
+	if f.Legacy {
+		return fmt.Sprintf("the legacy flag (it says node %s; any agent before per-node records could write it)", render.Escape(f.Node))
+	}
+	return "node " + render.Escape(f.Node)
+}
+
 func firstLine(s string) string {
 	for i, r := range s {
 		if r == '\n' {
@@ -105,14 +130,15 @@ whose pause it was.`,
 			if pause {
 				return a.unpause(cmd)
 			}
-			f, err := read(a, cmd, (*cluster.Cluster).Resume)
+			cleared, err := read(a, cmd, (*cluster.Cluster).Resume)
 			if err != nil {
 				return err
 			}
-			if f == nil {
+			if len(cleared) == 0 {
 				fmt.Fprintln(a.stdout, "Nothing to resume: the failure flag was not set.")
-			} else {
-				fmt.Fprintf(a.stdout, "Failure flag cleared (was set by node %s, configuration %s).\n", render.Escape(f.Node), render.Escape(f.Configuration))
+			}
+			for _, f := range cleared {
+				fmt.Fprintf(a.stdout, "Failure flag cleared (was set by %s, configuration %s).\n", failedBy(f), render.Escape(f.Configuration))
 			}
 			return a.mentionPause(cmd)
 		},
