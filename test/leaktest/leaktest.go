@@ -1,17 +1,16 @@
-// Package leaktest is etcd's goroutine leak detection for a test binary,
-// tolerant of the runtime's own transient goroutine: the one that runs
-// cleanups (runtime.AddCleanup, which os.File uses) shows in a goroutine
-// dump while it runs one, and etcd's filter does not know it.
+// Package leaktest is the goroutine leak check of a test binary: goleak,
+// told of the goroutines that etcd's own check (testutil) also ignores,
+// and of the runtime's cleanup goroutines (runtime.AddCleanup, which
+// os.File uses), which Go 1.26 shows in a goroutine dump.
 package leaktest
 
 import (
+	"fmt"
+	"net/http"
 	"os"
-	"runtime"
-	"strings"
 	"testing"
-	"time"
 
-	"go.etcd.io/etcd/client/pkg/v3/testutil"
+	"go.uber.org/goleak"
 )
 
 // Main runs the tests, then fails the binary if a goroutine outlives them.
@@ -23,21 +22,24 @@ func Main(m *testing.M) {
 	os.Exit(code)
 }
 
-// Check exits the binary with 1 if a goroutine other than the runtime's
-// own is still running.
-func Check() {
-	waitForCleanups(5 * time.Second)
-	testutil.MustCheckLeakedGoroutine()
+// ignored are the goroutines that may outlive the tests: the runtime's
+// and the standard library's background workers, and those etcd's leak
+// check names as uninteresting.
+var ignored = []goleak.Option{
+	goleak.IgnoreTopFunction("runtime.runCleanups"),
+	goleak.IgnoreAnyFunction("go.etcd.io/etcd/client/pkg/v3/logutil.(*MergeLogger).outputLoop"),
+	goleak.IgnoreAnyFunction("crypto/tls.(*certCache).evict"),
+	goleak.IgnoreAnyFunction("os.(*file).close"),
+	goleak.IgnoreAnyFunction("os.(*Process).Release"),
+	goleak.IgnoreAnyFunction("net.(*netFD).Close"),
 }
 
-// waitForCleanups waits until no goroutine runs a runtime cleanup, for at
-// most d.
-func waitForCleanups(d time.Duration) {
-	buf := make([]byte, 2<<20)
-	for deadline := time.Now().Add(d); time.Now().Before(deadline); {
-		if !strings.Contains(string(buf[:runtime.Stack(buf, true)]), "runtime.runCleanups") {
-			return
-		}
-		time.Sleep(50 * time.Millisecond)
+// Check exits the binary with 1 if another goroutine is still running,
+// after waiting a while for the last ones to end.
+func Check() {
+	http.DefaultTransport.(*http.Transport).CloseIdleConnections()
+	if err := goleak.Find(ignored...); err != nil {
+		fmt.Fprintf(os.Stderr, "Unexpected goroutines running after all test(s): %v\n", err)
+		os.Exit(1)
 	}
 }
