@@ -666,3 +666,47 @@ func (l *Lock) Release() error {
 	}
 	return nil
 }
+
+// Queued returns node's keys in the lock queue, as ccm status shows them
+// (a legacy key is node's when node's presence is on its lease).
+func (c *Cluster) Queued(ctx context.Context, node string) ([]Queued, error) {
+	v, err := c.View(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var out []Queued
+	for _, q := range v.Queue {
+		if q.Node == node {
+			out = append(out, q)
+		}
+	}
+	return out, nil
+}
+
+// BreakLock evicts the holders or waiters of keys (from Queued): it
+// deletes each key that is still the one queued, and revokes its lease.
+// The node's agent then finds its session lost: a run under way stops
+// before its next rename or command (see Lock.Fence), and the agent
+// queues again on a new session. It returns how many keys it deleted.
+func (c *Cluster) BreakLock(ctx context.Context, keys []Queued) (int, error) {
+	broken := 0
+	for _, q := range keys {
+		resp, err := c.client.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(q.Key), "=", q.Revision)).
+			Then(clientv3.OpDelete(q.Key)).Commit()
+		if err != nil {
+			return broken, fmt.Errorf("delete %s: %w", q.Key, err)
+		}
+		if !resp.Succeeded {
+			continue // released meanwhile
+		}
+		broken++
+		id, err := strconv.ParseInt(q.Lease, 16, 64)
+		if err != nil {
+			continue
+		}
+		if _, err := c.client.Revoke(ctx, clientv3.LeaseID(id)); err != nil && !errors.Is(err, rpctypes.ErrLeaseNotFound) {
+			return broken, fmt.Errorf("revoke lease %s of %s: %w", q.Lease, q.Key, err)
+		}
+	}
+	return broken, nil
+}

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -182,10 +181,5 @@ func (a *app) confirmApply(ctx context.Context, c *cluster.Cluster, set *configs
 	var out strings.Builder
 	applier.WritePlans(&out, plans, false)
 	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
-	fmt.Fprintf(a.stderr, "Node %s, root %s: %s\nConverge it now? [y/N] ", render.Escape(a.node), a.root, lines[len(lines)-1])
-	answer, _ := bufio.NewReader(in).ReadString('\n')
-	if a := strings.ToLower(strings.TrimSpace(answer)); a != "y" && a != "yes" {
-		return errNotConfirmed
-	}
-	return nil
+	return a.confirm(fmt.Sprintf("Node %s, root %s: %s\nConverge it now? [y/N] ", render.Escape(a.node), a.root, lines[len(lines)-1]))
 }

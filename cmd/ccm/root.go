@@ -151,7 +151,7 @@ func newRootCmd(a *app) *cobra.Command {
 	f.StringVar(&a.embeddedEtcd, "embedded-etcd", "", "run a single-member etcd in this process with data in `DIR`, serving --endpoints")
 
 	root.AddCommand(
-		newAgentCmd(a), newPlanCmd(a), newApplyCmd(a), newStatusCmd(a), newResumeCmd(a), newUnpauseCmd(a), newPauseCmd(a), newRolloutCmd(a),
+		newAgentCmd(a), newPlanCmd(a), newApplyCmd(a), newStatusCmd(a), newResumeCmd(a), newUnpauseCmd(a), newPauseCmd(a), newRolloutCmd(a), newLockCmd(a),
 		newValidateCmd(a), newGraphCmd(a), newObjectCmd(a), newRBACCmd(a), newActionCmd(a), newDashboardCmd(a), newVersionCmd(a),
 	)
 	return root
