@@ -3,6 +3,7 @@ package test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 
@@ -174,4 +175,40 @@ func TestFenceRefusesOnceTheKeyIsDeletedOrTheLeaseMayHaveExpired(t *testing.T) {
 	eventually(t, 10*time.Second, func() bool { return l.Fence() != nil }, "the fence refuses once the lease may have expired")
 	assert.Less(t, time.Since(frozen), 2*time.Second, "before the TTL has passed since etcd stopped answering")
 	assert.Contains(t, l.Fence().Error(), "the lease may have expired")
+}
+
+// During an upgrade, an agent of the layout before per-node lock keys
+// queues <prefix>/lock/<lease>: upgraded agents still wait for it, so a
+// mixed cluster never runs two nodes at once; ccm status names its node
+// by the presence on the same lease. (The old agent counts the new keys
+// too: it counts every key under <prefix>/lock/.)
+func TestAnUpgradedNodeWaitsForALegacyLockKey(t *testing.T) {
+	etcd := etcdtest.New(t, 1)
+	ctx := context.Background()
+	cli := etcd.Client(t)
+	b := cluster.New(cli, cluster.Options{Node: "b"})
+	old, err := cli.Grant(ctx, 30)
+	require.NoError(t, err)
+	hex := fmt.Sprintf("%x", old.ID)
+	_, err = cli.Put(ctx, b.AliveKey("old"), `{"node":"old","lease":"`+hex+`"}`, clientv3.WithLease(old.ID))
+	require.NoError(t, err)
+	_, err = cli.Put(ctx, b.LockPrefix()+hex, "old", clientv3.WithLease(old.ID))
+	require.NoError(t, err)
+
+	view, err := b.View(ctx)
+	require.NoError(t, err)
+	assert.Equal(t, "old", view.Holder, "named by the presence on its lease")
+	require.Len(t, view.Queue, 1)
+	assert.True(t, view.Queue[0].Legacy)
+
+	short, cancel := context.WithTimeout(ctx, time.Second)
+	_, err = acquire(short, t, b, 5*time.Second, nil)
+	cancel()
+	require.ErrorIs(t, err, context.DeadlineExceeded, "b waits while the old agent holds the lock")
+
+	_, err = cli.Revoke(ctx, old.ID) // the old agent releases (or is upgraded)
+	require.NoError(t, err)
+	lb, err := acquire(ctx, t, b, 5*time.Second, nil)
+	require.NoError(t, err)
+	require.NoError(t, lb.Release())
 }
