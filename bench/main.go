@@ -145,6 +145,7 @@ func run(out string, idle time.Duration, quick bool, only, profiles, confd, base
 		{"actions", b.actions},
 		{"debounce", b.debounce},
 		{"footprint", b.footprint},
+		{"scale", b.fleet},
 	}
 	for _, s := range scenarios {
 		if only != "" && !strings.Contains(s.name, only) {

@@ -1,0 +1,253 @@
+package main
+
+import (
+	"cmp"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+
+	"github.com/ccm-dev/ccm/cluster"
+	"github.com/ccm-dev/ccm/objects"
+)
+
+// fleetSize is how many agent processes the scale scenario runs.
+var fleetSize = flag.Int("fleet", 200, "agent processes of the scale scenario")
+
+// fleet (the scale scenario): fleetSize agent processes (the node build, the systemd unit's
+// environment) on a 3-member Debian etcd on loopback, --debounce 1s, a
+// trivial configuration. Each build (this one, and the baseline's) runs a
+// serial rollout and one in batches of fleetSize/20: the time from one
+// put until every node reported that revision converged, and the CPU
+// time the three etcd processes spent on it. Then the time ccm status
+// --json takes, and the view the dashboard reads, at that size.
+func (b *bench) fleet() error {
+	if _, err := exec.LookPath("etcd"); err != nil {
+		return errors.New("needs Debian's etcd (apt-get install etcd-server), as .ci/run installs it")
+	}
+	builds := []struct{ name, bin string }{{"this build", b.ccm}}
+	if b.baseline != "" {
+		builds = append(builds, struct{ name, bin string }{"before (" + b.baselineRev + ")", b.baseline})
+	}
+	n, batch := *fleetSize, max(*fleetSize/20, 2)
+	for _, build := range builds {
+		for _, strategy := range []cluster.Rollout{cluster.Serial, {Batch: batch}} {
+			if err := b.scaleRollout(build.name, build.bin, n, strategy); err != nil {
+				return fmt.Errorf("%s, %s: %w", build.name, strategy, err)
+			}
+		}
+	}
+	return nil
+}
+
+// scaleRollout measures one build under one strategy on a fresh etcd.
+func (b *bench) scaleRollout(build, bin string, n int, strategy cluster.Rollout) error {
+	etcd, err := startMembers(filepath.Join(b.work, "scale-etcd"), 3)
+	if err != nil {
+		return err
+	}
+	defer etcd.stop()
+	cli, err := clientv3.New(clientv3.Config{Endpoints: etcd.endpoints, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		return err
+	}
+	defer cli.Close()
+	const prefix = "/scale"
+	raw, _ := json.Marshal(strategy)
+	if _, err := cli.Put(b.ctx, prefix+"/rollout", string(raw)); err != nil {
+		return err
+	}
+	dir, err := b.configDir("scale", map[string]string{"motd.yaml": `subscribes: [motd]
+files:
+  - path: /etc/motd
+    content: "{{ range .Objects.motd }}{{ .Data.text }}{{ end }}\n"
+`})
+	if err != nil {
+		return err
+	}
+	var procs []*exec.Cmd
+	defer func() {
+		for _, p := range procs {
+			_ = p.Process.Signal(syscall.SIGTERM)
+		}
+		for _, p := range procs {
+			_, _ = p.Process.Wait()
+		}
+	}()
+	for i := range n {
+		name := fmt.Sprintf("n%03d", i)
+		home := filepath.Join(b.work, "scale", name)
+		p := exec.Command(bin, "agent", "--endpoints", strings.Join(etcd.endpoints, ","), "--prefix", prefix,
+			"--node", name, "--config-dir", dir, "--root", filepath.Join(home, "root"), "--state-dir", filepath.Join(home, "state"),
+			"--debounce", "1s", "--log-level", "error")
+		p.Env = append(os.Environ(), "CCM_LOG_FORMAT=json", "GOGC=50") // the unit's environment
+		if err := p.Start(); err != nil {
+			return err
+		}
+		procs = append(procs, p)
+	}
+	defer os.RemoveAll(filepath.Join(b.work, "scale"))
+	rollout := func(text string) (time.Duration, time.Duration, error) {
+		cpu := etcd.cpu()
+		start := time.Now()
+		put, err := cli.Put(b.ctx, objects.Key(prefix, "motd", "m"), fmt.Sprintf(`{"text":%q}`, text))
+		if err != nil {
+			return 0, 0, err
+		}
+		if err := allConverged(b.ctx, cli, prefix, n, put.Header.Revision, 10*time.Minute); err != nil {
+			return 0, 0, err
+		}
+		return time.Since(start), etcd.cpu() - cpu, nil
+	}
+	if _, _, err := rollout("warm-up"); err != nil {
+		return fmt.Errorf("warm-up: %w", err)
+	}
+	took, cpu, err := rollout("measured")
+	if err != nil {
+		return err
+	}
+	what := fmt.Sprintf("%d agent processes, %s", n, strategy)
+	b.add("scale", what+": put to all converged ("+build+")", took.Seconds(), "s", 0, "", "3-member Debian etcd, --debounce 1s")
+	b.add("scale", what+": etcd CPU per rollout ("+build+")", cpu.Seconds(), "s", 0, "", "user+system of the 3 members")
+	if build != "this build" || strategy.Slots() > 1 {
+		return nil
+	}
+	start := time.Now()
+	out, err := exec.Command(bin, "status", "--json", "--endpoints", strings.Join(etcd.endpoints, ","), "--prefix", prefix).Output()
+	if err != nil && len(out) == 0 {
+		return fmt.Errorf("ccm status: %w", err)
+	}
+	b.add("scale", fmt.Sprintf("%d nodes: ccm status --json", n), ms(time.Since(start)), "ms", 0, "", fmt.Sprintf("%d bytes", len(out)))
+	start = time.Now()
+	if _, err := cluster.New(cli, cluster.Options{Prefix: prefix}).View(b.ctx); err != nil {
+		return err
+	}
+	b.add("scale", fmt.Sprintf("%d nodes: the view the dashboard reads", n), ms(time.Since(start)), "ms", 0, "", "cluster.View, in process")
+	return nil
+}
+
+// allConverged waits until n nodes report rev (or later) converged,
+// following their status keys with one watch.
+func allConverged(ctx context.Context, cli *clientv3.Client, prefix string, n int, rev int64, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	keys := cluster.NewKeys(prefix)
+	done := map[string]bool{}
+	note := func(key string, value []byte) {
+		var s cluster.Status
+		if strings.HasSuffix(key, "/status") && json.Unmarshal(value, &s) == nil && s.Result == cluster.ResultConverged && s.Converged >= rev {
+			done[key] = true
+		}
+	}
+	resp, err := cli.Get(ctx, keys.NodesPrefix(), clientv3.WithPrefix())
+	if err != nil {
+		return err
+	}
+	for _, kv := range resp.Kvs {
+		note(string(kv.Key), kv.Value)
+	}
+	wch := cli.Watch(ctx, keys.NodesPrefix(), clientv3.WithPrefix(), clientv3.WithRev(resp.Header.Revision+1))
+	for len(done) < n {
+		wr, ok := <-wch
+		if !ok || wr.Err() != nil {
+			return fmt.Errorf("%d of %d nodes converged revision %d: %v", len(done), n, rev, cmp.Or(ctx.Err(), wr.Err()))
+		}
+		for _, ev := range wr.Events {
+			note(string(ev.Kv.Key), ev.Kv.Value)
+		}
+	}
+	return nil
+}
+
+// members is a Debian etcd cluster of processes on loopback.
+type members struct {
+	endpoints []string
+	procs     []*exec.Cmd
+	dir       string
+}
+
+// startMembers starts n etcd members with data under dir, and waits until
+// the cluster answers.
+func startMembers(dir string, n int) (*members, error) {
+	m := &members{dir: dir}
+	var peers, peerURLs []string
+	for i := range n {
+		client, err := freeAddr()
+		if err != nil {
+			return nil, err
+		}
+		peer, err := freeAddr()
+		if err != nil {
+			return nil, err
+		}
+		m.endpoints = append(m.endpoints, "http://"+client)
+		peerURLs = append(peerURLs, "http://"+peer)
+		peers = append(peers, fmt.Sprintf("m%d=http://%s", i, peer))
+	}
+	for i := range n {
+		p := exec.Command("etcd", "--name", fmt.Sprintf("m%d", i), "--data-dir", filepath.Join(dir, strconv.Itoa(i)),
+			"--listen-client-urls", m.endpoints[i], "--advertise-client-urls", m.endpoints[i],
+			"--listen-peer-urls", peerURLs[i], "--initial-advertise-peer-urls", peerURLs[i],
+			"--initial-cluster", strings.Join(peers, ","), "--initial-cluster-state", "new", "--log-level", "error")
+		if err := p.Start(); err != nil {
+			m.stop()
+			return nil, err
+		}
+		m.procs = append(m.procs, p)
+	}
+	cli, err := clientv3.New(clientv3.Config{Endpoints: m.endpoints, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		m.stop()
+		return nil, err
+	}
+	defer cli.Close()
+	err = waitFor(time.Minute, 100*time.Millisecond, func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		_, err := cli.Get(ctx, "health")
+		return err == nil
+	})
+	if err != nil {
+		m.stop()
+		return nil, fmt.Errorf("etcd members: %w", err)
+	}
+	return m, nil
+}
+
+// cpu is the user and system CPU time the members used so far.
+func (m *members) cpu() time.Duration {
+	var total time.Duration
+	for _, p := range m.procs {
+		raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p.Process.Pid))
+		if err != nil {
+			continue
+		}
+		// The fields after the command's closing parenthesis; utime and
+		// stime are the 14th and 15th of the line, in clock ticks (100/s).
+		fields := strings.Fields(string(raw[strings.LastIndexByte(string(raw), ')')+1:]))
+		for _, f := range fields[11:13] {
+			ticks, _ := strconv.ParseInt(f, 10, 64)
+			total += time.Duration(ticks) * 10 * time.Millisecond
+		}
+	}
+	return total
+}
+
+func (m *members) stop() {
+	for _, p := range m.procs {
+		_ = p.Process.Kill()
+		_, _ = p.Process.Wait()
+	}
+	_ = os.RemoveAll(m.dir)
+}
