@@ -25,6 +25,9 @@ import (
 // fleetSize is how many agent processes the scale scenario runs.
 var fleetSize = flag.Int("fleet", 200, "agent processes of the scale scenario")
 
+// scaleTimeout bounds one rollout of the scale scenario.
+var scaleTimeout = flag.Duration("fleet-timeout", 5*time.Minute, "longest rollout of the scale scenario")
+
 // fleet (the scale scenario): fleetSize agent processes (the node build, the systemd unit's
 // environment) on a 3-member Debian etcd on loopback, --debounce 1s, a
 // trivial configuration. Each build (this one, and the baseline's) runs a
@@ -92,6 +95,15 @@ files:
 			"--node", name, "--config-dir", dir, "--root", filepath.Join(home, "root"), "--state-dir", filepath.Join(home, "state"),
 			"--debounce", "1s", "--log-level", "error")
 		p.Env = append(os.Environ(), "CCM_LOG_FORMAT=json", "GOGC=50") // the unit's environment
+		if err := os.MkdirAll(filepath.Join(home, "root"), 0o755); err != nil {
+			return err
+		}
+		logFile, err := os.Create(filepath.Join(home, "log"))
+		if err != nil {
+			return err
+		}
+		defer logFile.Close()
+		p.Stderr = logFile
 		if err := p.Start(); err != nil {
 			return err
 		}
@@ -105,8 +117,9 @@ files:
 		if err != nil {
 			return 0, 0, err
 		}
-		if err := allConverged(b.ctx, cli, prefix, n, put.Header.Revision, 10*time.Minute); err != nil {
-			return 0, 0, err
+		if err := allConverged(b.ctx, cli, prefix, n, put.Header.Revision, *scaleTimeout); err != nil {
+			log, _ := os.ReadFile(filepath.Join(b.work, "scale", "n000", "log"))
+			return 0, 0, fmt.Errorf("%w; the first agent's log:\n%s", err, log[max(0, len(log)-3000):])
 		}
 		return time.Since(start), etcd.cpu() - cpu, nil
 	}
