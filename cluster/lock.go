@@ -294,8 +294,8 @@ func (s *Session) Lock(ctx context.Context, target func() int64) (*Lock, error) 
 	// The queue is read in the same request that joins it: without
 	// contention the lock is one round trip and the mark.
 	resp, err := cli.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
-		Then(append([]clientv3.Op{clientv3.OpPut(key, "", clientv3.WithLease(s.session.Lease()))}, l.queueReads(0)...)...).
-		Else(append([]clientv3.Op{clientv3.OpGet(key)}, l.queueReads(0)...)...).Commit()
+		Then(append([]clientv3.Op{clientv3.OpPut(key, "", clientv3.WithLease(s.session.Lease()))}, l.queueReads(0, nil)...)...).
+		Else(append([]clientv3.Op{clientv3.OpGet(key)}, l.queueReads(0, nil)...)...).Commit()
 	if err != nil {
 		return nil, fmt.Errorf("lock %s: %w", key, err)
 	}
@@ -403,24 +403,41 @@ func (k Keys) decodeQueue(kvs []*mvccpb.KeyValue) []Queued {
 }
 
 // queueReads are what tells whether this node holds a slot, and what a
-// holder checks first: the rollout strategy, the lock keys (created before
-// maxCreate, or all with 0), this node's own key, the failure records, the
-// pause and the canary records, in this order.
-func (l *Lock) queueReads(maxCreate int64) []clientv3.Op {
+// holder checks first: the rollout strategy, this node's own key, the
+// failure records, the pause and the canary records, then the keys queued
+// before it, in this order. With known (the keys before it a previous
+// read found, at most maxPointReads), those alone are read: no key created
+// later can come before it, so the queue is the known keys still there,
+// and etcd reads a few keys instead of the whole queue. Otherwise the
+// whole prefix is read (keys created before maxCreate, or all with 0).
+func (l *Lock) queueReads(maxCreate int64, known []Queued) []clientv3.Op {
 	c := l.s.c
-	queue := []clientv3.OpOption{clientv3.WithPrefix()}
-	if maxCreate > 0 {
-		queue = append(queue, clientv3.WithMaxCreateRev(maxCreate))
-	}
-	return []clientv3.Op{
+	ops := []clientv3.Op{
 		clientv3.OpGet(c.RolloutKey()),
-		clientv3.OpGet(c.LockPrefix(), queue...),
 		clientv3.OpGet(l.key, clientv3.WithKeysOnly()),
 		clientv3.OpGet(c.FailuresRange(), clientv3.WithPrefix()),
 		clientv3.OpGet(c.PausedKey()),
 		clientv3.OpGet(c.CanaryPrefix(), clientv3.WithPrefix()),
 	}
+	if known != nil && len(known) <= maxPointReads {
+		for _, q := range known {
+			ops = append(ops, clientv3.OpGet(q.Key))
+		}
+		return ops
+	}
+	queue := []clientv3.OpOption{clientv3.WithPrefix()}
+	if maxCreate > 0 {
+		queue = append(queue, clientv3.WithMaxCreateRev(maxCreate))
+	}
+	return append(ops, clientv3.OpGet(c.LockPrefix(), queue...))
 }
+
+// maxPointReads is the most keys a queue read asks for one by one, within
+// etcd's limit of operations per transaction (maxTxnOps).
+const maxPointReads = 64
+
+// queueRead is how many responses to queueReads come before the queue's.
+const queueRead = 5
 
 // waitPredecessors returns once fewer lock keys created before l's count
 // than the rollout strategy has slots (one: no key before it), and l's
@@ -431,20 +448,24 @@ func (l *Lock) waitPredecessors(ctx context.Context, reads []*etcdserverpb.Respo
 	ctx, cancel := l.s.Context(ctx)
 	defer cancel()
 	for {
-		if own := reads[2].GetResponseRange().Kvs; len(own) == 0 || own[0].CreateRevision != l.rev {
+		if own := reads[1].GetResponseRange().Kvs; len(own) == 0 || own[0].CreateRevision != l.rev {
 			return ErrSessionLost
 		}
 		strategy := decodeRollout((*clientv3.GetResponse)(reads[0].GetResponseRange()))
-		l.slots, l.canary = l.slotsFor(strategy, newestCanary(c.decodeCanaries(reads[5].GetResponseRange().Kvs)))
-		var preds []Queued
-		for _, q := range c.decodeQueue(reads[1].GetResponseRange().Kvs) {
+		l.slots, l.canary = l.slotsFor(strategy, newestCanary(c.decodeCanaries(reads[4].GetResponseRange().Kvs)))
+		var queued []*mvccpb.KeyValue
+		for _, r := range reads[queueRead:] {
+			queued = append(queued, r.GetResponseRange().Kvs...)
+		}
+		preds := []Queued{} // not nil: the next read asks for these keys
+		for _, q := range c.decodeQueue(queued) {
 			if q.Revision < l.rev {
 				preds = append(preds, q)
 			}
 		}
 		if len(preds) < l.slots {
-			failures := c.decodeFailures(reads[3].GetResponseRange().Kvs)
-			l.gate = &Gate{Pause: decodePause((*clientv3.GetResponse)(reads[4].GetResponseRange())), Revision: rev}
+			failures := c.decodeFailures(reads[2].GetResponseRange().Kvs)
+			l.gate = &Gate{Pause: decodePause((*clientv3.GetResponse)(reads[3].GetResponseRange())), Revision: rev}
 			if len(failures) > 0 {
 				l.gate.Failure = &failures[0]
 			}
@@ -453,7 +474,7 @@ func (l *Lock) waitPredecessors(ctx context.Context, reads []*etcdserverpb.Respo
 		if err := l.waitTurn(ctx, preds, rev+1); err != nil {
 			return lockWaitErr(ctx, err)
 		}
-		resp, err := c.client.Txn(ctx).Then(l.queueReads(l.rev - 1)...).Commit()
+		resp, err := c.client.Txn(ctx).Then(l.queueReads(l.rev-1, preds)...).Commit()
 		if err != nil {
 			return lockWaitErr(ctx, err)
 		}

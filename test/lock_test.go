@@ -4,6 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -211,4 +215,76 @@ func TestAnUpgradedNodeWaitsForALegacyLockKey(t *testing.T) {
 	lb, err := acquire(ctx, t, b, 5*time.Second, nil)
 	require.NoError(t, err)
 	require.NoError(t, lb.Release())
+}
+
+// A release wakes O(1) waiters, not every waiter: over a whole queue of
+// n nodes in batches, etcd sends O(n) watch events, measured by the
+// member's own counter of events sent (Debian's etcd, alone in its
+// process, so no other test's events count).
+func TestABatchReleaseWakesOneWaiterNotTheQueue(t *testing.T) {
+	m := etcdtest.StartMembers(t, 1)
+	m.WaitHealthy(30 * time.Second)
+	cli, err := cluster.NewClient(cluster.ClientConfig{Endpoints: m.Endpoints(), DialTimeout: 5 * time.Second})
+	require.NoError(t, err)
+	t.Cleanup(func() { cli.Close() }) // after the sessions' cleanups, which revoke on it
+	eventsFor := func(n int) float64 {
+		prefix := fmt.Sprintf("/q%d", n)
+		admin := cluster.New(cli, cluster.Options{Prefix: prefix})
+		require.NoError(t, admin.SetRollout(context.Background(), cluster.Rollout{Batch: 2}))
+		var blockers []*cluster.Lock
+		for i := range 2 {
+			l, err := acquire(context.Background(), t, cluster.New(cli, cluster.Options{Prefix: prefix, Node: fmt.Sprintf("blocker%d", i)}), 30*time.Second, nil)
+			require.NoError(t, err)
+			blockers = append(blockers, l)
+		}
+		done := make(chan error, n)
+		for i := range n {
+			c := cluster.New(cli, cluster.Options{Prefix: prefix, Node: fmt.Sprintf("n%02d", i)})
+			s, err := c.NewSession(context.Background(), cluster.SessionOptions{TTL: 30 * time.Second})
+			require.NoError(t, err)
+			t.Cleanup(s.Close)
+			go func() {
+				l, err := s.Lock(context.Background(), nil)
+				if err == nil {
+					err = l.Release()
+				}
+				done <- err
+			}()
+		}
+		eventually(t, 30*time.Second, func() bool {
+			v, err := admin.View(context.Background())
+			return err == nil && len(v.Waiting) == n
+		}, "%d nodes queue behind the two holders", n)
+		before := eventsSent(t, m)
+		for _, b := range blockers {
+			require.NoError(t, b.Release())
+		}
+		for range n {
+			require.NoError(t, <-done)
+		}
+		return eventsSent(t, m) - before
+	}
+	few, many := eventsFor(10), eventsFor(40)
+	t.Logf("watch events sent: %v for 10 nodes, %v for 40", few, many)
+	assert.LessOrEqual(t, many, 5*40.0, "a few events per release, however long the queue")
+	assert.Less(t, many, 6*few, "linear in the queue (4x the nodes), not quadratic (16x)")
+}
+
+// eventsSent reads the member's count of watch events it sent.
+func eventsSent(t *testing.T, m *etcdtest.Members) float64 {
+	t.Helper()
+	resp, err := http.Get(m.Endpoints()[0] + "/metrics")
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	raw, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	for _, line := range strings.Split(string(raw), "\n") {
+		if v, ok := strings.CutPrefix(line, "etcd_debugging_mvcc_events_total "); ok {
+			f, err := strconv.ParseFloat(v, 64)
+			require.NoError(t, err)
+			return f
+		}
+	}
+	t.Fatal("no etcd_debugging_mvcc_events_total in the member's metrics")
+	return 0
 }

@@ -56,6 +56,7 @@ only starts over.`,
 			})
 		},
 	}
+	breakCmd.ValidArgsFunction = a.completion(argLister(nodeNames))
 	breakCmd.Flags().BoolVar(&yes, "yes", false, "break without asking")
 	cmd.AddCommand(breakCmd)
 	return cmd
