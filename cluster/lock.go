@@ -294,8 +294,8 @@ func (s *Session) Lock(ctx context.Context, target func() int64) (*Lock, error) 
 	// The queue is read in the same request that joins it: without
 	// contention the lock is one round trip and the mark.
 	resp, err := cli.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
-		Then(append([]clientv3.Op{clientv3.OpPut(key, "", clientv3.WithLease(s.session.Lease()))}, l.queueReads(0, nil)...)...).
-		Else(append([]clientv3.Op{clientv3.OpGet(key)}, l.queueReads(0, nil)...)...).Commit()
+		Then(append([]clientv3.Op{clientv3.OpPut(key, "", clientv3.WithLease(s.session.Lease()))}, l.queueReads(queueQuery{})...)...).
+		Else(append([]clientv3.Op{clientv3.OpGet(key)}, l.queueReads(queueQuery{})...)...).Commit()
 	if err != nil {
 		return nil, fmt.Errorf("lock %s: %w", key, err)
 	}
@@ -402,15 +402,26 @@ func (k Keys) decodeQueue(kvs []*mvccpb.KeyValue) []Queued {
 	return out
 }
 
+// queueQuery is how a queue read asks for the keys queued before this
+// one.
+type queueQuery struct {
+	// maxCreate bounds the keys to those created before it (0: all).
+	maxCreate int64
+	// known, when set, are the keys before this one that a complete
+	// previous read found: those alone are read, since no key created
+	// later can come before it. So etcd reads a few keys, not the queue.
+	known []Queued
+	// all reads the whole prefix; otherwise only its maxPointReads+1
+	// newest keys, which is enough to know a waiter's place unless the
+	// response says there is more.
+	all bool
+}
+
 // queueReads are what tells whether this node holds a slot, and what a
 // holder checks first: the rollout strategy, this node's own key, the
 // failure records, the pause and the canary records, then the keys queued
-// before it, in this order. With known (the keys before it a previous
-// read found, at most maxPointReads), those alone are read: no key created
-// later can come before it, so the queue is the known keys still there,
-// and etcd reads a few keys instead of the whole queue. Otherwise the
-// whole prefix is read (keys created before maxCreate, or all with 0).
-func (l *Lock) queueReads(maxCreate int64, known []Queued) []clientv3.Op {
+// before it (see queueQuery), in this order.
+func (l *Lock) queueReads(q queueQuery) []clientv3.Op {
 	c := l.s.c
 	ops := []clientv3.Op{
 		clientv3.OpGet(c.RolloutKey()),
@@ -419,15 +430,18 @@ func (l *Lock) queueReads(maxCreate int64, known []Queued) []clientv3.Op {
 		clientv3.OpGet(c.PausedKey()),
 		clientv3.OpGet(c.CanaryPrefix(), clientv3.WithPrefix()),
 	}
-	if known != nil && len(known) <= maxPointReads {
-		for _, q := range known {
-			ops = append(ops, clientv3.OpGet(q.Key))
+	if q.known != nil {
+		for _, k := range q.known {
+			ops = append(ops, clientv3.OpGet(k.Key))
 		}
 		return ops
 	}
 	queue := []clientv3.OpOption{clientv3.WithPrefix()}
-	if maxCreate > 0 {
-		queue = append(queue, clientv3.WithMaxCreateRev(maxCreate))
+	if !q.all {
+		queue = append(queue, append(clientv3.WithLastCreate(), clientv3.WithLimit(maxPointReads+1))...)
+	}
+	if q.maxCreate > 0 {
+		queue = append(queue, clientv3.WithMaxCreateRev(q.maxCreate))
 	}
 	return append(ops, clientv3.OpGet(c.LockPrefix(), queue...))
 }
@@ -454,8 +468,10 @@ func (l *Lock) waitPredecessors(ctx context.Context, reads []*etcdserverpb.Respo
 		strategy := decodeRollout((*clientv3.GetResponse)(reads[0].GetResponseRange()))
 		l.slots, l.canary = l.slotsFor(strategy, newestCanary(c.decodeCanaries(reads[4].GetResponseRange().Kvs)))
 		var queued []*mvccpb.KeyValue
+		complete := true // every key before this one was read
 		for _, r := range reads[queueRead:] {
 			queued = append(queued, r.GetResponseRange().Kvs...)
+			complete = complete && !r.GetResponseRange().More
 		}
 		preds := []Queued{} // not nil: the next read asks for these keys
 		for _, q := range c.decodeQueue(queued) {
@@ -463,7 +479,8 @@ func (l *Lock) waitPredecessors(ctx context.Context, reads []*etcdserverpb.Respo
 				preds = append(preds, q)
 			}
 		}
-		if len(preds) < l.slots {
+		if complete && len(preds) < l.slots {
+			// A slot: every key before this one was read, with the gate.
 			failures := c.decodeFailures(reads[2].GetResponseRange().Kvs)
 			l.gate = &Gate{Pause: decodePause((*clientv3.GetResponse)(reads[3].GetResponseRange())), Revision: rev}
 			if len(failures) > 0 {
@@ -471,10 +488,24 @@ func (l *Lock) waitPredecessors(ctx context.Context, reads []*etcdserverpb.Respo
 			}
 			break
 		}
-		if err := l.waitTurn(ctx, preds, rev+1); err != nil {
-			return lockWaitErr(ctx, err)
+		first := len(preds) > 0 && preds[len(preds)-1].Held // it counts every key before it out
+		next, wait := queueQuery{maxCreate: l.rev - 1, known: preds}, true
+		switch {
+		case !complete && (len(preds) < l.slots || first):
+			// The limit cut the keys before this one short, and deciding
+			// needs them all: read them at once, without waiting.
+			next, wait = queueQuery{maxCreate: l.rev - 1, all: true}, false
+		case !complete || len(preds) > maxPointReads:
+			// Its place is known (the newest keys before it), not every
+			// key: the next read lists the queue again.
+			next.known, next.all = nil, first
 		}
-		resp, err := c.client.Txn(ctx).Then(l.queueReads(l.rev-1, preds)...).Commit()
+		if wait {
+			if err := l.waitTurn(ctx, preds, rev+1); err != nil {
+				return lockWaitErr(ctx, err)
+			}
+		}
+		resp, err := c.client.Txn(ctx).Then(l.queueReads(next)...).Commit()
 		if err != nil {
 			return lockWaitErr(ctx, err)
 		}
@@ -508,11 +539,11 @@ func (l *Lock) slotsFor(r Rollout, canary Canary) (int, bool) {
 }
 
 // waitTurn returns when, from revision rev, something happened that may
-// give this waiter a slot: the strategy changed, its own key went, and
-// then either the key just before it changed (it took a slot, or left),
-// or, once that one holds a slot, enough of the keys before it went (or a
-// canary record arrived that lets it share the lock). preds are the
-// counted keys before it, in queue order.
+// give this waiter a slot: the strategy changed, or the key just before it
+// changed (it took a slot, or left), or, once that one holds a slot,
+// enough of the keys before it went (or a canary record arrived that lets
+// it share the lock). preds are the counted keys before it, in queue
+// order.
 func (l *Lock) waitTurn(ctx context.Context, preds []Queued, rev int64) error {
 	c := l.s.c
 	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
@@ -521,7 +552,10 @@ func (l *Lock) waitTurn(ctx context.Context, preds []Queued, rev int64) error {
 		return c.client.Watch(wctx, key, append(opts, clientv3.WithRev(rev))...)
 	}
 	last := preds[len(preds)-1]
-	chans := []clientv3.WatchChan{watch(c.RolloutKey()), watch(l.key, clientv3.WithFilterPut())}
+	// Its own key going ends the session's wait with the session (ccm lock
+	// break revokes the lease) or, as the first waiter, with the watch of
+	// the keys; a waiter further back finds it gone on its next read.
+	chans := []clientv3.WatchChan{watch(c.RolloutKey())}
 	var ahead map[string]bool // the first waiter's: keys before it still there
 	if !last.Held {
 		chans = append(chans, watch(last.Key))
