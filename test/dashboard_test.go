@@ -110,6 +110,11 @@ func TestDashboardFollowsARolloutThatFailsAndResumes(t *testing.T) {
 	page.waitFor(`!document.querySelector('#failure').hidden && document.querySelector('#failure').dataset.node === `+strconv.Quote(failed), "the failure banner")
 	assert.Equal(t, "sites", page.text("#failure .config"))
 	assert.Contains(t, page.text("#failure .error"), "validate")
+	// A second node's record shows beside the first, under its own name
+	// (its value claims another node).
+	_, err := etcd.Client(t).Put(context.Background(), cluster.NewKeys("").FailureKey("node9"), `{"node":"`+failed+`","configuration":"pools","error":"x"}`)
+	require.NoError(t, err)
+	page.waitFor(`document.querySelector('#failure .more').textContent === "Also failed: node9 (pools)"`, "every failure record, each by its key")
 	page.waitFor(rows(fmt.Sprintf(`[data-node=%q][data-state="failed"]`, failed))+` === 1`, "the failed node")
 	page.waitFor(rows(`[data-state="halted"][data-behind="true"]`)+` === 2`, "the other nodes halted, behind")
 	page.waitFor(`document.querySelector('#summary').dataset.failed === "1" && document.querySelector('#summary').dataset.behind === "3"`, "the summary counts the failure")

@@ -43,6 +43,11 @@ function render(st) {
     setText(failure, ".revision", String(v.failure.revision));
     setText(failure, ".error", v.failure.error);
   }
+  // Every other node's failure record, each named by its own key.
+  const others = (v.failures || []).slice(1).map((f) => f.node + " (" + f.configuration + ")");
+  const more = failure.querySelector(".more");
+  more.hidden = others.length === 0;
+  more.textContent = others.length ? "Also failed: " + others.join(", ") : "";
   const pause = $("#pause");
   pause.hidden = !v.pause;
   if (v.pause) {
