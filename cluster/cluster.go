@@ -42,6 +42,15 @@ type Failure struct {
 	Legacy bool `json:"legacy,omitempty"`
 }
 
+// By says who raised the record, as every message names it: "node NAME",
+// or for the legacy flag what its value claims, marked as unproven.
+func (f Failure) By() string {
+	if f.Legacy {
+		return fmt.Sprintf("the legacy flag (it says node %s; any agent before per-node records could write it)", f.Node)
+	}
+	return "node " + f.Node
+}
+
 // Status is a node's last run, written under the lock.
 type Status struct {
 	Node string `json:"node"`

@@ -57,6 +57,8 @@ func TestAFailureRecordBlamesTheNodeWhoseKeyItIs(t *testing.T) {
 	if assert.Len(t, f, 2) {
 		assert.Equal(t, Failure{Node: "web3", Error: "old", Legacy: true}, f[0], "oldest first; the legacy flag says so")
 		assert.Equal(t, "web1", f[1].Node)
+		assert.Equal(t, "node web1", f[1].By())
+		assert.Contains(t, f[0].By(), "the legacy flag (it says node web3;", "never named as web3's own")
 	}
 }
 

@@ -320,14 +320,14 @@ func (r *Runner) halt(ctx context.Context, lock *cluster.Lock, f *cluster.Failur
 	r.log.Warn("halted by the failure flag", zap.String("flag_node", f.Node), zap.String("configuration", f.Configuration))
 	r.observe(cluster.ResultHalted, nil)
 	s := cluster.Status{Node: r.opts.Node, Result: cluster.ResultHalted, Converged: max(r.converged, 0), Time: time.Now().UTC(),
-		Error: fmt.Sprintf("failure flag set by node %s (configuration %s)", f.Node, f.Configuration)}
+		Error: fmt.Sprintf("failure flag set by %s (configuration %s)", f.By(), f.Configuration)}
 	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), statusTimeout)
 	defer cancel()
 	if err := lock.WriteStatus(wctx, s); err != nil {
 		r.log.Warn("write status", zap.Error(err))
 	}
 	return Result{Status: s, Failure: f,
-		Err: fmt.Errorf("%w (set by node %s, configuration %s: %s)", ErrHalted, f.Node, f.Configuration, f.Error)}
+		Err: fmt.Errorf("%w (set by %s, configuration %s: %s)", ErrHalted, f.By(), f.Configuration, f.Error)}
 }
 
 // observe updates the metrics for a run that ended with result.

@@ -99,14 +99,8 @@ func printView(w io.Writer, v *cluster.View) {
 	tw.Flush()
 }
 
-// failedBy names who raised a failure record: the node whose key holds
-// it, or, for the legacy flag, what its value claims, marked as unproven.
-func failedBy(f cluster.Failure) string {
-	if f.Legacy {
-		return fmt.Sprintf("the legacy flag (it says node %s; any agent before per-node records could write it)", render.Escape(f.Node))
-	}
-	return "node " + render.Escape(f.Node)
-}
+// failedBy names who raised a failure record, escaped for a terminal.
+func failedBy(f cluster.Failure) string { return render.Escape(f.By()) }
 
 func firstLine(s string) string {
 	for i, r := range s {
