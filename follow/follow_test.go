@@ -74,7 +74,10 @@ func TestFollowerResumesAfterTheLastEventAcrossARestart(t *testing.T) {
 		require.Eventually(t, func() bool {
 			pctx, c := context.WithTimeout(ctx, time.Second)
 			defer c()
-			_, err := cli.Put(pctx, k, "x")
+			// Created only once: an attempt that timed out here may
+			// still have been applied, and a second put is a second
+			// event.
+			_, err := cli.Txn(pctx).If(clientv3.Compare(clientv3.CreateRevision(k), "=", 0)).Then(clientv3.OpPut(k, "x")).Commit()
 			return err == nil
 		}, 30*time.Second, 50*time.Millisecond)
 	}
