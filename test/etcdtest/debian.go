@@ -73,7 +73,7 @@ func StartMembersWith(t testing.TB, n int, opts MembersOptions) *Members {
 	}
 	var peers []string
 	for i := range n {
-		p := &process{name: fmt.Sprintf("m%d", i), client: scheme + freeAddr(t), peer: "http://" + freeAddr(t), data: t.TempDir()}
+		p := &process{name: fmt.Sprintf("m%d", i), client: scheme + FreeAddr(t), peer: "http://" + FreeAddr(t), data: t.TempDir()}
 		m.members = append(m.members, p)
 		peers = append(peers, p.name+"="+p.peer)
 	}

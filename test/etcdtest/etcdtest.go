@@ -4,10 +4,12 @@ package etcdtest
 
 import (
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"net/url"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -40,8 +42,8 @@ func New(t testing.TB, n int) *Cluster {
 		m := &member{
 			name:   fmt.Sprintf("m%d", i),
 			dir:    t.TempDir(),
-			client: url.URL{Scheme: "http", Host: freeAddr(t)},
-			peer:   url.URL{Scheme: "http", Host: freeAddr(t)},
+			client: url.URL{Scheme: "http", Host: FreeAddr(t)},
+			peer:   url.URL{Scheme: "http", Host: FreeAddr(t)},
 		}
 		initial = append(initial, m.name+"="+m.peer.String())
 		c.members = append(c.members, m)
@@ -69,15 +71,36 @@ func New(t testing.TB, n int) *Cluster {
 	return c
 }
 
-// freeAddr returns a 127.0.0.1 address with a port that was free just now.
-func freeAddr(t testing.TB) string {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+// FreeAddr returns a 127.0.0.1 address with a port no one listened on just
+// now. The port is below the kernel's ephemeral range (32768 and up on
+// Linux), so no outgoing connection takes it between this check and the
+// listen, and each test binary walks its own random sequence of ports, so
+// parallel tests and packages do not pick the same one.
+func FreeAddr(t testing.TB) string {
+	t.Helper()
+	for range portSpan {
+		port := portBase + int(nextPort.Add(1))%portSpan
+		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+		if err != nil {
+			continue
+		}
+		addr := l.Addr().String()
+		l.Close()
+		return addr
 	}
-	defer l.Close()
-	return l.Addr().String()
+	t.Fatal("no free port on 127.0.0.1")
+	return ""
 }
+
+// The ports FreeAddr hands out: [portBase, portBase+portSpan).
+const portBase, portSpan = 20000, 12000
+
+// nextPort is where this binary's walk through the ports is.
+var nextPort = func() *atomic.Int32 {
+	var n atomic.Int32
+	n.Store(rand.Int32N(portSpan))
+	return &n
+}()
 
 // start starts the member; m.etcd is set under no lock: callers start a
 // member only while it is stopped.

@@ -123,7 +123,7 @@ func StartExternal(t testing.TB) *External {
 	pki := NewPKI(t)
 	serverCert, serverKey := pki.Issue("etcd-server")
 	rootCert, rootKey := pki.Issue("root")
-	client, peer := freeAddr(t), freeAddr(t)
+	client, peer := FreeAddr(t), FreeAddr(t)
 	e := &External{t: t, PKI: pki, Endpoint: "https://" + client, RootCert: rootCert, RootKey: rootKey,
 		bin: etcdBin, peer: "http://" + peer, serverCert: serverCert, serverKey: serverKey}
 	e.start(t.TempDir())
