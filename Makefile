@@ -50,12 +50,14 @@ chaos:
 	CCM_CHAOS_ROUNDS=$(CHAOS_ROUNDS) $(GO) test -count=1 -timeout 60m -run 'TestChaos' -v ./test/
 
 ## bench: the benchmark command against a real etcd on loopback; prints a table, writes bench/results.json
+## (its scale scenario runs FLEET agent processes on a 3-member Debian etcd)
 ## BASELINE=<git rev> also measures ccm as built at that revision (before and after in one run);
 ## CONFD=<binary> measures confd beside ccm on the one-file scenario; PROFILES=<dir> keeps the agent's profiles.
 BASELINE ?=
 PROFILES ?=
+FLEET    ?= 200
 bench:
-	$(GO) run ./bench -out bench/results.json $(if $(BASELINE),-baseline $(BASELINE)) $(if $(PROFILES),-profiles $(PROFILES))
+	$(GO) run ./bench -out bench/results.json -fleet $(FLEET) $(if $(BASELINE),-baseline $(BASELINE)) $(if $(PROFILES),-profiles $(PROFILES))
 
 ## microbench: Go benchmarks of the hot paths (compare runs with benchstat)
 microbench:
