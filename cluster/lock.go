@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"iter"
 	"os"
 	"path/filepath"
 	"slices"
@@ -554,73 +553,49 @@ func (l *Lock) waitTurn(ctx context.Context, preds []Queued, rev int64) error {
 	last := preds[len(preds)-1]
 	// Its own key going ends the session's wait with the session (ccm lock
 	// break revokes the lease) or, as the first waiter, with the watch of
-	// the keys; a waiter further back finds it gone on its next read.
-	chans := []clientv3.WatchChan{watch(c.RolloutKey())}
+	// the keys; a waiter further back finds it gone on its next read. A
+	// watch this waiter does not need stays nil, and never answers.
+	strategy := watch(c.RolloutKey())
+	var keys, canaries clientv3.WatchChan
 	var ahead map[string]bool // the first waiter's: keys before it still there
 	if !last.Held {
-		chans = append(chans, watch(last.Key))
+		keys = watch(last.Key)
 	} else {
 		ahead = map[string]bool{}
 		for _, q := range preds {
 			ahead[q.Key] = true
 		}
-		chans = append(chans, watch(c.LockPrefix(), clientv3.WithPrefix(), clientv3.WithFilterPut()))
+		keys = watch(c.LockPrefix(), clientv3.WithPrefix(), clientv3.WithFilterPut())
 		if l.canary {
-			chans = append(chans, watch(c.CanaryPrefix(), clientv3.WithPrefix(), clientv3.WithFilterDelete()))
+			canaries = watch(c.CanaryPrefix(), clientv3.WithPrefix(), clientv3.WithFilterDelete())
 		}
 	}
-	for wr, err := range merged(ctx, chans) {
-		if err != nil {
-			return err
-		}
-		for _, ev := range wr.Events {
-			key := string(ev.Kv.Key)
-			if ahead == nil || !strings.HasPrefix(key, c.LockPrefix()) || key == l.key {
+	for {
+		var wr clientv3.WatchResponse
+		var ok bool
+		select {
+		case wr, ok = <-strategy:
+		case wr, ok = <-canaries:
+		case wr, ok = <-keys:
+			if ahead == nil {
+				break // the key just before it changed
+			}
+			if err := watchErr(ctx, wr, ok); err != nil {
+				return err
+			}
+			for _, ev := range wr.Events {
+				if string(ev.Kv.Key) == l.key {
+					return nil // its own key went: the next read says so
+				}
+				delete(ahead, string(ev.Kv.Key))
+			}
+			if len(ahead) < l.slots {
 				return nil
 			}
-			delete(ahead, key)
+			continue
 		}
-		if ahead != nil && len(ahead) < l.slots {
-			return nil
-		}
-	}
-	return ctx.Err()
-}
-
-// merged yields the responses of several watches as they come, with the
-// error that ends one of them (then it stops).
-func merged(ctx context.Context, chans []clientv3.WatchChan) iter.Seq2[clientv3.WatchResponse, error] {
-	return func(yield func(clientv3.WatchResponse, error) bool) {
-		type got struct {
-			wr clientv3.WatchResponse
-			ok bool
-		}
-		out := make(chan got)
-		done := make(chan struct{})
-		defer close(done)
-		for _, ch := range chans {
-			go func() {
-				for {
-					wr, ok := <-ch
-					select {
-					case out <- got{wr, ok}:
-					case <-done:
-						return
-					}
-					if !ok {
-						return
-					}
-				}
-			}()
-		}
-		for g := range out {
-			if err := watchErr(ctx, g.wr, g.ok); err != nil {
-				yield(g.wr, err)
-				return
-			}
-			if !yield(g.wr, nil) {
-				return
-			}
+		if err := watchErr(ctx, wr, ok); err != nil || len(wr.Events) > 0 {
+			return err
 		}
 	}
 }
