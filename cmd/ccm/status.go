@@ -63,13 +63,18 @@ func printView(w io.Writer, v *cluster.View) {
 		}
 	}
 	holder := "free"
-	var holders []string
+	since := map[string]time.Time{}
 	for _, q := range v.Queue {
-		if q.Held && !q.Since.IsZero() {
-			holders = append(holders, fmt.Sprintf("%s (for %s)", q.Node, time.Since(q.Since).Round(time.Second)))
-		} else if q.Held || (len(holders) == 0 && q.Node == v.Holder) {
-			holders = append(holders, q.Node)
+		if q.Held {
+			since[q.Node] = q.Since
 		}
+	}
+	var holders []string
+	for _, h := range v.Holders {
+		if t := since[h]; !t.IsZero() {
+			h += fmt.Sprintf(" (for %s)", time.Since(t).Round(time.Second))
+		}
+		holders = append(holders, h)
 	}
 	if len(holders) > 0 {
 		holder = "held by " + render.Escape(strings.Join(holders, ", "))
