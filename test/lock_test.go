@@ -297,3 +297,29 @@ func eventsSent(t *testing.T, m *etcdtest.Members) float64 {
 	t.Fatal("no etcd_debugging_mvcc_events_total in the member's metrics")
 	return 0
 }
+
+// During an upgrade an old agent raises the one legacy flag,
+// <prefix>/failure: an upgraded node's gate obeys it, names it as the
+// legacy flag (never as the node its value claims), and ccm resume clears
+// it with the records.
+func TestAnUpgradedNodeObeysTheLegacyFailureFlag(t *testing.T) {
+	etcd := etcdtest.New(t, 1)
+	ctx := context.Background()
+	cli := etcd.Client(t)
+	b := cluster.New(cli, cluster.Options{Node: "b"})
+	_, err := cli.Put(ctx, b.LegacyFailureKey(), `{"node":"web2","configuration":"nginx","error":"old agent failed"}`)
+	require.NoError(t, err)
+	l, err := acquire(ctx, t, b, 5*time.Second, nil)
+	require.NoError(t, err)
+	gate := l.Gate()
+	require.NotNil(t, gate.Failure, "the legacy flag halts an upgraded node")
+	assert.True(t, gate.Failure.Legacy)
+	assert.Contains(t, gate.Failure.By(), "the legacy flag")
+	require.NoError(t, l.Release())
+	cleared, err := b.Resume(ctx)
+	require.NoError(t, err)
+	assert.Len(t, cleared, 1)
+	f, err := b.Failure(ctx)
+	require.NoError(t, err)
+	assert.Nil(t, f, "resume cleared the legacy flag")
+}
