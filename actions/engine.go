@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
@@ -51,23 +52,37 @@ type Options struct {
 	Keys func() *AuthorizedKeys
 	// NodeKey opens secret parameters.
 	NodeKey *NodeKey
-	Logger  *zap.Logger
-	Metrics *metrics.Metrics
+	// StateDir holds the journal of the requests the node started (none:
+	// the journal lives in memory, and a restart forgets it).
+	StateDir string
+	// Instance names this agent's state directory in the replies it
+	// claims, so that a restarted agent recognises its own claims (a
+	// random one when empty).
+	Instance string
+	Logger   *zap.Logger
+	Metrics  *metrics.Metrics
 }
 
 // Engine is the node side of actions: it claims the requests addressed to
 // its node, runs them, and replies.
 type Engine struct {
-	opts Options
-	keys cluster.Keys
-	log  *zap.Logger
-	m    *metrics.Metrics
+	opts    Options
+	keys    cluster.Keys
+	log     *zap.Logger
+	m       *metrics.Metrics
+	journal *journal
+	cluster atomic.Uint64 // etcd's cluster ID, for signatures
 
-	mu    sync.Mutex
-	slots map[string]chan struct{} // per action, sized by concurrency
-	lease clientv3.LeaseID         // for requests without a lease
-	since time.Time
-	wg    sync.WaitGroup // claimed requests
+	mu       sync.Mutex
+	slots    map[string]chan struct{} // per action, sized by concurrency
+	leases   map[time.Duration]heldLease
+	inflight map[string]bool // claimed by this engine, not yet replied
+	wg       sync.WaitGroup  // claimed requests
+}
+
+type heldLease struct {
+	id      clientv3.LeaseID
+	granted time.Time
 }
 
 // NewEngine returns an Engine; Run starts it.
@@ -81,46 +96,72 @@ func NewEngine(opts Options) *Engine {
 	if opts.Retention == 0 {
 		opts.Retention = DefaultRetention
 	}
-	return &Engine{opts: opts, keys: cluster.NewKeys(opts.Prefix), log: opts.Logger, m: opts.Metrics, slots: map[string]chan struct{}{}}
+	if opts.Instance == "" {
+		opts.Instance = NewID(time.Now())
+	}
+	return &Engine{opts: opts, keys: cluster.NewKeys(opts.Prefix), log: opts.Logger, m: opts.Metrics,
+		slots: map[string]chan struct{}{}, leases: map[time.Duration]heldLease{}, inflight: map[string]bool{}}
 }
 
-// Run marks as interrupted the requests a previous agent left running,
-// then answers every request addressed to the node: those that arrived
-// while it was down, then each as it arrives. It returns when ctx is done
-// and every request it started has replied; a request still waiting for
-// its turn is handed back, to run at the next start.
+// Run opens the node's journal, settles the requests a previous agent
+// left claimed, then answers every request addressed to the node: those
+// that arrived while it was down, then each as it arrives. It returns
+// when ctx is done and every request it started has replied; a request
+// still waiting for its turn is handed back, to run at the next start.
 func (e *Engine) Run(ctx context.Context) {
 	defer e.wg.Wait()
 	delay := follow.Backoff()
 	for ctx.Err() == nil {
-		err := e.interrupted(ctx)
+		err := e.open(ctx)
 		if err == nil {
 			break
 		}
-		e.log.Warn("actions: recover interrupted requests; will retry", zap.Error(err), zap.Duration("in", delay.Next()))
+		e.log.Warn("actions: open the journal and settle the requests left claimed; will retry", zap.Error(err), zap.Duration("in", delay.Next()))
 		delay.Wait(ctx)
 	}
+	if e.journal == nil {
+		return
+	}
+	defer e.journal.close()
 	follow.New(e.opts.Client, (*requests)(e), follow.Options{
 		Name: "actions", Key: e.keys.ActionsPrefix(e.opts.Node), Prefix: true,
 		WatchOptions: []clientv3.OpOption{clientv3.WithFilterDelete()}, Logger: e.log,
 	}).Run(ctx)
 }
 
-// interrupted rewrites every reply still running, left by an agent that
-// died, as interrupted. Those requests are never run again.
-func (e *Engine) interrupted(ctx context.Context) error {
+// open reads the journal and settles every reply still running, left by
+// an agent that stopped: one that started (the journal says so) is
+// interrupted and never runs again; one this node claimed but never
+// started is left to Reset, which runs it; one claimed by another
+// instance (another state directory) may have run, and is interrupted.
+func (e *Engine) open(ctx context.Context) error {
+	if e.journal == nil {
+		j, err := openJournal(e.opts.StateDir, time.Now())
+		if err != nil {
+			return err
+		}
+		e.journal = j
+	}
 	resp, err := e.opts.Client.Get(ctx, e.keys.RepliesPrefix(e.opts.Node), clientv3.WithPrefix())
 	if err != nil {
 		return err
 	}
+	e.cluster.Store(resp.Header.ClusterId)
 	for _, kv := range resp.Kvs {
 		var r Reply
 		if json.Unmarshal(kv.Value, &r) != nil || r.State != StateRunning {
 			continue
 		}
+		started := e.journal.has(r.ID)
+		if !started && r.Instance == e.opts.Instance {
+			continue // never started: Reset runs it, or says why not
+		}
 		r.State, r.Finished = StateInterrupted, time.Now().UTC()
 		r.Error = "the agent stopped while this request ran; it is never run again"
-		if err := e.write(ctx, string(kv.Key), kv.ModRevision, clientv3.LeaseID(kv.Lease), r); err != nil {
+		if !started {
+			r.Error = "claimed by another agent instance of this node, which stopped; it may have run, and is never run again"
+		}
+		if _, err := e.write(ctx, string(kv.Key), kv.ModRevision, clientv3.LeaseID(kv.Lease), r); err != nil {
 			return err
 		}
 		action := "unknown"
@@ -143,23 +184,29 @@ const replyTimeout = 30 * time.Second
 // requests is the Engine as the follower of the node's requests.
 type requests Engine
 
-// Reset answers every request without a reply, as read at rev: those
-// that arrived while the agent was down, or while the watch was broken
-// past a compaction.
+// Reset answers every request without a final reply, as read at rev:
+// those that arrived while the agent was down, or while the watch was
+// broken past a compaction, and those this node claimed but never
+// started (an agent killed while they waited their turn, or a claim
+// whose response was lost).
 func (r *requests) Reset(ctx context.Context, kvs []*mvccpb.KeyValue, rev int64, _ string) error {
 	e := (*Engine)(r)
 	resp, err := e.opts.Client.Get(ctx, e.keys.RepliesPrefix(e.opts.Node), clientv3.WithPrefix(), clientv3.WithKeysOnly(), clientv3.WithRev(rev))
 	if err != nil {
 		return err
 	}
+	e.cluster.Store(resp.Header.ClusterId)
 	replied := map[string]bool{}
 	for _, kv := range resp.Kvs {
 		replied[strings.TrimPrefix(string(kv.Key), e.keys.RepliesPrefix(e.opts.Node))] = true
 	}
 	for _, kv := range kvs {
-		if replied[strings.TrimPrefix(string(kv.Key), e.keys.ActionsPrefix(e.opts.Node))] {
-			continue
+		id := strings.TrimPrefix(string(kv.Key), e.keys.ActionsPrefix(e.opts.Node))
+		if replied[id] && (e.journal.has(id) || e.claimed(id)) {
+			continue // it ran, or runs now: settled
 		}
+		// Without a reply, or with one this engine may have to take
+		// over: handle finds out in the claim's own transaction.
 		if err := e.handle(ctx, kv); err != nil {
 			return err
 		}
@@ -180,24 +227,51 @@ func (r *requests) Apply(ctx context.Context, resp clientv3.WatchResponse) error
 	return nil
 }
 
+// MaxRequestBytes bounds a request: a larger one is rejected before it is
+// parsed.
+const MaxRequestBytes = 256 << 10
+
+// maxReason bounds the error of a rejection, so that it always fits in
+// its reply.
+const maxReason = 2 << 10
+
 // handle decides what to do with one request: reject it, or claim it and
 // start it. An error (etcd unreachable) means the request may still be
 // unanswered; the caller lists again.
 func (e *Engine) handle(ctx context.Context, kv *mvccpb.KeyValue) error {
 	id := strings.TrimPrefix(string(kv.Key), e.keys.ActionsPrefix(e.opts.Node))
+	if err := objects.CheckName("request id", id); err != nil {
+		// Its reply's key would be as bad: no reply, and nothing else
+		// waits for it.
+		e.log.Warn("action request ignored: its key is no request id", zap.ByteString("key", kv.Key[:min(len(kv.Key), 200)]), zap.Int("key_bytes", len(kv.Key)))
+		e.m.Actions.WithLabelValues("unknown", StateRejected).Inc()
+		return nil
+	}
 	now := time.Now().UTC()
 	req, run, reason := e.accept(id, kv.Value, now)
 	if reason != "" {
-		reply := Reply{ID: id, Node: e.opts.Node, State: StateRejected, Error: reason, Started: now, Finished: now}
-		_, ok, err := e.claim(ctx, kv, reply, e.leaseOf(ctx))
+		if len(reason) > maxReason {
+			reason = reason[:maxReason] + fmt.Sprintf(" [%d more bytes]", len(reason)-maxReason)
+		}
+		rejected := func(takeover bool) Reply {
+			why := reason
+			if takeover {
+				why = "never started (claimed before the agent stopped): " + reason
+			}
+			return Reply{ID: id, Node: e.opts.Node, State: StateRejected, Error: why, By: run.by(req), Signed: run.grant != nil, Started: now, Finished: now}
+		}
+		_, ok, err := e.claim(ctx, kv, rejected, 0)
 		if ok {
-			e.log.Warn("action rejected", zap.String("id", id), zap.String("action", req.Action), zap.String("by", req.By), zap.String("error", reason))
+			e.log.Warn("action rejected", zap.String("id", id), zap.String("action", req.Action), zap.String("by", run.by(req)), zap.String("error", reason))
 			e.m.Actions.WithLabelValues(req.Action, StateRejected).Inc()
 		}
 		return err
 	}
-	lease := e.leaseOf(ctx)
-	rev, ok, err := e.claim(ctx, kv, Reply{ID: id, Node: e.opts.Node, State: StateRunning, Started: now}, lease)
+	timeout := run.timeout(req)
+	running := func(bool) Reply {
+		return Reply{ID: id, Node: e.opts.Node, State: StateRunning, By: run.by(req), Signed: run.grant != nil, Instance: e.opts.Instance, Started: now}
+	}
+	rev, ok, err := e.claim(ctx, kv, running, timeout)
 	if !ok {
 		return err
 	}
@@ -206,9 +280,23 @@ func (e *Engine) handle(ctx context.Context, kv *mvccpb.KeyValue) error {
 	go func() {
 		defer e.wg.Done()
 		defer e.m.ActionsRunning.Dec()
-		e.execute(ctx, req, run, rev, lease, now)
+		defer e.settled(id)
+		e.execute(ctx, req, run, rev, timeout, now)
 	}()
 	return nil
+}
+
+// claimed reports whether this engine holds a request now.
+func (e *Engine) claimed(id string) bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.inflight[id]
+}
+
+func (e *Engine) settled(id string) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	delete(e.inflight, id)
 }
 
 // runner is what answers an accepted request.
@@ -220,41 +308,63 @@ type runner struct {
 	// of the reply and the log.
 	params  map[string]string
 	secrets []string
-	signer  string
+	// grant is the key that signed the request, when this node requires
+	// signatures.
+	grant *Grant
 }
 
-// accept checks a request before it is claimed. It returns the reason to
-// reject it, or what will run it.
+// by is who the reply and the log name as the caller: the signing key's
+// name, or the caller's own claim when the node requires no signature.
+func (run runner) by(req *Request) string {
+	if run.grant != nil {
+		return run.grant.Name
+	}
+	return req.By
+}
+
+// timeout is how long the request may run once started.
+func (run runner) timeout(req *Request) time.Duration {
+	if run.handler != nil {
+		return timeoutOf(run.handler.Timeout, req)
+	}
+	return timeoutOf(DefaultBuiltinTimeout, req)
+}
+
+// accept checks a request before it is claimed, the cheap checks first.
+// It returns the reason to reject it, or what will run it.
 func (e *Engine) accept(id string, raw []byte, now time.Time) (*Request, runner, string) {
 	req := &Request{}
-	if err := json.Unmarshal(raw, req); err != nil {
-		return req, runner{}, fmt.Sprintf("the request is not valid JSON: %v", err)
+	var run runner
+	if len(raw) > MaxRequestBytes {
+		return req, run, fmt.Sprintf("the request is %d bytes, over the limit of %d", len(raw), MaxRequestBytes)
 	}
-	if err := objects.CheckName("request id", id); err != nil {
-		return req, runner{}, err.Error()
+	if err := json.Unmarshal(raw, req); err != nil {
+		return req, run, fmt.Sprintf("the request is not valid JSON: %v", err)
 	}
 	if req.ID != id {
-		return req, runner{}, fmt.Sprintf("the request's id %q is not its key's %q", req.ID, id)
+		return req, run, fmt.Sprintf("the request's id %q is not its key's %q", req.ID, id)
+	}
+	if e.journal.has(id) {
+		return req, run, "this request already ran on this node; a request runs at most once"
+	}
+	if ak := e.keysNow(); ak != nil {
+		g, err := ak.Verify(NewBinding(e.opts.Prefix, e.cluster.Load()), e.opts.Node, raw, req, now)
+		if err != nil {
+			return req, run, err.Error()
+		}
+		run.grant = g
+		// Past its deadline, a signed request is refused below; before
+		// it, the journal refuses a replay.
+		if req.Deadline.IsZero() || req.Deadline.After(now.Add(e.opts.Retention)) {
+			return req, run, fmt.Sprintf("a signed request needs a deadline within the reply retention (%s)", e.opts.Retention)
+		}
 	}
 	if !req.Deadline.IsZero() && now.After(req.Deadline) {
-		return req, runner{}, fmt.Sprintf("its deadline %s passed before the node picked it up", req.Deadline.UTC().Format(time.RFC3339))
-	}
-	var run runner
-	if ak := e.keysNow(); ak != nil {
-		// A signed request is replayable until its deadline; its claimed
-		// reply blocks that only while the reply lives.
-		if req.Deadline.IsZero() || req.Deadline.After(now.Add(e.opts.Retention)) {
-			return req, runner{}, fmt.Sprintf("a signed request needs a deadline within the reply retention (%s)", e.opts.Retention)
-		}
-		who, err := ak.Verify(e.opts.Node, req)
-		if err != nil {
-			return req, runner{}, err.Error()
-		}
-		run.signer = who
+		return req, run, fmt.Sprintf("its deadline %s passed before the node picked it up", req.Deadline.UTC().Format(time.RFC3339))
 	}
 	if b, ok := e.opts.Builtins[req.Action]; ok {
 		if len(req.Params) > 0 {
-			return req, runner{}, fmt.Sprintf("the built-in action %s takes no parameters", req.Action)
+			return req, run, fmt.Sprintf("the built-in action %s takes no parameters", req.Action)
 		}
 		run.builtin = b
 		return req, run, ""
@@ -263,21 +373,30 @@ func (e *Engine) accept(id string, raw []byte, now time.Time) (*Request, runner,
 	h, ok := hs.Get(req.Action)
 	if !ok {
 		known := append(sortedKeys(e.opts.Builtins), hs.Names()...)
-		return req, runner{}, fmt.Sprintf("unknown action %q; this node answers: %s", req.Action, strings.Join(known, ", "))
+		return req, run, fmt.Sprintf("unknown action %q; this node answers: %s", req.Action, strings.Join(known, ", "))
+	}
+	if len(req.Params) > len(h.Params) {
+		return req, run, fmt.Sprintf("%d parameters, and action %s declares %d", len(req.Params), h.Name, len(h.Params))
 	}
 	params, secrets, err := h.openSecrets(req.Params, e.opts.NodeKey)
 	if err == nil {
 		err = h.CheckParams(params)
 	}
 	if err != nil {
-		return req, runner{}, err.Error()
+		return req, run, err.Error()
 	}
 	ident, err := h.identity(params)
 	if err != nil {
-		return req, runner{}, err.Error()
+		return req, run, err.Error()
 	}
 	run.handler, run.id, run.params, run.secrets = h, ident, params, secrets
 	return req, run, ""
+}
+
+// NewBinding is the binding of the cluster at prefix (cluster.DefaultPrefix
+// when empty) whose etcd reports clusterID.
+func NewBinding(prefix string, clusterID uint64) Binding {
+	return Binding{Prefix: strings.TrimSuffix(cluster.NewKeys(prefix).Prefix(), "/"), ClusterID: clusterID}
 }
 
 func (e *Engine) keysNow() *AuthorizedKeys {
@@ -288,44 +407,86 @@ func (e *Engine) keysNow() *AuthorizedKeys {
 }
 
 // claim creates the reply, unless one exists or the request was withdrawn
-// meanwhile: the one place that makes a request run at most once. It
-// returns the reply's revision.
-func (e *Engine) claim(ctx context.Context, kv *mvccpb.KeyValue, r Reply, lease clientv3.LeaseID) (int64, bool, error) {
-	raw, err := json.Marshal(r)
-	if err != nil {
-		return 0, false, err
-	}
+// meanwhile: the one place that makes a request claimed at most once. It
+// compares revisions only, so its transaction is never much larger than
+// the reply. A running reply this node's instance wrote and never started
+// (an agent killed while the request waited its turn, or a claim whose
+// response was lost) is taken over, so that the request runs once; reply
+// is told whether the claim takes one over. It returns the reply's
+// revision.
+func (e *Engine) claim(ctx context.Context, kv *mvccpb.KeyValue, reply func(takeover bool) Reply, timeout time.Duration) (int64, bool, error) {
+	r := reply(false)
 	key := e.keys.ReplyKey(e.opts.Node, r.ID)
-	resp, err := e.opts.Client.Txn(ctx).If(
-		clientv3.Compare(clientv3.CreateRevision(key), "=", 0),
-		clientv3.Compare(clientv3.CreateRevision(string(kv.Key)), "=", kv.CreateRevision),
-	).Then(clientv3.OpPut(key, string(raw), clientv3.WithLease(lease))).Commit()
-	if errors.Is(err, rpctypes.ErrLeaseNotFound) {
-		e.dropLease(lease)
+	fresh := clientv3.Compare(clientv3.CreateRevision(key), "=", 0)
+	takeover := false
+	for range 3 {
+		raw, err := json.Marshal(r)
+		if err != nil {
+			return 0, false, err
+		}
+		lease := e.leaseFor(ctx, timeout)
+		resp, err := e.opts.Client.Txn(ctx).If(fresh, clientv3.Compare(clientv3.CreateRevision(string(kv.Key)), "=", kv.CreateRevision)).
+			Then(clientv3.OpPut(key, string(raw), clientv3.WithLease(lease))).
+			Else(clientv3.OpGet(key)).Commit()
+		if errors.Is(err, rpctypes.ErrLeaseNotFound) {
+			e.dropLease(lease)
+			continue
+		}
+		if err != nil {
+			return 0, false, fmt.Errorf("claim %s: %w", kv.Key, err)
+		}
+		if resp.Succeeded {
+			if r.State == StateRunning {
+				e.mu.Lock()
+				e.inflight[r.ID] = true
+				e.mu.Unlock()
+			}
+			return resp.Header.Revision, true, nil
+		}
+		existing := resp.Responses[0].GetResponseRange().Kvs
+		if takeover || len(existing) == 0 || !e.neverStarted(existing[0]) {
+			return 0, false, nil // claimed, or withdrawn
+		}
+		takeover = true
+		fresh = clientv3.Compare(clientv3.ModRevision(key), "=", existing[0].ModRevision)
+		r = reply(true)
 	}
-	if err != nil {
-		return 0, false, fmt.Errorf("claim %s: %w", kv.Key, err)
-	}
-	return resp.Header.Revision, resp.Succeeded, nil
+	return 0, false, fmt.Errorf("claim %s: its lease was revoked as it was granted", kv.Key)
 }
 
-// leaseOf is the lease a reply lives on: the engine's retention lease,
-// granted anew every twenty-fourth of the retention. Not the request's:
-// etcd lets a key join a lease only if its writer may write every key on
-// the lease, and a node may not write requests.
-func (e *Engine) leaseOf(ctx context.Context) clientv3.LeaseID {
+// neverStarted reports whether a reply is one this node's instance
+// claimed and never started: running, by this instance, not held by this
+// engine now, and not in the journal.
+func (e *Engine) neverStarted(kv *mvccpb.KeyValue) bool {
+	var r Reply
+	if json.Unmarshal(kv.Value, &r) != nil || r.State != StateRunning || r.Instance != e.opts.Instance {
+		return false
+	}
+	return !e.claimed(r.ID) && !e.journal.has(r.ID)
+}
+
+// leaseFor is the lease a reply lives on: one that outlives the request's
+// run by the retention. It is granted anew every twenty-fourth of the
+// retention, per timeout rounded up to the minute, so that a busy node
+// does not grant one per request. Not the request's lease: etcd lets a key
+// join a lease only if its writer may write every key on the lease, and a
+// node may not write requests.
+func (e *Engine) leaseFor(ctx context.Context, timeout time.Duration) clientv3.LeaseID {
+	timeout = (timeout + time.Minute - 1).Truncate(time.Minute)
+	window := e.opts.Retention / 24
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	if e.lease != 0 && time.Since(e.since) < e.opts.Retention/24 {
-		return e.lease
+	if l, ok := e.leases[timeout]; ok && time.Since(l.granted) < window {
+		return l.id
 	}
-	resp, err := e.opts.Client.Grant(ctx, int64(e.opts.Retention.Seconds()))
+	ttl := e.opts.Retention + timeout + window
+	resp, err := e.opts.Client.Grant(ctx, int64(ttl/time.Second)+1)
 	if err != nil {
 		e.log.Warn("actions: grant a retention lease; the reply is kept without one", zap.Error(err))
 		return 0
 	}
-	e.lease, e.since = resp.ID, time.Now()
-	return e.lease
+	e.leases[timeout] = heldLease{id: resp.ID, granted: time.Now()}
+	return resp.ID
 }
 
 // dropLease forgets a lease etcd no longer has (revoked by hand), so that
@@ -333,15 +494,38 @@ func (e *Engine) leaseOf(ctx context.Context) clientv3.LeaseID {
 func (e *Engine) dropLease(id clientv3.LeaseID) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	if e.lease == id {
-		e.lease = 0
+	for t, l := range e.leases {
+		if l.id == id {
+			delete(e.leases, t)
+		}
 	}
+}
+
+// journalMargin is how long past its deadline (or its reply's life) the
+// journal keeps a request.
+const journalMargin = time.Hour
+
+// start records a request in the journal, durably, then runs it: nothing
+// runs that the journal does not hold.
+func (e *Engine) start(req *Request, timeout time.Duration, run func() outcome) outcome {
+	until := time.Now().Add(timeout + e.opts.Retention)
+	if req.Deadline.After(until) {
+		until = req.Deadline
+	}
+	first, err := e.journal.record(req.ID, until.Add(journalMargin))
+	switch {
+	case err != nil:
+		return outcome{state: StateFailed, err: "not started: " + err.Error()}
+	case !first:
+		return outcome{state: StateRejected, err: "this request already ran on this node; a request runs at most once"}
+	}
+	return run()
 }
 
 // execute runs a claimed request in its turn and writes the final reply.
 // A request still waiting for its turn when the agent stops is handed
 // back (its reply deleted), so that the next start runs it.
-func (e *Engine) execute(ctx context.Context, req *Request, run runner, rev int64, lease clientv3.LeaseID, started time.Time) {
+func (e *Engine) execute(ctx context.Context, req *Request, run runner, rev int64, timeout time.Duration, started time.Time) {
 	replyKey := e.keys.ReplyKey(e.opts.Node, req.ID)
 	concurrency := 1 // a built-in runs one at a time
 	if run.handler != nil {
@@ -355,10 +539,10 @@ func (e *Engine) execute(ctx context.Context, req *Request, run runner, rev int6
 	var o outcome
 	switch {
 	case run.builtin != nil:
-		o = e.builtin(ctx, req, run.builtin)
+		o = e.start(req, timeout, func() outcome { return e.builtin(ctx, req, run.builtin) })
 	case run.handler.Serial && e.opts.Serial != nil:
 		inv := e.invocation(req, run)
-		err := e.opts.Serial(ctx, func() { o = inv.run() })
+		err := e.opts.Serial(ctx, func() { o = e.start(req, timeout, inv.run) })
 		if err != nil && ctx.Err() != nil { // stopping while it waited for the lock: it never started
 			release()
 			e.handBack(replyKey, rev, req)
@@ -368,35 +552,20 @@ func (e *Engine) execute(ctx context.Context, req *Request, run runner, rev int6
 			o = outcome{state: StateFailed, err: fmt.Sprintf("cluster lock for a serial action: %v", err)}
 		}
 	default:
-		o = e.invocation(req, run).run()
+		o = e.start(req, timeout, e.invocation(req, run).run)
 	}
 	release()
 	o.stdout, o.stderr, o.err = redact(o.stdout, run.secrets), redact(o.stderr, run.secrets), string(redact([]byte(o.err), run.secrets))
 	reply := Reply{ID: req.ID, Node: e.opts.Node, State: o.state, ExitCode: o.exitCode, Output: outputJSON(o.stdout), Error: o.err,
-		Started: started, Finished: time.Now().UTC()}
-	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), replyTimeout)
-	defer cancel()
-	delay := follow.Backoff()
-	for {
-		err := e.write(wctx, replyKey, rev, lease, reply)
-		if errors.Is(err, rpctypes.ErrLeaseNotFound) { // keep the reply all the same
-			e.dropLease(lease)
-			lease = e.leaseOf(wctx)
-			continue
-		}
-		if err == nil || wctx.Err() != nil {
-			break
-		}
-		e.log.Warn("actions: write reply; will retry", zap.String("id", req.ID), zap.Error(err), zap.Duration("in", delay.Next()))
-		delay.Wait(wctx)
-	}
+		By: run.by(req), Signed: run.grant != nil, Instance: e.opts.Instance, Started: started, Finished: time.Now().UTC()}
+	e.final(ctx, replyKey, rev, reply)
 	took := reply.Finished.Sub(started)
 	e.m.Actions.WithLabelValues(req.Action, o.state).Inc()
 	e.m.ActionDuration.WithLabelValues(req.Action).Observe(took.Seconds())
-	fields := []zap.Field{zap.String("id", req.ID), zap.String("action", req.Action), zap.String("by", req.By),
+	fields := []zap.Field{zap.String("id", req.ID), zap.String("action", req.Action), zap.String("by", reply.By),
 		zap.String("state", o.state), zap.Duration("took", took)}
-	if run.signer != "" {
-		fields = append(fields, zap.String("signed_by", run.signer))
+	if run.grant != nil {
+		fields = append(fields, zap.String("signed_by", run.grant.Name))
 	}
 	if len(o.stderr) > 0 {
 		fields = append(fields, zap.ByteString("stderr", o.stderr))
@@ -408,8 +577,39 @@ func (e *Engine) execute(ctx context.Context, req *Request, run runner, rev int6
 	}
 }
 
+// final writes a final reply over the running one, on a lease that keeps
+// it the retention from now. A running reply that is gone (its lease
+// revoked by hand) is written anew; one someone else changed is left, and
+// the outcome is logged.
+func (e *Engine) final(ctx context.Context, key string, rev int64, reply Reply) {
+	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), replyTimeout)
+	defer cancel()
+	delay := follow.Backoff()
+	for {
+		lease := e.leaseFor(wctx, 0)
+		ok, err := e.write(wctx, key, rev, lease, reply)
+		if errors.Is(err, rpctypes.ErrLeaseNotFound) {
+			e.dropLease(lease)
+			continue
+		}
+		if err == nil && !ok && rev != 0 {
+			e.log.Warn("actions: the running reply is gone; writing the final reply anew", zap.String("id", reply.ID))
+			rev = 0
+			continue
+		}
+		if err == nil && !ok {
+			e.log.Error("actions: the reply was written by someone else; this log alone has the outcome", zap.String("id", reply.ID), zap.String("state", reply.State))
+		}
+		if err == nil || wctx.Err() != nil {
+			return
+		}
+		e.log.Warn("actions: write reply; will retry", zap.String("id", reply.ID), zap.Error(err), zap.Duration("in", delay.Next()))
+		delay.Wait(wctx)
+	}
+}
+
 func (e *Engine) invocation(req *Request, run runner) *invocation {
-	return &invocation{handler: run.handler, req: req, params: run.params, id: run.id, timeout: timeoutOf(run.handler.Timeout, req), env: e.opts.Env}
+	return &invocation{handler: run.handler, req: req, params: run.params, id: run.id, timeout: run.timeout(req), env: e.opts.Env}
 }
 
 // turn waits for one of an action's n concurrency slots.
@@ -466,13 +666,20 @@ func timeoutOf(def time.Duration, req *Request) time.Duration {
 	return def
 }
 
-// write replaces the reply at key if it is still at revision rev.
-func (e *Engine) write(ctx context.Context, key string, rev int64, lease clientv3.LeaseID, r Reply) error {
+// write replaces the reply at key if it is still at revision rev (or
+// creates it, with rev 0), and reports whether it did.
+func (e *Engine) write(ctx context.Context, key string, rev int64, lease clientv3.LeaseID, r Reply) (bool, error) {
 	raw, err := json.Marshal(r)
 	if err != nil {
-		return err
+		return false, err
 	}
-	_, err = e.opts.Client.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(key), "=", rev)).
-		Then(clientv3.OpPut(key, string(raw), clientv3.WithLease(lease))).Commit()
-	return err
+	cmp := clientv3.Compare(clientv3.ModRevision(key), "=", rev)
+	if rev == 0 {
+		cmp = clientv3.Compare(clientv3.CreateRevision(key), "=", 0)
+	}
+	resp, err := e.opts.Client.Txn(ctx).If(cmp).Then(clientv3.OpPut(key, string(raw), clientv3.WithLease(lease))).Commit()
+	if err != nil {
+		return false, err
+	}
+	return resp.Succeeded, nil
 }

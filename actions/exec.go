@@ -8,7 +8,8 @@ import (
 	"io"
 	"os"
 	"os/exec"
-	"os/user"
+	osuser "os/user"
+	"slices"
 	"strconv"
 	"sync"
 	"syscall"
@@ -45,7 +46,7 @@ func (h *Handler) identity(params map[string]string) (*identity, error) {
 	if h.RunAs.Param != "" {
 		name = params[h.RunAs.Param]
 	}
-	u, err := user.Lookup(name)
+	u, err := osuser.Lookup(name)
 	if err != nil {
 		return nil, fmt.Errorf("run_as: no such user %q", name)
 	}
@@ -70,7 +71,35 @@ func (h *Handler) identity(params map[string]string) (*identity, error) {
 			id.groups = append(id.groups, uint32(n))
 		}
 	}
+	if h.RunAs.Param != "" {
+		if err := h.RunAs.checkGroups(name, append([]uint32{id.gid}, id.groups...)); err != nil {
+			return nil, err
+		}
+	}
 	return id, nil
+}
+
+// DefaultDenyGroups are the groups that give a user root's reach, or
+// the system's logs and disks: a user a parameter names is in none.
+var DefaultDenyGroups = []string{"root", "adm", "disk", "shadow", "sudo", "wheel", "docker", "lxd", "systemd-journal"}
+
+// checkGroups refuses a user a parameter named whose primary or
+// supplementary group is below min_gid or in the deny list; the error
+// names the group.
+func (r RunAs) checkGroups(user string, gids []uint32) error {
+	for _, gid := range gids {
+		name := strconv.FormatUint(uint64(gid), 10)
+		if g, err := osuser.LookupGroupId(name); err == nil {
+			name = g.Name
+		}
+		if int(gid) < r.MinGID {
+			return fmt.Errorf("run_as: user %q is in group %s (gid %d), below min_gid %d", user, name, gid, r.MinGID)
+		}
+		if slices.Contains(r.DenyGroups, name) {
+			return fmt.Errorf("run_as: user %q is in group %s, which run_as denies (deny_groups)", user, name)
+		}
+	}
+	return nil
 }
 
 // invocation is one handler process to run.
@@ -102,7 +131,9 @@ func (inv *invocation) environment() []string {
 	}
 	env = append(env, inv.env...)
 	for _, n := range sortedKeys(inv.params) {
-		env = append(env, EnvName(n)+"="+inv.params[n])
+		if !inv.handler.Params[n].Secret { // a secret reaches stdin only: /proc/PID/environ is readable by the same user
+			env = append(env, EnvName(n)+"="+inv.params[n])
+		}
 	}
 	return env
 }

@@ -57,6 +57,10 @@ type RunAs struct {
 	User   string
 	Param  string
 	MinUID int
+	// MinGID and DenyGroups bound the groups of a user a parameter
+	// names (MinGID defaults to MinUID, DenyGroups to DefaultDenyGroups).
+	MinGID     int
+	DenyGroups []string
 }
 
 // Handlers is a loaded actions directory.
@@ -102,15 +106,17 @@ type rawParam struct {
 }
 
 type rawRunAs struct {
-	User   string `yaml:"user"`
-	Param  string `yaml:"param"`
-	MinUID *int   `yaml:"min_uid"`
+	User       string    `yaml:"user"`
+	Param      string    `yaml:"param"`
+	MinUID     *int      `yaml:"min_uid"`
+	MinGID     *int      `yaml:"min_gid"`
+	DenyGroups *[]string `yaml:"deny_groups"`
 }
 
 var yamlTypeNames = strings.NewReplacer(
 	"not found in type actions.rawHandler", "is not a known handler field",
 	"not found in type actions.rawParam", "is not a known parameter field (pattern, required, secret)",
-	"not found in type actions.rawRunAs", "is not a known run_as field (user, param, min_uid)",
+	"not found in type actions.rawRunAs", "is not a known run_as field (user, param, min_uid, min_gid, deny_groups)",
 )
 
 // paramName is the grammar of a parameter name: it becomes part of an
@@ -234,8 +240,8 @@ func (h *Handler) setRunAs(r *rawRunAs) error {
 		return errors.New("required: {user: NAME}, or {param: P, min_uid: 1000}; root only as {user: root}")
 	case (r.User == "") == (r.Param == ""):
 		return errors.New("give exactly one of user and param")
-	case r.User != "" && r.MinUID != nil:
-		return errors.New("min_uid goes with param, not with user")
+	case r.User != "" && (r.MinUID != nil || r.MinGID != nil || r.DenyGroups != nil):
+		return errors.New("min_uid, min_gid and deny_groups go with param, not with user")
 	case r.User != "":
 		h.RunAs = RunAs{User: r.User}
 		return nil
@@ -253,7 +259,16 @@ func (h *Handler) setRunAs(r *rawRunAs) error {
 	case *r.MinUID < 1:
 		return fmt.Errorf("min_uid %d: root and system users are never chosen by a parameter", *r.MinUID)
 	}
-	h.RunAs = RunAs{Param: r.Param, MinUID: *r.MinUID}
+	h.RunAs = RunAs{Param: r.Param, MinUID: *r.MinUID, MinGID: *r.MinUID, DenyGroups: DefaultDenyGroups}
+	if r.MinGID != nil {
+		if *r.MinGID < 1 {
+			return fmt.Errorf("min_gid %d: the root group is never chosen by a parameter", *r.MinGID)
+		}
+		h.RunAs.MinGID = *r.MinGID
+	}
+	if r.DenyGroups != nil {
+		h.RunAs.DenyGroups = *r.DenyGroups
+	}
 	return nil
 }
 

@@ -38,3 +38,14 @@ func TestAPatternMustMatchTheWholeValue(t *testing.T) {
 	assert.ErrorContains(t, err, `parameter "other" is not declared`)
 	assert.Len(t, strings.Split(err.Error(), "\n"), 2, "every problem, one per line")
 }
+
+func TestRedactionCatchesASecretPrintedAsJSON(t *testing.T) {
+	secret := "Hunter2\"<x>é"
+	goJSON, _ := json.Marshal(map[string]string{"pw": secret})
+	python := []byte(`{"pw": "Hunter2\"<x>\u00e9"}`) // json.dumps, ensure_ascii
+	for _, out := range [][]byte{[]byte("pw=" + secret), goJSON, python} {
+		got := string(redact(out, []string{secret}))
+		assert.NotContains(t, got, "Hunter2", "%s", out)
+		assert.Contains(t, got, "[secret]")
+	}
+}

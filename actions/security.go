@@ -10,138 +10,13 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
-	"time"
+	"unicode/utf16"
 
 	"golang.org/x/crypto/curve25519"
 	"golang.org/x/crypto/nacl/box"
-	"golang.org/x/crypto/ssh"
 )
-
-// signingDomain starts every signed payload, so that a signature made for
-// a ccm request means nothing anywhere else.
-const signingDomain = "ccm-action-request-v1\n"
-
-// AuthorizedKeys are the keys whose signatures an agent accepts
-// (--action-keys, in OpenSSH authorized_keys format).
-type AuthorizedKeys struct {
-	file string
-	keys map[string]string // marshalled key -> its comment or fingerprint
-}
-
-// LoadAuthorizedKeys reads an authorized_keys file of ed25519 keys. Every
-// bad line is reported, naming the file and line.
-func LoadAuthorizedKeys(file string) (*AuthorizedKeys, error) {
-	raw, err := os.ReadFile(file)
-	if err != nil {
-		return nil, fmt.Errorf("--action-keys: %w", err)
-	}
-	ak := &AuthorizedKeys{file: file, keys: map[string]string{}}
-	var errs []error
-	for i, line := range strings.Split(string(raw), "\n") {
-		line = strings.TrimSpace(line)
-		if line == "" || strings.HasPrefix(line, "#") {
-			continue
-		}
-		key, comment, _, _, err := ssh.ParseAuthorizedKey([]byte(line))
-		switch {
-		case err != nil:
-			errs = append(errs, fmt.Errorf("%s: line %d: not an OpenSSH public key: %v", file, i+1, err))
-		case key.Type() != ssh.KeyAlgoED25519:
-			errs = append(errs, fmt.Errorf("%s: line %d: a %s key; only ssh-ed25519 keys sign requests", file, i+1, key.Type()))
-		default:
-			if comment == "" {
-				comment = ssh.FingerprintSHA256(key)
-			}
-			ak.keys[string(key.Marshal())] = comment
-		}
-	}
-	if len(errs) == 0 && len(ak.keys) == 0 {
-		errs = append(errs, fmt.Errorf("%s: no key: every request would be rejected", file))
-	}
-	if len(errs) > 0 {
-		return nil, errors.Join(errs...)
-	}
-	return ak, nil
-}
-
-// payload is what a signature covers: the node the request is addressed
-// to, and every field that decides what runs, and until when.
-func payload(node string, req *Request) []byte {
-	stamp := func(t time.Time) string {
-		if t.IsZero() {
-			return ""
-		}
-		return t.UTC().Format(time.RFC3339Nano)
-	}
-	b, _ := json.Marshal(struct {
-		Node     string            `json:"node"`
-		ID       string            `json:"id"`
-		Action   string            `json:"action"`
-		Params   map[string]string `json:"params"`
-		Created  string            `json:"created"`
-		Deadline string            `json:"deadline"`
-	}{node, req.ID, req.Action, orEmpty(req.Params), stamp(req.Created), stamp(req.Deadline)})
-	return append([]byte(signingDomain), b...)
-}
-
-// Sign signs req for node: its signature field becomes the signer's
-// public key in authorized_keys form and the signature, in base64.
-func Sign(signer ssh.Signer, node string, req *Request) error {
-	sig, err := signer.Sign(rand.Reader, payload(node, req))
-	if err != nil {
-		return fmt.Errorf("sign the request: %w", err)
-	}
-	pub := strings.TrimSpace(string(ssh.MarshalAuthorizedKey(signer.PublicKey())))
-	req.Signature = pub + " " + base64.StdEncoding.EncodeToString(ssh.Marshal(sig))
-	return nil
-}
-
-// LoadSigner reads an unencrypted OpenSSH private key, as ssh-keygen
-// writes it with an empty passphrase.
-func LoadSigner(file string) (ssh.Signer, error) {
-	raw, err := os.ReadFile(file)
-	if err != nil {
-		return nil, fmt.Errorf("--sign-key: %w", err)
-	}
-	signer, err := ssh.ParsePrivateKey(raw)
-	if err != nil {
-		return nil, fmt.Errorf("--sign-key %s: %w", file, err)
-	}
-	return signer, nil
-}
-
-// Verify checks req's signature for this node and returns who signed it
-// (the key's comment). The error says why a request is refused.
-func (ak *AuthorizedKeys) Verify(node string, req *Request) (string, error) {
-	if req.Signature == "" {
-		return "", fmt.Errorf("the request is not signed; this node accepts only requests signed by a key in %s", ak.file)
-	}
-	fields := strings.Fields(req.Signature)
-	if len(fields) != 3 {
-		return "", errors.New("the signature is malformed: want \"ssh-ed25519 KEY SIGNATURE\"")
-	}
-	key, _, _, _, err := ssh.ParseAuthorizedKey([]byte(fields[0] + " " + fields[1]))
-	if err != nil {
-		return "", fmt.Errorf("the signature's key is malformed: %v", err)
-	}
-	who, ok := ak.keys[string(key.Marshal())]
-	if !ok {
-		return "", fmt.Errorf("signed by %s, a key not in %s", ssh.FingerprintSHA256(key), ak.file)
-	}
-	raw, err := base64.StdEncoding.DecodeString(fields[2])
-	sig := &ssh.Signature{}
-	if err == nil {
-		err = ssh.Unmarshal(raw, sig)
-	}
-	if err != nil {
-		return "", fmt.Errorf("the signature is malformed: %v", err)
-	}
-	if err := key.Verify(payload(node, req), sig); err != nil {
-		return "", fmt.Errorf("the signature by %s does not verify: the request was changed after it was signed, or was signed for another node", who)
-	}
-	return who, nil
-}
 
 // secretPrefix marks a parameter value sealed to a node's key.
 const secretPrefix = "ccm-sealed:"
@@ -156,12 +31,19 @@ type NodeKey struct {
 const nodeKeyFile = "action.key"
 
 // LoadNodeKey reads the node's key from the state directory, creating it
-// (mode 0600) at first start.
+// (mode 0600) at first start. A key or a directory that others may read
+// is refused: the key opens every secret sent to the node.
 func LoadNodeKey(stateDir string) (*NodeKey, error) {
 	path := filepath.Join(stateDir, nodeKeyFile)
+	if err := private(stateDir, "directory", "0700"); err != nil {
+		return nil, fmt.Errorf("node key: %w", err)
+	}
 	raw, err := os.ReadFile(path)
 	if errors.Is(err, fs.ErrNotExist) {
 		return createNodeKey(path)
+	}
+	if err == nil {
+		err = private(path, "file", "0600")
 	}
 	if err != nil {
 		return nil, fmt.Errorf("node key: %w", err)
@@ -178,6 +60,18 @@ func LoadNodeKey(stateDir string) (*NodeKey, error) {
 	}
 	copy(k.public[:], pub)
 	return k, nil
+}
+
+// private refuses a path whose mode lets anyone but its owner in.
+func private(path, what, want string) error {
+	st, err := os.Stat(path)
+	if err != nil {
+		return err
+	}
+	if perm := st.Mode().Perm(); perm&0o077 != 0 {
+		return fmt.Errorf("the %s %s is mode %04o; the action key must be 0600 in a 0700 directory (chmod %s %s)", what, path, perm, want, path)
+	}
+	return nil
 }
 
 func createNodeKey(path string) (*NodeKey, error) {
@@ -265,12 +159,46 @@ func (h *Handler) openSecrets(params map[string]string, key *NodeKey) (map[strin
 	return out, secrets, errors.Join(errs...)
 }
 
-// redact replaces every secret value in b.
+// redact replaces every secret value in b: as it is, and as a JSON
+// encoder writes it inside a string (Go's, with or without HTML
+// escaping, and an ASCII-only one such as Python's json.dumps), so that
+// a handler that prints its parameters as JSON does not beat it. This is
+// defence in depth: a handler that transforms a secret is its own.
 func redact(b []byte, secrets []string) []byte {
 	for _, s := range secrets {
-		if s != "" {
-			b = bytes.ReplaceAll(b, []byte(s), []byte("[secret]"))
+		for _, form := range secretForms(s) {
+			b = bytes.ReplaceAll(b, []byte(form), []byte("[secret]"))
 		}
 	}
 	return b
+}
+
+// secretForms are the forms of a secret redact looks for, longest first.
+func secretForms(s string) []string {
+	if s == "" {
+		return nil
+	}
+	inString := func(html bool) string {
+		var buf bytes.Buffer
+		enc := json.NewEncoder(&buf)
+		enc.SetEscapeHTML(html)
+		_ = enc.Encode(s)
+		return strings.TrimSuffix(strings.TrimPrefix(strings.TrimSpace(buf.String()), `"`), `"`)
+	}
+	plain := inString(false)
+	var ascii strings.Builder // as Python's json.dumps writes it
+	for _, r := range plain {
+		switch {
+		case r < 0x80:
+			ascii.WriteRune(r)
+		case r > 0xffff:
+			r1, r2 := utf16.EncodeRune(r)
+			fmt.Fprintf(&ascii, "\\u%04x\\u%04x", r1, r2)
+		default:
+			fmt.Fprintf(&ascii, "\\u%04x", r)
+		}
+	}
+	forms := []string{s, inString(true), plain, ascii.String()}
+	slices.SortFunc(forms, func(a, b string) int { return len(b) - len(a) })
+	return slices.Compact(forms)
 }

@@ -26,7 +26,8 @@ type Request struct {
 	ID     string            `json:"id"`
 	Action string            `json:"action"`
 	Params map[string]string `json:"params,omitempty"`
-	// By names the caller, for the log and ccm action list.
+	// By names the caller as the caller claims; a node that requires
+	// signatures names the signing key instead (Reply.By).
 	By      string    `json:"by,omitempty"`
 	Created time.Time `json:"created"`
 	// Deadline, when set, is the last moment the node may pick the
@@ -46,10 +47,16 @@ type Reply struct {
 	ExitCode *int   `json:"exit_code,omitempty"`
 	// Output is the handler's stdout: a JSON value if it printed one,
 	// otherwise a JSON string.
-	Output   json.RawMessage `json:"output,omitempty"`
-	Error    string          `json:"error,omitempty"`
-	Started  time.Time       `json:"started,omitzero"`
-	Finished time.Time       `json:"finished,omitzero"`
+	Output json.RawMessage `json:"output,omitempty"`
+	Error  string          `json:"error,omitempty"`
+	// By is the caller: the name of the key that signed the request on a
+	// node that requires signatures (Signed), else the request's own by.
+	By     string `json:"by,omitempty"`
+	Signed bool   `json:"signed,omitempty"`
+	// Instance is the agent instance (state directory) that claimed it.
+	Instance string    `json:"instance,omitempty"`
+	Started  time.Time `json:"started,omitzero"`
+	Finished time.Time `json:"finished,omitzero"`
 }
 
 // Duration is a time.Duration written as a Go duration string ("30s").

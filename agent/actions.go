@@ -39,8 +39,8 @@ func (a *Agent) runActions(ctx context.Context) {
 		Handlers: func() *actions.Handlers { return a.selection.Load().handlers },
 		Builtins: map[string]actions.Builtin{ActionPlan: a.planAction, ActionConverge: a.convergeAction},
 		Keys:     func() *actions.AuthorizedKeys { return a.selection.Load().keys },
-		NodeKey:  a.nodeKey,
-		Serial:   a.serial, Retention: a.opts.Retention,
+		NodeKey:  a.nodeKey, StateDir: a.opts.StateDir, Instance: a.instance,
+		Serial: a.serial, Retention: a.opts.Retention,
 		Logger: a.log, Metrics: a.metrics,
 	}).Run(ctx)
 }

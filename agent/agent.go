@@ -129,6 +129,7 @@ type Agent struct {
 	// a serial action. The lock's key is the session's, so one at a time.
 	runMu    sync.Mutex
 	nodeKey  *actions.NodeKey
+	instance string // the state directory's, in presence and action claims
 	sessions *sessions
 	retry    *retry.Delay // owned by the run loop
 	// stop ends Run with a cause: another agent serves this node.
@@ -287,11 +288,10 @@ func (a *Agent) Run(ctx context.Context) error {
 		return err
 	}
 	a.presence.setActionKey(a.nodeKey.Public())
-	instance, err := loadInstance(a.opts.StateDir)
-	if err != nil {
+	if a.instance, err = loadInstance(a.opts.StateDir); err != nil {
 		return err
 	}
-	a.presence.setInstance(instance)
+	a.presence.setInstance(a.instance)
 	if a.opts.ActionKeys == "" {
 		a.log.Warn("actions are authenticated by etcd RBAC alone: no --action-keys, so any identity that may write this node's requests may run its actions")
 	}

@@ -124,8 +124,9 @@ type Client struct {
 	cluster *cluster.Cluster
 	opts    Options
 
-	mu     sync.Mutex
-	leases map[time.Duration]heldLease // by retention
+	mu        sync.Mutex
+	leases    map[time.Duration]heldLease // by retention
+	clusterID uint64                      // etcd's, once read
 }
 
 // New returns a Client.
@@ -155,6 +156,7 @@ type Sent struct {
 	retention time.Duration
 	keys      map[string]string // node -> its action key
 	secrets   map[string]string
+	binding   actions.Binding // the cluster a signed request is for
 }
 
 // Send writes the call's requests and returns without waiting; Batch is
@@ -311,6 +313,11 @@ func (c *Client) prepare(ctx context.Context, call Call) (*Sent, *actions.Reques
 	if c.opts.Signer != nil && call.Deadline.IsZero() {
 		call.Deadline = now.Add(DefaultSignedDeadline)
 	}
+	if c.opts.Signer != nil {
+		if s.binding, err = c.binding(ctx); err != nil {
+			return nil, nil, err
+		}
+	}
 	s.ID = actions.NewID(now)
 	req := &actions.Request{
 		ID: s.ID, Action: call.Action, Params: call.Params, By: call.By, Created: now,
@@ -321,6 +328,25 @@ func (c *Client) prepare(ctx context.Context, call Call) (*Sent, *actions.Reques
 		s.retention = DefaultRetention
 	}
 	return s, req, nil
+}
+
+// binding is the cluster a signed request is for: the prefix and etcd's
+// cluster ID, read once.
+func (c *Client) binding(ctx context.Context) (actions.Binding, error) {
+	c.mu.Lock()
+	id := c.clusterID
+	c.mu.Unlock()
+	if id == 0 {
+		resp, err := c.cli.Get(ctx, c.cluster.Keys.Prefix(), clientv3.WithCountOnly())
+		if err != nil {
+			return actions.Binding{}, fmt.Errorf("read the cluster ID to sign for: %w", err)
+		}
+		id = resp.Header.ClusterId
+		c.mu.Lock()
+		c.clusterID = id
+		c.mu.Unlock()
+	}
+	return actions.NewBinding(c.opts.Prefix, id), nil
 }
 
 // alive returns the presence of the nodes a call may address: every alive
@@ -428,7 +454,7 @@ func (c *Client) body(s *Sent, req *actions.Request, node string) (string, error
 		}
 	}
 	if c.opts.Signer != nil {
-		if err := actions.Sign(c.opts.Signer, node, &r); err != nil {
+		if err := actions.Sign(c.opts.Signer, s.binding, node, &r); err != nil {
 			return "", err
 		}
 	}

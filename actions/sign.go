@@ -1,0 +1,289 @@
+package actions
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/gowebpki/jcs"
+	"github.com/hiddeco/sshsig"
+	"golang.org/x/crypto/ssh"
+)
+
+// SignatureNamespace is the SSHSIG namespace of a request's signature
+// (ssh-keygen -Y sign -n ccm-action-request): a signature made for a ccm
+// request means nothing anywhere else, and nothing else is one.
+const SignatureNamespace = "ccm-action-request"
+
+// Binding is the cluster a request is signed for: its key prefix and
+// etcd's cluster ID. A request signed for one cluster is refused by every
+// other, the same prefix and node names notwithstanding.
+type Binding struct {
+	Prefix    string
+	ClusterID uint64
+}
+
+// SignedPayload returns the bytes a request's signature covers: the RFC
+// 8785 (JCS) form of
+//
+//	{"cluster":{"id":"<16 hex digits>","prefix":"<prefix>"},"node":"<node>","request":<request>}
+//
+// where request is the request's JSON as written to etcd, every field
+// but "signature". Any language with a JCS library (or, for requests of
+// strings only, sorted keys and no spaces) produces the same bytes.
+func SignedPayload(b Binding, node string, request []byte) ([]byte, error) {
+	var fields map[string]json.RawMessage
+	if err := json.Unmarshal(request, &fields); err != nil {
+		return nil, fmt.Errorf("the request is not a JSON object: %v", err)
+	}
+	delete(fields, "signature")
+	doc, err := json.Marshal(map[string]any{
+		"cluster": map[string]string{"id": fmt.Sprintf("%016x", b.ClusterID), "prefix": b.Prefix},
+		"node":    node,
+		"request": fields,
+	})
+	if err != nil {
+		return nil, err
+	}
+	return jcs.Transform(doc)
+}
+
+// Sign signs req for node in cluster b: its signature field becomes the
+// armored SSH signature (as ssh-keygen -Y sign writes it) of the signed
+// payload of req, every other field as it is.
+func Sign(signer ssh.Signer, b Binding, node string, req *Request) error {
+	if err := CheckSigningKey(signer.PublicKey()); err != nil {
+		return err
+	}
+	unsigned := *req
+	unsigned.Signature = ""
+	raw, err := json.Marshal(&unsigned)
+	if err != nil {
+		return err
+	}
+	msg, err := SignedPayload(b, node, raw)
+	if err != nil {
+		return err
+	}
+	sig, err := sshsig.Sign(bytes.NewReader(msg), signer, sshsig.HashSHA512, SignatureNamespace)
+	if err != nil {
+		return fmt.Errorf("sign the request: %w", err)
+	}
+	req.Signature = string(sshsig.Armor(sig))
+	return nil
+}
+
+// CheckSigningKey refuses a key of a type no agent accepts: only
+// ssh-ed25519 keys sign requests.
+func CheckSigningKey(k ssh.PublicKey) error {
+	if k.Type() != ssh.KeyAlgoED25519 {
+		return fmt.Errorf("a %s key; only ssh-ed25519 keys sign requests (ssh-keygen -t ed25519)", k.Type())
+	}
+	return nil
+}
+
+// LoadSigner reads an unencrypted OpenSSH ed25519 private key, as
+// ssh-keygen -t ed25519 writes it with an empty passphrase. Any other
+// type is refused here, not first by the node.
+func LoadSigner(file string) (ssh.Signer, error) {
+	raw, err := os.ReadFile(file)
+	if err != nil {
+		return nil, fmt.Errorf("--sign-key: %w", err)
+	}
+	signer, err := ssh.ParsePrivateKey(raw)
+	if err == nil {
+		err = CheckSigningKey(signer.PublicKey())
+	}
+	if err != nil {
+		return nil, fmt.Errorf("--sign-key %s: %w", file, err)
+	}
+	return signer, nil
+}
+
+// Grant is one key of an authorized_keys file and what it may do.
+type Grant struct {
+	// Name is the key's comment (its fingerprint when it has none): the
+	// caller a signed request is shown as, whatever its by field says.
+	Name string
+	// Actions and Nodes, when set, are the only actions the key may call
+	// and the only nodes it may call them on (ccm-actions="a,b",
+	// ccm-nodes="web*"; path.Match patterns).
+	Actions []string
+	Nodes   []string
+	// Expires, when set, is the end of the key's validity
+	// (expiry-time="YYYYMMDD[HHMM[SS]][Z]", as OpenSSH reads it).
+	Expires time.Time
+}
+
+// AuthorizedKeys are the keys whose signatures an agent accepts
+// (--action-keys, in OpenSSH authorized_keys format).
+type AuthorizedKeys struct {
+	file string
+	keys map[string]*Grant // marshalled key -> its grant
+}
+
+// keyOptions are the authorized_keys options ccm reads; it refuses any
+// other rather than ignore what an operator wrote.
+var keyOptions = []string{"ccm-actions", "ccm-nodes", "expiry-time"}
+
+// LoadAuthorizedKeys reads an authorized_keys file of ed25519 keys and
+// their options. Every bad line is reported, naming the file and line.
+func LoadAuthorizedKeys(file string) (*AuthorizedKeys, error) {
+	raw, err := os.ReadFile(file)
+	if err != nil {
+		return nil, fmt.Errorf("--action-keys: %w", err)
+	}
+	ak := &AuthorizedKeys{file: file, keys: map[string]*Grant{}}
+	lineOf := map[string]int{}
+	var errs []error
+	for i, line := range strings.Split(string(raw), "\n") {
+		line = strings.TrimSpace(line)
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		fail := func(format string, a ...any) {
+			errs = append(errs, fmt.Errorf("%s: line %d: %s", file, i+1, fmt.Sprintf(format, a...)))
+		}
+		key, comment, options, _, err := ssh.ParseAuthorizedKey([]byte(line))
+		if err != nil {
+			fail("not an OpenSSH public key: %v", err)
+			continue
+		}
+		if err := CheckSigningKey(key); err != nil {
+			fail("%v", err)
+			continue
+		}
+		if prev, ok := lineOf[string(key.Marshal())]; ok {
+			fail("the key of line %d again; give each key one line", prev)
+			continue
+		}
+		lineOf[string(key.Marshal())] = i + 1
+		g, optErrs := grantOf(options)
+		for _, e := range optErrs {
+			fail("%v", e)
+		}
+		if comment == "" {
+			comment = ssh.FingerprintSHA256(key)
+		}
+		g.Name = comment
+		ak.keys[string(key.Marshal())] = g
+	}
+	if len(errs) == 0 && len(ak.keys) == 0 {
+		errs = append(errs, fmt.Errorf("%s: no key: every request would be rejected", file))
+	}
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	return ak, nil
+}
+
+// grantOf reads a key's options.
+func grantOf(options []string) (*Grant, []error) {
+	g := &Grant{}
+	var errs []error
+	for _, opt := range options {
+		name, value, hasValue := strings.Cut(opt, "=")
+		if !slices.Contains(keyOptions, name) {
+			errs = append(errs, fmt.Errorf("option %s: ccm reads only %s, and refuses a key rather than ignore an option", name, strings.Join(keyOptions, ", ")))
+			continue
+		}
+		if uq, err := strconv.Unquote(value); err == nil {
+			value = uq
+		}
+		if !hasValue || value == "" {
+			errs = append(errs, fmt.Errorf("option %s: needs a value (%s=\"...\")", name, name))
+			continue
+		}
+		switch name {
+		case "expiry-time":
+			t, err := parseExpiry(value)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("option expiry-time=%q: %v", value, err))
+			}
+			g.Expires = t
+		default:
+			list := strings.Split(value, ",")
+			for _, p := range list {
+				if _, err := path.Match(p, ""); err != nil || p == "" {
+					errs = append(errs, fmt.Errorf("option %s: %q is not a name or pattern", name, p))
+				}
+			}
+			if name == "ccm-actions" {
+				g.Actions = list
+			} else {
+				g.Nodes = list
+			}
+		}
+	}
+	return g, errs
+}
+
+// parseExpiry reads OpenSSH's expiry-time: YYYYMMDD or YYYYMMDDHHMM[SS],
+// in the system's time zone, or in UTC with a trailing Z.
+func parseExpiry(s string) (time.Time, error) {
+	loc := time.Local
+	if v, ok := strings.CutSuffix(s, "Z"); ok {
+		s, loc = v, time.UTC
+	}
+	for _, layout := range []string{"20060102", "200601021504", "20060102150405"} {
+		if len(s) == len(layout) {
+			return time.ParseInLocation(layout, s, loc)
+		}
+	}
+	return time.Time{}, errors.New("want YYYYMMDD or YYYYMMDDHHMM[SS], with Z for UTC")
+}
+
+// Verify checks the signature of a request, raw as read from etcd and
+// decoded into req, for node in cluster b, and that its key may call this
+// action on this node now. It returns the key's grant; the error says why
+// a request is refused.
+func (ak *AuthorizedKeys) Verify(b Binding, node string, raw []byte, req *Request, now time.Time) (*Grant, error) {
+	if req.Signature == "" {
+		return nil, fmt.Errorf("not signed: this node runs only requests signed by a key in %s", ak.file)
+	}
+	sig, err := sshsig.Unarmor([]byte(req.Signature))
+	if err != nil {
+		return nil, fmt.Errorf("the signature is malformed (want an armored SSH signature, as ssh-keygen -Y sign writes): %v", err)
+	}
+	g, ok := ak.keys[string(sig.PublicKey.Marshal())]
+	if !ok {
+		return nil, fmt.Errorf("signed by %s, a key not in %s", ssh.FingerprintSHA256(sig.PublicKey), ak.file)
+	}
+	msg, err := SignedPayload(b, node, raw)
+	if err == nil {
+		err = sshsig.Verify(bytes.NewReader(msg), sig, sig.PublicKey, sig.HashAlgorithm, SignatureNamespace)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("the signature by %s does not verify: the request was changed after it was signed, or was signed for another node or cluster", g.Name)
+	}
+	switch {
+	case !g.Expires.IsZero() && now.After(g.Expires):
+		return nil, fmt.Errorf("the key of %s expired at %s (expiry-time in %s)", g.Name, g.Expires.UTC().Format(time.RFC3339), ak.file)
+	case !matchAny(g.Actions, req.Action):
+		return nil, fmt.Errorf("the key of %s may not call %s (ccm-actions=%q in %s)", g.Name, req.Action, strings.Join(g.Actions, ","), ak.file)
+	case !matchAny(g.Nodes, node):
+		return nil, fmt.Errorf("the key of %s may not call node %s (ccm-nodes=%q in %s)", g.Name, node, strings.Join(g.Nodes, ","), ak.file)
+	}
+	return g, nil
+}
+
+// matchAny reports whether name matches one of patterns; no patterns
+// match everything.
+func matchAny(patterns []string, name string) bool {
+	if len(patterns) == 0 {
+		return true
+	}
+	for _, p := range patterns {
+		if ok, _ := path.Match(p, name); ok {
+			return true
+		}
+	}
+	return false
+}
