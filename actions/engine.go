@@ -229,7 +229,7 @@ func (r *requests) Apply(ctx context.Context, resp clientv3.WatchResponse) error
 
 // MaxRequestBytes bounds a request: a larger one is rejected before it is
 // parsed.
-const MaxRequestBytes = 256 << 10
+const MaxRequestBytes = 512 << 10
 
 // maxReason bounds the error of a rejection, so that it always fits in
 // its reply.
@@ -374,9 +374,6 @@ func (e *Engine) accept(id string, raw []byte, now time.Time) (*Request, runner,
 	if !ok {
 		known := append(sortedKeys(e.opts.Builtins), hs.Names()...)
 		return req, run, fmt.Sprintf("unknown action %q; this node answers: %s", req.Action, strings.Join(known, ", "))
-	}
-	if len(req.Params) > len(h.Params) {
-		return req, run, fmt.Sprintf("%d parameters, and action %s declares %d", len(req.Params), h.Name, len(h.Params))
 	}
 	params, secrets, err := h.openSecrets(req.Params, e.opts.NodeKey)
 	if err == nil {

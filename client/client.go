@@ -337,7 +337,7 @@ func (c *Client) binding(ctx context.Context) (actions.Binding, error) {
 	id := c.clusterID
 	c.mu.Unlock()
 	if id == 0 {
-		resp, err := c.cli.Get(ctx, c.cluster.Keys.Prefix(), clientv3.WithCountOnly())
+		resp, err := c.cli.Get(ctx, c.cluster.AllActionsPrefix(), clientv3.WithCountOnly()) // a key every caller may read
 		if err != nil {
 			return actions.Binding{}, fmt.Errorf("read the cluster ID to sign for: %w", err)
 		}

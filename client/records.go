@@ -20,6 +20,19 @@ type Record struct {
 	Reply   *actions.Reply  `json:"reply,omitempty"`
 }
 
+// By is the caller of the request: the name of the key that signed it,
+// once a node that requires signatures verified it, else the caller's
+// own claim, marked "(unverified)".
+func (r Record) By() string {
+	if r.Reply != nil && r.Reply.Signed {
+		return r.Reply.By
+	}
+	if r.Request.By == "" {
+		return "(unverified)"
+	}
+	return r.Request.By + " (unverified)"
+}
+
 // Get returns the requests of call id, one per node, with their replies,
 // sorted by node. It returns none for an unknown (or expired) id.
 func (c *Client) Get(ctx context.Context, id string) ([]Record, error) {

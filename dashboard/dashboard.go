@@ -239,7 +239,7 @@ func (s *Server) read(ctx context.Context) State {
 func actionsOf(recs []client.Record) []Action {
 	out := make([]Action, 0, len(recs))
 	for _, r := range recs {
-		a := Action{ID: r.Request.ID, Action: r.Request.Action, Node: r.Node, By: r.Request.By, Created: r.Request.Created, State: "pending"}
+		a := Action{ID: r.Request.ID, Action: r.Request.Action, Node: r.Node, By: r.By(), Created: r.Request.Created, State: "pending"}
 		if rep := r.Reply; rep != nil {
 			a.State, a.Error, a.Finished = rep.State, rep.Error, rep.Finished
 		}

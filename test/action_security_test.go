@@ -83,8 +83,10 @@ params:
 run_as: {user: ME}
 `
 
-const tellScript = `echo "site=$CCM_PARAM_SITE password=$CCM_PARAM_PASSWORD stdin=$(cat | tr -d '"{}')"
-echo "stderr says $CCM_PARAM_PASSWORD" >&2
+const tellScript = `in=$(cat)
+password=$(echo "$in" | sed 's/.*"password":"\([^"]*\)".*/\1/')
+echo "site=$CCM_PARAM_SITE env_password=${CCM_PARAM_PASSWORD:-none} stdin=$(echo "$in" | tr -d '"{}')"
+echo "stderr says $password" >&2
 `
 
 func TestActionsOverRBACSignedWithSecretsAgainstDebianEtcd(t *testing.T) {
@@ -111,6 +113,12 @@ func TestActionsOverRBACSignedWithSecretsAgainstDebianEtcd(t *testing.T) {
 	}
 	root := rootClient(t, e)
 	c := cluster.New(root, cluster.Options{})
+	t.Cleanup(func() {
+		if t.Failed() {
+			b, _ := os.ReadFile(logs["web1"])
+			t.Logf("web1's log:\n%s", b)
+		}
+	})
 	eventually(t, 30*time.Second, func() bool {
 		alive, err := c.Alive(context.Background())
 		return err == nil && len(alive) == 2 && alive[0].ActionKey != "" && alive[1].ActionKey != ""
@@ -128,7 +136,7 @@ func TestActionsOverRBACSignedWithSecretsAgainstDebianEtcd(t *testing.T) {
 		var reply actions.Reply
 		require.NoError(t, json.Unmarshal([]byte(line), &reply))
 		assert.Equal(t, actions.StateSucceeded, reply.State)
-		assert.Contains(t, string(reply.Output), "site=shop password=[secret] stdin=password:[secret],site:shop", "the handler got the secret; the reply does not")
+		assert.Contains(t, string(reply.Output), "site=shop env_password=none stdin=password:[secret],site:shop", "the handler got the secret on stdin only; the reply does not have it")
 		id = reply.ID
 	}
 	assert.NotContains(t, r.stdout+r.stderr, "hunter2")
@@ -176,6 +184,11 @@ func TestActionsOverRBACSignedWithSecretsAgainstDebianEtcd(t *testing.T) {
 	require.NoError(t, err)
 	intruder, err := actions.LoadSigner(otherKey)
 	require.NoError(t, err)
+	head, err := root.Get(ctx, "/ccm/", clientv3.WithCountOnly())
+	require.NoError(t, err)
+	here := actions.NewBinding("/ccm", head.Header.ClusterId)
+	staging := actions.NewBinding("/staging", head.Header.ClusterId)
+	elsewhere := actions.NewBinding("/ccm", head.Header.ClusterId+1)
 	raw := func(node string, mutate func(*actions.Request)) string {
 		now := time.Now().UTC()
 		req := &actions.Request{ID: actions.NewID(now), Action: "quick", Created: now, Deadline: now.Add(time.Hour)}
@@ -191,21 +204,32 @@ func TestActionsOverRBACSignedWithSecretsAgainstDebianEtcd(t *testing.T) {
 		mutate     func(*actions.Request)
 		want       string
 	}{
-		{"unsigned", "web1", func(*actions.Request) {}, "the request is not signed"},
-		{"unknown key", "web1", func(r *actions.Request) { require.NoError(t, actions.Sign(intruder, "web1", r)) }, "a key not in " + authorized},
+		{"unsigned", "web1", func(*actions.Request) {}, "not signed"},
+		{"unsigned, past its deadline", "web1", func(r *actions.Request) { r.Deadline = time.Now().Add(-time.Hour) }, "not signed"},
+		{"unknown key", "web1", func(r *actions.Request) { require.NoError(t, actions.Sign(intruder, here, "web1", r)) }, "a key not in " + authorized},
 		{"tampered", "web1", func(r *actions.Request) {
-			require.NoError(t, actions.Sign(signer, "web1", r))
+			require.NoError(t, actions.Sign(signer, here, "web1", r))
 			r.Action = "tell"
 			r.Params = map[string]string{"site": "x"}
 		}, "does not verify"},
-		{"replayed to another node", "web2", func(r *actions.Request) { require.NoError(t, actions.Sign(signer, "web1", r)) }, "does not verify"},
+		{"timeout rewritten", "web1", func(r *actions.Request) {
+			require.NoError(t, actions.Sign(signer, here, "web1", r))
+			r.Timeout = actions.Duration(time.Nanosecond)
+		}, "does not verify"},
+		{"by rewritten", "web1", func(r *actions.Request) {
+			require.NoError(t, actions.Sign(signer, here, "web1", r))
+			r.By = "alice@ops"
+		}, "does not verify"},
+		{"replayed to another node", "web2", func(r *actions.Request) { require.NoError(t, actions.Sign(signer, here, "web1", r)) }, "does not verify"},
+		{"replayed from another prefix", "web1", func(r *actions.Request) { require.NoError(t, actions.Sign(signer, staging, "web1", r)) }, "does not verify"},
+		{"replayed from another etcd cluster", "web1", func(r *actions.Request) { require.NoError(t, actions.Sign(signer, elsewhere, "web1", r)) }, "does not verify"},
 		{"replayed after its deadline", "web1", func(r *actions.Request) {
 			r.Deadline = time.Now().Add(-time.Second)
-			require.NoError(t, actions.Sign(signer, "web1", r))
+			require.NoError(t, actions.Sign(signer, here, "web1", r))
 		}, "passed before the node picked it up"},
 		{"no deadline", "web1", func(r *actions.Request) {
 			r.Deadline = time.Time{}
-			require.NoError(t, actions.Sign(signer, "web1", r))
+			require.NoError(t, actions.Sign(signer, here, "web1", r))
 		}, "a signed request needs a deadline"},
 	}
 	for _, tc := range cases {
@@ -218,9 +242,11 @@ func TestActionsOverRBACSignedWithSecretsAgainstDebianEtcd(t *testing.T) {
 		})
 	}
 	// Properly signed through the Go client, it runs.
-	replies, errs := callReplies(t, apiCli, client.Call{Action: "quick", Nodes: []string{"web1"}}, client.Options{Signer: signer})
+	replies, errs := callReplies(t, apiCli, client.Call{Action: "quick", Nodes: []string{"web1"}, By: "alice@ops"}, client.Options{Signer: signer})
 	require.Empty(t, errs)
 	assert.Equal(t, actions.StateSucceeded, replies["web1"].State)
+	assert.Equal(t, "cluster-api@example", replies["web1"].By, "a signed request's caller is its key's comment, never its own claim")
+	assert.True(t, replies["web1"].Signed)
 }
 
 // startLogged runs the ccm binary in the background with its stderr in
@@ -351,7 +377,8 @@ func TestHostileRequestsAndHandlersGetAClearStateAndTheAgentStaysHealthy(t *test
 		state  string
 		want   string
 	}{
-		{"a 1 MB value", map[string]string{"site": "a", "note": strings.Repeat("x", 1<<20)}, actions.StateRejected, "parameter note: 1048576 bytes, over the limit of 65536"},
+		{"a 1 MB value", map[string]string{"site": "a", "note": strings.Repeat("x", 1<<20)}, actions.StateRejected, "bytes, over the limit of 524288"},
+		{"a 100 KB value", map[string]string{"site": "a", "note": strings.Repeat("x", 100<<10)}, actions.StateRejected, "parameter note: 102400 bytes, over the limit of 65536"},
 		{"a NUL", map[string]string{"site": "a", "note": "a\x00b"}, actions.StateRejected, "parameter note: contains a NUL byte"},
 		{"__proto__", map[string]string{"site": "a", "__proto__": "{}"}, actions.StateRejected, `parameter "__proto__" is not declared`},
 		{"shell in the pattern", map[string]string{"site": "a;reboot"}, actions.StateRejected, "parameter site: does not match"},

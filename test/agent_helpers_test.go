@@ -85,7 +85,7 @@ func startAgent(t *testing.T, etcd *etcdtest.Cluster, name, configDir string, cf
 		cli, err = cluster.NewClient(cluster.ClientConfig{Endpoints: eps, DialTimeout: 2 * time.Second})
 		require.NoError(t, err)
 	}
-	n := &agentNode{cli: cli, name: name, root: t.TempDir(), state: t.TempDir(), done: make(chan error, 1)}
+	n := &agentNode{cli: cli, name: name, root: t.TempDir(), state: stateDir(t), done: make(chan error, 1)}
 	var err error
 	n.ag, err = agent.New(agent.Options{
 		Client: cli, Node: name, Labels: cfg.labels, ConfigDir: configDir, Root: n.root, StateDir: n.state,
@@ -142,6 +142,15 @@ func (n *agentNode) reported(t *testing.T, rev int64, result string) *cluster.St
 func (n *agentNode) read(path string) string {
 	b, _ := os.ReadFile(filepath.Join(n.root, path))
 	return string(b)
+}
+
+// stateDir is a state directory as the agent requires it: 0700, since it
+// holds the node's action key.
+func stateDir(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	require.NoError(t, os.Chmod(dir, 0o700))
+	return dir
 }
 
 // eventually waits for cond, failing with msg after timeout.

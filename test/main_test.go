@@ -68,7 +68,7 @@ type node struct {
 }
 
 func newNode(t *testing.T, name, configDir string, endpoints []string) *node {
-	return &node{t: t, name: name, root: t.TempDir(), state: t.TempDir(), configDir: configDir, endpoints: endpoints}
+	return &node{t: t, name: name, root: t.TempDir(), state: stateDir(t), configDir: configDir, endpoints: endpoints}
 }
 
 // result is what one ccm invocation did.

@@ -320,7 +320,7 @@ func newActionGetCmd(a *app) *cobra.Command {
 				return printJSONLines(a.stdout, recs)
 			}
 			req := recs[0].Request
-			fmt.Fprintf(a.stdout, "Call %s: action %s by %s at %s\n", render.Escape(req.ID), render.Escape(req.Action), render.Escape(req.By), req.Created.Format(time.RFC3339))
+			fmt.Fprintf(a.stdout, "Call %s: action %s by %s at %s\n", render.Escape(req.ID), render.Escape(req.Action), render.Escape(recs[0].By()), req.Created.Format(time.RFC3339))
 			var rows []row
 			for _, rec := range recs {
 				reply := actions.Reply{ID: req.ID, Node: rec.Node, State: "pending"}
@@ -361,7 +361,7 @@ func newActionListCmd(a *app) *cobra.Command {
 					state = r.Reply.State
 				}
 				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", render.Escape(r.Request.ID), render.Escape(r.Request.Action), render.Escape(r.Node),
-					render.Escape(state), render.Escape(r.Request.By), r.Request.Created.Format(time.RFC3339))
+					render.Escape(state), render.Escape(r.By()), r.Request.Created.Format(time.RFC3339))
 			}
 			return tw.Flush()
 		},
