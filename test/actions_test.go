@@ -467,7 +467,7 @@ func TestRequestsAndRepliesLiveOnTheRetentionLease(t *testing.T) {
 	ttl, err = n.cli.TimeToLive(ctx, replyLease)
 	require.NoError(t, err)
 	assert.GreaterOrEqual(t, ttl.TTL, int64(actions.DefaultRetention.Seconds()))
-	assert.LessOrEqual(t, ttl.GrantedTTL, int64((actions.DefaultRetention + actions.DefaultRetention/24).Seconds())+1)
+	assert.LessOrEqual(t, ttl.GrantedTTL, int64((actions.DefaultRetention+actions.DefaultRetention/24).Seconds())+1)
 
 	// When the leases end, both go: etcd does not grow with the calls.
 	_, err = n.cli.Revoke(ctx, lease)

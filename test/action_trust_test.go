@@ -1,0 +1,278 @@
+package test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/ccm-dev/ccm/actions"
+	"github.com/ccm-dev/ccm/client"
+	"github.com/ccm-dev/ccm/cluster"
+	"github.com/ccm-dev/ccm/test/etcdtest"
+)
+
+// runsOf reads the ids a handler appended to its runs file, one per run.
+func runsOf(t *testing.T, file string) []string {
+	t.Helper()
+	b, err := os.ReadFile(file)
+	if os.IsNotExist(err) {
+		return nil
+	}
+	require.NoError(t, err)
+	return strings.Fields(string(b))
+}
+
+// finalReplies reads the final replies of the node to the calls ids.
+func finalReplies(t *testing.T, cli *clientv3.Client, node string, ids []string) map[string]*actions.Reply {
+	t.Helper()
+	out := map[string]*actions.Reply{}
+	for _, id := range ids {
+		if r := replyOf(t, cli, id, node); r != nil && actions.Final(r.State) {
+			out[id] = r
+		}
+	}
+	return out
+}
+
+// Item 3 of the trust review: an agent SIGKILLed with 8 requests running
+// and 12 waiting their turn. Before, all 20 were reported interrupted and
+// the 12 that never started were lost.
+func TestAKilledAgentRunsEachRequestOnceOrSaysItWasInterrupted(t *testing.T) {
+	etcd := etcdtest.New(t, 1)
+	work := t.TempDir()
+	runs, gate := filepath.Join(work, "runs"), filepath.Join(work, "gate")
+	require.NoError(t, os.WriteFile(gate, nil, 0o644))
+	dir := actionConfig(t, map[string]string{"work": "command: [BIN/work]\nrun_as: {user: ME}\nconcurrency: 8\ntimeout: 5m\n"},
+		map[string]string{"work": fmt.Sprintf("echo $CCM_ACTION_ID >> %s\nwhile [ -e %s ]; do sleep 0.05; done\n", runs, gate)})
+	n := newNode(t, "web1", dir, etcd.Endpoints())
+	agentProc := n.start("agent", "--debounce", "0s")
+	cli := etcd.Client(t)
+	c := cluster.New(cli, cluster.Options{})
+	eventually(t, 20*time.Second, func() bool { return nodeView(t, c, "web1").Presence != nil }, "the agent is alive")
+
+	api := client.New(cli, client.Options{})
+	var ids []string
+	for range 20 {
+		s, err := api.Send(context.Background(), client.Call{Action: "work", Nodes: []string{"web1"}})
+		require.NoError(t, err)
+		ids = append(ids, s.ID)
+	}
+	eventually(t, 30*time.Second, func() bool { return len(runsOf(t, runs)) == 8 }, "8 handlers report they started")
+	started := runsOf(t, runs)
+	require.NoError(t, agentProc.Process.Signal(syscall.SIGKILL))
+	_, _ = agentProc.Process.Wait()
+	require.NoError(t, os.Remove(gate))
+
+	n.start("agent", "--debounce", "0s")
+	eventually(t, 60*time.Second, func() bool { return len(finalReplies(t, cli, "web1", ids)) == 20 }, "every request has a final reply")
+	for id, r := range finalReplies(t, cli, "web1", ids) {
+		if slices.Contains(started, id) {
+			assert.Equal(t, actions.StateInterrupted, r.State, "%s started before the kill", id)
+		} else {
+			assert.Equal(t, actions.StateSucceeded, r.State, "%s never started before the kill: %s", id, r.Error)
+		}
+	}
+	all := runsOf(t, runs)
+	assert.Len(t, all, 20, "each request ran exactly once")
+	assert.Len(t, slices.Compact(slices.Sorted(slices.Values(all))), 20, "no request ran twice")
+}
+
+// Item 4: a claim that committed but whose response was lost leaves a
+// running reply by this agent's instance that it never started. Before,
+// the relist skipped it (or the next start called it interrupted) and the
+// request never ran.
+func TestAClaimWhoseResponseWasLostStillRunsOnce(t *testing.T) {
+	etcd := etcdtest.New(t, 1)
+	runs := filepath.Join(t.TempDir(), "runs")
+	dir := actionConfig(t, map[string]string{"work": "command: [BIN/work]\nrun_as: {user: ME}\n"},
+		map[string]string{"work": fmt.Sprintf("echo $CCM_ACTION_ID >> %s\n", runs)})
+	n := newNode(t, "web1", dir, etcd.Endpoints())
+	cli := etcd.Client(t)
+	c := cluster.New(cli, cluster.Options{})
+	first := n.start("agent", "--debounce", "0s")
+	eventually(t, 20*time.Second, func() bool { return nodeView(t, c, "web1").Presence != nil }, "the agent is alive")
+	require.NoError(t, first.Process.Signal(syscall.SIGTERM))
+	_, _ = first.Process.Wait()
+	instance, err := os.ReadFile(filepath.Join(n.state, "instance"))
+	require.NoError(t, err)
+
+	// What etcd holds after each lost response: the request, and the
+	// running reply the claim wrote. One by this instance, one by
+	// another (a state directory that was replaced).
+	api := client.New(cli, client.Options{})
+	claimed := func(instance string) string {
+		s, err := api.Send(context.Background(), client.Call{Action: "work", Nodes: []string{"web1"}})
+		require.NoError(t, err)
+		raw, _ := json.Marshal(actions.Reply{ID: s.ID, Node: "web1", State: actions.StateRunning, Instance: instance, Started: time.Now()})
+		_, err = cli.Put(context.Background(), cluster.NewKeys("").ReplyKey("web1", s.ID), string(raw))
+		require.NoError(t, err)
+		return s.ID
+	}
+	ours, theirs := claimed(strings.TrimSpace(string(instance))), claimed("another-instance")
+
+	n.start("agent", "--debounce", "0s")
+	eventually(t, 30*time.Second, func() bool { return len(finalReplies(t, cli, "web1", []string{ours, theirs})) == 2 }, "both requests settled")
+	got := finalReplies(t, cli, "web1", []string{ours, theirs})
+	assert.Equal(t, actions.StateSucceeded, got[ours].State, "its own claim, never started: it runs")
+	assert.Equal(t, actions.StateInterrupted, got[theirs].State, "another instance's claim may have run: it is never run again")
+	assert.Contains(t, got[theirs].Error, "may have run")
+	assert.Equal(t, []string{ours}, runsOf(t, runs))
+}
+
+// Items 1 and 2: a request runs at most once whatever etcd holds. An
+// action that outlives the retention keeps its reply (before, the final
+// reply was silently not written). Then its reply is gone (expired, or
+// its lease revoked) and the same bytes are put again: the node's own
+// journal refuses them (before, they ran again).
+func TestARequestReplayedAfterItsReplyIsGoneNeverRunsAgain(t *testing.T) {
+	etcd := etcdtest.New(t, 1)
+	runs := filepath.Join(t.TempDir(), "runs")
+	dir := actionConfig(t, map[string]string{"work": "command: [BIN/work]\nparams: {sleep: {pattern: '[0-9]'}}\nrun_as: {user: ME}\n"},
+		map[string]string{"work": fmt.Sprintf("echo $CCM_ACTION_ID >> %s\nsleep ${CCM_PARAM_SLEEP:-0}\n", runs)})
+	n := newNode(t, "web1", dir, etcd.Endpoints())
+	n.start("agent", "--debounce", "0s", "--retention", "2s") // shorter than the action
+	cli := etcd.Client(t)
+	c := cluster.New(cli, cluster.Options{})
+	eventually(t, 20*time.Second, func() bool { return nodeView(t, c, "web1").Presence != nil }, "the agent is alive")
+
+	replies, errs := callReplies(t, cli, client.Call{Action: "work", Nodes: []string{"web1"}, Params: map[string]string{"sleep": "4"}})
+	require.Empty(t, errs)
+	assert.Equal(t, actions.StateSucceeded, replies["web1"].State, "an action longer than the retention keeps its reply")
+	id := replies["web1"].ID
+
+	keys := cluster.NewKeys("")
+	ctx := context.Background()
+	req, err := cli.Get(ctx, keys.ActionKey("web1", id))
+	require.NoError(t, err)
+	require.Len(t, req.Kvs, 1)
+	same := string(req.Kvs[0].Value)
+	_, err = cli.Delete(ctx, keys.ReplyKey("web1", id))
+	require.NoError(t, err)
+	_, err = cli.Delete(ctx, keys.ActionKey("web1", id))
+	require.NoError(t, err)
+	_, err = cli.Put(ctx, keys.ActionKey("web1", id), same)
+	require.NoError(t, err)
+	eventually(t, 20*time.Second, func() bool { r := replyOf(t, cli, id, "web1"); return r != nil && actions.Final(r.State) }, "the replay is answered")
+	r := replyOf(t, cli, id, "web1")
+	assert.Equal(t, actions.StateRejected, r.State)
+	assert.Contains(t, r.Error, "already ran on this node")
+	assert.Equal(t, []string{id}, runsOf(t, runs), "the handler ran once")
+}
+
+// Item 14: requests that wedged the engine before (a 450 KB key sorting
+// first, whose rejection could not be written; 12,000 undeclared
+// parameters) are set aside cheaply, and the next call is answered.
+func TestMalformedAndOversizedRequestsNeverWedgeTheEngine(t *testing.T) {
+	etcd := etcdtest.New(t, 1)
+	dir := actionConfig(t, map[string]string{"quick": "command: [/bin/true]\nrun_as: {user: ME}\n"}, nil)
+	n := startAgent(t, etcd, "web1", dir, agentConfig{})
+	n.reported(t, 1, cluster.ResultConverged)
+	keys := cluster.NewKeys("")
+	ctx := context.Background()
+	huge := keys.ActionsPrefix("web1") + strings.Repeat("0", 450<<10)
+	_, err := n.cli.Put(ctx, huge, `{"id":"x","action":"quick"}`)
+	require.NoError(t, err)
+	params := map[string]string{}
+	for i := range 12000 {
+		params[fmt.Sprintf("p%05d", i)] = "x"
+	}
+	id := actions.NewID(time.Now())
+	raw, _ := json.Marshal(actions.Request{ID: id, Action: "quick", Params: params, Created: time.Now()})
+	_, err = n.cli.Put(ctx, keys.ActionKey("web1", id), string(raw))
+	require.NoError(t, err)
+
+	replies, errs := callReplies(t, n.cli, client.Call{Action: "quick", Nodes: []string{"web1"}})
+	require.Empty(t, errs)
+	assert.Equal(t, actions.StateSucceeded, replies["web1"].State)
+	r := replyOf(t, n.cli, id, "web1")
+	require.NotNil(t, r)
+	assert.Equal(t, actions.StateRejected, r.State)
+	assert.Less(t, len(r.Error), 4<<10, "the reason is short, and fits")
+	assert.Contains(t, r.Error, `parameter "p00000" is not declared`)
+}
+
+// Item 8: a cluster API in Python signs a request with Debian's
+// python3-cryptography alone (JCS as sorted keys without spaces, SSHSIG
+// by hand), and a shell script signs with ssh-keygen -Y sign; both run
+// on a node of a Debian etcd with TLS and auth.
+func TestARequestSignedInPythonOrByTheShellRuns(t *testing.T) {
+	if err := exec.Command("/usr/bin/python3", "-c", "import cryptography").Run(); err != nil {
+		t.Skip("Debian's python3-cryptography not installed (.ci/run installs it)")
+	}
+	e := etcdtest.StartExternal(t)
+	e.EnableAuth("root-secret")
+	admin := nodeOn(t, e, "admin", "root", "root-secret")
+	grantRole(t, e, admin, "web1-secret", "--node", "web1")
+	grantRole(t, e, admin, "api-secret", "--caller", "api")
+	signKey, pub := sshKey(t, "python-api@example")
+	authorized := filepath.Join(t.TempDir(), "authorized_keys")
+	require.NoError(t, os.WriteFile(authorized, []byte(`ccm-actions="hello" `+pub), 0o644))
+	dir := actionConfig(t, map[string]string{"hello": "command: [BIN/hello]\nparams: {who: {required: true}}\nrun_as: {user: ME}\n"},
+		map[string]string{"hello": `echo "hello $CCM_PARAM_WHO"` + "\n"})
+	web1 := nodeOn(t, e, "web1", "ccm-node-web1", "web1-secret")
+	web1.configDir = dir
+	web1.startLogged(filepath.Join(t.TempDir(), "agent.log"), "agent", "--debounce", "0s", "--action-keys", authorized)
+	root := rootClient(t, e)
+	c := cluster.New(root, cluster.Options{})
+	eventually(t, 30*time.Second, func() bool { return nodeView(t, c, "web1").Presence != nil }, "the agent is alive")
+	api := externalClient(t, e, "ccm-caller-api", "api-secret")
+	head, err := api.Get(context.Background(), "/ccm/actions/", clientv3.WithCountOnly())
+	require.NoError(t, err)
+	clusterID := fmt.Sprintf("%016x", head.Header.ClusterId)
+
+	run := func(id string, signed []byte) *actions.Reply {
+		_, err := api.Put(context.Background(), "/ccm/actions/web1/"+id, string(signed))
+		require.NoError(t, err)
+		eventually(t, 20*time.Second, func() bool { r := replyOf(t, root, id, "web1"); return r != nil && actions.Final(r.State) }, "a reply to %s", id)
+		return replyOf(t, root, id, "web1")
+	}
+	now := time.Now().UTC()
+	deadline := now.Add(10 * time.Minute).Format(time.RFC3339)
+	id := actions.NewID(now)
+	out, err := exec.Command("/usr/bin/python3", "testdata/sign_request.py", signKey, "/ccm", clusterID, "web1", id, "hello", "who=wörld <&>", deadline).CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	r := run(id, out)
+	assert.Equal(t, actions.StateSucceeded, r.State, r.Error)
+	var said string
+	require.NoError(t, json.Unmarshal(r.Output, &said))
+	assert.Equal(t, "hello wörld <&>\n", said)
+	assert.Equal(t, "python-api@example", r.By)
+
+	// ssh-keygen -Y sign over the payload, as a shell script would.
+	id = actions.NewID(time.Now())
+	unsigned, _ := json.Marshal(actions.Request{ID: id, Action: "hello", Params: map[string]string{"who": "shell"}, Created: time.Now().UTC(), Deadline: time.Now().Add(time.Hour)})
+	payload, err := actions.SignedPayload(actions.NewBinding("/ccm", head.Header.ClusterId), "web1", unsigned)
+	require.NoError(t, err)
+	file := filepath.Join(t.TempDir(), "payload")
+	require.NoError(t, os.WriteFile(file, payload, 0o644))
+	sig, err := exec.Command("ssh-keygen", "-Y", "sign", "-n", actions.SignatureNamespace, "-f", signKey, file).CombinedOutput()
+	require.NoError(t, err, "%s", sig)
+	armored, err := os.ReadFile(file + ".sig")
+	require.NoError(t, err)
+	var req map[string]any
+	require.NoError(t, json.Unmarshal(unsigned, &req))
+	req["signature"] = string(armored)
+	signed, _ := json.Marshal(req)
+	r = run(id, signed)
+	assert.Equal(t, actions.StateSucceeded, r.State, r.Error)
+
+	// The key may call hello only.
+	id = actions.NewID(time.Now())
+	out, err = exec.Command("/usr/bin/python3", "testdata/sign_request.py", signKey, "/ccm", clusterID, "web1", id, "ccm.plan", "", deadline).CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	r = run(id, out)
+	assert.Equal(t, actions.StateRejected, r.State)
+	assert.Contains(t, r.Error, `may not call ccm.plan (ccm-actions="hello"`)
+}
