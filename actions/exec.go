@@ -92,11 +92,11 @@ func (r RunAs) checkGroups(user string, gids []uint32) error {
 		if g, err := osuser.LookupGroupId(name); err == nil {
 			name = g.Name
 		}
-		if int(gid) < r.MinGID {
-			return fmt.Errorf("run_as: user %q is in group %s (gid %d), below min_gid %d", user, name, gid, r.MinGID)
-		}
 		if slices.Contains(r.DenyGroups, name) {
 			return fmt.Errorf("run_as: user %q is in group %s, which run_as denies (deny_groups)", user, name)
+		}
+		if int(gid) < r.MinGID {
+			return fmt.Errorf("run_as: user %q is in group %s (gid %d), below min_gid %d", user, name, gid, r.MinGID)
 		}
 	}
 	return nil

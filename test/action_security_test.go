@@ -340,6 +340,27 @@ func TestActionsRunAsTheSitesUnixUser(t *testing.T) {
 	r = call("as-root", nil)
 	require.Equal(t, actions.StateSucceeded, r.State, r.Error)
 	assert.Contains(t, string(r.Output), `"0 0 `, "root only when the handler says {user: root}")
+
+	// Item 12 of the trust review: a uid above min_uid is not enough. A
+	// user in disk, shadow or adm, or whose primary group is root's, is
+	// refused, naming the group.
+	groupsUser(t, "ccmbad1", "-U", "-u", "1500", "-G", "disk,shadow,adm")
+	groupsUser(t, "ccmbad2", "-N", "-u", "1501", "-g", "0")
+	r = call("as-site", map[string]string{"user": "ccmbad1"})
+	assert.Equal(t, actions.StateRejected, r.State)
+	assert.Regexp(t, `run_as: user "ccmbad1" is in group (disk|shadow|adm), which run_as denies`, r.Error)
+	r = call("as-site", map[string]string{"user": "ccmbad2"})
+	assert.Equal(t, actions.StateRejected, r.State)
+	assert.Contains(t, r.Error, `run_as: user "ccmbad2" is in group root, which run_as denies`)
+}
+
+// groupsUser creates a user with useradd's args, removed at the end.
+func groupsUser(t *testing.T, name string, args ...string) {
+	t.Helper()
+	_ = exec.Command("userdel", "-r", name).Run()
+	out, err := exec.Command("useradd", append(append([]string{"-M", "-K", "GID_MIN=1000"}, args...), name)...).CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	t.Cleanup(func() { _ = exec.Command("userdel", name).Run() })
 }
 
 func TestHostileRequestsAndHandlersGetAClearStateAndTheAgentStaysHealthy(t *testing.T) {
