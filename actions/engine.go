@@ -375,6 +375,9 @@ func (e *Engine) accept(id string, raw []byte, now time.Time) (*Request, runner,
 		known := append(sortedKeys(e.opts.Builtins), hs.Names()...)
 		return req, run, fmt.Sprintf("unknown action %q; this node answers: %s", req.Action, strings.Join(known, ", "))
 	}
+	if h.SecretOutput && req.ReplyKey == "" {
+		return req, run, fmt.Sprintf("action %s's output is secret (secret_output): the request needs a reply_key to seal it to (ccm action run and the Go client add one)", h.Name)
+	}
 	params, secrets, err := h.openSecrets(req.Params, e.opts.NodeKey)
 	if err == nil {
 		err = h.CheckParams(params)
@@ -555,6 +558,11 @@ func (e *Engine) execute(ctx context.Context, req *Request, run runner, rev int6
 	o.stdout, o.stderr, o.err = redact(o.stdout, run.secrets), redact(o.stderr, run.secrets), string(redact([]byte(o.err), run.secrets))
 	reply := Reply{ID: req.ID, Node: e.opts.Node, State: o.state, ExitCode: o.exitCode, Output: outputJSON(o.stdout), Error: o.err,
 		By: run.by(req), Signed: run.grant != nil, Instance: e.opts.Instance, Started: started, Finished: time.Now().UTC()}
+	secretOutput := run.handler != nil && run.handler.SecretOutput
+	if secretOutput {
+		reply.seal(req.ReplyKey)
+		o.stderr, o.err = nil, "[sealed]"
+	}
 	e.final(ctx, replyKey, rev, reply)
 	took := reply.Finished.Sub(started)
 	e.m.Actions.WithLabelValues(req.Action, o.state).Inc()

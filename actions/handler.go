@@ -40,6 +40,9 @@ type Handler struct {
 	// Serial holds the cluster lock while the handler runs, so that one
 	// node at a time runs it (and no node converges meanwhile).
 	Serial bool
+	// SecretOutput seals the reply's output and error to the caller's
+	// reply key, and keeps stderr out of the log.
+	SecretOutput bool
 }
 
 // Param declares one parameter a handler accepts.
@@ -97,6 +100,8 @@ type rawHandler struct {
 	Timeout     string              `yaml:"timeout"`
 	Concurrency *int                `yaml:"concurrency"`
 	Serial      bool                `yaml:"serial"`
+	// SecretOutput: see Handler.
+	SecretOutput bool `yaml:"secret_output"`
 }
 
 type rawParam struct {
@@ -173,7 +178,7 @@ func loadHandler(configDir, path string) (*Handler, []error) {
 	fail := func(format string, a ...any) { errs = append(errs, fmt.Errorf(format, a...)) }
 	h := &Handler{
 		Name: rh.Name, File: path, Command: rh.Command, Params: map[string]Param{},
-		Timeout: DefaultTimeout, Concurrency: DefaultConcurrency, Serial: rh.Serial,
+		Timeout: DefaultTimeout, Concurrency: DefaultConcurrency, Serial: rh.Serial, SecretOutput: rh.SecretOutput,
 	}
 	if h.Name == "" {
 		h.Name = strings.TrimSuffix(filepath.Base(path), ".yaml")

@@ -100,6 +100,74 @@ func createNodeKey(path string) (*NodeKey, error) {
 // Public is the public key as the node publishes it (base64).
 func (k *NodeKey) Public() string { return base64.StdEncoding.EncodeToString(k.public[:]) }
 
+// NewReplyKey returns a fresh key pair for one call: its public half goes
+// into the request (reply_key), and the output of a handler that declares
+// secret_output is sealed to it.
+func NewReplyKey() (*NodeKey, error) {
+	pub, priv, err := box.GenerateKey(rand.Reader)
+	if err != nil {
+		return nil, err
+	}
+	return &NodeKey{public: *pub, private: *priv}, nil
+}
+
+// Private is the private key in base64, as ccm action run --no-wait
+// --reply-key writes it for ccm action get --reply-key.
+func (k *NodeKey) Private() string { return base64.StdEncoding.EncodeToString(k.private[:]) }
+
+// ParseReplyKey reads a key that Private wrote.
+func ParseReplyKey(private string) (*NodeKey, error) {
+	priv, err := base64.StdEncoding.DecodeString(strings.TrimSpace(private))
+	if err != nil || len(priv) != 32 {
+		return nil, errors.New("not a base64 32-byte key")
+	}
+	k := &NodeKey{}
+	copy(k.private[:], priv)
+	pub, err := curve25519.X25519(k.private[:], curve25519.Basepoint)
+	if err != nil {
+		return nil, err
+	}
+	copy(k.public[:], pub)
+	return k, nil
+}
+
+// sealedReply is what a sealed reply's sealed field opens to.
+type sealedReply struct {
+	Output json.RawMessage `json:"output,omitempty"`
+	Error  string          `json:"error,omitempty"`
+}
+
+// seal moves the reply's output and error into its sealed field, sealed
+// to the caller's reply key; a reply key that is not one leaves neither.
+func (r *Reply) seal(replyKey string) {
+	raw, _ := json.Marshal(sealedReply{Output: r.Output, Error: r.Error})
+	r.Output, r.Error = nil, ""
+	sealed, err := Seal(replyKey, string(raw))
+	if err != nil {
+		r.Error = "the output is secret and the request's reply_key is not a key: it was dropped"
+		return
+	}
+	r.Sealed = sealed
+}
+
+// Open fills the output and error of a sealed reply with key, the call's
+// reply key. A reply that is not sealed is left as it is.
+func (r *Reply) Open(key *NodeKey) error {
+	if r.Sealed == "" {
+		return nil
+	}
+	clear, err := key.open(r.Sealed)
+	if err != nil {
+		return fmt.Errorf("the reply of %s is sealed, and it %v", r.Node, strings.TrimPrefix(err.Error(), "is "))
+	}
+	var s sealedReply
+	if err := json.Unmarshal([]byte(clear), &s); err != nil {
+		return fmt.Errorf("the sealed reply of %s: %w", r.Node, err)
+	}
+	r.Output, r.Error = s.Output, s.Error
+	return nil
+}
+
 // open unseals a secret parameter value.
 func (k *NodeKey) open(value string) (string, error) {
 	sealed, ok := strings.CutPrefix(value, secretPrefix)

@@ -34,8 +34,11 @@ type Request struct {
 	// request up; later it is rejected.
 	Deadline time.Time `json:"deadline,omitzero"`
 	// Timeout, when set, shortens the handler's own timeout.
-	Timeout   Duration `json:"timeout,omitzero"`
-	Signature string   `json:"signature,omitempty"`
+	Timeout Duration `json:"timeout,omitzero"`
+	// ReplyKey is the caller's public key for this call (base64 X25519):
+	// the output of a handler that declares secret_output is sealed to it.
+	ReplyKey  string `json:"reply_key,omitempty"`
+	Signature string `json:"signature,omitempty"`
 }
 
 // Reply is a node's answer to a request: written as running when the node
@@ -49,6 +52,9 @@ type Reply struct {
 	// otherwise a JSON string.
 	Output json.RawMessage `json:"output,omitempty"`
 	Error  string          `json:"error,omitempty"`
+	// Sealed, for a handler that declares secret_output, holds the output
+	// and the error sealed to the request's reply key (Open reads them).
+	Sealed string `json:"sealed,omitempty"`
 	// By is the caller: the name of the key that signed the request on a
 	// node that requires signatures (Signed), else the request's own by.
 	By     string `json:"by,omitempty"`

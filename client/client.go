@@ -152,7 +152,11 @@ type Sent struct {
 	NotAlive []string
 	NoKey    []string
 	// Revision is the etcd revision of the first write.
-	Revision  int64
+	Revision int64
+	// ReplyKey is the call's own key: the replies of a handler that
+	// declares secret_output are sealed to it. Run opens them; a caller of
+	// Send keeps it (Private) to open them later (actions.Reply.Open).
+	ReplyKey  *actions.NodeKey
 	retention time.Duration
 	keys      map[string]string // node -> its action key
 	secrets   map[string]string
@@ -244,6 +248,11 @@ func (c *Client) Run(ctx context.Context, call Call) iter.Seq2[actions.Reply, er
 			if r.err != nil || r.reply.State != actions.StateSucceeded {
 				failures++
 			}
+			if r.err == nil {
+				if err := r.reply.Open(s.ReplyKey); err != nil {
+					r.reply.Error = err.Error()
+				}
+			}
 			if r.err != nil {
 				if !fail(r.node, r.err) {
 					return
@@ -318,10 +327,13 @@ func (c *Client) prepare(ctx context.Context, call Call) (*Sent, *actions.Reques
 			return nil, nil, err
 		}
 	}
+	if s.ReplyKey, err = actions.NewReplyKey(); err != nil {
+		return nil, nil, err
+	}
 	s.ID = actions.NewID(now)
 	req := &actions.Request{
 		ID: s.ID, Action: call.Action, Params: call.Params, By: call.By, Created: now,
-		Deadline: call.Deadline, Timeout: actions.Duration(call.Timeout),
+		Deadline: call.Deadline, Timeout: actions.Duration(call.Timeout), ReplyKey: s.ReplyKey.Public(),
 	}
 	s.retention = call.Retention
 	if s.retention <= 0 {

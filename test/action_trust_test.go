@@ -276,3 +276,50 @@ func TestARequestSignedInPythonOrByTheShellRuns(t *testing.T) {
 	assert.Equal(t, actions.StateRejected, r.State)
 	assert.Contains(t, r.Error, `may not call ccm.plan (ccm-actions="hello"`)
 }
+
+// Item 10: a handler that declares secret_output (a one-time login URL)
+// has its output sealed to the caller's key for the call: etcd and every
+// other reader of replies see only the sealed box.
+func TestASecretOutputIsSealedToTheCaller(t *testing.T) {
+	etcd := etcdtest.New(t, 1)
+	dir := actionConfig(t, map[string]string{"login-url": "command: [BIN/login]\nrun_as: {user: ME}\nsecret_output: true\n"},
+		map[string]string{"login": "echo https://shop.example/login?token=tok-$CCM_ACTION_ID\n"})
+	n := startAgent(t, etcd, "web1", dir, agentConfig{})
+	n.reported(t, 1, cluster.ResultConverged)
+	api := caller(t, etcd, dir)
+
+	res := api.action("action", "run", "login-url", "--node", "web1", "--json")
+	require.Equal(t, 0, res.code, res.stderr)
+	var r actions.Reply
+	require.NoError(t, json.Unmarshal([]byte(res.stdout), &r))
+	assert.Contains(t, string(r.Output), "login?token=tok-"+r.ID, "the caller reads it")
+
+	keyFile := filepath.Join(t.TempDir(), "reply.key")
+	res = api.action("action", "run", "login-url", "--node", "web1", "--no-wait", "--reply-key", keyFile)
+	require.Equal(t, 0, res.code, res.stderr)
+	id := strings.TrimSpace(res.stdout)
+	eventually(t, 20*time.Second, func() bool { r := replyOf(t, n.cli, id, "web1"); return r != nil && actions.Final(r.State) }, "the reply")
+	st, err := os.Stat(keyFile)
+	require.NoError(t, err)
+	assert.Equal(t, os.FileMode(0o600), st.Mode().Perm())
+	res = api.action("action", "get", id)
+	require.Equal(t, 0, res.code, res.stderr)
+	assert.Contains(t, res.stdout, "[sealed")
+	assert.NotContains(t, res.stdout, "token=")
+	res = api.action("action", "get", id, "--reply-key", keyFile)
+	require.Equal(t, 0, res.code, res.stderr)
+	assert.Contains(t, res.stdout, "token=tok-"+id)
+
+	all, err := n.cli.Get(context.Background(), "/ccm/", clientv3.WithPrefix())
+	require.NoError(t, err)
+	for _, kv := range all.Kvs {
+		assert.NotContains(t, string(kv.Value), "token=", "%s", kv.Key)
+	}
+	// A request without a key to seal to is refused before it runs.
+	id = actions.NewID(time.Now())
+	raw, _ := json.Marshal(actions.Request{ID: id, Action: "login-url", Created: time.Now()})
+	_, err = n.cli.Put(context.Background(), cluster.NewKeys("").ActionKey("web1", id), string(raw))
+	require.NoError(t, err)
+	eventually(t, 20*time.Second, func() bool { r := replyOf(t, n.cli, id, "web1"); return r != nil && actions.Final(r.State) }, "the reply")
+	assert.Contains(t, replyOf(t, n.cli, id, "web1").Error, "needs a reply_key")
+}

@@ -35,7 +35,7 @@ func newActionCmd(a *app) *cobra.Command {
 type callFlags struct {
 	nodes, labels, params []string
 	secrets               []string
-	signKey               string
+	signKey, replyKey     string
 	all, asJSON, noWait   bool
 	paramsFile, deadline  string
 	batch, maxFailures    int
@@ -65,7 +65,10 @@ gave no reply. With --no-wait: 0, and the call's id.`,
 				return err
 			}
 			if f.noWait {
-				return a.send(cmd.Context(), c, call)
+				return a.send(cmd.Context(), c, call, f.replyKey)
+			}
+			if f.replyKey != "" {
+				return errors.New("--reply-key goes with --no-wait: a call that waits opens its sealed replies itself")
 			}
 			return a.callAndPrint(cmd.Context(), c, call, f.asJSON)
 		},
@@ -85,6 +88,7 @@ gave no reply. With --no-wait: 0, and the call's id.`,
 	fl.DurationVar(&f.retention, "retention", client.DefaultRetention, "how long etcd keeps the requests and replies")
 	fl.BoolVar(&f.asJSON, "json", false, "print one reply per line as JSON")
 	fl.BoolVar(&f.noWait, "no-wait", false, "write the requests, print the id and return")
+	fl.StringVar(&f.replyKey, "reply-key", "", "with --no-wait: write the call's reply key to `FILE` (0600), for ccm action get --reply-key to open sealed replies")
 	for _, name := range []string{"node", "label"} {
 		_ = fl.SetAnnotation(name, noEnv, []string{"true"})
 	}
@@ -166,12 +170,17 @@ func caller() string {
 	return name + "@" + host
 }
 
-func (a *app) send(ctx context.Context, c *client.Client, call client.Call) error {
+func (a *app) send(ctx context.Context, c *client.Client, call client.Call, replyKey string) error {
 	ctx, cancel := a.requestContext(ctx)
 	defer cancel()
 	s, err := c.Send(ctx, call)
 	if err != nil {
 		return err
+	}
+	if replyKey != "" {
+		if err := os.WriteFile(replyKey, []byte(s.ReplyKey.Private()+"\n"), 0o600); err != nil {
+			return fmt.Errorf("--reply-key: %w (the call %s was sent)", err, s.ID)
+		}
 	}
 	for _, n := range s.NotAlive {
 		fmt.Fprintf(a.stderr, "ccm: %s: %s\n", render.Escape(n), client.ErrNotAlive)
@@ -239,6 +248,9 @@ func newRow(reply actions.Reply, ne *client.NodeError) row {
 		r.took = reply.Finished.Sub(reply.Started).Round(time.Millisecond).String()
 	}
 	r.output = outputText(reply.Output)
+	if reply.Sealed != "" && len(reply.Output) == 0 && reply.Error == "" {
+		r.output = "[sealed: ccm action get --reply-key opens it]"
+	}
 	if reply.Error != "" && (r.output == "" || reply.State != actions.StateSucceeded) {
 		r.output = strings.TrimSpace(strings.Join([]string{r.output, reply.Error}, " "))
 	}
@@ -303,6 +315,7 @@ func printRows(w io.Writer, rows []row) {
 
 func newActionGetCmd(a *app) *cobra.Command {
 	var asJSON bool
+	var replyKey string
 	cmd := &cobra.Command{
 		Use:   "get ID",
 		Short: "Show a call's requests and every reply so far",
@@ -315,6 +328,11 @@ func newActionGetCmd(a *app) *cobra.Command {
 			}
 			if len(recs) == 0 {
 				return fmt.Errorf("no request with id %s (unknown, or past its retention)", render.Escape(args[0]))
+			}
+			if replyKey != "" {
+				if err := openReplies(recs, replyKey); err != nil {
+					return err
+				}
 			}
 			if asJSON {
 				return printJSONLines(a.stdout, recs)
@@ -334,7 +352,27 @@ func newActionGetCmd(a *app) *cobra.Command {
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print one request and its reply per line as JSON")
+	cmd.Flags().StringVar(&replyKey, "reply-key", "", "open sealed replies with the key ccm action run --no-wait --reply-key wrote to `FILE`")
 	return cmd
+}
+
+// openReplies opens the sealed replies of recs with the key in file.
+func openReplies(recs []client.Record, file string) error {
+	raw, err := os.ReadFile(file)
+	if err != nil {
+		return fmt.Errorf("--reply-key: %w", err)
+	}
+	key, err := actions.ParseReplyKey(string(raw))
+	if err != nil {
+		return fmt.Errorf("--reply-key %s: %w", file, err)
+	}
+	var errs []error
+	for _, r := range recs {
+		if r.Reply != nil {
+			errs = append(errs, r.Reply.Open(key))
+		}
+	}
+	return errors.Join(errs...)
 }
 
 func newActionListCmd(a *app) *cobra.Command {
