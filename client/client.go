@@ -80,7 +80,8 @@ type Call struct {
 	Secrets map[string]string
 	// Nodes, Labels and All address the call; their union is called.
 	// Labels and All match alive nodes only; a named node that is not
-	// alive is reported with ErrNotAlive.
+	// alive is reported with ErrNotAlive. Labels are those an operator
+	// gave the node (ccm node label), never those it claims itself.
 	Nodes  []string
 	Labels map[string]string
 	All    bool
@@ -291,10 +292,16 @@ func (c *Client) prepare(ctx context.Context, call Call) (*Sent, *actions.Reques
 			return nil, nil, fmt.Errorf("parameter %s is given both in clear and as a secret", k)
 		}
 	}
+	var labels map[string]map[string]string // an operator's, never a node's own
+	if len(call.Labels) > 0 {
+		if labels, err = c.cluster.Labels(ctx); err != nil {
+			return nil, nil, err
+		}
+	}
 	s := &Sent{keys: map[string]string{}, secrets: call.Secrets}
 	for _, p := range live {
 		s.keys[p.Node] = p.ActionKey
-		if call.All || (len(call.Labels) > 0 && matches(p.Labels, call.Labels)) {
+		if call.All || (len(call.Labels) > 0 && matches(labels[p.Node], call.Labels)) {
 			s.Nodes = append(s.Nodes, p.Node)
 		}
 	}

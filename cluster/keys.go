@@ -93,6 +93,16 @@ func (k Keys) LockOf(key string, lease int64) (node string, legacy, ok bool) {
 // NodesPrefix is the prefix of every node's keys.
 func (k Keys) NodesPrefix() string { return k.prefix + "/nodes/" }
 
+// LabelsPrefix is the prefix of the labels operators give nodes
+// (LabelsKey): outside NodesPrefix, so that a node may read its labels
+// and never write them.
+func (k Keys) LabelsPrefix() string { return k.prefix + "/labels/" }
+
+// LabelsKey is the key of one node's labels, a JSON object of strings
+// that ccm node label writes. Calls by label match these, never the
+// labels a node claims for itself.
+func (k Keys) LabelsKey(node string) string { return k.LabelsPrefix() + node }
+
 // NodePrefix is the prefix of one node's keys.
 func (k Keys) NodePrefix(node string) string { return k.NodesPrefix() + node + "/" }
 

@@ -40,6 +40,7 @@ func NodeRole(prefix, node string) Role {
 			{Type: "read", Key: k.CanaryPrefix(), Prefix: true},
 			{Type: "readwrite", Key: k.CanaryKey(node)},
 			{Type: "readwrite", Key: k.NodePrefix(node), Prefix: true},
+			{Type: "read", Key: k.LabelsKey(node)},
 		},
 	}
 }
@@ -55,6 +56,7 @@ func CallerRole(prefix, name string) Role {
 		Permissions: []Permission{
 			{Type: "readwrite", Key: k.AllActionsPrefix(), Prefix: true},
 			{Type: "read", Key: k.NodesPrefix(), Prefix: true},
+			{Type: "read", Key: k.LabelsPrefix(), Prefix: true},
 		},
 	}
 }

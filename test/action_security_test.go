@@ -167,10 +167,13 @@ func TestActionsOverRBACSignedWithSecretsAgainstDebianEtcd(t *testing.T) {
 	require.NoError(t, err, "its own requests")
 	_, err = web1.Get(ctx, "/ccm/actions/web2/", clientv3.WithPrefix())
 	assert.ErrorContains(t, err, "permission denied", "another node's requests")
-	for _, key := range []string{"/ccm/actions/web1/forged", "/ccm/actions/web2/forged", "/ccm/nodes/web2/replies/" + id} {
+	for _, key := range []string{"/ccm/actions/web1/forged", "/ccm/actions/web2/forged", "/ccm/nodes/web2/replies/" + id, "/ccm/labels/web1"} {
 		_, err = web1.Put(ctx, key, `{"id":"forged","action":"tell"}`)
 		assert.ErrorContains(t, err, "permission denied", key)
 	}
+	// It reads the labels an operator gave it, and writes none.
+	_, err = web1.Get(ctx, "/ccm/labels/web1")
+	require.NoError(t, err, "its own labels")
 	// The caller writes requests and reads replies, and nothing else.
 	apiCli := externalClient(t, e, "ccm-caller-api", "api-secret")
 	for _, key := range []string{"/ccm/objects/sites/evil", "/ccm/failure", "/ccm/nodes/web1/replies/forged"} {

@@ -48,8 +48,9 @@ func TestCompletionKnowsTheCluster(t *testing.T) {
 	dir, err := filepath.Abs("../examples/ccm")
 	require.NoError(t, err)
 	web := newNode(t, "web1", dir, etcd.Endpoints())
-	web.flags = []string{"--label", "role=web", "--label", "dc=ams"}
 	web.start("agent")
+	_, err = cli.Put(ctx, "/ccm/labels/web1", `{"role":"web","dc":"ams"}`)
+	require.NoError(t, err)
 	c := cluster.New(cli, cluster.Options{Prefix: cluster.DefaultPrefix})
 	eventually(t, 30*time.Second, func() bool {
 		alive, err := c.Alive(ctx)
@@ -79,7 +80,7 @@ func TestCompletionKnowsTheCluster(t *testing.T) {
 	got, _ = n.complete("action", "run", "site-info", "--node", "")
 	assert.Equal(t, []string{"web1"}, got, "node names")
 	got, _ = n.complete("action", "run", "site-info", "--label", "")
-	assert.Equal(t, []string{"dc=ams", "role=web"}, got, "labels the agents published")
+	assert.Equal(t, []string{"dc=ams", "role=web"}, got, "labels operators gave the nodes")
 
 	// etcd unreachable: nothing offered, and the shell gets its prompt back.
 	down := newNode(t, "", dir, []string{freeAddr(t)})

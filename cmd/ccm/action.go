@@ -108,12 +108,8 @@ func (f *callFlags) call(a *app, action string) (client.Call, error) {
 	if len(f.nodes)+len(f.labels) == 0 && !f.all {
 		return call, errors.New("no target: give --node, --label or --all")
 	}
-	for _, l := range f.labels {
-		k, v, ok := strings.Cut(l, "=")
-		if !ok || k == "" {
-			return call, fmt.Errorf("--label %q: want key=value", l)
-		}
-		call.Labels[k] = v
+	if err := pairs("--label", f.labels, call.Labels); err != nil {
+		return call, err
 	}
 	if f.paramsFile != "" {
 		raw, err := os.ReadFile(f.paramsFile)
@@ -124,12 +120,8 @@ func (f *callFlags) call(a *app, action string) (client.Call, error) {
 			return call, fmt.Errorf("--params-file %s: want a JSON object of strings: %w", f.paramsFile, err)
 		}
 	}
-	for _, p := range f.params {
-		k, v, ok := strings.Cut(p, "=")
-		if !ok || k == "" {
-			return call, fmt.Errorf("--param %q: want key=value", p)
-		}
-		call.Params[k] = v
+	if err := pairs("--param", f.params, call.Params); err != nil {
+		return call, err
 	}
 	for _, p := range f.secrets {
 		k, v, ok := strings.Cut(p, "=")

@@ -162,19 +162,19 @@ func nodeNames(ctx context.Context, a *app, _ []string, _ string) []string {
 	return names
 }
 
-// labelPairs lists the k=v labels the alive agents published.
+// labelPairs lists the k=v labels operators gave nodes (ccm node label).
 func labelPairs(ctx context.Context, a *app, _ []string, _ string) []string {
 	c := a.completionCluster()
 	if c == nil {
 		return nil
 	}
-	alive, err := c.Alive(ctx)
+	all, err := c.Labels(ctx)
 	if err != nil {
 		return nil
 	}
 	pairs := map[string]bool{}
-	for _, p := range alive {
-		for k, v := range p.Labels {
+	for _, labels := range all {
+		for k, v := range labels {
 			pairs[k+"="+v] = true
 		}
 	}

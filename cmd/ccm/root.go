@@ -152,7 +152,7 @@ func newRootCmd(a *app) *cobra.Command {
 
 	root.AddCommand(
 		newAgentCmd(a), newPlanCmd(a), newApplyCmd(a), newStatusCmd(a), newResumeCmd(a), newUnpauseCmd(a), newPauseCmd(a), newRolloutCmd(a), newLockCmd(a),
-		newValidateCmd(a), newGraphCmd(a), newObjectCmd(a), newRBACCmd(a), newActionCmd(a), newDashboardCmd(a), newVersionCmd(a),
+		newValidateCmd(a), newGraphCmd(a), newObjectCmd(a), newRBACCmd(a), newActionCmd(a), newNodeCmd(a), newDashboardCmd(a), newVersionCmd(a),
 	)
 	return root
 }
@@ -256,14 +256,26 @@ func isTerminal(w io.Writer) bool {
 // nodeLabels parses --label k=v flags.
 func (a *app) nodeLabels() (map[string]string, error) {
 	labels := map[string]string{}
-	for _, l := range a.labels {
-		k, v, ok := strings.Cut(l, "=")
-		if !ok || k == "" {
-			return nil, fmt.Errorf("--label %q: want key=value", l)
-		}
-		labels[k] = v
+	if err := pairs("--label", a.labels, labels); err != nil {
+		return nil, err
 	}
 	return labels, nil
+}
+
+// pairs adds each key=value of args to into: the one parser of k=v
+// arguments. Every malformed one is reported, one per line, naming what
+// (a flag, or an argument) it was given as.
+func pairs(what string, args []string, into map[string]string) error {
+	var errs []error
+	for _, arg := range args {
+		k, v, ok := strings.Cut(arg, "=")
+		if !ok || k == "" {
+			errs = append(errs, fmt.Errorf("%s %q: want key=value", what, arg))
+			continue
+		}
+		into[k] = v
+	}
+	return errors.Join(errs...)
 }
 
 func (a *app) loadConfigs() (*configs.Set, error) {

@@ -1,0 +1,67 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"maps"
+	"slices"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/ccm-dev/ccm/cluster"
+	"github.com/ccm-dev/ccm/objects"
+	"github.com/ccm-dev/ccm/render"
+)
+
+func newNodeCmd(a *app) *cobra.Command {
+	cmd := &cobra.Command{Use: "node", Short: "What operators say about nodes: the labels calls are addressed by"}
+	label := &cobra.Command{
+		Use:   "label NODE [KEY=VALUE|KEY-]...",
+		Short: "Show or change the labels of NODE that ccm action run --label matches",
+		Long: `Set (KEY=VALUE) or remove (KEY-) labels of NODE, then print them. With no
+change, print them. These labels live in <prefix>/labels/NODE, which a node
+may read and never write: a call by label reaches only the nodes an
+operator labelled, never one that claims a label with its own --label
+(which still serves when: in configurations).`,
+		Args: cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			node := args[0]
+			if err := objects.CheckName("node", node); err != nil {
+				return err
+			}
+			set, remove, changes := map[string]string{}, []string(nil), []string(nil)
+			for _, arg := range args[1:] {
+				if k, ok := strings.CutSuffix(arg, "-"); ok && !strings.Contains(arg, "=") {
+					remove = append(remove, k)
+				} else {
+					changes = append(changes, arg)
+				}
+			}
+			if err := pairs("label", changes, set); err != nil {
+				return err
+			}
+			return a.withCluster(cmd, func(ctx context.Context, c *cluster.Cluster) error {
+				var labels map[string]string
+				var err error
+				if len(set)+len(remove) > 0 {
+					labels, err = c.SetLabels(ctx, node, set, remove)
+				} else {
+					var all map[string]map[string]string
+					all, err = c.Labels(ctx)
+					labels = all[node]
+				}
+				if err != nil {
+					return err
+				}
+				for _, k := range slices.Sorted(maps.Keys(labels)) {
+					fmt.Fprintf(a.stdout, "%s=%s\n", render.Escape(k), render.Escape(labels[k]))
+				}
+				return nil
+			})
+		},
+	}
+	label.ValidArgsFunction = a.completion(nodeNames)
+	cmd.AddCommand(label)
+	return cmd
+}
