@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 	"time"
@@ -267,6 +268,10 @@ type View struct {
 	// Summary counts the nodes, as the first line of ccm status and the
 	// dashboard show them.
 	Summary Summary `json:"summary"`
+	// SharedActionKeys lists the groups of alive nodes that publish the
+	// same action key: nodes cloned from one image, each able to open the
+	// secrets sealed to the others.
+	SharedActionKeys [][]string `json:"shared_action_keys,omitempty"`
 	// Revision is the etcd revision the view was read at.
 	Revision int64 `json:"revision"`
 }
@@ -331,10 +336,19 @@ func (c *Cluster) View(ctx context.Context) (*View, error) {
 			}
 		}
 	}
+	byKey := map[string][]string{}
 	for _, n := range nodes {
 		n.describe(locked[n.Name], v.Pause != nil, newest)
 		v.Nodes = append(v.Nodes, *n)
 		v.Summary.count(n)
+		if p := n.Presence; p != nil && p.ActionKey != "" {
+			byKey[p.ActionKey] = append(byKey[p.ActionKey], n.Name)
+		}
+	}
+	for _, key := range slices.Sorted(maps.Keys(byKey)) {
+		if len(byKey[key]) > 1 {
+			v.SharedActionKeys = append(v.SharedActionKeys, byKey[key])
+		}
 	}
 	return v, nil
 }

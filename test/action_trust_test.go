@@ -323,3 +323,27 @@ func TestASecretOutputIsSealedToTheCaller(t *testing.T) {
 	eventually(t, 20*time.Second, func() bool { r := replyOf(t, n.cli, id, "web1"); return r != nil && actions.Final(r.State) }, "the reply")
 	assert.Contains(t, replyOf(t, n.cli, id, "web1").Error, "needs a reply_key")
 }
+
+// Nodes cloned from one image share an action key; ccm status says so.
+// And an action key others may read refuses the agent's start.
+func TestStatusNamesNodesThatShareAnActionKey(t *testing.T) {
+	etcd := etcdtest.New(t, 1)
+	cli := etcd.Client(t)
+	c := cluster.New(cli, cluster.Options{})
+	web1 := newNode(t, "web1", "../examples/ccm", etcd.Endpoints())
+	web1.start("agent", "--debounce", "0s")
+	eventually(t, 20*time.Second, func() bool { return nodeView(t, c, "web1").Presence != nil }, "web1 alive")
+	key, err := os.ReadFile(filepath.Join(web1.state, "action.key"))
+	require.NoError(t, err)
+
+	web2 := newNode(t, "web2", "../examples/ccm", etcd.Endpoints())
+	require.NoError(t, os.WriteFile(filepath.Join(web2.state, "action.key"), key, 0o644))
+	r := web2.run("", "agent")
+	assert.Equal(t, 1, r.code)
+	assert.Contains(t, r.stderr, "action.key is mode 0644; the action key must be 0600 in a 0700 directory")
+	require.NoError(t, os.Chmod(filepath.Join(web2.state, "action.key"), 0o600))
+	web2.start("agent", "--debounce", "0s")
+	eventually(t, 20*time.Second, func() bool { return nodeView(t, c, "web2").Presence != nil }, "web2 alive")
+	r = newNode(t, "", "../examples/ccm", etcd.Endpoints()).run("", "status")
+	assert.Contains(t, r.stdout, "Action key: nodes web1, web2 publish the same key")
+}

@@ -83,6 +83,10 @@ func printView(w io.Writer, v *cluster.View) {
 		holder += fmt.Sprintf("; waiting: %s", render.Escape(strings.Join(v.Waiting, ", ")))
 	}
 	fmt.Fprintf(w, "Lock: %s\n", holder)
+	for _, nodes := range v.SharedActionKeys {
+		fmt.Fprintf(w, "Action key: nodes %s publish the same key (cloned from one image?): each opens the secrets sealed to the others; delete <state-dir>/action.key on each and restart it\n",
+			render.Escape(strings.Join(nodes, ", ")))
+	}
 	fmt.Fprintf(w, "Nodes: %s\n\n", v.Summary)
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "NODE\tSTATE\tCONVERGED\tBEHIND\tLAST RUN\tWHEN\tDETAIL")
