@@ -55,6 +55,9 @@ type Options struct {
 	// StateDir holds the journal of the requests the node started (none:
 	// the journal lives in memory, and a restart forgets it).
 	StateDir string
+	// Cgroups, when set, gives each handler run a cgroup of its own
+	// (ResolveCgroups); else the run's process group contains it.
+	Cgroups *Cgroups
 	// Instance names this agent's state directory in the replies it
 	// claims, so that a restarted agent recognises its own claims (a
 	// random one when empty).
@@ -141,6 +144,11 @@ func (e *Engine) open(ctx context.Context) error {
 			return err
 		}
 		e.journal = j
+		if e.opts.Cgroups != nil {
+			if n := e.opts.Cgroups.sweep(); n > 0 {
+				e.log.Warn("actions: killed what the runs of a stopped agent left", zap.Int("cgroups", n), zap.String("dir", e.opts.Cgroups.Dir))
+			}
+		}
 	}
 	resp, err := e.opts.Client.Get(ctx, e.keys.RepliesPrefix(e.opts.Node), clientv3.WithPrefix())
 	if err != nil {
@@ -614,7 +622,7 @@ func (e *Engine) final(ctx context.Context, key string, rev int64, reply Reply) 
 }
 
 func (e *Engine) invocation(req *Request, run runner) *invocation {
-	return &invocation{handler: run.handler, req: req, params: run.params, id: run.id, timeout: run.timeout(req), env: e.opts.Env}
+	return &invocation{handler: run.handler, req: req, params: run.params, id: run.id, timeout: run.timeout(req), env: e.opts.Env, cgroups: e.opts.Cgroups}
 }
 
 // turn waits for one of an action's n concurrency slots.

@@ -110,6 +110,7 @@ type invocation struct {
 	id      *identity
 	timeout time.Duration
 	env     []string // CCM_NODE, CCM_ROOT and the like
+	cgroups *Cgroups // nil: the process group alone contains the run
 }
 
 // outcome is how a handler process ended.
@@ -160,6 +161,14 @@ func (inv *invocation) run() outcome {
 		// A fresh process with the user's ids: nothing to give back.
 		attr.Credential = &syscall.Credential{Uid: inv.id.uid, Gid: inv.id.gid, Groups: inv.id.groups}
 	}
+	var cg *cgroupRun
+	if inv.cgroups != nil {
+		if cg, err = inv.cgroups.start(inv.req.ID); err != nil {
+			return outcome{state: StateFailed, err: "not started: " + err.Error()}
+		}
+		defer cg.end()
+		attr.UseCgroupFD, attr.CgroupFD = true, cg.fd
+	}
 	cmd.SysProcAttr = attr
 	stdout, stderr := &capped{max: MaxOutput}, &capped{max: maxStderr, keepTail: true}
 	drain, err := pipeTo(cmd, stdout, stderr)
@@ -172,11 +181,17 @@ func (inv *invocation) run() outcome {
 	}
 	drain.started()
 	pgid := cmd.Process.Pid
-	timer := time.AfterFunc(inv.timeout, func() { _ = syscall.Kill(-pgid, syscall.SIGKILL) })
+	killAll := func() {
+		_ = syscall.Kill(-pgid, syscall.SIGKILL)
+		if cg != nil {
+			cg.kill() // what left the group too
+		}
+	}
+	timer := time.AfterFunc(inv.timeout, killAll)
 	start := time.Now()
 	waitErr := cmd.Wait()
 	timedOut := !timer.Stop() && time.Since(start) >= inv.timeout
-	_ = syscall.Kill(-pgid, syscall.SIGKILL) // leftovers in its group
+	killAll() // leftovers: in its group, and in its cgroup
 	drain.wait(drainDelay)
 	o := outcome{stdout: stdout.bytes(), stderr: stderr.bytes()}
 	if stdout.dropped > 0 {
@@ -186,6 +201,9 @@ func (inv *invocation) run() outcome {
 	switch {
 	case timedOut:
 		o.state, o.err = StateTimedOut, fmt.Sprintf("killed with its process group after the timeout of %s", inv.timeout)
+		if cg != nil {
+			o.err = fmt.Sprintf("killed with its process group and its cgroup after the timeout of %s", inv.timeout)
+		}
 	case waitErr == nil:
 		o.state, o.exitCode = StateSucceeded, new(int)
 	case errors.As(waitErr, &exitErr):

@@ -4,6 +4,8 @@ import (
 	"context"
 	"strings"
 
+	"go.uber.org/zap"
+
 	"github.com/ccm-dev/ccm/actions"
 	"github.com/ccm-dev/ccm/applier"
 	"github.com/ccm-dev/ccm/rollout"
@@ -34,12 +36,16 @@ func (a *Agent) runActions(ctx context.Context) {
 		return
 	}
 	env := []string{"CCM_NODE=" + a.opts.Node, "CCM_ROOT=" + a.opts.Root}
+	cgroups, why := actions.ResolveCgroups(a.opts.Cgroup)
+	if cgroups == nil {
+		a.log.Warn("actions: handler runs are contained by their process group alone: a process that leaves it (setsid) outlives the run", zap.String("reason", why))
+	}
 	actions.NewEngine(actions.Options{
 		Client: a.opts.Client, Prefix: a.opts.Prefix, Node: a.opts.Node, Env: env,
 		Handlers: func() *actions.Handlers { return a.selection.Load().handlers },
 		Builtins: map[string]actions.Builtin{ActionPlan: a.planAction, ActionConverge: a.convergeAction},
 		Keys:     func() *actions.AuthorizedKeys { return a.selection.Load().keys },
-		NodeKey:  a.nodeKey, StateDir: a.opts.StateDir, Instance: a.instance,
+		NodeKey:  a.nodeKey, StateDir: a.opts.StateDir, Instance: a.instance, Cgroups: cgroups,
 		Serial: a.serial, Retention: a.opts.Retention,
 		Logger: a.log, Metrics: a.metrics,
 	}).Run(ctx)

@@ -65,6 +65,9 @@ type Options struct {
 	// Retention is how long etcd keeps the node's replies to actions
 	// (actions.DefaultRetention when 0).
 	Retention time.Duration
+	// Cgroup says where handler runs get their cgroups
+	// (actions.ResolveCgroups; "" is auto).
+	Cgroup string
 	// StuckAfter is how long the agent may go without being ready before
 	// Healthy fails (DefaultStuckAfter when 0).
 	StuckAfter time.Duration

@@ -347,3 +347,85 @@ func TestStatusNamesNodesThatShareAnActionKey(t *testing.T) {
 	r = newNode(t, "", "../examples/ccm", etcd.Endpoints()).run("", "status")
 	assert.Contains(t, r.stdout, "Action key: nodes web1, web2 publish the same key")
 }
+
+// testCgroup makes a cgroup v2 directory for an agent's runs, or skips
+// where the machine has none the test may write.
+func testCgroup(t *testing.T) string {
+	t.Helper()
+	raw, err := os.ReadFile("/proc/self/mountinfo")
+	require.NoError(t, err)
+	mount := ""
+	for _, line := range strings.Split(string(raw), "\n") {
+		pre, post, ok := strings.Cut(line, " - ")
+		if f := strings.Fields(pre); ok && strings.HasPrefix(post, "cgroup2 ") && len(f) >= 5 {
+			mount = f[4]
+		}
+	}
+	if mount == "" {
+		t.Skip("no cgroup v2 hierarchy mounted")
+	}
+	dir := filepath.Join(mount, fmt.Sprintf("ccm-test-%d", os.Getpid()), strings.ReplaceAll(t.Name(), "/", "-"))
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Skipf("cgroup v2 at %s is not writable here: %v", mount, err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "cgroup.kill")); err != nil {
+		t.Skip("no cgroup.kill (Linux 5.14 or later)")
+	}
+	t.Cleanup(func() {
+		_ = os.WriteFile(filepath.Join(dir, "cgroup.kill"), []byte("1"), 0o644)
+		eventually(t, 5*time.Second, func() bool { return os.Remove(dir) == nil || os.IsNotExist(os.Remove(dir)) }, "the test cgroup is removed")
+		_ = os.Remove(filepath.Dir(dir))
+	})
+	return dir
+}
+
+// Item 13: nothing a handler started outlives its timeout, its exit or
+// its agent, setsid or not: each run has a cgroup of its own, and
+// cgroup.kill ends it. Before, a setsid child survived the timeout, and a
+// sleep in the handler's own group survived a SIGKILLed agent.
+func TestNothingAHandlerStartedOutlivesItsRunOrItsAgent(t *testing.T) {
+	cg := testCgroup(t)
+	etcd := etcdtest.New(t, 1)
+	work := t.TempDir()
+	pid := func(name string) string { return filepath.Join(work, name) }
+	escape := func(file string) string {
+		return fmt.Sprintf("setsid sh -c 'echo $$ > %s.tmp; mv %s.tmp %s; exec sleep 300' < /dev/null > /dev/null 2>&1 &\nwhile [ ! -e %s ]; do sleep 0.01; done\n", file, file, file, file)
+	}
+	dir := actionConfig(t, map[string]string{
+		"hang":   "command: [BIN/hang]\nrun_as: {user: ME}\ntimeout: 1s\n",
+		"daemon": "command: [BIN/daemon]\nrun_as: {user: ME}\n",
+		"stay":   "command: [BIN/stay]\nrun_as: {user: ME}\ntimeout: 5m\n",
+	}, map[string]string{
+		"hang":   escape(pid("hang")) + "exec sleep 300\n",
+		"daemon": escape(pid("daemon")) + "echo started\n",
+		"stay":   fmt.Sprintf("sleep 300 &\necho $! > %s\nwait\n", pid("stay")),
+	})
+	n := newNode(t, "web1", dir, etcd.Endpoints())
+	agentProc := n.start("agent", "--debounce", "0s", "--cgroup", cg)
+	cli := etcd.Client(t)
+	c := cluster.New(cli, cluster.Options{})
+	eventually(t, 20*time.Second, func() bool { return nodeView(t, c, "web1").Presence != nil }, "the agent is alive")
+
+	replies, _ := callReplies(t, cli, client.Call{Action: "hang", Nodes: []string{"web1"}})
+	assert.Equal(t, actions.StateTimedOut, replies["web1"].State)
+	escaped := readPids(t, pid("hang"))[0]
+	eventually(t, 10*time.Second, func() bool { return !alive(escaped) }, "the setsid child is killed at the timeout")
+
+	replies, _ = callReplies(t, cli, client.Call{Action: "daemon", Nodes: []string{"web1"}})
+	assert.Equal(t, actions.StateSucceeded, replies["web1"].State, replies["web1"].Error)
+	escaped = readPids(t, pid("daemon"))[0]
+	eventually(t, 10*time.Second, func() bool { return !alive(escaped) }, "the daemon it left is killed when it exits")
+
+	s, err := client.New(cli, client.Options{}).Send(context.Background(), client.Call{Action: "stay", Nodes: []string{"web1"}})
+	require.NoError(t, err)
+	eventually(t, 20*time.Second, func() bool { _, err := os.Stat(pid("stay")); return err == nil }, "the handler started its child")
+	child := readPids(t, pid("stay"))[0]
+	require.NoError(t, agentProc.Process.Signal(syscall.SIGKILL))
+	_, _ = agentProc.Process.Wait()
+	n.start("agent", "--debounce", "0s", "--cgroup", cg)
+	eventually(t, 30*time.Second, func() bool {
+		r := replyOf(t, cli, s.ID, "web1")
+		return r != nil && r.State == actions.StateInterrupted
+	}, "the restarted agent reports it interrupted")
+	eventually(t, 10*time.Second, func() bool { return !alive(child) }, "the child in the killed agent's run is killed at the next start")
+}
