@@ -15,6 +15,9 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
+	"github.com/hiddeco/sshsig"
+	"golang.org/x/crypto/ssh"
+
 	"github.com/ccm-dev/ccm/cluster"
 	"github.com/ccm-dev/ccm/follow"
 	"github.com/ccm-dev/ccm/metrics"
@@ -208,6 +211,7 @@ func (r *requests) Reset(ctx context.Context, kvs []*mvccpb.KeyValue, rev int64,
 	for _, kv := range resp.Kvs {
 		replied[strings.TrimPrefix(string(kv.Key), e.keys.RepliesPrefix(e.opts.Node))] = true
 	}
+	var open []*mvccpb.KeyValue
 	for _, kv := range kvs {
 		id := strings.TrimPrefix(string(kv.Key), e.keys.ActionsPrefix(e.opts.Node))
 		if replied[id] && (e.journal.has(id) || e.claimed(id)) {
@@ -215,24 +219,97 @@ func (r *requests) Reset(ctx context.Context, kvs []*mvccpb.KeyValue, rev int64,
 		}
 		// Without a reply, or with one this engine may have to take
 		// over: handle finds out in the claim's own transaction.
-		if err := e.handle(ctx, kv); err != nil {
-			return err
-		}
+		open = append(open, kv)
 	}
-	return nil
+	return e.handleAll(ctx, open)
 }
 
 // Apply answers each request as it is written. A request handled twice
 // (a watch resumed after an error) is claimed once: claim refuses the
 // second.
 func (r *requests) Apply(ctx context.Context, resp clientv3.WatchResponse) error {
-	e := (*Engine)(r)
+	kvs := make([]*mvccpb.KeyValue, 0, len(resp.Events))
 	for _, ev := range resp.Events {
-		if err := e.handle(ctx, ev.Kv); err != nil {
-			return err
+		kvs = append(kvs, ev.Kv)
+	}
+	return (*Engine)(r).handleAll(ctx, kvs)
+}
+
+// claimers bounds the requests handled at once: a flood of requests is
+// claimed (or rejected) concurrently, not one round trip after another.
+const claimers = 16
+
+// handleAll handles requests concurrently, in an order fair across their
+// callers (fairOrder), and returns every error.
+func (e *Engine) handleAll(ctx context.Context, kvs []*mvccpb.KeyValue) error {
+	if len(kvs) == 1 {
+		return e.handle(ctx, kvs[0])
+	}
+	var (
+		wg   sync.WaitGroup
+		mu   sync.Mutex
+		errs []error
+		sem  = make(chan struct{}, claimers)
+	)
+	for _, kv := range fairOrder(kvs) {
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			if err := e.handle(ctx, kv); err != nil {
+				mu.Lock()
+				errs = append(errs, err)
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
+// fairOrder interleaves requests by caller, the signing key's or else
+// the claimed by, keeping each caller's own order: one caller's flood
+// does not make every other caller wait behind it.
+func fairOrder(kvs []*mvccpb.KeyValue) []*mvccpb.KeyValue {
+	var callers []string
+	queues := map[string][]*mvccpb.KeyValue{}
+	for _, kv := range kvs {
+		c := callerOf(kv.Value)
+		if _, ok := queues[c]; !ok {
+			callers = append(callers, c)
+		}
+		queues[c] = append(queues[c], kv)
+	}
+	out := make([]*mvccpb.KeyValue, 0, len(kvs))
+	for len(out) < len(kvs) {
+		for _, c := range callers {
+			if q := queues[c]; len(q) > 0 {
+				out = append(out, q[0])
+				queues[c] = q[1:]
+			}
 		}
 	}
-	return nil
+	return out
+}
+
+// callerOf names who a request comes from, for fairness only (nothing is
+// verified): the fingerprint of the key its signature names, or its by.
+func callerOf(raw []byte) string {
+	if len(raw) > MaxRequestBytes {
+		return ""
+	}
+	var r struct {
+		By        string `json:"by"`
+		Signature string `json:"signature"`
+	}
+	if json.Unmarshal(raw, &r) != nil {
+		return ""
+	}
+	if sig, err := sshsig.Unarmor([]byte(r.Signature)); err == nil {
+		return ssh.FingerprintSHA256(sig.PublicKey)
+	}
+	return "by:" + r.By
 }
 
 // MaxRequestBytes bounds a request: a larger one is rejected before it is

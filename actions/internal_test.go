@@ -2,11 +2,13 @@ package actions
 
 import (
 	"encoding/json"
+	"fmt"
 	"regexp"
 	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
+	"go.etcd.io/etcd/api/v3/mvccpb"
 )
 
 func TestCappedKeepsTheHeadOrTheTailAndCountsTheRest(t *testing.T) {
@@ -55,4 +57,17 @@ func TestAGroupBelowMinGIDIsRefusedByNumberAndName(t *testing.T) {
 	assert.ErrorContains(t, r.checkGroups("cust", []uint32{1500, 100}), `run_as: user "cust" is in group`)
 	assert.ErrorContains(t, r.checkGroups("cust", []uint32{1500, 100}), "below min_gid 1000")
 	assert.NoError(t, r.checkGroups("cust", []uint32{1500, 2000}))
+}
+
+func TestAFloodFromOneCallerDoesNotQueueTheOthersBehindIt(t *testing.T) {
+	var kvs []*mvccpb.KeyValue
+	for i := range 5 {
+		kvs = append(kvs, &mvccpb.KeyValue{Key: []byte(fmt.Sprint("flood", i)), Value: []byte(`{"by":"flooder"}`)})
+	}
+	kvs = append(kvs, &mvccpb.KeyValue{Key: []byte("ops"), Value: []byte(`{"by":"ops"}`)})
+	var order []string
+	for _, kv := range fairOrder(kvs) {
+		order = append(order, string(kv.Key))
+	}
+	assert.Equal(t, []string{"flood0", "ops", "flood1", "flood2", "flood3", "flood4"}, order)
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -8,6 +9,8 @@ import (
 	"path/filepath"
 	"sync"
 	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/ccm-dev/ccm/actions"
 	"github.com/ccm-dev/ccm/client"
@@ -148,7 +151,51 @@ func (b *bench) actions() error {
 	}
 	b.addAtLeast("actions", "1,000 calls to one node, concurrency 8", float64(calls)/took.Seconds(), "calls/s", 200, ">= 200 calls/s",
 		fmt.Sprintf("%d callers at once; %s", callers, putNote))
+	return b.flood(prefix, dir, cli, call)
+}
+
+// flood: 10,000 requests from one caller wait for a node that is down
+// (an unknown action: each is rejected); the node starts, and a call is
+// timed from the moment it is alive to its reply.
+func (b *bench) flood(prefix, dir string, cli *clientv3.Client, call func(client.Call) (time.Duration, error)) error {
+	const queued, node = 10000, "act-flood"
+	keys := cluster.NewKeys(prefix)
+	for batch := range queued / 100 {
+		var ops []clientv3.Op
+		for i := range 100 {
+			id := fmt.Sprintf("%s-%03d%02d", actions.NewID(time.Now()), batch, i)
+			raw, _ := json.Marshal(actions.Request{ID: id, Action: "nope", By: "flooder", Created: time.Now()})
+			ops = append(ops, clientv3.OpPut(keys.ActionKey(node, id), string(raw)))
+		}
+		if _, err := cli.Txn(b.ctx).Then(ops...).Commit(); err != nil {
+			return err
+		}
+	}
+	a, err := b.startAgent(node, prefix, dir, 0, time.Minute)
+	if err != nil {
+		return err
+	}
+	defer a.stop()
+	c := cluster.New(cli, cluster.Options{Prefix: prefix})
+	if err := waitFor(time.Minute, time.Millisecond, func() bool { v, err := c.View(b.ctx); return err == nil && aliveIn(v, node) }); err != nil {
+		return err
+	}
+	d, err := call(client.Call{Action: "true", Nodes: []string{node}, PickupTimeout: 5 * time.Minute})
+	if err != nil {
+		return err
+	}
+	b.add("actions", "a call to a node returning to 10,000 queued requests", ms(d), "ms", 10000, "<= 10 s (the default pickup timeout)",
+		fmt.Sprintf("from the node's presence to the reply; the requests are claimed (here rejected) %d at a time, in an order fair across callers", 16))
 	return nil
+}
+
+func aliveIn(v *cluster.View, node string) bool {
+	for _, n := range v.Nodes {
+		if n.Name == node && n.Presence != nil {
+			return true
+		}
+	}
+	return false
 }
 
 // spawnFloor is the median time n concurrent runs of /bin/true take on
