@@ -167,7 +167,7 @@ type Sent struct {
 // Send writes the call's requests and returns without waiting; Batch is
 // ignored. Use Replies, or ccm action get, to read the outcome.
 func (c *Client) Send(ctx context.Context, call Call) (*Sent, error) {
-	s, req, err := c.prepare(ctx, call)
+	s, req, err := c.prepare(ctx, call, actions.NewID(time.Now()))
 	if err != nil {
 		return nil, err
 	}
@@ -185,8 +185,11 @@ func (c *Client) Run(ctx context.Context, call Call) iter.Seq2[actions.Reply, er
 	return func(yield func(actions.Reply, error) bool) {
 		ctx, cancel := context.WithCancel(ctx)
 		defer cancel()
-		s, req, err := c.prepare(ctx, call)
+		id := actions.NewID(time.Now())
+		early := c.watchEarly(ctx, id, call)
+		s, req, err := c.prepare(ctx, call, id)
 		if err != nil {
+			early.discard()
 			yield(actions.Reply{}, err)
 			return
 		}
@@ -223,7 +226,11 @@ func (c *Client) Run(ctx context.Context, call Call) iter.Seq2[actions.Reply, er
 			if n := min(batch-inflight, len(queue)); n > 0 && (call.MaxFailures <= 0 || failures < call.MaxFailures) {
 				send := queue[:n]
 				queue = queue[n:]
-				waiters, err := c.watch(ctx, s.ID, send)
+				waiters, err := early.take(send)
+				if early == nil {
+					waiters, err = c.watch(ctx, s.ID, send)
+				}
+				early = nil
 				if err == nil {
 					_, err = c.write(ctx, s, req, send)
 				}
@@ -272,7 +279,7 @@ type result struct {
 }
 
 // prepare resolves the call's nodes and builds its request.
-func (c *Client) prepare(ctx context.Context, call Call) (*Sent, *actions.Request, error) {
+func (c *Client) prepare(ctx context.Context, call Call, id string) (*Sent, *actions.Request, error) {
 	if call.Action == "" {
 		return nil, nil, errors.New("no action named")
 	}
@@ -337,7 +344,7 @@ func (c *Client) prepare(ctx context.Context, call Call) (*Sent, *actions.Reques
 	if s.ReplyKey, err = actions.NewReplyKey(); err != nil {
 		return nil, nil, err
 	}
-	s.ID = actions.NewID(now)
+	s.ID = id
 	req := &actions.Request{
 		ID: s.ID, Action: call.Action, Params: call.Params, By: call.By, Created: now,
 		Deadline: call.Deadline, Timeout: actions.Duration(call.Timeout), ReplyKey: s.ReplyKey.Public(),
@@ -548,6 +555,51 @@ func (c *Client) watch(ctx context.Context, id string, nodes []string) ([]*waite
 	}
 	return ws, nil
 }
+
+// earlyWatches are the watches of a call to named nodes only, all sent at
+// once, opened while the call's nodes are resolved: the call saves the
+// round trip of opening them after.
+type earlyWatches struct {
+	done    chan struct{}
+	waiters []*waiter
+	err     error
+}
+
+// watchEarly opens the watches of the named nodes of call, when the call
+// names its nodes only and sends to them at once; else it returns nil.
+func (c *Client) watchEarly(ctx context.Context, id string, call Call) *earlyWatches {
+	if len(call.Nodes) == 0 || call.All || len(call.Labels) > 0 || (call.Batch > 0 && call.Batch < len(call.Nodes)) {
+		return nil
+	}
+	e := &earlyWatches{done: make(chan struct{})}
+	nodes := slices.Compact(slices.Sorted(slices.Values(call.Nodes)))
+	go func() {
+		defer close(e.done)
+		e.waiters, e.err = c.watch(ctx, id, nodes)
+	}()
+	return e
+}
+
+// take returns the early watches of the nodes sent to, and closes the
+// others (nodes not alive, or without a key).
+func (e *earlyWatches) take(send []string) ([]*waiter, error) {
+	if e == nil {
+		return nil, nil
+	}
+	<-e.done
+	var out []*waiter
+	for _, w := range e.waiters {
+		if slices.Contains(send, w.node) {
+			out = append(out, w)
+		} else {
+			w.cancel()
+		}
+	}
+	return out, e.err
+}
+
+// discard closes every early watch.
+func (e *earlyWatches) discard() { _, _ = e.take(nil) }
 
 // await waits for the node's final reply. A node that does not pick the
 // request up in time has it withdrawn; a node whose agent goes away while
