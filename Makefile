@@ -39,7 +39,7 @@ fuzz:
 		$(GO) test -run='^$$' -fuzz="^$$name\$$" -fuzztime=$(FUZZTIME) $$pkg || exit 1; \
 	done
 
-## soak: the SIGKILL crash loop with SOAK_ITERATIONS kills, and the symlink race with 100x as many runs
+## soak: the SIGKILL crash loops (files, and actions) with SOAK_ITERATIONS kills, and the symlink race with 100x as many runs
 SOAK_ITERATIONS ?= 200
 soak:
 	CCM_SOAK_ITERATIONS=$(SOAK_ITERATIONS) $(GO) test -count=1 -timeout 30m -run 'TestSIGKILLAtRandomPoints|TestSymlinkSwapsMidRunNeverEscapeTheRoot' -v ./test/

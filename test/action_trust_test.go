@@ -429,3 +429,50 @@ func TestNothingAHandlerStartedOutlivesItsRunOrItsAgent(t *testing.T) {
 	}, "the restarted agent reports it interrupted")
 	eventually(t, 10*time.Second, func() bool { return !alive(child) }, "the child in the killed agent's run is killed at the next start")
 }
+
+// The kill loop of actions (make soak deals more kills): requests arrive
+// while the agent is SIGKILLed at random moments and restarted. In the
+// end every request has a final reply that is honest: succeeded ran
+// exactly once, interrupted at most once (it started, and may have been
+// killed before its first instruction), anything else never.
+func TestSIGKILLAtRandomPointsRunsEachActionOnceOrSaysSo(t *testing.T) {
+	etcd := etcdtest.New(t, 1)
+	runs := filepath.Join(t.TempDir(), "runs")
+	dir := actionConfig(t, map[string]string{"work": "command: [BIN/work]\nrun_as: {user: ME}\nconcurrency: 3\ntimeout: 1m\n"},
+		map[string]string{"work": fmt.Sprintf("echo $CCM_ACTION_ID >> %s\nsleep 0.$(( $$ %% 4 ))\n", runs)})
+	n := newNode(t, "web1", dir, etcd.Endpoints())
+	cli := etcd.Client(t)
+	api := client.New(cli, client.Options{})
+	rounds := max(3, soakIterations()/4)
+	var ids []string
+	for round := range rounds {
+		agentProc := n.start("agent", "--debounce", "0s")
+		for range 8 {
+			s, err := api.Send(context.Background(), client.Call{Action: "work", Nodes: []string{"web1"}})
+			require.NoError(t, err)
+			ids = append(ids, s.ID)
+		}
+		time.Sleep(time.Duration(round%5) * 150 * time.Millisecond) // where the kill lands: the point of the test
+		require.NoError(t, agentProc.Process.Signal(syscall.SIGKILL))
+		_, _ = agentProc.Process.Wait()
+	}
+	n.start("agent", "--debounce", "0s")
+	eventually(t, 2*time.Minute, func() bool { return len(finalReplies(t, cli, "web1", ids)) == len(ids) }, "every request has a final reply")
+	count := map[string]int{}
+	for _, id := range runsOf(t, runs) {
+		count[id]++
+	}
+	states := map[string]int{}
+	for id, r := range finalReplies(t, cli, "web1", ids) {
+		states[r.State]++
+		switch r.State {
+		case actions.StateSucceeded:
+			assert.Equal(t, 1, count[id], "%s succeeded: it ran exactly once", id)
+		case actions.StateInterrupted:
+			assert.LessOrEqual(t, count[id], 1, "%s was interrupted: it ran at most once", id)
+		default:
+			assert.Zero(t, count[id], "%s is %s: it never ran (%s)", id, r.State, r.Error)
+		}
+	}
+	t.Logf("%d requests over %d kills: %v", len(ids), rounds, states)
+}
