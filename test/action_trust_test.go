@@ -50,6 +50,7 @@ func finalReplies(t *testing.T, cli *clientv3.Client, node string, ids []string)
 // and 12 waiting their turn. Before, all 20 were reported interrupted and
 // the 12 that never started were lost.
 func TestAKilledAgentRunsEachRequestOnceOrSaysItWasInterrupted(t *testing.T) {
+	t.Parallel()
 	etcd := etcdtest.New(t, 1)
 	work := t.TempDir()
 	runs, gate := filepath.Join(work, "runs"), filepath.Join(work, "gate")
@@ -94,6 +95,7 @@ func TestAKilledAgentRunsEachRequestOnceOrSaysItWasInterrupted(t *testing.T) {
 // the relist skipped it (or the next start called it interrupted) and the
 // request never ran.
 func TestAClaimWhoseResponseWasLostStillRunsOnce(t *testing.T) {
+	t.Parallel()
 	etcd := etcdtest.New(t, 1)
 	runs := filepath.Join(t.TempDir(), "runs")
 	dir := actionConfig(t, map[string]string{"work": "command: [BIN/work]\nrun_as: {user: ME}\n"},
@@ -137,6 +139,7 @@ func TestAClaimWhoseResponseWasLostStillRunsOnce(t *testing.T) {
 // its lease revoked) and the same bytes are put again: the node's own
 // journal refuses them (before, they ran again).
 func TestARequestReplayedAfterItsReplyIsGoneNeverRunsAgain(t *testing.T) {
+	t.Parallel()
 	etcd := etcdtest.New(t, 1)
 	runs := filepath.Join(t.TempDir(), "runs")
 	dir := actionConfig(t, map[string]string{"work": "command: [BIN/work]\nparams: {sleep: {pattern: '[0-9]'}}\nrun_as: {user: ME}\n"},
@@ -175,6 +178,7 @@ func TestARequestReplayedAfterItsReplyIsGoneNeverRunsAgain(t *testing.T) {
 // first, whose rejection could not be written; 12,000 undeclared
 // parameters) are set aside cheaply, and the next call is answered.
 func TestMalformedAndOversizedRequestsNeverWedgeTheEngine(t *testing.T) {
+	t.Parallel()
 	etcd := etcdtest.New(t, 1)
 	dir := actionConfig(t, map[string]string{"quick": "command: [/bin/true]\nrun_as: {user: ME}\n"}, nil)
 	n := startAgent(t, etcd, "web1", dir, agentConfig{})
@@ -208,6 +212,7 @@ func TestMalformedAndOversizedRequestsNeverWedgeTheEngine(t *testing.T) {
 // by hand), and a shell script signs with ssh-keygen -Y sign; both run
 // on a node of a Debian etcd with TLS and auth.
 func TestARequestSignedInPythonOrByTheShellRuns(t *testing.T) {
+	t.Parallel()
 	if err := exec.Command("/usr/bin/python3", "-c", "import cryptography").Run(); err != nil {
 		t.Skip("Debian's python3-cryptography not installed (.ci/run installs it)")
 	}
@@ -281,6 +286,7 @@ func TestARequestSignedInPythonOrByTheShellRuns(t *testing.T) {
 // has its output sealed to the caller's key for the call: etcd and every
 // other reader of replies see only the sealed box.
 func TestASecretOutputIsSealedToTheCaller(t *testing.T) {
+	t.Parallel()
 	etcd := etcdtest.New(t, 1)
 	dir := actionConfig(t, map[string]string{"login-url": "command: [BIN/login]\nrun_as: {user: ME}\nsecret_output: true\n"},
 		map[string]string{"login": "echo https://shop.example/login?token=tok-$CCM_ACTION_ID\n"})
@@ -327,6 +333,7 @@ func TestASecretOutputIsSealedToTheCaller(t *testing.T) {
 // Nodes cloned from one image share an action key; ccm status says so.
 // And an action key others may read refuses the agent's start.
 func TestStatusNamesNodesThatShareAnActionKey(t *testing.T) {
+	t.Parallel()
 	etcd := etcdtest.New(t, 1)
 	cli := etcd.Client(t)
 	c := cluster.New(cli, cluster.Options{})
@@ -384,6 +391,7 @@ func testCgroup(t *testing.T) string {
 // cgroup.kill ends it. Before, a setsid child survived the timeout, and a
 // sleep in the handler's own group survived a SIGKILLed agent.
 func TestNothingAHandlerStartedOutlivesItsRunOrItsAgent(t *testing.T) {
+	t.Parallel()
 	cg := testCgroup(t)
 	etcd := etcdtest.New(t, 1)
 	work := t.TempDir()
@@ -436,6 +444,7 @@ func TestNothingAHandlerStartedOutlivesItsRunOrItsAgent(t *testing.T) {
 // exactly once, interrupted at most once (it started, and may have been
 // killed before its first instruction), anything else never.
 func TestSIGKILLAtRandomPointsRunsEachActionOnceOrSaysSo(t *testing.T) {
+	t.Parallel()
 	etcd := etcdtest.New(t, 1)
 	runs := filepath.Join(t.TempDir(), "runs")
 	dir := actionConfig(t, map[string]string{"work": "command: [BIN/work]\nrun_as: {user: ME}\nconcurrency: 3\ntimeout: 1m\n"},
@@ -475,4 +484,19 @@ func TestSIGKILLAtRandomPointsRunsEachActionOnceOrSaysSo(t *testing.T) {
 		}
 	}
 	t.Logf("%d requests over %d kills: %v", len(ids), rounds, states)
+}
+
+// An RSA --sign-key is refused by the CLI, with the reason, before any
+// request is written (before, the node rejected it).
+func TestTheCLIRefusesAnRSASigningKey(t *testing.T) {
+	t.Parallel()
+	if _, err := exec.LookPath("ssh-keygen"); err != nil {
+		t.Skip("ssh-keygen not installed (.ci/run installs openssh-client)")
+	}
+	key := filepath.Join(t.TempDir(), "id_rsa")
+	out, err := exec.Command("ssh-keygen", "-q", "-t", "rsa", "-b", "2048", "-N", "", "-f", key).CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	r := caller(t, nil, t.TempDir()).action("action", "run", "site-info", "--node", "web1", "--sign-key", key)
+	assert.Equal(t, 1, r.code)
+	assert.Contains(t, r.stderr, "--sign-key "+key+": a ssh-rsa key; only ssh-ed25519 keys sign requests")
 }
