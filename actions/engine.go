@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -211,17 +212,45 @@ func (r *requests) Reset(ctx context.Context, kvs []*mvccpb.KeyValue, rev int64,
 	for _, kv := range resp.Kvs {
 		replied[strings.TrimPrefix(string(kv.Key), e.keys.RepliesPrefix(e.opts.Node))] = true
 	}
-	var open []*mvccpb.KeyValue
+	var open, doubt []*mvccpb.KeyValue
 	for _, kv := range kvs {
 		id := strings.TrimPrefix(string(kv.Key), e.keys.ActionsPrefix(e.opts.Node))
-		if replied[id] && (e.journal.has(id) || e.claimed(id)) {
-			continue // it ran, or runs now: settled
+		switch {
+		case !replied[id]:
+			open = append(open, kv)
+		case e.journal.has(id) || e.claimed(id): // it ran, or runs now: settled
+		default: // a final reply, or one this node claimed and never started
+			doubt = append(doubt, kv)
 		}
-		// Without a reply, or with one this engine may have to take
-		// over: handle finds out in the claim's own transaction.
-		open = append(open, kv)
 	}
-	return e.handleAll(ctx, open)
+	taken, err := e.neverStartedOf(ctx, doubt)
+	if err != nil {
+		return err
+	}
+	return e.handleAll(ctx, append(open, taken...))
+}
+
+// neverStartedOf returns the requests among kvs whose reply says this
+// instance claimed them and never started them, reading the replies in
+// as few transactions as etcd allows.
+func (e *Engine) neverStartedOf(ctx context.Context, kvs []*mvccpb.KeyValue) ([]*mvccpb.KeyValue, error) {
+	var out []*mvccpb.KeyValue
+	for chunk := range slices.Chunk(kvs, cluster.MaxTxnOps) {
+		ops := make([]clientv3.Op, 0, len(chunk))
+		for _, kv := range chunk {
+			ops = append(ops, clientv3.OpGet(e.keys.ReplyKey(e.opts.Node, strings.TrimPrefix(string(kv.Key), e.keys.ActionsPrefix(e.opts.Node)))))
+		}
+		resp, err := e.opts.Client.Txn(ctx).Then(ops...).Commit()
+		if err != nil {
+			return nil, fmt.Errorf("read the replies: %w", err)
+		}
+		for i, kv := range chunk {
+			if r := resp.Responses[i].GetResponseRange().Kvs; len(r) > 0 && e.neverStarted(r[0]) {
+				out = append(out, kv)
+			}
+		}
+	}
+	return out, nil
 }
 
 // Apply answers each request as it is written. A request handled twice

@@ -31,9 +31,6 @@ const (
 // without a deadline could be replayed once its reply expired.
 const DefaultSignedDeadline = time.Hour
 
-// maxTxnOps is etcd's default limit of operations in one transaction.
-const maxTxnOps = 128
-
 // The errors a call reports for one node, wrapped in a *NodeError.
 var (
 	// ErrNotAlive: the node was named but no agent of it is alive. Its
@@ -386,7 +383,7 @@ func (c *Client) alive(ctx context.Context, call Call) (map[string]*cluster.Pres
 		}
 		return out, err
 	}
-	for chunk := range slices.Chunk(call.Nodes, maxTxnOps) {
+	for chunk := range slices.Chunk(call.Nodes, cluster.MaxTxnOps) {
 		ops := make([]clientv3.Op, 0, len(chunk))
 		for _, n := range chunk {
 			ops = append(ops, clientv3.OpGet(c.cluster.AliveKey(n)))
@@ -442,7 +439,7 @@ func matches(labels, want map[string]string) bool {
 // allows, and returns the revision of the first.
 func (c *Client) write(ctx context.Context, s *Sent, req *actions.Request, nodes []string) (int64, error) {
 	var first int64
-	for chunk := range slices.Chunk(nodes, maxTxnOps) {
+	for chunk := range slices.Chunk(nodes, cluster.MaxTxnOps) {
 		bodies := make([]string, len(chunk))
 		for i, n := range chunk {
 			raw, err := c.body(s, req, n)

@@ -10,6 +10,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/ccm-dev/ccm/actions"
+	"github.com/ccm-dev/ccm/cluster"
 )
 
 // Record is one request to one node, with its reply so far (nil before
@@ -79,7 +80,7 @@ func (c *Client) List(ctx context.Context, node string, limit int) ([]Record, er
 func (c *Client) records(ctx context.Context, keys []string, rev int64) ([]Record, error) {
 	prefix := c.cluster.AllActionsPrefix()
 	var out []Record
-	for chunk := range slices.Chunk(keys, maxTxnOps/2) {
+	for chunk := range slices.Chunk(keys, cluster.MaxTxnOps/2) {
 		var ops []clientv3.Op
 		for _, k := range chunk {
 			node, id, _ := strings.Cut(strings.TrimPrefix(k, prefix), "/")

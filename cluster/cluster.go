@@ -431,7 +431,7 @@ func (c *Cluster) scanNodes(ctx context.Context, rev int64) ([]*NodeView, error)
 		}
 	}
 	var nodes []*NodeView
-	for chunk := range slices.Chunk(names, maxTxnOps/nodeRecords) {
+	for chunk := range slices.Chunk(names, MaxTxnOps/nodeRecords) {
 		var ops []clientv3.Op
 		for _, name := range chunk {
 			ops = append(ops, c.nodeReads(name, rev)...)
@@ -487,9 +487,9 @@ func (c *Cluster) hopNodes(ctx context.Context, rev int64) ([]*NodeView, error) 
 // nodeRecords is how many keys nodeReads reads per node.
 const nodeRecords = 3
 
-// maxTxnOps is etcd's default --max-txn-ops: the most operations one
-// transaction may hold.
-const maxTxnOps = 128
+// MaxTxnOps is etcd's default --max-txn-ops: the most operations one
+// transaction may hold. Every batch of ccm's is cut to it.
+const MaxTxnOps = 128
 
 // nodeReads reads a node's status, alive and problem keys at rev, in the
 // order nodeView decodes them.

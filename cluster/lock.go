@@ -446,7 +446,7 @@ func (l *Lock) queueReads(q queueQuery) []clientv3.Op {
 }
 
 // maxPointReads is the most keys a queue read asks for one by one, within
-// etcd's limit of operations per transaction (maxTxnOps).
+// etcd's limit of operations per transaction (MaxTxnOps).
 const maxPointReads = 64
 
 // queueRead is how many responses to queueReads come before the queue's.

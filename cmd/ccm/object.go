@@ -185,9 +185,8 @@ object is named.`,
 				}
 			}
 			return a.withKV(cmd, func(ctx context.Context, kv clientv3.KV) error {
-				// etcd limits a transaction to 128 operations by default.
 				for len(ops) > 0 {
-					n := min(len(ops), 100)
+					n := min(len(ops), cluster.MaxTxnOps)
 					if _, err := kv.Txn(ctx).Then(ops[:n]...).Commit(); err != nil {
 						return err
 					}
