@@ -19,21 +19,19 @@ import (
 	"github.com/hiddeco/sshsig"
 	"golang.org/x/crypto/ssh"
 
+	"github.com/ccm-dev/ccm/api"
 	"github.com/ccm-dev/ccm/cluster"
 	"github.com/ccm-dev/ccm/follow"
 	"github.com/ccm-dev/ccm/metrics"
 	"github.com/ccm-dev/ccm/objects"
 )
 
-// DefaultRetention is how long requests and replies stay in etcd.
-const DefaultRetention = 24 * time.Hour
-
 // DefaultBuiltinTimeout bounds a built-in action without a request timeout.
 const DefaultBuiltinTimeout = 10 * time.Minute
 
 // Builtin is an action the agent answers itself. Its output becomes the
 // reply's output; an error fails the reply.
-type Builtin func(ctx context.Context, req *Request) (any, error)
+type Builtin func(ctx context.Context, req *api.Request) (any, error)
 
 // Options configures an Engine. Client, Node and Handlers are required.
 type Options struct {
@@ -48,14 +46,14 @@ type Options struct {
 	// Serial runs fn holding the cluster lock, for serial handlers.
 	Serial func(ctx context.Context, fn func()) error
 	// Retention is how long etcd keeps the node's replies
-	// (DefaultRetention when 0).
+	// (api.DefaultRetention when 0).
 	Retention time.Duration
 	// Keys returns the only keys whose signed requests run
 	// (--action-keys; SIGHUP reloads them). nil, or a nil result: etcd
 	// RBAC alone decides who may call.
 	Keys func() *AuthorizedKeys
 	// NodeKey opens secret parameters.
-	NodeKey *NodeKey
+	NodeKey *api.Key
 	// StateDir holds the journal of the requests the node started (none:
 	// the journal lives in memory, and a restart forgets it).
 	StateDir string
@@ -101,10 +99,10 @@ func NewEngine(opts Options) *Engine {
 		opts.Metrics = metrics.New()
 	}
 	if opts.Retention == 0 {
-		opts.Retention = DefaultRetention
+		opts.Retention = api.DefaultRetention
 	}
 	if opts.Instance == "" {
-		opts.Instance = NewID(time.Now())
+		opts.Instance = api.NewID(time.Now())
 	}
 	return &Engine{opts: opts, keys: cluster.NewKeys(opts.Prefix), log: opts.Logger, m: opts.Metrics,
 		slots: map[string]chan struct{}{}, leases: map[time.Duration]heldLease{}, inflight: map[string]bool{}}
@@ -160,15 +158,15 @@ func (e *Engine) open(ctx context.Context) error {
 	}
 	e.cluster.Store(resp.Header.ClusterId)
 	for _, kv := range resp.Kvs {
-		var r Reply
-		if json.Unmarshal(kv.Value, &r) != nil || r.State != StateRunning {
+		var r api.Reply
+		if json.Unmarshal(kv.Value, &r) != nil || r.State != api.StateRunning {
 			continue
 		}
 		started := e.journal.has(r.ID)
 		if !started && r.Instance == e.opts.Instance {
 			continue // never started: Reset runs it, or says why not
 		}
-		r.State, r.Finished = StateInterrupted, time.Now().UTC()
+		r.State, r.Finished = api.StateInterrupted, time.Now().UTC()
 		r.Error = "the agent stopped while this request ran; it is never run again"
 		if !started {
 			r.Error = "claimed by another agent instance of this node, which stopped; it may have run, and is never run again"
@@ -178,13 +176,13 @@ func (e *Engine) open(ctx context.Context) error {
 		}
 		action := "unknown"
 		if req, err := e.opts.Client.Get(ctx, e.keys.ActionKey(e.opts.Node, r.ID)); err == nil && len(req.Kvs) > 0 {
-			var rq Request
+			var rq api.Request
 			if json.Unmarshal(req.Kvs[0].Value, &rq) == nil {
 				action = rq.Action
 			}
 		}
 		e.log.Warn("action interrupted by the agent's stop", zap.String("id", r.ID), zap.String("action", action))
-		e.m.Actions.WithLabelValues(action, StateInterrupted).Inc()
+		e.m.Actions.WithLabelValues(action, api.StateInterrupted).Inc()
 	}
 	return nil
 }
@@ -358,7 +356,7 @@ func (e *Engine) handle(ctx context.Context, kv *mvccpb.KeyValue) error {
 		// Its reply's key would be as bad: no reply, and nothing else
 		// waits for it.
 		e.log.Warn("action request ignored: its key is no request id", zap.ByteString("key", kv.Key[:min(len(kv.Key), 200)]), zap.Int("key_bytes", len(kv.Key)))
-		e.m.Actions.WithLabelValues("unknown", StateRejected).Inc()
+		e.m.Actions.WithLabelValues("unknown", api.StateRejected).Inc()
 		return nil
 	}
 	now := time.Now().UTC()
@@ -367,23 +365,23 @@ func (e *Engine) handle(ctx context.Context, kv *mvccpb.KeyValue) error {
 		if len(reason) > maxReason {
 			reason = reason[:maxReason] + fmt.Sprintf(" [%d more bytes]", len(reason)-maxReason)
 		}
-		rejected := func(takeover bool) Reply {
+		rejected := func(takeover bool) api.Reply {
 			why := reason
 			if takeover {
 				why = "never started (claimed before the agent stopped): " + reason
 			}
-			return Reply{ID: id, Node: e.opts.Node, State: StateRejected, Error: why, By: run.by(req), Signed: run.grant != nil, Started: now, Finished: now}
+			return api.Reply{ID: id, Node: e.opts.Node, State: api.StateRejected, Error: why, By: run.by(req), Signed: run.grant != nil, Started: now, Finished: now}
 		}
 		_, ok, err := e.claim(ctx, kv, rejected, 0)
 		if ok {
 			e.log.Warn("action rejected", zap.String("id", id), zap.String("action", req.Action), zap.String("by", run.by(req)), zap.String("error", reason))
-			e.m.Actions.WithLabelValues(req.Action, StateRejected).Inc()
+			e.m.Actions.WithLabelValues(req.Action, api.StateRejected).Inc()
 		}
 		return err
 	}
 	timeout := run.timeout(req)
-	running := func(bool) Reply {
-		return Reply{ID: id, Node: e.opts.Node, State: StateRunning, By: run.by(req), Signed: run.grant != nil, Instance: e.opts.Instance, Started: now}
+	running := func(bool) api.Reply {
+		return api.Reply{ID: id, Node: e.opts.Node, State: api.StateRunning, By: run.by(req), Signed: run.grant != nil, Instance: e.opts.Instance, Started: now}
 	}
 	rev, ok, err := e.claim(ctx, kv, running, timeout)
 	if !ok {
@@ -429,7 +427,7 @@ type runner struct {
 
 // by is who the reply and the log name as the caller: the signing key's
 // name, or the caller's own claim when the node requires no signature.
-func (run runner) by(req *Request) string {
+func (run runner) by(req *api.Request) string {
 	if run.grant != nil {
 		return run.grant.Name
 	}
@@ -437,7 +435,7 @@ func (run runner) by(req *Request) string {
 }
 
 // timeout is how long the request may run once started.
-func (run runner) timeout(req *Request) time.Duration {
+func (run runner) timeout(req *api.Request) time.Duration {
 	if run.handler != nil {
 		return timeoutOf(run.handler.Timeout, req)
 	}
@@ -446,8 +444,8 @@ func (run runner) timeout(req *Request) time.Duration {
 
 // accept checks a request before it is claimed, the cheap checks first.
 // It returns the reason to reject it, or what will run it.
-func (e *Engine) accept(id string, raw []byte, now time.Time) (*Request, runner, string) {
-	req := &Request{}
+func (e *Engine) accept(id string, raw []byte, now time.Time) (*api.Request, runner, string) {
+	req := &api.Request{}
 	var run runner
 	if len(raw) > MaxRequestBytes {
 		return req, run, fmt.Sprintf("the request is %d bytes, over the limit of %d", len(raw), MaxRequestBytes)
@@ -462,7 +460,7 @@ func (e *Engine) accept(id string, raw []byte, now time.Time) (*Request, runner,
 		return req, run, "this request already ran on this node; a request runs at most once"
 	}
 	if ak := e.keysNow(); ak != nil {
-		g, err := ak.Verify(NewBinding(e.opts.Prefix, e.cluster.Load()), e.opts.Node, raw, req, now)
+		g, err := ak.Verify(api.NewBinding(e.opts.Prefix, e.cluster.Load()), e.opts.Node, raw, req, now)
 		if err != nil {
 			return req, run, err.Error()
 		}
@@ -507,12 +505,6 @@ func (e *Engine) accept(id string, raw []byte, now time.Time) (*Request, runner,
 	return req, run, ""
 }
 
-// NewBinding is the binding of the cluster at prefix (cluster.DefaultPrefix
-// when empty) whose etcd reports clusterID.
-func NewBinding(prefix string, clusterID uint64) Binding {
-	return Binding{Prefix: strings.TrimSuffix(cluster.NewKeys(prefix).Prefix(), "/"), ClusterID: clusterID}
-}
-
 func (e *Engine) keysNow() *AuthorizedKeys {
 	if e.opts.Keys == nil {
 		return nil
@@ -528,7 +520,7 @@ func (e *Engine) keysNow() *AuthorizedKeys {
 // response was lost) is taken over, so that the request runs once; reply
 // is told whether the claim takes one over. It returns the reply's
 // revision.
-func (e *Engine) claim(ctx context.Context, kv *mvccpb.KeyValue, reply func(takeover bool) Reply, timeout time.Duration) (int64, bool, error) {
+func (e *Engine) claim(ctx context.Context, kv *mvccpb.KeyValue, reply func(takeover bool) api.Reply, timeout time.Duration) (int64, bool, error) {
 	r := reply(false)
 	key := e.keys.ReplyKey(e.opts.Node, r.ID)
 	fresh := clientv3.Compare(clientv3.CreateRevision(key), "=", 0)
@@ -550,7 +542,7 @@ func (e *Engine) claim(ctx context.Context, kv *mvccpb.KeyValue, reply func(take
 			return 0, false, fmt.Errorf("claim %s: %w", kv.Key, err)
 		}
 		if resp.Succeeded {
-			if r.State == StateRunning {
+			if r.State == api.StateRunning {
 				e.mu.Lock()
 				e.inflight[r.ID] = true
 				e.mu.Unlock()
@@ -572,8 +564,8 @@ func (e *Engine) claim(ctx context.Context, kv *mvccpb.KeyValue, reply func(take
 // claimed and never started: running, by this instance, not held by this
 // engine now, and not in the journal.
 func (e *Engine) neverStarted(kv *mvccpb.KeyValue) bool {
-	var r Reply
-	if json.Unmarshal(kv.Value, &r) != nil || r.State != StateRunning || r.Instance != e.opts.Instance {
+	var r api.Reply
+	if json.Unmarshal(kv.Value, &r) != nil || r.State != api.StateRunning || r.Instance != e.opts.Instance {
 		return false
 	}
 	return !e.claimed(r.ID) && !e.journal.has(r.ID)
@@ -621,7 +613,7 @@ const journalMargin = time.Hour
 
 // start records a request in the journal, durably, then runs it: nothing
 // runs that the journal does not hold.
-func (e *Engine) start(req *Request, timeout time.Duration, run func() outcome) outcome {
+func (e *Engine) start(req *api.Request, timeout time.Duration, run func() outcome) outcome {
 	until := time.Now().Add(timeout + e.opts.Retention)
 	if req.Deadline.After(until) {
 		until = req.Deadline
@@ -629,9 +621,9 @@ func (e *Engine) start(req *Request, timeout time.Duration, run func() outcome) 
 	first, err := e.journal.record(req.ID, until.Add(journalMargin))
 	switch {
 	case err != nil:
-		return outcome{state: StateFailed, err: "not started: " + err.Error()}
+		return outcome{state: api.StateFailed, err: "not started: " + err.Error()}
 	case !first:
-		return outcome{state: StateRejected, err: "this request already ran on this node; a request runs at most once"}
+		return outcome{state: api.StateRejected, err: "this request already ran on this node; a request runs at most once"}
 	}
 	return run()
 }
@@ -639,7 +631,7 @@ func (e *Engine) start(req *Request, timeout time.Duration, run func() outcome) 
 // execute runs a claimed request in its turn and writes the final reply.
 // A request still waiting for its turn when the agent stops is handed
 // back (its reply deleted), so that the next start runs it.
-func (e *Engine) execute(ctx context.Context, req *Request, run runner, rev int64, timeout time.Duration, started time.Time) {
+func (e *Engine) execute(ctx context.Context, req *api.Request, run runner, rev int64, timeout time.Duration, started time.Time) {
 	replyKey := e.keys.ReplyKey(e.opts.Node, req.ID)
 	concurrency := 1 // a built-in runs one at a time
 	if run.handler != nil {
@@ -663,18 +655,18 @@ func (e *Engine) execute(ctx context.Context, req *Request, run runner, rev int6
 			return
 		}
 		if err != nil {
-			o = outcome{state: StateFailed, err: fmt.Sprintf("cluster lock for a serial action: %v", err)}
+			o = outcome{state: api.StateFailed, err: fmt.Sprintf("cluster lock for a serial action: %v", err)}
 		}
 	default:
 		o = e.start(req, timeout, e.invocation(req, run).run)
 	}
 	release()
 	o.stdout, o.stderr, o.err = redact(o.stdout, run.secrets), redact(o.stderr, run.secrets), string(redact([]byte(o.err), run.secrets))
-	reply := Reply{ID: req.ID, Node: e.opts.Node, State: o.state, ExitCode: o.exitCode, Output: outputJSON(o.stdout), Error: o.err,
+	reply := api.Reply{ID: req.ID, Node: e.opts.Node, State: o.state, ExitCode: o.exitCode, Output: outputJSON(o.stdout), Error: o.err,
 		By: run.by(req), Signed: run.grant != nil, Instance: e.opts.Instance, Started: started, Finished: time.Now().UTC()}
 	secretOutput := run.handler != nil && run.handler.SecretOutput
 	if secretOutput {
-		reply.seal(req.ReplyKey)
+		reply.SealTo(req.ReplyKey)
 		o.stderr, o.err = nil, "[sealed]"
 	}
 	e.final(ctx, replyKey, rev, reply)
@@ -689,7 +681,7 @@ func (e *Engine) execute(ctx context.Context, req *Request, run runner, rev int6
 	if len(o.stderr) > 0 {
 		fields = append(fields, zap.ByteString("stderr", o.stderr))
 	}
-	if o.state == StateSucceeded {
+	if o.state == api.StateSucceeded {
 		e.log.Info("action finished", fields...)
 	} else {
 		e.log.Warn("action finished", append(fields, zap.String("error", o.err))...)
@@ -700,7 +692,7 @@ func (e *Engine) execute(ctx context.Context, req *Request, run runner, rev int6
 // it the retention from now. A running reply that is gone (its lease
 // revoked by hand) is written anew; one someone else changed is left, and
 // the outcome is logged.
-func (e *Engine) final(ctx context.Context, key string, rev int64, reply Reply) {
+func (e *Engine) final(ctx context.Context, key string, rev int64, reply api.Reply) {
 	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), replyTimeout)
 	defer cancel()
 	delay := follow.Backoff()
@@ -727,7 +719,7 @@ func (e *Engine) final(ctx context.Context, key string, rev int64, reply Reply) 
 	}
 }
 
-func (e *Engine) invocation(req *Request, run runner) *invocation {
+func (e *Engine) invocation(req *api.Request, run runner) *invocation {
 	return &invocation{handler: run.handler, req: req, params: run.params, id: run.id, timeout: run.timeout(req), env: e.opts.Env, cgroups: e.opts.Cgroups}
 }
 
@@ -750,7 +742,7 @@ func (e *Engine) turn(ctx context.Context, action string, n int) (func(), error)
 
 // handBack deletes the running reply of a request that never started, so
 // that the next start runs it.
-func (e *Engine) handBack(replyKey string, rev int64, req *Request) {
+func (e *Engine) handBack(replyKey string, rev int64, req *api.Request) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	_, err := e.opts.Client.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(replyKey), "=", rev)).
@@ -763,22 +755,22 @@ func (e *Engine) handBack(replyKey string, rev int64, req *Request) {
 }
 
 // builtin runs a built-in action.
-func (e *Engine) builtin(ctx context.Context, req *Request, b Builtin) outcome {
+func (e *Engine) builtin(ctx context.Context, req *api.Request, b Builtin) outcome {
 	ctx, cancel := context.WithTimeout(ctx, timeoutOf(DefaultBuiltinTimeout, req))
 	defer cancel()
 	out, err := b(ctx, req)
 	if err != nil {
 		code := 1
-		return outcome{state: StateFailed, exitCode: &code, err: err.Error()}
+		return outcome{state: api.StateFailed, exitCode: &code, err: err.Error()}
 	}
 	raw, err := json.Marshal(out)
 	if err != nil {
-		return outcome{state: StateFailed, err: err.Error()}
+		return outcome{state: api.StateFailed, err: err.Error()}
 	}
-	return outcome{state: StateSucceeded, exitCode: new(int), stdout: raw}
+	return outcome{state: api.StateSucceeded, exitCode: new(int), stdout: raw}
 }
 
-func timeoutOf(def time.Duration, req *Request) time.Duration {
+func timeoutOf(def time.Duration, req *api.Request) time.Duration {
 	if t := time.Duration(req.Timeout); t > 0 && t < def {
 		return t
 	}
@@ -787,7 +779,7 @@ func timeoutOf(def time.Duration, req *Request) time.Duration {
 
 // write replaces the reply at key if it is still at revision rev (or
 // creates it, with rev 0), and reports whether it did.
-func (e *Engine) write(ctx context.Context, key string, rev int64, lease clientv3.LeaseID, r Reply) (bool, error) {
+func (e *Engine) write(ctx context.Context, key string, rev int64, lease clientv3.LeaseID, r api.Reply) (bool, error) {
 	raw, err := json.Marshal(r)
 	if err != nil {
 		return false, err

@@ -15,6 +15,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/ccm-dev/ccm/actions"
+	"github.com/ccm-dev/ccm/api"
 	"github.com/ccm-dev/ccm/client"
 	"github.com/ccm-dev/ccm/test/etcdtest"
 )
@@ -63,7 +64,7 @@ func TestTwoEnginesForOneNodeRunEachRequestOnce(t *testing.T) {
 	for _, id := range ids {
 		require.Eventually(t, func() bool {
 			recs, err := cli.Get(context.Background(), id)
-			return err == nil && len(recs) == 1 && recs[0].Reply != nil && recs[0].Reply.State == actions.StateSucceeded
+			return err == nil && len(recs) == 1 && recs[0].Reply != nil && recs[0].Reply.State == api.StateSucceeded
 		}, 30*time.Second, 20*time.Millisecond, "request %s succeeds", id)
 	}
 	b, err := os.ReadFile(log)
@@ -99,7 +100,7 @@ func TestARequestNotPickedUpIsWithdrawnAndNeverRuns(t *testing.T) {
 	defer func() { cancel(); <-done }()
 	for r, err := range cli.Run(context.Background(), client.Call{Action: "log", Nodes: []string{"web1"}}) {
 		require.NoError(t, err)
-		assert.Equal(t, actions.StateSucceeded, r.State)
+		assert.Equal(t, api.StateSucceeded, r.State)
 		b, err := os.ReadFile(log)
 		require.NoError(t, err)
 		assert.Equal(t, r.ID+"\n", string(b), "only the new call ran")

@@ -14,6 +14,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/ccm-dev/ccm/api"
 )
 
 // Output limits of a handler.
@@ -105,7 +107,7 @@ func (r RunAs) checkGroups(user string, gids []uint32) error {
 // invocation is one handler process to run.
 type invocation struct {
 	handler *Handler
-	req     *Request
+	req     *api.Request
 	params  map[string]string // secrets unsealed
 	id      *identity
 	timeout time.Duration
@@ -147,7 +149,7 @@ func (inv *invocation) environment() []string {
 func (inv *invocation) run() outcome {
 	stdin, err := json.Marshal(orEmpty(inv.params))
 	if err != nil {
-		return outcome{state: StateFailed, err: err.Error()}
+		return outcome{state: api.StateFailed, err: err.Error()}
 	}
 	cmd := exec.Command(inv.handler.Command[0], inv.handler.Command[1:]...)
 	cmd.Env = inv.environment()
@@ -164,7 +166,7 @@ func (inv *invocation) run() outcome {
 	var cg *cgroupRun
 	if inv.cgroups != nil {
 		if cg, err = inv.cgroups.start(inv.req.ID); err != nil {
-			return outcome{state: StateFailed, err: "not started: " + err.Error()}
+			return outcome{state: api.StateFailed, err: "not started: " + err.Error()}
 		}
 		defer cg.end()
 		attr.UseCgroupFD, attr.CgroupFD = true, cg.fd
@@ -173,11 +175,11 @@ func (inv *invocation) run() outcome {
 	stdout, stderr := &capped{max: MaxOutput}, &capped{max: maxStderr, keepTail: true}
 	drain, err := pipeTo(cmd, stdout, stderr)
 	if err != nil {
-		return outcome{state: StateFailed, err: err.Error()}
+		return outcome{state: api.StateFailed, err: err.Error()}
 	}
 	if err := cmd.Start(); err != nil {
 		drain.abort()
-		return outcome{state: StateFailed, err: fmt.Sprintf("start %s: %v", inv.handler.Command[0], err)}
+		return outcome{state: api.StateFailed, err: fmt.Sprintf("start %s: %v", inv.handler.Command[0], err)}
 	}
 	drain.started()
 	pgid := cmd.Process.Pid
@@ -200,15 +202,15 @@ func (inv *invocation) run() outcome {
 	var exitErr *exec.ExitError
 	switch {
 	case timedOut:
-		o.state, o.err = StateTimedOut, fmt.Sprintf("killed with its process group after the timeout of %s", inv.timeout)
+		o.state, o.err = api.StateTimedOut, fmt.Sprintf("killed with its process group after the timeout of %s", inv.timeout)
 		if cg != nil {
 			o.err = fmt.Sprintf("killed with its process group and its cgroup after the timeout of %s", inv.timeout)
 		}
 	case waitErr == nil:
-		o.state, o.exitCode = StateSucceeded, new(int)
+		o.state, o.exitCode = api.StateSucceeded, new(int)
 	case errors.As(waitErr, &exitErr):
 		code := exitErr.ExitCode()
-		o.state, o.exitCode = StateFailed, &code
+		o.state, o.exitCode = api.StateFailed, &code
 		o.err = fmt.Sprintf("exit status %d", code)
 		if code < 0 {
 			o.err = exitErr.Error()
@@ -217,7 +219,7 @@ func (inv *invocation) run() outcome {
 			o.err += ": " + string(msg)
 		}
 	default:
-		o.state, o.err = StateFailed, waitErr.Error()
+		o.state, o.err = api.StateFailed, waitErr.Error()
 	}
 	return o
 }

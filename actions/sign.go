@@ -2,7 +2,6 @@ package actions
 
 import (
 	"bytes"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -12,100 +11,11 @@ import (
 	"strings"
 	"time"
 
-	"github.com/gowebpki/jcs"
 	"github.com/hiddeco/sshsig"
 	"golang.org/x/crypto/ssh"
+
+	"github.com/ccm-dev/ccm/api"
 )
-
-// SignatureNamespace is the SSHSIG namespace of a request's signature
-// (ssh-keygen -Y sign -n ccm-action-request): a signature made for a ccm
-// request means nothing anywhere else, and nothing else is one.
-const SignatureNamespace = "ccm-action-request"
-
-// Binding is the cluster a request is signed for: its key prefix and
-// etcd's cluster ID. A request signed for one cluster is refused by every
-// other, the same prefix and node names notwithstanding.
-type Binding struct {
-	Prefix    string
-	ClusterID uint64
-}
-
-// SignedPayload returns the bytes a request's signature covers: the RFC
-// 8785 (JCS) form of
-//
-//	{"cluster":{"id":"<16 hex digits>","prefix":"<prefix>"},"node":"<node>","request":<request>}
-//
-// where request is the request's JSON as written to etcd, every field
-// but "signature". Any language with a JCS library (or, for requests of
-// strings only, sorted keys and no spaces) produces the same bytes.
-func SignedPayload(b Binding, node string, request []byte) ([]byte, error) {
-	var fields map[string]json.RawMessage
-	if err := json.Unmarshal(request, &fields); err != nil {
-		return nil, fmt.Errorf("the request is not a JSON object: %v", err)
-	}
-	delete(fields, "signature")
-	doc, err := json.Marshal(map[string]any{
-		"cluster": map[string]string{"id": fmt.Sprintf("%016x", b.ClusterID), "prefix": b.Prefix},
-		"node":    node,
-		"request": fields,
-	})
-	if err != nil {
-		return nil, err
-	}
-	return jcs.Transform(doc)
-}
-
-// Sign signs req for node in cluster b: its signature field becomes the
-// armored SSH signature (as ssh-keygen -Y sign writes it) of the signed
-// payload of req, every other field as it is.
-func Sign(signer ssh.Signer, b Binding, node string, req *Request) error {
-	if err := CheckSigningKey(signer.PublicKey()); err != nil {
-		return err
-	}
-	unsigned := *req
-	unsigned.Signature = ""
-	raw, err := json.Marshal(&unsigned)
-	if err != nil {
-		return err
-	}
-	msg, err := SignedPayload(b, node, raw)
-	if err != nil {
-		return err
-	}
-	sig, err := sshsig.Sign(bytes.NewReader(msg), signer, sshsig.HashSHA512, SignatureNamespace)
-	if err != nil {
-		return fmt.Errorf("sign the request: %w", err)
-	}
-	req.Signature = string(sshsig.Armor(sig))
-	return nil
-}
-
-// CheckSigningKey refuses a key of a type no agent accepts: only
-// ssh-ed25519 keys sign requests.
-func CheckSigningKey(k ssh.PublicKey) error {
-	if k.Type() != ssh.KeyAlgoED25519 {
-		return fmt.Errorf("a %s key; only ssh-ed25519 keys sign requests (ssh-keygen -t ed25519)", k.Type())
-	}
-	return nil
-}
-
-// LoadSigner reads an unencrypted OpenSSH ed25519 private key, as
-// ssh-keygen -t ed25519 writes it with an empty passphrase. Any other
-// type is refused here, not first by the node.
-func LoadSigner(file string) (ssh.Signer, error) {
-	raw, err := os.ReadFile(file)
-	if err != nil {
-		return nil, fmt.Errorf("--sign-key: %w", err)
-	}
-	signer, err := ssh.ParsePrivateKey(raw)
-	if err == nil {
-		err = CheckSigningKey(signer.PublicKey())
-	}
-	if err != nil {
-		return nil, fmt.Errorf("--sign-key %s: %w", file, err)
-	}
-	return signer, nil
-}
 
 // Grant is one key of an authorized_keys file and what it may do.
 type Grant struct {
@@ -156,7 +66,7 @@ func LoadAuthorizedKeys(file string) (*AuthorizedKeys, error) {
 			fail("not an OpenSSH public key: %v", err)
 			continue
 		}
-		if err := CheckSigningKey(key); err != nil {
+		if err := api.CheckSigningKey(key); err != nil {
 			fail("%v", err)
 			continue
 		}
@@ -244,7 +154,7 @@ func parseExpiry(s string) (time.Time, error) {
 // decoded into req, for node in cluster b, and that its key may call this
 // action on this node now. It returns the key's grant; the error says why
 // a request is refused.
-func (ak *AuthorizedKeys) Verify(b Binding, node string, raw []byte, req *Request, now time.Time) (*Grant, error) {
+func (ak *AuthorizedKeys) Verify(b api.Binding, node string, raw []byte, req *api.Request, now time.Time) (*Grant, error) {
 	if req.Signature == "" {
 		return nil, fmt.Errorf("not signed: this node runs only requests signed by a key in %s", ak.file)
 	}
@@ -256,9 +166,9 @@ func (ak *AuthorizedKeys) Verify(b Binding, node string, raw []byte, req *Reques
 	if !ok {
 		return nil, fmt.Errorf("signed by %s, a key not in %s", ssh.FingerprintSHA256(sig.PublicKey), ak.file)
 	}
-	msg, err := SignedPayload(b, node, raw)
+	msg, err := api.SignedPayload(b, node, raw)
 	if err == nil {
-		err = sshsig.Verify(bytes.NewReader(msg), sig, sig.PublicKey, sig.HashAlgorithm, SignatureNamespace)
+		err = sshsig.Verify(bytes.NewReader(msg), sig, sig.PublicKey, sig.HashAlgorithm, api.SignatureNamespace)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("the signature by %s does not verify: the request was changed after it was signed, or was signed for another node or cluster", g.Name)

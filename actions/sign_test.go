@@ -16,6 +16,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/ccm-dev/ccm/actions"
+	"github.com/ccm-dev/ccm/api"
 )
 
 // newKey returns an ed25519 signer and its authorized_keys line body.
@@ -37,11 +38,11 @@ func writeKeys(t *testing.T, lines ...string) string {
 
 // signed returns a request signed by s for web1 of binding b, and its raw
 // JSON as etcd would hold it.
-func signed(t *testing.T, s ssh.Signer, b actions.Binding, node, action string) (*actions.Request, []byte) {
+func signed(t *testing.T, s ssh.Signer, b api.Binding, node, action string) (*api.Request, []byte) {
 	t.Helper()
 	now := time.Now().UTC()
-	req := &actions.Request{ID: actions.NewID(now), Action: action, Created: now, Deadline: now.Add(time.Hour)}
-	require.NoError(t, actions.Sign(s, b, node, req))
+	req := &api.Request{ID: api.NewID(now), Action: action, Created: now, Deadline: now.Add(time.Hour)}
+	require.NoError(t, api.Sign(s, b, node, req))
 	raw, err := json.Marshal(req)
 	require.NoError(t, err)
 	return req, raw
@@ -51,7 +52,7 @@ func signed(t *testing.T, s ssh.Signer, b actions.Binding, node, action string) 
 // ccm does not read refuses the file, naming the line, instead of being
 // ignored.
 func TestKeyOptionsAuthoriseActionsNodesAndExpiry(t *testing.T) {
-	b := actions.NewBinding("", 42)
+	b := api.NewBinding("", 42)
 	ops, opsLine := newKey(t)
 	old, oldLine := newKey(t)
 	file := writeKeys(t, "# keys", `ccm-actions="site-info,login-url",ccm-nodes="web*" `+opsLine+" ops@example",
@@ -93,11 +94,11 @@ func TestASignatureCoversEveryFieldAndTheCluster(t *testing.T) {
 	s, line := newKey(t)
 	ak, err := actions.LoadAuthorizedKeys(writeKeys(t, line+" api"))
 	require.NoError(t, err)
-	prod := actions.NewBinding("/prod", 7)
+	prod := api.NewBinding("/prod", 7)
 	req, raw := signed(t, s, prod, "web1", "site-info")
 	_, err = ak.Verify(prod, "web1", raw, req, time.Now())
 	require.NoError(t, err)
-	for name, b := range map[string]actions.Binding{"another prefix": actions.NewBinding("/staging", 7), "another etcd": actions.NewBinding("/prod", 8)} {
+	for name, b := range map[string]api.Binding{"another prefix": api.NewBinding("/staging", 7), "another etcd": api.NewBinding("/prod", 8)} {
 		_, err = ak.Verify(b, "web1", raw, req, time.Now())
 		assert.ErrorContains(t, err, "does not verify", name)
 	}
@@ -110,7 +111,7 @@ func TestASignatureCoversEveryFieldAndTheCluster(t *testing.T) {
 		}
 		changed[field] = v
 		b, _ := json.Marshal(changed)
-		var r actions.Request
+		var r api.Request
 		require.NoError(t, json.Unmarshal(b, &r))
 		_, err = ak.Verify(prod, "web1", b, &r, time.Now())
 		assert.ErrorContains(t, err, "does not verify", field)
@@ -120,7 +121,7 @@ func TestASignatureCoversEveryFieldAndTheCluster(t *testing.T) {
 // Item 8: an RSA key is refused when it is loaded to sign, not first by
 // the node.
 func TestOnlyEd25519KeysSign(t *testing.T) {
-	assert.ErrorContains(t, actions.CheckSigningKey(rsaPublic(t)), "only ssh-ed25519 keys sign requests")
+	assert.ErrorContains(t, api.CheckSigningKey(rsaPublic(t)), "only ssh-ed25519 keys sign requests")
 }
 
 func rsaPublic(t *testing.T) ssh.PublicKey {

@@ -7,6 +7,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/ccm-dev/ccm/actions"
+	"github.com/ccm-dev/ccm/api"
 	"github.com/ccm-dev/ccm/applier"
 	"github.com/ccm-dev/ccm/rollout"
 )
@@ -74,7 +75,7 @@ func (a *Agent) serial(ctx context.Context, fn func()) error {
 // planAction is ccm.plan: this node's plan against the newest objects,
 // with nothing applied. It plans with an applier of its own, so that it
 // never waits for a run.
-func (a *Agent) planAction(ctx context.Context, _ *actions.Request) (any, error) {
+func (a *Agent) planAction(ctx context.Context, _ *api.Request) (any, error) {
 	if _, err := a.watcher.Lag(ctx); err != nil {
 		return nil, err
 	}
@@ -96,7 +97,7 @@ func (a *Agent) planAction(ctx context.Context, _ *actions.Request) (any, error)
 
 // convergeAction is ccm.converge: a full run now, through the lock, like
 // ccm apply --once. Its output is the run's status.
-func (a *Agent) convergeAction(ctx context.Context, _ *actions.Request) (any, error) {
+func (a *Agent) convergeAction(ctx context.Context, _ *api.Request) (any, error) {
 	a.runMu.Lock()
 	defer a.runMu.Unlock()
 	sel := a.selection.Load()

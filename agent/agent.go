@@ -15,6 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/ccm-dev/ccm/actions"
+	"github.com/ccm-dev/ccm/api"
 	"github.com/ccm-dev/ccm/applier"
 	"github.com/ccm-dev/ccm/cluster"
 	"github.com/ccm-dev/ccm/configs"
@@ -63,7 +64,7 @@ type Options struct {
 	// Liveness is the watch's progress-request period (default 10s).
 	Liveness time.Duration
 	// Retention is how long etcd keeps the node's replies to actions
-	// (actions.DefaultRetention when 0).
+	// (api.DefaultRetention when 0).
 	Retention time.Duration
 	// Cgroup says where handler runs get their cgroups
 	// (actions.ResolveCgroups; "" is auto).
@@ -131,7 +132,7 @@ type Agent struct {
 	// runMu is held by whatever uses the cluster lock: a run, ccm.converge,
 	// a serial action. The lock's key is the session's, so one at a time.
 	runMu    sync.Mutex
-	nodeKey  *actions.NodeKey
+	nodeKey  *api.Key
 	instance string // the state directory's, in presence and action claims
 	sessions *sessions
 	retry    *retry.Delay // owned by the run loop

@@ -13,7 +13,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
-	"github.com/ccm-dev/ccm/actions"
+	"github.com/ccm-dev/ccm/api"
 	"github.com/ccm-dev/ccm/client"
 	"github.com/ccm-dev/ccm/cluster"
 )
@@ -72,7 +72,7 @@ func (b *bench) actions() error {
 			if err != nil {
 				return 0, err
 			}
-			if r.State != actions.StateSucceeded {
+			if r.State != api.StateSucceeded {
 				return 0, fmt.Errorf("%s: %s: %s", r.Node, r.State, r.Error)
 			}
 		}
@@ -174,8 +174,8 @@ func (b *bench) flood(prefix, dir string, cli *clientv3.Client, call func(client
 	for batch := range queued / 100 {
 		var ops []clientv3.Op
 		for i := range 100 {
-			id := fmt.Sprintf("%s-%03d%02d", actions.NewID(time.Now()), batch, i)
-			raw, _ := json.Marshal(actions.Request{ID: id, Action: "nope", By: "flooder", Created: time.Now()})
+			id := fmt.Sprintf("%s-%03d%02d", api.NewID(time.Now()), batch, i)
+			raw, _ := json.Marshal(api.Request{ID: id, Action: "nope", By: "flooder", Created: time.Now()})
 			ops = append(ops, clientv3.OpPut(keys.ActionKey(node, id), string(raw)))
 		}
 		if _, err := cli.Txn(b.ctx).Then(ops...).Commit(); err != nil {

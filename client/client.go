@@ -15,7 +15,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"golang.org/x/crypto/ssh"
 
-	"github.com/ccm-dev/ccm/actions"
+	"github.com/ccm-dev/ccm/api"
 	"github.com/ccm-dev/ccm/cluster"
 	"github.com/ccm-dev/ccm/objects"
 )
@@ -23,7 +23,7 @@ import (
 // Defaults of a call.
 const (
 	DefaultPickupTimeout = 10 * time.Second
-	DefaultRetention     = actions.DefaultRetention
+	DefaultRetention     = api.DefaultRetention
 )
 
 // DefaultSignedDeadline is the deadline of a signed call that sets none:
@@ -153,18 +153,18 @@ type Sent struct {
 	Revision int64
 	// ReplyKey is the call's own key: the replies of a handler that
 	// declares secret_output are sealed to it. Run opens them; a caller of
-	// Send keeps it (Private) to open them later (actions.Reply.Open).
-	ReplyKey  *actions.NodeKey
+	// Send keeps it (Private) to open them later (api.Reply.Open).
+	ReplyKey  *api.Key
 	retention time.Duration
 	keys      map[string]string // node -> its action key
 	secrets   map[string]string
-	binding   actions.Binding // the cluster a signed request is for
+	binding   api.Binding // the cluster a signed request is for
 }
 
 // Send writes the call's requests and returns without waiting; Batch is
 // ignored. Use Replies, or ccm action get, to read the outcome.
 func (c *Client) Send(ctx context.Context, call Call) (*Sent, error) {
-	s, req, err := c.prepare(ctx, call, actions.NewID(time.Now()))
+	s, req, err := c.prepare(ctx, call, api.NewID(time.Now()))
 	if err != nil {
 		return nil, err
 	}
@@ -178,20 +178,20 @@ func (c *Client) Send(ctx context.Context, call Call) (*Sent, error) {
 // with a *NodeError. An error that ends the call (etcd unreachable, no
 // node to call) is yielded alone, with no node. Breaking out of the loop
 // stops waiting; requests already written still run.
-func (c *Client) Run(ctx context.Context, call Call) iter.Seq2[actions.Reply, error] {
-	return func(yield func(actions.Reply, error) bool) {
+func (c *Client) Run(ctx context.Context, call Call) iter.Seq2[api.Reply, error] {
+	return func(yield func(api.Reply, error) bool) {
 		ctx, cancel := context.WithCancel(ctx)
 		defer cancel()
-		id := actions.NewID(time.Now())
+		id := api.NewID(time.Now())
 		early := c.watchEarly(ctx, id, call)
 		s, req, err := c.prepare(ctx, call, id)
 		if err != nil {
 			early.discard()
-			yield(actions.Reply{}, err)
+			yield(api.Reply{}, err)
 			return
 		}
 		fail := func(node string, err error) bool {
-			return yield(actions.Reply{ID: s.ID, Node: node}, &NodeError{Node: node, Err: err})
+			return yield(api.Reply{ID: s.ID, Node: node}, &NodeError{Node: node, Err: err})
 		}
 		for _, n := range s.NoKey {
 			if !fail(n, ErrNoKey) {
@@ -200,7 +200,7 @@ func (c *Client) Run(ctx context.Context, call Call) iter.Seq2[actions.Reply, er
 		}
 		if len(s.NotAlive) > 0 {
 			if _, err := c.write(ctx, s, req, s.NotAlive); err != nil {
-				yield(actions.Reply{}, err)
+				yield(api.Reply{}, err)
 				return
 			}
 			for _, n := range s.NotAlive {
@@ -232,7 +232,7 @@ func (c *Client) Run(ctx context.Context, call Call) iter.Seq2[actions.Reply, er
 					_, err = c.write(ctx, s, req, send)
 				}
 				if err != nil {
-					yield(actions.Reply{}, err)
+					yield(api.Reply{}, err)
 					return
 				}
 				for _, w := range waiters {
@@ -250,7 +250,7 @@ func (c *Client) Run(ctx context.Context, call Call) iter.Seq2[actions.Reply, er
 			}
 			r := <-done
 			inflight--
-			if r.err != nil || r.reply.State != actions.StateSucceeded {
+			if r.err != nil || r.reply.State != api.StateSucceeded {
 				failures++
 			}
 			if r.err == nil {
@@ -271,12 +271,12 @@ func (c *Client) Run(ctx context.Context, call Call) iter.Seq2[actions.Reply, er
 
 type result struct {
 	node  string
-	reply actions.Reply
+	reply api.Reply
 	err   error
 }
 
 // prepare resolves the call's nodes and builds its request.
-func (c *Client) prepare(ctx context.Context, call Call, id string) (*Sent, *actions.Request, error) {
+func (c *Client) prepare(ctx context.Context, call Call, id string) (*Sent, *api.Request, error) {
 	if call.Action == "" {
 		return nil, nil, errors.New("no action named")
 	}
@@ -338,13 +338,13 @@ func (c *Client) prepare(ctx context.Context, call Call, id string) (*Sent, *act
 			return nil, nil, err
 		}
 	}
-	if s.ReplyKey, err = actions.NewReplyKey(); err != nil {
+	if s.ReplyKey, err = api.NewKey(); err != nil {
 		return nil, nil, err
 	}
 	s.ID = id
-	req := &actions.Request{
+	req := &api.Request{
 		ID: s.ID, Action: call.Action, Params: call.Params, By: call.By, Created: now,
-		Deadline: call.Deadline, Timeout: actions.Duration(call.Timeout), ReplyKey: s.ReplyKey.Public(),
+		Deadline: call.Deadline, Timeout: api.Duration(call.Timeout), ReplyKey: s.ReplyKey.Public(),
 	}
 	s.retention = call.Retention
 	if s.retention <= 0 {
@@ -355,21 +355,21 @@ func (c *Client) prepare(ctx context.Context, call Call, id string) (*Sent, *act
 
 // binding is the cluster a signed request is for: the prefix and etcd's
 // cluster ID, read once.
-func (c *Client) binding(ctx context.Context) (actions.Binding, error) {
+func (c *Client) binding(ctx context.Context) (api.Binding, error) {
 	c.mu.Lock()
 	id := c.clusterID
 	c.mu.Unlock()
 	if id == 0 {
 		resp, err := c.cli.Get(ctx, c.cluster.AllActionsPrefix(), clientv3.WithCountOnly()) // a key every caller may read
 		if err != nil {
-			return actions.Binding{}, fmt.Errorf("read the cluster ID to sign for: %w", err)
+			return api.Binding{}, fmt.Errorf("read the cluster ID to sign for: %w", err)
 		}
 		id = resp.Header.ClusterId
 		c.mu.Lock()
 		c.clusterID = id
 		c.mu.Unlock()
 	}
-	return actions.NewBinding(c.opts.Prefix, id), nil
+	return api.NewBinding(c.opts.Prefix, id), nil
 }
 
 // alive returns the presence of the nodes a call may address: every alive
@@ -437,7 +437,7 @@ func matches(labels, want map[string]string) bool {
 
 // write puts the request for each node, as few transactions as etcd
 // allows, and returns the revision of the first.
-func (c *Client) write(ctx context.Context, s *Sent, req *actions.Request, nodes []string) (int64, error) {
+func (c *Client) write(ctx context.Context, s *Sent, req *api.Request, nodes []string) (int64, error) {
 	var first int64
 	for chunk := range slices.Chunk(nodes, cluster.MaxTxnOps) {
 		bodies := make([]string, len(chunk))
@@ -461,7 +461,7 @@ func (c *Client) write(ctx context.Context, s *Sent, req *actions.Request, nodes
 
 // body is the request for one node: its secrets sealed to the node's key
 // (once per node), then signed for the node.
-func (c *Client) body(s *Sent, req *actions.Request, node string) (string, error) {
+func (c *Client) body(s *Sent, req *api.Request, node string) (string, error) {
 	r := *req
 	if len(s.secrets) > 0 {
 		r.Params = maps.Clone(req.Params)
@@ -469,7 +469,7 @@ func (c *Client) body(s *Sent, req *actions.Request, node string) (string, error
 			r.Params = map[string]string{}
 		}
 		for k, v := range s.secrets {
-			sealed, err := actions.Seal(s.keys[node], v)
+			sealed, err := api.Seal(s.keys[node], v)
 			if err != nil {
 				return "", &NodeError{Node: node, Err: ErrNoKey}
 			}
@@ -477,7 +477,7 @@ func (c *Client) body(s *Sent, req *actions.Request, node string) (string, error
 		}
 	}
 	if c.opts.Signer != nil {
-		if err := actions.Sign(c.opts.Signer, s.binding, node, &r); err != nil {
+		if err := api.Sign(c.opts.Signer, s.binding, node, &r); err != nil {
 			return "", err
 		}
 	}
@@ -619,11 +619,11 @@ func (w *waiter) await(ctx context.Context, c *Client, pickup time.Duration) res
 				return res
 			}
 			for _, ev := range wr.Events {
-				var r actions.Reply
+				var r api.Reply
 				if json.Unmarshal(ev.Kv.Value, &r) != nil {
 					continue
 				}
-				if actions.Final(r.State) {
+				if api.Final(r.State) {
 					res.reply = r
 					return res
 				}

@@ -9,16 +9,16 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
-	"github.com/ccm-dev/ccm/actions"
+	"github.com/ccm-dev/ccm/api"
 	"github.com/ccm-dev/ccm/cluster"
 )
 
 // Record is one request to one node, with its reply so far (nil before
 // the node picked it up).
 type Record struct {
-	Node    string          `json:"node"`
-	Request actions.Request `json:"request"`
-	Reply   *actions.Reply  `json:"reply,omitempty"`
+	Node    string      `json:"node"`
+	Request api.Request `json:"request"`
+	Reply   *api.Reply  `json:"reply,omitempty"`
 }
 
 // By is the caller of the request: the name of the key that signed it,
@@ -101,9 +101,9 @@ func (c *Client) records(ctx context.Context, keys []string, rev int64) ([]Recor
 				r.Request.Action = "(unreadable request)"
 			}
 			if kvs := resp.Responses[2*i+1].GetResponseRange().Kvs; len(kvs) > 0 {
-				r.Reply = &actions.Reply{}
+				r.Reply = &api.Reply{}
 				if json.Unmarshal(kvs[0].Value, r.Reply) != nil {
-					r.Reply = &actions.Reply{State: "unreadable"}
+					r.Reply = &api.Reply{State: "unreadable"}
 				}
 			}
 			out = append(out, r)

@@ -19,6 +19,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/ccm-dev/ccm/actions"
+	"github.com/ccm-dev/ccm/api"
 	"github.com/ccm-dev/ccm/client"
 	"github.com/ccm-dev/ccm/cluster"
 	"github.com/ccm-dev/ccm/test/etcdtest"
@@ -126,16 +127,16 @@ func TestActionsOverRBACSignedWithSecretsAgainstDebianEtcd(t *testing.T) {
 
 	// The cluster API, with its caller role only: a signed call with a
 	// secret to both nodes.
-	api := nodeOn(t, e, "", "ccm-caller-api", "api-secret")
-	api.configDir = dir
-	r := api.run("", "action", "run", "tell", "--node", "web1", "--node", "web2", "--param", "site=shop",
+	caller0 := nodeOn(t, e, "", "ccm-caller-api", "api-secret")
+	caller0.configDir = dir
+	r := caller0.run("", "action", "run", "tell", "--node", "web1", "--node", "web2", "--param", "site=shop",
 		"--secret", "password=hunter2-very-secret", "--sign-key", signKey, "--json")
 	require.Equal(t, 0, r.code, r.stdout+r.stderr)
 	var id string
 	for _, line := range strings.Split(strings.TrimSpace(r.stdout), "\n") {
-		var reply actions.Reply
+		var reply api.Reply
 		require.NoError(t, json.Unmarshal([]byte(line), &reply))
-		assert.Equal(t, actions.StateSucceeded, reply.State)
+		assert.Equal(t, api.StateSucceeded, reply.State)
 		assert.Contains(t, string(reply.Output), "site=shop env_password=none stdin=password:[secret],site:shop", "the handler got the secret on stdin only; the reply does not have it")
 		id = reply.ID
 	}
@@ -148,7 +149,7 @@ func TestActionsOverRBACSignedWithSecretsAgainstDebianEtcd(t *testing.T) {
 	assert.Contains(t, all, id)
 	assert.NotContains(t, all, "hunter2")
 	assert.Equal(t, 2, strings.Count(all, "ccm-sealed:"), "sealed once per node")
-	r = api.run("", "action", "get", id, "--json")
+	r = caller0.run("", "action", "get", id, "--json")
 	require.Equal(t, 0, r.code, r.stderr)
 	assert.NotContains(t, r.stdout, "hunter2")
 	for name, log := range logs {
@@ -183,18 +184,18 @@ func TestActionsOverRBACSignedWithSecretsAgainstDebianEtcd(t *testing.T) {
 
 	// Signatures: each of these is rejected, with its reason, and runs
 	// nothing.
-	signer, err := actions.LoadSigner(signKey)
+	signer, err := api.LoadSigner(signKey)
 	require.NoError(t, err)
-	intruder, err := actions.LoadSigner(otherKey)
+	intruder, err := api.LoadSigner(otherKey)
 	require.NoError(t, err)
 	head, err := root.Get(ctx, "/ccm/", clientv3.WithCountOnly())
 	require.NoError(t, err)
-	here := actions.NewBinding("/ccm", head.Header.ClusterId)
-	staging := actions.NewBinding("/staging", head.Header.ClusterId)
-	elsewhere := actions.NewBinding("/ccm", head.Header.ClusterId+1)
-	raw := func(node string, mutate func(*actions.Request)) string {
+	here := api.NewBinding("/ccm", head.Header.ClusterId)
+	staging := api.NewBinding("/staging", head.Header.ClusterId)
+	elsewhere := api.NewBinding("/ccm", head.Header.ClusterId+1)
+	raw := func(node string, mutate func(*api.Request)) string {
 		now := time.Now().UTC()
-		req := &actions.Request{ID: actions.NewID(now), Action: "quick", Created: now, Deadline: now.Add(time.Hour)}
+		req := &api.Request{ID: api.NewID(now), Action: "quick", Created: now, Deadline: now.Add(time.Hour)}
 		mutate(req)
 		b, err := json.Marshal(req)
 		require.NoError(t, err)
@@ -204,50 +205,50 @@ func TestActionsOverRBACSignedWithSecretsAgainstDebianEtcd(t *testing.T) {
 	}
 	cases := []struct {
 		name, node string
-		mutate     func(*actions.Request)
+		mutate     func(*api.Request)
 		want       string
 	}{
-		{"unsigned", "web1", func(*actions.Request) {}, "not signed"},
-		{"unsigned, past its deadline", "web1", func(r *actions.Request) { r.Deadline = time.Now().Add(-time.Hour) }, "not signed"},
-		{"unknown key", "web1", func(r *actions.Request) { require.NoError(t, actions.Sign(intruder, here, "web1", r)) }, "a key not in " + authorized},
-		{"tampered", "web1", func(r *actions.Request) {
-			require.NoError(t, actions.Sign(signer, here, "web1", r))
+		{"unsigned", "web1", func(*api.Request) {}, "not signed"},
+		{"unsigned, past its deadline", "web1", func(r *api.Request) { r.Deadline = time.Now().Add(-time.Hour) }, "not signed"},
+		{"unknown key", "web1", func(r *api.Request) { require.NoError(t, api.Sign(intruder, here, "web1", r)) }, "a key not in " + authorized},
+		{"tampered", "web1", func(r *api.Request) {
+			require.NoError(t, api.Sign(signer, here, "web1", r))
 			r.Action = "tell"
 			r.Params = map[string]string{"site": "x"}
 		}, "does not verify"},
-		{"timeout rewritten", "web1", func(r *actions.Request) {
-			require.NoError(t, actions.Sign(signer, here, "web1", r))
-			r.Timeout = actions.Duration(time.Nanosecond)
+		{"timeout rewritten", "web1", func(r *api.Request) {
+			require.NoError(t, api.Sign(signer, here, "web1", r))
+			r.Timeout = api.Duration(time.Nanosecond)
 		}, "does not verify"},
-		{"by rewritten", "web1", func(r *actions.Request) {
-			require.NoError(t, actions.Sign(signer, here, "web1", r))
+		{"by rewritten", "web1", func(r *api.Request) {
+			require.NoError(t, api.Sign(signer, here, "web1", r))
 			r.By = "alice@ops"
 		}, "does not verify"},
-		{"replayed to another node", "web2", func(r *actions.Request) { require.NoError(t, actions.Sign(signer, here, "web1", r)) }, "does not verify"},
-		{"replayed from another prefix", "web1", func(r *actions.Request) { require.NoError(t, actions.Sign(signer, staging, "web1", r)) }, "does not verify"},
-		{"replayed from another etcd cluster", "web1", func(r *actions.Request) { require.NoError(t, actions.Sign(signer, elsewhere, "web1", r)) }, "does not verify"},
-		{"replayed after its deadline", "web1", func(r *actions.Request) {
+		{"replayed to another node", "web2", func(r *api.Request) { require.NoError(t, api.Sign(signer, here, "web1", r)) }, "does not verify"},
+		{"replayed from another prefix", "web1", func(r *api.Request) { require.NoError(t, api.Sign(signer, staging, "web1", r)) }, "does not verify"},
+		{"replayed from another etcd cluster", "web1", func(r *api.Request) { require.NoError(t, api.Sign(signer, elsewhere, "web1", r)) }, "does not verify"},
+		{"replayed after its deadline", "web1", func(r *api.Request) {
 			r.Deadline = time.Now().Add(-time.Second)
-			require.NoError(t, actions.Sign(signer, here, "web1", r))
+			require.NoError(t, api.Sign(signer, here, "web1", r))
 		}, "passed before the node picked it up"},
-		{"no deadline", "web1", func(r *actions.Request) {
+		{"no deadline", "web1", func(r *api.Request) {
 			r.Deadline = time.Time{}
-			require.NoError(t, actions.Sign(signer, here, "web1", r))
+			require.NoError(t, api.Sign(signer, here, "web1", r))
 		}, "a signed request needs a deadline"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			id := raw(tc.node, tc.mutate)
-			eventually(t, 20*time.Second, func() bool { r := replyOf(t, root, id, tc.node); return r != nil && actions.Final(r.State) }, "a reply")
+			eventually(t, 20*time.Second, func() bool { r := replyOf(t, root, id, tc.node); return r != nil && api.Final(r.State) }, "a reply")
 			reply := replyOf(t, root, id, tc.node)
-			assert.Equal(t, actions.StateRejected, reply.State)
+			assert.Equal(t, api.StateRejected, reply.State)
 			assert.Contains(t, reply.Error, tc.want)
 		})
 	}
 	// Properly signed through the Go client, it runs.
 	replies, errs := callReplies(t, apiCli, client.Call{Action: "quick", Nodes: []string{"web1"}, By: "alice@ops"}, client.Options{Signer: signer})
 	require.Empty(t, errs)
-	assert.Equal(t, actions.StateSucceeded, replies["web1"].State)
+	assert.Equal(t, api.StateSucceeded, replies["web1"].State)
 	assert.Equal(t, "cluster-api@example", replies["web1"].By, "a signed request's caller is its key's comment, never its own claim")
 	assert.True(t, replies["web1"].Signed)
 }
@@ -312,13 +313,13 @@ func TestActionsRunAsTheSitesUnixUser(t *testing.T) {
 	n := startAgent(t, etcd, "web1", dir, agentConfig{})
 	n.reported(t, 1, cluster.ResultConverged)
 
-	call := func(action string, params map[string]string) actions.Reply {
+	call := func(action string, params map[string]string) api.Reply {
 		replies, errs := callReplies(t, n.cli, client.Call{Action: action, Nodes: []string{"web1"}, Params: params})
 		require.Empty(t, errs)
 		return replies["web1"]
 	}
 	r := call("as-site", map[string]string{"user": "ccmsite1"})
-	require.Equal(t, actions.StateSucceeded, r.State, r.Error)
+	require.Equal(t, api.StateSucceeded, r.State, r.Error)
 	var out string
 	require.NoError(t, json.Unmarshal(r.Output, &out))
 	fields := strings.Fields(out)
@@ -337,11 +338,11 @@ func TestActionsRunAsTheSitesUnixUser(t *testing.T) {
 		{"no-such-user", `no such user "no-such-user"`},
 	} {
 		r := call("as-site", map[string]string{"user": tc.user})
-		assert.Equal(t, actions.StateRejected, r.State, tc.user)
+		assert.Equal(t, api.StateRejected, r.State, tc.user)
 		assert.Contains(t, r.Error, tc.want, tc.user)
 	}
 	r = call("as-root", nil)
-	require.Equal(t, actions.StateSucceeded, r.State, r.Error)
+	require.Equal(t, api.StateSucceeded, r.State, r.Error)
 	assert.Contains(t, string(r.Output), `"0 0 `, "root only when the handler says {user: root}")
 
 	// Item 12 of the trust review: a uid above min_uid is not enough. A
@@ -350,10 +351,10 @@ func TestActionsRunAsTheSitesUnixUser(t *testing.T) {
 	groupsUser(t, "ccmbad1", "-U", "-u", "1500", "-G", "disk,shadow,adm")
 	groupsUser(t, "ccmbad2", "-N", "-u", "1501", "-g", "0")
 	r = call("as-site", map[string]string{"user": "ccmbad1"})
-	assert.Equal(t, actions.StateRejected, r.State)
+	assert.Equal(t, api.StateRejected, r.State)
 	assert.Regexp(t, `run_as: user "ccmbad1" is in group (disk|shadow|adm), which run_as denies`, r.Error)
 	r = call("as-site", map[string]string{"user": "ccmbad2"})
-	assert.Equal(t, actions.StateRejected, r.State)
+	assert.Equal(t, api.StateRejected, r.State)
 	assert.Contains(t, r.Error, `run_as: user "ccmbad2" is in group root, which run_as denies`)
 }
 
@@ -388,7 +389,7 @@ func TestHostileRequestsAndHandlersGetAClearStateAndTheAgentStaysHealthy(t *test
 			_ = syscall.Kill(pid, syscall.SIGKILL)
 		}
 	})
-	call := func(action string, params map[string]string) actions.Reply {
+	call := func(action string, params map[string]string) api.Reply {
 		t.Helper()
 		replies, errs := callReplies(t, n.cli, client.Call{Action: action, Nodes: []string{"web1"}, Params: params})
 		require.Empty(t, errs)
@@ -401,12 +402,12 @@ func TestHostileRequestsAndHandlersGetAClearStateAndTheAgentStaysHealthy(t *test
 		state  string
 		want   string
 	}{
-		{"a 1 MB value", map[string]string{"site": "a", "note": strings.Repeat("x", 1<<20)}, actions.StateRejected, "bytes, over the limit of 524288"},
-		{"a 100 KB value", map[string]string{"site": "a", "note": strings.Repeat("x", 100<<10)}, actions.StateRejected, "parameter note: 102400 bytes, over the limit of 65536"},
-		{"a NUL", map[string]string{"site": "a", "note": "a\x00b"}, actions.StateRejected, "parameter note: contains a NUL byte"},
-		{"__proto__", map[string]string{"site": "a", "__proto__": "{}"}, actions.StateRejected, `parameter "__proto__" is not declared`},
-		{"shell in the pattern", map[string]string{"site": "a;reboot"}, actions.StateRejected, "parameter site: does not match"},
-		{"invalid UTF-8", map[string]string{"site": "a", "note": "\xff\xfe"}, actions.StateSucceeded, ""},
+		{"a 1 MB value", map[string]string{"site": "a", "note": strings.Repeat("x", 1<<20)}, api.StateRejected, "bytes, over the limit of 524288"},
+		{"a 100 KB value", map[string]string{"site": "a", "note": strings.Repeat("x", 100<<10)}, api.StateRejected, "parameter note: 102400 bytes, over the limit of 65536"},
+		{"a NUL", map[string]string{"site": "a", "note": "a\x00b"}, api.StateRejected, "parameter note: contains a NUL byte"},
+		{"__proto__", map[string]string{"site": "a", "__proto__": "{}"}, api.StateRejected, `parameter "__proto__" is not declared`},
+		{"shell in the pattern", map[string]string{"site": "a;reboot"}, api.StateRejected, "parameter site: does not match"},
+		{"invalid UTF-8", map[string]string{"site": "a", "note": "\xff\xfe"}, api.StateSucceeded, ""},
 	} {
 		r := call("echo", tc.params)
 		assert.Equal(t, tc.state, r.State, tc.name)
@@ -415,7 +416,7 @@ func TestHostileRequestsAndHandlersGetAClearStateAndTheAgentStaysHealthy(t *test
 
 	start := time.Now()
 	r := call("flood", nil)
-	assert.Equal(t, actions.StateSucceeded, r.State)
+	assert.Equal(t, api.StateSucceeded, r.State)
 	assert.Less(t, len(r.Output), actions.MaxOutput+200, "100 MB of output is cut to 64 KiB")
 	assert.Contains(t, string(r.Output), "more bytes of output dropped")
 	t.Logf("100 MB of output handled in %s", time.Since(start))
@@ -423,7 +424,7 @@ func TestHostileRequestsAndHandlersGetAClearStateAndTheAgentStaysHealthy(t *test
 	// Escape sequences stay in the reply as data and are escaped on a
 	// terminal.
 	r = call("escape", nil)
-	assert.Equal(t, actions.StateSucceeded, r.State)
+	assert.Equal(t, api.StateSucceeded, r.State)
 	res := caller(t, etcd, dir).action("action", "run", "escape", "--node", "web1")
 	require.Equal(t, 0, res.code, res.stderr)
 	assert.NotContains(t, res.stdout, "\x1b", "no raw escape reaches the terminal")
@@ -433,14 +434,14 @@ func TestHostileRequestsAndHandlersGetAClearStateAndTheAgentStaysHealthy(t *test
 	// reply: it comes once the handler exits (and its pipe is let go).
 	start = time.Now()
 	r = call("daemon", nil)
-	assert.Equal(t, actions.StateSucceeded, r.State, r.Error)
+	assert.Equal(t, api.StateSucceeded, r.State, r.Error)
 	assert.Contains(t, string(r.Output), "started")
 	assert.Less(t, time.Since(start), 15*time.Second)
 
 	require.NoError(t, n.ag.Healthy())
 	require.NoError(t, n.ag.Ready())
 	r = call("echo", map[string]string{"site": "after"})
-	assert.Equal(t, actions.StateSucceeded, r.State, "the agent still answers")
+	assert.Equal(t, api.StateSucceeded, r.State, "the agent still answers")
 }
 
 func readPidsIfAny(file string) []int {

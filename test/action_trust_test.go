@@ -17,7 +17,7 @@ import (
 	"github.com/stretchr/testify/require"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
-	"github.com/ccm-dev/ccm/actions"
+	"github.com/ccm-dev/ccm/api"
 	"github.com/ccm-dev/ccm/client"
 	"github.com/ccm-dev/ccm/cluster"
 	"github.com/ccm-dev/ccm/test/etcdtest"
@@ -35,11 +35,11 @@ func runsOf(t *testing.T, file string) []string {
 }
 
 // finalReplies reads the final replies of the node to the calls ids.
-func finalReplies(t *testing.T, cli *clientv3.Client, node string, ids []string) map[string]*actions.Reply {
+func finalReplies(t *testing.T, cli *clientv3.Client, node string, ids []string) map[string]*api.Reply {
 	t.Helper()
-	out := map[string]*actions.Reply{}
+	out := map[string]*api.Reply{}
 	for _, id := range ids {
-		if r := replyOf(t, cli, id, node); r != nil && actions.Final(r.State) {
+		if r := replyOf(t, cli, id, node); r != nil && api.Final(r.State) {
 			out[id] = r
 		}
 	}
@@ -63,10 +63,10 @@ func TestAKilledAgentRunsEachRequestOnceOrSaysItWasInterrupted(t *testing.T) {
 	c := cluster.New(cli, cluster.Options{})
 	eventually(t, 20*time.Second, func() bool { return nodeView(t, c, "web1").Presence != nil }, "the agent is alive")
 
-	api := client.New(cli, client.Options{})
+	caller0 := client.New(cli, client.Options{})
 	var ids []string
 	for range 20 {
-		s, err := api.Send(context.Background(), client.Call{Action: "work", Nodes: []string{"web1"}})
+		s, err := caller0.Send(context.Background(), client.Call{Action: "work", Nodes: []string{"web1"}})
 		require.NoError(t, err)
 		ids = append(ids, s.ID)
 	}
@@ -80,9 +80,9 @@ func TestAKilledAgentRunsEachRequestOnceOrSaysItWasInterrupted(t *testing.T) {
 	eventually(t, 60*time.Second, func() bool { return len(finalReplies(t, cli, "web1", ids)) == 20 }, "every request has a final reply")
 	for id, r := range finalReplies(t, cli, "web1", ids) {
 		if slices.Contains(started, id) {
-			assert.Equal(t, actions.StateInterrupted, r.State, "%s started before the kill", id)
+			assert.Equal(t, api.StateInterrupted, r.State, "%s started before the kill", id)
 		} else {
-			assert.Equal(t, actions.StateSucceeded, r.State, "%s never started before the kill: %s", id, r.Error)
+			assert.Equal(t, api.StateSucceeded, r.State, "%s never started before the kill: %s", id, r.Error)
 		}
 	}
 	all := runsOf(t, runs)
@@ -113,11 +113,11 @@ func TestAClaimWhoseResponseWasLostStillRunsOnce(t *testing.T) {
 	// What etcd holds after each lost response: the request, and the
 	// running reply the claim wrote. One by this instance, one by
 	// another (a state directory that was replaced).
-	api := client.New(cli, client.Options{})
+	caller0 := client.New(cli, client.Options{})
 	claimed := func(instance string) string {
-		s, err := api.Send(context.Background(), client.Call{Action: "work", Nodes: []string{"web1"}})
+		s, err := caller0.Send(context.Background(), client.Call{Action: "work", Nodes: []string{"web1"}})
 		require.NoError(t, err)
-		raw, _ := json.Marshal(actions.Reply{ID: s.ID, Node: "web1", State: actions.StateRunning, Instance: instance, Started: time.Now()})
+		raw, _ := json.Marshal(api.Reply{ID: s.ID, Node: "web1", State: api.StateRunning, Instance: instance, Started: time.Now()})
 		_, err = cli.Put(context.Background(), cluster.NewKeys("").ReplyKey("web1", s.ID), string(raw))
 		require.NoError(t, err)
 		return s.ID
@@ -127,8 +127,8 @@ func TestAClaimWhoseResponseWasLostStillRunsOnce(t *testing.T) {
 	n.start("agent", "--debounce", "0s")
 	eventually(t, 30*time.Second, func() bool { return len(finalReplies(t, cli, "web1", []string{ours, theirs})) == 2 }, "both requests settled")
 	got := finalReplies(t, cli, "web1", []string{ours, theirs})
-	assert.Equal(t, actions.StateSucceeded, got[ours].State, "its own claim, never started: it runs")
-	assert.Equal(t, actions.StateInterrupted, got[theirs].State, "another instance's claim may have run: it is never run again")
+	assert.Equal(t, api.StateSucceeded, got[ours].State, "its own claim, never started: it runs")
+	assert.Equal(t, api.StateInterrupted, got[theirs].State, "another instance's claim may have run: it is never run again")
 	assert.Contains(t, got[theirs].Error, "may have run")
 	assert.Equal(t, []string{ours}, runsOf(t, runs))
 }
@@ -152,7 +152,7 @@ func TestARequestReplayedAfterItsReplyIsGoneNeverRunsAgain(t *testing.T) {
 
 	replies, errs := callReplies(t, cli, client.Call{Action: "work", Nodes: []string{"web1"}, Params: map[string]string{"sleep": "4"}})
 	require.Empty(t, errs)
-	assert.Equal(t, actions.StateSucceeded, replies["web1"].State, "an action longer than the retention keeps its reply")
+	assert.Equal(t, api.StateSucceeded, replies["web1"].State, "an action longer than the retention keeps its reply")
 	id := replies["web1"].ID
 
 	keys := cluster.NewKeys("")
@@ -167,9 +167,9 @@ func TestARequestReplayedAfterItsReplyIsGoneNeverRunsAgain(t *testing.T) {
 	require.NoError(t, err)
 	_, err = cli.Put(ctx, keys.ActionKey("web1", id), same)
 	require.NoError(t, err)
-	eventually(t, 20*time.Second, func() bool { r := replyOf(t, cli, id, "web1"); return r != nil && actions.Final(r.State) }, "the replay is answered")
+	eventually(t, 20*time.Second, func() bool { r := replyOf(t, cli, id, "web1"); return r != nil && api.Final(r.State) }, "the replay is answered")
 	r := replyOf(t, cli, id, "web1")
-	assert.Equal(t, actions.StateRejected, r.State)
+	assert.Equal(t, api.StateRejected, r.State)
 	assert.Contains(t, r.Error, "already ran on this node")
 	assert.Equal(t, []string{id}, runsOf(t, runs), "the handler ran once")
 }
@@ -192,17 +192,17 @@ func TestMalformedAndOversizedRequestsNeverWedgeTheEngine(t *testing.T) {
 	for i := range 12000 {
 		params[fmt.Sprintf("p%05d", i)] = "x"
 	}
-	id := actions.NewID(time.Now())
-	raw, _ := json.Marshal(actions.Request{ID: id, Action: "quick", Params: params, Created: time.Now()})
+	id := api.NewID(time.Now())
+	raw, _ := json.Marshal(api.Request{ID: id, Action: "quick", Params: params, Created: time.Now()})
 	_, err = n.cli.Put(ctx, keys.ActionKey("web1", id), string(raw))
 	require.NoError(t, err)
 
 	replies, errs := callReplies(t, n.cli, client.Call{Action: "quick", Nodes: []string{"web1"}})
 	require.Empty(t, errs)
-	assert.Equal(t, actions.StateSucceeded, replies["web1"].State)
-	eventually(t, 20*time.Second, func() bool { r := replyOf(t, n.cli, id, "web1"); return r != nil && actions.Final(r.State) }, "the 12,000 parameters are answered")
+	assert.Equal(t, api.StateSucceeded, replies["web1"].State)
+	eventually(t, 20*time.Second, func() bool { r := replyOf(t, n.cli, id, "web1"); return r != nil && api.Final(r.State) }, "the 12,000 parameters are answered")
 	r := replyOf(t, n.cli, id, "web1")
-	assert.Equal(t, actions.StateRejected, r.State)
+	assert.Equal(t, api.StateRejected, r.State)
 	assert.Less(t, len(r.Error), 4<<10, "the reason is short, and fits")
 	assert.Contains(t, r.Error, `parameter "p00000" is not declared`)
 }
@@ -232,37 +232,37 @@ func TestARequestSignedInPythonOrByTheShellRuns(t *testing.T) {
 	root := rootClient(t, e)
 	c := cluster.New(root, cluster.Options{})
 	eventually(t, 30*time.Second, func() bool { return nodeView(t, c, "web1").Presence != nil }, "the agent is alive")
-	api := externalClient(t, e, "ccm-caller-api", "api-secret")
-	head, err := api.Get(context.Background(), "/ccm/actions/", clientv3.WithCountOnly())
+	caller0 := externalClient(t, e, "ccm-caller-api", "api-secret")
+	head, err := caller0.Get(context.Background(), "/ccm/actions/", clientv3.WithCountOnly())
 	require.NoError(t, err)
 	clusterID := fmt.Sprintf("%016x", head.Header.ClusterId)
 
-	run := func(id string, signed []byte) *actions.Reply {
-		_, err := api.Put(context.Background(), "/ccm/actions/web1/"+id, string(signed))
+	run := func(id string, signed []byte) *api.Reply {
+		_, err := caller0.Put(context.Background(), "/ccm/actions/web1/"+id, string(signed))
 		require.NoError(t, err)
-		eventually(t, 20*time.Second, func() bool { r := replyOf(t, root, id, "web1"); return r != nil && actions.Final(r.State) }, "a reply to %s", id)
+		eventually(t, 20*time.Second, func() bool { r := replyOf(t, root, id, "web1"); return r != nil && api.Final(r.State) }, "a reply to %s", id)
 		return replyOf(t, root, id, "web1")
 	}
 	now := time.Now().UTC()
 	deadline := now.Add(10 * time.Minute).Format(time.RFC3339)
-	id := actions.NewID(now)
+	id := api.NewID(now)
 	out, err := exec.Command("/usr/bin/python3", "testdata/sign_request.py", signKey, "/ccm", clusterID, "web1", id, "hello", "who=wörld <&>", deadline).CombinedOutput()
 	require.NoError(t, err, "%s", out)
 	r := run(id, out)
-	assert.Equal(t, actions.StateSucceeded, r.State, r.Error)
+	assert.Equal(t, api.StateSucceeded, r.State, r.Error)
 	var said string
 	require.NoError(t, json.Unmarshal(r.Output, &said))
 	assert.Equal(t, "hello wörld <&>\n", said)
 	assert.Equal(t, "python-api@example", r.By)
 
 	// ssh-keygen -Y sign over the payload, as a shell script would.
-	id = actions.NewID(time.Now())
-	unsigned, _ := json.Marshal(actions.Request{ID: id, Action: "hello", Params: map[string]string{"who": "shell"}, Created: time.Now().UTC(), Deadline: time.Now().Add(time.Hour)})
-	payload, err := actions.SignedPayload(actions.NewBinding("/ccm", head.Header.ClusterId), "web1", unsigned)
+	id = api.NewID(time.Now())
+	unsigned, _ := json.Marshal(api.Request{ID: id, Action: "hello", Params: map[string]string{"who": "shell"}, Created: time.Now().UTC(), Deadline: time.Now().Add(time.Hour)})
+	payload, err := api.SignedPayload(api.NewBinding("/ccm", head.Header.ClusterId), "web1", unsigned)
 	require.NoError(t, err)
 	file := filepath.Join(t.TempDir(), "payload")
 	require.NoError(t, os.WriteFile(file, payload, 0o644))
-	sig, err := exec.Command("ssh-keygen", "-Y", "sign", "-n", actions.SignatureNamespace, "-f", signKey, file).CombinedOutput()
+	sig, err := exec.Command("ssh-keygen", "-Y", "sign", "-n", api.SignatureNamespace, "-f", signKey, file).CombinedOutput()
 	require.NoError(t, err, "%s", sig)
 	armored, err := os.ReadFile(file + ".sig")
 	require.NoError(t, err)
@@ -271,14 +271,14 @@ func TestARequestSignedInPythonOrByTheShellRuns(t *testing.T) {
 	req["signature"] = string(armored)
 	signed, _ := json.Marshal(req)
 	r = run(id, signed)
-	assert.Equal(t, actions.StateSucceeded, r.State, r.Error)
+	assert.Equal(t, api.StateSucceeded, r.State, r.Error)
 
 	// The key may call hello only.
-	id = actions.NewID(time.Now())
+	id = api.NewID(time.Now())
 	out, err = exec.Command("/usr/bin/python3", "testdata/sign_request.py", signKey, "/ccm", clusterID, "web1", id, "ccm.plan", "", deadline).CombinedOutput()
 	require.NoError(t, err, "%s", out)
 	r = run(id, out)
-	assert.Equal(t, actions.StateRejected, r.State)
+	assert.Equal(t, api.StateRejected, r.State)
 	assert.Contains(t, r.Error, `may not call ccm.plan (ccm-actions="hello"`)
 }
 
@@ -292,27 +292,27 @@ func TestASecretOutputIsSealedToTheCaller(t *testing.T) {
 		map[string]string{"login": "echo https://shop.example/login?token=tok-$CCM_ACTION_ID\n"})
 	n := startAgent(t, etcd, "web1", dir, agentConfig{})
 	n.reported(t, 1, cluster.ResultConverged)
-	api := caller(t, etcd, dir)
+	caller0 := caller(t, etcd, dir)
 
-	res := api.action("action", "run", "login-url", "--node", "web1", "--json")
+	res := caller0.action("action", "run", "login-url", "--node", "web1", "--json")
 	require.Equal(t, 0, res.code, res.stderr)
-	var r actions.Reply
+	var r api.Reply
 	require.NoError(t, json.Unmarshal([]byte(res.stdout), &r))
 	assert.Contains(t, string(r.Output), "login?token=tok-"+r.ID, "the caller reads it")
 
 	keyFile := filepath.Join(t.TempDir(), "reply.key")
-	res = api.action("action", "run", "login-url", "--node", "web1", "--no-wait", "--reply-key", keyFile)
+	res = caller0.action("action", "run", "login-url", "--node", "web1", "--no-wait", "--reply-key", keyFile)
 	require.Equal(t, 0, res.code, res.stderr)
 	id := strings.TrimSpace(res.stdout)
-	eventually(t, 20*time.Second, func() bool { r := replyOf(t, n.cli, id, "web1"); return r != nil && actions.Final(r.State) }, "the reply")
+	eventually(t, 20*time.Second, func() bool { r := replyOf(t, n.cli, id, "web1"); return r != nil && api.Final(r.State) }, "the reply")
 	st, err := os.Stat(keyFile)
 	require.NoError(t, err)
 	assert.Equal(t, os.FileMode(0o600), st.Mode().Perm())
-	res = api.action("action", "get", id)
+	res = caller0.action("action", "get", id)
 	require.Equal(t, 0, res.code, res.stderr)
 	assert.Contains(t, res.stdout, "[sealed")
 	assert.NotContains(t, res.stdout, "token=")
-	res = api.action("action", "get", id, "--reply-key", keyFile)
+	res = caller0.action("action", "get", id, "--reply-key", keyFile)
 	require.Equal(t, 0, res.code, res.stderr)
 	assert.Contains(t, res.stdout, "token=tok-"+id)
 
@@ -322,11 +322,11 @@ func TestASecretOutputIsSealedToTheCaller(t *testing.T) {
 		assert.NotContains(t, string(kv.Value), "token=", "%s", kv.Key)
 	}
 	// A request without a key to seal to is refused before it runs.
-	id = actions.NewID(time.Now())
-	raw, _ := json.Marshal(actions.Request{ID: id, Action: "login-url", Created: time.Now()})
+	id = api.NewID(time.Now())
+	raw, _ := json.Marshal(api.Request{ID: id, Action: "login-url", Created: time.Now()})
 	_, err = n.cli.Put(context.Background(), cluster.NewKeys("").ActionKey("web1", id), string(raw))
 	require.NoError(t, err)
-	eventually(t, 20*time.Second, func() bool { r := replyOf(t, n.cli, id, "web1"); return r != nil && actions.Final(r.State) }, "the reply")
+	eventually(t, 20*time.Second, func() bool { r := replyOf(t, n.cli, id, "web1"); return r != nil && api.Final(r.State) }, "the reply")
 	assert.Contains(t, replyOf(t, n.cli, id, "web1").Error, "needs a reply_key")
 }
 
@@ -415,12 +415,12 @@ func TestNothingAHandlerStartedOutlivesItsRunOrItsAgent(t *testing.T) {
 	eventually(t, 20*time.Second, func() bool { return nodeView(t, c, "web1").Presence != nil }, "the agent is alive")
 
 	replies, _ := callReplies(t, cli, client.Call{Action: "hang", Nodes: []string{"web1"}})
-	assert.Equal(t, actions.StateTimedOut, replies["web1"].State)
+	assert.Equal(t, api.StateTimedOut, replies["web1"].State)
 	escaped := readPids(t, pid("hang"))[0]
 	eventually(t, 10*time.Second, func() bool { return !alive(escaped) }, "the setsid child is killed at the timeout")
 
 	replies, _ = callReplies(t, cli, client.Call{Action: "daemon", Nodes: []string{"web1"}})
-	assert.Equal(t, actions.StateSucceeded, replies["web1"].State, replies["web1"].Error)
+	assert.Equal(t, api.StateSucceeded, replies["web1"].State, replies["web1"].Error)
 	escaped = readPids(t, pid("daemon"))[0]
 	eventually(t, 10*time.Second, func() bool { return !alive(escaped) }, "the daemon it left is killed when it exits")
 
@@ -433,7 +433,7 @@ func TestNothingAHandlerStartedOutlivesItsRunOrItsAgent(t *testing.T) {
 	n.start("agent", "--debounce", "0s", "--cgroup", cg)
 	eventually(t, 30*time.Second, func() bool {
 		r := replyOf(t, cli, s.ID, "web1")
-		return r != nil && r.State == actions.StateInterrupted
+		return r != nil && r.State == api.StateInterrupted
 	}, "the restarted agent reports it interrupted")
 	eventually(t, 10*time.Second, func() bool { return !alive(child) }, "the child in the killed agent's run is killed at the next start")
 }
@@ -451,13 +451,13 @@ func TestSIGKILLAtRandomPointsRunsEachActionOnceOrSaysSo(t *testing.T) {
 		map[string]string{"work": fmt.Sprintf("echo $CCM_ACTION_ID >> %s\nsleep 0.$(( $$ %% 4 ))\n", runs)})
 	n := newNode(t, "web1", dir, etcd.Endpoints())
 	cli := etcd.Client(t)
-	api := client.New(cli, client.Options{})
+	caller0 := client.New(cli, client.Options{})
 	rounds := max(3, soakIterations()/4)
 	var ids []string
 	for round := range rounds {
 		agentProc := n.start("agent", "--debounce", "0s")
 		for range 8 {
-			s, err := api.Send(context.Background(), client.Call{Action: "work", Nodes: []string{"web1"}})
+			s, err := caller0.Send(context.Background(), client.Call{Action: "work", Nodes: []string{"web1"}})
 			require.NoError(t, err)
 			ids = append(ids, s.ID)
 		}
@@ -475,9 +475,9 @@ func TestSIGKILLAtRandomPointsRunsEachActionOnceOrSaysSo(t *testing.T) {
 	for id, r := range finalReplies(t, cli, "web1", ids) {
 		states[r.State]++
 		switch r.State {
-		case actions.StateSucceeded:
+		case api.StateSucceeded:
 			assert.Equal(t, 1, count[id], "%s succeeded: it ran exactly once", id)
-		case actions.StateInterrupted:
+		case api.StateInterrupted:
 			assert.LessOrEqual(t, count[id], 1, "%s was interrupted: it ran at most once", id)
 		default:
 			assert.Zero(t, count[id], "%s is %s: it never ran (%s)", id, r.State, r.Error)

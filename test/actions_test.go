@@ -18,7 +18,7 @@ import (
 	"github.com/stretchr/testify/require"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
-	"github.com/ccm-dev/ccm/actions"
+	"github.com/ccm-dev/ccm/api"
 	"github.com/ccm-dev/ccm/client"
 	"github.com/ccm-dev/ccm/cluster"
 	"github.com/ccm-dev/ccm/test/etcdtest"
@@ -68,11 +68,11 @@ func (n *node) action(args ...string) result {
 
 // callReplies runs a call through the Go client and returns every final
 // reply (or node error) by node.
-func callReplies(t *testing.T, cli *clientv3.Client, call client.Call, opts ...client.Options) (map[string]actions.Reply, map[string]error) {
+func callReplies(t *testing.T, cli *clientv3.Client, call client.Call, opts ...client.Options) (map[string]api.Reply, map[string]error) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	replies, errs := map[string]actions.Reply{}, map[string]error{}
+	replies, errs := map[string]api.Reply{}, map[string]error{}
 	for r, err := range client.New(cli, append(opts, client.Options{})[0]).Run(ctx, call) {
 		if ne := (*client.NodeError)(nil); err != nil {
 			require.ErrorAs(t, err, &ne)
@@ -85,7 +85,7 @@ func callReplies(t *testing.T, cli *clientv3.Client, call client.Call, opts ...c
 }
 
 // replyOf reads one node's reply to a call, or nil.
-func replyOf(t *testing.T, cli *clientv3.Client, id, node string) *actions.Reply {
+func replyOf(t *testing.T, cli *clientv3.Client, id, node string) *api.Reply {
 	t.Helper()
 	recs, err := client.New(cli, client.Options{}).Get(context.Background(), id)
 	require.NoError(t, err)
@@ -125,7 +125,7 @@ func TestActionGetsItsParametersOnStdinAndInTheEnvironmentNeverInArgv(t *testing
 	replies, errs := callReplies(t, n.cli, client.Call{Action: "echo", Nodes: []string{"web1"}, Params: map[string]string{"site": "shop-1", "note": note}})
 	require.Empty(t, errs)
 	r := replies["web1"]
-	require.Equal(t, actions.StateSucceeded, r.State, r.Error)
+	require.Equal(t, api.StateSucceeded, r.State, r.Error)
 	require.NotNil(t, r.ExitCode)
 	assert.Equal(t, 0, *r.ExitCode)
 	var out struct {
@@ -145,7 +145,7 @@ func TestActionGetsItsParametersOnStdinAndInTheEnvironmentNeverInArgv(t *testing
 	assert.NoFileExists(t, "/tmp/pwned")
 	// The metric follows the reply: wait for it, as for any reported state.
 	eventually(t, 10*time.Second, func() bool {
-		return testutil.ToFloat64(n.ag.Metrics().Actions.WithLabelValues("echo", actions.StateSucceeded)) == 1
+		return testutil.ToFloat64(n.ag.Metrics().Actions.WithLabelValues("echo", api.StateSucceeded)) == 1
 	}, "ccm_actions_total{action=echo,state=succeeded} is 1")
 
 	// The CLI prints the table, and exits 0.
@@ -208,9 +208,9 @@ func TestActionFansOutByLabelAndReportsANamedNodeThatIsNotAlive(t *testing.T) {
 	lines := strings.Split(strings.TrimSpace(res.stdout), "\n")
 	assert.Len(t, lines, 4)
 	for _, l := range lines {
-		var r actions.Reply
+		var r api.Reply
 		require.NoError(t, json.Unmarshal([]byte(l), &r))
-		assert.Equal(t, actions.StateSucceeded, r.State)
+		assert.Equal(t, api.StateSucceeded, r.State)
 	}
 }
 
@@ -239,7 +239,7 @@ func TestActionRejectsBadRequestsBeforeAnythingRuns(t *testing.T) {
 			replies, errs := callReplies(t, n.cli, tc.call)
 			require.Empty(t, errs)
 			r := replies["web1"]
-			assert.Equal(t, actions.StateRejected, r.State)
+			assert.Equal(t, api.StateRejected, r.State)
 			for _, w := range tc.want {
 				assert.Contains(t, r.Error, w)
 			}
@@ -249,9 +249,9 @@ func TestActionRejectsBadRequestsBeforeAnythingRuns(t *testing.T) {
 	assert.NoFileExists(t, ran, "no rejected request ran its handler")
 	rejected := func() float64 {
 		m := n.ag.Metrics().Actions
-		return testutil.ToFloat64(m.WithLabelValues("touch", actions.StateRejected)) +
-			testutil.ToFloat64(m.WithLabelValues("echo", actions.StateRejected)) +
-			testutil.ToFloat64(m.WithLabelValues("nope", actions.StateRejected))
+		return testutil.ToFloat64(m.WithLabelValues("touch", api.StateRejected)) +
+			testutil.ToFloat64(m.WithLabelValues("echo", api.StateRejected)) +
+			testutil.ToFloat64(m.WithLabelValues("nope", api.StateRejected))
 	}
 	eventually(t, 10*time.Second, func() bool { return rejected() == 5 }, "five rejections counted (%v)", rejected())
 }
@@ -298,7 +298,7 @@ func TestActionTimeoutKillsTheWholeProcessGroup(t *testing.T) {
 	eventually(t, 10*time.Second, func() bool { return testutil.ToFloat64(m.ActionsRunning) == 0 }, "ccm_actions_running back to 0")
 	assert.Equal(t, 1, testutil.CollectAndCount(m.ActionDuration), "ccm_action_duration_seconds observed the action")
 	r := replies["web1"]
-	assert.Equal(t, actions.StateTimedOut, r.State)
+	assert.Equal(t, api.StateTimedOut, r.State)
 	assert.Contains(t, r.Error, "killed with its process group after the timeout of 1s")
 	assert.Less(t, time.Since(start), 30*time.Second)
 	for _, pid := range readPids(t, pids) {
@@ -324,7 +324,7 @@ func TestAgentKilledMidActionReportsInterruptedAndNeverRunsItAgain(t *testing.T)
 	require.NoError(t, err)
 	eventually(t, 20*time.Second, func() bool {
 		r := replyOf(t, cli, sent.ID, "web1")
-		return r != nil && r.State == actions.StateRunning
+		return r != nil && r.State == api.StateRunning
 	}, "the node reports the action running")
 	eventually(t, 10*time.Second, func() bool { _, err := os.Stat(pids); return err == nil }, "the handler started")
 	handler := readPids(t, pids)[0]
@@ -338,13 +338,13 @@ func TestAgentKilledMidActionReportsInterruptedAndNeverRunsItAgain(t *testing.T)
 	n.start("agent", "--debounce", "0s")
 	eventually(t, 30*time.Second, func() bool {
 		r := replyOf(t, cli, sent.ID, "web1")
-		return r != nil && r.State == actions.StateInterrupted
+		return r != nil && r.State == api.StateInterrupted
 	}, "the request is reported interrupted at the next start")
 	// A later request is answered: the restarted engine went through its
 	// queue, and the interrupted one was not run again.
 	replies, errs := callReplies(t, cli, client.Call{Action: "quick", Nodes: []string{"web1"}})
 	require.Empty(t, errs)
-	assert.Equal(t, actions.StateSucceeded, replies["web1"].State)
+	assert.Equal(t, api.StateSucceeded, replies["web1"].State)
 	b, err := os.ReadFile(runs)
 	require.NoError(t, err)
 	assert.Equal(t, "ran\n", string(b), "the handler ran exactly once")
@@ -366,7 +366,7 @@ func TestARequestWrittenWhileTheNodeIsDownRunsWhenItReturns(t *testing.T) {
 	startAgent(t, etcd, "web1", dir, agentConfig{})
 	eventually(t, 20*time.Second, func() bool {
 		r := replyOf(t, cli, recs[0].Request.ID, "web1")
-		return r != nil && r.State == actions.StateSucceeded
+		return r != nil && r.State == api.StateSucceeded
 	}, "the request runs once the node is back")
 	b, err := os.ReadFile(ran)
 	require.NoError(t, err)
@@ -443,7 +443,7 @@ func TestConcurrencyBoundsTheHandlersRunningAtOnce(t *testing.T) {
 	for _, id := range ids {
 		eventually(t, 30*time.Second, func() bool {
 			r := replyOf(t, n.cli, id, "web1")
-			return r != nil && r.State == actions.StateSucceeded
+			return r != nil && r.State == api.StateSucceeded
 		}, "request %s succeeds", id)
 	}
 	in := intervals(t, log)
@@ -458,7 +458,7 @@ func TestRequestsAndRepliesLiveOnTheRetentionLease(t *testing.T) {
 	n.reported(t, 1, cluster.ResultConverged)
 	res := caller(t, etcd, dir).action("action", "run", "quick", "--node", "web1", "--retention", "1h", "--json")
 	require.Equal(t, 0, res.code, res.stderr)
-	var r actions.Reply
+	var r api.Reply
 	require.NoError(t, json.Unmarshal([]byte(res.stdout), &r))
 
 	keys := cluster.NewKeys("")
@@ -481,8 +481,8 @@ func TestRequestsAndRepliesLiveOnTheRetentionLease(t *testing.T) {
 	require.NotZero(t, replyLease, "the reply is on a lease")
 	ttl, err = n.cli.TimeToLive(ctx, replyLease)
 	require.NoError(t, err)
-	assert.GreaterOrEqual(t, ttl.TTL, int64(actions.DefaultRetention.Seconds()))
-	assert.LessOrEqual(t, ttl.GrantedTTL, int64((actions.DefaultRetention+actions.DefaultRetention/24).Seconds())+1)
+	assert.GreaterOrEqual(t, ttl.TTL, int64(api.DefaultRetention.Seconds()))
+	assert.LessOrEqual(t, ttl.GrantedTTL, int64((api.DefaultRetention+api.DefaultRetention/24).Seconds())+1)
 
 	// When the leases end, both go: etcd does not grow with the calls.
 	_, err = n.cli.Revoke(ctx, lease)
@@ -502,7 +502,7 @@ func TestRequestsAndRepliesLiveOnTheRetentionLease(t *testing.T) {
 	// The node replaces a lease revoked under it: the next call answers.
 	replies, errs := callReplies(t, n.cli, client.Call{Action: "quick", Nodes: []string{"web1"}})
 	require.Empty(t, errs)
-	assert.Equal(t, actions.StateSucceeded, replies["web1"].State)
+	assert.Equal(t, api.StateSucceeded, replies["web1"].State)
 }
 
 func TestBuiltinPlanAndConvergeOnEveryNode(t *testing.T) {
@@ -533,7 +533,7 @@ func TestBuiltinPlanAndConvergeOnEveryNode(t *testing.T) {
 	// ccm.converge runs now, through the lock, and replies with the status.
 	res = caller(t, etcd, dir).action("action", "run", "ccm.converge", "--node", "web1", "--json")
 	require.Equal(t, 0, res.code, res.stdout+res.stderr)
-	var r actions.Reply
+	var r api.Reply
 	require.NoError(t, json.Unmarshal([]byte(res.stdout), &r))
 	var st cluster.Status
 	require.NoError(t, json.Unmarshal(r.Output, &st))
@@ -598,7 +598,7 @@ func TestSerialActionsHoldTheLockAndTheFlagStopsNoAction(t *testing.T) {
 	eventually(t, 20*time.Second, func() bool { return nodeView(t, c, "web1").State == cluster.StateRunning }, "the serial action holds the cluster lock")
 	eventually(t, 20*time.Second, func() bool {
 		r := replyOf(t, n.cli, id, "web1")
-		return r != nil && r.State == actions.StateSucceeded
+		return r != nil && r.State == api.StateSucceeded
 	}, "it succeeds, flag or not")
 	v, err := c.View(ctx)
 	require.NoError(t, err)
@@ -618,5 +618,5 @@ func TestSerialActionsHoldTheLockAndTheFlagStopsNoAction(t *testing.T) {
 	require.NoError(t, n.ag.Reload())
 	replies, errs := callReplies(t, n.cli, client.Call{Action: "new", Nodes: []string{"web1"}})
 	require.Empty(t, errs)
-	assert.Equal(t, actions.StateSucceeded, replies["web1"].State)
+	assert.Equal(t, api.StateSucceeded, replies["web1"].State)
 }

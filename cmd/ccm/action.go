@@ -15,6 +15,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/ccm-dev/ccm/actions"
+	"github.com/ccm-dev/ccm/api"
 	"github.com/ccm-dev/ccm/client"
 	"github.com/ccm-dev/ccm/render"
 )
@@ -196,7 +197,7 @@ func (a *app) callAndPrint(ctx context.Context, c *client.Client, call client.Ca
 			return err
 		}
 		r := newRow(reply, ne)
-		failed = failed || r.state != actions.StateSucceeded
+		failed = failed || r.state != api.StateSucceeded
 		if asJSON {
 			if err := writeJSON(a.stdout, r.json(), false); err != nil {
 				return err
@@ -223,11 +224,11 @@ func (a *app) callAndPrint(ctx context.Context, c *client.Client, call client.Ca
 // row is one node's outcome as the table shows it.
 type row struct {
 	node, state, exit, took, output string
-	reply                           actions.Reply
+	reply                           api.Reply
 	err                             error
 }
 
-func newRow(reply actions.Reply, ne *client.NodeError) row {
+func newRow(reply api.Reply, ne *client.NodeError) row {
 	r := row{node: reply.Node, state: reply.State, exit: "-", took: "-", reply: reply}
 	if ne != nil {
 		r.state, r.err, r.output = nodeErrorState(ne.Err), ne.Err, ne.Err.Error()
@@ -243,7 +244,7 @@ func newRow(reply actions.Reply, ne *client.NodeError) row {
 	if reply.Sealed != "" && len(reply.Output) == 0 && reply.Error == "" {
 		r.output = "[sealed: ccm action get --reply-key opens it]"
 	}
-	if reply.Error != "" && (r.output == "" || reply.State != actions.StateSucceeded) {
+	if reply.Error != "" && (r.output == "" || reply.State != api.StateSucceeded) {
 		r.output = strings.TrimSpace(strings.Join([]string{r.output, reply.Error}, " "))
 	}
 	return r
@@ -333,7 +334,7 @@ func newActionGetCmd(a *app) *cobra.Command {
 			fmt.Fprintf(a.stdout, "Call %s: action %s by %s at %s\n", render.Escape(req.ID), render.Escape(req.Action), render.Escape(recs[0].By()), req.Created.Format(time.RFC3339))
 			var rows []row
 			for _, rec := range recs {
-				reply := actions.Reply{ID: req.ID, Node: rec.Node, State: "pending"}
+				reply := api.Reply{ID: req.ID, Node: rec.Node, State: "pending"}
 				if rec.Reply != nil {
 					reply = *rec.Reply
 				}
@@ -354,7 +355,7 @@ func openReplies(recs []client.Record, file string) error {
 	if err != nil {
 		return fmt.Errorf("--reply-key: %w", err)
 	}
-	key, err := actions.ParseReplyKey(string(raw))
+	key, err := api.ParseKey(string(raw))
 	if err != nil {
 		return fmt.Errorf("--reply-key %s: %w", file, err)
 	}
@@ -445,7 +446,7 @@ func printJSONLines[T any](w io.Writer, items []T) error {
 func (a *app) client(ctx context.Context, signKey string) (*client.Client, error) {
 	opts := client.Options{Prefix: a.prefix, RequestTimeout: a.timeout}
 	if signKey != "" {
-		signer, err := actions.LoadSigner(signKey)
+		signer, err := api.LoadSigner(signKey)
 		if err != nil {
 			return nil, err
 		}

@@ -17,8 +17,8 @@ import (
 	"github.com/spf13/cobra"
 	"go.uber.org/zap"
 
-	"github.com/ccm-dev/ccm/actions"
 	"github.com/ccm-dev/ccm/agent"
+	"github.com/ccm-dev/ccm/api"
 	"github.com/ccm-dev/ccm/cluster"
 )
 
@@ -47,7 +47,7 @@ addressed to its node.`,
 	f.DurationVar(&opts.StuckAfter, "stuck-after", agent.DefaultStuckAfter, "fail /healthz and the systemd watchdog once the agent has not been ready (no session or no synced watch) for this long")
 	f.DurationVar(&opts.Resync, "resync", agent.DefaultResync, "converge everything this often, repairing local drift")
 	f.StringVar(&opts.ActionKeys, "action-keys", "", "run only action requests signed by a key in this OpenSSH authorized_keys `FILE` (ed25519)")
-	f.DurationVar(&opts.Retention, "retention", actions.DefaultRetention, "how long etcd keeps this node's replies to actions")
+	f.DurationVar(&opts.Retention, "retention", api.DefaultRetention, "how long etcd keeps this node's replies to actions")
 	f.StringVar(&opts.Cgroup, "cgroup", "auto", "put each action handler's run in a cgroup v2 of its own under `DIR`, so that nothing it started outlives it: auto (the agent's own, delegated by systemd), a directory, or off")
 	f.StringVar(&metricsAddr, "metrics-addr", "", "serve /metrics, /healthz and /readyz on this `ADDR` (e.g. 127.0.0.1:9310)")
 	f.BoolVar(&profiles, "pprof", false, "also serve Go's profiles under /debug/pprof/ on --metrics-addr")

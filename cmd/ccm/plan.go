@@ -13,8 +13,8 @@ import (
 	"github.com/spf13/cobra"
 	"go.uber.org/zap"
 
-	"github.com/ccm-dev/ccm/actions"
 	"github.com/ccm-dev/ccm/agent"
+	"github.com/ccm-dev/ccm/api"
 	"github.com/ccm-dev/ccm/applier"
 	"github.com/ccm-dev/ccm/client"
 	"github.com/ccm-dev/ccm/objects"
@@ -178,7 +178,7 @@ func (a *app) planCluster(ctx context.Context, color bool, signKey string) error
 			failed = true
 			fmt.Fprintf(a.stdout, "%s: no plan: %s\n", title, render.Escape(ne.Err.Error()))
 			continue
-		case reply.State != actions.StateSucceeded || json.Unmarshal(reply.Output, &out) != nil:
+		case reply.State != api.StateSucceeded || json.Unmarshal(reply.Output, &out) != nil:
 			failed = true
 			fmt.Fprintf(a.stdout, "%s: no plan: %s: %s\n", title, reply.State, render.Escape(firstLine(reply.Error)))
 			continue
