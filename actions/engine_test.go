@@ -106,3 +106,46 @@ func TestARequestNotPickedUpIsWithdrawnAndNeverRuns(t *testing.T) {
 		assert.Equal(t, r.ID+"\n", string(b), "only the new call ran")
 	}
 }
+
+// A caller that stops waiting (its context ends, or it breaks out of the
+// loop) withdraws the requests no node claimed: they never run behind its
+// back when the node recovers.
+func TestACallerThatStopsWaitingWithdrawsWhatNoNodeClaimed(t *testing.T) {
+	etcd := etcdtest.New(t, 1)
+	raw := etcd.Client(t)
+	for _, n := range []string{"web1", "web2"} { // alive keys, no engine: hung nodes
+		_, err := raw.Put(context.Background(), "/ccm/nodes/"+n+"/alive", `{"node":"`+n+`"}`)
+		require.NoError(t, err)
+	}
+	cli := client.New(raw, client.Options{})
+	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	defer cancel()
+	var id string
+	for r, err := range cli.Run(ctx, client.Call{Action: "log", Nodes: []string{"web1"}, PickupTimeout: time.Minute}) {
+		require.ErrorIs(t, err, context.DeadlineExceeded)
+		id = r.ID
+	}
+	recs, err := cli.Get(context.Background(), id)
+	require.NoError(t, err)
+	assert.Empty(t, recs, "withdrawn when the context ended")
+
+	// web1 answers, web2 hangs: a caller that breaks out after the first
+	// reply withdraws web2's request before Run returns.
+	hs, err := actions.LoadHandlers(handlerDir(t, filepath.Join(t.TempDir(), "log")))
+	require.NoError(t, err)
+	ectx, stop := context.WithCancel(context.Background())
+	e := actions.NewEngine(actions.Options{Client: raw, Node: "web1", Handlers: func() *actions.Handlers { return hs }})
+	done := make(chan struct{})
+	go func() { defer close(done); e.Run(ectx) }()
+	defer func() { stop(); <-done }()
+	for r, err := range cli.Run(context.Background(), client.Call{Action: "log", Nodes: []string{"web1", "web2"}, PickupTimeout: time.Minute}) {
+		require.NoError(t, err)
+		assert.Equal(t, "web1", r.Node)
+		id = r.ID
+		break
+	}
+	recs, err = cli.Get(context.Background(), id)
+	require.NoError(t, err)
+	require.Len(t, recs, 1, "web2's request was withdrawn")
+	assert.Equal(t, "web1", recs[0].Node)
+}

@@ -20,8 +20,21 @@ const (
 	StateInterrupted = "interrupted"
 )
 
-// Final reports whether a reply in state s is the last one.
-func Final(s string) bool { return s != StateRunning && s != "" }
+// The states a reader shows for a request whose reply it lacks: none yet,
+// or one it cannot decode. No node writes them.
+const (
+	StatePending    = "pending"
+	StateUnreadable = "unreadable"
+)
+
+// Final reports whether a reply in state s is the last one a node writes.
+func Final(s string) bool {
+	switch s {
+	case StateSucceeded, StateFailed, StateTimedOut, StateRejected, StateInterrupted:
+		return true
+	}
+	return false
+}
 
 // Request asks one node to run one action. The caller writes it; a node
 // only reads it.

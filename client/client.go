@@ -162,7 +162,7 @@ type Sent struct {
 }
 
 // Send writes the call's requests and returns without waiting; Batch is
-// ignored. Use Replies, or ccm action get, to read the outcome.
+// ignored. Read the outcome with Get, or ccm action get.
 func (c *Client) Send(ctx context.Context, call Call) (*Sent, error) {
 	s, req, err := c.prepare(ctx, call, api.NewID(time.Now()))
 	if err != nil {
@@ -176,11 +176,15 @@ func (c *Client) Send(ctx context.Context, call Call) (*Sent, error) {
 // Run calls the action and yields each node's final reply as it arrives,
 // exactly once per node: a reply, or an empty reply (ID and Node set)
 // with a *NodeError. An error that ends the call (etcd unreachable, no
-// node to call) is yielded alone, with no node. Breaking out of the loop
-// stops waiting; requests already written still run.
+// node to call) is yielded alone, with no node. Breaking out of the loop,
+// or cancelling ctx, stops waiting and withdraws every request no node
+// claimed yet, before Run returns; a claimed one still runs, and so does
+// the request to a named node that is not alive (ErrNotAlive).
 func (c *Client) Run(ctx context.Context, call Call) iter.Seq2[api.Reply, error] {
 	return func(yield func(api.Reply, error) bool) {
 		ctx, cancel := context.WithCancel(ctx)
+		var waiting sync.WaitGroup // the awaits, which withdraw at cancel
+		defer waiting.Wait()
 		defer cancel()
 		id := api.NewID(time.Now())
 		early := c.watchEarly(ctx, id, call)
@@ -237,7 +241,11 @@ func (c *Client) Run(ctx context.Context, call Call) iter.Seq2[api.Reply, error]
 				}
 				for _, w := range waiters {
 					inflight++
-					go func() { done <- w.await(ctx, c, pickup) }()
+					waiting.Add(1)
+					go func() {
+						defer waiting.Done()
+						done <- w.await(ctx, c, pickup)
+					}()
 				}
 			}
 			if inflight == 0 { // stopped sending
@@ -612,6 +620,13 @@ func (w *waiter) await(ctx context.Context, c *Client, pickup time.Duration) res
 		select {
 		case <-ctx.Done():
 			res.err = ctx.Err()
+			if !picked { // a request nobody waits for any more must not run later
+				wctx, cancel := c.request(context.WithoutCancel(ctx))
+				defer cancel()
+				if _, err := c.withdraw(wctx, w.node, w.id); err != nil {
+					res.err = errors.Join(res.err, err)
+				}
+			}
 			return res
 		case wr := <-w.replies:
 			if err := wr.Err(); err != nil {

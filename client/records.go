@@ -103,7 +103,7 @@ func (c *Client) records(ctx context.Context, keys []string, rev int64) ([]Recor
 			if kvs := resp.Responses[2*i+1].GetResponseRange().Kvs; len(kvs) > 0 {
 				r.Reply = &api.Reply{}
 				if json.Unmarshal(kvs[0].Value, r.Reply) != nil {
-					r.Reply = &api.Reply{State: "unreadable"}
+					r.Reply = &api.Reply{State: api.StateUnreadable}
 				}
 			}
 			out = append(out, r)

@@ -23,6 +23,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
+	"github.com/ccm-dev/ccm/api"
 	"github.com/ccm-dev/ccm/client"
 	"github.com/ccm-dev/ccm/cluster"
 	"github.com/ccm-dev/ccm/follow"
@@ -239,7 +240,7 @@ func (s *Server) read(ctx context.Context) State {
 func actionsOf(recs []client.Record) []Action {
 	out := make([]Action, 0, len(recs))
 	for _, r := range recs {
-		a := Action{ID: r.Request.ID, Action: r.Request.Action, Node: r.Node, By: r.By(), Created: r.Request.Created, State: "pending"}
+		a := Action{ID: r.Request.ID, Action: r.Request.Action, Node: r.Node, By: r.By(), Created: r.Request.Created, State: api.StatePending}
 		if rep := r.Reply; rep != nil {
 			a.State, a.Error, a.Finished = rep.State, rep.Error, rep.Finished
 		}

@@ -334,7 +334,7 @@ func newActionGetCmd(a *app) *cobra.Command {
 			fmt.Fprintf(a.stdout, "Call %s: action %s by %s at %s\n", render.Escape(req.ID), render.Escape(req.Action), render.Escape(recs[0].By()), req.Created.Format(time.RFC3339))
 			var rows []row
 			for _, rec := range recs {
-				reply := api.Reply{ID: req.ID, Node: rec.Node, State: "pending"}
+				reply := api.Reply{ID: req.ID, Node: rec.Node, State: api.StatePending}
 				if rec.Reply != nil {
 					reply = *rec.Reply
 				}
@@ -387,7 +387,7 @@ func newActionListCmd(a *app) *cobra.Command {
 			tw := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "ID\tACTION\tNODE\tSTATE\tBY\tCREATED")
 			for _, r := range recs {
-				state := "pending"
+				state := api.StatePending
 				if r.Reply != nil {
 					state = r.Reply.State
 				}
