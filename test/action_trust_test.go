@@ -400,7 +400,7 @@ func TestNothingAHandlerStartedOutlivesItsRunOrItsAgent(t *testing.T) {
 		return fmt.Sprintf("setsid sh -c 'echo $$ > %s.tmp; mv %s.tmp %s; exec sleep 300' < /dev/null > /dev/null 2>&1 &\nwhile [ ! -e %s ]; do sleep 0.01; done\n", file, file, file, file)
 	}
 	dir := actionConfig(t, map[string]string{
-		"hang":   "command: [BIN/hang]\nrun_as: {user: ME}\ntimeout: 1s\n",
+		"hang":   "command: [BIN/hang]\nrun_as: {user: ME}\ntimeout: 3s\n",
 		"daemon": "command: [BIN/daemon]\nrun_as: {user: ME}\n",
 		"stay":   "command: [BIN/stay]\nrun_as: {user: ME}\ntimeout: 5m\n",
 	}, map[string]string{
