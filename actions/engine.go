@@ -81,7 +81,7 @@ type Engine struct {
 	mu       sync.Mutex
 	slots    map[string]chan struct{} // per action, sized by concurrency
 	leases   map[time.Duration]heldLease
-	inflight map[string]bool // claimed by this engine, not yet replied
+	inflight map[string]bool // held by this engine: being claimed, or claimed and not yet replied
 	wg       sync.WaitGroup  // claimed requests
 }
 
@@ -522,6 +522,18 @@ func (e *Engine) keysNow() *AuthorizedKeys {
 // revision.
 func (e *Engine) claim(ctx context.Context, kv *mvccpb.KeyValue, reply func(takeover bool) api.Reply, timeout time.Duration) (int64, bool, error) {
 	r := reply(false)
+	if !e.hold(r.ID) {
+		return 0, false, nil // this engine handles it already (the same key twice in one batch)
+	}
+	rev, ok, err := e.claimHeld(ctx, kv, r, reply, timeout)
+	if !ok || r.State != api.StateRunning {
+		e.settled(r.ID)
+	}
+	return rev, ok, err
+}
+
+// claimHeld is claim for a request this engine holds.
+func (e *Engine) claimHeld(ctx context.Context, kv *mvccpb.KeyValue, r api.Reply, reply func(takeover bool) api.Reply, timeout time.Duration) (int64, bool, error) {
 	key := e.keys.ReplyKey(e.opts.Node, r.ID)
 	fresh := clientv3.Compare(clientv3.CreateRevision(key), "=", 0)
 	takeover := false
@@ -542,15 +554,10 @@ func (e *Engine) claim(ctx context.Context, kv *mvccpb.KeyValue, reply func(take
 			return 0, false, fmt.Errorf("claim %s: %w", kv.Key, err)
 		}
 		if resp.Succeeded {
-			if r.State == api.StateRunning {
-				e.mu.Lock()
-				e.inflight[r.ID] = true
-				e.mu.Unlock()
-			}
 			return resp.Header.Revision, true, nil
 		}
 		existing := resp.Responses[0].GetResponseRange().Kvs
-		if takeover || len(existing) == 0 || !e.neverStarted(existing[0]) {
+		if takeover || len(existing) == 0 || !e.unstarted(existing[0]) {
 			return 0, false, nil // claimed, or withdrawn
 		}
 		takeover = true
@@ -560,15 +567,36 @@ func (e *Engine) claim(ctx context.Context, kv *mvccpb.KeyValue, reply func(take
 	return 0, false, fmt.Errorf("claim %s: its lease was revoked as it was granted", kv.Key)
 }
 
-// neverStarted reports whether a reply is one this node's instance
-// claimed and never started: running, by this instance, not held by this
-// engine now, and not in the journal.
-func (e *Engine) neverStarted(kv *mvccpb.KeyValue) bool {
+// hold marks a request as this engine's, from its claim to its final
+// reply, and reports false if it was already: one handling per request.
+func (e *Engine) hold(id string) bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.inflight[id] {
+		return false
+	}
+	e.inflight[id] = true
+	return true
+}
+
+// unstarted reports whether a reply is one this node's instance claimed
+// and never started: running, by this instance, and not in the journal.
+func (e *Engine) unstarted(kv *mvccpb.KeyValue) bool {
 	var r api.Reply
 	if json.Unmarshal(kv.Value, &r) != nil || r.State != api.StateRunning || r.Instance != e.opts.Instance {
 		return false
 	}
-	return !e.claimed(r.ID) && !e.journal.has(r.ID)
+	return !e.journal.has(r.ID)
+}
+
+// neverStarted is unstarted, for a request this engine does not hold now.
+func (e *Engine) neverStarted(kv *mvccpb.KeyValue) bool {
+	if !e.unstarted(kv) {
+		return false
+	}
+	var r api.Reply
+	_ = json.Unmarshal(kv.Value, &r)
+	return !e.claimed(r.ID)
 }
 
 // leaseFor is the lease a reply lives on: one that outlives the request's
