@@ -175,6 +175,7 @@ func TestObjectCommands(t *testing.T) {
 }
 
 func TestOneShotCommandsGiveUpWithTheRealCause(t *testing.T) {
+	t.Parallel() // twelve 2 s timeouts: waited out side by side, not in turn
 	plain := etcdtest.New(t, 1)
 	pki := etcdtest.NewPKI(t)
 	tests := []struct {
@@ -189,6 +190,7 @@ func TestOneShotCommandsGiveUpWithTheRealCause(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
 			n := newNode(t, "n", "../examples/ccm", tt.endpoints)
 			n.flags = tt.flags
 			for _, cmd := range [][]string{{"apply", "--once"}, {"status"}, {"object", "list"}, {"object", "get", "sites", "x"}} {
