@@ -31,7 +31,7 @@ demo: build
 
 ## fuzz: run every fuzz target for FUZZTIME each (make test runs only the seed corpora)
 FUZZTIME ?= 30s
-FUZZ_TARGETS := FuzzDecode:./objects FuzzParseKey:./objects FuzzLoad:./configs FuzzConfine:./render FuzzCachedRendersMatchPlainTemplates:./render
+FUZZ_TARGETS := FuzzDecode:./internal/objects FuzzParseKey:./internal/objects FuzzLoad:./internal/configs FuzzConfine:./internal/render FuzzCachedRendersMatchPlainTemplates:./internal/render
 fuzz:
 	@for t in $(FUZZ_TARGETS); do \
 		name=$${t%%:*}; pkg=$${t#*:}; \
@@ -61,7 +61,7 @@ bench:
 
 ## microbench: Go benchmarks of the hot paths (compare runs with benchstat)
 microbench:
-	$(GO) test -run '^$$' -bench . -benchmem -count 5 ./toposort ./render ./objects
+	$(GO) test -run '^$$' -bench . -benchmem -count 5 ./internal/toposort ./internal/render ./internal/objects
 
 ## lint: staticcheck (CI also runs govulncheck)
 lint:

@@ -11,7 +11,7 @@ import (
 	"github.com/hiddeco/sshsig"
 	"golang.org/x/crypto/ssh"
 
-	"github.com/ccm-dev/ccm/cluster"
+	"github.com/ccm-dev/ccm/internal/cluster"
 )
 
 // SignatureNamespace is the SSHSIG namespace of a request's signature

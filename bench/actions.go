@@ -15,7 +15,7 @@ import (
 
 	"github.com/ccm-dev/ccm/api"
 	"github.com/ccm-dev/ccm/client"
-	"github.com/ccm-dev/ccm/cluster"
+	"github.com/ccm-dev/ccm/internal/cluster"
 )
 
 // actions: node actions with a handler that exits at once (/bin/true):

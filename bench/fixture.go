@@ -10,9 +10,9 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
-	"github.com/ccm-dev/ccm/agent"
-	"github.com/ccm-dev/ccm/cluster"
-	"github.com/ccm-dev/ccm/metrics"
+	"github.com/ccm-dev/ccm/internal/agent"
+	"github.com/ccm-dev/ccm/internal/cluster"
+	"github.com/ccm-dev/ccm/internal/metrics"
 )
 
 // vhostYAML is the example's nginx configuration, one file per site.

@@ -24,7 +24,7 @@ import (
 
 	"go.uber.org/zap"
 
-	"github.com/ccm-dev/ccm/embedded"
+	"github.com/ccm-dev/ccm/internal/embedded"
 )
 
 // Result is one measured figure.

@@ -16,8 +16,8 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/ccm-dev/ccm/api"
-	"github.com/ccm-dev/ccm/cluster"
-	"github.com/ccm-dev/ccm/objects"
+	"github.com/ccm-dev/ccm/internal/cluster"
+	"github.com/ccm-dev/ccm/internal/objects"
 )
 
 // Defaults of a call.

@@ -15,8 +15,8 @@ func TestTheClientIsBuiltOnTheWireAlone(t *testing.T) {
 	out, err := exec.Command("go", "list", "-deps", ".").CombinedOutput()
 	require.NoError(t, err, "%s", out)
 	for _, dep := range strings.Fields(string(out)) {
-		for _, banned := range []string{"github.com/Masterminds/sprig", "github.com/prometheus/", "github.com/ccm-dev/ccm/actions",
-			"github.com/ccm-dev/ccm/templates", "github.com/ccm-dev/ccm/configs", "github.com/ccm-dev/ccm/metrics", "github.com/ccm-dev/ccm/render"} {
+		for _, banned := range []string{"github.com/Masterminds/sprig", "github.com/prometheus/", "github.com/ccm-dev/ccm/internal/actions",
+			"github.com/ccm-dev/ccm/internal/templates", "github.com/ccm-dev/ccm/internal/configs", "github.com/ccm-dev/ccm/internal/metrics", "github.com/ccm-dev/ccm/internal/render"} {
 			require.False(t, strings.HasPrefix(dep, banned), "client depends on %s", dep)
 		}
 	}

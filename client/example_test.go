@@ -11,10 +11,10 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
-	"github.com/ccm-dev/ccm/agent"
 	"github.com/ccm-dev/ccm/client"
-	"github.com/ccm-dev/ccm/cluster"
-	"github.com/ccm-dev/ccm/embedded"
+	"github.com/ccm-dev/ccm/internal/agent"
+	"github.com/ccm-dev/ccm/internal/cluster"
+	"github.com/ccm-dev/ccm/internal/embedded"
 )
 
 // Call an action on one node and print its reply. The node here is an

@@ -10,7 +10,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/ccm-dev/ccm/api"
-	"github.com/ccm-dev/ccm/cluster"
+	"github.com/ccm-dev/ccm/internal/cluster"
 )
 
 // Record is one request to one node, with its reply so far (nil before

@@ -18,10 +18,10 @@ import (
 	"github.com/stretchr/testify/require"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
-	"github.com/ccm-dev/ccm/actions"
 	"github.com/ccm-dev/ccm/api"
 	"github.com/ccm-dev/ccm/client"
-	"github.com/ccm-dev/ccm/cluster"
+	"github.com/ccm-dev/ccm/internal/actions"
+	"github.com/ccm-dev/ccm/internal/cluster"
 	"github.com/ccm-dev/ccm/test/etcdtest"
 )
 

@@ -16,10 +16,10 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/ccm-dev/ccm/applier"
-	"github.com/ccm-dev/ccm/configs"
-	"github.com/ccm-dev/ccm/objects"
-	"github.com/ccm-dev/ccm/render"
+	"github.com/ccm-dev/ccm/internal/applier"
+	"github.com/ccm-dev/ccm/internal/configs"
+	"github.com/ccm-dev/ccm/internal/objects"
+	"github.com/ccm-dev/ccm/internal/render"
 	"github.com/ccm-dev/ccm/test/etcdtest"
 )
 

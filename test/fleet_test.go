@@ -18,7 +18,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/ccm-dev/ccm/client"
-	"github.com/ccm-dev/ccm/cluster"
+	"github.com/ccm-dev/ccm/internal/cluster"
 	"github.com/ccm-dev/ccm/test/etcdtest"
 )
 

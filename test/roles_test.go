@@ -11,7 +11,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/ccm-dev/ccm/dashboard"
+	"github.com/ccm-dev/ccm/internal/dashboard"
 	"github.com/ccm-dev/ccm/test/etcdtest"
 )
 

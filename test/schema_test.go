@@ -11,8 +11,8 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/ccm-dev/ccm/client"
-	"github.com/ccm-dev/ccm/cluster"
-	"github.com/ccm-dev/ccm/schemas"
+	"github.com/ccm-dev/ccm/internal/cluster"
+	"github.com/ccm-dev/ccm/internal/schemas"
 	"github.com/ccm-dev/ccm/test/etcdtest"
 )
 

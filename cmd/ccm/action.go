@@ -14,10 +14,10 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/ccm-dev/ccm/actions"
 	"github.com/ccm-dev/ccm/api"
 	"github.com/ccm-dev/ccm/client"
-	"github.com/ccm-dev/ccm/render"
+	"github.com/ccm-dev/ccm/internal/actions"
+	"github.com/ccm-dev/ccm/internal/render"
 )
 
 // errActionFailed is returned when a target did not succeed.

@@ -17,9 +17,9 @@ import (
 	"github.com/spf13/cobra"
 	"go.uber.org/zap"
 
-	"github.com/ccm-dev/ccm/agent"
 	"github.com/ccm-dev/ccm/api"
-	"github.com/ccm-dev/ccm/cluster"
+	"github.com/ccm-dev/ccm/internal/agent"
+	"github.com/ccm-dev/ccm/internal/cluster"
 )
 
 func newAgentCmd(a *app) *cobra.Command {

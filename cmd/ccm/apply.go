@@ -13,13 +13,13 @@ import (
 	"go.uber.org/zap"
 	"golang.org/x/term"
 
-	"github.com/ccm-dev/ccm/applier"
-	"github.com/ccm-dev/ccm/cluster"
-	"github.com/ccm-dev/ccm/configs"
-	"github.com/ccm-dev/ccm/objects"
-	"github.com/ccm-dev/ccm/render"
-	"github.com/ccm-dev/ccm/rollout"
-	"github.com/ccm-dev/ccm/schemas"
+	"github.com/ccm-dev/ccm/internal/applier"
+	"github.com/ccm-dev/ccm/internal/cluster"
+	"github.com/ccm-dev/ccm/internal/configs"
+	"github.com/ccm-dev/ccm/internal/objects"
+	"github.com/ccm-dev/ccm/internal/render"
+	"github.com/ccm-dev/ccm/internal/rollout"
+	"github.com/ccm-dev/ccm/internal/schemas"
 )
 
 func newApplyCmd(a *app) *cobra.Command {

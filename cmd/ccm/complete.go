@@ -13,10 +13,10 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
-	"github.com/ccm-dev/ccm/actions"
-	"github.com/ccm-dev/ccm/agent"
-	"github.com/ccm-dev/ccm/cluster"
-	"github.com/ccm-dev/ccm/configs"
+	"github.com/ccm-dev/ccm/internal/actions"
+	"github.com/ccm-dev/ccm/internal/agent"
+	"github.com/ccm-dev/ccm/internal/cluster"
+	"github.com/ccm-dev/ccm/internal/configs"
 )
 
 // completionTimeout bounds everything a completion asks etcd: the shell

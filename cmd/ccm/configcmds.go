@@ -9,8 +9,8 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/ccm-dev/ccm/actions"
-	"github.com/ccm-dev/ccm/configs"
+	"github.com/ccm-dev/ccm/internal/actions"
+	"github.com/ccm-dev/ccm/internal/configs"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".

@@ -12,7 +12,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/ccm-dev/ccm/client"
-	"github.com/ccm-dev/ccm/dashboard"
+	"github.com/ccm-dev/ccm/internal/dashboard"
 )
 
 func newDashboardCmd(a *app) *cobra.Command {

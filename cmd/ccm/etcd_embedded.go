@@ -7,7 +7,7 @@ import (
 
 	"go.uber.org/zap"
 
-	"github.com/ccm-dev/ccm/embedded"
+	"github.com/ccm-dev/ccm/internal/embedded"
 )
 
 // startEmbedded runs a single-member etcd in this process for

@@ -11,8 +11,8 @@ import (
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
 
-	"github.com/ccm-dev/ccm/cluster"
-	"github.com/ccm-dev/ccm/render"
+	"github.com/ccm-dev/ccm/internal/cluster"
+	"github.com/ccm-dev/ccm/internal/render"
 )
 
 func newLockCmd(a *app) *cobra.Command {

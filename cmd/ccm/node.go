@@ -9,9 +9,9 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/ccm-dev/ccm/cluster"
-	"github.com/ccm-dev/ccm/objects"
-	"github.com/ccm-dev/ccm/render"
+	"github.com/ccm-dev/ccm/internal/cluster"
+	"github.com/ccm-dev/ccm/internal/objects"
+	"github.com/ccm-dev/ccm/internal/render"
 )
 
 func newNodeCmd(a *app) *cobra.Command {

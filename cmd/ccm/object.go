@@ -12,10 +12,10 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
-	"github.com/ccm-dev/ccm/cluster"
-	"github.com/ccm-dev/ccm/objects"
-	"github.com/ccm-dev/ccm/render"
-	"github.com/ccm-dev/ccm/schemas"
+	"github.com/ccm-dev/ccm/internal/cluster"
+	"github.com/ccm-dev/ccm/internal/objects"
+	"github.com/ccm-dev/ccm/internal/render"
+	"github.com/ccm-dev/ccm/internal/schemas"
 )
 
 func newObjectCmd(a *app) *cobra.Command {

@@ -13,12 +13,12 @@ import (
 	"github.com/spf13/cobra"
 	"go.uber.org/zap"
 
-	"github.com/ccm-dev/ccm/agent"
 	"github.com/ccm-dev/ccm/api"
-	"github.com/ccm-dev/ccm/applier"
 	"github.com/ccm-dev/ccm/client"
-	"github.com/ccm-dev/ccm/objects"
-	"github.com/ccm-dev/ccm/render"
+	"github.com/ccm-dev/ccm/internal/agent"
+	"github.com/ccm-dev/ccm/internal/applier"
+	"github.com/ccm-dev/ccm/internal/objects"
+	"github.com/ccm-dev/ccm/internal/render"
 )
 
 func newPlanCmd(a *app) *cobra.Command {

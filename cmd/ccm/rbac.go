@@ -6,8 +6,8 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/ccm-dev/ccm/cluster"
-	"github.com/ccm-dev/ccm/objects"
+	"github.com/ccm-dev/ccm/internal/cluster"
+	"github.com/ccm-dev/ccm/internal/objects"
 )
 
 func newRBACCmd(a *app) *cobra.Command {

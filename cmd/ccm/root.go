@@ -19,13 +19,13 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	"github.com/ccm-dev/ccm/applier"
-	"github.com/ccm-dev/ccm/cluster"
-	"github.com/ccm-dev/ccm/configs"
-	"github.com/ccm-dev/ccm/objects"
-	"github.com/ccm-dev/ccm/ratelog"
-	"github.com/ccm-dev/ccm/render"
-	"github.com/ccm-dev/ccm/rollout"
+	"github.com/ccm-dev/ccm/internal/applier"
+	"github.com/ccm-dev/ccm/internal/cluster"
+	"github.com/ccm-dev/ccm/internal/configs"
+	"github.com/ccm-dev/ccm/internal/objects"
+	"github.com/ccm-dev/ccm/internal/ratelog"
+	"github.com/ccm-dev/ccm/internal/render"
+	"github.com/ccm-dev/ccm/internal/rollout"
 )
 
 // Exit codes, mapped from errors in one place (exitCode).

@@ -10,8 +10,8 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/ccm-dev/ccm/cluster"
-	"github.com/ccm-dev/ccm/render"
+	"github.com/ccm-dev/ccm/internal/cluster"
+	"github.com/ccm-dev/ccm/internal/render"
 )
 
 func newStatusCmd(a *app) *cobra.Command {

@@ -1,0 +1,133 @@
+package agent
+
+import (
+	"context"
+	"strings"
+
+	"go.uber.org/zap"
+
+	"github.com/ccm-dev/ccm/api"
+	"github.com/ccm-dev/ccm/internal/actions"
+	"github.com/ccm-dev/ccm/internal/applier"
+	"github.com/ccm-dev/ccm/internal/rollout"
+)
+
+// The built-in actions every agent answers.
+const (
+	ActionPlan     = actions.BuiltinPrefix + "plan"
+	ActionConverge = actions.BuiltinPrefix + "converge"
+)
+
+// PlanOutput is the output of the ccm.plan action.
+type PlanOutput struct {
+	Changed bool `json:"changed"`
+	// Summary is the plan's last line ("Plan: 1 to create, ...").
+	Summary string `json:"summary"`
+	// Diff is the whole plan as ccm plan prints it.
+	Diff     string `json:"diff"`
+	Revision int64  `json:"revision"`
+}
+
+// runActions answers the node's actions once the node is announced: an
+// agent that is refused the node name must not touch its replies.
+func (a *Agent) runActions(ctx context.Context) {
+	select {
+	case <-a.sessions.announced():
+	case <-ctx.Done():
+		return
+	}
+	env := []string{"CCM_NODE=" + a.opts.Node, "CCM_ROOT=" + a.opts.Root}
+	cgroups, why := actions.ResolveCgroups(a.opts.Cgroup)
+	if cgroups == nil {
+		a.log.Warn("actions: handler runs are contained by their process group alone: a process that leaves it (setsid) outlives the run", zap.String("reason", why))
+	}
+	actions.NewEngine(actions.Options{
+		Client: a.opts.Client, Prefix: a.opts.Prefix, Node: a.opts.Node, Env: env,
+		Handlers: func() *actions.Handlers { return a.selection.Load().handlers },
+		Builtins: map[string]actions.Builtin{ActionPlan: a.planAction, ActionConverge: a.convergeAction},
+		Keys:     func() *actions.AuthorizedKeys { return a.selection.Load().keys },
+		NodeKey:  a.nodeKey, StateDir: a.opts.StateDir, Instance: a.instance, Cgroups: cgroups,
+		Serial: a.serial, Retention: a.opts.Retention,
+		Logger: a.log, Metrics: a.metrics,
+	}).Run(ctx)
+}
+
+// serial runs fn holding the cluster lock, as no run of this node does.
+func (a *Agent) serial(ctx context.Context, fn func()) error {
+	a.runMu.Lock()
+	defer a.runMu.Unlock()
+	s, err := a.sessions.ensure(ctx)
+	if err != nil {
+		return err
+	}
+	lock, err := s.Lock(ctx, nil) // an action is no change to canary
+	if err != nil {
+		return err
+	}
+	defer lock.Release()
+	if err := lock.Fence(); err != nil { // the command is the next side effect
+		return err
+	}
+	fn()
+	return nil
+}
+
+// planAction is ccm.plan: this node's plan against the newest objects,
+// with nothing applied. It plans with an applier of its own, so that it
+// never waits for a run.
+func (a *Agent) planAction(ctx context.Context, _ *api.Request) (any, error) {
+	if _, err := a.watcher.Lag(ctx); err != nil {
+		return nil, err
+	}
+	snap := a.mirror.Snapshot()
+	sel := a.selection.Load()
+	ap := applier.New(a.applierOptions())
+	names, err := ap.Select(sel.set, nil)
+	if err != nil {
+		return nil, err
+	}
+	plans, err := ap.PlanAll(sel.set, snap, names)
+	var b strings.Builder
+	changed := applier.WritePlans(&b, plans, false)
+	text := strings.TrimRight(b.String(), "\n")
+	out := PlanOutput{Changed: changed, Diff: b.String(), Revision: snap.Revision}
+	out.Summary = text[strings.LastIndexByte(text, '\n')+1:]
+	return out, err
+}
+
+// convergeAction is ccm.converge: a full run now, through the lock, like
+// ccm apply --once. Its output is the run's status.
+func (a *Agent) convergeAction(ctx context.Context, _ *api.Request) (any, error) {
+	a.runMu.Lock()
+	defer a.runMu.Unlock()
+	sel := a.selection.Load()
+	names, err := a.applier.Select(sel.set, nil)
+	if err != nil {
+		return nil, err
+	}
+	s, err := a.sessions.ensure(ctx)
+	if err != nil {
+		return nil, err
+	}
+	res := a.runner.Run(ctx, s, rollout.Request{Set: sel.set, Names: names, Full: true, Snapshot: a.snapshot, Reason: "action " + ActionConverge, Target: a.mirror.Applied})
+	// What the run leaves to do is the agent loop's, as after its own runs.
+	switch res.Next() {
+	case rollout.Requeue:
+		a.observeGate(res)
+	case rollout.Exit:
+		a.stop(res.Err)
+	case rollout.RetryAll:
+		a.deb.AddAll("outcome of " + ActionConverge + " not recorded")
+	case rollout.RequeueAll:
+		if res.LockLost {
+			a.sessions.drop()
+		}
+		a.deb.AddAll(ActionConverge + " aborted")
+	case rollout.Done, rollout.Retry:
+	}
+	a.presence.converged(a.runner.Converged())
+	if res.Err != nil {
+		return nil, res.Err
+	}
+	return res.Status, nil
+}

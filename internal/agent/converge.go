@@ -1,0 +1,129 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"runtime/debug"
+
+	"go.uber.org/zap"
+
+	"github.com/ccm-dev/ccm/internal/cluster"
+	"github.com/ccm-dev/ccm/internal/debounce"
+	"github.com/ccm-dev/ccm/internal/objects"
+	"github.com/ccm-dev/ccm/internal/rollout"
+)
+
+// names returns the configurations of sel a batch runs on this node, in
+// dependency order.
+func (a *Agent) names(sel *selection, b debounce.Batch) ([]string, error) {
+	if b.All {
+		return a.applier.Select(sel.set, nil)
+	}
+	names := sel.subs.Subscribers(b.Types...)
+	if len(names) == 0 {
+		return nil, nil
+	}
+	return a.applier.Select(sel.set, names)
+}
+
+// converge runs one batch under the lock. A batch that cannot run (etcd
+// unreachable, lock lost, flag set) is put back. The error is one the
+// agent must stop for: another live agent serves this node.
+func (a *Agent) converge(ctx context.Context, b debounce.Batch) error {
+	// One selection for the whole run, even if SIGHUP swaps it meanwhile.
+	sel := a.selection.Load()
+	names, err := a.names(sel, b)
+	if err != nil {
+		a.log.Error("select configurations", zap.Error(err))
+		return nil
+	}
+	if len(names) == 0 && !b.All {
+		a.log.Debug("no configuration subscribes to the change", zap.Strings("types", b.Types))
+		return nil
+	}
+	s, err := a.sessions.ensure(ctx)
+	if errors.Is(err, cluster.ErrNodeTaken) {
+		return err
+	}
+	if err != nil {
+		a.postpone(ctx, b, "open session", err)
+		return nil
+	}
+	res := a.runner.Run(ctx, s, rollout.Request{
+		Set: sel.set, Names: names, Full: b.All, Snapshot: a.snapshot, Reason: describe(b),
+		Halt: a.flag.raisedCh(), Target: a.mirror.Applied,
+	})
+	switch res.Next() {
+	case rollout.Requeue:
+		a.observeGate(res)
+		a.deb.Requeue(b)
+	case rollout.Retry:
+		a.postpone(ctx, b, "run", res.Err)
+		return nil
+	case rollout.Exit:
+		// The flag is raised: exit, and let systemd start a clean
+		// process, which stays halted by the flag.
+		return res.Err
+	case rollout.RetryAll:
+		a.postpone(ctx, debounce.Batch{All: true, Reasons: []string{"outcome not recorded"}}, "record the run", res.Err)
+		return nil
+	case rollout.RequeueAll:
+		if res.LockLost {
+			a.log.Warn("lock lost mid-run; starting again from scratch on a new session")
+			a.sessions.drop()
+		}
+		a.deb.Requeue(debounce.Batch{All: true, Reasons: []string{"aborted run"}})
+	case rollout.Done:
+		// A failure's flag reaches the agent through its watch, in
+		// order with a resume that may already follow it.
+	}
+	a.retry.Reset()
+	a.presence.converged(a.runner.Converged())
+	if b.All {
+		releaseMemory()
+	}
+	return nil
+}
+
+// observeGate records the flag or the pause that held a run back, as read
+// under the lock at the run's flag revision.
+func (a *Agent) observeGate(res rollout.Result) {
+	if res.Failure != nil {
+		a.flag.observe(true, res.FlagRevision)
+	}
+	if res.Paused != nil {
+		a.pause.observe(true, res.FlagRevision)
+	}
+}
+
+// releaseMemory hands the garbage of a full run back to the kernel at
+// once. A full run (the first, a resync, a reload) lists, decodes and
+// renders everything, and leaves the heap at twice what the agent keeps;
+// the runtime's background scavenger would return it over minutes, while
+// the node counts it as the agent's memory. It costs one collection.
+func releaseMemory() { debug.FreeOSMemory() }
+
+// snapshot is the mirror, once it holds at least revision rev.
+func (a *Agent) snapshot(ctx context.Context, rev int64) (*objects.Snapshot, error) {
+	syncCtx, cancel := context.WithTimeout(ctx, syncTimeout)
+	defer cancel()
+	if err := a.watcher.SyncTo(syncCtx, rev); err != nil {
+		// What it holds is certain only up to the last event applied:
+		// the run claims no more.
+		a.log.Warn("mirror not confirmed up to date; rendering what it holds, up to its last event", zap.Error(err))
+		return a.mirror.AppliedSnapshot(), nil
+	}
+	return a.mirror.Snapshot(), nil
+}
+
+// postpone puts a batch back after an attempt that could not run, and
+// waits before the next attempt.
+func (a *Agent) postpone(ctx context.Context, b debounce.Batch, what string, err error) {
+	a.deb.Requeue(b)
+	if ctx.Err() != nil {
+		return
+	}
+	a.log.Warn(what+" failed; will retry", zap.Error(err), zap.Duration("in", a.retry.Next()))
+	a.sessions.dropLost()
+	a.retry.Wait(ctx)
+}

@@ -1,0 +1,93 @@
+package agent
+
+import (
+	"maps"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/ccm-dev/ccm/internal/cluster"
+)
+
+// presence is what the node announces in its alive key: its labels, and
+// the first change that concerns it and that it has not converged, so that
+// ccm status can tell it is behind.
+type presence struct {
+	mu      sync.Mutex
+	current cluster.Presence
+	upTo    int64         // the last converged revision
+	changed chan struct{} // a new value to announce
+}
+
+func newPresence(labels map[string]string) *presence {
+	host, _ := os.Hostname()
+	return &presence{current: cluster.Presence{Labels: maps.Clone(labels), Since: time.Now().UTC(), Host: host}, changed: make(chan struct{}, 1)}
+}
+
+func (p *presence) value() cluster.Presence {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.current
+}
+
+// setInstance records the agent's instance ID.
+func (p *presence) setInstance(id string) {
+	p.mu.Lock()
+	p.current.Instance = id
+	p.mu.Unlock()
+}
+
+// setActionKey publishes the node's public key for secret parameters.
+func (p *presence) setActionKey(key string) {
+	p.mu.Lock()
+	p.current.ActionKey = key
+	p.mu.Unlock()
+}
+
+// wake asks the session owner (sessions.keep) to announce the current value.
+func (p *presence) wake() {
+	select {
+	case p.changed <- struct{}{}:
+	default:
+	}
+}
+
+// changedAt records a change at rev that concerns the node. Only the first
+// one since the node was last up to date is announced: one write per
+// rollout, not one per event.
+func (p *presence) changedAt(rev int64) {
+	p.mu.Lock()
+	behind := p.current.Pending > p.upTo
+	if !behind {
+		p.current.Pending = rev
+	}
+	p.mu.Unlock()
+	if !behind {
+		p.wake()
+	}
+}
+
+// converged records the last converged revision.
+func (p *presence) converged(rev int64) {
+	p.mu.Lock()
+	p.upTo = max(p.upTo, rev)
+	p.mu.Unlock()
+}
+
+// events is the watcher's sink: the debouncer, plus the pending revision
+// of changes that concern this node.
+type events Agent
+
+// Add records that types changed at rev.
+func (e *events) Add(rev int64, types ...string) {
+	a := (*Agent)(e)
+	a.deb.Add(types...)
+	a.metrics.DebouncePending.Set(float64(a.deb.Pending()))
+	sel := a.selection.Load()
+	if names, err := a.applier.Select(sel.set, sel.subs.Subscribers(types...)); err == nil && len(names) > 0 {
+		a.presence.changedAt(rev)
+	}
+}
+
+// AddAll asks for a converge of everything.
+func (e *events) AddAll(reason string) { (*Agent)(e).deb.AddAll(reason) }

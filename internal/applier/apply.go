@@ -1,0 +1,386 @@
+package applier
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path"
+
+	"go.uber.org/zap"
+
+	"github.com/ccm-dev/ccm/internal/configs"
+	"github.com/ccm-dev/ccm/internal/objects"
+	"github.com/ccm-dev/ccm/internal/render"
+)
+
+// Options configures an Applier. Root and StateDir are required.
+type Options struct {
+	// Root is the directory every rendered path lives under ("/" in
+	// production).
+	Root string
+	// StateDir holds the manifests of what each configuration wrote, and
+	// the journals of runs under way.
+	StateDir string
+	// ConfigDir is the configuration directory, where commands run (so a
+	// configuration can ship its helpers as ./bin/check-something).
+	ConfigDir string
+	// Node is the node rendering, passed to templates and matched by when.
+	Node render.Node
+	// Logger receives one event per change; nil discards.
+	Logger *zap.Logger
+}
+
+// Applier plans and applies configurations on this node. It is not safe for
+// concurrent use: runs are serialised by the caller (the cluster lock).
+//
+// An Applier remembers, between runs, the rendered output of unchanged
+// objects (render.Cache), the manifests, and the files it wrote or verified
+// (known). A trusting run (RunChanged) skips reading files it knows are in
+// their desired state; a full run (Run, Plan) checks every file on disk.
+type Applier struct {
+	opts      Options
+	log       *zap.Logger
+	cache     *render.Cache
+	manifests map[string]manifest
+	// files and state are the root and the state directory, open for the
+	// duration of one public call (see open).
+	files, state *tree
+	known        map[string]known  // real path -> desired state last written or verified
+	owners       map[string]string // path -> the configuration that last rendered it
+	listed       map[string]int    // path -> how many cached manifests list it
+	allLoaded    bool              // every manifest of the state directory is cached
+	progress     progress
+}
+
+// known is a file ccm wrote or verified: its content (the slice the render
+// produced, shared with the render cache) and the attributes asked for.
+type known struct {
+	content  []byte
+	mode     fs.FileMode
+	uid, gid int // -1: not managed
+}
+
+// New returns an Applier.
+func New(opts Options) *Applier {
+	log := opts.Logger
+	if log == nil {
+		log = zap.NewNop()
+	}
+	return &Applier{opts: opts, log: log, cache: render.NewCache(), manifests: map[string]manifest{}, known: map[string]known{}, owners: map[string]string{}, listed: map[string]int{}}
+}
+
+func knownOf(f *render.File) known {
+	return known{content: f.Content, mode: f.Mode, uid: idOr(f.UID), gid: idOr(f.GID)}
+}
+
+// trusted reports whether f is known to be on disk exactly as rendered.
+func (a *Applier) trusted(f *render.File) bool {
+	k, ok := a.known[f.Real]
+	if !ok || k.mode != f.Mode || k.uid != idOr(f.UID) || k.gid != idOr(f.GID) || len(k.content) != len(f.Content) {
+		return false
+	}
+	// The render cache hands back the very slice that was written.
+	if len(k.content) > 0 && &k.content[0] == &f.Content[0] {
+		return true
+	}
+	return bytes.Equal(k.content, f.Content)
+}
+
+// remember records the outcome of applying p: every file it checked is now
+// as rendered (the others were trusted already), and removed files are
+// gone. After a failure nothing of p is trusted.
+func (a *Applier) remember(p *Plan, ok bool) {
+	if ok {
+		for _, i := range p.checked {
+			f := &p.Output.Files[i]
+			a.known[f.Real] = knownOf(f)
+		}
+	} else {
+		for i := range p.Output.Files {
+			delete(a.known, p.Output.Files[i].Real)
+		}
+	}
+	for _, c := range p.Changes {
+		if c.removes() || !ok {
+			delete(a.known, c.Real)
+		}
+	}
+}
+
+// ErrValidate wraps a failed validate command; the files were restored.
+var ErrValidate = errors.New("validate failed, files restored")
+
+// ErrOnChange wraps a failed on_change command; it is retried next run.
+var ErrOnChange = errors.New("on_change failed, will retry next run")
+
+// Apply converges one configuration and returns the plan it carried out.
+// On error, disk is as it was before the call, except after ErrOnChange,
+// where the new files stay in place.
+func (a *Applier) Apply(ctx context.Context, cfg *configs.Config, snap *objects.Snapshot, claimed map[string]string) (*Plan, error) {
+	closeAll, err := a.open(true)
+	if err != nil {
+		return nil, err
+	}
+	defer closeAll()
+	return a.apply(ctx, cfg, snap, claimed, false)
+}
+
+func (a *Applier) apply(ctx context.Context, cfg *configs.Config, snap *objects.Snapshot, claimed map[string]string, trust bool) (*Plan, error) {
+	p, err := a.plan(ctx, cfg, snap, claimed, trust)
+	if err != nil {
+		return nil, err
+	}
+	err = a.applyPlan(ctx, p, renderedPaths(p.Output))
+	a.remember(p, err == nil || errors.Is(err, ErrOnChange))
+	return p, err
+}
+
+// applyPlan carries out p; see Apply. files is the manifest to record
+// once the plan's changes are in place and validated.
+func (a *Applier) applyPlan(ctx context.Context, p *Plan, files []string) error {
+	// Commands run to completion even when ctx is cancelled: a shutdown
+	// finishes the current configuration rather than leave it half done.
+	cmdCtx := context.WithoutCancel(ctx)
+	tx := &txn{files: a.files}
+	if !p.trusting {
+		// Temp files are left only by a crash, and a restarted agent
+		// starts with a full run: event-driven runs need not look.
+		for _, d := range dirsOf(p) {
+			a.files.removeStaleTemps(d)
+		}
+	}
+	staged, err := a.stageAll(cmdCtx, p, tx)
+	defer func() {
+		for _, tmp := range staged {
+			a.files.remove(tmp)
+		}
+	}()
+	if err != nil {
+		tx.removeCreatedDirs()
+		return err
+	}
+	j := a.newJournal(p, manifest{Files: files, OnChangePending: p.PendingOnChange}, tx.createdDirs)
+	if len(p.Changes) > 0 {
+		if err := a.saveOriginals(p); err != nil {
+			tx.removeCreatedDirs()
+			return err
+		}
+		if err := a.writeJournal(j); err != nil {
+			tx.removeCreatedDirs()
+			return err
+		}
+		crashAt("journaled")
+		err := a.commitAll(cmdCtx, p, staged)
+		// Renames and removals are durable once their directories are.
+		for _, d := range dirsOf(p) {
+			if err := a.files.syncDir(d); err != nil {
+				a.log.Warn("fsync directory", zap.String("dir", d), zap.Error(err))
+			}
+		}
+		if err != nil {
+			return errors.Join(err, a.restore(j))
+		}
+		crashAt("renamed")
+	}
+	err = a.finish(cmdCtx, j, p.Changed())
+	if err == nil || errors.Is(err, ErrOnChange) { // the originals are back
+		err = errors.Join(err, a.dropOriginals(p))
+	}
+	return err
+}
+
+// stageAll creates directories, then stages and checks every changed file.
+// It returns the staged temp files by change index.
+func (a *Applier) stageAll(ctx context.Context, p *Plan, tx *txn) (map[int]string, error) {
+	for _, d := range p.Dirs {
+		if err := tx.ensureDir(d.Dir.Path, d.Dir.Mode, d.Dir.Ownership, true); err != nil {
+			return nil, err
+		}
+	}
+	staged := map[int]string{}
+	for i := range p.Changes {
+		c := &p.Changes[i]
+		if c.removes() || !c.Content {
+			continue
+		}
+		if err := tx.ensureDir(path.Dir(c.Path), configs.DefaultDirMode, configs.Ownership{}, false); err != nil {
+			return staged, err
+		}
+		uid, gid := c.file.UID, c.file.GID
+		if c.old.exists { // keep the owner of a file whose owner is not managed
+			uid, gid = keep(uid, c.old.uid), keep(gid, c.old.gid)
+		}
+		tmp, err := a.files.stage(rel(c.Path), c.New, c.file.Mode, uid, gid, false)
+		if err != nil {
+			return staged, err
+		}
+		staged[i] = tmp
+		a.progress.mark()
+		if c.file.Check != nil {
+			if err := a.runCheck(ctx, p, c, a.files.name(tmp)); err != nil {
+				return staged, err
+			}
+		}
+	}
+	tmps := make([]string, 0, len(staged))
+	for _, tmp := range staged {
+		tmps = append(tmps, tmp)
+	}
+	return staged, a.files.syncStaged(tmps)
+}
+
+// commitAll renames the staged files into place, removes stale files and
+// fixes attributes, in path order, each after the run's fence. Each
+// staged file it renames leaves staged.
+func (a *Applier) commitAll(ctx context.Context, p *Plan, staged map[int]string) error {
+	for i := range p.Changes {
+		c := &p.Changes[i]
+		if err := fenced(ctx, "writing "+c.Path); err != nil {
+			return err
+		}
+		if err := a.files.apply(c, staged[i]); err != nil {
+			return err
+		}
+		delete(staged, i)
+		fields := []zap.Field{zap.String("config", p.Config.Name), zap.String("action", string(c.Action)), zap.String("path", c.Path)}
+		if len(c.Attrs) > 0 {
+			fields = append(fields, zap.Strings("attrs", c.Attrs))
+		}
+		a.log.Info("file", fields...)
+	}
+	return nil
+}
+
+func keep(id *int, old int) *int {
+	if id != nil {
+		return id
+	}
+	return &old
+}
+
+func renderedPaths(out *render.Output) []string {
+	paths := make([]string, len(out.Files))
+	for i, f := range out.Files {
+		paths[i] = f.Path
+	}
+	return paths
+}
+
+// txn records the directories a run created, so that they can be removed
+// again on failure.
+type txn struct {
+	files       *tree
+	createdDirs []string        // as the configuration names them
+	present     map[string]bool // directories known to exist: 10,000 files in one directory stat it once
+}
+
+// ensureDir creates dir (a configuration's absolute path) and missing
+// parents with the default mode. With fix, an existing dir gets mode and
+// own too; without, it is left alone.
+func (t *txn) ensureDir(dir string, mode fs.FileMode, own configs.Ownership, fix bool) error {
+	if dir == "/" || (!fix && t.present[dir]) {
+		return nil
+	}
+	st, err := t.files.lstat(rel(dir))
+	if err != nil {
+		return err
+	}
+	if st.exists {
+		if st.mode&fs.ModeSymlink != 0 {
+			return fmt.Errorf("%s is a symlink; refusing to follow it", t.files.name(rel(dir)))
+		}
+		if !st.mode.IsDir() {
+			return fmt.Errorf("%s exists and is not a directory", t.files.name(rel(dir)))
+		}
+		t.markPresent(dir)
+		if !fix || len(attrChanges(st, mode, own)) == 0 {
+			return nil
+		}
+		return t.files.setAttrs(rel(dir), mode, own)
+	}
+	if err := t.ensureDir(path.Dir(dir), configs.DefaultDirMode, configs.Ownership{}, false); err != nil {
+		return err
+	}
+	if err := t.files.mkdir(rel(dir), mode.Perm()); err != nil {
+		return fmt.Errorf("mkdir %s: %w", t.files.name(rel(dir)), err)
+	}
+	t.createdDirs = append(t.createdDirs, dir)
+	t.markPresent(dir)
+	return t.files.setAttrs(rel(dir), mode, own)
+}
+
+func (t *txn) markPresent(dir string) {
+	if t.present == nil {
+		t.present = map[string]bool{}
+	}
+	t.present[dir] = true
+}
+
+// apply carries out one change; tmp is its staged file, if any.
+func (t *tree) apply(c *Change, tmp string) error {
+	var err error
+	switch {
+	case !c.modifies():
+	case c.Action == Remove:
+		err = t.remove(rel(c.Path))
+	case c.Action == Restore:
+		o := c.orig
+		err = t.writeAtomic(rel(c.Path), o.Content, o.Mode, &o.UID, &o.GID)
+	case tmp != "":
+		err = t.commit(tmp, rel(c.Path))
+	default:
+		err = t.setAttrs(rel(c.Path), c.file.Mode, c.file.Ownership)
+	}
+	if err != nil {
+		return fmt.Errorf("%s %s: %w", c.Action, c.Path, err)
+	}
+	return nil
+}
+
+// removeCreatedDirs removes the directories a run created, if empty, after
+// the run failed before anything was renamed.
+func (t *txn) removeCreatedDirs() {
+	for i := len(t.createdDirs) - 1; i >= 0; i-- {
+		t.files.remove(rel(t.createdDirs[i])) // only if empty
+	}
+}
+
+// open opens the root and the state directory for one public call, and
+// reads every manifest once: each
+// call opens them afresh, so a state directory deleted in between is
+// created again. A plan (write false) creates nothing: without a state
+// directory, nothing is recorded. It returns the function that closes
+// them.
+func (a *Applier) open(write bool) (func(), error) {
+	files, err := openTree(a.opts.Root, 0)
+	if err != nil {
+		return nil, fmt.Errorf("root: %w", err)
+	}
+	var state *tree
+	switch _, serr := os.Stat(a.opts.StateDir); {
+	case write || serr == nil:
+		perm := fs.FileMode(0)
+		if write {
+			perm = 0o700
+		}
+		if state, err = openTree(a.opts.StateDir, perm); err != nil {
+			files.close()
+			return nil, fmt.Errorf("state: %w", err)
+		}
+	case !errors.Is(serr, fs.ErrNotExist):
+		files.close()
+		return nil, fmt.Errorf("state: %w", serr)
+	}
+	a.files, a.state = files, state
+	a.loadManifests() // which files ccm wrote: every call plans
+	return func() {
+		files.close()
+		if state != nil {
+			state.close()
+		}
+		a.files, a.state = nil, nil
+	}, nil
+}

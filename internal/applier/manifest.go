@@ -1,0 +1,151 @@
+package applier
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"maps"
+	"path"
+	"slices"
+	"strings"
+
+	"go.uber.org/zap"
+
+	"github.com/ccm-dev/ccm/internal/configs"
+)
+
+// manifest is what ccm remembers of one configuration between runs.
+type manifest struct {
+	// Root is the --root the files were written under. A manifest for
+	// another root is refused: its paths mean other files there.
+	Root string `json:"root"`
+	// Files lists every path (as the configuration names it) that the
+	// configuration wrote and still owns.
+	Files []string `json:"files"`
+	// OnChangePending is set from a change until on_change has succeeded.
+	OnChangePending bool `json:"on_change_pending,omitempty"`
+}
+
+// manifestDir holds the manifests, in the state directory.
+const manifestDir = "configs"
+
+func manifestPath(config string) string { return path.Join(manifestDir, config+".json") }
+
+func (a *Applier) loadManifest(config string) (manifest, error) {
+	if m, ok := a.manifests[config]; ok {
+		return m, nil
+	}
+	var m manifest
+	raw, err := a.state.readFile(manifestPath(config))
+	if errors.Is(err, fs.ErrNotExist) {
+		return m, nil
+	}
+	name := a.state.name(manifestPath(config))
+	if err != nil {
+		return m, fmt.Errorf("state: %w", err)
+	}
+	if err := json.Unmarshal(raw, &m); err != nil {
+		return m, fmt.Errorf("state %s: %w", name, err)
+	}
+	if m.Root != "" && m.Root != a.opts.Root {
+		return m, fmt.Errorf("state %s was written for root %s, not %s: refusing to manage files by it (use the state directory of that root)", name, m.Root, a.opts.Root)
+	}
+	a.rememberManifest(config, m)
+	return m, nil
+}
+
+// saveManifest writes m unless it is what the state directory already
+// holds.
+func (a *Applier) saveManifest(config string, m manifest) error {
+	m.Root = a.opts.Root
+	if old, ok := a.manifests[config]; ok && old.OnChangePending == m.OnChangePending && slices.Equal(old.Files, m.Files) {
+		return nil
+	}
+	a.forgetManifest(config)
+	if err := a.writeState(manifestPath(config), m); err != nil {
+		return err
+	}
+	a.rememberManifest(config, m)
+	return nil
+}
+
+// dropManifest forgets a configuration whose files are all removed.
+func (a *Applier) dropManifest(config string) error {
+	a.forgetManifest(config)
+	if err := a.state.remove(manifestPath(config)); err != nil {
+		return fmt.Errorf("state: %w", err)
+	}
+	return nil
+}
+
+// orphans lists the configurations that have a manifest but that this node
+// no longer runs: deleted from the directory, or whose when no longer
+// matches the node's labels. Their files are removed by a full run.
+func (a *Applier) orphans(set *configs.Set) []string {
+	entries, err := a.state.readDir(manifestDir)
+	if err != nil {
+		return nil // unreadable: loading a manifest says why
+	}
+	var names []string
+	for _, e := range entries {
+		n, ok := cutJSON(e)
+		if !ok {
+			continue
+		}
+		if c, ok := set.Get(n); ok && c.Matches(a.opts.Node.Labels) {
+			continue
+		}
+		names = append(names, n)
+	}
+	return names
+}
+
+// restoreState writes again every manifest this Applier holds whose file
+// is gone, for instance because the state directory was deleted under a
+// running agent: what ccm wrote stays known, so it is still pruned.
+func (a *Applier) restoreState() error {
+	var errs []error
+	for _, config := range slices.Sorted(maps.Keys(a.manifests)) {
+		if st, err := a.state.lstat(manifestPath(config)); err != nil || st.exists {
+			continue
+		}
+		m := a.manifests[config]
+		a.forgetManifest(config)
+		a.log.Warn("manifest missing from the state directory; writing it again", zap.String("config", config))
+		if err := a.saveManifest(config, m); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// cutJSON returns the configuration a state file is for.
+func cutJSON(e fs.DirEntry) (string, bool) {
+	n, ok := strings.CutSuffix(e.Name(), ".json")
+	return n, ok && e.Type().IsRegular()
+}
+
+// rememberManifest caches a manifest as the state directory holds it, and indexes
+// its files.
+func (a *Applier) rememberManifest(config string, m manifest) {
+	a.forgetManifest(config)
+	a.manifests[config] = m
+	for _, p := range m.Files {
+		a.listed[p]++
+	}
+}
+
+// forgetManifest forgets a manifest, so that it is read again.
+func (a *Applier) forgetManifest(config string) {
+	old, ok := a.manifests[config]
+	if !ok {
+		return
+	}
+	for _, p := range old.Files {
+		if a.listed[p]--; a.listed[p] <= 0 {
+			delete(a.listed, p)
+		}
+	}
+	delete(a.manifests, config)
+}

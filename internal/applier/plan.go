@@ -1,0 +1,350 @@
+package applier
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io/fs"
+	"path"
+	"slices"
+	"sort"
+
+	"github.com/ccm-dev/ccm/internal/configs"
+	"github.com/ccm-dev/ccm/internal/objects"
+	"github.com/ccm-dev/ccm/internal/render"
+)
+
+// Action is what a change does to a path.
+type Action string
+
+// The actions of a Change.
+const (
+	Create Action = "create"
+	Update Action = "update"
+	Remove Action = "remove"
+	// Adopt is an update of a file ccm did not write: its original bytes,
+	// mode and owner are kept in the state directory first.
+	Adopt Action = "adopt"
+	// Restore puts an adopted file's original back where a file ccm wrote
+	// would be removed.
+	Restore Action = "restore"
+)
+
+// state is a path's mode and owner on disk.
+type state struct {
+	exists   bool
+	mode     fs.FileMode
+	uid, gid int
+}
+
+// Change is one file that converging would create, update or remove.
+type Change struct {
+	Action Action
+	Path   string // as the configuration names it
+	Real   string // on disk, under the root
+	Old    []byte
+	New    []byte
+	// Content reports whether the bytes differ; an Update may change only
+	// attributes.
+	Content bool
+	// Attrs describes mode and owner changes, e.g. "mode 0600 -> 0644".
+	Attrs []string
+	old   state
+	file  *render.File
+	orig  *original // Restore: what is put back
+}
+
+// modifies reports whether carrying out the change touches the disk (an
+// adoption of a file that already matches only records its original).
+func (c *Change) modifies() bool {
+	return c.Action != Adopt || c.Content || len(c.Attrs) > 0
+}
+
+// removes reports whether the change takes away a file ccm wrote.
+func (c *Change) removes() bool { return c.Action == Remove || c.Action == Restore }
+
+// Diff returns the unified diff of the change's content.
+func (c *Change) Diff() string {
+	if !c.Content {
+		return ""
+	}
+	return render.Unified(c.Path, c.Old, c.New, c.Action != Create, c.Action != Remove)
+}
+
+// DirChange is a directory that converging would create or fix.
+type DirChange struct {
+	Dir   render.Directory
+	Exist bool
+	Attrs []string
+}
+
+// Plan is what converging one configuration would do.
+type Plan struct {
+	Config  *configs.Config
+	Output  *render.Output
+	Dirs    []DirChange
+	Changes []Change // sorted by path
+	// PendingOnChange is set when an earlier run's on_change failed.
+	PendingOnChange bool
+	// Orphan marks the plan of a configuration this node no longer runs
+	// (deleted, or its when no longer matches): it only removes files.
+	Orphan   bool
+	trusting bool     // planned by an event-driven run
+	checked  []int    // indexes of Output.Files checked against the disk
+	manifest []string // the files the configuration owned before
+}
+
+// removals returns the part of p that removes files, or nil if none.
+func (p *Plan) removals() *Plan {
+	rm := &Plan{Config: p.Config, Output: p.Output, trusting: p.trusting}
+	for _, c := range p.Changes {
+		if c.removes() {
+			rm.Changes = append(rm.Changes, c)
+		}
+	}
+	if len(rm.Changes) == 0 {
+		return nil
+	}
+	return rm
+}
+
+// writes returns the part of p that creates and updates.
+func (p *Plan) writes() *Plan {
+	w := *p
+	w.Changes = slices.DeleteFunc(slices.Clone(p.Changes), func(c Change) bool { return c.removes() })
+	return &w
+}
+
+// kept is the manifest once the removals are done: what the configuration
+// owned before and still renders.
+func (p *Plan) kept() []string {
+	return slices.DeleteFunc(slices.Clone(p.manifest), func(path string) bool { return !p.Output.Has(path) })
+}
+
+// stale lists the files p removes.
+func (p *Plan) stale() []string {
+	var paths []string
+	for _, c := range p.Changes {
+		if c.removes() {
+			paths = append(paths, c.Path)
+		}
+	}
+	return paths
+}
+
+// Changed reports whether applying the plan would change anything on disk.
+func (p *Plan) Changed() bool {
+	if len(p.Dirs) > 0 {
+		return true
+	}
+	for i := range p.Changes {
+		if p.Changes[i].modifies() {
+			return true
+		}
+	}
+	return false
+}
+
+// Counts returns how many paths would be created, changed and removed.
+func (p *Plan) Counts() (create, change, remove int) {
+	for _, d := range p.Dirs {
+		if d.Exist {
+			change++
+		} else {
+			create++
+		}
+	}
+	for _, c := range p.Changes {
+		switch {
+		case !c.modifies():
+		case c.Action == Create:
+			create++
+		case c.removes():
+			remove++
+		default:
+			change++
+		}
+	}
+	return create, change, remove
+}
+
+// Plan renders cfg and compares it with the disk. claimed lists paths that
+// other configurations of the same run render; they are never pruned here.
+func (a *Applier) Plan(cfg *configs.Config, snap *objects.Snapshot, claimed map[string]string) (*Plan, error) {
+	closeAll, err := a.open(false)
+	if err != nil {
+		return nil, err
+	}
+	defer closeAll()
+	return a.plan(context.Background(), cfg, snap, claimed, false)
+}
+
+// plan is Plan; with trust, files known to be in their desired state are
+// not read from disk, and unchanged objects are not rendered again.
+func (a *Applier) plan(ctx context.Context, cfg *configs.Config, snap *objects.Snapshot, claimed map[string]string, trust bool) (*Plan, error) {
+	out, err := a.cache.Render(ctx, cfg, snap, a.opts.Node, a.opts.Root, !trust)
+	if err != nil {
+		return nil, err
+	}
+	m, err := a.loadManifest(cfg.Name)
+	if err != nil {
+		return nil, err
+	}
+	p := &Plan{Config: cfg, Output: out, PendingOnChange: m.OnChangePending, trusting: trust, manifest: m.Files}
+	for _, d := range out.Directories {
+		dc, err := a.planDir(d)
+		if err != nil {
+			return nil, err
+		}
+		if dc != nil {
+			p.Dirs = append(p.Dirs, *dc)
+		}
+	}
+	for i := range out.Files {
+		f := &out.Files[i]
+		if other, ok := claimed[f.Path]; ok && other != cfg.Name {
+			return nil, fmt.Errorf("file %s is also written by configuration %q", f.Path, other)
+		}
+		if trust && a.trusted(f) {
+			continue
+		}
+		p.checked = append(p.checked, i)
+		c, err := a.planFile(f)
+		if err != nil {
+			return nil, err
+		}
+		if c != nil {
+			p.Changes = append(p.Changes, *c)
+		}
+	}
+	for _, path := range m.Files {
+		if out.Has(path) || claimed[path] != "" {
+			continue
+		}
+		c, err := a.planRemove(path)
+		if err != nil {
+			return nil, err
+		}
+		if c != nil {
+			p.Changes = append(p.Changes, *c)
+		}
+	}
+	sort.SliceStable(p.Changes, func(i, j int) bool { return p.Changes[i].Path < p.Changes[j].Path })
+	return p, nil
+}
+
+func (a *Applier) planDir(d render.Directory) (*DirChange, error) {
+	st, err := a.files.lstat(rel(d.Path))
+	if err != nil {
+		return nil, err
+	}
+	if !st.exists {
+		return &DirChange{Dir: d}, nil
+	}
+	attrs := attrChanges(st, d.Mode, d.Ownership)
+	if len(attrs) == 0 {
+		return nil, nil
+	}
+	return &DirChange{Dir: d, Exist: true, Attrs: attrs}, nil
+}
+
+func (a *Applier) planFile(f *render.File) (*Change, error) {
+	st, err := a.files.lstat(rel(f.Path))
+	if err != nil {
+		return nil, err
+	}
+	c := &Change{Path: f.Path, Real: f.Real, New: f.Content, old: st, file: f}
+	if !st.exists {
+		c.Action, c.Content = Create, true
+		return c, nil
+	}
+	if !st.mode.IsRegular() {
+		return nil, fmt.Errorf("%s exists and is not a regular file", f.Real)
+	}
+	if c.Old, err = a.files.readFile(rel(f.Path)); err != nil {
+		return nil, err
+	}
+	c.Content = !bytes.Equal(c.Old, f.Content)
+	c.Attrs = attrChanges(st, f.Mode, f.Ownership)
+	c.Action = Update
+	if a.listed[f.Path] == 0 {
+		c.Action = Adopt // a file ccm did not write: keep its original
+		return c, nil
+	}
+	if !c.Content && len(c.Attrs) == 0 {
+		return nil, nil
+	}
+	return c, nil
+}
+
+func (a *Applier) planRemove(path string) (*Change, error) {
+	real, err := render.Confine(a.opts.Root, path)
+	if err != nil {
+		return nil, fmt.Errorf("stale file %s: %w", path, err)
+	}
+	st, err := a.files.lstat(rel(path))
+	if err != nil || !st.exists {
+		return nil, err
+	}
+	if !st.mode.IsRegular() {
+		return nil, nil // replaced by something ccm did not write
+	}
+	old, err := a.files.readFile(rel(path))
+	if err != nil {
+		return nil, err
+	}
+	c := &Change{Action: Remove, Path: path, Real: real, Old: old, Content: true, old: st}
+	if c.orig, err = a.loadOriginal(path); err != nil {
+		return nil, err
+	}
+	if c.orig != nil { // adopted: put the original back
+		c.Action, c.New, c.Content = Restore, c.orig.Content, !bytes.Equal(old, c.orig.Content)
+	}
+	return c, nil
+}
+
+// permBits are the mode bits ccm manages.
+const permBits = fs.ModePerm | fs.ModeSetuid | fs.ModeSetgid | fs.ModeSticky
+
+func attrChanges(st state, mode fs.FileMode, own configs.Ownership) []string {
+	var attrs []string
+	if st.mode&permBits != mode&permBits {
+		attrs = append(attrs, fmt.Sprintf("mode %s -> %s", FormatMode(st.mode), FormatMode(mode)))
+	}
+	if own.UID != nil && *own.UID != st.uid {
+		attrs = append(attrs, fmt.Sprintf("owner %d -> %d (%s)", st.uid, *own.UID, own.Owner))
+	}
+	if own.GID != nil && *own.GID != st.gid {
+		attrs = append(attrs, fmt.Sprintf("group %d -> %d (%s)", st.gid, *own.GID, own.Group))
+	}
+	return attrs
+}
+
+// FormatMode formats permission bits as octal, e.g. 0644 or 4755.
+func FormatMode(m fs.FileMode) string {
+	v := uint32(m.Perm())
+	if m&fs.ModeSetuid != 0 {
+		v |= 0o4000
+	}
+	if m&fs.ModeSetgid != 0 {
+		v |= 0o2000
+	}
+	if m&fs.ModeSticky != 0 {
+		v |= 0o1000
+	}
+	return fmt.Sprintf("%04o", v)
+}
+
+// dirsOf returns the distinct parent directories of the plan's files,
+// relative to the root.
+func dirsOf(p *Plan) []string {
+	seen := map[string]bool{}
+	var dirs []string
+	for _, c := range p.Changes {
+		if d := rel(path.Dir(c.Path)); !seen[d] {
+			seen[d] = true
+			dirs = append(dirs, d)
+		}
+	}
+	return dirs
+}

@@ -1,0 +1,429 @@
+package applier
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/ccm-dev/ccm/internal/configs"
+	"github.com/ccm-dev/ccm/internal/objects"
+	"github.com/ccm-dev/ccm/internal/render"
+)
+
+// Result is how one configuration's run ended.
+type Result string
+
+// The results of a configuration in a run.
+const (
+	Unchanged Result = "unchanged"
+	Changed   Result = "changed"
+	Failed    Result = "failed"
+	// Skipped: the node's labels do not match when, or a dependency failed.
+	Skipped Result = "skipped"
+	// Aborted: the run stopped (lock lost, shutdown) before it got there.
+	Aborted Result = "aborted"
+)
+
+// Outcome is the result of one configuration in a run.
+type Outcome struct {
+	Config  string `json:"config"`
+	Result  Result `json:"result"`
+	Created int    `json:"created,omitempty"`
+	Updated int    `json:"updated,omitempty"`
+	Removed int    `json:"removed,omitempty"`
+	Error   string `json:"error,omitempty"`
+}
+
+// Report is the result of a run over several configurations.
+type Report struct {
+	Revision int64     `json:"revision"`
+	Outcomes []Outcome `json:"configurations"`
+	// Err joins the errors of the failed configurations, naming each.
+	Err error `json:"-"`
+	// Aborted is set when the run stopped early because ctx was done.
+	Aborted bool `json:"aborted,omitempty"`
+}
+
+// Failed reports whether a configuration failed.
+func (r *Report) Failed() bool { return r.Err != nil }
+
+// FirstFailure returns the first failed configuration and its error.
+func (r *Report) FirstFailure() (config, msg string) {
+	for _, o := range r.Outcomes {
+		if o.Result == Failed {
+			return o.Config, o.Error
+		}
+	}
+	return "", ""
+}
+
+// Select returns the names of set to run on this node, in dependency order:
+// all of them, or only those named, skipping those whose when does not
+// match the node's labels.
+func (a *Applier) Select(set *configs.Set, names []string) ([]string, error) {
+	only := map[string]bool{}
+	for _, n := range names {
+		if _, ok := set.Get(n); !ok {
+			return nil, fmt.Errorf("configuration %q: not found in %s", n, set.Dir)
+		}
+		only[n] = true
+	}
+	var out []string
+	for _, n := range set.Order {
+		if len(only) > 0 && !only[n] {
+			continue
+		}
+		if set.Configs[n].Matches(a.opts.Node.Labels) {
+			out = append(out, n)
+		}
+	}
+	return out, nil
+}
+
+// PlanAll plans the named configurations in order. A configuration that
+// fails to plan is reported in the joined error and left out. When names
+// is everything this node runs, the plans also remove the files of
+// configurations that were deleted or no longer match the node (their
+// Config has no files, only a name).
+func (a *Applier) PlanAll(set *configs.Set, snap *objects.Snapshot, names []string) ([]*Plan, error) {
+	closeAll, err := a.open(false)
+	if err != nil {
+		return nil, err
+	}
+	defer closeAll()
+	plans, failed := a.planEach(context.Background(), set, snap, names, false)
+	var errs []error
+	for _, f := range failed {
+		errs = append(errs, f)
+	}
+	return slices.DeleteFunc(plans, func(p *Plan) bool { return p == nil }), errors.Join(errs...)
+}
+
+// planError is a configuration that failed to plan.
+type planError struct {
+	config string
+	err    error
+}
+
+func (e planError) Error() string { return fmt.Sprintf("configuration %s: %v", e.config, e.err) }
+
+// planEach plans names in order, then the orphans when names is all this
+// node runs. plans[i] is nil where names[i] failed to plan; failed names
+// each failure. A file a configuration no longer renders is removed only
+// if no other configuration renders it now (it moved).
+func (a *Applier) planEach(ctx context.Context, set *configs.Set, snap *objects.Snapshot, names []string, trust bool) ([]*Plan, []planError) {
+	claimed := map[string]string{}
+	var plans []*Plan
+	var errs []planError
+	for _, n := range names {
+		a.progress.mark()
+		p, err := a.plan(ctx, set.Configs[n], snap, claimed, trust)
+		if err == nil && trust { // a full run plans every side itself
+			err = a.collision(p, names)
+		}
+		if err != nil {
+			p = nil
+			errs = append(errs, planError{n, err})
+		} else {
+			claim(claimed, p)
+		}
+		plans = append(plans, p)
+	}
+	if !trust && a.full(set, names) {
+		for _, n := range a.orphans(set) {
+			p, err := a.plan(ctx, &configs.Config{Name: n}, snap, claimed, false)
+			if err != nil {
+				errs = append(errs, planError{n, fmt.Errorf("files of a configuration this node no longer runs: %w", err)})
+				continue
+			}
+			p.Orphan = true
+			plans = append(plans, p)
+		}
+	}
+	for _, p := range plans {
+		if p != nil {
+			p.Changes = slices.DeleteFunc(p.Changes, func(c Change) bool {
+				return c.removes() && claimed[c.Path] != "" && claimed[c.Path] != p.Config.Name
+			})
+		}
+	}
+	return plans, errs
+}
+
+// collision reports a file of p that a configuration not in this run
+// rendered when it last ran: an event-driven run plans only what changed,
+// so the other side of a collision may not be in it.
+func (a *Applier) collision(p *Plan, names []string) error {
+	for _, f := range p.Output.Files {
+		if o, ok := a.owners[f.Path]; ok && o != p.Config.Name && !slices.Contains(names, o) {
+			return fmt.Errorf("file %s is also written by configuration %q", f.Path, o)
+		}
+	}
+	return nil
+}
+
+// own records which configuration renders each file, from the plans of a
+// run; a full run of names also forgets configurations not among them.
+func (a *Applier) own(plans []*Plan, names []string, full bool) {
+	for path, o := range a.owners {
+		if full && !slices.Contains(names, o) {
+			delete(a.owners, path)
+		}
+	}
+	for _, p := range plans {
+		if p == nil {
+			continue
+		}
+		for path, o := range a.owners {
+			if o == p.Config.Name && !p.Output.Has(path) {
+				delete(a.owners, path)
+			}
+		}
+		for _, f := range p.Output.Files {
+			if a.owners[f.Path] != p.Config.Name { // a read is cheaper than a write
+				a.owners[f.Path] = p.Config.Name
+			}
+		}
+	}
+}
+
+// full reports whether names is every configuration of set this node runs.
+func (a *Applier) full(set *configs.Set, names []string) bool {
+	all, err := a.Select(set, nil)
+	return err == nil && slices.Equal(all, names)
+}
+
+// Run applies the named configurations. A run has two phases, so that
+// nothing ever points at something already gone:
+//
+//  1. removals, in reverse dependency order (a vhost goes before the pool
+//     whose socket it uses), files of deleted configurations first;
+//  2. creations and updates, in dependency order.
+//
+// Each phase of a configuration is a journaled transaction with its own
+// validate and on_change. A configuration whose dependency failed is
+// skipped, and so are the removals of one whose dependent failed. A run
+// that a crash interrupted is finished first (see journal). When ctx is
+// done, Run stops before the next configuration and marks the rest
+// aborted: the configuration under way is always finished.
+func (a *Applier) Run(ctx context.Context, set *configs.Set, snap *objects.Snapshot, names []string) *Report {
+	return a.run(ctx, set, snap, names, false)
+}
+
+// RunChanged is Run for a run triggered by object changes: it renders only
+// what the changes touch and does not re-read files that this Applier wrote
+// or verified and whose desired state is unchanged. Drift made by hand is
+// repaired by the next Run (start, resync, resume), not by RunChanged.
+func (a *Applier) RunChanged(ctx context.Context, set *configs.Set, snap *objects.Snapshot, names []string) *Report {
+	return a.run(ctx, set, snap, names, true)
+}
+
+// runState is one run's bookkeeping.
+type runState struct {
+	outcomes map[string]*Outcome
+	bad      map[string]bool // failed, skipped or aborted
+	errs     []error
+}
+
+func (rs *runState) fail(name string, err error) {
+	o := rs.outcomes[name]
+	o.Result, o.Error = Failed, err.Error()
+	rs.bad[name] = true
+	rs.errs = append(rs.errs, fmt.Errorf("configuration %s: %w", name, err))
+}
+
+// abort marks name as not run because the run stopped.
+func (rs *runState) abort(r *Report, name string, cause error) {
+	o := rs.outcomes[name]
+	o.Result, o.Error, r.Aborted = Aborted, cause.Error(), true
+	rs.bad[name] = true
+}
+
+func (a *Applier) run(ctx context.Context, set *configs.Set, snap *objects.Snapshot, names []string, trust bool) *Report {
+	r := &Report{Revision: snap.Revision}
+	a.progress.start()
+	defer a.progress.stop()
+	closeAll, err := a.open(true)
+	if err != nil {
+		for _, n := range names {
+			r.Outcomes = append(r.Outcomes, Outcome{Config: n, Result: Failed, Error: err.Error()})
+		}
+		r.Err = fmt.Errorf("configuration %s: %w", strings.Join(names, ", "), err)
+		return r
+	}
+	defer closeAll()
+	rs := &runState{outcomes: map[string]*Outcome{}, bad: map[string]bool{}}
+	var order []string
+	add := func(n string) {
+		if rs.outcomes[n] == nil {
+			rs.outcomes[n] = &Outcome{Config: n, Result: Unchanged}
+			order = append(order, n)
+		}
+	}
+	if !trust {
+		if err := a.restoreState(); err != nil {
+			a.log.Error("restore the state directory", zap.Error(err))
+		}
+	}
+	a.recoverAll(ctx, rs, add)
+	for _, n := range names {
+		add(n)
+	}
+	plans, failed := a.planEach(ctx, set, snap, names, trust)
+	a.own(plans, names, !trust && a.full(set, names))
+	for _, p := range plans {
+		if p != nil && p.Orphan {
+			add(p.Config.Name)
+		}
+	}
+	stuck := false
+	for _, f := range failed {
+		add(f.config)
+		switch {
+		case ctx.Err() != nil:
+			rs.abort(r, f.config, context.Cause(ctx))
+		default:
+			rs.fail(f.config, f.err)
+			stuck = stuck || errors.Is(f.err, render.ErrStuck)
+		}
+	}
+	if stuck { // nothing more may run: the process must exit
+		for _, n := range order {
+			if !rs.bad[n] {
+				rs.abort(r, n, render.ErrStuck)
+			}
+		}
+		plans = nil
+	}
+	removed := map[string]bool{} // removal phase carried out
+	// Phase 1: removals, orphans first, then reverse dependency order.
+	for i := len(plans) - 1; i >= 0; i-- {
+		p := plans[i]
+		if p == nil || rs.bad[p.Config.Name] {
+			continue
+		}
+		rm := p.removals()
+		if rm == nil || a.dependentFailed(set, p.Config.Name, rs.bad) {
+			continue
+		}
+		a.step(ctx, r, rs, rm, p.kept())
+		if rs.bad[p.Config.Name] {
+			continue
+		}
+		removed[p.Config.Name] = true
+		if p.Orphan {
+			if err := a.dropManifest(p.Config.Name); err != nil {
+				rs.fail(p.Config.Name, err)
+			}
+		}
+	}
+	// Phase 2: creations and updates, in dependency order.
+	for i, p := range plans {
+		if p == nil || p.Orphan {
+			continue
+		}
+		n := names[i]
+		if rs.bad[n] {
+			continue
+		}
+		if dep := failedDependency(p.Config, rs.bad); dep != "" {
+			o := rs.outcomes[n]
+			o.Result, o.Error = Skipped, fmt.Sprintf("dependency %s did not converge", dep)
+			rs.bad[n] = true
+			continue
+		}
+		fw := p.writes()
+		if m, err := a.loadManifest(n); err == nil {
+			fw.PendingOnChange = m.OnChangePending
+		}
+		files := renderedPaths(p.Output)
+		if !removed[n] { // still ours: removed by a later run
+			files = append(files, p.stale()...)
+		}
+		a.step(ctx, r, rs, fw, files)
+	}
+	for _, n := range order {
+		r.Outcomes = append(r.Outcomes, *rs.outcomes[n])
+	}
+	r.Err = errors.Join(rs.errs...)
+	return r
+}
+
+// step applies one phase of one configuration and records its outcome.
+func (a *Applier) step(ctx context.Context, r *Report, rs *runState, p *Plan, files []string) {
+	n := p.Config.Name
+	a.progress.mark()
+	if ctx.Err() != nil {
+		rs.abort(r, n, context.Cause(ctx))
+		return
+	}
+	o := rs.outcomes[n]
+	start := time.Now()
+	err := a.applyPlan(ctx, p, files)
+	a.remember(p, err == nil || errors.Is(err, ErrOnChange))
+	c, u, rm := p.Counts()
+	o.Created, o.Updated, o.Removed = o.Created+c, o.Updated+u, o.Removed+rm
+	if errors.Is(err, ErrFenced) { // not this configuration's failure
+		a.log.Warn("configuration stopped: the lock was lost", zap.String("config", n), zap.Error(err))
+		rs.abort(r, n, err)
+		return
+	}
+	if err != nil {
+		a.log.Error("configuration failed", zap.String("config", n), zap.Error(err))
+		rs.fail(n, err)
+		return
+	}
+	if p.Changed() {
+		o.Result = Changed
+	}
+	a.log.Info("configuration converged", zap.String("config", n), zap.String("result", string(o.Result)),
+		zap.Int("created", c), zap.Int("updated", u), zap.Int("removed", rm), zap.Duration("took", time.Since(start)))
+}
+
+// recoverAll finishes every run a crash interrupted, before anything else.
+func (a *Applier) recoverAll(ctx context.Context, rs *runState, add func(string)) {
+	names, err := a.interrupted()
+	if err != nil {
+		a.log.Error("read journals", zap.Error(err))
+		return
+	}
+	for _, n := range names {
+		add(n)
+		if err := a.recover(ctx, n); err != nil {
+			rs.fail(n, fmt.Errorf("finishing the run a crash interrupted: %w", err))
+			continue
+		}
+		rs.outcomes[n].Result = Changed
+	}
+}
+
+// dependentFailed reports whether a configuration that depends on name
+// failed: name's removals could pull something from under it.
+func (a *Applier) dependentFailed(set *configs.Set, name string, bad map[string]bool) bool {
+	for n := range bad {
+		if c, ok := set.Get(n); ok && slices.Contains(c.DependsOn, name) {
+			return true
+		}
+	}
+	return false
+}
+
+func failedDependency(cfg *configs.Config, bad map[string]bool) string {
+	for _, d := range cfg.DependsOn {
+		if bad[d] {
+			return d
+		}
+	}
+	return ""
+}
+
+func claim(claimed map[string]string, p *Plan) {
+	for _, f := range p.Output.Files {
+		claimed[f.Path] = p.Config.Name
+	}
+}

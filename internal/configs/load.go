@@ -1,0 +1,378 @@
+package configs
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"os/user"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+
+	"github.com/ccm-dev/ccm/internal/objects"
+	"github.com/ccm-dev/ccm/internal/templates"
+)
+
+// rawConfig is the YAML shape of a configuration file.
+type rawConfig struct {
+	Name        string            `yaml:"name"`
+	Subscribes  []string          `yaml:"subscribes"`
+	DependsOn   []string          `yaml:"depends_on"`
+	When        map[string]string `yaml:"when"`
+	Directories []rawDirectory    `yaml:"directories"`
+	Files       []rawFile         `yaml:"files"`
+	Validate    Command           `yaml:"validate"`
+	OnChange    []Command         `yaml:"on_change"`
+	Timeout     string            `yaml:"timeout"`
+	// RenderTimeout and MaxFileSize raise the render budget of one file.
+	RenderTimeout string `yaml:"render_timeout"`
+	MaxFileSize   string `yaml:"max_file_size"`
+}
+
+type rawDirectory struct {
+	Path    string  `yaml:"path"`
+	ForEach string  `yaml:"for_each"`
+	Mode    rawMode `yaml:"mode"`
+	Owner   string  `yaml:"owner"`
+	Group   string  `yaml:"group"`
+}
+
+type rawFile struct {
+	Path     string  `yaml:"path"`
+	ForEach  string  `yaml:"for_each"`
+	Template string  `yaml:"template"`
+	Content  *string `yaml:"content"`
+	Mode     rawMode `yaml:"mode"`
+	Owner    string  `yaml:"owner"`
+	Group    string  `yaml:"group"`
+	Check    Command `yaml:"check"`
+}
+
+// rawMode is an octal permission string. An unquoted 0644 is rejected:
+// YAML versions disagree on whether it is octal.
+type rawMode struct {
+	text string
+	set  bool
+}
+
+func (m *rawMode) UnmarshalYAML(n *yaml.Node) error {
+	if n.Kind != yaml.ScalarNode || n.Tag != "!!str" {
+		// A TypeError lets the decoder go on and report the rest too.
+		return &yaml.TypeError{Errors: []string{fmt.Sprintf("line %d: mode %s must be a quoted octal string such as \"0644\"", n.Line, n.Value)}}
+	}
+	m.text, m.set = n.Value, true
+	return nil
+}
+
+func (m rawMode) parse(def fs.FileMode) (fs.FileMode, error) {
+	if !m.set {
+		return def, nil
+	}
+	v, err := strconv.ParseUint(m.text, 8, 32)
+	if err != nil || v > 0o7777 || m.text == "" {
+		return 0, fmt.Errorf("mode %q is not an octal permission between 0000 and 7777", m.text)
+	}
+	return toFileMode(uint32(v)), nil
+}
+
+// toFileMode converts Unix permission bits, including setuid, setgid and
+// sticky, to an fs.FileMode.
+func toFileMode(v uint32) fs.FileMode {
+	m := fs.FileMode(v & 0o777)
+	if v&0o4000 != 0 {
+		m |= fs.ModeSetuid
+	}
+	if v&0o2000 != 0 {
+		m |= fs.ModeSetgid
+	}
+	if v&0o1000 != 0 {
+		m |= fs.ModeSticky
+	}
+	return m
+}
+
+type loader struct {
+	dir         string // the configuration directory: commands run in it
+	templateDir string
+}
+
+// command checks an argv and that its program exists.
+func (l *loader) command(c Command, placeholders bool) error {
+	if err := checkCommand(c, placeholders); err != nil {
+		return err
+	}
+	return c.Executable(l.dir)
+}
+
+// yamlTypeNames makes yaml's "field x not found in type configs.rawFile"
+// readable.
+var yamlTypeNames = strings.NewReplacer(
+	"not found in type configs.rawConfig", "is not a known configuration field",
+	"not found in type configs.rawFile", "is not a known field of files",
+	"not found in type configs.rawDirectory", "is not a known field of directories",
+)
+
+// DecodeYAML decodes raw, the content of the file path, into v, refusing
+// unknown fields. It returns every error at once, each naming the file,
+// with yaml's type names made readable by names. ok is false when nothing
+// could be decoded (a syntax error); otherwise v holds what could be.
+func DecodeYAML(path string, raw []byte, v any, names *strings.Replacer) (errs []error, ok bool) {
+	dec := yaml.NewDecoder(bytes.NewReader(raw))
+	dec.KnownFields(true)
+	if err := dec.Decode(v); err != nil && err != io.EOF {
+		var te *yaml.TypeError
+		if !errors.As(err, &te) { // a syntax error: nothing was decoded
+			return []error{fmt.Errorf("%s: %s", path, err)}, false
+		}
+		for _, msg := range te.Errors {
+			errs = append(errs, fmt.Errorf("%s: %s", path, names.Replace(msg)))
+		}
+	}
+	return errs, true
+}
+
+// loadFile loads one configuration file and returns every error in it at
+// once, each naming the file. The Config is returned whenever the YAML
+// could be read at all, even with errors, so that the set can still check
+// names, dependencies and cycles.
+func (l *loader) loadFile(path string) (*Config, []error) {
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return nil, []error{err}
+	}
+	var rc rawConfig
+	errs, ok := DecodeYAML(path, raw, &rc, yamlTypeNames)
+	if !ok {
+		return nil, errs
+	}
+	c, buildErrs := l.build(path, &rc)
+	for _, e := range buildErrs {
+		errs = append(errs, fmt.Errorf("%s: %w", path, e))
+	}
+	return c, errs
+}
+
+func (l *loader) build(path string, rc *rawConfig) (*Config, []error) {
+	var errs []error
+	fail := func(err error) { errs = append(errs, err) }
+	c := &Config{
+		Name:       rc.Name,
+		File:       path,
+		Subscribes: rc.Subscribes,
+		DependsOn:  rc.DependsOn,
+		When:       rc.When,
+		Validate:   rc.Validate,
+		OnChange:   rc.OnChange,
+		Timeout:    DefaultTimeout,
+
+		RenderTimeout: DefaultRenderTimeout,
+		MaxFileSize:   DefaultMaxFileSize,
+	}
+	if c.Name == "" {
+		c.Name = strings.TrimSuffix(filepath.Base(path), ".yaml")
+	}
+	if err := objects.CheckName("name", c.Name); err != nil {
+		fail(err)
+	}
+	for _, t := range c.Subscribes {
+		if err := objects.CheckName("subscribes: type", t); err != nil {
+			fail(err)
+		}
+	}
+	if rc.Timeout != "" {
+		d, err := time.ParseDuration(rc.Timeout)
+		if err != nil || d <= 0 {
+			fail(fmt.Errorf("timeout %q is not a positive duration such as 60s", rc.Timeout))
+		}
+		c.Timeout = d
+	}
+	if rc.RenderTimeout != "" {
+		d, err := time.ParseDuration(rc.RenderTimeout)
+		if err != nil || d <= 0 {
+			fail(fmt.Errorf("render_timeout %q is not a positive duration such as 10s", rc.RenderTimeout))
+		}
+		c.RenderTimeout = d
+	}
+	if rc.MaxFileSize != "" {
+		n, err := parseSize(rc.MaxFileSize)
+		if err != nil {
+			fail(fmt.Errorf("max_file_size %q: %w", rc.MaxFileSize, err))
+		}
+		c.MaxFileSize = n
+	}
+	if rc.Validate != nil {
+		if err := l.command(rc.Validate, false); err != nil {
+			fail(fmt.Errorf("validate: %w", err))
+		}
+	}
+	for i, cmd := range rc.OnChange {
+		if err := l.command(cmd, false); err != nil {
+			fail(fmt.Errorf("on_change[%d]: %w", i, err))
+		}
+	}
+	for i, rd := range rc.Directories {
+		d, err := l.directory(rd)
+		if err != nil {
+			fail(fmt.Errorf("directories[%d] %s: %w", i, rd.Path, err))
+			continue
+		}
+		c.Directories = append(c.Directories, d)
+	}
+	for i, rf := range rc.Files {
+		f, err := l.file(rf)
+		if err != nil {
+			fail(fmt.Errorf("files[%d] %s: %w", i, rf.Path, err))
+			continue
+		}
+		c.Files = append(c.Files, f)
+	}
+	if len(rc.Files) == 0 && len(rc.Directories) == 0 {
+		fail(errors.New("configuration has no files and no directories"))
+	}
+	return c, errs
+}
+
+func (l *loader) directory(rd rawDirectory) (Directory, error) {
+	d := Directory{ForEach: rd.ForEach}
+	var err error
+	if d.Path, err = parsePath(rd.Path); err != nil {
+		return d, err
+	}
+	if err := checkForEach(rd.ForEach); err != nil {
+		return d, err
+	}
+	if d.Mode, err = rd.Mode.parse(DefaultDirMode); err != nil {
+		return d, err
+	}
+	d.Ownership, err = lookupOwnership(rd.Owner, rd.Group)
+	return d, err
+}
+
+func (l *loader) file(rf rawFile) (File, error) {
+	f := File{ForEach: rf.ForEach, Check: rf.Check}
+	var err error
+	if f.Path, err = parsePath(rf.Path); err != nil {
+		return f, err
+	}
+	if err := checkForEach(rf.ForEach); err != nil {
+		return f, err
+	}
+	if f.Mode, err = rf.Mode.parse(DefaultFileMode); err != nil {
+		return f, err
+	}
+	if f.Ownership, err = lookupOwnership(rf.Owner, rf.Group); err != nil {
+		return f, err
+	}
+	if rf.Check != nil {
+		if err := l.command(rf.Check, true); err != nil {
+			return f, fmt.Errorf("check: %w", err)
+		}
+	}
+	f.Body, err = l.body(rf)
+	return f, err
+}
+
+func (l *loader) body(rf rawFile) (*templates.Template, error) {
+	switch {
+	case rf.Content != nil && rf.Template != "":
+		return nil, errors.New("set either template or content, not both")
+	case rf.Content != nil:
+		t, err := templates.Parse("content", *rf.Content)
+		if err != nil {
+			return nil, fmt.Errorf("content: %w", err)
+		}
+		return t, nil
+	case rf.Template == "":
+		return nil, errors.New("set template or content")
+	}
+	if !filepath.IsLocal(rf.Template) {
+		return nil, fmt.Errorf("template %q must be a relative path inside templates/", rf.Template)
+	}
+	p := filepath.Join(l.templateDir, rf.Template)
+	text, err := os.ReadFile(p)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, fmt.Errorf("template %s: no such file", p)
+		}
+		return nil, fmt.Errorf("template %s: %w", p, err)
+	}
+	// The parse error already reads "template: <file>:<line>: ...".
+	return templates.Parse(p, string(text))
+}
+
+// parsePath parses a path template; its literal beginning must be absolute.
+func parsePath(p string) (*templates.Template, error) {
+	if p == "" {
+		return nil, errors.New("path is empty")
+	}
+	if !strings.HasPrefix(p, "/") {
+		return nil, errors.New("path must be absolute")
+	}
+	t, err := templates.Parse("path", p)
+	if err != nil {
+		return nil, fmt.Errorf("path: %w", err)
+	}
+	return t, nil
+}
+
+func checkForEach(t string) error {
+	if t == "" {
+		return nil
+	}
+	return objects.CheckName("for_each: type", t)
+}
+
+// lookupOwnership resolves owner and group names (or numeric IDs) on this
+// node at load time, so that a typo is caught before anything is written.
+func lookupOwnership(owner, group string) (Ownership, error) {
+	o := Ownership{Owner: owner, Group: group}
+	if owner != "" {
+		u, err := user.Lookup(owner)
+		if err != nil {
+			if u, err = user.LookupId(owner); err != nil {
+				return o, fmt.Errorf("owner %q: no such user", owner)
+			}
+		}
+		uid, _ := strconv.Atoi(u.Uid)
+		o.UID = &uid
+	}
+	if group != "" {
+		g, err := user.LookupGroup(group)
+		if err != nil {
+			if g, err = user.LookupGroupId(group); err != nil {
+				return o, fmt.Errorf("group %q: no such group", group)
+			}
+		}
+		gid, _ := strconv.Atoi(g.Gid)
+		o.GID = &gid
+	}
+	return o, nil
+}
+
+// sizeUnits are the suffixes max_file_size accepts.
+var sizeUnits = []struct {
+	suffix string
+	factor int
+}{{"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}, {"B", 1}, {"", 1}}
+
+// parseSize reads a byte count such as 16MiB, 512KiB or 1048576.
+func parseSize(s string) (int, error) {
+	for _, u := range sizeUnits {
+		num, ok := strings.CutSuffix(s, u.suffix)
+		if !ok {
+			continue
+		}
+		n, err := strconv.Atoi(strings.TrimSpace(num))
+		if err != nil || n <= 0 || n > (1<<40)/u.factor {
+			break
+		}
+		return n * u.factor, nil
+	}
+	return 0, errors.New("not a size such as 16MiB, 512KiB or 1048576")
+}

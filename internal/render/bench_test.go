@@ -1,0 +1,78 @@
+package render_test
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/ccm-dev/ccm/internal/configs"
+	"github.com/ccm-dev/ccm/internal/objects"
+	"github.com/ccm-dev/ccm/internal/render"
+)
+
+// benchSnapshot returns n site objects like the example's.
+func benchSnapshot(n int) *objects.Snapshot {
+	b := objects.NewBuilder("/ccm", 1, nil)
+	for i := 0; i < n; i++ {
+		b.Add(fmt.Sprintf("/ccm/objects/sites/site%05d", i),
+			[]byte(fmt.Sprintf(`{"user":"u%d","domains":["s%d.example.com","www.s%d.example.com"]}`, i, i, i)), int64(i+2))
+	}
+	return b.Snapshot()
+}
+
+func benchConfig(b *testing.B) *configs.Config {
+	dir := b.TempDir()
+	tmpl, err := os.ReadFile("../examples/ccm/templates/vhost.conf.tmpl")
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := os.MkdirAll(filepath.Join(dir, "templates"), 0o755); err != nil {
+		b.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "templates", "vhost.conf.tmpl"), tmpl, 0o644); err != nil {
+		b.Fatal(err)
+	}
+	yaml := "subscribes: [sites, certificates]\nfiles:\n  - {path: '/etc/nginx/sites-enabled/{{ .Object.ID }}.conf', for_each: sites, template: vhost.conf.tmpl}\n"
+	if err := os.WriteFile(filepath.Join(dir, "nginx.yaml"), []byte(yaml), 0o644); err != nil {
+		b.Fatal(err)
+	}
+	set, err := configs.Load(dir)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return set.Configs["nginx"]
+}
+
+// BenchmarkRender renders 1,000 vhosts (the example template) per op.
+func BenchmarkRender(b *testing.B) {
+	cfg, snap, root := benchConfig(b), benchSnapshot(1000), b.TempDir()
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := render.Render(cfg, snap, render.Node{Name: "n"}, root); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(1000*b.N)/b.Elapsed().Seconds(), "files/s")
+}
+
+// BenchmarkUnified diffs a 2,000-line file with 20 changed lines.
+func BenchmarkUnified(b *testing.B) {
+	var old, new strings.Builder
+	for i := 0; i < 2000; i++ {
+		fmt.Fprintf(&old, "line %d of the configuration\n", i)
+		if i%100 == 0 {
+			fmt.Fprintf(&new, "changed line %d\n", i)
+		} else {
+			fmt.Fprintf(&new, "line %d of the configuration\n", i)
+		}
+	}
+	o, n := []byte(old.String()), []byte(new.String())
+	b.ReportAllocs()
+	for b.Loop() {
+		if render.Unified("/x", o, n, true, true) == "" {
+			b.Fatal("no diff")
+		}
+	}
+}

@@ -1,0 +1,121 @@
+package render
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"sync/atomic"
+	"text/template"
+
+	"github.com/ccm-dev/ccm/internal/configs"
+	"github.com/ccm-dev/ccm/internal/objects"
+)
+
+// Cache remembers for_each output per object revision, so a run after one
+// object changed renders one file, not ten thousand. It only serves
+// templates whose output depends only on their object, the node and the
+// types they read through .Objects (see templates.Reads): an entry is valid while
+// the object's revision and those types' versions are unchanged. Any other
+// template renders every time. A Cache is used by
+// one goroutine at a time (the applier's runs are serialised).
+type Cache struct {
+	// configs maps a configuration name to the entries of its last render;
+	// each render replaces them, which drops deleted objects and the files
+	// of configurations that were reloaded.
+	configs map[string]*configCache
+	// abandoned is set once a render was left running (stuck, or still
+	// running at shutdown): it may still touch the maps, so no other
+	// render may start.
+	abandoned atomic.Bool
+}
+
+// configCache holds one configuration's entries. Entries are updated in
+// place; those a render did not touch (deleted objects, reloaded files) are
+// swept after it.
+type configCache struct {
+	entries map[cacheKey]*cacheEntry
+	ranges  map[*template.Template]*rangeOutputs // element outputs of rewritten ranges, by body
+	gen     uint64
+}
+
+type cacheKey struct {
+	file *configs.File // identity changes when the directory is reloaded
+	id   string
+}
+
+type cacheEntry struct {
+	revision int64   // of the object
+	versions []int64 // of the types the templates read, in deps order
+	file     File
+	gen      uint64 // the last render that used the entry
+}
+
+// NewCache returns an empty Cache.
+func NewCache() *Cache {
+	return &Cache{configs: map[string]*configCache{}}
+}
+
+// Render is render.Render with the cache. With fresh, every file renders
+// (and refills the cache): full runs trust nothing. It returns when ctx
+// ends, and with ErrStuck when a template runs past its render_timeout
+// without writing (see budget.watch).
+func (c *Cache) Render(ctx context.Context, cfg *configs.Config, snap *objects.Snapshot, node Node, root string, fresh bool) (*Output, error) {
+	if c.abandoned.Load() {
+		return nil, fmt.Errorf("%w: an earlier render still runs; the process must restart", ErrStuck)
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, context.Cause(ctx)
+	}
+	b := newBudget(cfg)
+	out, err, abandoned := b.watch(ctx, func() (*Output, error) { return c.render(cfg, snap, node, root, fresh, b) })
+	if abandoned {
+		c.abandoned.Store(true)
+	}
+	return out, err
+}
+
+func (c *Cache) render(cfg *configs.Config, snap *objects.Snapshot, node Node, root string, fresh bool, b budget) (*Output, error) {
+	cc := c.configs[cfg.Name]
+	if cc == nil || fresh {
+		cc = &configCache{entries: map[cacheKey]*cacheEntry{}, ranges: map[*template.Template]*rangeOutputs{}}
+		c.configs[cfg.Name] = cc
+	}
+	cc.gen++
+	r := &renderer{cache: cc, deps: c, budget: b}
+	out, err := r.render(cfg, snap, node, root)
+	if err != nil {
+		delete(c.configs, cfg.Name)
+		return nil, err
+	}
+	if len(cc.entries) > r.used {
+		for k, e := range cc.entries {
+			if e.gen != cc.gen {
+				delete(cc.entries, k)
+			}
+		}
+	}
+	for body, outs := range cc.ranges {
+		for k, e := range outs.elems {
+			if e.gen != cc.gen {
+				delete(outs.elems, k)
+			}
+		}
+		if len(outs.elems) == 0 {
+			delete(cc.ranges, body)
+		}
+	}
+	return out, nil
+}
+
+// deps returns the object types both templates of f read through
+// .Objects, or ok=false when their output may depend on more than the
+// current object, those types and the node (see templates.Reads).
+func (c *Cache) deps(f *configs.File) ([]string, bool) {
+	pr, br := f.Path.Reads(), f.Body.Reads()
+	if !pr.Cacheable() || !br.Cacheable() {
+		return nil, false
+	}
+	types := append(slices.Clone(pr.Types), br.Types...)
+	slices.Sort(types)
+	return slices.Compact(types), true
+}

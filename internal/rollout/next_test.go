@@ -1,0 +1,34 @@
+package rollout_test
+
+import (
+	"errors"
+	"fmt"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+
+	"github.com/ccm-dev/ccm/internal/applier"
+	"github.com/ccm-dev/ccm/internal/cluster"
+	"github.com/ccm-dev/ccm/internal/render"
+	"github.com/ccm-dev/ccm/internal/rollout"
+)
+
+// One reading of a run's outcome, for the agent's loop, ccm.converge and
+// ccm apply --once.
+func TestNextIsTheOneReadingOfARunsOutcome(t *testing.T) {
+	for name, tc := range map[string]struct {
+		res  rollout.Result
+		want rollout.Next
+	}{
+		"converged":        {rollout.Result{Ran: true, Status: cluster.Status{Result: cluster.ResultConverged}, Report: &applier.Report{}}, rollout.Done},
+		"failed, flagged":  {rollout.Result{Ran: true, Status: cluster.Status{Result: cluster.ResultFailed}, Report: &applier.Report{}, Err: errors.New("validate")}, rollout.Done},
+		"halted by a flag": {rollout.Result{Failure: &cluster.Failure{Node: "web2"}}, rollout.Requeue},
+		"paused":           {rollout.Result{Paused: &cluster.Pause{By: "alice"}}, rollout.Requeue},
+		"no lock":          {rollout.Result{Err: errors.New("etcd did not answer")}, rollout.Retry},
+		"not recorded":     {rollout.Result{Ran: true, Report: &applier.Report{}, Err: fmt.Errorf("%w: status", rollout.ErrNotRecorded)}, rollout.RetryAll},
+		"aborted":          {rollout.Result{Ran: true, Report: &applier.Report{Aborted: true}, LockLost: true}, rollout.RequeueAll},
+		"stuck template":   {rollout.Result{Ran: true, Report: &applier.Report{}, Err: fmt.Errorf("render: %w", render.ErrStuck)}, rollout.Exit},
+	} {
+		assert.Equal(t, tc.want, tc.res.Next(), name)
+	}
+}

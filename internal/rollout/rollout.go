@@ -1,0 +1,355 @@
+package rollout
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/ccm-dev/ccm/internal/applier"
+	"github.com/ccm-dev/ccm/internal/cluster"
+	"github.com/ccm-dev/ccm/internal/configs"
+	"github.com/ccm-dev/ccm/internal/metrics"
+	"github.com/ccm-dev/ccm/internal/objects"
+	"github.com/ccm-dev/ccm/internal/render"
+)
+
+// statusTimeout bounds the status and flag writes that end a run; they are
+// made even during shutdown.
+const statusTimeout = 10 * time.Second
+
+// ErrHalted is returned when the failure flag stopped the run.
+var ErrHalted = errors.New("halted by the failure flag")
+
+// ErrNotRecorded is returned when the run ended but its status, or the
+// failure flag after a failure, could not be written (etcd unreachable,
+// lock lost): the outcome is not known to the cluster, so the run must be
+// repeated once etcd answers.
+var ErrNotRecorded = errors.New("run outcome not recorded in etcd")
+
+// ErrPaused is returned when the rollout is paused (ccm pause).
+var ErrPaused = errors.New("the rollout is paused")
+
+// ErrLockTimeout is returned when the lock was not had within
+// Request.LockTimeout.
+var ErrLockTimeout = errors.New("lock not acquired in time")
+
+// Options configures a Runner. Cluster, Applier and Node are required.
+type Options struct {
+	Cluster *cluster.Cluster
+	Applier *applier.Applier
+	Node    string
+	Logger  *zap.Logger
+	Metrics *metrics.Metrics // nil: not recorded
+}
+
+// Runner runs a node's turns. It is not safe for concurrent use: a node
+// takes one turn at a time.
+type Runner struct {
+	opts Options
+	log  *zap.Logger
+	// converged is the last converged revision; -1 until read from the
+	// node's status.
+	converged int64
+}
+
+// New returns a Runner.
+func New(opts Options) *Runner {
+	log := opts.Logger
+	if log == nil {
+		log = zap.NewNop()
+	}
+	return &Runner{opts: opts, log: log, converged: -1}
+}
+
+// Request is one run.
+type Request struct {
+	Set   *configs.Set
+	Names []string // in dependency order
+	// Full checks every file on disk (start, resync, resume, reload,
+	// apply --once); otherwise only what changed is rendered and files
+	// this node wrote are trusted.
+	Full bool
+	// Snapshot returns the objects, at least as new as rev (the revision
+	// at which the lock holder read the flag).
+	Snapshot func(ctx context.Context, rev int64) (*objects.Snapshot, error)
+	// LockTimeout bounds the wait for the lock, and nothing else; zero
+	// waits as long as ctx allows.
+	LockTimeout time.Duration
+	// Reason says why the run happens, for the log.
+	Reason string
+	// Target, when set, returns the change the run converges: the
+	// revision of the newest object event seen (see cluster.Session.Lock;
+	// it decides who is a canary).
+	Target func() int64
+	// Halt, when closed during the run, stops it before its next
+	// configuration: another node raised the failure flag (with batches,
+	// nodes run side by side).
+	Halt <-chan struct{}
+}
+
+// Result is how a run ended.
+type Result struct {
+	// Ran is set when the run got past the lock and the flag check.
+	Ran    bool
+	Status cluster.Status
+	Report *applier.Report
+	// Failure is the flag that halted the run, read at FlagRevision;
+	// Paused is the pause that held it back.
+	Failure      *cluster.Failure
+	Paused       *cluster.Pause
+	FlagRevision int64
+	// LockLost is set when the session ended during the run.
+	LockLost bool
+	// Err is why the run could not happen or failed; nil when it
+	// converged.
+	Err error
+}
+
+// Next is what the caller of a run does next: the one reading of a Result,
+// for the agent's loop, the ccm.converge action and ccm apply --once.
+type Next int
+
+const (
+	// Done: the batch is over. It converged, or it failed and raised the
+	// flag (which reaches the agent through its watch).
+	Done Next = iota
+	// Requeue: the flag or the pause held the run back; the same batch
+	// runs once they clear.
+	Requeue
+	// RequeueAll: the run was aborted mid-way (the lock lost, a stop);
+	// everything runs again, on a new session if the lock was lost.
+	RequeueAll
+	// Retry: the run could not start (etcd unreachable, the lock not
+	// had); the same batch after the backoff.
+	Retry
+	// RetryAll: the run ended but etcd did not record its outcome;
+	// everything after the backoff, so that the status and the flag are
+	// written.
+	RetryAll
+	// Exit: a template that cannot be stopped spins in a goroutine; the
+	// process must end (the flag is raised, so a new one stays halted).
+	Exit
+)
+
+// Next says what happens after this run.
+func (r Result) Next() Next {
+	switch {
+	case r.Failure != nil || r.Paused != nil:
+		return Requeue
+	case !r.Ran:
+		return Retry
+	case errors.Is(r.Err, render.ErrStuck):
+		return Exit
+	case errors.Is(r.Err, ErrNotRecorded):
+		return RetryAll
+	case r.Status.Result == cluster.ResultFailed:
+		return Done
+	case r.Report != nil && r.Report.Aborted:
+		return RequeueAll
+	}
+	return Done
+}
+
+// Converged returns the last revision this node converged, as the Runner
+// knows it (-1 before its first run).
+func (r *Runner) Converged() int64 { return r.converged }
+
+// Run takes the lock on s, runs req and releases the lock.
+func (r *Runner) Run(ctx context.Context, s *cluster.Session, req Request) Result {
+	waited := time.Now()
+	lockCtx, cancel := ctx, context.CancelFunc(func() {})
+	if req.LockTimeout > 0 {
+		lockCtx, cancel = context.WithTimeoutCause(ctx, req.LockTimeout, fmt.Errorf("%w (--lock-timeout %s)", ErrLockTimeout, req.LockTimeout))
+	}
+	lock, err := s.Lock(lockCtx, req.Target)
+	if err != nil && context.Cause(lockCtx) != nil && ctx.Err() == nil {
+		err = context.Cause(lockCtx)
+	}
+	cancel()
+	if err != nil {
+		return Result{Err: err}
+	}
+	defer func() {
+		if err := lock.Release(); err != nil {
+			r.log.Warn("release lock", zap.Error(err))
+		}
+	}()
+	if m := r.opts.Metrics; m != nil {
+		m.LockWait.Observe(time.Since(waited).Seconds())
+	}
+	r.log.Info("lock acquired", zap.String("reason", req.Reason), zap.Strings("configurations", req.Names),
+		zap.Duration("waited", time.Since(waited)))
+	return r.locked(ctx, lock, req)
+}
+
+// locked is the run once the lock is held.
+func (r *Runner) locked(ctx context.Context, lock *cluster.Lock, req Request) Result {
+	start := time.Now()
+	gate := lock.Gate()
+	rev := gate.Revision
+	r.readConverged(ctx)
+	if f := gate.Failure; f != nil {
+		res := r.halt(ctx, lock, f)
+		res.FlagRevision = rev
+		return res
+	}
+	if p := gate.Pause; p != nil {
+		r.log.Info("the rollout is paused; nothing applied", zap.String("by", p.By), zap.String("reason", p.Reason))
+		return Result{Paused: p, FlagRevision: rev, Err: fmt.Errorf("%w by %s since %s (%s); ccm resume --pause lifts it", ErrPaused, p.By, p.Time.Format(time.RFC3339), p.Reason)}
+	}
+	snap, err := req.Snapshot(ctx, rev)
+	if err != nil {
+		return Result{Err: err}
+	}
+	for _, err := range snap.Ignored {
+		r.log.Warn("ignored key", zap.Error(err))
+	}
+	runCtx, stop := lock.Context(ctx)
+	haltCtx, halt := context.WithCancelCause(runCtx)
+	defer halt(nil)
+	if req.Halt != nil {
+		go func() {
+			select {
+			case <-req.Halt:
+				halt(fmt.Errorf("%w: another node failed", ErrHalted))
+			case <-haltCtx.Done():
+			}
+		}()
+	}
+	runCtx = haltCtx
+	run := r.opts.Applier.RunChanged
+	if req.Full {
+		run = r.opts.Applier.Run
+	}
+	// Fencing reaches the disk: before each rename and each command the
+	// applier asks whether this node still holds the lock.
+	report := run(applier.WithFence(runCtx, lock.Fence), req.Set, snap, req.Names)
+	if m := r.opts.Metrics; m != nil {
+		m.RunDuration.Observe(time.Since(start).Seconds())
+	}
+	lost := errors.Is(context.Cause(runCtx), cluster.ErrLockLost) || lock.Fence() != nil
+	stop()
+	res := Result{Ran: true, Report: report, LockLost: lost, Status: r.status(report, start)}
+	res.Err = r.record(ctx, lock, &res)
+	return res
+}
+
+// readConverged learns the node's last converged revision from its status
+// once, so that a one-shot run or a restarted agent keeps it.
+func (r *Runner) readConverged(ctx context.Context) {
+	if r.converged >= 0 {
+		return
+	}
+	s, err := r.opts.Cluster.Status(ctx, r.opts.Node)
+	if err != nil {
+		return
+	}
+	r.converged = 0
+	if s != nil {
+		r.converged = s.Converged
+	}
+}
+
+// status describes a finished run.
+func (r *Runner) status(report *applier.Report, start time.Time) cluster.Status {
+	s := cluster.Status{Node: r.opts.Node, Revision: report.Revision, Time: time.Now().UTC(),
+		Duration: time.Since(start).Round(time.Millisecond).String()}
+	for _, o := range report.Outcomes {
+		s.Configurations = append(s.Configurations, cluster.Outcome{Config: o.Config, Result: string(o.Result),
+			Created: o.Created, Updated: o.Updated, Removed: o.Removed, Error: o.Error})
+	}
+	switch {
+	case report.Failed():
+		s.Result, s.Error = cluster.ResultFailed, report.Err.Error()
+	case report.Aborted:
+		s.Result, s.Error = cluster.ResultAborted, abortCause(report)
+	default:
+		s.Result = cluster.ResultConverged
+		r.converged = max(r.converged, report.Revision)
+	}
+	s.Converged = max(r.converged, 0)
+	return s
+}
+
+func abortCause(r *applier.Report) string {
+	for _, o := range r.Outcomes {
+		if o.Result == applier.Aborted {
+			return o.Error
+		}
+	}
+	return ""
+}
+
+// record writes the status and, after a failure, the flag, both fenced by
+// the lock; it updates the metrics and returns the run's error.
+func (r *Runner) record(ctx context.Context, lock *cluster.Lock, res *Result) error {
+	s, report := res.Status, res.Report
+	r.observe(s.Result, report)
+	log := r.log.With(zap.String("result", s.Result), zap.Int64("revision", s.Revision), zap.String("took", s.Duration))
+	if report.Failed() {
+		log.Error("run failed", zap.Error(report.Err))
+	} else {
+		log.Info("run finished")
+	}
+	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), statusTimeout)
+	defer cancel()
+	if report.Failed() { // the flag first: it stops the other nodes
+		config, msg := report.FirstFailure()
+		f := cluster.Failure{Node: r.opts.Node, Configuration: config, Error: msg, Revision: report.Revision, Time: s.Time}
+		if err := lock.SetFailure(wctx, f); err != nil {
+			return errors.Join(report.Err, fmt.Errorf("%w: could not raise the failure flag: %w", ErrNotRecorded, err))
+		}
+	}
+	statusErr := lock.WriteStatus(wctx, s)
+	switch {
+	case report.Failed():
+		return fmt.Errorf("%w; failure flag set", report.Err)
+	case statusErr != nil:
+		return fmt.Errorf("%w: %w", ErrNotRecorded, statusErr)
+	case report.Aborted:
+		return fmt.Errorf("run aborted before every configuration ran: %s", s.Error)
+	}
+	return nil
+}
+
+// halt records that the flag stops this node.
+func (r *Runner) halt(ctx context.Context, lock *cluster.Lock, f *cluster.Failure) Result {
+	r.log.Warn("halted by the failure flag", zap.String("flag_node", f.Node), zap.String("configuration", f.Configuration))
+	r.observe(cluster.ResultHalted, nil)
+	s := cluster.Status{Node: r.opts.Node, Result: cluster.ResultHalted, Converged: max(r.converged, 0), Time: time.Now().UTC(),
+		Error: fmt.Sprintf("failure flag set by %s (configuration %s)", f.By(), f.Configuration)}
+	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), statusTimeout)
+	defer cancel()
+	if err := lock.WriteStatus(wctx, s); err != nil {
+		r.log.Warn("write status", zap.Error(err))
+	}
+	return Result{Status: s, Failure: f,
+		Err: fmt.Errorf("%w (set by %s, configuration %s: %s)", ErrHalted, f.By(), f.Configuration, f.Error)}
+}
+
+// observe updates the metrics for a run that ended with result.
+func (r *Runner) observe(result string, report *applier.Report) {
+	m := r.opts.Metrics
+	if m == nil {
+		return
+	}
+	m.Runs.WithLabelValues(result).Inc()
+	if result == cluster.ResultHalted {
+		m.Halted.Set(1)
+	}
+	if report == nil {
+		return
+	}
+	if result == cluster.ResultConverged {
+		m.LastSuccess.SetToCurrentTime()
+	}
+	for _, o := range report.Outcomes {
+		m.ChangedFiles.Add(float64(o.Created + o.Updated + o.Removed))
+		if o.Result == applier.Failed {
+			m.Failures.Inc()
+		}
+	}
+}
