@@ -11,7 +11,6 @@ import (
 	"github.com/hiddeco/sshsig"
 	"golang.org/x/crypto/ssh"
 
-	"github.com/ccm-dev/ccm/internal/cluster"
 )
 
 // SignatureNamespace is the SSHSIG namespace of a request's signature
@@ -19,10 +18,10 @@ import (
 // request means nothing anywhere else, and nothing else is one.
 const SignatureNamespace = "ccm-action-request"
 
-// NewBinding is the binding of the cluster at prefix (cluster.DefaultPrefix
+// NewBinding is the binding of the cluster at prefix (DefaultPrefix
 // when empty) whose etcd reports clusterID.
 func NewBinding(prefix string, clusterID uint64) Binding {
-	return Binding{Prefix: strings.TrimSuffix(cluster.NewKeys(prefix).Prefix(), "/"), ClusterID: clusterID}
+	return Binding{Prefix: strings.TrimSuffix(NewKeys(prefix).Prefix(), "/"), ClusterID: clusterID}
 }
 
 // Binding is the cluster a request is signed for: its key prefix and

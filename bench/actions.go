@@ -170,7 +170,7 @@ func (b *bench) actions() error {
 // timed from the moment it is alive to its reply.
 func (b *bench) flood(prefix, dir string, cli *clientv3.Client, call func(client.Call) (time.Duration, error)) error {
 	const queued, node = 10000, "act-flood"
-	keys := cluster.NewKeys(prefix)
+	keys := api.NewKeys(prefix)
 	for batch := range queued / 100 {
 		var ops []clientv3.Op
 		for i := range 100 {

@@ -11,7 +11,7 @@ import (
 
 	"go.etcd.io/etcd/client/v3/concurrency"
 
-	"github.com/ccm-dev/ccm/internal/cluster"
+	"github.com/ccm-dev/ccm/api"
 	"github.com/ccm-dev/ccm/internal/objects"
 )
 
@@ -47,7 +47,7 @@ func (b *bench) rolloutBatch(n, batch int, onChange time.Duration) error {
 		return err
 	}
 	defer cli.Close()
-	raw, err := json.Marshal(cluster.Rollout{Batch: batch})
+	raw, err := json.Marshal(api.Rollout{Batch: batch})
 	if err != nil {
 		return err
 	}

@@ -18,6 +18,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
+	"github.com/ccm-dev/ccm/api"
 	"github.com/ccm-dev/ccm/internal/cluster"
 	"github.com/ccm-dev/ccm/internal/objects"
 )
@@ -45,7 +46,7 @@ func (b *bench) fleet() error {
 	}
 	n, batch := *fleetSize, max(*fleetSize/20, 2)
 	for _, build := range builds {
-		for _, strategy := range []cluster.Rollout{cluster.Serial, {Batch: batch}} {
+		for _, strategy := range []api.Rollout{api.Serial, {Batch: batch}} {
 			if err := b.scaleRollout(build.name, build.bin, n, strategy); err != nil {
 				return fmt.Errorf("%s, %s: %w", build.name, strategy, err)
 			}
@@ -55,7 +56,7 @@ func (b *bench) fleet() error {
 }
 
 // scaleRollout measures one build under one strategy on a fresh etcd.
-func (b *bench) scaleRollout(build, bin string, n int, strategy cluster.Rollout) error {
+func (b *bench) scaleRollout(build, bin string, n int, strategy api.Rollout) error {
 	etcd, err := startMembers(filepath.Join(b.work, "scale-etcd"), 3)
 	if err != nil {
 		return err
@@ -155,11 +156,11 @@ files:
 func allConverged(ctx context.Context, cli *clientv3.Client, prefix string, n int, rev int64, timeout time.Duration) error {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	keys := cluster.NewKeys(prefix)
+	keys := api.NewKeys(prefix)
 	done := map[string]bool{}
 	note := func(key string, value []byte) {
-		var s cluster.Status
-		if strings.HasSuffix(key, "/status") && json.Unmarshal(value, &s) == nil && s.Result == cluster.ResultConverged && s.Converged >= rev {
+		var s api.Status
+		if strings.HasSuffix(key, "/status") && json.Unmarshal(value, &s) == nil && s.Result == api.ResultConverged && s.Converged >= rev {
 			done[key] = true
 		}
 	}

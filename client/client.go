@@ -8,6 +8,7 @@ import (
 	"iter"
 	"maps"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -16,8 +17,6 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/ccm-dev/ccm/api"
-	"github.com/ccm-dev/ccm/internal/cluster"
-	"github.com/ccm-dev/ccm/internal/objects"
 )
 
 // Defaults of a call.
@@ -102,7 +101,7 @@ type Call struct {
 
 // Options configures a Client.
 type Options struct {
-	// Prefix is the cluster's key prefix (cluster.DefaultPrefix when
+	// Prefix is the cluster's key prefix (api.DefaultPrefix when
 	// empty).
 	Prefix string
 	// RequestTimeout bounds each etcd request of a call, but not the wait
@@ -113,14 +112,20 @@ type Options struct {
 	Signer ssh.Signer
 	// Schemas, when set, are the object schemas PutObject enforces
 	// (schemas.Load of the configuration directory).
-	Schemas objects.Validator
+	Schemas Validator
+}
+
+// Validator checks an object against its type's schema; the schemas of a
+// configuration directory are one.
+type Validator interface {
+	Validate(typ string, data map[string]any) error
 }
 
 // Client calls actions on one cluster.
 type Client struct {
-	cli     *clientv3.Client
-	cluster *cluster.Cluster
-	opts    Options
+	cli  *clientv3.Client
+	keys api.Keys
+	opts Options
 
 	mu        sync.Mutex
 	leases    map[time.Duration]heldLease // by retention
@@ -129,7 +134,7 @@ type Client struct {
 
 // New returns a Client.
 func New(cli *clientv3.Client, opts Options) *Client {
-	return &Client{cli: cli, cluster: cluster.New(cli, cluster.Options{Prefix: opts.Prefix}), opts: opts, leases: map[time.Duration]heldLease{}}
+	return &Client{cli: cli, keys: api.NewKeys(opts.Prefix), opts: opts, leases: map[time.Duration]heldLease{}}
 }
 
 // request bounds one etcd request by RequestTimeout.
@@ -289,7 +294,7 @@ func (c *Client) prepare(ctx context.Context, call Call, id string) (*Sent, *api
 		return nil, nil, errors.New("no action named")
 	}
 	for _, n := range call.Nodes {
-		if err := objects.CheckName("node", n); err != nil {
+		if err := api.CheckName("node", n); err != nil {
 			return nil, nil, err
 		}
 	}
@@ -306,7 +311,7 @@ func (c *Client) prepare(ctx context.Context, call Call, id string) (*Sent, *api
 	}
 	var labels map[string]map[string]string // an operator's, never a node's own
 	if len(call.Labels) > 0 {
-		if labels, err = c.cluster.Labels(ctx); err != nil {
+		if labels, err = c.labels(ctx); err != nil {
 			return nil, nil, err
 		}
 	}
@@ -368,7 +373,7 @@ func (c *Client) binding(ctx context.Context) (api.Binding, error) {
 	id := c.clusterID
 	c.mu.Unlock()
 	if id == 0 {
-		resp, err := c.cli.Get(ctx, c.cluster.AllActionsPrefix(), clientv3.WithCountOnly()) // a key every caller may read
+		resp, err := c.cli.Get(ctx, c.keys.AllActionsPrefix(), clientv3.WithCountOnly()) // a key every caller may read
 		if err != nil {
 			return api.Binding{}, fmt.Errorf("read the cluster ID to sign for: %w", err)
 		}
@@ -382,19 +387,40 @@ func (c *Client) binding(ctx context.Context) (api.Binding, error) {
 
 // alive returns the presence of the nodes a call may address: every alive
 // node for labels or all, else only the named ones (one request).
-func (c *Client) alive(ctx context.Context, call Call) (map[string]*cluster.Presence, error) {
-	out := map[string]*cluster.Presence{}
+func (c *Client) alive(ctx context.Context, call Call) (map[string]*api.Presence, error) {
+	nodes := call.Nodes
 	if call.All || len(call.Labels) > 0 {
-		all, err := c.cluster.Alive(ctx)
-		for i := range all {
-			out[all[i].Node] = &all[i]
+		var err error
+		if nodes, err = c.aliveNodes(ctx); err != nil {
+			return nil, err
 		}
-		return out, err
 	}
-	for chunk := range slices.Chunk(call.Nodes, cluster.MaxTxnOps) {
+	return c.presence(ctx, nodes)
+}
+
+// aliveNodes lists the nodes with an alive key, from the keys alone.
+func (c *Client) aliveNodes(ctx context.Context) ([]string, error) {
+	prefix := c.keys.NodesPrefix()
+	resp, err := c.cli.Get(ctx, prefix, clientv3.WithPrefix(), clientv3.WithKeysOnly())
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", prefix, err)
+	}
+	var nodes []string
+	for _, kv := range resp.Kvs {
+		if node, ok := strings.CutSuffix(strings.TrimPrefix(string(kv.Key), prefix), "/alive"); ok && c.keys.AliveKey(node) == string(kv.Key) {
+			nodes = append(nodes, node)
+		}
+	}
+	return nodes, nil
+}
+
+// presence reads the alive keys of nodes: the presence of those alive.
+func (c *Client) presence(ctx context.Context, nodes []string) (map[string]*api.Presence, error) {
+	out := map[string]*api.Presence{}
+	for chunk := range slices.Chunk(nodes, api.MaxTxnOps) {
 		ops := make([]clientv3.Op, 0, len(chunk))
 		for _, n := range chunk {
-			ops = append(ops, clientv3.OpGet(c.cluster.AliveKey(n)))
+			ops = append(ops, clientv3.OpGet(c.keys.AliveKey(n)))
 		}
 		resp, err := c.cli.Txn(ctx).Then(ops...).Commit()
 		if err != nil {
@@ -402,10 +428,29 @@ func (c *Client) alive(ctx context.Context, call Call) (map[string]*cluster.Pres
 		}
 		for i, n := range chunk {
 			if kvs := resp.Responses[i].GetResponseRange().Kvs; len(kvs) > 0 {
-				p := &cluster.Presence{Node: n}
+				p := &api.Presence{}
 				_ = json.Unmarshal(kvs[0].Value, p)
+				p.Node = n // the key's, never what the value claims
 				out[n] = p
 			}
+		}
+	}
+	return out, nil
+}
+
+// labels returns the labels operators gave each node (ccm node label),
+// by node: never those a node claims for itself.
+func (c *Client) labels(ctx context.Context) (map[string]map[string]string, error) {
+	prefix := c.keys.LabelsPrefix()
+	resp, err := c.cli.Get(ctx, prefix, clientv3.WithPrefix())
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", prefix, err)
+	}
+	out := map[string]map[string]string{}
+	for _, kv := range resp.Kvs {
+		labels := map[string]string{}
+		if json.Unmarshal(kv.Value, &labels) == nil {
+			out[strings.TrimPrefix(string(kv.Key), prefix)] = labels
 		}
 	}
 	return out, nil
@@ -447,7 +492,7 @@ func matches(labels, want map[string]string) bool {
 // allows, and returns the revision of the first.
 func (c *Client) write(ctx context.Context, s *Sent, req *api.Request, nodes []string) (int64, error) {
 	var first int64
-	for chunk := range slices.Chunk(nodes, cluster.MaxTxnOps) {
+	for chunk := range slices.Chunk(nodes, api.MaxTxnOps) {
 		bodies := make([]string, len(chunk))
 		for i, n := range chunk {
 			raw, err := c.body(s, req, n)
@@ -505,7 +550,7 @@ func (c *Client) put(ctx context.Context, s *Sent, nodes, bodies []string) (int6
 		}
 		ops := make([]clientv3.Op, 0, len(nodes))
 		for i, n := range nodes {
-			ops = append(ops, clientv3.OpPut(c.cluster.ActionKey(n, s.ID), bodies[i], clientv3.WithLease(lease)))
+			ops = append(ops, clientv3.OpPut(c.keys.ActionKey(n, s.ID), bodies[i], clientv3.WithLease(lease)))
 		}
 		resp, err := c.cli.Txn(ctx).Then(ops...).Commit()
 		if errors.Is(err, rpctypes.ErrLeaseNotFound) && !fresh {
@@ -534,8 +579,8 @@ func (c *Client) watch(ctx context.Context, id string, nodes []string) ([]*waite
 	for _, n := range nodes {
 		wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
 		ws = append(ws, &waiter{node: n, id: id, cancel: cancel,
-			replies: c.cli.Watch(wctx, c.cluster.ReplyKey(n, id), clientv3.WithFilterDelete(), clientv3.WithCreatedNotify()),
-			gone:    c.cli.Watch(wctx, c.cluster.AliveKey(n), clientv3.WithFilterPut(), clientv3.WithCreatedNotify()),
+			replies: c.cli.Watch(wctx, c.keys.ReplyKey(n, id), clientv3.WithFilterDelete(), clientv3.WithCreatedNotify()),
+			gone:    c.cli.Watch(wctx, c.keys.AliveKey(n), clientv3.WithFilterPut(), clientv3.WithCreatedNotify()),
 		})
 	}
 	rctx, cancel := c.request(ctx)
@@ -676,8 +721,8 @@ func (w *waiter) await(ctx context.Context, c *Client, pickup time.Duration) res
 func (c *Client) withdraw(ctx context.Context, node, id string) (bool, error) {
 	ctx, cancel := c.request(ctx)
 	defer cancel()
-	resp, err := c.cli.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(c.cluster.ReplyKey(node, id)), "=", 0)).
-		Then(clientv3.OpDelete(c.cluster.ActionKey(node, id))).Commit()
+	resp, err := c.cli.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(c.keys.ReplyKey(node, id)), "=", 0)).
+		Then(clientv3.OpDelete(c.keys.ActionKey(node, id))).Commit()
 	if err != nil {
 		return false, fmt.Errorf("withdraw the request to %s: %w", node, err)
 	}
@@ -688,10 +733,10 @@ func (c *Client) withdraw(ctx context.Context, node, id string) (bool, error) {
 // key grammar or which breaks its type's schema: the error names the key
 // and every field at fault.
 func (c *Client) PutObject(ctx context.Context, typ, id string, obj map[string]any) error {
-	if err := errors.Join(objects.CheckName("type", typ), objects.CheckName("id", id)); err != nil {
+	if err := errors.Join(api.CheckName("type", typ), api.CheckName("id", id)); err != nil {
 		return err
 	}
-	key := c.cluster.ObjectsPrefix() + typ + "/" + id
+	key := c.keys.ObjectsPrefix() + typ + "/" + id
 	if c.opts.Schemas != nil {
 		if err := c.opts.Schemas.Validate(typ, obj); err != nil {
 			return fmt.Errorf("object %s: %w", key, err)

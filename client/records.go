@@ -10,7 +10,6 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/ccm-dev/ccm/api"
-	"github.com/ccm-dev/ccm/internal/cluster"
 )
 
 // Record is one request to one node, with its reply so far (nil before
@@ -37,7 +36,7 @@ func (r Record) By() string {
 // Get returns the requests of call id, one per node, with their replies,
 // sorted by node. It returns none for an unknown (or expired) id.
 func (c *Client) Get(ctx context.Context, id string) ([]Record, error) {
-	prefix := c.cluster.AllActionsPrefix()
+	prefix := c.keys.AllActionsPrefix()
 	resp, err := c.cli.Get(ctx, prefix, clientv3.WithPrefix(), clientv3.WithKeysOnly())
 	if err != nil {
 		return nil, fmt.Errorf("read %s: %w", prefix, err)
@@ -54,9 +53,9 @@ func (c *Client) Get(ctx context.Context, id string) ([]Record, error) {
 // List returns the requests to node (every node when empty) that etcd
 // still keeps, newest first, at most limit of them (all when 0).
 func (c *Client) List(ctx context.Context, node string, limit int) ([]Record, error) {
-	prefix := c.cluster.AllActionsPrefix()
+	prefix := c.keys.AllActionsPrefix()
 	if node != "" {
-		prefix = c.cluster.ActionsPrefix(node)
+		prefix = c.keys.ActionsPrefix(node)
 	}
 	resp, err := c.cli.Get(ctx, prefix, clientv3.WithPrefix(), clientv3.WithKeysOnly())
 	if err != nil {
@@ -78,13 +77,13 @@ func (c *Client) List(ctx context.Context, node string, limit int) ([]Record, er
 
 // records reads the requests at keys and their replies, at revision rev.
 func (c *Client) records(ctx context.Context, keys []string, rev int64) ([]Record, error) {
-	prefix := c.cluster.AllActionsPrefix()
+	prefix := c.keys.AllActionsPrefix()
 	var out []Record
-	for chunk := range slices.Chunk(keys, cluster.MaxTxnOps/2) {
+	for chunk := range slices.Chunk(keys, api.MaxTxnOps/2) {
 		var ops []clientv3.Op
 		for _, k := range chunk {
 			node, id, _ := strings.Cut(strings.TrimPrefix(k, prefix), "/")
-			ops = append(ops, clientv3.OpGet(k, clientv3.WithRev(rev)), clientv3.OpGet(c.cluster.ReplyKey(node, id), clientv3.WithRev(rev)))
+			ops = append(ops, clientv3.OpGet(k, clientv3.WithRev(rev)), clientv3.OpGet(c.keys.ReplyKey(node, id), clientv3.WithRev(rev)))
 		}
 		resp, err := c.cli.Txn(ctx).Then(ops...).Commit()
 		if err != nil {

@@ -311,7 +311,7 @@ func TestActionsRunAsTheSitesUnixUser(t *testing.T) {
 	require.NoError(t, os.Chmod(filepath.Dir(dir), 0o755))
 	require.NoError(t, os.Chmod(dir, 0o755))
 	n := startAgent(t, etcd, "web1", dir, agentConfig{})
-	n.reported(t, 1, cluster.ResultConverged)
+	n.reported(t, 1, api.ResultConverged)
 
 	call := func(action string, params map[string]string) api.Reply {
 		replies, errs := callReplies(t, n.cli, client.Call{Action: action, Nodes: []string{"web1"}, Params: params})
@@ -383,7 +383,7 @@ func TestHostileRequestsAndHandlersGetAClearStateAndTheAgentStaysHealthy(t *test
 		"daemon": "setsid sh -c 'echo $$ > " + pids + "; exec sleep 300' &\necho started\n",
 	})
 	n := startAgent(t, etcd, "web1", dir, agentConfig{})
-	n.reported(t, 1, cluster.ResultConverged)
+	n.reported(t, 1, api.ResultConverged)
 	t.Cleanup(func() {
 		for _, pid := range readPidsIfAny(pids) {
 			_ = syscall.Kill(pid, syscall.SIGKILL)

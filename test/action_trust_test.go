@@ -118,7 +118,7 @@ func TestAClaimWhoseResponseWasLostStillRunsOnce(t *testing.T) {
 		s, err := caller0.Send(context.Background(), client.Call{Action: "work", Nodes: []string{"web1"}})
 		require.NoError(t, err)
 		raw, _ := json.Marshal(api.Reply{ID: s.ID, Node: "web1", State: api.StateRunning, Instance: instance, Started: time.Now()})
-		_, err = cli.Put(context.Background(), cluster.NewKeys("").ReplyKey("web1", s.ID), string(raw))
+		_, err = cli.Put(context.Background(), api.NewKeys("").ReplyKey("web1", s.ID), string(raw))
 		require.NoError(t, err)
 		return s.ID
 	}
@@ -155,7 +155,7 @@ func TestARequestReplayedAfterItsReplyIsGoneNeverRunsAgain(t *testing.T) {
 	assert.Equal(t, api.StateSucceeded, replies["web1"].State, "an action longer than the retention keeps its reply")
 	id := replies["web1"].ID
 
-	keys := cluster.NewKeys("")
+	keys := api.NewKeys("")
 	ctx := context.Background()
 	req, err := cli.Get(ctx, keys.ActionKey("web1", id))
 	require.NoError(t, err)
@@ -182,8 +182,8 @@ func TestMalformedAndOversizedRequestsNeverWedgeTheEngine(t *testing.T) {
 	etcd := etcdtest.New(t, 1)
 	dir := actionConfig(t, map[string]string{"quick": "command: [/bin/true]\nrun_as: {user: ME}\n"}, nil)
 	n := startAgent(t, etcd, "web1", dir, agentConfig{})
-	n.reported(t, 1, cluster.ResultConverged)
-	keys := cluster.NewKeys("")
+	n.reported(t, 1, api.ResultConverged)
+	keys := api.NewKeys("")
 	ctx := context.Background()
 	huge := keys.ActionsPrefix("web1") + strings.Repeat("0", 450<<10)
 	_, err := n.cli.Put(ctx, huge, `{"id":"x","action":"quick"}`)
@@ -291,7 +291,7 @@ func TestASecretOutputIsSealedToTheCaller(t *testing.T) {
 	dir := actionConfig(t, map[string]string{"login-url": "command: [BIN/login]\nrun_as: {user: ME}\nsecret_output: true\n"},
 		map[string]string{"login": "echo https://shop.example/login?token=tok-$CCM_ACTION_ID\n"})
 	n := startAgent(t, etcd, "web1", dir, agentConfig{})
-	n.reported(t, 1, cluster.ResultConverged)
+	n.reported(t, 1, api.ResultConverged)
 	caller0 := caller(t, etcd, dir)
 
 	res := caller0.action("action", "run", "login-url", "--node", "web1", "--json")
@@ -324,7 +324,7 @@ func TestASecretOutputIsSealedToTheCaller(t *testing.T) {
 	// A request without a key to seal to is refused before it runs.
 	id = api.NewID(time.Now())
 	raw, _ := json.Marshal(api.Request{ID: id, Action: "login-url", Created: time.Now()})
-	_, err = n.cli.Put(context.Background(), cluster.NewKeys("").ActionKey("web1", id), string(raw))
+	_, err = n.cli.Put(context.Background(), api.NewKeys("").ActionKey("web1", id), string(raw))
 	require.NoError(t, err)
 	eventually(t, 20*time.Second, func() bool { r := replyOf(t, n.cli, id, "web1"); return r != nil && api.Final(r.State) }, "the reply")
 	assert.Contains(t, replyOf(t, n.cli, id, "web1").Error, "needs a reply_key")

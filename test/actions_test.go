@@ -119,7 +119,7 @@ func TestActionGetsItsParametersOnStdinAndInTheEnvironmentNeverInArgv(t *testing
 	noteFile := filepath.Join(t.TempDir(), "note")
 	dir := actionConfig(t, map[string]string{"echo": echoHandler}, map[string]string{"echo-params": "NOTE_FILE=" + noteFile + "\n" + echoScript})
 	n := startAgent(t, etcd, "web1", dir, agentConfig{})
-	n.reported(t, 1, cluster.ResultConverged)
+	n.reported(t, 1, api.ResultConverged)
 
 	note := `a "quoted" $(touch /tmp/pwned); rm -rf / ; value`
 	replies, errs := callReplies(t, n.cli, client.Call{Action: "echo", Nodes: []string{"web1"}, Params: map[string]string{"site": "shop-1", "note": note}})
@@ -220,7 +220,7 @@ func TestActionRejectsBadRequestsBeforeAnythingRuns(t *testing.T) {
 	dir := actionConfig(t, map[string]string{"echo": echoHandler, "touch": "command: [BIN/touch]\nrun_as: {user: ME}\n"},
 		map[string]string{"echo-params": echoScript, "touch": "echo >> " + ran + "\n"})
 	n := startAgent(t, etcd, "web1", dir, agentConfig{})
-	n.reported(t, 1, cluster.ResultConverged)
+	n.reported(t, 1, api.ResultConverged)
 
 	cases := []struct {
 		name string
@@ -278,7 +278,7 @@ func TestActionTimeoutKillsTheWholeProcessGroup(t *testing.T) {
 	dir := actionConfig(t, map[string]string{"hang": "command: [BIN/hang]\nrun_as: {user: ME}\ntimeout: 1s\n"},
 		map[string]string{"hang": fmt.Sprintf("sleep 300 &\necho $! $$ > %s\nwait\n", pids)})
 	n := startAgent(t, etcd, "web1", dir, agentConfig{})
-	n.reported(t, 1, cluster.ResultConverged)
+	n.reported(t, 1, api.ResultConverged)
 
 	// ccm_actions_running shows the action while it runs (it runs for its
 	// whole timeout of 1 s), and ccm_action_duration_seconds observes it.
@@ -432,7 +432,7 @@ func TestConcurrencyBoundsTheHandlersRunningAtOnce(t *testing.T) {
 	dir := actionConfig(t, map[string]string{"work": "command: [BIN/work]\nrun_as: {user: ME}\nconcurrency: 2\n"},
 		map[string]string{"work": loggingScript(log, "0.5", 0)})
 	n := startAgent(t, etcd, "web1", dir, agentConfig{})
-	n.reported(t, 1, cluster.ResultConverged)
+	n.reported(t, 1, api.ResultConverged)
 	cl := client.New(n.cli, client.Options{})
 	var ids []string
 	for range 6 {
@@ -455,13 +455,13 @@ func TestRequestsAndRepliesLiveOnTheRetentionLease(t *testing.T) {
 	etcd := etcdtest.New(t, 1)
 	dir := actionConfig(t, map[string]string{"quick": "command: [/bin/true]\nrun_as: {user: ME}\n"}, nil)
 	n := startAgent(t, etcd, "web1", dir, agentConfig{})
-	n.reported(t, 1, cluster.ResultConverged)
+	n.reported(t, 1, api.ResultConverged)
 	res := caller(t, etcd, dir).action("action", "run", "quick", "--node", "web1", "--retention", "1h", "--json")
 	require.Equal(t, 0, res.code, res.stderr)
 	var r api.Reply
 	require.NoError(t, json.Unmarshal([]byte(res.stdout), &r))
 
-	keys := cluster.NewKeys("")
+	keys := api.NewKeys("")
 	ctx := context.Background()
 	req, err := n.cli.Get(ctx, keys.ActionKey("web1", r.ID))
 	require.NoError(t, err)
@@ -513,7 +513,7 @@ func TestBuiltinPlanAndConvergeOnEveryNode(t *testing.T) {
 		nodes = append(nodes, startAgent(t, etcd, name, dir, agentConfig{debounce: time.Hour, maxWait: time.Hour}))
 	}
 	for _, n := range nodes {
-		n.reported(t, 1, cluster.ResultConverged)
+		n.reported(t, 1, api.ResultConverged)
 	}
 	res := caller(t, etcd, dir).action("plan", "--cluster", "--color", "never")
 	assert.Equal(t, 0, res.code, res.stdout+res.stderr)
@@ -535,12 +535,12 @@ func TestBuiltinPlanAndConvergeOnEveryNode(t *testing.T) {
 	require.Equal(t, 0, res.code, res.stdout+res.stderr)
 	var r api.Reply
 	require.NoError(t, json.Unmarshal([]byte(res.stdout), &r))
-	var st cluster.Status
+	var st api.Status
 	require.NoError(t, json.Unmarshal(r.Output, &st))
-	assert.Equal(t, cluster.ResultConverged, st.Result)
+	assert.Equal(t, api.ResultConverged, st.Result)
 	assert.GreaterOrEqual(t, st.Revision, rev)
 	assert.Equal(t, "v2\n", nodes[0].read("/sites/s000.conf"))
-	nodes[0].reported(t, rev, cluster.ResultConverged)
+	nodes[0].reported(t, rev, api.ResultConverged)
 	assert.Empty(t, nodes[1].read("/sites/s000.conf"), "only the node called converged")
 }
 
@@ -583,7 +583,7 @@ func TestSerialActionsHoldTheLockAndTheFlagStopsNoAction(t *testing.T) {
 	etcd := etcdtest.New(t, 1)
 	dir := actionConfig(t, map[string]string{"serial": "command: [/bin/sleep, '2']\nrun_as: {user: ME}\nserial: true\n"}, nil)
 	n := startAgent(t, etcd, "web1", dir, agentConfig{})
-	n.reported(t, 1, cluster.ResultConverged)
+	n.reported(t, 1, api.ResultConverged)
 	c := cluster.New(n.cli, cluster.Options{})
 	ctx := context.Background()
 

@@ -19,6 +19,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
 
+	"github.com/ccm-dev/ccm/api"
 	"github.com/ccm-dev/ccm/internal/agent"
 	"github.com/ccm-dev/ccm/internal/cluster"
 	"github.com/ccm-dev/ccm/test/etcdtest"
@@ -114,23 +115,23 @@ func startAgent(t *testing.T, etcd *etcdtest.Cluster, name, configDir string, cf
 // runs returns how many runs the agent made, by any result.
 func (n *agentNode) runs() int {
 	total := 0
-	for _, r := range []string{cluster.ResultConverged, cluster.ResultFailed, cluster.ResultAborted, cluster.ResultHalted} {
+	for _, r := range []string{api.ResultConverged, api.ResultFailed, api.ResultAborted, api.ResultHalted} {
 		total += int(testutil.ToFloat64(n.ag.Metrics().Runs.WithLabelValues(r)))
 	}
 	return total
 }
 
 // status is the node's last reported run, or nil.
-func (n *agentNode) status(t *testing.T) *cluster.Status {
+func (n *agentNode) status(t *testing.T) *api.Status {
 	return nodeStatus(t, n.cli, n.name)
 }
 
 // reported waits until the node reports result for a run that rendered at
 // least revision rev: a reported state, never a side effect midway
 // through a run.
-func (n *agentNode) reported(t *testing.T, rev int64, result string) *cluster.Status {
+func (n *agentNode) reported(t *testing.T, rev int64, result string) *api.Status {
 	t.Helper()
-	var s *cluster.Status
+	var s *api.Status
 	eventually(t, 30*time.Second, func() bool {
 		s = n.status(t)
 		return s != nil && s.Result == result && s.Revision >= rev
@@ -166,7 +167,7 @@ func eventually(t *testing.T, timeout time.Duration, cond func() bool, msg strin
 }
 
 // nodeStatus reads a node's status from etcd.
-func nodeStatus(t *testing.T, cli *clientv3.Client, node string) *cluster.Status {
+func nodeStatus(t *testing.T, cli *clientv3.Client, node string) *api.Status {
 	t.Helper()
 	v, err := cluster.New(cli, cluster.Options{}).View(context.Background())
 	require.NoError(t, err)

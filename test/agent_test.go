@@ -17,6 +17,7 @@ import (
 	"github.com/stretchr/testify/require"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/ccm-dev/ccm/api"
 	"github.com/ccm-dev/ccm/internal/cluster"
 	"github.com/ccm-dev/ccm/test/etcdtest"
 )
@@ -33,7 +34,7 @@ func threeAgents(t *testing.T, cfg agentConfig, marker string) (*etcdtest.Cluste
 		nodes = append(nodes, startAgent(t, etcd, name, siteConfig(t, name, log, marker, "0.05"), cfg))
 	}
 	for _, n := range nodes {
-		n.reported(t, 1, cluster.ResultConverged)
+		n.reported(t, 1, api.ResultConverged)
 	}
 	return etcd, nodes, log
 }
@@ -57,7 +58,7 @@ func putSites(t *testing.T, etcd *etcdtest.Cluster, n int, v string, members ...
 func converged(t *testing.T, nodes []*agentNode, rev int64, n int, v string) {
 	t.Helper()
 	for _, node := range nodes {
-		node.reported(t, rev, cluster.ResultConverged)
+		node.reported(t, rev, api.ResultConverged)
 		for i := 0; i < n; i++ {
 			require.Equal(t, v+"\n", node.read(fmt.Sprintf("/sites/s%03d.conf", i)), "%s renders site %d", node.name, i)
 		}
@@ -137,9 +138,9 @@ func TestFailingValidateHaltsTheRolloutUntilResume(t *testing.T) {
 	c := cluster.New(cli, cluster.Options{})
 	failed := failedNode(t, c, "the failure flag is set")
 	for _, n := range nodes {
-		want := cluster.ResultHalted
+		want := api.ResultHalted
 		if n.name == failed {
-			want = cluster.ResultFailed
+			want = api.ResultFailed
 		}
 		eventually(t, 30*time.Second, func() bool {
 			s := nodeStatus(t, cli, n.name)
@@ -174,7 +175,7 @@ func TestKilledLockHolderLetsTheNextNodeProceedAfterTheTTL(t *testing.T) {
 	killed := time.Now()
 	require.NoError(t, proc.Process.Signal(syscall.SIGKILL))
 	_, _ = proc.Process.Wait()
-	b.reported(t, rev, cluster.ResultConverged) // after a's lease expired
+	b.reported(t, rev, api.ResultConverged) // after a's lease expired
 	assert.Equal(t, "v\n", b.read("/sites/s000.conf"))
 	t.Logf("b converged %s after a was killed (lock TTL 2s)", time.Since(killed).Round(time.Millisecond))
 }
@@ -183,7 +184,7 @@ func TestCompactionPastTheAgentTriggersAFullResync(t *testing.T) {
 	etcd := etcdtest.New(t, 3)
 	log := filepath.Join(t.TempDir(), "log")
 	n := startAgent(t, etcd, "n", siteConfig(t, "n", log, "/nonexistent", "0"), agentConfig{endpoints: []int{2}})
-	n.reported(t, 1, cluster.ResultConverged)
+	n.reported(t, 1, api.ResultConverged)
 
 	etcd.Stop(2) // the agent's only member
 	admin := etcd.Client(t, 0, 1)
@@ -289,7 +290,7 @@ func TestReloadKeepsTheLoadedConfigurationWhenTheNewOneIsBroken(t *testing.T) {
 	log := filepath.Join(t.TempDir(), "log")
 	dir := siteConfig(t, "n", log, "/nonexistent", "0")
 	n := startAgent(t, etcd, "n", dir, agentConfig{})
-	n.reported(t, 1, cluster.ResultConverged)
+	n.reported(t, 1, api.ResultConverged)
 
 	broken := filepath.Join(dir, "broken.yaml")
 	require.NoError(t, os.WriteFile(broken, []byte("depends_on: [ghost]\nfiles: [{path: /x, content: x}]\n"), 0o644))
@@ -300,6 +301,6 @@ func TestReloadKeepsTheLoadedConfigurationWhenTheNewOneIsBroken(t *testing.T) {
 	require.NoError(t, os.WriteFile(broken, []byte("files: [{path: /motd, content: \"hello\\n\"}]\n"), 0o644))
 	rev := revision(t, n.cli)
 	require.NoError(t, n.ag.Reload())
-	n.reported(t, rev, cluster.ResultConverged)
+	n.reported(t, rev, api.ResultConverged)
 	assert.Equal(t, "hello\n", n.read("/motd"), "the reloaded configuration converged")
 }

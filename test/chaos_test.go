@@ -14,6 +14,7 @@ import (
 	"github.com/stretchr/testify/require"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/ccm-dev/ccm/api"
 	"github.com/ccm-dev/ccm/internal/cluster"
 	"github.com/ccm-dev/ccm/test/etcdtest"
 )
@@ -256,7 +257,7 @@ func TestChaosStatusSaysWhyAnAliveAgentMakesNoProgress(t *testing.T) {
 	f.m.WaitHealthy(60 * time.Second)
 	c := cluster.New(f.admin, cluster.Options{})
 	// problem is node0's problem record as ccm status reads it.
-	problem := func() *cluster.Problem {
+	problem := func() *api.Problem {
 		v, err := c.View(context.Background())
 		require.NoError(t, err)
 		for _, n := range v.Nodes {

@@ -12,6 +12,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/ccm-dev/ccm/api"
 	"github.com/ccm-dev/ccm/internal/cluster"
 	"github.com/ccm-dev/ccm/test/etcdtest"
 )
@@ -51,7 +52,7 @@ func TestCompletionKnowsTheCluster(t *testing.T) {
 	web.start("agent")
 	_, err = cli.Put(ctx, "/ccm/labels/web1", `{"role":"web","dc":"ams"}`)
 	require.NoError(t, err)
-	c := cluster.New(cli, cluster.Options{Prefix: cluster.DefaultPrefix})
+	c := cluster.New(cli, cluster.Options{Prefix: api.DefaultPrefix})
 	eventually(t, 30*time.Second, func() bool {
 		alive, err := c.Alive(ctx)
 		return err == nil && len(alive) == 1

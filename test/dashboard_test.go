@@ -15,6 +15,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/ccm-dev/ccm/api"
 	"github.com/ccm-dev/ccm/internal/cluster"
 	"github.com/ccm-dev/ccm/test/etcdtest"
 )
@@ -105,13 +106,13 @@ func TestDashboardFollowsARolloutThatFailsAndResumes(t *testing.T) {
 	// node, the configuration and the error, and the others fall behind.
 	require.NoError(t, os.WriteFile(marker, nil, 0o644))
 	rev := putSites(t, etcd, 1, "v2")
-	failed := failedNode(t, cluster.New(etcd.Client(t), cluster.Options{Prefix: cluster.DefaultPrefix}), "a node fails validate")
+	failed := failedNode(t, cluster.New(etcd.Client(t), cluster.Options{Prefix: api.DefaultPrefix}), "a node fails validate")
 	page.waitFor(`!document.querySelector('#failure').hidden && document.querySelector('#failure').dataset.node === `+strconv.Quote(failed), "the failure banner")
 	assert.Equal(t, "sites", page.text("#failure .config"))
 	assert.Contains(t, page.text("#failure .error"), "validate")
 	// A second node's record shows beside the first, under its own name
 	// (its value claims another node).
-	_, err := etcd.Client(t).Put(context.Background(), cluster.NewKeys("").FailureKey("node9"), `{"node":"`+failed+`","configuration":"pools","error":"x"}`)
+	_, err := etcd.Client(t).Put(context.Background(), api.NewKeys("").FailureKey("node9"), `{"node":"`+failed+`","configuration":"pools","error":"x"}`)
 	require.NoError(t, err)
 	page.waitFor(`document.querySelector('#failure .more').textContent === "Also failed: node9 (pools)"`, "every failure record, each by its key")
 	page.waitFor(rows(fmt.Sprintf(`[data-node=%q][data-state="failed"]`, failed))+` === 1`, "the failed node")
@@ -137,7 +138,7 @@ func TestDashboardFollowsARolloutThatFailsAndResumes(t *testing.T) {
 	r = admin.action("unpause")
 	require.Equal(t, 0, r.code, r.stderr)
 	for _, n := range nodes {
-		n.reported(t, rev, cluster.ResultConverged)
+		n.reported(t, rev, api.ResultConverged)
 	}
 	page.waitFor(`document.querySelector('#failure').hidden && document.querySelector('#pause').hidden`, "no banner")
 	page.waitFor(rows(`[data-state="idle"][data-behind="false"]`)+` === 3`, "three converged nodes again")

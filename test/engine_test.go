@@ -13,6 +13,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/ccm-dev/ccm/api"
 	"github.com/ccm-dev/ccm/internal/cluster"
 	"github.com/ccm-dev/ccm/test/etcdtest"
 )
@@ -52,7 +53,7 @@ func TestApplyOnceConvergesPrunesAndReports(t *testing.T) {
 	require.NoError(t, json.Unmarshal([]byte(r.stdout), &view))
 	require.Len(t, view.Nodes, 1)
 	assert.Equal(t, "web1", view.Nodes[0].Name)
-	assert.Equal(t, cluster.ResultConverged, view.Nodes[0].Status.Result)
+	assert.Equal(t, api.ResultConverged, view.Nodes[0].Status.Result)
 	assert.Nil(t, view.Nodes[0].Presence, "presence goes with the session")
 	assert.Empty(t, view.Holder)
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/ccm-dev/ccm/api"
 	"github.com/ccm-dev/ccm/internal/cluster"
 	"github.com/ccm-dev/ccm/test/etcdtest"
 )
@@ -63,23 +64,23 @@ func TestTheExampleStackChecksWithRealNginxAndPHPFPM(t *testing.T) {
 		}, "%s reports %s at %d", n.name, result, rev)
 	}
 	for _, n := range nodes {
-		reported(n, cluster.ResultConverged, rev)
+		reported(n, api.ResultConverged, rev)
 		assert.Contains(t, n.read("/etc/nginx/sites-enabled/shop.conf"), "server_name shop.example.com;", "nginx accepted the vhost")
 		assert.Contains(t, n.read("/etc/php/8.2/fpm/pool.d/shop.conf"), "[shop]", "php-fpm accepted the pool")
 	}
 
 	// A customer's domain list that breaks the vhost.
 	put("sites/evil", `{"user":"www-data","domains":["evil.example;", "listen 99999"]}`)
-	var f *cluster.Failure
+	var f *api.Failure
 	eventually(t, 60*time.Second, func() bool { f, _ = c.Failure(ctx); return f != nil }, "the first node's check fails and raises the flag")
 	assert.Equal(t, "nginx-vhosts", f.Configuration)
 	evilVhost := "/etc/nginx/sites-enabled/evil.conf"
 	assert.Contains(t, f.Error, "check "+evilVhost)
 	assert.NotContains(t, f.Error, ".ccm-", "the error names the final path, not the staged file")
 	for _, n := range nodes {
-		want := cluster.ResultHalted
+		want := api.ResultHalted
 		if n.name == f.Node {
-			want = cluster.ResultFailed
+			want = api.ResultFailed
 		}
 		eventually(t, 60*time.Second, func() bool {
 			s, err := c.Status(ctx, n.name)

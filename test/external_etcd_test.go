@@ -13,6 +13,7 @@ import (
 	"github.com/stretchr/testify/require"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/ccm-dev/ccm/api"
 	"github.com/ccm-dev/ccm/internal/cluster"
 	"github.com/ccm-dev/ccm/test/etcdtest"
 )
@@ -67,7 +68,7 @@ func TestAgentWorksWithOnlyItsNodeRoleOverTLS(t *testing.T) {
 			return false
 		}
 		s := v.Nodes[0].Status
-		return s.Result == cluster.ResultConverged && s.Revision >= got.Kvs[0].ModRevision
+		return s.Result == api.ResultConverged && s.Revision >= got.Kvs[0].ModRevision
 	}, "the agent reports that it converged the new site")
 	assert.FileExists(t, filepath.Join(web1.root, "etc/nginx/sites-enabled/tls.conf"))
 	require.NoError(t, proc.Process.Signal(syscall.SIGTERM))
@@ -138,7 +139,7 @@ func TestAnEtcdRestoredFromASnapshotOrWipedIsConvergedAgain(t *testing.T) {
 		t.Helper()
 		eventually(t, 60*time.Second, func() bool {
 			s, err := cluster.New(admin, cluster.Options{}).Status(ctx, "n")
-			return err == nil && s != nil && s.Result == cluster.ResultConverged && s.Time.After(since)
+			return err == nil && s != nil && s.Result == api.ResultConverged && s.Time.After(since)
 		}, "converged %s", what)
 	}
 
@@ -148,7 +149,7 @@ func TestAnEtcdRestoredFromASnapshotOrWipedIsConvergedAgain(t *testing.T) {
 	put("a", "v2")
 	put("b", "v1")
 	rev := revision(t, admin)
-	n.reported(t, rev, cluster.ResultConverged)
+	n.reported(t, rev, api.ResultConverged)
 	require.Equal(t, "v2\n", n.read("/sites/a.conf"))
 
 	restored := time.Now()
@@ -157,7 +158,7 @@ func TestAnEtcdRestoredFromASnapshotOrWipedIsConvergedAgain(t *testing.T) {
 	assert.Equal(t, "v1\n", n.read("/sites/a.conf"), "the restored object is rendered")
 	assert.Empty(t, n.read("/sites/b.conf"), "an object the snapshot lacks is removed")
 	put("c", "v1")
-	n.reported(t, revision(t, admin), cluster.ResultConverged)
+	n.reported(t, revision(t, admin), api.ResultConverged)
 	assert.Equal(t, "v1\n", n.read("/sites/c.conf"), "later events are followed")
 
 	wiped := time.Now()

@@ -17,6 +17,7 @@ import (
 	"github.com/stretchr/testify/require"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/ccm-dev/ccm/api"
 	"github.com/ccm-dev/ccm/client"
 	"github.com/ccm-dev/ccm/internal/cluster"
 	"github.com/ccm-dev/ccm/test/etcdtest"
@@ -253,7 +254,7 @@ func (f *fleet) converged(rev int64, timeout time.Duration) {
 		done := 0
 		if err == nil {
 			for _, n := range v.Nodes {
-				if n.Status != nil && n.Status.Result == cluster.ResultConverged && n.Status.Revision >= rev {
+				if n.Status != nil && n.Status.Result == api.ResultConverged && n.Status.Revision >= rev {
 					done++
 				}
 			}

@@ -13,6 +13,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/ccm-dev/ccm/api"
 	"github.com/ccm-dev/ccm/internal/cluster"
 	"github.com/ccm-dev/ccm/test/etcdtest"
 )
@@ -45,7 +46,7 @@ func TestHostileObjectsFailCleanlyAndTheAgentKeepsRunning(t *testing.T) {
 	// A good site, converged first: it must survive every attack intact.
 	resp, err := cli.Put(ctx, "/ccm/objects/sites/good", `{"dir":"www","body":"good"}`)
 	require.NoError(t, err)
-	n.reported(t, resp.Header.Revision, cluster.ResultConverged)
+	n.reported(t, resp.Header.Revision, api.ResultConverged)
 	require.Equal(t, "good\n", n.read("/srv/www/good.conf"), "good site")
 	// A symlink planted inside the root, pointing outside it.
 	require.NoError(t, os.Symlink(outside, filepath.Join(n.root, "srv", "planted")))
@@ -69,11 +70,11 @@ func TestHostileObjectsFailCleanlyAndTheAgentKeepsRunning(t *testing.T) {
 			resp, err := cli.Put(ctx, "/ccm/objects/"+tc.key, tc.value)
 			require.NoError(t, err)
 			if tc.want == "" { // harmless data: it converges, verbatim
-				n.reported(t, resp.Header.Revision, cluster.ResultConverged)
+				n.reported(t, resp.Header.Revision, api.ResultConverged)
 				assert.True(t, strings.HasPrefix(n.read("/srv/www/sh.conf"), "$(touch"), "rendered verbatim")
 				assert.NoFileExists(t, pwned, "no shell ran")
 			} else {
-				var f *cluster.Failure
+				var f *api.Failure
 				eventually(t, 20*time.Second, func() bool {
 					f, _ = c.Failure(ctx)
 					return f != nil
@@ -98,7 +99,7 @@ func TestHostileObjectsFailCleanlyAndTheAgentKeepsRunning(t *testing.T) {
 			eventually(t, 20*time.Second, func() bool {
 				s := nodeStatus(t, cli, "n")
 				f, _ := c.Failure(ctx)
-				return f == nil && s != nil && s.Result == cluster.ResultConverged && s.Revision > 0 &&
+				return f == nil && s != nil && s.Result == api.ResultConverged && s.Revision > 0 &&
 					n.read("/srv/www/sh.conf") == ""
 			}, "converged again after the object is gone")
 		})
@@ -110,7 +111,7 @@ func TestLargeObjectsAndBadKeysDoNotStopTheRollout(t *testing.T) {
 	cli := etcd.Client(t)
 	ctx := context.Background()
 	n := startAgent(t, etcd, "n", hostileConfig(t, filepath.Join(t.TempDir(), "pwned")), agentConfig{debounce: 100 * time.Millisecond})
-	n.reported(t, 1, cluster.ResultConverged)
+	n.reported(t, 1, api.ResultConverged)
 
 	big := strings.Repeat("x", 5<<20)
 	_, err := cli.Put(ctx, "/ccm/objects/sites/big", `{"dir":"www","body":"`+big+`"}`)
@@ -121,7 +122,7 @@ func TestLargeObjectsAndBadKeysDoNotStopTheRollout(t *testing.T) {
 	require.NoError(t, err)
 
 	// Converged, not failed: keys outside the grammar are ignored.
-	n.reported(t, resp.Header.Revision, cluster.ResultConverged)
+	n.reported(t, resp.Header.Revision, api.ResultConverged)
 	assert.Len(t, n.read("/srv/www/big.conf"), len(big)+1, "a 5 MB object renders")
 	entries, err := os.ReadDir(filepath.Join(n.root, "srv", "www"))
 	require.NoError(t, err)
@@ -169,7 +170,7 @@ func TestAStuckRenderRaisesTheFlagAndTheAgentExits(t *testing.T) {
 	n.start("agent", "--debounce", "0s")
 	eventually(t, 30*time.Second, func() bool {
 		s, err := c.Status(context.Background(), "n")
-		return err == nil && s != nil && s.Result == cluster.ResultHalted
+		return err == nil && s != nil && s.Result == api.ResultHalted
 	}, "the restarted agent reports halted")
 	assert.Empty(t, n.read("/pools/evil.conf"))
 }

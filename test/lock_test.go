@@ -16,6 +16,7 @@ import (
 	"github.com/stretchr/testify/require"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/ccm-dev/ccm/api"
 	"github.com/ccm-dev/ccm/internal/cluster"
 	"github.com/ccm-dev/ccm/test/etcdtest"
 )
@@ -26,7 +27,7 @@ func acquire(ctx context.Context, t *testing.T, c *cluster.Cluster, ttl time.Dur
 	t.Helper()
 	opts := cluster.SessionOptions{TTL: ttl}
 	if labels != nil {
-		opts.Presence = &cluster.Presence{Labels: labels}
+		opts.Presence = &api.Presence{Labels: labels}
 	}
 	s, err := c.NewSession(context.Background(), opts)
 	require.NoError(t, err)
@@ -90,11 +91,11 @@ func TestWritesAreFencedOnceTheLeaseIsGone(t *testing.T) {
 
 	lb, err := acquire(ctx, t, b, 30*time.Second, nil)
 	require.NoError(t, err)
-	require.NoError(t, lb.WriteStatus(ctx, cluster.Status{Node: "b", Result: cluster.ResultConverged}))
+	require.NoError(t, lb.WriteStatus(ctx, api.Status{Node: "b", Result: api.ResultConverged}))
 
-	err = la.SetFailure(ctx, cluster.Failure{Node: "a", Error: "late"})
+	err = la.SetFailure(ctx, api.Failure{Node: "a", Error: "late"})
 	assert.ErrorIs(t, err, cluster.ErrLockLost)
-	err = la.WriteStatus(ctx, cluster.Status{Node: "a", Result: cluster.ResultFailed})
+	err = la.WriteStatus(ctx, api.Status{Node: "a", Result: api.ResultFailed})
 	assert.ErrorIs(t, err, cluster.ErrLockLost)
 	f, err := b.Failure(ctx)
 	require.NoError(t, err)
@@ -231,7 +232,7 @@ func TestABatchReleaseWakesOneWaiterNotTheQueue(t *testing.T) {
 	eventsFor := func(n int) float64 {
 		prefix := fmt.Sprintf("/q%d", n)
 		admin := cluster.New(cli, cluster.Options{Prefix: prefix})
-		require.NoError(t, admin.SetRollout(context.Background(), cluster.Rollout{Batch: 2}))
+		require.NoError(t, admin.SetRollout(context.Background(), api.Rollout{Batch: 2}))
 		var blockers []*cluster.Lock
 		for i := range 2 {
 			l, err := acquire(context.Background(), t, cluster.New(cli, cluster.Options{Prefix: prefix, Node: fmt.Sprintf("blocker%d", i)}), 30*time.Second, nil)

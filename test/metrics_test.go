@@ -14,6 +14,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/ccm-dev/ccm/api"
 	"github.com/ccm-dev/ccm/internal/cluster"
 	"github.com/ccm-dev/ccm/test/etcdtest"
 )
@@ -34,7 +35,7 @@ func TestEveryListedMetricMoves(t *testing.T) {
 	dir := siteConfig(t, "n", filepath.Join(t.TempDir(), "log"), marker, "0")
 	n := startAgent(t, etcd, "n", dir, agentConfig{debounce: 2 * time.Second})
 	m := n.ag.Metrics()
-	n.reported(t, 1, cluster.ResultConverged)
+	n.reported(t, 1, api.ResultConverged)
 	eventually(t, 10*time.Second, func() bool { return testutil.ToFloat64(m.Ready) == 1 }, "ccm_ready is 1")
 	runs := samples(t, m.RunDuration)
 	assert.GreaterOrEqual(t, runs, uint64(1), "ccm_run_duration_seconds counts the first run")
@@ -42,9 +43,9 @@ func TestEveryListedMetricMoves(t *testing.T) {
 	// A change waits out the debounce: ccm_debounce_pending shows it.
 	rev := putSites(t, etcd, 2, "good")
 	eventually(t, 10*time.Second, func() bool { return testutil.ToFloat64(m.DebouncePending) == 1 }, "ccm_debounce_pending is 1 during the debounce")
-	n.reported(t, rev, cluster.ResultConverged)
+	n.reported(t, rev, api.ResultConverged)
 	assert.Equal(t, float64(0), testutil.ToFloat64(m.DebouncePending), "and 0 after the run")
-	assert.GreaterOrEqual(t, testutil.ToFloat64(m.Runs.WithLabelValues(cluster.ResultConverged)), float64(2))
+	assert.GreaterOrEqual(t, testutil.ToFloat64(m.Runs.WithLabelValues(api.ResultConverged)), float64(2))
 	assert.GreaterOrEqual(t, testutil.ToFloat64(m.ChangedFiles), float64(2), "two files created")
 	assert.Greater(t, samples(t, m.RunDuration), runs, "ccm_run_duration_seconds counts every run")
 	assert.Greater(t, samples(t, m.LockWait), uint64(1), "ccm_lock_wait_seconds counts every wait")
@@ -56,8 +57,8 @@ func TestEveryListedMetricMoves(t *testing.T) {
 	// A failure, then a run halted by the flag.
 	require.NoError(t, os.WriteFile(marker, nil, 0o644))
 	rev = putSites(t, etcd, 2, "bad")
-	n.reported(t, rev, cluster.ResultFailed)
-	assert.Equal(t, float64(1), testutil.ToFloat64(m.Runs.WithLabelValues(cluster.ResultFailed)))
+	n.reported(t, rev, api.ResultFailed)
+	assert.Equal(t, float64(1), testutil.ToFloat64(m.Runs.WithLabelValues(api.ResultFailed)))
 	assert.Equal(t, float64(1), testutil.ToFloat64(m.Failures), "ccm_configuration_failures_total")
 
 	// A run halted by the flag: n queues behind another holder of the
@@ -67,7 +68,7 @@ func TestEveryListedMetricMoves(t *testing.T) {
 	c := cluster.New(etcd.Client(t), cluster.Options{})
 	_, err := c.Resume(ctx)
 	require.NoError(t, err)
-	n.reported(t, rev, cluster.ResultConverged)
+	n.reported(t, rev, api.ResultConverged)
 	holder := cluster.New(etcd.Client(t), cluster.Options{Node: "holder"})
 	s, err := holder.NewSession(ctx, cluster.SessionOptions{TTL: 5 * time.Second})
 	require.NoError(t, err)
@@ -79,15 +80,15 @@ func TestEveryListedMetricMoves(t *testing.T) {
 		v, err := c.View(ctx)
 		return err == nil && slices.Contains(v.Waiting, "n")
 	}, "n waits for the lock")
-	require.NoError(t, lock.SetFailure(ctx, cluster.Failure{Node: "holder", Configuration: "x", Error: "test", Time: time.Now()}))
+	require.NoError(t, lock.SetFailure(ctx, api.Failure{Node: "holder", Configuration: "x", Error: "test", Time: time.Now()}))
 	require.NoError(t, lock.Release())
-	eventually(t, 30*time.Second, func() bool { s := n.status(t); return s != nil && s.Result == cluster.ResultHalted }, "n reports halted")
+	eventually(t, 30*time.Second, func() bool { s := n.status(t); return s != nil && s.Result == api.ResultHalted }, "n reports halted")
 	assert.Equal(t, float64(1), testutil.ToFloat64(m.Halted), "ccm_halted")
-	assert.Equal(t, float64(1), testutil.ToFloat64(m.Runs.WithLabelValues(cluster.ResultHalted)))
+	assert.Equal(t, float64(1), testutil.ToFloat64(m.Runs.WithLabelValues(api.ResultHalted)))
 	_, err = c.Resume(ctx)
 	require.NoError(t, err)
 
 	// A pause.
-	require.NoError(t, c.SetPause(ctx, cluster.Pause{By: "test", Reason: "metrics", Time: time.Now()}))
+	require.NoError(t, c.SetPause(ctx, api.Pause{By: "test", Reason: "metrics", Time: time.Now()}))
 	eventually(t, 10*time.Second, func() bool { return testutil.ToFloat64(m.Paused) == 1 }, "ccm_paused is 1")
 }

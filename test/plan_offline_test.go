@@ -10,7 +10,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/ccm-dev/ccm/internal/cluster"
+	"github.com/ccm-dev/ccm/api"
 	"github.com/ccm-dev/ccm/test/etcdtest"
 )
 
@@ -35,7 +35,7 @@ files:
 	require.NoError(t, err)
 	rev = head.Header.Revision
 	n := startAgent(t, etcd, "n", dir, agentConfig{})
-	n.reported(t, rev, cluster.ResultConverged)
+	n.reported(t, rev, api.ResultConverged)
 	require.Contains(t, n.read("/sites/s1.conf"), "u-s1 at revision ")
 
 	onNode := &node{t: t, name: "n", root: n.root, state: n.state, configDir: dir, endpoints: admin.endpoints}

@@ -12,6 +12,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/ccm-dev/ccm/api"
 	"github.com/ccm-dev/ccm/internal/cluster"
 	"github.com/ccm-dev/ccm/test/etcdtest"
 )
@@ -26,7 +27,7 @@ func agents(t *testing.T, etcd *etcdtest.Cluster, n int, log, marker, sleep stri
 		nodes = append(nodes, startAgent(t, etcd, name, siteConfig(t, name, log, marker, sleep), agentConfig{}))
 	}
 	for _, n := range nodes {
-		n.reported(t, 1, cluster.ResultConverged)
+		n.reported(t, 1, api.ResultConverged)
 	}
 	return nodes
 }
@@ -169,7 +170,7 @@ func TestACanaryConvergesAloneThenTheRestInBatches(t *testing.T) {
 		if n.name == failed {
 			continue
 		}
-		s := n.reported(t, 0, cluster.ResultHalted)
+		s := n.reported(t, 0, api.ResultHalted)
 		assert.Less(t, s.Converged, bad)
 		assert.Equal(t, "v1\n", n.read("/sites/s000.conf"), "%s is untouched", n.name)
 	}

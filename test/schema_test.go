@@ -10,6 +10,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/ccm-dev/ccm/api"
 	"github.com/ccm-dev/ccm/client"
 	"github.com/ccm-dev/ccm/internal/cluster"
 	"github.com/ccm-dev/ccm/internal/schemas"
@@ -71,19 +72,19 @@ func TestSchemasRefuseBadObjectsAtTheDoorAndFailTheirConfigurations(t *testing.T
 	// The Go client refuses too.
 	sch, err := schemas.Load(dir)
 	require.NoError(t, err)
-	api := client.New(cli, client.Options{Schemas: sch})
-	err = api.PutObject(ctx, "sites", "api", map[string]any{"user": "x", "domains": []any{"a.example"}, "php": map[string]any{"max_children": 0}})
+	callers := client.New(cli, client.Options{Schemas: sch})
+	err = callers.PutObject(ctx, "sites", "api", map[string]any{"user": "x", "domains": []any{"a.example"}, "php": map[string]any{"max_children": 0}})
 	assert.ErrorContains(t, err, "/php/max_children:")
-	require.NoError(t, api.PutObject(ctx, "sites", "api", map[string]any{"user": "x", "domains": []any{"a.example"}}))
+	require.NoError(t, callers.PutObject(ctx, "sites", "api", map[string]any{"user": "x", "domains": []any{"a.example"}}))
 
 	// An agent meets a bad object written past ccm: the configurations
 	// reading sites fail, naming the key and the field.
 	n := startAgent(t, etcd, "n", dir, agentConfig{})
-	n.reported(t, 1, cluster.ResultConverged)
+	n.reported(t, 1, api.ResultConverged)
 	assert.Equal(t, "alice\n", n.read("/sites/good.conf"))
 	put, err := cli.Put(ctx, "/ccm/objects/sites/sneaky", `{"user": "alice", "domains": "not-a-list"}`)
 	require.NoError(t, err)
-	s := n.reported(t, put.Header.Revision, cluster.ResultFailed)
+	s := n.reported(t, put.Header.Revision, api.ResultFailed)
 	assert.Contains(t, s.Error, "object /ccm/objects/sites/sneaky: breaks schemas/sites.json at /domains:")
 	_, err = cluster.New(cli, cluster.Options{}).Resume(ctx)
 	require.NoError(t, err)

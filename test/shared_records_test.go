@@ -12,6 +12,7 @@ import (
 	"github.com/stretchr/testify/require"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/ccm-dev/ccm/api"
 	"github.com/ccm-dev/ccm/internal/cluster"
 	"github.com/ccm-dev/ccm/test/etcdtest"
 )
@@ -210,13 +211,13 @@ func TestOneNodesCredentialsCannotBlockForgeOrClearForAnother(t *testing.T) {
 
 		// Once the canary reports its change converged, the batch opens,
 		// while the canary still holds its slot.
-		require.NoError(t, canary.WriteStatus(ctx, cluster.Status{Node: "web2", Result: cluster.ResultConverged, Revision: change(), Converged: change(), Time: time.Now()}))
+		require.NoError(t, canary.WriteStatus(ctx, api.Status{Node: "web2", Result: api.ResultConverged, Revision: change(), Converged: change(), Time: time.Now()}))
 		other, err := s3.Lock(ctx, change)
 		require.NoError(t, err)
 		defer other.Release()
 		v = view(t)
 		require.NotNil(t, v.Canary)
-		assert.Equal(t, cluster.Canary{Node: "web2", Revision: change()}, *v.Canary)
+		assert.Equal(t, api.Canary{Node: "web2", Revision: change()}, *v.Canary)
 		assert.ElementsMatch(t, []string{"web2", "web3"}, v.Holders)
 	})
 }

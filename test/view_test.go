@@ -12,6 +12,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/ccm-dev/ccm/api"
 	"github.com/ccm-dev/ccm/internal/cluster"
 	"github.com/ccm-dev/ccm/test/etcdtest"
 )
@@ -47,7 +48,7 @@ func TestARestartedLockHolderRevokesItsOwnDeadLease(t *testing.T) {
 	a.start("agent", "--debounce", "0s", "--lock-ttl", ttl)
 	eventually(t, 30*time.Second, func() bool {
 		s, err := c.Status(context.Background(), "a")
-		return err == nil && s != nil && s.Result == cluster.ResultConverged
+		return err == nil && s != nil && s.Result == api.ResultConverged
 	}, "the restarted agent converges without waiting out its old %s lease", ttl)
 }
 
@@ -56,7 +57,7 @@ func TestApplyOnceLeavesTheAgentsPresenceAndTheAgentRestoresIt(t *testing.T) {
 	cli := etcd.Client(t)
 	dir := siteConfig(t, "n", filepath.Join(t.TempDir(), "log"), "/nonexistent", "0")
 	ag := startAgent(t, etcd, "n", dir, agentConfig{})
-	ag.reported(t, 1, cluster.ResultConverged)
+	ag.reported(t, 1, api.ResultConverged)
 	c := cluster.New(cli, cluster.Options{})
 
 	n := newNode(t, "n", dir, etcd.Endpoints())
@@ -89,10 +90,10 @@ func TestFullRunsDoNotWaitForTheDebounce(t *testing.T) {
 	etcd := etcdtest.New(t, 1)
 	dir := siteConfig(t, "n", filepath.Join(t.TempDir(), "log"), "/nonexistent", "0")
 	n := startAgent(t, etcd, "n", dir, agentConfig{debounce: time.Hour, maxWait: time.Hour})
-	n.reported(t, 1, cluster.ResultConverged) // start
+	n.reported(t, 1, api.ResultConverged) // start
 	rev := putSites(t, etcd, 1, "v")
 	require.NoError(t, n.ag.Reload())
-	n.reported(t, rev, cluster.ResultConverged) // reload: a full run, at once
+	n.reported(t, rev, api.ResultConverged) // reload: a full run, at once
 }
 
 func TestStatusTellsWhoIsBehind(t *testing.T) {
@@ -101,13 +102,13 @@ func TestStatusTellsWhoIsBehind(t *testing.T) {
 	c := cluster.New(cli, cluster.Options{})
 	dir := siteConfig(t, "n", filepath.Join(t.TempDir(), "log"), "/nonexistent", "0")
 	n := startAgent(t, etcd, "n", dir, agentConfig{debounce: 3 * time.Second})
-	first := n.reported(t, 1, cluster.ResultConverged)
+	first := n.reported(t, 1, api.ResultConverged)
 	eventually(t, 10*time.Second, func() bool { v := nodeView(t, c, "n"); return v.State == cluster.StateIdle && !v.Behind }, "idle, up to date")
 	assert.Equal(t, first.Revision, nodeView(t, c, "n").Converged)
 
 	rev := putSites(t, etcd, 1, "v")
 	eventually(t, 10*time.Second, func() bool { return nodeView(t, c, "n").Behind }, "behind while the change waits for the debounce")
-	n.reported(t, rev, cluster.ResultConverged)
+	n.reported(t, rev, api.ResultConverged)
 	v := nodeView(t, c, "n")
 	assert.False(t, v.Behind, "up to date once converged")
 	assert.GreaterOrEqual(t, v.Converged, rev)
@@ -138,7 +139,7 @@ func TestPlanUsesTheLabelsTheAgentPublished(t *testing.T) {
 	c := cluster.New(etcd.Client(t), cluster.Options{})
 	eventually(t, 20*time.Second, func() bool {
 		v := nodeView(t, c, "w1")
-		return v.Presence != nil && v.Status != nil && v.Status.Result == cluster.ResultConverged
+		return v.Presence != nil && v.Status != nil && v.Status.Result == api.ResultConverged
 	}, "the agent is alive and has converged")
 	n.flags = nil
 	r = n.run("", "plan", "--color", "never")

@@ -9,8 +9,8 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/ccm-dev/ccm/api"
 	"github.com/ccm-dev/ccm/internal/cluster"
-	"github.com/ccm-dev/ccm/internal/objects"
 	"github.com/ccm-dev/ccm/internal/render"
 )
 
@@ -27,7 +27,7 @@ operator labelled, never one that claims a label with its own --label
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			node := args[0]
-			if err := objects.CheckName("node", node); err != nil {
+			if err := api.CheckName("node", node); err != nil {
 				return err
 			}
 			set, remove, changes := map[string]string{}, []string(nil), []string(nil)

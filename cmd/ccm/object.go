@@ -12,6 +12,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
+	"github.com/ccm-dev/ccm/api"
 	"github.com/ccm-dev/ccm/internal/cluster"
 	"github.com/ccm-dev/ccm/internal/objects"
 	"github.com/ccm-dev/ccm/internal/render"
@@ -29,10 +30,10 @@ func newObjectCmd(a *app) *cobra.Command {
 
 // objectKey validates a type and ID and returns their key.
 func (a *app) objectKey(typ, id string) (string, error) {
-	if err := objects.CheckName("type", typ); err != nil {
+	if err := api.CheckName("type", typ); err != nil {
 		return "", err
 	}
-	if err := objects.CheckName("id", id); err != nil {
+	if err := api.CheckName("id", id); err != nil {
 		return "", err
 	}
 	return objects.Key(a.prefix, typ, id), nil
@@ -137,7 +138,7 @@ func newObjectListCmd(a *app) *cobra.Command {
 		RunE: func(cmd *cobra.Command, args []string) error {
 			prefix := objects.Prefix(a.prefix)
 			if len(args) == 1 {
-				if err := objects.CheckName("type", args[0]); err != nil {
+				if err := api.CheckName("type", args[0]); err != nil {
 					return err
 				}
 				prefix += args[0] + "/"
@@ -186,7 +187,7 @@ object is named.`,
 			}
 			return a.withKV(cmd, func(ctx context.Context, kv clientv3.KV) error {
 				for len(ops) > 0 {
-					n := min(len(ops), cluster.MaxTxnOps)
+					n := min(len(ops), api.MaxTxnOps)
 					if _, err := kv.Txn(ctx).Then(ops[:n]...).Commit(); err != nil {
 						return err
 					}

@@ -6,13 +6,13 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/ccm-dev/ccm/api"
 	"github.com/ccm-dev/ccm/internal/cluster"
-	"github.com/ccm-dev/ccm/internal/objects"
 )
 
 func newRBACCmd(a *app) *cobra.Command {
 	cmd := &cobra.Command{Use: "rbac", Short: "etcd access control for nodes and callers"}
-	var caller, api, operator, viewer string
+	var caller, apiName, operator, viewer string
 	printCmd := &cobra.Command{
 		Use:   "print",
 		Short: "Print the etcdctl commands that create the least-privilege role and user of a node, an API, an operator or a viewer",
@@ -38,7 +38,7 @@ The node then runs with --user ccm-node-<node> and CCM_PASSWORD.`,
 		// Needs no etcd: it only prints.
 		RunE: func(*cobra.Command, []string) error {
 			role, what, passwordVar := cluster.NodeRole(a.prefix, a.node), "ccm node "+a.node, "CCM_NODE_PASSWORD"
-			if caller+api+operator+viewer == "" {
+			if caller+apiName+operator+viewer == "" {
 				if err := a.checkNode(); err != nil {
 					return err
 				}
@@ -47,13 +47,13 @@ The node then runs with --user ccm-node-<node> and CCM_PASSWORD.`,
 				name, kind string
 				role       func(prefix, name string) cluster.Role
 			}{
-				{caller, "caller", cluster.CallerRole}, {api, "api", cluster.APIRole},
+				{caller, "caller", cluster.CallerRole}, {apiName, "api", cluster.APIRole},
 				{operator, "operator", cluster.OperatorRole}, {viewer, "viewer", cluster.ViewerRole},
 			} {
 				if r.name == "" {
 					continue
 				}
-				if err := objects.CheckName("--"+r.kind, r.name); err != nil {
+				if err := api.CheckName("--"+r.kind, r.name); err != nil {
 					return err
 				}
 				role, what, passwordVar = r.role(a.prefix, r.name), "ccm "+r.kind+" "+r.name, "CCM_"+strings.ToUpper(r.kind)+"_PASSWORD"
@@ -64,7 +64,7 @@ The node then runs with --user ccm-node-<node> and CCM_PASSWORD.`,
 		},
 	}
 	printCmd.Flags().StringVar(&caller, "caller", "", "print the role of the caller of actions `NAME` instead of --node's")
-	printCmd.Flags().StringVar(&api, "api", "", "print the role of the cluster API `NAME`: objects, action calls, status")
+	printCmd.Flags().StringVar(&apiName, "api", "", "print the role of the cluster API `NAME`: objects, action calls, status")
 	printCmd.Flags().StringVar(&operator, "operator", "", "print the role of the operator `NAME`: everything ccm's commands need")
 	printCmd.Flags().StringVar(&viewer, "viewer", "", "print the read-only role `NAME` of ccm status and the dashboard")
 	printCmd.MarkFlagsMutuallyExclusive("caller", "api", "operator", "viewer")

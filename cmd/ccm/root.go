@@ -19,10 +19,10 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/ccm-dev/ccm/api"
 	"github.com/ccm-dev/ccm/internal/applier"
 	"github.com/ccm-dev/ccm/internal/cluster"
 	"github.com/ccm-dev/ccm/internal/configs"
-	"github.com/ccm-dev/ccm/internal/objects"
 	"github.com/ccm-dev/ccm/internal/ratelog"
 	"github.com/ccm-dev/ccm/internal/render"
 	"github.com/ccm-dev/ccm/internal/rollout"
@@ -135,7 +135,7 @@ func newRootCmd(a *app) *cobra.Command {
 	hostname, _ := os.Hostname()
 	f := root.PersistentFlags()
 	f.StringSliceVar(&a.endpoints, "endpoints", []string{"127.0.0.1:2379"}, "etcd endpoints")
-	f.StringVar(&a.prefix, "prefix", cluster.DefaultPrefix, "etcd key prefix of the cluster")
+	f.StringVar(&a.prefix, "prefix", api.DefaultPrefix, "etcd key prefix of the cluster")
 	f.StringVar(&a.configDir, "config-dir", "/etc/ccm", "configuration directory")
 	f.StringVar(&a.stateDir, "state-dir", "/var/lib/ccm", "state directory (manifests of written files)")
 	f.StringVar(&a.root, "root", "/", "directory all rendered paths live under")
@@ -333,7 +333,7 @@ func (a *app) clientConfig() cluster.ClientConfig {
 }
 
 // checkNode refuses a node name outside the object ID grammar.
-func (a *app) checkNode() error { return objects.CheckName("--node", a.node) }
+func (a *app) checkNode() error { return api.CheckName("--node", a.node) }
 
 // password is the etcd user's password, from CCM_PASSWORD (never a flag,
 // which every user of the machine could read).

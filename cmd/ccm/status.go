@@ -10,6 +10,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/ccm-dev/ccm/api"
 	"github.com/ccm-dev/ccm/internal/cluster"
 	"github.com/ccm-dev/ccm/internal/render"
 )
@@ -109,7 +110,7 @@ func printView(w io.Writer, v *cluster.View) {
 }
 
 // failedBy names who raised a failure record, escaped for a terminal.
-func failedBy(f cluster.Failure) string { return render.Escape(f.By()) }
+func failedBy(f api.Failure) string { return render.Escape(f.By()) }
 
 func firstLine(s string) string {
 	for i, r := range s {
@@ -204,7 +205,7 @@ and report paused; no failure is implied. ccm resume lifts it, and every
 agent converges in turn.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			p := cluster.Pause{By: caller(), Reason: reason, Time: time.Now().UTC()}
+			p := api.Pause{By: caller(), Reason: reason, Time: time.Now().UTC()}
 			err := a.withCluster(cmd, func(ctx context.Context, c *cluster.Cluster) error { return c.SetPause(ctx, p) })
 			if err != nil {
 				return err
@@ -230,7 +231,7 @@ converge at once (N slots of the cluster lock); 1 is the serial rollout.
 start once it reported converged for it, then N at a time.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			r := cluster.Rollout{Batch: batch, Canary: canary}
+			r := api.Rollout{Batch: batch, Canary: canary}
 			err := a.withCluster(cmd, func(ctx context.Context, c *cluster.Cluster) error { return c.SetRollout(ctx, r) })
 			if err != nil {
 				return err

@@ -20,10 +20,8 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/ccm-dev/ccm/api"
-	"github.com/ccm-dev/ccm/internal/cluster"
 	"github.com/ccm-dev/ccm/internal/follow"
 	"github.com/ccm-dev/ccm/internal/metrics"
-	"github.com/ccm-dev/ccm/internal/objects"
 )
 
 // DefaultBuiltinTimeout bounds a built-in action without a request timeout.
@@ -72,7 +70,7 @@ type Options struct {
 // its node, runs them, and replies.
 type Engine struct {
 	opts    Options
-	keys    cluster.Keys
+	keys    api.Keys
 	log     *zap.Logger
 	m       *metrics.Metrics
 	journal *journal
@@ -104,7 +102,7 @@ func NewEngine(opts Options) *Engine {
 	if opts.Instance == "" {
 		opts.Instance = api.NewID(time.Now())
 	}
-	return &Engine{opts: opts, keys: cluster.NewKeys(opts.Prefix), log: opts.Logger, m: opts.Metrics,
+	return &Engine{opts: opts, keys: api.NewKeys(opts.Prefix), log: opts.Logger, m: opts.Metrics,
 		slots: map[string]chan struct{}{}, leases: map[time.Duration]heldLease{}, inflight: map[string]bool{}}
 }
 
@@ -233,7 +231,7 @@ func (r *requests) Reset(ctx context.Context, kvs []*mvccpb.KeyValue, rev int64,
 // as few transactions as etcd allows.
 func (e *Engine) neverStartedOf(ctx context.Context, kvs []*mvccpb.KeyValue) ([]*mvccpb.KeyValue, error) {
 	var out []*mvccpb.KeyValue
-	for chunk := range slices.Chunk(kvs, cluster.MaxTxnOps) {
+	for chunk := range slices.Chunk(kvs, api.MaxTxnOps) {
 		ops := make([]clientv3.Op, 0, len(chunk))
 		for _, kv := range chunk {
 			ops = append(ops, clientv3.OpGet(e.keys.ReplyKey(e.opts.Node, strings.TrimPrefix(string(kv.Key), e.keys.ActionsPrefix(e.opts.Node)))))
@@ -352,7 +350,7 @@ const maxReason = 2 << 10
 // unanswered; the caller lists again.
 func (e *Engine) handle(ctx context.Context, kv *mvccpb.KeyValue) error {
 	id := strings.TrimPrefix(string(kv.Key), e.keys.ActionsPrefix(e.opts.Node))
-	if err := objects.CheckName("request id", id); err != nil {
+	if err := api.CheckName("request id", id); err != nil {
 		// Its reply's key would be as bad: no reply, and nothing else
 		// waits for it.
 		e.log.Warn("action request ignored: its key is no request id", zap.ByteString("key", kv.Key[:min(len(kv.Key), 200)]), zap.Int("key_bytes", len(kv.Key)))

@@ -10,8 +10,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/ccm-dev/ccm/api"
 	"github.com/ccm-dev/ccm/internal/configs"
-	"github.com/ccm-dev/ccm/internal/objects"
 )
 
 // Handler defaults and limits.
@@ -183,7 +183,7 @@ func loadHandler(configDir, path string) (*Handler, []error) {
 	if h.Name == "" {
 		h.Name = strings.TrimSuffix(filepath.Base(path), ".yaml")
 	}
-	if err := objects.CheckName("name", h.Name); err != nil {
+	if err := api.CheckName("name", h.Name); err != nil {
 		fail("%w", err)
 	}
 	if strings.HasPrefix(h.Name, BuiltinPrefix) {

@@ -146,7 +146,7 @@ func New(opts Options) (*Agent, error) {
 	if opts.Client == nil {
 		return nil, errors.New("agent: a client is required")
 	}
-	if err := objects.CheckName("agent: node name", opts.Node); err != nil {
+	if err := api.CheckName("agent: node name", opts.Node); err != nil {
 		return nil, err
 	}
 	defaults(&opts)
@@ -191,7 +191,7 @@ func (a *Agent) applierOptions() applier.Options {
 
 func defaults(o *Options) {
 	if o.Prefix == "" {
-		o.Prefix = cluster.DefaultPrefix
+		o.Prefix = api.DefaultPrefix
 	}
 	if o.MaxWait == 0 {
 		o.MaxWait = DefaultMaxWait

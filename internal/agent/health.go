@@ -7,7 +7,7 @@ import (
 
 	"go.uber.org/zap"
 
-	"github.com/ccm-dev/ccm/internal/cluster"
+	"github.com/ccm-dev/ccm/api"
 )
 
 // Timing of the problem record.
@@ -53,7 +53,7 @@ func (h *health) observe(ctx context.Context, a *Agent, err error, now time.Time
 	}
 	since, published, tried := h.ready, h.published, h.tried
 	h.mu.Unlock()
-	var want *cluster.Problem // nil: delete the record
+	var want *api.Problem // nil: delete the record
 	if err == nil {
 		if published == "" {
 			return
@@ -68,7 +68,7 @@ func (h *health) observe(ctx context.Context, a *Agent, err error, now time.Time
 		if now.Sub(since) < problemAfter || now.Sub(tried) < wait {
 			return
 		}
-		want = &cluster.Problem{Error: err.Error(), Since: since.UTC(), Host: h.host}
+		want = &api.Problem{Error: err.Error(), Since: since.UTC(), Host: h.host}
 	}
 	wctx, cancel := context.WithTimeout(ctx, problemTimeout)
 	werr := a.cluster.ReportProblem(wctx, want)

@@ -6,7 +6,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/ccm-dev/ccm/internal/cluster"
+	"github.com/ccm-dev/ccm/api"
 )
 
 // presence is what the node announces in its alive key: its labels, and
@@ -14,17 +14,17 @@ import (
 // ccm status can tell it is behind.
 type presence struct {
 	mu      sync.Mutex
-	current cluster.Presence
+	current api.Presence
 	upTo    int64         // the last converged revision
 	changed chan struct{} // a new value to announce
 }
 
 func newPresence(labels map[string]string) *presence {
 	host, _ := os.Hostname()
-	return &presence{current: cluster.Presence{Labels: maps.Clone(labels), Since: time.Now().UTC(), Host: host}, changed: make(chan struct{}, 1)}
+	return &presence{current: api.Presence{Labels: maps.Clone(labels), Since: time.Now().UTC(), Host: host}, changed: make(chan struct{}, 1)}
 }
 
-func (p *presence) value() cluster.Presence {
+func (p *presence) value() api.Presence {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.current

@@ -8,38 +8,39 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/ccm-dev/ccm/api"
 	"github.com/ccm-dev/ccm/test/etcdtest"
 )
 
 // BEHIND for every node state: the newest object write in the cluster is
 // at revision 23.
 func TestBehindForEveryNodeState(t *testing.T) {
-	alive := &Presence{Node: "n"}
-	pending := &Presence{Node: "n", Pending: 20}
-	st := func(result string, rev, converged int64) *Status {
-		return &Status{Node: "n", Result: result, Revision: rev, Converged: converged}
+	alive := &api.Presence{Node: "n"}
+	pending := &api.Presence{Node: "n", Pending: 20}
+	st := func(result string, rev, converged int64) *api.Status {
+		return &api.Status{Node: "n", Result: result, Revision: rev, Converged: converged}
 	}
 	tests := []struct {
 		name     string
 		lock     string
 		paused   bool
-		status   *Status
-		presence *Presence
+		status   *api.Status
+		presence *api.Presence
 		state    string
 		behind   bool
 	}{
-		{"idle, up to date", "", false, st(ResultConverged, 23, 23), alive, StateIdle, false},
-		{"idle, a change that concerns it pending", "", false, st(ResultConverged, 15, 15), pending, StateIdle, true},
-		{"idle, newer writes that do not concern it", "", false, st(ResultConverged, 15, 15), alive, StateIdle, false},
-		{"waiting with a change", StateWaiting, false, st(ResultConverged, 15, 15), pending, StateWaiting, true},
-		{"running with a change", StateRunning, false, st(ResultConverged, 15, 15), pending, StateRunning, true},
-		{"paused with a change", "", true, st(ResultConverged, 15, 15), pending, StatePaused, true},
-		{"paused, up to date", "", true, st(ResultConverged, 23, 23), alive, StatePaused, false},
-		{"halted: it skipped a change", "", false, st(ResultHalted, 0, 15), alive, StateHalted, true},
-		{"failed below the revision it tried", "", false, st(ResultFailed, 23, 15), alive, StateFailed, true},
-		{"failed, then nothing new", "", false, st(ResultFailed, 15, 15), alive, StateFailed, false},
-		{"down after missing a change", "", false, st(ResultConverged, 15, 15), nil, StateDown, true},
-		{"down, up to date", "", false, st(ResultConverged, 23, 23), nil, StateDown, false},
+		{"idle, up to date", "", false, st(api.ResultConverged, 23, 23), alive, StateIdle, false},
+		{"idle, a change that concerns it pending", "", false, st(api.ResultConverged, 15, 15), pending, StateIdle, true},
+		{"idle, newer writes that do not concern it", "", false, st(api.ResultConverged, 15, 15), alive, StateIdle, false},
+		{"waiting with a change", StateWaiting, false, st(api.ResultConverged, 15, 15), pending, StateWaiting, true},
+		{"running with a change", StateRunning, false, st(api.ResultConverged, 15, 15), pending, StateRunning, true},
+		{"paused with a change", "", true, st(api.ResultConverged, 15, 15), pending, StatePaused, true},
+		{"paused, up to date", "", true, st(api.ResultConverged, 23, 23), alive, StatePaused, false},
+		{"halted: it skipped a change", "", false, st(api.ResultHalted, 0, 15), alive, StateHalted, true},
+		{"failed below the revision it tried", "", false, st(api.ResultFailed, 23, 15), alive, StateFailed, true},
+		{"failed, then nothing new", "", false, st(api.ResultFailed, 15, 15), alive, StateFailed, false},
+		{"down after missing a change", "", false, st(api.ResultConverged, 15, 15), nil, StateDown, true},
+		{"down, up to date", "", false, st(api.ResultConverged, 23, 23), nil, StateDown, false},
 		{"down, never ran", "", false, nil, nil, StateDown, true},
 	}
 	for _, tt := range tests {

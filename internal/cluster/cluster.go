@@ -14,10 +14,9 @@ import (
 	"go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
-)
 
-// DefaultPrefix is the key prefix of a cluster.
-const DefaultPrefix = "/ccm"
+	"github.com/ccm-dev/ccm/api"
+)
 
 // DefaultLockTTL is the lease TTL of the lock session.
 const DefaultLockTTL = 30 * time.Second
@@ -26,103 +25,10 @@ const DefaultLockTTL = 30 * time.Second
 // no longer holds it.
 var ErrLockLost = errors.New("cluster lock lost")
 
-// Failure is a failure record, <prefix>/failure/<node>: the node's run
-// that failed. The failure flag is up while any record exists.
-type Failure struct {
-	// Node is the node whose key holds the record, whatever the value
-	// says: a node's role writes only its own record, so a record can
-	// never blame another node. For the legacy flag, it is what the
-	// value says, and Legacy is set.
-	Node          string    `json:"node"`
-	Configuration string    `json:"configuration"`
-	Error         string    `json:"error"`
-	Revision      int64     `json:"revision"`
-	Time          time.Time `json:"time"`
-	// Legacy is set for the one flag of the layout before per-node
-	// records (<prefix>/failure), whose writer cannot be told.
-	Legacy bool `json:"legacy,omitempty"`
-}
-
-// By says who raised the record, as every message names it: "node NAME",
-// or for the legacy flag what its value claims, marked as unproven.
-func (f Failure) By() string {
-	if f.Legacy {
-		return fmt.Sprintf("the legacy flag (it says node %s; any agent before per-node records could write it)", f.Node)
-	}
-	return "node " + f.Node
-}
-
-// Status is a node's last run, written under the lock.
-type Status struct {
-	Node string `json:"node"`
-	// Result is how the last run ended: converged, failed, aborted or
-	// halted.
-	Result string `json:"result"`
-	// Revision is the etcd revision the last run rendered.
-	Revision int64 `json:"revision"`
-	// Converged is the revision of the last run that converged; it is
-	// kept while later runs are halted or fail.
-	Converged      int64     `json:"converged_revision"`
-	Configurations []Outcome `json:"configurations,omitempty"`
-	Error          string    `json:"error,omitempty"`
-	Time           time.Time `json:"time"`
-	Duration       string    `json:"duration,omitempty"`
-}
-
-// Outcome is how one configuration ended in a run.
-type Outcome struct {
-	Config  string `json:"config"`
-	Result  string `json:"result"`
-	Created int    `json:"created,omitempty"`
-	Updated int    `json:"updated,omitempty"`
-	Removed int    `json:"removed,omitempty"`
-	Error   string `json:"error,omitempty"`
-}
-
-// The results of a node's run.
-const (
-	ResultConverged = "converged"
-	ResultFailed    = "failed"
-	ResultAborted   = "aborted"
-	ResultHalted    = "halted"
-)
-
-// Presence is the value of a node's alive key, on the agent's lease.
-type Presence struct {
-	Node   string            `json:"node"`
-	Labels map[string]string `json:"labels,omitempty"`
-	Lease  string            `json:"lease"`
-	Since  time.Time         `json:"since"`
-	// Host is the hostname of the machine the agent runs on, so that a
-	// one-shot command elsewhere can tell it is not that machine.
-	Host string `json:"host,omitempty"`
-	// Pending is the revision of the oldest change that concerns the
-	// node and that it had not converged when it saw it (0: none). The
-	// node is behind while Pending is above its converged revision.
-	Pending int64 `json:"pending_revision,omitempty"`
-	// ActionKey is the node's public key (base64, X25519) that callers
-	// seal secret action parameters to.
-	ActionKey string `json:"action_key,omitempty"`
-	// Instance identifies the agent's state directory, which one agent
-	// at a time may use: a presence of the same instance on another
-	// lease is this agent's own previous session, which it takes over.
-	Instance string `json:"instance,omitempty"`
-}
-
 // sameInstance reports whether other was announced by the agent that
 // announces p: the one that holds the same state directory.
-func (p Presence) sameInstance(other Presence) bool {
+func sameInstance(p, other api.Presence) bool {
 	return p.Instance != "" && p.Instance == other.Instance
-}
-
-// Problem is why an alive agent cannot make progress, written to its
-// node's problem key once etcd answers, so that ccm status can say why a
-// node is down or not converging while its agent runs. The agent deletes
-// it once it makes progress again.
-type Problem struct {
-	Error string    `json:"error"`
-	Since time.Time `json:"since"`
-	Host  string    `json:"host,omitempty"`
 }
 
 // Options configures a Cluster.
@@ -133,14 +39,14 @@ type Options struct {
 
 // Cluster reads and writes one cluster's shared state.
 type Cluster struct {
-	Keys
+	api.Keys
 	client *clientv3.Client
 	node   string
 }
 
 // New returns a Cluster for a node.
 func New(client *clientv3.Client, opts Options) *Cluster {
-	return &Cluster{Keys: NewKeys(opts.Prefix), client: client, node: opts.Node}
+	return &Cluster{Keys: api.NewKeys(opts.Prefix), client: client, node: opts.Node}
 }
 
 // Client returns the etcd client.
@@ -148,7 +54,7 @@ func (c *Cluster) Client() *clientv3.Client { return c.client }
 
 // Failure returns the oldest failure record, or nil when the flag is
 // clear.
-func (c *Cluster) Failure(ctx context.Context) (*Failure, error) {
+func (c *Cluster) Failure(ctx context.Context) (*api.Failure, error) {
 	f, _, err := c.Failures(ctx)
 	if len(f) == 0 {
 		return nil, err
@@ -158,18 +64,18 @@ func (c *Cluster) Failure(ctx context.Context) (*Failure, error) {
 
 // Failures returns every failure record, oldest first (none: the flag is
 // clear), with the cluster revision they were read at.
-func (c *Cluster) Failures(ctx context.Context) ([]Failure, int64, error) {
+func (c *Cluster) Failures(ctx context.Context) ([]api.Failure, int64, error) {
 	resp, err := c.client.Get(ctx, c.FailuresRange(), clientv3.WithPrefix())
 	if err != nil {
 		return nil, 0, fmt.Errorf("read %s: %w", c.FailuresRange(), err)
 	}
-	return c.decodeFailures(resp.Kvs), resp.Header.Revision, nil
+	return decodeFailures(c.Keys, resp.Kvs), resp.Header.Revision, nil
 }
 
 // decodeFailures reads the failure records from a range of
 // FailuresRange, oldest first; keys that are not records are ignored.
-func (k Keys) decodeFailures(kvs []*mvccpb.KeyValue) []Failure {
-	var out []Failure
+func decodeFailures(k api.Keys, kvs []*mvccpb.KeyValue) []api.Failure {
+	var out []api.Failure
 	for _, kv := range slices.SortedFunc(slices.Values(kvs), func(a, b *mvccpb.KeyValue) int {
 		return cmp.Compare(a.CreateRevision, b.CreateRevision)
 	}) {
@@ -177,10 +83,10 @@ func (k Keys) decodeFailures(kvs []*mvccpb.KeyValue) []Failure {
 		if !ok {
 			continue
 		}
-		var f Failure
+		var f api.Failure
 		if err := json.Unmarshal(kv.Value, &f); err != nil {
 			// A flag someone set by hand still halts the rollout.
-			f = Failure{Error: string(kv.Value)}
+			f = api.Failure{Error: string(kv.Value)}
 		}
 		if node == "" {
 			f.Legacy = true
@@ -196,7 +102,7 @@ func (k Keys) decodeFailures(kvs []*mvccpb.KeyValue) []Failure {
 // and the legacy flag, in one transaction. A pause is someone's
 // maintenance window and has its own command (Unpause). It returns the
 // records it cleared (none: the flag was clear).
-func (c *Cluster) Resume(ctx context.Context) ([]Failure, error) {
+func (c *Cluster) Resume(ctx context.Context) ([]api.Failure, error) {
 	records := c.FailuresRange() + "/"
 	resp, err := c.client.Txn(ctx).Then(
 		clientv3.OpGet(c.LegacyFailureKey()), clientv3.OpGet(records, clientv3.WithPrefix()),
@@ -206,12 +112,12 @@ func (c *Cluster) Resume(ctx context.Context) ([]Failure, error) {
 		return nil, fmt.Errorf("delete %s: %w", c.FailuresRange(), err)
 	}
 	kvs := append(resp.Responses[0].GetResponseRange().Kvs, resp.Responses[1].GetResponseRange().Kvs...)
-	return c.decodeFailures(kvs), nil
+	return decodeFailures(c.Keys, kvs), nil
 }
 
 // Unpause lifts the pause and returns it (nil: the rollout was not
 // paused).
-func (c *Cluster) Unpause(ctx context.Context) (*Pause, error) {
+func (c *Cluster) Unpause(ctx context.Context) (*api.Pause, error) {
 	resp, err := c.client.Txn(ctx).Then(clientv3.OpGet(c.PausedKey()), clientv3.OpDelete(c.PausedKey())).Commit()
 	if err != nil {
 		return nil, fmt.Errorf("delete %s: %w", c.PausedKey(), err)
@@ -238,24 +144,24 @@ type NodeView struct {
 	Converged int64 `json:"converged_revision"`
 	// Behind is set while a change that concerns the node is not
 	// converged there yet.
-	Behind   bool      `json:"behind"`
-	Status   *Status   `json:"status,omitempty"`
-	Presence *Presence `json:"presence,omitempty"`
+	Behind   bool          `json:"behind"`
+	Status   *api.Status   `json:"status,omitempty"`
+	Presence *api.Presence `json:"presence,omitempty"`
 	// Problem is what the node's agent last reported it could not do.
-	Problem *Problem `json:"problem,omitempty"`
+	Problem *api.Problem `json:"problem,omitempty"`
 }
 
 // View is the whole cluster as ccm status shows it.
 type View struct {
 	// Failure is the oldest failure record, Failures all of them: the
 	// flag is up while there is one.
-	Failure  *Failure  `json:"failure,omitempty"`
-	Failures []Failure `json:"failures,omitempty"`
-	Pause    *Pause    `json:"pause,omitempty"`
-	Rollout  Rollout   `json:"rollout"`
+	Failure  *api.Failure  `json:"failure,omitempty"`
+	Failures []api.Failure `json:"failures,omitempty"`
+	Pause    *api.Pause    `json:"pause,omitempty"`
+	Rollout  api.Rollout   `json:"rollout"`
 	// Canary is the newest change a canary converged (with a canary
 	// strategy, the changes up to it run in batches).
-	Canary *Canary `json:"canary,omitempty"`
+	Canary *api.Canary `json:"canary,omitempty"`
 	// Holder is the node holding the lock ("" when free); Holders every
 	// node holding a slot, when the rollout runs in batches.
 	Holder  string   `json:"holder,omitempty"`
@@ -295,7 +201,7 @@ func (c *Cluster) View(ctx context.Context) (*View, error) {
 		newest = kvs[0].ModRevision
 	}
 	v := &View{
-		Failures: c.decodeFailures(resp.Responses[0].GetResponseRange().Kvs),
+		Failures: decodeFailures(c.Keys, resp.Responses[0].GetResponseRange().Kvs),
 		Pause:    decodePause((*clientv3.GetResponse)(resp.Responses[2].GetResponseRange())),
 		Rollout:  decodeRollout((*clientv3.GetResponse)(resp.Responses[3].GetResponseRange())),
 		Revision: resp.Header.Revision,
@@ -303,7 +209,7 @@ func (c *Cluster) View(ctx context.Context) (*View, error) {
 	if len(v.Failures) > 0 {
 		v.Failure = &v.Failures[0]
 	}
-	if canary := newestCanary(c.decodeCanaries(resp.Responses[5].GetResponseRange().Kvs)); canary.Revision > 0 {
+	if canary := newestCanary(decodeCanaries(c.Keys, resp.Responses[5].GetResponseRange().Kvs)); canary.Revision > 0 {
 		v.Canary = &canary
 	}
 	nodes, err := c.scanNodes(ctx, resp.Header.Revision)
@@ -317,7 +223,7 @@ func (c *Cluster) View(ctx context.Context) (*View, error) {
 		}
 	}
 	locked := map[string]string{}
-	for i, q := range c.decodeQueue(resp.Responses[1].GetResponseRange().Kvs) {
+	for i, q := range decodeQueue(c.Keys, resp.Responses[1].GetResponseRange().Kvs) {
 		if q.Legacy {
 			// Only the presence on the same lease can name its node.
 			q.Node = cmp.Or(byLease[q.Lease], "(lease "+q.Lease+")")
@@ -368,7 +274,7 @@ func (s *Summary) count(n *NodeView) {
 	s.Nodes++
 	if n.Behind {
 		s.Behind++
-	} else if n.Status != nil && n.Status.Result == ResultConverged {
+	} else if n.Status != nil && n.Status.Result == api.ResultConverged {
 		s.Converged++
 	}
 	switch n.State {
@@ -387,12 +293,12 @@ func (s Summary) String() string {
 
 // Alive returns the presence of every node whose agent is alive, sorted
 // by name.
-func (c *Cluster) Alive(ctx context.Context) ([]Presence, error) {
+func (c *Cluster) Alive(ctx context.Context) ([]api.Presence, error) {
 	nodes, err := c.scanNodes(ctx, 0)
 	if err != nil {
 		return nil, err
 	}
-	var out []Presence
+	var out []api.Presence
 	for _, n := range nodes {
 		if n.Presence != nil {
 			out = append(out, *n.Presence)
@@ -431,7 +337,7 @@ func (c *Cluster) scanNodes(ctx context.Context, rev int64) ([]*NodeView, error)
 		}
 	}
 	var nodes []*NodeView
-	for chunk := range slices.Chunk(names, MaxTxnOps/nodeRecords) {
+	for chunk := range slices.Chunk(names, api.MaxTxnOps/nodeRecords) {
 		var ops []clientv3.Op
 		for _, name := range chunk {
 			ops = append(ops, c.nodeReads(name, rev)...)
@@ -487,10 +393,6 @@ func (c *Cluster) hopNodes(ctx context.Context, rev int64) ([]*NodeView, error) 
 // nodeRecords is how many keys nodeReads reads per node.
 const nodeRecords = 3
 
-// MaxTxnOps is etcd's default --max-txn-ops: the most operations one
-// transaction may hold. Every batch of ccm's is cut to it.
-const MaxTxnOps = 128
-
 // nodeReads reads a node's status, alive and problem keys at rev, in the
 // order nodeView decodes them.
 func (c *Cluster) nodeReads(name string, rev int64) []clientv3.Op {
@@ -506,21 +408,21 @@ func nodeView(name string, reads []*etcdserverpb.ResponseOp) *NodeView {
 	n := &NodeView{Name: name}
 	status, alive, problem := reads[0], reads[1], reads[2]
 	if kv := problem.GetResponseRange().Kvs; len(kv) > 0 {
-		n.Problem = &Problem{}
+		n.Problem = &api.Problem{}
 		if json.Unmarshal(kv[0].Value, n.Problem) != nil {
-			n.Problem = &Problem{Error: "unreadable problem record"}
+			n.Problem = &api.Problem{Error: "unreadable problem record"}
 		}
 	}
 	if kv := status.GetResponseRange().Kvs; len(kv) > 0 {
-		n.Status = &Status{}
+		n.Status = &api.Status{}
 		if json.Unmarshal(kv[0].Value, n.Status) != nil {
-			n.Status = &Status{Node: name, Result: "unreadable"}
+			n.Status = &api.Status{Node: name, Result: "unreadable"}
 		}
 	}
 	if kv := alive.GetResponseRange().Kvs; len(kv) > 0 && kv[0].Lease != 0 { // not on a lease: not an agent's
-		n.Presence = &Presence{}
+		n.Presence = &api.Presence{}
 		if json.Unmarshal(kv[0].Value, n.Presence) != nil {
-			n.Presence = &Presence{}
+			n.Presence = &api.Presence{}
 		}
 		// The key says whose it is, and etcd what lease it is on.
 		n.Presence.Node, n.Presence.Lease = name, fmt.Sprintf("%x", kv[0].Lease)
@@ -542,9 +444,9 @@ func (n *NodeView) describe(lock string, paused bool, newest int64) {
 		n.State = lock
 	case paused:
 		n.State = StatePaused
-	case n.Status != nil && n.Status.Result == ResultHalted:
+	case n.Status != nil && n.Status.Result == api.ResultHalted:
 		n.State = StateHalted
-	case n.Status != nil && n.Status.Result == ResultFailed:
+	case n.Status != nil && n.Status.Result == api.ResultFailed:
 		n.State = StateFailed
 	default:
 		n.State = StateIdle
@@ -564,9 +466,9 @@ func (n *NodeView) behind(newest int64) bool {
 	switch {
 	case n.Presence != nil && n.Presence.Pending > n.Converged:
 		return true
-	case s != nil && s.Result == ResultHalted:
+	case s != nil && s.Result == api.ResultHalted:
 		return true
-	case s != nil && s.Result == ResultFailed && s.Revision > n.Converged:
+	case s != nil && s.Result == api.ResultFailed && s.Revision > n.Converged:
 		return true
 	case n.State == StateDown:
 		return newest > n.Converged
@@ -575,18 +477,18 @@ func (n *NodeView) behind(newest int64) bool {
 }
 
 // Status returns a node's last run, or nil if it never ran.
-func (c *Cluster) Status(ctx context.Context, node string) (*Status, error) {
-	return getJSON[Status](ctx, c.client, c.StatusKey(node))
+func (c *Cluster) Status(ctx context.Context, node string) (*api.Status, error) {
+	return getJSON[api.Status](ctx, c.client, c.StatusKey(node))
 }
 
 // Presence returns a node's presence, or nil if its agent is not alive.
-func (c *Cluster) Presence(ctx context.Context, node string) (*Presence, error) {
-	return getJSON[Presence](ctx, c.client, c.AliveKey(node))
+func (c *Cluster) Presence(ctx context.Context, node string) (*api.Presence, error) {
+	return getJSON[api.Presence](ctx, c.client, c.AliveKey(node))
 }
 
 // ReportProblem writes what this node's agent cannot do to its problem
 // key; nil deletes it.
-func (c *Cluster) ReportProblem(ctx context.Context, p *Problem) error {
+func (c *Cluster) ReportProblem(ctx context.Context, p *api.Problem) error {
 	key := c.ProblemKey(c.node)
 	var err error
 	if p == nil {

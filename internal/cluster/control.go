@@ -5,67 +5,23 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/ccm-dev/ccm/api"
 )
-
-// Pause is the value of <prefix>/paused: while it exists, agents apply
-// nothing and keep collecting changes. It implies no failure.
-type Pause struct {
-	By     string    `json:"by"`
-	Reason string    `json:"reason,omitempty"`
-	Time   time.Time `json:"time"`
-}
-
-// Rollout is the rollout strategy, <prefix>/rollout. Absent, it is the
-// serial rollout: one node at a time, no canary.
-type Rollout struct {
-	// Batch is how many nodes converge at once (lock slots); at least 1.
-	Batch int `json:"batch"`
-	// Canary makes the first node to converge a change do so alone; the
-	// others start once it reported converged for it.
-	Canary bool `json:"canary,omitempty"`
-}
-
-// Serial is the default strategy.
-var Serial = Rollout{Batch: 1}
-
-// Slots is how many nodes may hold the lock at once.
-func (r Rollout) Slots() int { return max(r.Batch, 1) }
-
-// String describes the strategy for ccm status.
-func (r Rollout) String() string {
-	s := "serial (one node at a time)"
-	if r.Slots() > 1 {
-		s = fmt.Sprintf("batches of %d nodes", r.Slots())
-	}
-	if r.Canary {
-		s += ", each change first on one canary node"
-	}
-	return s
-}
-
-// Canary is a canary record, <prefix>/canary/<node>: the last change
-// the node converged as its change's canary, written with its status.
-type Canary struct {
-	// Node is the node whose key holds the record (a value's own claim
-	// is ignored).
-	Node     string `json:"node"`
-	Revision int64  `json:"revision"`
-}
 
 // decodeCanaries reads the canary records from a range of CanaryPrefix,
 // with the rule every agent and ccm status share: a record counts only
 // under its node's own key, and only for a change older than the record
 // itself (a node cannot approve a change before it exists, so a forged
 // record can at most approve what its node could have converged).
-func (k Keys) decodeCanaries(kvs []*mvccpb.KeyValue) []Canary {
-	var out []Canary
+func decodeCanaries(k api.Keys, kvs []*mvccpb.KeyValue) []api.Canary {
+	var out []api.Canary
 	for _, kv := range kvs {
 		node, ok := k.CanaryOf(string(kv.Key))
-		var c Canary
+		var c api.Canary
 		if !ok || json.Unmarshal(kv.Value, &c) != nil || c.Revision <= 0 || c.Revision >= kv.ModRevision {
 			continue
 		}
@@ -77,8 +33,8 @@ func (k Keys) decodeCanaries(kvs []*mvccpb.KeyValue) []Canary {
 
 // newestCanary is the record of the newest change a canary converged
 // (zero when none).
-func newestCanary(records []Canary) Canary {
-	var newest Canary
+func newestCanary(records []api.Canary) api.Canary {
+	var newest api.Canary
 	for _, c := range records {
 		if c.Revision > newest.Revision {
 			newest = c
@@ -89,17 +45,17 @@ func newestCanary(records []Canary) Canary {
 
 // decodeRollout reads the strategy from its key's range response; a
 // missing or unreadable value is the serial rollout.
-func decodeRollout(resp *clientv3.GetResponse) Rollout {
-	r := Serial
+func decodeRollout(resp *clientv3.GetResponse) api.Rollout {
+	r := api.Serial
 	if len(resp.Kvs) > 0 && json.Unmarshal(resp.Kvs[0].Value, &r) != nil {
-		r = Serial
+		r = api.Serial
 	}
 	return r
 }
 
 // decodePause reads the pause from its key's range response, or nil.
 // Pause returns the pause, or nil when the rollout is not paused.
-func (c *Cluster) Pause(ctx context.Context) (*Pause, error) {
+func (c *Cluster) Pause(ctx context.Context) (*api.Pause, error) {
 	resp, err := c.client.Get(ctx, c.PausedKey())
 	if err != nil {
 		return nil, fmt.Errorf("read %s: %w", c.PausedKey(), err)
@@ -107,11 +63,11 @@ func (c *Cluster) Pause(ctx context.Context) (*Pause, error) {
 	return decodePause(resp), nil
 }
 
-func decodePause(resp *clientv3.GetResponse) *Pause {
+func decodePause(resp *clientv3.GetResponse) *api.Pause {
 	if len(resp.Kvs) == 0 {
 		return nil
 	}
-	p := &Pause{}
+	p := &api.Pause{}
 	if err := json.Unmarshal(resp.Kvs[0].Value, p); err != nil {
 		p.Reason = string(resp.Kvs[0].Value) // set by hand: still a pause
 	}
@@ -121,13 +77,13 @@ func decodePause(resp *clientv3.GetResponse) *Pause {
 // Gate is what decides, under the lock, whether a node may run: the
 // failure flag and the pause, read at one revision.
 type Gate struct {
-	Failure  *Failure
-	Pause    *Pause
+	Failure  *api.Failure
+	Pause    *api.Pause
 	Revision int64
 }
 
 // SetPause pauses the rollout.
-func (c *Cluster) SetPause(ctx context.Context, p Pause) error {
+func (c *Cluster) SetPause(ctx context.Context, p api.Pause) error {
 	raw, err := json.Marshal(p)
 	if err != nil {
 		return err
@@ -139,7 +95,7 @@ func (c *Cluster) SetPause(ctx context.Context, p Pause) error {
 }
 
 // SetRollout writes the rollout strategy; agents follow it at once.
-func (c *Cluster) SetRollout(ctx context.Context, r Rollout) error {
+func (c *Cluster) SetRollout(ctx context.Context, r api.Rollout) error {
 	if r.Batch < 1 {
 		return errors.New("a batch is at least 1 node")
 	}

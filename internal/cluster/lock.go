@@ -20,6 +20,8 @@ import (
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
+
+	"github.com/ccm-dev/ccm/api"
 )
 
 // ErrSessionLost is returned when the session's lease ended while waiting
@@ -37,7 +39,7 @@ type SessionOptions struct {
 	TTL time.Duration
 	// Presence, when set, is written to the node's alive key on the lease.
 	// One-shot commands leave it nil: the alive key is the agent's.
-	Presence *Presence
+	Presence *api.Presence
 	// LeaseFile, when set, records the lease ID. A new session first
 	// revokes the lease a previous process recorded there, so that a
 	// restarted lock holder does not wait out its own dead lease.
@@ -173,7 +175,7 @@ func (s *Session) Lease() string { return fmt.Sprintf("%x", int64(s.session.Leas
 // is created only if it is absent or already this session's, in one
 // transaction: if another live session holds it, Announce fails with
 // ErrNodeTaken.
-func (s *Session) Announce(ctx context.Context, p Presence) error {
+func (s *Session) Announce(ctx context.Context, p api.Presence) error {
 	p.Node, p.Lease = s.c.node, s.Lease()
 	raw, _ := json.Marshal(p)
 	key, lease := s.c.AliveKey(s.c.node), s.session.Lease()
@@ -187,9 +189,9 @@ func (s *Session) Announce(ctx context.Context, p Presence) error {
 		return nil
 	}
 	if kvs := resp.Responses[0].GetResponseRange().Kvs; len(kvs) == 1 && clientv3.LeaseID(kvs[0].Lease) != lease {
-		var other Presence
+		var other api.Presence
 		_ = json.Unmarshal(kvs[0].Value, &other)
-		if !p.sameInstance(other) {
+		if !sameInstance(p, other) {
 			return fmt.Errorf("%w: %s is held by lease %s, alive since %s", ErrNodeTaken, key, other.Lease, other.Since.Format(time.RFC3339))
 		}
 		// This agent's own previous session, which etcd kept (an outage
@@ -380,7 +382,7 @@ type Queued struct {
 
 // decodeQueue reads the lock queue from a range of LockPrefix, in queue
 // order; keys that do not count are left out.
-func (k Keys) decodeQueue(kvs []*mvccpb.KeyValue) []Queued {
+func decodeQueue(k api.Keys, kvs []*mvccpb.KeyValue) []Queued {
 	var out []Queued
 	for _, kv := range kvs {
 		node, legacy, ok := k.LockOf(string(kv.Key), kv.Lease)
@@ -465,7 +467,7 @@ func (l *Lock) waitPredecessors(ctx context.Context, reads []*etcdserverpb.Respo
 			return ErrSessionLost
 		}
 		strategy := decodeRollout((*clientv3.GetResponse)(reads[0].GetResponseRange()))
-		l.slots, l.canary = l.slotsFor(strategy, newestCanary(c.decodeCanaries(reads[4].GetResponseRange().Kvs)))
+		l.slots, l.canary = l.slotsFor(strategy, newestCanary(decodeCanaries(c.Keys, reads[4].GetResponseRange().Kvs)))
 		var queued []*mvccpb.KeyValue
 		complete := true // every key before this one was read
 		for _, r := range reads[queueRead:] {
@@ -473,14 +475,14 @@ func (l *Lock) waitPredecessors(ctx context.Context, reads []*etcdserverpb.Respo
 			complete = complete && !r.GetResponseRange().More
 		}
 		preds := []Queued{} // not nil: the next read asks for these keys
-		for _, q := range c.decodeQueue(queued) {
+		for _, q := range decodeQueue(c.Keys, queued) {
 			if q.Revision < l.rev {
 				preds = append(preds, q)
 			}
 		}
 		if complete && len(preds) < l.slots {
 			// A slot: every key before this one was read, with the gate.
-			failures := c.decodeFailures(reads[2].GetResponseRange().Kvs)
+			failures := decodeFailures(c.Keys, reads[2].GetResponseRange().Kvs)
 			l.gate = &Gate{Pause: decodePause((*clientv3.GetResponse)(reads[3].GetResponseRange())), Revision: rev}
 			if len(failures) > 0 {
 				l.gate.Failure = &failures[0]
@@ -530,7 +532,7 @@ func (l *Lock) Gate() Gate { return *l.gate }
 // slotsFor is how many nodes this one may share the lock with under
 // strategy r, and whether it is the canary of its change: its batch once a
 // canary converged its change (or a later one), one (alone) until then.
-func (l *Lock) slotsFor(r Rollout, canary Canary) (int, bool) {
+func (l *Lock) slotsFor(r api.Rollout, canary api.Canary) (int, bool) {
 	if !r.Canary || r.Slots() == 1 || l.target == nil || canary.Revision >= l.target() {
 		return r.Slots(), false
 	}
@@ -650,7 +652,7 @@ func (l *Lock) put(ctx context.Context, key string, v any) error {
 }
 
 // SetFailure raises the failure flag.
-func (l *Lock) SetFailure(ctx context.Context, f Failure) error {
+func (l *Lock) SetFailure(ctx context.Context, f api.Failure) error {
 	return l.put(ctx, l.s.c.FailureKey(l.s.c.node), f)
 }
 
@@ -658,15 +660,15 @@ func (l *Lock) SetFailure(ctx context.Context, f Failure) error {
 //
 // A canary that converged also records its change, in the same
 // transaction: the other nodes may then share the lock.
-func (l *Lock) WriteStatus(ctx context.Context, s Status) error {
-	if !l.canary || s.Result != ResultConverged {
+func (l *Lock) WriteStatus(ctx context.Context, s api.Status) error {
+	if !l.canary || s.Result != api.ResultConverged {
 		return l.put(ctx, l.s.c.StatusKey(l.s.c.node), s)
 	}
 	status, err := json.Marshal(s)
 	if err != nil {
 		return err
 	}
-	canary, err := json.Marshal(Canary{Node: s.Node, Revision: s.Revision})
+	canary, err := json.Marshal(api.Canary{Node: s.Node, Revision: s.Revision})
 	if err != nil {
 		return err
 	}

@@ -2,6 +2,8 @@ package cluster
 
 import (
 	"fmt"
+
+	"github.com/ccm-dev/ccm/api"
 )
 
 // Permission is one etcd role permission.
@@ -25,7 +27,7 @@ type Role struct {
 // cannot write objects or requests, and cannot queue, release, fail,
 // resume or approve a canary for another node.
 func NodeRole(prefix, node string) Role {
-	k := NewKeys(prefix)
+	k := api.NewKeys(prefix)
 	return Role{
 		Name: "ccm-node-" + node,
 		Permissions: []Permission{
@@ -50,7 +52,7 @@ func NodeRole(prefix, node string) Role {
 // replies and presence. It cannot read or write objects, take the lock or
 // touch the failure flag.
 func CallerRole(prefix, name string) Role {
-	k := NewKeys(prefix)
+	k := api.NewKeys(prefix)
 	return Role{
 		Name: "ccm-caller-" + name,
 		Permissions: []Permission{
@@ -66,7 +68,7 @@ func CallerRole(prefix, name string) Role {
 // ccm status reads. It cannot raise or clear the flag, pause, take the
 // lock or write a node's records.
 func APIRole(prefix, name string) Role {
-	k := NewKeys(prefix)
+	k := api.NewKeys(prefix)
 	return Role{
 		Name: "ccm-api-" + name,
 		Permissions: []Permission{
@@ -84,13 +86,13 @@ func APIRole(prefix, name string) Role {
 func OperatorRole(prefix, name string) Role {
 	return Role{
 		Name:        "ccm-operator-" + name,
-		Permissions: []Permission{{Type: "readwrite", Key: NewKeys(prefix).Prefix(), Prefix: true}},
+		Permissions: []Permission{{Type: "readwrite", Key: api.NewKeys(prefix).Prefix(), Prefix: true}},
 	}
 }
 
 // ViewerRole returns the read-only role of ccm status and the dashboard.
 func ViewerRole(prefix, name string) Role {
-	return Role{Name: "ccm-viewer-" + name, Permissions: []Permission{statusRead(NewKeys(prefix))}}
+	return Role{Name: "ccm-viewer-" + name, Permissions: []Permission{statusRead(api.NewKeys(prefix))}}
 }
 
 // statusRead is what ccm status and the dashboard read: the flag, the
@@ -98,7 +100,7 @@ func ViewerRole(prefix, name string) Role {
 // the newest object write and the recent actions, under one watch of the
 // cluster's prefix. So it is the whole prefix, read-only: object data and
 // action replies included.
-func statusRead(k Keys) Permission {
+func statusRead(k api.Keys) Permission {
 	return Permission{Type: "read", Key: k.Prefix(), Prefix: true}
 }
 

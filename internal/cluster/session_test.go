@@ -10,6 +10,7 @@ import (
 	"github.com/stretchr/testify/require"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/ccm-dev/ccm/api"
 	"github.com/ccm-dev/ccm/test/etcdtest"
 )
 
@@ -27,14 +28,14 @@ func TestAnnounceTakesOverItsOwnPreviousSessionOnly(t *testing.T) {
 	previous := func(instance string) clientv3.LeaseID {
 		lease, err := cli.Grant(ctx, 600)
 		require.NoError(t, err)
-		raw, _ := json.Marshal(Presence{Node: "web1", Lease: "old", Since: time.Now(), Instance: instance})
+		raw, _ := json.Marshal(api.Presence{Node: "web1", Lease: "old", Since: time.Now(), Instance: instance})
 		_, err = cli.Put(ctx, c.AliveKey("web1"), string(raw), clientv3.WithLease(lease.ID))
 		require.NoError(t, err)
 		return lease.ID
 	}
 
 	old := previous("agent-a")
-	s, err := c.NewSession(ctx, SessionOptions{TTL: 5 * time.Second, Presence: &Presence{Instance: "agent-a"}})
+	s, err := c.NewSession(ctx, SessionOptions{TTL: 5 * time.Second, Presence: &api.Presence{Instance: "agent-a"}})
 	require.NoError(t, err, "the same instance takes its key over")
 	defer s.Close()
 	p, err := c.Presence(ctx, "web1")
@@ -46,8 +47,8 @@ func TestAnnounceTakesOverItsOwnPreviousSessionOnly(t *testing.T) {
 	s.Close()
 
 	previous("agent-b")
-	_, err = c.NewSession(ctx, SessionOptions{TTL: 5 * time.Second, Presence: &Presence{Instance: "agent-a"}})
+	_, err = c.NewSession(ctx, SessionOptions{TTL: 5 * time.Second, Presence: &api.Presence{Instance: "agent-a"}})
 	assert.ErrorIs(t, err, ErrNodeTaken, "another instance serves the node: refused")
-	_, err = c.NewSession(ctx, SessionOptions{TTL: 5 * time.Second, Presence: &Presence{}})
+	_, err = c.NewSession(ctx, SessionOptions{TTL: 5 * time.Second, Presence: &api.Presence{}})
 	assert.ErrorIs(t, err, ErrNodeTaken, "no instance: refused")
 }

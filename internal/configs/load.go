@@ -15,7 +15,7 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
-	"github.com/ccm-dev/ccm/internal/objects"
+	"github.com/ccm-dev/ccm/api"
 	"github.com/ccm-dev/ccm/internal/templates"
 )
 
@@ -177,11 +177,11 @@ func (l *loader) build(path string, rc *rawConfig) (*Config, []error) {
 	if c.Name == "" {
 		c.Name = strings.TrimSuffix(filepath.Base(path), ".yaml")
 	}
-	if err := objects.CheckName("name", c.Name); err != nil {
+	if err := api.CheckName("name", c.Name); err != nil {
 		fail(err)
 	}
 	for _, t := range c.Subscribes {
-		if err := objects.CheckName("subscribes: type", t); err != nil {
+		if err := api.CheckName("subscribes: type", t); err != nil {
 			fail(err)
 		}
 	}
@@ -325,7 +325,7 @@ func checkForEach(t string) error {
 	if t == "" {
 		return nil
 	}
-	return objects.CheckName("for_each: type", t)
+	return api.CheckName("for_each: type", t)
 }
 
 // lookupOwnership resolves owner and group names (or numeric IDs) on this

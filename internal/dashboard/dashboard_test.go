@@ -14,6 +14,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"go.uber.org/zap"
 
+	"github.com/ccm-dev/ccm/api"
 	"github.com/ccm-dev/ccm/client"
 	"github.com/ccm-dev/ccm/internal/cluster"
 	"github.com/ccm-dev/ccm/internal/dashboard"
@@ -69,7 +70,7 @@ func until(t *testing.T, states <-chan dashboard.State, cond func(dashboard.Stat
 func TestEveryViewerGetsTheChange(t *testing.T) {
 	etcd := etcdtest.New(t, 1)
 	cli := etcd.Client(t)
-	c := cluster.New(cli, cluster.Options{Prefix: cluster.DefaultPrefix})
+	c := cluster.New(cli, cluster.Options{Prefix: api.DefaultPrefix})
 	srv := dashboard.New(c, client.New(cli, client.Options{}), zap.NewNop())
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)

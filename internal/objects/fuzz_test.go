@@ -5,6 +5,7 @@ import (
 	"testing"
 	"unicode/utf8"
 
+	"github.com/ccm-dev/ccm/api"
 	"github.com/ccm-dev/ccm/internal/objects"
 )
 
@@ -43,7 +44,7 @@ func FuzzParseKey(f *testing.F) {
 		if err != nil {
 			return
 		}
-		if !objects.ValidName(typ) || !objects.ValidName(id) {
+		if !api.ValidName(typ) || !api.ValidName(id) {
 			t.Fatalf("accepted %q as %q/%q", key, typ, id)
 		}
 	})

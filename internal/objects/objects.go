@@ -6,23 +6,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"regexp"
 	"sort"
 	"strings"
 	"unicode/utf8"
 
-	"github.com/ccm-dev/ccm/internal/cluster"
+	"github.com/ccm-dev/ccm/api"
 )
-
-// namePattern is the grammar of object types and IDs.
-var namePattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]*$`)
-
-// MaxNameLen bounds types and IDs so that an ID used as a file name always
-// fits in one path component.
-const MaxNameLen = 200
-
-// ErrBadName is returned for a type or ID outside the key grammar.
-var ErrBadName = errors.New("must match [A-Za-z0-9][A-Za-z0-9._-]* and be at most 200 bytes")
 
 // Object is one desired-state object.
 type Object struct {
@@ -30,19 +19,6 @@ type Object struct {
 	Type     string
 	Revision int64          // etcd mod revision of the key
 	Data     map[string]any // the decoded JSON object
-}
-
-// ValidName reports whether s is a valid object type or ID.
-func ValidName(s string) bool {
-	return len(s) <= MaxNameLen && namePattern.MatchString(s)
-}
-
-// CheckName returns an error naming what if s is not a valid type or ID.
-func CheckName(what, s string) error {
-	if !ValidName(s) {
-		return fmt.Errorf("%s %q: %w", what, s, ErrBadName)
-	}
-	return nil
 }
 
 // Decode parses an object value. It accepts exactly one JSON object in
@@ -77,7 +53,7 @@ func Key(prefix, typ, id string) string {
 // Prefix returns the etcd prefix under which all objects of the cluster
 // with this prefix live; the layout is cluster's.
 func Prefix(prefix string) string {
-	return cluster.NewKeys(prefix).ObjectsPrefix()
+	return api.NewKeys(prefix).ObjectsPrefix()
 }
 
 // ParseKey splits an object key into type and ID, checking the grammar.
@@ -90,10 +66,10 @@ func ParseKey(prefix, key string) (typ, id string, err error) {
 	if !ok {
 		return "", "", fmt.Errorf("key %q: want %s<type>/<id>", key, Prefix(prefix))
 	}
-	if err := CheckName("type", typ); err != nil {
+	if err := api.CheckName("type", typ); err != nil {
 		return "", "", fmt.Errorf("key %q: %w", key, err)
 	}
-	if err := CheckName("id", id); err != nil {
+	if err := api.CheckName("id", id); err != nil {
 		return "", "", fmt.Errorf("key %q: %w", key, err)
 	}
 	return typ, id, nil

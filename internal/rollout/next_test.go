@@ -7,8 +7,8 @@ import (
 
 	"github.com/stretchr/testify/assert"
 
+	"github.com/ccm-dev/ccm/api"
 	"github.com/ccm-dev/ccm/internal/applier"
-	"github.com/ccm-dev/ccm/internal/cluster"
 	"github.com/ccm-dev/ccm/internal/render"
 	"github.com/ccm-dev/ccm/internal/rollout"
 )
@@ -20,10 +20,10 @@ func TestNextIsTheOneReadingOfARunsOutcome(t *testing.T) {
 		res  rollout.Result
 		want rollout.Next
 	}{
-		"converged":        {rollout.Result{Ran: true, Status: cluster.Status{Result: cluster.ResultConverged}, Report: &applier.Report{}}, rollout.Done},
-		"failed, flagged":  {rollout.Result{Ran: true, Status: cluster.Status{Result: cluster.ResultFailed}, Report: &applier.Report{}, Err: errors.New("validate")}, rollout.Done},
-		"halted by a flag": {rollout.Result{Failure: &cluster.Failure{Node: "web2"}}, rollout.Requeue},
-		"paused":           {rollout.Result{Paused: &cluster.Pause{By: "alice"}}, rollout.Requeue},
+		"converged":        {rollout.Result{Ran: true, Status: api.Status{Result: api.ResultConverged}, Report: &applier.Report{}}, rollout.Done},
+		"failed, flagged":  {rollout.Result{Ran: true, Status: api.Status{Result: api.ResultFailed}, Report: &applier.Report{}, Err: errors.New("validate")}, rollout.Done},
+		"halted by a flag": {rollout.Result{Failure: &api.Failure{Node: "web2"}}, rollout.Requeue},
+		"paused":           {rollout.Result{Paused: &api.Pause{By: "alice"}}, rollout.Requeue},
 		"no lock":          {rollout.Result{Err: errors.New("etcd did not answer")}, rollout.Retry},
 		"not recorded":     {rollout.Result{Ran: true, Report: &applier.Report{}, Err: fmt.Errorf("%w: status", rollout.ErrNotRecorded)}, rollout.RetryAll},
 		"aborted":          {rollout.Result{Ran: true, Report: &applier.Report{Aborted: true}, LockLost: true}, rollout.RequeueAll},

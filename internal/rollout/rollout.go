@@ -8,6 +8,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/ccm-dev/ccm/api"
 	"github.com/ccm-dev/ccm/internal/applier"
 	"github.com/ccm-dev/ccm/internal/cluster"
 	"github.com/ccm-dev/ccm/internal/configs"
@@ -94,12 +95,12 @@ type Request struct {
 type Result struct {
 	// Ran is set when the run got past the lock and the flag check.
 	Ran    bool
-	Status cluster.Status
+	Status api.Status
 	Report *applier.Report
 	// Failure is the flag that halted the run, read at FlagRevision;
 	// Paused is the pause that held it back.
-	Failure      *cluster.Failure
-	Paused       *cluster.Pause
+	Failure      *api.Failure
+	Paused       *api.Pause
 	FlagRevision int64
 	// LockLost is set when the session ended during the run.
 	LockLost bool
@@ -145,7 +146,7 @@ func (r Result) Next() Next {
 		return Exit
 	case errors.Is(r.Err, ErrNotRecorded):
 		return RetryAll
-	case r.Status.Result == cluster.ResultFailed:
+	case r.Status.Result == api.ResultFailed:
 		return Done
 	case r.Report != nil && r.Report.Aborted:
 		return RequeueAll
@@ -254,20 +255,20 @@ func (r *Runner) readConverged(ctx context.Context) {
 }
 
 // status describes a finished run.
-func (r *Runner) status(report *applier.Report, start time.Time) cluster.Status {
-	s := cluster.Status{Node: r.opts.Node, Revision: report.Revision, Time: time.Now().UTC(),
+func (r *Runner) status(report *applier.Report, start time.Time) api.Status {
+	s := api.Status{Node: r.opts.Node, Revision: report.Revision, Time: time.Now().UTC(),
 		Duration: time.Since(start).Round(time.Millisecond).String()}
 	for _, o := range report.Outcomes {
-		s.Configurations = append(s.Configurations, cluster.Outcome{Config: o.Config, Result: string(o.Result),
+		s.Configurations = append(s.Configurations, api.Outcome{Config: o.Config, Result: string(o.Result),
 			Created: o.Created, Updated: o.Updated, Removed: o.Removed, Error: o.Error})
 	}
 	switch {
 	case report.Failed():
-		s.Result, s.Error = cluster.ResultFailed, report.Err.Error()
+		s.Result, s.Error = api.ResultFailed, report.Err.Error()
 	case report.Aborted:
-		s.Result, s.Error = cluster.ResultAborted, abortCause(report)
+		s.Result, s.Error = api.ResultAborted, abortCause(report)
 	default:
-		s.Result = cluster.ResultConverged
+		s.Result = api.ResultConverged
 		r.converged = max(r.converged, report.Revision)
 	}
 	s.Converged = max(r.converged, 0)
@@ -298,7 +299,7 @@ func (r *Runner) record(ctx context.Context, lock *cluster.Lock, res *Result) er
 	defer cancel()
 	if report.Failed() { // the flag first: it stops the other nodes
 		config, msg := report.FirstFailure()
-		f := cluster.Failure{Node: r.opts.Node, Configuration: config, Error: msg, Revision: report.Revision, Time: s.Time}
+		f := api.Failure{Node: r.opts.Node, Configuration: config, Error: msg, Revision: report.Revision, Time: s.Time}
 		if err := lock.SetFailure(wctx, f); err != nil {
 			return errors.Join(report.Err, fmt.Errorf("%w: could not raise the failure flag: %w", ErrNotRecorded, err))
 		}
@@ -316,10 +317,10 @@ func (r *Runner) record(ctx context.Context, lock *cluster.Lock, res *Result) er
 }
 
 // halt records that the flag stops this node.
-func (r *Runner) halt(ctx context.Context, lock *cluster.Lock, f *cluster.Failure) Result {
+func (r *Runner) halt(ctx context.Context, lock *cluster.Lock, f *api.Failure) Result {
 	r.log.Warn("halted by the failure flag", zap.String("flag_node", f.Node), zap.String("configuration", f.Configuration))
-	r.observe(cluster.ResultHalted, nil)
-	s := cluster.Status{Node: r.opts.Node, Result: cluster.ResultHalted, Converged: max(r.converged, 0), Time: time.Now().UTC(),
+	r.observe(api.ResultHalted, nil)
+	s := api.Status{Node: r.opts.Node, Result: api.ResultHalted, Converged: max(r.converged, 0), Time: time.Now().UTC(),
 		Error: fmt.Sprintf("failure flag set by %s (configuration %s)", f.By(), f.Configuration)}
 	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), statusTimeout)
 	defer cancel()
@@ -337,13 +338,13 @@ func (r *Runner) observe(result string, report *applier.Report) {
 		return
 	}
 	m.Runs.WithLabelValues(result).Inc()
-	if result == cluster.ResultHalted {
+	if result == api.ResultHalted {
 		m.Halted.Set(1)
 	}
 	if report == nil {
 		return
 	}
-	if result == cluster.ResultConverged {
+	if result == api.ResultConverged {
 		m.LastSuccess.SetToCurrentTime()
 	}
 	for _, o := range report.Outcomes {

@@ -15,7 +15,7 @@ import (
 	"github.com/santhosh-tekuri/jsonschema/v6"
 	"github.com/santhosh-tekuri/jsonschema/v6/kind"
 
-	"github.com/ccm-dev/ccm/internal/objects"
+	"github.com/ccm-dev/ccm/api"
 )
 
 // Set is the compiled schemas of a configuration directory, by type. A
@@ -43,7 +43,7 @@ func Load(configDir string) (*Set, error) {
 	var errs []error
 	for _, p := range paths {
 		typ := strings.TrimSuffix(filepath.Base(p), ".json")
-		if err := objects.CheckName("schema type", typ); err != nil {
+		if err := api.CheckName("schema type", typ); err != nil {
 			errs = append(errs, fmt.Errorf("%s: %w", p, err))
 			continue
 		}
