@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime/pprof"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -222,4 +223,14 @@ func failedNode(t *testing.T, c *cluster.Cluster, msg string) string {
 		return failed != ""
 	}, "%s", msg)
 	return failed
+}
+
+// waiting waits until node is queued for the lock, as ccm status shows it.
+func waiting(t *testing.T, etcd *etcdtest.Cluster, node string) {
+	t.Helper()
+	c := cluster.New(etcd.Client(t), cluster.Options{})
+	eventually(t, 30*time.Second, func() bool {
+		v, err := c.View(context.Background())
+		return err == nil && slices.Contains(v.Waiting, node)
+	}, "%s waits for the lock", node)
 }

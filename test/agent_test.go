@@ -104,8 +104,8 @@ func TestBurstOfWritesGivesOneRunPerNode(t *testing.T) {
 	for _, n := range nodes {
 		eventually(t, 10*time.Second, func() bool { return n.runs() >= before[n.name]+1 }, "%s recorded its run", n.name)
 	}
-	// Absence of a second run can only be observed over a window: one
-	// more quiet period.
+	// An absence, observed over a window: no second run within one more
+	// quiet period.
 	time.Sleep(quiet + 500*time.Millisecond)
 	for _, n := range nodes {
 		assert.Equal(t, before[n.name]+1, n.runs(), "%s: exactly one run for 100 writes", n.name)
@@ -169,7 +169,7 @@ func TestKilledLockHolderLetsTheNextNodeProceedAfterTheTTL(t *testing.T) {
 	t.Cleanup(func() { killPidFile(started) })
 
 	b := startAgent(t, etcd, "b", siteConfig(t, "b", log, "/nonexistent", "0"), agentConfig{})
-	time.Sleep(500 * time.Millisecond) // b waits on the lock a holds
+	waiting(t, etcd, "b")
 	assert.Empty(t, b.read("/sites/s000.conf"), "b cannot run while a holds the lock")
 
 	killed := time.Now()
@@ -204,7 +204,9 @@ func TestRolloutSurvivesEtcdOutages(t *testing.T) {
 
 	etcd.Stop(1)
 	etcd.Stop(2)
-	time.Sleep(3 * time.Second) // longer than the lock TTL: sessions expire
+	// An absence, observed over a window: no agent stops while etcd is
+	// gone for longer than the lock TTL, so that the sessions expire.
+	time.Sleep(3 * time.Second)
 	for _, n := range nodes {
 		select {
 		case err := <-n.done:
@@ -229,8 +231,8 @@ func TestSIGTERMWhileWaitingForTheLockExitsPromptly(t *testing.T) {
 	eventually(t, 20*time.Second, func() bool {
 		v, err := holder.View(context.Background())
 		return err == nil && len(v.Nodes) > 0 && v.Nodes[len(v.Nodes)-1].Presence != nil && v.Holder == "holder"
-	}, "the agent is up and waits for the lock")
-	time.Sleep(200 * time.Millisecond)
+	}, "the agent is up")
+	waiting(t, etcd, "waiter")
 
 	start := time.Now()
 	require.NoError(t, proc.Process.Signal(syscall.SIGTERM))

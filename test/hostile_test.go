@@ -1,10 +1,13 @@
 package test
 
 import (
+	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -183,7 +186,10 @@ func TestSIGTERMStopsTheAgentMidRender(t *testing.T) {
 	proc := n.start("agent", "--debounce", "0s")
 	c := cluster.New(etcd.Client(t), cluster.Options{})
 	eventually(t, 30*time.Second, func() bool { return nodeView(t, c, "n").State == cluster.StateRunning }, "the agent renders, holding the lock")
-	time.Sleep(500 * time.Millisecond)
+	// Mid-render is when the render spins: the agent has burnt half a
+	// second of CPU since it took the lock.
+	spun := cpuTime(t, proc.Process.Pid)
+	eventually(t, 30*time.Second, func() bool { return cpuTime(t, proc.Process.Pid)-spun >= 500*time.Millisecond }, "the agent spins in the render")
 	start := time.Now()
 	require.NoError(t, proc.Process.Signal(syscall.SIGTERM))
 	st, err := proc.Process.Wait()
@@ -192,4 +198,17 @@ func TestSIGTERMStopsTheAgentMidRender(t *testing.T) {
 	assert.Less(t, time.Since(start), 10*time.Second, "SIGTERM ends the agent within seconds, mid-render")
 	v := nodeView(t, c, "n")
 	assert.NotEqual(t, cluster.StateRunning, v.State, "the lock is released")
+}
+
+// cpuTime is the CPU time the process pid has used, as the kernel reports
+// it (utime and stime of /proc/PID/stat, in clock ticks of 10 ms).
+func cpuTime(t *testing.T, pid int) time.Duration {
+	t.Helper()
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	require.NoError(t, err)
+	fields := strings.Fields(string(raw[bytes.LastIndexByte(raw, ')')+2:])) // after the command's name
+	utime, err1 := strconv.ParseInt(fields[11], 10, 64)
+	stime, err2 := strconv.ParseInt(fields[12], 10, 64)
+	require.NoError(t, errors.Join(err1, err2))
+	return time.Duration(utime+stime) * 10 * time.Millisecond
 }

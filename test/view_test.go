@@ -180,14 +180,14 @@ func TestAnEtcdOutageAtTheEndOfARunIsRecordedOnceEtcdReturns(t *testing.T) {
 	require.NoError(t, os.WriteFile(filepath.Join(cfg, "sites.yaml"), []byte(`subscribes: [sites]
 files:
   - {path: '/sites/{{ .Object.ID }}.conf', for_each: sites, content: "{{ .Object.Data.v }}\n"}
-validate: [sh, -c, 'touch "$0"; sleep 3; exit 1', `+started+`]
+validate: [sh, -c, 'touch "$0"; sleep 3; touch "$0.done"; exit 1', `+started+`]
 `), 0o644))
 	n := startAgent(t, etcd, "n", cfg, agentConfig{debounce: 100 * time.Millisecond, lockTTL: time.Second})
 	putSites(t, etcd, 1, "v")
 	eventually(t, 30*time.Second, func() bool { _, err := os.Stat(started); return err == nil }, "validate runs")
 	etcd.Stop(0)
-	time.Sleep(4 * time.Second) // validate fails, the status and flag writes fail, the lease expires
-	assert.Error(t, n.ag.Ready(), "not ready while etcd is gone")
+	eventually(t, 30*time.Second, func() bool { _, err := os.Stat(started + ".done"); return err == nil }, "validate fails while etcd is gone")
+	eventually(t, 30*time.Second, func() bool { return n.ag.Ready() != nil }, "not ready while etcd is gone")
 	etcd.Restart(0)
 
 	c := cluster.New(etcd.Client(t), cluster.Options{})
