@@ -123,7 +123,7 @@ func TestLoadReportsEveryError(t *testing.T) {
 }
 
 func TestLoadExample(t *testing.T) {
-	set, err := configs.Load("../examples/ccm")
+	set, err := configs.Load("../../examples/ccm")
 	require.NoError(t, err)
 	assert.Equal(t, []string{"unix-users", "crontab", "php-fpm-pools", "nginx-vhosts"}, set.Order)
 

@@ -24,7 +24,7 @@ func benchSnapshot(n int) *objects.Snapshot {
 
 func benchConfig(b *testing.B) *configs.Config {
 	dir := b.TempDir()
-	tmpl, err := os.ReadFile("../examples/ccm/templates/vhost.conf.tmpl")
+	tmpl, err := os.ReadFile("../../examples/ccm/templates/vhost.conf.tmpl")
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -96,6 +96,9 @@ func TestWatcherMirrorsEveryWrite(t *testing.T) {
 }
 
 func TestWatcherRelistsAfterCompaction(t *testing.T) {
+	if testing.Short() {
+		t.Skip("restarts an etcd member, which takes the client's reconnect backoff: make test runs it")
+	}
 	etcd := etcdtest.New(t, 3)
 	ctx := context.Background()
 	admin := etcd.Client(t, 0, 1)
