@@ -234,3 +234,17 @@ func waiting(t *testing.T, etcd *etcdtest.Cluster, node string) {
 		return err == nil && slices.Contains(v.Waiting, node)
 	}, "%s waits for the lock", node)
 }
+
+// holdLock takes the lock as node, through a session of its own that the
+// test's cleanup closes, and returns the cluster it holds it on.
+func holdLock(t *testing.T, etcd *etcdtest.Cluster, node string) *cluster.Cluster {
+	t.Helper()
+	c := cluster.New(etcd.Client(t), cluster.Options{Node: node})
+	s, err := c.NewSession(context.Background(), cluster.SessionOptions{TTL: 30 * time.Second})
+	require.NoError(t, err)
+	t.Cleanup(s.Close)
+	lock, err := s.Lock(context.Background(), nil)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = lock.Release() })
+	return c
+}

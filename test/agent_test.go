@@ -221,10 +221,7 @@ func TestRolloutSurvivesEtcdOutages(t *testing.T) {
 
 func TestSIGTERMWhileWaitingForTheLockExitsPromptly(t *testing.T) {
 	etcd := etcdtest.New(t, 1)
-	holder := cluster.New(etcd.Client(t), cluster.Options{Node: "holder"})
-	lock, err := acquire(context.Background(), t, holder, 30*time.Second, nil)
-	require.NoError(t, err)
-	defer lock.Release()
+	holder := holdLock(t, etcd, "holder")
 
 	n := newNode(t, "waiter", "../examples/ccm", etcd.Endpoints())
 	proc := n.start("agent", "--debounce", "0s")

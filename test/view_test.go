@@ -77,10 +77,7 @@ func TestLockTimeoutBoundsOnlyTheWaitForTheLock(t *testing.T) {
 	r := n.run("", "apply", "--once", "--lock-timeout", "1s")
 	require.Equal(t, 0, r.code, "a 2s on_change outlives a 1s --lock-timeout: %s", r.stderr)
 
-	holder := cluster.New(etcd.Client(t), cluster.Options{Node: "holder"})
-	lock, err := acquire(context.Background(), t, holder, 30*time.Second, nil)
-	require.NoError(t, err)
-	defer lock.Release()
+	holdLock(t, etcd, "holder")
 	r = n.run("", "apply", "--once", "--lock-timeout", "1s")
 	assert.Equal(t, 1, r.code)
 	assert.Contains(t, r.stderr, "lock not acquired in time (--lock-timeout 1s)")

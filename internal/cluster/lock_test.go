@@ -1,4 +1,4 @@
-package test
+package cluster_test
 
 import (
 	"context"
@@ -21,6 +21,21 @@ import (
 	"github.com/ccm-dev/ccm/test/etcdtest"
 )
 
+// eventually waits for cond, a reported state, for up to timeout.
+func eventually(t *testing.T, timeout time.Duration, cond func() bool, msg string, args ...any) {
+	t.Helper()
+	require.Eventually(t, cond, timeout, 10*time.Millisecond, append([]any{msg}, args...)...)
+}
+
+// slow marks a test that waits out leases: it runs in parallel with the
+// others, and not in the inner loop (go test -short).
+func slow(t *testing.T) {
+	if testing.Short() {
+		t.Skip("waits out leases: make test runs it")
+	}
+	t.Parallel()
+}
+
 // acquire opens a session for c's node (announcing it with labels when
 // given) and waits for the lock on it. Cleanup closes the session.
 func acquire(ctx context.Context, t *testing.T, c *cluster.Cluster, ttl time.Duration, labels map[string]string) (*cluster.Lock, error) {
@@ -36,6 +51,7 @@ func acquire(ctx context.Context, t *testing.T, c *cluster.Cluster, ttl time.Dur
 }
 
 func TestLockIsExclusiveAcrossMembers(t *testing.T) {
+	slow(t)
 	etcd := etcdtest.New(t, 3)
 	ctx := context.Background()
 	a := cluster.New(etcd.Client(t, 0), cluster.Options{Node: "a"})
@@ -63,6 +79,7 @@ func TestLockIsExclusiveAcrossMembers(t *testing.T) {
 }
 
 func TestWritesAreFencedOnceTheLeaseIsGone(t *testing.T) {
+	slow(t)
 	etcd := etcdtest.New(t, 3)
 	ctx := context.Background()
 	admin := etcd.Client(t)
@@ -104,6 +121,7 @@ func TestWritesAreFencedOnceTheLeaseIsGone(t *testing.T) {
 }
 
 func TestLockIsGrantedInQueueOrderAndStatusNamesHolderAndWaiters(t *testing.T) {
+	slow(t)
 	etcd := etcdtest.New(t, 3)
 	ctx := context.Background()
 	nodes := []string{"a", "b", "c", "d"}
@@ -150,6 +168,7 @@ func TestLockIsGrantedInQueueOrderAndStatusNamesHolderAndWaiters(t *testing.T) {
 // deleted (a watch saw it), and once the lease may have expired by the
 // local clock, when etcd stopped answering keep-alives.
 func TestFenceRefusesOnceTheKeyIsDeletedOrTheLeaseMayHaveExpired(t *testing.T) {
+	slow(t)
 	m := etcdtest.StartMembers(t, 1)
 	m.WaitHealthy(30 * time.Second)
 	cli, err := cluster.NewClient(cluster.ClientConfig{Endpoints: m.Endpoints(), DialTimeout: 2 * time.Second})
@@ -189,6 +208,7 @@ func TestFenceRefusesOnceTheKeyIsDeletedOrTheLeaseMayHaveExpired(t *testing.T) {
 // by the presence on the same lease. (The old agent counts the new keys
 // too: it counts every key under <prefix>/lock/.)
 func TestAnUpgradedNodeWaitsForALegacyLockKey(t *testing.T) {
+	t.Parallel()
 	etcd := etcdtest.New(t, 1)
 	ctx := context.Background()
 	cli := etcd.Client(t)
@@ -224,6 +244,7 @@ func TestAnUpgradedNodeWaitsForALegacyLockKey(t *testing.T) {
 // member's own counter of events sent (Debian's etcd, alone in its
 // process, so no other test's events count).
 func TestABatchReleaseWakesOneWaiterNotTheQueue(t *testing.T) {
+	slow(t)
 	m := etcdtest.StartMembers(t, 1)
 	m.WaitHealthy(30 * time.Second)
 	cli, err := cluster.NewClient(cluster.ClientConfig{Endpoints: m.Endpoints(), DialTimeout: 5 * time.Second})
@@ -304,6 +325,7 @@ func eventsSent(t *testing.T, m *etcdtest.Members) float64 {
 // legacy flag (never as the node its value claims), and ccm resume clears
 // it with the records.
 func TestAnUpgradedNodeObeysTheLegacyFailureFlag(t *testing.T) {
+	t.Parallel()
 	etcd := etcdtest.New(t, 1)
 	ctx := context.Background()
 	cli := etcd.Client(t)
