@@ -17,6 +17,7 @@ import (
 	"github.com/ccm-dev/ccm/internal/configs"
 	"github.com/ccm-dev/ccm/internal/objects"
 	"github.com/ccm-dev/ccm/internal/render"
+	"github.com/ccm-dev/ccm/internal/runkind"
 )
 
 // raceIterations is how many runs race the symlink flipper; make soak
@@ -76,7 +77,7 @@ files:
 	for i := 0; i < raceIterations(); i++ {
 		b := objects.NewBuilder("/ccm", int64(i+1), nil)
 		b.Add("/ccm/objects/users/alice", []byte(fmt.Sprintf(`{"v":"v%d"}`, i)), int64(i+1))
-		r := ap.Run(context.Background(), sets[i%2], b.Snapshot(), []string{"home"})
+		r := ap.Run(context.Background(), runkind.Full, sets[i%2], b.Snapshot(), []string{"home"})
 		ran++
 		if r.Failed() {
 			failed++ // refusing is fine; escaping is not

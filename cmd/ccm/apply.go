@@ -19,6 +19,7 @@ import (
 	"github.com/ccm-dev/ccm/internal/objects"
 	"github.com/ccm-dev/ccm/internal/render"
 	"github.com/ccm-dev/ccm/internal/rollout"
+	"github.com/ccm-dev/ccm/internal/runkind"
 	"github.com/ccm-dev/ccm/internal/schemas"
 )
 
@@ -92,7 +93,7 @@ func (a *app) applyOnce(ctx context.Context, names []string, lockTTL, lockTimeou
 	defer s.Close()
 	runner := rollout.New(rollout.Options{Cluster: c, Applier: ap, Node: a.node, Logger: a.log})
 	res := runner.Run(ctx, s, rollout.Request{
-		Set: set, Names: selected, Full: true, LockTimeout: lockTimeout, Reason: "apply --once",
+		Set: set, Names: selected, Kind: runkind.Full, LockTimeout: lockTimeout, Reason: "apply --once",
 		Snapshot: func(ctx context.Context, _ int64) (*objects.Snapshot, error) {
 			return objects.Load(ctx, c.Client(), a.prefix, sch)
 		},

@@ -10,6 +10,7 @@ import (
 	"github.com/ccm-dev/ccm/internal/actions"
 	"github.com/ccm-dev/ccm/internal/applier"
 	"github.com/ccm-dev/ccm/internal/rollout"
+	"github.com/ccm-dev/ccm/internal/runkind"
 )
 
 // The built-in actions every agent answers.
@@ -109,7 +110,7 @@ func (a *Agent) convergeAction(ctx context.Context, _ *api.Request) (any, error)
 	if err != nil {
 		return nil, err
 	}
-	res := a.runner.Run(ctx, s, rollout.Request{Set: sel.set, Names: names, Full: true, Snapshot: a.snapshot, Reason: "action " + ActionConverge, Target: a.mirror.Applied})
+	res := a.runner.Run(ctx, s, rollout.Request{Set: sel.set, Names: names, Kind: runkind.Full, Snapshot: a.snapshot, Reason: "action " + ActionConverge, Target: a.mirror.Applied})
 	// What the run leaves to do is the agent loop's, as after its own runs.
 	switch res.Next() {
 	case rollout.Requeue:

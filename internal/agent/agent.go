@@ -26,6 +26,7 @@ import (
 	"github.com/ccm-dev/ccm/internal/render"
 	"github.com/ccm-dev/ccm/internal/retry"
 	"github.com/ccm-dev/ccm/internal/rollout"
+	"github.com/ccm-dev/ccm/internal/runkind"
 	"github.com/ccm-dev/ccm/internal/schemas"
 	"github.com/ccm-dev/ccm/internal/subscriptions"
 	"github.com/ccm-dev/ccm/internal/watcher"
@@ -438,7 +439,7 @@ func (a *Agent) leaseFile() string { return filepath.Join(a.opts.StateDir, "sess
 
 // describe formats a batch for logs.
 func describe(b debounce.Batch) string {
-	if b.All {
+	if b.Kind == runkind.Full {
 		return fmt.Sprintf("everything (%v)", b.Reasons)
 	}
 	return fmt.Sprintf("types %v", b.Types)

@@ -11,12 +11,13 @@ import (
 	"github.com/ccm-dev/ccm/internal/debounce"
 	"github.com/ccm-dev/ccm/internal/objects"
 	"github.com/ccm-dev/ccm/internal/rollout"
+	"github.com/ccm-dev/ccm/internal/runkind"
 )
 
 // names returns the configurations of sel a batch runs on this node, in
 // dependency order.
 func (a *Agent) names(sel *selection, b debounce.Batch) ([]string, error) {
-	if b.All {
+	if b.Kind == runkind.Full {
 		return a.applier.Select(sel.set, nil)
 	}
 	names := sel.subs.Subscribers(b.Types...)
@@ -37,7 +38,7 @@ func (a *Agent) converge(ctx context.Context, b debounce.Batch) error {
 		a.log.Error("select configurations", zap.Error(err))
 		return nil
 	}
-	if len(names) == 0 && !b.All {
+	if len(names) == 0 && !(b.Kind == runkind.Full) {
 		a.log.Debug("no configuration subscribes to the change", zap.Strings("types", b.Types))
 		return nil
 	}
@@ -50,7 +51,7 @@ func (a *Agent) converge(ctx context.Context, b debounce.Batch) error {
 		return nil
 	}
 	res := a.runner.Run(ctx, s, rollout.Request{
-		Set: sel.set, Names: names, Full: b.All, Snapshot: a.snapshot, Reason: describe(b),
+		Set: sel.set, Names: names, Kind: b.Kind, Snapshot: a.snapshot, Reason: describe(b),
 		Halt: a.flag.raisedCh(), Target: a.mirror.Applied,
 	})
 	switch res.Next() {
@@ -65,21 +66,21 @@ func (a *Agent) converge(ctx context.Context, b debounce.Batch) error {
 		// process, which stays halted by the flag.
 		return res.Err
 	case rollout.RetryAll:
-		a.postpone(ctx, debounce.Batch{All: true, Reasons: []string{"outcome not recorded"}}, "record the run", res.Err)
+		a.postpone(ctx, debounce.Batch{Kind: runkind.Full, Reasons: []string{"outcome not recorded"}}, "record the run", res.Err)
 		return nil
 	case rollout.RequeueAll:
 		if res.LockLost {
 			a.log.Warn("lock lost mid-run; starting again from scratch on a new session")
 			a.sessions.drop()
 		}
-		a.deb.Requeue(debounce.Batch{All: true, Reasons: []string{"aborted run"}})
+		a.deb.Requeue(debounce.Batch{Kind: runkind.Full, Reasons: []string{"aborted run"}})
 	case rollout.Done:
 		// A failure's flag reaches the agent through its watch, in
 		// order with a resume that may already follow it.
 	}
 	a.retry.Reset()
 	a.presence.converged(a.runner.Converged())
-	if b.All {
+	if b.Kind == runkind.Full {
 		releaseMemory()
 	}
 	return nil

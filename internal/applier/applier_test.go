@@ -19,6 +19,7 @@ import (
 	"github.com/ccm-dev/ccm/internal/configs"
 	"github.com/ccm-dev/ccm/internal/objects"
 	"github.com/ccm-dev/ccm/internal/render"
+	"github.com/ccm-dev/ccm/internal/runkind"
 )
 
 // fixture is a configuration directory, a root and a state directory.
@@ -368,7 +369,7 @@ func TestRunSkipsDependentsOfAFailedConfiguration(t *testing.T) {
 	})
 	names, err := f.applier.Select(f.set, nil)
 	require.NoError(t, err)
-	r := f.applier.Run(context.Background(), f.set, f.snap(), names)
+	r := f.applier.Run(context.Background(), runkind.Full, f.set, f.snap(), names)
 	require.True(t, r.Failed())
 	got := map[string]applier.Result{}
 	for _, o := range r.Outcomes {
@@ -389,7 +390,7 @@ func TestRunStopsBetweenConfigurationsWhenCancelled(t *testing.T) {
 	})
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	r := f.applier.Run(ctx, f.set, f.snap(), []string{"a", "b"})
+	r := f.applier.Run(ctx, runkind.Full, f.set, f.snap(), []string{"a", "b"})
 	assert.True(t, r.Aborted)
 	assert.Equal(t, applier.Aborted, r.Outcomes[0].Result)
 	assert.NoFileExists(t, f.path("/a"))
@@ -401,11 +402,11 @@ func TestAFileMovedBetweenConfigurationsIsNotPruned(t *testing.T) {
 		"b.yaml": "files:\n  - {path: /x/y, content: b}\n",
 	})
 	f.put("s/y", `{}`)
-	r := f.applier.Run(context.Background(), f.set, f.snap(), []string{"a"})
+	r := f.applier.Run(context.Background(), runkind.Full, f.set, f.snap(), []string{"a"})
 	require.NoError(t, r.Err)
 
 	f.del("s/y") // y now belongs to b only, which runs after a
-	r = f.applier.Run(context.Background(), f.set, f.snap(), []string{"b", "a"})
+	r = f.applier.Run(context.Background(), runkind.Full, f.set, f.snap(), []string{"b", "a"})
 	require.NoError(t, r.Err)
 	assert.Equal(t, "b", f.read("/x/y"))
 }
@@ -416,47 +417,47 @@ func TestTwoConfigurationsRenderingOnePathIsAnError(t *testing.T) {
 		"b.yaml": "files:\n  - {path: /etc/shared.conf, content: b}\n",
 	})
 	f.put("s/x", `{"f":"shared.conf"}`)
-	r := f.applier.Run(context.Background(), f.set, f.snap(), []string{"a", "b"})
+	r := f.applier.Run(context.Background(), runkind.Full, f.set, f.snap(), []string{"a", "b"})
 	require.True(t, r.Failed())
 	assert.EqualError(t, r.Err, `configuration b: file /etc/shared.conf is also written by configuration "a"`)
 	assert.Equal(t, "a", f.read("/etc/shared.conf"), "the first writer's file stands")
 }
 
-func TestRunChangedTrustsWhatItWroteAndRunRepairsDrift(t *testing.T) {
+func TestAChangedRunTrustsWhatItWroteAndAFullRunRepairsDrift(t *testing.T) {
 	f := newFixture(t, map[string]string{"web.yaml": sites})
 	f.put("sites/a", `{"name":"a"}`)
 	f.put("sites/b", `{"name":"b"}`)
 	snap := f.snap()
-	r := f.applier.Run(context.Background(), f.set, snap, []string{"web"})
+	r := f.applier.Run(context.Background(), runkind.Full, f.set, snap, []string{"web"})
 	require.NoError(t, r.Err)
 
 	require.NoError(t, os.WriteFile(f.path("/etc/nginx/sites/b.conf"), []byte("edited by hand\n"), 0o640))
-	r = f.applier.RunChanged(context.Background(), f.set, snap, []string{"web"})
+	r = f.applier.Run(context.Background(), runkind.Changed, f.set, snap, []string{"web"})
 	require.NoError(t, r.Err)
 	assert.Equal(t, applier.Unchanged, r.Outcomes[0].Result, "an event-driven run does not re-read files it wrote")
 	assert.Equal(t, "edited by hand\n", f.read("/etc/nginx/sites/b.conf"))
 
-	r = f.applier.Run(context.Background(), f.set, snap, []string{"web"})
+	r = f.applier.Run(context.Background(), runkind.Full, f.set, snap, []string{"web"})
 	require.NoError(t, r.Err)
 	assert.Equal(t, 1, r.Outcomes[0].Updated, "a full run repairs the drift")
 	assert.Equal(t, "server_name b;\n", f.read("/etc/nginx/sites/b.conf"))
 }
 
-func TestRunChangedAfterAFailedValidateChecksTheDisk(t *testing.T) {
+func TestAChangedRunAfterAFailedValidateChecksTheDisk(t *testing.T) {
 	marker := filepath.Join(t.TempDir(), "broken")
 	f := newFixture(t, map[string]string{"web.yaml": sites + "validate: [test, '!', -e, " + strconv.Quote(marker) + "]\n"})
 	f.put("sites/a", `{"name":"a"}`)
-	r := f.applier.Run(context.Background(), f.set, f.snap(), []string{"web"})
+	r := f.applier.Run(context.Background(), runkind.Full, f.set, f.snap(), []string{"web"})
 	require.NoError(t, r.Err)
 
 	require.NoError(t, os.WriteFile(marker, nil, 0o644))
 	f.put("sites/a", `{"name":"a2"}`)
-	r = f.applier.RunChanged(context.Background(), f.set, f.snap(), []string{"web"})
+	r = f.applier.Run(context.Background(), runkind.Changed, f.set, f.snap(), []string{"web"})
 	require.Error(t, r.Err)
 	assert.Equal(t, "server_name a;\n", f.read("/etc/nginx/sites/a.conf"), "rolled back")
 
 	require.NoError(t, os.Remove(marker))
-	r = f.applier.RunChanged(context.Background(), f.set, f.snap(), []string{"web"})
+	r = f.applier.Run(context.Background(), runkind.Changed, f.set, f.snap(), []string{"web"})
 	require.NoError(t, r.Err)
 	assert.Equal(t, "server_name a2;\n", f.read("/etc/nginx/sites/a.conf"), "the rolled-back file is not trusted")
 }
@@ -481,7 +482,7 @@ validate: [sh, -c, 'echo "$CCM_NODE $CCM_ROOT $CCM_CONFIG ${CCM_PASSWORD:-none} 
 func (f *fixture) run() *applier.Report {
 	names, err := f.applier.Select(f.set, nil)
 	require.NoError(f.t, err)
-	return f.applier.Run(context.Background(), f.set, f.snap(), names)
+	return f.applier.Run(context.Background(), runkind.Full, f.set, f.snap(), names)
 }
 
 func TestRemovalsRunInReverseDependencyOrder(t *testing.T) {
@@ -545,7 +546,7 @@ func TestFilesOfADeletedConfigurationAreRemovedByAFullRun(t *testing.T) {
 	assert.Equal(t, "m2", f.read("/etc/moved"))
 	assert.Equal(t, "mine", f.read("/operator-file"), "a file ccm never wrote stays")
 	assert.NoFileExists(t, filepath.Join(f.tmp, "state", "configs", "gone.json"), "the manifest is forgotten")
-	assert.Empty(t, f.applier.Run(context.Background(), set, f.snap(), names).Outcomes[0].Error)
+	assert.Empty(t, f.applier.Run(context.Background(), runkind.Full, set, f.snap(), names).Outcomes[0].Error)
 }
 
 func TestAReadOnlyStateDirectoryChangesNothing(t *testing.T) {
@@ -598,7 +599,7 @@ func TestACollisionIsAnErrorInAnEventDrivenRunToo(t *testing.T) {
 	require.NoError(t, f.run().Err)
 
 	f.put("bs/1", `{"name":"foo"}`) // only b subscribes to bs: only b runs
-	r := f.applier.RunChanged(context.Background(), f.set, f.snap(), []string{"b"})
+	r := f.applier.Run(context.Background(), runkind.Changed, f.set, f.snap(), []string{"b"})
 	require.Error(t, r.Err)
 	assert.Contains(t, r.Err.Error(), `file /x/foo is also written by configuration "a"`)
 	assert.Equal(t, "a", f.read("/x/foo"), "a's file is neither overwritten")
@@ -662,7 +663,7 @@ func TestAStateDirectoryOfAnotherRootIsRefused(t *testing.T) {
 	require.NoError(t, os.WriteFile(filepath.Join(other, "x", "a"), []byte("not ccm's\n"), 0o644))
 	ap := applier.New(applier.Options{Root: other, StateDir: filepath.Join(f.tmp, "state"), Node: render.Node{Name: "n1"}})
 	f.del("s/a")
-	r := ap.Run(context.Background(), f.set, f.snap(), []string{"c"})
+	r := ap.Run(context.Background(), runkind.Full, f.set, f.snap(), []string{"c"})
 	require.Error(t, r.Err)
 	assert.Contains(t, r.Err.Error(), "was written for root "+f.root+", not "+other)
 	b, err := os.ReadFile(filepath.Join(other, "x", "a"))

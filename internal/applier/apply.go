@@ -14,6 +14,7 @@ import (
 	"github.com/ccm-dev/ccm/internal/configs"
 	"github.com/ccm-dev/ccm/internal/objects"
 	"github.com/ccm-dev/ccm/internal/render"
+	"github.com/ccm-dev/ccm/internal/runkind"
 )
 
 // Options configures an Applier. Root and StateDir are required.
@@ -38,7 +39,7 @@ type Options struct {
 //
 // An Applier remembers, between runs, the rendered output of unchanged
 // objects (render.Cache), the manifests, and the files it wrote or verified
-// (known). A trusting run (RunChanged) skips reading files it knows are in
+// (known). A runkind.Changed run skips reading files it knows are in
 // their desired state; a full run (Run, Plan) checks every file on disk.
 type Applier struct {
 	opts      Options
@@ -125,11 +126,11 @@ func (a *Applier) Apply(ctx context.Context, cfg *configs.Config, snap *objects.
 		return nil, err
 	}
 	defer closeAll()
-	return a.apply(ctx, cfg, snap, claimed, false)
+	return a.apply(ctx, cfg, snap, claimed, runkind.Full)
 }
 
-func (a *Applier) apply(ctx context.Context, cfg *configs.Config, snap *objects.Snapshot, claimed map[string]string, trust bool) (*Plan, error) {
-	p, err := a.plan(ctx, cfg, snap, claimed, trust)
+func (a *Applier) apply(ctx context.Context, cfg *configs.Config, snap *objects.Snapshot, claimed map[string]string, kind runkind.Kind) (*Plan, error) {
+	p, err := a.plan(ctx, cfg, snap, claimed, kind)
 	if err != nil {
 		return nil, err
 	}

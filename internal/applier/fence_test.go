@@ -12,6 +12,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/ccm-dev/ccm/internal/applier"
+	"github.com/ccm-dev/ccm/internal/runkind"
 )
 
 // fenceAfter is a fence that lets n steps through, then refuses every one.
@@ -46,7 +47,7 @@ on_change:
 
 	// The first rename passes, the second is refused.
 	fence, calls := fenceAfter(1)
-	r := f.applier.Run(applier.WithFence(context.Background(), fence), f.set, f.snap(), names)
+	r := f.applier.Run(applier.WithFence(context.Background(), fence), runkind.Full, f.set, f.snap(), names)
 	assert.True(t, r.Aborted, "a lost lock aborts the run")
 	assert.False(t, r.Failed(), "it is not the configuration's failure: no flag")
 	assert.Equal(t, applier.Aborted, r.Outcomes[0].Result)
@@ -58,14 +59,14 @@ on_change:
 
 	// Renames and validate pass; on_change is refused.
 	fence, _ = fenceAfter(3)
-	r = f.applier.Run(applier.WithFence(context.Background(), fence), f.set, f.snap(), names)
+	r = f.applier.Run(applier.WithFence(context.Background(), fence), runkind.Full, f.set, f.snap(), names)
 	assert.True(t, r.Aborted)
 	assert.Contains(t, r.Outcomes[0].Error, "before on_change")
 	assert.Equal(t, "new a", f.read("/a.conf"), "validated files stay")
 	assert.NoFileExists(t, log, "no on_change without the lock")
 	assert.True(t, f.plan("web").PendingOnChange, "the on_change is still owed")
 
-	r = f.applier.Run(context.Background(), f.set, f.snap(), names)
+	r = f.applier.Run(context.Background(), runkind.Full, f.set, f.snap(), names)
 	require.NoError(t, r.Err)
 	b, err := os.ReadFile(log)
 	require.NoError(t, err)

@@ -12,6 +12,7 @@ import (
 	"github.com/ccm-dev/ccm/internal/configs"
 	"github.com/ccm-dev/ccm/internal/objects"
 	"github.com/ccm-dev/ccm/internal/render"
+	"github.com/ccm-dev/ccm/internal/runkind"
 )
 
 // Action is what a change does to a path.
@@ -176,13 +177,13 @@ func (a *Applier) Plan(cfg *configs.Config, snap *objects.Snapshot, claimed map[
 		return nil, err
 	}
 	defer closeAll()
-	return a.plan(context.Background(), cfg, snap, claimed, false)
+	return a.plan(context.Background(), cfg, snap, claimed, runkind.Full)
 }
 
-// plan is Plan; with trust, files known to be in their desired state are
+// plan is Plan; in a runkind.Changed run, files known to be in their desired state are
 // not read from disk, and unchanged objects are not rendered again.
-func (a *Applier) plan(ctx context.Context, cfg *configs.Config, snap *objects.Snapshot, claimed map[string]string, trust bool) (*Plan, error) {
-	out, err := a.cache.Render(ctx, cfg, snap, a.opts.Node, a.opts.Root, !trust)
+func (a *Applier) plan(ctx context.Context, cfg *configs.Config, snap *objects.Snapshot, claimed map[string]string, kind runkind.Kind) (*Plan, error) {
+	out, err := a.cache.Render(ctx, cfg, snap, a.opts.Node, a.opts.Root, kind)
 	if err != nil {
 		return nil, err
 	}
@@ -190,7 +191,7 @@ func (a *Applier) plan(ctx context.Context, cfg *configs.Config, snap *objects.S
 	if err != nil {
 		return nil, err
 	}
-	p := &Plan{Config: cfg, Output: out, PendingOnChange: m.OnChangePending, trusting: trust, manifest: m.Files}
+	p := &Plan{Config: cfg, Output: out, PendingOnChange: m.OnChangePending, trusting: kind == runkind.Changed, manifest: m.Files}
 	for _, d := range out.Directories {
 		dc, err := a.planDir(d)
 		if err != nil {
@@ -205,7 +206,7 @@ func (a *Applier) plan(ctx context.Context, cfg *configs.Config, snap *objects.S
 		if other, ok := claimed[f.Path]; ok && other != cfg.Name {
 			return nil, fmt.Errorf("file %s is also written by configuration %q", f.Path, other)
 		}
-		if trust && a.trusted(f) {
+		if kind == runkind.Changed && a.trusted(f) {
 			continue
 		}
 		p.checked = append(p.checked, i)

@@ -12,6 +12,7 @@ import (
 	"github.com/ccm-dev/ccm/internal/configs"
 	"github.com/ccm-dev/ccm/internal/objects"
 	"github.com/ccm-dev/ccm/internal/render"
+	"github.com/ccm-dev/ccm/internal/runkind"
 	"github.com/ccm-dev/ccm/internal/templates/templategen"
 )
 
@@ -37,7 +38,7 @@ func TestPlanAfterARunFindsNothingForGeneratedTemplates(t *testing.T) {
 			mirror.Apply([]objects.KV{templategen.Change(r, live, rev)})
 			mirror.SetRevision(rev)
 			snap := mirror.Snapshot()
-			report := ap.RunChanged(context.Background(), set, snap, []string{"c"})
+			report := ap.Run(context.Background(), runkind.Changed, set, snap, []string{"c"})
 			if report.Err != nil {
 				continue // a template that fails here fails in the plan too
 			}

@@ -13,6 +13,7 @@ import (
 	"github.com/ccm-dev/ccm/internal/configs"
 	"github.com/ccm-dev/ccm/internal/objects"
 	"github.com/ccm-dev/ccm/internal/render"
+	"github.com/ccm-dev/ccm/internal/runkind"
 )
 
 // Result is how one configuration's run ended.
@@ -96,7 +97,7 @@ func (a *Applier) PlanAll(set *configs.Set, snap *objects.Snapshot, names []stri
 		return nil, err
 	}
 	defer closeAll()
-	plans, failed := a.planEach(context.Background(), set, snap, names, false)
+	plans, failed := a.planEach(context.Background(), set, snap, names, runkind.Full)
 	var errs []error
 	for _, f := range failed {
 		errs = append(errs, f)
@@ -116,14 +117,14 @@ func (e planError) Error() string { return fmt.Sprintf("configuration %s: %v", e
 // node runs. plans[i] is nil where names[i] failed to plan; failed names
 // each failure. A file a configuration no longer renders is removed only
 // if no other configuration renders it now (it moved).
-func (a *Applier) planEach(ctx context.Context, set *configs.Set, snap *objects.Snapshot, names []string, trust bool) ([]*Plan, []planError) {
+func (a *Applier) planEach(ctx context.Context, set *configs.Set, snap *objects.Snapshot, names []string, kind runkind.Kind) ([]*Plan, []planError) {
 	claimed := map[string]string{}
 	var plans []*Plan
 	var errs []planError
 	for _, n := range names {
 		a.progress.mark()
-		p, err := a.plan(ctx, set.Configs[n], snap, claimed, trust)
-		if err == nil && trust { // a full run plans every side itself
+		p, err := a.plan(ctx, set.Configs[n], snap, claimed, kind)
+		if err == nil && kind == runkind.Changed { // a full run plans every side itself
 			err = a.collision(p, names)
 		}
 		if err != nil {
@@ -134,9 +135,9 @@ func (a *Applier) planEach(ctx context.Context, set *configs.Set, snap *objects.
 		}
 		plans = append(plans, p)
 	}
-	if !trust && a.full(set, names) {
+	if kind == runkind.Full && a.full(set, names) {
 		for _, n := range a.orphans(set) {
-			p, err := a.plan(ctx, &configs.Config{Name: n}, snap, claimed, false)
+			p, err := a.plan(ctx, &configs.Config{Name: n}, snap, claimed, runkind.Full)
 			if err != nil {
 				errs = append(errs, planError{n, fmt.Errorf("files of a configuration this node no longer runs: %w", err)})
 				continue
@@ -198,31 +199,6 @@ func (a *Applier) full(set *configs.Set, names []string) bool {
 	return err == nil && slices.Equal(all, names)
 }
 
-// Run applies the named configurations. A run has two phases, so that
-// nothing ever points at something already gone:
-//
-//  1. removals, in reverse dependency order (a vhost goes before the pool
-//     whose socket it uses), files of deleted configurations first;
-//  2. creations and updates, in dependency order.
-//
-// Each phase of a configuration is a journaled transaction with its own
-// validate and on_change. A configuration whose dependency failed is
-// skipped, and so are the removals of one whose dependent failed. A run
-// that a crash interrupted is finished first (see journal). When ctx is
-// done, Run stops before the next configuration and marks the rest
-// aborted: the configuration under way is always finished.
-func (a *Applier) Run(ctx context.Context, set *configs.Set, snap *objects.Snapshot, names []string) *Report {
-	return a.run(ctx, set, snap, names, false)
-}
-
-// RunChanged is Run for a run triggered by object changes: it renders only
-// what the changes touch and does not re-read files that this Applier wrote
-// or verified and whose desired state is unchanged. Drift made by hand is
-// repaired by the next Run (start, resync, resume), not by RunChanged.
-func (a *Applier) RunChanged(ctx context.Context, set *configs.Set, snap *objects.Snapshot, names []string) *Report {
-	return a.run(ctx, set, snap, names, true)
-}
-
 // runState is one run's bookkeeping.
 type runState struct {
 	outcomes map[string]*Outcome
@@ -244,7 +220,25 @@ func (rs *runState) abort(r *Report, name string, cause error) {
 	rs.bad[name] = true
 }
 
-func (a *Applier) run(ctx context.Context, set *configs.Set, snap *objects.Snapshot, names []string, trust bool) *Report {
+// Run applies the named configurations. A run has two phases, so that
+// nothing ever points at something already gone:
+//
+//  1. removals, in reverse dependency order (a vhost goes before the pool
+//     whose socket it uses), files of deleted configurations first;
+//  2. creations and updates, in dependency order.
+//
+// Each phase of a configuration is a journaled transaction with its own
+// validate and on_change. A configuration whose dependency failed is
+// skipped, and so are the removals of one whose dependent failed. A run
+// that a crash interrupted is finished first (see journal). When ctx is
+// done, Run stops before the next configuration and marks the rest
+// aborted: the configuration under way is always finished.
+//
+// A run of kind runkind.Changed renders only what the changes touch and
+// does not re-read files that this Applier wrote or verified and whose
+// desired state is unchanged: drift made by hand is repaired by the next
+// runkind.Full run (start, resync, resume).
+func (a *Applier) Run(ctx context.Context, kind runkind.Kind, set *configs.Set, snap *objects.Snapshot, names []string) *Report {
 	r := &Report{Revision: snap.Revision}
 	a.progress.start()
 	defer a.progress.stop()
@@ -265,7 +259,7 @@ func (a *Applier) run(ctx context.Context, set *configs.Set, snap *objects.Snaps
 			order = append(order, n)
 		}
 	}
-	if !trust {
+	if kind == runkind.Full {
 		if err := a.restoreState(); err != nil {
 			a.log.Error("restore the state directory", zap.Error(err))
 		}
@@ -274,8 +268,8 @@ func (a *Applier) run(ctx context.Context, set *configs.Set, snap *objects.Snaps
 	for _, n := range names {
 		add(n)
 	}
-	plans, failed := a.planEach(ctx, set, snap, names, trust)
-	a.own(plans, names, !trust && a.full(set, names))
+	plans, failed := a.planEach(ctx, set, snap, names, kind)
+	a.own(plans, names, kind == runkind.Full && a.full(set, names))
 	for _, p := range plans {
 		if p != nil && p.Orphan {
 			add(p.Config.Name)

@@ -22,16 +22,18 @@ import (
 	"time"
 
 	"github.com/jonboulle/clockwork"
+
+	"github.com/ccm-dev/ccm/internal/runkind"
 )
 
 // Batch is a set of changes released together.
 type Batch struct {
 	// Types are the object types that changed, sorted.
 	Types []string
-	// All asks for a converge of every configuration (start, resync,
+	// Kind is runkind.Full for a converge of every configuration (start, resync,
 	// compaction, resume, reload).
-	All bool
-	// Reasons says why All was asked for, for logs.
+	Kind runkind.Kind
+	// Reasons says why a full run was asked for, for logs.
 	Reasons []string
 }
 
@@ -42,7 +44,7 @@ type Debouncer struct {
 
 	mu      sync.Mutex
 	types   map[string]bool
-	all     bool
+	kind    runkind.Kind
 	reasons []string
 	first   time.Time
 	last    time.Time
@@ -72,7 +74,7 @@ func (d *Debouncer) Add(types ...string) {
 func (d *Debouncer) AddAll(reason string) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	d.all = true
+	d.kind = runkind.Full
 	d.reasons = append(d.reasons, reason)
 	d.touch()
 }
@@ -84,7 +86,7 @@ func (d *Debouncer) Requeue(b Batch) {
 	for _, t := range b.Types {
 		d.types[t] = true
 	}
-	d.all = d.all || b.All
+	d.kind = d.kind.With(b.Kind)
 	d.reasons = append(d.reasons, b.Reasons...)
 	d.touch()
 }
@@ -100,14 +102,14 @@ func (d *Debouncer) touch() {
 	d.wake = make(chan struct{})
 }
 
-func (d *Debouncer) pendingLocked() bool { return len(d.types) > 0 || d.all }
+func (d *Debouncer) pendingLocked() bool { return len(d.types) > 0 || d.kind == runkind.Full }
 
 // Pending reports how many types (plus one for a converge-all) wait.
 func (d *Debouncer) Pending() int {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	n := len(d.types)
-	if d.all {
+	if d.kind == runkind.Full {
 		n++
 	}
 	return n
@@ -131,7 +133,7 @@ func (d *Debouncer) Next(ctx context.Context) (Batch, error) {
 			}
 		}
 		due := d.last.Add(d.quiet)
-		if d.all { // a full run is not a burst of events: nothing to batch
+		if d.kind == runkind.Full { // a full run is not a burst of events: nothing to batch
 			due = d.clock.Now()
 		}
 		if ceiling := d.first.Add(d.maxWait); d.maxWait > 0 && ceiling.Before(due) {
@@ -158,11 +160,11 @@ func (d *Debouncer) Next(ctx context.Context) (Batch, error) {
 
 // takeLocked returns the pending batch and clears it; d.mu is held.
 func (d *Debouncer) takeLocked() Batch {
-	b := Batch{All: d.all, Reasons: d.reasons}
+	b := Batch{Kind: d.kind, Reasons: d.reasons}
 	for t := range d.types {
 		b.Types = append(b.Types, t)
 	}
 	sort.Strings(b.Types)
-	d.types, d.all, d.reasons, d.first = map[string]bool{}, false, nil, time.Time{}
+	d.types, d.kind, d.reasons, d.first = map[string]bool{}, runkind.Changed, nil, time.Time{}
 	return b
 }

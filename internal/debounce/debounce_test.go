@@ -10,6 +10,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/ccm-dev/ccm/internal/debounce"
+	"github.com/ccm-dev/ccm/internal/runkind"
 )
 
 // next runs Next in the background and returns a channel for its batch.
@@ -75,7 +76,7 @@ func TestBurstIsOneBatchAfterTheQuietPeriod(t *testing.T) {
 	requireNone(t, ch)
 	b := stepUntil(t, fc, ch)
 	assert.Equal(t, []string{"sites", "users"}, b.Types)
-	assert.False(t, b.All)
+	assert.False(t, (b.Kind == runkind.Full))
 	assert.Zero(t, d.Pending())
 }
 
@@ -133,17 +134,17 @@ func TestEventsDuringARunAreKeptForTheNextBatch(t *testing.T) {
 	b, err = d.Next(context.Background())
 	require.NoError(t, err)
 	assert.Equal(t, []string{"b"}, b.Types)
-	assert.True(t, b.All)
+	assert.True(t, (b.Kind == runkind.Full))
 	assert.Equal(t, []string{"resync"}, b.Reasons)
 }
 
 func TestRequeueKeepsEverything(t *testing.T) {
 	d := debounce.New(0, 0, nil)
-	d.Requeue(debounce.Batch{Types: []string{"x"}, All: true, Reasons: []string{"start"}})
+	d.Requeue(debounce.Batch{Types: []string{"x"}, Kind: runkind.Full, Reasons: []string{"start"}})
 	d.Add("y")
 	b, err := d.Next(context.Background())
 	require.NoError(t, err)
-	assert.Equal(t, debounce.Batch{Types: []string{"x", "y"}, All: true, Reasons: []string{"start"}}, b)
+	assert.Equal(t, debounce.Batch{Types: []string{"x", "y"}, Kind: runkind.Full, Reasons: []string{"start"}}, b)
 }
 
 func TestNextReturnsOnCancel(t *testing.T) {
@@ -171,6 +172,6 @@ func TestAFullRunIsReleasedAtOnce(t *testing.T) {
 	defer cancel()
 	b, err := d.Next(ctx) // the fake clock never moves
 	require.NoError(t, err)
-	assert.True(t, b.All, "start, resume, reload and resync do not wait for the quiet period")
+	assert.True(t, (b.Kind == runkind.Full), "start, resume, reload and resync do not wait for the quiet period")
 	assert.Equal(t, []string{"sites"}, b.Types, "pending events ride along")
 }

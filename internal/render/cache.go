@@ -9,6 +9,7 @@ import (
 
 	"github.com/ccm-dev/ccm/internal/configs"
 	"github.com/ccm-dev/ccm/internal/objects"
+	"github.com/ccm-dev/ccm/internal/runkind"
 )
 
 // Cache remembers for_each output per object revision, so a run after one
@@ -55,11 +56,11 @@ func NewCache() *Cache {
 	return &Cache{configs: map[string]*configCache{}}
 }
 
-// Render is render.Render with the cache. With fresh, every file renders
+// Render is render.Render with the cache. A runkind.Full run renders every file
 // (and refills the cache): full runs trust nothing. It returns when ctx
 // ends, and with ErrStuck when a template runs past its render_timeout
 // without writing (see budget.watch).
-func (c *Cache) Render(ctx context.Context, cfg *configs.Config, snap *objects.Snapshot, node Node, root string, fresh bool) (*Output, error) {
+func (c *Cache) Render(ctx context.Context, cfg *configs.Config, snap *objects.Snapshot, node Node, root string, kind runkind.Kind) (*Output, error) {
 	if c.abandoned.Load() {
 		return nil, fmt.Errorf("%w: an earlier render still runs; the process must restart", ErrStuck)
 	}
@@ -67,16 +68,16 @@ func (c *Cache) Render(ctx context.Context, cfg *configs.Config, snap *objects.S
 		return nil, context.Cause(ctx)
 	}
 	b := newBudget(cfg)
-	out, err, abandoned := b.watch(ctx, func() (*Output, error) { return c.render(cfg, snap, node, root, fresh, b) })
+	out, err, abandoned := b.watch(ctx, func() (*Output, error) { return c.render(cfg, snap, node, root, kind, b) })
 	if abandoned {
 		c.abandoned.Store(true)
 	}
 	return out, err
 }
 
-func (c *Cache) render(cfg *configs.Config, snap *objects.Snapshot, node Node, root string, fresh bool, b budget) (*Output, error) {
+func (c *Cache) render(cfg *configs.Config, snap *objects.Snapshot, node Node, root string, kind runkind.Kind, b budget) (*Output, error) {
 	cc := c.configs[cfg.Name]
-	if cc == nil || fresh {
+	if cc == nil || kind == runkind.Full {
 		cc = &configCache{entries: map[cacheKey]*cacheEntry{}, ranges: map[*template.Template]*rangeOutputs{}}
 		c.configs[cfg.Name] = cc
 	}

@@ -12,6 +12,7 @@ import (
 	"github.com/ccm-dev/ccm/internal/configs"
 	"github.com/ccm-dev/ccm/internal/objects"
 	"github.com/ccm-dev/ccm/internal/render"
+	"github.com/ccm-dev/ccm/internal/runkind"
 )
 
 func snapAt(rev int64, objs map[string]string) *objects.Snapshot {
@@ -40,19 +41,19 @@ func TestCacheServesOnlyTemplatesThatCannotHaveChanged(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			cfg := loadConfig(t, "subscribes: [sites, certs]\nfiles:\n  - path: /x/{{ .Object.ID }}\n    for_each: sites\n    content: '"+tt.content+"'\n")
 			cache, root := render.NewCache(), t.TempDir()
-			render1 := func(rev int64, fresh bool) []byte {
-				out, err := cache.Render(context.Background(), cfg, snapAt(rev, objs), render.Node{Name: "n"}, root, fresh)
+			render1 := func(rev int64, kind runkind.Kind) []byte {
+				out, err := cache.Render(context.Background(), cfg, snapAt(rev, objs), render.Node{Name: "n"}, root, kind)
 				require.NoError(t, err)
 				require.Len(t, out.Files, 1)
 				return out.Files[0].Content
 			}
-			first := render1(5, false)
-			second := render1(5, false)
+			first := render1(5, runkind.Changed)
+			second := render1(5, runkind.Changed)
 			assert.Equal(t, tt.cached, &first[0] == &second[0], "same snapshot: served from the cache")
-			third := render1(6, false)
+			third := render1(6, runkind.Changed)
 			assert.NotSame(t, &second[0], &third[0], "the object changed (revision 6): rendered again")
-			fourth := render1(6, true)
-			assert.NotSame(t, &third[0], &fourth[0], "fresh renders everything")
+			fourth := render1(6, runkind.Full)
+			assert.NotSame(t, &third[0], &fourth[0], "a full run renders everything")
 		})
 	}
 }
@@ -63,7 +64,7 @@ func TestCacheNoticesAChangeInATypeItReads(t *testing.T) {
 	b := objects.NewBuilder("/ccm", 3, nil)
 	b.Add("/ccm/objects/sites/a", []byte(`{}`), 2)
 	b.Add("/ccm/objects/certs/c1", []byte(`{}`), 2)
-	out, err := cache.Render(context.Background(), cfg, b.Snapshot(), render.Node{}, root, false)
+	out, err := cache.Render(context.Background(), cfg, b.Snapshot(), render.Node{}, root, runkind.Changed)
 	require.NoError(t, err)
 	assert.Equal(t, "c1 ", string(out.Files[0].Content))
 
@@ -71,7 +72,7 @@ func TestCacheNoticesAChangeInATypeItReads(t *testing.T) {
 	b.Add("/ccm/objects/sites/a", []byte(`{}`), 2) // the site itself did not change
 	b.Add("/ccm/objects/certs/c1", []byte(`{}`), 2)
 	b.Add("/ccm/objects/certs/c2", []byte(`{}`), 4)
-	out, err = cache.Render(context.Background(), cfg, b.Snapshot(), render.Node{}, root, false)
+	out, err = cache.Render(context.Background(), cfg, b.Snapshot(), render.Node{}, root, runkind.Changed)
 	require.NoError(t, err)
 	assert.Equal(t, "c1 c2 ", string(out.Files[0].Content))
 }
@@ -88,7 +89,7 @@ func TestCacheFollowsTypesReadThroughTheData(t *testing.T) {
 		cfg := loadConfig(t, "subscribes: [sites, users]\nfiles:\n  - path: /x/{{ .Object.ID }}\n    for_each: sites\n    content: '"+content+"'\n")
 		cache, root := render.NewCache(), t.TempDir()
 		objs := map[string]string{"sites/s1": `{}`, "users/u1": `{}`}
-		out, err := cache.Render(context.Background(), cfg, snapAt(5, objs), render.Node{}, root, false)
+		out, err := cache.Render(context.Background(), cfg, snapAt(5, objs), render.Node{}, root, runkind.Changed)
 		require.NoError(t, err)
 		assert.Equal(t, "users: u1", string(out.Files[0].Content), content)
 
@@ -97,7 +98,7 @@ func TestCacheFollowsTypesReadThroughTheData(t *testing.T) {
 		b.Add("/ccm/objects/users/u1", []byte(`{}`), 5)
 		b.Add("/ccm/objects/users/u2", []byte(`{}`), 6)
 		b.Add("/ccm/objects/users/u3", []byte(`{}`), 7)
-		out, err = cache.Render(context.Background(), cfg, b.Snapshot(), render.Node{}, root, false)
+		out, err = cache.Render(context.Background(), cfg, b.Snapshot(), render.Node{}, root, runkind.Changed)
 		require.NoError(t, err)
 		assert.Equal(t, "users: u1 u2 u3", string(out.Files[0].Content), content)
 	}
@@ -114,9 +115,9 @@ func TestAConfigurationCannotChangeWhatAnotherRenders(t *testing.T) {
 	require.NoError(t, err)
 	snap := snapAt(5, map[string]string{"sites/s3": `{"k":"stored"}`})
 	cache, root := render.NewCache(), t.TempDir()
-	_, err = cache.Render(context.Background(), set.Configs["c2"], snap, render.Node{}, root, false)
+	_, err = cache.Render(context.Background(), set.Configs["c2"], snap, render.Node{}, root, runkind.Changed)
 	assert.ErrorContains(t, err, "set: cannot change a map[string]interface {} the template did not make: object data is shared")
-	out, err := cache.Render(context.Background(), set.Configs["c3"], snap, render.Node{}, root, false)
+	out, err := cache.Render(context.Background(), set.Configs["c3"], snap, render.Node{}, root, runkind.Changed)
 	require.NoError(t, err)
 	assert.Equal(t, "s3=stored", string(out.Files[0].Content))
 }

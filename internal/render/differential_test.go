@@ -12,6 +12,7 @@ import (
 
 	"github.com/ccm-dev/ccm/internal/objects"
 	"github.com/ccm-dev/ccm/internal/render"
+	"github.com/ccm-dev/ccm/internal/runkind"
 	"github.com/ccm-dev/ccm/internal/templates"
 	"github.com/ccm-dev/ccm/internal/templates/templategen"
 )
@@ -61,7 +62,7 @@ func differential(t *testing.T, seed uint64, steps int) {
 		explain := func(what string) string {
 			return fmt.Sprintf("seed %d, revision %d, %s\nfor_each template:\n%s\nsingle template:\n%s", seed, rev, what, each, single)
 		}
-		cached, err := cache.Render(context.Background(), cfg, snap, node, root, false)
+		cached, err := cache.Render(context.Background(), cfg, snap, node, root, runkind.Changed)
 		compare(t, want, wantErr, cached, err, explain("cached"))
 		fresh, err := render.Render(cfg, snap, node, root)
 		compare(t, want, wantErr, fresh, err, explain("without a cache"))

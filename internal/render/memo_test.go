@@ -13,6 +13,7 @@ import (
 
 	"github.com/ccm-dev/ccm/internal/objects"
 	"github.com/ccm-dev/ccm/internal/render"
+	"github.com/ccm-dev/ccm/internal/runkind"
 	"github.com/ccm-dev/ccm/internal/templates"
 )
 
@@ -58,7 +59,7 @@ func TestRangesRenderAsWrittenThroughTheElementCache(t *testing.T) {
 				snap := b.Snapshot()
 				var want strings.Builder
 				require.NoError(t, plain.Execute(&want, render.Data{Objects: map[string][]objects.Object{"sites": snap.List("sites")}, Node: render.Node{Name: "n"}, Revision: snap.Revision}))
-				out, err := cache.Render(context.Background(), cfg, snap, render.Node{Name: "n"}, root, false)
+				out, err := cache.Render(context.Background(), cfg, snap, render.Node{Name: "n"}, root, runkind.Changed)
 				require.NoError(t, err, "step %d", i)
 				assert.Equal(t, want.String(), string(out.Files[0].Content), "step %d, cached", i)
 				out, err = render.Render(cfg, snap, render.Node{Name: "n"}, root)
@@ -91,7 +92,7 @@ func TestRangeElementsRenderOnlyWhenTheirObjectChanged(t *testing.T) {
 			{Type: "sites", ID: "a", Revision: 5, Data: map[string]any{"p": probe{"a", count}}},
 			{Type: "sites", ID: "b", Revision: revB, Data: map[string]any{"p": probe{"b", count}}},
 		}}}
-		out, err := cache.Render(context.Background(), cfg, snap, render.Node{}, root, false)
+		out, err := cache.Render(context.Background(), cfg, snap, render.Node{}, root, runkind.Changed)
 		require.NoError(t, err)
 		return string(out.Files[0].Content)
 	}
@@ -105,7 +106,7 @@ func TestRangeElementsRenderOnlyWhenTheirObjectChanged(t *testing.T) {
 func TestRangeBodyErrorsAndBudget(t *testing.T) {
 	cfg := loadConfig(t, "subscribes: [sites]\nfiles:\n  - path: /x\n    content: '{{ range .Objects.sites }}{{ .Data.nmae }}{{ end }}'\n")
 	snap := snapAt(5, map[string]string{"sites/a": `{"name":"x"}`})
-	_, err := render.NewCache().Render(context.Background(), cfg, snap, render.Node{}, t.TempDir(), false)
+	_, err := render.NewCache().Render(context.Background(), cfg, snap, render.Node{}, t.TempDir(), runkind.Changed)
 	plain, perr := template.New("content").Option("missingkey=error").Parse(`{{ range .Objects.sites }}{{ .Data.nmae }}{{ end }}`)
 	require.NoError(t, perr)
 	want := plain.Execute(io.Discard, render.Data{Objects: map[string][]objects.Object{"sites": snap.List("sites")}})
@@ -116,6 +117,6 @@ func TestRangeBodyErrorsAndBudget(t *testing.T) {
 	for i := range 3 {
 		objs[fmt.Sprintf("sites/s%d", i)] = `{}`
 	}
-	_, err = render.NewCache().Render(context.Background(), cfg, snapAt(5, objs), render.Node{}, t.TempDir(), false)
+	_, err = render.NewCache().Render(context.Background(), cfg, snapAt(5, objs), render.Node{}, t.TempDir(), runkind.Changed)
 	assert.ErrorIs(t, err, render.ErrOverBudget)
 }

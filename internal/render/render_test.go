@@ -14,6 +14,7 @@ import (
 	"github.com/ccm-dev/ccm/internal/configs"
 	"github.com/ccm-dev/ccm/internal/objects"
 	"github.com/ccm-dev/ccm/internal/render"
+	"github.com/ccm-dev/ccm/internal/runkind"
 )
 
 // loadConfig loads a one-configuration directory.
@@ -143,7 +144,7 @@ func TestARenderOverItsBudgetFailsWithAClearError(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			cfg := loadConfig(t, tt.yaml)
-			_, err := render.NewCache().Render(context.Background(), cfg, snapshot(nil), render.Node{}, t.TempDir(), true)
+			_, err := render.NewCache().Render(context.Background(), cfg, snapshot(nil), render.Node{}, t.TempDir(), runkind.Full)
 			require.Error(t, err)
 			assert.Contains(t, err.Error(), "render /x: ", "the error names the file")
 			assert.Contains(t, err.Error(), tt.want)
@@ -154,7 +155,7 @@ func TestARenderOverItsBudgetFailsWithAClearError(t *testing.T) {
 func TestATemplateThatCannotBeStoppedIsReportedStuck(t *testing.T) {
 	cfg := loadConfig(t, "files: [{path: /x, content: '{{ range $i := 1000000000000 }}{{ end }}'}]\nrender_timeout: 200ms\n")
 	start := time.Now()
-	_, err := render.NewCache().Render(context.Background(), cfg, snapshot(nil), render.Node{}, t.TempDir(), true)
+	_, err := render.NewCache().Render(context.Background(), cfg, snapshot(nil), render.Node{}, t.TempDir(), runkind.Full)
 	require.ErrorIs(t, err, render.ErrStuck)
 	assert.Less(t, time.Since(start), time.Minute, "the caller gets control back")
 	// The goroutine spins on: the process must exit (the agent does).

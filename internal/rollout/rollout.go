@@ -15,6 +15,7 @@ import (
 	"github.com/ccm-dev/ccm/internal/metrics"
 	"github.com/ccm-dev/ccm/internal/objects"
 	"github.com/ccm-dev/ccm/internal/render"
+	"github.com/ccm-dev/ccm/internal/runkind"
 )
 
 // statusTimeout bounds the status and flag writes that end a run; they are
@@ -69,10 +70,10 @@ func New(opts Options) *Runner {
 type Request struct {
 	Set   *configs.Set
 	Names []string // in dependency order
-	// Full checks every file on disk (start, resync, resume, reload,
-	// apply --once); otherwise only what changed is rendered and files
-	// this node wrote are trusted.
-	Full bool
+	// Kind is runkind.Full to check every file on disk (start, resync,
+	// resume, reload, apply --once); for runkind.Changed only what changed
+	// is rendered and files this node wrote are trusted.
+	Kind runkind.Kind
 	// Snapshot returns the objects, at least as new as rev (the revision
 	// at which the lock holder read the flag).
 	Snapshot func(ctx context.Context, rev int64) (*objects.Snapshot, error)
@@ -221,13 +222,9 @@ func (r *Runner) locked(ctx context.Context, lock *cluster.Lock, req Request) Re
 		}()
 	}
 	runCtx = haltCtx
-	run := r.opts.Applier.RunChanged
-	if req.Full {
-		run = r.opts.Applier.Run
-	}
 	// Fencing reaches the disk: before each rename and each command the
 	// applier asks whether this node still holds the lock.
-	report := run(applier.WithFence(runCtx, lock.Fence), req.Set, snap, req.Names)
+	report := r.opts.Applier.Run(applier.WithFence(runCtx, lock.Fence), req.Kind, req.Set, snap, req.Names)
 	if m := r.opts.Metrics; m != nil {
 		m.RunDuration.Observe(time.Since(start).Seconds())
 	}
