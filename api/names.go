@@ -28,4 +28,3 @@ func CheckName(what, s string) error {
 	}
 	return nil
 }
-

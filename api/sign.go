@@ -10,7 +10,6 @@ import (
 	"github.com/gowebpki/jcs"
 	"github.com/hiddeco/sshsig"
 	"golang.org/x/crypto/ssh"
-
 )
 
 // SignatureNamespace is the SSHSIG namespace of a request's signature
