@@ -38,10 +38,16 @@ var ErrPaused = errors.New("the rollout is paused")
 // Request.LockTimeout.
 var ErrLockTimeout = errors.New("lock not acquired in time")
 
+// Applier runs configurations; *applier.Applier is the one ccm uses. The
+// context carries the lock's fence (applier.WithFence).
+type Applier interface {
+	Run(ctx context.Context, kind runkind.Kind, set *configs.Set, snap *objects.Snapshot, names []string) *applier.Report
+}
+
 // Options configures a Runner. Cluster, Applier and Node are required.
 type Options struct {
 	Cluster *cluster.Cluster
-	Applier *applier.Applier
+	Applier Applier
 	Node    string
 	Logger  *zap.Logger
 	Metrics *metrics.Metrics // nil: not recorded
