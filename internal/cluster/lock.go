@@ -304,7 +304,7 @@ func (s *Session) Lock(ctx context.Context, target func() int64) (*Lock, error) 
 	if !resp.Succeeded {
 		l.rev = resp.Responses[0].GetResponseRange().Kvs[0].CreateRevision
 	}
-	if err := l.waitPredecessors(ctx, resp.Responses[1:], resp.Header.Revision); err != nil {
+	if err := l.waitPredecessors(ctx, l.decodeQueueReads(resp.Responses[1:], resp.Header.Revision)); err != nil {
 		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 		defer cancel()
 		_, _ = cli.Delete(dctx, key)
@@ -451,58 +451,84 @@ func (l *Lock) queueReads(q queueQuery) []clientv3.Op {
 // etcd's limit of operations per transaction (MaxTxnOps).
 const maxPointReads = 64
 
-// queueRead is how many responses to queueReads come before the queue's.
-const queueRead = 5
+// queueState is the responses to queueReads, decoded: the one place that
+// knows their order.
+type queueState struct {
+	rollout  api.Rollout
+	ownRev   int64 // the create revision of this node's key (0: gone)
+	failures []api.Failure
+	pause    *api.Pause
+	canary   api.Canary // the newest change a canary converged
+	queued   []Queued   // the keys read of those queued before this one
+	complete bool       // every key before this one was read
+	revision int64      // the revision of the read
+}
+
+// decodeQueueReads decodes reads, the responses to queueReads at revision
+// rev.
+func (l *Lock) decodeQueueReads(reads []*etcdserverpb.ResponseOp, rev int64) queueState {
+	c := l.s.c
+	st := queueState{
+		rollout:  decodeRollout((*clientv3.GetResponse)(reads[0].GetResponseRange())),
+		failures: decodeFailures(c.Keys, reads[2].GetResponseRange().Kvs),
+		pause:    decodePause((*clientv3.GetResponse)(reads[3].GetResponseRange())),
+		canary:   newestCanary(decodeCanaries(c.Keys, reads[4].GetResponseRange().Kvs)),
+		complete: true,
+		revision: rev,
+	}
+	if own := reads[1].GetResponseRange().Kvs; len(own) > 0 {
+		st.ownRev = own[0].CreateRevision
+	}
+	var queued []*mvccpb.KeyValue
+	for _, r := range reads[5:] { // the queue: one range, or the known keys one by one
+		queued = append(queued, r.GetResponseRange().Kvs...)
+		st.complete = st.complete && !r.GetResponseRange().More
+	}
+	st.queued = decodeQueue(c.Keys, queued)
+	return st
+}
 
 // waitPredecessors returns once fewer lock keys created before l's count
 // than the rollout strategy has slots (one: no key before it), and l's
 // key still exists; then it marks the key held. A change of strategy takes
-// effect at once. reads are the responses to queueReads at revision rev.
-func (l *Lock) waitPredecessors(ctx context.Context, reads []*etcdserverpb.ResponseOp, rev int64) error {
+// effect at once. st is the first read of the queue.
+func (l *Lock) waitPredecessors(ctx context.Context, st queueState) error {
 	c := l.s.c
 	ctx, cancel := l.s.Context(ctx)
 	defer cancel()
 	for {
-		if own := reads[1].GetResponseRange().Kvs; len(own) == 0 || own[0].CreateRevision != l.rev {
+		if st.ownRev != l.rev {
 			return ErrSessionLost
 		}
-		strategy := decodeRollout((*clientv3.GetResponse)(reads[0].GetResponseRange()))
-		l.slots, l.canary = l.slotsFor(strategy, newestCanary(decodeCanaries(c.Keys, reads[4].GetResponseRange().Kvs)))
-		var queued []*mvccpb.KeyValue
-		complete := true // every key before this one was read
-		for _, r := range reads[queueRead:] {
-			queued = append(queued, r.GetResponseRange().Kvs...)
-			complete = complete && !r.GetResponseRange().More
-		}
+		l.slots, l.canary = l.slotsFor(st.rollout, st.canary)
 		preds := []Queued{} // not nil: the next read asks for these keys
-		for _, q := range decodeQueue(c.Keys, queued) {
+		for _, q := range st.queued {
 			if q.Revision < l.rev {
 				preds = append(preds, q)
 			}
 		}
-		if complete && len(preds) < l.slots {
+		if st.complete && len(preds) < l.slots {
 			// A slot: every key before this one was read, with the gate.
-			failures := decodeFailures(c.Keys, reads[2].GetResponseRange().Kvs)
-			l.gate = &Gate{Pause: decodePause((*clientv3.GetResponse)(reads[3].GetResponseRange())), Revision: rev}
-			if len(failures) > 0 {
-				l.gate.Failure = &failures[0]
+			l.gate = &Gate{Pause: st.pause, Revision: st.revision}
+			if len(st.failures) > 0 {
+				l.gate.Failure = &st.failures[0]
 			}
 			break
 		}
 		first := len(preds) > 0 && preds[len(preds)-1].Held // it counts every key before it out
 		next, wait := queueQuery{maxCreate: l.rev - 1, known: preds}, true
 		switch {
-		case !complete && (len(preds) < l.slots || first):
+		case !st.complete && (len(preds) < l.slots || first):
 			// The limit cut the keys before this one short, and deciding
 			// needs them all: read them at once, without waiting.
 			next, wait = queueQuery{maxCreate: l.rev - 1, all: true}, false
-		case !complete || len(preds) > maxPointReads:
+		case !st.complete || len(preds) > maxPointReads:
 			// Its place is known (the newest keys before it), not every
 			// key: the next read lists the queue again.
 			next.known, next.all = nil, first
 		}
 		if wait {
-			if err := l.waitTurn(ctx, preds, rev+1); err != nil {
+			if err := l.waitTurn(ctx, preds, st.revision+1); err != nil {
 				return lockWaitErr(ctx, err)
 			}
 		}
@@ -510,7 +536,7 @@ func (l *Lock) waitPredecessors(ctx context.Context, reads []*etcdserverpb.Respo
 		if err != nil {
 			return lockWaitErr(ctx, err)
 		}
-		reads, rev = resp.Responses, resp.Header.Revision
+		st = l.decodeQueueReads(resp.Responses, resp.Header.Revision)
 	}
 	// The mark wakes the waiter behind this key, and names the holder in
 	// ccm status; it is fenced, and the key stays on its lease.
