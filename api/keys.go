@@ -125,6 +125,13 @@ func (k Keys) AllActionsPrefix() string { return k.prefix + "/actions/" }
 // ActionKey is the key of one request to one node.
 func (k Keys) ActionKey(node, id string) string { return k.ActionsPrefix(node) + id }
 
+// CallsPrefix is the prefix of the call records: CallKey(id).
+func (k Keys) CallsPrefix() string { return k.prefix + "/calls/" }
+
+// CallKey is the key of the record of call id, which names the nodes it
+// addresses, so that a caller finds a call's requests without a scan.
+func (k Keys) CallKey(id string) string { return k.CallsPrefix() + id }
+
 // RepliesPrefix is the prefix of one node's replies, among its own keys.
 func (k Keys) RepliesPrefix(node string) string { return k.NodePrefix(node) + "replies/" }
 

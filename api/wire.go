@@ -108,3 +108,12 @@ func NewID(now time.Time) string {
 	_, _ = rand.Read(b[:])
 	return now.UTC().Format("20060102T150405.000000Z") + "-" + hex.EncodeToString(b[:])
 }
+
+// CallRecord is the value of CallKey(id), written with a call's first
+// requests and on the same lease: the nodes the call addresses. Only
+// callers write it; a node never reads it.
+type CallRecord struct {
+	Action  string    `json:"action"`
+	Nodes   []string  `json:"nodes"`
+	Created time.Time `json:"created"`
+}

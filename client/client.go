@@ -1,6 +1,7 @@
 package client
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -49,6 +50,13 @@ var (
 // ErrNoKey is reported for a node whose key to seal secrets to is not
 // known: it is not alive, or publishes none.
 var ErrNoKey = errors.New("no action key published: the secret parameters cannot be sealed to it")
+
+// ErrGone is reported by Resume for a node whose request is gone without
+// a reply: withdrawn (no pickup in time), or expired with its reply.
+var ErrGone = errors.New("no request and no reply: withdrawn, or expired")
+
+// ErrUnknownCall is returned by Resume for an id no request carries.
+var ErrUnknownCall = errors.New("no such call: unknown, or expired")
 
 // ErrNoTargets is returned when a call addresses no node.
 var ErrNoTargets = errors.New("no node to call: no alive node matches, and none was named")
@@ -130,6 +138,7 @@ type Client struct {
 	mu        sync.Mutex
 	leases    map[time.Duration]heldLease // by retention
 	clusterID uint64                      // etcd's, once read
+	noRecords bool                        // the role may not write call records
 }
 
 // New returns a Client.
@@ -164,10 +173,12 @@ type Sent struct {
 	keys      map[string]string // node -> its action key
 	secrets   map[string]string
 	binding   api.Binding // the cluster a signed request is for
+	action    string
+	recorded  bool // the call record is written
 }
 
 // Send writes the call's requests and returns without waiting; Batch is
-// ignored. Read the outcome with Get, or ccm action get.
+// ignored. Read the outcome with Get or Resume, or ccm action get.
 func (c *Client) Send(ctx context.Context, call Call) (*Sent, error) {
 	s, req, err := c.prepare(ctx, call, api.NewID(time.Now()))
 	if err != nil {
@@ -178,106 +189,189 @@ func (c *Client) Send(ctx context.Context, call Call) (*Sent, error) {
 	return s, err
 }
 
-// Run calls the action and yields each node's final reply as it arrives,
-// exactly once per node: a reply, or an empty reply (ID and Node set)
-// with a *NodeError. An error that ends the call (etcd unreachable, no
-// node to call) is yielded alone, with no node. Breaking out of the loop,
-// or cancelling ctx, stops waiting and withdraws every request no node
-// claimed yet, before Run returns; a claimed one still runs, and so does
-// the request to a named node that is not alive (ErrNotAlive).
-func (c *Client) Run(ctx context.Context, call Call) iter.Seq2[api.Reply, error] {
-	return func(yield func(api.Reply, error) bool) {
-		ctx, cancel := context.WithCancel(ctx)
+// NodeReply is one node's end of a call: its final reply, or Err (a
+// *NodeError) for a node that gave none. Reply.ID and Reply.Node are set
+// either way.
+type NodeReply struct {
+	Node  string
+	Reply api.Reply
+	Err   error
+}
+
+// Handle is a call under way, from Start or Resume. Replies drives it:
+// iterate it, or cancel the context the call was started with.
+type Handle struct {
+	// ID is the call's id: Resume(ID) follows it again from elsewhere.
+	ID string
+	// Sent says whom the call addresses (for a resumed call, Nodes alone).
+	Sent *Sent
+
+	c       *Client
+	ctx     context.Context
+	cancel  context.CancelFunc
+	call    Call
+	req     *api.Request
+	early   *earlyWatches
+	resumed []*waiter // Resume: the watches of the requests still open
+	done    []NodeReply
+	err     error
+}
+
+// Start resolves the call's nodes and returns its handle; the requests are
+// written as Replies is iterated, batch by batch. An error that prevents
+// the call (etcd unreachable, no node to call, a bad parameter) is
+// returned here, and no request is written.
+func (c *Client) Start(ctx context.Context, call Call) (*Handle, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	id := api.NewID(time.Now())
+	early := c.watchEarly(ctx, id, call)
+	s, req, err := c.prepare(ctx, call, id)
+	if err != nil {
+		early.discard()
+		cancel()
+		return nil, err
+	}
+	return &Handle{ID: id, Sent: s, c: c, ctx: ctx, cancel: cancel, call: call, req: req, early: early}, nil
+}
+
+// Replies yields each node's end of the call as it arrives, exactly once
+// per node. Breaking out of the loop, or cancelling the call's context,
+// stops waiting and withdraws every request no node claimed yet, before
+// Replies returns; a claimed one still runs, and so does the request to a
+// named node that is not alive (ErrNotAlive). An error that ends the call
+// early (etcd unreachable) ends the iteration: Err returns it.
+func (h *Handle) Replies() iter.Seq[NodeReply] {
+	return func(yield func(NodeReply) bool) {
 		var waiting sync.WaitGroup // the awaits, which withdraw at cancel
 		defer waiting.Wait()
-		defer cancel()
-		id := api.NewID(time.Now())
-		early := c.watchEarly(ctx, id, call)
-		s, req, err := c.prepare(ctx, call, id)
+		defer h.cancel()
+		for _, r := range h.done {
+			if !yield(r) {
+				return
+			}
+		}
+		if h.resumed != nil || h.req == nil {
+			h.follow(h.resumed, yield, &waiting)
+			return
+		}
+		h.run(yield, &waiting)
+	}
+}
+
+// Err is the error that ended the call before every node answered, once
+// Replies returned; nil when every node got its NodeReply.
+func (h *Handle) Err() error { return h.err }
+
+// fail is the NodeReply of a node that gave no final reply.
+func (h *Handle) fail(node string, err error) NodeReply {
+	return NodeReply{Node: node, Reply: api.Reply{ID: h.ID, Node: node}, Err: &NodeError{Node: node, Err: err}}
+}
+
+// run sends the call under its schedule and yields the replies.
+func (h *Handle) run(yield func(NodeReply) bool, waiting *sync.WaitGroup) {
+	c, s, ctx := h.c, h.Sent, h.ctx
+	for _, n := range s.NoKey {
+		if !yield(h.fail(n, ErrNoKey)) {
+			return
+		}
+	}
+	if len(s.NotAlive) > 0 {
+		if _, h.err = c.write(ctx, s, h.req, s.NotAlive); h.err != nil {
+			return
+		}
+		for _, n := range s.NotAlive {
+			if !yield(h.fail(n, ErrNotAlive)) {
+				return
+			}
+		}
+	}
+	pickup := cmp.Or(h.call.PickupTimeout, DefaultPickupTimeout)
+	done := make(chan result, len(s.Nodes)) // a caller that stops early leaves no sender blocked
+	plan, early := newSchedule(s.Nodes, h.call.Batch, h.call.MaxFailures), h.early
+	for {
+		if send := plan.send(); len(send) > 0 {
+			waiters, err := early.take(send)
+			if early == nil {
+				waiters, err = c.watch(ctx, s.ID, send)
+			}
+			early = nil
+			if err == nil {
+				_, err = c.write(ctx, s, h.req, send)
+			}
+			if err != nil {
+				h.err = err
+				return
+			}
+			h.await(waiters, pickup, done, waiting)
+		}
+		if unsent, over := plan.over(); over {
+			for _, n := range unsent {
+				if !yield(h.fail(n, ErrNotSent)) {
+					return
+				}
+			}
+			return
+		}
+		r := <-done
+		plan.done(r.err == nil && r.reply.State == api.StateSucceeded)
+		if !yield(h.end(r)) {
+			return
+		}
+	}
+}
+
+// await waits for each waiter's final reply in its own goroutine.
+func (h *Handle) await(waiters []*waiter, pickup time.Duration, done chan<- result, waiting *sync.WaitGroup) {
+	for _, w := range waiters {
+		waiting.Add(1)
+		go func() {
+			defer waiting.Done()
+			done <- w.await(h.ctx, h.c, pickup)
+		}()
+	}
+}
+
+// end is the NodeReply of a waiter's result, its secret output opened.
+func (h *Handle) end(r result) NodeReply {
+	if r.err != nil {
+		return h.fail(r.node, r.err)
+	}
+	if err := r.reply.Open(h.Sent.ReplyKey); err != nil {
+		r.reply.Error = err.Error()
+	}
+	return NodeReply{Node: r.node, Reply: r.reply}
+}
+
+// follow yields the replies of a resumed call's open requests.
+func (h *Handle) follow(waiters []*waiter, yield func(NodeReply) bool, waiting *sync.WaitGroup) {
+	done := make(chan result, len(waiters))
+	h.await(waiters, cmp.Or(h.call.PickupTimeout, DefaultPickupTimeout), done, waiting)
+	for range waiters {
+		if !yield(h.end(<-done)) {
+			return
+		}
+	}
+}
+
+// Run calls the action and yields each node's final reply as it arrives:
+// Start and Replies in one loop, for a caller that needs no handle. A
+// reply, or an empty reply (ID and Node set) with a *NodeError; an error
+// that ends the call (etcd unreachable, no node to call) is yielded
+// alone, with no node.
+func (c *Client) Run(ctx context.Context, call Call) iter.Seq2[api.Reply, error] {
+	return func(yield func(api.Reply, error) bool) {
+		h, err := c.Start(ctx, call)
 		if err != nil {
-			early.discard()
 			yield(api.Reply{}, err)
 			return
 		}
-		fail := func(node string, err error) bool {
-			return yield(api.Reply{ID: s.ID, Node: node}, &NodeError{Node: node, Err: err})
-		}
-		for _, n := range s.NoKey {
-			if !fail(n, ErrNoKey) {
+		for r := range h.Replies() {
+			if !yield(r.Reply, r.Err) {
 				return
 			}
 		}
-		if len(s.NotAlive) > 0 {
-			if _, err := c.write(ctx, s, req, s.NotAlive); err != nil {
-				yield(api.Reply{}, err)
-				return
-			}
-			for _, n := range s.NotAlive {
-				if !fail(n, ErrNotAlive) {
-					return
-				}
-			}
-		}
-		batch := call.Batch
-		if batch <= 0 {
-			batch = len(s.Nodes)
-		}
-		pickup := call.PickupTimeout
-		if pickup <= 0 {
-			pickup = DefaultPickupTimeout
-		}
-		done := make(chan result, len(s.Nodes)) // a caller that stops early leaves no sender blocked
-		queue, inflight, failures := s.Nodes, 0, 0
-		for len(queue) > 0 || inflight > 0 {
-			if n := min(batch-inflight, len(queue)); n > 0 && (call.MaxFailures <= 0 || failures < call.MaxFailures) {
-				send := queue[:n]
-				queue = queue[n:]
-				waiters, err := early.take(send)
-				if early == nil {
-					waiters, err = c.watch(ctx, s.ID, send)
-				}
-				early = nil
-				if err == nil {
-					_, err = c.write(ctx, s, req, send)
-				}
-				if err != nil {
-					yield(api.Reply{}, err)
-					return
-				}
-				for _, w := range waiters {
-					inflight++
-					waiting.Add(1)
-					go func() {
-						defer waiting.Done()
-						done <- w.await(ctx, c, pickup)
-					}()
-				}
-			}
-			if inflight == 0 { // stopped sending
-				for _, n := range queue {
-					if !fail(n, ErrNotSent) {
-						return
-					}
-				}
-				return
-			}
-			r := <-done
-			inflight--
-			if r.err != nil || r.reply.State != api.StateSucceeded {
-				failures++
-			}
-			if r.err == nil {
-				if err := r.reply.Open(s.ReplyKey); err != nil {
-					r.reply.Error = err.Error()
-				}
-			}
-			if r.err != nil {
-				if !fail(r.node, r.err) {
-					return
-				}
-			} else if !yield(r.reply, nil) {
-				return
-			}
+		if h.Err() != nil {
+			yield(api.Reply{}, h.Err())
 		}
 	}
 }
@@ -354,7 +448,7 @@ func (c *Client) prepare(ctx context.Context, call Call, id string) (*Sent, *api
 	if s.ReplyKey, err = api.NewKey(); err != nil {
 		return nil, nil, err
 	}
-	s.ID = id
+	s.ID, s.action = id, call.Action
 	req := &api.Request{
 		ID: s.ID, Action: call.Action, Params: call.Params, By: call.By, Created: now,
 		Deadline: call.Deadline, Timeout: api.Duration(call.Timeout), ReplyKey: s.ReplyKey.Public(),
@@ -492,7 +586,7 @@ func matches(labels, want map[string]string) bool {
 // allows, and returns the revision of the first.
 func (c *Client) write(ctx context.Context, s *Sent, req *api.Request, nodes []string) (int64, error) {
 	var first int64
-	for chunk := range slices.Chunk(nodes, api.MaxTxnOps) {
+	for chunk := range slices.Chunk(nodes, api.MaxTxnOps-1) { // and the call record
 		bodies := make([]string, len(chunk))
 		for i, n := range chunk {
 			raw, err := c.body(s, req, n)
@@ -548,19 +642,42 @@ func (c *Client) put(ctx context.Context, s *Sent, nodes, bodies []string) (int6
 		if err != nil {
 			return 0, err
 		}
-		ops := make([]clientv3.Op, 0, len(nodes))
+		ops := make([]clientv3.Op, 0, len(nodes)+1)
 		for i, n := range nodes {
 			ops = append(ops, clientv3.OpPut(c.keys.ActionKey(n, s.ID), bodies[i], clientv3.WithLease(lease)))
 		}
-		resp, err := c.cli.Txn(ctx).Then(ops...).Commit()
+		record := c.record(s, lease)
+		resp, err := c.cli.Txn(ctx).Then(append(ops, record...)...).Commit()
 		if errors.Is(err, rpctypes.ErrLeaseNotFound) && !fresh {
 			continue
+		}
+		if errors.Is(err, rpctypes.ErrPermissionDenied) && len(record) > 0 {
+			// A role from before call records: the call goes on without
+			// one, and Get and Resume find its requests by a scan.
+			c.mu.Lock()
+			c.noRecords = true
+			c.mu.Unlock()
+			resp, err = c.cli.Txn(ctx).Then(ops...).Commit()
 		}
 		if err != nil {
 			return 0, err
 		}
+		s.recorded = true
 		return resp.Header.Revision, nil
 	}
+}
+
+// record is the put of the call record, for the call's first
+// transaction: every node the call addresses, on the requests' lease.
+func (c *Client) record(s *Sent, lease clientv3.LeaseID) []clientv3.Op {
+	c.mu.Lock()
+	skip := c.noRecords
+	c.mu.Unlock()
+	if skip || s.recorded {
+		return nil
+	}
+	raw, _ := json.Marshal(api.CallRecord{Action: s.action, Nodes: slices.Concat(s.Nodes, s.NotAlive), Created: time.Now().UTC()})
+	return []clientv3.Op{clientv3.OpPut(c.keys.CallKey(s.ID), string(raw), clientv3.WithLease(lease))}
 }
 
 // waiter follows one node's reply and presence.

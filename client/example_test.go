@@ -111,3 +111,27 @@ func check(err error) {
 		panic(err)
 	}
 }
+
+// Start a call, keep its ID, and follow it again with Resume: from
+// another process of the cluster API, after a restart, without a scan.
+func ExampleClient_Resume() {
+	cli, stop := startNode("web1")
+	defer stop()
+
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c := client.New(cli, client.Options{RequestTimeout: 5 * time.Second})
+	h, err := c.Start(ctx, client.Call{Action: "login-url", Nodes: []string{"web1"}, Params: map[string]string{"site": "blog"}, By: "example"})
+	check(err)
+	for r := range h.Replies() {
+		fmt.Println("started:", r.Node, r.Reply.State)
+	}
+	again, err := c.Resume(ctx, h.ID, nil, 0)
+	check(err)
+	for r := range again.Replies() {
+		fmt.Println("resumed:", r.Node, r.Reply.State, string(r.Reply.Output))
+	}
+	// Output:
+	// started: web1 succeeded
+	// resumed: web1 succeeded {"url":"https://blog.example/wp-login.php?token=42"}
+}

@@ -149,3 +149,53 @@ func TestACallerThatStopsWaitingWithdrawsWhatNoNodeClaimed(t *testing.T) {
 	require.Len(t, recs, 1, "web2's request was withdrawn")
 	assert.Equal(t, "web1", recs[0].Node)
 }
+
+// A call followed again by id, from a caller that did not wait: Resume
+// yields the reply already written and the one still to come, finds the
+// call by its record (a request planted under another node with the same
+// id is not the call's), and says so for an unknown id.
+func TestAResumedCallYieldsEveryNodesEnd(t *testing.T) {
+	etcd := etcdtest.New(t, 1)
+	raw := etcd.Client(t)
+	cli := client.New(raw, client.Options{})
+	engine := func(node string) func() {
+		hs, err := actions.LoadHandlers(handlerDir(t, filepath.Join(t.TempDir(), "log")))
+		require.NoError(t, err)
+		ctx, stop := context.WithCancel(context.Background())
+		e := actions.NewEngine(actions.Options{Client: raw, Node: node, Handlers: func() *actions.Handlers { return hs }})
+		done := make(chan struct{})
+		go func() { defer close(done); e.Run(ctx) }()
+		return func() { stop(); <-done }
+	}
+	for _, n := range []string{"web1", "web2"} { // alive keys, as agents write them
+		_, err := raw.Put(context.Background(), "/ccm/nodes/"+n+"/alive", `{"node":"`+n+`"}`)
+		require.NoError(t, err)
+	}
+	stop1 := engine("web1")
+	defer stop1()
+
+	sent, err := cli.Send(context.Background(), client.Call{Action: "log", Nodes: []string{"web1", "web2"}})
+	require.NoError(t, err)
+	_, err = raw.Put(context.Background(), "/ccm/actions/web9/"+sent.ID, `{"id":"`+sent.ID+`","action":"log"}`)
+	require.NoError(t, err)
+
+	h, err := cli.Resume(context.Background(), sent.ID, nil, time.Minute)
+	require.NoError(t, err)
+	stop2 := engine("web2") // web2 claims its request only now
+	defer stop2()
+	got := map[string]string{}
+	for r := range h.Replies() {
+		require.NoError(t, r.Err)
+		got[r.Node] = r.Reply.State
+	}
+	require.NoError(t, h.Err())
+	assert.Equal(t, map[string]string{"web1": api.StateSucceeded, "web2": api.StateSucceeded}, got)
+
+	recs, err := cli.Get(context.Background(), sent.ID)
+	require.NoError(t, err)
+	require.Len(t, recs, 2, "the call is what its record names")
+	assert.Equal(t, []string{"web1", "web2"}, []string{recs[0].Node, recs[1].Node})
+
+	_, err = cli.Resume(context.Background(), api.NewID(time.Now()), nil, 0)
+	require.ErrorIs(t, err, client.ErrUnknownCall)
+}

@@ -48,8 +48,8 @@ func NodeRole(prefix, node string) Role {
 }
 
 // CallerRole returns the role of a caller of actions, such as the cluster
-// API: write requests to any node (and withdraw them), read the nodes'
-// replies and presence. It cannot read or write objects, take the lock or
+// API: write requests to any node (and withdraw them) with their call
+// records, read the nodes' replies and presence. It cannot read or write objects, take the lock or
 // touch the failure flag.
 func CallerRole(prefix, name string) Role {
 	k := api.NewKeys(prefix)
@@ -57,6 +57,7 @@ func CallerRole(prefix, name string) Role {
 		Name: "ccm-caller-" + name,
 		Permissions: []Permission{
 			{Type: "readwrite", Key: k.AllActionsPrefix(), Prefix: true},
+			{Type: "readwrite", Key: k.CallsPrefix(), Prefix: true},
 			{Type: "read", Key: k.NodesPrefix(), Prefix: true},
 			{Type: "read", Key: k.LabelsPrefix(), Prefix: true},
 		},
@@ -74,6 +75,7 @@ func APIRole(prefix, name string) Role {
 		Permissions: []Permission{
 			{Type: "readwrite", Key: k.ObjectsPrefix(), Prefix: true},
 			{Type: "readwrite", Key: k.AllActionsPrefix(), Prefix: true},
+			{Type: "readwrite", Key: k.CallsPrefix(), Prefix: true},
 			statusRead(k),
 		},
 	}
