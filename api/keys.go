@@ -25,6 +25,9 @@ func (k Keys) Prefix() string { return k.prefix + "/" }
 // ObjectsPrefix is the prefix of every object: ObjectsPrefix()+"<type>/<id>".
 func (k Keys) ObjectsPrefix() string { return k.prefix + "/objects/" }
 
+// ObjectKey is the key of one object.
+func (k Keys) ObjectKey(typ, id string) string { return k.ObjectsPrefix() + typ + "/" + id }
+
 // FailureKey is the key of a node's failure record. The failure flag is
 // up while any node's record exists (see FailureOf).
 func (k Keys) FailureKey(node string) string { return k.FailuresRange() + "/" + node }

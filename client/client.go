@@ -845,28 +845,3 @@ func (c *Client) withdraw(ctx context.Context, node, id string) (bool, error) {
 	}
 	return resp.Succeeded, nil
 }
-
-// PutObject writes one object, refusing one whose type or ID breaks the
-// key grammar or which breaks its type's schema: the error names the key
-// and every field at fault.
-func (c *Client) PutObject(ctx context.Context, typ, id string, obj map[string]any) error {
-	if err := errors.Join(api.CheckName("type", typ), api.CheckName("id", id)); err != nil {
-		return err
-	}
-	key := c.keys.ObjectsPrefix() + typ + "/" + id
-	if c.opts.Schemas != nil {
-		if err := c.opts.Schemas.Validate(typ, obj); err != nil {
-			return fmt.Errorf("object %s: %w", key, err)
-		}
-	}
-	raw, err := json.Marshal(obj)
-	if err != nil {
-		return fmt.Errorf("object %s: %w", key, err)
-	}
-	ctx, cancel := c.request(ctx)
-	defer cancel()
-	if _, err := c.cli.Put(ctx, key, string(raw)); err != nil {
-		return fmt.Errorf("object %s: %w", key, err)
-	}
-	return nil
-}

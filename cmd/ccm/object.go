@@ -13,6 +13,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/ccm-dev/ccm/api"
+	"github.com/ccm-dev/ccm/client"
 	"github.com/ccm-dev/ccm/internal/cluster"
 	"github.com/ccm-dev/ccm/internal/objects"
 	"github.com/ccm-dev/ccm/internal/render"
@@ -86,16 +87,10 @@ func newObjectPutCmd(a *app) *cobra.Command {
 				return err
 			}
 			data, err := objects.Decode(raw)
-			if err == nil {
-				err = a.validateObject(args[0], data)
-			}
 			if err != nil {
 				return fmt.Errorf("object %s: %w", key, err)
 			}
-			return a.withKV(cmd, func(ctx context.Context, kv clientv3.KV) error {
-				_, err := kv.Put(ctx, key, strings.TrimSpace(string(raw)))
-				return err
-			})
+			return a.putObjects(cmd, []client.Object{{Type: args[0], ID: args[1], Data: data}})
 		},
 	}
 	cmd.Flags().StringVarP(&file, "file", "f", "", "JSON file (default: stdin)")
@@ -175,27 +170,17 @@ object is named.`,
 			if err != nil {
 				return err
 			}
-			var ops []clientv3.Op
+			var objs []client.Object
 			for _, typ := range sortedTypes(snap) {
 				for _, o := range snap.Types[typ] {
-					raw, err := jsonValue(o.Data)
-					if err != nil {
-						return err
-					}
-					ops = append(ops, clientv3.OpPut(objects.Key(a.prefix, typ, o.ID), raw))
+					objs = append(objs, client.Object{Type: typ, ID: o.ID, Data: o.Data})
 				}
 			}
-			return a.withKV(cmd, func(ctx context.Context, kv clientv3.KV) error {
-				for len(ops) > 0 {
-					n := min(len(ops), api.MaxTxnOps)
-					if _, err := kv.Txn(ctx).Then(ops[:n]...).Commit(); err != nil {
-						return err
-					}
-					ops = ops[n:]
-				}
-				fmt.Fprintf(a.stdout, "Imported %d objects.\n", countObjects(snap))
-				return nil
-			})
+			if err := a.putObjects(cmd, objs); err != nil {
+				return err
+			}
+			fmt.Fprintf(a.stdout, "Imported %d objects.\n", countObjects(snap))
+			return nil
 		},
 	}
 }
@@ -240,13 +225,18 @@ func newObjectExportCmd(a *app) *cobra.Command {
 // schemas loads the schemas of the configuration directory.
 func (a *app) schemas() (*schemas.Set, error) { return schemas.Load(a.configDir) }
 
-// validateObject checks one object against its type's schema.
-func (a *app) validateObject(typ string, data map[string]any) error {
+// putObjects writes objs through the client's one object path, checked
+// against the schemas of the configuration directory.
+func (a *app) putObjects(cmd *cobra.Command, objs []client.Object) error {
 	sch, err := a.schemas()
 	if err != nil {
 		return err
 	}
-	return sch.Validate(typ, data)
+	return a.withCluster(cmd, func(ctx context.Context, c *cluster.Cluster) error {
+		cli := client.New(c.Client(), client.Options{Prefix: a.prefix, RequestTimeout: a.timeout, Schemas: sch})
+		_, err := cli.PutObjects(ctx, objs)
+		return err
+	})
 }
 
 func sortedTypes(snap *objects.Snapshot) []string {
@@ -264,10 +254,4 @@ func countObjects(snap *objects.Snapshot) int {
 		n += len(l)
 	}
 	return n
-}
-
-func jsonValue(v any) (string, error) {
-	var b strings.Builder
-	err := writeJSON(&b, v, false)
-	return strings.TrimSuffix(b.String(), "\n"), err
 }

@@ -47,7 +47,7 @@ func Decode(value []byte) (map[string]any, error) {
 
 // Key returns the etcd key of an object.
 func Key(prefix, typ, id string) string {
-	return Prefix(prefix) + typ + "/" + id
+	return api.NewKeys(prefix).ObjectKey(typ, id)
 }
 
 // Prefix returns the etcd prefix under which all objects of the cluster
