@@ -22,7 +22,7 @@ import (
 	"github.com/ccm-dev/ccm/client"
 	"github.com/ccm-dev/ccm/internal/actions"
 	"github.com/ccm-dev/ccm/internal/cluster"
-	"github.com/ccm-dev/ccm/test/etcdtest"
+	"github.com/ccm-dev/ccm/internal/etcdtest"
 )
 
 // sshKey makes an ed25519 key pair with the real ssh-keygen and returns

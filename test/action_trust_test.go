@@ -20,7 +20,7 @@ import (
 	"github.com/ccm-dev/ccm/api"
 	"github.com/ccm-dev/ccm/client"
 	"github.com/ccm-dev/ccm/internal/cluster"
-	"github.com/ccm-dev/ccm/test/etcdtest"
+	"github.com/ccm-dev/ccm/internal/etcdtest"
 )
 
 // runsOf reads the ids a handler appended to its runs file, one per run.

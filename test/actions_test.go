@@ -21,7 +21,7 @@ import (
 	"github.com/ccm-dev/ccm/api"
 	"github.com/ccm-dev/ccm/client"
 	"github.com/ccm-dev/ccm/internal/cluster"
-	"github.com/ccm-dev/ccm/test/etcdtest"
+	"github.com/ccm-dev/ccm/internal/etcdtest"
 )
 
 // actionConfig writes a configuration directory with one trivial

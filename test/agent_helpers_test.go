@@ -23,7 +23,7 @@ import (
 	"github.com/ccm-dev/ccm/api"
 	"github.com/ccm-dev/ccm/internal/agent"
 	"github.com/ccm-dev/ccm/internal/cluster"
-	"github.com/ccm-dev/ccm/test/etcdtest"
+	"github.com/ccm-dev/ccm/internal/etcdtest"
 )
 
 // siteConfig writes a configuration directory for one node: a file per

@@ -14,7 +14,7 @@ import (
 
 	"github.com/ccm-dev/ccm/api"
 	"github.com/ccm-dev/ccm/internal/cluster"
-	"github.com/ccm-dev/ccm/test/etcdtest"
+	"github.com/ccm-dev/ccm/internal/etcdtest"
 )
 
 // complete runs `ccm __complete` (what the shell scripts call) with the

@@ -15,7 +15,7 @@ import (
 
 	"github.com/ccm-dev/ccm/api"
 	"github.com/ccm-dev/ccm/internal/cluster"
-	"github.com/ccm-dev/ccm/test/etcdtest"
+	"github.com/ccm-dev/ccm/internal/etcdtest"
 )
 
 func TestApplyOnceConvergesPrunesAndReports(t *testing.T) {

@@ -15,7 +15,7 @@ import (
 
 	"github.com/ccm-dev/ccm/api"
 	"github.com/ccm-dev/ccm/internal/cluster"
-	"github.com/ccm-dev/ccm/test/etcdtest"
+	"github.com/ccm-dev/ccm/internal/etcdtest"
 )
 
 // nodeOn returns a ccm node that talks to the external etcd over TLS as

@@ -18,9 +18,9 @@ import (
 
 	"github.com/ccm-dev/ccm/internal/applier"
 	"github.com/ccm-dev/ccm/internal/configs"
+	"github.com/ccm-dev/ccm/internal/etcdtest"
 	"github.com/ccm-dev/ccm/internal/objects"
 	"github.com/ccm-dev/ccm/internal/render"
-	"github.com/ccm-dev/ccm/test/etcdtest"
 )
 
 // mountTmpfs mounts a tmpfs of size at dir, or skips when not permitted

@@ -12,7 +12,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/ccm-dev/ccm/test/leaktest"
+	"github.com/ccm-dev/ccm/internal/leaktest"
 )
 
 // ccmBin is the ccm binary built for these tests.

@@ -13,8 +13,8 @@ import (
 	"github.com/ccm-dev/ccm/api"
 	"github.com/ccm-dev/ccm/client"
 	"github.com/ccm-dev/ccm/internal/cluster"
+	"github.com/ccm-dev/ccm/internal/etcdtest"
 	"github.com/ccm-dev/ccm/internal/schemas"
-	"github.com/ccm-dev/ccm/test/etcdtest"
 )
 
 // schemaConfig is the site configuration with the example's schema for

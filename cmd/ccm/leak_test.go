@@ -4,7 +4,7 @@ import (
 	"os"
 	"testing"
 
-	"github.com/ccm-dev/ccm/test/leaktest"
+	"github.com/ccm-dev/ccm/internal/leaktest"
 )
 
 // TestMain fails the package when a test leaves a goroutine running. The

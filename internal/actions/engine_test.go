@@ -17,7 +17,7 @@ import (
 	"github.com/ccm-dev/ccm/api"
 	"github.com/ccm-dev/ccm/client"
 	"github.com/ccm-dev/ccm/internal/actions"
-	"github.com/ccm-dev/ccm/test/etcdtest"
+	"github.com/ccm-dev/ccm/internal/etcdtest"
 )
 
 // handlerDir writes one handler, log, that appends its request id to file.

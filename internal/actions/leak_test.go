@@ -3,7 +3,7 @@ package actions_test
 import (
 	"testing"
 
-	"github.com/ccm-dev/ccm/test/leaktest"
+	"github.com/ccm-dev/ccm/internal/leaktest"
 )
 
 func TestMain(m *testing.M) { leaktest.Main(m) }

@@ -18,7 +18,7 @@ import (
 
 	"github.com/ccm-dev/ccm/api"
 	"github.com/ccm-dev/ccm/internal/cluster"
-	"github.com/ccm-dev/ccm/test/etcdtest"
+	"github.com/ccm-dev/ccm/internal/etcdtest"
 )
 
 // eventually waits for cond, a reported state, for up to timeout.

@@ -16,7 +16,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/ccm-dev/ccm/internal/dashboard"
-	"github.com/ccm-dev/ccm/test/etcdtest"
+	"github.com/ccm-dev/ccm/internal/etcdtest"
 )
 
 // get requests path from srv with the Host header host and the header h.

@@ -18,7 +18,7 @@ import (
 	"github.com/ccm-dev/ccm/client"
 	"github.com/ccm-dev/ccm/internal/cluster"
 	"github.com/ccm-dev/ccm/internal/dashboard"
-	"github.com/ccm-dev/ccm/test/etcdtest"
+	"github.com/ccm-dev/ccm/internal/etcdtest"
 )
 
 // viewer reads one event stream and hands each state on.

@@ -3,7 +3,7 @@ package embedded_test
 import (
 	"testing"
 
-	"github.com/ccm-dev/ccm/test/leaktest"
+	"github.com/ccm-dev/ccm/internal/leaktest"
 )
 
 // TestMain fails the package when a test leaves a goroutine running.

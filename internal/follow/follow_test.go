@@ -12,9 +12,9 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap/zaptest"
 
+	"github.com/ccm-dev/ccm/internal/etcdtest"
 	"github.com/ccm-dev/ccm/internal/follow"
-	"github.com/ccm-dev/ccm/test/etcdtest"
-	"github.com/ccm-dev/ccm/test/leaktest"
+	"github.com/ccm-dev/ccm/internal/leaktest"
 )
 
 // recorder records what the follower hands over.

@@ -16,10 +16,10 @@ import (
 	"github.com/ccm-dev/ccm/internal/applier"
 	"github.com/ccm-dev/ccm/internal/cluster"
 	"github.com/ccm-dev/ccm/internal/configs"
+	"github.com/ccm-dev/ccm/internal/etcdtest"
 	"github.com/ccm-dev/ccm/internal/objects"
 	"github.com/ccm-dev/ccm/internal/rollout"
 	"github.com/ccm-dev/ccm/internal/runkind"
-	"github.com/ccm-dev/ccm/test/etcdtest"
 )
 
 // fakeApplier stands in for the applier: it reports what run returns, and

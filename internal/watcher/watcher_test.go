@@ -13,9 +13,9 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
 
+	"github.com/ccm-dev/ccm/internal/etcdtest"
 	"github.com/ccm-dev/ccm/internal/objects"
 	"github.com/ccm-dev/ccm/internal/watcher"
-	"github.com/ccm-dev/ccm/test/etcdtest"
 )
 
 // sink records what the watcher reports.
