@@ -3,7 +3,7 @@ GO      ?= go
 BIN     := bin/ccm
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 
-.PHONY: build build-agent deb test demo demo-clean vet fmt fuzz soak chaos lint bench microbench
+.PHONY: build build-agent deb test test-packages test-process demo demo-clean vet fmt fuzz soak chaos lint bench microbench
 
 ## build: the full binary, with the embedded etcd for trying ccm out (make demo)
 build:
@@ -17,13 +17,23 @@ build-agent:
 ## deb: the Debian package of the agent build, ccm_<version>_<arch>.deb, with nfpm
 # Debian versions must grow: 0.0~<commit time>.<commit>, or DEB_VERSION=1.2.3.
 DEB_VERSION ?= $(shell git log -1 --format=0.0~%cd.%h --date=format:%Y%m%d%H%M%S 2>/dev/null || echo 0.0~dev)
+# The packager is a module of its own (packaging/deb), so that the agent's
+# module is not built against nfpm and its dependencies.
 deb: build-agent
-	$(GO) run ./packaging/deb -bin $(AGENT_BIN) -version $(DEB_VERSION) -out .
+	$(GO) -C packaging/deb build -o $(CURDIR)/bin/ccm-deb .
+	bin/ccm-deb -bin $(AGENT_BIN) -version $(DEB_VERSION) -out .
 
-## test: vet, then every test with the race detector (what CI runs)
-test:
-	$(GO) vet ./...
+## test: vet, then every test with the race detector (what CI runs): the
+## packages' own tests and the process-level tests of test/ (a module of its
+## own, for the browser driver), side by side
+test: vet
+	$(MAKE) -j2 --output-sync=target test-packages test-process
+
+test-packages:
 	$(GO) test -race -count=1 -parallel 8 -timeout 15m ./...
+
+test-process:
+	$(GO) -C test test -race -count=1 -parallel 8 -timeout 15m ./...
 
 ## demo: run the agent with an embedded etcd on examples/; files appear under ./demo-root
 demo: build
@@ -42,12 +52,12 @@ fuzz:
 ## soak: the SIGKILL crash loops (files, and actions) with SOAK_ITERATIONS kills, and the symlink race with 100x as many runs
 SOAK_ITERATIONS ?= 200
 soak:
-	CCM_SOAK_ITERATIONS=$(SOAK_ITERATIONS) $(GO) test -count=1 -timeout 30m -run 'TestSIGKILLAtRandomPoints|TestSymlinkSwapsMidRunNeverEscapeTheRoot' -v ./test/
+	CCM_SOAK_ITERATIONS=$(SOAK_ITERATIONS) $(GO) -C test test -count=1 -timeout 30m -run 'TestSIGKILLAtRandomPoints|TestSymlinkSwapsMidRunNeverEscapeTheRoot' -v .
 
 ## chaos: the etcd fault tests against Debian's etcd, CHAOS_ROUNDS faults each (make test runs one)
 CHAOS_ROUNDS ?= 10
 chaos:
-	CCM_CHAOS_ROUNDS=$(CHAOS_ROUNDS) $(GO) test -count=1 -timeout 60m -run 'TestChaos' -v ./test/
+	CCM_CHAOS_ROUNDS=$(CHAOS_ROUNDS) $(GO) -C test test -count=1 -timeout 60m -run 'TestChaos' -v .
 
 ## bench: the benchmark command against a real etcd on loopback; prints a table, writes bench/results.json
 ## (its scale scenario runs FLEET agent processes on a 3-member Debian etcd)
@@ -63,15 +73,17 @@ bench:
 microbench:
 	$(GO) test -run '^$$' -bench . -benchmem -count 5 ./internal/toposort ./internal/render ./internal/objects
 
-## lint: staticcheck (CI also runs govulncheck)
+## lint: staticcheck on every module (CI also runs govulncheck)
+MODULES := . test packaging/deb
 lint:
-	$(GO) run honnef.co/go/tools/cmd/staticcheck@v0.8.2 ./...
+	for m in $(MODULES); do (cd $$m && $(GO) run honnef.co/go/tools/cmd/staticcheck@v0.8.2 ./...) || exit 1; done
 
 demo-clean:
 	rm -rf demo-root demo-state demo-etcd demo-agent.log
 
 vet:
 	$(GO) vet ./...
+	$(GO) -C test vet ./...
 
 fmt:
 	gofmt -l -w .

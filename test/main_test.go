@@ -33,7 +33,8 @@ func TestMain(m *testing.M) {
 	}
 	ccmBin = filepath.Join(dir, "ccm")
 	// failpoints: CCM_CRASH_AT=<step> SIGKILLs the binary at a step of a run.
-	build := exec.Command("go", "build", "-tags", "failpoints", "-o", ccmBin, "../cmd/ccm")
+	build := exec.Command("go", "build", "-tags", "failpoints", "-o", ccmBin, "./cmd/ccm")
+	build.Dir = ".." // the agent's module
 	build.Stdout, build.Stderr = os.Stderr, os.Stderr
 	if err := build.Run(); err != nil {
 		fmt.Fprintln(os.Stderr, "build ccm:", err)

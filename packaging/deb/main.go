@@ -1,7 +1,7 @@
 // Command deb builds the Debian package of the ccm node agent from
 // packaging/nfpm.yaml with nfpm, and prints the package's path.
 //
-//	go run ./packaging/deb -bin bin/ccm-agent -version 1.2.3 -out .
+//	go -C packaging/deb build -o ../../bin/ccm-deb . && bin/ccm-deb -bin bin/ccm-agent -version 1.2.3 -out .
 //
 // Run it from the repository root (make deb does).
 package main
