@@ -27,7 +27,7 @@ func samples(t *testing.T, h prometheus.Histogram) uint64 {
 	return m.GetHistogram().GetSampleCount()
 }
 
-// Every metric the README lists moves when what it counts happens: each is
+// Every metric docs/OPERATIONS.md lists moves when what it counts happens: each is
 // read after the state it follows was reported.
 func TestEveryListedMetricMoves(t *testing.T) {
 	etcd := etcdtest.New(t, 1)
