@@ -78,7 +78,7 @@ func (b *bench) actions() error {
 		}
 		return time.Since(start), nil
 	}
-	one := client.Call{Action: "true", Nodes: []string{"act-n00"}}
+	one := client.Call{Action: "true", To: client.Targets{Nodes: []string{"act-n00"}}}
 	for range 20 { // warm-up
 		if _, err := call(one); err != nil {
 			return err
@@ -119,7 +119,7 @@ func (b *bench) actions() error {
 
 	var fan []time.Duration
 	for range 20 {
-		d, err := call(client.Call{Action: "true", All: true})
+		d, err := call(client.Call{Action: "true", To: client.Targets{All: true}})
 		if err != nil {
 			return err
 		}
@@ -191,7 +191,7 @@ func (b *bench) flood(prefix, dir string, cli *clientv3.Client, call func(client
 	if err := waitFor(time.Minute, time.Millisecond, func() bool { v, err := c.View(b.ctx); return err == nil && aliveIn(v, node) }); err != nil {
 		return err
 	}
-	d, err := call(client.Call{Action: "true", Nodes: []string{node}, PickupTimeout: 5 * time.Minute})
+	d, err := call(client.Call{Action: "true", To: client.Targets{Nodes: []string{node}}, Timing: client.Timing{PickupTimeout: 5 * time.Minute}})
 	if err != nil {
 		return err
 	}

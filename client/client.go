@@ -74,7 +74,9 @@ func (e *NodeError) Error() string { return e.Node + ": " + e.Err.Error() }
 // ErrNotSent, or the context's error.
 func (e *NodeError) Unwrap() error { return e.Err }
 
-// Call is one action called on some nodes.
+// Call is one action called on some nodes: what runs (Action, Params,
+// Secrets), who asks (By; the signature is the client's Signer), whom it
+// addresses (To), when it may run (Timing) and how it fans out (FanOut).
 type Call struct {
 	Action string
 	Params map[string]string
@@ -82,29 +84,43 @@ type Call struct {
 	// can read them, and etcd never holds them in clear. The handler
 	// declares them secret: true.
 	Secrets map[string]string
-	// Nodes, Labels and All address the call; their union is called.
-	// Labels and All match alive nodes only; a named node that is not
-	// alive is reported with ErrNotAlive. Labels are those an operator
-	// gave the node (ccm node label), never those it claims itself.
+	// By names the caller in the request.
+	By     string
+	To     Targets
+	Timing Timing
+	FanOut FanOut
+}
+
+// Targets address a call; their union is called. Labels and All match
+// alive nodes only; a named node that is not alive is reported with
+// ErrNotAlive. Labels are those an operator gave the node (ccm node
+// label), never those it claims itself.
+type Targets struct {
 	Nodes  []string
 	Labels map[string]string
 	All    bool
-	// By names the caller in the request.
-	By string
+}
+
+// Timing bounds a call's requests in time.
+type Timing struct {
 	// Deadline, when set, is the last moment a node may pick up the
-	// request (a signed call without one gets DefaultSignedDeadline);
-	// Timeout, when set, shortens the handler's timeout.
+	// request (a signed call without one gets DefaultSignedDeadline).
 	Deadline time.Time
-	Timeout  time.Duration
-	// Batch, when above 0, sends to at most that many nodes at a time;
-	// MaxFailures, when above 0, stops sending after that many failures.
-	Batch       int
-	MaxFailures int
+	// Timeout, when set, shortens the handler's timeout.
+	Timeout time.Duration
 	// PickupTimeout is how long a node has to pick up its request
-	// (DefaultPickupTimeout when 0). Retention is how long requests and
+	// (DefaultPickupTimeout when 0); Retention is how long requests and
 	// replies are kept (DefaultRetention when 0).
 	PickupTimeout time.Duration
 	Retention     time.Duration
+}
+
+// FanOut is how a call spreads over its nodes: Batch, when above 0, sends
+// to at most that many nodes at a time; MaxFailures, when above 0, stops
+// sending after that many failures (the rest get ErrNotSent).
+type FanOut struct {
+	Batch       int
+	MaxFailures int
 }
 
 // Options configures a Client.
@@ -285,9 +301,9 @@ func (h *Handle) run(yield func(NodeReply) bool, waiting *sync.WaitGroup) {
 			}
 		}
 	}
-	pickup := cmp.Or(h.call.PickupTimeout, DefaultPickupTimeout)
+	pickup := cmp.Or(h.call.Timing.PickupTimeout, DefaultPickupTimeout)
 	done := make(chan result, len(s.Nodes)) // a caller that stops early leaves no sender blocked
-	plan, early := newSchedule(s.Nodes, h.call.Batch, h.call.MaxFailures), h.early
+	plan, early := newSchedule(s.Nodes, h.call.FanOut.Batch, h.call.FanOut.MaxFailures), h.early
 	for {
 		if send := plan.send(); len(send) > 0 {
 			waiters, err := early.take(send)
@@ -345,7 +361,7 @@ func (h *Handle) end(r result) NodeReply {
 // follow yields the replies of a resumed call's open requests.
 func (h *Handle) follow(waiters []*waiter, yield func(NodeReply) bool, waiting *sync.WaitGroup) {
 	done := make(chan result, len(waiters))
-	h.await(waiters, cmp.Or(h.call.PickupTimeout, DefaultPickupTimeout), done, waiting)
+	h.await(waiters, cmp.Or(h.call.Timing.PickupTimeout, DefaultPickupTimeout), done, waiting)
 	for range waiters {
 		if !yield(h.end(<-done)) {
 			return
@@ -387,7 +403,7 @@ func (c *Client) prepare(ctx context.Context, call Call, id string) (*Sent, *api
 	if call.Action == "" {
 		return nil, nil, errors.New("no action named")
 	}
-	for _, n := range call.Nodes {
+	for _, n := range call.To.Nodes {
 		if err := api.CheckName("node", n); err != nil {
 			return nil, nil, err
 		}
@@ -404,7 +420,7 @@ func (c *Client) prepare(ctx context.Context, call Call, id string) (*Sent, *api
 		}
 	}
 	var labels map[string]map[string]string // an operator's, never a node's own
-	if len(call.Labels) > 0 {
+	if len(call.To.Labels) > 0 {
 		if labels, err = c.labels(ctx); err != nil {
 			return nil, nil, err
 		}
@@ -412,11 +428,11 @@ func (c *Client) prepare(ctx context.Context, call Call, id string) (*Sent, *api
 	s := &Sent{keys: map[string]string{}, secrets: call.Secrets}
 	for _, p := range live {
 		s.keys[p.Node] = p.ActionKey
-		if call.All || (len(call.Labels) > 0 && matches(labels[p.Node], call.Labels)) {
+		if call.To.All || (len(call.To.Labels) > 0 && matches(labels[p.Node], call.To.Labels)) {
 			s.Nodes = append(s.Nodes, p.Node)
 		}
 	}
-	for _, n := range call.Nodes {
+	for _, n := range call.To.Nodes {
 		switch {
 		case slices.Contains(s.Nodes, n), slices.Contains(s.NotAlive, n):
 		case live[n] != nil:
@@ -437,8 +453,8 @@ func (c *Client) prepare(ctx context.Context, call Call, id string) (*Sent, *api
 		s.NotAlive = nil
 	}
 	now := time.Now().UTC()
-	if c.opts.Signer != nil && call.Deadline.IsZero() {
-		call.Deadline = now.Add(DefaultSignedDeadline)
+	if c.opts.Signer != nil && call.Timing.Deadline.IsZero() {
+		call.Timing.Deadline = now.Add(DefaultSignedDeadline)
 	}
 	if c.opts.Signer != nil {
 		if s.binding, err = c.binding(ctx); err != nil {
@@ -451,9 +467,9 @@ func (c *Client) prepare(ctx context.Context, call Call, id string) (*Sent, *api
 	s.ID, s.action = id, call.Action
 	req := &api.Request{
 		ID: s.ID, Action: call.Action, Params: call.Params, By: call.By, Created: now,
-		Deadline: call.Deadline, Timeout: api.Duration(call.Timeout), ReplyKey: s.ReplyKey.Public(),
+		Deadline: call.Timing.Deadline, Timeout: api.Duration(call.Timing.Timeout), ReplyKey: s.ReplyKey.Public(),
 	}
-	s.retention = call.Retention
+	s.retention = call.Timing.Retention
 	if s.retention <= 0 {
 		s.retention = DefaultRetention
 	}
@@ -482,8 +498,8 @@ func (c *Client) binding(ctx context.Context) (api.Binding, error) {
 // alive returns the presence of the nodes a call may address: every alive
 // node for labels or all, else only the named ones (one request).
 func (c *Client) alive(ctx context.Context, call Call) (map[string]*api.Presence, error) {
-	nodes := call.Nodes
-	if call.All || len(call.Labels) > 0 {
+	nodes := call.To.Nodes
+	if call.To.All || len(call.To.Labels) > 0 {
 		var err error
 		if nodes, err = c.aliveNodes(ctx); err != nil {
 			return nil, err
@@ -735,11 +751,11 @@ type earlyWatches struct {
 // watchEarly opens the watches of the named nodes of call, when the call
 // names its nodes only and sends to them at once; else it returns nil.
 func (c *Client) watchEarly(ctx context.Context, id string, call Call) *earlyWatches {
-	if len(call.Nodes) == 0 || call.All || len(call.Labels) > 0 || (call.Batch > 0 && call.Batch < len(call.Nodes)) {
+	if len(call.To.Nodes) == 0 || call.To.All || len(call.To.Labels) > 0 || (call.FanOut.Batch > 0 && call.FanOut.Batch < len(call.To.Nodes)) {
 		return nil
 	}
 	e := &earlyWatches{done: make(chan struct{})}
-	nodes := slices.Compact(slices.Sorted(slices.Values(call.Nodes)))
+	nodes := slices.Compact(slices.Sorted(slices.Values(call.To.Nodes)))
 	go func() {
 		defer close(e.done)
 		e.waiters, e.err = c.watch(ctx, id, nodes)

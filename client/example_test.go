@@ -29,7 +29,7 @@ func Example() {
 	c := client.New(cli, client.Options{RequestTimeout: 5 * time.Second})
 	call := client.Call{
 		Action: "login-url",
-		Nodes:  []string{"web1", "web2"}, // web2 has no agent
+		To:     client.Targets{Nodes: []string{"web1", "web2"}}, // web2 has no agent
 		Params: map[string]string{"site": "shop"},
 		By:     "example",
 	}
@@ -121,7 +121,7 @@ func ExampleClient_Resume() {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	c := client.New(cli, client.Options{RequestTimeout: 5 * time.Second})
-	h, err := c.Start(ctx, client.Call{Action: "login-url", Nodes: []string{"web1"}, Params: map[string]string{"site": "blog"}, By: "example"})
+	h, err := c.Start(ctx, client.Call{Action: "login-url", To: client.Targets{Nodes: []string{"web1"}}, Params: map[string]string{"site": "blog"}, By: "example"})
 	check(err)
 	for r := range h.Replies() {
 		fmt.Println("started:", r.Node, r.Reply.State)

@@ -123,7 +123,7 @@ func (c *Client) Resume(ctx context.Context, id string, replyKey *api.Key, picku
 		byNode[r.Node] = r
 	}
 	h := &Handle{ID: id, Sent: &Sent{ID: id, Nodes: nodes, ReplyKey: replyKey}, c: c, ctx: ctx, cancel: cancel,
-		call: Call{PickupTimeout: pickup}, resumed: []*waiter{}}
+		call: Call{Timing: Timing{PickupTimeout: pickup}}, resumed: []*waiter{}}
 	for _, w := range waiters {
 		r, found := byNode[w.node]
 		switch {

@@ -246,7 +246,7 @@ func TestActionsOverRBACSignedWithSecretsAgainstDebianEtcd(t *testing.T) {
 		})
 	}
 	// Properly signed through the Go client, it runs.
-	replies, errs := callReplies(t, apiCli, client.Call{Action: "quick", Nodes: []string{"web1"}, By: "alice@ops"}, client.Options{Signer: signer})
+	replies, errs := callReplies(t, apiCli, client.Call{Action: "quick", To: client.Targets{Nodes: []string{"web1"}}, By: "alice@ops"}, client.Options{Signer: signer})
 	require.Empty(t, errs)
 	assert.Equal(t, api.StateSucceeded, replies["web1"].State)
 	assert.Equal(t, "cluster-api@example", replies["web1"].By, "a signed request's caller is its key's comment, never its own claim")
@@ -314,7 +314,7 @@ func TestActionsRunAsTheSitesUnixUser(t *testing.T) {
 	n.reported(t, 1, api.ResultConverged)
 
 	call := func(action string, params map[string]string) api.Reply {
-		replies, errs := callReplies(t, n.cli, client.Call{Action: action, Nodes: []string{"web1"}, Params: params})
+		replies, errs := callReplies(t, n.cli, client.Call{Action: action, To: client.Targets{Nodes: []string{"web1"}}, Params: params})
 		require.Empty(t, errs)
 		return replies["web1"]
 	}
@@ -391,7 +391,7 @@ func TestHostileRequestsAndHandlersGetAClearStateAndTheAgentStaysHealthy(t *test
 	})
 	call := func(action string, params map[string]string) api.Reply {
 		t.Helper()
-		replies, errs := callReplies(t, n.cli, client.Call{Action: action, Nodes: []string{"web1"}, Params: params})
+		replies, errs := callReplies(t, n.cli, client.Call{Action: action, To: client.Targets{Nodes: []string{"web1"}}, Params: params})
 		require.Empty(t, errs)
 		return replies["web1"]
 	}

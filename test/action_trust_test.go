@@ -66,7 +66,7 @@ func TestAKilledAgentRunsEachRequestOnceOrSaysItWasInterrupted(t *testing.T) {
 	caller0 := client.New(cli, client.Options{})
 	var ids []string
 	for range 20 {
-		s, err := caller0.Send(context.Background(), client.Call{Action: "work", Nodes: []string{"web1"}})
+		s, err := caller0.Send(context.Background(), client.Call{Action: "work", To: client.Targets{Nodes: []string{"web1"}}})
 		require.NoError(t, err)
 		ids = append(ids, s.ID)
 	}
@@ -115,7 +115,7 @@ func TestAClaimWhoseResponseWasLostStillRunsOnce(t *testing.T) {
 	// another (a state directory that was replaced).
 	caller0 := client.New(cli, client.Options{})
 	claimed := func(instance string) string {
-		s, err := caller0.Send(context.Background(), client.Call{Action: "work", Nodes: []string{"web1"}})
+		s, err := caller0.Send(context.Background(), client.Call{Action: "work", To: client.Targets{Nodes: []string{"web1"}}})
 		require.NoError(t, err)
 		raw, _ := json.Marshal(api.Reply{ID: s.ID, Node: "web1", State: api.StateRunning, Instance: instance, Started: time.Now()})
 		_, err = cli.Put(context.Background(), api.NewKeys("").ReplyKey("web1", s.ID), string(raw))
@@ -150,7 +150,7 @@ func TestARequestReplayedAfterItsReplyIsGoneNeverRunsAgain(t *testing.T) {
 	c := cluster.New(cli, cluster.Options{})
 	eventually(t, 20*time.Second, func() bool { return nodeView(t, c, "web1").Presence != nil }, "the agent is alive")
 
-	replies, errs := callReplies(t, cli, client.Call{Action: "work", Nodes: []string{"web1"}, Params: map[string]string{"sleep": "4"}})
+	replies, errs := callReplies(t, cli, client.Call{Action: "work", To: client.Targets{Nodes: []string{"web1"}}, Params: map[string]string{"sleep": "4"}})
 	require.Empty(t, errs)
 	assert.Equal(t, api.StateSucceeded, replies["web1"].State, "an action longer than the retention keeps its reply")
 	id := replies["web1"].ID
@@ -197,7 +197,7 @@ func TestMalformedAndOversizedRequestsNeverWedgeTheEngine(t *testing.T) {
 	_, err = n.cli.Put(ctx, keys.ActionKey("web1", id), string(raw))
 	require.NoError(t, err)
 
-	replies, errs := callReplies(t, n.cli, client.Call{Action: "quick", Nodes: []string{"web1"}})
+	replies, errs := callReplies(t, n.cli, client.Call{Action: "quick", To: client.Targets{Nodes: []string{"web1"}}})
 	require.Empty(t, errs)
 	assert.Equal(t, api.StateSucceeded, replies["web1"].State)
 	eventually(t, 20*time.Second, func() bool { r := replyOf(t, n.cli, id, "web1"); return r != nil && api.Final(r.State) }, "the 12,000 parameters are answered")
@@ -414,17 +414,17 @@ func TestNothingAHandlerStartedOutlivesItsRunOrItsAgent(t *testing.T) {
 	c := cluster.New(cli, cluster.Options{})
 	eventually(t, 20*time.Second, func() bool { return nodeView(t, c, "web1").Presence != nil }, "the agent is alive")
 
-	replies, _ := callReplies(t, cli, client.Call{Action: "hang", Nodes: []string{"web1"}})
+	replies, _ := callReplies(t, cli, client.Call{Action: "hang", To: client.Targets{Nodes: []string{"web1"}}})
 	assert.Equal(t, api.StateTimedOut, replies["web1"].State)
 	escaped := readPids(t, pid("hang"))[0]
 	eventually(t, 10*time.Second, func() bool { return !alive(escaped) }, "the setsid child is killed at the timeout")
 
-	replies, _ = callReplies(t, cli, client.Call{Action: "daemon", Nodes: []string{"web1"}})
+	replies, _ = callReplies(t, cli, client.Call{Action: "daemon", To: client.Targets{Nodes: []string{"web1"}}})
 	assert.Equal(t, api.StateSucceeded, replies["web1"].State, replies["web1"].Error)
 	escaped = readPids(t, pid("daemon"))[0]
 	eventually(t, 10*time.Second, func() bool { return !alive(escaped) }, "the daemon it left is killed when it exits")
 
-	s, err := client.New(cli, client.Options{}).Send(context.Background(), client.Call{Action: "stay", Nodes: []string{"web1"}})
+	s, err := client.New(cli, client.Options{}).Send(context.Background(), client.Call{Action: "stay", To: client.Targets{Nodes: []string{"web1"}}})
 	require.NoError(t, err)
 	eventually(t, 20*time.Second, func() bool { _, err := os.Stat(pid("stay")); return err == nil }, "the handler started its child")
 	child := readPids(t, pid("stay"))[0]
@@ -457,7 +457,7 @@ func TestSIGKILLAtRandomPointsRunsEachActionOnceOrSaysSo(t *testing.T) {
 	for round := range rounds {
 		agentProc := n.start("agent", "--debounce", "0s")
 		for range 8 {
-			s, err := caller0.Send(context.Background(), client.Call{Action: "work", Nodes: []string{"web1"}})
+			s, err := caller0.Send(context.Background(), client.Call{Action: "work", To: client.Targets{Nodes: []string{"web1"}}})
 			require.NoError(t, err)
 			ids = append(ids, s.ID)
 		}

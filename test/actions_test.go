@@ -122,7 +122,7 @@ func TestActionGetsItsParametersOnStdinAndInTheEnvironmentNeverInArgv(t *testing
 	n.reported(t, 1, api.ResultConverged)
 
 	note := `a "quoted" $(touch /tmp/pwned); rm -rf / ; value`
-	replies, errs := callReplies(t, n.cli, client.Call{Action: "echo", Nodes: []string{"web1"}, Params: map[string]string{"site": "shop-1", "note": note}})
+	replies, errs := callReplies(t, n.cli, client.Call{Action: "echo", To: client.Targets{Nodes: []string{"web1"}}, Params: map[string]string{"site": "shop-1", "note": note}})
 	require.Empty(t, errs)
 	r := replies["web1"]
 	require.Equal(t, api.StateSucceeded, r.State, r.Error)
@@ -231,11 +231,11 @@ func TestActionRejectsBadRequestsBeforeAnythingRuns(t *testing.T) {
 		{"pattern", client.Call{Action: "echo", Params: map[string]string{"site": "../../etc"}}, []string{"parameter site: does not match"}},
 		{"undeclared and missing", client.Call{Action: "echo", Params: map[string]string{"evil": "1"}}, []string{`parameter "evil" is not declared`, "parameter site is required"}},
 		{"undeclared", client.Call{Action: "touch", Params: map[string]string{"x": "1"}}, []string{`parameter "x" is not declared`}},
-		{"deadline", client.Call{Action: "touch", Deadline: time.Now().Add(-time.Second)}, []string{"deadline", "passed before the node picked it up"}},
+		{"deadline", client.Call{Action: "touch", Timing: client.Timing{Deadline: time.Now().Add(-time.Second)}}, []string{"deadline", "passed before the node picked it up"}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			tc.call.Nodes = []string{"web1"}
+			tc.call.To.Nodes = []string{"web1"}
 			replies, errs := callReplies(t, n.cli, tc.call)
 			require.Empty(t, errs)
 			r := replies["web1"]
@@ -292,7 +292,7 @@ func TestActionTimeoutKillsTheWholeProcessGroup(t *testing.T) {
 		}
 	}()
 	start := time.Now()
-	replies, _ := callReplies(t, n.cli, client.Call{Action: "hang", Nodes: []string{"web1"}})
+	replies, _ := callReplies(t, n.cli, client.Call{Action: "hang", To: client.Targets{Nodes: []string{"web1"}}})
 	<-watching
 	assert.True(t, sawRunning.Load(), "ccm_actions_running was 1 while the action ran")
 	eventually(t, 10*time.Second, func() bool { return testutil.ToFloat64(m.ActionsRunning) == 0 }, "ccm_actions_running back to 0")
@@ -320,7 +320,7 @@ func TestAgentKilledMidActionReportsInterruptedAndNeverRunsItAgain(t *testing.T)
 	c := cluster.New(cli, cluster.Options{})
 	eventually(t, 20*time.Second, func() bool { return nodeView(t, c, "web1").Presence != nil }, "the agent is alive")
 
-	sent, err := client.New(cli, client.Options{}).Send(context.Background(), client.Call{Action: "slow", Nodes: []string{"web1"}})
+	sent, err := client.New(cli, client.Options{}).Send(context.Background(), client.Call{Action: "slow", To: client.Targets{Nodes: []string{"web1"}}})
 	require.NoError(t, err)
 	eventually(t, 20*time.Second, func() bool {
 		r := replyOf(t, cli, sent.ID, "web1")
@@ -342,7 +342,7 @@ func TestAgentKilledMidActionReportsInterruptedAndNeverRunsItAgain(t *testing.T)
 	}, "the request is reported interrupted at the next start")
 	// A later request is answered: the restarted engine went through its
 	// queue, and the interrupted one was not run again.
-	replies, errs := callReplies(t, cli, client.Call{Action: "quick", Nodes: []string{"web1"}})
+	replies, errs := callReplies(t, cli, client.Call{Action: "quick", To: client.Targets{Nodes: []string{"web1"}}})
 	require.Empty(t, errs)
 	assert.Equal(t, api.StateSucceeded, replies["web1"].State)
 	b, err := os.ReadFile(runs)
@@ -436,7 +436,7 @@ func TestConcurrencyBoundsTheHandlersRunningAtOnce(t *testing.T) {
 	cl := client.New(n.cli, client.Options{})
 	var ids []string
 	for range 6 {
-		s, err := cl.Send(context.Background(), client.Call{Action: "work", Nodes: []string{"web1"}})
+		s, err := cl.Send(context.Background(), client.Call{Action: "work", To: client.Targets{Nodes: []string{"web1"}}})
 		require.NoError(t, err)
 		ids = append(ids, s.ID)
 	}
@@ -500,7 +500,7 @@ func TestRequestsAndRepliesLiveOnTheRetentionLease(t *testing.T) {
 	assert.Contains(t, res.stderr, "no request with id")
 
 	// The node replaces a lease revoked under it: the next call answers.
-	replies, errs := callReplies(t, n.cli, client.Call{Action: "quick", Nodes: []string{"web1"}})
+	replies, errs := callReplies(t, n.cli, client.Call{Action: "quick", To: client.Targets{Nodes: []string{"web1"}}})
 	require.Empty(t, errs)
 	assert.Equal(t, api.StateSucceeded, replies["web1"].State)
 }
@@ -616,7 +616,7 @@ func TestSerialActionsHoldTheLockAndTheFlagStopsNoAction(t *testing.T) {
 	require.NoError(t, err)
 	require.NoError(t, os.WriteFile(filepath.Join(dir, "actions", "new.yaml"), []byte("command: [/bin/true]\nrun_as: {user: "+me.Username+"}\n"), 0o644))
 	require.NoError(t, n.ag.Reload())
-	replies, errs := callReplies(t, n.cli, client.Call{Action: "new", Nodes: []string{"web1"}})
+	replies, errs := callReplies(t, n.cli, client.Call{Action: "new", To: client.Targets{Nodes: []string{"web1"}}})
 	require.Empty(t, errs)
 	assert.Equal(t, api.StateSucceeded, replies["web1"].State)
 }

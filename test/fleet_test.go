@@ -281,7 +281,7 @@ func (f *fleet) call() {
 	for _, a := range f.agents {
 		nodes = append(nodes, a.name)
 	}
-	replies, errs := callReplies(f.t, f.admin, client.Call{Action: "record", Nodes: nodes})
+	replies, errs := callReplies(f.t, f.admin, client.Call{Action: "record", To: client.Targets{Nodes: nodes}})
 	require.Empty(f.t, errs)
 	require.Len(f.t, replies, len(nodes))
 }

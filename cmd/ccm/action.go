@@ -102,14 +102,17 @@ gave no reply. With --no-wait: 0, and the call's id.`,
 // call builds the client call from the flags.
 func (f *callFlags) call(a *app, action string) (client.Call, error) {
 	call := client.Call{
-		Action: action, Nodes: f.nodes, All: f.all, By: caller(),
-		Batch: f.batch, MaxFailures: f.maxFailures, PickupTimeout: f.pickup, Retention: f.retention,
-		Params: map[string]string{}, Labels: map[string]string{},
+		Action: action,
+		To:     client.Targets{Nodes: f.nodes, All: f.all, Labels: map[string]string{}},
+		By:     caller(),
+		FanOut: client.FanOut{Batch: f.batch, MaxFailures: f.maxFailures},
+		Timing: client.Timing{PickupTimeout: f.pickup, Retention: f.retention},
+		Params: map[string]string{},
 	}
 	if len(f.nodes)+len(f.labels) == 0 && !f.all {
 		return call, errors.New("no target: give --node, --label or --all")
 	}
-	if err := pairs("--label", f.labels, call.Labels); err != nil {
+	if err := pairs("--label", f.labels, call.To.Labels); err != nil {
 		return call, err
 	}
 	if f.paramsFile != "" {
@@ -143,9 +146,9 @@ func (f *callFlags) call(a *app, action string) (client.Call, error) {
 	}
 	if f.deadline != "" {
 		if d, err := time.ParseDuration(f.deadline); err == nil {
-			call.Deadline = time.Now().Add(d)
+			call.Timing.Deadline = time.Now().Add(d)
 		} else if t, err := time.Parse(time.RFC3339, f.deadline); err == nil {
-			call.Deadline = t
+			call.Timing.Deadline = t
 		} else {
 			return call, fmt.Errorf("--deadline %q: want a duration (10m) or an RFC 3339 time", f.deadline)
 		}

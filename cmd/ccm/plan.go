@@ -166,7 +166,7 @@ func (a *app) planCluster(ctx context.Context, color bool, signKey string) error
 		return err
 	}
 	var changed, failed bool
-	for reply, err := range c.Run(ctx, client.Call{Action: agent.ActionPlan, All: true, By: caller()}) {
+	for reply, err := range c.Run(ctx, client.Call{Action: agent.ActionPlan, To: client.Targets{All: true}, By: caller()}) {
 		var ne *client.NodeError
 		if err != nil && !errors.As(err, &ne) {
 			return err

@@ -57,7 +57,7 @@ func TestTwoEnginesForOneNodeRunEachRequestOnce(t *testing.T) {
 	const calls = 40
 	var ids []string
 	for range calls {
-		s, err := cli.Send(context.Background(), client.Call{Action: "log", Nodes: []string{"web1"}})
+		s, err := cli.Send(context.Background(), client.Call{Action: "log", To: client.Targets{Nodes: []string{"web1"}}})
 		require.NoError(t, err)
 		ids = append(ids, s.ID)
 	}
@@ -84,7 +84,7 @@ func TestARequestNotPickedUpIsWithdrawnAndNeverRuns(t *testing.T) {
 	require.NoError(t, err)
 	cli := client.New(raw, client.Options{})
 	var id string
-	for r, err := range cli.Run(context.Background(), client.Call{Action: "log", Nodes: []string{"web1"}, PickupTimeout: 300 * time.Millisecond}) {
+	for r, err := range cli.Run(context.Background(), client.Call{Action: "log", To: client.Targets{Nodes: []string{"web1"}}, Timing: client.Timing{PickupTimeout: 300 * time.Millisecond}}) {
 		require.ErrorIs(t, err, client.ErrNoPickup)
 		id = r.ID
 	}
@@ -98,7 +98,7 @@ func TestARequestNotPickedUpIsWithdrawnAndNeverRuns(t *testing.T) {
 	done := make(chan struct{})
 	go func() { defer close(done); e.Run(ctx) }()
 	defer func() { cancel(); <-done }()
-	for r, err := range cli.Run(context.Background(), client.Call{Action: "log", Nodes: []string{"web1"}}) {
+	for r, err := range cli.Run(context.Background(), client.Call{Action: "log", To: client.Targets{Nodes: []string{"web1"}}}) {
 		require.NoError(t, err)
 		assert.Equal(t, api.StateSucceeded, r.State)
 		b, err := os.ReadFile(log)
@@ -121,7 +121,7 @@ func TestACallerThatStopsWaitingWithdrawsWhatNoNodeClaimed(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
 	defer cancel()
 	var id string
-	for r, err := range cli.Run(ctx, client.Call{Action: "log", Nodes: []string{"web1"}, PickupTimeout: time.Minute}) {
+	for r, err := range cli.Run(ctx, client.Call{Action: "log", To: client.Targets{Nodes: []string{"web1"}}, Timing: client.Timing{PickupTimeout: time.Minute}}) {
 		require.ErrorIs(t, err, context.DeadlineExceeded)
 		id = r.ID
 	}
@@ -138,7 +138,7 @@ func TestACallerThatStopsWaitingWithdrawsWhatNoNodeClaimed(t *testing.T) {
 	done := make(chan struct{})
 	go func() { defer close(done); e.Run(ectx) }()
 	defer func() { stop(); <-done }()
-	for r, err := range cli.Run(context.Background(), client.Call{Action: "log", Nodes: []string{"web1", "web2"}, PickupTimeout: time.Minute}) {
+	for r, err := range cli.Run(context.Background(), client.Call{Action: "log", To: client.Targets{Nodes: []string{"web1", "web2"}}, Timing: client.Timing{PickupTimeout: time.Minute}}) {
 		require.NoError(t, err)
 		assert.Equal(t, "web1", r.Node)
 		id = r.ID
@@ -174,7 +174,7 @@ func TestAResumedCallYieldsEveryNodesEnd(t *testing.T) {
 	stop1 := engine("web1")
 	defer stop1()
 
-	sent, err := cli.Send(context.Background(), client.Call{Action: "log", Nodes: []string{"web1", "web2"}})
+	sent, err := cli.Send(context.Background(), client.Call{Action: "log", To: client.Targets{Nodes: []string{"web1", "web2"}}})
 	require.NoError(t, err)
 	_, err = raw.Put(context.Background(), "/ccm/actions/web9/"+sent.ID, `{"id":"`+sent.ID+`","action":"log"}`)
 	require.NoError(t, err)
