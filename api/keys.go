@@ -157,3 +157,30 @@ func (k Keys) CanaryKey(node string) string { return k.CanaryPrefix() + node }
 // CanaryOf is the node whose canary record key is (ok false for any other
 // key).
 func (k Keys) CanaryOf(key string) (string, bool) { return k.ownSegment(k.CanaryPrefix(), key) }
+
+// QuarantinePrefix holds every quarantine record, as
+// QuarantineKey(node, type, id).
+func (k Keys) QuarantinePrefix() string { return k.prefix + "/quarantine/" }
+
+// NodeQuarantinePrefix holds the quarantine records one node wrote: the
+// only part of QuarantinePrefix that node's role may write.
+func (k Keys) NodeQuarantinePrefix(node string) string { return k.QuarantinePrefix() + node + "/" }
+
+// QuarantineKey is the record of node that object typ/id is quarantined.
+func (k Keys) QuarantineKey(node, typ, id string) string {
+	return k.NodeQuarantinePrefix(node) + typ + "/" + id
+}
+
+// QuarantineOf splits a quarantine record's key into the node that wrote
+// it and the object; ok is false for any other key.
+func (k Keys) QuarantineOf(key string) (node, typ, id string, ok bool) {
+	rest, found := strings.CutPrefix(key, k.QuarantinePrefix())
+	if !found {
+		return "", "", "", false
+	}
+	parts := strings.Split(rest, "/")
+	if len(parts) != 3 || !ValidName(parts[0]) || !ValidName(parts[1]) || !ValidName(parts[2]) {
+		return "", "", "", false
+	}
+	return parts[0], parts[1], parts[2], true
+}

@@ -149,3 +149,27 @@ type Canary struct {
 	Node     string `json:"node"`
 	Revision int64  `json:"revision"`
 }
+
+// Quarantine is a quarantine record, <prefix>/quarantine/<node>/<type>/<id>:
+// node found that the object, at Revision, fails on its own (its render,
+// its owner, its schema or its check) while the rest of the configuration
+// converges. Every node skips the object at that revision without trying
+// it; a new revision of the object lifts the quarantine.
+type Quarantine struct {
+	// Node, Type and ID come from the key, whatever the value says: a
+	// node's role writes only its own records.
+	Node          string    `json:"node"`
+	Type          string    `json:"type"`
+	ID            string    `json:"id"`
+	Revision      int64     `json:"revision"`
+	Configuration string    `json:"configuration"`
+	Error         string    `json:"error"`
+	Time          time.Time `json:"time"`
+}
+
+// Holds reports whether the record still holds back the object when the
+// object is at revision rev: only at the revision that failed.
+func (q Quarantine) Holds(rev int64) bool { return q.Revision == rev }
+
+// Object is "type/id", as the CLI names an object.
+func (q Quarantine) Object() string { return q.Type + "/" + q.ID }

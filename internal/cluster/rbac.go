@@ -23,7 +23,8 @@ type Role struct {
 // the objects and the actions addressed to it, read the lock queue, the
 // failure records, the canary records, the pause and the strategy, and
 // write only its own records: its lock keys, its failure record, its
-// canary record, and its status, presence, problem and replies. So it
+// canary record, its quarantine records, and its status, presence,
+// problem and replies. So it
 // cannot write objects or requests, and cannot queue, release, fail,
 // resume or approve a canary for another node.
 func NodeRole(prefix, node string) Role {
@@ -43,6 +44,8 @@ func NodeRole(prefix, node string) Role {
 			{Type: "readwrite", Key: k.CanaryKey(node)},
 			{Type: "readwrite", Key: k.NodePrefix(node), Prefix: true},
 			{Type: "read", Key: k.LabelsKey(node)},
+			{Type: "read", Key: k.QuarantinePrefix(), Prefix: true},
+			{Type: "readwrite", Key: k.NodeQuarantinePrefix(node), Prefix: true},
 		},
 	}
 }
