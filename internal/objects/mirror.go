@@ -148,10 +148,10 @@ func (m *Mirror) decodeLocked(kv KV) (typ string, o *Object, ok bool) {
 		if m.invalid[typ] == nil {
 			m.invalid[typ] = map[string]error{}
 		}
-		m.invalid[typ][id] = objectError(kv.Key, err)
+		m.invalid[typ][id] = objectError(kv.Key, typ, id, kv.ModRevision, err)
 		return typ, nil, true
 	}
-	m.validateLocked(kv.Key, typ, id, data)
+	m.validateLocked(kv, typ, id, data)
 	return typ, &Object{ID: id, Type: typ, Revision: kv.ModRevision, Data: data}, true
 }
 
@@ -186,7 +186,7 @@ func (m *Mirror) placeLocked(typ, id string, o *Object) {
 }
 
 // validateLocked records whether an object breaks its type's schema.
-func (m *Mirror) validateLocked(key, typ, id string, data map[string]any) bool {
+func (m *Mirror) validateLocked(kv KV, typ, id string, data map[string]any) bool {
 	if m.check == nil {
 		return false
 	}
@@ -197,7 +197,7 @@ func (m *Mirror) validateLocked(key, typ, id string, data map[string]any) bool {
 	if m.schema[typ] == nil {
 		m.schema[typ] = map[string]error{}
 	}
-	m.schema[typ][id] = objectError(key, err)
+	m.schema[typ][id] = objectError(kv.Key, typ, id, kv.ModRevision, err)
 	return true
 }
 
@@ -212,7 +212,7 @@ func (m *Mirror) SetValidator(v Validator) {
 	m.schema = map[string]map[string]error{}
 	for typ, l := range m.sorted {
 		for _, o := range l {
-			m.validateLocked(Key(m.prefix, typ, o.ID), typ, o.ID, o.Data)
+			m.validateLocked(KV{Key: Key(m.prefix, typ, o.ID), ModRevision: o.Revision}, typ, o.ID, o.Data)
 		}
 	}
 	for typ := range m.sorted {

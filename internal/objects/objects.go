@@ -89,6 +89,24 @@ type Snapshot struct {
 	// Versions maps a type to the last revision that changed any of its
 	// objects; equal versions mean equal objects of that type.
 	Versions map[string]int64
+	// Held is the quarantine: the revision, by "type/id", at which an
+	// object is held back. A held object is rendered nowhere and its files
+	// stay as they are, until its revision changes. Set by Hold.
+	Held map[string]int64
+}
+
+// Hold returns a copy of s that holds back the objects of held ("type/id"
+// to revision); s itself is shared and never changes.
+func (s *Snapshot) Hold(held map[string]int64) *Snapshot {
+	c := *s
+	c.Held = held
+	return &c
+}
+
+// Holds reports whether o is held back at its revision.
+func (s *Snapshot) Holds(o *Object) bool {
+	rev, ok := s.Held[o.Type+"/"+o.ID]
+	return ok && rev == o.Revision
 }
 
 // List returns the objects of one type, sorted by ID; never nil.
@@ -144,7 +162,7 @@ func (b *Builder) Add(key string, value []byte, modRevision int64) {
 		err = b.check.Validate(typ, data)
 	}
 	if err != nil {
-		b.snap.Invalid[typ] = append(b.snap.Invalid[typ], objectError(key, err))
+		b.snap.Invalid[typ] = append(b.snap.Invalid[typ], objectError(key, typ, id, modRevision, err))
 		return
 	}
 	b.snap.Types[typ] = append(b.snap.Types[typ], Object{ID: id, Type: typ, Revision: modRevision, Data: data})
@@ -159,6 +177,19 @@ func (b *Builder) Snapshot() *Snapshot {
 	return &s
 }
 
-func objectError(key string, err error) error {
-	return fmt.Errorf("object %s: %w", key, err)
+// ObjectError is a malformed object: bad JSON, or a schema violation. It
+// names the key, and carries the object and its revision so that the
+// object alone can be quarantined.
+type ObjectError struct {
+	Key, Type, ID string
+	Revision      int64
+	Err           error
+}
+
+func (e *ObjectError) Error() string { return fmt.Sprintf("object %s: %v", e.Key, e.Err) }
+
+func (e *ObjectError) Unwrap() error { return e.Err }
+
+func objectError(key, typ, id string, rev int64, err error) error {
+	return &ObjectError{Key: key, Type: typ, ID: id, Revision: rev, Err: err}
 }

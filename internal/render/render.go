@@ -2,9 +2,13 @@ package render
 
 import (
 	"bytes"
+	"cmp"
+	"context"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"io/fs"
+	"maps"
 	"slices"
 	"strings"
 
@@ -43,6 +47,9 @@ type File struct {
 	Mode    fs.FileMode
 	configs.Ownership
 	Check configs.Command
+	// Object is the for_each object ("type/id") the file is rendered for,
+	// "" for a file of the whole configuration.
+	Object string
 }
 
 // Directory is one rendered directory.
@@ -51,17 +58,75 @@ type Directory struct {
 	Real string
 	Mode fs.FileMode
 	configs.Ownership
+	Object string // as File.Object
 }
 
 // Output is everything one configuration renders.
 type Output struct {
 	Directories []Directory // in configuration order
 	Files       []File      // sorted by Path
-	paths       map[string]bool
+	// Failed lists the objects that failed on their own and are left out:
+	// the rest of the configuration renders without them.
+	Failed []ObjectFailure
+	// Held is every object ("type/id") left out, failed or held back by
+	// the snapshot's quarantine: its files stay as they are.
+	Held  map[string]bool
+	paths map[string]bool
 }
 
 // Has reports whether the output has a file at path.
 func (o *Output) Has(path string) bool { return o.paths[path] }
+
+// ObjectFailure is one object that failed on its own: its render, its
+// owner, its schema or its check. It is quarantined, not the configuration.
+type ObjectFailure struct {
+	Type, ID string
+	Revision int64
+	Err      error
+}
+
+// Err joins the errors of the objects that failed on their own, one per
+// line; nil when none did.
+func (o *Output) Err() error {
+	errs := make([]error, len(o.Failed))
+	for i, f := range o.Failed {
+		errs[i] = f.Err
+	}
+	return errors.Join(errs...)
+}
+
+// Ref is "type/id".
+func (f ObjectFailure) Ref() string { return f.Type + "/" + f.ID }
+
+// Fail leaves the object out of o: it is quarantined, and its files stay.
+func (o *Output) Fail(f ObjectFailure) {
+	if o.Held == nil {
+		o.Held = map[string]bool{}
+	}
+	if !o.Held[f.Ref()] {
+		o.Failed = append(o.Failed, f)
+	}
+	o.Held[f.Ref()] = true
+}
+
+// hold leaves out an object the snapshot holds back.
+func (o *Output) hold(ref string) {
+	if o.Held == nil {
+		o.Held = map[string]bool{}
+	}
+	o.Held[ref] = true
+}
+
+// ErrEveryObject fails a configuration whose for_each entry failed for
+// every one of at least two objects: the configuration is at fault, not
+// an object, and the failure flag is raised.
+var ErrEveryObject = errors.New("failed for every object")
+
+// fatal reports whether a render error stops the configuration, whatever
+// object it came from: a stuck template, or the run ending.
+func fatal(err error) bool {
+	return errors.Is(err, ErrStuck) || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)
+}
 
 // Render renders cfg from snap for node, confining paths to root. It fails
 // without output if any object the configuration reads is malformed, any
@@ -77,27 +142,30 @@ type renderer struct {
 	deps   *Cache
 	used   int // cache entries used or made by this render
 	budget budget
+	left   map[string]map[string]bool // objects left out, by type and ID
 }
 
 func (r *renderer) render(cfg *configs.Config, snap *objects.Snapshot, node Node, root string) (*Output, error) {
 	types := cfg.Types()
-	if err := snap.Check(types...); err != nil {
-		return nil, err
-	}
+	out := &Output{Files: make([]File, 0, r.expected())}
 	data := Data{Objects: map[string][]objects.Object{}, Node: node, Revision: snap.Revision,
 		memo: &rangeMemo{budget: r.budget, cache: r.cache}}
+	left, err := leaveOut(snap, types, out)
+	if err != nil {
+		return nil, err
+	}
+	r.left = left
 	for _, t := range types {
-		data.Objects[t] = snap.List(t)
+		data.Objects[t] = visible(snap.List(t), left[t])
 	}
 	c := newConfiner(root)
-	out := &Output{Files: make([]File, 0, r.expected())}
 	for _, d := range cfg.Directories {
-		err := each(d.ForEach, data, func(data Data) error {
+		err := each(d.ForEach, data, out, func(data Data) error {
 			p, real, err := r.renderPath(c, d.Path, data)
 			if err != nil {
 				return err
 			}
-			out.Directories = append(out.Directories, Directory{Path: p, Real: real, Mode: d.Mode, Ownership: d.Ownership})
+			out.Directories = append(out.Directories, Directory{Path: p, Real: real, Mode: d.Mode, Ownership: d.Ownership, Object: ref(data)})
 			return nil
 		})
 		if err != nil {
@@ -112,9 +180,9 @@ func (r *renderer) render(cfg *configs.Config, snap *objects.Snapshot, node Node
 		if r.cache != nil && f.ForEach != "" {
 			var deps []string
 			deps, cached = r.deps.deps(f)
-			versions = versionsOf(snap, deps)
+			versions = versionsOf(snap, deps, r.left)
 		}
-		err := each(f.ForEach, data, func(data Data) error {
+		err := each(f.ForEach, data, out, func(data Data) error {
 			file, err := r.file(c, f, data, cached, versions)
 			if err != nil {
 				return err
@@ -158,7 +226,7 @@ func (r *renderer) file(c *confiner, f *configs.File, data Data, cached bool, ve
 	if err := f.Body.Execute(buf, data); err != nil {
 		return File{}, fmt.Errorf("render %s%s: %w", p, objectSuffix(data), templates.CleanError(err))
 	}
-	file := File{Path: p, Real: real, Content: tight(buf.Bytes()), Mode: f.Mode, Ownership: f.Ownership, Check: f.Check}
+	file := File{Path: p, Real: real, Content: tight(buf.Bytes()), Mode: f.Mode, Ownership: f.Ownership, Check: f.Check, Object: ref(data)}
 	if cached {
 		r.cache.entries[key] = &cacheEntry{revision: data.Object.Revision, versions: versions, file: file, gen: r.cache.gen}
 		r.used++
@@ -186,32 +254,119 @@ func (r *renderer) expected() int {
 }
 
 // versionsOf returns the versions of types, in the order of types (fixed
-// per template).
-func versionsOf(snap *objects.Snapshot, types []string) []int64 {
+// per template). A type with objects left out adds a digest of their IDs:
+// the list a template reads changes when the quarantine does, while the
+// type's version does not.
+func versionsOf(snap *objects.Snapshot, types []string, left map[string]map[string]bool) []int64 {
 	if len(types) == 0 {
 		return nil
 	}
-	v := make([]int64, len(types))
+	v := make([]int64, len(types), len(types)+len(left))
 	for i, t := range types {
 		v[i] = snap.Versions[t]
+	}
+	for _, t := range types {
+		if ids := left[t]; len(ids) > 0 {
+			h := fnv.New64a()
+			for _, id := range slices.Sorted(maps.Keys(ids)) {
+				h.Write([]byte(id + "\x00"))
+			}
+			v = append(v, int64(h.Sum64()>>1))
+		}
 	}
 	return v
 }
 
 // each calls fn once with data, or with forEach set once per object of that
-// type, in ID order.
-func each(forEach string, data Data, fn func(Data) error) error {
+// type, in ID order. An object whose fn fails is left out of out and
+// quarantined, and the others go on; the error is returned when it is
+// fatal, or when every one of at least two objects failed.
+func each(forEach string, data Data, out *Output, fn func(Data) error) error {
 	if forEach == "" {
 		return fn(data)
 	}
+	var first error
+	failed := 0
 	for _, o := range data.Objects[forEach] {
+		if out.Held[o.Type+"/"+o.ID] { // failed in an earlier entry
+			continue
+		}
 		d := data
 		d.Object = &o
-		if err := fn(d); err != nil {
+		err := fn(d)
+		if err == nil {
+			continue
+		}
+		if fatal(err) {
 			return err
 		}
+		failed++
+		first = cmp.Or(first, err)
+		out.Fail(ObjectFailure{Type: o.Type, ID: o.ID, Revision: o.Revision, Err: err})
+	}
+	if n := len(data.Objects[forEach]); n >= 2 && failed == n {
+		return fmt.Errorf("%w of type %s (%d), so the configuration is at fault: %w", ErrEveryObject, forEach, n, first)
 	}
 	return nil
+}
+
+// ref is the for_each object data renders for, "" for none.
+func ref(data Data) string {
+	if data.Object == nil {
+		return ""
+	}
+	return data.Object.Type + "/" + data.Object.ID
+}
+
+// leaveOut finds the objects of types a render leaves out: those the
+// snapshot's quarantine holds back, and malformed ones, which fail on
+// their own (out.Fail). It returns their IDs by type, and an error only
+// for a malformed object it cannot name.
+func leaveOut(snap *objects.Snapshot, types []string, out *Output) (map[string]map[string]bool, error) {
+	var left map[string]map[string]bool
+	add := func(typ, id string) {
+		if left == nil {
+			left = map[string]map[string]bool{}
+		}
+		if left[typ] == nil {
+			left[typ] = map[string]bool{}
+		}
+		left[typ][id] = true
+	}
+	var errs []error
+	for _, t := range types {
+		for _, err := range snap.Invalid[t] {
+			var oe *objects.ObjectError
+			if !errors.As(err, &oe) {
+				errs = append(errs, err)
+				continue
+			}
+			add(oe.Type, oe.ID)
+			if rev, ok := snap.Held[oe.Type+"/"+oe.ID]; ok && rev == oe.Revision {
+				out.hold(oe.Type + "/" + oe.ID)
+				continue
+			}
+			out.Fail(ObjectFailure{Type: oe.Type, ID: oe.ID, Revision: oe.Revision, Err: err})
+		}
+		if len(snap.Held) == 0 {
+			continue
+		}
+		for _, o := range snap.List(t) {
+			if snap.Holds(&o) {
+				add(o.Type, o.ID)
+				out.hold(o.Type + "/" + o.ID)
+			}
+		}
+	}
+	return left, errors.Join(errs...)
+}
+
+// visible is l without the objects left out.
+func visible(l []objects.Object, left map[string]bool) []objects.Object {
+	if len(left) == 0 {
+		return l
+	}
+	return slices.DeleteFunc(slices.Clone(l), func(o objects.Object) bool { return left[o.ID] })
 }
 
 func (r *renderer) renderPath(c *confiner, t *templates.Template, data Data) (path, real string, err error) {

@@ -94,16 +94,19 @@ func TestRenderErrorsNameTheObject(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, err := render.Render(cfg, snapshot(tt.objs), render.Node{}, t.TempDir())
-			assert.ErrorContains(t, err, tt.want)
+			out, err := render.Render(cfg, snapshot(tt.objs), render.Node{}, t.TempDir())
+			require.NoError(t, err, "an object's error is that object's alone")
+			assert.ErrorContains(t, out.Err(), tt.want)
 		})
 	}
 }
 
 func TestRenderRejectsTheSamePathTwice(t *testing.T) {
 	cfg := loadConfig(t, "files:\n  - path: /x/{{ .Object.Data.f }}\n    for_each: s\n    content: x\n")
-	_, err := render.Render(cfg, snapshot(map[string]string{"s/a": `{"f":"same"}`, "s/b": `{"f":"same"}`}), render.Node{}, t.TempDir())
-	assert.EqualError(t, err, "file /x/same is rendered twice (object s/b)")
+	out, err := render.Render(cfg, snapshot(map[string]string{"s/a": `{"f":"same"}`, "s/b": `{"f":"same"}`}), render.Node{}, t.TempDir())
+	require.NoError(t, err)
+	assert.EqualError(t, out.Err(), "file /x/same is rendered twice (object s/b)")
+	assert.Equal(t, []string{"/x/same"}, paths(out), "the first object keeps its file")
 }
 
 func TestConfineRejectsSymlinksLeavingTheRoot(t *testing.T) {

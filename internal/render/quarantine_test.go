@@ -1,0 +1,75 @@
+package render_test
+
+import (
+	"errors"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/ccm-dev/ccm/internal/render"
+)
+
+func paths(out *render.Output) []string {
+	var p []string
+	for _, f := range out.Files {
+		p = append(p, f.Path)
+	}
+	return p
+}
+
+func refs(out *render.Output) []string {
+	var r []string
+	for _, f := range out.Failed {
+		r = append(r, f.Ref())
+	}
+	return r
+}
+
+// One customer's bad object is left out, and every other object renders.
+func TestABadObjectIsLeftOutAndTheOthersRender(t *testing.T) {
+	cfg := loadConfig(t, vhosts)
+	snap := snapshot(map[string]string{
+		"sites/a":   `{"dir":"sites","name":"a.example"}`,
+		"sites/bad": `{"dir":"sites"}`, // no name: its template fails
+		"sites/c":   `{"dir":"sites","name":"c.example"}`,
+		"sites/raw": `[]`, // not an object at all
+	})
+	out, err := render.Render(cfg, snap, render.Node{}, t.TempDir())
+	require.NoError(t, err)
+	assert.Equal(t, []string{"/etc/nginx/sites/a.conf", "/etc/nginx/sites/c.conf"}, paths(out))
+	assert.Equal(t, []string{"sites/raw", "sites/bad"}, refs(out))
+	assert.Equal(t, int64(5), out.Failed[1].Revision, "the revision that failed is the one quarantined")
+	assert.Contains(t, string(out.Files[0].Content), "# 3 sites", "a malformed object is not listed to the others")
+	assert.Equal(t, "sites/a", out.Files[0].Object)
+}
+
+// A template that fails for every object is the configuration's fault.
+func TestATemplateFailingForEveryObjectFailsTheConfiguration(t *testing.T) {
+	cfg := loadConfig(t, vhosts)
+	snap := snapshot(map[string]string{"sites/a": `{"dir":"sites"}`, "sites/b": `{"dir":"sites"}`})
+	_, err := render.Render(cfg, snap, render.Node{}, t.TempDir())
+	require.Error(t, err)
+	assert.True(t, errors.Is(err, render.ErrEveryObject), err)
+	assert.ErrorContains(t, err, `map has no entry for key "name"`)
+}
+
+// A held object is left out without being tried, and held only at its
+// revision.
+func TestAHeldObjectIsNotRenderedUntilItsRevisionChanges(t *testing.T) {
+	cfg := loadConfig(t, vhosts)
+	snap := snapshot(map[string]string{
+		"sites/a": `{"dir":"sites","name":"a.example"}`,
+		"sites/b": `{"dir":"sites"}`,
+	})
+	out, err := render.Render(cfg, snap.Hold(map[string]int64{"sites/b": 5}), render.Node{}, t.TempDir())
+	require.NoError(t, err)
+	assert.Equal(t, []string{"/etc/nginx/sites/a.conf"}, paths(out))
+	assert.Empty(t, out.Failed, "a held object is not tried again")
+	assert.True(t, out.Held["sites/b"])
+	assert.Contains(t, string(out.Files[0].Content), "# 1 sites")
+
+	out, err = render.Render(cfg, snap.Hold(map[string]int64{"sites/b": 4}), render.Node{}, t.TempDir())
+	require.NoError(t, err)
+	assert.Equal(t, []string{"sites/b"}, refs(out), "a quarantine of another revision holds nothing")
+}
