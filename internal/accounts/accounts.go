@@ -1,0 +1,175 @@
+// Package accounts plans and applies UNIX users and groups with the
+// system's own tools (useradd, usermod, userdel, groupadd, groupmod,
+// groupdel and chpasswd from shadow-utils), as argv lists with no shell,
+// under --prefix so that a --root holds its own /etc. It never writes
+// /etc/passwd, /etc/group or /etc/shadow itself: it only reads them.
+package accounts
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+)
+
+// User is a user a configuration declares.
+type User struct {
+	Name    string
+	UID     *int   // nil: the tools pick one
+	Group   string // primary group; "" makes a group of the user's name
+	Groups  []string
+	Home    string // "" is /home/<name>
+	Shell   string // "" is the tools' default
+	Comment string
+	// Password is a crypt(3) hash from object data, "" to leave it alone.
+	// It is never printed, and reaches chpasswd on its standard input.
+	Password string
+	// Object is the for_each object ("type/id") the user is declared for.
+	Object string
+}
+
+// Group is a group a configuration declares.
+type Group struct {
+	Name    string
+	GID     *int
+	Members []string // nil leaves the members alone
+	Object  string
+}
+
+// Policy is what a configuration lets ccm touch.
+type Policy struct {
+	// MinUID and MinGID are the lowest IDs ccm creates, changes or adopts:
+	// an account below them is a system account and never touched.
+	MinUID, MinGID int
+	// RemoveHome deletes a removed user's home with it (userdel -r).
+	RemoveHome bool
+}
+
+// DefaultMin is the default MinUID and MinGID, Debian's first user ID.
+const DefaultMin = 1000
+
+// Owned is what a configuration created, from its manifest: the only
+// accounts it may remove.
+type Owned struct {
+	Users  []string `json:"users,omitempty"`
+	Groups []string `json:"groups,omitempty"`
+}
+
+var namePattern = regexp.MustCompile(`^[a-z_][a-z0-9_-]{0,31}$`)
+
+// CheckName refuses a name useradd would refuse, or that could be read as
+// an option or a number.
+func CheckName(field, name string) error {
+	if !namePattern.MatchString(name) {
+		return fmt.Errorf("%s %q is not an account name: want 1 to 32 of a-z, 0-9, _ and -, starting with a letter or _", field, name)
+	}
+	return nil
+}
+
+// entry is one line of etc/passwd or etc/group.
+type entry struct {
+	name    string
+	id, gid int // gid: a user's primary group
+	home    string
+	shell   string
+	comment string
+	members []string // a group's
+}
+
+// DB is the accounts of a root, as its etc/passwd, etc/group and
+// etc/shadow say.
+type DB struct {
+	users, groups     map[string]entry
+	uidName, gidName  map[int]string
+	hash              map[string]string
+	passwd, groupFile string
+}
+
+// Read reads the accounts under root. A missing file reads as empty.
+func Read(root string) (*DB, error) {
+	db := &DB{users: map[string]entry{}, groups: map[string]entry{}, uidName: map[int]string{}, gidName: map[int]string{},
+		hash: map[string]string{}, passwd: filepath.Join(root, "etc/passwd"), groupFile: filepath.Join(root, "etc/group")}
+	err := readLines(db.passwd, 7, func(f []string) error {
+		uid, err1 := strconv.Atoi(f[2])
+		gid, err2 := strconv.Atoi(f[3])
+		if err := errors.Join(err1, err2); err != nil {
+			return err
+		}
+		db.users[f[0]] = entry{name: f[0], id: uid, gid: gid, comment: f[4], home: f[5], shell: f[6]}
+		if _, taken := db.uidName[uid]; !taken {
+			db.uidName[uid] = f[0]
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	err = readLines(db.groupFile, 4, func(f []string) error {
+		gid, err := strconv.Atoi(f[2])
+		if err != nil {
+			return err
+		}
+		var members []string
+		if f[3] != "" {
+			members = strings.Split(f[3], ",")
+		}
+		db.groups[f[0]] = entry{name: f[0], id: gid, members: members}
+		if _, taken := db.gidName[gid]; !taken {
+			db.gidName[gid] = f[0]
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	err = readLines(filepath.Join(root, "etc/shadow"), 2, func(f []string) error {
+		db.hash[f[0]] = f[1]
+		return nil
+	})
+	return db, err
+}
+
+// readLines calls fn with the fields of every line of a colon file.
+func readLines(path string, fields int, fn func([]string) error) error {
+	f, err := os.Open(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for n := 1; sc.Scan(); n++ {
+		line := sc.Text()
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		parts := strings.Split(line, ":")
+		if len(parts) < fields {
+			return fmt.Errorf("%s:%d: want %d fields", path, n, fields)
+		}
+		if err := fn(parts); err != nil {
+			return fmt.Errorf("%s:%d: %w", path, n, err)
+		}
+	}
+	return sc.Err()
+}
+
+// UID returns the ID of a user.
+func (db *DB) UID(name string) (int, bool) {
+	e, ok := db.users[name]
+	return e.id, ok
+}
+
+// GID returns the ID of a group.
+func (db *DB) GID(name string) (int, bool) {
+	e, ok := db.groups[name]
+	return e.id, ok
+}
