@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/ccm-dev/ccm/internal/accounts"
 	"github.com/ccm-dev/ccm/internal/templates"
 	"github.com/ccm-dev/ccm/internal/toposort"
 )
@@ -47,19 +48,51 @@ type Config struct {
 	When        map[string]string
 	Directories []Directory
 	Files       []File
-	Validate    Command // nil when unset
-	OnChange    []Command
-	Timeout     time.Duration
+	// Groups and Users are the accounts the configuration declares; they
+	// are created before its directories and files.
+	Groups   []GroupSpec
+	Users    []UserSpec
+	Accounts accounts.Policy
+	Validate Command // nil when unset
+	OnChange []Command
+	Timeout  time.Duration
 	// RenderTimeout and MaxFileSize bound the rendering of one file.
 	RenderTimeout time.Duration
 	MaxFileSize   int
 }
 
-// Ownership is the owner and group a path must have. A nil ID leaves that
-// attribute as the filesystem makes it.
+// Ownership is the owner and group a path must have. A nil ID with an
+// empty name leaves that attribute as the filesystem makes it; a nil ID
+// with a name (from a template) is resolved when the file is applied,
+// after the run's accounts exist.
 type Ownership struct {
 	Owner, Group string
 	UID, GID     *int
+}
+
+// OwnerTemplates are an owner and a group rendered from the object, such
+// as "{{ .Object.ID }}"; nil when the name is literal or unset.
+type OwnerTemplates struct {
+	OwnerT, GroupT *templates.Template
+}
+
+// GroupSpec is a group, or with ForEach one group per object, that a
+// configuration declares. Every field is a template over the object.
+type GroupSpec struct {
+	ForEach string
+	Name    *templates.Template
+	GID     *templates.Template   // nil: the tools pick one
+	Members []*templates.Template // nil: the members are left alone
+}
+
+// UserSpec is a user, or with ForEach one user per object, that a
+// configuration declares. Every field is a template over the object; nil
+// when unset.
+type UserSpec struct {
+	ForEach                                string
+	Name, UID, Group, Home, Shell, Comment *templates.Template
+	Password                               *templates.Template // from object data only
+	Groups                                 []*templates.Template
 }
 
 // Directory is a directory a configuration ensures exists.
@@ -68,6 +101,7 @@ type Directory struct {
 	ForEach string // empty, or an object type: one directory per object
 	Mode    fs.FileMode
 	Ownership
+	OwnerTemplates
 }
 
 // File is a file, or with ForEach one file per object, a configuration
@@ -78,6 +112,7 @@ type File struct {
 	Body    *templates.Template // from template: or content:
 	Mode    fs.FileMode
 	Ownership
+	OwnerTemplates
 	Check Command // nil when unset; may use {{ .Staged }} and {{ .Path }}
 }
 
@@ -96,6 +131,16 @@ func (c *Config) Types() []string {
 	for _, d := range c.Directories {
 		if d.ForEach != "" {
 			set[d.ForEach] = true
+		}
+	}
+	for _, g := range c.Groups {
+		if g.ForEach != "" {
+			set[g.ForEach] = true
+		}
+	}
+	for _, u := range c.Users {
+		if u.ForEach != "" {
+			set[u.ForEach] = true
 		}
 	}
 	types := make([]string, 0, len(set))

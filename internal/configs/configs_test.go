@@ -93,7 +93,13 @@ func TestLoadRejectsBadDirectories(t *testing.T) {
 		{"bad name", map[string]string{"a.yaml": "name: ../x\n" + simple},
 			`$DIR/a.yaml: name "../x": must match [A-Za-z0-9][A-Za-z0-9._-]* and be at most 200 bytes`},
 		{"nothing to do", map[string]string{"a.yaml": "subscribes: [x]\n"},
-			"$DIR/a.yaml: configuration has no files and no directories"},
+			"$DIR/a.yaml: configuration has no files, directories, users or groups"},
+		{"accounts, every error at once", map[string]string{"a.yaml": "min_uid: 0\nusers:\n  - {name: Bad, shell: /bin/sh}\n  - {name: c, password: \"$6$x$y\"}\n  - {name: \"{{ .Object.ID }}\", for_each: sites, sheel: x}\ngroups:\n  - {name: \"\"}\n"},
+			"$DIR/a.yaml: line 5: field sheel is not a known field of users\n" +
+				"$DIR/a.yaml: min_uid 0: must be 1 or more (0 is root)\n" +
+				"$DIR/a.yaml: groups[0] : name is empty\n" +
+				"$DIR/a.yaml: users[0] Bad: name \"Bad\" is not an account name: want 1 to 32 of a-z, 0-9, _ and -, starting with a letter or _\n" +
+				"$DIR/a.yaml: users[1] c: password must come from object data, as a template such as {{ .Object.Data.password_hash }}: a hash in the configuration would be in every checkout"},
 		{"empty directory", map[string]string{"README": "x"}, "$DIR: no configuration (*.yaml) found"},
 		{"commands whose programs do not exist", map[string]string{"a.yaml": "files:\n  - {path: /x, content: x, check: [/usr/lib/ccm/check/nope, \"{{ .Staged }}\"]}\n  - {path: /y, content: y, check: [./check/nope]}\nvalidate: [no-such-program-ccm]\non_change:\n  - [./README]\n", "README": "x"},
 			"$DIR/a.yaml: validate: command \"no-such-program-ccm\": \"no-such-program-ccm\" is not on $PATH (" + os.Getenv("PATH") + ")\n" +

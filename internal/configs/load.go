@@ -16,6 +16,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/ccm-dev/ccm/api"
+	"github.com/ccm-dev/ccm/internal/accounts"
 	"github.com/ccm-dev/ccm/internal/templates"
 )
 
@@ -27,6 +28,11 @@ type rawConfig struct {
 	When        map[string]string `yaml:"when"`
 	Directories []rawDirectory    `yaml:"directories"`
 	Files       []rawFile         `yaml:"files"`
+	Groups      []rawGroup        `yaml:"groups"`
+	Users       []rawUser         `yaml:"users"`
+	MinUID      *int              `yaml:"min_uid"`
+	MinGID      *int              `yaml:"min_gid"`
+	RemoveHome  bool              `yaml:"remove_home"`
 	Validate    Command           `yaml:"validate"`
 	OnChange    []Command         `yaml:"on_change"`
 	Timeout     string            `yaml:"timeout"`
@@ -52,6 +58,25 @@ type rawFile struct {
 	Owner    string  `yaml:"owner"`
 	Group    string  `yaml:"group"`
 	Check    Command `yaml:"check"`
+}
+
+type rawGroup struct {
+	Name    string    `yaml:"name"`
+	ForEach string    `yaml:"for_each"`
+	GID     string    `yaml:"gid"`
+	Members *[]string `yaml:"members"`
+}
+
+type rawUser struct {
+	Name     string   `yaml:"name"`
+	ForEach  string   `yaml:"for_each"`
+	UID      string   `yaml:"uid"`
+	Group    string   `yaml:"group"`
+	Groups   []string `yaml:"groups"`
+	Home     string   `yaml:"home"`
+	Shell    string   `yaml:"shell"`
+	Comment  string   `yaml:"comment"`
+	Password string   `yaml:"password"`
 }
 
 // rawMode is an octal permission string. An unquoted 0644 is rejected:
@@ -100,6 +125,10 @@ func toFileMode(v uint32) fs.FileMode {
 type loader struct {
 	dir         string // the configuration directory: commands run in it
 	templateDir string
+	// declared holds the literal accounts of the configuration being
+	// built ("user:NAME", "group:NAME"): an owner among them is resolved
+	// at apply time, once the account exists.
+	declared map[string]bool
 }
 
 // command checks an argv and that its program exists.
@@ -116,6 +145,8 @@ var yamlTypeNames = strings.NewReplacer(
 	"not found in type configs.rawConfig", "is not a known configuration field",
 	"not found in type configs.rawFile", "is not a known field of files",
 	"not found in type configs.rawDirectory", "is not a known field of directories",
+	"not found in type configs.rawUser", "is not a known field of users",
+	"not found in type configs.rawGroup", "is not a known field of groups",
 )
 
 // DecodeYAML decodes raw, the content of the file path, into v, refusing
@@ -216,6 +247,41 @@ func (l *loader) build(path string, rc *rawConfig) (*Config, []error) {
 			fail(fmt.Errorf("on_change[%d]: %w", i, err))
 		}
 	}
+	c.Accounts = accounts.Policy{MinUID: accounts.DefaultMin, MinGID: accounts.DefaultMin, RemoveHome: rc.RemoveHome}
+	for i, v := range []*int{rc.MinUID, rc.MinGID} {
+		if v != nil && *v < 1 {
+			fail(fmt.Errorf("%s %d: must be 1 or more (0 is root)", []string{"min_uid", "min_gid"}[i], *v))
+		}
+	}
+	if rc.MinUID != nil {
+		c.Accounts.MinUID = *rc.MinUID
+	}
+	if rc.MinGID != nil {
+		c.Accounts.MinGID = *rc.MinGID
+	}
+	declared := map[string]bool{} // literal account names: owners resolved at apply
+	for i, rg := range rc.Groups {
+		g, err := groupSpec(rg)
+		if err != nil {
+			fail(fmt.Errorf("groups[%d] %s: %w", i, rg.Name, err))
+			continue
+		}
+		declared["group:"+rg.Name] = true
+		c.Groups = append(c.Groups, g)
+	}
+	for i, ru := range rc.Users {
+		u, err := userSpec(ru)
+		if err != nil {
+			fail(fmt.Errorf("users[%d] %s: %w", i, ru.Name, err))
+			continue
+		}
+		declared["user:"+ru.Name] = true
+		if ru.Group == "" {
+			declared["group:"+ru.Name] = true
+		}
+		c.Users = append(c.Users, u)
+	}
+	l.declared = declared
 	for i, rd := range rc.Directories {
 		d, err := l.directory(rd)
 		if err != nil {
@@ -232,8 +298,8 @@ func (l *loader) build(path string, rc *rawConfig) (*Config, []error) {
 		}
 		c.Files = append(c.Files, f)
 	}
-	if len(rc.Files) == 0 && len(rc.Directories) == 0 {
-		fail(errors.New("configuration has no files and no directories"))
+	if len(rc.Files) == 0 && len(rc.Directories) == 0 && len(rc.Users) == 0 && len(rc.Groups) == 0 {
+		fail(errors.New("configuration has no files, directories, users or groups"))
 	}
 	return c, errs
 }
@@ -250,7 +316,7 @@ func (l *loader) directory(rd rawDirectory) (Directory, error) {
 	if d.Mode, err = rd.Mode.parse(DefaultDirMode); err != nil {
 		return d, err
 	}
-	d.Ownership, err = lookupOwnership(rd.Owner, rd.Group)
+	d.Ownership, d.OwnerTemplates, err = l.ownership(rd.Owner, rd.Group)
 	return d, err
 }
 
@@ -266,7 +332,7 @@ func (l *loader) file(rf rawFile) (File, error) {
 	if f.Mode, err = rf.Mode.parse(DefaultFileMode); err != nil {
 		return f, err
 	}
-	if f.Ownership, err = lookupOwnership(rf.Owner, rf.Group); err != nil {
+	if f.Ownership, f.OwnerTemplates, err = l.ownership(rf.Owner, rf.Group); err != nil {
 		return f, err
 	}
 	if rf.Check != nil {
@@ -306,6 +372,78 @@ func (l *loader) body(rf rawFile) (*templates.Template, error) {
 	return templates.Parse(p, string(text))
 }
 
+// field parses one templated field of an account; "" is nil.
+func field(name, text string) (*templates.Template, error) {
+	if text == "" {
+		return nil, nil
+	}
+	t, err := templates.Parse(name, text)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	return t, nil
+}
+
+// fields parses a list of templated fields.
+func fields(name string, texts []string) ([]*templates.Template, error) {
+	out := []*templates.Template{}
+	for i, text := range texts {
+		t, err := field(fmt.Sprintf("%s[%d]", name, i), text)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, t)
+	}
+	return out, nil
+}
+
+// literalName checks a name that holds no template now.
+func literalName(field, name string) error {
+	if name == "" {
+		return fmt.Errorf("%s is empty", field)
+	}
+	if strings.Contains(name, "{{") {
+		return nil
+	}
+	return accounts.CheckName(field, name)
+}
+
+func groupSpec(rg rawGroup) (GroupSpec, error) {
+	g := GroupSpec{ForEach: rg.ForEach}
+	if err := errors.Join(literalName("name", rg.Name), checkForEach(rg.ForEach)); err != nil {
+		return g, err
+	}
+	var errs [3]error
+	g.Name, errs[0] = field("name", rg.Name)
+	g.GID, errs[1] = field("gid", rg.GID)
+	if rg.Members != nil {
+		g.Members, errs[2] = fields("members", *rg.Members)
+	}
+	return g, errors.Join(errs[:]...)
+}
+
+func userSpec(ru rawUser) (UserSpec, error) {
+	u := UserSpec{ForEach: ru.ForEach}
+	if err := errors.Join(literalName("name", ru.Name), checkForEach(ru.ForEach)); err != nil {
+		return u, err
+	}
+	if ru.Password != "" && !strings.Contains(ru.Password, "{{") {
+		return u, errors.New("password must come from object data, as a template such as {{ .Object.Data.password_hash }}: a hash in the configuration would be in every checkout")
+	}
+	var errs [8]error
+	u.Name, errs[0] = field("name", ru.Name)
+	u.UID, errs[1] = field("uid", ru.UID)
+	u.Group, errs[2] = field("group", ru.Group)
+	u.Home, errs[3] = field("home", ru.Home)
+	u.Shell, errs[4] = field("shell", ru.Shell)
+	u.Comment, errs[5] = field("comment", ru.Comment)
+	u.Password, errs[6] = field("password", ru.Password)
+	if ru.Groups != nil {
+		u.Groups, errs[7] = fields("groups", ru.Groups)
+	}
+	return u, errors.Join(errs[:]...)
+}
+
 // parsePath parses a path template; its literal beginning must be absolute.
 func parsePath(p string) (*templates.Template, error) {
 	if p == "" {
@@ -326,6 +464,30 @@ func checkForEach(t string) error {
 		return nil
 	}
 	return api.CheckName("for_each: type", t)
+}
+
+// ownership parses an owner and a group. A template, or the literal name
+// of an account the configuration declares, is resolved at apply time,
+// after the run's accounts exist; any other name is resolved now.
+func (l *loader) ownership(owner, group string) (Ownership, OwnerTemplates, error) {
+	var ot OwnerTemplates
+	var err error
+	late := func(kind, name string) bool { return strings.Contains(name, "{{") || l.declared[kind+":"+name] }
+	lookOwner, lookGroup := owner, group
+	if late("user", owner) {
+		if ot.OwnerT, err = templates.Parse("owner", owner); err != nil {
+			return Ownership{}, ot, fmt.Errorf("owner: %w", err)
+		}
+		lookOwner = ""
+	}
+	if late("group", group) {
+		if ot.GroupT, err = templates.Parse("group", group); err != nil {
+			return Ownership{}, ot, fmt.Errorf("group: %w", err)
+		}
+		lookGroup = ""
+	}
+	o, err := lookupOwnership(lookOwner, lookGroup)
+	return o, ot, err
 }
 
 // lookupOwnership resolves owner and group names (or numeric IDs) on this
