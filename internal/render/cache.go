@@ -10,6 +10,7 @@ import (
 	"github.com/ccm-dev/ccm/internal/configs"
 	"github.com/ccm-dev/ccm/internal/objects"
 	"github.com/ccm-dev/ccm/internal/runkind"
+	"github.com/ccm-dev/ccm/internal/templates"
 )
 
 // Cache remembers for_each output per object revision, so a run after one
@@ -112,11 +113,17 @@ func (c *Cache) render(cfg *configs.Config, snap *objects.Snapshot, node Node, r
 // .Objects, or ok=false when their output may depend on more than the
 // current object, those types and the node (see templates.Reads).
 func (c *Cache) deps(f *configs.File) ([]string, bool) {
-	pr, br := f.Path.Reads(), f.Body.Reads()
-	if !pr.Cacheable() || !br.Cacheable() {
-		return nil, false
+	var types []string
+	for _, t := range []*templates.Template{f.Path, f.Body, f.OwnerT, f.GroupT} {
+		if t == nil {
+			continue
+		}
+		r := t.Reads()
+		if !r.Cacheable() {
+			return nil, false
+		}
+		types = append(types, r.Types...)
 	}
-	types := append(slices.Clone(pr.Types), br.Types...)
 	slices.Sort(types)
 	return slices.Compact(types), true
 }

@@ -73,3 +73,39 @@ func TestAHeldObjectIsNotRenderedUntilItsRevisionChanges(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, []string{"sites/b"}, refs(out), "a quarantine of another revision holds nothing")
 }
+
+func TestAccountsAndOwnersRenderFromTheObject(t *testing.T) {
+	cfg := loadConfig(t, `
+groups:
+  - {name: web, gid: "3000"}
+users:
+  - name: "{{ .Object.ID }}"
+    for_each: sites
+    uid: "{{ .Object.Data.uid }}"
+    groups: [web]
+    password: "{{ .Object.Data.hash }}"
+directories:
+  - {path: "/home/{{ .Object.ID }}", for_each: sites, owner: "{{ .Object.ID }}", group: web, mode: "0750"}
+`)
+	snap := snapshot(map[string]string{
+		"sites/cust01": `{"uid":3001,"hash":"$6$s$h"}`,
+		"sites/Bad":    `{"uid":3002,"hash":""}`,
+		"sites/cust03": `{"uid":"x","hash":""}`,
+	})
+	out, err := render.Render(cfg, snap, render.Node{}, t.TempDir())
+	require.NoError(t, err)
+	require.Len(t, out.Users, 1)
+	u := out.Users[0]
+	assert.Equal(t, "cust01", u.Name)
+	assert.Equal(t, 3001, *u.UID)
+	assert.Equal(t, "$6$s$h", u.Password)
+	assert.Equal(t, []string{"web"}, u.Groups)
+	assert.Equal(t, 3000, *out.Groups[0].GID)
+	require.Len(t, out.Directories, 1)
+	d := out.Directories[0]
+	assert.Equal(t, "cust01", d.Owner)
+	assert.Nil(t, d.UID, "resolved once the account exists")
+	assert.Equal(t, []string{"sites/Bad", "sites/cust03"}, refs(out))
+	assert.ErrorContains(t, out.Err(), `user name "Bad" is not an account name`)
+	assert.ErrorContains(t, out.Err(), `user cust03: id "x" is not a number (object sites/cust03)`)
+}

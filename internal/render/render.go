@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/ccm-dev/ccm/internal/accounts"
 	"github.com/ccm-dev/ccm/internal/configs"
 	"github.com/ccm-dev/ccm/internal/objects"
 	"github.com/ccm-dev/ccm/internal/templates"
@@ -68,6 +69,9 @@ type Output struct {
 	// Failed lists the objects that failed on their own and are left out:
 	// the rest of the configuration renders without them.
 	Failed []ObjectFailure
+	// Groups and Users are the accounts, in configuration order.
+	Groups []accounts.Group
+	Users  []accounts.User
 	// Held is every object ("type/id") left out, failed or held back by
 	// the snapshot's quarantine: its files stay as they are.
 	Held  map[string]bool
@@ -158,6 +162,9 @@ func (r *renderer) render(cfg *configs.Config, snap *objects.Snapshot, node Node
 	for _, t := range types {
 		data.Objects[t] = visible(snap.List(t), left[t])
 	}
+	if err := r.accounts(cfg, data, out); err != nil {
+		return nil, err
+	}
 	c := newConfiner(root)
 	for _, d := range cfg.Directories {
 		err := each(d.ForEach, data, out, func(data Data) error {
@@ -165,7 +172,11 @@ func (r *renderer) render(cfg *configs.Config, snap *objects.Snapshot, node Node
 			if err != nil {
 				return err
 			}
-			out.Directories = append(out.Directories, Directory{Path: p, Real: real, Mode: d.Mode, Ownership: d.Ownership, Object: ref(data)})
+			own, err := r.ownership(d.Ownership, d.OwnerTemplates, data)
+			if err != nil {
+				return err
+			}
+			out.Directories = append(out.Directories, Directory{Path: p, Real: real, Mode: d.Mode, Ownership: own, Object: ref(data)})
 			return nil
 		})
 		if err != nil {
@@ -226,7 +237,11 @@ func (r *renderer) file(c *confiner, f *configs.File, data Data, cached bool, ve
 	if err := f.Body.Execute(buf, data); err != nil {
 		return File{}, fmt.Errorf("render %s%s: %w", p, objectSuffix(data), templates.CleanError(err))
 	}
-	file := File{Path: p, Real: real, Content: tight(buf.Bytes()), Mode: f.Mode, Ownership: f.Ownership, Check: f.Check, Object: ref(data)}
+	own, err := r.ownership(f.Ownership, f.OwnerTemplates, data)
+	if err != nil {
+		return File{}, err
+	}
+	file := File{Path: p, Real: real, Content: tight(buf.Bytes()), Mode: f.Mode, Ownership: own, Check: f.Check, Object: ref(data)}
 	if cached {
 		r.cache.entries[key] = &cacheEntry{revision: data.Object.Revision, versions: versions, file: file, gen: r.cache.gen}
 		r.used++
