@@ -188,9 +188,8 @@ subscribes: [sites]
 directories:
   - path: /etc/new-dir
 files:
-  - path: /etc/nginx/{{ .Object.ID }}.conf
-    for_each: sites
-    content: "{{ .Object.Data.body }}\n"
+  - path: /etc/nginx/main.conf
+    content: "{{ range .Objects.sites }}{{ .Data.body }}{{ end }}\n"
     check: [sh, -c, 'grep -q "^ok" "$0" || { echo "bad line in $0:1" >&2; exit 1; }', "{{ .Staged }}"]
 `})
 	f.put("sites/a", `{"body":"ok"}`)
@@ -198,15 +197,53 @@ files:
 	require.NoError(t, err)
 	before := f.tree()
 
-	f.put("sites/a", `{"body":"ok too"}`)
-	f.put("sites/b", `{"body":"broken"}`)
+	f.put("sites/a", `{"body":"broken"}`)
 	_, err = f.apply("web")
 	require.Error(t, err)
-	final := f.path("/etc/nginx/b.conf")
-	assert.Contains(t, err.Error(), "check /etc/nginx/b.conf: ")
+	final := f.path("/etc/nginx/main.conf")
+	assert.Contains(t, err.Error(), "check /etc/nginx/main.conf: ")
 	assert.Contains(t, err.Error(), "bad line in "+final+":1", "the check's output names the final path")
 	assert.NotContains(t, err.Error(), ".ccm-", "never the staged temp file, which is gone")
 	assert.Equal(t, before, f.tree(), "no file changed and no temp file is left")
+}
+
+// A for_each file whose check fails holds back its object alone: its file
+// stays at its last good version, and every other object converges.
+func TestACheckFailureQuarantinesItsObjectAlone(t *testing.T) {
+	f := newFixture(t, map[string]string{"web.yaml": `
+subscribes: [sites]
+files:
+  - path: /etc/nginx/{{ .Object.ID }}.conf
+    for_each: sites
+    content: "{{ .Object.Data.body }}\n"
+    check: [sh, -c, 'grep -q "^ok" "$0" || { echo "bad line in $0:1" >&2; exit 1; }', "{{ .Staged }}"]
+`})
+	f.put("sites/a", `{"body":"ok"}`)
+	f.put("sites/b", `{"body":"ok b"}`)
+	_, err := f.apply("web")
+	require.NoError(t, err)
+
+	f.put("sites/a", `{"body":"ok too"}`)
+	f.put("sites/b", `{"body":"broken"}`)
+	f.put("sites/c", `{"body":"broken"}`)
+	f.put("sites/d", `{"body":"ok d"}`)
+	p, err := f.apply("web")
+	require.NoError(t, err, "one customer's bad object does not fail the configuration")
+	assert.Equal(t, "ok too\n", f.read("/etc/nginx/a.conf"))
+	assert.Equal(t, "ok b\n", f.read("/etc/nginx/b.conf"), "the last good version stays")
+	assert.NoFileExists(t, f.path("/etc/nginx/c.conf"))
+	assert.Equal(t, "ok d\n", f.read("/etc/nginx/d.conf"))
+	require.Len(t, p.Output.Failed, 2)
+	assert.Equal(t, "sites/b", p.Output.Failed[0].Ref())
+	assert.ErrorContains(t, p.Output.Failed[0].Err, "bad line in "+f.path("/etc/nginx/b.conf")+":1")
+
+	// The quarantined file is still owned: deleting the object prunes it.
+	f.del("sites/b")
+	f.put("sites/c", `{"body":"ok c"}`)
+	_, err = f.apply("web")
+	require.NoError(t, err)
+	assert.NoFileExists(t, f.path("/etc/nginx/b.conf"))
+	assert.Equal(t, "ok c\n", f.read("/etc/nginx/c.conf"))
 }
 
 func TestCheckSeesTheStagedFileAndItsFinalPath(t *testing.T) {

@@ -54,6 +54,11 @@ type Applier struct {
 	listed       map[string]int    // path -> how many cached manifests list it
 	allLoaded    bool              // every manifest of the state directory is cached
 	progress     progress
+	// pending is the accounts ("user:NAME", "group:NAME") the plans of
+	// the current call create: owners resolved once they exist. snap is
+	// the call's snapshot.
+	pending map[string]bool
+	snap    *objects.Snapshot
 }
 
 // known is a file ccm wrote or verified: its content (the slice the render
@@ -70,7 +75,8 @@ func New(opts Options) *Applier {
 	if log == nil {
 		log = zap.NewNop()
 	}
-	return &Applier{opts: opts, log: log, cache: render.NewCache(), manifests: map[string]manifest{}, known: map[string]known{}, owners: map[string]string{}, listed: map[string]int{}}
+	return &Applier{opts: opts, log: log, cache: render.NewCache(), manifests: map[string]manifest{}, known: map[string]known{}, owners: map[string]string{}, listed: map[string]int{},
+		pending: map[string]bool{}}
 }
 
 func knownOf(f *render.File) known {
@@ -97,6 +103,10 @@ func (a *Applier) remember(p *Plan, ok bool) {
 	if ok {
 		for _, i := range p.checked {
 			f := &p.Output.Files[i]
+			if !p.Output.Live(f.Object) || unresolved(f.Ownership) {
+				delete(a.known, f.Real)
+				continue
+			}
 			a.known[f.Real] = knownOf(f)
 		}
 	} else {
@@ -145,6 +155,11 @@ func (a *Applier) applyPlan(ctx context.Context, p *Plan, files []string) error 
 	// Commands run to completion even when ctx is cancelled: a shutdown
 	// finishes the current configuration rather than leave it half done.
 	cmdCtx := context.WithoutCancel(ctx)
+	if p.accountsFirst() {
+		if err := a.applyAccounts(cmdCtx, p, false); err != nil {
+			return err
+		}
+	}
 	tx := &txn{files: a.files}
 	if !p.trusting {
 		// Temp files are left only by a crash, and a restarted agent
@@ -163,7 +178,8 @@ func (a *Applier) applyPlan(ctx context.Context, p *Plan, files []string) error 
 		tx.removeCreatedDirs()
 		return err
 	}
-	j := a.newJournal(p, manifest{Files: files, OnChangePending: p.PendingOnChange}, tx.createdDirs)
+	files = p.keepHeld(files)
+	j := a.newJournal(p, manifest{Files: files, OnChangePending: p.PendingOnChange, Objects: p.objectsOf(files)}, tx.createdDirs)
 	if len(p.Changes) > 0 {
 		if err := a.saveOriginals(p); err != nil {
 			tx.removeCreatedDirs()
@@ -190,7 +206,31 @@ func (a *Applier) applyPlan(ctx context.Context, p *Plan, files []string) error 
 	if err == nil || errors.Is(err, ErrOnChange) { // the originals are back
 		err = errors.Join(err, a.dropOriginals(p))
 	}
+	if err == nil {
+		err = a.applyAccounts(cmdCtx, p, true)
+	}
 	return err
+}
+
+// accountsFirst reports whether p has accounts to create or change, or
+// owners that only exist once they are: they run before the files.
+func (p *Plan) accountsFirst() bool {
+	for _, c := range p.Accounts {
+		if !c.Removes() {
+			return true
+		}
+	}
+	for _, d := range p.Dirs {
+		if unresolved(d.Dir.Ownership) {
+			return true
+		}
+	}
+	for _, c := range p.Changes {
+		if c.file != nil && unresolved(c.file.Ownership) {
+			return true
+		}
+	}
+	return false
 }
 
 // stageAll creates directories, then stages and checks every changed file.
@@ -202,9 +242,10 @@ func (a *Applier) stageAll(ctx context.Context, p *Plan, tx *txn) (map[int]strin
 		}
 	}
 	staged := map[int]string{}
+	var failed []objectCheck
 	for i := range p.Changes {
 		c := &p.Changes[i]
-		if c.removes() || !c.Content {
+		if c.removes() || !c.Content || (c.file != nil && c.file.Object != "" && p.Output.Held[c.file.Object]) {
 			continue
 		}
 		if err := tx.ensureDir(path.Dir(c.Path), configs.DefaultDirMode, configs.Ownership{}, false); err != nil {
@@ -222,15 +263,51 @@ func (a *Applier) stageAll(ctx context.Context, p *Plan, tx *txn) (map[int]strin
 		a.progress.mark()
 		if c.file.Check != nil {
 			if err := a.runCheck(ctx, p, c, a.files.name(tmp)); err != nil {
-				return staged, err
+				if c.file.Object == "" {
+					return staged, err
+				}
+				failed = append(failed, objectCheck{c.file.Object, err})
 			}
 		}
+	}
+	if len(failed) > 0 {
+		staged = a.dropFailed(p, staged, failed)
 	}
 	tmps := make([]string, 0, len(staged))
 	for _, tmp := range staged {
 		tmps = append(tmps, tmp)
 	}
 	return staged, a.files.syncStaged(tmps)
+}
+
+// objectCheck is a for_each file whose check failed: its object is
+// quarantined, and the rest of the configuration goes on.
+type objectCheck struct {
+	object string
+	err    error
+}
+
+// dropFailed leaves the objects whose check failed out of p, removes
+// their staged copies, and returns staged indexed by p's new changes.
+func (a *Applier) dropFailed(p *Plan, staged map[int]string, failed []objectCheck) map[int]string {
+	byPath := map[string]string{}
+	for i, tmp := range staged {
+		byPath[p.Changes[i].Path] = tmp
+	}
+	for _, f := range failed {
+		a.leaveOut(p, f.object, f.err)
+	}
+	out := map[int]string{}
+	for i := range p.Changes {
+		if tmp, ok := byPath[p.Changes[i].Path]; ok {
+			out[i] = tmp
+			delete(byPath, p.Changes[i].Path)
+		}
+	}
+	for _, tmp := range byPath { // the files of the objects left out
+		a.files.remove(tmp)
+	}
+	return out
 }
 
 // commitAll renames the staged files into place, removes stale files and
@@ -263,9 +340,11 @@ func keep(id *int, old int) *int {
 }
 
 func renderedPaths(out *render.Output) []string {
-	paths := make([]string, len(out.Files))
-	for i, f := range out.Files {
-		paths[i] = f.Path
+	paths := make([]string, 0, len(out.Files))
+	for _, f := range out.Files {
+		if out.Live(f.Object) {
+			paths = append(paths, f.Path)
+		}
 	}
 	return paths
 }

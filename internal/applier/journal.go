@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"maps"
 	"path"
 	"slices"
 	"sort"
@@ -64,8 +65,8 @@ func journalPath(config string) string { return path.Join(journalDir, config+".j
 func (a *Applier) newJournal(p *Plan, m manifest, dirs []string) *journal {
 	cfg := p.Config
 	j := &journal{Config: cfg.Name, Root: a.opts.Root, Validate: cfg.Validate, Timeout: cfg.Timeout, Manifest: m, Dirs: dirs}
-	if old, ok := a.manifests[cfg.Name]; ok && len(m.Files) > 0 && slices.Equal(old.Files, m.Files) {
-		j.Manifest.Files, j.SameFiles = nil, true
+	if old, ok := a.manifests[cfg.Name]; ok && len(m.Files) > 0 && slices.Equal(old.Files, m.Files) && maps.Equal(old.Objects, m.Objects) {
+		j.Manifest.Files, j.Manifest.Objects, j.SameFiles = nil, nil, true
 	}
 	for _, c := range cfg.OnChange {
 		j.OnChange = append(j.OnChange, c)
@@ -163,13 +164,14 @@ func (a *Applier) finish(ctx context.Context, j *journal, changed bool) error {
 	}
 	crashAt("validated")
 	m := j.Manifest
-	if j.SameFiles {
-		recorded, err := a.loadManifest(j.Config)
-		if err != nil {
-			return errors.Join(err, a.restore(j))
-		}
-		m.Files = recorded.Files
+	recorded, err := a.loadManifest(j.Config)
+	if err != nil {
+		return errors.Join(err, a.restore(j))
 	}
+	if j.SameFiles {
+		m.Files, m.Objects = recorded.Files, recorded.Objects
+	}
+	m.Owned = recorded.Owned // the accounts record themselves as they run
 	m.OnChangePending = m.OnChangePending || (changed && len(j.OnChange) > 0)
 	if err := a.saveManifest(j.Config, m); err != nil {
 		return errors.Join(err, a.restore(j))

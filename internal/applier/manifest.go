@@ -12,6 +12,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/ccm-dev/ccm/internal/accounts"
 	"github.com/ccm-dev/ccm/internal/configs"
 )
 
@@ -25,6 +26,18 @@ type manifest struct {
 	Files []string `json:"files"`
 	// OnChangePending is set from a change until on_change has succeeded.
 	OnChangePending bool `json:"on_change_pending,omitempty"`
+	// Objects maps a file of a for_each entry to its object ("type/id"):
+	// the files of a quarantined object are kept, not pruned.
+	Objects map[string]string `json:"objects,omitempty"`
+	// Owned is the users and groups the configuration created: the only
+	// accounts it removes.
+	accounts.Owned
+}
+
+// same reports whether two manifests record the same thing.
+func (m manifest) same(o manifest) bool {
+	return m.OnChangePending == o.OnChangePending && slices.Equal(m.Files, o.Files) && maps.Equal(m.Objects, o.Objects) &&
+		slices.Equal(m.Users, o.Users) && slices.Equal(m.Groups, o.Groups)
 }
 
 // manifestDir holds the manifests, in the state directory.
@@ -59,7 +72,7 @@ func (a *Applier) loadManifest(config string) (manifest, error) {
 // holds.
 func (a *Applier) saveManifest(config string, m manifest) error {
 	m.Root = a.opts.Root
-	if old, ok := a.manifests[config]; ok && old.OnChangePending == m.OnChangePending && slices.Equal(old.Files, m.Files) {
+	if old, ok := a.manifests[config]; ok && old.same(m) {
 		return nil
 	}
 	a.forgetManifest(config)

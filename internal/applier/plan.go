@@ -9,6 +9,7 @@ import (
 	"slices"
 	"sort"
 
+	"github.com/ccm-dev/ccm/internal/accounts"
 	"github.com/ccm-dev/ccm/internal/configs"
 	"github.com/ccm-dev/ccm/internal/objects"
 	"github.com/ccm-dev/ccm/internal/render"
@@ -85,25 +86,34 @@ type Plan struct {
 	Output  *render.Output
 	Dirs    []DirChange
 	Changes []Change // sorted by path
+	// Accounts are the users and groups to create, change or remove, in
+	// the order they run.
+	Accounts []accounts.Change
 	// PendingOnChange is set when an earlier run's on_change failed.
 	PendingOnChange bool
 	// Orphan marks the plan of a configuration this node no longer runs
 	// (deleted, or its when no longer matches): it only removes files.
 	Orphan   bool
-	trusting bool     // planned by an event-driven run
-	checked  []int    // indexes of Output.Files checked against the disk
-	manifest []string // the files the configuration owned before
+	trusting bool              // planned by an event-driven run
+	checked  []int             // indexes of Output.Files checked against the disk
+	manifest []string          // the files the configuration owned before
+	objects  map[string]string // the manifest's path -> object
 }
 
 // removals returns the part of p that removes files, or nil if none.
 func (p *Plan) removals() *Plan {
-	rm := &Plan{Config: p.Config, Output: p.Output, trusting: p.trusting}
+	rm := &Plan{Config: p.Config, Output: p.Output, trusting: p.trusting, manifest: p.manifest, objects: p.objects}
 	for _, c := range p.Changes {
 		if c.removes() {
 			rm.Changes = append(rm.Changes, c)
 		}
 	}
-	if len(rm.Changes) == 0 {
+	for _, c := range p.Accounts {
+		if c.Removes() {
+			rm.Accounts = append(rm.Accounts, c)
+		}
+	}
+	if len(rm.Changes)+len(rm.Accounts) == 0 {
 		return nil
 	}
 	return rm
@@ -113,13 +123,74 @@ func (p *Plan) removals() *Plan {
 func (p *Plan) writes() *Plan {
 	w := *p
 	w.Changes = slices.DeleteFunc(slices.Clone(p.Changes), func(c Change) bool { return c.removes() })
+	w.Accounts = slices.DeleteFunc(slices.Clone(p.Accounts), func(c accounts.Change) bool { return c.Removes() })
 	return &w
 }
 
 // kept is the manifest once the removals are done: what the configuration
-// owned before and still renders.
+// owned before and still renders, or keeps for a quarantined object.
 func (p *Plan) kept() []string {
-	return slices.DeleteFunc(slices.Clone(p.manifest), func(path string) bool { return !p.Output.Has(path) })
+	return slices.DeleteFunc(slices.Clone(p.manifest), func(path string) bool { return !p.Output.Has(path) && !p.held(path) })
+}
+
+// held reports whether path is a file of an object left out of p, which
+// stays as it is.
+func (p *Plan) held(path string) bool {
+	o, ok := p.objects[path]
+	return ok && p.Output.Held[o]
+}
+
+// keepHeld returns the manifest files once p is applied: files, without
+// the files of objects left out that the configuration did not own
+// before, and with those it did.
+func (p *Plan) keepHeld(files []string) []string {
+	if len(p.Output.Held) == 0 {
+		return files
+	}
+	old := map[string]bool{}
+	for _, path := range p.manifest {
+		old[path] = true
+	}
+	var out []string
+	seen := map[string]bool{}
+	for _, path := range files {
+		if p.Output.Has(path) || old[path] {
+			out = append(out, path)
+			seen[path] = true
+		}
+	}
+	for _, path := range p.manifest {
+		if !seen[path] && p.held(path) {
+			out = append(out, path)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// objectsOf maps each of files that belongs to a for_each object to it:
+// as rendered now, or as recorded for a file kept for a quarantined one.
+func (p *Plan) objectsOf(files []string) map[string]string {
+	rendered := map[string]string{}
+	for i := range p.Output.Files {
+		if f := &p.Output.Files[i]; f.Object != "" && p.Output.Live(f.Object) {
+			rendered[f.Path] = f.Object
+		}
+	}
+	var out map[string]string
+	for _, path := range files {
+		o, ok := rendered[path]
+		if !ok {
+			o, ok = p.objects[path]
+		}
+		if ok {
+			if out == nil {
+				out = map[string]string{}
+			}
+			out[path] = o
+		}
+	}
+	return out
 }
 
 // stale lists the files p removes.
@@ -135,7 +206,7 @@ func (p *Plan) stale() []string {
 
 // Changed reports whether applying the plan would change anything on disk.
 func (p *Plan) Changed() bool {
-	if len(p.Dirs) > 0 {
+	if len(p.Dirs) > 0 || len(p.Accounts) > 0 {
 		return true
 	}
 	for i := range p.Changes {
@@ -153,6 +224,16 @@ func (p *Plan) Counts() (create, change, remove int) {
 			change++
 		} else {
 			create++
+		}
+	}
+	for _, c := range p.Accounts {
+		switch c.Op {
+		case accounts.Create:
+			create++
+		case accounts.Remove:
+			remove++
+		default:
+			change++
 		}
 	}
 	for _, c := range p.Changes {
@@ -191,8 +272,14 @@ func (a *Applier) plan(ctx context.Context, cfg *configs.Config, snap *objects.S
 	if err != nil {
 		return nil, err
 	}
-	p := &Plan{Config: cfg, Output: out, PendingOnChange: m.OnChangePending, trusting: kind == runkind.Changed, manifest: m.Files}
+	p := &Plan{Config: cfg, Output: out, PendingOnChange: m.OnChangePending, trusting: kind == runkind.Changed, manifest: m.Files, objects: m.Objects}
+	if err := a.planAccounts(p, m); err != nil {
+		return nil, err
+	}
 	for _, d := range out.Directories {
+		if !out.Live(d.Object) {
+			continue
+		}
 		dc, err := a.planDir(d)
 		if err != nil {
 			return nil, err
@@ -203,6 +290,9 @@ func (a *Applier) plan(ctx context.Context, cfg *configs.Config, snap *objects.S
 	}
 	for i := range out.Files {
 		f := &out.Files[i]
+		if !out.Live(f.Object) {
+			continue
+		}
 		if other, ok := claimed[f.Path]; ok && other != cfg.Name {
 			return nil, fmt.Errorf("file %s is also written by configuration %q", f.Path, other)
 		}
@@ -219,7 +309,7 @@ func (a *Applier) plan(ctx context.Context, cfg *configs.Config, snap *objects.S
 		}
 	}
 	for _, path := range m.Files {
-		if out.Has(path) || claimed[path] != "" {
+		if out.Has(path) || claimed[path] != "" || p.held(path) {
 			continue
 		}
 		c, err := a.planRemove(path)
@@ -312,11 +402,17 @@ func attrChanges(st state, mode fs.FileMode, own configs.Ownership) []string {
 	if st.mode&permBits != mode&permBits {
 		attrs = append(attrs, fmt.Sprintf("mode %s -> %s", FormatMode(st.mode), FormatMode(mode)))
 	}
-	if own.UID != nil && *own.UID != st.uid {
+	switch {
+	case own.UID != nil && *own.UID != st.uid:
 		attrs = append(attrs, fmt.Sprintf("owner %d -> %d (%s)", st.uid, *own.UID, own.Owner))
+	case own.UID == nil && own.Owner != "":
+		attrs = append(attrs, fmt.Sprintf("owner %d -> %s (created by this run)", st.uid, own.Owner))
 	}
-	if own.GID != nil && *own.GID != st.gid {
+	switch {
+	case own.GID != nil && *own.GID != st.gid:
 		attrs = append(attrs, fmt.Sprintf("group %d -> %d (%s)", st.gid, *own.GID, own.Group))
+	case own.GID == nil && own.Group != "":
+		attrs = append(attrs, fmt.Sprintf("group %d -> %s (created by this run)", st.gid, own.Group))
 	}
 	return attrs
 }

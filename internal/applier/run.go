@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 	"time"
@@ -48,6 +49,38 @@ type Report struct {
 	Err error `json:"-"`
 	// Aborted is set when the run stopped early because ctx was done.
 	Aborted bool `json:"aborted,omitempty"`
+	// Quarantined lists the objects that failed on their own in this
+	// run: left out, while the rest converged.
+	Quarantined []Quarantined `json:"quarantined,omitempty"`
+	// Held lists every object ("type/id") the run left out: failed now,
+	// or held back by the snapshot's quarantine.
+	Held []string `json:"held,omitempty"`
+}
+
+// Quarantined is an object that failed on its own in one configuration.
+type Quarantined struct {
+	Config   string `json:"config"`
+	Type     string `json:"type"`
+	ID       string `json:"id"`
+	Revision int64  `json:"revision"`
+	Error    string `json:"error"`
+}
+
+// quarantined gathers what the plans left out into r.
+func (r *Report) quarantined(plans []*Plan) {
+	held := map[string]bool{}
+	for _, p := range plans {
+		if p == nil {
+			continue
+		}
+		for _, f := range p.Output.Failed {
+			r.Quarantined = append(r.Quarantined, Quarantined{Config: p.Config.Name, Type: f.Type, ID: f.ID, Revision: f.Revision, Error: f.Err.Error()})
+		}
+		for ref := range p.Output.Held {
+			held[ref] = true
+		}
+	}
+	r.Held = slices.Sorted(maps.Keys(held))
 }
 
 // Failed reports whether a configuration failed.
@@ -118,6 +151,7 @@ func (e planError) Error() string { return fmt.Sprintf("configuration %s: %v", e
 // each failure. A file a configuration no longer renders is removed only
 // if no other configuration renders it now (it moved).
 func (a *Applier) planEach(ctx context.Context, set *configs.Set, snap *objects.Snapshot, names []string, kind runkind.Kind) ([]*Plan, []planError) {
+	a.snap, a.pending = snap, map[string]bool{}
 	claimed := map[string]string{}
 	var plans []*Plan
 	var errs []planError
@@ -344,6 +378,7 @@ func (a *Applier) Run(ctx context.Context, kind runkind.Kind, set *configs.Set, 
 	for _, n := range order {
 		r.Outcomes = append(r.Outcomes, *rs.outcomes[n])
 	}
+	r.quarantined(plans)
 	r.Err = errors.Join(rs.errs...)
 	return r
 }

@@ -113,6 +113,25 @@ func (o *Output) Fail(f ObjectFailure) {
 	o.Held[f.Ref()] = true
 }
 
+// Drop leaves out an object that failed after rendering (its owner, its
+// account, its check): Fail, and what it rendered is no longer Live (its
+// entries stay in place, so indexes and pointers into Files hold).
+func (o *Output) Drop(f ObjectFailure) {
+	o.Fail(f)
+	ref := f.Ref()
+	for i := range o.Files {
+		if o.Files[i].Object == ref {
+			delete(o.paths, o.Files[i].Path)
+		}
+	}
+	o.Users = slices.DeleteFunc(o.Users, func(x accounts.User) bool { return x.Object == ref })
+	o.Groups = slices.DeleteFunc(o.Groups, func(x accounts.Group) bool { return x.Object == ref })
+}
+
+// Live reports whether an entry rendered for object ("" for none) is
+// still part of the output: its object was not dropped.
+func (o *Output) Live(object string) bool { return object == "" || !o.Held[object] }
+
 // hold leaves out an object the snapshot holds back.
 func (o *Output) hold(ref string) {
 	if o.Held == nil {

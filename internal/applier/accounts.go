@@ -1,0 +1,239 @@
+package applier
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+
+	"go.uber.org/zap"
+
+	"github.com/ccm-dev/ccm/internal/accounts"
+	"github.com/ccm-dev/ccm/internal/configs"
+	"github.com/ccm-dev/ccm/internal/render"
+)
+
+// needsAccounts reports whether planning p reads the root's accounts: it
+// declares some, owned some, or has an owner to resolve.
+func needsAccounts(out *render.Output, m manifest) bool {
+	if len(out.Users)+len(out.Groups)+len(m.Users)+len(m.Groups) > 0 {
+		return true
+	}
+	for i := range out.Directories {
+		if unresolved(out.Directories[i].Ownership) {
+			return true
+		}
+	}
+	for i := range out.Files {
+		if unresolved(out.Files[i].Ownership) {
+			return true
+		}
+	}
+	return false
+}
+
+// unresolved reports whether an owner or group is named but its ID is not
+// known yet.
+func unresolved(o configs.Ownership) bool {
+	return (o.Owner != "" && o.UID == nil) || (o.Group != "" && o.GID == nil)
+}
+
+// planAccounts plans p's accounts and resolves its owners. An object whose
+// account breaks a rule, or whose owner does not exist and is not created
+// by this run, is left out of p (quarantined); a configuration-wide one
+// fails the plan.
+func (a *Applier) planAccounts(p *Plan, m manifest) error {
+	if !needsAccounts(p.Output, m) {
+		return nil
+	}
+	db, err := accounts.Read(a.opts.Root)
+	if err != nil {
+		return fmt.Errorf("accounts: %w", err)
+	}
+	changes, problems := db.Plan(p.Output.Groups, p.Output.Users, p.Config.Accounts, m.Owned, a.opts.Root)
+	var errs []error
+	for _, pr := range problems {
+		if pr.Object == "" {
+			errs = append(errs, pr.Err)
+			continue
+		}
+		a.leaveOut(p, pr.Object, pr.Err)
+	}
+	if len(errs) > 0 {
+		return errors.Join(errs...)
+	}
+	for _, c := range changes {
+		if c.Object == "" || !p.Output.Held[c.Object] {
+			p.Accounts = append(p.Accounts, c)
+		}
+		if c.Op == accounts.Create {
+			a.pending[c.Kind+":"+c.Name] = true
+		}
+	}
+	return a.resolveOwners(p, db, false)
+}
+
+// resolveOwners fills the IDs of named owners and groups from db. A name
+// that an account of this run creates is left for final, after the
+// accounts exist; with final, or for any other name, a missing account
+// leaves the object out (or fails the configuration).
+func (a *Applier) resolveOwners(p *Plan, db *accounts.DB, final bool) error {
+	var errs []error
+	resolve := func(own *configs.Ownership, path, object string) {
+		if !unresolved(*own) {
+			return
+		}
+		for _, f := range []struct {
+			kind, name string
+			id         **int
+			look       func(string) (int, bool)
+		}{{"user", own.Owner, &own.UID, db.UID}, {"group", own.Group, &own.GID, db.GID}} {
+			if f.name == "" || *f.id != nil {
+				continue
+			}
+			if id, ok := f.look(f.name); ok {
+				*f.id = &id
+				continue
+			}
+			if !final && a.pending[f.kind+":"+f.name] {
+				continue
+			}
+			err := fmt.Errorf("%s: %s %s does not exist on this node and no configuration of this run creates it", path, map[string]string{"user": "owner", "group": "group"}[f.kind], f.name)
+			if object == "" {
+				errs = append(errs, err)
+			} else {
+				a.leaveOut(p, object, fmt.Errorf("%w (object %s)", err, object))
+			}
+			return
+		}
+	}
+	for i := range p.Output.Directories {
+		d := &p.Output.Directories[i]
+		resolve(&d.Ownership, d.Path, d.Object)
+	}
+	for i := range p.Output.Files {
+		f := &p.Output.Files[i]
+		resolve(&f.Ownership, f.Path, f.Object)
+	}
+	if len(errs) > 0 {
+		return errors.Join(errs...)
+	}
+	if final {
+		for i := range p.Dirs {
+			d := &p.Dirs[i].Dir
+			resolve(&d.Ownership, d.Path, d.Object)
+		}
+		for i := range p.Changes {
+			if f := p.Changes[i].file; f != nil {
+				resolve(&f.Ownership, f.Path, f.Object)
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// splitRef splits "type/id".
+func splitRef(ref string) (typ, id string) {
+	typ, id, _ = strings.Cut(ref, "/")
+	return typ, id
+}
+
+// leaveOut quarantines object in p: everything it renders is dropped, its
+// files stay as they are.
+func (a *Applier) leaveOut(p *Plan, object string, err error) {
+	f := render.ObjectFailure{Err: err}
+	f.Type, f.ID, f.Revision = a.objectOf(object)
+	p.Output.Drop(f)
+	p.Accounts = slices.DeleteFunc(p.Accounts, func(c accounts.Change) bool { return c.Object == object })
+	p.Changes = slices.DeleteFunc(p.Changes, func(c Change) bool { return c.file != nil && c.file.Object == object })
+	p.Dirs = slices.DeleteFunc(p.Dirs, func(d DirChange) bool { return d.Dir.Object == object })
+	a.log.Warn("object quarantined", zap.String("config", p.Config.Name), zap.String("object", object), zap.Error(err))
+}
+
+// objectOf splits "type/id" and finds the revision in the run's snapshot.
+func (a *Applier) objectOf(ref string) (typ, id string, rev int64) {
+	typ, id = splitRef(ref)
+	if a.snap != nil {
+		for _, o := range a.snap.List(typ) {
+			if o.ID == id {
+				return typ, id, o.Revision
+			}
+		}
+	}
+	return typ, id, 0
+}
+
+// applyAccounts runs p's account changes: creations and changes (removes
+// false) before the files, removals (removes true) after them. A failure
+// of an object's account quarantines that object; any other fails the
+// configuration. What the changes created is recorded in the manifest
+// before anything else can fail, so that ccm removes only what it made.
+func (a *Applier) applyAccounts(ctx context.Context, p *Plan, removes bool) error {
+	m, err := a.loadManifest(p.Config.Name)
+	if err != nil {
+		return err
+	}
+	owned := accounts.Owned{Users: slices.Clone(m.Users), Groups: slices.Clone(m.Groups)}
+	ran := false
+	var failed error
+	for _, c := range slices.Clone(p.Accounts) {
+		if c.Removes() != removes || (c.Object != "" && p.Output.Held[c.Object]) {
+			continue
+		}
+		if err := fenced(ctx, c.Line); err != nil {
+			failed = err
+			break
+		}
+		err := accounts.Run(ctx, c)
+		ran = true
+		if err != nil && c.Object != "" {
+			a.leaveOut(p, c.Object, err)
+			continue
+		}
+		if err != nil {
+			failed = err
+			break
+		}
+		a.log.Info("account", zap.String("config", p.Config.Name), zap.String("change", c.Line))
+		owned = own(owned, c)
+	}
+	if ran {
+		m.Owned = owned
+		if err := a.saveManifest(p.Config.Name, m); err != nil {
+			return err
+		}
+	}
+	if failed != nil || removes {
+		return failed
+	}
+	db, err := accounts.Read(a.opts.Root)
+	if err != nil {
+		return fmt.Errorf("accounts: %w", err)
+	}
+	return a.resolveOwners(p, db, true)
+}
+
+// own is owned after change c ran.
+func own(o accounts.Owned, c accounts.Change) accounts.Owned {
+	add := func(l []string, n string) []string {
+		if slices.Contains(l, n) {
+			return l
+		}
+		return append(l, n)
+	}
+	switch {
+	case c.Op == accounts.Create && c.Kind == "user":
+		o.Users = add(o.Users, c.Name)
+		if c.Private {
+			o.Groups = add(o.Groups, c.Name)
+		}
+	case c.Op == accounts.Create:
+		o.Groups = add(o.Groups, c.Name)
+	case c.Op == accounts.Remove && c.Kind == "user":
+		o.Users = slices.DeleteFunc(o.Users, func(n string) bool { return n == c.Name })
+	case c.Op == accounts.Remove:
+		o.Groups = slices.DeleteFunc(o.Groups, func(n string) bool { return n == c.Name })
+	}
+	return o
+}
