@@ -69,6 +69,9 @@ func (a *Applier) planAccounts(p *Plan, m manifest) error {
 		}
 		if c.Op == accounts.Create {
 			a.pending[c.Kind+":"+c.Name] = true
+			if c.Private {
+				a.pending["group:"+c.Name] = true
+			}
 		}
 	}
 	return a.resolveOwners(p, db, false)

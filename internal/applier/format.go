@@ -51,7 +51,7 @@ func WritePlans(w io.Writer, plans []*Plan, color bool) bool {
 	pal := palette{on: color}
 	var create, change, remove, pending int
 	for _, p := range plans {
-		if !p.Changed() && !p.PendingOnChange {
+		if !p.Changed() && !p.PendingOnChange && len(p.Output.Failed) == 0 {
 			continue
 		}
 		title := "# configuration " + p.Config.Name
@@ -59,6 +59,12 @@ func WritePlans(w io.Writer, plans []*Plan, color bool) bool {
 			title += " (no longer run on this node: its files are removed)"
 		}
 		fmt.Fprintln(w, pal.paint("1", title))
+		for _, f := range p.Output.Failed {
+			fmt.Fprintf(w, "! %s would be quarantined at revision %d (its files stay as they are): %s\n", f.Ref(), f.Revision, oneLine(f.Err.Error()))
+		}
+		for _, c := range p.Accounts {
+			fmt.Fprintln(w, c.Line)
+		}
 		for _, d := range p.Dirs {
 			if d.Exist {
 				fmt.Fprintf(w, "~ directory %s: %s\n", render.Escape(d.Dir.Path), strings.Join(d.Attrs, ", "))
@@ -97,6 +103,9 @@ func WritePlans(w io.Writer, plans []*Plan, color bool) bool {
 	fmt.Fprintln(w)
 	return true
 }
+
+// oneLine keeps a multi-line error on one plan line.
+func oneLine(s string) string { return strings.ReplaceAll(s, "\n", "; ") }
 
 // Colorize colours the diff lines of a plan's text for a terminal when on
 // is set.

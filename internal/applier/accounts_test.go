@@ -1,0 +1,113 @@
+package applier_test
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// withEtc gives the fixture's root an /etc for the real shadow-utils.
+func withEtc(t *testing.T, f *fixture) {
+	t.Helper()
+	if _, err := exec.LookPath("useradd"); err != nil || os.Geteuid() != 0 {
+		t.Skip("needs root and shadow-utils (Debian's passwd package)")
+	}
+	etc := f.path("/etc")
+	require.NoError(t, os.MkdirAll(etc, 0o755))
+	for name, text := range map[string]string{
+		"passwd":  "root:x:0:0:root:/root:/bin/bash\nwww-data:x:33:33:www-data:/var/www:/usr/sbin/nologin\n",
+		"group":   "root:x:0:\nwww-data:x:33:\n",
+		"shadow":  "root:*:1::::::\nwww-data:*:1::::::\n",
+		"gshadow": "root:*::\nwww-data:*::\n",
+	} {
+		require.NoError(t, os.WriteFile(filepath.Join(etc, name), []byte(text), 0o600))
+	}
+}
+
+const homes = `
+subscribes: [sites]
+users:
+  - name: "{{ .Object.ID }}"
+    for_each: sites
+    uid: "{{ .Object.Data.uid }}"
+    shell: "{{ .Object.Data.shell }}"
+directories:
+  - path: "/home/{{ .Object.ID }}"
+    for_each: sites
+    owner: "{{ .Object.ID }}"
+    group: "{{ .Object.ID }}"
+    mode: "0750"
+files:
+  - path: "/home/{{ .Object.ID }}/.profile"
+    for_each: sites
+    owner: "{{ .Object.Data.owner }}"
+    content: "umask 027\n"
+`
+
+func owner(t *testing.T, path string) (uid, gid int) {
+	t.Helper()
+	st, err := os.Stat(path)
+	require.NoError(t, err)
+	s := st.Sys().(*syscall.Stat_t)
+	return int(s.Uid), int(s.Gid)
+}
+
+// The user exists before its home, the home is the user's, and a deleted
+// object's user goes while its home's contents stay.
+func TestUsersComeBeforeTheirHomesAndArePruned(t *testing.T) {
+	f := newFixture(t, map[string]string{"users.yaml": homes})
+	withEtc(t, f)
+	f.put("sites/cust01", `{"uid":3001,"shell":"/bin/sh","owner":"cust01"}`)
+	f.put("sites/cust02", `{"uid":3002,"shell":"/bin/sh","owner":"cust02"}`)
+	f.put("sites/cust03", `{"uid":3003,"shell":"/bin/sh","owner":"nobody-here"}`)
+	f.put("sites/root", `{"uid":0,"shell":"/bin/sh","owner":"root"}`)
+
+	p := f.plan("users")
+	var lines []string
+	for _, c := range p.Accounts {
+		lines = append(lines, c.Line)
+	}
+	assert.Equal(t, []string{
+		"+ user cust01 (uid 3001, group cust01, home /home/cust01, shell /bin/sh)",
+		"+ user cust02 (uid 3002, group cust02, home /home/cust02, shell /bin/sh)",
+	}, lines, "cust03 is held back whole: its .profile's owner does not exist")
+	assert.ErrorContains(t, p.Output.Err(), "user root: is a system account (uid 0, below min_uid 1000): ccm never touches it")
+	assert.ErrorContains(t, p.Output.Err(), "/home/cust03/.profile: owner nobody-here does not exist on this node and no configuration of this run creates it (object sites/cust03)")
+
+	r := f.run()
+	require.NoError(t, r.Err)
+	uid, gid := owner(t, f.path("/home/cust01"))
+	assert.Equal(t, 3001, uid)
+	assert.NotZero(t, gid)
+	uid, _ = owner(t, f.path("/home/cust02/.profile"))
+	assert.Equal(t, 3002, uid)
+	assert.NoDirExists(t, f.path("/home/cust03"), "a quarantined object gets nothing, its user included")
+	var held []string
+	for _, q := range r.Quarantined {
+		held = append(held, q.Type+"/"+q.ID)
+	}
+	assert.Equal(t, []string{"sites/root", "sites/cust03"}, held)
+	passwd, _ := os.ReadFile(f.path("/etc/passwd"))
+	assert.NotContains(t, string(passwd), "cust03")
+
+	f.put("sites/cust01", `{"uid":3001,"shell":"/bin/bash","owner":"cust01"}`)
+	f.del("sites/cust02")
+	p = f.plan("users")
+	lines = nil
+	for _, c := range p.Accounts {
+		lines = append(lines, c.Line)
+	}
+	assert.Equal(t, []string{"~ user cust01: shell /bin/sh -> /bin/bash", "- user cust02", "- group cust02"}, lines)
+	require.NoError(t, f.run().Err)
+	passwd, _ = os.ReadFile(f.path("/etc/passwd"))
+	assert.Contains(t, string(passwd), "cust01:x:3001:3001::/home/cust01:/bin/bash")
+	assert.NotContains(t, string(passwd), "cust02")
+	assert.DirExists(t, f.path("/home/cust02"), "without remove_home a removed user's home stays")
+	assert.False(t, strings.Contains(string(passwd), "nobody-here"))
+}
