@@ -49,6 +49,9 @@ type Status struct {
 	Error          string    `json:"error,omitempty"`
 	Time           time.Time `json:"time"`
 	Duration       string    `json:"duration,omitempty"`
+	// Quarantined lists the objects ("type/id") the run held back: found
+	// bad by this node or another, at their current revision.
+	Quarantined []string `json:"quarantined,omitempty"`
 }
 
 // Outcome is how one configuration ended in a run.

@@ -37,6 +37,8 @@ type Metrics struct {
 	WatchLag prometheus.Gauge
 	// Halted is 1 while the failure flag stops this node.
 	Halted prometheus.Gauge
+	// Quarantined is how many objects this node's last run held back.
+	Quarantined prometheus.Gauge
 	// Ready is 1 while the mirror is synced with etcd.
 	Ready prometheus.Gauge
 	// Paused is 1 while the rollout is paused.
@@ -82,6 +84,9 @@ func New() *Metrics {
 		Halted: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "ccm_halted", Help: "1 while the failure flag stops this node.",
 		}),
+		Quarantined: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "ccm_quarantined_objects", Help: "Objects the last run held back: quarantined here or by another node, at their current revision.",
+		}),
 		Ready: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "ccm_ready", Help: "1 while the local mirror is synced with etcd.",
 		}),
@@ -100,7 +105,7 @@ func New() *Metrics {
 		}),
 	}
 	m.Registry.MustRegister(m.Runs, m.Failures, m.ChangedFiles, m.RunDuration, m.LockWait,
-		m.DebouncePending, m.LastSuccess, m.WatchLag, m.Halted, m.Ready,
+		m.DebouncePending, m.LastSuccess, m.WatchLag, m.Halted, m.Quarantined, m.Ready,
 		m.Paused, m.Actions, m.ActionDuration, m.ActionsRunning,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"time"
 
 	"go.uber.org/zap"
@@ -215,6 +217,11 @@ func (r *Runner) locked(ctx context.Context, lock *cluster.Lock, req Request) Re
 	for _, err := range snap.Ignored {
 		r.log.Warn("ignored key", zap.Error(err))
 	}
+	quarantines, err := r.opts.Cluster.Quarantines(ctx)
+	if err != nil {
+		return Result{Err: err}
+	}
+	snap = hold(snap, quarantines)
 	runCtx, stop := lock.Context(ctx)
 	haltCtx, halt := context.WithCancelCause(runCtx)
 	defer halt(nil)
@@ -237,8 +244,89 @@ func (r *Runner) locked(ctx context.Context, lock *cluster.Lock, req Request) Re
 	lost := errors.Is(context.Cause(runCtx), cluster.ErrLockLost) || lock.Fence() != nil
 	stop()
 	res := Result{Ran: true, Report: report, LockLost: lost, Status: r.status(report, start)}
+	if !lost {
+		res.Status.Quarantined = r.quarantine(ctx, lock, report, snap, quarantines)
+		if m := r.opts.Metrics; m != nil {
+			m.Quarantined.Set(float64(len(res.Status.Quarantined)))
+		}
+	}
 	res.Err = r.record(ctx, lock, &res)
 	return res
+}
+
+// hold returns snap holding back every object that a quarantine record
+// names at its revision.
+func hold(snap *objects.Snapshot, qs []api.Quarantine) *objects.Snapshot {
+	if len(qs) == 0 {
+		return snap
+	}
+	held := map[string]int64{}
+	for _, q := range qs {
+		held[q.Object()] = max(held[q.Object()], q.Revision)
+	}
+	return snap.Hold(held)
+}
+
+// quarantine records, under the lock, the objects this run found bad, and
+// lifts this node's records that hold nothing any more: the object
+// changed, or is gone. A record that cannot be written is only logged:
+// the next node finds the object bad on its own. It returns every object
+// held back now, by any node's record or by this run, sorted.
+func (r *Runner) quarantine(ctx context.Context, lock *cluster.Lock, report *applier.Report, snap *objects.Snapshot, existing []api.Quarantine) []string {
+	now := time.Now().UTC()
+	var add []api.Quarantine
+	held := map[string]bool{}
+	for _, q := range report.Quarantined {
+		if held[q.Type+"/"+q.ID] { // failed in two configurations
+			continue
+		}
+		add = append(add, api.Quarantine{Type: q.Type, ID: q.ID, Revision: q.Revision, Configuration: q.Config, Error: q.Error, Time: now})
+		held[q.Type+"/"+q.ID] = true
+	}
+	var lift []string
+	for _, q := range existing {
+		rev, ok := revisionOf(snap, q.Type, q.ID)
+		switch {
+		case ok && q.Holds(rev):
+			held[q.Object()] = true
+		case q.Node == r.opts.Node && !held[q.Object()]:
+			lift = append(lift, q.Object())
+		}
+	}
+	list := slices.Sorted(maps.Keys(held))
+	if len(add)+len(lift) == 0 {
+		return list
+	}
+	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), statusTimeout)
+	defer cancel()
+	if err := lock.Quarantine(wctx, add, lift); err != nil {
+		r.log.Warn("record quarantine", zap.Error(err))
+		return list
+	}
+	for _, q := range add {
+		r.log.Warn("object quarantined", zap.String("object", q.Object()), zap.Int64("revision", q.Revision),
+			zap.String("configuration", q.Configuration), zap.String("error", q.Error))
+	}
+	for _, o := range lift {
+		r.log.Info("quarantine lifted", zap.String("object", o))
+	}
+	return list
+}
+
+// revisionOf is the revision of an object in snap, malformed or not.
+func revisionOf(snap *objects.Snapshot, typ, id string) (int64, bool) {
+	for _, o := range snap.List(typ) {
+		if o.ID == id {
+			return o.Revision, true
+		}
+	}
+	for _, err := range snap.Invalid[typ] {
+		var oe *objects.ObjectError
+		if errors.As(err, &oe) && oe.ID == id {
+			return oe.Revision, true
+		}
+	}
+	return 0, false
 }
 
 // readConverged learns the node's last converged revision from its status
