@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"os"
@@ -107,8 +108,32 @@ func newObjectGetCmd(a *app) *cobra.Command {
 			return fmt.Errorf("object %s: not found", key)
 		}
 		fmt.Fprintln(a.stdout, string(plainJSON(resp.Kvs[0].Value)))
-		return nil
+		return a.noteQuarantine(ctx, kv, key, resp.Kvs[0].ModRevision)
 	})
+}
+
+// noteQuarantine says on stderr (stdout stays the object's JSON) which
+// nodes hold the object back, and whether at its revision.
+func (a *app) noteQuarantine(ctx context.Context, kv clientv3.KV, key string, rev int64) error {
+	k := api.NewKeys(a.prefix)
+	resp, err := kv.Get(ctx, k.QuarantinePrefix(), clientv3.WithPrefix())
+	if err != nil {
+		return fmt.Errorf("read %s: %w", k.QuarantinePrefix(), err)
+	}
+	for _, kv := range resp.Kvs {
+		node, typ, id, ok := k.QuarantineOf(string(kv.Key))
+		if !ok || k.ObjectKey(typ, id) != key {
+			continue
+		}
+		var q api.Quarantine
+		_ = json.Unmarshal(kv.Value, &q)
+		state := "QUARANTINED at this revision"
+		if !q.Holds(rev) {
+			state = fmt.Sprintf("quarantine lifted (it was at revision %d)", q.Revision)
+		}
+		fmt.Fprintf(a.stderr, "# %s: found by node %s in configuration %s: %s\n", state, render.Escape(node), render.Escape(q.Configuration), render.Escape(firstLine(q.Error)))
+	}
+	return nil
 }
 
 func newObjectDeleteCmd(a *app) *cobra.Command {

@@ -107,6 +107,13 @@ func printView(w io.Writer, v *cluster.View) {
 		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\t%s\n", render.Escape(n.Name), n.State, n.Converged, behind, last, when, render.Escape(detail))
 	}
 	tw.Flush()
+	if len(v.Quarantines) > 0 {
+		fmt.Fprintf(w, "\nQuarantined objects (%d records; held back at that revision on every node; ccm quarantine list tells which still hold):\n", len(v.Quarantines))
+		for _, q := range v.Quarantines {
+			fmt.Fprintf(w, "  %s at revision %d, found by node %s in configuration %s: %s\n", render.Escape(q.Object()), q.Revision,
+				render.Escape(q.Node), render.Escape(q.Configuration), render.Escape(firstLine(q.Error)))
+		}
+	}
 }
 
 // failedBy names who raised a failure record, escaped for a terminal.

@@ -178,6 +178,8 @@ type View struct {
 	// same action key: nodes cloned from one image, each able to open the
 	// secrets sealed to the others.
 	SharedActionKeys [][]string `json:"shared_action_keys,omitempty"`
+	// Quarantines is every quarantine record, by object then node.
+	Quarantines []api.Quarantine `json:"quarantines,omitempty"`
 	// Revision is the etcd revision the view was read at.
 	Revision int64 `json:"revision"`
 }
@@ -192,6 +194,7 @@ func (c *Cluster) View(ctx context.Context) (*View, error) {
 		clientv3.OpGet(c.RolloutKey()),
 		clientv3.OpGet(c.ObjectsPrefix(), append(clientv3.WithLastRev(), clientv3.WithPrefix(), clientv3.WithKeysOnly())...),
 		clientv3.OpGet(c.CanaryPrefix(), clientv3.WithPrefix()),
+		clientv3.OpGet(c.QuarantinePrefix(), clientv3.WithPrefix()),
 	).Commit()
 	if err != nil {
 		return nil, fmt.Errorf("read %s: %w", c.Prefix(), err)
@@ -205,6 +208,8 @@ func (c *Cluster) View(ctx context.Context) (*View, error) {
 		Pause:    decodePause((*clientv3.GetResponse)(resp.Responses[2].GetResponseRange())),
 		Rollout:  decodeRollout((*clientv3.GetResponse)(resp.Responses[3].GetResponseRange())),
 		Revision: resp.Header.Revision,
+
+		Quarantines: decodeQuarantines(c.Keys, resp.Responses[6].GetResponseRange().Kvs),
 	}
 	if len(v.Failures) > 0 {
 		v.Failure = &v.Failures[0]

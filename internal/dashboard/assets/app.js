@@ -101,6 +101,23 @@ function render(st) {
     nodes.appendChild(tr);
   }
 
+  const qs = v.quarantines || [];
+  $("#quarantine").hidden = qs.length === 0;
+  const qbody = $("#quarantines tbody");
+  qbody.replaceChildren();
+  for (const q of qs) {
+    const tr = document.createElement("tr");
+    tr.dataset.object = q.type + "/" + q.id;
+    tr.dataset.node = q.node;
+    cell(tr, q.type + "/" + q.id, "object");
+    cell(tr, String(q.revision), "revision");
+    cell(tr, q.node, "node");
+    cell(tr, q.configuration, "config");
+    cell(tr, time(q.time), "when");
+    cell(tr, firstLine(q.error), "error", q.error || "");
+    qbody.appendChild(tr);
+  }
+
   const acts = $("#actions tbody");
   acts.replaceChildren();
   for (const a of st.actions || []) {
