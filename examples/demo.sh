@@ -8,7 +8,16 @@ cd "$(dirname "$0")/.."
 ccm=bin/ccm
 export CCM_CONFIG_DIR=examples/ccm CCM_ROOT=demo-root CCM_STATE_DIR=demo-state \
   CCM_ENDPOINTS=127.0.0.1:23790 CCM_NODE=demo CCM_LABEL=role=web CCM_LOG_FORMAT=console
-mkdir -p demo-root
+mkdir -p demo-root/etc
+# The example creates its customers' users with useradd --prefix demo-root:
+# the root needs its own account files, which start with the base system's.
+if [ ! -e demo-root/etc/passwd ]; then
+  printf 'root:x:0:0:root:/root:/bin/bash\nwww-data:x:33:33:www-data:/var/www:/usr/sbin/nologin\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n' > demo-root/etc/passwd
+  printf 'root:x:0:\nwww-data:x:33:\nnogroup:x:65534:\n' > demo-root/etc/group
+  printf 'root:*:1::::::\nwww-data:*:1::::::\nnobody:*:1::::::\n' > demo-root/etc/shadow
+  printf 'root:*::\nwww-data:*::\nnogroup:*::\n' > demo-root/etc/gshadow
+  chmod 600 demo-root/etc/shadow demo-root/etc/gshadow
+fi
 # The example's checks run the real nginx -t and php-fpm -t; the demo needs
 # neither installed, so it skips them (make test runs them for real).
 export CHECK_SKIP=1

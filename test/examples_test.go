@@ -6,7 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -32,8 +32,14 @@ func needTools(t *testing.T) {
 	}
 }
 
+// The example on three nodes, with the real nginx -t, php-fpm -t and
+// useradd: 50 customer sites converge, each pool and home owned by its
+// user; one site whose domains break nginx -t is quarantined by the one
+// node that tried it, skipped by the others, never raises the flag, and
+// is lifted once the customer fixes it.
 func TestTheExampleStackChecksWithRealNginxAndPHPFPM(t *testing.T) {
 	needTools(t)
+	needRoot(t)
 	etcd := etcdtest.New(t, 1)
 	cli := etcd.Client(t)
 	ctx := context.Background()
@@ -42,8 +48,11 @@ func TestTheExampleStackChecksWithRealNginxAndPHPFPM(t *testing.T) {
 		require.NoError(t, err)
 		return resp.Header.Revision
 	}
-	put("users/www-data", `{"uid": 33}`)
-	rev := put("sites/shop", `{"user":"www-data","domains":["shop.example.com"]}`)
+	put("users/alice", `{"uid": 2001}`)
+	var rev int64
+	for i := 0; i < 50; i++ {
+		rev = put(fmt.Sprintf("sites/site%02d", i), fmt.Sprintf(`{"user":"alice","domains":["site%02d.example.com"]}`, i))
+	}
 
 	c := cluster.New(cli, cluster.Options{})
 	var nodes []*node
@@ -57,36 +66,89 @@ func TestTheExampleStackChecksWithRealNginxAndPHPFPM(t *testing.T) {
 		n.start("agent", "--debounce", "200ms", "--label", "role=web", "--lock-ttl", "5s")
 		nodes = append(nodes, n)
 	}
-	reported := func(n *node, result string, rev int64) {
-		eventually(t, 60*time.Second, func() bool {
-			s, err := c.Status(ctx, n.name)
-			return err == nil && s != nil && s.Result == result && s.Revision >= rev
-		}, "%s reports %s at %d", n.name, result, rev)
+	reported := func(n *node, rev int64) *api.Status {
+		var s *api.Status
+		eventually(t, 120*time.Second, func() bool {
+			var err error
+			s, err = c.Status(ctx, n.name)
+			return err == nil && s != nil && s.Result == api.ResultConverged && s.Revision >= rev
+		}, "%s reports converged at %d", n.name, rev)
+		return s
 	}
+	vhost := func(i int) string { return fmt.Sprintf("/etc/nginx/sites-enabled/site%02d.conf", i) }
 	for _, n := range nodes {
-		reported(n, api.ResultConverged, rev)
-		assert.Contains(t, n.read("/etc/nginx/sites-enabled/shop.conf"), "server_name shop.example.com;", "nginx accepted the vhost")
-		assert.Contains(t, n.read("/etc/php/8.2/fpm/pool.d/shop.conf"), "[shop]", "php-fpm accepted the pool")
+		reported(n, rev)
+		for i := 0; i < 50; i++ {
+			require.Contains(t, n.read(vhost(i)), fmt.Sprintf("server_name site%02d.example.com;", i), "nginx accepted the vhost")
+		}
+		assert.Contains(t, n.read("/etc/php/8.2/fpm/pool.d/site07.conf"), "user = alice", "php-fpm accepted the pool of a real user")
+		assert.Contains(t, n.read("/etc/passwd"), "alice:x:2001:", "useradd made the user")
+		for _, dir := range []string{"/home/alice", "/srv/www/site07"} {
+			uid, _ := ownerOf(t, filepath.Join(n.root, dir))
+			assert.Equal(t, 2001, uid, "%s: %s belongs to its customer", n.name, dir)
+		}
 	}
 
-	// A customer's domain list that breaks the vhost.
-	put("sites/evil", `{"user":"www-data","domains":["evil.example;", "listen 99999"]}`)
-	var f *api.Failure
-	eventually(t, 60*time.Second, func() bool { f, _ = c.Failure(ctx); return f != nil }, "the first node's check fails and raises the flag")
-	assert.Equal(t, "nginx-vhosts", f.Configuration)
-	evilVhost := "/etc/nginx/sites-enabled/evil.conf"
-	assert.Contains(t, f.Error, "check "+evilVhost)
-	assert.NotContains(t, f.Error, ".ccm-", "the error names the final path, not the staged file")
+	// One customer's domains break nginx -t.
+	evilRev := put("sites/site17", `{"user":"alice","domains":["evil.example;", "listen 99999"]}`)
+	other := put("sites/site18", `{"user":"alice","domains":["site18.example.com","www.site18.example.com"]}`)
+	var qs []api.Quarantine
+	eventually(t, 120*time.Second, func() bool {
+		qs, _ = c.Quarantines(ctx)
+		return len(qs) == 1
+	}, "the first node to try the site quarantines it")
+	q := qs[0]
+	assert.Equal(t, "sites/site17", q.Object())
+	assert.Equal(t, evilRev, q.Revision)
+	assert.Equal(t, "nginx-vhosts", q.Configuration)
+	assert.Contains(t, q.Error, "check "+vhost(17))
+	assert.NotContains(t, q.Error, ".ccm-", "the error names the final path, not the staged file")
 	for _, n := range nodes {
-		want := api.ResultHalted
-		if n.name == f.Node {
-			want = api.ResultFailed
-		}
-		eventually(t, 60*time.Second, func() bool {
-			s, err := c.Status(ctx, n.name)
-			return err == nil && s != nil && s.Result == want
-		}, "%s reports %s", n.name, want)
-		assert.Empty(t, n.read(evilVhost), "%s: the rejected vhost landed nowhere", n.name)
-		assert.True(t, strings.Contains(n.read("/etc/nginx/sites-enabled/shop.conf"), "shop.example.com"), "%s: the good vhost stays", n.name)
+		s := reported(n, other)
+		assert.Equal(t, []string{"sites/site17"}, s.Quarantined, "%s holds the site back", n.name)
+		assert.Contains(t, n.read(vhost(17)), "server_name site17.example.com;", "%s: the last good vhost stays", n.name)
+		assert.Contains(t, n.read(vhost(18)), "www.site18.example.com", "%s: every other site converges", n.name)
 	}
+	qs, err := c.Quarantines(ctx)
+	require.NoError(t, err)
+	assert.Len(t, qs, 1, "the other nodes skipped the site without trying it")
+	f, err := c.Failure(ctx)
+	require.NoError(t, err)
+	assert.Nil(t, f, "one customer's bad site never halts the rollout")
+
+	list := nodes[0].run("", "quarantine", "list")
+	assert.Equal(t, 0, list.code, list.stderr)
+	assert.Regexp(t, `sites/site17\s+\d+\s+held\s+`+q.Node+`\s+nginx-vhosts`, list.stdout)
+	get := nodes[0].run("", "object", "get", "sites", "site17")
+	assert.Contains(t, get.stderr, "QUARANTINED at this revision: found by node "+q.Node)
+	assert.Contains(t, nodes[0].run("", "status").stdout, "sites/site17 at revision")
+
+	// The customer fixes it: a new revision lifts the quarantine.
+	fixed := put("sites/site17", `{"user":"alice","domains":["fixed.example.com"]}`)
+	for _, n := range nodes {
+		s := reported(n, fixed)
+		assert.Empty(t, s.Quarantined)
+		assert.Contains(t, n.read(vhost(17)), "server_name fixed.example.com;")
+	}
+	eventually(t, 60*time.Second, func() bool {
+		qs, _ = c.Quarantines(ctx)
+		return len(qs) == 0
+	}, "the node that quarantined the site lifts its record")
+}
+
+// needRoot skips a test that creates users and chowns their files.
+func needRoot(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: it creates users with useradd --prefix and chowns their homes")
+	}
+}
+
+// ownerOf is the owner of a path.
+func ownerOf(t *testing.T, path string) (uid, gid int) {
+	t.Helper()
+	st, err := os.Stat(path)
+	require.NoError(t, err)
+	s := st.Sys().(*syscall.Stat_t)
+	return int(s.Uid), int(s.Gid)
 }

@@ -69,7 +69,32 @@ type node struct {
 }
 
 func newNode(t *testing.T, name, configDir string, endpoints []string) *node {
-	return &node{t: t, name: name, root: t.TempDir(), state: stateDir(t), configDir: configDir, endpoints: endpoints}
+	return &node{t: t, name: name, root: newRoot(t), state: stateDir(t), configDir: configDir, endpoints: endpoints}
+}
+
+// baseAccounts are the account files a node's root starts with: the
+// example creates its customers' users with useradd --prefix <root>.
+var baseAccounts = map[string]string{
+	"passwd":  "root:x:0:0:root:/root:/bin/bash\nwww-data:x:33:33:www-data:/var/www:/usr/sbin/nologin\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n",
+	"group":   "root:x:0:\nwww-data:x:33:\nnogroup:x:65534:\n",
+	"shadow":  "root:*:1::::::\nwww-data:*:1::::::\nnobody:*:1::::::\n",
+	"gshadow": "root:*::\nwww-data:*::\nnogroup:*::\n",
+}
+
+// newRoot is a node's --root, with its own /etc account files.
+func newRoot(t *testing.T) string {
+	t.Helper()
+	root := t.TempDir()
+	etc := filepath.Join(root, "etc")
+	if err := os.MkdirAll(etc, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for name, text := range baseAccounts {
+		if err := os.WriteFile(filepath.Join(etc, name), []byte(text), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return root
 }
 
 // result is what one ccm invocation did.

@@ -51,6 +51,9 @@ func (a *Applier) planAccounts(p *Plan, m manifest) error {
 	if err != nil {
 		return fmt.Errorf("accounts: %w", err)
 	}
+	if err := db.Usable(len(p.Output.Users)+len(p.Output.Groups)+len(m.Users)+len(m.Groups) > 0); err != nil {
+		return err
+	}
 	changes, problems := db.Plan(p.Output.Groups, p.Output.Users, p.Config.Accounts, m.Owned, a.opts.Root)
 	var errs []error
 	for _, pr := range problems {
