@@ -102,7 +102,11 @@ func TestANodeCannotWriteOutsideItsRole(t *testing.T) {
 
 	_, err = cli.Put(ctx, "/ccm/nodes/web1/status", `{}`)
 	require.NoError(t, err, "its own status")
-	for _, key := range []string{"/ccm/nodes/web2/status", "/ccm/objects/sites/evil", "/other"} {
+	_, err = cli.Put(ctx, "/ccm/quarantine/web1/sites/shop", `{}`)
+	require.NoError(t, err, "its own quarantine record")
+	_, err = cli.Get(ctx, "/ccm/quarantine/", clientv3.WithPrefix())
+	require.NoError(t, err, "it reads every node's quarantine records")
+	for _, key := range []string{"/ccm/nodes/web2/status", "/ccm/objects/sites/evil", "/other", "/ccm/quarantine/web2/sites/shop", "/ccm/quarantine/web1x/sites/shop"} {
 		_, err = cli.Put(ctx, key, `{}`)
 		assert.ErrorContains(t, err, "permission denied", key)
 	}

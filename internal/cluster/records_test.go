@@ -38,3 +38,23 @@ func TestACanaryRecordCannotApproveAFutureChange(t *testing.T) {
 	}))
 	assert.Equal(t, api.Canary{Node: "web2", Revision: 40}, got)
 }
+
+// A quarantine record names the node and the object of its key, never
+// what its value claims; a key of another shape is no record.
+func TestAQuarantineRecordIsTheKeysNodeAndObject(t *testing.T) {
+	k := api.NewKeys("")
+	got := decodeQuarantines(k, []*mvccpb.KeyValue{
+		{Key: []byte("/ccm/quarantine/web1/sites/shop"), Value: []byte(`{"node":"web2","type":"sites","id":"blog","revision":7,"error":"check failed"}`)},
+		{Key: []byte("/ccm/quarantine/web1/sites/shop/x"), Value: []byte(`{"revision":7}`)},
+		{Key: []byte("/ccm/quarantine/web3"), Value: []byte(`{"revision":7}`)},
+		{Key: []byte("/ccm/quarantine/web2/sites/a"), Value: []byte(`garbage`)},
+	})
+	if assert.Len(t, got, 2) {
+		assert.Equal(t, "sites/a", got[0].Object())
+		assert.False(t, got[0].Holds(7), "an unreadable record holds nothing back")
+		assert.Equal(t, "web1", got[1].Node)
+		assert.Equal(t, "sites/shop", got[1].Object())
+		assert.True(t, got[1].Holds(7))
+		assert.False(t, got[1].Holds(8), "a new revision lifts it")
+	}
+}
