@@ -120,7 +120,7 @@ func TestFailingValidateRestoresFilesSetsTheFlagAndHaltsOtherNodes(t *testing.T)
 	assert.Equal(t, 0, web1.run("", "status").code)
 }
 
-func TestMalformedObjectFailsOnlyItsConfigurations(t *testing.T) {
+func TestAMalformedObjectIsQuarantinedAlone(t *testing.T) {
 	etcd := etcdtest.New(t, 1)
 	n := newNode(t, "web1", "../examples/ccm", etcd.Endpoints())
 	require.Equal(t, 0, n.run("", "object", "import", "../examples/objects.json").code)
@@ -136,9 +136,13 @@ func TestMalformedObjectFailsOnlyItsConfigurations(t *testing.T) {
 	require.NoError(t, err)
 
 	r := n.run("", "apply", "--once")
-	assert.Equal(t, 1, r.code)
-	assert.Contains(t, r.stderr, "configuration php-fpm-pools: object /ccm/objects/sites/broken: value is not valid JSON")
+	assert.Equal(t, 0, r.code, "a malformed object is quarantined, not a failure: %s", r.stderr)
+	assert.Contains(t, r.stderr, "object /ccm/objects/sites/broken: value is not valid JSON")
 	assert.Contains(t, r.stderr, `key \"/ccm/objects/sites/bad$key\": id \"bad$key\": must match`, "ignored keys are reported")
+	qs, err := cluster.New(cli, cluster.Options{}).Quarantines(context.Background())
+	require.NoError(t, err)
+	require.Len(t, qs, 1)
+	assert.Equal(t, "sites/broken", qs[0].Object())
 	after := tree(t, n.root)
 	for path, content := range before {
 		if strings.Contains(path, "nginx") || strings.Contains(path, "php") {

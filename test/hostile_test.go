@@ -38,7 +38,7 @@ on_change:
 	return dir
 }
 
-func TestHostileObjectsFailCleanlyAndTheAgentKeepsRunning(t *testing.T) {
+func TestHostileObjectsAreQuarantinedAndTheAgentKeepsRunning(t *testing.T) {
 	etcd := etcdtest.New(t, 1)
 	cli := etcd.Client(t)
 	ctx := context.Background()
@@ -77,13 +77,19 @@ func TestHostileObjectsFailCleanlyAndTheAgentKeepsRunning(t *testing.T) {
 				assert.True(t, strings.HasPrefix(n.read("/srv/www/sh.conf"), "$(touch"), "rendered verbatim")
 				assert.NoFileExists(t, pwned, "no shell ran")
 			} else {
-				var f *api.Failure
+				var q []api.Quarantine
 				eventually(t, 20*time.Second, func() bool {
-					f, _ = c.Failure(ctx)
-					return f != nil
-				}, "the run fails and raises the flag")
-				assert.Contains(t, f.Error, tc.want)
-				assert.Contains(t, f.Error, strings.TrimPrefix(tc.key, "sites/"), "the error names the object")
+					q, _ = c.Quarantines(ctx)
+					return len(q) == 1
+				}, "the object is quarantined")
+				assert.Equal(t, tc.key, q[0].Object())
+				assert.Equal(t, resp.Header.Revision, q[0].Revision)
+				assert.Contains(t, q[0].Error, tc.want)
+				assert.Contains(t, q[0].Error, strings.TrimPrefix(tc.key, "sites/"), "the error names the object")
+				n.reported(t, resp.Header.Revision, api.ResultConverged)
+				f, err := c.Failure(ctx)
+				require.NoError(t, err)
+				assert.Nil(t, f, "one bad object never raises the flag")
 			}
 			entries, err := os.ReadDir(outside)
 			require.NoError(t, err)
@@ -97,14 +103,12 @@ func TestHostileObjectsFailCleanlyAndTheAgentKeepsRunning(t *testing.T) {
 
 			_, err = cli.Delete(ctx, "/ccm/objects/"+tc.key)
 			require.NoError(t, err)
-			_, err = c.Resume(ctx)
-			require.NoError(t, err)
 			eventually(t, 20*time.Second, func() bool {
 				s := nodeStatus(t, cli, "n")
-				f, _ := c.Failure(ctx)
-				return f == nil && s != nil && s.Result == api.ResultConverged && s.Revision > 0 &&
+				q, _ := c.Quarantines(ctx)
+				return len(q) == 0 && s != nil && s.Result == api.ResultConverged && s.Revision > 0 &&
 					n.read("/srv/www/sh.conf") == ""
-			}, "converged again after the object is gone")
+			}, "converged after the object is gone, its quarantine lifted")
 		})
 	}
 }

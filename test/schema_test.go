@@ -33,7 +33,7 @@ files:
 	return dir
 }
 
-func TestSchemasRefuseBadObjectsAtTheDoorAndFailTheirConfigurations(t *testing.T) {
+func TestSchemasRefuseBadObjectsAtTheDoorAndQuarantineThoseWrittenPastIt(t *testing.T) {
 	etcd := etcdtest.New(t, 1)
 	dir := schemaConfig(t)
 	admin := caller(t, etcd, dir)
@@ -77,17 +77,20 @@ func TestSchemasRefuseBadObjectsAtTheDoorAndFailTheirConfigurations(t *testing.T
 	assert.ErrorContains(t, err, "/php/max_children:")
 	require.NoError(t, callers.PutObject(ctx, "sites", "api", map[string]any{"user": "x", "domains": []any{"a.example"}}))
 
-	// An agent meets a bad object written past ccm: the configurations
-	// reading sites fail, naming the key and the field.
+	// An agent meets a bad object written past ccm: that object is
+	// quarantined, naming the key and the field, and the rest converges.
 	n := startAgent(t, etcd, "n", dir, agentConfig{})
 	n.reported(t, 1, api.ResultConverged)
 	assert.Equal(t, "alice\n", n.read("/sites/good.conf"))
 	put, err := cli.Put(ctx, "/ccm/objects/sites/sneaky", `{"user": "alice", "domains": "not-a-list"}`)
 	require.NoError(t, err)
-	s := n.reported(t, put.Header.Revision, api.ResultFailed)
-	assert.Contains(t, s.Error, "object /ccm/objects/sites/sneaky: breaks schemas/sites.json at /domains:")
-	_, err = cluster.New(cli, cluster.Options{}).Resume(ctx)
+	s := n.reported(t, put.Header.Revision, api.ResultConverged)
+	assert.Equal(t, []string{"sites/sneaky"}, s.Quarantined)
+	qs, err := cluster.New(cli, cluster.Options{}).Quarantines(ctx)
 	require.NoError(t, err)
+	require.Len(t, qs, 1)
+	assert.Contains(t, qs[0].Error, "object /ccm/objects/sites/sneaky: breaks schemas/sites.json at /domains:")
+	assert.NoFileExists(t, filepath.Join(n.root, "sites/sneaky.conf"))
 	_, err = cli.Delete(ctx, "/ccm/objects/sites/sneaky")
 	require.NoError(t, err)
 
