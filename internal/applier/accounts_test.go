@@ -10,6 +10,8 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/ccm-dev/ccm/internal/applier"
 )
 
 // withEtc gives the fixture's root an /etc for the real shadow-utils.
@@ -21,10 +23,10 @@ func withEtc(t *testing.T, f *fixture) {
 	etc := f.path("/etc")
 	require.NoError(t, os.MkdirAll(etc, 0o755))
 	for name, text := range map[string]string{
-		"passwd":  "root:x:0:0:root:/root:/bin/bash\nwww-data:x:33:33:www-data:/var/www:/usr/sbin/nologin\n",
-		"group":   "root:x:0:\nwww-data:x:33:\n",
-		"shadow":  "root:*:1::::::\nwww-data:*:1::::::\n",
-		"gshadow": "root:*::\nwww-data:*::\n",
+		"passwd":  "root:x:0:0:root:/root:/bin/bash\nwww-data:x:33:33:www-data:/var/www:/usr/sbin/nologin\nalice:x:1500:1500::/home/alice:/bin/bash\n",
+		"group":   "root:x:0:\nwww-data:x:33:\nalice:x:1500:\n",
+		"shadow":  "root:*:1::::::\nwww-data:*:1::::::\nalice:!:1::::::\n",
+		"gshadow": "root:*::\nwww-data:*::\nalice:!::\n",
 	} {
 		require.NoError(t, os.WriteFile(filepath.Join(etc, name), []byte(text), 0o600))
 	}
@@ -80,6 +82,11 @@ func TestUsersComeBeforeTheirHomesAndArePruned(t *testing.T) {
 	assert.ErrorContains(t, p.Output.Err(), "user root: is a system account (uid 0, below min_uid 1000): ccm never touches it")
 	assert.ErrorContains(t, p.Output.Err(), "/home/cust03/.profile: owner nobody-here does not exist on this node and no configuration of this run creates it (object sites/cust03)")
 
+	var out strings.Builder
+	assert.True(t, applier.WritePlans(&out, []*applier.Plan{p}, false))
+	assert.Contains(t, out.String(), "+ user cust01 (uid 3001, group cust01, home /home/cust01, shell /bin/sh)\n")
+	assert.Contains(t, out.String(), "! sites/cust03 would be quarantined at revision 3 (its files stay as they are): /home/cust03/.profile: owner nobody-here")
+
 	r := f.run()
 	require.NoError(t, r.Err)
 	uid, gid := owner(t, f.path("/home/cust01"))
@@ -110,4 +117,25 @@ func TestUsersComeBeforeTheirHomesAndArePruned(t *testing.T) {
 	assert.NotContains(t, string(passwd), "cust02")
 	assert.DirExists(t, f.path("/home/cust02"), "without remove_home a removed user's home stays")
 	assert.False(t, strings.Contains(string(passwd), "nobody-here"))
+
+	// An account ccm did not create is adopted, and left when undeclared;
+	// a uid taken by another name holds back that object alone.
+	f.put("sites/alice", `{"uid":1500,"shell":"/bin/sh","owner":"alice"}`)
+	f.put("sites/thief", `{"uid":3001,"shell":"/bin/sh","owner":"thief"}`)
+	p = f.plan("users")
+	lines = nil
+	for _, c := range p.Accounts {
+		lines = append(lines, c.Line)
+	}
+	assert.Equal(t, []string{"~ user alice (adopted): shell /bin/bash -> /bin/sh"}, lines)
+	assert.ErrorContains(t, p.Output.Err(), "user thief: uid 3001 is already user cust01")
+	require.NoError(t, f.run().Err)
+	f.del("sites/alice")
+	f.del("sites/thief")
+	p = f.plan("users")
+	assert.Empty(t, p.Accounts, "an adopted account is never removed")
+	require.NoError(t, f.run().Err)
+	passwd, _ = os.ReadFile(f.path("/etc/passwd"))
+	assert.Contains(t, string(passwd), "alice:x:1500:1500::/home/alice:/bin/sh")
+	assert.NotContains(t, string(passwd), "thief")
 }

@@ -140,6 +140,7 @@ func (a *Applier) Apply(ctx context.Context, cfg *configs.Config, snap *objects.
 }
 
 func (a *Applier) apply(ctx context.Context, cfg *configs.Config, snap *objects.Snapshot, claimed map[string]string, kind runkind.Kind) (*Plan, error) {
+	a.pending = map[string]bool{}
 	p, err := a.plan(ctx, cfg, snap, claimed, kind)
 	if err != nil {
 		return nil, err

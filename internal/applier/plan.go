@@ -258,12 +258,14 @@ func (a *Applier) Plan(cfg *configs.Config, snap *objects.Snapshot, claimed map[
 		return nil, err
 	}
 	defer closeAll()
+	a.pending = map[string]bool{}
 	return a.plan(context.Background(), cfg, snap, claimed, runkind.Full)
 }
 
 // plan is Plan; in a runkind.Changed run, files known to be in their desired state are
 // not read from disk, and unchanged objects are not rendered again.
 func (a *Applier) plan(ctx context.Context, cfg *configs.Config, snap *objects.Snapshot, claimed map[string]string, kind runkind.Kind) (*Plan, error) {
+	a.snap = snap // the revisions of the objects it quarantines
 	out, err := a.cache.Render(ctx, cfg, snap, a.opts.Node, a.opts.Root, kind)
 	if err != nil {
 		return nil, err

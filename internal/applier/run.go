@@ -151,7 +151,7 @@ func (e planError) Error() string { return fmt.Sprintf("configuration %s: %v", e
 // each failure. A file a configuration no longer renders is removed only
 // if no other configuration renders it now (it moved).
 func (a *Applier) planEach(ctx context.Context, set *configs.Set, snap *objects.Snapshot, names []string, kind runkind.Kind) ([]*Plan, []planError) {
-	a.snap, a.pending = snap, map[string]bool{}
+	a.pending = map[string]bool{}
 	claimed := map[string]string{}
 	var plans []*Plan
 	var errs []planError

@@ -186,8 +186,10 @@ type ObjectError struct {
 	Err           error
 }
 
+// Error names the key and what is wrong with the object.
 func (e *ObjectError) Error() string { return fmt.Sprintf("object %s: %v", e.Key, e.Err) }
 
+// Unwrap returns what is wrong with the object.
 func (e *ObjectError) Unwrap() error { return e.Err }
 
 func objectError(key, typ, id string, rev int64, err error) error {
