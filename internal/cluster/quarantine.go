@@ -24,8 +24,9 @@ func (c *Cluster) Quarantines(ctx context.Context) ([]api.Quarantine, error) {
 
 // decodeQuarantines reads quarantine records. The node and the object are
 // the key's, whatever the value claims, so a node can never quarantine in
-// another node's name; a value that is not a record holds nothing back
-// (its revision is 0).
+// another node's name; a value that is not a record, or that names a
+// revision from after its own write, holds nothing back (its revision is
+// 0).
 func decodeQuarantines(k api.Keys, kvs []*mvccpb.KeyValue) []api.Quarantine {
 	var out []api.Quarantine
 	for _, kv := range kvs {
@@ -38,6 +39,11 @@ func decodeQuarantines(k api.Keys, kvs []*mvccpb.KeyValue) []api.Quarantine {
 			q = api.Quarantine{Error: fmt.Sprintf("unreadable record: %v", err)}
 		}
 		q.Node, q.Type, q.ID = node, typ, id
+		if q.Revision >= kv.ModRevision {
+			// A revision the object could not have had when the record
+			// was written: no node can quarantine a change in advance.
+			q.Revision = 0
+		}
 		out = append(out, q)
 	}
 	slices.SortFunc(out, func(a, b api.Quarantine) int {

@@ -44,17 +44,20 @@ func TestACanaryRecordCannotApproveAFutureChange(t *testing.T) {
 func TestAQuarantineRecordIsTheKeysNodeAndObject(t *testing.T) {
 	k := api.NewKeys("")
 	got := decodeQuarantines(k, []*mvccpb.KeyValue{
-		{Key: []byte("/ccm/quarantine/web1/sites/shop"), Value: []byte(`{"node":"web2","type":"sites","id":"blog","revision":7,"error":"check failed"}`)},
-		{Key: []byte("/ccm/quarantine/web1/sites/shop/x"), Value: []byte(`{"revision":7}`)},
-		{Key: []byte("/ccm/quarantine/web3"), Value: []byte(`{"revision":7}`)},
-		{Key: []byte("/ccm/quarantine/web2/sites/a"), Value: []byte(`garbage`)},
+		{Key: []byte("/ccm/quarantine/web1/sites/shop"), Value: []byte(`{"node":"web2","type":"sites","id":"blog","revision":7,"error":"check failed"}`), ModRevision: 9},
+		{Key: []byte("/ccm/quarantine/web1/sites/shop/x"), Value: []byte(`{"revision":7}`), ModRevision: 9},
+		{Key: []byte("/ccm/quarantine/web3"), Value: []byte(`{"revision":7}`), ModRevision: 9},
+		{Key: []byte("/ccm/quarantine/web2/sites/a"), Value: []byte(`garbage`), ModRevision: 9},
+		{Key: []byte("/ccm/quarantine/web2/sites/next"), Value: []byte(`{"revision":12}`), ModRevision: 11},
 	})
-	if assert.Len(t, got, 2) {
+	if assert.Len(t, got, 3) {
 		assert.Equal(t, "sites/a", got[0].Object())
 		assert.False(t, got[0].Holds(7), "an unreadable record holds nothing back")
 		assert.Equal(t, "web1", got[1].Node)
 		assert.Equal(t, "sites/shop", got[1].Object())
 		assert.True(t, got[1].Holds(7))
 		assert.False(t, got[1].Holds(8), "a new revision lifts it")
+		assert.Equal(t, "sites/next", got[2].Object())
+		assert.False(t, got[2].Holds(12), "a record cannot quarantine a revision from after its own write")
 	}
 }
