@@ -53,11 +53,11 @@ func TestAQuarantineRecordIsTheKeysNodeAndObject(t *testing.T) {
 	if assert.Len(t, got, 3) {
 		assert.Equal(t, "sites/a", got[0].Object())
 		assert.False(t, got[0].Holds(7), "an unreadable record holds nothing back")
-		assert.Equal(t, "web1", got[1].Node)
-		assert.Equal(t, "sites/shop", got[1].Object())
-		assert.True(t, got[1].Holds(7))
-		assert.False(t, got[1].Holds(8), "a new revision lifts it")
-		assert.Equal(t, "sites/next", got[2].Object())
-		assert.False(t, got[2].Holds(12), "a record cannot quarantine a revision from after its own write")
+		assert.Equal(t, "sites/next", got[1].Object())
+		assert.False(t, got[1].Holds(12), "a record cannot quarantine a revision from after its own write")
+		assert.Equal(t, "web1", got[2].Node)
+		assert.Equal(t, "sites/shop", got[2].Object())
+		assert.True(t, got[2].Holds(7))
+		assert.False(t, got[2].Holds(8), "a new revision lifts it")
 	}
 }
