@@ -26,7 +26,10 @@ func TestApplyOnceConvergesPrunesAndReports(t *testing.T) {
 	require.Equal(t, 0, r.code, r.stderr)
 	r = n.run("", "plan", "--color", "never")
 	require.Equal(t, 2, r.code, r.stderr)
-	assert.Contains(t, r.stdout, "Plan: 11 to create, 0 to change, 0 to remove.")
+	// The group, two users with their homes, two document roots, two cron
+	// files, two pools, two vhosts and their two directories.
+	assert.Contains(t, r.stdout, "Plan: 15 to create, 0 to change, 0 to remove.")
+	assert.Contains(t, r.stdout, "+ user alice (uid 2001, group alice, groups customers, home /home/alice, shell /bin/bash)\n")
 
 	r = n.run("", "apply", "--once")
 	require.Equal(t, 0, r.code, r.stderr)
