@@ -54,11 +54,15 @@ if [ "$(id -u)" = 0 ]; then
   echo
 fi
 echo "== files under ./demo-root"
-find demo-root -type f | sort
+find demo-root -type f ! -name '*-' | sort
+echo
+echo "== the customers' users, made by useradd --prefix demo-root, and their homes"
+grep -E '^(alice|bob):' demo-root/etc/passwd
+ls -ln demo-root/home
 echo
 if command -v curl >/dev/null; then
   echo "== metrics: curl 127.0.0.1:23799/metrics"
-  curl -s 127.0.0.1:23799/metrics | grep -E '^ccm_(runs_total|changed_files_total|halted|ready)'
+  curl -s 127.0.0.1:23799/metrics | grep -E '^ccm_(runs_total|changed_files_total|halted|quarantined_objects|ready)'
 fi
 
 if [ "${DEMO_EXIT:-}" = 1 ]; then
