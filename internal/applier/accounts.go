@@ -1,6 +1,7 @@
 package applier
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -91,10 +92,10 @@ func (a *Applier) resolveOwners(p *Plan, db *accounts.DB, final bool) error {
 			return
 		}
 		for _, f := range []struct {
-			kind, name string
-			id         **int
-			look       func(string) (int, bool)
-		}{{"user", own.Owner, &own.UID, db.UID}, {"group", own.Group, &own.GID, db.GID}} {
+			kind, field, name string
+			id                **int
+			look              func(string) (int, bool)
+		}{{"user", "owner", own.Owner, &own.UID, db.UID}, {"group", "group", own.Group, &own.GID, db.GID}} {
 			if f.name == "" || *f.id != nil {
 				continue
 			}
@@ -105,7 +106,7 @@ func (a *Applier) resolveOwners(p *Plan, db *accounts.DB, final bool) error {
 			if !final && a.pending[f.kind+":"+f.name] {
 				continue
 			}
-			err := fmt.Errorf("%s: %s %s does not exist on this node and no configuration of this run creates it", path, map[string]string{"user": "owner", "group": "group"}[f.kind], f.name)
+			err := fmt.Errorf("%s: %s %s does not exist on this node and no configuration of this run creates it", path, f.field, f.name)
 			if object == "" {
 				errs = append(errs, err)
 			} else {
@@ -187,11 +188,13 @@ func (a *Applier) applyAccounts(ctx context.Context, p *Plan, removes bool) erro
 		if c.Removes() != removes || (c.Object != "" && p.Output.Held[c.Object]) {
 			continue
 		}
-		if err := fenced(ctx, c.Line); err != nil {
+		if err := fenced(ctx, "changing "+c.Kind+" "+c.Name); err != nil {
 			failed = err
 			break
 		}
-		err := accounts.Run(ctx, c)
+		runCtx, cancel := context.WithTimeout(ctx, cmp.Or(p.Config.Timeout, configs.DefaultTimeout)) // an orphan sets none
+		err := accounts.Run(runCtx, c)
+		cancel()
 		ran = true
 		if err != nil && c.Object != "" {
 			a.leaveOut(p, c.Object, err)

@@ -12,6 +12,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/ccm-dev/ccm/internal/applier"
+	"github.com/ccm-dev/ccm/internal/configs"
 )
 
 // withEtc gives the fixture's root an /etc for the real shadow-utils.
@@ -138,4 +139,30 @@ func TestUsersComeBeforeTheirHomesAndArePruned(t *testing.T) {
 	passwd, _ = os.ReadFile(f.path("/etc/passwd"))
 	assert.Contains(t, string(passwd), "alice:x:1500:1500::/home/alice:/bin/sh")
 	assert.NotContains(t, string(passwd), "thief")
+}
+
+// A configuration deleted from the directory takes the accounts it created
+// with it, and only those.
+func TestADeletedConfigurationRemovesTheAccountsItCreated(t *testing.T) {
+	f := newFixture(t, map[string]string{
+		"users.yaml": "users:\n  - {name: \"{{ .Object.ID }}\", for_each: sites, uid: \"{{ .Object.Data.uid }}\"}\n  - {name: alice}\n",
+		"other.yaml": "files: [{path: /x, content: x}]\n",
+	})
+	withEtc(t, f)
+	f.put("sites/cust01", `{"uid":3001}`)
+	require.NoError(t, f.run().Err)
+	passwd, _ := os.ReadFile(f.path("/etc/passwd"))
+	require.Contains(t, string(passwd), "cust01:x:3001:")
+
+	require.NoError(t, os.Remove(filepath.Join(f.dir, "users.yaml")))
+	set, err := configs.Load(f.dir)
+	require.NoError(t, err)
+	f.set = set
+	r := f.run()
+	require.NoError(t, r.Err)
+	passwd, _ = os.ReadFile(f.path("/etc/passwd"))
+	assert.NotContains(t, string(passwd), "cust01")
+	assert.Contains(t, string(passwd), "alice:x:1500:", "an adopted account stays")
+	group, _ := os.ReadFile(f.path("/etc/group"))
+	assert.NotContains(t, string(group), "cust01", "its private group goes with it")
 }
