@@ -124,6 +124,15 @@ func TestDashboardFollowsARolloutThatFailsAndResumes(t *testing.T) {
 		require.NoError(t, os.WriteFile(shot, png, 0o644))
 	}
 
+	// A quarantine record shows under the node of its key, as text: its
+	// error is a customer's data.
+	_, err = etcd.Client(t).Put(context.Background(), api.NewKeys("").QuarantineKey("node2", "sites", "evil"),
+		`{"node":"node1","revision":5,"configuration":"sites","error":"<img src=x onerror=alert(1)>"}`)
+	require.NoError(t, err)
+	page.waitFor(`!document.querySelector('#quarantine').hidden && document.querySelectorAll('#quarantines tbody tr[data-object="sites/evil"][data-node="node2"]').length === 1`, "the quarantine table")
+	assert.Equal(t, "<img src=x onerror=alert(1)>", page.text(`#quarantines tbody tr .error`), "shown as text, never markup")
+	page.waitFor(`document.querySelectorAll('#quarantines img').length === 0`, "no element from the error")
+
 	// A pause shows with its reason.
 	r = admin.action("pause", "--reason", "maintenance window")
 	require.Equal(t, 0, r.code, r.stderr)
