@@ -126,10 +126,10 @@ func TestDashboardFollowsARolloutThatFailsAndResumes(t *testing.T) {
 
 	// A quarantine record shows under the node of its key, as text: its
 	// error is a customer's data.
-	_, err = etcd.Client(t).Put(context.Background(), api.NewKeys("").QuarantineKey("node2", "sites", "evil"),
+	_, err = etcd.Client(t).Put(context.Background(), api.NewKeys("").QuarantineKey("node9", "sites", "evil"),
 		`{"node":"node1","revision":5,"configuration":"sites","error":"<img src=x onerror=alert(1)>"}`)
 	require.NoError(t, err)
-	page.waitFor(`!document.querySelector('#quarantine').hidden && document.querySelectorAll('#quarantines tbody tr[data-object="sites/evil"][data-node="node2"]').length === 1`, "the quarantine table")
+	page.waitFor(`!document.querySelector('#quarantine').hidden && document.querySelectorAll('#quarantines tbody tr[data-object="sites/evil"][data-node="node9"]').length === 1`, "the quarantine table")
 	assert.Equal(t, "<img src=x onerror=alert(1)>", page.text(`#quarantines tbody tr .error`), "shown as text, never markup")
 	page.waitFor(`document.querySelectorAll('#quarantines img').length === 0`, "no element from the error")
 
