@@ -162,13 +162,10 @@ func readLines(path string, fields int, fn func([]string) error) error {
 	return sc.Err()
 }
 
-// Usable returns an error when the root has no account files and manage
-// is set (the configuration declares or owns accounts): the tools work on
-// <root>/etc/passwd, group, shadow and gshadow, and ccm never creates them.
-func (db *DB) Usable(manage bool) error {
-	if !manage {
-		return nil
-	}
+// Usable returns an error when the root has no account files: the tools
+// work on <root>/etc/passwd, group, shadow and gshadow, and ccm never
+// creates them. A root without them plans as one without accounts.
+func (db *DB) Usable() error {
 	for _, p := range []string{db.passwd, db.groupFile} {
 		if _, err := os.Stat(p); err != nil {
 			return fmt.Errorf("accounts: %s: %w (under --root the tools work on the root's own /etc account files, which ccm never creates)", p, err)

@@ -52,9 +52,6 @@ func (a *Applier) planAccounts(p *Plan, m manifest) error {
 	if err != nil {
 		return fmt.Errorf("accounts: %w", err)
 	}
-	if err := db.Usable(len(p.Output.Users)+len(p.Output.Groups)+len(m.Users)+len(m.Groups) > 0); err != nil {
-		return err
-	}
 	changes, problems := db.Plan(p.Output.Groups, p.Output.Users, p.Config.Accounts, m.Owned, a.opts.Root)
 	var errs []error
 	for _, pr := range problems {
@@ -182,6 +179,16 @@ func (a *Applier) applyAccounts(ctx context.Context, p *Plan, removes bool) erro
 		return err
 	}
 	owned := accounts.Owned{Users: slices.Clone(m.Users), Groups: slices.Clone(m.Groups)}
+	if slices.ContainsFunc(p.Accounts, func(c accounts.Change) bool { return c.Removes() == removes }) {
+		// A plan may preview a root without account files; a run needs them.
+		db, err := accounts.Read(a.opts.Root)
+		if err == nil {
+			err = db.Usable()
+		}
+		if err != nil {
+			return err
+		}
+	}
 	ran := false
 	var failed error
 	for _, c := range slices.Clone(p.Accounts) {

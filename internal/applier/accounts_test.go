@@ -166,3 +166,18 @@ func TestADeletedConfigurationRemovesTheAccountsItCreated(t *testing.T) {
 	group, _ := os.ReadFile(f.path("/etc/group"))
 	assert.NotContains(t, string(group), "cust01", "its private group goes with it")
 }
+
+// A root without account files plans its accounts, and a run says which
+// file is missing instead of letting the tools fail one by one.
+func TestARootWithoutAccountFilesPlansButDoesNotApply(t *testing.T) {
+	f := newFixture(t, map[string]string{"users.yaml": homes})
+	f.put("sites/cust01", `{"uid":3001,"shell":"/bin/sh","owner":"cust01"}`)
+	p := f.plan("users")
+	require.Len(t, p.Accounts, 1)
+	assert.NoError(t, p.Output.Err(), "an owner the plan creates resolves")
+	r := f.run()
+	require.Error(t, r.Err)
+	assert.ErrorContains(t, r.Err, f.path("/etc/passwd"))
+	assert.ErrorContains(t, r.Err, "which ccm never creates")
+	assert.NoDirExists(t, f.path("/home/cust01"))
+}
