@@ -48,15 +48,7 @@ func apply(t *testing.T, root string, groups []accounts.Group, users []accounts.
 	for _, c := range changes {
 		lines = append(lines, c.Line)
 		require.NoError(t, accounts.Run(context.Background(), c))
-		switch {
-		case c.Op == accounts.Create && c.Kind == "user":
-			owned.Users = append(owned.Users, c.Name)
-			if c.Private {
-				owned.Groups = append(owned.Groups, c.Name)
-			}
-		case c.Op == accounts.Create:
-			owned.Groups = append(owned.Groups, c.Name)
-		}
+		*owned = owned.After(c)
 	}
 	return lines
 }

@@ -47,6 +47,34 @@ type Change struct {
 // Removes reports whether the change removes an account.
 func (c Change) Removes() bool { return c.Op == Remove }
 
+// After returns what o is once change c ran: a creation adds the account
+// (and a user's private group), a removal takes it out.
+func (o Owned) After(c Change) Owned {
+	add := func(l []string, n string) []string {
+		if slices.Contains(l, n) {
+			return l
+		}
+		return append(slices.Clone(l), n)
+	}
+	drop := func(l []string, n string) []string {
+		return slices.DeleteFunc(slices.Clone(l), func(x string) bool { return x == n })
+	}
+	switch {
+	case c.Op == Create && c.Kind == "user":
+		o.Users = add(o.Users, c.Name)
+		if c.Private {
+			o.Groups = add(o.Groups, c.Name)
+		}
+	case c.Op == Create:
+		o.Groups = add(o.Groups, c.Name)
+	case c.Op == Remove && c.Kind == "user":
+		o.Users = drop(o.Users, c.Name)
+	case c.Op == Remove:
+		o.Groups = drop(o.Groups, c.Name)
+	}
+	return o
+}
+
 // Problem is a declared account ccm refuses to touch, or cannot create.
 type Problem struct {
 	Object string // "" when the configuration declared it without for_each

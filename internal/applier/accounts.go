@@ -212,7 +212,7 @@ func (a *Applier) applyAccounts(ctx context.Context, p *Plan, removes bool) erro
 			break
 		}
 		a.log.Info("account", zap.String("config", p.Config.Name), zap.String("change", c.Line))
-		owned = own(owned, c)
+		owned = owned.After(c)
 	}
 	if ran {
 		m.Owned = owned
@@ -228,28 +228,4 @@ func (a *Applier) applyAccounts(ctx context.Context, p *Plan, removes bool) erro
 		return fmt.Errorf("accounts: %w", err)
 	}
 	return a.resolveOwners(p, db, true)
-}
-
-// own is owned after change c ran.
-func own(o accounts.Owned, c accounts.Change) accounts.Owned {
-	add := func(l []string, n string) []string {
-		if slices.Contains(l, n) {
-			return l
-		}
-		return append(l, n)
-	}
-	switch {
-	case c.Op == accounts.Create && c.Kind == "user":
-		o.Users = add(o.Users, c.Name)
-		if c.Private {
-			o.Groups = add(o.Groups, c.Name)
-		}
-	case c.Op == accounts.Create:
-		o.Groups = add(o.Groups, c.Name)
-	case c.Op == accounts.Remove && c.Kind == "user":
-		o.Users = slices.DeleteFunc(o.Users, func(n string) bool { return n == c.Name })
-	case c.Op == accounts.Remove:
-		o.Groups = slices.DeleteFunc(o.Groups, func(n string) bool { return n == c.Name })
-	}
-	return o
 }

@@ -123,24 +123,22 @@ func (c *Config) Types() []string {
 	for _, t := range c.Subscribes {
 		set[t] = true
 	}
+	var forEach []string
 	for _, f := range c.Files {
-		if f.ForEach != "" {
-			set[f.ForEach] = true
-		}
+		forEach = append(forEach, f.ForEach)
 	}
 	for _, d := range c.Directories {
-		if d.ForEach != "" {
-			set[d.ForEach] = true
-		}
+		forEach = append(forEach, d.ForEach)
 	}
 	for _, g := range c.Groups {
-		if g.ForEach != "" {
-			set[g.ForEach] = true
-		}
+		forEach = append(forEach, g.ForEach)
 	}
 	for _, u := range c.Users {
-		if u.ForEach != "" {
-			set[u.ForEach] = true
+		forEach = append(forEach, u.ForEach)
+	}
+	for _, t := range forEach {
+		if t != "" {
+			set[t] = true
 		}
 	}
 	types := make([]string, 0, len(set))
