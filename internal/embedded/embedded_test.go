@@ -3,6 +3,7 @@ package embedded_test
 import (
 	"context"
 	"net"
+	"strings"
 	"testing"
 	"time"
 
@@ -20,8 +21,24 @@ func freePort(t *testing.T) string {
 	return l.Addr().String()
 }
 
+// start starts the member on a free port: a port freePort found can be
+// taken by another test's process before the member binds it, so it tries
+// another one then.
+func start(t *testing.T, ctx context.Context, dir string) (*embedded.Server, string) {
+	t.Helper()
+	for try := 0; ; try++ {
+		addr := freePort(t)
+		srv, err := embedded.Start(ctx, embedded.Config{Dir: dir, ClientURL: "http://" + addr})
+		if err != nil && strings.Contains(err.Error(), "address already in use") && try < 10 {
+			continue
+		}
+		require.NoError(t, err)
+		return srv, addr
+	}
+}
+
 func TestDataSurvivesARestart(t *testing.T) {
-	dir, addr := t.TempDir(), freePort(t)
+	dir := t.TempDir()
 	ctx := context.Background()
 	put := func(cli *clientv3.Client) {
 		_, err := cli.Put(ctx, "/ccm/objects/sites/a", `{}`)
@@ -32,9 +49,9 @@ func TestDataSurvivesARestart(t *testing.T) {
 		require.NoError(t, err)
 		assert.Len(t, resp.Kvs, 1, "the object is still there after a restart")
 	}} {
-		srv, err := embedded.Start(ctx, embedded.Config{Dir: dir, ClientURL: "http://" + addr})
-		require.NoError(t, err, "start %d", i)
+		srv, addr := start(t, ctx, dir)
 		cli, err := clientv3.New(clientv3.Config{Endpoints: []string{addr}, DialTimeout: 5 * time.Second})
+		require.NoError(t, err, "step %d", i)
 		require.NoError(t, err)
 		step(cli)
 		cli.Close()
