@@ -88,22 +88,30 @@ func (a *Applier) resolveOwners(p *Plan, db *accounts.DB, final bool) error {
 		if !unresolved(*own) {
 			return
 		}
+		pol := p.Config.Accounts
 		for _, f := range []struct {
-			kind, field, name string
-			id                **int
-			look              func(string) (int, bool)
-		}{{"user", "owner", own.Owner, &own.UID, db.UID}, {"group", "group", own.Group, &own.GID, db.GID}} {
+			kind, field, name, limit string
+			min                      int
+			id                       **int
+			look                     func(string) (int, bool)
+		}{{"user", "owner", own.Owner, "min_uid", pol.MinUID, &own.UID, db.UID}, {"group", "group", own.Group, "min_gid", pol.MinGID, &own.GID, db.GID}} {
 			if f.name == "" || *f.id != nil {
 				continue
 			}
-			if id, ok := f.look(f.name); ok {
+			id, ok := f.look(f.name)
+			var err error
+			switch {
+			case ok && id >= f.min:
 				*f.id = &id
 				continue
-			}
-			if !final && a.pending[f.kind+":"+f.name] {
+			case ok:
+				// A customer's data must not hand a path to root or www-data.
+				err = fmt.Errorf("%s: %s %s is a system account (id %d, below %s %d): an owner from object data never is", path, f.field, f.name, id, f.limit, f.min)
+			case !final && a.pending[f.kind+":"+f.name]:
 				continue
+			default:
+				err = fmt.Errorf("%s: %s %s does not exist on this node and no configuration of this run creates it", path, f.field, f.name)
 			}
-			err := fmt.Errorf("%s: %s %s does not exist on this node and no configuration of this run creates it", path, f.field, f.name)
 			if object == "" {
 				errs = append(errs, err)
 			} else {

@@ -70,6 +70,7 @@ func TestUsersComeBeforeTheirHomesAndArePruned(t *testing.T) {
 	f.put("sites/cust02", `{"uid":3002,"shell":"/bin/sh","owner":"cust02"}`)
 	f.put("sites/cust03", `{"uid":3003,"shell":"/bin/sh","owner":"nobody-here"}`)
 	f.put("sites/root", `{"uid":0,"shell":"/bin/sh","owner":"root"}`)
+	f.put("sites/cust04", `{"uid":3004,"shell":"/bin/sh","owner":"www-data"}`)
 
 	p := f.plan("users")
 	var lines []string
@@ -82,6 +83,7 @@ func TestUsersComeBeforeTheirHomesAndArePruned(t *testing.T) {
 	}, lines, "cust03 is held back whole: its .profile's owner does not exist")
 	assert.ErrorContains(t, p.Output.Err(), "user root: is a system account (uid 0, below min_uid 1000): ccm never touches it")
 	assert.ErrorContains(t, p.Output.Err(), "/home/cust03/.profile: owner nobody-here does not exist on this node and no configuration of this run creates it (object sites/cust03)")
+	assert.ErrorContains(t, p.Output.Err(), "/home/cust04/.profile: owner www-data is a system account (id 33, below min_uid 1000): an owner from object data never is (object sites/cust04)")
 
 	var out strings.Builder
 	assert.True(t, applier.WritePlans(&out, []*applier.Plan{p}, false))
@@ -100,7 +102,7 @@ func TestUsersComeBeforeTheirHomesAndArePruned(t *testing.T) {
 	for _, q := range r.Quarantined {
 		held = append(held, q.Type+"/"+q.ID)
 	}
-	assert.Equal(t, []string{"sites/root", "sites/cust03"}, held)
+	assert.Equal(t, []string{"sites/root", "sites/cust03", "sites/cust04"}, held)
 	passwd, _ := os.ReadFile(f.path("/etc/passwd"))
 	assert.NotContains(t, string(passwd), "cust03")
 
