@@ -88,6 +88,18 @@ func TestEveryListedMetricMoves(t *testing.T) {
 	_, err = c.Resume(ctx)
 	require.NoError(t, err)
 
+	// An object without the field its template needs is quarantined;
+	// deleting it lifts the quarantine.
+	assert.Equal(t, float64(0), testutil.ToFloat64(m.Quarantined))
+	resp, err := etcd.Client(t).Put(ctx, "/ccm/objects/sites/nov", `{}`)
+	require.NoError(t, err)
+	n.reported(t, resp.Header.Revision, api.ResultConverged)
+	assert.Equal(t, float64(1), testutil.ToFloat64(m.Quarantined), "ccm_quarantined_objects")
+	del, err := etcd.Client(t).Delete(ctx, "/ccm/objects/sites/nov")
+	require.NoError(t, err)
+	n.reported(t, del.Header.Revision, api.ResultConverged)
+	assert.Equal(t, float64(0), testutil.ToFloat64(m.Quarantined), "and 0 once lifted")
+
 	// A pause.
 	require.NoError(t, c.SetPause(ctx, api.Pause{By: "test", Reason: "metrics", Time: time.Now()}))
 	eventually(t, 10*time.Second, func() bool { return testutil.ToFloat64(m.Paused) == 1 }, "ccm_paused is 1")
