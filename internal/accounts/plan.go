@@ -166,17 +166,9 @@ func (pl *planner) tool(name string) []string {
 
 func (pl *planner) group(g Group, owned bool) (*Change, error) {
 	cur, exists := pl.db.groups[g.Name]
-	if exists && cur.id < pl.pol.MinGID {
-		return nil, fmt.Errorf("is a system group (gid %d, below min_gid %d): ccm never touches it", cur.id, pl.pol.MinGID)
-	}
-	if g.GID != nil {
-		if *g.GID < pl.pol.MinGID {
-			return nil, fmt.Errorf("gid %d is below min_gid %d", *g.GID, pl.pol.MinGID)
-		}
-		if other := pl.gidOwner(*g.GID); other != "" && other != g.Name {
-			return nil, fmt.Errorf("gid %d is already group %s", *g.GID, other)
-		}
-		pl.gids[*g.GID] = g.Name
+	rule := idRule{"system group", "gid", "min_gid", "group", pl.pol.MinGID, pl.gids, pl.db.gidName}
+	if err := rule.claim(g.Name, cur, exists, g.GID); err != nil {
+		return nil, err
 	}
 	if !exists {
 		pl.newGroups[g.Name] = true
@@ -195,19 +187,36 @@ func (pl *planner) group(g Group, owned bool) (*Change, error) {
 		Steps: []Step{{Argv: append(pl.tool("groupmod"), "-g", strconv.Itoa(*g.GID), g.Name)}}, Object: g.Object}, nil
 }
 
-// gidOwner is the group that has gid, in this plan or on disk.
-func (pl *planner) gidOwner(gid int) string {
-	if n, ok := pl.gids[gid]; ok {
-		return n
-	}
-	return pl.db.gidName[gid]
+// idRule is what ccm may do with one kind of account's IDs: nothing below
+// min, and no ID another name has, on disk or in this plan.
+type idRule struct {
+	system, id, limit, kind string
+	min                     int
+	planned, disk           map[int]string
 }
 
-func (pl *planner) uidOwner(uid int) string {
-	if n, ok := pl.uids[uid]; ok {
-		return n
+// claim checks the account name (cur on disk, when exists) and the ID it
+// is declared with (nil: any), and records that ID for the rest of the
+// plan.
+func (r idRule) claim(name string, cur entry, exists bool, want *int) error {
+	if exists && cur.id < r.min {
+		return fmt.Errorf("is a %s (%s %d, below %s %d): ccm never touches it", r.system, r.id, cur.id, r.limit, r.min)
 	}
-	return pl.db.uidName[uid]
+	if want == nil {
+		return nil
+	}
+	if *want < r.min {
+		return fmt.Errorf("%s %d is below %s %d", r.id, *want, r.limit, r.min)
+	}
+	other, ok := r.planned[*want]
+	if !ok {
+		other = r.disk[*want]
+	}
+	if other != "" && other != name {
+		return fmt.Errorf("%s %d is already %s %s", r.id, *want, r.kind, other)
+	}
+	r.planned[*want] = name
+	return nil
 }
 
 func adopted(owned bool) string {
@@ -224,17 +233,9 @@ func (pl *planner) hasGroup(name string) bool {
 
 func (pl *planner) user(u User, owned bool) ([]Change, error) {
 	cur, exists := pl.db.users[u.Name]
-	if exists && cur.id < pl.pol.MinUID {
-		return nil, fmt.Errorf("is a system account (uid %d, below min_uid %d): ccm never touches it", cur.id, pl.pol.MinUID)
-	}
-	if u.UID != nil {
-		if *u.UID < pl.pol.MinUID {
-			return nil, fmt.Errorf("uid %d is below min_uid %d", *u.UID, pl.pol.MinUID)
-		}
-		if other := pl.uidOwner(*u.UID); other != "" && other != u.Name {
-			return nil, fmt.Errorf("uid %d is already user %s", *u.UID, other)
-		}
-		pl.uids[*u.UID] = u.Name
+	rule := idRule{"system account", "uid", "min_uid", "user", pl.pol.MinUID, pl.uids, pl.db.uidName}
+	if err := rule.claim(u.Name, cur, exists, u.UID); err != nil {
+		return nil, err
 	}
 	for _, g := range append([]string{u.Group}, u.Groups...) {
 		if g != "" && !pl.hasGroup(g) {
