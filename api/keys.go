@@ -184,3 +184,20 @@ func (k Keys) QuarantineOf(key string) (node, typ, id string, ok bool) {
 	}
 	return parts[0], parts[1], parts[2], true
 }
+
+// ReleasesPrefix holds every stored release: ReleaseKey(id) is its
+// manifest, ReleaseChunkKey(id, file, chunk) its content.
+func (k Keys) ReleasesPrefix() string { return k.prefix + "/releases/" }
+
+// ReleaseKey is the manifest of release id; it is written last, so a
+// release whose manifest exists is complete.
+func (k Keys) ReleaseKey(id string) string { return k.ReleasesPrefix() + id }
+
+// ReleaseChunkKey is chunk chunk of file file (its index in the manifest)
+// of release id.
+func (k Keys) ReleaseChunkKey(id string, file, chunk int) string {
+	return fmt.Sprintf("%s%s/%06d/%06d", k.ReleasesPrefix(), id, file, chunk)
+}
+
+// ReleasePointerKey names the release agents run.
+func (k Keys) ReleasePointerKey() string { return k.prefix + "/release" }

@@ -25,6 +25,7 @@ func TestThePrintedAPIOperatorAndViewerRoles(t *testing.T) {
 	grantRole(t, e, admin, "api-secret", "--api", "capi")
 	grantRole(t, e, admin, "ops-secret", "--operator", "alice")
 	grantRole(t, e, admin, "view-secret", "--viewer", "dash")
+	grantRole(t, e, admin, "ci-secret", "--release", "ci")
 	api := nodeOn(t, e, "", "ccm-api-capi", "api-secret")
 	ops := nodeOn(t, e, "", "ccm-operator-alice", "ops-secret")
 	viewer := nodeOn(t, e, "", "ccm-viewer-dash", "view-secret")
@@ -73,6 +74,15 @@ func TestThePrintedAPIOperatorAndViewerRoles(t *testing.T) {
 	opsCli := externalClient(t, e, "ccm-operator-alice", "ops-secret")
 	_, err := opsCli.Put(ctx, "/other", "x")
 	assert.ErrorContains(t, err, "permission denied", "nothing outside the prefix")
+
+	// The release writer stores releases, and touches nothing else.
+	releaser := nodeOn(t, e, "", "ccm-release-ci", "ci-secret")
+	releaser.configDir = "../examples/ccm"
+	ok(releaser, "release", "push", "../examples/ccm")
+	ok(releaser, "release", "list")
+	denied(releaser, "object", "put", "sites", "c")
+	denied(releaser, "pause")
+	denied(releaser, "status")
 
 	// The viewer reads ccm status and the dashboard, and writes nothing.
 	r = ok(viewer, "status")

@@ -12,7 +12,7 @@ import (
 
 func newRBACCmd(a *app) *cobra.Command {
 	cmd := &cobra.Command{Use: "rbac", Short: "etcd access control for nodes and callers"}
-	var caller, apiName, operator, viewer string
+	var caller, apiName, operator, viewer, release string
 	printCmd := &cobra.Command{
 		Use:   "print",
 		Short: "Print the etcdctl commands that create the least-privilege role and user of a node, an API, an operator or a viewer",
@@ -31,6 +31,8 @@ on <prefix>/ (what ccm status reads).
 data and action replies included).
 --caller NAME: a caller of actions only: read-write on <prefix>/actions/,
 read on <prefix>/nodes/.
+--release NAME: whoever pushes configuration releases (ccm release push):
+read-write on <prefix>/releases/ only.
 Run them with root credentials; the user's password is taken from
 $CCM_NODE_PASSWORD (or $CCM_<KIND>_PASSWORD, such as $CCM_API_PASSWORD).
 The node then runs with --user ccm-node-<node> and CCM_PASSWORD.`,
@@ -38,7 +40,7 @@ The node then runs with --user ccm-node-<node> and CCM_PASSWORD.`,
 		// Needs no etcd: it only prints.
 		RunE: func(*cobra.Command, []string) error {
 			role, what, passwordVar := cluster.NodeRole(a.prefix, a.node), "ccm node "+a.node, "CCM_NODE_PASSWORD"
-			if caller+apiName+operator+viewer == "" {
+			if caller+apiName+operator+viewer+release == "" {
 				if err := a.checkNode(); err != nil {
 					return err
 				}
@@ -49,6 +51,7 @@ The node then runs with --user ccm-node-<node> and CCM_PASSWORD.`,
 			}{
 				{caller, "caller", cluster.CallerRole}, {apiName, "api", cluster.APIRole},
 				{operator, "operator", cluster.OperatorRole}, {viewer, "viewer", cluster.ViewerRole},
+				{release, "release", cluster.ReleaseRole},
 			} {
 				if r.name == "" {
 					continue
@@ -67,7 +70,8 @@ The node then runs with --user ccm-node-<node> and CCM_PASSWORD.`,
 	printCmd.Flags().StringVar(&apiName, "api", "", "print the role of the cluster API `NAME`: objects, action calls, status")
 	printCmd.Flags().StringVar(&operator, "operator", "", "print the role of the operator `NAME`: everything ccm's commands need")
 	printCmd.Flags().StringVar(&viewer, "viewer", "", "print the read-only role `NAME` of ccm status and the dashboard")
-	printCmd.MarkFlagsMutuallyExclusive("caller", "api", "operator", "viewer")
+	printCmd.Flags().StringVar(&release, "release", "", "print the role `NAME` of whoever pushes configuration releases")
+	printCmd.MarkFlagsMutuallyExclusive("caller", "api", "operator", "viewer", "release")
 	cmd.AddCommand(printCmd)
 	return cmd
 }

@@ -46,7 +46,20 @@ func NodeRole(prefix, node string) Role {
 			{Type: "read", Key: k.LabelsKey(node)},
 			{Type: "read", Key: k.QuarantinePrefix(), Prefix: true},
 			{Type: "readwrite", Key: k.NodeQuarantinePrefix(node), Prefix: true},
+			{Type: "read", Key: k.ReleasesPrefix(), Prefix: true},
 		},
+	}
+}
+
+// ReleaseRole returns the role of whoever pushes configuration releases
+// (a CI job): store releases under <prefix>/releases/, and nothing else.
+// A release is code that runs as root on every node: sign it too, and
+// give the agents --release-keys.
+func ReleaseRole(prefix, name string) Role {
+	k := api.NewKeys(prefix)
+	return Role{
+		Name:        "ccm-release-" + name,
+		Permissions: []Permission{{Type: "readwrite", Key: k.ReleasesPrefix(), Prefix: true}},
 	}
 }
 

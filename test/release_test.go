@@ -1,0 +1,67 @@
+package test
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/ccm-dev/ccm/internal/etcdtest"
+)
+
+// A directory is validated before it is stored; the same content is the
+// same release; an edit is a new release whose diff is the edit.
+func TestReleasePushListShowAndDiff(t *testing.T) {
+	etcd := etcdtest.New(t, 1)
+	op := newNode(t, "", t.TempDir(), etcd.Endpoints())
+	dir := copyDir(t, "../examples/ccm")
+
+	r := op.run("", "release", "push", dir, "--message", "the example")
+	require.Equal(t, 0, r.code, r.stderr)
+	first := strings.TrimSpace(r.stdout)
+	assert.Len(t, first, 64, "the id is the content's SHA-256")
+	assert.Contains(t, r.stderr, "stored release "+first[:12])
+	r = op.run("", "release", "push", dir)
+	require.Equal(t, 0, r.code, r.stderr)
+	assert.Equal(t, first, strings.TrimSpace(r.stdout))
+	assert.Contains(t, r.stderr, "already stored")
+
+	// A broken directory is refused, every error named, nothing stored.
+	broken := copyDir(t, "../examples/ccm")
+	require.NoError(t, os.WriteFile(filepath.Join(broken, "nginx-vhosts.yaml"), []byte("files: [{path: x}]\n"), 0o644))
+	r = op.run("", "release", "push", broken)
+	assert.Equal(t, 1, r.code)
+	assert.Contains(t, r.stderr, "nginx-vhosts.yaml: files[0] x: path must be absolute")
+
+	// A signed edit.
+	key, _ := sshKey(t, "ops@example")
+	vhost := filepath.Join(dir, "templates", "vhost.conf.tmpl")
+	raw, err := os.ReadFile(vhost)
+	require.NoError(t, err)
+	require.NoError(t, os.WriteFile(vhost, []byte(strings.Replace(string(raw), "listen 80;", "listen 8080;", 1)), 0o644))
+	r = op.run("", "release", "push", dir, "--sign-key", key, "--message", "port 8080")
+	require.Equal(t, 0, r.code, r.stderr)
+	second := strings.TrimSpace(r.stdout)
+	assert.NotEqual(t, first, second)
+
+	r = op.run("", "release", "list")
+	require.Equal(t, 0, r.code, r.stderr)
+	assert.Regexp(t, first[:12]+`\s+\S+\s+\d+\s+no\s+`, r.stdout)
+	assert.Regexp(t, second[:12]+`\s+\S+\s+\d+\s+yes\s+ops@example\s+port 8080`, r.stdout)
+
+	r = op.run("", "release", "show", second[:8])
+	require.Equal(t, 0, r.code, r.stderr)
+	assert.Contains(t, r.stdout, "release "+second+" (signed)\nauthor: ops@example\n")
+	assert.Regexp(t, `0755\s+\d+\s+[0-9a-f]{16}\s+check/nginx-vhost`, r.stdout, "helpers keep their mode")
+
+	r = op.run("", "release", "diff", first[:8], second[:8])
+	assert.Equal(t, 2, r.code, r.stderr)
+	assert.Contains(t, r.stdout, "--- a/templates/vhost.conf.tmpl\n+++ b/templates/vhost.conf.tmpl\n")
+	assert.Contains(t, r.stdout, "-    listen 80;\n+    listen 8080;\n")
+	r = op.run("", "release", "diff", first[:8], first[:8])
+	assert.Equal(t, 0, r.code)
+	assert.Empty(t, r.stdout)
+}
