@@ -180,7 +180,7 @@ func (a *Applier) applyPlan(ctx context.Context, p *Plan, files []string) error 
 		return err
 	}
 	files = p.keepHeld(files)
-	j := a.newJournal(p, manifest{Files: files, OnChangePending: p.PendingOnChange, Objects: p.objectsOf(files)}, tx.createdDirs)
+	j := a.newJournal(p, manifest{Files: files, OnChangePending: p.PendingOnChange, Objects: p.objectsOf(files), Digest: p.digest}, tx.createdDirs)
 	if len(p.Changes) > 0 {
 		if err := a.saveOriginals(p); err != nil {
 			tx.removeCreatedDirs()

@@ -62,6 +62,9 @@ func WritePlans(w io.Writer, plans []*Plan, color bool) bool {
 		for _, f := range p.Output.Failed {
 			fmt.Fprintf(w, "! %s would be quarantined at revision %d (its files stay as they are): %s\n", f.Ref(), f.Revision, oneLine(f.Err.Error()))
 		}
+		if p.Redefined {
+			fmt.Fprintln(w, "~ the configuration's definition changed: validate and on_change run once")
+		}
 		for _, c := range p.Accounts {
 			fmt.Fprintln(w, c.Line)
 		}

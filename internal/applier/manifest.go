@@ -32,11 +32,14 @@ type manifest struct {
 	// Owned is the users and groups the configuration created: the only
 	// accounts it removes.
 	accounts.Owned
+	// Digest is the configuration's definition (configs.Config.Digest)
+	// when it last converged: a new one runs validate and on_change.
+	Digest string `json:"digest,omitempty"`
 }
 
 // same reports whether two manifests record the same thing.
 func (m manifest) same(o manifest) bool {
-	return m.OnChangePending == o.OnChangePending && slices.Equal(m.Files, o.Files) && maps.Equal(m.Objects, o.Objects) &&
+	return m.OnChangePending == o.OnChangePending && m.Digest == o.Digest && slices.Equal(m.Files, o.Files) && maps.Equal(m.Objects, o.Objects) &&
 		slices.Equal(m.Users, o.Users) && slices.Equal(m.Groups, o.Groups)
 }
 

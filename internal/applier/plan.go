@@ -91,6 +91,10 @@ type Plan struct {
 	Accounts []accounts.Change
 	// PendingOnChange is set when an earlier run's on_change failed.
 	PendingOnChange bool
+	// Redefined is set when the configuration's definition changed since
+	// it last converged here: its validate and on_change run once, even
+	// when every file already matches.
+	Redefined bool
 	// Orphan marks the plan of a configuration this node no longer runs
 	// (deleted, or its when no longer matches): it only removes files.
 	Orphan   bool
@@ -98,11 +102,23 @@ type Plan struct {
 	checked  []int             // indexes of Output.Files checked against the disk
 	manifest []string          // the files the configuration owned before
 	objects  map[string]string // the manifest's path -> object
+	digest   string            // the definition to record once applied
+	// oldDigest is the definition the manifest recorded.
+	oldDigest string
+}
+
+// redefined reports whether cfg is not the definition that last converged
+// here. A manifest without a digest (an earlier ccm) records one without
+// running anything, and an orphan has no definition.
+func redefined(m manifest, cfg *configs.Config) bool {
+	return m.Digest != "" && cfg.Digest != "" && m.Digest != cfg.Digest
 }
 
 // removals returns the part of p that removes files, or nil if none.
 func (p *Plan) removals() *Plan {
-	rm := &Plan{Config: p.Config, Output: p.Output, trusting: p.trusting, manifest: p.manifest, objects: p.objects}
+	// The removals record the old definition: the new one is recorded by
+	// the writes, whose validate and on_change it owes.
+	rm := &Plan{Config: p.Config, Output: p.Output, trusting: p.trusting, manifest: p.manifest, objects: p.objects, digest: p.oldDigest}
 	for _, c := range p.Changes {
 		if c.removes() {
 			rm.Changes = append(rm.Changes, c)
@@ -206,7 +222,7 @@ func (p *Plan) stale() []string {
 
 // Changed reports whether applying the plan would change anything on disk.
 func (p *Plan) Changed() bool {
-	if len(p.Dirs) > 0 || len(p.Accounts) > 0 {
+	if len(p.Dirs) > 0 || len(p.Accounts) > 0 || p.Redefined {
 		return true
 	}
 	for i := range p.Changes {
@@ -274,7 +290,8 @@ func (a *Applier) plan(ctx context.Context, cfg *configs.Config, snap *objects.S
 	if err != nil {
 		return nil, err
 	}
-	p := &Plan{Config: cfg, Output: out, PendingOnChange: m.OnChangePending, trusting: kind == runkind.Changed, manifest: m.Files, objects: m.Objects}
+	p := &Plan{Config: cfg, Output: out, PendingOnChange: m.OnChangePending, trusting: kind == runkind.Changed, manifest: m.Files, objects: m.Objects,
+		Redefined: redefined(m, cfg), digest: cfg.Digest, oldDigest: m.Digest}
 	if err := a.planAccounts(p, m); err != nil {
 		return nil, err
 	}

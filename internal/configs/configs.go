@@ -59,6 +59,10 @@ type Config struct {
 	// RenderTimeout and MaxFileSize bound the rendering of one file.
 	RenderTimeout time.Duration
 	MaxFileSize   int
+	// Digest is the SHA-256 of the configuration's definition: its YAML
+	// file and the templates it reads. A changed definition is a change
+	// on every node, which runs validate and on_change once.
+	Digest string
 }
 
 // Ownership is the owner and group a path must have. A nil ID with an

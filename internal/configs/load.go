@@ -2,8 +2,11 @@ package configs
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
 	"io/fs"
 	"os"
@@ -129,6 +132,9 @@ type loader struct {
 	// built ("user:NAME", "group:NAME"): an owner among them is resolved
 	// at apply time, once the account exists.
 	declared map[string]bool
+	// digest hashes the configuration being built: its file, then every
+	// template it reads.
+	digest hash.Hash
 }
 
 // command checks an argv and that its program exists.
@@ -182,9 +188,15 @@ func (l *loader) loadFile(path string) (*Config, []error) {
 	if !ok {
 		return nil, errs
 	}
+	l.digest = sha256.New()
+	fmt.Fprintf(l.digest, "%s\x00%d\x00", filepath.Base(path), len(raw))
+	l.digest.Write(raw)
 	c, buildErrs := l.build(path, &rc)
 	for _, e := range buildErrs {
 		errs = append(errs, fmt.Errorf("%s: %w", path, e))
+	}
+	if c != nil {
+		c.Digest = hex.EncodeToString(l.digest.Sum(nil))
 	}
 	return c, errs
 }
@@ -362,6 +374,10 @@ func (l *loader) body(rf rawFile) (*templates.Template, error) {
 	}
 	p := filepath.Join(l.templateDir, rf.Template)
 	text, err := os.ReadFile(p)
+	if err == nil && l.digest != nil {
+		fmt.Fprintf(l.digest, "%s\x00%d\x00", rf.Template, len(text))
+		l.digest.Write(text)
+	}
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
 			return nil, fmt.Errorf("template %s: no such file", p)
