@@ -123,6 +123,24 @@ func TestTheExampleStackChecksWithRealNginxAndPHPFPM(t *testing.T) {
 	assert.Contains(t, get.stderr, "QUARANTINED at this revision: found by node "+q.Node)
 	assert.Contains(t, nodes[0].run("", "status").stdout, "sites/site17 at revision")
 
+	// Cleared, the site is tried again at the next run, and found bad
+	// again by the one node that tries it.
+	clear := nodes[0].run("", "quarantine", "clear", "sites/site17")
+	require.Equal(t, 0, clear.code, clear.stderr)
+	assert.Contains(t, clear.stdout, "Quarantine of sites/site17 at revision ")
+	qs, err = c.Quarantines(ctx)
+	require.NoError(t, err)
+	assert.Empty(t, qs)
+	again := put("sites/site18", `{"user":"alice","domains":["site18.example.com"]}`)
+	for _, n := range nodes {
+		s := reported(n, again)
+		assert.Equal(t, []string{"sites/site17"}, s.Quarantined)
+	}
+	qs, err = c.Quarantines(ctx)
+	require.NoError(t, err)
+	require.Len(t, qs, 1, "one node tried it again; the others skipped it")
+	assert.Equal(t, evilRev, qs[0].Revision)
+
 	// The customer fixes it: a new revision lifts the quarantine.
 	fixed := put("sites/site17", `{"user":"alice","domains":["fixed.example.com"]}`)
 	for _, n := range nodes {
