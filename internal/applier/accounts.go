@@ -84,6 +84,15 @@ func (a *Applier) planAccounts(p *Plan, m manifest) error {
 // leaves the object out (or fails the configuration).
 func (a *Applier) resolveOwners(p *Plan, db *accounts.DB, final bool) error {
 	var errs []error
+	// The objects left out, once every entry is resolved: leaving one out
+	// deletes from the slices walked here.
+	failed := map[string]error{}
+	var order []string
+	defer func() {
+		for _, object := range order {
+			a.leaveOut(p, object, failed[object])
+		}
+	}()
 	resolve := func(own *configs.Ownership, path, object string) {
 		if !unresolved(*own) {
 			return
@@ -114,8 +123,9 @@ func (a *Applier) resolveOwners(p *Plan, db *accounts.DB, final bool) error {
 			}
 			if object == "" {
 				errs = append(errs, err)
-			} else {
-				a.leaveOut(p, object, fmt.Errorf("%w (object %s)", err, object))
+			} else if _, seen := failed[object]; !seen {
+				failed[object] = fmt.Errorf("%w (object %s)", err, object)
+				order = append(order, object)
 			}
 			return
 		}

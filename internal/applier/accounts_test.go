@@ -183,3 +183,41 @@ func TestARootWithoutAccountFilesPlansButDoesNotApply(t *testing.T) {
 	assert.ErrorContains(t, r.Err, "which ccm never creates")
 	assert.NoDirExists(t, f.path("/home/cust01"))
 }
+
+// A user whose tool fails is held back with its object, and so is every
+// object whose files it was to own; the rest converges.
+func TestAFailingToolHoldsBackItsUserAndWhatItWouldOwn(t *testing.T) {
+	if testing.Short() {
+		t.Skip("useradd waits about 15 s for a lock another process holds")
+	}
+	f := newFixture(t, map[string]string{"c.yaml": `
+users:
+  - {name: "{{ .Object.ID }}", for_each: users, uid: "{{ .Object.Data.uid }}"}
+files:
+  - {path: "/srv/{{ .Object.ID }}", for_each: sites, owner: "{{ .Object.Data.user }}", content: x}
+  - {path: /srv/index, content: "{{ len .Objects.sites }}"}
+`})
+	withEtc(t, f)
+	f.put("users/carol", `{"uid":3001}`)
+	f.put("sites/shop", `{"user":"carol"}`)
+	f.put("sites/blog", `{"user":"root"}`)
+	// Another process holds the account files' lock: every tool fails.
+	require.NoError(t, os.WriteFile(f.path("/etc/passwd.lock"), nil, 0o600))
+	r := f.run()
+	require.NoError(t, r.Err, "the configuration converges without them")
+	var held []string
+	for _, q := range r.Quarantined {
+		held = append(held, q.Type+"/"+q.ID)
+	}
+	assert.ElementsMatch(t, []string{"users/carol", "sites/shop", "sites/blog"}, held)
+	assert.NoFileExists(t, f.path("/srv/shop"))
+	assert.FileExists(t, f.path("/srv/index"))
+
+	require.NoError(t, os.Remove(f.path("/etc/passwd.lock")))
+	f.put("users/carol", `{"uid":3001,"v":2}`)
+	f.put("sites/shop", `{"user":"carol","v":2}`)
+	r = f.run()
+	require.NoError(t, r.Err)
+	uid, _ := owner(t, f.path("/srv/shop"))
+	assert.Equal(t, 3001, uid)
+}
