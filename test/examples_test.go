@@ -122,6 +122,9 @@ func TestTheExampleStackChecksWithRealNginxAndPHPFPM(t *testing.T) {
 	get := nodes[0].run("", "object", "get", "sites", "site17")
 	assert.Contains(t, get.stderr, "QUARANTINED at this revision: found by node "+q.Node)
 	assert.Contains(t, nodes[0].run("", "status").stdout, "sites/site17 at revision")
+	plan := nodes[1].run("", "plan", "--label", "role=web")
+	assert.Equal(t, 0, plan.code, "a node's plan skips what its runs skip: %s%s", plan.stdout, plan.stderr)
+	assert.Contains(t, plan.stdout, "! sites/site17 is quarantined at its revision")
 
 	// Cleared, the site is tried again at the next run, and found bad
 	// again by the one node that tries it.

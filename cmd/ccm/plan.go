@@ -19,6 +19,7 @@ import (
 	"github.com/ccm-dev/ccm/internal/applier"
 	"github.com/ccm-dev/ccm/internal/objects"
 	"github.com/ccm-dev/ccm/internal/render"
+	"github.com/ccm-dev/ccm/internal/rollout"
 )
 
 func newPlanCmd(a *app) *cobra.Command {
@@ -139,7 +140,11 @@ func (a *app) snapshot(ctx context.Context, file string) (*objects.Snapshot, err
 		return nil, err
 	}
 	a.warnIgnored(snap)
-	return snap, nil
+	qs, err := c.Quarantines(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return rollout.Hold(snap, qs), nil // as the node's next run would
 }
 
 func (a *app) warnIgnored(snap *objects.Snapshot) {

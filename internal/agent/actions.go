@@ -80,7 +80,11 @@ func (a *Agent) planAction(ctx context.Context, _ *api.Request) (any, error) {
 	if _, err := a.watcher.Lag(ctx); err != nil {
 		return nil, err
 	}
-	snap := a.mirror.Snapshot()
+	qs, err := a.cluster.Quarantines(ctx)
+	if err != nil {
+		return nil, err
+	}
+	snap := rollout.Hold(a.mirror.Snapshot(), qs)
 	sel := a.selection.Load()
 	ap := applier.New(a.applierOptions())
 	names, err := ap.Select(sel.set, nil)

@@ -3,6 +3,8 @@ package applier
 import (
 	"fmt"
 	"io"
+	"maps"
+	"slices"
 	"strings"
 
 	"github.com/ccm-dev/ccm/internal/render"
@@ -51,7 +53,7 @@ func WritePlans(w io.Writer, plans []*Plan, color bool) bool {
 	pal := palette{on: color}
 	var create, change, remove, pending int
 	for _, p := range plans {
-		if !p.Changed() && !p.PendingOnChange && len(p.Output.Failed) == 0 {
+		if !p.Changed() && !p.PendingOnChange && len(p.Output.Held) == 0 {
 			continue
 		}
 		title := "# configuration " + p.Config.Name
@@ -59,8 +61,15 @@ func WritePlans(w io.Writer, plans []*Plan, color bool) bool {
 			title += " (no longer run on this node: its files are removed)"
 		}
 		fmt.Fprintln(w, pal.paint("1", title))
+		failed := map[string]bool{}
 		for _, f := range p.Output.Failed {
+			failed[f.Ref()] = true
 			fmt.Fprintf(w, "! %s would be quarantined at revision %d (its files stay as they are): %s\n", f.Ref(), f.Revision, oneLine(f.Err.Error()))
+		}
+		for _, ref := range slices.Sorted(maps.Keys(p.Output.Held)) {
+			if !failed[ref] {
+				fmt.Fprintf(w, "! %s is quarantined at its revision: left out, its files stay as they are (ccm quarantine list)\n", ref)
+			}
 		}
 		if p.Redefined {
 			fmt.Fprintln(w, "~ the configuration's definition changed: validate and on_change run once")

@@ -221,7 +221,7 @@ func (r *Runner) locked(ctx context.Context, lock *cluster.Lock, req Request) Re
 	if err != nil {
 		return Result{Err: err}
 	}
-	snap = hold(snap, quarantines)
+	snap = Hold(snap, quarantines)
 	runCtx, stop := lock.Context(ctx)
 	haltCtx, halt := context.WithCancelCause(runCtx)
 	defer halt(nil)
@@ -254,9 +254,9 @@ func (r *Runner) locked(ctx context.Context, lock *cluster.Lock, req Request) Re
 	return res
 }
 
-// hold returns snap holding back every object that a quarantine record
-// names at its revision.
-func hold(snap *objects.Snapshot, qs []api.Quarantine) *objects.Snapshot {
+// Hold returns snap holding back every object that a quarantine record
+// names at its revision: what a run skips, and what a plan shows it skips.
+func Hold(snap *objects.Snapshot, qs []api.Quarantine) *objects.Snapshot {
 	if len(qs) == 0 {
 		return snap
 	}
