@@ -210,6 +210,7 @@ files:
 // A for_each file whose check fails holds back its object alone: its file
 // stays at its last good version, and every other object converges.
 func TestACheckFailureQuarantinesItsObjectAlone(t *testing.T) {
+	log := filepath.Join(t.TempDir(), "log")
 	f := newFixture(t, map[string]string{"web.yaml": `
 subscribes: [sites]
 files:
@@ -217,6 +218,8 @@ files:
     for_each: sites
     content: "{{ .Object.Data.body }}\n"
     check: [sh, -c, 'grep -q "^ok" "$0" || { echo "bad line in $0:1" >&2; exit 1; }', "{{ .Staged }}"]
+validate: [sh, -c, 'echo validate >> "$0"', ` + strconv.Quote(log) + `]
+on_change: [[sh, -c, 'echo on_change >> "$0"', ` + strconv.Quote(log) + `]]
 `})
 	f.put("sites/a", `{"body":"ok"}`)
 	f.put("sites/b", `{"body":"ok b"}`)
@@ -227,8 +230,11 @@ files:
 	f.put("sites/b", `{"body":"broken"}`)
 	f.put("sites/c", `{"body":"broken"}`)
 	f.put("sites/d", `{"body":"ok d"}`)
+	require.NoError(t, os.Remove(log))
 	p, err := f.apply("web")
 	require.NoError(t, err, "one customer's bad object does not fail the configuration")
+	ran, _ := os.ReadFile(log)
+	assert.Equal(t, "validate\non_change\n", string(ran), "validate and on_change run for the rest")
 	assert.Equal(t, "ok too\n", f.read("/etc/nginx/a.conf"))
 	assert.Equal(t, "ok b\n", f.read("/etc/nginx/b.conf"), "the last good version stays")
 	assert.NoFileExists(t, f.path("/etc/nginx/c.conf"))
