@@ -1,14 +1,20 @@
 package test
 
 import (
+	"context"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/ccm-dev/ccm/api"
+	"github.com/ccm-dev/ccm/internal/cluster"
 	"github.com/ccm-dev/ccm/internal/etcdtest"
 )
 
@@ -64,4 +70,63 @@ func TestReleasePushListShowAndDiff(t *testing.T) {
 	r = op.run("", "release", "diff", first[:8], first[:8])
 	assert.Equal(t, 0, r.code)
 	assert.Empty(t, r.stdout)
+}
+
+// Every node previews a release before it is promoted: its own plan under
+// the release's configuration, with nothing applied.
+func TestEveryNodePlansUnderAReleaseBeforeItRuns(t *testing.T) {
+	etcd := etcdtest.New(t, 1)
+	c := cluster.New(etcd.Client(t), cluster.Options{})
+	op := newNode(t, "", t.TempDir(), etcd.Endpoints())
+	op.configDir = "../examples/ccm"
+	require.Equal(t, 0, op.run("", "object", "import", "../examples/objects.json").code)
+	var nodes []*node
+	for _, name := range []string{"web1", "web2", "web3"} {
+		n := newNode(t, name, "../examples/ccm", etcd.Endpoints())
+		n.start("agent", "--debounce", "100ms", "--label", "role=web")
+		nodes = append(nodes, n)
+	}
+	resp, err := etcd.Client(t).Get(context.Background(), "/ccm/objects/", clientv3.WithPrefix(), clientv3.WithKeysOnly())
+	require.NoError(t, err)
+	rev := resp.Header.Revision
+	for _, n := range nodes {
+		eventually(t, 60*time.Second, func() bool {
+			s, err := c.Status(context.Background(), n.name)
+			return err == nil && s != nil && s.Result == api.ResultConverged && s.Revision >= rev
+		}, "%s converged", n.name)
+	}
+	vhost := "/etc/nginx/sites-enabled/shop.conf"
+	before := nodes[0].read(vhost)
+
+	dir := copyDir(t, "../examples/ccm")
+	tmpl := filepath.Join(dir, "templates", "vhost.conf.tmpl")
+	raw, err := os.ReadFile(tmpl)
+	require.NoError(t, err)
+	require.NoError(t, os.WriteFile(tmpl, []byte(strings.Replace(string(raw), "listen 80;", "listen 8080;", 1)), 0o644))
+	r := op.run("", "release", "push", dir)
+	require.Equal(t, 0, r.code, r.stderr)
+	id := strings.TrimSpace(r.stdout)
+
+	r = op.run("", "plan", "--cluster", "--release", id[:10])
+	assert.Equal(t, 2, r.code, "%s%s", r.stdout, r.stderr)
+	for _, n := range nodes {
+		assert.Contains(t, r.stdout, "# node "+n.name+" (revision ")
+	}
+	assert.Equal(t, 3*2, strings.Count(r.stdout, "+    listen 8080;\n"), "both vhosts on each of the three nodes")
+	r = nodes[1].run("", "plan", "--release", id[:10], "--label", "role=web")
+	assert.Equal(t, 2, r.code, r.stderr)
+	assert.Contains(t, r.stdout, "-    listen 80;\n+    listen 8080;\n")
+	r = op.run("", "plan", "--cluster")
+	assert.Equal(t, 0, r.code, "without --release each node plans what it runs: %s", r.stdout)
+	for _, n := range nodes {
+		assert.Equal(t, before, n.read(vhost), "%s: nothing applied", n.name)
+	}
+
+	// A caller cannot point a plan at anything but a release.
+	r = op.run("", "action", "run", "ccm.plan", "--node", "web1", "--param", "release=../objects/sites/shop")
+	assert.Equal(t, 1, r.code)
+	assert.Contains(t, r.stdout, "want the full id, 64 hex digits")
+	r = op.run("", "action", "run", "ccm.plan", "--node", "web1", "--param", "config=x")
+	assert.Equal(t, 1, r.code)
+	assert.Contains(t, r.stdout, `the built-in action ccm.plan takes only release, not "config"`)
 }

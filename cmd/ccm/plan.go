@@ -17,7 +17,9 @@ import (
 	"github.com/ccm-dev/ccm/client"
 	"github.com/ccm-dev/ccm/internal/agent"
 	"github.com/ccm-dev/ccm/internal/applier"
+	"github.com/ccm-dev/ccm/internal/cluster"
 	"github.com/ccm-dev/ccm/internal/objects"
+	"github.com/ccm-dev/ccm/internal/releases"
 	"github.com/ccm-dev/ccm/internal/render"
 	"github.com/ccm-dev/ccm/internal/rollout"
 )
@@ -26,7 +28,7 @@ func newPlanCmd(a *app) *cobra.Command {
 	var names []string
 	var objectsFile, color string
 	var onCluster, check bool
-	var signKey string
+	var signKey, release string
 	cmd := &cobra.Command{
 		Use:   "plan",
 		Short: "Show, as unified diffs, what apply would change on this node",
@@ -41,8 +43,16 @@ Exit codes: 0 no changes, 2 changes, 1 error (a check that would fail, or a
 node without a plan).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if release != "" {
+				dir, id, cleanup, err := a.openRelease(cmd, release)
+				if err != nil {
+					return err
+				}
+				defer cleanup()
+				release, a.configDir = id, dir
+			}
 			if onCluster {
-				return a.planCluster(cmd.Context(), useColor(color, a.stdout), signKey)
+				return a.planCluster(cmd.Context(), useColor(color, a.stdout), signKey, release)
 			}
 			if objectsFile == "" && len(a.labels) == 0 {
 				if err := a.publishedLabels(cmd.Context()); err != nil {
@@ -80,10 +90,26 @@ node without a plan).`,
 	cmd.Flags().BoolVar(&check, "check", false, "also run the check of every file that would change, on a copy outside the root; exit 1 if any fails")
 	cmd.Flags().BoolVar(&onCluster, "cluster", false, "ask every alive node's agent for its plan (the ccm.plan action) and print each")
 	cmd.Flags().StringVar(&signKey, "sign-key", "", "with --cluster: sign the requests with this OpenSSH ed25519 private key `FILE`")
+	cmd.Flags().StringVar(&release, "release", "", "plan under the stored release `ID` (6 or more digits) instead of --config-dir; with --cluster, every node plans under it")
 	cmd.MarkFlagsMutuallyExclusive("cluster", "objects")
 	cmd.MarkFlagsMutuallyExclusive("cluster", "check")
 	cmd.MarkFlagsMutuallyExclusive("cluster", "config")
 	return cmd
+}
+
+// openRelease fetches the stored release named by at least 6 digits of its
+// id and stages it in a temporary directory: the configuration directory
+// a plan under it reads.
+func (a *app) openRelease(cmd *cobra.Command, short string) (dir, id string, cleanup func(), err error) {
+	err = a.withCluster(cmd, func(ctx context.Context, c *cluster.Cluster) error {
+		s := releases.NewStore(c.Client(), a.prefix)
+		if id, err = s.Resolve(ctx, short); err != nil {
+			return err
+		}
+		dir, cleanup, err = s.Open(ctx, id)
+		return err
+	})
+	return dir, id, cleanup, err
 }
 
 // publishedLabels takes the labels the node's agent announced, so that a
@@ -165,13 +191,17 @@ func useColor(mode string, w io.Writer) bool {
 
 // planCluster prints every alive node's own plan, from the ccm.plan
 // action, in node order.
-func (a *app) planCluster(ctx context.Context, color bool, signKey string) error {
+func (a *app) planCluster(ctx context.Context, color bool, signKey, release string) error {
 	c, err := a.client(ctx, signKey)
 	if err != nil {
 		return err
 	}
 	var changed, failed bool
-	for reply, err := range c.Run(ctx, client.Call{Action: agent.ActionPlan, To: client.Targets{All: true}, By: caller()}) {
+	call := client.Call{Action: agent.ActionPlan, To: client.Targets{All: true}, By: caller()}
+	if release != "" {
+		call.Params = map[string]string{agent.PlanRelease: release}
+	}
+	for reply, err := range c.Run(ctx, call) {
 		var ne *client.NodeError
 		if err != nil && !errors.As(err, &ne) {
 			return err

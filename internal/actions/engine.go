@@ -41,6 +41,9 @@ type Options struct {
 	// Handlers returns the loaded handler files; SIGHUP swaps them.
 	Handlers func() *Handlers
 	Builtins map[string]Builtin
+	// BuiltinParams names the parameters a built-in action takes; any
+	// other is refused, and one without an entry takes none.
+	BuiltinParams map[string][]string
 	// Serial runs fn holding the cluster lock, for serial handlers.
 	Serial func(ctx context.Context, fn func()) error
 	// Retention is how long etcd keeps the node's replies
@@ -473,8 +476,14 @@ func (e *Engine) accept(id string, raw []byte, now time.Time) (*api.Request, run
 		return req, run, fmt.Sprintf("its deadline %s passed before the node picked it up", req.Deadline.UTC().Format(time.RFC3339))
 	}
 	if b, ok := e.opts.Builtins[req.Action]; ok {
-		if len(req.Params) > 0 {
-			return req, run, fmt.Sprintf("the built-in action %s takes no parameters", req.Action)
+		allowed := e.opts.BuiltinParams[req.Action]
+		for k := range req.Params {
+			if !slices.Contains(allowed, k) {
+				if len(allowed) == 0 {
+					return req, run, fmt.Sprintf("the built-in action %s takes no parameters", req.Action)
+				}
+				return req, run, fmt.Sprintf("the built-in action %s takes only %s, not %q", req.Action, strings.Join(allowed, ", "), k)
+			}
 		}
 		run.builtin = b
 		return req, run, ""

@@ -9,6 +9,8 @@ import (
 	"github.com/ccm-dev/ccm/api"
 	"github.com/ccm-dev/ccm/internal/actions"
 	"github.com/ccm-dev/ccm/internal/applier"
+	"github.com/ccm-dev/ccm/internal/configs"
+	"github.com/ccm-dev/ccm/internal/releases"
 	"github.com/ccm-dev/ccm/internal/rollout"
 	"github.com/ccm-dev/ccm/internal/runkind"
 )
@@ -18,6 +20,10 @@ const (
 	ActionPlan     = actions.BuiltinPrefix + "plan"
 	ActionConverge = actions.BuiltinPrefix + "converge"
 )
+
+// PlanRelease is the ccm.plan parameter that names a stored release (its
+// full id): the node plans under it, with nothing applied.
+const PlanRelease = "release"
 
 // PlanOutput is the output of the ccm.plan action.
 type PlanOutput struct {
@@ -44,10 +50,11 @@ func (a *Agent) runActions(ctx context.Context) {
 	}
 	actions.NewEngine(actions.Options{
 		Client: a.opts.Client, Prefix: a.opts.Prefix, Node: a.opts.Node, Env: env,
-		Handlers: func() *actions.Handlers { return a.selection.Load().handlers },
-		Builtins: map[string]actions.Builtin{ActionPlan: a.planAction, ActionConverge: a.convergeAction},
-		Keys:     func() *actions.AuthorizedKeys { return a.selection.Load().keys },
-		NodeKey:  a.nodeKey, StateDir: a.opts.StateDir, Instance: a.instance, Cgroups: cgroups,
+		Handlers:      func() *actions.Handlers { return a.selection.Load().handlers },
+		Builtins:      map[string]actions.Builtin{ActionPlan: a.planAction, ActionConverge: a.convergeAction},
+		BuiltinParams: map[string][]string{ActionPlan: {PlanRelease}},
+		Keys:          func() *actions.AuthorizedKeys { return a.selection.Load().keys },
+		NodeKey:       a.nodeKey, StateDir: a.opts.StateDir, Instance: a.instance, Cgroups: cgroups,
 		Serial: a.serial, Retention: a.opts.Retention,
 		Logger: a.log, Metrics: a.metrics,
 	}).Run(ctx)
@@ -76,7 +83,7 @@ func (a *Agent) serial(ctx context.Context, fn func()) error {
 // planAction is ccm.plan: this node's plan against the newest objects,
 // with nothing applied. It plans with an applier of its own, so that it
 // never waits for a run.
-func (a *Agent) planAction(ctx context.Context, _ *api.Request) (any, error) {
+func (a *Agent) planAction(ctx context.Context, req *api.Request) (any, error) {
 	if _, err := a.watcher.Lag(ctx); err != nil {
 		return nil, err
 	}
@@ -85,13 +92,27 @@ func (a *Agent) planAction(ctx context.Context, _ *api.Request) (any, error) {
 		return nil, err
 	}
 	snap := rollout.Hold(a.mirror.Snapshot(), qs)
-	sel := a.selection.Load()
-	ap := applier.New(a.applierOptions())
-	names, err := ap.Select(sel.set, nil)
+	set, opts := a.selection.Load().set, a.applierOptions()
+	if id, ok := req.Params[PlanRelease]; ok { // the plan under that release, not the loaded one
+		if err := releases.CheckID(id); err != nil {
+			return nil, err
+		}
+		dir, cleanup, err := releases.NewStore(a.opts.Client, a.opts.Prefix).Open(ctx, id)
+		if err != nil {
+			return nil, err
+		}
+		defer cleanup()
+		if set, err = configs.Load(dir); err != nil {
+			return nil, err
+		}
+		opts.ConfigDir = dir
+	}
+	ap := applier.New(opts)
+	names, err := ap.Select(set, nil)
 	if err != nil {
 		return nil, err
 	}
-	plans, err := ap.PlanAll(sel.set, snap, names)
+	plans, err := ap.PlanAll(set, snap, names)
 	var b strings.Builder
 	changed := applier.WritePlans(&b, plans, false)
 	text := strings.TrimRight(b.String(), "\n")

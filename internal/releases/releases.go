@@ -141,6 +141,15 @@ func (r *Release) Check() error {
 	return errors.Join(errs...)
 }
 
+// CheckID refuses anything but a full release ID: 64 lowercase hex
+// digits.
+func CheckID(id string) error {
+	if len(id) != sha256.Size*2 || strings.Trim(id, "0123456789abcdef") != "" {
+		return fmt.Errorf("release %q: want the full id, 64 hex digits", id)
+	}
+	return nil
+}
+
 // Short is the ID as the CLI shows it: its first 12 hex digits.
 func (r *Release) Short() string { return Short(r.ID) }
 

@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 
@@ -168,4 +170,24 @@ func (s *Store) Fetch(ctx context.Context, id string) (*Release, error) {
 		return nil, errors.Join(errs...)
 	}
 	return r, r.Check()
+}
+
+// Open fetches release id and stages it in a new temporary directory,
+// returning it and the function that removes it.
+func (s *Store) Open(ctx context.Context, id string) (string, func(), error) {
+	r, err := s.Fetch(ctx, id)
+	if err != nil {
+		return "", nil, err
+	}
+	tmp, err := os.MkdirTemp("", "ccm-release-*")
+	if err != nil {
+		return "", nil, err
+	}
+	cleanup := func() { os.RemoveAll(tmp) }
+	dir := filepath.Join(tmp, r.Short())
+	if err := r.Stage(dir); err != nil {
+		cleanup()
+		return "", nil, err
+	}
+	return dir, cleanup, nil
 }
