@@ -3,6 +3,7 @@
 package etcdtest
 
 import (
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net"
@@ -36,6 +37,25 @@ type member struct {
 // New starts an n-member cluster and stops it when the test ends.
 func New(t testing.TB, n int) *Cluster {
 	t.Helper()
+	for try := 1; ; try++ {
+		c, err := start(t, n)
+		// A port FreeAddr found free can be taken by another process (a
+		// test binary of another package) before the member binds it:
+		// new ports, and new data directories, then.
+		if err != nil && strings.Contains(err.Error(), "address already in use") && try < 5 {
+			continue
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+}
+
+// start starts an n-member cluster on fresh ports and directories. On
+// error, every member it started is stopped again.
+func start(t testing.TB, n int) (*Cluster, error) {
+	t.Helper()
 	c := &Cluster{t: t}
 	var initial []string
 	for i := 0; i < n; i++ {
@@ -62,13 +82,12 @@ func New(t testing.TB, n int) *Cluster {
 		}()
 	}
 	wg.Wait()
-	t.Cleanup(c.Close)
-	for _, err := range errs {
-		if err != nil {
-			t.Fatal(err)
-		}
+	if err := errors.Join(errs...); err != nil {
+		c.Close()
+		return nil, err
 	}
-	return c
+	t.Cleanup(c.Close)
+	return c, nil
 }
 
 // FreeAddr returns a 127.0.0.1 address with a port no one listened on just
