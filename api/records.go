@@ -52,6 +52,9 @@ type Status struct {
 	// Quarantined lists the objects ("type/id") the run held back: found
 	// bad by this node or another, at their current revision.
 	Quarantined []string `json:"quarantined,omitempty"`
+	// Release is the configuration release the run used ("" for the
+	// node's --config-dir).
+	Release string `json:"release,omitempty"`
 }
 
 // Outcome is how one configuration ended in a run.
@@ -92,6 +95,13 @@ type Presence struct {
 	// at a time may use: a presence of the same instance on another
 	// lease is this agent's own previous session, which it takes over.
 	Instance string `json:"instance,omitempty"`
+	// Release is the configuration release the agent has loaded ("" for
+	// its --config-dir).
+	Release string `json:"release,omitempty"`
+	// ReloadError is why the agent's last load of a configuration (a
+	// promoted release, or --config-dir on SIGHUP) failed; empty once
+	// a load succeeds. The agent keeps running what it had loaded.
+	ReloadError string `json:"reload_error,omitempty"`
 }
 
 // Problem is why an alive agent cannot make progress, written to its
@@ -143,6 +153,25 @@ func (r Rollout) String() string {
 	}
 	return s
 }
+
+// ReleasePointer is <prefix>/release: the configuration release every
+// agent runs. With no pointer, agents read their --config-dir.
+type ReleasePointer struct {
+	// ID is the full id of the promoted release.
+	ID string `json:"id"`
+	// History lists the releases promoted before it, newest first
+	// (at most MaxReleaseHistory): ccm release rollback promotes the
+	// first and drops it.
+	History []string  `json:"history,omitempty"`
+	By      string    `json:"by"`
+	Time    time.Time `json:"time"`
+	// Reason is why it was promoted ("rollback" for ccm release
+	// rollback).
+	Reason string `json:"reason,omitempty"`
+}
+
+// MaxReleaseHistory is how many earlier releases a ReleasePointer keeps.
+const MaxReleaseHistory = 20
 
 // Canary is a canary record, <prefix>/canary/<node>: the last change
 // the node converged as its change's canary, written with its status.

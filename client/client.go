@@ -137,6 +137,14 @@ type Options struct {
 	// Schemas, when set, are the object schemas PutObject enforces
 	// (schemas.Load of the configuration directory).
 	Schemas Validator
+	// ReleaseSchemas, when set, makes PutObjects check objects against
+	// the schemas of the promoted release instead of Schemas: it reads
+	// <prefix>/release at each call, asks ReleaseSchemas for that
+	// release's validator, and writes only while that release is still
+	// the promoted one. With no release promoted, Schemas apply. (The
+	// client is built on the wire alone, with no JSON Schema compiler:
+	// ccm's own commands pass the one of its releases package.)
+	ReleaseSchemas func(ctx context.Context, release string) (Validator, error)
 }
 
 // Validator checks an object against its type's schema; the schemas of a

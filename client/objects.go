@@ -39,6 +39,10 @@ func (c *Client) PutObject(ctx context.Context, typ, id string, data map[string]
 // larger than one transaction is not atomic: a failure part-way leaves
 // the transactions before it written, and says how many objects were.
 func (c *Client) PutObjects(ctx context.Context, objs []Object) (int64, error) {
+	check, release, err := c.validator(ctx)
+	if err != nil {
+		return 0, err
+	}
 	values := make([]string, len(objs))
 	var errs []error
 	for i, o := range objs {
@@ -51,8 +55,8 @@ func (c *Client) PutObjects(ctx context.Context, objs []Object) (int64, error) {
 			errs = append(errs, fmt.Errorf("object %s: no data, want a JSON object", key))
 			continue
 		}
-		if c.opts.Schemas != nil {
-			if err := c.opts.Schemas.Validate(o.Type, o.Data); err != nil {
+		if check != nil {
+			if err := check.Validate(o.Type, o.Data); err != nil {
 				errs = append(errs, fmt.Errorf("object %s: %w", key, err))
 				continue
 			}
@@ -76,11 +80,18 @@ func (c *Client) PutObjects(ctx context.Context, objs []Object) (int64, error) {
 		for _, i := range batch {
 			ops = append(ops, clientv3.OpPut(c.keys.ObjectKey(objs[i].Type, objs[i].ID), values[i]))
 		}
+		var cmps []clientv3.Cmp
+		if c.opts.ReleaseSchemas != nil { // the schemas checked are still the promoted ones
+			cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(c.keys.ReleasePointerKey()), "=", release))
+		}
 		rctx, cancel := c.request(ctx)
-		resp, err := c.cli.Txn(rctx).Then(ops...).Commit()
+		resp, err := c.cli.Txn(rctx).If(cmps...).Then(ops...).Commit()
 		cancel()
+		first := objs[batch[0]]
+		if err == nil && !resp.Succeeded {
+			err = errors.New("another release was promoted meanwhile: put them again, to check them against its schemas")
+		}
 		if err != nil {
-			first := objs[batch[0]]
 			return rev, fmt.Errorf("write the objects from %s (%d of %d written): %w", c.keys.ObjectKey(first.Type, first.ID), written, len(objs), err)
 		}
 		rev, written = resp.Header.Revision, written+len(batch)
@@ -106,4 +117,31 @@ func batches(values []string) [][]int {
 		out = append(out, cur)
 	}
 	return out
+}
+
+// validator is what PutObjects checks objects against: Schemas, or with
+// ReleaseSchemas the promoted release's, with the pointer's revision the
+// writes compare (0: none promoted).
+func (c *Client) validator(ctx context.Context) (Validator, int64, error) {
+	if c.opts.ReleaseSchemas == nil {
+		return c.opts.Schemas, 0, nil
+	}
+	rctx, cancel := c.request(ctx)
+	resp, err := c.cli.Get(rctx, c.keys.ReleasePointerKey())
+	cancel()
+	if err != nil {
+		return nil, 0, fmt.Errorf("read %s: %w", c.keys.ReleasePointerKey(), err)
+	}
+	if len(resp.Kvs) == 0 {
+		return c.opts.Schemas, 0, nil
+	}
+	var p api.ReleasePointer
+	if err := json.Unmarshal(resp.Kvs[0].Value, &p); err != nil || p.ID == "" {
+		return nil, 0, fmt.Errorf("%s: not a release pointer ccm wrote", c.keys.ReleasePointerKey())
+	}
+	v, err := c.opts.ReleaseSchemas(ctx, p.ID)
+	if err != nil {
+		return nil, 0, err
+	}
+	return v, resp.Kvs[0].ModRevision, nil
 }

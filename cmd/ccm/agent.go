@@ -33,7 +33,10 @@ func newAgentCmd(a *app) *cobra.Command {
 that subscribe to them, one node at a time under the cluster lock.
 SIGTERM/SIGINT finish the current configuration, release the lock and exit 0.
 SIGHUP reloads the configuration directory and the action handlers (a broken
-one is logged and the loaded one kept). The agent also answers the actions
+one is logged, published in ccm status, and the loaded one kept).
+Once a release is promoted (ccm release promote), the agent runs it instead
+of --config-dir: it fetches, verifies and stages it, and converges it
+through the lock like any change. The agent also answers the actions
 addressed to its node.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -47,6 +50,7 @@ addressed to its node.`,
 	f.DurationVar(&opts.StuckAfter, "stuck-after", agent.DefaultStuckAfter, "fail /healthz and the systemd watchdog once the agent has not been ready (no session or no synced watch) for this long")
 	f.DurationVar(&opts.Resync, "resync", agent.DefaultResync, "converge everything this often, repairing local drift")
 	f.StringVar(&opts.ActionKeys, "action-keys", "", "run only action requests signed by a key in this OpenSSH authorized_keys `FILE` (ed25519)")
+	f.StringVar(&opts.ReleaseKeys, "release-keys", "", "load only configuration releases signed by a key in this OpenSSH authorized_keys `FILE` (ed25519)")
 	f.DurationVar(&opts.Retention, "retention", api.DefaultRetention, "how long etcd keeps this node's replies to actions")
 	f.StringVar(&opts.Cgroup, "cgroup", "auto", "put each action handler's run in a cgroup v2 of its own under `DIR`, so that nothing it started outlives it: auto (the agent's own, delegated by systemd), a directory, or off")
 	f.StringVar(&metricsAddr, "metrics-addr", "", "serve /metrics, /healthz and /readyz on this `ADDR` (e.g. 127.0.0.1:9310)")

@@ -27,6 +27,7 @@ func newApplyCmd(a *app) *cobra.Command {
 	var names []string
 	var once, yes bool
 	var lockTTL, lockTimeout time.Duration
+	var releaseKeys string
 	cmd := &cobra.Command{
 		Use:   "apply --once",
 		Short: "Converge this node once, under the cluster lock",
@@ -38,14 +39,14 @@ It converges the machine it runs on, so it needs the node named (--node or
 CCM_NODE, which /etc/default/ccm sets on a node), and it refuses, unless
 --yes, a node whose live agent runs on another host, or a node never seen in
 the cluster with --root /. On a terminal it shows the plan's summary and asks
-first.
+first. Once a release is promoted, it runs that release, not --config-dir.
 Exit codes: 0 converged, 1 failed (flag set) or refused, 3 halted by the flag.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if !once {
 				return errors.New("apply needs --once; the long-running service is ccm agent")
 			}
-			return a.applyOnce(cmd.Context(), names, lockTTL, lockTimeout, yes)
+			return a.applyOnce(cmd.Context(), names, lockTTL, lockTimeout, yes, releaseKeys)
 		},
 	}
 	cmd.Flags().BoolVar(&once, "once", false, "run once and exit")
@@ -53,26 +54,32 @@ Exit codes: 0 converged, 1 failed (flag set) or refused, 3 halted by the flag.`,
 	cmd.Flags().StringSliceVar(&names, "config", nil, "converge only this configuration (repeatable)")
 	a.registerFlagCompletion(cmd, "config", configNames)
 	cmd.Flags().DurationVar(&lockTTL, "lock-ttl", cluster.DefaultLockTTL, "lease TTL of the lock session")
+	cmd.Flags().StringVar(&releaseKeys, "release-keys", "", "once a release is promoted, run it only if signed by a key in this OpenSSH authorized_keys `FILE`, as the agents' --release-keys")
 	cmd.Flags().DurationVar(&lockTimeout, "lock-timeout", 0, "give up waiting for the lock after this long (0: wait); the run itself is not bounded")
 	return cmd
 }
 
-func (a *app) applyOnce(ctx context.Context, names []string, lockTTL, lockTimeout time.Duration, yes bool) error {
+func (a *app) applyOnce(ctx context.Context, names []string, lockTTL, lockTimeout time.Duration, yes bool, releaseKeys string) error {
 	if err := a.checkNode(); err != nil {
 		return err
 	}
 	if !a.explicitNode {
 		return fmt.Errorf("apply --once converges this machine as a node: name it with --node or CCM_NODE (set in /etc/default/ccm on a node); the hostname %q is not taken for one", a.node)
 	}
+	c, err := a.cluster(ctx)
+	if err != nil {
+		return err
+	}
+	release, promoted, cleanup, err := a.promotedRelease(ctx, c, releaseKeys)
+	if err != nil {
+		return err
+	}
+	defer cleanup()
 	set, ap, selected, err := a.prepare(names)
 	if err != nil {
 		return err
 	}
 	sch, err := a.schemas()
-	if err != nil {
-		return err
-	}
-	c, err := a.cluster(ctx)
 	if err != nil {
 		return err
 	}
@@ -97,7 +104,8 @@ func (a *app) applyOnce(ctx context.Context, names []string, lockTTL, lockTimeou
 		Snapshot: func(ctx context.Context, _ int64) (*objects.Snapshot, error) {
 			return objects.Load(ctx, c.Client(), a.prefix, sch)
 		},
-		Target: func() int64 { return newestObject(ctx, c) },
+		Target:  func() int64 { return max(newestObject(ctx, c), promoted) },
+		Release: release,
 	})
 	// A one-shot run does once what the agent's loop would do next.
 	switch res.Next() {

@@ -17,6 +17,7 @@ import (
 	"github.com/ccm-dev/ccm/client"
 	"github.com/ccm-dev/ccm/internal/cluster"
 	"github.com/ccm-dev/ccm/internal/objects"
+	"github.com/ccm-dev/ccm/internal/releases"
 	"github.com/ccm-dev/ccm/internal/render"
 	"github.com/ccm-dev/ccm/internal/schemas"
 )
@@ -182,16 +183,13 @@ func newObjectImportCmd(a *app) *cobra.Command {
 	return &cobra.Command{
 		Use:   "import FILE.json",
 		Short: `Put every object of a file shaped {"<type>": {"<id>": {...}}}`,
-		Long: `The whole file is checked first, against the schemas of the configuration
-directory too; nothing is written if any object is malformed, and every bad
-object is named.`,
+		Long: `The whole file is checked first, against the schemas of the promoted release
+(or of the configuration directory while none is) too; nothing is written if
+any object is malformed, and every bad object is named.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			sch, err := a.schemas()
-			if err != nil {
-				return err
-			}
-			snap, err := objects.ReadFile(args[0], sch)
+			// The client checks the schemas: the promoted release's.
+			snap, err := objects.ReadFile(args[0], nil)
 			if err != nil {
 				return err
 			}
@@ -251,14 +249,17 @@ func newObjectExportCmd(a *app) *cobra.Command {
 func (a *app) schemas() (*schemas.Set, error) { return schemas.Load(a.configDir) }
 
 // putObjects writes objs through the client's one object path, checked
-// against the schemas of the configuration directory.
+// against the schemas of the promoted release, or of the configuration
+// directory while none is.
 func (a *app) putObjects(cmd *cobra.Command, objs []client.Object) error {
 	sch, err := a.schemas()
 	if err != nil {
 		return err
 	}
 	return a.withCluster(cmd, func(ctx context.Context, c *cluster.Cluster) error {
-		cli := client.New(c.Client(), client.Options{Prefix: a.prefix, RequestTimeout: a.timeout, Schemas: sch})
+		of := releases.NewStore(c.Client(), a.prefix).Schemas()
+		cli := client.New(c.Client(), client.Options{Prefix: a.prefix, RequestTimeout: a.timeout, Schemas: sch,
+			ReleaseSchemas: func(ctx context.Context, id string) (client.Validator, error) { return of(ctx, id) }})
 		_, err := cli.PutObjects(ctx, objs)
 		return err
 	})

@@ -33,7 +33,9 @@ func newPlanCmd(a *app) *cobra.Command {
 		Use:   "plan",
 		Short: "Show, as unified diffs, what apply would change on this node",
 		Long: `Render every configuration (or --config NAME) and print unified diffs of the
-files that would be created, changed or removed, then a summary.
+files that would be created, changed or removed, then a summary. Once a
+release is promoted, the plan reads it (what the agents run), not
+--config-dir; --release ID previews another.
 With --cluster, every alive node's agent plans itself (the ccm.plan action)
 and each node's plan is printed; nodes that do not answer are named.
 With --check, the check command of every file that would be created or
@@ -50,6 +52,16 @@ node without a plan).`,
 				}
 				defer cleanup()
 				release, a.configDir = id, dir
+			} else if !onCluster && objectsFile == "" {
+				c, err := a.cluster(cmd.Context())
+				if err != nil {
+					return err
+				}
+				_, _, cleanup, err := a.promotedRelease(cmd.Context(), c, "")
+				if err != nil {
+					return err
+				}
+				defer cleanup()
 			}
 			if onCluster {
 				return a.planCluster(cmd.Context(), useColor(color, a.stdout), signKey, release)
@@ -106,7 +118,7 @@ func (a *app) openRelease(cmd *cobra.Command, short string) (dir, id string, cle
 		if id, err = s.Resolve(ctx, short); err != nil {
 			return err
 		}
-		dir, cleanup, err = s.Open(ctx, id)
+		dir, cleanup, err = s.Open(ctx, id, nil)
 		return err
 	})
 	return dir, id, cleanup, err

@@ -22,7 +22,8 @@ By default, those of --node: read on <prefix>/objects/,
 record), <prefix>/canary/, <prefix>/paused and <prefix>/rollout; read-write
 only on the node's own records: <prefix>/lock/<node>/,
 <prefix>/failure/<node>, <prefix>/canary/<node> and <prefix>/nodes/<node>/
-(status, presence, problem, replies).
+(status, presence, problem, replies). It reads <prefix>/releases/ and
+<prefix>/release, and writes neither.
 --api NAME: a cluster API: read-write on objects and action requests, read
 on <prefix>/ (what ccm status reads).
 --operator NAME: everything an operator's commands need: read-write on
@@ -32,7 +33,8 @@ data and action replies included).
 --caller NAME: a caller of actions only: read-write on <prefix>/actions/,
 read on <prefix>/nodes/.
 --release NAME: whoever pushes configuration releases (ccm release push):
-read-write on <prefix>/releases/ only.
+read-write on <prefix>/releases/ only. Promoting one (ccm release promote,
+rollback) is an operator's.
 Run them with root credentials; the user's password is taken from
 $CCM_NODE_PASSWORD (or $CCM_<KIND>_PASSWORD, such as $CCM_API_PASSWORD).
 The node then runs with --user ccm-node-<node> and CCM_PASSWORD.`,

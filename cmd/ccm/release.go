@@ -9,12 +9,14 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"go.uber.org/zap"
 	"golang.org/x/crypto/ssh"
 
 	"github.com/ccm-dev/ccm/api"
 	"github.com/ccm-dev/ccm/internal/actions"
 	"github.com/ccm-dev/ccm/internal/cluster"
 	"github.com/ccm-dev/ccm/internal/configs"
+	"github.com/ccm-dev/ccm/internal/objects"
 	"github.com/ccm-dev/ccm/internal/releases"
 	"github.com/ccm-dev/ccm/internal/render"
 	"github.com/ccm-dev/ccm/internal/schemas"
@@ -27,10 +29,13 @@ func newReleaseCmd(a *app) *cobra.Command {
 		Long: `A release is a configuration directory (configurations, templates, schemas,
 action handlers, check helpers) validated as ccm validate does and stored
 under <prefix>/releases/<id>, where the id is the digest of its content.
-Agents of this version still read --config-dir: a release is not yet
-promoted to them.`,
+ccm release promote moves <prefix>/release to one: every agent fetches,
+verifies and stages it, and converges it through the lock like any change
+(one node at a time, or in batches behind a canary). Until a release is
+promoted, agents read their --config-dir.`,
 	}
-	cmd.AddCommand(newReleasePushCmd(a), newReleaseListCmd(a), newReleaseShowCmd(a), newReleaseDiffCmd(a))
+	cmd.AddCommand(newReleasePushCmd(a), newReleaseListCmd(a), newReleaseShowCmd(a), newReleaseDiffCmd(a),
+		newReleasePromoteCmd(a), newReleaseRollbackCmd(a), newReleaseCurrentCmd(a))
 	return cmd
 }
 
@@ -207,4 +212,187 @@ func newReleaseDiffCmd(a *app) *cobra.Command {
 			return nil
 		},
 	}
+}
+
+func newReleasePromoteCmd(a *app) *cobra.Command {
+	var force bool
+	var reason string
+	cmd := &cobra.Command{
+		Use:   "promote ID [--force] [--message TEXT]",
+		Short: "Make every agent run release ID, through the lock and the rollout strategy",
+		Long: `Move <prefix>/release to the stored release ID (6 or more digits). Every object
+is checked against the release's schemas first: if any breaks them, nothing is
+promoted and each is named (--force promotes anyway; those objects are then
+quarantined by the first node that runs them). The pointer moves only if no
+object was written since the check and nobody promoted meanwhile.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return a.withCluster(cmd, func(ctx context.Context, c *cluster.Cluster) error {
+				s := releases.NewStore(c.Client(), a.prefix)
+				id, err := s.Resolve(ctx, args[0])
+				if err != nil {
+					return err
+				}
+				cur, rev, err := s.Current(ctx)
+				if err != nil {
+					return err
+				}
+				if cur != nil && cur.ID == id {
+					fmt.Fprintf(a.stderr, "release %s is already promoted; nothing written\n", releases.Short(id))
+					return nil
+				}
+				p := releases.Promotion{ID: id, By: caller(), Reason: reason}
+				if !force {
+					if p.ObjectsAt, err = a.checkObjectsUnder(ctx, c, s, id); err != nil {
+						return err
+					}
+				}
+				next, err := s.Promote(ctx, cur, rev, p)
+				if err != nil {
+					return err
+				}
+				printPromotion(a, cur, next)
+				return nil
+			})
+		},
+	}
+	cmd.Flags().BoolVar(&force, "force", false, "promote even if existing objects break the release's schemas")
+	cmd.Flags().StringVar(&reason, "message", "", "why it is promoted")
+	return cmd
+}
+
+// printPromotion says what a move of the pointer did.
+func printPromotion(a *app, prev, next *api.ReleasePointer) {
+	was := "--config-dir"
+	if prev != nil {
+		was = releases.Short(prev.ID)
+	}
+	fmt.Fprintf(a.stdout, "promoted release %s (was %s); agents converge it under the rollout strategy: ccm status shows each node's release\n",
+		releases.Short(next.ID), was)
+}
+
+// checkObjectsUnder checks every object in etcd against the schemas of
+// release id, and returns the revision it read them at; the error names
+// every object that breaks them, one per line. Objects that are not JSON
+// objects at all are left to the quarantine, as under any release.
+func (a *app) checkObjectsUnder(ctx context.Context, c *cluster.Cluster, s *releases.Store, id string) (int64, error) {
+	dir, cleanup, err := s.Open(ctx, id, nil)
+	if err != nil {
+		return 0, err
+	}
+	defer cleanup()
+	sch, err := schemas.Load(dir)
+	if err != nil {
+		return 0, err
+	}
+	snap, err := objects.Load(ctx, c.Client(), a.prefix, nil)
+	if err != nil {
+		return 0, err
+	}
+	var errs []error
+	for _, typ := range sortedTypes(snap) {
+		for _, o := range snap.Types[typ] {
+			if err := sch.Validate(typ, o.Data); err != nil {
+				errs = append(errs, fmt.Errorf("object %s: %w", c.ObjectKey(typ, o.ID), err))
+			}
+		}
+	}
+	if len(errs) > 0 {
+		return 0, fmt.Errorf("release %s not promoted: %d objects break its schemas (change them first, or --force):\n%w",
+			releases.Short(id), len(errs), errors.Join(errs...))
+	}
+	return snap.Revision, nil
+}
+
+func newReleaseRollbackCmd(a *app) *cobra.Command {
+	return &cobra.Command{
+		Use:   "rollback",
+		Short: "Promote the release promoted before the current one",
+		Long: `Move <prefix>/release back to the release it named before, and drop that one
+from the history: a second rollback goes one release further back. Objects
+are not checked against the older release's schemas: a rollback is the way
+out, and an object it refuses is quarantined, not a halt.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return a.withCluster(cmd, func(ctx context.Context, c *cluster.Cluster) error {
+				s := releases.NewStore(c.Client(), a.prefix)
+				cur, _, err := s.Current(ctx)
+				if err != nil {
+					return err
+				}
+				next, err := s.Rollback(ctx, caller())
+				if err != nil {
+					return err
+				}
+				printPromotion(a, cur, next)
+				return nil
+			})
+		},
+	}
+}
+
+func newReleaseCurrentCmd(a *app) *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "current [--json]",
+		Short: "Show the promoted release, who promoted it, and the history rollback walks back",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			var cur *api.ReleasePointer
+			err := a.withCluster(cmd, func(ctx context.Context, c *cluster.Cluster) (err error) {
+				cur, _, err = releases.NewStore(c.Client(), a.prefix).Current(ctx)
+				return err
+			})
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				return writeJSON(a.stdout, cur, true)
+			}
+			if cur == nil {
+				fmt.Fprintln(a.stdout, "no release promoted: agents read their --config-dir")
+				return nil
+			}
+			fmt.Fprintf(a.stdout, "release %s\npromoted by %s at %s\n", cur.ID, render.Escape(cur.By), cur.Time.Format(time.RFC3339))
+			if cur.Reason != "" {
+				fmt.Fprintf(a.stdout, "reason: %s\n", render.Escape(cur.Reason))
+			}
+			for i, id := range cur.History {
+				fmt.Fprintf(a.stdout, "before-%d: %s\n", i+1, releases.Short(id))
+			}
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	return cmd
+}
+
+// promotedRelease stages the promoted release, when there is one, and
+// points --config-dir at it: once a release is promoted, plan and apply
+// --once read what the agents run. keysFile, when set, is checked as the
+// agents' --release-keys. It returns the release id ("" with none) and
+// the promotion's revision.
+func (a *app) promotedRelease(ctx context.Context, c *cluster.Cluster, keysFile string) (string, int64, func(), error) {
+	var verify func(*releases.Release) error
+	if keysFile != "" {
+		keys, err := actions.LoadAuthorizedKeys(keysFile)
+		if err != nil {
+			return "", 0, nil, fmt.Errorf("--release-keys: %w", err)
+		}
+		verify = releases.Verifier(keys.Trusted)
+	}
+	rctx, cancel := a.requestContext(ctx)
+	defer cancel()
+	s := releases.NewStore(c.Client(), a.prefix)
+	cur, rev, err := s.Current(rctx)
+	if err != nil || cur == nil {
+		return "", 0, func() {}, err
+	}
+	dir, cleanup, err := s.Open(rctx, cur.ID, verify)
+	if err != nil {
+		return "", 0, nil, err
+	}
+	a.log.Info("a release is promoted: reading it, not --config-dir", zap.String("release", cur.ID))
+	a.configDir = dir
+	return cur.ID, rev, cleanup, nil
 }

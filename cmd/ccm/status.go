@@ -12,6 +12,7 @@ import (
 
 	"github.com/ccm-dev/ccm/api"
 	"github.com/ccm-dev/ccm/internal/cluster"
+	"github.com/ccm-dev/ccm/internal/releases"
 	"github.com/ccm-dev/ccm/internal/render"
 )
 
@@ -55,6 +56,11 @@ func printView(w io.Writer, v *cluster.View) {
 	if p := v.Pause; p != nil {
 		fmt.Fprintf(w, "Paused: by %s at %s: %s\n", render.Escape(p.By), p.Time.Format(time.RFC3339), render.Escape(firstLine(p.Reason)))
 	}
+	if r := v.Release; r != nil {
+		fmt.Fprintf(w, "Release: %s, promoted by %s at %s\n", releases.Short(r.ID), render.Escape(r.By), r.Time.Format(time.RFC3339))
+	} else {
+		fmt.Fprintln(w, "Release: none promoted; agents read their --config-dir")
+	}
 	fmt.Fprintf(w, "Rollout: %s\n", v.Rollout)
 	if v.Rollout.Canary && v.Rollout.Slots() > 1 {
 		if c := v.Canary; c != nil {
@@ -90,7 +96,7 @@ func printView(w io.Writer, v *cluster.View) {
 	}
 	fmt.Fprintf(w, "Nodes: %s\n\n", v.Summary)
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "NODE\tSTATE\tCONVERGED\tBEHIND\tLAST RUN\tWHEN\tDETAIL")
+	fmt.Fprintln(tw, "NODE\tSTATE\tRELEASE\tCONVERGED\tBEHIND\tLAST RUN\tWHEN\tDETAIL")
 	for _, n := range v.Nodes {
 		behind := "no"
 		if n.Behind {
@@ -104,7 +110,10 @@ func printView(w io.Writer, v *cluster.View) {
 		if p := n.Problem; p != nil { // why an alive agent makes no progress
 			detail = "agent: " + firstLine(p.Error) + " (since " + p.Since.Format(time.RFC3339) + ")"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\t%s\n", render.Escape(n.Name), n.State, n.Converged, behind, last, when, render.Escape(detail))
+		if n.ReloadError != "" {
+			detail = "reload failed: " + firstLine(n.ReloadError)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\n", render.Escape(n.Name), n.State, releaseName(n.Release), n.Converged, behind, last, when, render.Escape(detail))
 	}
 	tw.Flush()
 	if len(v.Quarantines) > 0 {
@@ -114,6 +123,15 @@ func printView(w io.Writer, v *cluster.View) {
 				render.Escape(q.Node), render.Escape(q.Configuration), render.Escape(firstLine(q.Error)))
 		}
 	}
+}
+
+// releaseName is how status shows a node's release: its short id, or
+// "dir" for --config-dir.
+func releaseName(id string) string {
+	if id == "" {
+		return "dir"
+	}
+	return render.Escape(releases.Short(id))
 }
 
 // failedBy names who raised a failure record, escaped for a terminal.

@@ -48,7 +48,7 @@ var keyOptions = []string{"ccm-actions", "ccm-nodes", "expiry-time"}
 func LoadAuthorizedKeys(file string) (*AuthorizedKeys, error) {
 	raw, err := os.ReadFile(file)
 	if err != nil {
-		return nil, fmt.Errorf("--action-keys: %w", err)
+		return nil, err
 	}
 	ak := &AuthorizedKeys{file: file, keys: map[string]*Grant{}}
 	lineOf := map[string]int{}
@@ -92,6 +92,16 @@ func LoadAuthorizedKeys(file string) (*AuthorizedKeys, error) {
 		return nil, errors.Join(errs...)
 	}
 	return ak, nil
+}
+
+// Trusted returns the name of key when the file holds it and it has not
+// expired: the check a release's signature needs (releases.Verify).
+func (ak *AuthorizedKeys) Trusted(key ssh.PublicKey) (string, bool) {
+	g, ok := ak.keys[string(key.Marshal())]
+	if !ok || (!g.Expires.IsZero() && time.Now().After(g.Expires)) {
+		return "", false
+	}
+	return g.Name, true
 }
 
 // grantOf reads a key's options.

@@ -10,6 +10,7 @@ import (
 	"github.com/ccm-dev/ccm/internal/actions"
 	"github.com/ccm-dev/ccm/internal/applier"
 	"github.com/ccm-dev/ccm/internal/configs"
+	"github.com/ccm-dev/ccm/internal/debounce"
 	"github.com/ccm-dev/ccm/internal/releases"
 	"github.com/ccm-dev/ccm/internal/rollout"
 	"github.com/ccm-dev/ccm/internal/runkind"
@@ -97,7 +98,7 @@ func (a *Agent) planAction(ctx context.Context, req *api.Request) (any, error) {
 		if err := releases.CheckID(id); err != nil {
 			return nil, err
 		}
-		dir, cleanup, err := releases.NewStore(a.opts.Client, a.opts.Prefix).Open(ctx, id)
+		dir, cleanup, err := releases.NewStore(a.opts.Client, a.opts.Prefix).Open(ctx, id, a.verifyRelease())
 		if err != nil {
 			return nil, err
 		}
@@ -126,7 +127,11 @@ func (a *Agent) planAction(ctx context.Context, req *api.Request) (any, error) {
 func (a *Agent) convergeAction(ctx context.Context, _ *api.Request) (any, error) {
 	a.runMu.Lock()
 	defer a.runMu.Unlock()
-	sel := a.selection.Load()
+	b := debounce.Batch{Kind: runkind.Full}
+	sel, broken, err := a.prepare(ctx, &b)
+	if err != nil {
+		return nil, err
+	}
 	names, err := a.applier.Select(sel.set, nil)
 	if err != nil {
 		return nil, err
@@ -135,7 +140,9 @@ func (a *Agent) convergeAction(ctx context.Context, _ *api.Request) (any, error)
 	if err != nil {
 		return nil, err
 	}
-	res := a.runner.Run(ctx, s, rollout.Request{Set: sel.set, Names: names, Kind: runkind.Full, Snapshot: a.snapshot, Reason: "action " + ActionConverge, Target: a.mirror.Applied})
+	req := a.request(sel, broken)
+	req.Names, req.Kind, req.Reason = names, runkind.Full, "action "+ActionConverge
+	res := a.runner.Run(ctx, s, req)
 	// What the run leaves to do is the agent loop's, as after its own runs.
 	switch res.Next() {
 	case rollout.Requeue:

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"sync"
@@ -23,6 +24,7 @@ import (
 	"github.com/ccm-dev/ccm/internal/follow"
 	"github.com/ccm-dev/ccm/internal/metrics"
 	"github.com/ccm-dev/ccm/internal/objects"
+	"github.com/ccm-dev/ccm/internal/releases"
 	"github.com/ccm-dev/ccm/internal/render"
 	"github.com/ccm-dev/ccm/internal/retry"
 	"github.com/ccm-dev/ccm/internal/rollout"
@@ -76,6 +78,9 @@ type Options struct {
 	// ActionKeys is an OpenSSH authorized_keys file: when set, only
 	// requests signed by one of its keys run.
 	ActionKeys string
+	// ReleaseKeys is an OpenSSH authorized_keys file: when set, only
+	// releases signed by one of its keys are loaded.
+	ReleaseKeys string
 
 	Logger  *zap.Logger
 	Metrics *metrics.Metrics // nil: a new set
@@ -90,12 +95,23 @@ type selection struct {
 	handlers *actions.Handlers
 	keys     *actions.AuthorizedKeys // nil: requests need no signature
 	schemas  *schemas.Set
+	// release is the configuration release it was loaded from ("" for
+	// --config-dir).
+	release string
+	// empty is set for a --config-dir without configurations (or
+	// absent): enough to start an agent that waits for a release.
+	empty bool
 }
 
 // load reads the configuration directory (the configurations and the
-// action handlers) and the action keys, every error at once.
+// action handlers) and the action keys, every error at once. A directory
+// without configurations, or none at all, loads as empty.
 func load(dir, keysFile string) (*selection, error) {
 	set, err := configs.Load(dir)
+	empty := errors.Is(err, configs.ErrNoConfigurations) || errors.Is(err, fs.ErrNotExist)
+	if empty {
+		set, err = &configs.Set{Dir: dir, Configs: map[string]*configs.Config{}}, nil
+	}
 	handlers, herr := actions.LoadHandlers(dir)
 	sch, serr := schemas.Load(dir)
 	var keys *actions.AuthorizedKeys
@@ -110,7 +126,7 @@ func load(dir, keysFile string) (*selection, error) {
 	for name, c := range set.Configs {
 		subs[name] = c.Types()
 	}
-	return &selection{set: set, subs: subscriptions.New(subs), handlers: handlers, keys: keys, schemas: sch}, nil
+	return &selection{set: set, subs: subscriptions.New(subs), handlers: handlers, keys: keys, schemas: sch, empty: empty}, nil
 }
 
 // Agent is the per-node service.
@@ -139,6 +155,12 @@ type Agent struct {
 	retry    *retry.Delay // owned by the run loop
 	// stop ends Run with a cause: another agent serves this node.
 	stop context.CancelCauseFunc
+
+	release     *releaseState
+	releaseKeys *actions.AuthorizedKeys // nil: releases need no signature
+	// pending is the selection the next run converges, loaded but not
+	// adopted yet (owned by whoever holds runMu).
+	pending *selection
 }
 
 // New loads the configuration directory and returns an Agent. It refuses a
@@ -164,6 +186,12 @@ func New(opts Options) (*Agent, error) {
 		deb:     debounce.New(opts.Debounce, opts.MaxWait, nil),
 		retry:   follow.Backoff(),
 	}
+	if opts.ReleaseKeys != "" {
+		if a.releaseKeys, err = actions.LoadAuthorizedKeys(opts.ReleaseKeys); err != nil {
+			return nil, fmt.Errorf("--release-keys: %w", err)
+		}
+	}
+	a.release = newReleaseState(api.NewKeys(opts.Prefix).ReleasePointerKey(), a.releaseChanged)
 	a.applier = applier.New(a.applierOptions())
 	a.runner = rollout.New(rollout.Options{Cluster: a.cluster, Applier: a.applier, Node: opts.Node, Logger: a.log, Metrics: a.metrics})
 	a.flag = newFlagState(a.metrics.Halted, func(key string) bool { _, ok := a.cluster.FailureOf(key); return ok },
@@ -218,7 +246,12 @@ func defaults(o *Options) {
 // again. A broken directory keeps the old one and returns the error; a
 // good one converges everything.
 func (a *Agent) Reload() error {
+	if cur := a.selection.Load(); cur.release != "" {
+		a.log.Info("a release is promoted: SIGHUP does not read --config-dir", zap.String("release", releases.Short(cur.release)))
+		return nil
+	}
 	sel, err := load(a.opts.ConfigDir, a.opts.ActionKeys)
+	a.presence.reloaded(err)
 	if err != nil {
 		a.log.Error("reload failed; keeping the loaded configuration", zap.Error(err))
 		return err
@@ -297,6 +330,9 @@ func (a *Agent) Run(ctx context.Context) error {
 		return err
 	}
 	a.presence.setInstance(a.instance)
+	if a.opts.ReleaseKeys == "" {
+		a.log.Warn("releases are authenticated by etcd RBAC alone: no --release-keys, so any identity that may write the release pointer and the releases chooses what this node runs as root")
+	}
 	if a.opts.ActionKeys == "" {
 		a.log.Warn("actions are authenticated by etcd RBAC alone: no --action-keys, so any identity that may write this node's requests may run its actions")
 	}
@@ -308,7 +344,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		wg.Wait()
 		a.sessions.drop()
 	}()
-	for _, fn := range []func(context.Context){a.runWatcher, a.watchFlag, a.watchPause, a.resyncLoop, a.readiness, a.sessions.keep, a.runActions} {
+	for _, fn := range []func(context.Context){a.runWatcher, a.watchFlag, a.watchPause, a.resyncLoop, a.readiness, a.sessions.keep, a.runActions, a.watchRelease} {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()

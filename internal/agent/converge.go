@@ -32,7 +32,15 @@ func (a *Agent) names(sel *selection, b debounce.Batch) ([]string, error) {
 // agent must stop for: another live agent serves this node.
 func (a *Agent) converge(ctx context.Context, b debounce.Batch) error {
 	// One selection for the whole run, even if SIGHUP swaps it meanwhile.
-	sel := a.selection.Load()
+	sel, broken, err := a.prepare(ctx, &b)
+	switch {
+	case errors.Is(err, errNoConfiguration):
+		a.log.Error("no run", zap.Error(err))
+		return nil
+	case err != nil:
+		a.postpone(ctx, b, "read the promoted release", err)
+		return nil
+	}
 	names, err := a.names(sel, b)
 	if err != nil {
 		a.log.Error("select configurations", zap.Error(err))
@@ -50,10 +58,9 @@ func (a *Agent) converge(ctx context.Context, b debounce.Batch) error {
 		a.postpone(ctx, b, "open session", err)
 		return nil
 	}
-	res := a.runner.Run(ctx, s, rollout.Request{
-		Set: sel.set, Names: names, Kind: b.Kind, Snapshot: a.snapshot, Reason: describe(b),
-		Halt: a.flag.raisedCh(), Target: a.mirror.Applied,
-	})
+	req := a.request(sel, broken)
+	req.Names, req.Kind, req.Reason, req.Halt = names, b.Kind, describe(b), a.flag.raisedCh()
+	res := a.runner.Run(ctx, s, req)
 	switch res.Next() {
 	case rollout.Requeue:
 		a.observeGate(res)
@@ -84,6 +91,33 @@ func (a *Agent) converge(ctx context.Context, b debounce.Batch) error {
 		releaseMemory()
 	}
 	return nil
+}
+
+// prepare waits until the release pointer is read, and returns the
+// selection a run of b converges and why it is broken (see next). A new
+// configuration makes b a run of everything.
+func (a *Agent) prepare(ctx context.Context, b *debounce.Batch) (*selection, error, error) {
+	wctx, cancel := context.WithTimeout(ctx, syncTimeout)
+	err := a.release.wait(wctx)
+	cancel()
+	if err != nil {
+		return nil, nil, err
+	}
+	sel, broken, err := a.next(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	if sel != a.selection.Load() || broken != nil {
+		b.Kind, b.Reasons = runkind.Full, append(b.Reasons, "new configuration")
+	}
+	return sel, broken, nil
+}
+
+// request is a run of sel, or the failed run that reports why the
+// configuration it should converge is broken.
+func (a *Agent) request(sel *selection, broken error) rollout.Request {
+	return rollout.Request{Set: sel.set, Snapshot: a.snapshot, Target: a.releaseTarget, Release: sel.release,
+		Broken: broken, Begin: func() { a.adopt(sel) }}
 }
 
 // observeGate records the flag or the pause that held a run back, as read

@@ -44,6 +44,30 @@ func (p *presence) setActionKey(key string) {
 	p.mu.Unlock()
 }
 
+// reloaded records how the last load of a configuration ended (nil: it
+// succeeded), and announces a change.
+func (p *presence) reloaded(err error) {
+	msg := ""
+	if err != nil {
+		msg = err.Error()
+	}
+	p.mu.Lock()
+	changed := p.current.ReloadError != msg
+	p.current.ReloadError = msg
+	p.mu.Unlock()
+	if changed {
+		p.wake()
+	}
+}
+
+// setRelease announces the release the agent has loaded.
+func (p *presence) setRelease(id string) {
+	p.mu.Lock()
+	p.current.Release = id
+	p.mu.Unlock()
+	p.wake()
+}
+
 // wake asks the session owner (sessions.keep) to announce the current value.
 func (p *presence) wake() {
 	select {

@@ -11,7 +11,7 @@ import (
 // runCheck runs a file's check on its staged copy at staged; an error
 // names the final path, never the copy.
 func (a *Applier) runCheck(ctx context.Context, p *Plan, c *Change, staged string) error {
-	check := command{config: p.Config.Name, argv: c.file.Check.Expand(staged, c.Real), timeout: p.Config.Timeout, staged: staged, final: c.Real}
+	check := command{config: p.Config.Name, dir: p.Config.Dir(), argv: c.file.Check.Expand(staged, c.Real), timeout: p.Config.Timeout, staged: staged, final: c.Real}
 	if err := a.runCommand(ctx, check); err != nil {
 		return fmt.Errorf("check %s: %w", c.Path, err)
 	}

@@ -1,6 +1,7 @@
 package applier
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -47,7 +48,10 @@ func tail(f *os.File) string {
 
 // command is one check, validate or on_change to run for a configuration.
 type command struct {
-	config  string
+	config string
+	// dir is the directory of the configuration's YAML, where the
+	// command runs (Options.ConfigDir when empty): a release's own.
+	dir     string
 	argv    []string
 	timeout time.Duration
 	// staged, when set, is the temp file a check reads; the error names
@@ -73,7 +77,7 @@ func (a *Applier) runCommand(ctx context.Context, c command) error {
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
 	cmd.WaitDelay = waitDelay
-	cmd.Dir = a.opts.ConfigDir
+	cmd.Dir = cmp.Or(c.dir, a.opts.ConfigDir)
 	cmd.Env = a.commandEnv(c.config)
 	cmd.Stdout, cmd.Stderr = out, out
 	err = cmd.Run()

@@ -23,6 +23,8 @@ import (
 // change on_change runs at least once, and a rejected file never stays.
 type journal struct {
 	Config string `json:"config"`
+	// Dir is where its commands run: the configuration's directory.
+	Dir string `json:"dir,omitempty"`
 	// Root is the --root the paths were written under; a journal for
 	// another root is refused, never replayed.
 	Root     string        `json:"root"`
@@ -64,7 +66,7 @@ func journalPath(config string) string { return path.Join(journalDir, config+".j
 // newJournal records what applying p would change and then do.
 func (a *Applier) newJournal(p *Plan, m manifest, dirs []string) *journal {
 	cfg := p.Config
-	j := &journal{Config: cfg.Name, Root: a.opts.Root, Validate: cfg.Validate, Timeout: cfg.Timeout, Manifest: m, Dirs: dirs}
+	j := &journal{Config: cfg.Name, Dir: cfg.Dir(), Root: a.opts.Root, Validate: cfg.Validate, Timeout: cfg.Timeout, Manifest: m, Dirs: dirs}
 	if old, ok := a.manifests[cfg.Name]; ok && len(m.Files) > 0 && slices.Equal(old.Files, m.Files) && maps.Equal(old.Objects, m.Objects) {
 		j.Manifest.Files, j.Manifest.Objects, j.SameFiles = nil, nil, true
 	}
@@ -158,7 +160,7 @@ func (a *Applier) finish(ctx context.Context, j *journal, changed bool) error {
 		if err := fenced(ctx, "validate"); err != nil {
 			return errors.Join(err, a.restore(j))
 		}
-		if err := a.runCommand(ctx, command{config: j.Config, argv: j.Validate, timeout: j.Timeout}); err != nil {
+		if err := a.runCommand(ctx, command{config: j.Config, dir: j.Dir, argv: j.Validate, timeout: j.Timeout}); err != nil {
 			return fmt.Errorf("%w: %w", ErrValidate, errors.Join(err, a.restore(j)))
 		}
 	}
@@ -188,7 +190,7 @@ func (a *Applier) finish(ctx context.Context, j *journal, changed bool) error {
 		if err := fenced(ctx, "on_change"); err != nil {
 			return fmt.Errorf("%w: %w", ErrOnChange, err)
 		}
-		if err := a.runCommand(ctx, command{config: j.Config, argv: argv, timeout: j.Timeout}); err != nil {
+		if err := a.runCommand(ctx, command{config: j.Config, dir: j.Dir, argv: argv, timeout: j.Timeout}); err != nil {
 			return fmt.Errorf("%w: %w", ErrOnChange, err)
 		}
 		a.log.Info("on_change ran", zap.String("config", j.Config), zap.Strings("command", argv))

@@ -46,7 +46,7 @@ func TestBehindForEveryNodeState(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			n := &NodeView{Name: "n", Status: tt.status, Presence: tt.presence}
-			n.describe(tt.lock, tt.paused, 23)
+			n.describe(tt.lock, tt.paused, 23, "")
 			assert.Equal(t, tt.state, n.State)
 			assert.Equal(t, tt.behind, n.Behind)
 		})
@@ -78,4 +78,29 @@ func TestViewShowsADownNodeThatMissedAChangeBehind(t *testing.T) {
 	assert.True(t, v.Nodes[0].Behind, "down, and it missed sites/b")
 	assert.Equal(t, Summary{Nodes: 1, Behind: 1, Down: 1}, v.Summary)
 	assert.Equal(t, "1 nodes: 0 converged, 1 behind, 0 failed, 1 down", v.Summary.String())
+}
+
+// A node that runs another release than the promoted one is behind,
+// whether its agent says so (alive) or its last run does (down), even
+// when it has converged every object change.
+func TestANodeOnAnotherReleaseIsBehind(t *testing.T) {
+	upToDate := &api.Status{Node: "n", Result: api.ResultConverged, Revision: 23, Converged: 23, Release: "r1"}
+	for _, tt := range []struct {
+		name     string
+		presence *api.Presence
+		promoted string
+		behind   bool
+	}{
+		{"alive on the promoted release", &api.Presence{Release: "r1"}, "r1", false},
+		{"alive, the next release promoted", &api.Presence{Release: "r1"}, "r2", true},
+		{"alive, back to --config-dir", &api.Presence{Release: "r1"}, "", true},
+		{"down, its last run on the promoted release", nil, "r1", false},
+		{"down, the next release promoted", nil, "r2", true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			n := &NodeView{Name: "n", Status: upToDate, Presence: tt.presence}
+			n.describe("", false, 23, tt.promoted)
+			assert.Equal(t, tt.behind, n.Behind)
+		})
+	}
 }

@@ -16,6 +16,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/ccm-dev/ccm/api"
+	"github.com/ccm-dev/ccm/internal/releases"
 )
 
 // DefaultLockTTL is the lease TTL of the lock session.
@@ -149,6 +150,11 @@ type NodeView struct {
 	Presence *api.Presence `json:"presence,omitempty"`
 	// Problem is what the node's agent last reported it could not do.
 	Problem *api.Problem `json:"problem,omitempty"`
+	// Release is the configuration release the node runs ("" for its
+	// --config-dir): its agent's, or its last run's when it is down.
+	Release string `json:"release,omitempty"`
+	// ReloadError is why the agent's last load of a configuration failed.
+	ReloadError string `json:"reload_error,omitempty"`
 }
 
 // View is the whole cluster as ccm status shows it.
@@ -166,6 +172,8 @@ type View struct {
 	// node holding a slot, when the rollout runs in batches.
 	Holder  string   `json:"holder,omitempty"`
 	Holders []string `json:"holders,omitempty"`
+	// Release is the promoted release (nil: agents read --config-dir).
+	Release *api.ReleasePointer `json:"release,omitempty"`
 	// Waiting lists the nodes queued for the lock, in order.
 	Waiting []string `json:"waiting,omitempty"`
 	// Queue is every key of the lock queue that counts, in order.
@@ -195,10 +203,12 @@ func (c *Cluster) View(ctx context.Context) (*View, error) {
 		clientv3.OpGet(c.ObjectsPrefix(), append(clientv3.WithLastRev(), clientv3.WithPrefix(), clientv3.WithKeysOnly())...),
 		clientv3.OpGet(c.CanaryPrefix(), clientv3.WithPrefix()),
 		clientv3.OpGet(c.QuarantinePrefix(), clientv3.WithPrefix()),
+		clientv3.OpGet(c.ReleasePointerKey()),
 	).Commit()
 	if err != nil {
 		return nil, fmt.Errorf("read %s: %w", c.Prefix(), err)
 	}
+	release := ""
 	var newest int64
 	if kvs := resp.Responses[4].GetResponseRange().Kvs; len(kvs) > 0 {
 		newest = kvs[0].ModRevision
@@ -210,6 +220,13 @@ func (c *Cluster) View(ctx context.Context) (*View, error) {
 		Revision: resp.Header.Revision,
 
 		Quarantines: decodeQuarantines(c.Keys, resp.Responses[6].GetResponseRange().Kvs),
+	}
+	if kvs := resp.Responses[7].GetResponseRange().Kvs; len(kvs) > 0 {
+		p, err := releases.DecodePointer(c.ReleasePointerKey(), kvs[0].Value)
+		if err != nil {
+			p = &api.ReleasePointer{ID: "unreadable"}
+		}
+		v.Release, release = p, p.ID
 	}
 	if len(v.Failures) > 0 {
 		v.Failure = &v.Failures[0]
@@ -249,7 +266,7 @@ func (c *Cluster) View(ctx context.Context) (*View, error) {
 	}
 	byKey := map[string][]string{}
 	for _, n := range nodes {
-		n.describe(locked[n.Name], v.Pause != nil, newest)
+		n.describe(locked[n.Name], v.Pause != nil, newest, release)
 		v.Nodes = append(v.Nodes, *n)
 		v.Summary.count(n)
 		if p := n.Presence; p != nil && p.ActionKey != "" {
@@ -438,9 +455,12 @@ func nodeView(name string, reads []*etcdserverpb.ResponseOp) *NodeView {
 // describe derives the node's state and whether it is behind. This is the
 // one place that decides what a node's state is; newest is the revision
 // of the newest object write in the cluster.
-func (n *NodeView) describe(lock string, paused bool, newest int64) {
+func (n *NodeView) describe(lock string, paused bool, newest int64, release string) {
 	if n.Status != nil {
-		n.Converged = n.Status.Converged
+		n.Converged, n.Release = n.Status.Converged, n.Status.Release
+	}
+	if n.Presence != nil {
+		n.Release, n.ReloadError = n.Presence.Release, n.Presence.ReloadError
 	}
 	switch {
 	case n.Presence == nil && lock == "":
@@ -456,7 +476,7 @@ func (n *NodeView) describe(lock string, paused bool, newest int64) {
 	default:
 		n.State = StateIdle
 	}
-	n.Behind = n.behind(newest)
+	n.Behind = n.behind(newest) || n.Release != release
 }
 
 // behind is the one definition of BEHIND, which ccm status and the
@@ -466,6 +486,7 @@ func (n *NodeView) describe(lock string, paused bool, newest int64) {
 //   - A run that failed tried a revision it did not converge.
 //   - A node with no agent alive cannot say what concerns it: it is behind
 //     once any object was written after the revision it converged.
+//   - A node that runs another release than the promoted one (describe).
 func (n *NodeView) behind(newest int64) bool {
 	s := n.Status
 	switch {

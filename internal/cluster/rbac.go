@@ -24,7 +24,8 @@ type Role struct {
 // failure records, the canary records, the pause and the strategy, and
 // write only its own records: its lock keys, its failure record, its
 // canary record, its quarantine records, and its status, presence,
-// problem and replies. So it
+// problem and replies. It reads the releases and the release pointer,
+// and writes neither. So it
 // cannot write objects or requests, and cannot queue, release, fail,
 // resume or approve a canary for another node.
 func NodeRole(prefix, node string) Role {
@@ -47,12 +48,14 @@ func NodeRole(prefix, node string) Role {
 			{Type: "read", Key: k.QuarantinePrefix(), Prefix: true},
 			{Type: "readwrite", Key: k.NodeQuarantinePrefix(node), Prefix: true},
 			{Type: "read", Key: k.ReleasesPrefix(), Prefix: true},
+			{Type: "read", Key: k.ReleasePointerKey()},
 		},
 	}
 }
 
 // ReleaseRole returns the role of whoever pushes configuration releases
 // (a CI job): store releases under <prefix>/releases/, and nothing else.
+// It cannot promote one: moving <prefix>/release is an operator's.
 // A release is code that runs as root on every node: sign it too, and
 // give the agents --release-keys.
 func ReleaseRole(prefix, name string) Role {

@@ -120,6 +120,15 @@ type File struct {
 	Check Command // nil when unset; may use {{ .Staged }} and {{ .Path }}
 }
 
+// Dir is the directory the configuration was loaded from, where its
+// commands run ("" for one not loaded from a file).
+func (c *Config) Dir() string {
+	if c.File == "" {
+		return ""
+	}
+	return filepath.Dir(c.File)
+}
+
 // Types returns every object type the configuration reads, sorted: the
 // subscribed ones and those iterated by for_each.
 func (c *Config) Types() []string {

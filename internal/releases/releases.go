@@ -201,6 +201,18 @@ func (r *Release) Verify(trusted func(ssh.PublicKey) (string, bool)) (string, er
 	return name, nil
 }
 
+// Verifier returns the check of a release's signature against keys
+// (nil: no check, etcd RBAC alone protects releases).
+func Verifier(trusted func(ssh.PublicKey) (string, bool)) func(*Release) error {
+	if trusted == nil {
+		return nil
+	}
+	return func(r *Release) error {
+		_, err := r.Verify(trusted)
+		return err
+	}
+}
+
 // Stage writes the release's files under dir, which must not exist: into
 // a temporary sibling first, renamed into place once complete, so that a
 // staged release is whole or absent.

@@ -137,7 +137,7 @@ func (s *Store) Resolve(ctx context.Context, prefix string) (string, error) {
 func (s *Store) Fetch(ctx context.Context, id string) (*Release, error) {
 	resp, err := s.kv.Get(ctx, s.keys.ReleaseKey(id))
 	if err != nil {
-		return nil, fmt.Errorf("read %s: %w", s.keys.ReleaseKey(id), err)
+		return nil, etcdError{fmt.Errorf("read %s: %w", s.keys.ReleaseKey(id), err)}
 	}
 	if len(resp.Kvs) == 0 {
 		return nil, fmt.Errorf("release %s: %w", Short(id), ErrNotFound)
@@ -148,7 +148,7 @@ func (s *Store) Fetch(ctx context.Context, id string) (*Release, error) {
 	}
 	chunks, err := s.kv.Get(ctx, s.keys.ReleaseKey(id)+"/", clientv3.WithPrefix(), clientv3.WithRev(resp.Header.Revision))
 	if err != nil {
-		return nil, fmt.Errorf("read release %s: %w", Short(id), err)
+		return nil, etcdError{fmt.Errorf("read release %s: %w", Short(id), err)}
 	}
 	parts := map[string][]byte{}
 	for _, kv := range chunks.Kvs {
@@ -172,12 +172,18 @@ func (s *Store) Fetch(ctx context.Context, id string) (*Release, error) {
 	return r, r.Check()
 }
 
-// Open fetches release id and stages it in a new temporary directory,
-// returning it and the function that removes it.
-func (s *Store) Open(ctx context.Context, id string) (string, func(), error) {
+// Open fetches release id, has verify (when set) check its signature, and
+// stages it in a new temporary directory, returning it and the function
+// that removes it.
+func (s *Store) Open(ctx context.Context, id string, verify func(*Release) error) (string, func(), error) {
 	r, err := s.Fetch(ctx, id)
 	if err != nil {
 		return "", nil, err
+	}
+	if verify != nil {
+		if err := verify(r); err != nil {
+			return "", nil, err
+		}
 	}
 	tmp, err := os.MkdirTemp("", "ccm-release-*")
 	if err != nil {

@@ -98,7 +98,23 @@ type Request struct {
 	// configuration: another node raised the failure flag (with batches,
 	// nodes run side by side).
 	Halt <-chan struct{}
+	// Begin, when set, is called under the lock once the flag and the
+	// pause let the run go, before the snapshot (and never for a Broken
+	// run): where the agent switches to the configuration it converges.
+	Begin func()
+	// Release is the configuration release the run converges ("" for
+	// the node's --config-dir); the node's status records it.
+	Release string
+	// Broken, when set, is why the configuration the run must converge (a
+	// promoted release) could not be loaded: the run applies nothing and
+	// fails with it under the lock, which raises the flag.
+	Broken error
 }
+
+// BrokenRelease is the configuration a failure names when a promoted
+// release could not be loaded (Request.Broken): no configuration can
+// have this name.
+const BrokenRelease = "(release)"
 
 // Result is how a run ended.
 type Result struct {
@@ -202,13 +218,16 @@ func (r *Runner) locked(ctx context.Context, lock *cluster.Lock, req Request) Re
 	rev := gate.Revision
 	r.readConverged(ctx)
 	if f := gate.Failure; f != nil {
-		res := r.halt(ctx, lock, f)
+		res := r.halt(ctx, lock, f, req.Release)
 		res.FlagRevision = rev
 		return res
 	}
 	if p := gate.Pause; p != nil {
 		r.log.Info("the rollout is paused; nothing applied", zap.String("by", p.By), zap.String("reason", p.Reason))
 		return Result{Paused: p, FlagRevision: rev, Err: fmt.Errorf("%w by %s since %s (%s); ccm resume --pause lifts it", ErrPaused, p.By, p.Time.Format(time.RFC3339), p.Reason)}
+	}
+	if req.Begin != nil && req.Broken == nil {
+		req.Begin()
 	}
 	snap, err := req.Snapshot(ctx, rev)
 	if err != nil {
@@ -222,6 +241,13 @@ func (r *Runner) locked(ctx context.Context, lock *cluster.Lock, req Request) Re
 		return Result{Err: err}
 	}
 	snap = Hold(snap, quarantines)
+	if req.Broken != nil {
+		report := &applier.Report{Revision: snap.Revision, Err: req.Broken,
+			Outcomes: []applier.Outcome{{Config: BrokenRelease, Result: applier.Failed, Error: req.Broken.Error()}}}
+		res := Result{Ran: true, Report: report, Status: r.status(report, start, req.Release)}
+		res.Err = r.record(ctx, lock, &res)
+		return res
+	}
 	runCtx, stop := lock.Context(ctx)
 	haltCtx, halt := context.WithCancelCause(runCtx)
 	defer halt(nil)
@@ -243,7 +269,7 @@ func (r *Runner) locked(ctx context.Context, lock *cluster.Lock, req Request) Re
 	}
 	lost := errors.Is(context.Cause(runCtx), cluster.ErrLockLost) || lock.Fence() != nil
 	stop()
-	res := Result{Ran: true, Report: report, LockLost: lost, Status: r.status(report, start)}
+	res := Result{Ran: true, Report: report, LockLost: lost, Status: r.status(report, start, req.Release)}
 	if !lost {
 		res.Status.Quarantined = r.quarantine(ctx, lock, report, snap, quarantines)
 		if m := r.opts.Metrics; m != nil {
@@ -346,8 +372,8 @@ func (r *Runner) readConverged(ctx context.Context) {
 }
 
 // status describes a finished run.
-func (r *Runner) status(report *applier.Report, start time.Time) api.Status {
-	s := api.Status{Node: r.opts.Node, Revision: report.Revision, Time: time.Now().UTC(),
+func (r *Runner) status(report *applier.Report, start time.Time, release string) api.Status {
+	s := api.Status{Node: r.opts.Node, Revision: report.Revision, Time: time.Now().UTC(), Release: release,
 		Duration: time.Since(start).Round(time.Millisecond).String()}
 	for _, o := range report.Outcomes {
 		s.Configurations = append(s.Configurations, api.Outcome{Config: o.Config, Result: string(o.Result),
@@ -408,10 +434,10 @@ func (r *Runner) record(ctx context.Context, lock *cluster.Lock, res *Result) er
 }
 
 // halt records that the flag stops this node.
-func (r *Runner) halt(ctx context.Context, lock *cluster.Lock, f *api.Failure) Result {
+func (r *Runner) halt(ctx context.Context, lock *cluster.Lock, f *api.Failure, release string) Result {
 	r.log.Warn("halted by the failure flag", zap.String("flag_node", f.Node), zap.String("configuration", f.Configuration))
 	r.observe(api.ResultHalted, nil)
-	s := api.Status{Node: r.opts.Node, Result: api.ResultHalted, Converged: max(r.converged, 0), Time: time.Now().UTC(),
+	s := api.Status{Node: r.opts.Node, Result: api.ResultHalted, Converged: max(r.converged, 0), Time: time.Now().UTC(), Release: release,
 		Error: fmt.Sprintf("failure flag set by %s (configuration %s)", f.By(), f.Configuration)}
 	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), statusTimeout)
 	defer cancel()

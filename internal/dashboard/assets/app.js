@@ -74,6 +74,9 @@ function render(st) {
   etcd.dataset.healthy = String(healthy);
   etcd.dataset.endpoints = String(members.length);
 
+  // The promoted release, or none: agents read their --config-dir.
+  const release = (id) => (id ? id.slice(0, 12) : "dir");
+  $("#release").textContent = v.release ? release(v.release.id) + " by " + v.release.by : "none (--config-dir)";
   $("#rollout").textContent = st.rollout || "";
   $("#holders").textContent = (v.holders || []).join(", ") || "free";
   $("#waiting").textContent = (v.waiting || []).join(", ") || "none";
@@ -88,6 +91,7 @@ function render(st) {
     if (n.behind) tr.className = "behind";
     cell(tr, n.name, "name");
     cell(tr, n.state, "state state-" + n.state);
+    cell(tr, release(n.release), "release");
     cell(tr, String(n.converged_revision), "converged");
     cell(tr, n.behind ? "yes" : "no", "behind");
     const s = n.status || {};
@@ -96,7 +100,7 @@ function render(st) {
     cell(tr, Object.keys(labels).sort().map((k) => k + "=" + labels[k]).join(" "), "labels");
     // An alive agent that cannot make progress says why (its problem
     // record); otherwise the last run's error.
-    const detail = n.problem ? "agent: " + n.problem.error : s.error || "";
+    const detail = n.reload_error ? "reload failed: " + n.reload_error : n.problem ? "agent: " + n.problem.error : s.error || "";
     cell(tr, firstLine(detail), "detail", detail);
     nodes.appendChild(tr);
   }

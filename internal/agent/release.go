@@ -1,0 +1,214 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"sync"
+
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+
+	"github.com/ccm-dev/ccm/internal/follow"
+	"github.com/ccm-dev/ccm/internal/releases"
+)
+
+// releaseState is what the agent knows of <prefix>/release, the release
+// every node must run. It is fed by a follower of that one key.
+type releaseState struct {
+	key string
+
+	mu  sync.Mutex
+	id  string // the promoted release; "" when none is
+	err error  // the pointer's value is not one ccm wrote
+	rev int64  // the revision of the pointer's last change (0: never set)
+	// read is closed once the pointer was first read: until then the
+	// agent cannot tell which configuration to run.
+	read     chan struct{}
+	readOnce sync.Once
+	// changed is called, outside mu, for every change of the pointer.
+	changed func(id string, rev int64)
+}
+
+func newReleaseState(key string, changed func(string, int64)) *releaseState {
+	return &releaseState{key: key, read: make(chan struct{}), changed: changed}
+}
+
+// pointer returns the promoted release ("" when none), the revision of
+// its promotion, and why the pointer cannot be read.
+func (r *releaseState) pointer() (string, int64, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.id, r.rev, r.err
+}
+
+// wait returns once the pointer has been read, or with ctx's error.
+func (r *releaseState) wait(ctx context.Context) error {
+	select {
+	case <-r.read:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("%s not read yet: %w", r.key, ctx.Err())
+	}
+}
+
+// set records the pointer's value (nil: absent) at rev.
+func (r *releaseState) set(raw []byte, rev int64) {
+	id, err := "", error(nil)
+	if raw != nil {
+		ptr, perr := releases.DecodePointer(r.key, raw)
+		if perr != nil {
+			err = fmt.Errorf("the release pointer is not one ccm wrote: %w", perr)
+		} else {
+			id = ptr.ID
+		}
+	}
+	r.mu.Lock()
+	changed := id != r.id || (err == nil) != (r.err == nil)
+	r.id, r.err = id, err
+	if rev > 0 {
+		r.rev = rev
+	}
+	r.mu.Unlock()
+	r.readOnce.Do(func() { close(r.read) })
+	if changed {
+		r.changed(id, rev)
+	}
+}
+
+// Reset records the pointer as listed at rev.
+func (r *releaseState) Reset(_ context.Context, kvs []*mvccpb.KeyValue, _ int64, _ string) error {
+	if len(kvs) == 0 {
+		r.set(nil, 0)
+		return nil
+	}
+	r.set(kvs[0].Value, kvs[0].ModRevision)
+	return nil
+}
+
+// Apply records each put and delete of the pointer.
+func (r *releaseState) Apply(_ context.Context, resp clientv3.WatchResponse) error {
+	for _, ev := range resp.Events {
+		if ev.Type == clientv3.EventTypePut {
+			r.set(ev.Kv.Value, ev.Kv.ModRevision)
+		} else {
+			r.set(nil, ev.Kv.ModRevision)
+		}
+	}
+	return nil
+}
+
+// watchRelease follows <prefix>/release.
+func (a *Agent) watchRelease(ctx context.Context) {
+	follow.New(a.opts.Client, a.release, follow.Options{Name: a.release.key, Key: a.release.key, Logger: a.log}).Run(ctx)
+}
+
+// releaseChanged is a move of the pointer: a change of everything, which
+// the node is behind on until it converged it.
+func (a *Agent) releaseChanged(id string, rev int64) {
+	if id == a.selection.Load().release {
+		return
+	}
+	what := "release pointer removed: back to --config-dir"
+	if id != "" {
+		what = "release " + releases.Short(id) + " promoted"
+	}
+	a.log.Info(what, zap.Int64("revision", rev))
+	if rev > 0 {
+		a.presence.changedAt(rev)
+	}
+	a.deb.AddAll(what)
+}
+
+// releaseTarget is the newest change a run converges, for the canary: an
+// object event, or the release's promotion.
+func (a *Agent) releaseTarget() int64 {
+	_, rev, _ := a.release.pointer()
+	return max(a.mirror.Applied(), rev)
+}
+
+// stagedDir is where the agent stages the releases it loads.
+func (a *Agent) stagedDir() string { return filepath.Join(a.opts.StateDir, "releases") }
+
+// errNoConfiguration stops runs while the node has nothing to converge.
+var errNoConfiguration = errors.New("nothing to converge: --config-dir has no configuration and no release is promoted")
+
+// next returns the selection the next run converges: the loaded one, or
+// the promoted release (or --config-dir, once no release is promoted)
+// loaded now. broken is why that could not be loaded: the run fails with
+// it. retry is an etcd error: the run waits for the backoff.
+func (a *Agent) next(ctx context.Context) (sel *selection, broken, retry error) {
+	cur := a.selection.Load()
+	id, _, err := a.release.pointer()
+	switch {
+	case err != nil:
+		return cur, err, nil
+	case id == cur.release && !cur.empty:
+		return cur, nil, nil
+	case a.pending != nil && a.pending.release == id:
+		return a.pending, nil, nil
+	}
+	if id == "" {
+		if sel, err = load(a.opts.ConfigDir, a.opts.ActionKeys); err == nil && sel.empty {
+			err = errNoConfiguration
+		}
+	} else {
+		sel, err = a.loadRelease(ctx, id)
+	}
+	switch {
+	case err == nil:
+		a.pending = sel
+		return sel, nil, nil
+	case releases.Transient(err):
+		return cur, nil, err
+	case errors.Is(err, errNoConfiguration):
+		a.presence.reloaded(err)
+		return cur, nil, err
+	}
+	a.presence.reloaded(err)
+	a.log.Error("load of the promoted configuration failed", zap.String("release", releases.Short(id)), zap.Error(err))
+	return cur, err, nil
+}
+
+// loadRelease fetches release id, verifies it against --release-keys,
+// stages it in the state directory and loads it.
+func (a *Agent) loadRelease(ctx context.Context, id string) (*selection, error) {
+	dir, err := releases.NewStore(a.opts.Client, a.opts.Prefix).StageIn(ctx, a.stagedDir(), id, a.verifyRelease())
+	if err != nil {
+		return nil, err
+	}
+	sel, err := load(dir, a.opts.ActionKeys)
+	if err != nil {
+		return nil, fmt.Errorf("release %s: %w", releases.Short(id), err)
+	}
+	sel.release = id
+	return sel, nil
+}
+
+// verifyRelease is the check of a release's signature against
+// --release-keys (nil without).
+func (a *Agent) verifyRelease() func(*releases.Release) error {
+	if a.releaseKeys == nil {
+		return nil
+	}
+	return releases.Verifier(a.releaseKeys.Trusted)
+}
+
+// adopt makes sel the loaded selection, under the lock at the start of a
+// run that converges it: from then on actions and plans use it too.
+func (a *Agent) adopt(sel *selection) {
+	a.pending = nil
+	a.presence.reloaded(nil)
+	prev := a.selection.Swap(sel)
+	if prev == sel {
+		return
+	}
+	a.mirror.SetValidator(sel.schemas)
+	a.presence.setRelease(sel.release)
+	a.log.Info("configuration loaded", zap.String("release", releases.Short(sel.release)), zap.Strings("order", sel.set.Order))
+	if err := releases.Prune(a.stagedDir(), sel.release, prev.release); err != nil {
+		a.log.Warn("remove staged releases", zap.Error(err))
+	}
+}
