@@ -64,6 +64,8 @@ type agentConfig struct {
 	// (which may then be nil): an external etcd.
 	client *clientv3.Client
 	labels map[string]string
+	// releaseKeys is the agent's --release-keys file.
+	releaseKeys string
 }
 
 func startAgent(t *testing.T, etcd *etcdtest.Cluster, name, configDir string, cfg agentConfig) *agentNode {
@@ -92,7 +94,7 @@ func startAgent(t *testing.T, etcd *etcdtest.Cluster, name, configDir string, cf
 	n.ag, err = agent.New(agent.Options{
 		Client: cli, Node: name, Labels: cfg.labels, ConfigDir: configDir, Root: n.root, StateDir: n.state,
 		Debounce: cfg.debounce, MaxWait: cfg.maxWait, LockTTL: cfg.lockTTL,
-		Liveness: 500 * time.Millisecond,
+		Liveness: 500 * time.Millisecond, ReleaseKeys: cfg.releaseKeys,
 		Logger:   zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel)).Named(name),
 	})
 	require.NoError(t, err)

@@ -128,11 +128,11 @@ func (a *Agent) convergeAction(ctx context.Context, _ *api.Request) (any, error)
 	a.runMu.Lock()
 	defer a.runMu.Unlock()
 	b := debounce.Batch{Kind: runkind.Full}
-	sel, broken, err := a.prepare(ctx, &b)
+	t, err := a.prepare(ctx, &b)
 	if err != nil {
 		return nil, err
 	}
-	names, err := a.applier.Select(sel.set, nil)
+	names, err := a.applier.Select(t.sel.set, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -140,7 +140,7 @@ func (a *Agent) convergeAction(ctx context.Context, _ *api.Request) (any, error)
 	if err != nil {
 		return nil, err
 	}
-	req := a.request(sel, broken)
+	req := a.request(t)
 	req.Names, req.Kind, req.Reason = names, runkind.Full, "action "+ActionConverge
 	res := a.runner.Run(ctx, s, req)
 	// What the run leaves to do is the agent loop's, as after its own runs.

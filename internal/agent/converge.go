@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"errors"
+	"fmt"
 	"runtime/debug"
 
 	"go.uber.org/zap"
@@ -10,6 +11,7 @@ import (
 	"github.com/ccm-dev/ccm/internal/cluster"
 	"github.com/ccm-dev/ccm/internal/debounce"
 	"github.com/ccm-dev/ccm/internal/objects"
+	"github.com/ccm-dev/ccm/internal/releases"
 	"github.com/ccm-dev/ccm/internal/rollout"
 	"github.com/ccm-dev/ccm/internal/runkind"
 )
@@ -32,7 +34,7 @@ func (a *Agent) names(sel *selection, b debounce.Batch) ([]string, error) {
 // agent must stop for: another live agent serves this node.
 func (a *Agent) converge(ctx context.Context, b debounce.Batch) error {
 	// One selection for the whole run, even if SIGHUP swaps it meanwhile.
-	sel, broken, err := a.prepare(ctx, &b)
+	t, err := a.prepare(ctx, &b)
 	switch {
 	case errors.Is(err, errNoConfiguration):
 		a.log.Error("no run", zap.Error(err))
@@ -41,7 +43,7 @@ func (a *Agent) converge(ctx context.Context, b debounce.Batch) error {
 		a.postpone(ctx, b, "read the promoted release", err)
 		return nil
 	}
-	names, err := a.names(sel, b)
+	names, err := a.names(t.sel, b)
 	if err != nil {
 		a.log.Error("select configurations", zap.Error(err))
 		return nil
@@ -58,7 +60,7 @@ func (a *Agent) converge(ctx context.Context, b debounce.Batch) error {
 		a.postpone(ctx, b, "open session", err)
 		return nil
 	}
-	req := a.request(sel, broken)
+	req := a.request(t)
 	req.Names, req.Kind, req.Reason, req.Halt = names, b.Kind, describe(b), a.flag.raisedCh()
 	res := a.runner.Run(ctx, s, req)
 	switch res.Next() {
@@ -96,28 +98,43 @@ func (a *Agent) converge(ctx context.Context, b debounce.Batch) error {
 // prepare waits until the release pointer is read, and returns the
 // selection a run of b converges and why it is broken (see next). A new
 // configuration makes b a run of everything.
-func (a *Agent) prepare(ctx context.Context, b *debounce.Batch) (*selection, error, error) {
+func (a *Agent) prepare(ctx context.Context, b *debounce.Batch) (*target, error) {
 	wctx, cancel := context.WithTimeout(ctx, syncTimeout)
 	err := a.release.wait(wctx)
 	cancel()
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
-	sel, broken, err := a.next(ctx)
+	t, err := a.next(ctx)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
-	if sel != a.selection.Load() || broken != nil {
+	if t.sel != a.selection.Load() || t.broken != nil {
 		b.Kind, b.Reasons = runkind.Full, append(b.Reasons, "new configuration")
 	}
-	return sel, broken, nil
+	return t, nil
 }
 
-// request is a run of sel, or the failed run that reports why the
-// configuration it should converge is broken.
-func (a *Agent) request(sel *selection, broken error) rollout.Request {
-	return rollout.Request{Set: sel.set, Snapshot: a.snapshot, Target: a.releaseTarget, Release: sel.release,
-		Broken: broken, Begin: func() { a.adopt(sel) }}
+// request is a run of t's selection, or the failed run that reports why
+// the configuration it should converge is broken. Under the lock, the
+// pointer is read again: a run prepared for another release than the
+// one promoted now (the flag cleared by a watch ahead of the pointer's)
+// applies nothing and is prepared again.
+func (a *Agent) request(t *target) rollout.Request {
+	return rollout.Request{Set: t.sel.set, Snapshot: a.snapshot, Target: a.releaseTarget, Release: t.sel.release,
+		Broken: t.broken, Begin: func(ctx context.Context) error {
+			id, err := a.release.reread(ctx, a.opts.Client)
+			if err != nil && !errors.Is(err, errBadPointer) {
+				return err
+			}
+			if id != t.release {
+				return fmt.Errorf("%w: prepared for %q, promoted now %q", errReleaseMoved, releases.Short(t.release), releases.Short(id))
+			}
+			if t.broken == nil {
+				a.adopt(t.sel)
+			}
+			return nil
+		}}
 }
 
 // observeGate records the flag or the pause that held a run back, as read

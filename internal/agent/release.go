@@ -60,7 +60,7 @@ func (r *releaseState) set(raw []byte, rev int64) {
 	if raw != nil {
 		ptr, perr := releases.DecodePointer(r.key, raw)
 		if perr != nil {
-			err = fmt.Errorf("the release pointer is not one ccm wrote: %w", perr)
+			err = fmt.Errorf("%w: %w", errBadPointer, perr)
 		} else {
 			id = ptr.ID
 		}
@@ -100,6 +100,22 @@ func (r *releaseState) Apply(_ context.Context, resp clientv3.WatchResponse) err
 	return nil
 }
 
+// reread reads the pointer from etcd, records it, and returns the release
+// it names ("" for none); its error is etcd's, or errBadPointer.
+func (r *releaseState) reread(ctx context.Context, cli *clientv3.Client) (string, error) {
+	resp, err := cli.Get(ctx, r.key)
+	if err != nil {
+		return "", fmt.Errorf("read %s: %w", r.key, err)
+	}
+	if len(resp.Kvs) == 0 {
+		r.set(nil, 0)
+	} else {
+		r.set(resp.Kvs[0].Value, resp.Kvs[0].ModRevision)
+	}
+	id, _, err := r.pointer()
+	return id, err
+}
+
 // watchRelease follows <prefix>/release.
 func (a *Agent) watchRelease(ctx context.Context) {
 	follow.New(a.opts.Client, a.release, follow.Options{Name: a.release.key, Key: a.release.key, Logger: a.log}).Run(ctx)
@@ -135,21 +151,38 @@ func (a *Agent) stagedDir() string { return filepath.Join(a.opts.StateDir, "rele
 // errNoConfiguration stops runs while the node has nothing to converge.
 var errNoConfiguration = errors.New("nothing to converge: --config-dir has no configuration and no release is promoted")
 
-// next returns the selection the next run converges: the loaded one, or
-// the promoted release (or --config-dir, once no release is promoted)
-// loaded now. broken is why that could not be loaded: the run fails with
-// it. retry is an etcd error: the run waits for the backoff.
-func (a *Agent) next(ctx context.Context) (sel *selection, broken, retry error) {
+// target is what a run converges: a selection, the release the pointer
+// named when it was prepared, and why that release could not be loaded
+// (the run then fails with it, keeping sel, the loaded one).
+type target struct {
+	sel     *selection
+	release string
+	broken  error
+}
+
+// errBadPointer is a release pointer whose value ccm did not write: the
+// node's run fails with it.
+var errBadPointer = errors.New("the release pointer is not one ccm wrote")
+
+// errReleaseMoved ends a run prepared for a release the pointer no longer
+// names.
+var errReleaseMoved = errors.New("the release pointer moved")
+
+// next returns what the next run converges: the loaded selection, or the
+// promoted release (or --config-dir, once no release is promoted) loaded
+// now. Its error is one of etcd's, or errNoConfiguration: no run.
+func (a *Agent) next(ctx context.Context) (*target, error) {
 	cur := a.selection.Load()
 	id, _, err := a.release.pointer()
 	switch {
 	case err != nil:
-		return cur, err, nil
+		return &target{sel: cur, release: id, broken: err}, nil
 	case id == cur.release && !cur.empty:
-		return cur, nil, nil
+		return &target{sel: cur, release: id}, nil
 	case a.pending != nil && a.pending.release == id:
-		return a.pending, nil, nil
+		return &target{sel: a.pending, release: id}, nil
 	}
+	var sel *selection
 	if id == "" {
 		if sel, err = load(a.opts.ConfigDir, a.opts.ActionKeys); err == nil && sel.empty {
 			err = errNoConfiguration
@@ -160,16 +193,16 @@ func (a *Agent) next(ctx context.Context) (sel *selection, broken, retry error) 
 	switch {
 	case err == nil:
 		a.pending = sel
-		return sel, nil, nil
+		return &target{sel: sel, release: id}, nil
 	case releases.Transient(err):
-		return cur, nil, err
+		return nil, err
 	case errors.Is(err, errNoConfiguration):
 		a.presence.reloaded(err)
-		return cur, nil, err
+		return nil, err
 	}
 	a.presence.reloaded(err)
 	a.log.Error("load of the promoted configuration failed", zap.String("release", releases.Short(id)), zap.Error(err))
-	return cur, err, nil
+	return &target{sel: cur, release: id, broken: err}, nil
 }
 
 // loadRelease fetches release id, verifies it against --release-keys,

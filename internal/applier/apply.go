@@ -244,6 +244,7 @@ func (a *Applier) stageAll(ctx context.Context, p *Plan, tx *txn) (map[int]strin
 	}
 	staged := map[int]string{}
 	var failed []objectCheck
+	checked := map[string]bool{} // objects whose files were checked
 	for i := range p.Changes {
 		c := &p.Changes[i]
 		if c.removes() || !c.Content || (c.file != nil && c.file.Object != "" && p.Output.Held[c.file.Object]) {
@@ -263,6 +264,7 @@ func (a *Applier) stageAll(ctx context.Context, p *Plan, tx *txn) (map[int]strin
 		staged[i] = tmp
 		a.progress.mark()
 		if c.file.Check != nil {
+			checked[c.file.Object] = true
 			if err := a.runCheck(ctx, p, c, a.files.name(tmp)); err != nil {
 				if c.file.Object == "" {
 					return staged, err
@@ -270,6 +272,9 @@ func (a *Applier) stageAll(ctx context.Context, p *Plan, tx *txn) (map[int]strin
 				failed = append(failed, objectCheck{c.file.Object, err})
 			}
 		}
+	}
+	if err := everyCheckFailed(failed, checked); err != nil {
+		return staged, err
 	}
 	if len(failed) > 0 {
 		staged = a.dropFailed(p, staged, failed)
@@ -286,6 +291,21 @@ func (a *Applier) stageAll(ctx context.Context, p *Plan, tx *txn) (map[int]strin
 type objectCheck struct {
 	object string
 	err    error
+}
+
+// everyCheckFailed fails the configuration when the checks failed for
+// every object checked, at least two (a new release's check that refuses
+// every file): the configuration is at fault, not its objects, as
+// render.ErrEveryObject says of templates.
+func everyCheckFailed(failed []objectCheck, checked map[string]bool) error {
+	objects := map[string]bool{}
+	for _, f := range failed {
+		objects[f.object] = true
+	}
+	if len(objects) < 2 || len(objects) != len(checked) {
+		return nil
+	}
+	return fmt.Errorf("check %w checked (%d), so the configuration is at fault: %w", render.ErrEveryObject, len(objects), failed[0].err)
 }
 
 // dropFailed leaves the objects whose check failed out of p, removes

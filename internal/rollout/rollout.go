@@ -99,9 +99,11 @@ type Request struct {
 	// nodes run side by side).
 	Halt <-chan struct{}
 	// Begin, when set, is called under the lock once the flag and the
-	// pause let the run go, before the snapshot (and never for a Broken
-	// run): where the agent switches to the configuration it converges.
-	Begin func()
+	// pause let the run go, before the snapshot: where the agent checks
+	// that what it prepared is still what the cluster asks for, and
+	// switches to it. An error ends the run before anything is applied,
+	// as one that could not start.
+	Begin func(ctx context.Context) error
 	// Release is the configuration release the run converges ("" for
 	// the node's --config-dir); the node's status records it.
 	Release string
@@ -226,8 +228,10 @@ func (r *Runner) locked(ctx context.Context, lock *cluster.Lock, req Request) Re
 		r.log.Info("the rollout is paused; nothing applied", zap.String("by", p.By), zap.String("reason", p.Reason))
 		return Result{Paused: p, FlagRevision: rev, Err: fmt.Errorf("%w by %s since %s (%s); ccm resume --pause lifts it", ErrPaused, p.By, p.Time.Format(time.RFC3339), p.Reason)}
 	}
-	if req.Begin != nil && req.Broken == nil {
-		req.Begin()
+	if req.Begin != nil {
+		if err := req.Begin(ctx); err != nil {
+			return Result{Err: err}
+		}
 	}
 	snap, err := req.Snapshot(ctx, rev)
 	if err != nil {
