@@ -79,7 +79,7 @@ lint:
 	for m in $(MODULES); do (cd $$m && $(GO) run honnef.co/go/tools/cmd/staticcheck@v0.8.2 ./...) || exit 1; done
 
 demo-clean:
-	rm -rf demo-root demo-state demo-etcd demo-agent.log
+	rm -rf demo-root demo-state demo-etcd demo-config demo-releases demo-agent.log
 
 vet:
 	$(GO) vet ./...

@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
-# The quick-start demo: run `ccm agent` with an embedded etcd on the example
-# configuration, load the sample objects and watch files appear under
-# ./demo-root. The agent keeps running until Ctrl-C (DEMO_EXIT=1: stop once
-# converged).
+# The quick-start demo: run `ccm agent` with an embedded etcd and nothing in
+# its --config-dir, push the example configuration as a release and promote
+# it, load the sample objects and watch files appear under ./demo-root. The
+# agent keeps running until Ctrl-C (DEMO_EXIT=1: stop once converged).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ccm=bin/ccm
-export CCM_CONFIG_DIR=examples/ccm CCM_ROOT=demo-root CCM_STATE_DIR=demo-state \
+# The agent's --config-dir is empty: what it runs comes from the release.
+export CCM_CONFIG_DIR=demo-config CCM_ROOT=demo-root CCM_STATE_DIR=demo-state CCM_RELEASE_DIR=demo-releases \
   CCM_ENDPOINTS=127.0.0.1:23790 CCM_NODE=demo CCM_LABEL=role=web CCM_LOG_FORMAT=console
-mkdir -p demo-root/etc
+mkdir -p demo-root/etc demo-config
 # The example creates its customers' users with useradd --prefix demo-root:
 # the root needs its own account files, which start with the base system's.
 if [ ! -e demo-root/etc/passwd ]; then
@@ -34,7 +35,12 @@ for _ in $(seq 100); do
   sleep 0.2
 done
 
-echo "== loading examples/objects.json"
+echo "== ccm release push examples/ccm, then ccm release promote"
+id=$("$ccm" release push examples/ccm --message "the example")
+"$ccm" release promote "$id" --message "make demo"
+"$ccm" release current
+
+echo "== loading examples/objects.json (checked against the release's schemas)"
 "$ccm" object import examples/objects.json
 
 echo "== waiting for the agent to converge"
@@ -72,6 +78,10 @@ cat <<'MSG'
 
 The agent is running. In another terminal, try:
   CCM_ENDPOINTS=127.0.0.1:23790 bin/ccm object delete sites blog     # vhost and pool disappear
+  cp -r examples/ccm /tmp/next && $EDITOR /tmp/next/templates/vhost.conf.tmpl
+  CCM_ENDPOINTS=127.0.0.1:23790 bin/ccm release push /tmp/next       # prints the new release's id
+  CCM_ENDPOINTS=127.0.0.1:23790 bin/ccm plan --cluster --release ID  # every node's diff, nothing applied
+  CCM_ENDPOINTS=127.0.0.1:23790 bin/ccm release promote ID           # then: ccm release rollback
   echo '{"user":"bob","domains":["new.example"]}' | CCM_ENDPOINTS=127.0.0.1:23790 bin/ccm object put sites new
   sudo CCM_ENDPOINTS=127.0.0.1:23790 bin/ccm action run site-info --node demo --param site=blog
   CCM_ENDPOINTS=127.0.0.1:23790 bin/ccm dashboard                    # then open http://127.0.0.1:9320/

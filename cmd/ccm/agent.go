@@ -50,6 +50,7 @@ addressed to its node.`,
 	f.DurationVar(&opts.StuckAfter, "stuck-after", agent.DefaultStuckAfter, "fail /healthz and the systemd watchdog once the agent has not been ready (no session or no synced watch) for this long")
 	f.DurationVar(&opts.Resync, "resync", agent.DefaultResync, "converge everything this often, repairing local drift")
 	f.StringVar(&opts.ActionKeys, "action-keys", "", "run only action requests signed by a key in this OpenSSH authorized_keys `FILE` (ed25519)")
+	f.StringVar(&opts.ReleaseDir, "release-dir", "/var/cache/ccm/releases", "stage promoted releases in this `DIR` (root-owned and readable: handlers that run as other users read their scripts from it)")
 	f.StringVar(&opts.ReleaseKeys, "release-keys", "", "load only configuration releases signed by a key in this OpenSSH authorized_keys `FILE` (ed25519)")
 	f.DurationVar(&opts.Retention, "retention", api.DefaultRetention, "how long etcd keeps this node's replies to actions")
 	f.StringVar(&opts.Cgroup, "cgroup", "auto", "put each action handler's run in a cgroup v2 of its own under `DIR`, so that nothing it started outlives it: auto (the agent's own, delegated by systemd), a directory, or off")

@@ -81,6 +81,10 @@ type Options struct {
 	// ReleaseKeys is an OpenSSH authorized_keys file: when set, only
 	// releases signed by one of its keys are loaded.
 	ReleaseKeys string
+	// ReleaseDir is where promoted releases are staged (StateDir/releases
+	// when empty). Handlers that run as other users read their scripts
+	// from it, so it is not under the 0700 state directory in production.
+	ReleaseDir string
 
 	Logger  *zap.Logger
 	Metrics *metrics.Metrics // nil: a new set
@@ -233,6 +237,9 @@ func defaults(o *Options) {
 	}
 	if o.StuckAfter == 0 {
 		o.StuckAfter = DefaultStuckAfter
+	}
+	if o.ReleaseDir == "" {
+		o.ReleaseDir = filepath.Join(o.StateDir, "releases")
 	}
 	if o.Logger == nil {
 		o.Logger = zap.NewNop()

@@ -146,7 +146,7 @@ func (a *Agent) releaseTarget() int64 {
 }
 
 // stagedDir is where the agent stages the releases it loads.
-func (a *Agent) stagedDir() string { return filepath.Join(a.opts.StateDir, "releases") }
+func (a *Agent) stagedDir() string { return a.opts.ReleaseDir }
 
 // errNoConfiguration stops runs while the node has nothing to converge.
 var errNoConfiguration = errors.New("nothing to converge: --config-dir has no configuration and no release is promoted")
@@ -208,7 +208,11 @@ func (a *Agent) next(ctx context.Context) (*target, error) {
 // loadRelease fetches release id, verifies it against --release-keys,
 // stages it in the state directory and loads it.
 func (a *Agent) loadRelease(ctx context.Context, id string) (*selection, error) {
-	dir, err := releases.NewStore(a.opts.Client, a.opts.Prefix).StageIn(ctx, a.stagedDir(), id, a.verifyRelease())
+	staged, err := filepath.Abs(a.stagedDir()) // handlers and commands run from it
+	if err != nil {
+		return nil, err
+	}
+	dir, err := releases.NewStore(a.opts.Client, a.opts.Prefix).StageIn(ctx, staged, id, a.verifyRelease())
 	if err != nil {
 		return nil, err
 	}

@@ -154,7 +154,7 @@ func (s *Store) StageIn(ctx context.Context, dir, id string, verify func(*Releas
 	if _, err := os.Stat(staged); err == nil {
 		return staged, nil
 	}
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return "", err
 	}
 	return staged, r.Stage(staged)

@@ -225,6 +225,9 @@ func (r *Release) Stage(dir string) error {
 		return err
 	}
 	defer os.RemoveAll(tmp)
+	if err := os.Chmod(tmp, 0o755); err != nil { // as a directory checked out
+		return err
+	}
 	for _, f := range r.Files {
 		p := filepath.Join(tmp, filepath.FromSlash(f.Path))
 		if !filepath.IsLocal(filepath.FromSlash(f.Path)) {
