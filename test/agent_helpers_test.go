@@ -95,7 +95,7 @@ func startAgent(t *testing.T, etcd *etcdtest.Cluster, name, configDir string, cf
 		Client: cli, Node: name, Labels: cfg.labels, ConfigDir: configDir, Root: n.root, StateDir: n.state,
 		Debounce: cfg.debounce, MaxWait: cfg.maxWait, LockTTL: cfg.lockTTL,
 		Liveness: 500 * time.Millisecond, ReleaseKeys: cfg.releaseKeys,
-		Logger:   zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel)).Named(name),
+		Logger: zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel)).Named(name),
 	})
 	require.NoError(t, err)
 	ctx, cancel := context.WithCancel(context.Background())

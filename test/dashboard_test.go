@@ -157,3 +157,41 @@ func TestDashboardFollowsARolloutThatFailsAndResumes(t *testing.T) {
 
 // freeAddr returns a loopback address no one listens on.
 func freeAddr(t *testing.T) string { return etcdtest.FreeAddr(t) }
+
+// The dashboard shows the promoted release, the release each node runs,
+// and a node whose load of a promoted release failed, with why.
+func TestDashboardShowsEachNodesReleaseAndAFailedLoad(t *testing.T) {
+	etcd := etcdtest.New(t, 1)
+	admin := caller(t, etcd, t.TempDir())
+	key, pub := sshKey(t, "release@ci")
+	keys := filepath.Join(t.TempDir(), "release_keys")
+	require.NoError(t, os.WriteFile(keys, []byte(pub), 0o644))
+	putSites(t, etcd, 1, "a")
+	var nodes []*agentNode
+	for _, name := range []string{"web1", "web2", "web3"} {
+		nodes = append(nodes, startAgent(t, etcd, name, t.TempDir(), agentConfig{releaseKeys: keys}))
+	}
+	good := push(t, admin, release(t, "good:", ""), "--sign-key", key)
+	onRelease(t, nodes, good, promote(t, etcd, admin, good))
+	addr := freeAddr(t)
+	admin.start("dashboard", "--listen", addr)
+	url := "http://" + addr + "/"
+	eventually(t, 30*time.Second, func() bool {
+		resp, err := http.Get(url + "state.json")
+		if err == nil {
+			resp.Body.Close()
+		}
+		return err == nil && resp.StatusCode == http.StatusOK
+	}, "the dashboard serves")
+	page := newBrowser(t, url)
+	page.waitFor(fmt.Sprintf(`[...document.querySelectorAll('#nodes tbody tr .release')].filter(td => td.textContent === %q).length === 3`, good[:12]),
+		"every node on the signed release")
+	assert.Contains(t, page.text("#release"), good[:12])
+
+	bad := push(t, admin, release(t, "bad:", ""))
+	promote(t, etcd, admin, bad)
+	page.waitFor(`[...document.querySelectorAll('#nodes tbody tr .detail')].some(td => td.textContent.startsWith("reload failed: release `+bad[:12]+` is not signed"))`,
+		"the node that tried the unsigned release says why")
+	page.waitFor(rows(`[data-behind="true"]`)+` === 3`, "every node is behind the promoted release")
+	assert.Contains(t, page.text("#release"), bad[:12])
+}

@@ -290,3 +290,79 @@ func TestAReleaseWhoseSchemasBreakObjectsIsRefusedAtPromote(t *testing.T) {
 	r = admin.action("release", "promote", id[:8], "--force")
 	require.Equal(t, 0, r.code, r.stderr)
 }
+
+// Once a release is promoted, ccm plan and ccm apply --once on a node
+// with nothing in --config-dir read it, as the agents do; with
+// --release-keys, apply refuses an unsigned one and writes nothing.
+func TestPlanAndApplyOnceReadThePromotedRelease(t *testing.T) {
+	etcd := etcdtest.New(t, 1)
+	admin := caller(t, etcd, t.TempDir())
+	putSites(t, etcd, 1, "a")
+	n := newNode(t, "web1", t.TempDir(), etcd.Endpoints())
+	r := n.run("", "plan", "--label", "x=y")
+	assert.Equal(t, 1, r.code, "nothing to plan: %s", r.stdout)
+
+	id := push(t, admin, release(t, "rel:", ""))
+	promote(t, etcd, admin, id)
+	r = n.run("", "plan", "--label", "x=y", "--color", "never")
+	assert.Equal(t, 2, r.code, r.stderr)
+	assert.Contains(t, r.stdout, "+rel:a")
+
+	_, pub := sshKey(t, "release@ci")
+	keys := filepath.Join(t.TempDir(), "release_keys")
+	require.NoError(t, os.WriteFile(keys, []byte(pub), 0o644))
+	r = n.run("", "apply", "--once", "--yes", "--release-keys", keys)
+	assert.Equal(t, 1, r.code)
+	assert.Contains(t, r.stderr, "is not signed, and release keys are configured")
+	assert.Empty(t, n.read("/sites/s000.conf"), "nothing written")
+
+	r = n.run("", "apply", "--once", "--yes")
+	require.Equal(t, 0, r.code, r.stderr)
+	assert.Equal(t, "rel:a\n", n.read("/sites/s000.conf"))
+	s := nodeStatus(t, etcd.Client(t), "web1")
+	assert.Equal(t, id, s.Release)
+}
+
+// With the printed roles on an etcd with auth: a node's agent, with
+// nothing in --config-dir, fetches and runs the release an operator
+// promoted; the node's credentials cannot promote, push or rewrite one;
+// the release writer pushes but cannot promote.
+func TestANodeRoleReadsReleasesAndCannotPromoteOne(t *testing.T) {
+	e := etcdtest.StartExternal(t)
+	e.EnableAuth("root-secret")
+	admin := nodeOn(t, e, "", "root", "root-secret")
+	grantNodeRole(t, e, admin, "web1", "web1-secret")
+	grantRole(t, e, admin, "ops-secret", "--operator", "alice")
+	grantRole(t, e, admin, "ci-secret", "--release", "ci")
+	ops := nodeOn(t, e, "", "ccm-operator-alice", "ops-secret")
+	releaser := nodeOn(t, e, "", "ccm-release-ci", "ci-secret")
+	ops.configDir = t.TempDir() // no schemas of the example's
+	require.Equal(t, 0, ops.run(`{"v": "a"}`, "object", "put", "sites", "s000").code)
+
+	id := push(t, releaser, release(t, "rel:", ""))
+	r := releaser.run("", "release", "promote", id[:8])
+	assert.Equal(t, 1, r.code)
+	assert.Contains(t, r.stderr, "permission denied", "the release writer does not promote")
+	r = ops.run("", "release", "promote", id[:8])
+	require.Equal(t, 0, r.code, r.stderr)
+
+	web1 := nodeOn(t, e, "web1", "ccm-node-web1", "web1-secret")
+	web1.configDir = t.TempDir()
+	web1.start("agent", "--debounce", "0s", "--release-dir", filepath.Join(t.TempDir(), "releases"))
+	root := rootClient(t, e)
+	eventually(t, 60*time.Second, func() bool {
+		s := nodeStatus(t, root, "web1")
+		return s != nil && s.Result == api.ResultConverged && s.Release == id
+	}, "web1 runs the promoted release under its node role")
+	assert.Equal(t, "rel:a\n", web1.read("/sites/s000.conf"))
+
+	cli := externalClient(t, e, "ccm-node-web1", "web1-secret")
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for _, key := range []string{"/ccm/release", "/ccm/releases/" + id, "/ccm/releases/" + id + "/000000/000000", "/ccm/releases/x"} {
+		_, err := cli.Put(ctx, key, `{"id": "`+id+`"}`)
+		assert.ErrorContains(t, err, "permission denied", "a node writes no %s", key)
+	}
+	r = web1.run("", "release", "rollback")
+	assert.Equal(t, 1, r.code)
+}
