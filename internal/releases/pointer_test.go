@@ -38,6 +38,7 @@ func TestPromoteKeepsTheHistoryRollbackWalksItAndAStaleReadWritesNothing(t *test
 	cur, rev, err := s.Current(ctx)
 	require.NoError(t, err)
 	assert.Nil(t, cur, "none promoted")
+	assert.Zero(t, rev)
 	for _, id := range []string{a, b, c} {
 		cur, rev, err = s.Current(ctx)
 		require.NoError(t, err)
