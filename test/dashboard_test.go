@@ -43,6 +43,23 @@ func newBrowser(t *testing.T, url string) *browser {
 	return &browser{t: t, ctx: ctx}
 }
 
+// openDashboard starts ccm dashboard as admin and opens it in a browser
+// once it serves.
+func openDashboard(t *testing.T, admin *node) *browser {
+	t.Helper()
+	addr := freeAddr(t)
+	admin.start("dashboard", "--listen", addr)
+	url := "http://" + addr + "/"
+	eventually(t, 30*time.Second, func() bool {
+		resp, err := http.Get(url + "state.json")
+		if err == nil {
+			resp.Body.Close()
+		}
+		return err == nil && resp.StatusCode == http.StatusOK
+	}, "the dashboard serves")
+	return newBrowser(t, url)
+}
+
 // waitFor waits until the JavaScript expression js holds on the page: the
 // page shows what the test expects, from its DOM.
 func (b *browser) waitFor(js, msg string) {
@@ -75,17 +92,7 @@ func TestDashboardFollowsARolloutThatFailsAndResumes(t *testing.T) {
 	log, marker := filepath.Join(dir, "on_change.log"), filepath.Join(dir, "broken")
 	nodes := agents(t, etcd, 3, log, marker, "0")
 	admin := caller(t, etcd, t.TempDir())
-	addr := freeAddr(t)
-	admin.start("dashboard", "--listen", addr)
-	url := "http://" + addr + "/"
-	eventually(t, 30*time.Second, func() bool {
-		resp, err := http.Get(url + "state.json")
-		if err == nil {
-			resp.Body.Close()
-		}
-		return err == nil && resp.StatusCode == http.StatusOK
-	}, "the dashboard serves")
-	page := newBrowser(t, url)
+	page := openDashboard(t, admin)
 
 	page.waitFor(`document.body.dataset.connection === "live"`, "the event stream is open")
 	page.waitFor(rows(`[data-state="idle"][data-behind="false"]`)+` === 3`, "three converged nodes")
@@ -163,27 +170,8 @@ func freeAddr(t *testing.T) string { return etcdtest.FreeAddr(t) }
 func TestDashboardShowsEachNodesReleaseAndAFailedLoad(t *testing.T) {
 	etcd := etcdtest.New(t, 1)
 	admin := caller(t, etcd, t.TempDir())
-	key, pub := sshKey(t, "release@ci")
-	keys := filepath.Join(t.TempDir(), "release_keys")
-	require.NoError(t, os.WriteFile(keys, []byte(pub), 0o644))
-	putSites(t, etcd, 1, "a")
-	var nodes []*agentNode
-	for _, name := range []string{"web1", "web2", "web3"} {
-		nodes = append(nodes, startAgent(t, etcd, name, t.TempDir(), agentConfig{releaseKeys: keys}))
-	}
-	good := push(t, admin, release(t, "good:", ""), "--sign-key", key)
-	onRelease(t, nodes, good, promote(t, etcd, admin, good))
-	addr := freeAddr(t)
-	admin.start("dashboard", "--listen", addr)
-	url := "http://" + addr + "/"
-	eventually(t, 30*time.Second, func() bool {
-		resp, err := http.Get(url + "state.json")
-		if err == nil {
-			resp.Body.Close()
-		}
-		return err == nil && resp.StatusCode == http.StatusOK
-	}, "the dashboard serves")
-	page := newBrowser(t, url)
+	_, good := signedRelease(t, etcd, admin)
+	page := openDashboard(t, admin)
 	page.waitFor(fmt.Sprintf(`[...document.querySelectorAll('#nodes tbody tr .release')].filter(td => td.textContent === %q).length === 3`, good[:12]),
 		"every node on the signed release")
 	assert.Contains(t, page.text("#release"), good[:12])

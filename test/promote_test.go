@@ -69,6 +69,40 @@ func promoted(t *testing.T, etcd *etcdtest.Cluster) int64 {
 	return resp.Kvs[0].ModRevision
 }
 
+// releaseAgents starts web1, web2 and web3 with nothing in --config-dir:
+// they run what is promoted.
+func releaseAgents(t *testing.T, etcd *etcdtest.Cluster, cfg agentConfig) []*agentNode {
+	t.Helper()
+	var nodes []*agentNode
+	for _, name := range []string{"web1", "web2", "web3"} {
+		nodes = append(nodes, startAgent(t, etcd, name, t.TempDir(), cfg))
+	}
+	return nodes
+}
+
+// releaseKeys writes a --release-keys file of one new key, and returns
+// the private key and the file.
+func releaseKeys(t *testing.T) (string, string) {
+	t.Helper()
+	key, pub := sshKey(t, "release@ci")
+	keys := filepath.Join(t.TempDir(), "release_keys")
+	require.NoError(t, os.WriteFile(keys, []byte(pub), 0o644))
+	return key, keys
+}
+
+// signedRelease starts three agents with --release-keys, and promotes a
+// release signed by the key on a site s000 = "a"; it returns the agents
+// once they run it, and its id.
+func signedRelease(t *testing.T, etcd *etcdtest.Cluster, admin *node) ([]*agentNode, string) {
+	t.Helper()
+	key, keys := releaseKeys(t)
+	putSites(t, etcd, 1, "a")
+	nodes := releaseAgents(t, etcd, agentConfig{releaseKeys: keys})
+	good := push(t, admin, release(t, "good:", ""), "--sign-key", key)
+	onRelease(t, nodes, good, promote(t, etcd, admin, good))
+	return nodes, good
+}
+
 // onRelease waits until every node reports a converged run of release id
 // at revision rev or later.
 func onRelease(t *testing.T, nodes []*agentNode, id string, rev int64) {
@@ -89,10 +123,7 @@ func TestAPromotedReleaseRunsOnTheCanaryFirstAndRollbackUndoesABrokenOne(t *test
 	admin := caller(t, etcd, t.TempDir())
 	log := filepath.Join(t.TempDir(), "on_change.log")
 	putSites(t, etcd, 2, "a")
-	var nodes []*agentNode
-	for _, name := range []string{"web1", "web2", "web3"} {
-		nodes = append(nodes, startAgent(t, etcd, name, t.TempDir(), agentConfig{}))
-	}
+	nodes := releaseAgents(t, etcd, agentConfig{})
 	c := cluster.New(etcd.Client(t), cluster.Options{})
 	eventually(t, 30*time.Second, func() bool {
 		v, err := c.View(context.Background())
@@ -163,10 +194,7 @@ func TestAnOnChangeAddedByAReleaseRunsOncePerNode(t *testing.T) {
 	admin := caller(t, etcd, t.TempDir())
 	log := filepath.Join(t.TempDir(), "on_change.log")
 	putSites(t, etcd, 2, "a")
-	var nodes []*agentNode
-	for _, name := range []string{"web1", "web2", "web3"} {
-		nodes = append(nodes, startAgent(t, etcd, name, t.TempDir(), agentConfig{}))
-	}
+	nodes := releaseAgents(t, etcd, agentConfig{})
 	v1 := push(t, admin, release(t, "x:", ""))
 	onRelease(t, nodes, v1, promote(t, etcd, admin, v1))
 	v2 := push(t, admin, release(t, "x:", logged(log)))
@@ -192,17 +220,8 @@ func TestAnOnChangeAddedByAReleaseRunsOncePerNode(t *testing.T) {
 func TestAnUnsignedReleaseIsRefusedWhereKeysAreConfigured(t *testing.T) {
 	etcd := etcdtest.New(t, 1)
 	admin := caller(t, etcd, t.TempDir())
-	key, pub := sshKey(t, "release@ci")
 	other, _ := sshKey(t, "intruder")
-	keys := filepath.Join(t.TempDir(), "release_keys")
-	require.NoError(t, os.WriteFile(keys, []byte(pub), 0o644))
-	putSites(t, etcd, 1, "a")
-	var nodes []*agentNode
-	for _, name := range []string{"web1", "web2", "web3"} {
-		nodes = append(nodes, startAgent(t, etcd, name, t.TempDir(), agentConfig{releaseKeys: keys}))
-	}
-	good := push(t, admin, release(t, "good:", ""), "--sign-key", key)
-	onRelease(t, nodes, good, promote(t, etcd, admin, good))
+	nodes, good := signedRelease(t, etcd, admin)
 
 	c := cluster.New(etcd.Client(t), cluster.Options{})
 	for _, tc := range []struct{ name, args, want string }{
@@ -308,9 +327,7 @@ func TestPlanAndApplyOnceReadThePromotedRelease(t *testing.T) {
 	assert.Equal(t, 2, r.code, r.stderr)
 	assert.Contains(t, r.stdout, "+rel:a")
 
-	_, pub := sshKey(t, "release@ci")
-	keys := filepath.Join(t.TempDir(), "release_keys")
-	require.NoError(t, os.WriteFile(keys, []byte(pub), 0o644))
+	_, keys := releaseKeys(t)
 	r = n.run("", "apply", "--once", "--yes", "--release-keys", keys)
 	assert.Equal(t, 1, r.code)
 	assert.Contains(t, r.stderr, "is not signed, and release keys are configured")
