@@ -98,7 +98,7 @@ func TestFailingValidateRestoresFilesSetsTheFlagAndHaltsOtherNodes(t *testing.T)
 	assert.Equal(t, 3, r.code)
 	assert.Contains(t, r.stdout, "Failure flag: SET by node web1, configuration nginx-vhosts")
 	// It failed at a revision above the one it converged: behind.
-	assert.Regexp(t, `web1\s+down\s+\d+\s+yes\s+failed`, r.stdout)
+	assert.Regexp(t, `web1\s+down\s+dir\s+\d+\s+yes\s+failed`, r.stdout)
 
 	// The next node does not apply while the flag is set.
 	r = web2.run("", "apply", "--once")
@@ -106,7 +106,7 @@ func TestFailingValidateRestoresFilesSetsTheFlagAndHaltsOtherNodes(t *testing.T)
 	assert.Contains(t, r.stderr, "halted by the failure flag")
 	assert.Empty(t, tree(t, web2.root))
 	r = web2.run("", "status")
-	assert.Regexp(t, `web2\s+down\s+\d+\s+yes\s+halted`, r.stdout)
+	assert.Regexp(t, `web2\s+down\s+dir\s+\d+\s+yes\s+halted`, r.stdout)
 
 	// Fixed and resumed, both converge.
 	require.NoError(t, os.Remove(marker))

@@ -82,7 +82,7 @@ func TestAgentWorksWithOnlyItsNodeRoleOverTLS(t *testing.T) {
 	// met the run that the event of the new site queued (its start run
 	// already converged the site), it was aborted before any
 	// configuration.
-	assert.Regexp(t, `web1\s+down\s+\d+\s+no\s+(converged|aborted)`, r.stdout)
+	assert.Regexp(t, `web1\s+down\s+dir\s+\d+\s+no\s+(converged|aborted)`, r.stdout)
 }
 
 func TestANodeCannotWriteOutsideItsRole(t *testing.T) {

@@ -122,6 +122,18 @@ func TestEveryNodePlansUnderAReleaseBeforeItRuns(t *testing.T) {
 		assert.Equal(t, before, n.read(vhost), "%s: nothing applied", n.name)
 	}
 
+	// Promoted while the rollout is paused: no node has run it, and each
+	// plans what its next run converges, the promoted release.
+	require.Equal(t, 0, op.run("", "pause", "--reason", "preview").code)
+	r = op.run("", "release", "promote", id[:10])
+	require.Equal(t, 0, r.code, r.stderr)
+	r = op.run("", "plan", "--cluster")
+	assert.Equal(t, 2, r.code, "%s%s", r.stdout, r.stderr)
+	assert.Equal(t, 3*2, strings.Count(r.stdout, "+    listen 8080;\n"), "the promoted release, on each of the three nodes")
+	for _, n := range nodes {
+		assert.Equal(t, before, n.read(vhost), "%s: nothing applied while paused", n.name)
+	}
+
 	// A caller cannot point a plan at anything but a release.
 	r = op.run("", "action", "run", "ccm.plan", "--node", "web1", "--param", "release=../objects/sites/shop")
 	assert.Equal(t, 1, r.code)

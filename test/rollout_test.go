@@ -85,7 +85,7 @@ func TestPauseHoldsEveryNodeAndResumeConvergesThemInTurn(t *testing.T) {
 	r = admin.action("status")
 	assert.Equal(t, 0, r.code, "a pause is no failure")
 	assert.Contains(t, r.stdout, "maintenance window")
-	assert.Regexp(t, `node0\s+paused\s+\d+\s+yes`, r.stdout)
+	assert.Regexp(t, `node0\s+paused\s+dir\s+\d+\s+yes`, r.stdout)
 
 	// apply --once is held back too: exit 3.
 	one := newNode(t, "node0", nodes[0].root, etcd.Endpoints())
@@ -102,7 +102,7 @@ func TestPauseHoldsEveryNodeAndResumeConvergesThemInTurn(t *testing.T) {
 	assert.Contains(t, r.stdout, "The rollout stays paused by ")
 	assert.Contains(t, r.stdout, "(maintenance window); ccm resume --pause lifts it.")
 	r = admin.action("status")
-	assert.Regexp(t, `node0\s+paused\s+\d+\s+yes`, r.stdout, "still paused after ccm resume")
+	assert.Regexp(t, `node0\s+paused\s+dir\s+\d+\s+yes`, r.stdout, "still paused after ccm resume")
 
 	r = admin.action("resume", "--pause")
 	require.Equal(t, 0, r.code, r.stderr)

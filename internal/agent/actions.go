@@ -93,8 +93,13 @@ func (a *Agent) planAction(ctx context.Context, req *api.Request) (any, error) {
 		return nil, err
 	}
 	snap := rollout.Hold(a.mirror.Snapshot(), qs)
-	set, opts := a.selection.Load().set, a.applierOptions()
-	if id, ok := req.Params[PlanRelease]; ok { // the plan under that release, not the loaded one
+	cur := a.selection.Load()
+	set, opts := cur.set, a.applierOptions()
+	id, ok := req.Params[PlanRelease]
+	if promoted, _, err := a.release.pointer(); !ok && err == nil && promoted != "" && promoted != cur.release {
+		id, ok = promoted, true // what the node's next run converges: the promoted release
+	}
+	if ok { // the plan under that release, not the loaded one
 		if err := releases.CheckID(id); err != nil {
 			return nil, err
 		}
