@@ -168,6 +168,7 @@ func freeAddr(t *testing.T) string { return etcdtest.FreeAddr(t) }
 // The dashboard shows the promoted release, the release each node runs,
 // and a node whose load of a promoted release failed, with why.
 func TestDashboardShowsEachNodesReleaseAndAFailedLoad(t *testing.T) {
+	t.Parallel()
 	etcd := etcdtest.New(t, 1)
 	admin := caller(t, etcd, t.TempDir())
 	_, good := signedRelease(t, etcd, admin)

@@ -190,6 +190,7 @@ func TestAPromotedReleaseRunsOnTheCanaryFirstAndRollbackUndoesABrokenOne(t *test
 // An on_change added to a configuration whose files already match runs
 // once on every node: the configuration's definition changed.
 func TestAnOnChangeAddedByAReleaseRunsOncePerNode(t *testing.T) {
+	t.Parallel()
 	etcd := etcdtest.New(t, 1)
 	admin := caller(t, etcd, t.TempDir())
 	log := filepath.Join(t.TempDir(), "on_change.log")
@@ -218,6 +219,7 @@ func TestAnOnChangeAddedByAReleaseRunsOncePerNode(t *testing.T) {
 // rest, and ccm status shows the failed load. A release signed by a
 // release key then runs.
 func TestAnUnsignedReleaseIsRefusedWhereKeysAreConfigured(t *testing.T) {
+	t.Parallel()
 	etcd := etcdtest.New(t, 1)
 	admin := caller(t, etcd, t.TempDir())
 	other, _ := sshKey(t, "intruder")
@@ -269,6 +271,7 @@ func TestAnUnsignedReleaseIsRefusedWhereKeysAreConfigured(t *testing.T) {
 // promote, naming each; once a release is promoted, ccm object put
 // checks against its schemas, not the caller's --config-dir.
 func TestAReleaseWhoseSchemasBreakObjectsIsRefusedAtPromote(t *testing.T) {
+	t.Parallel()
 	etcd := etcdtest.New(t, 1)
 	admin := caller(t, etcd, t.TempDir()) // no schemas of its own
 	putSites(t, etcd, 2, "a")
@@ -314,6 +317,7 @@ func TestAReleaseWhoseSchemasBreakObjectsIsRefusedAtPromote(t *testing.T) {
 // with nothing in --config-dir read it, as the agents do; with
 // --release-keys, apply refuses an unsigned one and writes nothing.
 func TestPlanAndApplyOnceReadThePromotedRelease(t *testing.T) {
+	t.Parallel()
 	etcd := etcdtest.New(t, 1)
 	admin := caller(t, etcd, t.TempDir())
 	putSites(t, etcd, 1, "a")
@@ -345,6 +349,7 @@ func TestPlanAndApplyOnceReadThePromotedRelease(t *testing.T) {
 // promoted; the node's credentials cannot promote, push or rewrite one;
 // the release writer pushes but cannot promote.
 func TestANodeRoleReadsReleasesAndCannotPromoteOne(t *testing.T) {
+	t.Parallel()
 	e := etcdtest.StartExternal(t)
 	e.EnableAuth("root-secret")
 	admin := nodeOn(t, e, "", "root", "root-secret")
@@ -382,4 +387,37 @@ func TestANodeRoleReadsReleasesAndCannotPromoteOne(t *testing.T) {
 	}
 	r = web1.run("", "release", "rollback")
 	assert.Equal(t, 1, r.code)
+}
+
+// Agents move from their --config-dir to a promoted release, and back to
+// it once the pointer is deleted, each through a run like any change.
+func TestAgentsMoveFromTheirDirectoryToAReleaseAndBack(t *testing.T) {
+	t.Parallel()
+	etcd := etcdtest.New(t, 1)
+	admin := caller(t, etcd, t.TempDir())
+	rev := putSites(t, etcd, 1, "a")
+	local := release(t, "dir:", "")
+	var nodes []*agentNode
+	for _, name := range []string{"web1", "web2"} {
+		nodes = append(nodes, startAgent(t, etcd, name, local, agentConfig{}))
+	}
+	onRelease(t, nodes, "", rev)
+
+	id := push(t, admin, local)
+	onRelease(t, nodes, id, promote(t, etcd, admin, id))
+	for _, n := range nodes {
+		assert.Equal(t, "dir:a\n", n.read("/sites/s000.conf"), "the same directory as a release: the same files")
+	}
+	next := push(t, admin, release(t, "rel:", ""))
+	onRelease(t, nodes, next, promote(t, etcd, admin, next))
+
+	resp, err := etcd.Client(t).Delete(context.Background(), "/ccm/release")
+	require.NoError(t, err)
+	onRelease(t, nodes, "", resp.Header.Revision)
+	for _, n := range nodes {
+		assert.Equal(t, "dir:a\n", n.read("/sites/s000.conf"), "%s: back to its --config-dir", n.name)
+	}
+	r := admin.action("status")
+	assert.Contains(t, r.stdout, "Release: none promoted")
+	assert.Regexp(t, `web1\s+idle\s+dir\s+\d+\s+no`, r.stdout)
 }
