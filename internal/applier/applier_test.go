@@ -252,6 +252,37 @@ on_change: [[sh, -c, 'echo on_change >> "$0"', ` + strconv.Quote(log) + `]]
 	assert.Equal(t, "ok c\n", f.read("/etc/nginx/c.conf"))
 }
 
+// Two customers' bad objects that change in the same run are
+// quarantined, the others converge; a check that refuses every object
+// (a new release's) fails the configuration, and nothing is written.
+func TestACheckThatFailsForEveryObjectFailsTheConfiguration(t *testing.T) {
+	f := newFixture(t, map[string]string{"web.yaml": `
+subscribes: [sites]
+files:
+  - path: /etc/nginx/{{ .Object.ID }}.conf
+    for_each: sites
+    content: "{{ .Object.Data.body }}\n"
+    check: [sh, -c, 'grep -q "^ok" "$0" || { echo "refused" >&2; exit 1; }', "{{ .Staged }}"]
+`})
+	for _, id := range []string{"a", "b", "c"} {
+		f.put("sites/"+id, `{"body":"ok"}`)
+	}
+	_, err := f.apply("web")
+	require.NoError(t, err)
+	f.put("sites/a", `{"body":"broken"}`)
+	f.put("sites/b", `{"body":"broken"}`)
+	p, err := f.apply("web")
+	require.NoError(t, err, "two bad objects of three are theirs")
+	assert.Len(t, p.Output.Failed, 2)
+	f.put("sites/c", `{"body":"broken"}`)
+	_, err = f.apply("web")
+	require.ErrorIs(t, err, render.ErrEveryObject, "every object refused: the configuration's fault")
+	assert.ErrorContains(t, err, "refused")
+	for _, id := range []string{"a", "b", "c"} {
+		assert.Equal(t, "ok\n", f.read("/etc/nginx/"+id+".conf"), "%s: nothing written", id)
+	}
+}
+
 func TestCheckSeesTheStagedFileAndItsFinalPath(t *testing.T) {
 	out := filepath.Join(t.TempDir(), "seen")
 	// The argv names sh explicitly to record both placeholders.

@@ -244,7 +244,6 @@ func (a *Applier) stageAll(ctx context.Context, p *Plan, tx *txn) (map[int]strin
 	}
 	staged := map[int]string{}
 	var failed []objectCheck
-	checked := map[string]bool{} // objects whose files were checked
 	for i := range p.Changes {
 		c := &p.Changes[i]
 		if c.removes() || !c.Content || (c.file != nil && c.file.Object != "" && p.Output.Held[c.file.Object]) {
@@ -264,7 +263,6 @@ func (a *Applier) stageAll(ctx context.Context, p *Plan, tx *txn) (map[int]strin
 		staged[i] = tmp
 		a.progress.mark()
 		if c.file.Check != nil {
-			checked[c.file.Object] = true
 			if err := a.runCheck(ctx, p, c, a.files.name(tmp)); err != nil {
 				if c.file.Object == "" {
 					return staged, err
@@ -273,7 +271,7 @@ func (a *Applier) stageAll(ctx context.Context, p *Plan, tx *txn) (map[int]strin
 			}
 		}
 	}
-	if err := everyCheckFailed(failed, checked); err != nil {
+	if err := everyCheckFailed(failed, p.Output.Files); err != nil {
 		return staged, err
 	}
 	if len(failed) > 0 {
@@ -294,18 +292,28 @@ type objectCheck struct {
 }
 
 // everyCheckFailed fails the configuration when the checks failed for
-// every object checked, at least two (a new release's check that refuses
-// every file): the configuration is at fault, not its objects, as
-// render.ErrEveryObject says of templates.
-func everyCheckFailed(failed []objectCheck, checked map[string]bool) error {
-	objects := map[string]bool{}
+// every object whose files have a check, at least two (a new release's
+// check that refuses every vhost): the configuration is at fault, not its
+// objects, as render.ErrEveryObject says of templates. Two customers' bad
+// objects among more are quarantined, whatever the run changed.
+func everyCheckFailed(failed []objectCheck, files []render.File) error {
+	bad := map[string]bool{}
 	for _, f := range failed {
-		objects[f.object] = true
+		bad[f.object] = true
 	}
-	if len(objects) < 2 || len(objects) != len(checked) {
+	if len(bad) < 2 {
 		return nil
 	}
-	return fmt.Errorf("check %w checked (%d), so the configuration is at fault: %w", render.ErrEveryObject, len(objects), failed[0].err)
+	checked := map[string]bool{}
+	for _, f := range files {
+		if f.Check != nil && f.Object != "" {
+			checked[f.Object] = true
+		}
+	}
+	if len(bad) < len(checked) {
+		return nil
+	}
+	return fmt.Errorf("check %w whose files have one (%d), so the configuration is at fault: %w", render.ErrEveryObject, len(bad), failed[0].err)
 }
 
 // dropFailed leaves the objects whose check failed out of p, removes
