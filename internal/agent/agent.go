@@ -121,7 +121,9 @@ func load(dir, keysFile string) (*selection, error) {
 	var keys *actions.AuthorizedKeys
 	var kerr error
 	if keysFile != "" {
-		keys, kerr = actions.LoadAuthorizedKeys(keysFile)
+		if keys, kerr = actions.LoadAuthorizedKeys(keysFile); kerr != nil {
+			kerr = fmt.Errorf("--action-keys: %w", kerr)
+		}
 	}
 	if err != nil || herr != nil || serr != nil || kerr != nil {
 		return nil, errors.Join(err, herr, serr, kerr)

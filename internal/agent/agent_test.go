@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -139,4 +140,36 @@ func TestABrokenReloadKeepsTheLoadedConfiguration(t *testing.T) {
 	rev := n.put(t, "sites/a", `{"v": "still"}`)
 	n.reported(t, "web1", rev, api.ResultConverged)
 	assert.Equal(t, "still\n", n.read("/sites/a.conf"), "the loaded configuration renders")
+
+	// The failed reload is published, for ccm status and the dashboard,
+	// until a reload succeeds.
+	reloadError := func() string {
+		p, err := n.cluster.Presence(context.Background(), "web1")
+		if err != nil || p == nil {
+			return "?"
+		}
+		return p.ReloadError
+	}
+	require.Eventually(t, func() bool { return strings.Contains(reloadError(), "sites.yaml") }, 30*time.Second, 10*time.Millisecond,
+		"the presence says the reload failed")
+	require.NoError(t, os.WriteFile(filepath.Join(n.config, "sites.yaml"), []byte(sites), 0o644))
+	require.NoError(t, n.ag.Reload())
+	require.Eventually(t, func() bool { return reloadError() == "" }, 30*time.Second, 10*time.Millisecond, "a good reload clears it")
+}
+
+// A keys file that cannot be read is refused at start, naming its flag.
+func TestAnUnreadableKeysFileNamesItsFlag(t *testing.T) {
+	etcd := etcdtest.New(t, 1)
+	for _, flag := range []string{"--action-keys", "--release-keys"} {
+		opts := agent.Options{Client: etcd.Client(t), Node: "web1", ConfigDir: t.TempDir(), Root: t.TempDir(), StateDir: t.TempDir()}
+		missing := filepath.Join(t.TempDir(), "nope")
+		if flag == "--action-keys" {
+			opts.ActionKeys = missing
+		} else {
+			opts.ReleaseKeys = missing
+		}
+		_, err := agent.New(opts)
+		require.Error(t, err)
+		assert.Contains(t, err.Error(), flag+": open "+missing)
+	}
 }

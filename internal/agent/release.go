@@ -178,6 +178,9 @@ func (a *Agent) next(ctx context.Context) (*target, error) {
 	case err != nil:
 		return &target{sel: cur, release: id, broken: err}, nil
 	case id == cur.release && !cur.empty:
+		if id != "" { // back to the loaded release (a rollback): nothing failed to load
+			a.presence.reloaded(nil)
+		}
 		return &target{sel: cur, release: id}, nil
 	case a.pending != nil && a.pending.release == id:
 		return &target{sel: a.pending, release: id}, nil
@@ -237,11 +240,11 @@ func (a *Agent) verifyRelease() func(*releases.Release) error {
 // run that converges it: from then on actions and plans use it too.
 func (a *Agent) adopt(sel *selection) {
 	a.pending = nil
-	a.presence.reloaded(nil)
 	prev := a.selection.Swap(sel)
 	if prev == sel {
 		return
 	}
+	a.presence.reloaded(nil)
 	a.mirror.SetValidator(sel.schemas)
 	a.presence.setRelease(sel.release)
 	a.log.Info("configuration loaded", zap.String("release", releases.Short(sel.release)), zap.Strings("order", sel.set.Order))
