@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -251,6 +252,12 @@ func TestAnUnsignedReleaseIsRefusedWhereKeysAreConfigured(t *testing.T) {
 			}
 			return false
 		}, "%s: the failed load is in the view", tc.name)
+		for _, n := range nodes {
+			assert.Equal(t, 1.0, testutil.ToFloat64(n.ag.Metrics().Release.WithLabelValues(good[:12])), "%s: ccm_release_info", n.name)
+			if n.name == failed {
+				assert.Equal(t, 1.0, testutil.ToFloat64(n.ag.Metrics().ReloadFailed), "%s: ccm_reload_failed", n.name)
+			}
+		}
 		r := admin.action("status")
 		assert.Regexp(t, failed+`\s+failed\s+`+good[:12]+`\s+\d+\s+yes\s+failed\s+\S+\s+reload failed: release `+bad[:12], r.stdout)
 		for _, n := range nodes {

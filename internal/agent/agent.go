@@ -212,6 +212,7 @@ func New(opts Options) (*Agent, error) {
 	})
 	a.selection.Store(sel)
 	a.mirror.SetValidator(sel.schemas)
+	a.published(sel.release)
 	return a, nil
 }
 
@@ -260,7 +261,7 @@ func (a *Agent) Reload() error {
 		return nil
 	}
 	sel, err := load(a.opts.ConfigDir, a.opts.ActionKeys)
-	a.presence.reloaded(err)
+	a.reloaded(err)
 	if err != nil {
 		a.log.Error("reload failed; keeping the loaded configuration", zap.Error(err))
 		return err

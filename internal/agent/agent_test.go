@@ -152,9 +152,12 @@ func TestABrokenReloadKeepsTheLoadedConfiguration(t *testing.T) {
 	}
 	require.Eventually(t, func() bool { return strings.Contains(reloadError(), "sites.yaml") }, 30*time.Second, 10*time.Millisecond,
 		"the presence says the reload failed")
+	assert.Equal(t, 1.0, testutil.ToFloat64(n.ag.Metrics().ReloadFailed), "and so does ccm_reload_failed")
+	assert.Equal(t, 1.0, testutil.ToFloat64(n.ag.Metrics().Release.WithLabelValues("dir")), "ccm_release_info: the directory")
 	require.NoError(t, os.WriteFile(filepath.Join(n.config, "sites.yaml"), []byte(sites), 0o644))
 	require.NoError(t, n.ag.Reload())
 	require.Eventually(t, func() bool { return reloadError() == "" }, 30*time.Second, 10*time.Millisecond, "a good reload clears it")
+	assert.Equal(t, 0.0, testutil.ToFloat64(n.ag.Metrics().ReloadFailed))
 }
 
 // A keys file that cannot be read is refused at start, naming its flag.

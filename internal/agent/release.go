@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -179,7 +180,7 @@ func (a *Agent) next(ctx context.Context) (*target, error) {
 		return &target{sel: cur, release: id, broken: err}, nil
 	case id == cur.release && !cur.empty:
 		if id != "" { // back to the loaded release (a rollback): nothing failed to load
-			a.presence.reloaded(nil)
+			a.reloaded(nil)
 		}
 		return &target{sel: cur, release: id}, nil
 	case a.pending != nil && a.pending.release == id:
@@ -200,10 +201,10 @@ func (a *Agent) next(ctx context.Context) (*target, error) {
 	case releases.Transient(err):
 		return nil, err
 	case errors.Is(err, errNoConfiguration):
-		a.presence.reloaded(err)
+		a.reloaded(err)
 		return nil, err
 	}
-	a.presence.reloaded(err)
+	a.reloaded(err)
 	a.log.Error("load of the promoted configuration failed", zap.String("release", releases.Short(id)), zap.Error(err))
 	return &target{sel: cur, release: id, broken: err}, nil
 }
@@ -244,11 +245,30 @@ func (a *Agent) adopt(sel *selection) {
 	if prev == sel {
 		return
 	}
-	a.presence.reloaded(nil)
+	a.reloaded(nil)
 	a.mirror.SetValidator(sel.schemas)
-	a.presence.setRelease(sel.release)
+	a.published(sel.release)
 	a.log.Info("configuration loaded", zap.String("release", releases.Short(sel.release)), zap.Strings("order", sel.set.Order))
 	if err := releases.Prune(a.stagedDir(), sel.release, prev.release); err != nil {
 		a.log.Warn("remove staged releases", zap.Error(err))
 	}
+}
+
+// reloaded records how the last load of a configuration ended (nil: it
+// succeeded), in the presence and the metrics.
+func (a *Agent) reloaded(err error) {
+	a.presence.reloaded(err)
+	failed := 0.0
+	if err != nil {
+		failed = 1
+	}
+	a.metrics.ReloadFailed.Set(failed)
+}
+
+// published announces the release the agent has loaded, in the presence
+// and the metrics.
+func (a *Agent) published(release string) {
+	a.presence.setRelease(release)
+	a.metrics.Release.Reset()
+	a.metrics.Release.WithLabelValues(cmp.Or(releases.Short(release), "dir")).Set(1)
 }

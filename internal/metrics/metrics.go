@@ -39,6 +39,12 @@ type Metrics struct {
 	Halted prometheus.Gauge
 	// Quarantined is how many objects this node's last run held back.
 	Quarantined prometheus.Gauge
+	// ReloadFailed is 1 while the last load of a configuration (a promoted
+	// release, or --config-dir on SIGHUP) failed.
+	ReloadFailed prometheus.Gauge
+	// Release is 1 for the release the agent has loaded ("dir" for its
+	// --config-dir), and absent for any other.
+	Release *prometheus.GaugeVec
 	// Ready is 1 while the mirror is synced with etcd.
 	Ready prometheus.Gauge
 	// Paused is 1 while the rollout is paused.
@@ -87,6 +93,12 @@ func New() *Metrics {
 		Quarantined: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "ccm_quarantined_objects", Help: "Objects the last run held back: quarantined here or by another node, at their current revision.",
 		}),
+		ReloadFailed: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "ccm_reload_failed", Help: "1 while the last load of a configuration (a promoted release, or --config-dir on SIGHUP) failed.",
+		}),
+		Release: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "ccm_release_info", Help: "1 for the configuration release the agent has loaded (dir: its --config-dir).",
+		}, []string{"release"}),
 		Ready: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "ccm_ready", Help: "1 while the local mirror is synced with etcd.",
 		}),
@@ -105,7 +117,7 @@ func New() *Metrics {
 		}),
 	}
 	m.Registry.MustRegister(m.Runs, m.Failures, m.ChangedFiles, m.RunDuration, m.LockWait,
-		m.DebouncePending, m.LastSuccess, m.WatchLag, m.Halted, m.Quarantined, m.Ready,
+		m.DebouncePending, m.LastSuccess, m.WatchLag, m.Halted, m.Quarantined, m.ReloadFailed, m.Release, m.Ready,
 		m.Paused, m.Actions, m.ActionDuration, m.ActionsRunning,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
