@@ -476,7 +476,7 @@ func (n *NodeView) describe(lock string, paused bool, newest int64, release stri
 	default:
 		n.State = StateIdle
 	}
-	n.Behind = n.behind(newest) || n.Release != release
+	n.Behind = n.behind(newest, release)
 }
 
 // behind is the one definition of BEHIND, which ccm status and the
@@ -486,10 +486,13 @@ func (n *NodeView) describe(lock string, paused bool, newest int64, release stri
 //   - A run that failed tried a revision it did not converge.
 //   - A node with no agent alive cannot say what concerns it: it is behind
 //     once any object was written after the revision it converged.
-//   - A node that runs another release than the promoted one (describe).
-func (n *NodeView) behind(newest int64) bool {
+//   - A node that runs another release than the promoted one (release:
+//     its id, "" when none is promoted).
+func (n *NodeView) behind(newest int64, release string) bool {
 	s := n.Status
 	switch {
+	case n.Release != release:
+		return true
 	case n.Presence != nil && n.Presence.Pending > n.Converged:
 		return true
 	case s != nil && s.Result == api.ResultHalted:
