@@ -118,6 +118,11 @@ type File struct {
 	Ownership
 	OwnerTemplates
 	Check Command // nil when unset; may use {{ .Staged }} and {{ .Path }}
+	// CheckAll, when set, checks the entry's staged files of one run in
+	// one process: the staged paths are appended to the argv. It takes no
+	// placeholders. A set it refuses is bisected to find the files at
+	// fault (see the applier).
+	CheckAll Command
 }
 
 // Dir is the directory the configuration was loaded from, where its

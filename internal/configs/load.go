@@ -61,6 +61,7 @@ type rawFile struct {
 	Owner    string  `yaml:"owner"`
 	Group    string  `yaml:"group"`
 	Check    Command `yaml:"check"`
+	CheckAll Command `yaml:"check_all"`
 }
 
 type rawGroup struct {
@@ -333,7 +334,7 @@ func (l *loader) directory(rd rawDirectory) (Directory, error) {
 }
 
 func (l *loader) file(rf rawFile) (File, error) {
-	f := File{ForEach: rf.ForEach, Check: rf.Check}
+	f := File{ForEach: rf.ForEach, Check: rf.Check, CheckAll: rf.CheckAll}
 	var err error
 	if f.Path, err = parsePath(rf.Path); err != nil {
 		return f, err
@@ -350,6 +351,14 @@ func (l *loader) file(rf rawFile) (File, error) {
 	if rf.Check != nil {
 		if err := l.command(rf.Check, true); err != nil {
 			return f, fmt.Errorf("check: %w", err)
+		}
+	}
+	if rf.CheckAll != nil {
+		if rf.Check != nil {
+			return f, errors.New("set either check or check_all, not both")
+		}
+		if err := l.command(rf.CheckAll, false); err != nil {
+			return f, fmt.Errorf("check_all: %w", err)
 		}
 	}
 	f.Body, err = l.body(rf)
