@@ -43,9 +43,28 @@ type AuthorizedKeys struct {
 // other rather than ignore what an operator wrote.
 var keyOptions = []string{"ccm-actions", "ccm-nodes", "expiry-time"}
 
+// releaseKeyOptions are the options a release key may have: a release
+// is signed for every node and runs whatever actions it holds, so
+// ccm-actions and ccm-nodes mean nothing there.
+var releaseKeyOptions = []string{"expiry-time"}
+
 // LoadAuthorizedKeys reads an authorized_keys file of ed25519 keys and
-// their options. Every bad line is reported, naming the file and line.
+// their options (--action-keys). Every bad line is reported, naming the
+// file and line.
 func LoadAuthorizedKeys(file string) (*AuthorizedKeys, error) {
+	return loadKeys(file, keyOptions)
+}
+
+// LoadReleaseKeys reads the authorized_keys file of the keys that sign
+// configuration releases (--release-keys, CCM_RELEASE_KEYS). A key with
+// an option that does not apply to a release (ccm-actions, ccm-nodes)
+// is refused, naming its line: a limit ccm would not enforce is never
+// read as one.
+func LoadReleaseKeys(file string) (*AuthorizedKeys, error) {
+	return loadKeys(file, releaseKeyOptions)
+}
+
+func loadKeys(file string, allowed []string) (*AuthorizedKeys, error) {
 	raw, err := os.ReadFile(file)
 	if err != nil {
 		return nil, err
@@ -75,7 +94,7 @@ func LoadAuthorizedKeys(file string) (*AuthorizedKeys, error) {
 			continue
 		}
 		lineOf[string(key.Marshal())] = i + 1
-		g, optErrs := grantOf(options)
+		g, optErrs := grantOf(options, allowed)
 		for _, e := range optErrs {
 			fail("%v", e)
 		}
@@ -105,13 +124,13 @@ func (ak *AuthorizedKeys) Trusted(key ssh.PublicKey) (string, bool) {
 }
 
 // grantOf reads a key's options.
-func grantOf(options []string) (*Grant, []error) {
+func grantOf(options, allowed []string) (*Grant, []error) {
 	g := &Grant{}
 	var errs []error
 	for _, opt := range options {
 		name, value, hasValue := strings.Cut(opt, "=")
-		if !slices.Contains(keyOptions, name) {
-			errs = append(errs, fmt.Errorf("option %s: ccm reads only %s, and refuses a key rather than ignore an option", name, strings.Join(keyOptions, ", ")))
+		if !slices.Contains(allowed, name) {
+			errs = append(errs, fmt.Errorf("option %s: ccm reads only %s here, and refuses a key rather than ignore an option", name, strings.Join(allowed, ", ")))
 			continue
 		}
 		if uq, err := strconv.Unquote(value); err == nil {

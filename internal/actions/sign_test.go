@@ -88,6 +88,22 @@ func TestKeyOptionsAuthoriseActionsNodesAndExpiry(t *testing.T) {
 	}
 }
 
+// A release key means one thing: a release is signed for every node and
+// runs every action it holds, so a key limited to some nodes or actions
+// is refused at load, naming its line, rather than trusted everywhere.
+func TestAReleaseKeyWithAnOptionThatDoesNotApplyIsRefused(t *testing.T) {
+	_, line := newKey(t)
+	_, old := newKey(t)
+	file := writeKeys(t, `ccm-nodes="web9",ccm-actions="none" `+line+" ci@example", `expiry-time="20990101" `+old+" old@example")
+	_, err := actions.LoadReleaseKeys(file)
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), file+": line 1: option ccm-nodes: ccm reads only expiry-time here")
+	assert.Contains(t, err.Error(), file+": line 1: option ccm-actions: ccm reads only expiry-time here")
+	assert.NotContains(t, err.Error(), "line 2", "expiry-time applies to a release key")
+	_, err = actions.LoadAuthorizedKeys(file)
+	assert.NoError(t, err, "as action keys the same lines are limits ccm enforces")
+}
+
 // Items 5 and 6: the signature covers every field of the request and the
 // cluster it is for.
 func TestASignatureCoversEveryFieldAndTheCluster(t *testing.T) {
