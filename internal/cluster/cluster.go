@@ -13,10 +13,10 @@ import (
 
 	"go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/ccm-dev/ccm/api"
-	"github.com/ccm-dev/ccm/internal/releases"
 )
 
 // DefaultLockTTL is the lease TTL of the lock session.
@@ -190,7 +190,14 @@ type View struct {
 	Quarantines []api.Quarantine `json:"quarantines,omitempty"`
 	// Revision is the etcd revision the view was read at.
 	Revision int64 `json:"revision"`
+	// Partial says what the view leaves out, and why, when the etcd
+	// identity that read it may not read every node: a node's own role
+	// reads its own records, the cluster's flag, pause, lock and release.
+	Partial string `json:"partial,omitempty"`
 }
+
+// statusNeeds is the role ccm status and the dashboard need.
+const statusNeeds = "read on the cluster's prefix (a viewer's role: ccm rbac print --viewer NAME), or a node's role with that node's --node"
 
 // View reads the failure flag, the lock queue and every node, at one
 // revision.
@@ -206,7 +213,7 @@ func (c *Cluster) View(ctx context.Context) (*View, error) {
 		clientv3.OpGet(c.ReleasePointerKey()),
 	).Commit()
 	if err != nil {
-		return nil, fmt.Errorf("read %s: %w", c.Prefix(), err)
+		return nil, fmt.Errorf("read %s: %w", c.Prefix(), deniedHint(err, statusNeeds))
 	}
 	release := ""
 	var newest int64
@@ -222,7 +229,7 @@ func (c *Cluster) View(ctx context.Context) (*View, error) {
 		Quarantines: decodeQuarantines(c.Keys, resp.Responses[6].GetResponseRange().Kvs),
 	}
 	if kvs := resp.Responses[7].GetResponseRange().Kvs; len(kvs) > 0 {
-		p, err := releases.DecodePointer(c.ReleasePointerKey(), kvs[0].Value)
+		p, err := api.DecodeReleasePointer(c.ReleasePointerKey(), kvs[0].Value)
 		if err != nil {
 			p = &api.ReleasePointer{ID: "unreadable"}
 		}
@@ -235,8 +242,15 @@ func (c *Cluster) View(ctx context.Context) (*View, error) {
 		v.Canary = &canary
 	}
 	nodes, err := c.scanNodes(ctx, resp.Header.Revision)
+	if errors.Is(err, rpctypes.ErrPermissionDenied) && c.node != "" {
+		// A node's role reads its own records alone.
+		nodes, err = c.ownNode(ctx, resp.Header.Revision)
+		if err == nil {
+			v.Partial = fmt.Sprintf("only node %s: this etcd identity may not read every node under %s (a viewer's role may: ccm rbac print --viewer NAME)", c.node, c.NodesPrefix())
+		}
+	}
 	if err != nil {
-		return nil, err
+		return nil, deniedHint(err, statusNeeds)
 	}
 	byLease := map[string]string{}
 	for _, n := range nodes {
@@ -374,6 +388,16 @@ func (c *Cluster) scanNodes(ctx context.Context, rev int64) ([]*NodeView, error)
 	}
 	sortByName(nodes)
 	return nodes, nil
+}
+
+// ownNode reads the records of the cluster's own node (Options.Node) at
+// revision rev: what a node's role may read of nodes/.
+func (c *Cluster) ownNode(ctx context.Context, rev int64) ([]*NodeView, error) {
+	tr, err := c.client.Txn(ctx).Then(c.nodeReads(c.node, rev)...).Commit()
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", c.NodePrefix(c.node), err)
+	}
+	return []*NodeView{nodeView(c.node, tr.Responses)}, nil
 }
 
 // sortByName sorts by node name: keys sort "web-1/" before "web/".
