@@ -71,8 +71,8 @@ func TestANodesRoleViewsItsOwnNodeAndSaysTheViewIsPartial(t *testing.T) {
 	root := enableAuth(t, etcd)
 	ctx := context.Background()
 	for key, val := range map[string]string{
-		k.StatusKey("web1"): `{"result":"converged","converged_revision":3}`,
-		k.StatusKey("web2"): `{"result":"failed"}`,
+		k.StatusKey("web1"):  `{"result":"converged","converged_revision":3}`,
+		k.StatusKey("web2"):  `{"result":"failed"}`,
 		k.FailureKey("web2"): `{"error":"boom"}`,
 		k.PausedKey():        `{"by":"alice","reason":"window"}`,
 	} {
