@@ -102,6 +102,11 @@ type Presence struct {
 	// promoted release, or --config-dir on SIGHUP) failed; empty once
 	// a load succeeds. The agent keeps running what it had loaded.
 	ReloadError string `json:"reload_error,omitempty"`
+	// ReleaseStoredError is why the copy in etcd of the release the
+	// agent runs cannot be used (changed, deleted, no longer signed):
+	// the agent runs its verified staged copy, and ccm release push of
+	// the same directory repairs the stored one. Empty when it is whole.
+	ReleaseStoredError string `json:"release_stored_error,omitempty"`
 }
 
 // Problem is why an alive agent cannot make progress, written to its
