@@ -135,6 +135,9 @@ const (
 	StatePaused  = "paused"  // the rollout is paused
 	StateFailed  = "failed"  // its last run failed
 	StateDown    = "down"    // no agent alive
+	// StateUnknown is every node's state in a stale view (View.AsStale):
+	// etcd could not be read since View.ReadAt.
+	StateUnknown = "unknown"
 )
 
 // NodeView is what ccm status shows of one node.
@@ -155,6 +158,9 @@ type NodeView struct {
 	Release string `json:"release,omitempty"`
 	// ReloadError is why the agent's last load of a configuration failed.
 	ReloadError string `json:"reload_error,omitempty"`
+	// Labels are the labels operators gave the node (ccm node label):
+	// those a call by label matches, not those its agent claims.
+	Labels map[string]string `json:"labels,omitempty"`
 }
 
 // View is the whole cluster as ccm status shows it.
@@ -190,6 +196,11 @@ type View struct {
 	Quarantines []api.Quarantine `json:"quarantines,omitempty"`
 	// Revision is the etcd revision the view was read at.
 	Revision int64 `json:"revision"`
+	// ReadAt is when the view was read from etcd.
+	ReadAt time.Time `json:"read_at"`
+	// Stale is set on a view shown after etcd could no longer be read
+	// (AsStale): nothing in it is known to hold now.
+	Stale bool `json:"stale,omitempty"`
 	// Partial says what the view leaves out, and why, when the etcd
 	// identity that read it may not read every node: a node's own role
 	// reads its own records, the cluster's flag, pause, lock and release.
@@ -225,6 +236,7 @@ func (c *Cluster) View(ctx context.Context) (*View, error) {
 		Pause:    decodePause((*clientv3.GetResponse)(resp.Responses[2].GetResponseRange())),
 		Rollout:  decodeRollout((*clientv3.GetResponse)(resp.Responses[3].GetResponseRange())),
 		Revision: resp.Header.Revision,
+		ReadAt:   time.Now().UTC(),
 
 		Quarantines: decodeQuarantines(c.Keys, resp.Responses[6].GetResponseRange().Kvs),
 	}
@@ -251,6 +263,13 @@ func (c *Cluster) View(ctx context.Context) (*View, error) {
 	}
 	if err != nil {
 		return nil, deniedHint(err, statusNeeds)
+	}
+	labels, err := c.viewLabels(ctx, resp.Header.Revision)
+	if err != nil {
+		return nil, deniedHint(err, statusNeeds)
+	}
+	for _, n := range nodes {
+		n.Labels = labels[n.Name]
 	}
 	byLease := map[string]string{}
 	for _, n := range nodes {
@@ -295,6 +314,24 @@ func (c *Cluster) View(ctx context.Context) (*View, error) {
 	return v, nil
 }
 
+// AsStale returns a copy of v for a reader that can no longer read etcd:
+// every node's state is unknown, the summary counts every node as
+// unknown and none as converged, behind, failed or down, and the lock
+// holders and queue are left out. ReadAt stays the time of the last good
+// read. Each node's records are kept, as what was last known.
+func (v *View) AsStale() *View {
+	s := *v
+	s.Stale = true
+	s.Holder, s.Holders, s.Waiting, s.Queue = "", nil, nil, nil
+	s.Summary = Summary{Nodes: len(v.Nodes), Unknown: len(v.Nodes)}
+	s.Nodes = make([]NodeView, len(v.Nodes))
+	for i, n := range v.Nodes {
+		n.State = StateUnknown
+		s.Nodes[i] = n
+	}
+	return &s
+}
+
 // Summary counts the nodes of a view. A node is counted once as
 // converged (its last run converged and it is not behind) and, apart
 // from that, in each of behind, failed and down that holds.
@@ -304,6 +341,9 @@ type Summary struct {
 	Behind    int `json:"behind"`
 	Failed    int `json:"failed"`
 	Down      int `json:"down"`
+	// Unknown counts the nodes whose state is unknown: every node of a
+	// stale view.
+	Unknown int `json:"unknown,omitempty"`
 }
 
 func (s *Summary) count(n *NodeView) {
@@ -324,6 +364,9 @@ func (s *Summary) count(n *NodeView) {
 // String is the summary in words: "5 nodes: 3 converged, 1 behind, 1
 // failed, 0 down".
 func (s Summary) String() string {
+	if s.Unknown > 0 {
+		return fmt.Sprintf("%d nodes: %d unknown", s.Nodes, s.Unknown)
+	}
 	return fmt.Sprintf("%d nodes: %d converged, %d behind, %d failed, %d down", s.Nodes, s.Converged, s.Behind, s.Failed, s.Down)
 }
 
@@ -388,6 +431,19 @@ func (c *Cluster) scanNodes(ctx context.Context, rev int64) ([]*NodeView, error)
 	}
 	sortByName(nodes)
 	return nodes, nil
+}
+
+// viewLabels reads the operators' labels of every node at rev, or of the
+// cluster's own node alone when its identity may read no other.
+func (c *Cluster) viewLabels(ctx context.Context, rev int64) (map[string]map[string]string, error) {
+	resp, err := c.client.Get(ctx, c.LabelsPrefix(), clientv3.WithPrefix(), clientv3.WithRev(rev))
+	if errors.Is(err, rpctypes.ErrPermissionDenied) && c.node != "" {
+		resp, err = c.client.Get(ctx, c.LabelsKey(c.node), clientv3.WithRev(rev))
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", c.LabelsPrefix(), err)
+	}
+	return decodeLabels(c.Keys, resp.Kvs), nil
 }
 
 // ownNode reads the records of the cluster's own node (Options.Node) at

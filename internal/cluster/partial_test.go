@@ -75,6 +75,8 @@ func TestANodesRoleViewsItsOwnNodeAndSaysTheViewIsPartial(t *testing.T) {
 		k.StatusKey("web2"):  `{"result":"failed"}`,
 		k.FailureKey("web2"): `{"error":"boom"}`,
 		k.PausedKey():        `{"by":"alice","reason":"window"}`,
+		k.LabelsKey("web1"):  `{"role":"web"}`,
+		k.LabelsKey("web2"):  `{"role":"db"}`,
 	} {
 		_, err := root.Put(ctx, key, val)
 		require.NoError(t, err)
@@ -89,11 +91,13 @@ func TestANodesRoleViewsItsOwnNodeAndSaysTheViewIsPartial(t *testing.T) {
 	assert.Equal(t, "web2", v.Failure.Node)
 	require.NotNil(t, v.Pause)
 	assert.Contains(t, v.Partial, "only node web1")
+	assert.Equal(t, map[string]string{"role": "web"}, v.Nodes[0].Labels, "the labels operators gave it")
 
 	full, err := cluster.New(root, cluster.Options{Node: "web1"}).View(ctx)
 	require.NoError(t, err)
 	assert.Len(t, full.Nodes, 2)
 	assert.Empty(t, full.Partial, "an identity that reads every node gets the whole view")
+	assert.Equal(t, map[string]string{"role": "db"}, full.Nodes[1].Labels)
 
 	_, err = cluster.New(nodeCli, cluster.Options{Node: "web2"}).View(ctx)
 	require.Error(t, err, "another node's records are not web1's to read")

@@ -57,8 +57,9 @@ type State struct {
 	Actions []Action `json:"actions"`
 	// Etcd is the health of each etcd endpoint the dashboard talks to.
 	Etcd []Member `json:"etcd"`
-	// Error is set while etcd cannot be read; the rest is the last state
-	// read.
+	// Error is set while etcd cannot be read; View is then the last view
+	// read, made stale (cluster.View.AsStale): every node's state is
+	// unknown, and View.ReadAt is the time of the last good read.
 	Error string `json:"error,omitempty"`
 }
 
@@ -230,8 +231,11 @@ func (s *Server) read(ctx context.Context) State {
 		s.mu.Lock()
 		last := s.last
 		s.mu.Unlock()
+		last.Time, last.Etcd = st.Time, st.Etcd
 		last.Error = fmt.Sprintf("cannot read etcd: %v", err)
-		last.Etcd = st.Etcd
+		if last.View != nil && !last.View.Stale {
+			last.View = last.View.AsStale()
+		}
 		return last
 	}
 	return st

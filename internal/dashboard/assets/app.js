@@ -58,12 +58,23 @@ function render(st) {
   etcdError.hidden = !st.error;
   etcdError.textContent = st.error || "";
 
+  // A stale view (etcd unreadable) shows every node's state as unknown,
+  // as of the last good read: nothing on it is known to hold now.
+  document.body.dataset.stale = String(!!v.stale);
+  const badge = $("#connection");
+  if (v.stale) {
+    badge.textContent = "stale since " + time(v.read_at);
+  } else if (document.body.dataset.connection === "live") {
+    badge.textContent = "live";
+  }
   const sum = v.summary || { nodes: 0, converged: 0, behind: 0, failed: 0, down: 0 };
   const summary = $("#summary");
-  summary.textContent = sum.nodes + " nodes: " + sum.converged + " converged, " + sum.behind + " behind, " +
-    sum.failed + " failed, " + sum.down + " down";
-  summary.className = "summary" + (sum.failed || sum.down ? " bad" : sum.behind ? " warn" : " ok");
-  for (const k of ["nodes", "converged", "behind", "failed", "down"]) summary.dataset[k] = String(sum[k]);
+  summary.textContent = v.stale
+    ? sum.nodes + " nodes: state unknown; last read at " + time(v.read_at)
+    : sum.nodes + " nodes: " + sum.converged + " converged, " + sum.behind + " behind, " +
+      sum.failed + " failed, " + sum.down + " down";
+  summary.className = "summary" + (v.stale || sum.failed || sum.down ? " bad" : sum.behind ? " warn" : " ok");
+  for (const k of ["nodes", "converged", "behind", "failed", "down", "unknown"]) summary.dataset[k] = String(sum[k] || 0);
 
   const members = st.etcd || [];
   const healthy = members.filter((m) => m.healthy).length;
@@ -93,10 +104,11 @@ function render(st) {
     cell(tr, n.state, "state state-" + n.state);
     cell(tr, release(n.release), "release");
     cell(tr, String(n.converged_revision), "converged");
-    cell(tr, n.behind ? "yes" : "no", "behind");
+    cell(tr, v.stale ? "?" : n.behind ? "yes" : "no", "behind");
     const s = n.status || {};
     cell(tr, s.result ? s.result + " · " + time(s.time) : "", "last");
-    const labels = (n.presence && n.presence.labels) || {};
+    // The operators' labels: those a call by label matches.
+    const labels = n.labels || {};
     cell(tr, Object.keys(labels).sort().map((k) => k + "=" + labels[k]).join(" "), "labels");
     // An alive agent that cannot make progress says why (its problem
     // record); otherwise the last run's error.
@@ -143,7 +155,7 @@ function connect() {
   const events = new EventSource("events");
   events.onopen = () => {
     document.body.dataset.connection = "live";
-    $("#connection").textContent = "live";
+    if (document.body.dataset.stale !== "true") $("#connection").textContent = "live";
   };
   events.onmessage = (e) => render(JSON.parse(e.data));
   events.onerror = () => {
