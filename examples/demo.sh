@@ -19,6 +19,8 @@ if [ ! -e demo-root/etc/passwd ]; then
   printf 'root:*::\nwww-data:*::\nnogroup:*::\n' > demo-root/etc/gshadow
   chmod 600 demo-root/etc/shadow demo-root/etc/gshadow
 fi
+# A declared user's shell must be one of the root's etc/shells.
+[ -e demo-root/etc/shells ] || printf '/bin/sh\n/bin/bash\n' > demo-root/etc/shells
 # The example's checks run the real nginx -t and php-fpm -t; the demo needs
 # neither installed, so it skips them (make test runs them for real).
 export CHECK_SKIP=1

@@ -352,10 +352,10 @@ func TestActionsRunAsTheSitesUnixUser(t *testing.T) {
 	groupsUser(t, "ccmbad2", "-N", "-u", "1501", "-g", "0")
 	r = call("as-site", map[string]string{"user": "ccmbad1"})
 	assert.Equal(t, api.StateRejected, r.State)
-	assert.Regexp(t, `run_as: user "ccmbad1" is in group (disk|shadow|adm), which run_as denies`, r.Error)
+	assert.Regexp(t, `run_as: user "ccmbad1": group (disk|shadow|adm) is denied \(deny_groups\)`, r.Error)
 	r = call("as-site", map[string]string{"user": "ccmbad2"})
 	assert.Equal(t, api.StateRejected, r.State)
-	assert.Contains(t, r.Error, `run_as: user "ccmbad2" is in group root, which run_as denies`)
+	assert.Contains(t, r.Error, `run_as: user "ccmbad2": group root is denied (deny_groups)`)
 }
 
 // groupsUser creates a user with useradd's args, removed at the end.

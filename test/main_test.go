@@ -79,6 +79,8 @@ var baseAccounts = map[string]string{
 	"group":   "root:x:0:\nwww-data:x:33:\nnogroup:x:65534:\n",
 	"shadow":  "root:*:1::::::\nwww-data:*:1::::::\nnobody:*:1::::::\n",
 	"gshadow": "root:*::\nwww-data:*::\nnogroup:*::\n",
+	// The shells a declared user may have (accounts: the typed boundary).
+	"shells": "/bin/sh\n/bin/bash\n",
 }
 
 // newRoot is a node's --root, with its own /etc account files.

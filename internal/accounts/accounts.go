@@ -17,10 +17,13 @@ import (
 	"strings"
 )
 
-// User is a user a configuration declares.
+// User is a user a configuration declares, as rendered: every field is
+// the text a template made from object data, untrusted until Plan parses
+// it (declared.go). "" leaves a field to the tools' default (UID, Shell)
+// or alone (Password).
 type User struct {
 	Name    string
-	UID     *int   // nil: the tools pick one
+	UID     string // "": ccm picks one (see Plan)
 	Group   string // primary group; "" makes a group of the user's name
 	Groups  []string
 	Home    string // "" is /home/<name>
@@ -33,21 +36,38 @@ type User struct {
 	Object string
 }
 
-// Group is a group a configuration declares.
+// Group is a group a configuration declares, as rendered (see User).
 type Group struct {
 	Name    string
-	GID     *int
+	GID     string   // "": ccm picks one
 	Members []string // nil leaves the members alone
 	Object  string
 }
 
-// Policy is what a configuration lets ccm touch.
+// Policy is what a configuration lets ccm touch. Its fields are literal
+// in the configuration, never rendered from data.
 type Policy struct {
-	// MinUID and MinGID are the lowest IDs ccm creates, changes or adopts:
+	// MinUID and MinGID are the lowest IDs ccm creates, changes or gives:
 	// an account below them is a system account and never touched.
 	MinUID, MinGID int
+	// MaxUID and MaxGID are the highest IDs ccm gives (0: DefaultMax).
+	MaxUID, MaxGID int
 	// RemoveHome deletes a removed user's home with it (userdel -r).
 	RemoveHome bool
+	// Adopt names existing accounts ccm did not create that it may
+	// change all the same. Any other existing account is refused.
+	Adopt []string
+	// Homes are the directories a home may be below (nil:
+	// DefaultHomeBases).
+	Homes []string
+	// Shells are the shells a user may have (nil: the root's etc/shells).
+	Shells []string
+	// DenyGroups are groups no declared user may join (nil:
+	// DefaultDenyGroups).
+	DenyGroups []string
+	// ReuseUIDs and ReuseGIDs release retired IDs: an operator's word that
+	// a removed account's files are gone, so its ID may be given again.
+	ReuseUIDs, ReuseGIDs []int
 }
 
 // DefaultMin is the default MinUID and MinGID, Debian's first user ID.
@@ -87,6 +107,7 @@ type DB struct {
 	users, groups     map[string]entry
 	uidName, gidName  map[int]string
 	hash              map[string]string
+	shells            []string // the root's etc/shells
 	passwd, groupFile string
 }
 
@@ -131,7 +152,25 @@ func Read(root string) (*DB, error) {
 		db.hash[f[0]] = f[1]
 		return nil
 	})
+	if err != nil {
+		return nil, err
+	}
+	err = readLines(filepath.Join(root, "etc/shells"), 1, func(f []string) error {
+		if len(f) == 1 && strings.HasPrefix(f[0], "/") {
+			db.shells = append(db.shells, strings.TrimSpace(f[0]))
+		}
+		return nil
+	})
 	return db, err
+}
+
+// shellsFor returns the shells a declared user may have under pol: the
+// configuration's list, or else the root's etc/shells.
+func (db *DB) shellsFor(pol Policy) []string {
+	if pol.Shells != nil {
+		return pol.Shells
+	}
+	return db.shells
 }
 
 // readLines calls fn with the fields of every line of a colon file.

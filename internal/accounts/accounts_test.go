@@ -30,19 +30,24 @@ func newRoot(t *testing.T) string {
 	write("group", "root:x:0:\nwww-data:x:33:\nalice:x:1500:\n")
 	write("shadow", "root:*:1::::::\nwww-data:*:1::::::\nalice:!:1::::::\n")
 	write("gshadow", "root:*::\nwww-data:*::\nalice:!::\n")
+	write("shells", "# /etc/shells: valid login shells\n/bin/sh\n/bin/bash\n")
 	return root
 }
 
-func ptr(i int) *int { return &i }
 
 var policy = accounts.Policy{MinUID: 1000, MinGID: 1000}
 
 // apply plans and runs, returning the plan's lines.
 func apply(t *testing.T, root string, groups []accounts.Group, users []accounts.User, owned *accounts.Owned) []string {
 	t.Helper()
+	return applyWith(t, root, groups, users, owned, policy)
+}
+
+func applyWith(t *testing.T, root string, groups []accounts.Group, users []accounts.User, owned *accounts.Owned, policy accounts.Policy) []string {
+	t.Helper()
 	db, err := accounts.Read(root)
 	require.NoError(t, err)
-	changes, problems := db.Plan(groups, users, policy, *owned, root)
+	changes, problems := db.Plan(groups, users, policy, *owned, accounts.Retired{}, root)
 	require.Empty(t, problems)
 	var lines []string
 	for _, c := range changes {
@@ -63,10 +68,10 @@ func TestAccountsAreCreatedChangedAndPrunedWithTheRealTools(t *testing.T) {
 	root := newRoot(t)
 	owned := &accounts.Owned{}
 	hash := "$6$salt$secrethash"
-	groups := []accounts.Group{{Name: "web", GID: ptr(3000)}}
+	groups := []accounts.Group{{Name: "web", GID: "3000"}}
 	users := []accounts.User{
-		{Name: "cust01", UID: ptr(3001), Groups: []string{"web"}, Shell: "/bin/sh", Password: hash},
-		{Name: "cust02", UID: ptr(3002), Group: "web"},
+		{Name: "cust01", UID: "3001", Groups: []string{"web"}, Shell: "/bin/sh", Password: hash},
+		{Name: "cust02", UID: "3002", Group: "web"},
 	}
 	lines := apply(t, root, groups, users, owned)
 	assert.Equal(t, []string{
@@ -88,7 +93,9 @@ func TestAccountsAreCreatedChangedAndPrunedWithTheRealTools(t *testing.T) {
 
 	// Adopt alice: changed, but never removed.
 	users = append(users[:1], accounts.User{Name: "alice", Shell: "/bin/sh"})
-	lines = apply(t, root, groups, users, owned)
+	policy := policy
+	policy.Adopt = []string{"alice"}
+	lines = applyWith(t, root, groups, users, owned, policy)
 	assert.Equal(t, []string{"~ user alice (adopted): shell /bin/bash -> /bin/sh", "- user cust02"}, lines)
 	lines = apply(t, root, nil, nil, owned)
 	assert.Equal(t, []string{"- user cust01", "- group web", "- group cust01"}, lines)
@@ -101,13 +108,13 @@ func TestAccountsRefuseSystemAccountsAndCollisions(t *testing.T) {
 	db, err := accounts.Read(root)
 	require.NoError(t, err)
 	_, problems := db.Plan(
-		[]accounts.Group{{Name: "www-data"}, {Name: "low", GID: ptr(100)}, {Name: "dup", GID: ptr(1500)}},
+		[]accounts.Group{{Name: "www-data"}, {Name: "low", GID: "100"}, {Name: "dup", GID: "1500"}},
 		[]accounts.User{
 			{Name: "www-data", Shell: "/bin/bash", Object: "sites/a"},
-			{Name: "thief", UID: ptr(1500), Object: "sites/b"},
-			{Name: "low", UID: ptr(999)},
-			{Name: "x", UID: ptr(4000)}, {Name: "y", UID: ptr(4000)},
-		}, policy, accounts.Owned{}, root)
+			{Name: "thief", UID: "1500", Object: "sites/b"},
+			{Name: "low", UID: "999"},
+			{Name: "x", UID: "4000"}, {Name: "y", UID: "4000"},
+		}, policy, accounts.Owned{}, accounts.Retired{}, root)
 	var msgs []string
 	for _, p := range problems {
 		msgs = append(msgs, p.Object+" "+p.Err.Error())

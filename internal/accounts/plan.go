@@ -42,6 +42,9 @@ type Change struct {
 	// Private marks a group useradd made for its user: it is owned, and
 	// may be gone once its user is.
 	Private bool
+	// ID is the uid or gid a creation gives, or a removal retires (-1:
+	// none); PrivateGID that of the private group useradd makes.
+	ID, PrivateGID int
 }
 
 // Removes reports whether the change removes an account.
@@ -75,6 +78,45 @@ func (o Owned) After(c Change) Owned {
 	return o
 }
 
+// Retired is the IDs that accounts ccm made held before it removed them,
+// with the name that held each: ccm gives none of them again (a file the
+// old account owned would be the new one's) until the configuration
+// releases it with reuse_uids or reuse_gids.
+type Retired struct {
+	UIDs map[int]string `json:"uids,omitempty"`
+	GIDs map[int]string `json:"gids,omitempty"`
+}
+
+// After returns what r is once change c ran: a removal retires the ID, a
+// creation of a released ID takes it off.
+func (r Retired) After(c Change) Retired {
+	m := &r.UIDs
+	if c.Kind == "group" {
+		m = &r.GIDs
+	}
+	set := func(m *map[int]string, id int, name string) {
+		if *m == nil {
+			*m = map[int]string{}
+		}
+		if name == "" {
+			delete(*m, id)
+		} else {
+			(*m)[id] = name
+		}
+	}
+	switch {
+	case c.ID < 0:
+	case c.Op == Remove:
+		set(m, c.ID, c.Name)
+	case c.Op == Create:
+		set(m, c.ID, "")
+	}
+	if c.Op == Create && c.Private && c.PrivateGID >= 0 {
+		set(&r.GIDs, c.PrivateGID, "")
+	}
+	return r
+}
+
 // Problem is a declared account ccm refuses to touch, or cannot create.
 type Problem struct {
 	Object string // "" when the configuration declared it without for_each
@@ -84,76 +126,93 @@ type Problem struct {
 // Plan compares the declared groups and users with db and returns the
 // changes in the order they must run: groups, users, memberships, then the
 // removals of accounts in owned that are no longer declared, users before
-// their groups. A declared account that breaks a rule is left out and
+// their groups. Every declared field is parsed first (declared.go); a
+// declared account that fails a field or breaks a rule is left out and
 // named in the problems. root is the --root (the tools run with --prefix
 // unless it is /).
-func (db *DB) Plan(groups []Group, users []User, pol Policy, owned Owned, root string) ([]Change, []Problem) {
-	pl := planner{db: db, pol: pol, root: root, gids: map[int]string{}, uids: map[int]string{}, newGroups: map[string]bool{}}
+//
+// The rules: ccm never touches an account below min_uid or min_gid, and
+// changes an existing account only if it created it (owned) or the
+// configuration adopts it by name. It gives no ID in retired, and picks
+// every ID itself (the lowest above all it knows), so that the tools never
+// hand out a retired one either.
+func (db *DB) Plan(groups []Group, users []User, pol Policy, owned Owned, retired Retired, root string) ([]Change, []Problem) {
+	pl := planner{db: db, pol: pol, root: root, owned: owned, retired: retired, gids: map[int]string{}, uids: map[int]string{}, newGroups: map[string]int{}}
 	var out []Change
 	var problems []Problem
 	fail := func(object, kind, name string, err error) {
 		problems = append(problems, Problem{Object: object, Err: fmt.Errorf("%s %s: %w", kind, name, err)})
 	}
 	declaredG := map[string]bool{}
-	for _, g := range groups {
-		declaredG[g.Name] = true
-		c, err := pl.group(g, slices.Contains(owned.Groups, g.Name))
+	var gs []group
+	for _, raw := range groups {
+		g, err := pol.parseGroup(raw)
 		if err != nil {
-			fail(g.Object, "group", g.Name, err)
+			fail(raw.Object, "group", raw.Name, err)
 			continue
 		}
+		declaredG[string(g.name)] = true
+		c, err := pl.group(g)
+		if err != nil {
+			fail(g.object, "group", string(g.name), err)
+			continue
+		}
+		gs = append(gs, g)
 		if c != nil {
 			out = append(out, *c)
 		}
 	}
 	declaredU := map[string]bool{}
-	for _, u := range users {
-		declaredU[u.Name] = true
-		cs, err := pl.user(u, slices.Contains(owned.Users, u.Name))
+	for _, raw := range users {
+		u, err := pol.parseUser(raw, db.shellsFor(pol))
 		if err != nil {
-			fail(u.Object, "user", u.Name, err)
+			fail(raw.Object, "user", raw.Name, err)
+			continue
+		}
+		declaredU[string(u.name)] = true
+		if u.group == "" {
+			declaredG[string(u.name)] = true // its private group
+		}
+		cs, err := pl.user(u)
+		if err != nil {
+			fail(u.object, "user", string(u.name), err)
 			continue
 		}
 		out = append(out, cs...)
-		if u.Group == "" {
-			declaredG[u.Name] = true // its private group
-		}
 	}
-	for _, g := range groups {
+	for _, g := range gs {
 		if c := pl.members(g); c != nil {
 			out = append(out, *c)
 		}
 	}
 	for _, name := range owned.Users {
-		if !declaredU[name] {
-			if _, ok := db.users[name]; ok {
-				argv := append(pl.tool("userdel"), name)
-				if pol.RemoveHome {
-					argv = append(pl.tool("userdel"), "-r", name)
-				}
-				out = append(out, Change{Kind: "user", Name: name, Op: Remove, Line: "- user " + name, Steps: []Step{{Argv: argv}}})
+		if e, ok := db.users[name]; ok && !declaredU[name] {
+			argv := append(pl.tool("userdel"), name)
+			if pol.RemoveHome {
+				argv = append(pl.tool("userdel"), "-r", name)
 			}
+			out = append(out, Change{Kind: "user", Name: name, Op: Remove, Line: "- user " + name, Steps: []Step{{Argv: argv}}, ID: e.id, PrivateGID: -1})
 		}
 	}
 	for _, name := range owned.Groups {
-		if !declaredG[name] {
-			if _, ok := db.groups[name]; ok {
-				out = append(out, Change{Kind: "group", Name: name, Op: Remove, Line: "- group " + name,
-					Steps: []Step{{Argv: append(pl.tool("groupdel"), name), Gone: 6}}})
-			}
+		if e, ok := db.groups[name]; ok && !declaredG[name] {
+			out = append(out, Change{Kind: "group", Name: name, Op: Remove, Line: "- group " + name,
+				Steps: []Step{{Argv: append(pl.tool("groupdel"), name), Gone: 6}}, ID: e.id, PrivateGID: -1})
 		}
 	}
 	return out, problems
 }
 
 type planner struct {
-	db   *DB
-	pol  Policy
-	root string
+	db      *DB
+	pol     Policy
+	root    string
+	owned   Owned
+	retired Retired
 	// gids and uids are the IDs this plan gives, newGroups the groups it
-	// creates: a collision within one plan is caught too.
+	// creates with their gid: a collision within one plan is caught too.
 	gids, uids map[int]string
-	newGroups  map[string]bool
+	newGroups  map[string]int
 }
 
 // tool is the argv of a shadow-utils tool, under --prefix for a --root.
@@ -164,59 +223,108 @@ func (pl *planner) tool(name string) []string {
 	return []string{name, "--prefix", pl.root}
 }
 
-func (pl *planner) group(g Group, owned bool) (*Change, error) {
-	cur, exists := pl.db.groups[g.Name]
-	rule := idRule{"system group", "gid", "min_gid", "group", pl.pol.MinGID, pl.gids, pl.db.gidName}
-	if err := rule.claim(g.Name, cur, exists, g.GID); err != nil {
+// mayChange refuses an existing account that ccm did not create and the
+// configuration does not adopt.
+func (pl *planner) mayChange(kind string, name Name, owned []string) error {
+	if slices.Contains(owned, string(name)) || slices.Contains(pl.pol.Adopt, string(name)) {
+		return nil
+	}
+	return fmt.Errorf("exists and is not ccm's: ccm changes only the accounts it created (an operator may list it in the configuration's adopt:)")
+}
+
+func (pl *planner) group(g group) (*Change, error) {
+	cur, exists := pl.db.groups[string(g.name)]
+	rule := pl.gidRule()
+	if err := rule.claim(string(g.name), cur, exists, g.gid); err != nil {
 		return nil, err
 	}
-	if !exists {
-		pl.newGroups[g.Name] = true
-		argv := pl.tool("groupadd")
-		line := "+ group " + g.Name
-		if g.GID != nil {
-			argv = append(argv, "-g", strconv.Itoa(*g.GID))
-			line += fmt.Sprintf(" (gid %d)", *g.GID)
+	if exists {
+		if err := pl.mayChange("group", g.name, pl.owned.Groups); err != nil {
+			return nil, err
 		}
-		return &Change{Kind: "group", Name: g.Name, Op: Create, Line: line, Steps: []Step{{Argv: append(argv, g.Name)}}, Object: g.Object}, nil
 	}
-	if g.GID == nil || *g.GID == cur.id {
+	if !exists {
+		gid := rule.pick(g.gid)
+		pl.newGroups[string(g.name)] = gid
+		argv := append(pl.tool("groupadd"), "-g", strconv.Itoa(gid))
+		line := "+ group " + string(g.name)
+		if g.gid != nil {
+			line += fmt.Sprintf(" (gid %d)", gid)
+		}
+		return &Change{Kind: "group", Name: string(g.name), Op: Create, Line: line, Steps: []Step{{Argv: append(argv, string(g.name))}}, Object: g.object, ID: gid, PrivateGID: -1}, nil
+	}
+	if g.gid == nil || int(*g.gid) == cur.id {
 		return nil, nil
 	}
-	return &Change{Kind: "group", Name: g.Name, Op: Modify, Line: fmt.Sprintf("~ group %s%s: gid %d -> %d", g.Name, adopted(owned), cur.id, *g.GID),
-		Steps: []Step{{Argv: append(pl.tool("groupmod"), "-g", strconv.Itoa(*g.GID), g.Name)}}, Object: g.Object}, nil
+	return &Change{Kind: "group", Name: string(g.name), Op: Modify, Line: fmt.Sprintf("~ group %s%s: gid %d -> %d", g.name, adopted(slices.Contains(pl.owned.Groups, string(g.name))), cur.id, *g.gid),
+		Steps: []Step{{Argv: append(pl.tool("groupmod"), "-g", strconv.Itoa(int(*g.gid)), string(g.name))}}, Object: g.object, ID: -1, PrivateGID: -1}, nil
+}
+
+func (pl *planner) uidRule() idRule {
+	return idRule{"system account", "uid", "min_uid", "user", pl.pol.MinUID, pl.pol.maxUID(), pl.uids, pl.db.uidName, pl.retired.UIDs, pl.pol.ReuseUIDs}
+}
+
+func (pl *planner) gidRule() idRule {
+	return idRule{"system group", "gid", "min_gid", "group", pl.pol.MinGID, pl.pol.maxGID(), pl.gids, pl.db.gidName, pl.retired.GIDs, pl.pol.ReuseGIDs}
 }
 
 // idRule is what ccm may do with one kind of account's IDs: nothing below
-// min, and no ID another name has, on disk or in this plan.
+// min, and no ID another name has, on disk, in this plan or retired.
 type idRule struct {
 	system, id, limit, kind string
-	min                     int
-	planned, disk           map[int]string
+	min, max                int
+	planned, disk, retired  map[int]string
+	reuse                   []int
 }
 
 // claim checks the account name (cur on disk, when exists) and the ID it
 // is declared with (nil: any), and records that ID for the rest of the
 // plan.
-func (r idRule) claim(name string, cur entry, exists bool, want *int) error {
+func (r idRule) claim(name string, cur entry, exists bool, want *ID) error {
 	if exists && cur.id < r.min {
 		return fmt.Errorf("is a %s (%s %d, below %s %d): ccm never touches it", r.system, r.id, cur.id, r.limit, r.min)
 	}
 	if want == nil {
 		return nil
 	}
-	if *want < r.min {
-		return fmt.Errorf("%s %d is below %s %d", r.id, *want, r.limit, r.min)
-	}
-	other, ok := r.planned[*want]
+	other, ok := r.planned[int(*want)]
 	if !ok {
-		other = r.disk[*want]
+		other = r.disk[int(*want)]
 	}
 	if other != "" && other != name {
 		return fmt.Errorf("%s %d is already %s %s", r.id, *want, r.kind, other)
 	}
-	r.planned[*want] = name
+	if old, ok := r.retired[int(*want)]; ok && old != name && !slices.Contains(r.reuse, int(*want)) && !exists {
+		return fmt.Errorf("%s %d is retired: it was %s %s, which ccm removed; its files may remain (release it with reuse_%ss once they are gone)", r.id, *want, r.kind, old, r.id)
+	}
+	r.planned[int(*want)] = name
 	return nil
+}
+
+// free reports whether id is free to give.
+func (r idRule) free(id int) bool {
+	_, planned := r.planned[id]
+	_, disk := r.disk[id]
+	_, retired := r.retired[id]
+	return !planned && !disk && (!retired || slices.Contains(r.reuse, id))
+}
+
+// pick returns want, or the lowest ID above every ID in [min, max] that is
+// on disk, planned or retired, and records it.
+func (r idRule) pick(want *ID) int {
+	if want != nil {
+		return int(*want)
+	}
+	next := r.min
+	for _, m := range []map[int]string{r.planned, r.disk, r.retired} {
+		for id := range m {
+			if id >= next && id <= r.max && !(id >= ReservedIDs[0] && id <= ReservedIDs[1]) {
+				next = id + 1
+			}
+		}
+	}
+	r.planned[next] = "?"
+	return next
 }
 
 func adopted(owned bool) string {
@@ -226,39 +334,52 @@ func adopted(owned bool) string {
 	return " (adopted)"
 }
 
-func (pl *planner) hasGroup(name string) bool {
-	_, ok := pl.db.groups[name]
-	return ok || pl.newGroups[name]
+// groupID returns the gid of a group on disk or created by this plan.
+func (pl *planner) groupID(name Name) (int, bool) {
+	if e, ok := pl.db.groups[string(name)]; ok {
+		return e.id, true
+	}
+	id, ok := pl.newGroups[string(name)]
+	return id, ok
 }
 
-func (pl *planner) user(u User, owned bool) ([]Change, error) {
-	cur, exists := pl.db.users[u.Name]
-	rule := idRule{"system account", "uid", "min_uid", "user", pl.pol.MinUID, pl.uids, pl.db.uidName}
-	if err := rule.claim(u.Name, cur, exists, u.UID); err != nil {
+func (pl *planner) user(u user) ([]Change, error) {
+	cur, exists := pl.db.users[string(u.name)]
+	rule := pl.uidRule()
+	if err := rule.claim(string(u.name), cur, exists, u.uid); err != nil {
 		return nil, err
 	}
-	for _, g := range append([]string{u.Group}, u.Groups...) {
-		if g != "" && !pl.hasGroup(g) {
-			return nil, fmt.Errorf("group %s does not exist and no configuration declares it", g)
+	if exists {
+		if err := pl.mayChange("user", u.name, pl.owned.Users); err != nil {
+			return nil, err
 		}
 	}
-	home := u.Home
-	if home == "" {
-		home = "/home/" + u.Name
+	gr := pl.pol.groupRule()
+	for _, g := range append([]Name{u.group}, u.groups...) {
+		if g == "" {
+			continue
+		}
+		gid, ok := pl.groupID(g)
+		if !ok {
+			return nil, fmt.Errorf("group %s does not exist and no configuration declares it", g)
+		}
+		if err := gr.Check(string(g), gid); err != nil {
+			return nil, err
+		}
 	}
 	var out []Change
 	if !exists {
-		out = append(out, pl.createUser(u, home))
-	} else if c := pl.modifyUser(u, cur, home, owned); c != nil {
+		out = append(out, pl.createUser(u, rule)...)
+	} else if c := pl.modifyUser(u, cur); c != nil {
 		out = append(out, *c)
 	}
-	if u.Password != "" && (!exists || pl.db.hash[u.Name] != u.Password) {
+	if u.password != "" && (!exists || pl.db.hash[string(u.name)] != string(u.password)) {
 		what := "set"
 		if exists {
 			what = "changed"
 		}
-		out = append(out, Change{Kind: "user", Name: u.Name, Op: Modify, Line: fmt.Sprintf("~ user %s: password %s", u.Name, what), Object: u.Object,
-			Steps: []Step{{Argv: chpasswd(pl.root), Stdin: []byte(u.Name + ":" + u.Password + "\n")}}})
+		out = append(out, Change{Kind: "user", Name: string(u.name), Op: Modify, Line: fmt.Sprintf("~ user %s: password %s", u.name, what), Object: u.object, ID: -1, PrivateGID: -1,
+			Steps: []Step{{Argv: chpasswd(pl.root), Stdin: []byte(string(u.name) + ":" + string(u.password) + "\n")}}})
 	}
 	return out, nil
 }
@@ -271,43 +392,73 @@ func chpasswd(root string) []string {
 	return []string{"chpasswd", "-e", "--root", root}
 }
 
-func (pl *planner) createUser(u User, home string) Change {
-	argv := append(pl.tool("useradd"), "-M", "-d", home)
-	var desc []string
-	if u.UID != nil {
-		argv = append(argv, "-u", strconv.Itoa(*u.UID))
-		desc = append(desc, fmt.Sprintf("uid %d", *u.UID))
+// createUser makes u with a uid ccm picked (or declared), and its private
+// group with the same gid when that is free, or else one ccm picked,
+// made first with groupadd.
+func (pl *planner) createUser(u user, rule idRule) []Change {
+	uid := rule.pick(u.uid)
+	argv := append(pl.tool("useradd"), "-M", "-d", u.home, "-u", strconv.Itoa(uid))
+	desc := []string{}
+	if u.uid != nil {
+		desc = append(desc, fmt.Sprintf("uid %d", uid))
 	}
-	group, private := u.Group, false
+	var out []Change
+	group, private, privateGID := string(u.group), false, -1
 	switch {
 	case group != "":
 		argv = append(argv, "-g", group)
-	case pl.hasGroup(u.Name):
-		group = u.Name
+	case pl.hasGroup(u.name):
+		group = string(u.name)
 		argv = append(argv, "-g", group)
 	default:
-		group, private = u.Name, true
-		argv = append(argv, "-U")
-		pl.newGroups[u.Name] = true
+		group = string(u.name)
+		grule := pl.gidRule()
+		if grule.free(uid) {
+			private, privateGID = true, uid
+			grule.planned[uid] = group
+			argv = append(argv, "-U")
+		} else {
+			gid := grule.pick(nil)
+			out = append(out, Change{Kind: "group", Name: group, Op: Create, Line: fmt.Sprintf("+ group %s (gid %d)", group, gid), Object: u.object, ID: gid, PrivateGID: -1,
+				Steps: []Step{{Argv: append(pl.tool("groupadd"), "-g", strconv.Itoa(gid), group)}}})
+			argv = append(argv, "-g", group)
+			pl.newGroups[group] = gid
+		}
+		if private {
+			pl.newGroups[group] = uid
+		}
 	}
 	desc = append(desc, "group "+group)
-	if len(u.Groups) > 0 {
-		argv = append(argv, "-G", strings.Join(u.Groups, ","))
-		desc = append(desc, "groups "+strings.Join(u.Groups, ","))
+	if len(u.groups) > 0 {
+		argv = append(argv, "-G", joinNames(u.groups))
+		desc = append(desc, "groups "+joinNames(u.groups))
 	}
-	desc = append(desc, "home "+home)
-	if u.Shell != "" {
-		argv = append(argv, "-s", u.Shell)
-		desc = append(desc, "shell "+u.Shell)
+	desc = append(desc, "home "+u.home)
+	if u.shell != "" {
+		argv = append(argv, "-s", u.shell)
+		desc = append(desc, "shell "+u.shell)
 	}
-	if u.Comment != "" {
-		argv = append(argv, "-c", u.Comment)
+	if u.comment != "" {
+		argv = append(argv, "-c", u.comment)
 	}
-	return Change{Kind: "user", Name: u.Name, Op: Create, Line: fmt.Sprintf("+ user %s (%s)", u.Name, strings.Join(desc, ", ")),
-		Steps: []Step{{Argv: append(argv, u.Name)}}, Object: u.Object, Private: private}
+	return append(out, Change{Kind: "user", Name: string(u.name), Op: Create, Line: fmt.Sprintf("+ user %s (%s)", u.name, strings.Join(desc, ", ")),
+		Steps: []Step{{Argv: append(argv, string(u.name))}}, Object: u.object, Private: private, ID: uid, PrivateGID: privateGID})
 }
 
-func (pl *planner) modifyUser(u User, cur entry, home string, owned bool) *Change {
+func (pl *planner) hasGroup(name Name) bool {
+	_, ok := pl.groupID(name)
+	return ok
+}
+
+func joinNames(ns []Name) string {
+	s := make([]string, len(ns))
+	for i, n := range ns {
+		s[i] = string(n)
+	}
+	return strings.Join(s, ",")
+}
+
+func (pl *planner) modifyUser(u user, cur entry) *Change {
 	var flags, diffs []string
 	diff := func(flag, what, from, to string) {
 		if from != to {
@@ -315,28 +466,32 @@ func (pl *planner) modifyUser(u User, cur entry, home string, owned bool) *Chang
 			diffs = append(diffs, fmt.Sprintf("%s %s -> %s", what, orNone(from), orNone(to)))
 		}
 	}
-	if u.UID != nil {
-		diff("-u", "uid", strconv.Itoa(cur.id), strconv.Itoa(*u.UID))
+	if u.uid != nil {
+		diff("-u", "uid", strconv.Itoa(cur.id), strconv.Itoa(int(*u.uid)))
 	}
-	if u.Group != "" {
-		diff("-g", "group", pl.db.gidName[cur.gid], u.Group)
+	if u.group != "" {
+		diff("-g", "group", pl.db.gidName[cur.gid], string(u.group))
 	}
-	if u.Groups != nil {
-		want := slices.Sorted(slices.Values(u.Groups))
-		diff("-G", "groups", strings.Join(pl.db.memberOf(u.Name), ","), strings.Join(want, ","))
+	if u.groupsOK {
+		want := slices.Sorted(slices.Values(u.groups))
+		s := make([]string, len(want))
+		for i, n := range want {
+			s[i] = string(n)
+		}
+		diff("-G", "groups", strings.Join(pl.db.memberOf(string(u.name)), ","), strings.Join(s, ","))
 	}
-	diff("-d", "home", cur.home, home)
-	if u.Shell != "" {
-		diff("-s", "shell", cur.shell, u.Shell)
+	diff("-d", "home", cur.home, u.home)
+	if u.shell != "" {
+		diff("-s", "shell", cur.shell, u.shell)
 	}
-	if u.Comment != "" {
-		diff("-c", "comment", cur.comment, u.Comment)
+	if u.comment != "" {
+		diff("-c", "comment", cur.comment, u.comment)
 	}
 	if len(flags) == 0 {
 		return nil
 	}
-	return &Change{Kind: "user", Name: u.Name, Op: Modify, Line: fmt.Sprintf("~ user %s%s: %s", u.Name, adopted(owned), strings.Join(diffs, ", ")),
-		Steps: []Step{{Argv: append(append(pl.tool("usermod"), flags...), u.Name)}}, Object: u.Object}
+	return &Change{Kind: "user", Name: string(u.name), Op: Modify, Line: fmt.Sprintf("~ user %s%s: %s", u.name, adopted(slices.Contains(pl.owned.Users, string(u.name))), strings.Join(diffs, ", ")),
+		Steps: []Step{{Argv: append(append(pl.tool("usermod"), flags...), string(u.name))}}, Object: u.object, ID: -1, PrivateGID: -1}
 }
 
 func orNone(s string) string {
@@ -358,17 +513,22 @@ func (db *DB) memberOf(user string) []string {
 	return out
 }
 
-func (pl *planner) members(g Group) *Change {
-	if g.Members == nil {
+func (pl *planner) members(g group) *Change {
+	if !g.membersOK {
 		return nil
 	}
-	want := slices.Sorted(slices.Values(g.Members))
-	have := slices.Sorted(slices.Values(pl.db.groups[g.Name].members))
+	want := make([]string, len(g.members))
+	for i, n := range g.members {
+		want[i] = string(n)
+	}
+	slices.Sort(want)
+	want = slices.Compact(want)
+	have := slices.Sorted(slices.Values(pl.db.groups[string(g.name)].members))
 	if slices.Equal(want, have) {
 		return nil
 	}
-	return &Change{Kind: "group", Name: g.Name, Op: Modify, Line: fmt.Sprintf("~ group %s: members %s -> %s", g.Name, orNone(strings.Join(have, ",")), orNone(strings.Join(want, ","))),
-		Steps: []Step{{Argv: append(pl.tool("groupmod"), "-U", strings.Join(want, ","), g.Name)}}, Object: g.Object}
+	return &Change{Kind: "group", Name: string(g.name), Op: Modify, Line: fmt.Sprintf("~ group %s: members %s -> %s", g.name, orNone(strings.Join(have, ",")), orNone(strings.Join(want, ","))),
+		Steps: []Step{{Argv: append(pl.tool("groupmod"), "-U", strings.Join(want, ","), string(g.name))}}, Object: g.object, ID: -1, PrivateGID: -1}
 }
 
 // toolEnv is the whole environment of the tools: no secret, and nothing

@@ -9,13 +9,13 @@ import (
 	"os"
 	"os/exec"
 	osuser "os/user"
-	"slices"
 	"strconv"
 	"sync"
 	"syscall"
 	"time"
 
 	"github.com/ccm-dev/ccm/api"
+	"github.com/ccm-dev/ccm/internal/accounts"
 )
 
 // Output limits of a handler.
@@ -82,23 +82,21 @@ func (h *Handler) identity(params map[string]string) (*identity, error) {
 }
 
 // DefaultDenyGroups are the groups that give a user root's reach, or
-// the system's logs and disks: a user a parameter names is in none.
-var DefaultDenyGroups = []string{"root", "adm", "disk", "shadow", "sudo", "wheel", "docker", "lxd", "systemd-journal"}
+// another user's: the one list, shared with accounts of object data.
+var DefaultDenyGroups = accounts.DefaultDenyGroups
 
 // checkGroups refuses a user a parameter named whose primary or
-// supplementary group is below min_gid or in the deny list; the error
-// names the group.
+// supplementary group breaks the group rule that accounts of object data
+// follow too (accounts.GroupRule: min_gid and deny_groups).
 func (r RunAs) checkGroups(user string, gids []uint32) error {
+	rule := accounts.GroupRule{MinGID: r.MinGID, Deny: r.DenyGroups}
 	for _, gid := range gids {
 		name := strconv.FormatUint(uint64(gid), 10)
 		if g, err := osuser.LookupGroupId(name); err == nil {
 			name = g.Name
 		}
-		if slices.Contains(r.DenyGroups, name) {
-			return fmt.Errorf("run_as: user %q is in group %s, which run_as denies (deny_groups)", user, name)
-		}
-		if int(gid) < r.MinGID {
-			return fmt.Errorf("run_as: user %q is in group %s (gid %d), below min_gid %d", user, name, gid, r.MinGID)
+		if err := rule.Check(name, int(gid)); err != nil {
+			return fmt.Errorf("run_as: user %q: %w", user, err)
 		}
 	}
 	return nil

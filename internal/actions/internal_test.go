@@ -54,7 +54,7 @@ func TestRedactionCatchesASecretPrintedAsJSON(t *testing.T) {
 
 func TestAGroupBelowMinGIDIsRefusedByNumberAndName(t *testing.T) {
 	r := RunAs{Param: "user", MinUID: 1000, MinGID: 1000, DenyGroups: DefaultDenyGroups}
-	assert.ErrorContains(t, r.checkGroups("cust", []uint32{1500, 100}), `run_as: user "cust" is in group`)
+	assert.ErrorContains(t, r.checkGroups("cust", []uint32{1500, 100}), `run_as: user "cust": group users (gid 100)`)
 	assert.ErrorContains(t, r.checkGroups("cust", []uint32{1500, 100}), "below min_gid 1000")
 	assert.NoError(t, r.checkGroups("cust", []uint32{1500, 2000}))
 }

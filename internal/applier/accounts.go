@@ -3,6 +3,8 @@ package applier
 import (
 	"cmp"
 	"context"
+	"encoding/json"
+	"io/fs"
 	"errors"
 	"fmt"
 	"slices"
@@ -52,7 +54,11 @@ func (a *Applier) planAccounts(p *Plan, m manifest) error {
 	if err != nil {
 		return fmt.Errorf("accounts: %w", err)
 	}
-	changes, problems := db.Plan(p.Output.Groups, p.Output.Users, p.Config.Accounts, m.Owned, a.opts.Root)
+	retired, err := a.loadRetired()
+	if err != nil {
+		return err
+	}
+	changes, problems := db.Plan(p.Output.Groups, p.Output.Users, p.Config.Accounts, m.Owned, retired, a.opts.Root)
 	var errs []error
 	for _, pr := range problems {
 		if pr.Object == "" {
@@ -99,23 +105,24 @@ func (a *Applier) resolveOwners(p *Plan, db *accounts.DB, final bool) error {
 		}
 		pol := p.Config.Accounts
 		for _, f := range []struct {
-			kind, field, name, limit string
-			min                      int
-			id                       **int
-			look                     func(string) (int, bool)
-		}{{"user", "owner", own.Owner, "min_uid", pol.MinUID, &own.UID, db.UID}, {"group", "group", own.Group, "min_gid", pol.MinGID, &own.GID, db.GID}} {
+			kind, field, name string
+			id                **int
+			look              func(string) (int, bool)
+		}{{"user", "owner", own.Owner, &own.UID, db.UID}, {"group", "group", own.Group, &own.GID, db.GID}} {
 			if f.name == "" || *f.id != nil {
 				continue
 			}
 			id, ok := f.look(f.name)
 			var err error
 			switch {
-			case ok && id >= f.min:
-				*f.id = &id
-				continue
 			case ok:
-				// A customer's data must not hand a path to root or www-data.
-				err = fmt.Errorf("%s: %s %s is a system account (id %d, below %s %d): an owner from object data never is", path, f.field, f.name, id, f.limit, f.min)
+				// A customer's data must not hand a path to root, nobody
+				// or a group that reaches root (accounts.Policy.CheckOwner).
+				if err = pol.CheckOwner(f.field, f.name, id); err == nil {
+					*f.id = &id
+					continue
+				}
+				err = fmt.Errorf("%s: %w", path, err)
 			case !final && a.pending[f.kind+":"+f.name]:
 				continue
 			default:
@@ -197,6 +204,10 @@ func (a *Applier) applyAccounts(ctx context.Context, p *Plan, removes bool) erro
 		return err
 	}
 	owned := accounts.Owned{Users: slices.Clone(m.Users), Groups: slices.Clone(m.Groups)}
+	retired, err := a.loadRetired()
+	if err != nil {
+		return err
+	}
 	if slices.ContainsFunc(p.Accounts, func(c accounts.Change) bool { return c.Removes() == removes }) {
 		// A plan may preview a root without account files; a run needs them.
 		db, err := accounts.Read(a.opts.Root)
@@ -231,10 +242,11 @@ func (a *Applier) applyAccounts(ctx context.Context, p *Plan, removes bool) erro
 		}
 		a.log.Info("account", zap.String("config", p.Config.Name), zap.String("change", c.Line))
 		owned = owned.After(c)
+		retired = retired.After(c)
 	}
 	if ran {
 		m.Owned = owned
-		if err := a.saveManifest(p.Config.Name, m); err != nil {
+		if err := errors.Join(a.saveManifest(p.Config.Name, m), a.writeState(retiredPath, retired)); err != nil {
 			return err
 		}
 	}
@@ -246,4 +258,30 @@ func (a *Applier) applyAccounts(ctx context.Context, p *Plan, removes bool) erro
 		return fmt.Errorf("accounts: %w", err)
 	}
 	return a.resolveOwners(p, db, true)
+}
+
+// retiredPath holds the node's retired uids and gids (accounts.Retired),
+// in the state directory beside the manifests that say which accounts ccm
+// made. They are the node's, not the cluster's: what a retired ID guards
+// is the files on this node that the removed account owned, and every node
+// that had the account retires its ID in the run that removes it.
+const retiredPath = "accounts-retired.json"
+
+// loadRetired reads the retired IDs; none when the file is missing.
+func (a *Applier) loadRetired() (accounts.Retired, error) {
+	var r accounts.Retired
+	if a.state == nil {
+		return r, nil
+	}
+	raw, err := a.state.readFile(retiredPath)
+	if errors.Is(err, fs.ErrNotExist) {
+		return r, nil
+	}
+	if err == nil {
+		err = json.Unmarshal(raw, &r)
+	}
+	if err != nil {
+		return r, fmt.Errorf("state %s: %w", a.state.name(retiredPath), err)
+	}
+	return r, nil
 }

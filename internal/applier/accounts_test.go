@@ -28,6 +28,7 @@ func withEtc(t *testing.T, f *fixture) {
 		"group":   "root:x:0:\nwww-data:x:33:\nalice:x:1500:\n",
 		"shadow":  "root:*:1::::::\nwww-data:*:1::::::\nalice:!:1::::::\n",
 		"gshadow": "root:*::\nwww-data:*::\nalice:!::\n",
+		"shells":  "/bin/sh\n/bin/bash\n",
 	} {
 		require.NoError(t, os.WriteFile(filepath.Join(etc, name), []byte(text), 0o600))
 	}
@@ -35,6 +36,9 @@ func withEtc(t *testing.T, f *fixture) {
 
 const homes = `
 subscribes: [sites]
+# alice exists and ccm did not make her: only a literal adopt lets ccm
+# change her.
+adopt: [alice]
 users:
   - name: "{{ .Object.ID }}"
     for_each: sites
@@ -81,9 +85,9 @@ func TestUsersComeBeforeTheirHomesAndArePruned(t *testing.T) {
 		"+ user cust01 (uid 3001, group cust01, home /home/cust01, shell /bin/sh)",
 		"+ user cust02 (uid 3002, group cust02, home /home/cust02, shell /bin/sh)",
 	}, lines, "cust03 is held back whole: its .profile's owner does not exist")
-	assert.ErrorContains(t, p.Output.Err(), "user root: is a system account (uid 0, below min_uid 1000): ccm never touches it")
+	assert.ErrorContains(t, p.Output.Err(), "user root: uid 0 is below min_uid 1000")
 	assert.ErrorContains(t, p.Output.Err(), "/home/cust03/.profile: owner nobody-here does not exist on this node and no configuration of this run creates it (object sites/cust03)")
-	assert.ErrorContains(t, p.Output.Err(), "/home/cust04/.profile: owner www-data is a system account (id 33, below min_uid 1000): an owner from object data never is (object sites/cust04)")
+	assert.ErrorContains(t, p.Output.Err(), "/home/cust04/.profile: owner www-data is not one object data may name: uid 33 is below min_uid 1000 (object sites/cust04)")
 
 	var out strings.Builder
 	assert.True(t, applier.WritePlans(&out, []*applier.Plan{p}, false))
@@ -147,7 +151,7 @@ func TestUsersComeBeforeTheirHomesAndArePruned(t *testing.T) {
 // with it, and only those.
 func TestADeletedConfigurationRemovesTheAccountsItCreated(t *testing.T) {
 	f := newFixture(t, map[string]string{
-		"users.yaml": "users:\n  - {name: \"{{ .Object.ID }}\", for_each: sites, uid: \"{{ .Object.Data.uid }}\"}\n  - {name: alice}\n",
+		"users.yaml": "adopt: [alice]\nusers:\n  - {name: \"{{ .Object.ID }}\", for_each: sites, uid: \"{{ .Object.Data.uid }}\"}\n  - {name: alice}\n",
 		"other.yaml": "files: [{path: /x, content: x}]\n",
 	})
 	withEtc(t, f)
@@ -173,6 +177,8 @@ func TestADeletedConfigurationRemovesTheAccountsItCreated(t *testing.T) {
 // file is missing instead of letting the tools fail one by one.
 func TestARootWithoutAccountFilesPlansButDoesNotApply(t *testing.T) {
 	f := newFixture(t, map[string]string{"users.yaml": homes})
+	require.NoError(t, os.MkdirAll(f.path("/etc"), 0o755))
+	require.NoError(t, os.WriteFile(f.path("/etc/shells"), []byte("/bin/sh\n"), 0o644))
 	f.put("sites/cust01", `{"uid":3001,"shell":"/bin/sh","owner":"cust01"}`)
 	p := f.plan("users")
 	require.Len(t, p.Accounts, 1)

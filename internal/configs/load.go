@@ -35,7 +35,16 @@ type rawConfig struct {
 	Users       []rawUser         `yaml:"users"`
 	MinUID      *int              `yaml:"min_uid"`
 	MinGID      *int              `yaml:"min_gid"`
+	MaxUID      int               `yaml:"max_uid"`
+	MaxGID      int               `yaml:"max_gid"`
 	RemoveHome  bool              `yaml:"remove_home"`
+	// The account policy's lists: literal, never templates.
+	Adopt      []string `yaml:"adopt"`
+	Homes      []string `yaml:"homes"`
+	Shells     []string `yaml:"shells"`
+	DenyGroups []string `yaml:"deny_groups"`
+	ReuseUIDs  []int    `yaml:"reuse_uids"`
+	ReuseGIDs  []int    `yaml:"reuse_gids"`
 	Validate    Command           `yaml:"validate"`
 	OnChange    []Command         `yaml:"on_change"`
 	Timeout     string            `yaml:"timeout"`
@@ -260,7 +269,8 @@ func (l *loader) build(path string, rc *rawConfig) (*Config, []error) {
 			fail(fmt.Errorf("on_change[%d]: %w", i, err))
 		}
 	}
-	c.Accounts = accounts.Policy{MinUID: accounts.DefaultMin, MinGID: accounts.DefaultMin, RemoveHome: rc.RemoveHome}
+	c.Accounts = accounts.Policy{MinUID: accounts.DefaultMin, MinGID: accounts.DefaultMin, MaxUID: rc.MaxUID, MaxGID: rc.MaxGID, RemoveHome: rc.RemoveHome,
+		Adopt: rc.Adopt, Homes: rc.Homes, Shells: rc.Shells, DenyGroups: rc.DenyGroups, ReuseUIDs: rc.ReuseUIDs, ReuseGIDs: rc.ReuseGIDs}
 	for i, v := range []*int{rc.MinUID, rc.MinGID} {
 		if v != nil && *v < 1 {
 			fail(fmt.Errorf("%s %d: must be 1 or more (0 is root)", []string{"min_uid", "min_gid"}[i], *v))
@@ -271,6 +281,9 @@ func (l *loader) build(path string, rc *rawConfig) (*Config, []error) {
 	}
 	if rc.MinGID != nil {
 		c.Accounts.MinGID = *rc.MinGID
+	}
+	if err := c.Accounts.CheckPolicy(); err != nil {
+		fail(err)
 	}
 	declared := map[string]bool{} // literal account names: owners resolved at apply
 	for i, rg := range rc.Groups {

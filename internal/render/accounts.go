@@ -2,7 +2,6 @@ package render
 
 import (
 	"fmt"
-	"strconv"
 	"strings"
 
 	"github.com/ccm-dev/ccm/internal/accounts"
@@ -22,37 +21,21 @@ func (r *renderer) text(t *templates.Template, data Data, what string) (string, 
 	return strings.TrimSpace(buf.String()), nil
 }
 
-// accountFields renders the fields of one account, in order, into the
-// strings they point at, and an ID field into id (nil when it renders
-// empty).
-func (r *renderer) accountFields(data Data, kind string, id **int, idT *templates.Template, fields map[*string]*templates.Template, order ...*string) (string, error) {
-	var name string
+// accountFields renders the fields of one account into the strings they
+// point at. The values are object data, untrusted: accounts.DB.Plan parses
+// every one of them (the typed boundary), here nothing is checked.
+func (r *renderer) accountFields(data Data, kind string, fields map[*string]*templates.Template, order ...*string) error {
 	for _, p := range order {
 		v, err := r.text(fields[p], data, kind+" field")
 		if err != nil {
-			return "", err
+			return err
 		}
 		*p = v
-		if name == "" {
-			name = v
-			if err := accounts.CheckName(kind+" name", v); err != nil {
-				return "", fmt.Errorf("%w%s", err, objectSuffix(data))
-			}
-		}
 	}
-	raw, err := r.text(idT, data, kind+" id")
-	if err != nil || raw == "" {
-		return name, err
-	}
-	n, err := strconv.Atoi(raw)
-	if err != nil || n < 0 {
-		return name, fmt.Errorf("%s %s: id %q is not a number%s", kind, name, raw, objectSuffix(data))
-	}
-	*id = &n
-	return name, nil
+	return nil
 }
 
-// names renders a list of account names.
+// names renders a list of account names; nil for no list.
 func (r *renderer) names(ts []*templates.Template, data Data, what string) ([]string, error) {
 	if ts == nil {
 		return nil, nil
@@ -62,9 +45,6 @@ func (r *renderer) names(ts []*templates.Template, data Data, what string) ([]st
 		v, err := r.text(t, data, what)
 		if err != nil {
 			return nil, err
-		}
-		if err := accounts.CheckName(what, v); err != nil {
-			return nil, fmt.Errorf("%w%s", err, objectSuffix(data))
 		}
 		out = append(out, v)
 	}
@@ -76,7 +56,7 @@ func (r *renderer) accounts(cfg *configs.Config, data Data, out *Output) error {
 	for _, g := range cfg.Groups {
 		err := each(g.ForEach, data, out, func(data Data) error {
 			grp := accounts.Group{Object: ref(data)}
-			_, err := r.accountFields(data, "group", &grp.GID, g.GID, map[*string]*templates.Template{&grp.Name: g.Name}, &grp.Name)
+			err := r.accountFields(data, "group", map[*string]*templates.Template{&grp.Name: g.Name, &grp.GID: g.GID}, &grp.Name, &grp.GID)
 			if err == nil {
 				grp.Members, err = r.names(g.Members, data, "group member")
 			}
@@ -92,14 +72,11 @@ func (r *renderer) accounts(cfg *configs.Config, data Data, out *Output) error {
 	for _, u := range cfg.Users {
 		err := each(u.ForEach, data, out, func(data Data) error {
 			usr := accounts.User{Object: ref(data)}
-			f := map[*string]*templates.Template{&usr.Name: u.Name, &usr.Group: u.Group, &usr.Home: u.Home,
+			f := map[*string]*templates.Template{&usr.Name: u.Name, &usr.UID: u.UID, &usr.Group: u.Group, &usr.Home: u.Home,
 				&usr.Shell: u.Shell, &usr.Comment: u.Comment, &usr.Password: u.Password}
-			_, err := r.accountFields(data, "user", &usr.UID, u.UID, f, &usr.Name, &usr.Group, &usr.Home, &usr.Shell, &usr.Comment, &usr.Password)
+			err := r.accountFields(data, "user", f, &usr.Name, &usr.UID, &usr.Group, &usr.Home, &usr.Shell, &usr.Comment, &usr.Password)
 			if err == nil {
 				usr.Groups, err = r.names(u.Groups, data, "user group")
-			}
-			if err == nil && usr.Home != "" && !strings.HasPrefix(usr.Home, "/") {
-				err = fmt.Errorf("user %s: home %q is not an absolute path%s", usr.Name, usr.Home, objectSuffix(data))
 			}
 			if err == nil {
 				out.Users = append(out.Users, usr)
