@@ -6,8 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"maps"
 	"os"
 	"path"
+	"slices"
 
 	"go.uber.org/zap"
 
@@ -32,6 +34,9 @@ type Options struct {
 	Node render.Node
 	// Logger receives one event per change; nil discards.
 	Logger *zap.Logger
+	// CheckWorkers bounds how many per-file checks run at once; 0 means
+	// the number of CPUs.
+	CheckWorkers int
 }
 
 // Applier plans and applies configurations on this node. It is not safe for
@@ -262,14 +267,17 @@ func (a *Applier) stageAll(ctx context.Context, p *Plan, tx *txn) (map[int]strin
 		}
 		staged[i] = tmp
 		a.progress.mark()
-		if c.file.Check != nil {
-			if err := a.runCheck(ctx, p, c, a.files.name(tmp)); err != nil {
-				if c.file.Object == "" {
-					return staged, err
-				}
-				failed = append(failed, objectCheck{c.file.Object, err})
-			}
+	}
+	names := make(map[int]string, len(staged))
+	for i, tmp := range staged {
+		names[i] = a.files.name(tmp)
+	}
+	errs := a.checkStaged(ctx, p, names)
+	for _, i := range slices.Sorted(maps.Keys(errs)) {
+		if p.Changes[i].file.Object == "" {
+			return staged, errs[i]
 		}
+		failed = append(failed, objectCheck{p.Changes[i].file.Object, errs[i]})
 	}
 	if err := everyCheckFailed(failed, p.Output.Files); err != nil {
 		return staged, err
@@ -306,7 +314,7 @@ func everyCheckFailed(failed []objectCheck, files []render.File) error {
 	}
 	checked := map[string]bool{}
 	for _, f := range files {
-		if f.Check != nil && f.Object != "" {
+		if (f.Check != nil || f.CheckAll != nil) && f.Object != "" {
 			checked[f.Object] = true
 		}
 	}

@@ -54,9 +54,13 @@ type command struct {
 	dir     string
 	argv    []string
 	timeout time.Duration
-	// staged, when set, is the temp file a check reads; the error names
-	// the final path instead, since the temp file is gone by then.
-	staged, final string
+	// rename, when set, pairs each temp file a check reads with its final
+	// path: the error names the final path, since the temp file is gone by
+	// then.
+	rename []string
+	// show, when set, is what errors show instead of argv (a whole-set
+	// check's own argv, not its hundreds of files).
+	show []string
 }
 
 // runCommand runs c without a shell, in a new process group that is killed
@@ -87,9 +91,13 @@ func (a *Applier) runCommand(ctx context.Context, c command) error {
 	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
 		err = fmt.Errorf("%w after %s, process group killed", ErrTimeout, c.timeout)
 	}
-	argv, msg := strings.Join(c.argv, " "), strings.TrimSpace(tail(out))
-	if c.staged != "" {
-		r := strings.NewReplacer(c.staged, c.final)
+	shown := c.argv
+	if c.show != nil {
+		shown = c.show
+	}
+	argv, msg := strings.Join(shown, " "), strings.TrimSpace(tail(out))
+	if len(c.rename) > 0 {
+		r := strings.NewReplacer(c.rename...)
 		argv, msg = r.Replace(argv), r.Replace(msg)
 	}
 	if msg != "" {

@@ -48,6 +48,8 @@ type File struct {
 	Mode    fs.FileMode
 	configs.Ownership
 	Check configs.Command
+	// CheckAll is the file entry's whole-set check (configs.File.CheckAll).
+	CheckAll configs.Command
 	// Object is the for_each object ("type/id") the file is rendered for,
 	// "" for a file of the whole configuration.
 	Object string
@@ -260,7 +262,7 @@ func (r *renderer) file(c *confiner, f *configs.File, data Data, cached bool, ve
 	if err != nil {
 		return File{}, err
 	}
-	file := File{Path: p, Real: real, Content: tight(buf.Bytes()), Mode: f.Mode, Ownership: own, Check: f.Check, Object: ref(data)}
+	file := File{Path: p, Real: real, Content: tight(buf.Bytes()), Mode: f.Mode, Ownership: own, Check: f.Check, CheckAll: f.CheckAll, Object: ref(data)}
 	if cached {
 		r.cache.entries[key] = &cacheEntry{revision: data.Object.Revision, versions: versions, file: file, gen: r.cache.gen}
 		r.used++

@@ -1,0 +1,152 @@
+package applier
+
+import (
+	"context"
+	"fmt"
+	"maps"
+	"runtime"
+	"slices"
+	"strings"
+	"sync"
+
+	"github.com/ccm-dev/ccm/internal/configs"
+)
+
+// maxCheckArgs bounds the bytes of staged paths one check_all run is
+// given; a larger set is checked in parts, well below the kernel's
+// ARG_MAX.
+const maxCheckArgs = 256 << 10
+
+// stagedFile is one staged copy to check: p.Changes[change], whose copy
+// is at path (absolute).
+type stagedFile struct {
+	change int
+	path   string
+}
+
+// checkStaged runs the checks of the staged files of p (staged maps a
+// change index to its absolute staged path) and returns the error of each
+// change whose check refuses it.
+//
+// A file entry with check_all is checked as a whole set in one process;
+// when the set is refused, it is bisected: each half is checked, and a
+// half is known to hold a culprit without a run when its sibling passed.
+// k bad files among n cost at most k·log2(n)+1 runs. A per-file check
+// runs on the pool of Options.CheckWorkers. Either way a file is refused
+// exactly when it would be on its own, for a check whose verdict on a set
+// is the conjunction of its verdicts on each file (nginx -t, php-fpm -t).
+func (a *Applier) checkStaged(ctx context.Context, p *Plan, staged map[int]string) map[int]error {
+	sets := map[string][]stagedFile{} // check_all argv -> its files
+	var single []stagedFile
+	for _, i := range slices.Sorted(maps.Keys(staged)) {
+		f := p.Changes[i].file
+		switch {
+		case f == nil:
+		case f.CheckAll != nil:
+			k := strings.Join(f.CheckAll, "\x00")
+			sets[k] = append(sets[k], stagedFile{i, staged[i]})
+		case f.Check != nil:
+			single = append(single, stagedFile{i, staged[i]})
+		}
+	}
+	failed := map[int]error{}
+	var mu sync.Mutex
+	record := func(i int, err error) {
+		mu.Lock()
+		defer mu.Unlock()
+		failed[i] = err
+	}
+	a.pool(len(single), func(j int) {
+		s := single[j]
+		if err := a.runCheck(ctx, p, &p.Changes[s.change], s.path); err != nil {
+			record(s.change, err)
+		}
+	})
+	for _, k := range slices.Sorted(maps.Keys(sets)) {
+		argv := configs.Command(strings.Split(k, "\x00"))
+		for _, part := range argParts(sets[k]) {
+			a.bisect(ctx, p, argv, part, record)
+		}
+	}
+	return failed
+}
+
+// bisect records the files of set that argv refuses. Each round checks
+// what is left in one run; a refused set is searched by halves for one
+// culprit, and a half is known to be refused without a run when its
+// sibling passed. The halves not searched (the sibling of a refused half)
+// are left to the next round's one run. One bad file among n costs at
+// most log2(n)+2 runs, k bad files at most k·(log2(n)+1)+1.
+func (a *Applier) bisect(ctx context.Context, p *Plan, argv configs.Command, set []stagedFile, record func(int, error)) {
+	for len(set) > 0 {
+		err := a.runCheckAll(ctx, p, argv, set)
+		if err == nil {
+			return
+		}
+		var rest []stagedFile
+		for len(set) > 1 {
+			left, right := set[:len(set)/2], set[len(set)/2:]
+			lerr := a.runCheckAll(ctx, p, argv, left)
+			if lerr == nil { // a culprit is on the right
+				set = right
+				continue
+			}
+			rest = append(rest, right...)
+			set, err = left, lerr
+		}
+		record(set[0].change, fmt.Errorf("check %s: %w", p.Changes[set[0].change].Path, err))
+		set = rest
+	}
+}
+
+// runCheckAll runs a whole-set check on set. Its error shows the
+// configured argv and how many files it was given, and names the final
+// paths in the output, never the staged copies.
+func (a *Applier) runCheckAll(ctx context.Context, p *Plan, argv configs.Command, set []stagedFile) error {
+	args := slices.Clone([]string(argv))
+	var rename []string
+	for _, s := range set {
+		args = append(args, s.path)
+		rename = append(rename, s.path, p.Changes[s.change].Real)
+	}
+	show := append(slices.Clone([]string(argv)), fmt.Sprintf("(%d files)", len(set)))
+	return a.runCommand(ctx, command{config: p.Config.Name, dir: p.Config.Dir(), argv: args, show: show, timeout: p.Config.Timeout, rename: rename})
+}
+
+// argParts splits set so that each part's paths fit in maxCheckArgs.
+func argParts(set []stagedFile) [][]stagedFile {
+	var parts [][]stagedFile
+	start, size := 0, 0
+	for i, s := range set {
+		if size+len(s.path)+1 > maxCheckArgs && i > start {
+			parts = append(parts, set[start:i])
+			start, size = i, 0
+		}
+		size += len(s.path) + 1
+	}
+	return append(parts, set[start:])
+}
+
+// pool runs fn(0..n-1) on at most Options.CheckWorkers goroutines (the
+// number of CPUs when 0), and returns when every call has.
+func (a *Applier) pool(n int, fn func(int)) {
+	workers := a.opts.CheckWorkers
+	if workers <= 0 {
+		workers = runtime.NumCPU()
+	}
+	workers = min(workers, n)
+	var wg sync.WaitGroup
+	next := make(chan int)
+	for range workers {
+		wg.Go(func() {
+			for j := range next {
+				fn(j)
+			}
+		})
+	}
+	for j := range n {
+		next <- j
+	}
+	close(next)
+	wg.Wait()
+}
