@@ -54,7 +54,7 @@ Exit codes: 0 converged, 1 failed (flag set) or refused, 3 halted by the flag.`,
 	cmd.Flags().StringSliceVar(&names, "config", nil, "converge only this configuration (repeatable)")
 	a.registerFlagCompletion(cmd, "config", configNames)
 	cmd.Flags().DurationVar(&lockTTL, "lock-ttl", cluster.DefaultLockTTL, "lease TTL of the lock session")
-	cmd.Flags().StringVar(&releaseKeys, "release-keys", "", "once a release is promoted, run it only if signed by a key in this OpenSSH authorized_keys `FILE`, as the agents' --release-keys")
+	releaseKeysFlag(cmd, &releaseKeys)
 	cmd.Flags().DurationVar(&lockTimeout, "lock-timeout", 0, "give up waiting for the lock after this long (0: wait); the run itself is not bounded")
 	return cmd
 }

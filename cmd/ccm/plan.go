@@ -28,7 +28,7 @@ func newPlanCmd(a *app) *cobra.Command {
 	var names []string
 	var objectsFile, color string
 	var onCluster, check bool
-	var signKey, release string
+	var signKey, release, releaseKeys string
 	cmd := &cobra.Command{
 		Use:   "plan",
 		Short: "Show, as unified diffs, what apply would change on this node",
@@ -46,7 +46,7 @@ node without a plan).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if release != "" {
-				dir, id, cleanup, err := a.openRelease(cmd, release)
+				dir, id, cleanup, err := a.openRelease(cmd, release, releaseKeys)
 				if err != nil {
 					return err
 				}
@@ -57,7 +57,7 @@ node without a plan).`,
 				if err != nil {
 					return err
 				}
-				_, _, cleanup, err := a.promotedRelease(cmd.Context(), c, "")
+				_, _, cleanup, err := a.promotedRelease(cmd.Context(), c, releaseKeys)
 				if err != nil {
 					return err
 				}
@@ -103,6 +103,7 @@ node without a plan).`,
 	cmd.Flags().BoolVar(&onCluster, "cluster", false, "ask every alive node's agent for its plan (the ccm.plan action) and print each")
 	cmd.Flags().StringVar(&signKey, "sign-key", "", "with --cluster: sign the requests with this OpenSSH ed25519 private key `FILE`")
 	cmd.Flags().StringVar(&release, "release", "", "plan under the stored release `ID` (6 or more digits) instead of --config-dir; with --cluster, every node plans under it")
+	releaseKeysFlag(cmd, &releaseKeys)
 	cmd.MarkFlagsMutuallyExclusive("cluster", "objects")
 	cmd.MarkFlagsMutuallyExclusive("cluster", "check")
 	cmd.MarkFlagsMutuallyExclusive("cluster", "config")
@@ -110,15 +111,20 @@ node without a plan).`,
 }
 
 // openRelease fetches the stored release named by at least 6 digits of its
-// id and stages it in a temporary directory: the configuration directory
-// a plan under it reads.
-func (a *app) openRelease(cmd *cobra.Command, short string) (dir, id string, cleanup func(), err error) {
+// id, verifies it with the release keys in keysFile (releaseVerifier),
+// and stages it in a temporary directory: the configuration directory a
+// plan under it reads.
+func (a *app) openRelease(cmd *cobra.Command, short, keysFile string) (dir, id string, cleanup func(), err error) {
 	err = a.withCluster(cmd, func(ctx context.Context, c *cluster.Cluster) error {
 		s := releases.NewStore(c.Client(), a.prefix)
 		if id, err = s.Resolve(ctx, short); err != nil {
 			return err
 		}
-		dir, cleanup, err = s.Open(ctx, id, nil)
+		verify, err := a.releaseVerifier(keysFile)
+		if err != nil {
+			return err
+		}
+		dir, cleanup, err = s.Open(ctx, id, verify)
 		return err
 	})
 	return dir, id, cleanup, err

@@ -35,7 +35,7 @@ verifies and stages it, and converges it through the lock like any change
 promoted, agents read their --config-dir.`,
 	}
 	cmd.AddCommand(newReleasePushCmd(a), newReleaseListCmd(a), newReleaseShowCmd(a), newReleaseDiffCmd(a),
-		newReleasePromoteCmd(a), newReleaseRollbackCmd(a), newReleaseCurrentCmd(a))
+		newReleasePromoteCmd(a), newReleaseRollbackCmd(a), newReleaseCurrentCmd(a), newReleaseVerifyCmd(a))
 	return cmd
 }
 
@@ -74,9 +74,9 @@ func newReleasePushCmd(a *app) *cobra.Command {
 					return err
 				}
 			}
-			var fresh bool
+			var pushed releases.Pushed
 			err = a.withCluster(cmd, func(ctx context.Context, c *cluster.Cluster) (err error) {
-				fresh, err = releases.NewStore(c.Client(), a.prefix).Push(ctx, r)
+				pushed, err = releases.NewStore(c.Client(), a.prefix).Push(ctx, r)
 				return err
 			})
 			if err != nil {
@@ -86,9 +86,12 @@ func newReleasePushCmd(a *app) *cobra.Command {
 			for _, f := range r.Files {
 				size += f.Size
 			}
-			if !fresh {
-				fmt.Fprintf(a.stderr, "release %s is already stored (the same content); nothing written\n", r.Short())
-			} else {
+			switch {
+			case pushed.Repaired != nil:
+				fmt.Fprintf(a.stderr, "release %s was stored and broken (%s): rewrote it\n", r.Short(), render.Escape(firstLine(pushed.Repaired.Error())))
+			case !pushed.Fresh:
+				fmt.Fprintf(a.stderr, "release %s is already stored whole (the same content); nothing written\n", r.Short())
+			default:
 				fmt.Fprintf(a.stderr, "stored release %s: %d files, %d bytes, by %s\n", r.Short(), len(r.Files), size, render.Escape(r.Author))
 			}
 			fmt.Fprintln(a.stdout, r.ID)
@@ -212,6 +215,46 @@ func newReleaseDiffCmd(a *app) *cobra.Command {
 			return nil
 		},
 	}
+}
+
+func newReleaseVerifyCmd(a *app) *cobra.Command {
+	var keysFile string
+	cmd := &cobra.Command{
+		Use:   "verify ID [--release-keys FILE]",
+		Short: "Check that the copy in etcd of release ID is whole, canonical and signed by a release key",
+		Long: `Fetch release ID (6 or more digits) as an agent does: its manifest must be
+canonical, every chunk the manifest names present and of its size, nothing
+else stored under it, every file's digest and the id must hold, and with
+--release-keys (CCM_RELEASE_KEYS) its signature must be a release key's.
+A node that runs a release whose stored copy breaks keeps running its
+verified staged copy; ccm release push of the same directory repairs it.
+Exit codes: 0 whole, 1 not.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			rs, err := a.fetch(cmd, args[0])
+			if err != nil {
+				return err
+			}
+			r, signer := rs[0], "not checked: no --release-keys"
+			if keysFile != "" {
+				keys, err := actions.LoadReleaseKeys(keysFile)
+				if err != nil {
+					return fmt.Errorf("--release-keys: %w", err)
+				}
+				if signer, err = r.Verify(keys.Trusted); err != nil {
+					return err
+				}
+			}
+			size := 0
+			for _, f := range r.Files {
+				size += f.Size
+			}
+			fmt.Fprintf(a.stdout, "release %s is whole: %d files, %d bytes; signature: %s\n", r.ID, len(r.Files), size, render.Escape(signer))
+			return nil
+		},
+	}
+	releaseKeysFlag(cmd, &keysFile)
+	return cmd
 }
 
 func newReleasePromoteCmd(a *app) *cobra.Command {
@@ -367,26 +410,45 @@ func newReleaseCurrentCmd(a *app) *cobra.Command {
 	return cmd
 }
 
+// releaseKeysFlag registers --release-keys on cmd. Like every flag it is
+// read from CCM_RELEASE_KEYS when not given: the setting the agent reads,
+// in /etc/default/ccm on a node, so that a command verifies a release as
+// the node's agent would.
+func releaseKeysFlag(cmd *cobra.Command, file *string) {
+	cmd.Flags().StringVar(file, "release-keys", "", "load a release only if signed by a key in this OpenSSH authorized_keys `FILE`, as the agent's --release-keys (CCM_RELEASE_KEYS)")
+}
+
+// releaseVerifier returns the check of a release's signature against
+// the release keys in file. Without a file it warns, as the agent does,
+// and returns nil: etcd's RBAC alone then decides what runs.
+func (a *app) releaseVerifier(file string) (func(*releases.Release) error, error) {
+	if file == "" {
+		a.log.Warn(releases.NoKeysWarning)
+		return nil, nil
+	}
+	keys, err := actions.LoadReleaseKeys(file)
+	if err != nil {
+		return nil, fmt.Errorf("--release-keys: %w", err)
+	}
+	return releases.Verifier(keys.Trusted), nil
+}
+
 // promotedRelease stages the promoted release, when there is one, and
 // points --config-dir at it: once a release is promoted, plan and apply
-// --once read what the agents run. keysFile, when set, is checked as the
-// agents' --release-keys. It returns the release id ("" with none) and
+// --once read what the agents run, verified as the agents do with the
+// release keys in keysFile (releaseVerifier). It returns the release id ("" with none) and
 // the promotion's revision.
 func (a *app) promotedRelease(ctx context.Context, c *cluster.Cluster, keysFile string) (string, int64, func(), error) {
-	var verify func(*releases.Release) error
-	if keysFile != "" {
-		keys, err := actions.LoadAuthorizedKeys(keysFile)
-		if err != nil {
-			return "", 0, nil, fmt.Errorf("--release-keys: %w", err)
-		}
-		verify = releases.Verifier(keys.Trusted)
-	}
 	rctx, cancel := a.requestContext(ctx)
 	defer cancel()
 	s := releases.NewStore(c.Client(), a.prefix)
 	cur, rev, err := s.Current(rctx)
 	if err != nil || cur == nil {
 		return "", 0, func() {}, err
+	}
+	verify, err := a.releaseVerifier(keysFile)
+	if err != nil {
+		return "", 0, nil, err
 	}
 	dir, cleanup, err := s.Open(rctx, cur.ID, verify)
 	if err != nil {

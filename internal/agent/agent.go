@@ -102,6 +102,9 @@ type selection struct {
 	// release is the configuration release it was loaded from ("" for
 	// --config-dir).
 	release string
+	// stored is why the copy in etcd of release cannot be used while
+	// its verified staged copy is (releases.Staged.Stored).
+	stored error
 	// empty is set for a --config-dir without configurations (or
 	// absent): enough to start an agent that waits for a release.
 	empty bool
@@ -164,6 +167,7 @@ type Agent struct {
 
 	release     *releaseState
 	releaseKeys *actions.AuthorizedKeys // nil: releases need no signature
+	releaseDir  *releases.Dir
 	// pending is the selection the next run converges, loaded but not
 	// adopted yet (owned by whoever holds runMu).
 	pending *selection
@@ -193,9 +197,12 @@ func New(opts Options) (*Agent, error) {
 		retry:   follow.Backoff(),
 	}
 	if opts.ReleaseKeys != "" {
-		if a.releaseKeys, err = actions.LoadAuthorizedKeys(opts.ReleaseKeys); err != nil {
+		if a.releaseKeys, err = actions.LoadReleaseKeys(opts.ReleaseKeys); err != nil {
 			return nil, fmt.Errorf("--release-keys: %w", err)
 		}
+	}
+	if a.releaseDir, err = releases.OpenDir(opts.ReleaseDir); err != nil {
+		return nil, fmt.Errorf("--release-dir: %w", err)
 	}
 	a.release = newReleaseState(api.NewKeys(opts.Prefix).ReleasePointerKey(), a.releaseChanged)
 	a.applier = applier.New(a.applierOptions())
@@ -341,7 +348,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	a.presence.setInstance(a.instance)
 	if a.opts.ReleaseKeys == "" {
-		a.log.Warn("releases are authenticated by etcd RBAC alone: no --release-keys, so any identity that may write the release pointer and the releases chooses what this node runs as root")
+		a.log.Warn(releases.NoKeysWarning)
 	}
 	if a.opts.ActionKeys == "" {
 		a.log.Warn("actions are authenticated by etcd RBAC alone: no --action-keys, so any identity that may write this node's requests may run its actions")

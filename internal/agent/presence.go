@@ -60,6 +60,22 @@ func (p *presence) reloaded(err error) {
 	}
 }
 
+// releaseStored records why the copy in etcd of the loaded release
+// cannot be used (nil: it can), and announces a change.
+func (p *presence) releaseStored(err error) {
+	msg := ""
+	if err != nil {
+		msg = err.Error()
+	}
+	p.mu.Lock()
+	changed := p.current.ReleaseStoredError != msg
+	p.current.ReleaseStoredError = msg
+	p.mu.Unlock()
+	if changed {
+		p.wake()
+	}
+}
+
 // setRelease announces the release the agent has loaded.
 func (p *presence) setRelease(id string) {
 	p.mu.Lock()

@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"path/filepath"
 	"sync"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
@@ -146,9 +145,6 @@ func (a *Agent) releaseTarget() int64 {
 	return max(a.mirror.Applied(), rev)
 }
 
-// stagedDir is where the agent stages the releases it loads.
-func (a *Agent) stagedDir() string { return a.opts.ReleaseDir }
-
 // errNoConfiguration stops runs while the node has nothing to converge.
 var errNoConfiguration = errors.New("nothing to converge: --config-dir has no configuration and no release is promoted")
 
@@ -200,6 +196,12 @@ func (a *Agent) next(ctx context.Context) (*target, error) {
 		return &target{sel: sel, release: id}, nil
 	case releases.Transient(err):
 		return nil, err
+	case releases.Damaged(err):
+		// The copy in etcd is not whole, and no verified copy is staged:
+		// not this node's failure, and nothing to run until a push
+		// repairs it.
+		a.reloaded(err)
+		return nil, err
 	case errors.Is(err, errNoConfiguration):
 		a.reloaded(err)
 		return nil, err
@@ -209,22 +211,24 @@ func (a *Agent) next(ctx context.Context) (*target, error) {
 	return &target{sel: cur, release: id, broken: err}, nil
 }
 
-// loadRelease fetches release id, verifies it against --release-keys,
-// stages it in the state directory and loads it.
+// loadRelease stages release id in --release-dir (verified against
+// --release-keys, a staged copy checked against its manifest) and loads
+// it. A copy in etcd that is broken while a verified one is staged is
+// reported, and the staged one loaded.
 func (a *Agent) loadRelease(ctx context.Context, id string) (*selection, error) {
-	staged, err := filepath.Abs(a.stagedDir()) // handlers and commands run from it
+	st, err := a.releaseDir.Stage(ctx, releases.NewStore(a.opts.Client, a.opts.Prefix), id, a.verifyRelease())
 	if err != nil {
 		return nil, err
 	}
-	dir, err := releases.NewStore(a.opts.Client, a.opts.Prefix).StageIn(ctx, staged, id, a.verifyRelease())
-	if err != nil {
-		return nil, err
+	if st.Discarded != nil {
+		a.log.Warn("staged release did not match its manifest: staged again from etcd", zap.String("release", releases.Short(id)), zap.Error(st.Discarded))
 	}
-	sel, err := load(dir, a.opts.ActionKeys)
+	sel, err := load(st.Dir, a.opts.ActionKeys)
 	if err != nil {
 		return nil, fmt.Errorf("release %s: %w", releases.Short(id), err)
 	}
 	sel.release = id
+	sel.stored = st.Stored
 	return sel, nil
 }
 
@@ -248,10 +252,23 @@ func (a *Agent) adopt(sel *selection) {
 	a.reloaded(nil)
 	a.mirror.SetValidator(sel.schemas)
 	a.published(sel.release)
+	a.storedState(sel)
 	a.log.Info("configuration loaded", zap.String("release", releases.Short(sel.release)), zap.Strings("order", sel.set.Order))
-	if err := releases.Prune(a.stagedDir(), sel.release, prev.release); err != nil {
+	if err := a.releaseDir.Prune(sel.release, prev.release); err != nil {
 		a.log.Warn("remove staged releases", zap.Error(err))
 	}
+}
+
+// storedState reports whether the copy in etcd of the release sel is
+// loaded from can be used (sel.stored nil), in the log, the presence and
+// the metrics. A broken copy is not this node's failure: the node runs
+// its verified staged copy.
+func (a *Agent) storedState(sel *selection) {
+	if sel.stored != nil {
+		a.log.Warn("the copy in etcd of the release this node runs is broken: running its verified staged copy; ccm release push of the same directory repairs it",
+			zap.String("release", releases.Short(sel.release)), zap.Error(sel.stored))
+	}
+	a.presence.releaseStored(sel.stored)
 }
 
 // reloaded records how the last load of a configuration ended (nil: it

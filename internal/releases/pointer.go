@@ -5,8 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"os"
-	"path/filepath"
 	"slices"
 	"sync"
 	"time"
@@ -132,50 +130,6 @@ func (s *Store) Rollback(ctx context.Context, by string) (*api.ReleasePointer, e
 		return nil, ErrNoHistory
 	}
 	return s.Promote(ctx, cur, rev, Promotion{ID: cur.History[0], By: by, Reason: "rollback from " + Short(cur.ID), Rollback: true})
-}
-
-// StageIn fetches release id, has verify check it (its signature), and
-// stages it in dir/<id>, where a verified copy may already be: it returns
-// that directory. A release that does not verify is never staged.
-func (s *Store) StageIn(ctx context.Context, dir, id string, verify func(*Release) error) (string, error) {
-	if err := CheckID(id); err != nil {
-		return "", err
-	}
-	r, err := s.Fetch(ctx, id)
-	if err != nil {
-		return "", err
-	}
-	if verify != nil {
-		if err := verify(r); err != nil {
-			return "", err
-		}
-	}
-	staged := filepath.Join(dir, id)
-	if _, err := os.Stat(staged); err == nil {
-		return staged, nil
-	}
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return "", err
-	}
-	return staged, r.Stage(staged)
-}
-
-// Prune removes every release staged in dir but those in keep.
-func Prune(dir string, keep ...string) error {
-	entries, err := os.ReadDir(dir)
-	if err != nil {
-		if errors.Is(err, os.ErrNotExist) {
-			return nil
-		}
-		return err
-	}
-	var errs []error
-	for _, e := range entries {
-		if !slices.Contains(keep, e.Name()) {
-			errs = append(errs, os.RemoveAll(filepath.Join(dir, e.Name())))
-		}
-	}
-	return errors.Join(errs...)
 }
 
 // Schemas returns the object schemas of release id, loaded once per

@@ -59,8 +59,9 @@ type Release struct {
 }
 
 // Pack reads every regular file under dir (dot files and directories
-// left out) into a release. A symlink, or a release over MaxBytes, is an
-// error naming it.
+// left out) into a canonical release, each file with its StagedMode. A
+// symlink, a file not readable by everyone (a release holds no secrets),
+// or a release over MaxBytes, is an error naming it.
 func Pack(dir string) (*Release, error) {
 	r := &Release{}
 	total := 0
@@ -87,12 +88,21 @@ func Pack(dir string) (*Release, error) {
 		if err != nil {
 			return err
 		}
+		if err := checkPath(filepath.ToSlash(rel)); err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", p, err))
+			return nil
+		}
+		if info.Mode().Perm()&0o004 == 0 {
+			errs = append(errs, fmt.Errorf("%s: mode %04o: not readable by everyone, so it looks like a secret; a release is readable by every node "+
+				"and holds no secrets: put them in objects, or send them as secret action parameters (ccm action run --secret)", p, uint32(info.Mode().Perm())))
+			return nil
+		}
 		content, err := os.ReadFile(p)
 		if err != nil {
 			return err
 		}
 		total += len(content)
-		r.Files = append(r.Files, newFile(filepath.ToSlash(rel), info.Mode().Perm(), content))
+		r.Files = append(r.Files, newFile(filepath.ToSlash(rel), StagedMode(info.Mode()), content))
 		return nil
 	})
 	if err != nil {
@@ -112,7 +122,7 @@ func Pack(dir string) (*Release, error) {
 func newFile(path string, mode fs.FileMode, content []byte) File {
 	sum := sha256.Sum256(content)
 	return File{Path: path, Mode: mode, Size: len(content), SHA256: hex.EncodeToString(sum[:]),
-		Chunks: max(1, (len(content)+ChunkBytes-1)/ChunkBytes), Content: content}
+		Chunks: chunksOf(len(content)), Content: content}
 }
 
 // digest is the release ID: SHA-256 over one line per file, in path order,
@@ -125,9 +135,13 @@ func digest(files []File) string {
 	return hex.EncodeToString(h.Sum(nil))
 }
 
-// Check verifies that the files are what the release says: each file's
-// size and digest, and the release ID. Every mismatch is named.
+// Check verifies that the release is canonical (checkManifest) and that
+// the files are what it says: each file's size and digest, and the
+// release ID. Every mismatch is named.
 func (r *Release) Check() error {
+	if err := checkManifest(r); err != nil {
+		return err
+	}
 	var errs []error
 	for _, f := range r.Files {
 		sum := sha256.Sum256(f.Content)
@@ -184,6 +198,12 @@ func (r *Release) Sign(signer ssh.Signer, comment string) error {
 // the name of the key that signed it. An unsigned release, or one signed
 // by any other key, is refused.
 func (r *Release) Verify(trusted func(ssh.PublicKey) (string, bool)) (string, error) {
+	if err := checkManifest(r); err != nil {
+		return "", err
+	}
+	if got := digest(r.Files); got != r.ID {
+		return "", fmt.Errorf("release %s: its manifest digests to %s, not to its id", r.Short(), got[:12])
+	}
 	if r.Signature == "" {
 		return "", fmt.Errorf("release %s is not signed, and release keys are configured", r.Short())
 	}
@@ -201,6 +221,10 @@ func (r *Release) Verify(trusted func(ssh.PublicKey) (string, bool)) (string, er
 	return name, nil
 }
 
+// NoKeysWarning is what the agent and every command that loads a release
+// to run or check it say when no release keys are configured.
+const NoKeysWarning = "releases are authenticated by etcd RBAC alone: no --release-keys (CCM_RELEASE_KEYS), so any identity that may write the release pointer and the releases chooses what this node runs as root"
+
 // Verifier returns the check of a release's signature against keys
 // (nil: no check, etcd RBAC alone protects releases).
 func Verifier(trusted func(ssh.PublicKey) (string, bool)) func(*Release) error {
@@ -215,7 +239,8 @@ func Verifier(trusted func(ssh.PublicKey) (string, bool)) func(*Release) error {
 
 // Stage writes the release's files under dir, which must not exist: into
 // a temporary sibling first, renamed into place once complete, so that a
-// staged release is whole or absent.
+// staged release is whole or absent. Each file gets its StagedMode and is
+// owned by the caller (root on a node): nobody else may change it.
 func (r *Release) Stage(dir string) error {
 	if err := r.Check(); err != nil {
 		return err
@@ -225,23 +250,44 @@ func (r *Release) Stage(dir string) error {
 		return err
 	}
 	defer os.RemoveAll(tmp)
-	if err := os.Chmod(tmp, 0o755); err != nil { // as a directory checked out
-		return err
-	}
 	for _, f := range r.Files {
-		p := filepath.Join(tmp, filepath.FromSlash(f.Path))
-		if !filepath.IsLocal(filepath.FromSlash(f.Path)) {
-			return fmt.Errorf("release %s: file %s: not a relative path inside the release", r.Short(), f.Path)
-		}
+		p := filepath.Join(tmp, filepath.FromSlash(f.Path)) // canonical: checked above
 		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
 			return err
 		}
-		if err := os.WriteFile(p, f.Content, f.Mode.Perm()); err != nil {
-			return err
-		}
-		if err := os.Chmod(p, f.Mode.Perm()); err != nil { // past the umask
+		if err := writeFile(p, f.Content, StagedMode(f.Mode)); err != nil {
 			return err
 		}
 	}
+	if err := chmodDirs(tmp); err != nil {
+		return err
+	}
 	return os.Rename(tmp, dir)
+}
+
+// writeFile creates p with content and exactly mode, past the umask.
+func writeFile(p string, content []byte, mode fs.FileMode) error {
+	f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(content)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return err
+	}
+	return os.Chmod(p, mode)
+}
+
+// chmodDirs gives every directory of a staged tree mode 0755, past the
+// umask: readable by handlers that run as other users, writable by none.
+func chmodDirs(root string) error {
+	return filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || !d.IsDir() {
+			return err
+		}
+		return os.Chmod(p, 0o755)
+	})
 }

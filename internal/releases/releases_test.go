@@ -47,10 +47,10 @@ func TestAReleaseRoundTripsThroughEtcdInChunks(t *testing.T) {
 	s := releases.NewStore(cli, "")
 	fresh, err := s.Push(ctx, r)
 	require.NoError(t, err)
-	assert.True(t, fresh)
+	assert.Equal(t, releases.Pushed{Fresh: true}, fresh)
 	again, err := s.Push(ctx, r)
 	require.NoError(t, err)
-	assert.False(t, again, "the same content is the same release")
+	assert.Equal(t, releases.Pushed{}, again, "the same content is the same release, stored whole: nothing written")
 
 	got, err := s.Fetch(ctx, r.ID)
 	require.NoError(t, err)
@@ -136,9 +136,15 @@ func TestOnlyAReleaseSignedByAReleaseKeyVerifies(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, "ops@example", by)
 
-	// A signature is for the content: another release does not inherit it.
+	// A signature is for the content: another release does not inherit
+	// it, under its own id or under the signed one.
 	forged := *r
 	forged.ID = strings.Repeat("1", 64)
 	_, err = forged.Verify(trusted)
+	assert.ErrorContains(t, err, "its manifest digests to")
+	empty, err := releases.Pack(t.TempDir())
+	require.NoError(t, err)
+	empty.Signature = r.Signature
+	_, err = empty.Verify(trusted)
 	assert.ErrorContains(t, err, "does not hold")
 }

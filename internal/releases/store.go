@@ -30,20 +30,76 @@ func NewStore(kv clientv3.KV, prefix string) *Store {
 	return &Store{kv: kv, keys: api.NewKeys(prefix)}
 }
 
-// Push stores r: its chunks first, then its manifest, which is never
-// overwritten (a release is immutable; pushing the same content again is
-// a no-op). It reports whether the release was new.
-func (s *Store) Push(ctx context.Context, r *Release) (bool, error) {
+// Pushed is what a push wrote.
+type Pushed struct {
+	// Fresh: the release was not stored; it is now.
+	Fresh bool
+	// Repaired is what was wrong with the stored copy (a chunk changed,
+	// missing or extra, a manifest not ccm's), which the push rewrote;
+	// nil when nothing was.
+	Repaired error
+}
+
+// Push stores r: its chunks first, then its manifest. A release is
+// immutable: pushing the same content again writes nothing while the
+// stored copy is whole, and rewrites it when it is not (Pushed.Repaired),
+// keeping a stored manifest that lists the same files (its signature).
+func (s *Store) Push(ctx context.Context, r *Release) (Pushed, error) {
 	if err := r.Check(); err != nil {
-		return false, err
+		return Pushed{}, err
 	}
 	mkey := s.keys.ReleaseKey(r.ID)
-	if resp, err := s.kv.Get(ctx, mkey, clientv3.WithKeysOnly()); err != nil {
-		return false, fmt.Errorf("read %s: %w", mkey, err)
-	} else if len(resp.Kvs) > 0 {
-		return false, nil
+	resp, err := s.kv.Get(ctx, mkey)
+	if err != nil {
+		return Pushed{}, fmt.Errorf("read %s: %w", mkey, err)
 	}
-	// One transaction per file's chunks, each under etcd's request limit.
+	var out Pushed
+	keepManifest := false
+	if len(resp.Kvs) > 0 {
+		_, ferr := s.Fetch(ctx, r.ID)
+		switch {
+		case ferr == nil:
+			return out, nil
+		case Transient(ferr):
+			return out, ferr
+		}
+		out.Repaired = ferr
+		stored := &Release{}
+		keepManifest = json.Unmarshal(resp.Kvs[0].Value, stored) == nil && stored.ID == r.ID && sameFiles(stored, r)
+		// Chunks the manifest does not name go too: a fetch refuses them.
+		if _, err := s.kv.Delete(ctx, mkey+"/", clientv3.WithPrefix()); err != nil {
+			return out, fmt.Errorf("repair release %s: %w", r.Short(), err)
+		}
+	}
+	if err := s.putChunks(ctx, r); err != nil {
+		return out, err
+	}
+	if keepManifest {
+		return out, nil
+	}
+	raw, err := json.Marshal(r)
+	if err != nil {
+		return out, err
+	}
+	seen := int64(0)
+	if len(resp.Kvs) > 0 {
+		seen = resp.Kvs[0].ModRevision
+	}
+	tresp, err := s.kv.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(mkey), "=", seen)).
+		Then(clientv3.OpPut(mkey, string(raw))).Commit()
+	if err != nil {
+		return out, fmt.Errorf("store release %s: %w", r.Short(), err)
+	}
+	if !tresp.Succeeded {
+		return out, fmt.Errorf("store release %s: its manifest changed meanwhile: push again", r.Short())
+	}
+	out.Fresh = len(resp.Kvs) == 0
+	return out, nil
+}
+
+// putChunks writes r's chunks: one transaction per file's chunks, each
+// under etcd's request limit.
+func (s *Store) putChunks(ctx context.Context, r *Release) error {
 	for i, f := range r.Files {
 		var ops []clientv3.Op
 		size := 0
@@ -62,26 +118,24 @@ func (s *Store) Push(ctx context.Context, r *Release) (bool, error) {
 			part := f.Content[min(j*ChunkBytes, len(f.Content)):min((j+1)*ChunkBytes, len(f.Content))]
 			if size+len(part) > 2*ChunkBytes || len(ops) == api.MaxTxnOps {
 				if err := flush(); err != nil {
-					return false, err
+					return err
 				}
 			}
 			ops = append(ops, clientv3.OpPut(s.keys.ReleaseChunkKey(r.ID, i, j), string(part)))
 			size += len(part)
 		}
 		if err := flush(); err != nil {
-			return false, err
+			return err
 		}
 	}
-	raw, err := json.Marshal(r)
-	if err != nil {
-		return false, err
-	}
-	resp, err := s.kv.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(mkey), "=", 0)).
-		Then(clientv3.OpPut(mkey, string(raw))).Commit()
-	if err != nil {
-		return false, fmt.Errorf("store release %s: %w", r.Short(), err)
-	}
-	return resp.Succeeded, nil
+	return nil
+}
+
+// sameFiles reports whether two manifests list the same files.
+func sameFiles(a, b *Release) bool {
+	return slices.EqualFunc(a.Files, b.Files, func(x, y File) bool {
+		return x.Path == y.Path && x.Mode == y.Mode && x.Size == y.Size && x.SHA256 == y.SHA256 && x.Chunks == y.Chunks
+	})
 }
 
 // List returns every stored release's manifest (files without content),
@@ -132,12 +186,39 @@ func (s *Store) Resolve(ctx context.Context, prefix string) (string, error) {
 	return "", fmt.Errorf("release %s is ambiguous: %s", prefix, strings.Join(ids, ", "))
 }
 
-// Fetch reads release id whole and checks it (Release.Check): a chunk
-// changed or missing in etcd is an error naming the file.
+// Fetch reads release id and checks it (Release.Check). It reads
+// only what the manifest names, one chunk at a time, once the manifest
+// is known canonical: a chunk changed, missing, larger than the manifest
+// says, or a key under the release that the manifest does not name, is
+// an error naming it, and nothing more is read.
 func (s *Store) Fetch(ctx context.Context, id string) (*Release, error) {
-	resp, err := s.kv.Get(ctx, s.keys.ReleaseKey(id))
+	r, err := s.fetch(ctx, id)
+	if err != nil && !Transient(err) {
+		return nil, damagedError{err}
+	}
+	return r, nil
+}
+
+// damagedError marks a copy of a release in etcd that is not whole:
+// deleted, or changed since it was pushed.
+type damagedError struct{ err error }
+
+func (e damagedError) Error() string { return e.err.Error() }
+func (e damagedError) Unwrap() error { return e.err }
+
+// Damaged reports whether err says that the copy of a release in etcd is
+// not whole (deleted, a chunk or the manifest changed): the fault of
+// whoever wrote it, not of a node that reads it.
+func Damaged(err error) bool {
+	var e damagedError
+	return errors.As(err, &e)
+}
+
+func (s *Store) fetch(ctx context.Context, id string) (*Release, error) {
+	mkey := s.keys.ReleaseKey(id)
+	resp, err := s.kv.Get(ctx, mkey)
 	if err != nil {
-		return nil, etcdError{fmt.Errorf("read %s: %w", s.keys.ReleaseKey(id), err)}
+		return nil, etcdError{fmt.Errorf("read %s: %w", mkey, err)}
 	}
 	if len(resp.Kvs) == 0 {
 		return nil, fmt.Errorf("release %s: %w", Short(id), ErrNotFound)
@@ -146,30 +227,48 @@ func (s *Store) Fetch(ctx context.Context, id string) (*Release, error) {
 	if err := json.Unmarshal(resp.Kvs[0].Value, r); err != nil || r.ID != id {
 		return nil, fmt.Errorf("release %s: its manifest is not one ccm wrote", Short(id))
 	}
-	chunks, err := s.kv.Get(ctx, s.keys.ReleaseKey(id)+"/", clientv3.WithPrefix(), clientv3.WithRev(resp.Header.Revision))
+	if err := checkManifest(r); err != nil {
+		return nil, err
+	}
+	rev, want := resp.Header.Revision, 0
+	for _, f := range r.Files {
+		want += f.Chunks
+	}
+	for i := range r.Files {
+		if err := s.readFile(ctx, r, i, rev); err != nil {
+			return nil, err
+		}
+	}
+	count, err := s.kv.Get(ctx, mkey+"/", clientv3.WithPrefix(), clientv3.WithCountOnly(), clientv3.WithRev(rev))
 	if err != nil {
 		return nil, etcdError{fmt.Errorf("read release %s: %w", Short(id), err)}
 	}
-	parts := map[string][]byte{}
-	for _, kv := range chunks.Kvs {
-		parts[string(kv.Key)] = kv.Value
-	}
-	var errs []error
-	for i := range r.Files {
-		f := &r.Files[i]
-		for j := range f.Chunks {
-			part, ok := parts[s.keys.ReleaseChunkKey(id, i, j)]
-			if !ok {
-				errs = append(errs, fmt.Errorf("release %s: file %s: chunk %d is missing", r.Short(), f.Path, j))
-				break
-			}
-			f.Content = append(f.Content, part...)
-		}
-	}
-	if len(errs) > 0 {
-		return nil, errors.Join(errs...)
+	if count.Count != int64(want) {
+		return nil, fmt.Errorf("release %s: %d keys under %s/, and its manifest names %d chunks", r.Short(), count.Count, mkey, want)
 	}
 	return r, r.Check()
+}
+
+// readFile reads file i's chunks at rev, each exactly as long as the
+// manifest says.
+func (s *Store) readFile(ctx context.Context, r *Release, i int, rev int64) error {
+	f := &r.Files[i]
+	f.Content = make([]byte, 0, f.Size)
+	for j := range f.Chunks {
+		part, err := s.kv.Get(ctx, s.keys.ReleaseChunkKey(r.ID, i, j), clientv3.WithRev(rev))
+		if err != nil {
+			return etcdError{fmt.Errorf("read release %s: %w", r.Short(), err)}
+		}
+		if len(part.Kvs) == 0 {
+			return fmt.Errorf("release %s: file %s: chunk %d is missing", r.Short(), f.Path, j)
+		}
+		if want := min(ChunkBytes, f.Size-j*ChunkBytes); len(part.Kvs[0].Value) != want {
+			return fmt.Errorf("release %s: file %s: its content does not match its digest (chunk %d holds %d bytes, not %d)",
+				r.Short(), f.Path, j, len(part.Kvs[0].Value), want)
+		}
+		f.Content = append(f.Content, part.Kvs[0].Value...)
+	}
+	return nil
 }
 
 // Open fetches release id, has verify (when set) check its signature, and
