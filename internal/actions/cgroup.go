@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 )
@@ -20,6 +22,9 @@ const cgroupRunPrefix = "ccm-run-"
 // for the runs of an agent that was killed, at the next start.
 type Cgroups struct {
 	Dir string
+
+	clone3Once sync.Once
+	clone3Err  error // ENOSYS: a seccomp filter refuses clone3 (see startsInto)
 }
 
 // ResolveCgroups decides where runs get their cgroups from --cgroup:
@@ -107,8 +112,8 @@ type cgroupRun struct {
 }
 
 // start creates the run's cgroup; the handler is started into it
-// (CLONE_INTO_CGROUP), so that not even its first instruction runs
-// outside.
+// (CLONE_INTO_CGROUP, or the fallback of startsInto), so that not even its
+// first instruction runs outside.
 func (c *Cgroups) start(id string) (*cgroupRun, error) {
 	dir := filepath.Join(c.Dir, cgroupRunPrefix+id)
 	if err := os.Mkdir(dir, 0o755); err != nil {
@@ -154,4 +159,34 @@ func (c *Cgroups) sweep() int {
 		removeCgroup(d)
 	}
 	return len(dirs)
+}
+
+// startsInto reports whether a process can be started straight into a
+// cgroup: CLONE_INTO_CGROUP needs clone3, and Go has no fallback. systemd's
+// RestrictNamespaces= (any value but no) answers clone3 with ENOSYS from a
+// seccomp filter, because it cannot look into clone3's flags; so do some
+// container runtimes' filters. The probe is clone3 with no arguments: the
+// kernel answers EINVAL, a filter ENOSYS, and no process starts either way.
+// Where it reports false, run starts the handler behind a barrier instead
+// (startBehindBarrier).
+func (c *Cgroups) startsInto() bool {
+	c.clone3Once.Do(func() {
+		_, _, errno := syscall.RawSyscall(sysClone3, 0, 0, 0)
+		if errno == syscall.ENOSYS {
+			c.clone3Err = errno
+		}
+	})
+	return c.clone3Err == nil
+}
+
+// sysClone3 is clone3's number, the same on every architecture Go's
+// CLONE_INTO_CGROUP supports (Linux 5.3 and later).
+const sysClone3 = 435
+
+// move puts process pid into the run's cgroup.
+func (r *cgroupRun) move(pid int) error {
+	if err := os.WriteFile(filepath.Join(r.dir, "cgroup.procs"), []byte(strconv.Itoa(pid)), 0o644); err != nil {
+		return fmt.Errorf("move the handler into its cgroup: %w", err)
+	}
+	return nil
 }

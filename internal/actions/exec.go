@@ -162,24 +162,37 @@ func (inv *invocation) run() outcome {
 		attr.Credential = &syscall.Credential{Uid: inv.id.uid, Gid: inv.id.gid, Groups: inv.id.groups}
 	}
 	var cg *cgroupRun
+	var barrier *barrier
 	if inv.cgroups != nil {
 		if cg, err = inv.cgroups.start(inv.req.ID); err != nil {
 			return outcome{state: api.StateFailed, err: "not started: " + err.Error()}
 		}
 		defer cg.end()
-		attr.UseCgroupFD, attr.CgroupFD = true, cg.fd
+		if inv.cgroups.startsInto() {
+			attr.UseCgroupFD, attr.CgroupFD = true, cg.fd
+		} else if barrier, err = behindBarrier(cmd); err != nil {
+			return outcome{state: api.StateFailed, err: "not started: " + err.Error()}
+		}
 	}
 	cmd.SysProcAttr = attr
 	stdout, stderr := &capped{max: MaxOutput}, &capped{max: maxStderr, keepTail: true}
 	drain, err := pipeTo(cmd, stdout, stderr)
 	if err != nil {
+		barrier.close()
 		return outcome{state: api.StateFailed, err: err.Error()}
 	}
 	if err := cmd.Start(); err != nil {
+		barrier.close()
 		drain.abort()
 		return outcome{state: api.StateFailed, err: fmt.Sprintf("start %s: %v", inv.handler.Command[0], err)}
 	}
 	drain.started()
+	if err := barrier.open(cmd.Process.Pid, cg); err != nil {
+		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		_ = cmd.Wait()
+		drain.wait(0)
+		return outcome{state: api.StateFailed, err: fmt.Sprintf("not started: %s: %v", inv.handler.Command[0], err)}
+	}
 	pgid := cmd.Process.Pid
 	killAll := func() {
 		_ = syscall.Kill(-pgid, syscall.SIGKILL)
@@ -220,6 +233,61 @@ func (inv *invocation) run() outcome {
 		o.state, o.err = api.StateFailed, waitErr.Error()
 	}
 	return o
+}
+
+// barrierScript holds a handler at its start until the agent has moved it
+// into its cgroup: it reads one line from fd 3, then execs the handler in
+// its place (same process, group and credentials). If the agent closes
+// the pipe without a line, it exits before the handler ever runs.
+const barrierScript = `read -r _ <&3 || exit 126; exec "$@" 3<&-`
+
+// barrier starts a handler behind barrierScript, where clone3 is refused
+// and so CLONE_INTO_CGROUP cannot start it straight into its cgroup
+// (Cgroups.startsInto). The shell is Debian's /bin/sh, which is
+// essential; nothing of the handler runs before the move.
+type barrier struct {
+	r, w *os.File
+}
+
+// behindBarrier makes cmd start /bin/sh running barrierScript with the
+// handler's command as its arguments.
+func behindBarrier(cmd *exec.Cmd) (*barrier, error) {
+	if cmd.Err != nil {
+		return nil, cmd.Err
+	}
+	r, w, err := os.Pipe()
+	if err != nil {
+		return nil, fmt.Errorf("barrier pipe: %w", err)
+	}
+	cmd.Args = append([]string{"sh", "-c", barrierScript, "ccm-handler", cmd.Path}, cmd.Args[1:]...)
+	cmd.Path = "/bin/sh"
+	cmd.ExtraFiles = []*os.File{r}
+	return &barrier{r: r, w: w}, nil
+}
+
+// open moves the started process into cg and lets it exec the handler.
+// A nil barrier (the handler was started into its cgroup) does nothing.
+func (b *barrier) open(pid int, cg *cgroupRun) error {
+	if b == nil {
+		return nil
+	}
+	defer b.close()
+	if err := cg.move(pid); err != nil {
+		return err
+	}
+	if _, err := b.w.Write([]byte("go\n")); err != nil {
+		return fmt.Errorf("barrier: %w", err)
+	}
+	return nil
+}
+
+// close closes both ends; a process still behind it exits unrun.
+func (b *barrier) close() {
+	if b == nil {
+		return
+	}
+	_ = b.r.Close()
+	_ = b.w.Close()
 }
 
 func orEmpty(m map[string]string) map[string]string {
