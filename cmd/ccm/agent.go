@@ -9,6 +9,7 @@ import (
 	"net/http/pprof"
 	"os"
 	"os/signal"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -157,6 +158,24 @@ func reloadOnHUP(ctx context.Context, ag *agent.Agent) {
 // means the agent runs; whether etcd answers shows in STATUS= and /readyz,
 // so that an unreachable etcd does not make systemd kill the agent.
 func notifySystemd(ctx context.Context, ag *agent.Agent, log *zap.Logger) {
+	notifyEvery(ctx, ag, statusPoll, log)
+}
+
+// statusPoll is how often STATUS= is compared with /readyz's answer; it
+// is sent only when it changes.
+const statusPoll = time.Second
+
+// readiness is what /healthz and /readyz answer from.
+type readiness interface {
+	Healthy() error
+	Ready() error
+}
+
+// notifyEvery is notifySystemd, reading the agent every poll: STATUS=
+// follows /readyz within a poll, not at the next watchdog ping (30 s
+// under the shipped unit: `systemctl status` said "not ready" long after
+// /readyz said ok).
+func notifyEvery(ctx context.Context, ag readiness, poll time.Duration, log *zap.Logger) {
 	sent, err := daemon.SdNotify(false, daemon.SdNotifyReady)
 	if err != nil || !sent {
 		return // not under systemd
@@ -167,19 +186,31 @@ func notifySystemd(ctx context.Context, ag *agent.Agent, log *zap.Logger) {
 	} else {
 		interval /= 2
 	}
-	t := time.NewTicker(interval)
+	t := time.NewTicker(min(poll, interval))
 	defer t.Stop()
+	var status string
+	var pinged time.Time
 	for {
 		// The watchdog is fed only while the main loop makes progress: a
 		// wedged run gets the agent restarted.
-		msg := daemon.SdNotifyWatchdog + "\nSTATUS=converging; watching etcd"
-		if err := ag.Healthy(); err != nil {
-			msg = "STATUS=unhealthy: " + err.Error()
+		healthy, now := ag.Healthy(), time.Now()
+		next := "STATUS=converging; watching etcd"
+		if healthy != nil {
+			next = "STATUS=unhealthy: " + healthy.Error()
 		} else if err := ag.Ready(); err != nil {
-			msg = daemon.SdNotifyWatchdog + "\nSTATUS=not ready: " + err.Error()
+			next = "STATUS=not ready: " + err.Error()
 		}
-		if _, err := daemon.SdNotify(false, msg); err != nil {
-			log.Debug("sd_notify", zap.Error(err))
+		var msg []string
+		if next != status {
+			msg, status = append(msg, next), next
+		}
+		if healthy == nil && now.Sub(pinged) >= interval-poll/2 {
+			msg, pinged = append(msg, daemon.SdNotifyWatchdog), now
+		}
+		if len(msg) > 0 {
+			if _, err := daemon.SdNotify(false, strings.Join(msg, "\n")); err != nil {
+				log.Debug("sd_notify", zap.Error(err))
+			}
 		}
 		select {
 		case <-ctx.Done():
