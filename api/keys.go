@@ -3,6 +3,7 @@ package api
 import (
 	"fmt"
 	"strings"
+	"time"
 )
 
 // Keys is the key layout of one cluster under its prefix: the one place
@@ -201,3 +202,13 @@ func (k Keys) ReleaseChunkKey(id string, file, chunk int) string {
 
 // ReleasePointerKey names the release agents run.
 func (k Keys) ReleasePointerKey() string { return k.prefix + "/release" }
+
+// HistoryPrefix holds the history of operators' changes: HistoryKey.
+func (k Keys) HistoryPrefix() string { return k.prefix + "/history/" }
+
+// HistoryKey is the key of one history record written at t: its time in
+// nanoseconds since 1970, 20 digits, so that keys sort by time, then a
+// suffix that keeps two records of one nanosecond apart.
+func (k Keys) HistoryKey(t time.Time, suffix string) string {
+	return fmt.Sprintf("%s%020d-%s", k.HistoryPrefix(), t.UnixNano(), suffix)
+}

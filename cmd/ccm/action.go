@@ -104,7 +104,7 @@ func (f *callFlags) call(a *app, action string) (client.Call, error) {
 	call := client.Call{
 		Action: action,
 		To:     client.Targets{Nodes: f.nodes, All: f.all, Labels: map[string]string{}},
-		By:     caller(),
+		By:     a.by(),
 		FanOut: client.FanOut{Batch: f.batch, MaxFailures: f.maxFailures},
 		Timing: client.Timing{PickupTimeout: f.pickup, Retention: f.retention},
 		Params: map[string]string{},

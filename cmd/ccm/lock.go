@@ -52,6 +52,7 @@ only starts over.`,
 					return err
 				}
 				fmt.Fprintf(a.stdout, "Broke %d lock key(s) of node %s.\n", n, render.Escape(node))
+				a.record(cmd, "lock break", fmt.Sprintf("node %s: %d lock key(s)", node, n))
 				return nil
 			})
 		},

@@ -46,6 +46,9 @@ operator labelled, never one that claims a label with its own --label
 				var err error
 				if len(set)+len(remove) > 0 {
 					labels, err = c.SetLabels(ctx, node, set, remove)
+					if err == nil {
+						a.record(cmd, "node label", fmt.Sprintf("node %s: %s", node, strings.Join(args[1:], " ")))
+					}
 				} else {
 					var all map[string]map[string]string
 					all, err = c.Labels(ctx)
@@ -62,6 +65,45 @@ operator labelled, never one that claims a label with its own --label
 		},
 	}
 	label.ValidArgsFunction = a.completion(nodeNames)
-	cmd.AddCommand(label)
+	cmd.AddCommand(label, newNodeRetireCmd(a))
 	return cmd
+}
+
+func newNodeRetireCmd(a *app) *cobra.Command {
+	retire := &cobra.Command{
+		Use:   "retire NODE",
+		Short: "Forget a node that is gone for good: its status, presence, problem, failure, canary and quarantine records and its labels",
+		Long: `Delete, in one transaction, the records of NODE that ccm status and the
+dashboard show: <prefix>/nodes/NODE/status, alive and problem,
+<prefix>/failure/NODE (which lowers the failure flag if only NODE raised
+it), <prefix>/canary/NODE, every <prefix>/quarantine/NODE/ record and
+<prefix>/labels/NODE; then print each. It refuses while an agent is alive
+for NODE (its presence is on a lease): stop the agent first. Its replies to
+actions stay, for their callers.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			node := args[0]
+			if err := api.CheckName("node", node); err != nil {
+				return err
+			}
+			return a.withCluster(cmd, func(ctx context.Context, c *cluster.Cluster) error {
+				gone, err := c.Retire(ctx, node)
+				if err != nil {
+					return err
+				}
+				if len(gone) == 0 {
+					fmt.Fprintf(a.stdout, "Node %s had no records; nothing deleted.\n", render.Escape(node))
+					return nil
+				}
+				for _, r := range gone {
+					fmt.Fprintf(a.stdout, "deleted %s\n", render.Escape(r.Key))
+				}
+				fmt.Fprintf(a.stdout, "Node %s retired (%d records).\n", render.Escape(node), len(gone))
+				a.record(cmd, "node retire", fmt.Sprintf("node %s: %d records", node, len(gone)))
+				return nil
+			})
+		},
+	}
+	retire.ValidArgsFunction = a.completion(nodeNames)
+	return retire
 }

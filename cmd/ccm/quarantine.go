@@ -136,6 +136,7 @@ func newQuarantineClearCmd(a *app) *cobra.Command {
 			for _, q := range cleared {
 				fmt.Fprintf(a.stdout, "Quarantine of %s at revision %d cleared (found by node %s); the next run tries it again.\n",
 					render.Escape(q.Object()), q.Revision, render.Escape(q.Node))
+				a.record(cmd, "quarantine clear", fmt.Sprintf("%s at revision %d (found by node %s)", q.Object(), q.Revision, q.Node))
 			}
 			return nil
 		},

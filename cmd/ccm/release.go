@@ -284,7 +284,7 @@ object was written since the check and nobody promoted meanwhile.`,
 					fmt.Fprintf(a.stderr, "release %s is already promoted; nothing written\n", releases.Short(id))
 					return nil
 				}
-				p := releases.Promotion{ID: id, By: caller(), Reason: reason}
+				p := releases.Promotion{ID: id, By: a.by(), Reason: reason}
 				if !force {
 					if p.ObjectsAt, err = a.checkObjectsUnder(ctx, c, s, id); err != nil {
 						return err
@@ -295,6 +295,7 @@ object was written since the check and nobody promoted meanwhile.`,
 					return err
 				}
 				printPromotion(a, cur, next)
+				a.record(cmd, "release promote", fmt.Sprintf("release %s: %s", next.ID, reason))
 				return nil
 			})
 		},
@@ -363,11 +364,12 @@ out, and an object it refuses is quarantined, not a halt.`,
 				if err != nil {
 					return err
 				}
-				next, err := s.Rollback(ctx, caller())
+				next, err := s.Rollback(ctx, a.by())
 				if err != nil {
 					return err
 				}
 				printPromotion(a, cur, next)
+				a.record(cmd, "release rollback", "release "+next.ID)
 				return nil
 			})
 		},

@@ -152,7 +152,7 @@ func newRootCmd(a *app) *cobra.Command {
 
 	root.AddCommand(
 		newAgentCmd(a), newPlanCmd(a), newApplyCmd(a), newStatusCmd(a), newResumeCmd(a), newUnpauseCmd(a), newPauseCmd(a), newRolloutCmd(a), newLockCmd(a),
-		newQuarantineCmd(a), newReleaseCmd(a), newValidateCmd(a), newGraphCmd(a), newObjectCmd(a), newRBACCmd(a), newActionCmd(a), newNodeCmd(a), newDashboardCmd(a), newVersionCmd(a),
+		newQuarantineCmd(a), newReleaseCmd(a), newValidateCmd(a), newGraphCmd(a), newObjectCmd(a), newRBACCmd(a), newActionCmd(a), newNodeCmd(a), newHistoryCmd(a), newDashboardCmd(a), newVersionCmd(a),
 	)
 	return root
 }

@@ -94,6 +94,9 @@ func printView(w io.Writer, v *cluster.View) {
 		fmt.Fprintf(w, "Action key: nodes %s publish the same key (cloned from one image?): each opens the secrets sealed to the others; delete <state-dir>/action.key on each and restart it\n",
 			render.Escape(strings.Join(nodes, ", ")))
 	}
+	if v.Partial != "" {
+		fmt.Fprintf(w, "Partial view: %s\n", render.Escape(v.Partial))
+	}
 	fmt.Fprintf(w, "Nodes: %s\n\n", v.Summary)
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "NODE\tSTATE\tRELEASE\tCONVERGED\tBEHIND\tLAST RUN\tWHEN\tDETAIL")
@@ -168,6 +171,7 @@ whose pause it was.`,
 			}
 			for _, f := range cleared {
 				fmt.Fprintf(a.stdout, "Failure flag cleared (was set by %s, configuration %s).\n", failedBy(f), render.Escape(f.Configuration))
+				a.record(cmd, "resume", fmt.Sprintf("cleared the failure record of %s (configuration %s)", f.By(), f.Configuration))
 			}
 			return a.mentionPause(cmd)
 		},
@@ -196,6 +200,7 @@ func (a *app) unpause(cmd *cobra.Command) error {
 		return nil
 	}
 	fmt.Fprintf(a.stdout, "Pause lifted: it was %s's, since %s (%s).\n", render.Escape(p.By), p.Time.Format(time.RFC3339), render.Escape(p.Reason))
+	a.record(cmd, "unpause", fmt.Sprintf("lifted %s's pause (%s)", p.By, p.Reason))
 	return nil
 }
 
@@ -230,12 +235,13 @@ and report paused; no failure is implied. ccm resume lifts it, and every
 agent converges in turn.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			p := api.Pause{By: caller(), Reason: reason, Time: time.Now().UTC()}
+			p := api.Pause{By: a.by(), Reason: reason, Time: time.Now().UTC()}
 			err := a.withCluster(cmd, func(ctx context.Context, c *cluster.Cluster) error { return c.SetPause(ctx, p) })
 			if err != nil {
 				return err
 			}
 			fmt.Fprintln(a.stdout, "Rollout paused; ccm resume --pause (or ccm unpause) continues it.")
+			a.record(cmd, "pause", reason)
 			return nil
 		},
 	}
