@@ -261,19 +261,37 @@ func defaults(o *Options) {
 
 // Reload loads the configuration directory (and the action handlers)
 // again. A broken directory keeps the old one and returns the error; a
-// good one converges everything.
+// good one converges everything. Under a promoted release it reads no
+// --config-dir and asks for a full run of the loaded release, which
+// repairs what was changed by hand.
 func (a *Agent) Reload() error {
-	if cur := a.selection.Load(); cur.release != "" {
-		a.log.Info("a release is promoted: SIGHUP does not read --config-dir", zap.String("release", releases.Short(cur.release)))
+	cur := a.selection.Load()
+	if cur.release != "" {
+		a.log.Info("a release is promoted: SIGHUP runs it in full and does not read --config-dir", zap.String("release", releases.Short(cur.release)))
+		a.deb.AddAll("reload")
 		return nil
 	}
 	sel, err := load(a.opts.ConfigDir, a.opts.ActionKeys)
-	a.reloaded(err)
+	return a.reload(cur, sel, err)
+}
+
+// reload makes sel (or err), loaded from --config-dir while cur was the
+// selection, the selection: by compare-and-swap against cur, so that a
+// release a run adopted meanwhile (adopt, under runMu, which Reload does
+// not take) is kept, and runs in full.
+func (a *Agent) reload(cur, sel *selection, err error) error {
+	if a.selection.Load() == cur {
+		a.reloaded(err)
+	}
 	if err != nil {
 		a.log.Error("reload failed; keeping the loaded configuration", zap.Error(err))
 		return err
 	}
-	a.selection.Store(sel)
+	if !a.selection.CompareAndSwap(cur, sel) {
+		a.log.Info("a release was adopted while --config-dir was read: keeping it, and running it in full", zap.String("release", releases.Short(a.selection.Load().release)))
+		a.deb.AddAll("reload")
+		return nil
+	}
 	a.mirror.SetValidator(sel.schemas)
 	a.log.Info("configuration reloaded", zap.Strings("order", sel.set.Order), zap.Strings("actions", sel.handlers.Names()))
 	a.deb.AddAll("reload")
