@@ -5,10 +5,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime"
+	"runtime/metrics"
 	"sync/atomic"
 	"time"
 
 	"github.com/ccm-dev/ccm/internal/configs"
+	"github.com/ccm-dev/ccm/internal/templates"
 )
 
 // ErrOverBudget is returned for a file whose template writes more than
@@ -19,6 +22,27 @@ var ErrOverBudget = errors.New("over the render budget")
 // its render_timeout (a loop over a huge count that writes nothing): Go
 // cannot stop it, so the process must exit once the failure is recorded.
 var ErrStuck = errors.New("render stuck and cannot be stopped")
+
+// MaxRenderAlloc is the most bytes the large calls of one
+// configuration's render may make in all (templates.Meter): each is
+// bounded, and this bounds a loop of them.
+var MaxRenderAlloc int64 = 512 << 20
+
+// maxRenderHeap is how much the heap may grow while one configuration
+// renders, after a collection: past it the render is over its memory
+// budget, aborted, and the process must restart (as for ErrStuck). A
+// variable for the test that shows it.
+var maxRenderHeap int64 = 1 << 30
+
+// memEvery is how often the heap is read while a render runs.
+const memEvery = 20 * time.Millisecond
+
+// heapBytes is the heap's objects, live or not yet swept.
+func heapBytes() int64 {
+	s := []metrics.Sample{{Name: "/memory/classes/heap/objects:bytes"}}
+	metrics.Read(s)
+	return int64(s[0].Value.Uint64())
+}
 
 // stuckGrace is how long past its render_timeout a silent template may run
 // before it is declared stuck.
@@ -107,16 +131,34 @@ func (b budget) watch(ctx context.Context, render func() (*Output, error)) (out 
 	}
 	done := make(chan result, 1)
 	seen, since := b.writes.Load(), time.Now()
+	meter := templates.NewMeter(MaxRenderAlloc)
 	go func() {
-		out, err := render()
-		done <- result{out, err}
+		var r result
+		templates.Metered(meter, func() { r.out, r.err = render() })
+		done <- r
 	}()
 	tick := time.NewTicker(min(b.timeout, time.Second))
 	defer tick.Stop()
+	mem := time.NewTicker(memEvery)
+	defer mem.Stop()
+	base := heapBytes()
 	for {
 		select {
 		case r := <-done:
 			return r.out, r.err, false
+		case <-mem.C:
+			if heapBytes()-base <= maxRenderHeap {
+				continue
+			}
+			runtime.GC() // what is garbage is not the render's
+			if grown := heapBytes() - base; grown > maxRenderHeap {
+				meter.Abort()
+				what := "render"
+				if p := b.current.Load(); p != nil {
+					what = *p
+				}
+				return nil, fmt.Errorf("%s: %w: the heap grew by %d MiB while it rendered, over the budget of %d MiB", what, ErrStuck, grown>>20, maxRenderHeap>>20), true
+			}
 		case <-ctx.Done():
 			select {
 			case <-done:

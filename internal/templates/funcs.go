@@ -90,6 +90,7 @@ func FuncMap() template.FuncMap {
 	}
 	owned(fm, all)
 	bound(fm)
+	boundGrowth(fm)
 	return fm
 }
 

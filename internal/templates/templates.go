@@ -41,6 +41,9 @@ func bound(fm template.FuncMap) {
 		if count < 0 || (len(str) > 0 && count > MaxRepeat/len(str)) {
 			return "", fmt.Errorf("repeat %d times %d bytes: over the limit of %d bytes", count, len(str), MaxRepeat)
 		}
+		if err := charge("repeat", int64(count*len(str))); err != nil {
+			return "", err
+		}
 		return strings.Repeat(str, count), nil
 	}
 	fm["until"] = func(count int) ([]int, error) {
