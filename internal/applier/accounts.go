@@ -174,6 +174,7 @@ func (a *Applier) leaveOut(p *Plan, object string, err error) {
 	f := render.ObjectFailure{Err: err}
 	f.Type, f.ID, f.Revision = a.objectOf(object)
 	p.Output.Drop(f)
+	a.holds.note(object, p.Config.Name)
 	p.Accounts = slices.DeleteFunc(p.Accounts, func(c accounts.Change) bool { return c.Object == object })
 	p.Changes = slices.DeleteFunc(p.Changes, func(c Change) bool { return c.file != nil && c.file.Object == object })
 	p.Dirs = slices.DeleteFunc(p.Dirs, func(d DirChange) bool { return d.Dir.Object == object })

@@ -64,6 +64,9 @@ type Applier struct {
 	// the call's snapshot.
 	pending map[string]bool
 	snap    *objects.Snapshot
+	// holds is the objects held in the current call, by any
+	// configuration: held by all of them (hold.go).
+	holds runHolds
 }
 
 // known is a file ccm wrote or verified: its content (the slice the render
@@ -145,7 +148,7 @@ func (a *Applier) Apply(ctx context.Context, cfg *configs.Config, snap *objects.
 }
 
 func (a *Applier) apply(ctx context.Context, cfg *configs.Config, snap *objects.Snapshot, claimed map[string]string, kind runkind.Kind) (*Plan, error) {
-	a.pending = map[string]bool{}
+	a.pending, a.holds = map[string]bool{}, runHolds{}
 	p, err := a.plan(ctx, cfg, snap, claimed, kind)
 	if err != nil {
 		return nil, err

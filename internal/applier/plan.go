@@ -274,7 +274,7 @@ func (a *Applier) Plan(cfg *configs.Config, snap *objects.Snapshot, claimed map[
 		return nil, err
 	}
 	defer closeAll()
-	a.pending = map[string]bool{}
+	a.pending, a.holds = map[string]bool{}, runHolds{}
 	return a.plan(context.Background(), cfg, snap, claimed, runkind.Full)
 }
 

@@ -151,7 +151,7 @@ func (e planError) Error() string { return fmt.Sprintf("configuration %s: %v", e
 // each failure. A file a configuration no longer renders is removed only
 // if no other configuration renders it now (it moved).
 func (a *Applier) planEach(ctx context.Context, set *configs.Set, snap *objects.Snapshot, names []string, kind runkind.Kind) ([]*Plan, []planError) {
-	a.pending = map[string]bool{}
+	a.pending, a.holds = map[string]bool{}, runHolds{}
 	claimed := map[string]string{}
 	var plans []*Plan
 	var errs []planError
@@ -179,6 +179,16 @@ func (a *Applier) planEach(ctx context.Context, set *configs.Set, snap *objects.
 			p.Orphan = true
 			plans = append(plans, p)
 		}
+	}
+	for _, p := range plans {
+		if p != nil {
+			for _, f := range p.Output.Failed { // what the render held
+				a.holds.note(f.Ref(), p.Config.Name)
+			}
+		}
+	}
+	for _, p := range plans {
+		a.holdAll(p) // before anything is applied: every configuration holds what one held
 	}
 	for _, p := range plans {
 		if p != nil {
@@ -365,6 +375,7 @@ func (a *Applier) Run(ctx context.Context, kind runkind.Kind, set *configs.Set, 
 			rs.bad[n] = true
 			continue
 		}
+		a.holdAll(p) // what an earlier configuration's tools or checks held
 		fw := p.writes()
 		if m, err := a.loadManifest(n); err == nil {
 			fw.PendingOnChange = m.OnChangePending

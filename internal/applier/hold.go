@@ -1,0 +1,67 @@
+package applier
+
+import (
+	"maps"
+	"slices"
+
+	"github.com/ccm-dev/ccm/internal/accounts"
+	"github.com/ccm-dev/ccm/internal/render"
+)
+
+// A hold is a property of the object, not of the configuration that found
+// it: an object one configuration quarantines or refuses in a run is held
+// by every configuration of that run, on this node. Otherwise a user that
+// unix-users refuses as a system account would still get the root crontab
+// that the next configuration renders for it.
+//
+// runHolds records the objects held in the current run (leaveOut adds
+// to it); holdAll applies them to every plan of the run before anything is
+// applied, and again before each configuration's creations and updates,
+// for what an earlier configuration's tools or checks refused.
+
+// runHolds maps an object ("type/id") held in this run to the
+// configuration that held it first.
+type runHolds map[string]string
+
+// note records that config held object.
+func (h runHolds) note(object, config string) {
+	if h == nil || object == "" {
+		return
+	}
+	if _, ok := h[object]; !ok {
+		h[object] = config
+	}
+}
+
+// holdAll holds, in p, every object the run holds: everything p renders
+// for it is dropped, its files stay as they are, and it is not recorded as
+// p's own quarantine (the configuration that found it records it).
+func (a *Applier) holdAll(p *Plan) {
+	if p == nil || p.Output == nil {
+		return
+	}
+	for _, object := range slices.Sorted(maps.Keys(a.holds)) {
+		if p.Output.Held[object] || !a.renders(p, object) {
+			continue
+		}
+		p.Output.HoldBack(object)
+		a.dropObject(p, object)
+	}
+}
+
+// renders reports whether p has anything for object.
+func (a *Applier) renders(p *Plan, object string) bool {
+	out := p.Output
+	return slices.ContainsFunc(out.Files, func(f render.File) bool { return f.Object == object }) ||
+		slices.ContainsFunc(out.Directories, func(d render.Directory) bool { return d.Object == object }) ||
+		slices.ContainsFunc(out.Users, func(u accounts.User) bool { return u.Object == object }) ||
+		slices.ContainsFunc(out.Groups, func(g accounts.Group) bool { return g.Object == object }) ||
+		slices.ContainsFunc(p.Accounts, func(c accounts.Change) bool { return c.Object == object })
+}
+
+// dropObject takes what p would do for object out of p.
+func (a *Applier) dropObject(p *Plan, object string) {
+	p.Accounts = slices.DeleteFunc(p.Accounts, func(c accounts.Change) bool { return c.Object == object })
+	p.Changes = slices.DeleteFunc(p.Changes, func(c Change) bool { return c.file != nil && c.file.Object == object })
+	p.Dirs = slices.DeleteFunc(p.Dirs, func(d DirChange) bool { return d.Dir.Object == object })
+}
