@@ -34,7 +34,6 @@ func newRoot(t *testing.T) string {
 	return root
 }
 
-
 var policy = accounts.Policy{MinUID: 1000, MinGID: 1000}
 
 // apply plans and runs, returning the plan's lines.

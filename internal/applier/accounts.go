@@ -4,9 +4,9 @@ import (
 	"cmp"
 	"context"
 	"encoding/json"
-	"io/fs"
 	"errors"
 	"fmt"
+	"io/fs"
 	"slices"
 	"strings"
 
