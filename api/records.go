@@ -107,6 +107,9 @@ type Presence struct {
 	// the agent runs its verified staged copy, and ccm release push of
 	// the same directory repairs the stored one. Empty when it is whole.
 	ReleaseStoredError string `json:"release_stored_error,omitempty"`
+	// Drift is what the drift watcher last found (nil: --drift off, or
+	// nothing yet).
+	Drift *Drift `json:"drift,omitempty"`
 }
 
 // Problem is why an alive agent cannot make progress, written to its

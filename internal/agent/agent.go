@@ -21,6 +21,7 @@ import (
 	"github.com/ccm-dev/ccm/internal/cluster"
 	"github.com/ccm-dev/ccm/internal/configs"
 	"github.com/ccm-dev/ccm/internal/debounce"
+	"github.com/ccm-dev/ccm/internal/drift"
 	"github.com/ccm-dev/ccm/internal/follow"
 	"github.com/ccm-dev/ccm/internal/metrics"
 	"github.com/ccm-dev/ccm/internal/objects"
@@ -85,6 +86,10 @@ type Options struct {
 	// when empty). Handlers that run as other users read their scripts
 	// from it, so it is not under the 0700 state directory in production.
 	ReleaseDir string
+
+	// Drift configures the drift watcher (its zero Mode is off; the
+	// CLI's default is repair).
+	Drift drift.Options
 
 	Logger  *zap.Logger
 	Metrics *metrics.Metrics // nil: a new set
@@ -154,6 +159,7 @@ type Agent struct {
 	pause     *flagState
 	presence  *presence
 	health    *health
+	drift     *drift.Watcher
 
 	// runMu is held by whatever uses the cluster lock: a run, ccm.converge,
 	// a serial action. The lock's key is the session's, so one at a time.
@@ -214,6 +220,7 @@ func New(opts Options) (*Agent, error) {
 	a.presence = newPresence(opts.Labels)
 	a.sessions = newSessions(a)
 	a.health = newHealth(a.presence.value().Host)
+	a.drift = a.newDrift()
 	a.watcher = watcher.New(opts.Client, a.mirror, (*events)(a), watcher.Options{
 		Prefix: opts.Prefix, Liveness: opts.Liveness, Logger: a.log,
 	})
@@ -379,7 +386,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		wg.Wait()
 		a.sessions.drop()
 	}()
-	for _, fn := range []func(context.Context){a.runWatcher, a.watchFlag, a.watchPause, a.resyncLoop, a.readiness, a.sessions.keep, a.runActions, a.watchRelease} {
+	for _, fn := range []func(context.Context){a.runWatcher, a.watchFlag, a.watchPause, a.resyncLoop, a.readiness, a.sessions.keep, a.runActions, a.watchRelease, a.runDrift} {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()

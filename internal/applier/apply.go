@@ -40,7 +40,9 @@ type Options struct {
 }
 
 // Applier plans and applies configurations on this node. It is not safe for
-// concurrent use: runs are serialised by the caller (the cluster lock).
+// concurrent use: runs are serialised by the caller (the cluster lock),
+// except that Run and Repair (the drift watcher's, which takes no cluster
+// lock) exclude each other, and Managed may be called at any time.
 //
 // An Applier remembers, between runs, the rendered output of unchanged
 // objects (render.Cache), the manifests, and the files it wrote or verified
@@ -64,6 +66,8 @@ type Applier struct {
 	// the call's snapshot.
 	pending map[string]bool
 	snap    *objects.Snapshot
+	// repairs is what Repair restores, and excludes Run and Repair.
+	repairs repairs
 	// holds is the objects held in the current call, by any
 	// configuration: held by all of them (hold.go).
 	holds runHolds

@@ -283,6 +283,8 @@ func (rs *runState) abort(r *Report, name string, cause error) {
 // desired state is unchanged: drift made by hand is repaired by the next
 // runkind.Full run (start, resync, resume).
 func (a *Applier) Run(ctx context.Context, kind runkind.Kind, set *configs.Set, snap *objects.Snapshot, names []string) *Report {
+	a.repairs.serial.Lock()
+	defer a.repairs.serial.Unlock()
 	r := &Report{Revision: snap.Revision}
 	a.progress.start()
 	defer a.progress.stop()
@@ -355,6 +357,7 @@ func (a *Applier) Run(ctx context.Context, kind runkind.Kind, set *configs.Set, 
 		}
 		removed[p.Config.Name] = true
 		if p.Orphan {
+			a.unsettle(p.Config.Name)
 			if err := a.dropManifest(p.Config.Name); err != nil {
 				rs.fail(p.Config.Name, err)
 			}
@@ -384,8 +387,11 @@ func (a *Applier) Run(ctx context.Context, kind runkind.Kind, set *configs.Set, 
 		if !removed[n] { // still ours: removed by a later run
 			files = append(files, p.stale()...)
 		}
-		a.step(ctx, r, rs, fw, files)
+		if err := a.step(ctx, r, rs, fw, files); err == nil || errors.Is(err, ErrOnChange) {
+			a.settle(fw)
+		}
 	}
+	a.publishManaged()
 	for _, n := range order {
 		r.Outcomes = append(r.Outcomes, *rs.outcomes[n])
 	}
@@ -395,12 +401,12 @@ func (a *Applier) Run(ctx context.Context, kind runkind.Kind, set *configs.Set, 
 }
 
 // step applies one phase of one configuration and records its outcome.
-func (a *Applier) step(ctx context.Context, r *Report, rs *runState, p *Plan, files []string) {
+func (a *Applier) step(ctx context.Context, r *Report, rs *runState, p *Plan, files []string) error {
 	n := p.Config.Name
 	a.progress.mark()
 	if ctx.Err() != nil {
 		rs.abort(r, n, context.Cause(ctx))
-		return
+		return context.Cause(ctx)
 	}
 	o := rs.outcomes[n]
 	start := time.Now()
@@ -411,18 +417,19 @@ func (a *Applier) step(ctx context.Context, r *Report, rs *runState, p *Plan, fi
 	if errors.Is(err, ErrFenced) { // not this configuration's failure
 		a.log.Warn("configuration stopped: the lock was lost", zap.String("config", n), zap.Error(err))
 		rs.abort(r, n, err)
-		return
+		return err
 	}
 	if err != nil {
 		a.log.Error("configuration failed", zap.String("config", n), zap.Error(err))
 		rs.fail(n, err)
-		return
+		return err
 	}
 	if p.Changed() {
 		o.Result = Changed
 	}
 	a.log.Info("configuration converged", zap.String("config", n), zap.String("result", string(o.Result)),
 		zap.Int("created", c), zap.Int("updated", u), zap.Int("removed", rm), zap.Duration("took", time.Since(start)))
+	return nil
 }
 
 // recoverAll finishes every run a crash interrupted, before anything else.

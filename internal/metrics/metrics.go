@@ -55,6 +55,17 @@ type Metrics struct {
 	ActionDuration *prometheus.HistogramVec
 	// ActionsRunning is the number of actions claimed and not finished.
 	ActionsRunning prometheus.Gauge
+	// DriftRepairs counts managed paths found drifted and restored, by
+	// configuration; DriftFound those found and not restored (--drift
+	// watch, a halted node, a failed repair).
+	DriftRepairs, DriftFound *prometheus.CounterVec
+	// DriftWatches is the inotify watches the drift watcher holds.
+	DriftWatches prometheus.Gauge
+	// DriftBackoff is how many paths are repaired with backoff.
+	DriftBackoff prometheus.Gauge
+	// DriftFullChecks counts checks of every managed path (after the
+	// kernel's event queue overflowed).
+	DriftFullChecks prometheus.Counter
 }
 
 // New returns the metrics, registered in a new registry.
@@ -115,10 +126,26 @@ func New() *Metrics {
 		ActionsRunning: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "ccm_actions_running", Help: "Node actions claimed and not finished.",
 		}),
+		DriftRepairs: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ccm_drift_repairs_total", Help: "Managed paths found drifted and restored from the last converged render.",
+		}, []string{"configuration"}),
+		DriftFound: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ccm_drift_found_total", Help: "Managed paths found drifted and not restored (--drift watch, halted, or the repair failed).",
+		}, []string{"configuration"}),
+		DriftWatches: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "ccm_drift_watches", Help: "inotify watches held by the drift watcher (one per directory with a managed path).",
+		}),
+		DriftBackoff: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "ccm_drift_backoff_paths", Help: "Managed paths repaired too often, now repaired with backoff.",
+		}),
+		DriftFullChecks: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "ccm_drift_full_checks_total", Help: "Checks of every managed path, after the kernel's inotify queue overflowed.",
+		}),
 	}
 	m.Registry.MustRegister(m.Runs, m.Failures, m.ChangedFiles, m.RunDuration, m.LockWait,
 		m.DebouncePending, m.LastSuccess, m.WatchLag, m.Halted, m.Quarantined, m.ReloadFailed, m.Release, m.Ready,
 		m.Paused, m.Actions, m.ActionDuration, m.ActionsRunning,
+		m.DriftRepairs, m.DriftFound, m.DriftWatches, m.DriftBackoff, m.DriftFullChecks,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

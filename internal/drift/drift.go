@@ -1,0 +1,534 @@
+package drift
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"path"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/ccm-dev/ccm/internal/applier"
+	"github.com/ccm-dev/ccm/internal/metrics"
+)
+
+// Mode is what the agent does about drift.
+type Mode int
+
+// The modes of --drift. The zero value is Off, so that an agent built
+// without saying stays as before; the CLI's default is Repair.
+const (
+	Off Mode = iota
+	// Watch reports drift (log, metrics, status) and changes nothing.
+	Watch
+	// Repair restores drifted paths from the last converged render.
+	Repair
+)
+
+// ParseMode reads --drift.
+func ParseMode(s string) (Mode, error) {
+	switch s {
+	case "off":
+		return Off, nil
+	case "watch":
+		return Watch, nil
+	case "repair", "":
+		return Repair, nil
+	}
+	return Off, fmt.Errorf("--drift %q: must be off, watch or repair", s)
+}
+
+func (m Mode) String() string {
+	switch m {
+	case Watch:
+		return "watch"
+	case Repair:
+		return "repair"
+	}
+	return "off"
+}
+
+// Repairer checks paths against the last converged render and, with fix,
+// restores those that differ; the agent's serialises it with runs.
+type Repairer interface {
+	Managed() applier.Managed
+	Repair(ctx context.Context, reals []string, fix bool) *applier.RepairReport
+}
+
+// Defaults of Options.
+const (
+	DefaultQuiet      = 100 * time.Millisecond
+	DefaultMaxWait    = time.Second
+	DefaultScanEvery  = 30 * time.Second
+	DefaultRefresh    = time.Second
+	DefaultStorm      = 5
+	DefaultWindow     = 10 * time.Minute
+	DefaultMaxBackoff = 5 * time.Minute
+	// backoffBase is the first delay of a path in backoff.
+	backoffBase = 10 * time.Second
+)
+
+// Options configures a Watcher; zero values take the defaults.
+type Options struct {
+	Mode Mode
+	// Quiet is how long no event must arrive before a batch is checked;
+	// MaxWait bounds how long a batch waits under a stream of events.
+	Quiet, MaxWait time.Duration
+	// MaxWatches caps the inotify watches (0: only the kernel's
+	// fs.inotify.max_user_watches); past it, directories are scanned.
+	MaxWatches int
+	// ScanEvery is the period of the scan of directories without a watch.
+	ScanEvery time.Duration
+	// Refresh is how often the managed set is compared with the last one
+	// watched (an atomic load when nothing changed).
+	Refresh time.Duration
+	// Storm repairs of one path within Window put it in backoff, starting
+	// at 10s and doubling up to MaxBackoff.
+	Storm      int
+	Window     time.Duration
+	MaxBackoff time.Duration
+	// Faults injects the kernel's failure modes (tests).
+	Faults Faults
+	Logger *zap.Logger
+	// Metrics receives ccm_drift_*; nil: not recorded.
+	Metrics *metrics.Metrics
+}
+
+// Faults injects what the kernel does under load, so that tests can make
+// it happen on purpose.
+type Faults struct {
+	// Overflow, when it returns true for the path of an event, drops that
+	// event and the rest of its read and delivers IN_Q_OVERFLOW instead,
+	// as the kernel does when its queue (fs.inotify.max_queued_events) is
+	// full.
+	Overflow func(real string) bool
+}
+
+func (o *Options) defaults() {
+	if o.Quiet <= 0 {
+		o.Quiet = DefaultQuiet
+	}
+	if o.MaxWait <= 0 {
+		o.MaxWait = DefaultMaxWait
+	}
+	if o.ScanEvery <= 0 {
+		o.ScanEvery = DefaultScanEvery
+	}
+	if o.Refresh <= 0 {
+		o.Refresh = DefaultRefresh
+	}
+	if o.Storm <= 0 {
+		o.Storm = DefaultStorm
+	}
+	if o.Window <= 0 {
+		o.Window = DefaultWindow
+	}
+	if o.MaxBackoff <= 0 {
+		o.MaxBackoff = DefaultMaxBackoff
+	}
+	if o.Logger == nil {
+		o.Logger = zap.NewNop()
+	}
+}
+
+// Repaired is the last drift a Watcher found.
+type Repaired struct {
+	Config string    `json:"config"`
+	Path   string    `json:"path"`
+	What   []string  `json:"what"`
+	Time   time.Time `json:"time"`
+	// Fixed is false in watch mode, or when the repair failed.
+	Fixed bool `json:"fixed"`
+}
+
+// Status is what a Watcher reports.
+type Status struct {
+	Mode    string `json:"mode"`
+	Watches int    `json:"watches"`
+	// Scanned is how many directories are scanned for want of a watch.
+	Scanned int `json:"scanned,omitempty"`
+	// Repairs counts the paths repaired (or, in watch mode, found).
+	Repairs int       `json:"repairs"`
+	Last    *Repaired `json:"last,omitempty"`
+	// Backoff lists the paths repaired too often, sorted.
+	Backoff []string `json:"backoff,omitempty"`
+	// FullChecks counts checks of every managed path (overflow).
+	FullChecks int `json:"full_checks,omitempty"`
+}
+
+// Watcher watches the managed paths and repairs their drift.
+type Watcher struct {
+	opts Options
+	log  *zap.Logger
+	rep  Repairer
+	// onStatus, when set, is called after the status changed.
+	onStatus func(Status)
+
+	mu     sync.Mutex
+	status Status
+}
+
+// New returns a Watcher; Run starts it. onStatus (optional) is called from
+// Run's goroutine each time the status changes.
+func New(rep Repairer, opts Options, onStatus func(Status)) *Watcher {
+	opts.defaults()
+	return &Watcher{opts: opts, log: opts.Logger, rep: rep, onStatus: onStatus, status: Status{Mode: opts.Mode.String()}}
+}
+
+// Status returns what the watcher reports now.
+func (w *Watcher) Status() Status {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	s := w.status
+	s.Backoff = slices.Clone(s.Backoff)
+	return s
+}
+
+func (w *Watcher) update(fn func(*Status)) {
+	w.mu.Lock()
+	fn(&w.status)
+	s := w.status
+	w.mu.Unlock()
+	if w.onStatus != nil {
+		w.onStatus(s)
+	}
+}
+
+// history is the repairs of one path.
+type history struct {
+	times []time.Time // within Window
+	until time.Time   // in backoff until then
+	delay time.Duration
+}
+
+// loop is the state of one Run, owned by its goroutine.
+type loop struct {
+	w        *Watcher
+	in       *inotify
+	managed  []string // sorted real paths
+	set      map[string]bool
+	gen      uint64
+	pending  map[string]bool
+	first    time.Time
+	last     time.Time
+	hist     map[string]*history
+	deferred map[string]bool // in backoff, waiting for until
+	limitLog bool            // the watch limit was logged
+	rewatch  bool            // a watched directory went away
+}
+
+// Run watches until ctx is cancelled. In mode Off it returns at once.
+func (w *Watcher) Run(ctx context.Context) error {
+	if w.opts.Mode == Off {
+		return nil
+	}
+	in, err := openInotify()
+	if err != nil {
+		return fmt.Errorf("drift: %w", err)
+	}
+	in.faults = w.opts.Faults
+	events := make(chan []event, 16)
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		in.read(ctx, events)
+	}()
+	defer func() {
+		in.close()
+		wg.Wait()
+	}()
+	l := &loop{w: w, in: in, set: map[string]bool{}, pending: map[string]bool{}, hist: map[string]*history{}, deferred: map[string]bool{}}
+	l.refresh()
+	refresh := time.NewTicker(w.opts.Refresh)
+	defer refresh.Stop()
+	scan := time.NewTicker(w.opts.ScanEvery)
+	defer scan.Stop()
+	flush := time.NewTimer(time.Hour)
+	flush.Stop()
+	defer flush.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case evs, ok := <-events:
+			if !ok {
+				return nil
+			}
+			l.handle(evs)
+		case <-refresh.C:
+			l.refresh()
+			l.due(time.Now())
+		case <-scan.C:
+			l.scan()
+		case <-flush.C:
+		}
+		now := time.Now()
+		if len(l.pending) == 0 {
+			continue
+		}
+		if now.Sub(l.last) >= w.opts.Quiet || now.Sub(l.first) >= w.opts.MaxWait {
+			l.flush(ctx, now)
+			continue
+		}
+		flush.Reset(min(l.last.Add(w.opts.Quiet).Sub(now), l.first.Add(w.opts.MaxWait).Sub(now)))
+	}
+}
+
+// refresh watches the directories of the managed paths when they changed
+// (or a watched directory went away), and drops the watches no longer
+// needed.
+func (l *loop) refresh() {
+	m := l.w.rep.Managed()
+	if m.Generation == l.gen && !l.rewatch {
+		return
+	}
+	l.gen, l.rewatch = m.Generation, false
+	l.managed = m.Paths
+	l.set = make(map[string]bool, len(m.Paths))
+	dirs := map[string]bool{}
+	for _, p := range m.Paths {
+		l.set[p] = true
+		dirs[path.Dir(p)] = true
+	}
+	for _, d := range l.watch(dirs) {
+		l.add(l.under(d)...)
+	}
+}
+
+// watch makes the watches exactly dirs, within the limit; it returns the
+// directories that do not exist.
+func (l *loop) watch(dirs map[string]bool) []string {
+	for _, d := range l.in.dirs() {
+		if !dirs[d] {
+			l.in.remove(d)
+		}
+	}
+	var missing []string
+	unwatched := 0
+	limit := l.w.opts.MaxWatches
+	for _, d := range slices.Sorted(maps.Keys(dirs)) {
+		if l.in.watched(d) {
+			continue
+		}
+		if limit > 0 && l.in.count() >= limit {
+			l.limited(fmt.Errorf("--drift-max-watches %d reached", limit))
+			unwatched++
+			continue
+		}
+		err := l.in.add(d)
+		switch {
+		case err == nil:
+		case errors.Is(err, errNoSpace):
+			l.limited(err)
+			unwatched++
+		case errors.Is(err, errMissing):
+			missing = append(missing, d)
+			unwatched++
+		default:
+			l.w.log.Warn("drift: cannot watch a directory; scanning it", zap.String("dir", d), zap.Error(err))
+			unwatched++
+		}
+	}
+	watches := l.in.count()
+	if m := l.w.opts.Metrics; m != nil {
+		m.DriftWatches.Set(float64(watches))
+	}
+	l.w.update(func(s *Status) { s.Watches, s.Scanned = watches, unwatched })
+	return missing
+}
+
+// limited logs, once per Run, that watches ran out.
+func (l *loop) limited(err error) {
+	if l.limitLog {
+		return
+	}
+	l.limitLog = true
+	l.w.log.Warn("drift: out of inotify watches; the directories without one are scanned every --drift-scan instead. Raise the limit with sysctl -w fs.inotify.max_user_watches=N (and in /etc/sysctl.d)",
+		zap.Error(err), zap.Int("watches", l.in.count()), zap.Duration("scan_every", l.w.opts.ScanEvery))
+}
+
+// scan queues the managed paths whose directory has no watch.
+func (l *loop) scan() {
+	var paths []string
+	for _, p := range l.managed {
+		if !l.in.watched(path.Dir(p)) {
+			paths = append(paths, p)
+		}
+	}
+	l.add(paths...)
+}
+
+// under returns the managed paths equal to or under p.
+func (l *loop) under(p string) []string {
+	prefix := strings.TrimSuffix(p, "/") + "/"
+	i := sort.SearchStrings(l.managed, p)
+	var out []string
+	for ; i < len(l.managed); i++ {
+		q := l.managed[i]
+		if q != p && !strings.HasPrefix(q, prefix) {
+			if q > prefix {
+				break
+			}
+			continue
+		}
+		out = append(out, q)
+	}
+	return out
+}
+
+// handle turns a read of events into pending paths.
+func (l *loop) handle(evs []event) {
+	for _, ev := range evs {
+		switch {
+		case ev.overflow:
+			l.w.log.Warn("drift: the kernel's inotify queue overflowed; checking every managed path once")
+			l.w.update(func(s *Status) { s.FullChecks++ })
+			if m := l.w.opts.Metrics; m != nil {
+				m.DriftFullChecks.Inc()
+			}
+			l.add(l.managed...)
+		case ev.gone: // the directory itself was deleted or moved
+			// A moved directory keeps its watch on the inode: drop it,
+			// and watch the path again once it is back.
+			l.in.remove(ev.dir)
+			l.rewatch = true
+			l.add(l.under(ev.dir)...)
+		default:
+			p := path.Join(ev.dir, ev.name)
+			if l.set[p] {
+				l.add(p)
+			} else if ev.isDir {
+				l.add(l.under(p)...) // a managed directory (or a parent) removed or replaced
+			} else if len(l.under(p)) > 0 {
+				l.add(l.under(p)...) // a file where a managed directory was
+			}
+		}
+	}
+}
+
+// add queues paths for the next batch.
+func (l *loop) add(paths ...string) {
+	if len(paths) == 0 {
+		return
+	}
+	now := time.Now()
+	if len(l.pending) == 0 {
+		l.first = now
+	}
+	l.last = now
+	for _, p := range paths {
+		l.pending[p] = true
+	}
+}
+
+// due moves the paths whose backoff ended back into the batch.
+func (l *loop) due(now time.Time) {
+	var ready []string
+	for p := range l.deferred {
+		if h := l.hist[p]; h == nil || !now.Before(h.until) {
+			ready = append(ready, p)
+			delete(l.deferred, p)
+		}
+	}
+	for p, h := range l.hist { // forget quiet paths: the map stays small
+		if !now.Before(h.until) && (len(h.times) == 0 || now.Sub(h.times[len(h.times)-1]) > l.w.opts.Window) {
+			delete(l.hist, p)
+		}
+	}
+	l.add(ready...)
+}
+
+// flush checks (and in Repair mode restores) the pending paths, except
+// those in backoff.
+func (l *loop) flush(ctx context.Context, now time.Time) {
+	var paths []string
+	for p := range l.pending {
+		if h := l.hist[p]; h != nil && now.Before(h.until) {
+			l.deferred[p] = true
+			continue
+		}
+		paths = append(paths, p)
+	}
+	clear(l.pending)
+	if len(paths) == 0 {
+		return
+	}
+	slices.Sort(paths)
+	fix := l.w.opts.Mode == Repair
+	rep := l.w.rep.Repair(ctx, paths, fix)
+	l.record(rep, fix, time.Now())
+}
+
+// record counts a batch's drift, and puts the paths repaired too often in
+// backoff.
+func (l *loop) record(rep *applier.RepairReport, fix bool, now time.Time) {
+	if len(rep.Drifted) == 0 {
+		return
+	}
+	m := l.w.opts.Metrics
+	var last Repaired
+	for _, d := range rep.Drifted {
+		fixed := fix && rep.Failed[d.Config] == nil
+		last = Repaired{Config: d.Config, Path: d.Real, What: d.What, Time: now.UTC(), Fixed: fixed}
+		if m != nil {
+			if fixed {
+				m.DriftRepairs.WithLabelValues(d.Config).Inc()
+			} else {
+				m.DriftFound.WithLabelValues(d.Config).Inc()
+			}
+		}
+		if !fix {
+			l.w.log.Warn("drift found (--drift watch: not repaired)", zap.String("config", d.Config), zap.String("path", d.Real), zap.Strings("differed", d.What))
+		}
+		if fixed {
+			l.backoff(d.Real, now)
+		}
+	}
+	l.w.update(func(s *Status) {
+		s.Repairs += len(rep.Drifted)
+		s.Last = &last
+		s.Backoff = l.inBackoff(now)
+	})
+	if m != nil {
+		m.DriftBackoff.Set(float64(len(l.inBackoff(now))))
+	}
+}
+
+// backoff records a repair of p, and delays its next one when it was
+// repaired Storm times within Window.
+func (l *loop) backoff(p string, now time.Time) {
+	o := l.w.opts
+	h := l.hist[p]
+	if h == nil {
+		h = &history{}
+		l.hist[p] = h
+	}
+	h.times = append(slices.DeleteFunc(h.times, func(t time.Time) bool { return now.Sub(t) > o.Window }), now)
+	if len(h.times) < o.Storm {
+		h.delay = 0
+		return
+	}
+	h.delay = min(max(2*h.delay, backoffBase), o.MaxBackoff)
+	h.until = now.Add(h.delay)
+	l.w.log.Warn(fmt.Sprintf("drift repaired %d times in %s: something else writes it", len(h.times), o.Window),
+		zap.String("path", p), zap.Duration("next_repair_in", h.delay))
+}
+
+// inBackoff lists the paths in backoff now, sorted.
+func (l *loop) inBackoff(now time.Time) []string {
+	var out []string
+	for p, h := range l.hist {
+		if now.Before(h.until) {
+			out = append(out, p)
+		}
+	}
+	slices.Sort(out)
+	return out
+}

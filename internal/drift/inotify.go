@@ -1,0 +1,189 @@
+package drift
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path"
+	"sync"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// errNoSpace is inotify_add_watch's ENOSPC: fs.inotify.max_user_watches
+// is reached. errMissing: the directory does not exist (now).
+var (
+	errNoSpace = unix.ENOSPC
+	errMissing = unix.ENOENT
+)
+
+// watchMask is what a directory's watch reports: every way a managed
+// entry can change (write, truncate, chmod, chown, create, delete, rename
+// in or out), and the directory's own deletion or move. IN_ONLYDIR and
+// IN_DONT_FOLLOW: a symlink swapped in for a directory is not followed.
+// IN_EXCL_UNLINK: a file unlinked but still open reports nothing more.
+const watchMask = unix.IN_MODIFY | unix.IN_CLOSE_WRITE | unix.IN_ATTRIB | unix.IN_CREATE | unix.IN_DELETE |
+	unix.IN_MOVED_FROM | unix.IN_MOVED_TO | unix.IN_DELETE_SELF | unix.IN_MOVE_SELF |
+	unix.IN_ONLYDIR | unix.IN_DONT_FOLLOW | unix.IN_EXCL_UNLINK
+
+// event is one inotify event, resolved to the watched directory.
+type event struct {
+	dir, name string
+	isDir     bool
+	// gone: the watched directory itself was deleted or moved away.
+	gone bool
+	// overflow: events were lost (IN_Q_OVERFLOW).
+	overflow bool
+}
+
+// inotify is one inotify instance with one watch per directory.
+type inotify struct {
+	f      *os.File
+	faults Faults
+
+	mu    sync.Mutex // the reader resolves descriptors while the loop adds
+	byDir map[string]int
+	byWd  map[int]string
+}
+
+func openInotify() (*inotify, error) {
+	fd, err := unix.InotifyInit1(unix.IN_NONBLOCK | unix.IN_CLOEXEC)
+	if err != nil {
+		return nil, os.NewSyscallError("inotify_init1", err)
+	}
+	// Non-blocking under the runtime's poller: close ends a read.
+	return &inotify{f: os.NewFile(uintptr(fd), "inotify"), byDir: map[string]int{}, byWd: map[int]string{}}, nil
+}
+
+func (in *inotify) close() { in.f.Close() }
+
+func (in *inotify) add(dir string) error {
+	sc, err := in.f.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var wd int
+	var werr error
+	if err := sc.Control(func(fd uintptr) { wd, werr = unix.InotifyAddWatch(int(fd), dir, watchMask) }); err != nil {
+		return err
+	}
+	if werr != nil {
+		if errors.Is(werr, unix.ENOTDIR) {
+			werr = errMissing // a file stands there: as good as missing
+		}
+		return &os.PathError{Op: "inotify_add_watch", Path: dir, Err: werr}
+	}
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	if old, ok := in.byWd[wd]; ok && old != dir {
+		delete(in.byDir, old) // the same directory by another path
+	}
+	in.byDir[dir] = wd
+	in.byWd[wd] = dir
+	return nil
+}
+
+func (in *inotify) remove(dir string) {
+	in.mu.Lock()
+	wd, ok := in.byDir[dir]
+	delete(in.byDir, dir)
+	delete(in.byWd, wd)
+	in.mu.Unlock()
+	if !ok {
+		return
+	}
+	if sc, err := in.f.SyscallConn(); err == nil {
+		_ = sc.Control(func(fd uintptr) { _, _ = unix.InotifyRmWatch(int(fd), uint32(wd)) })
+	}
+}
+
+func (in *inotify) watched(dir string) bool {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	_, ok := in.byDir[dir]
+	return ok
+}
+
+func (in *inotify) count() int {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	return len(in.byDir)
+}
+
+func (in *inotify) dirs() []string {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	out := make([]string, 0, len(in.byDir))
+	for d := range in.byDir {
+		out = append(out, d)
+	}
+	return out
+}
+
+// read sends each read's events until ctx is done or the descriptor is
+// closed; it closes out.
+func (in *inotify) read(ctx context.Context, out chan<- []event) {
+	defer close(out)
+	buf := make([]byte, 64*1024)
+	for {
+		n, err := in.f.Read(buf)
+		if err != nil {
+			return
+		}
+		evs := in.parse(buf[:n])
+		if len(evs) == 0 {
+			continue
+		}
+		select {
+		case out <- evs:
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+// parse decodes one read. A watch the kernel dropped (IN_IGNORED) is
+// forgotten, and reported as gone if the directory was still wanted.
+func (in *inotify) parse(buf []byte) []event {
+	var evs []event
+	for off := 0; off+unix.SizeofInotifyEvent <= len(buf); {
+		raw := (*unix.InotifyEvent)(unsafe.Pointer(&buf[off]))
+		name := ""
+		if raw.Len > 0 {
+			b := buf[off+unix.SizeofInotifyEvent : off+unix.SizeofInotifyEvent+int(raw.Len)]
+			for i, c := range b {
+				if c == 0 {
+					b = b[:i]
+					break
+				}
+			}
+			name = string(b)
+		}
+		off += unix.SizeofInotifyEvent + int(raw.Len)
+		if raw.Mask&unix.IN_Q_OVERFLOW != 0 {
+			evs = append(evs, event{overflow: true})
+			continue
+		}
+		in.mu.Lock()
+		dir, ok := in.byWd[int(raw.Wd)]
+		if ok && raw.Mask&unix.IN_IGNORED != 0 {
+			delete(in.byWd, int(raw.Wd))
+			delete(in.byDir, dir)
+		}
+		in.mu.Unlock()
+		if !ok {
+			continue
+		}
+		if f := in.faults.Overflow; f != nil && f(path.Join(dir, name)) {
+			return append(evs, event{overflow: true}) // the rest of the queue is lost
+		}
+		switch {
+		case raw.Mask&(unix.IN_DELETE_SELF|unix.IN_MOVE_SELF|unix.IN_IGNORED) != 0:
+			evs = append(evs, event{dir: dir, gone: true})
+		default:
+			evs = append(evs, event{dir: dir, name: name, isDir: raw.Mask&unix.IN_ISDIR != 0})
+		}
+	}
+	return evs
+}
