@@ -420,6 +420,9 @@ func (a *app) prepare(names []string) (*configs.Set, *applier.Applier, []string,
 	if err != nil {
 		return nil, nil, nil, err
 	}
+	if len(names) == 0 {
+		return set, ap, ap.SelectAll(set), nil
+	}
 	selected, err := ap.Select(set, names)
 	if err != nil {
 		return nil, nil, nil, err

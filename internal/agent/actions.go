@@ -114,11 +114,7 @@ func (a *Agent) planAction(ctx context.Context, req *api.Request) (any, error) {
 		opts.ConfigDir = dir
 	}
 	ap := applier.New(opts)
-	names, err := ap.Select(set, nil)
-	if err != nil {
-		return nil, err
-	}
-	plans, err := ap.PlanAll(set, snap, names)
+	plans, err := ap.PlanAll(set, snap, ap.SelectAll(set))
 	var b strings.Builder
 	changed := applier.WritePlans(&b, plans, false)
 	text := strings.TrimRight(b.String(), "\n")
@@ -137,10 +133,7 @@ func (a *Agent) convergeAction(ctx context.Context, _ *api.Request) (any, error)
 	if err != nil {
 		return nil, err
 	}
-	names, err := a.applier.Select(t.sel.set, nil)
-	if err != nil {
-		return nil, err
-	}
+	names := a.applier.SelectAll(t.sel.set)
 	s, err := a.sessions.ensure(ctx)
 	if err != nil {
 		return nil, err

@@ -20,13 +20,9 @@ import (
 // dependency order.
 func (a *Agent) names(sel *selection, b debounce.Batch) ([]string, error) {
 	if b.Kind == runkind.Full {
-		return a.applier.Select(sel.set, nil)
+		return a.applier.SelectAll(sel.set), nil
 	}
-	names := sel.subs.Subscribers(b.Types...)
-	if len(names) == 0 {
-		return nil, nil
-	}
-	return a.applier.Select(sel.set, names)
+	return a.applier.Select(sel.set, sel.subs.Subscribers(b.Types...))
 }
 
 // converge runs one batch under the lock. A batch that cannot run (etcd

@@ -1,13 +1,10 @@
 package agent
 
 import (
-	"os"
-	"path/filepath"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
-	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 // A SIGHUP whose load of --config-dir ends after a run adopted a
@@ -15,14 +12,7 @@ import (
 // it is still the one it loaded over.
 func TestAReloadDuringAnAdoptionKeepsTheRelease(t *testing.T) {
 	t.Parallel()
-	dir := t.TempDir()
-	require.NoError(t, os.WriteFile(filepath.Join(dir, "sites.yaml"), []byte("files: [{path: /x, content: x}]\n"), 0o644))
-	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{"127.0.0.1:1"}}) // never dialled
-	require.NoError(t, err)
-	t.Cleanup(func() { cli.Close() })
-	state := t.TempDir()
-	a, err := New(Options{Client: cli, Node: "web1", ConfigDir: dir, Root: t.TempDir(), StateDir: state})
-	require.NoError(t, err)
+	a, dir := offline(t, "files: [{path: /x, content: x}]\n")
 
 	cur := a.selection.Load()
 	fromDir, err := load(dir, "") // SIGHUP reads --config-dir...

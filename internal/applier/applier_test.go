@@ -441,8 +441,7 @@ func TestRunSkipsDependentsOfAFailedConfiguration(t *testing.T) {
 		"child.yaml": "depends_on: [base]\nfiles:\n  - {path: /child, content: c}\n",
 		"other.yaml": "files:\n  - {path: /other, content: o}\n",
 	})
-	names, err := f.applier.Select(f.set, nil)
-	require.NoError(t, err)
+	names := f.applier.SelectAll(f.set)
 	r := f.applier.Run(context.Background(), runkind.Full, f.set, f.snap(), names)
 	require.True(t, r.Failed())
 	got := map[string]applier.Result{}
@@ -554,8 +553,7 @@ validate: [sh, -c, 'echo "$CCM_NODE $CCM_ROOT $CCM_CONFIG ${CCM_PASSWORD:-none} 
 }
 
 func (f *fixture) run() *applier.Report {
-	names, err := f.applier.Select(f.set, nil)
-	require.NoError(f.t, err)
+	names := f.applier.SelectAll(f.set)
 	return f.applier.Run(context.Background(), runkind.Full, f.set, f.snap(), names)
 }
 
@@ -601,7 +599,7 @@ func TestFilesOfADeletedConfigurationAreRemovedByAFullRun(t *testing.T) {
 	require.NoError(t, err)
 	f.set = set
 
-	names, _ := f.applier.Select(set, nil)
+	names := f.applier.SelectAll(set)
 	plans, err := f.applier.PlanAll(set, f.snap(), names)
 	require.NoError(t, err)
 	var removals []string
@@ -707,7 +705,7 @@ func TestAFileCcmDidNotWriteIsAdoptedAndItsOriginalRestored(t *testing.T) {
 	require.NoError(t, os.WriteFile(f.path("/etc/motd"), []byte("the operator's motd\n"), 0o600))
 	f.put("files/motd", `{"body":"managed\n"}`)
 
-	names, _ := f.applier.Select(f.set, nil)
+	names := f.applier.SelectAll(f.set)
 	plans, err := f.applier.PlanAll(f.set, f.snap(), names)
 	require.NoError(t, err)
 	require.Len(t, plans[0].Changes, 1)

@@ -96,9 +96,10 @@ func (r *Report) FirstFailure() (config, msg string) {
 	return "", ""
 }
 
-// Select returns the names of set to run on this node, in dependency order:
-// all of them, or only those named, skipping those whose when does not
-// match the node's labels.
+// Select returns the configurations of set named in names that run on
+// this node (their when matches its labels), in dependency order. No
+// names select nothing: a change that no configuration subscribes to
+// runs none (SelectAll is every configuration).
 func (a *Applier) Select(set *configs.Set, names []string) ([]string, error) {
 	only := map[string]bool{}
 	for _, n := range names {
@@ -109,14 +110,23 @@ func (a *Applier) Select(set *configs.Set, names []string) ([]string, error) {
 	}
 	var out []string
 	for _, n := range set.Order {
-		if len(only) > 0 && !only[n] {
-			continue
-		}
-		if set.Configs[n].Matches(a.opts.Node.Labels) {
+		if only[n] && set.Configs[n].Matches(a.opts.Node.Labels) {
 			out = append(out, n)
 		}
 	}
 	return out, nil
+}
+
+// SelectAll returns every configuration of set that runs on this node, in
+// dependency order: what a full run runs.
+func (a *Applier) SelectAll(set *configs.Set) []string {
+	var out []string
+	for _, n := range set.Order {
+		if set.Configs[n].Matches(a.opts.Node.Labels) {
+			out = append(out, n)
+		}
+	}
+	return out
 }
 
 // PlanAll plans the named configurations in order. A configuration that
@@ -239,8 +249,7 @@ func (a *Applier) own(plans []*Plan, names []string, full bool) {
 
 // full reports whether names is every configuration of set this node runs.
 func (a *Applier) full(set *configs.Set, names []string) bool {
-	all, err := a.Select(set, nil)
-	return err == nil && slices.Equal(all, names)
+	return slices.Equal(a.SelectAll(set), names)
 }
 
 // runState is one run's bookkeeping.
