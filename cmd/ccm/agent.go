@@ -21,10 +21,11 @@ import (
 	"github.com/ccm-dev/ccm/api"
 	"github.com/ccm-dev/ccm/internal/agent"
 	"github.com/ccm-dev/ccm/internal/cluster"
+	"github.com/ccm-dev/ccm/internal/drift"
 )
 
 func newAgentCmd(a *app) *cobra.Command {
-	opts := agent.Options{}
+	opts := agent.Options{Drift: drift.Options{Mode: drift.Repair}}
 	var metricsAddr string
 	var profiles bool
 	cmd := &cobra.Command{
@@ -55,6 +56,9 @@ addressed to its node.`,
 	f.StringVar(&opts.ReleaseKeys, "release-keys", "", "load only configuration releases signed by a key in this OpenSSH authorized_keys `FILE` (ed25519)")
 	f.DurationVar(&opts.Retention, "retention", api.DefaultRetention, "how long etcd keeps this node's replies to actions")
 	f.StringVar(&opts.Cgroup, "cgroup", "auto", "put each action handler's run in a cgroup v2 of its own under `DIR`, so that nothing it started outlives it: auto (the agent's own, delegated by systemd), a directory, or off")
+	f.Var(&opts.Drift.Mode, "drift", "what to do when a managed file changes on disk: off, watch (report it) or repair (restore it from the last converged render within seconds)")
+	f.DurationVar(&opts.Drift.ScanEvery, "drift-scan", drift.DefaultScanEvery, "scan this often the directories the drift watcher has no inotify watch for (fs.inotify.max_user_watches reached)")
+	f.IntVar(&opts.Drift.MaxWatches, "drift-max-watches", 0, "use at most this many inotify watches for drift, scanning the rest (0: up to the kernel's fs.inotify.max_user_watches)")
 	f.StringVar(&metricsAddr, "metrics-addr", "", "serve /metrics, /healthz and /readyz on this `ADDR` (e.g. 127.0.0.1:9310)")
 	f.BoolVar(&profiles, "pprof", false, "also serve Go's profiles under /debug/pprof/ on --metrics-addr")
 	return cmd

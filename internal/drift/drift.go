@@ -38,10 +38,10 @@ func ParseMode(s string) (Mode, error) {
 		return Off, nil
 	case "watch":
 		return Watch, nil
-	case "repair", "":
+	case "repair":
 		return Repair, nil
 	}
-	return Off, fmt.Errorf("--drift %q: must be off, watch or repair", s)
+	return Off, fmt.Errorf("%q: must be off, watch or repair", s)
 }
 
 func (m Mode) String() string {
@@ -532,3 +532,15 @@ func (l *loop) inBackoff(now time.Time) []string {
 	slices.Sort(out)
 	return out
 }
+
+// Set parses s into m (a flag.Value, for --drift).
+func (m *Mode) Set(s string) error {
+	v, err := ParseMode(s)
+	if err == nil {
+		*m = v
+	}
+	return err
+}
+
+// Type names the flag's values in help.
+func (m *Mode) Type() string { return "off|watch|repair" }
