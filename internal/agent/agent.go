@@ -212,7 +212,8 @@ func New(opts Options) (*Agent, error) {
 	}
 	a.release = newReleaseState(api.NewKeys(opts.Prefix).ReleasePointerKey(), a.releaseChanged)
 	a.applier = applier.New(a.applierOptions())
-	a.runner = rollout.New(rollout.Options{Cluster: a.cluster, Applier: a.applier, Node: opts.Node, Logger: a.log, Metrics: a.metrics})
+	a.runner = rollout.New(rollout.Options{Cluster: a.cluster, Applier: a.applier, Node: opts.Node, Logger: a.log, Metrics: a.metrics,
+		CrashFile: filepath.Join(opts.StateDir, "crash.json")})
 	a.flag = newFlagState(a.metrics.Halted, func(key string) bool { _, ok := a.cluster.FailureOf(key); return ok },
 		func() { a.deb.AddAll("failure flag cleared") })
 	a.pause = newFlagState(a.metrics.Paused, func(key string) bool { return key == a.cluster.PausedKey() },

@@ -53,6 +53,9 @@ type Options struct {
 	Node    string
 	Logger  *zap.Logger
 	Metrics *metrics.Metrics // nil: not recorded
+	// CrashFile is where a run leaves its mark until it returns (crash.go):
+	// the agent sets it in its state directory; "" counts no crash.
+	CrashFile string
 }
 
 // Runner runs a node's turns. It is not safe for concurrent use: a node
@@ -252,6 +255,16 @@ func (r *Runner) locked(ctx context.Context, lock *cluster.Lock, req Request) Re
 		res.Err = r.record(ctx, lock, &res)
 		return res
 	}
+	crashed, done, err := r.crashGuard(snap.Revision)
+	if err != nil {
+		return Result{Err: err}
+	}
+	if crashed != nil {
+		res := Result{Ran: true, Report: crashed, Status: r.status(crashed, start, req.Release)}
+		res.Err = r.record(ctx, lock, &res)
+		return res
+	}
+	defer done()
 	runCtx, stop := lock.Context(ctx)
 	haltCtx, halt := context.WithCancelCause(runCtx)
 	defer halt(nil)
