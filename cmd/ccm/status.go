@@ -116,6 +116,9 @@ func printView(w io.Writer, v *cluster.View) {
 		if n.ReloadError != "" {
 			detail = "reload failed: " + firstLine(n.ReloadError)
 		}
+		if detail == "" {
+			detail = n.Drift
+		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\n", render.Escape(n.Name), n.State, releaseName(n.Release), n.Converged, behind, last, when, render.Escape(detail))
 	}
 	tw.Flush()

@@ -149,6 +149,10 @@ func TestDriftOfEachKindIsRepaired(t *testing.T) {
 		require.Eventually(t, func() bool { return strings.Count(d.commands(), "on_change") == ran+1 }, 30*time.Second, 5*time.Millisecond,
 			"%s: on_change once for the batch", c.name)
 	}
+	require.Eventually(t, func() bool {
+		v, err := d.cluster.View(context.Background())
+		return err == nil && len(v.Nodes) == 1 && strings.HasPrefix(v.Nodes[0].Drift, "drift repaired: "+filepath.Join(d.root, "sites/"))
+	}, 30*time.Second, 5*time.Millisecond, "ccm status and the dashboard show the last repair")
 	moved, err := filepath.Glob(filepath.Join(d.root, "sites.ccm-displaced-*"))
 	require.NoError(t, err)
 	assert.Len(t, moved, 1, "the file that stood for the directory is moved aside, not deleted")

@@ -158,6 +158,9 @@ type NodeView struct {
 	Release string `json:"release,omitempty"`
 	// ReloadError is why the agent's last load of a configuration failed.
 	ReloadError string `json:"reload_error,omitempty"`
+	// Drift is what the node's drift watcher last found, in one line
+	// (api.Drift.Summary).
+	Drift string `json:"drift,omitempty"`
 	// Labels are the labels operators gave the node (ccm node label):
 	// those a call by label matches, not those its agent claims.
 	Labels map[string]string `json:"labels,omitempty"`
@@ -541,6 +544,7 @@ func (n *NodeView) describe(lock string, paused bool, newest int64, release stri
 	}
 	if n.Presence != nil {
 		n.Release, n.ReloadError = n.Presence.Release, n.Presence.ReloadError
+		n.Drift = n.Presence.Drift.Summary()
 	}
 	switch {
 	case n.Presence == nil && lock == "":

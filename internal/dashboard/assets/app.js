@@ -112,7 +112,7 @@ function render(st) {
     cell(tr, Object.keys(labels).sort().map((k) => k + "=" + labels[k]).join(" "), "labels");
     // An alive agent that cannot make progress says why (its problem
     // record); otherwise the last run's error.
-    const detail = n.reload_error ? "reload failed: " + n.reload_error : n.problem ? "agent: " + n.problem.error : s.error || "";
+    const detail = n.reload_error ? "reload failed: " + n.reload_error : n.problem ? "agent: " + n.problem.error : s.error || n.drift || "";
     cell(tr, firstLine(detail), "detail", detail);
     nodes.appendChild(tr);
   }
