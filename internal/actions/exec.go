@@ -11,8 +11,11 @@ import (
 	osuser "os/user"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/ccm-dev/ccm/api"
 	"github.com/ccm-dev/ccm/internal/accounts"
@@ -200,10 +203,22 @@ func (inv *invocation) run() outcome {
 			cg.kill() // what left the group too
 		}
 	}
-	timer := time.AfterFunc(inv.timeout, killAll)
-	start := time.Now()
+	// The timeout is the handler's own: the timer kills it only if it is
+	// still running when the timer acts. An agent frozen past the
+	// deadline (SIGSTOP, a stalled VM) wakes with the timer due and the
+	// handler maybe long ended by itself: its exit status and output
+	// stand, and it was not killed.
+	var killed atomic.Bool
+	timer := time.AfterFunc(inv.timeout, func() {
+		if !stillRunning(pgid) {
+			return
+		}
+		killed.Store(true)
+		killAll()
+	})
 	waitErr := cmd.Wait()
-	timedOut := !timer.Stop() && time.Since(start) >= inv.timeout
+	timer.Stop()
+	timedOut := killed.Load()
 	killAll() // leftovers: in its group, and in its cgroup
 	drain.wait(drainDelay)
 	o := outcome{stdout: stdout.bytes(), stderr: stderr.bytes()}
@@ -233,6 +248,16 @@ func (inv *invocation) run() outcome {
 		o.state, o.err = api.StateFailed, waitErr.Error()
 	}
 	return o
+}
+
+// stillRunning reports whether the child pid has not ended: it is neither a
+// zombie waiting to be reaped nor reaped already (waitid without reaping
+// it, WNOWAIT).
+func stillRunning(pid int) bool {
+	var info unix.Siginfo
+	err := unix.Waitid(unix.P_PID, pid, &info, unix.WEXITED|unix.WNOHANG|unix.WNOWAIT, nil)
+	// Linux zeroes info when the child has not changed state.
+	return err == nil && info.Signo == 0
 }
 
 // barrierScript holds a handler at its start until the agent has moved it
