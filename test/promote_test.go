@@ -132,6 +132,7 @@ func TestAPromotedReleaseRunsOnTheCanaryFirstAndRollbackUndoesABrokenOne(t *test
 	}, "three agents announced")
 	for _, n := range nodes {
 		assert.Nil(t, n.status(t), "%s: nothing to converge before a release", n.name)
+		assert.Empty(t, nodeView(t, c, n.name).ReloadError, "%s: waiting for a release is no failed reload", n.name)
 	}
 
 	v1 := push(t, admin, release(t, "v1:", logged(log)))

@@ -33,7 +33,7 @@ func (a *Agent) converge(ctx context.Context, b debounce.Batch) error {
 	t, err := a.prepare(ctx, &b)
 	switch {
 	case errors.Is(err, errNoConfiguration):
-		a.log.Error("no run", zap.Error(err))
+		a.log.Info("no run", zap.Error(err))
 		return nil
 	case err != nil:
 		a.postpone(ctx, b, "read the promoted release", err)

@@ -203,7 +203,8 @@ func (a *Agent) next(ctx context.Context) (*target, error) {
 		a.reloaded(err)
 		return nil, err
 	case errors.Is(err, errNoConfiguration):
-		a.reloaded(err)
+		// Nothing failed: a fresh node waits for its first release.
+		a.reloaded(nil)
 		return nil, err
 	}
 	a.reloaded(err)
