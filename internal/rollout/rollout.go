@@ -247,7 +247,9 @@ func (r *Runner) locked(ctx context.Context, lock *cluster.Lock, req Request) Re
 	if err != nil {
 		return Result{Err: err}
 	}
-	snap = Hold(snap, quarantines)
+	retry := r.retried(quarantines, req.Names)
+	full := snap
+	snap = Hold(snap, slices.DeleteFunc(slices.Clone(quarantines), func(q api.Quarantine) bool { return retry[q.Object()] }))
 	if req.Broken != nil {
 		report := &applier.Report{Revision: snap.Revision, Err: req.Broken,
 			Outcomes: []applier.Outcome{{Config: BrokenRelease, Result: applier.Failed, Error: req.Broken.Error()}}}
@@ -281,6 +283,14 @@ func (r *Runner) locked(ctx context.Context, lock *cluster.Lock, req Request) Re
 	// Fencing reaches the disk: before each rename and each command the
 	// applier asks whether this node still holds the lock.
 	report := r.opts.Applier.Run(applier.WithFence(runCtx, lock.Fence), req.Kind, req.Set, snap, req.Names)
+	if len(retry) > 0 && errors.Is(report.Err, render.ErrEveryObject) && runCtx.Err() == nil {
+		// The objects tried again fail with every other one: the
+		// configuration's fault, not theirs. Hold them as before.
+		r.log.Info("objects held by this node's quarantine failed again with every other object: held again", zap.Strings("objects", slices.Sorted(maps.Keys(retry))))
+		retry = nil
+		snap = Hold(full, quarantines)
+		report = r.opts.Applier.Run(applier.WithFence(runCtx, lock.Fence), req.Kind, req.Set, snap, req.Names)
+	}
 	if m := r.opts.Metrics; m != nil {
 		m.RunDuration.Observe(time.Since(start).Seconds())
 	}
@@ -288,7 +298,7 @@ func (r *Runner) locked(ctx context.Context, lock *cluster.Lock, req Request) Re
 	stop()
 	res := Result{Ran: true, Report: report, LockLost: lost, Status: r.status(report, start, req.Release)}
 	if !lost {
-		res.Status.Quarantined = r.quarantine(ctx, lock, report, snap, quarantines)
+		res.Status.Quarantined = r.quarantine(ctx, lock, report, snap, quarantines, retry)
 		if m := r.opts.Metrics; m != nil {
 			m.Quarantined.Set(float64(len(res.Status.Quarantined)))
 		}
@@ -310,12 +320,41 @@ func Hold(snap *objects.Snapshot, qs []api.Quarantine) *objects.Snapshot {
 	return snap.Hold(held)
 }
 
+// retried returns the objects of this node's quarantine records that a
+// run of names tries again: those whose configuration runs (for any
+// change, and every one at a full run). Another node's record holds by
+// its revision rule alone: its node tries the object again.
+func (r *Runner) retried(qs []api.Quarantine, names []string) map[string]bool {
+	retry := map[string]bool{}
+	for _, q := range qs {
+		if q.Node == r.opts.Node && slices.Contains(names, q.Configuration) {
+			retry[q.Object()] = true
+		}
+	}
+	return retry
+}
+
+// cleanIn reports whether report ran object's configuration config to
+// the end without holding object: a clean render and check.
+func cleanIn(report *applier.Report, config, object string) bool {
+	if slices.Contains(report.Held, object) {
+		return false
+	}
+	for _, o := range report.Outcomes {
+		if o.Config == config {
+			return o.Result == applier.Changed || o.Result == applier.Unchanged
+		}
+	}
+	return false
+}
+
 // quarantine records, under the lock, the objects this run found bad, and
 // lifts this node's records that hold nothing any more: the object
-// changed, or is gone. A record that cannot be written is only logged:
-// the next node finds the object bad on its own. It returns every object
-// held back now, by any node's record or by this run, sorted.
-func (r *Runner) quarantine(ctx context.Context, lock *cluster.Lock, report *applier.Report, snap *objects.Snapshot, existing []api.Quarantine) []string {
+// changed, is gone, or was tried again (retry) and rendered and checked
+// clean. A record that cannot be written is only logged: the next node
+// finds the object bad on its own. It returns every object held back now,
+// by any node's record or by this run, sorted.
+func (r *Runner) quarantine(ctx context.Context, lock *cluster.Lock, report *applier.Report, snap *objects.Snapshot, existing []api.Quarantine, retry map[string]bool) []string {
 	now := time.Now().UTC()
 	var add []api.Quarantine
 	held := map[string]bool{}
@@ -330,6 +369,9 @@ func (r *Runner) quarantine(ctx context.Context, lock *cluster.Lock, report *app
 	for _, q := range existing {
 		rev, ok := revisionOf(snap, q.Type, q.ID)
 		switch {
+		case held[q.Object()]: // found bad again
+		case retry[q.Object()] && cleanIn(report, q.Configuration, q.Object()):
+			lift = append(lift, q.Object())
 		case ok && q.Holds(rev):
 			held[q.Object()] = true
 		case q.Node == r.opts.Node && !held[q.Object()]:
