@@ -244,7 +244,7 @@ func holdLock(t *testing.T, etcd *etcdtest.Cluster, node string) *cluster.Cluste
 	c := cluster.New(etcd.Client(t), cluster.Options{Node: node})
 	s, err := c.NewSession(context.Background(), cluster.SessionOptions{TTL: 30 * time.Second})
 	require.NoError(t, err)
-	t.Cleanup(s.Close)
+	t.Cleanup(func() { _ = s.Close() })
 	lock, err := s.Lock(context.Background(), nil)
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = lock.Release() })

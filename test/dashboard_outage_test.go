@@ -30,7 +30,7 @@ func TestDashboardShowsAnEtcdOutageAsUnknownNeverHealthy(t *testing.T) {
 		s, err := cluster.New(cli, cluster.Options{Node: name}).NewSession(ctx, cluster.SessionOptions{
 			TTL: time.Minute, Presence: &api.Presence{Labels: map[string]string{"claimed": "yes"}}})
 		require.NoError(t, err)
-		t.Cleanup(s.Close)
+		t.Cleanup(func() { _ = s.Close() })
 		_, err = cli.Put(ctx, k.StatusKey(name), fmt.Sprintf(`{"node":%q,"result":"converged","revision":1,"converged_revision":1}`, name))
 		require.NoError(t, err)
 	}

@@ -55,7 +55,7 @@ func TestOneNodesCredentialsCannotBlockForgeOrClearForAnother(t *testing.T) {
 		t.Helper()
 		s, err := c.NewSession(ctx, cluster.SessionOptions{TTL: 30 * time.Second})
 		require.NoError(t, err)
-		t.Cleanup(s.Close)
+		t.Cleanup(func() { _ = s.Close() })
 		return s
 	}
 

@@ -59,6 +59,9 @@ type Session struct {
 	mu      sync.Mutex
 	renewed time.Time
 	stopKA  context.CancelFunc
+	// kaDone is closed when the goroutine that follows the keep-alive
+	// responses has returned (nil: none was started).
+	kaDone chan struct{}
 }
 
 // NewSession grants a lease and, with opts.Presence, announces the node on
@@ -139,7 +142,9 @@ func (s *Session) followKeepAlive(id clientv3.LeaseID) {
 		cancel()
 		return
 	}
+	s.kaDone = make(chan struct{})
 	go func() {
+		defer close(s.kaDone)
 		for resp := range ch {
 			s.mu.Lock()
 			s.renewed, s.ttl = time.Now(), time.Duration(resp.TTL)*time.Second
@@ -244,16 +249,24 @@ func (s *Session) Context(parent context.Context) (context.Context, context.Canc
 // on its own, and a shutdown must not wait for an etcd that is gone.
 const closeTimeout = 5 * time.Second
 
-// Close revokes the lease, which also removes the presence key and any
-// lock key of the session.
-func (s *Session) Close() {
+// Close stops the keep-alive and waits until the goroutine that follows
+// it has returned, then revokes the lease, which also removes the
+// presence key and any lock key of the session. Its error is the
+// revoke's: nil when the lease is revoked or was gone already.
+func (s *Session) Close() error {
 	if s.stopKA != nil {
 		s.stopKA()
 	}
 	s.session.Orphan()
+	if s.kaDone != nil {
+		<-s.kaDone // the client closes the channel once the context ends
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), closeTimeout)
 	defer cancel()
-	_, _ = s.c.client.Revoke(ctx, s.session.Lease())
+	if _, err := s.c.client.Revoke(ctx, s.session.Lease()); err != nil && !errors.Is(err, rpctypes.ErrLeaseNotFound) {
+		return fmt.Errorf("revoke lease %s: %w", s.Lease(), err)
+	}
+	return nil
 }
 
 // Lock is a held slot of the cluster lock.

@@ -46,7 +46,7 @@ func acquire(ctx context.Context, t *testing.T, c *cluster.Cluster, ttl time.Dur
 	}
 	s, err := c.NewSession(context.Background(), opts)
 	require.NoError(t, err)
-	t.Cleanup(s.Close)
+	t.Cleanup(func() { _ = s.Close() })
 	return s.Lock(ctx, nil)
 }
 
@@ -266,7 +266,7 @@ func TestABatchReleaseWakesOneWaiterNotTheQueue(t *testing.T) {
 			c := cluster.New(cli, cluster.Options{Prefix: prefix, Node: fmt.Sprintf("n%02d", i)})
 			s, err := c.NewSession(context.Background(), cluster.SessionOptions{TTL: 30 * time.Second})
 			require.NoError(t, err)
-			t.Cleanup(s.Close)
+			t.Cleanup(func() { _ = s.Close() })
 			go func() {
 				l, err := s.Lock(context.Background(), nil)
 				if err == nil {

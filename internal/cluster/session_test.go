@@ -52,3 +52,24 @@ func TestAnnounceTakesOverItsOwnPreviousSessionOnly(t *testing.T) {
 	_, err = c.NewSession(ctx, SessionOptions{TTL: 5 * time.Second, Presence: &api.Presence{}})
 	assert.ErrorIs(t, err, ErrNodeTaken, "no instance: refused")
 }
+
+// Close returns once the goroutine that follows the keep-alive has
+// returned, and says whether the lease was revoked.
+func TestSessionCloseWaitsForItsKeepAliveAndRevokes(t *testing.T) {
+	etcd := etcdtest.New(t, 1)
+	cli := etcd.Client(t)
+	ctx := context.Background()
+	s, err := New(cli, Options{Node: "web1"}).NewSession(ctx, SessionOptions{TTL: 5 * time.Second})
+	require.NoError(t, err)
+	require.NotNil(t, s.kaDone)
+	require.NoError(t, s.Close())
+	select {
+	case <-s.kaDone:
+	default:
+		t.Fatal("Close returned while the keep-alive goroutine runs")
+	}
+	ttl, err := cli.TimeToLive(ctx, s.session.Lease())
+	require.NoError(t, err)
+	assert.Equal(t, int64(-1), ttl.TTL, "the lease is revoked")
+	assert.NoError(t, s.Close(), "a lease already gone is no error")
+}

@@ -61,7 +61,7 @@ func newNode(t *testing.T, etcd *etcdtest.Cluster, name string, run func(context
 	c := cluster.New(etcd.Client(t), cluster.Options{Node: name})
 	s, err := c.NewSession(context.Background(), cluster.SessionOptions{TTL: 5 * time.Second})
 	require.NoError(t, err)
-	t.Cleanup(s.Close)
+	t.Cleanup(func() { _ = s.Close() })
 	f := &fakeApplier{run: run}
 	return &node{name: name, cluster: c, session: s, applier: f,
 		runner: rollout.New(rollout.Options{Cluster: c, Applier: f, Node: name})}
