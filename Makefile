@@ -3,7 +3,7 @@ GO      ?= go
 BIN     := bin/ccm
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 
-.PHONY: build build-agent deb test test-packages test-process demo demo-clean vet fmt fuzz soak chaos lint bench microbench
+.PHONY: build build-agent deb nodes-test test test-packages test-process demo demo-clean vet fmt fuzz soak chaos lint bench microbench
 
 ## build: the full binary, with the embedded etcd for trying ccm out (make demo)
 build:
@@ -22,6 +22,14 @@ DEB_VERSION ?= $(shell git log -1 --format=0.0~%cd.%h --date=format:%Y%m%d%H%M%S
 deb: build-agent
 	$(GO) -C packaging/deb build -o $(CURDIR)/bin/ccm-deb .
 	bin/ccm-deb -bin $(AGENT_BIN) -version $(DEB_VERSION) -out .
+
+## nodes-test: the Debian package booted under systemd in Debian 12 containers
+## (systemd-nspawn), real nginx and PHP-FPM, a 3-member etcd and network faults;
+## as root, not part of make test. The root image is cached in /var/cache/ccm-test.
+nodes-test:
+	deb=$$($(MAKE) -s deb | tail -1) && next=$$($(MAKE) -s deb DEB_VERSION=$(DEB_VERSION)+next | tail -1) && \
+	CCM_NODES_DEB=$(CURDIR)/$$deb CCM_NODES_DEB_NEXT=$(CURDIR)/$$next $(GO) -C test test -tags nodes -count=1 -timeout 40m -v ./nodes/; \
+	rc=$$?; rm -f "$$deb" "$$next"; exit $$rc
 
 ## test: vet, then every test with the race detector (what CI runs): the
 ## packages' own tests and the process-level tests of test/ (a module of its
@@ -49,10 +57,13 @@ fuzz:
 		$(GO) test -run='^$$' -fuzz="^$$name\$$" -fuzztime=$(FUZZTIME) $$pkg || exit 1; \
 	done
 
-## soak: the SIGKILL crash loops (files, and actions) with SOAK_ITERATIONS kills, and the symlink race with 100x as many runs
+## soak: the SIGKILL crash loops (files, and actions) with SOAK_ITERATIONS kills, and the symlink race with 100x as many runs;
+## then the drift scenario with its editor-like churn for SOAK_DRIFT_CHURN
 SOAK_ITERATIONS ?= 200
+SOAK_DRIFT_CHURN ?= 1h
 soak:
 	CCM_SOAK_ITERATIONS=$(SOAK_ITERATIONS) $(GO) -C test test -count=1 -timeout 30m -run 'TestSIGKILLAtRandomPoints|TestSymlinkSwapsMidRunNeverEscapeTheRoot' -v .
+	$(GO) run ./bench -only drift -idle 10s -drift-churn $(SOAK_DRIFT_CHURN) -out bench/soak-drift.json
 
 ## chaos: the etcd fault tests against Debian's etcd, CHAOS_ROUNDS faults each (make test runs one)
 CHAOS_ROUNDS ?= 10
@@ -66,8 +77,9 @@ chaos:
 BASELINE ?=
 PROFILES ?=
 FLEET    ?= 200
+DRIFT_CHURN ?= 10m
 bench:
-	$(GO) run ./bench -out bench/results.json -fleet $(FLEET) $(if $(BASELINE),-baseline $(BASELINE)) $(if $(PROFILES),-profiles $(PROFILES))
+	$(GO) run ./bench -out bench/results.json -fleet $(FLEET) -drift-churn $(DRIFT_CHURN) $(if $(BASELINE),-baseline $(BASELINE)) $(if $(PROFILES),-profiles $(PROFILES))
 
 ## microbench: Go benchmarks of the hot paths (compare runs with benchstat)
 microbench:
