@@ -67,6 +67,9 @@ type bench struct {
 	baseline, baselineRev string
 	scale                 []int
 	nodes                 []int
+	// quick is -quick; churn is how long the drift scenario's churn runs.
+	quick bool
+	churn time.Duration
 }
 
 func main() {
@@ -78,6 +81,7 @@ func main() {
 	profiles := flag.String("profiles", "", "write the one-file agent's heap and CPU profiles into this `DIR`")
 	confd := flag.String("confd", os.Getenv("CONFD"), "a confd binary to measure beside ccm in the one-file scenario (default $CONFD)")
 	baseline := flag.String("baseline", "", "also measure ccm as built at this git `REV` (before and after in one run)")
+	churn := flag.Duration("drift-churn", 10*time.Minute, "how long the drift scenario's editor-like writer fights 100 files (0: not at all)")
 	flag.Parse()
 	if *cpuprofile != "" {
 		f, err := os.Create(*cpuprofile)
@@ -86,14 +90,14 @@ func main() {
 			defer pprof.StopCPUProfile()
 		}
 	}
-	if err := run(*out, *idle, *quick, *only, *profiles, *confd, *baseline); err != nil {
+	if err := run(*out, *idle, *quick, *only, *profiles, *confd, *baseline, *churn); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		pprof.StopCPUProfile()
 		os.Exit(1)
 	}
 }
 
-func run(out string, idle time.Duration, quick bool, only, profiles, confd, baseline string) error {
+func run(out string, idle time.Duration, quick bool, only, profiles, confd, baseline string, churn time.Duration) error {
 	work, err := os.MkdirTemp("", "ccm-bench")
 	if err != nil {
 		return err
@@ -101,7 +105,7 @@ func run(out string, idle time.Duration, quick bool, only, profiles, confd, base
 	defer os.RemoveAll(work)
 	b := &bench{ctx: context.Background(), work: work, idle: idle, profiles: profiles, confd: confd,
 		scale: []int{1000, 10000, 100000}, nodes: []int{5, 20, 50},
-		report: Report{Time: time.Now().UTC(), GoOS: runtime.GOOS + "/" + runtime.GOARCH, CPUs: runtime.NumCPU()}}
+		report: Report{Time: time.Now().UTC(), GoOS: runtime.GOOS + "/" + runtime.GOARCH, CPUs: runtime.NumCPU()}, quick: quick, churn: churn}
 	if quick {
 		b.scale, b.nodes, b.idle = []int{1000, 10000}, []int{5, 20}, 10*time.Second
 	}
@@ -145,6 +149,7 @@ func run(out string, idle time.Duration, quick bool, only, profiles, confd, base
 		{"actions", b.actions},
 		{"debounce", b.debounce},
 		{"footprint", b.footprint},
+		{"drift", b.drift},
 		{"scale", b.fleet},
 	}
 	for _, s := range scenarios {

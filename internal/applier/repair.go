@@ -173,10 +173,7 @@ func (a *Applier) Repair(ctx context.Context, reals []string, fix bool) *RepairR
 			rep.Ran = append(rep.Ran, n)
 		}
 	}
-	if fix {
-		a.publishManaged()
-	}
-	return rep
+	return rep // the converged renders are the same: Managed too
 }
 
 // configsOf lists the configurations that own reals.
