@@ -37,16 +37,10 @@ func Transient(err error) bool {
 }
 
 // DecodePointer reads the value of the release pointer key; a value ccm
-// did not write is an error naming the key.
+// did not write is an error naming the key. The format is decided in
+// api.DecodeReleasePointer, which ccm status reads it with too.
 func DecodePointer(key string, raw []byte) (*api.ReleasePointer, error) {
-	p := &api.ReleasePointer{}
-	if err := json.Unmarshal(raw, p); err != nil {
-		return nil, fmt.Errorf("%s: %w", key, err)
-	}
-	if err := CheckID(p.ID); err != nil {
-		return nil, fmt.Errorf("%s: %w", key, err)
-	}
-	return p, nil
+	return api.DecodeReleasePointer(key, raw)
 }
 
 // Current returns the promoted release and the pointer's mod revision:

@@ -19,6 +19,8 @@ import (
 
 	"github.com/hiddeco/sshsig"
 	"golang.org/x/crypto/ssh"
+
+	"github.com/ccm-dev/ccm/api"
 )
 
 // MaxBytes is the largest release: the sum of its files. A configuration
@@ -157,12 +159,7 @@ func (r *Release) Check() error {
 
 // CheckID refuses anything but a full release ID: 64 lowercase hex
 // digits.
-func CheckID(id string) error {
-	if len(id) != sha256.Size*2 || strings.Trim(id, "0123456789abcdef") != "" {
-		return fmt.Errorf("release %q: want the full id, 64 hex digits", id)
-	}
-	return nil
-}
+func CheckID(id string) error { return api.CheckReleaseID(id) }
 
 // Short is the ID as the CLI shows it: its first 12 hex digits.
 func (r *Release) Short() string { return Short(r.ID) }
