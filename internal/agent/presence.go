@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/ccm-dev/ccm/api"
+	"github.com/ccm-dev/ccm/internal/debounce"
+	"github.com/ccm-dev/ccm/internal/runkind"
 )
 
 // presence is what the node announces in its alive key: its labels, and
@@ -124,7 +126,9 @@ func (e *events) Add(rev int64, types ...string) {
 	a.deb.Add(types...)
 	a.metrics.DebouncePending.Set(float64(a.deb.Pending()))
 	sel := a.selection.Load()
-	if names, err := a.applier.Select(sel.set, sel.subs.Subscribers(types...)); err == nil && len(names) > 0 {
+	// The same selection a run of these changes makes (names): a change
+	// concerns the node when that run would converge something.
+	if names, err := a.names(sel, debounce.Batch{Types: types, Kind: runkind.Changed}); err == nil && len(names) > 0 {
 		a.presence.changedAt(rev)
 	}
 }
