@@ -1,6 +1,6 @@
 // Package agent is the long-running ccm service on one node: it wires the
 // watcher, the debouncer, the subscription index, the cluster lock and the applier
-// into the flow of DESIGN.md.
+// into the flow docs/ARCHITECTURE.md draws ("A change to objects").
 //
 //	watch -> mirror + thin events -> debounce -> subscriptions select
 //	configurations -> lock -> failure flag? -> sync mirror -> apply in
