@@ -311,7 +311,9 @@ func TestANodeRunsOnlyWhatASignerApprovedOnDebiansEtcd(t *testing.T) {
 			}, "%s: web3 reports the broken copy", tc.name)
 			convergedAt(t, "web3", objectChange(tc.name[:1]), id)
 			noFailure(t)
-			r := ops.run("", "release", "verify", id[:12], "--release-keys", keys)
+			r := ops.run("", "status")
+			assert.Regexp(t, `web3\s+idle\s+`+id[:12]+`.*stored release broken, running the staged copy: .*`+tc.want, r.stdout)
+			r = ops.run("", "release", "verify", id[:12], "--release-keys", keys)
 			assert.Equal(t, 1, r.code, "%s: %s", tc.name, r.stdout)
 			assert.Contains(t, r.stderr, tc.want)
 

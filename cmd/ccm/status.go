@@ -115,6 +115,8 @@ func printView(w io.Writer, v *cluster.View) {
 		}
 		if n.ReloadError != "" {
 			detail = "reload failed: " + firstLine(n.ReloadError)
+		} else if n.ReleaseStoredError != "" {
+			detail = "stored release broken, running the staged copy: " + firstLine(n.ReleaseStoredError)
 		}
 		if detail == "" {
 			detail = n.Drift

@@ -270,6 +270,11 @@ func (a *Agent) storedState(sel *selection) {
 			zap.String("release", releases.Short(sel.release)), zap.Error(sel.stored))
 	}
 	a.presence.releaseStored(sel.stored)
+	broken := 0.0
+	if sel.stored != nil {
+		broken = 1
+	}
+	a.metrics.ReleaseStoredBroken.Set(broken)
 }
 
 // reloaded records how the last load of a configuration ended (nil: it

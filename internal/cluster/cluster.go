@@ -158,6 +158,9 @@ type NodeView struct {
 	Release string `json:"release,omitempty"`
 	// ReloadError is why the agent's last load of a configuration failed.
 	ReloadError string `json:"reload_error,omitempty"`
+	// ReleaseStoredError is why the copy in etcd of the release the
+	// node runs is broken; it runs its verified staged copy.
+	ReleaseStoredError string `json:"release_stored_error,omitempty"`
 	// Drift is what the node's drift watcher last found, in one line
 	// (api.Drift.Summary).
 	Drift string `json:"drift,omitempty"`
@@ -544,6 +547,7 @@ func (n *NodeView) describe(lock string, paused bool, newest int64, release stri
 	}
 	if n.Presence != nil {
 		n.Release, n.ReloadError = n.Presence.Release, n.Presence.ReloadError
+		n.ReleaseStoredError = n.Presence.ReleaseStoredError
 		n.Drift = n.Presence.Drift.Summary()
 	}
 	switch {

@@ -45,6 +45,9 @@ type Metrics struct {
 	// Release is 1 for the release the agent has loaded ("dir" for its
 	// --config-dir), and absent for any other.
 	Release *prometheus.GaugeVec
+	// ReleaseStoredBroken is 1 while the copy in etcd of the loaded
+	// release is broken and the agent runs its verified staged copy.
+	ReleaseStoredBroken prometheus.Gauge
 	// Ready is 1 while the mirror is synced with etcd.
 	Ready prometheus.Gauge
 	// Paused is 1 while the rollout is paused.
@@ -107,6 +110,9 @@ func New() *Metrics {
 		ReloadFailed: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "ccm_reload_failed", Help: "1 while the last load of a configuration (a promoted release, or --config-dir on SIGHUP) failed.",
 		}),
+		ReleaseStoredBroken: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "ccm_release_stored_broken", Help: "1 while the copy in etcd of the loaded release is broken (changed or deleted) and the agent runs its verified staged copy.",
+		}),
 		Release: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "ccm_release_info", Help: "1 for the configuration release the agent has loaded (dir: its --config-dir).",
 		}, []string{"release"}),
@@ -143,7 +149,7 @@ func New() *Metrics {
 		}),
 	}
 	m.Registry.MustRegister(m.Runs, m.Failures, m.ChangedFiles, m.RunDuration, m.LockWait,
-		m.DebouncePending, m.LastSuccess, m.WatchLag, m.Halted, m.Quarantined, m.ReloadFailed, m.Release, m.Ready,
+		m.DebouncePending, m.LastSuccess, m.WatchLag, m.Halted, m.Quarantined, m.ReloadFailed, m.Release, m.ReleaseStoredBroken, m.Ready,
 		m.Paused, m.Actions, m.ActionDuration, m.ActionsRunning,
 		m.DriftRepairs, m.DriftFound, m.DriftWatches, m.DriftBackoff, m.DriftFullChecks,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
