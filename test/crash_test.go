@@ -37,7 +37,11 @@ func readLog(path string) string {
 	return string(b)
 }
 
-func TestACrashMidRunIsFinishedAtTheNextStart(t *testing.T) {
+// A run a crash interrupted is rolled back at the next start (its
+// journal), then the run converges forward as usual: validate and
+// on_change run for the change, and a change validate refuses never
+// stays.
+func TestACrashMidRunIsRolledBackAndConvergedAtTheNextStart(t *testing.T) {
 	etcd := etcdtest.New(t, 1)
 	cli := etcd.Client(t)
 	for _, step := range []string{"journaled", "renamed", "validated", "on_change"} {
@@ -76,13 +80,13 @@ func TestACrashMidRunIsFinishedAtTheNextStart(t *testing.T) {
 
 				r := n.run("", "apply", "--once", "--lock-ttl", "1s")
 				if validateFails {
-					assert.Equal(t, 1, r.code, "the interrupted run's validate fails: %s", r.stderr)
+					assert.Equal(t, 1, r.code, "the run after the rollback fails validate: %s", r.stderr)
 					assert.Equal(t, "v1\n", n.read("/sites/a.conf"), "restored byte for byte")
 					assert.NotContains(t, readLog(log), "on_change", "a rejected change never reaches on_change")
 					f, err := cluster.New(cli, cluster.Options{Prefix: prefix}).Failure(context.Background())
 					require.NoError(t, err)
 					require.NotNil(t, f, "the failure flag is raised")
-					assert.Contains(t, f.Error, "interrupted")
+					assert.Contains(t, f.Error, "validate failed")
 					return
 				}
 				require.Equal(t, 0, r.code, r.stderr)

@@ -365,6 +365,14 @@ func (a *Agent) Run(ctx context.Context) error {
 		return err
 	}
 	defer unlock()
+	// Before the lock, and before anything else reads the files: a run
+	// a crash interrupted goes back to what the node last converged
+	// (applier.RollBackInterrupted says why that needs no lock).
+	if rolled, err := a.applier.RollBackInterrupted(); err != nil {
+		a.log.Error("roll back the run a crash interrupted; the next run tries again", zap.Error(err))
+	} else if len(rolled) > 0 {
+		a.log.Warn("rolled back the run a crash interrupted", zap.Strings("configs", rolled))
+	}
 	if a.nodeKey, err = actions.LoadNodeKey(a.opts.StateDir); err != nil {
 		return err
 	}

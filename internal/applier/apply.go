@@ -71,6 +71,9 @@ type Applier struct {
 	// holds is the objects held in the current call, by any
 	// configuration: held by all of them (hold.go).
 	holds runHolds
+	// run is the current Run's transaction (rollback.go); nil outside
+	// Run.
+	run *runTxn
 }
 
 // known is a file ccm wrote or verified: its content (the slice the render
@@ -216,6 +219,9 @@ func (a *Applier) applyPlan(ctx context.Context, p *Plan, files []string) error 
 		crashAt("renamed")
 	}
 	err = a.finish(cmdCtx, j, p.Changed())
+	if len(p.Changes) > 0 && (err == nil || errors.Is(err, ErrOnChange)) {
+		a.run.keep(j) // undone if the run fails (rollback.go)
+	}
 	if err == nil || errors.Is(err, ErrOnChange) { // the originals are back
 		err = errors.Join(err, a.dropOriginals(p))
 	}

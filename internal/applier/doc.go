@@ -14,6 +14,9 @@
 //     directory) are ever removed: ccm never deletes a file it did not write.
 //   - If validate fails, every file the run changed or removed is restored
 //     byte for byte with its old mode and owner, and the manifest is kept.
+//   - A run is one transaction: when one of its configurations fails, the
+//     configurations it changed before are rolled back too, and their
+//     on_change runs again. A run a crash interrupted is rolled back.
 //   - on_change runs once per run, only after a change; a failure is
 //     remembered in the state directory and retried next run.
 //

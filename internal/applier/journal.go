@@ -45,6 +45,9 @@ type journal struct {
 	// Restoring is set once a restore has begun: a crash during it is
 	// finished by restoring, never by validating a half-restored tree.
 	Restoring bool `json:"restoring,omitempty"`
+	// Prev is the configuration's manifest before the run (nil: none),
+	// put back when the run is rolled back.
+	Prev *manifest `json:"prev,omitempty"`
 }
 
 // journalFile is the state of one path before the run.
@@ -67,6 +70,9 @@ func journalPath(config string) string { return path.Join(journalDir, config+".j
 func (a *Applier) newJournal(p *Plan, m manifest, dirs []string) *journal {
 	cfg := p.Config
 	j := &journal{Config: cfg.Name, Dir: cfg.Dir(), Root: a.opts.Root, Validate: cfg.Validate, Timeout: cfg.Timeout, Manifest: m, Dirs: dirs}
+	if prev, ok := a.manifests[cfg.Name]; ok {
+		j.Prev = &prev
+	}
 	if old, ok := a.manifests[cfg.Name]; ok && len(m.Files) > 0 && slices.Equal(old.Files, m.Files) && maps.Equal(old.Objects, m.Objects) {
 		j.Manifest.Files, j.Manifest.Objects, j.SameFiles = nil, nil, true
 	}
@@ -215,8 +221,9 @@ func (a *Applier) interrupted() ([]string, error) {
 	return names, nil
 }
 
-// recover finishes the run of config that a crash interrupted.
-func (a *Applier) recover(ctx context.Context, config string) error {
+// recover rolls back the run of config that a crash interrupted: its
+// files, and its manifest, go back to what the node last converged.
+func (a *Applier) recover(config string) error {
 	name := a.state.name(journalPath(config))
 	raw, err := a.state.readFile(journalPath(config))
 	if err != nil {
@@ -229,7 +236,6 @@ func (a *Applier) recover(ctx context.Context, config string) error {
 	if j.Root != a.opts.Root {
 		return fmt.Errorf("state: journal %s was written for root %s, not %s; refusing to replay it", name, j.Root, a.opts.Root)
 	}
-	a.forgetManifest(config)
-	a.log.Warn("finishing a run a crash interrupted", zap.String("config", config), zap.Int("files", len(j.Files)))
-	return a.finish(context.WithoutCancel(ctx), j, true)
+	a.log.Warn("rolling back a run a crash interrupted", zap.String("config", config), zap.Int("files", len(j.Files)))
+	return a.rollBack(j)
 }

@@ -257,6 +257,9 @@ type runState struct {
 	outcomes map[string]*Outcome
 	bad      map[string]bool // failed, skipped or aborted
 	errs     []error
+	// rollback is set by a failure that fails the run as a transaction
+	// (rollsBack).
+	rollback bool
 }
 
 func (rs *runState) fail(name string, err error) {
@@ -264,6 +267,7 @@ func (rs *runState) fail(name string, err error) {
 	o.Result, o.Error = Failed, err.Error()
 	rs.bad[name] = true
 	rs.errs = append(rs.errs, fmt.Errorf("configuration %s: %w", name, err))
+	rs.rollback = rs.rollback || rollsBack(err)
 }
 
 // abort marks name as not run because the run stopped.
@@ -283,7 +287,9 @@ func (rs *runState) abort(r *Report, name string, cause error) {
 // Each phase of a configuration is a journaled transaction with its own
 // validate and on_change. A configuration whose dependency failed is
 // skipped, and so are the removals of one whose dependent failed. A run
-// that a crash interrupted is finished first (see journal). When ctx is
+// that a crash interrupted is rolled back first (see journal). The run is
+// one transaction: when a configuration fails, every phase the run carried
+// out is rolled back (rollback.go). When ctx is
 // done, Run stops before the next configuration and marks the rest
 // aborted: the configuration under way is always finished.
 //
@@ -319,7 +325,9 @@ func (a *Applier) Run(ctx context.Context, kind runkind.Kind, set *configs.Set, 
 			a.log.Error("restore the state directory", zap.Error(err))
 		}
 	}
-	a.recoverAll(ctx, rs, add)
+	a.recoverAll(rs, add)
+	a.run = &runTxn{}
+	defer func() { a.run = nil }()
 	for _, n := range names {
 		add(n)
 	}
@@ -400,6 +408,9 @@ func (a *Applier) Run(ctx context.Context, kind runkind.Kind, set *configs.Set, 
 			a.settle(fw)
 		}
 	}
+	if rs.rollback {
+		a.rollBackRun(ctx, rs, a.run)
+	}
 	a.publishManaged()
 	for _, n := range order {
 		r.Outcomes = append(r.Outcomes, *rs.outcomes[n])
@@ -441,8 +452,9 @@ func (a *Applier) step(ctx context.Context, r *Report, rs *runState, p *Plan, fi
 	return nil
 }
 
-// recoverAll finishes every run a crash interrupted, before anything else.
-func (a *Applier) recoverAll(ctx context.Context, rs *runState, add func(string)) {
+// recoverAll rolls back every run a crash interrupted, before anything
+// else (the agent does it at start already: RollBackInterrupted).
+func (a *Applier) recoverAll(rs *runState, add func(string)) {
 	names, err := a.interrupted()
 	if err != nil {
 		a.log.Error("read journals", zap.Error(err))
@@ -450,8 +462,8 @@ func (a *Applier) recoverAll(ctx context.Context, rs *runState, add func(string)
 	}
 	for _, n := range names {
 		add(n)
-		if err := a.recover(ctx, n); err != nil {
-			rs.fail(n, fmt.Errorf("finishing the run a crash interrupted: %w", err))
+		if err := a.recover(n); err != nil {
+			rs.fail(n, fmt.Errorf("rolling back the run a crash interrupted: %w", err))
 			continue
 		}
 		rs.outcomes[n].Result = Changed

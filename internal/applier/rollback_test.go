@@ -1,0 +1,66 @@
+package applier_test
+
+import (
+	"os"
+	"path/filepath"
+	"strconv"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/ccm-dev/ccm/internal/applier"
+)
+
+// A run is one transaction: when its second configuration fails, the
+// first, which converged in the same run, is rolled back to what it was
+// before the run, and its on_change runs again so that its service reloads
+// the restored files. The node runs the previous state whole, not half of
+// each.
+func TestAFailedRunRollsBackEveryConfigurationItChanged(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	log, broken := filepath.Join(dir, "log"), filepath.Join(dir, "broken")
+	f := newFixture(t, map[string]string{
+		"pools.yaml": `name: pools
+subscribes: [sites]
+files:
+  - {path: '/pools/{{ .Object.ID }}.conf', for_each: sites, content: "{{ .Object.Data.v }}\n"}
+on_change: [[sh, -c, 'echo pools >> "$0"', ` + strconv.Quote(log) + `]]
+`,
+		"vhosts.yaml": `name: vhosts
+subscribes: [sites]
+depends_on: [pools]
+files:
+  - {path: '/vhosts/{{ .Object.ID }}.conf', for_each: sites, content: "{{ .Object.Data.v }}\n"}
+validate: [sh, -c, 'test ! -e "$0"', ` + strconv.Quote(broken) + `]
+`})
+	f.put("sites/a", `{"v":"v1"}`)
+	require.NoError(t, f.run().Err)
+	require.NoError(t, os.Remove(log))
+
+	f.put("sites/a", `{"v":"v2"}`)
+	f.put("sites/b", `{"v":"v2"}`)
+	require.NoError(t, os.WriteFile(broken, nil, 0o644))
+	r := f.run()
+	require.Error(t, r.Err)
+	assert.ErrorIs(t, r.Err, applier.ErrValidate)
+	config, _ := r.FirstFailure()
+	assert.Equal(t, "vhosts", config, "the flag names the configuration that failed")
+	assert.Equal(t, "v1\n", f.read("/pools/a.conf"), "the first configuration is back at the previous state")
+	assert.NoFileExists(t, f.path("/pools/b.conf"), "and what it created is gone")
+	assert.Equal(t, "v1\n", f.read("/vhosts/a.conf"))
+	results := map[string]applier.Result{}
+	for _, o := range r.Outcomes {
+		results[o.Config] = o.Result
+	}
+	assert.Equal(t, map[string]applier.Result{"pools": applier.RolledBack, "vhosts": applier.Failed}, results)
+	b, err := os.ReadFile(log)
+	require.NoError(t, err)
+	assert.Equal(t, "pools\npools\n", string(b), "on_change ran for the change, then again for the restored files")
+
+	require.NoError(t, os.Remove(broken))
+	require.NoError(t, f.run().Err)
+	assert.Equal(t, "v2\n", f.read("/pools/a.conf"), "the next run converges forward")
+	assert.Equal(t, "v2\n", f.read("/pools/b.conf"))
+}
