@@ -57,12 +57,13 @@ fuzz:
 		$(GO) test -run='^$$' -fuzz="^$$name\$$" -fuzztime=$(FUZZTIME) $$pkg || exit 1; \
 	done
 
-## soak: the SIGKILL crash loops (files, and actions) with SOAK_ITERATIONS kills, and the symlink race with 100x as many runs;
+## soak: the SIGKILL crash loops (files, and actions) with SOAK_ITERATIONS kills, the symlink race with 100x as many runs,
+## and the whole hostile-object corpus (make test runs a sample);
 ## then the drift scenario with its editor-like churn for SOAK_DRIFT_CHURN
 SOAK_ITERATIONS ?= 200
 SOAK_DRIFT_CHURN ?= 1h
 soak:
-	CCM_SOAK_ITERATIONS=$(SOAK_ITERATIONS) $(GO) -C test test -count=1 -timeout 30m -run 'TestSIGKILLAtRandomPoints|TestSymlinkSwapsMidRunNeverEscapeTheRoot' -v .
+	CCM_SOAK_ITERATIONS=$(SOAK_ITERATIONS) CCM_CORPUS=all $(GO) -C test test -count=1 -timeout 30m -run 'TestSIGKILLAtRandomPoints|TestSymlinkSwapsMidRunNeverEscapeTheRoot|TestTheHostileCorpusNeverReachesRoot' -v .
 	$(GO) run ./bench -only drift -idle 10s -drift-churn $(SOAK_DRIFT_CHURN) -out bench/soak-drift.json
 
 ## chaos: the etcd fault tests against Debian's etcd, CHAOS_ROUNDS faults each (make test runs one)
