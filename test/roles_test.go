@@ -90,6 +90,7 @@ func TestThePrintedAPIOperatorAndViewerRoles(t *testing.T) {
 	denied(viewer, "object", "put", "sites", "c")
 	denied(viewer, "pause")
 	denied(viewer, "resume")
+	denied(viewer, "release", "list") // nothing the viewer does needs a release's content
 	addr := freeAddr(t)
 	viewer.start("dashboard", "--listen", addr)
 	var st dashboard.State
@@ -104,4 +105,14 @@ func TestThePrintedAPIOperatorAndViewerRoles(t *testing.T) {
 	}, "the dashboard serves the cluster's state with the viewer role")
 	assert.Empty(t, st.Error)
 	assert.Equal(t, "batches of 2 nodes", st.Rollout)
+	ok(ops, "rollout", "set", "--batch", "3")
+	eventually(t, 30*time.Second, func() bool {
+		resp, err := http.Get("http://" + addr + "/state.json")
+		if err != nil {
+			return false
+		}
+		defer resp.Body.Close()
+		raw, _ := io.ReadAll(resp.Body)
+		return json.Unmarshal(raw, &st) == nil && st.Rollout == "batches of 3 nodes"
+	}, "the dashboard follows the cluster under the viewer role, which does not read the releases")
 }

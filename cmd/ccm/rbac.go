@@ -25,11 +25,13 @@ only on the node's own records: <prefix>/lock/<node>/,
 (status, presence, problem, replies). It reads <prefix>/releases/ and
 <prefix>/release, and writes neither.
 --api NAME: a cluster API: read-write on objects and action requests, read
-on <prefix>/ (what ccm status reads).
+on what ccm status reads and on <prefix>/releases/ (ccm object put checks
+objects against the promoted release's schemas).
 --operator NAME: everything an operator's commands need: read-write on
 <prefix>/.
---viewer NAME: ccm status and the dashboard: read on <prefix>/ (object
-data and action replies included).
+--viewer NAME: ccm status and the dashboard: read on <prefix>/ but
+<prefix>/releases/ (object data and action replies included), as two
+ranges.
 --caller NAME: a caller of actions only: read-write on <prefix>/actions/,
 read on <prefix>/nodes/.
 --release NAME: whoever pushes configuration releases (ccm release push):

@@ -3,14 +3,18 @@ package cluster
 import (
 	"fmt"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
+
 	"github.com/ccm-dev/ccm/api"
 )
 
-// Permission is one etcd role permission.
+// Permission is one etcd role permission: on Key, every key under it
+// (Prefix), or the range [Key, End).
 type Permission struct {
 	Type   string // read, write or readwrite
 	Key    string
 	Prefix bool
+	End    string
 }
 
 // Role is the least-privilege etcd role of one node.
@@ -86,17 +90,19 @@ func CallerRole(prefix, name string) Role {
 // APIRole returns the role of a cluster API: write and delete objects,
 // call actions on any node (write and withdraw requests), and read what
 // ccm status reads. It cannot raise or clear the flag, pause, take the
-// lock or write a node's records.
+// lock or write a node's records. It reads the releases too: ccm object
+// put checks objects against the promoted release's schemas, which only
+// its stored copy holds (a release holds no secrets: push refuses them).
 func APIRole(prefix, name string) Role {
 	k := api.NewKeys(prefix)
 	return Role{
 		Name: "ccm-api-" + name,
-		Permissions: []Permission{
+		Permissions: append([]Permission{
 			{Type: "readwrite", Key: k.ObjectsPrefix(), Prefix: true},
 			{Type: "readwrite", Key: k.AllActionsPrefix(), Prefix: true},
 			{Type: "readwrite", Key: k.CallsPrefix(), Prefix: true},
-			statusRead(k),
-		},
+			{Type: "read", Key: k.ReleasesPrefix(), Prefix: true},
+		}, statusRead(k)...),
 	}
 }
 
@@ -111,18 +117,32 @@ func OperatorRole(prefix, name string) Role {
 	}
 }
 
-// ViewerRole returns the read-only role of ccm status and the dashboard.
+// ViewerRole returns the read-only role of ccm status and the dashboard:
+// it does not read the releases, which neither needs.
 func ViewerRole(prefix, name string) Role {
-	return Role{Name: "ccm-viewer-" + name, Permissions: []Permission{statusRead(api.NewKeys(prefix))}}
+	return Role{Name: "ccm-viewer-" + name, Permissions: statusRead(api.NewKeys(prefix))}
 }
 
 // statusRead is what ccm status and the dashboard read: the flag, the
 // pause, the strategy, the canary, the lock queue, every node's records,
 // the newest object write and the recent actions, under one watch of the
-// cluster's prefix. So it is the whole prefix, read-only: object data and
-// action replies included.
-func statusRead(k api.Keys) Permission {
-	return Permission{Type: "read", Key: k.Prefix(), Prefix: true}
+// cluster's prefix but its releases (StatusRanges). So it is that,
+// read-only: object data and action replies included.
+func statusRead(k api.Keys) []Permission {
+	var out []Permission
+	for _, r := range StatusRanges(k) {
+		out = append(out, Permission{Type: "read", Key: r[0], End: r[1]})
+	}
+	return out
+}
+
+// StatusRanges are the key ranges [from, to) that ccm status and the
+// dashboard read and follow: the cluster's prefix, but for its releases.
+func StatusRanges(k api.Keys) [][2]string {
+	return [][2]string{
+		{k.Prefix(), k.ReleasesPrefix()},
+		{clientv3.GetPrefixRangeEnd(k.ReleasesPrefix()), clientv3.GetPrefixRangeEnd(k.Prefix())},
+	}
 }
 
 // EtcdctlCommands returns the etcdctl commands that create the role and a
@@ -135,7 +155,11 @@ func (r Role) EtcdctlCommands(passwordVar string) []string {
 		if p.Prefix {
 			prefix = " --prefix=true"
 		}
-		cmds = append(cmds, fmt.Sprintf("etcdctl role grant-permission%s %s %s %s", prefix, r.Name, p.Type, p.Key))
+		key := p.Key
+		if p.End != "" {
+			key += " " + p.End
+		}
+		cmds = append(cmds, fmt.Sprintf("etcdctl role grant-permission%s %s %s %s", prefix, r.Name, p.Type, key))
 	}
 	return append(cmds,
 		fmt.Sprintf(`etcdctl user add %s --new-user-password="$%s"`, r.Name, passwordVar),

@@ -160,13 +160,21 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 }
 
-// follow signals changed at every change under the cluster's prefix,
-// and whenever the follower lists again after a broken watch.
+// follow signals changed at every change of what ccm status reads (the
+// cluster's prefix but its releases: cluster.StatusRanges), and whenever
+// a follower lists again after a broken watch.
 func (s *Server) follow(ctx context.Context, changed chan<- struct{}) {
-	follow.New(s.cluster.Client(), signaller(changed), follow.Options{
-		Name: "dashboard", Key: s.cluster.Prefix(), Prefix: true,
-		ListOptions: []clientv3.OpOption{clientv3.WithCountOnly()}, Logger: s.log,
-	}).Run(ctx)
+	var wg sync.WaitGroup
+	for _, r := range cluster.StatusRanges(s.cluster.Keys) {
+		wg.Go(func() {
+			follow.New(s.cluster.Client(), signaller(changed), follow.Options{
+				Name: "dashboard", Key: r[0],
+				ListOptions:  []clientv3.OpOption{clientv3.WithRange(r[1]), clientv3.WithCountOnly()},
+				WatchOptions: []clientv3.OpOption{clientv3.WithRange(r[1])}, Logger: s.log,
+			}).Run(ctx)
+		})
+	}
+	wg.Wait()
 }
 
 // signaller signals a channel at every list and watch response.
