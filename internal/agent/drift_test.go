@@ -61,7 +61,11 @@ func startDriftAgent(t *testing.T, opts drift.Options) *driftNode {
 	if opts.Mode == drift.Off {
 		opts.Mode = drift.Repair
 	}
-	opts.Quiet = 20 * time.Millisecond
+	// A batch is checked 200 ms after its last event: the steps of one
+	// drift in a test (a directory removed, then a file written in its
+	// place) are microseconds apart, so they land in one batch, as one
+	// person's edit does.
+	opts.Quiet, opts.MaxWait = 200*time.Millisecond, 2*time.Second
 	opts.Refresh = 20 * time.Millisecond
 	var err error
 	n.ag, err = agent.New(agent.Options{Client: etcd.Client(t), Node: "web1", ConfigDir: config, Root: n.root, StateDir: state,
@@ -130,8 +134,10 @@ func TestDriftOfEachKindIsRepaired(t *testing.T) {
 		{"chmod", func(t *testing.T) { require.NoError(t, os.Chmod(a, 0o666)) }},
 		{"chown", func(t *testing.T) { require.NoError(t, os.Lchown(a, 4242, 4242)) }},
 		{"the directory replaced by a file", func(t *testing.T) {
-			require.NoError(t, os.RemoveAll(filepath.Join(d.root, "sites")))
-			require.NoError(t, os.WriteFile(filepath.Join(d.root, "sites"), []byte("not a directory\n"), 0o644))
+			file := filepath.Join(d.root, "sites.new")
+			require.NoError(t, os.WriteFile(file, []byte("not a directory\n"), 0o644))
+			require.NoError(t, os.Rename(filepath.Join(d.root, "sites"), filepath.Join(t.TempDir(), "old")))
+			require.NoError(t, os.Rename(file, filepath.Join(d.root, "sites")))
 		}},
 	}
 	for _, c := range cases {
