@@ -107,18 +107,16 @@ func (a *app) applyOnce(ctx context.Context, names []string, lockTTL, lockTimeou
 		Target:  func() int64 { return max(newestObject(ctx, c), promoted) },
 		Release: release,
 	})
-	// A one-shot run does once what the agent's loop would do next.
-	switch res.Next() {
-	case rollout.RetryAll, rollout.RequeueAll:
-		if res.Err == nil {
-			return errors.New("the run was aborted; run ccm apply --once again")
-		}
+	// A one-shot run does once what the agent's loop would do next
+	// (rollout.Settle): it says so, and leaves the next run to the operator.
+	st := rollout.Settle(res)
+	switch {
+	case st.Again == rollout.Everything && res.Err == nil:
+		return errors.New("the run was aborted; run ccm apply --once again")
+	case st.Again == rollout.Everything:
 		return fmt.Errorf("%w; the files are as the run left them: run ccm apply --once again once etcd answers", res.Err)
-	case rollout.Done:
-		if res.Err == nil {
-			a.log.Info("converged", zap.Int64("revision", res.Status.Revision), zap.String("took", res.Status.Duration))
-		}
-	case rollout.Requeue, rollout.Retry, rollout.Exit:
+	case st.Again == rollout.Nothing && !st.Exit && res.Err == nil:
+		a.log.Info("converged", zap.Int64("revision", res.Status.Revision), zap.String("took", res.Status.Duration))
 	}
 	return res.Err
 }

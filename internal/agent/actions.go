@@ -141,22 +141,11 @@ func (a *Agent) convergeAction(ctx context.Context, _ *api.Request) (any, error)
 	req := a.request(t)
 	req.Names, req.Kind, req.Reason = names, runkind.Full, "action "+ActionConverge
 	res := a.runner.Run(ctx, s, req)
-	// What the run leaves to do is the agent loop's, as after its own runs.
-	switch res.Next() {
-	case rollout.Requeue:
-		a.observeGate(res)
-	case rollout.Exit:
-		a.stop(res.Err)
-	case rollout.RetryAll:
-		a.deb.AddAll("outcome of " + ActionConverge + " not recorded")
-	case rollout.RequeueAll:
-		if res.LockLost {
-			a.sessions.drop()
-		}
-		a.deb.AddAll(ActionConverge + " aborted")
-	case rollout.Done, rollout.Retry:
+	// What the run leaves to do is the agent loop's, as after its own
+	// runs: the same settle, without the wait.
+	if err := a.settle(ctx, debounce.Batch{Kind: runkind.Full, Reasons: []string{"action " + ActionConverge}}, res, false); err != nil {
+		a.stop(err)
 	}
-	a.presence.converged(a.runner.Converged())
 	if res.Err != nil {
 		return nil, res.Err
 	}

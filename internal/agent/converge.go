@@ -59,29 +59,42 @@ func (a *Agent) converge(ctx context.Context, b debounce.Batch) error {
 	req := a.request(t)
 	req.Names, req.Kind, req.Reason, req.Halt = names, b.Kind, describe(b), a.flag.raisedCh()
 	res := a.runner.Run(ctx, s, req)
-	switch res.Next() {
-	case rollout.Requeue:
+	return a.settle(ctx, b, res, true)
+}
+
+// settle carries out what rollout.Settle says follows the run of b that
+// ended with res, for the loop and ccm.converge alike: b (or everything)
+// goes back to the debouncer, after the backoff when wait is set (the
+// loop's; an action returns at once and leaves the wait to the loop). Its
+// error is one the agent must stop for. A failure's flag reaches the agent
+// through its watch, in order with a resume that may already follow it.
+func (a *Agent) settle(ctx context.Context, b debounce.Batch, res rollout.Result, wait bool) error {
+	st := rollout.Settle(res)
+	if st.Gate {
 		a.observeGate(res)
-		a.deb.Requeue(b)
-	case rollout.Retry:
-		a.postpone(ctx, b, "run", res.Err)
-		return nil
-	case rollout.Exit:
+	}
+	if st.NewSession {
+		a.log.Warn("lock lost mid-run; starting again from scratch on a new session")
+		a.sessions.drop()
+	}
+	if st.Exit {
 		// The flag is raised: exit, and let systemd start a clean
 		// process, which stays halted by the flag.
 		return res.Err
-	case rollout.RetryAll:
-		a.postpone(ctx, debounce.Batch{Kind: runkind.Full, Reasons: []string{"outcome not recorded"}}, "record the run", res.Err)
-		return nil
-	case rollout.RequeueAll:
-		if res.LockLost {
-			a.log.Warn("lock lost mid-run; starting again from scratch on a new session")
-			a.sessions.drop()
+	}
+	switch st.Again {
+	case rollout.Same:
+		a.deb.Requeue(b)
+	case rollout.Everything:
+		a.deb.Requeue(debounce.Batch{Kind: runkind.Full, Reasons: []string{"run again: " + describe(b)}})
+	}
+	if st.Backoff {
+		if wait && ctx.Err() == nil {
+			a.log.Warn("run failed; will retry", zap.Error(res.Err), zap.Duration("in", a.retry.Next()))
+			a.sessions.dropLost()
+			a.retry.Wait(ctx)
 		}
-		a.deb.Requeue(debounce.Batch{Kind: runkind.Full, Reasons: []string{"aborted run"}})
-	case rollout.Done:
-		// A failure's flag reaches the agent through its watch, in
-		// order with a resume that may already follow it.
+		return nil
 	}
 	a.retry.Reset()
 	a.presence.converged(a.runner.Converged())
