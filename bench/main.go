@@ -150,6 +150,7 @@ func run(out string, idle time.Duration, quick bool, only, profiles, confd, base
 		{"debounce", b.debounce},
 		{"footprint", b.footprint},
 		{"drift", b.drift},
+		{"hosting", b.hosting},
 		{"scale", b.fleet},
 	}
 	for _, s := range scenarios {

@@ -1,0 +1,153 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// hostingAccounts are the account files a node's root starts with: the
+// example creates its customers with useradd --prefix <root>.
+var hostingAccounts = map[string]string{
+	"passwd":  "root:x:0:0:root:/root:/bin/bash\nwww-data:x:33:33:www-data:/var/www:/usr/sbin/nologin\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n",
+	"group":   "root:x:0:\nwww-data:x:33:\nnogroup:x:65534:\n",
+	"shadow":  "root:*:1::::::\nwww-data:*:1::::::\nnobody:*:1::::::\n",
+	"gshadow": "root:*::\nwww-data:*::\nnogroup:*::\n",
+	"shells":  "/bin/sh\n/bin/bash\n",
+}
+
+// hosting: the example stack converging an import of n new customers
+// (a user and a site each) on one node with ccm apply --once: real
+// useradd under --root, the real nginx -t and php-fpm -t checks through
+// the example's helpers. This build runs the example of its tree; with
+// -baseline, that revision's ccm runs that revision's example, in the same
+// run, one after the other.
+func (b *bench) hosting() error {
+	for _, tool := range []string{"nginx", "useradd"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			if _, err := os.Stat("/usr/sbin/" + tool); err != nil {
+				b.add("hosting", "skipped", 0, "", 0, "", tool+" is not installed")
+				return nil
+			}
+		}
+	}
+	type agent struct{ name, bin, example string }
+	agents := []agent{{"this build", b.ccm, "examples/ccm"}}
+	if b.baseline != "" {
+		example, err := b.exampleAt(b.baselineRev)
+		if err != nil {
+			return err
+		}
+		agents = append(agents, agent{"before (" + b.baselineRev + ")", b.baseline, example})
+	}
+	sizes := []int{50, 200}
+	if b.quick {
+		sizes = []int{50}
+	}
+	for _, n := range sizes {
+		var took []time.Duration
+		for i, ag := range agents {
+			d, err := b.hostingRun(fmt.Sprintf("/hosting-%d-%d", n, i), ag.bin, ag.example, n)
+			if err != nil {
+				return fmt.Errorf("%s, %d sites: %w", ag.name, n, err)
+			}
+			took = append(took, d)
+			b.add("hosting", fmt.Sprintf("%d new sites, one node, apply --once (%s)", n, ag.name), d.Seconds(), "s", 0, "", "real useradd, nginx -t, php-fpm -t")
+		}
+		if len(took) < 2 || took[0] <= 0 {
+			continue
+		}
+		metric, speedup := fmt.Sprintf("%d new sites: speed-up over %s", n, b.baselineRev), took[1].Seconds()/took[0].Seconds()
+		if n == 50 {
+			b.addAtLeast("hosting", metric, speedup, "x", 5, ">= 5", "the issue's target")
+		} else {
+			b.add("hosting", metric, speedup, "x", 0, "", "")
+		}
+	}
+	return nil
+}
+
+// exampleAt extracts the example configuration directory as it was at
+// rev, for the baseline: its helpers and YAML are that revision's.
+func (b *bench) exampleAt(rev string) (string, error) {
+	dir := filepath.Join(b.work, "example-"+rev)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", err
+	}
+	archive := exec.Command("git", "archive", rev, "examples/ccm")
+	untar := exec.Command("tar", "-x", "-C", dir)
+	pipe, err := archive.StdoutPipe()
+	if err != nil {
+		return "", err
+	}
+	untar.Stdin = pipe
+	if err := untar.Start(); err != nil {
+		return "", err
+	}
+	if err := archive.Run(); err != nil {
+		return "", fmt.Errorf("git archive %s: %w", rev, err)
+	}
+	if err := untar.Wait(); err != nil {
+		return "", err
+	}
+	return filepath.Join(dir, "examples/ccm"), nil
+}
+
+// hostingRun puts n customers under prefix and times one ccm apply --once
+// of bin on the example at configDir, on a fresh root.
+func (b *bench) hostingRun(prefix, bin, configDir string, n int) (time.Duration, error) {
+	cli, err := b.client()
+	if err != nil {
+		return 0, err
+	}
+	defer cli.Close()
+	var ops []clientv3.Op
+	for i := range n {
+		user := fmt.Sprintf("c%04d", i)
+		ops = append(ops,
+			clientv3.OpPut(prefix+"/objects/users/"+user, fmt.Sprintf(`{"uid":%d}`, 3000+i)),
+			clientv3.OpPut(fmt.Sprintf("%s/objects/sites/site%04d", prefix, i), fmt.Sprintf(`{"user":%q,"domains":["site%04d.example.com"]}`, user, i)))
+		if len(ops) >= 100 {
+			if _, err := cli.Txn(b.ctx).Then(ops...).Commit(); err != nil {
+				return 0, err
+			}
+			ops = ops[:0]
+		}
+	}
+	if len(ops) > 0 {
+		if _, err := cli.Txn(b.ctx).Then(ops...).Commit(); err != nil {
+			return 0, err
+		}
+	}
+	base := filepath.Join(b.work, strings.TrimPrefix(prefix, "/"))
+	root, state := filepath.Join(base, "root"), filepath.Join(base, "state")
+	if err := os.MkdirAll(filepath.Join(root, "etc"), 0o755); err != nil {
+		return 0, err
+	}
+	if err := os.MkdirAll(state, 0o700); err != nil {
+		return 0, err
+	}
+	for name, text := range hostingAccounts {
+		if err := os.WriteFile(filepath.Join(root, "etc", name), []byte(text), 0o600); err != nil {
+			return 0, err
+		}
+	}
+	cmd := exec.Command(bin, "--endpoints", b.etcdURL, "--prefix", prefix, "--node", "web1", "--root", root, "--state-dir", state,
+		"--config-dir", configDir, "--log-level", "error", "apply", "--once", "--yes")
+	start := time.Now()
+	out, err := cmd.CombinedOutput()
+	took := time.Since(start)
+	if err != nil {
+		return 0, fmt.Errorf("apply --once: %v: %s", err, out)
+	}
+	vhosts, _ := filepath.Glob(filepath.Join(root, "etc/nginx/sites-enabled/*.conf"))
+	if len(vhosts) != n {
+		return 0, fmt.Errorf("apply --once wrote %d vhosts of %d: %s", len(vhosts), n, out)
+	}
+	return took, nil
+}
