@@ -220,7 +220,10 @@ type loop struct {
 	hist     map[string]*history
 	deferred map[string]bool // in backoff, waiting for until
 	limitLog bool            // the watch limit was logged
-	rewatch  bool            // a watched directory went away
+	rewatch  bool            // a watched directory went away, or one is missing
+	dirs     map[string]bool // the directories of the managed paths
+	missing  map[string]bool // those that did not exist at the last refresh
+	refused  map[string]bool // those whose watch failed otherwise (logged once)
 }
 
 // Run watches until ctx is cancelled. In mode Off it returns at once.
@@ -244,7 +247,7 @@ func (w *Watcher) Run(ctx context.Context) error {
 		in.close()
 		wg.Wait()
 	}()
-	l := &loop{w: w, in: in, set: map[string]bool{}, pending: map[string]bool{}, hist: map[string]*history{}, deferred: map[string]bool{}}
+	l := &loop{w: w, in: in, pending: map[string]bool{}, hist: map[string]*history{}, deferred: map[string]bool{}, refused: map[string]bool{}}
 	l.refresh()
 	refresh := time.NewTicker(w.opts.Refresh)
 	defer refresh.Stop()
@@ -282,35 +285,51 @@ func (w *Watcher) Run(ctx context.Context) error {
 }
 
 // refresh watches the directories of the managed paths when they changed
-// (or a watched directory went away), and drops the watches no longer
-// needed.
+// (or a watched directory went away, or one was missing), and drops the
+// watches no longer needed. The paths of a directory watched again are
+// checked: what happened to them while it had no watch has no event.
 func (l *loop) refresh() {
 	m := l.w.rep.Managed()
-	if m.Generation == l.gen && !l.rewatch {
+	changed := m.Generation != l.gen
+	if !changed && !l.rewatch {
 		return
 	}
-	l.gen, l.rewatch = m.Generation, false
-	l.managed = m.Paths
-	l.set = make(map[string]bool, len(m.Paths))
-	dirs := map[string]bool{}
-	for _, p := range m.Paths {
-		l.set[p] = true
-		dirs[path.Dir(p)] = true
+	first := l.set == nil
+	l.rewatch = false
+	if changed {
+		l.gen, l.managed = m.Generation, m.Paths
+		l.set = make(map[string]bool, len(m.Paths))
+		l.dirs = map[string]bool{}
+		for _, p := range m.Paths {
+			l.set[p] = true
+			l.dirs[path.Dir(p)] = true
+		}
 	}
-	for _, d := range l.watch(dirs) {
-		l.add(l.under(d)...)
+	added, missing := l.watch(l.dirs)
+	if !first {
+		for _, d := range added {
+			l.add(l.under(d)...)
+		}
 	}
+	gone := map[string]bool{}
+	for _, d := range missing {
+		gone[d] = true
+		if !l.missing[d] { // newly missing: its paths are drift
+			l.add(l.under(d)...)
+		}
+	}
+	l.missing = gone
+	l.rewatch = len(missing) > 0 // tried again at the next tick, until it is back
 }
 
 // watch makes the watches exactly dirs, within the limit; it returns the
-// directories that do not exist.
-func (l *loop) watch(dirs map[string]bool) []string {
+// directories it added a watch for, and those that do not exist.
+func (l *loop) watch(dirs map[string]bool) (added, missing []string) {
 	for _, d := range l.in.dirs() {
 		if !dirs[d] {
 			l.in.remove(d)
 		}
 	}
-	var missing []string
 	unwatched := 0
 	limit := l.w.opts.MaxWatches
 	for _, d := range slices.Sorted(maps.Keys(dirs)) {
@@ -325,6 +344,7 @@ func (l *loop) watch(dirs map[string]bool) []string {
 		err := l.in.add(d)
 		switch {
 		case err == nil:
+			added = append(added, d)
 		case errors.Is(err, errNoSpace):
 			l.limited(err)
 			unwatched++
@@ -332,7 +352,10 @@ func (l *loop) watch(dirs map[string]bool) []string {
 			missing = append(missing, d)
 			unwatched++
 		default:
-			l.w.log.Warn("drift: cannot watch a directory; scanning it", zap.String("dir", d), zap.Error(err))
+			if !l.refused[d] {
+				l.w.log.Warn("drift: cannot watch a directory; scanning it", zap.String("dir", d), zap.Error(err))
+				l.refused[d] = true
+			}
 			unwatched++
 		}
 	}
@@ -341,7 +364,7 @@ func (l *loop) watch(dirs map[string]bool) []string {
 		m.DriftWatches.Set(float64(watches))
 	}
 	l.w.update(func(s *Status) { s.Watches, s.Scanned = watches, unwatched })
-	return missing
+	return added, missing
 }
 
 // limited logs, once per Run, that watches ran out.
@@ -487,9 +510,7 @@ func (l *loop) record(rep *applier.RepairReport, fix bool, now time.Time) {
 		if !fix {
 			l.w.log.Warn("drift found (--drift watch: not repaired)", zap.String("config", d.Config), zap.String("path", d.Real), zap.Strings("differed", d.What))
 		}
-		if fixed {
-			l.backoff(d.Real, now)
-		}
+		l.backoff(d.Real, fixed, now) // a report repeated by every scan backs off too
 	}
 	l.w.update(func(s *Status) {
 		s.Repairs += len(rep.Drifted)
@@ -501,9 +522,9 @@ func (l *loop) record(rep *applier.RepairReport, fix bool, now time.Time) {
 	}
 }
 
-// backoff records a repair of p, and delays its next one when it was
-// repaired Storm times within Window.
-func (l *loop) backoff(p string, now time.Time) {
+// backoff records a repair (or, unfixed, a report) of p, and delays its
+// next one when it had Storm within Window.
+func (l *loop) backoff(p string, fixed bool, now time.Time) {
 	o := l.w.opts
 	h := l.hist[p]
 	if h == nil {
@@ -517,8 +538,12 @@ func (l *loop) backoff(p string, now time.Time) {
 	}
 	h.delay = min(max(2*h.delay, backoffBase), o.MaxBackoff)
 	h.until = now.Add(h.delay)
-	l.w.log.Warn(fmt.Sprintf("drift repaired %d times in %s: something else writes it", len(h.times), o.Window),
-		zap.String("path", p), zap.Duration("next_repair_in", h.delay))
+	verb := "repaired"
+	if !fixed {
+		verb = "found"
+	}
+	l.w.log.Warn(fmt.Sprintf("drift %s %d times in %s: something else writes it", verb, len(h.times), o.Window),
+		zap.String("path", p), zap.Duration("next_check_in", h.delay))
 }
 
 // inBackoff lists the paths in backoff now, sorted.
