@@ -373,8 +373,10 @@ func (a *Applier) Run(ctx context.Context, kind runkind.Kind, set *configs.Set, 
 			continue
 		}
 		removed[p.Config.Name] = true
+		// Its converged render still lists what is now removed: a repair
+		// must not bring it back, whatever its writes do next.
+		a.unsettle(p.Config.Name)
 		if p.Orphan {
-			a.unsettle(p.Config.Name)
 			if err := a.dropManifest(p.Config.Name); err != nil {
 				rs.fail(p.Config.Name, err)
 			}
