@@ -75,6 +75,8 @@ func (a *Applier) runCommand(ctx context.Context, c command) error {
 		return err
 	}
 	defer out.Close()
+	ctx, stopFence := whileFenced(ctx, strings.Join(c.argv, " "))
+	defer stopFence()
 	ctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, c.argv[0], c.argv[1:]...)
@@ -87,6 +89,9 @@ func (a *Applier) runCommand(ctx context.Context, c command) error {
 	err = cmd.Run()
 	if err == nil {
 		return nil
+	}
+	if cause := context.Cause(ctx); errors.Is(cause, ErrFenced) {
+		return fmt.Errorf("%w, process group killed", cause)
 	}
 	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
 		err = fmt.Errorf("%w after %s, process group killed", ErrTimeout, c.timeout)

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
+	"time"
 )
 
 // ErrFenced is returned when the run's fence refused a step: the node no
@@ -31,4 +33,44 @@ func fenced(ctx context.Context, step string) error {
 		return fmt.Errorf("%w: before %s: %w", ErrFenced, step, err)
 	}
 	return nil
+}
+
+// fencePoll is how often a running command's fence is asked: Fence makes
+// no round trip, and the lease's fence margin (a fifth of the TTL, at
+// least 500 ms) is far longer.
+const fencePoll = 100 * time.Millisecond
+
+// whileFenced returns a context that is cancelled with ErrFenced as soon as
+// ctx's fence refuses while a command runs, so that the command (its
+// process group) is killed before another node may hold the lock: a
+// holder cut off from etcd in the middle of its on_change must not run it
+// on beside the next holder. stop ends the watch.
+func whileFenced(ctx context.Context, step string) (_ context.Context, stop func()) {
+	fence, _ := ctx.Value(fenceKey{}).(func() error)
+	if fence == nil {
+		return ctx, func() {}
+	}
+	ctx, cancel := context.WithCancelCause(ctx)
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		t := time.NewTicker(fencePoll)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				if err := fence(); err != nil {
+					cancel(fmt.Errorf("%w: during %s: %w", ErrFenced, step, err))
+					return
+				}
+			}
+		}
+	}()
+	return ctx, func() { close(done); wg.Wait(); cancel(nil) }
 }

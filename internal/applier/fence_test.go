@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"syscall"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -71,4 +72,36 @@ on_change:
 	b, err := os.ReadFile(log)
 	require.NoError(t, err)
 	assert.Equal(t, "run\n", string(b), "the next run with the lock runs it")
+}
+
+// A holder cut off from etcd in the middle of its on_change: the command
+// already ran when the fence started refusing. Before, it ran on to its
+// end beside the next holder (the node harness saw two nodes' on_change
+// overlap by 7 s). Now the fence is asked while it runs, and its process
+// group is killed; the on_change stays owed.
+func TestAFenceThatRefusesDuringACommandKillsIt(t *testing.T) {
+	dir := t.TempDir()
+	started, pidFile := filepath.Join(dir, "started"), filepath.Join(dir, "pid")
+	f := newFixture(t, map[string]string{"web.yaml": `files:
+  - {path: /a.conf, content: "new a"}
+on_change:
+  - [sh, -c, 'echo $$ > "$0"; touch "$1"; exec sleep 60', ` + strconv.Quote(pidFile) + `, ` + strconv.Quote(started) + `]
+timeout: 2m
+`})
+	fence := func() error {
+		if _, err := os.Stat(started); err == nil {
+			return errors.New("cluster lock lost: the lease may have expired")
+		}
+		return nil
+	}
+	r := f.applier.Run(applier.WithFence(context.Background(), fence), runkind.Full, f.set, f.snap(), []string{"web"})
+	assert.True(t, r.Aborted, "a lock lost during on_change aborts the run")
+	assert.False(t, r.Failed(), "it is not the configuration's failure: no flag")
+	assert.Contains(t, r.Outcomes[0].Error, "during sh -c")
+	assert.True(t, f.plan("web").PendingOnChange, "the on_change is still owed")
+	raw, err := os.ReadFile(pidFile)
+	require.NoError(t, err)
+	pid, err := strconv.Atoi(string(raw[:len(raw)-1]))
+	require.NoError(t, err)
+	assert.Error(t, syscall.Kill(pid, 0), "the command's process is gone")
 }
