@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -24,7 +25,8 @@ import (
 )
 
 // driftConfig renders one file per site in a managed directory, and one
-// more in a second directory; validate and on_change log to $0.
+// more in a second directory; validate and on_change log to $0, and
+// validate refuses while $0.refuse exists.
 func driftConfig(log string) string {
 	q := strconv.Quote(log)
 	return `subscribes: [sites]
@@ -33,7 +35,7 @@ directories:
 files:
   - {path: '/sites/{{ .Object.ID }}.conf', for_each: sites, content: "{{ .Object.Data.v }}\n", mode: "0640", owner: root, group: root}
   - {path: /other/index.conf, content: "index\n"}
-validate: [sh, -c, 'echo validate >> "$0"', ` + q + `]
+validate: [sh, -c, 'echo validate >> "$0"; test ! -e "$0.refuse"', ` + q + `]
 on_change: [[sh, -c, 'echo on_change >> "$0"', ` + q + `]]
 `
 }
@@ -42,7 +44,8 @@ on_change: [[sh, -c, 'echo on_change >> "$0"', ` + q + `]]
 // root; log records its validate and on_change.
 type driftNode struct {
 	*node
-	log string
+	log  string
+	etcd *etcdtest.Cluster
 }
 
 func startDriftAgent(t *testing.T, opts drift.Options) *driftNode {
@@ -75,7 +78,7 @@ func startDriftAgent(t *testing.T, opts drift.Options) *driftNode {
 	done := make(chan error, 1)
 	go func() { done <- n.ag.Run(ctx) }()
 	t.Cleanup(func() { cancel(); require.NoError(t, <-done) })
-	d := &driftNode{node: n, log: log}
+	d := &driftNode{node: n, log: log, etcd: etcd}
 	d.put(t, "sites/a", `{"v": "a1"}`)
 	rev := d.put(t, "sites/b", `{"v": "b1"}`)
 	d.reported(t, "web1", rev, api.ResultConverged)
@@ -273,3 +276,48 @@ func TestDriftFoughtPathIsBackedOffAndReported(t *testing.T) {
 }
 
 func statOwner(st os.FileInfo) uint32 { return st.Sys().(*syscall.Stat_t).Uid }
+
+// A repair takes no cluster lock, and restores what the node last
+// converged: not a change to objects it has not converged yet, which
+// waits for its run under the lock.
+func TestDriftRepairsTheLastConvergedRenderWithoutTheLock(t *testing.T) {
+	t.Parallel()
+	d := startDriftAgent(t, drift.Options{})
+	other := cluster.New(d.etcd.Client(t), cluster.Options{Node: "web9"})
+	s, err := other.NewSession(context.Background(), cluster.SessionOptions{TTL: 30 * time.Second})
+	require.NoError(t, err)
+	defer s.Close()
+	lock, err := s.Lock(context.Background(), nil)
+	require.NoError(t, err)
+	rev := d.put(t, "sites/a", `{"v": "a2"}`)
+	require.Eventually(t, func() bool {
+		v, err := d.cluster.View(context.Background())
+		return err == nil && slices.Contains(v.Waiting, "web1")
+	}, 30*time.Second, 5*time.Millisecond, "web1 waits for the lock web9 holds")
+
+	from := d.repairs()
+	require.NoError(t, os.WriteFile(filepath.Join(d.root, "sites/a.conf"), []byte("hand\n"), 0o640))
+	d.repaired(t, from, "/sites/a.conf", "a1\n", 0o640)
+
+	require.NoError(t, lock.Release())
+	d.reported(t, "web1", rev, api.ResultConverged)
+	assert.Equal(t, "a2\n", d.read("/sites/a.conf"), "the change converges under the lock")
+}
+
+// A repair that validate refuses is rolled back as a run's is, and the
+// full run it asks for raises the node's failure record under the lock.
+func TestDriftAFailedRepairRaisesTheFailureRecord(t *testing.T) {
+	t.Parallel()
+	d := startDriftAgent(t, drift.Options{})
+	require.NoError(t, os.WriteFile(d.log+".refuse", nil, 0o644))
+	require.NoError(t, os.WriteFile(filepath.Join(d.root, "sites/a.conf"), []byte("hand\n"), 0o640))
+	s := d.reported(t, "web1", 0, api.ResultFailed)
+	assert.Contains(t, s.Error, "validate failed")
+	require.Eventually(t, func() bool {
+		v, err := d.cluster.View(context.Background())
+		return err == nil && v.Failure != nil && v.Failure.Node == "web1" && v.Failure.Configuration == "sites"
+	}, 30*time.Second, 5*time.Millisecond, "the failure record names the node and the configuration")
+	assert.Equal(t, "hand\n", d.read("/sites/a.conf"), "validate refused: the files are as before the repair")
+	assert.Equal(t, 0.0, d.repairs(), "nothing counted as repaired")
+	assert.Equal(t, 1.0, testutil.ToFloat64(d.ag.Metrics().DriftFound.WithLabelValues("sites")))
+}
