@@ -298,13 +298,6 @@ func (l *lab) boot(img, name, ip string) *node {
 	l.plug(n.ns, name, ip)
 
 	n.write("/etc/hostname", name+"\n", 0o644)
-	n.write("/etc/default/ccm", fmt.Sprintf(`CCM_ENDPOINTS=%s
-CCM_NODE=%s
-CCM_LABEL=role=web
-CCM_METRICS_ADDR=127.0.0.1:9310
-CCM_DEBOUNCE=1s
-CCM_LOCK_TTL=5s
-`, l.endpoints(), name), 0o600)
 	for path, body := range nodeConfig {
 		mode := os.FileMode(0o644)
 		if strings.Contains(path, "/bin/") {
@@ -321,9 +314,15 @@ CCM_LOCK_TTL=5s
 	log, err := os.Create(filepath.Join(dir, "console.log"))
 	require(t, err)
 	defer log.Close()
-	n.nspawn = exec.Command("systemd-nspawn", "-D", n.root, "--register=no", "--keep-unit", "--boot",
+	// Each node boots in cgroups of its own: with --keep-unit and no
+	// systemd on the host, nspawn leaves the container in the cgroup it
+	// was started in, and three nodes in one would share one
+	// system.slice/ccm.service, each sweeping the others' runs.
+	cgs := l.cgroups(name)
+	n.nspawn = exec.Command("sh", "-c", `for cg in $CGROUPS; do echo $$ > "$cg/cgroup.procs" || exit 1; done; exec "$@"`, "sh",
+		"systemd-nspawn", "-D", n.root, "--register=no", "--keep-unit", "--boot",
 		"--network-namespace-path=/run/netns/"+n.ns, "--machine="+name, "--bind="+l.shared+":/shared", "--console=passive")
-	n.nspawn.Env = []string{hostPath}
+	n.nspawn.Env = []string{hostPath, "CGROUPS=" + strings.Join(cgs, " ")}
 	n.nspawn.Stdout, n.nspawn.Stderr = log, log
 	require(t, n.nspawn.Start())
 	eventually(t, time.Minute, func() bool { n.leader = leaderOf(n.nspawn.Process.Pid); return n.leader != 0 }, "%s's systemd starts", name)
@@ -333,7 +332,58 @@ CCM_LOCK_TTL=5s
 	}, "%s boots with no failed unit", name)
 	n.must("useradd", "--create-home", "--shell", "/bin/sh", "alice")
 	n.must("dpkg", "-i", "/root/ccm-0.deb")
+	// As an operator does: the package's /etc/default/ccm, then its settings.
+	n.write("/etc/default/ccm", fmt.Sprintf(`CCM_ENDPOINTS=%s
+CCM_NODE=%s
+CCM_LABEL=role=web
+CCM_METRICS_ADDR=127.0.0.1:9310
+CCM_DEBOUNCE=1s
+CCM_LOCK_TTL=5s
+`, l.endpoints(), name), 0o600)
 	return n
+}
+
+// cgroups makes the node's cgroup in the cgroup v2 hierarchy and, on a
+// host with the hybrid layout, in the name=systemd one.
+func (l *lab) cgroups(name string) []string {
+	raw, err := os.ReadFile("/proc/self/mountinfo")
+	require(l.t, err)
+	var dirs []string
+	for _, line := range strings.Split(string(raw), "\n") {
+		pre, post, ok := strings.Cut(line, " - ")
+		f := strings.Fields(pre)
+		if !ok || len(f) < 5 {
+			continue
+		}
+		if strings.HasPrefix(post, "cgroup2 ") || (strings.HasPrefix(post, "cgroup ") && strings.Contains(post, "name=systemd")) {
+			dir := filepath.Join(f[4], filepath.Base(l.work), name)
+			require(l.t, os.MkdirAll(dir, 0o755))
+			dirs = append(dirs, dir)
+		}
+	}
+	return dirs
+}
+
+// removeCgroups removes the lab's cgroups, deepest first, once the nodes
+// are down.
+func (l *lab) removeCgroups() {
+	raw, _ := os.ReadFile("/proc/self/mountinfo")
+	for _, line := range strings.Split(string(raw), "\n") {
+		pre, _, ok := strings.Cut(line, " - ")
+		if f := strings.Fields(pre); ok && len(f) >= 5 {
+			top := filepath.Join(f[4], filepath.Base(l.work))
+			var dirs []string
+			_ = filepath.WalkDir(top, func(p string, d os.DirEntry, err error) error {
+				if err == nil && d.IsDir() {
+					dirs = append(dirs, p)
+				}
+				return nil
+			})
+			for i := len(dirs) - 1; i >= 0; i-- {
+				_ = os.Remove(dirs[i])
+			}
+		}
+	}
 }
 
 // leaderOf is the container's PID 1: the child of systemd-nspawn that
@@ -426,6 +476,7 @@ func (l *lab) close() {
 		}
 	}
 	l.removeLeftovers()
+	l.removeCgroups()
 	if !l.t.Failed() || os.Getenv("CCM_NODES_KEEP") == "" {
 		_ = os.RemoveAll(l.work)
 	}
