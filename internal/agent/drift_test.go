@@ -321,3 +321,25 @@ func TestDriftAFailedRepairRaisesTheFailureRecord(t *testing.T) {
 	assert.Equal(t, 0.0, d.repairs(), "nothing counted as repaired")
 	assert.Equal(t, 1.0, testutil.ToFloat64(d.ag.Metrics().DriftFound.WithLabelValues("sites")))
 }
+
+// --drift watch reports and changes nothing; the next run of the
+// configuration, even one for another object, puts the file back.
+func TestDriftWatchOnlyReportsAndTheNextRunRepairs(t *testing.T) {
+	t.Parallel()
+	d := startDriftAgent(t, drift.Options{Mode: drift.Watch})
+	require.NoError(t, os.WriteFile(filepath.Join(d.root, "sites/a.conf"), []byte("hand\n"), 0o640))
+	require.Eventually(t, func() bool {
+		return testutil.ToFloat64(d.ag.Metrics().DriftFound.WithLabelValues("sites")) >= 1
+	}, 30*time.Second, 5*time.Millisecond, "the drift is counted as found")
+	assert.Equal(t, "hand\n", d.read("/sites/a.conf"), "and left as it is")
+	assert.Equal(t, 0.0, d.repairs())
+	require.Eventually(t, func() bool {
+		v, err := d.cluster.View(context.Background())
+		return err == nil && len(v.Nodes) == 1 && strings.HasPrefix(v.Nodes[0].Drift, "drift found (not repaired): ")
+	}, 30*time.Second, 5*time.Millisecond, "ccm status says it was found, not repaired")
+
+	rev := d.put(t, "sites/b", `{"v": "b2"}`)
+	d.reported(t, "web1", rev, api.ResultConverged)
+	assert.Equal(t, "a1\n", d.read("/sites/a.conf"), "an event-driven run reads the drifted file again")
+	assert.Equal(t, "b2\n", d.read("/sites/b.conf"))
+}

@@ -275,7 +275,13 @@ func (a *Applier) repairOne(ctx context.Context, c convergedRender, reals []stri
 		drifted = append(drifted, Drift{Config: c.cfg.Name, Path: f.Path, Real: f.Real, What: whatDiffers(ch)})
 		p.Changes = append(p.Changes, *ch)
 	}
-	if !fix || len(drifted) == 0 {
+	if !fix {
+		for _, d := range drifted { // found, not repaired: the next run of the configuration reads it again
+			delete(a.known, d.Real)
+		}
+		return drifted, nil
+	}
+	if len(drifted) == 0 {
 		return drifted, nil
 	}
 	for _, d := range displace {

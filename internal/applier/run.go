@@ -295,8 +295,9 @@ func (rs *runState) abort(r *Report, name string, cause error) {
 //
 // A run of kind runkind.Changed renders only what the changes touch and
 // does not re-read files that this Applier wrote or verified and whose
-// desired state is unchanged: drift made by hand is repaired by the next
-// runkind.Full run (start, resync, resume).
+// desired state is unchanged: drift made by hand is repaired by Repair
+// (the drift watcher, internal/drift), or by the next runkind.Full run
+// (start, resync, resume).
 func (a *Applier) Run(ctx context.Context, kind runkind.Kind, set *configs.Set, snap *objects.Snapshot, names []string) *Report {
 	a.repairs.serial.Lock()
 	defer a.repairs.serial.Unlock()
