@@ -91,8 +91,9 @@ func TestFailingValidateRestoresFilesSetsTheFlagAndHaltsOtherNodes(t *testing.T)
 			assert.Equal(t, content, after[path], "%s is restored byte for byte", path)
 		}
 	}
-	assert.NotEqual(t, before["/etc/php/8.2/fpm/pool.d/shop.conf"], after["/etc/php/8.2/fpm/pool.d/shop.conf"],
-		"php-fpm-pools ran before nginx-vhosts and converged")
+	assert.Equal(t, before["/etc/php/8.2/fpm/pool.d/shop.conf"], after["/etc/php/8.2/fpm/pool.d/shop.conf"],
+		"php-fpm-pools ran before nginx-vhosts, then was rolled back with the failed run")
+	assert.Contains(t, r.stderr, "rolled back", "and says so")
 
 	r = web1.run("", "status")
 	assert.Equal(t, 3, r.code)

@@ -58,6 +58,7 @@ func (a *Applier) rollBackRun(ctx context.Context, rs *runState, t *runTxn) {
 		if o := rs.outcomes[j.Config]; o != nil && o.Result != Failed {
 			o.Result, o.Error = RolledBack, "rolled back: the run failed"
 		}
+		a.log.Warn("configuration rolled back: the run failed", zap.String("config", j.Config), zap.Int("files", len(j.Files)))
 		if !seen[j.Config] {
 			seen[j.Config] = true
 			order = append([]*journal{j}, order...)
