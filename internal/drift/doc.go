@@ -26,7 +26,9 @@
 //   - On IN_Q_OVERFLOW every managed path is checked once.
 //   - Where a watch cannot be had (the MaxWatches limit, or ENOSPC from
 //     fs.inotify.max_user_watches), the directories without one are
-//     scanned every ScanEvery instead, and that is logged once.
+//     scanned every ScanEvery instead, and that is logged once. Without
+//     an inotify instance at all (fs.inotify.max_user_instances), every
+//     directory is.
 //
 // Shutdown: Run returns when its context is cancelled, after the batch
 // under way, with its reader goroutine stopped and the inotify descriptor

@@ -108,6 +108,9 @@ type Faults struct {
 	// as the kernel does when its queue (fs.inotify.max_queued_events) is
 	// full.
 	Overflow func(real string) bool
+	// Init, when set, is the error inotify_init1 fails with, as it does
+	// with EMFILE past fs.inotify.max_user_instances.
+	Init error
 }
 
 func (o *Options) defaults() {
@@ -231,11 +234,14 @@ func (w *Watcher) Run(ctx context.Context) error {
 	if w.opts.Mode == Off {
 		return nil
 	}
-	in, err := openInotify()
+	in, err := openInotify(w.opts.Faults)
 	if err != nil {
-		return fmt.Errorf("drift: %w", err)
+		// Out of instances (fs.inotify.max_user_instances, EMFILE): no
+		// watch at all, every directory is scanned.
+		w.log.Warn("drift: no inotify instance; every managed directory is scanned every --drift-scan instead. Raise the limit with sysctl -w fs.inotify.max_user_instances=N (and in /etc/sysctl.d)",
+			zap.Error(err), zap.Duration("scan_every", w.opts.ScanEvery))
+		in = noInotify()
 	}
-	in.faults = w.opts.Faults
 	events := make(chan []event, 16)
 	var wg sync.WaitGroup
 	wg.Add(1)
@@ -262,7 +268,8 @@ func (w *Watcher) Run(ctx context.Context) error {
 			return nil
 		case evs, ok := <-events:
 			if !ok {
-				return nil
+				events = nil // no instance, or it was closed: scans go on
+				continue
 			}
 			l.handle(evs)
 		case <-refresh.C:
@@ -347,6 +354,8 @@ func (l *loop) watch(dirs map[string]bool) (added, missing []string) {
 			added = append(added, d)
 		case errors.Is(err, errNoSpace):
 			l.limited(err)
+			unwatched++
+		case errors.Is(err, errNoInstance):
 			unwatched++
 		case errors.Is(err, errMissing):
 			missing = append(missing, d)

@@ -18,6 +18,9 @@ var (
 	errMissing = unix.ENOENT
 )
 
+// errNoInstance is every add of a watcher that got no inotify instance.
+var errNoInstance = errors.New("no inotify instance")
+
 // watchMask is what a directory's watch reports: every way a managed
 // entry can change (write, truncate, chmod, chown, create, delete, rename
 // in or out), and the directory's own deletion or move. IN_ONLYDIR and
@@ -47,18 +50,34 @@ type inotify struct {
 	byWd  map[int]string
 }
 
-func openInotify() (*inotify, error) {
+func openInotify(faults Faults) (*inotify, error) {
+	if faults.Init != nil {
+		return nil, os.NewSyscallError("inotify_init1", faults.Init)
+	}
 	fd, err := unix.InotifyInit1(unix.IN_NONBLOCK | unix.IN_CLOEXEC)
 	if err != nil {
 		return nil, os.NewSyscallError("inotify_init1", err)
 	}
 	// Non-blocking under the runtime's poller: close ends a read.
-	return &inotify{f: os.NewFile(uintptr(fd), "inotify"), byDir: map[string]int{}, byWd: map[int]string{}}, nil
+	return &inotify{f: os.NewFile(uintptr(fd), "inotify"), faults: faults, byDir: map[string]int{}, byWd: map[int]string{}}, nil
 }
 
-func (in *inotify) close() { in.f.Close() }
+// noInotify is an inotify without an instance: it watches nothing, so
+// that every directory is scanned.
+func noInotify() *inotify {
+	return &inotify{byDir: map[string]int{}, byWd: map[int]string{}}
+}
+
+func (in *inotify) close() {
+	if in.f != nil {
+		in.f.Close()
+	}
+}
 
 func (in *inotify) add(dir string) error {
+	if in.f == nil {
+		return errNoInstance
+	}
 	sc, err := in.f.SyscallConn()
 	if err != nil {
 		return err
@@ -90,7 +109,7 @@ func (in *inotify) remove(dir string) {
 	delete(in.byDir, dir)
 	delete(in.byWd, wd)
 	in.mu.Unlock()
-	if !ok {
+	if !ok || in.f == nil {
 		return
 	}
 	if sc, err := in.f.SyscallConn(); err == nil {
@@ -125,6 +144,9 @@ func (in *inotify) dirs() []string {
 // closed; it closes out.
 func (in *inotify) read(ctx context.Context, out chan<- []event) {
 	defer close(out)
+	if in.f == nil {
+		return
+	}
 	buf := make([]byte, 64*1024)
 	for {
 		n, err := in.f.Read(buf)

@@ -11,6 +11,7 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
 
 	"github.com/ccm-dev/ccm/internal/applier"
 	"github.com/ccm-dev/ccm/internal/drift"
@@ -114,4 +115,23 @@ func TestADeletedDirectoryIsWatchedAgainOnceBack(t *testing.T) {
 	require.NoError(t, os.WriteFile(file, []byte("y"), 0o644)) // after the foreign file: its events came first
 	require.Eventually(t, func() bool { return rep.wasAsked(file) }, 10*time.Second, time.Millisecond)
 	assert.False(t, rep.wasAsked(foreign), "a foreign file is never handed on")
+}
+
+// Without an inotify instance (fs.inotify.max_user_instances), every
+// managed directory is scanned.
+func TestWithoutAnInstanceEverythingIsScanned(t *testing.T) {
+	root := t.TempDir()
+	file := filepath.Join(root, "a.conf")
+	rep := &standIn{}
+	rep.set(file)
+	w := drift.New(rep, drift.Options{Mode: drift.Repair, Quiet: time.Millisecond, Refresh: 5 * time.Millisecond, ScanEvery: 10 * time.Millisecond,
+		Faults: drift.Faults{Init: unix.EMFILE}}, nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- w.Run(ctx) }()
+	t.Cleanup(func() { cancel(); require.NoError(t, <-done) })
+	require.Eventually(t, func() bool { return rep.wasAsked(file) }, 10*time.Second, time.Millisecond, "the scan checks the path")
+	s := w.Status()
+	assert.Equal(t, 0, s.Watches)
+	assert.Equal(t, 1, s.Scanned)
 }
