@@ -142,6 +142,9 @@ func TestANodeRunsOnlyWhatASignerApprovedOnDebiansEtcd(t *testing.T) {
 		require.NoError(t, err)
 		return p
 	}
+	// fresh clears a flag an earlier subtest may have raised (on a ccm
+	// without these guards), so that each fails for its own reason.
+	fresh := func() { ops.run("", "resume") }
 
 	// 1. plan --check ran an unsigned release's checks as root.
 	t.Run("plan --check verifies with CCM_RELEASE_KEYS before any check runs", func(t *testing.T) {
@@ -205,6 +208,7 @@ func TestANodeRunsOnlyWhatASignerApprovedOnDebiansEtcd(t *testing.T) {
 
 	// 2. A manifest with an alias path ran what the listing hid.
 	t.Run("a manifest with an alias path, written with the release writer's credentials, is refused", func(t *testing.T) {
+		fresh()
 		marker := filepath.Join(t.TempDir(), "hidden")
 		good := "subscribes: [sites]\nfiles:\n  - path: /sites/{{ .Object.ID }}.conf\n    for_each: sites\n    content: \"alias\\n\"\ntimeout: 60s\n"
 		evil := good + fmt.Sprintf("on_change:\n  - [sh, -c, 'id > %s']\n", marker)
@@ -234,17 +238,23 @@ func TestANodeRunsOnlyWhatASignerApprovedOnDebiansEtcd(t *testing.T) {
 		web2 := nodeAs("web2")
 		proc := web2.start("agent", "--debounce", "0s", "--release-dir", filepath.Join(t.TempDir(), "releases"))
 		defer func() { _ = proc.Process.Kill(); _, _ = proc.Process.Wait() }()
-		eventually(t, 60*time.Second, func() bool {
+		refused := func() bool {
 			p := presence("web2")
 			return p != nil && strings.Contains(p.ReloadError, `file "sites.yaml/.": not a clean relative path`)
-		}, "web2 refuses the release, naming the path")
+		}
+		eventually(t, 60*time.Second, func() bool {
+			_, err := os.Stat(marker)
+			return err == nil || refused()
+		}, "web2 refuses the release, or runs it")
 		assert.NoFileExists(t, marker, "the hidden on_change never runs")
+		assert.True(t, refused(), "web2 says why, naming the path")
 		noFailure(t)
 	})
 
 	// 3, 4. The 0777 helper rewritten by nobody; the tampered chunk,
 	// then agent restarts.
 	t.Run("a staged release is root's, checked before each load, and outlives a broken copy in etcd", func(t *testing.T) {
+		fresh()
 		log := filepath.Join(t.TempDir(), "helper.log")
 		require.NoError(t, os.WriteFile(log, nil, 0o666))
 		require.NoError(t, os.Chmod(log, 0o666))
@@ -312,7 +322,7 @@ func TestANodeRunsOnlyWhatASignerApprovedOnDebiansEtcd(t *testing.T) {
 			convergedAt(t, "web3", objectChange(tc.name[:1]), id)
 			noFailure(t)
 			r := ops.run("", "status")
-			assert.Regexp(t, `web3\s+idle\s+`+id[:12]+`.*stored release broken, running the staged copy: .*`+tc.want, r.stdout)
+			assert.Regexp(t, `web3\s+\S+\s+`+id[:12]+`.*stored release broken, running the staged copy: .*`+tc.want, r.stdout)
 			r = ops.run("", "release", "verify", id[:12], "--release-keys", keys)
 			assert.Equal(t, 1, r.code, "%s: %s", tc.name, r.stdout)
 			assert.Contains(t, r.stderr, tc.want)
