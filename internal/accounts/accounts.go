@@ -78,6 +78,9 @@ const DefaultMin = 1000
 type Owned struct {
 	Users  []string `json:"users,omitempty"`
 	Groups []string `json:"groups,omitempty"`
+	// Objects maps "user:NAME" and "group:NAME" to the object ("type/id")
+	// the account was made for: never removed while that object is held.
+	Objects map[string]string `json:"account_objects,omitempty"`
 }
 
 var namePattern = regexp.MustCompile(`^[a-z_][a-z0-9_-]{0,31}$`)
@@ -217,6 +220,12 @@ func (db *DB) Usable() error {
 func (db *DB) UID(name string) (int, bool) {
 	e, ok := db.users[name]
 	return e.id, ok
+}
+
+// UserName returns the name of the user with uid.
+func (db *DB) UserName(uid int) (string, bool) {
+	n, ok := db.uidName[uid]
+	return n, ok
 }
 
 // GID returns the ID of a group.

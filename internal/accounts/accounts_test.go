@@ -46,7 +46,7 @@ func applyWith(t *testing.T, root string, groups []accounts.Group, users []accou
 	t.Helper()
 	db, err := accounts.Read(root)
 	require.NoError(t, err)
-	changes, problems := db.Plan(groups, users, policy, *owned, accounts.Retired{}, root)
+	changes, problems := db.Plan(groups, users, policy, accounts.State{Owned: *owned}, root)
 	require.Empty(t, problems)
 	var lines []string
 	for _, c := range changes {
@@ -113,7 +113,7 @@ func TestAccountsRefuseSystemAccountsAndCollisions(t *testing.T) {
 			{Name: "thief", UID: "1500", Object: "sites/b"},
 			{Name: "low", UID: "999"},
 			{Name: "x", UID: "4000"}, {Name: "y", UID: "4000"},
-		}, policy, accounts.Owned{}, accounts.Retired{}, root)
+		}, policy, accounts.State{}, root)
 	var msgs []string
 	for _, p := range problems {
 		msgs = append(msgs, p.Object+" "+p.Err.Error())

@@ -107,12 +107,19 @@ func maxName(field string) string {
 }
 
 // hashForms are the crypt(3) forms a Hash may take: MD5, SHA-256 and
-// SHA-512 (with rounds=N), yescrypt and gost-yescrypt, scrypt and bcrypt.
+// SHA-512 (with rounds=N, checked against MaxRounds), yescrypt and
+// gost-yescrypt at the costs Debian's tools make (j7T to jDT), and bcrypt
+// at cost 04 to 13. A cost is bounded because every login attempt on the
+// name (sshd, su, PAM, as root) pays it: $2b$31$ is two days of CPU a try.
 var hashForms = []*regexp.Regexp{
-	regexp.MustCompile(`^\$(1|5|6)\$(rounds=[0-9]{1,9}\$)?[./0-9A-Za-z]{1,16}\$[./0-9A-Za-z]{1,86}$`),
-	regexp.MustCompile(`^\$(y|gy|7)\$[./0-9A-Za-z]{1,64}\$[./0-9A-Za-z]{1,86}\$[./0-9A-Za-z]{1,86}$`),
-	regexp.MustCompile(`^\$2[aby]\$[0-9]{2}\$[./0-9A-Za-z]{53}$`),
+	regexp.MustCompile(`^\$(1|5|6)\$(rounds=([0-9]{4,7})\$)?[./0-9A-Za-z]{1,16}\$[./0-9A-Za-z]{1,86}$`),
+	regexp.MustCompile(`^\$(y|gy)\$j[7-9A-D]T\$[./0-9A-Za-z]{1,86}\$[./0-9A-Za-z]{1,86}$`),
+	regexp.MustCompile(`^\$2[aby]\$(0[4-9]|1[0-3])\$[./0-9A-Za-z]{53}$`),
 }
+
+// MaxRounds is the most rounds= a SHA-256 or SHA-512 hash may ask for
+// (the default is 5000).
+const MaxRounds = 1000000
 
 // ParseHash parses a password hash rendered from data. "" is no hash (the
 // password is left alone).
@@ -122,9 +129,16 @@ func ParseHash(s string) (Hash, error) {
 		return Hash(s), nil
 	}
 	for _, re := range hashForms {
-		if re.MatchString(strings.TrimPrefix(s, "!")) {
-			return Hash(s), nil
+		m := re.FindStringSubmatch(strings.TrimPrefix(s, "!"))
+		if m == nil {
+			continue
 		}
+		if len(m) > 3 && m[3] != "" {
+			if n, _ := strconv.Atoi(m[3]); n > MaxRounds || n < 1000 {
+				return "", fmt.Errorf("password hash asks for %d rounds: between 1000 and %d", n, MaxRounds)
+			}
+		}
+		return Hash(s), nil
 	}
 	// The value is a secret: never echo it.
 	return "", fmt.Errorf("password is not a crypt(3) hash ($id$[rounds=N$]salt$hash in the crypt alphabet) nor a locked form (!, *): %d bytes refused, not shown", len(s))
@@ -370,6 +384,40 @@ func (pol Policy) CheckOwner(field, name string, id int) error {
 	}
 	if _, err := checkID("uid", id, pol.MinUID, pol.maxUID()); err != nil {
 		return fmt.Errorf("owner %s is not one object data may name: %w", name, err)
+	}
+	return nil
+}
+
+// CheckOwnerAccount is CheckOwner for an owner that exists in db, and also
+// refuses an account that no configuration of ccm's made (ccms) and
+// adopt: does not name, such as the operator's own uid-1000 account, and a
+// user in a group the group rule denies (a sudoer owns nothing of a
+// customer's).
+func (pol Policy) CheckOwnerAccount(db *DB, field, name string, id int, ccms Owned) error {
+	if err := pol.CheckOwner(field, name, id); err != nil {
+		return err
+	}
+	made := ccms.Users
+	if field == "group" {
+		made = ccms.Groups
+	}
+	if !slices.Contains(made, name) && !slices.Contains(pol.Adopt, name) {
+		return fmt.Errorf("%s %s is not an account ccm made (nor one adopt: names): object data names only ccm's accounts", field, name)
+	}
+	if field == "group" {
+		return nil
+	}
+	rule := pol.groupRule()
+	for _, g := range db.memberOf(name) {
+		gid, _ := db.GID(g)
+		if err := rule.Check(g, gid); err != nil {
+			return fmt.Errorf("owner %s: %w", name, err)
+		}
+	}
+	if e, ok := db.users[name]; ok {
+		if err := rule.Check(db.gidName[e.gid], e.gid); err != nil {
+			return fmt.Errorf("owner %s: primary %w", name, err)
+		}
 	}
 	return nil
 }

@@ -26,6 +26,10 @@ func TestDeclaredFieldsRefuseHostileValues(t *testing.T) {
 		{"yescrypt", accounts.User{Name: "c", Password: "$y$j9T$F5Jx5fExrKuPp53xLKQ..1$X3DX6M94c7o.9agCG9G317fhZg9SqC.5i5rd.RhAtQ7"}, ""},
 		{"bcrypt", accounts.User{Name: "c", Password: "$2b$10$" + strings.Repeat("a", 53)}, ""},
 		{"locked", accounts.User{Name: "c", Password: "!$6$salt$abc"}, ""},
+		{"bcrypt cost 31", accounts.User{Name: "c", Password: "$2b$31$" + strings.Repeat("a", 53)}, "password is not a crypt(3) hash"},
+		{"rounds 999999999", accounts.User{Name: "c", Password: "$6$rounds=999999999$salt$abc"}, "password is not a crypt(3) hash"},
+		{"rounds 2000000", accounts.User{Name: "c", Password: "$6$rounds=2000000$salt$abc"}, "asks for 2000000 rounds"},
+		{"yescrypt 1 GB", accounts.User{Name: "c", Password: "$y$jFT$F5Jx5fExrKuPp53xLKQ..1$X3DX6M94c7o.9agCG9G317fhZg9SqC.5i5rd.RhAtQ7"}, "password is not a crypt(3) hash"},
 		{"a newline in a hash", accounts.User{Name: "c", Password: "$6$abc\nroot:$6$PWNED"}, "password is not a crypt(3) hash"},
 		{"a colon in a hash", accounts.User{Name: "c", Password: "$6$abc$x:0:0"}, "password is not a crypt(3) hash"},
 		{"a plain password", accounts.User{Name: "c", Password: "hunter2"}, "password is not a crypt(3) hash"},
@@ -60,7 +64,7 @@ func TestDeclaredFieldsRefuseHostileValues(t *testing.T) {
 			db, err := accounts.Read(root)
 			require.NoError(t, err)
 			tc.user.Object = "users/c"
-			_, problems := db.Plan(nil, []accounts.User{tc.user}, policy, accounts.Owned{}, accounts.Retired{}, root)
+			_, problems := db.Plan(nil, []accounts.User{tc.user}, policy, accounts.State{}, root)
 			if tc.want == "" {
 				assert.Empty(t, problems)
 				return
@@ -87,7 +91,7 @@ func TestANewlineInAHashNeverReachesChpasswd(t *testing.T) {
 	owned := &accounts.Owned{}
 	db, err := accounts.Read(root)
 	require.NoError(t, err)
-	changes, problems := db.Plan(nil, []accounts.User{{Name: "alice2", UID: "2001", Password: "$6$abc\nroot:$6$PWNED", Object: "users/alice2"}}, policy, *owned, accounts.Retired{}, root)
+	changes, problems := db.Plan(nil, []accounts.User{{Name: "alice2", UID: "2001", Password: "$6$abc\nroot:$6$PWNED", Object: "users/alice2"}}, policy, accounts.State{Owned: *owned}, root)
 	for _, c := range changes { // what a plan would run, with the real tools
 		_ = accounts.Run(t.Context(), c)
 	}
@@ -104,14 +108,14 @@ func TestAnExistingAccountIsNotCcmsUnlessAdopted(t *testing.T) {
 	db, err := accounts.Read(root)
 	require.NoError(t, err)
 	users := []accounts.User{{Name: "alice", UID: "1500", Groups: []string{}, Password: "$6$salt$abc", Object: "users/alice"}}
-	changes, problems := db.Plan(nil, users, policy, accounts.Owned{}, accounts.Retired{}, root)
+	changes, problems := db.Plan(nil, users, policy, accounts.State{}, root)
 	assert.Empty(t, changes)
 	require.Len(t, problems, 1)
 	assert.ErrorContains(t, problems[0].Err, "user alice: exists and is not ccm's")
 
 	adopting := policy
 	adopting.Adopt = []string{"alice"}
-	changes, problems = db.Plan(nil, users, adopting, accounts.Owned{}, accounts.Retired{}, root)
+	changes, problems = db.Plan(nil, users, adopting, accounts.State{}, root)
 	assert.Empty(t, problems)
 	assert.NotEmpty(t, changes)
 }
@@ -125,7 +129,7 @@ func TestARemovedAccountsIDIsRetired(t *testing.T) {
 	run := func(users []accounts.User, pol accounts.Policy) ([]string, []accounts.Problem) {
 		db, err := accounts.Read(root)
 		require.NoError(t, err)
-		changes, problems := db.Plan(nil, users, pol, *owned, retired, root)
+		changes, problems := db.Plan(nil, users, pol, accounts.State{Owned: *owned, Retired: retired}, root)
 		var lines []string
 		for _, c := range changes {
 			require.NoError(t, accounts.Run(t.Context(), c))
@@ -173,7 +177,7 @@ func TestADeclaredUserJoinsNoSystemOrDeniedGroup(t *testing.T) {
 		{Name: "m3", Groups: []string{"www-data"}, Object: "users/m3"},
 		{Name: "m4", Groups: []string{"sudo2"}, Object: "users/m4"},
 	} {
-		changes, problems := db.Plan(nil, []accounts.User{u}, pol, accounts.Owned{}, accounts.Retired{}, root)
+		changes, problems := db.Plan(nil, []accounts.User{u}, pol, accounts.State{}, root)
 		assert.Empty(t, changes, u.Name)
 		require.Len(t, problems, 1, u.Name)
 		assert.Regexp(t, `group (root|sudo|www-data|sudo2) (is denied|\(gid \d+\) is below min_gid)`, problems[0].Err.Error())
@@ -201,4 +205,16 @@ func TestAnOwnerFromDataIsNeverASystemAccount(t *testing.T) {
 		}
 		assert.ErrorContains(t, err, tc.want, fmt.Sprintf("%s %s", tc.field, tc.name))
 	}
+}
+
+// A picked ID stays below max and out of the reserved range (review
+// finding: after uid 59999, ccm ran useradd -u 60000).
+func TestAPickedIDStaysInRange(t *testing.T) {
+	root := newRoot(t)
+	db, err := accounts.Read(root)
+	require.NoError(t, err)
+	_, problems := db.Plan(nil, []accounts.User{{Name: "a", UID: "59999", Object: "users/a"}, {Name: "b", Object: "users/b"}}, policy, accounts.State{}, root)
+	require.Len(t, problems, 1)
+	assert.Equal(t, "users/b", problems[0].Object)
+	assert.ErrorContains(t, problems[0].Err, "no uid left to give")
 }

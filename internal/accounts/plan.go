@@ -3,6 +3,7 @@ package accounts
 import (
 	"context"
 	"fmt"
+	"maps"
 	"os/exec"
 	"slices"
 	"strconv"
@@ -62,18 +63,38 @@ func (o Owned) After(c Change) Owned {
 	drop := func(l []string, n string) []string {
 		return slices.DeleteFunc(slices.Clone(l), func(x string) bool { return x == n })
 	}
+	object := func(key, obj string) {
+		objs := maps.Clone(o.Objects)
+		if objs == nil {
+			objs = map[string]string{}
+		}
+		if obj == "" {
+			delete(objs, key)
+		} else {
+			objs[key] = obj
+		}
+		if len(objs) == 0 {
+			objs = nil
+		}
+		o.Objects = objs
+	}
 	switch {
 	case c.Op == Create && c.Kind == "user":
 		o.Users = add(o.Users, c.Name)
+		object("user:"+c.Name, c.Object)
 		if c.Private {
 			o.Groups = add(o.Groups, c.Name)
+			object("group:"+c.Name, c.Object)
 		}
 	case c.Op == Create:
 		o.Groups = add(o.Groups, c.Name)
+		object("group:"+c.Name, c.Object)
 	case c.Op == Remove && c.Kind == "user":
 		o.Users = drop(o.Users, c.Name)
+		object("user:"+c.Name, "")
 	case c.Op == Remove:
 		o.Groups = drop(o.Groups, c.Name)
+		object("group:"+c.Name, "")
 	}
 	return o
 }
@@ -117,6 +138,21 @@ func (r Retired) After(c Change) Retired {
 	return r
 }
 
+// State is what ccm knows of the node's accounts besides etc/passwd and
+// etc/group.
+type State struct {
+	// Owned is what the configuration created: the only accounts it
+	// changes without adopt:, and the only ones it removes.
+	Owned Owned
+	// AllOwned is what every configuration created: the groups a declared
+	// user may join (besides those the plan makes and adopt: names).
+	AllOwned Owned
+	Retired  Retired
+	// Held names the objects ("type/id") held back in this run: an account
+	// made for one of them is never removed while it is held.
+	Held map[string]bool
+}
+
 // Problem is a declared account ccm refuses to touch, or cannot create.
 type Problem struct {
 	Object string // "" when the configuration declared it without for_each
@@ -136,8 +172,9 @@ type Problem struct {
 // configuration adopts it by name. It gives no ID in retired, and picks
 // every ID itself (the lowest above all it knows), so that the tools never
 // hand out a retired one either.
-func (db *DB) Plan(groups []Group, users []User, pol Policy, owned Owned, retired Retired, root string) ([]Change, []Problem) {
-	pl := planner{db: db, pol: pol, root: root, owned: owned, retired: retired, gids: map[int]string{}, uids: map[int]string{}, newGroups: map[string]int{}}
+func (db *DB) Plan(groups []Group, users []User, pol Policy, st State, root string) ([]Change, []Problem) {
+	owned, held := st.Owned, st.Held
+	pl := planner{db: db, pol: pol, root: root, owned: owned, ccms: st.AllOwned, retired: st.Retired, gids: map[int]string{}, uids: map[int]string{}, newGroups: map[string]int{}}
 	var out []Change
 	var problems []Problem
 	fail := func(object, kind, name string, err error) {
@@ -146,12 +183,13 @@ func (db *DB) Plan(groups []Group, users []User, pol Policy, owned Owned, retire
 	declaredG := map[string]bool{}
 	var gs []group
 	for _, raw := range groups {
+		// Declared even when a field fails: a held object's account stays.
+		declaredG[raw.Name] = true
 		g, err := pol.parseGroup(raw)
 		if err != nil {
 			fail(raw.Object, "group", raw.Name, err)
 			continue
 		}
-		declaredG[string(g.name)] = true
 		c, err := pl.group(g)
 		if err != nil {
 			fail(g.object, "group", string(g.name), err)
@@ -164,14 +202,16 @@ func (db *DB) Plan(groups []Group, users []User, pol Policy, owned Owned, retire
 	}
 	declaredU := map[string]bool{}
 	for _, raw := range users {
+		// Declared even when a field fails: a held object's account, and
+		// its private group, stay.
+		declaredU[raw.Name] = true
+		if raw.Group == "" {
+			declaredG[raw.Name] = true
+		}
 		u, err := pol.parseUser(raw, db.shellsFor(pol))
 		if err != nil {
 			fail(raw.Object, "user", raw.Name, err)
 			continue
-		}
-		declaredU[string(u.name)] = true
-		if u.group == "" {
-			declaredG[string(u.name)] = true // its private group
 		}
 		cs, err := pl.user(u)
 		if err != nil {
@@ -186,7 +226,7 @@ func (db *DB) Plan(groups []Group, users []User, pol Policy, owned Owned, retire
 		}
 	}
 	for _, name := range owned.Users {
-		if e, ok := db.users[name]; ok && !declaredU[name] {
+		if e, ok := db.users[name]; ok && !declaredU[name] && !held[owned.Objects["user:"+name]] {
 			argv := append(pl.tool("userdel"), name)
 			if pol.RemoveHome {
 				argv = append(pl.tool("userdel"), "-r", name)
@@ -195,7 +235,7 @@ func (db *DB) Plan(groups []Group, users []User, pol Policy, owned Owned, retire
 		}
 	}
 	for _, name := range owned.Groups {
-		if e, ok := db.groups[name]; ok && !declaredG[name] {
+		if e, ok := db.groups[name]; ok && !declaredG[name] && !held[owned.Objects["group:"+name]] {
 			out = append(out, Change{Kind: "group", Name: name, Op: Remove, Line: "- group " + name,
 				Steps: []Step{{Argv: append(pl.tool("groupdel"), name), Gone: 6}}, ID: e.id, PrivateGID: -1})
 		}
@@ -208,6 +248,7 @@ type planner struct {
 	pol     Policy
 	root    string
 	owned   Owned
+	ccms    Owned // every configuration's
 	retired Retired
 	// gids and uids are the IDs this plan gives, newGroups the groups it
 	// creates with their gid: a collision within one plan is caught too.
@@ -244,7 +285,10 @@ func (pl *planner) group(g group) (*Change, error) {
 		}
 	}
 	if !exists {
-		gid := rule.pick(g.gid)
+		gid, err := rule.pick(g.gid)
+		if err != nil {
+			return nil, err
+		}
 		pl.newGroups[string(g.name)] = gid
 		argv := append(pl.tool("groupadd"), "-g", strconv.Itoa(gid))
 		line := "+ group " + string(g.name)
@@ -294,7 +338,7 @@ func (r idRule) claim(name string, cur entry, exists bool, want *ID) error {
 	if other != "" && other != name {
 		return fmt.Errorf("%s %d is already %s %s", r.id, *want, r.kind, other)
 	}
-	if old, ok := r.retired[int(*want)]; ok && old != name && !slices.Contains(r.reuse, int(*want)) && !exists {
+	if old, ok := r.retired[int(*want)]; ok && !slices.Contains(r.reuse, int(*want)) && (!exists || cur.id != int(*want)) {
 		return fmt.Errorf("%s %d is retired: it was %s %s, which ccm removed; its files may remain (release it with reuse_%ss once they are gone)", r.id, *want, r.kind, old, r.id)
 	}
 	r.planned[int(*want)] = name
@@ -310,10 +354,11 @@ func (r idRule) free(id int) bool {
 }
 
 // pick returns want, or the lowest ID above every ID in [min, max] that is
-// on disk, planned or retired, and records it.
-func (r idRule) pick(want *ID) int {
+// on disk, planned or retired, and records it; an error when that is past
+// max or in the reserved range.
+func (r idRule) pick(want *ID) (int, error) {
 	if want != nil {
-		return int(*want)
+		return int(*want), nil
 	}
 	next := r.min
 	for _, m := range []map[int]string{r.planned, r.disk, r.retired} {
@@ -323,8 +368,11 @@ func (r idRule) pick(want *ID) int {
 			}
 		}
 	}
+	if _, err := checkID(r.id, next, r.min, r.max); err != nil {
+		return 0, fmt.Errorf("no %s left to give: %w", r.id, err)
+	}
 	r.planned[next] = "?"
-	return next
+	return next, nil
 }
 
 func adopted(owned bool) string {
@@ -332,6 +380,24 @@ func adopted(owned bool) string {
 		return ""
 	}
 	return " (adopted)"
+}
+
+// mayJoin refuses a group that a declared user may not join: one that
+// breaks the group rule (min_gid, deny_groups), or that exists and that no
+// configuration of ccm's made nor adopt: names (an operator's group).
+func (pl *planner) mayJoin(g Name) error {
+	gid, ok := pl.groupID(g)
+	if !ok {
+		return fmt.Errorf("group %s does not exist and no configuration declares it", g)
+	}
+	if err := pl.pol.groupRule().Check(string(g), gid); err != nil {
+		return err
+	}
+	_, planned := pl.newGroups[string(g)]
+	if planned || slices.Contains(pl.ccms.Groups, string(g)) || slices.Contains(pl.owned.Groups, string(g)) || slices.Contains(pl.pol.Adopt, string(g)) {
+		return nil
+	}
+	return fmt.Errorf("group %s exists and is not ccm's: a declared user joins only groups ccm made (or adopt: names)", g)
 }
 
 // groupID returns the gid of a group on disk or created by this plan.
@@ -354,22 +420,25 @@ func (pl *planner) user(u user) ([]Change, error) {
 			return nil, err
 		}
 	}
-	gr := pl.pol.groupRule()
-	for _, g := range append([]Name{u.group}, u.groups...) {
+	joins := append([]Name{u.group}, u.groups...)
+	if u.group == "" && !exists && pl.hasGroup(u.name) {
+		joins = append(joins, u.name) // useradd would make it the primary group
+	}
+	for _, g := range joins {
 		if g == "" {
 			continue
 		}
-		gid, ok := pl.groupID(g)
-		if !ok {
-			return nil, fmt.Errorf("group %s does not exist and no configuration declares it", g)
-		}
-		if err := gr.Check(string(g), gid); err != nil {
+		if err := pl.mayJoin(g); err != nil {
 			return nil, err
 		}
 	}
 	var out []Change
 	if !exists {
-		out = append(out, pl.createUser(u, rule)...)
+		cs, err := pl.createUser(u, rule)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, cs...)
 	} else if c := pl.modifyUser(u, cur); c != nil {
 		out = append(out, *c)
 	}
@@ -395,8 +464,11 @@ func chpasswd(root string) []string {
 // createUser makes u with a uid ccm picked (or declared), and its private
 // group with the same gid when that is free, or else one ccm picked,
 // made first with groupadd.
-func (pl *planner) createUser(u user, rule idRule) []Change {
-	uid := rule.pick(u.uid)
+func (pl *planner) createUser(u user, rule idRule) ([]Change, error) {
+	uid, err := rule.pick(u.uid)
+	if err != nil {
+		return nil, err
+	}
 	argv := append(pl.tool("useradd"), "-M", "-d", u.home, "-u", strconv.Itoa(uid))
 	desc := []string{}
 	if u.uid != nil {
@@ -418,7 +490,10 @@ func (pl *planner) createUser(u user, rule idRule) []Change {
 			grule.planned[uid] = group
 			argv = append(argv, "-U")
 		} else {
-			gid := grule.pick(nil)
+			gid, err := grule.pick(nil)
+			if err != nil {
+				return nil, err
+			}
 			out = append(out, Change{Kind: "group", Name: group, Op: Create, Line: fmt.Sprintf("+ group %s (gid %d)", group, gid), Object: u.object, ID: gid, PrivateGID: -1,
 				Steps: []Step{{Argv: append(pl.tool("groupadd"), "-g", strconv.Itoa(gid), group)}}})
 			argv = append(argv, "-g", group)
@@ -442,7 +517,7 @@ func (pl *planner) createUser(u user, rule idRule) []Change {
 		argv = append(argv, "-c", u.comment)
 	}
 	return append(out, Change{Kind: "user", Name: string(u.name), Op: Create, Line: fmt.Sprintf("+ user %s (%s)", u.name, strings.Join(desc, ", ")),
-		Steps: []Step{{Argv: append(argv, string(u.name))}}, Object: u.object, Private: private, ID: uid, PrivateGID: privateGID})
+		Steps: []Step{{Argv: append(argv, string(u.name))}}, Object: u.object, Private: private, ID: uid, PrivateGID: privateGID}), nil
 }
 
 func (pl *planner) hasGroup(name Name) bool {

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"maps"
 	"slices"
 	"strings"
 
@@ -58,7 +59,8 @@ func (a *Applier) planAccounts(p *Plan, m manifest) error {
 	if err != nil {
 		return err
 	}
-	changes, problems := db.Plan(p.Output.Groups, p.Output.Users, p.Config.Accounts, m.Owned, retired, a.opts.Root)
+	st := accounts.State{Owned: m.Owned, AllOwned: a.allOwned(), Retired: retired, Held: p.Output.Held}
+	changes, problems := db.Plan(p.Output.Groups, p.Output.Users, p.Config.Accounts, st, a.opts.Root)
 	var errs []error
 	for _, pr := range problems {
 		if pr.Object == "" {
@@ -99,6 +101,7 @@ func (a *Applier) resolveOwners(p *Plan, db *accounts.DB, final bool) error {
 			a.leaveOut(p, object, failed[object])
 		}
 	}()
+	ccms := a.allOwned()
 	resolve := func(own *configs.Ownership, path, object string) {
 		if !unresolved(*own) {
 			return
@@ -118,7 +121,7 @@ func (a *Applier) resolveOwners(p *Plan, db *accounts.DB, final bool) error {
 			case ok:
 				// A customer's data must not hand a path to root, nobody
 				// or a group that reaches root (accounts.Policy.CheckOwner).
-				if err = pol.CheckOwner(f.field, f.name, id); err == nil {
+				if err = pol.CheckOwnerAccount(db, f.field, f.name, id, ccms); err == nil {
 					*f.id = &id
 					continue
 				}
@@ -285,4 +288,16 @@ func (a *Applier) loadRetired() (accounts.Retired, error) {
 		return r, fmt.Errorf("state %s: %w", a.state.name(retiredPath), err)
 	}
 	return r, nil
+}
+
+// allOwned is every account any configuration's manifest says ccm made.
+func (a *Applier) allOwned() accounts.Owned {
+	a.loadManifests()
+	var all accounts.Owned
+	for _, name := range slices.Sorted(maps.Keys(a.manifests)) {
+		m := a.manifests[name]
+		all.Users = append(all.Users, m.Users...)
+		all.Groups = append(all.Groups, m.Groups...)
+	}
+	return all
 }

@@ -701,10 +701,9 @@ func TestAStateDirectoryDeletedUnderARunningAgentIsWrittenAgain(t *testing.T) {
 }
 
 func TestAFileCcmDidNotWriteIsAdoptedAndItsOriginalRestored(t *testing.T) {
-	f := newFixture(t, map[string]string{"motd.yaml": "files: [{path: '/etc/{{ .Object.ID }}', for_each: files, content: '{{ .Object.Data.body }}', mode: \"0644\"}]\n"})
+	f := newFixture(t, map[string]string{"motd.yaml": "files: [{path: /etc/motd, content: \"managed\\n\", mode: \"0644\"}]\n", "other.yaml": "files: [{path: /x, content: x}]\n"})
 	require.NoError(t, os.MkdirAll(f.path("/etc"), 0o755))
 	require.NoError(t, os.WriteFile(f.path("/etc/motd"), []byte("the operator's motd\n"), 0o600))
-	f.put("files/motd", `{"body":"managed\n"}`)
 
 	names := f.applier.SelectAll(f.set)
 	plans, err := f.applier.PlanAll(f.set, f.snap(), names)
@@ -716,7 +715,10 @@ func TestAFileCcmDidNotWriteIsAdoptedAndItsOriginalRestored(t *testing.T) {
 	assert.Equal(t, "managed\n", f.read("/etc/motd"))
 	require.NoError(t, f.run().Err)
 
-	f.del("files/motd")
+	require.NoError(t, os.Remove(filepath.Join(f.dir, "motd.yaml")))
+	set, err := configs.Load(f.dir)
+	require.NoError(t, err)
+	f.set = set
 	require.NoError(t, f.run().Err)
 	assert.Equal(t, "the operator's motd\n", f.read("/etc/motd"), "pruning puts the original back, never deletes it")
 	fi, err := os.Stat(f.path("/etc/motd"))
@@ -724,6 +726,22 @@ func TestAFileCcmDidNotWriteIsAdoptedAndItsOriginalRestored(t *testing.T) {
 	assert.Equal(t, os.FileMode(0o600), fi.Mode().Perm(), "with its mode")
 	entries, _ := os.ReadDir(filepath.Join(f.tmp, "state", "adopted"))
 	assert.Empty(t, entries, "the original is forgotten once it is back")
+}
+
+// A path of object data never takes over a file ccm did not write: a
+// customer's sites/www would have replaced Debian's www.conf pool. The
+// object is held, the file is untouched.
+func TestAFileOfObjectDataNeverAdoptsOne(t *testing.T) {
+	f := newFixture(t, map[string]string{"pools.yaml": "files: [{path: '/pool.d/{{ .Object.ID }}.conf', for_each: sites, content: '{{ .Object.ID }}', mode: \"0644\"}]\n"})
+	require.NoError(t, os.MkdirAll(f.path("/pool.d"), 0o755))
+	require.NoError(t, os.WriteFile(f.path("/pool.d/www.conf"), []byte("[www]\nuser = www-data\n"), 0o644))
+	f.put("sites/www", `{}`)
+	f.put("sites/shop", `{}`)
+	r := f.run()
+	require.NoError(t, r.Err)
+	assert.Equal(t, []string{"sites/www"}, r.Held)
+	assert.Equal(t, "[www]\nuser = www-data\n", f.read("/pool.d/www.conf"))
+	assert.Equal(t, "shop", f.read("/pool.d/shop.conf"))
 }
 
 func TestAStateDirectoryOfAnotherRootIsRefused(t *testing.T) {

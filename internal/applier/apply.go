@@ -66,14 +66,14 @@ type Applier struct {
 	// the call's snapshot.
 	pending map[string]bool
 	snap    *objects.Snapshot
-	// repairs is what Repair restores, and excludes Run and Repair.
-	repairs repairs
 	// holds is the objects held in the current call, by any
 	// configuration: held by all of them (hold.go).
 	holds runHolds
 	// run is the current Run's transaction (rollback.go); nil outside
 	// Run.
 	run *runTxn
+	// repairs is what Repair restores, and excludes Run and Repair.
+	repairs repairs
 }
 
 // known is a file ccm wrote or verified: its content (the slice the render

@@ -87,3 +87,70 @@ func TestACustomerJoinsNoPrivilegedGroup(t *testing.T) {
 	assert.NotContains(t, etcFile(t, f, "passwd"), "m1:x:3011:0:")
 	assert.NotContains(t, etcFile(t, f, "group"), "sudo:x:27:m2")
 }
+
+// A user whose object is held (a field fails) keeps its account: a hold
+// leaves everything as it was, it never removes (review finding).
+func TestAHeldUsersAccountStays(t *testing.T) {
+	f := newFixture(t, map[string]string{"u.yaml": customerUsers})
+	withEtc(t, f)
+	f.put("users/cust", `{"uid":3021}`)
+	require.NoError(t, f.run().Err)
+	f.put("users/cust", `{"uid":3021,"password_hash":"not a hash"}`)
+	r := f.run()
+	assert.Equal(t, []string{"users/cust"}, r.Held)
+	assert.Contains(t, etcFile(t, f, "passwd"), "cust:x:3021:", "still there")
+}
+
+// An existing user cannot move to a retired uid (review finding).
+func TestAUserCannotMoveToARetiredUID(t *testing.T) {
+	f := newFixture(t, map[string]string{"u.yaml": customerUsers})
+	withEtc(t, f)
+	f.put("users/bob", `{"uid":3032}`)
+	f.put("users/cust", `{"uid":3031}`)
+	require.NoError(t, f.run().Err)
+	f.del("users/bob")
+	require.NoError(t, f.run().Err)
+	f.put("users/cust", `{"uid":3032}`)
+	r := f.run()
+	assert.Equal(t, []string{"users/cust"}, r.Held)
+	assert.Contains(t, etcFile(t, f, "passwd"), "cust:x:3031:")
+}
+
+// A user of object data never gets an operator's group as its own, by
+// sharing its name (review finding: users/sudo became sudo:x:2011:27).
+func TestAUserNeverTakesAnExistingGroupOfItsName(t *testing.T) {
+	f := newFixture(t, map[string]string{"u.yaml": customerUsers})
+	withEtc(t, f)
+	require.NoError(t, os.WriteFile(f.path("/etc/group"), []byte(etcFile(t, f, "group")+"ops:x:1001:\n"), 0o644))
+	require.NoError(t, os.WriteFile(f.path("/etc/gshadow"), []byte(etcFile(t, f, "gshadow")+"ops:*::\n"), 0o600))
+	f.put("users/ops", `{"uid":3041}`)
+	r := f.run()
+	assert.Equal(t, []string{"users/ops"}, r.Held)
+	assert.NotContains(t, etcFile(t, f, "passwd"), "ops:x:")
+}
+
+// An owner of object data is an account ccm made: not the operator's
+// own (uid 1500 here, not ccm's), and an existing directory of another
+// owner is never handed over (review findings).
+func TestAnOwnerOfDataIsCcmsAndTakesNoExistingDirectory(t *testing.T) {
+	f := newFixture(t, map[string]string{"d.yaml": `
+subscribes: [sites]
+depends_on: [u]
+directories:
+  - {path: "/srv/{{ .Object.ID }}", for_each: sites, owner: "{{ .Object.Data.user }}", mode: "0750"}
+`, "u.yaml": customerUsers})
+	withEtc(t, f)
+	require.NoError(t, os.MkdirAll(f.path("/srv/taken"), 0o700))
+	f.put("users/cust", `{"uid":3051}`)
+	f.put("sites/op", `{"user":"alice"}`)
+	f.put("sites/taken", `{"user":"cust"}`)
+	f.put("sites/fine", `{"user":"cust"}`)
+	r := f.run()
+	require.NoError(t, r.Err)
+	assert.Equal(t, []string{"sites/op", "sites/taken"}, r.Held)
+	st, err := os.Stat(f.path("/srv/taken"))
+	require.NoError(t, err)
+	assert.Equal(t, os.FileMode(0o700), st.Mode().Perm(), "root's directory is untouched")
+	assert.DirExists(t, f.path("/srv/fine"))
+	assert.NoDirExists(t, f.path("/srv/op"))
+}

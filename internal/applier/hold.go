@@ -1,11 +1,17 @@
 package applier
 
 import (
+	"context"
 	"maps"
 	"slices"
 
+	"go.uber.org/zap"
+
 	"github.com/ccm-dev/ccm/internal/accounts"
+	"github.com/ccm-dev/ccm/internal/configs"
+	"github.com/ccm-dev/ccm/internal/objects"
 	"github.com/ccm-dev/ccm/internal/render"
+	"github.com/ccm-dev/ccm/internal/runkind"
 )
 
 // A hold is a property of the object, not of the configuration that found
@@ -64,4 +70,52 @@ func (a *Applier) dropObject(p *Plan, object string) {
 	p.Accounts = slices.DeleteFunc(p.Accounts, func(c accounts.Change) bool { return c.Object == object })
 	p.Changes = slices.DeleteFunc(p.Changes, func(c Change) bool { return c.file != nil && c.file.Object == object })
 	p.Dirs = slices.DeleteFunc(p.Dirs, func(d DirChange) bool { return d.Dir.Object == object })
+}
+
+// holdsOfAncestors plans, without applying them, the configurations that
+// names depend on (transitively) but that this run does not include, and
+// notes what they hold: a run of crontab alone (apply --once --config, or
+// a change of a type only crontab subscribes to) must not write the root
+// crontab of a user that unix-users refuses. Their plans are discarded.
+func (a *Applier) holdsOfAncestors(ctx context.Context, set *configs.Set, snap *objects.Snapshot, names []string, kind runkind.Kind) {
+	var todo []string
+	seen := map[string]bool{}
+	for _, n := range names {
+		seen[n] = true
+	}
+	var visit func(n string)
+	visit = func(n string) {
+		c, ok := set.Get(n)
+		if !ok {
+			return
+		}
+		for _, d := range c.DependsOn {
+			if seen[d] {
+				continue
+			}
+			seen[d] = true
+			visit(d)
+			if dc, ok := set.Get(d); ok && dc.Matches(a.opts.Node.Labels) {
+				todo = append(todo, d)
+			}
+		}
+	}
+	for _, n := range names {
+		visit(n)
+	}
+	if len(todo) == 0 {
+		return
+	}
+	pending := maps.Clone(a.pending)
+	defer func() { a.pending = pending }()
+	for _, n := range todo {
+		p, err := a.plan(ctx, set.Configs[n], snap, map[string]string{}, kind)
+		if err != nil {
+			a.log.Warn("planning a dependency for its holds", zap.String("config", n), zap.Error(err))
+			continue
+		}
+		for _, f := range p.Output.Failed {
+			a.holds.note(f.Ref(), n)
+		}
+	}
 }

@@ -1,11 +1,14 @@
 package applier_test
 
 import (
+	"context"
 	"os"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/ccm-dev/ccm/internal/runkind"
 )
 
 // The example's two configurations over users: accounts, then a crontab
@@ -79,4 +82,19 @@ files:
 	assert.FileExists(t, f.path("/b/good"))
 	_, err := os.Stat(f.path("/b/evil"))
 	assert.ErrorIs(t, err, os.ErrNotExist, "b never wrote what a refused")
+}
+
+// Review finding: a run of crontab alone (apply --once --config crontab,
+// or a change only crontab subscribes to) wrote the root crontab of a user
+// that unix-users refuses. The configurations a run depends on are planned
+// for their holds, even when they do not run.
+func TestARunWithoutTheAccountConfigurationStillHoldsWhatItRefuses(t *testing.T) {
+	f := newFixture(t, usersAndCrontabs)
+	withEtc(t, f)
+	f.put("users/root", `{"uid":1001}`)
+	f.put("users/cust01", `{"uid":3001}`)
+	r := f.applier.Run(context.Background(), runkind.Full, f.set, f.snap(), []string{"crontab"})
+	require.NoError(t, r.Err)
+	assert.Equal(t, []string{"users/root"}, r.Held)
+	assert.NoFileExists(t, f.path("/etc/cron.d/ccm-root"))
 }

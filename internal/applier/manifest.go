@@ -40,7 +40,7 @@ type manifest struct {
 // same reports whether two manifests record the same thing.
 func (m manifest) same(o manifest) bool {
 	return m.OnChangePending == o.OnChangePending && m.Digest == o.Digest && slices.Equal(m.Files, o.Files) && maps.Equal(m.Objects, o.Objects) &&
-		slices.Equal(m.Users, o.Users) && slices.Equal(m.Groups, o.Groups)
+		slices.Equal(m.Users, o.Users) && slices.Equal(m.Groups, o.Groups) && maps.Equal(m.Owned.Objects, o.Owned.Objects)
 }
 
 // manifestDir holds the manifests, in the state directory.

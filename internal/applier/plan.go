@@ -8,6 +8,7 @@ import (
 	"path"
 	"slices"
 	"sort"
+	"strings"
 
 	"github.com/ccm-dev/ccm/internal/accounts"
 	"github.com/ccm-dev/ccm/internal/configs"
@@ -295,6 +296,13 @@ func (a *Applier) plan(ctx context.Context, cfg *configs.Config, snap *objects.S
 	if err := a.planAccounts(p, m); err != nil {
 		return nil, err
 	}
+	taken := map[string]error{} // objects that would take what is not ccm's
+	var takenOrder []string
+	take := func(object string, err error) {
+		if _, ok := taken[object]; !ok {
+			taken[object], takenOrder = err, append(takenOrder, object)
+		}
+	}
 	for _, d := range out.Directories {
 		if !out.Live(d.Object) {
 			continue
@@ -302,6 +310,12 @@ func (a *Applier) plan(ctx context.Context, cfg *configs.Config, snap *objects.S
 		dc, err := a.planDir(d)
 		if err != nil {
 			return nil, err
+		}
+		if dc != nil && d.Object != "" {
+			if err := a.mayTakeDir(dc); err != nil {
+				take(d.Object, err)
+				continue
+			}
 		}
 		if dc != nil {
 			p.Dirs = append(p.Dirs, *dc)
@@ -323,9 +337,18 @@ func (a *Applier) plan(ctx context.Context, cfg *configs.Config, snap *objects.S
 		if err != nil {
 			return nil, err
 		}
+		if c != nil && c.Action == Adopt && f.Object != "" {
+			// A path of object data never takes over a file ccm did not
+			// write: sites/www would replace Debian's www.conf pool.
+			take(f.Object, fmt.Errorf("%s exists and ccm did not write it: a file of object data never adopts one", f.Real))
+			continue
+		}
 		if c != nil {
 			p.Changes = append(p.Changes, *c)
 		}
+	}
+	for _, object := range takenOrder {
+		a.leaveOut(p, object, taken[object])
 	}
 	for _, path := range m.Files {
 		if out.Has(path) || claimed[path] != "" || p.held(path) {
@@ -356,6 +379,31 @@ func (a *Applier) planDir(d render.Directory) (*DirChange, error) {
 		return nil, nil
 	}
 	return &DirChange{Dir: d, Exist: true, Attrs: attrs}, nil
+}
+
+// mayTakeDir refuses to change the owner of an existing directory of an
+// object unless its owner now is an account ccm made: a customer's
+// users/www must not be given an operator's /home/www, nor sites/x a
+// root-owned /srv/www/x.
+func (a *Applier) mayTakeDir(dc *DirChange) error {
+	d := dc.Dir
+	if !dc.Exist || !slices.ContainsFunc(dc.Attrs, func(s string) bool {
+		return strings.HasPrefix(s, "owner ") || strings.HasPrefix(s, "group ")
+	}) {
+		return nil
+	}
+	st, err := a.files.lstat(rel(d.Path))
+	if err != nil {
+		return err
+	}
+	db, err := accounts.Read(a.opts.Root)
+	if err != nil {
+		return err
+	}
+	if name, ok := db.UserName(st.uid); ok && slices.Contains(a.allOwned().Users, name) {
+		return nil
+	}
+	return fmt.Errorf("%s exists, owned by uid %d, which is not an account ccm made: ccm never hands it to object data", d.Real, st.uid)
 }
 
 func (a *Applier) planFile(f *render.File) (*Change, error) {

@@ -162,6 +162,7 @@ func (e planError) Error() string { return fmt.Sprintf("configuration %s: %v", e
 // if no other configuration renders it now (it moved).
 func (a *Applier) planEach(ctx context.Context, set *configs.Set, snap *objects.Snapshot, names []string, kind runkind.Kind) ([]*Plan, []planError) {
 	a.pending, a.holds = map[string]bool{}, runHolds{}
+	a.holdsOfAncestors(ctx, set, snap, names, kind)
 	claimed := map[string]string{}
 	var plans []*Plan
 	var errs []planError
