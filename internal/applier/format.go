@@ -67,7 +67,11 @@ func WritePlans(w io.Writer, plans []*Plan, color bool) bool {
 			fmt.Fprintf(w, "! %s would be quarantined at revision %d (its files stay as they are): %s\n", f.Ref(), f.Revision, oneLine(f.Err.Error()))
 		}
 		for _, ref := range slices.Sorted(maps.Keys(p.Output.Held)) {
-			if !failed[ref] {
+			switch by := p.HeldBy[ref]; {
+			case failed[ref]:
+			case by != "":
+				fmt.Fprintf(w, "! %s is held: configuration %s holds it in this run (its files stay as they are)\n", ref, by)
+			default:
 				fmt.Fprintf(w, "! %s is quarantined at its revision: left out, its files stay as they are (ccm quarantine list)\n", ref)
 			}
 		}

@@ -52,6 +52,10 @@ func (a *Applier) holdAll(p *Plan) {
 		}
 		p.Output.HoldBack(object)
 		a.dropObject(p, object)
+		if p.HeldBy == nil {
+			p.HeldBy = map[string]string{}
+		}
+		p.HeldBy[object] = a.holds[object]
 	}
 }
 

@@ -90,6 +90,9 @@ type Plan struct {
 	// Accounts are the users and groups to create, change or remove, in
 	// the order they run.
 	Accounts []accounts.Change
+	// HeldBy maps an object held because another configuration of the run
+	// held it to that configuration (hold.go).
+	HeldBy map[string]string
 	// PendingOnChange is set when an earlier run's on_change failed.
 	PendingOnChange bool
 	// Redefined is set when the configuration's definition changed since

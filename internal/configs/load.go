@@ -39,15 +39,15 @@ type rawConfig struct {
 	MaxGID      int               `yaml:"max_gid"`
 	RemoveHome  bool              `yaml:"remove_home"`
 	// The account policy's lists: literal, never templates.
-	Adopt      []string `yaml:"adopt"`
-	Homes      []string `yaml:"homes"`
-	Shells     []string `yaml:"shells"`
-	DenyGroups []string `yaml:"deny_groups"`
-	ReuseUIDs  []int    `yaml:"reuse_uids"`
-	ReuseGIDs  []int    `yaml:"reuse_gids"`
-	Validate    Command           `yaml:"validate"`
-	OnChange    []Command         `yaml:"on_change"`
-	Timeout     string            `yaml:"timeout"`
+	Adopt      []string  `yaml:"adopt"`
+	Homes      []string  `yaml:"homes"`
+	Shells     []string  `yaml:"shells"`
+	DenyGroups []string  `yaml:"deny_groups"`
+	ReuseUIDs  []int     `yaml:"reuse_uids"`
+	ReuseGIDs  []int     `yaml:"reuse_gids"`
+	Validate   Command   `yaml:"validate"`
+	OnChange   []Command `yaml:"on_change"`
+	Timeout    string    `yaml:"timeout"`
 	// RenderTimeout and MaxFileSize raise the render budget of one file.
 	RenderTimeout string `yaml:"render_timeout"`
 	MaxFileSize   string `yaml:"max_file_size"`

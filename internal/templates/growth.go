@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"reflect"
 	"regexp"
+	"slices"
 	"strings"
 	"text/template"
 	"unicode/utf8"
@@ -67,7 +68,7 @@ var linear = map[string]string{
 	"mustAppend": "its input and one", "mustPush": "its input and one", "prepend": "its input and one",
 	"mustPrepend": "its input and one", "first": "an element", "mustFirst": "an element", "last": "an element",
 	"mustLast": "an element", "rest": "shrinks", "mustRest": "shrinks", "initial": "shrinks", "mustInitial": "shrinks",
-	"reverse": "its input", "mustReverse": "its input", "uniq": "shrinks", "mustUniq": "shrinks", "without": "shrinks",
+	"reverse": "its input", "mustReverse": "its input", "without": "shrinks",
 	"mustWithout": "shrinks", "has": "a bool", "mustHas": "a bool", "compact": "shrinks", "mustCompact": "shrinks",
 	"slice": "shrinks", "mustSlice": "shrinks", "concat": "its inputs", "chunk": "its input, grouped",
 	"mustChunk": "its input, grouped",
@@ -94,7 +95,7 @@ var Builtins = []string{"and", "or", "not", "len", "index", "slice", "eq", "ne",
 var boundedNames = []string{"indent", "nindent", "replace", "wrap", "wrapWith", "join", "regexReplaceAll",
 	"mustRegexReplaceAll", "regexReplaceAllLiteral", "mustRegexReplaceAllLiteral", "regexFindAll",
 	"mustRegexFindAll", "regexSplit", "mustRegexSplit", "split", "splitList", "splitn", "toPrettyJson",
-	"mustToPrettyJson", "printf", "repeat", "until", "untilStep", "seq"}
+	"mustToPrettyJson", "printf", "uniq", "mustUniq", "repeat", "until", "untilStep", "seq"}
 
 // over is the error of a call whose output would pass MaxOutput.
 func over(fn string, n int64) error {
@@ -230,12 +231,22 @@ func boundGrowth(fm template.FuncMap) {
 		}
 		return splitn(sep, n, s), nil
 	}
+	fm["uniq"] = func(list any) ([]any, error) { return uniq("uniq", list) }
+	fm["mustUniq"] = func(list any) ([]any, error) { return uniq("mustUniq", list) }
 	for _, name := range []string{"toPrettyJson", "mustToPrettyJson"} {
 		fm[name] = func(v any) (string, error) { return prettyJSON(name, v) }
 	}
 	fm["printf"] = func(format string, args ...any) (string, error) {
 		if err := checkFormat(format); err != nil {
 			return "", err
+		}
+		if padded(format) {
+			for _, a := range args {
+				if k := reflect.ValueOf(a).Kind(); k == reflect.Slice || k == reflect.Array || k == reflect.Map {
+					// fmt pads every element: %4096v of a long list is gigabytes.
+					return "", fmt.Errorf("printf %q: a width or precision with a list or map argument", quoteShort(format))
+				}
+			}
 		}
 		out := fmt.Sprintf(format, args...)
 		return out, charge("printf", int64(len(out)))
@@ -322,6 +333,56 @@ func prettyJSON(fn string, v any) (string, error) {
 	out, err := json.MarshalIndent(v, "", "  ")
 	return string(out), err
 }
+
+// padded reports whether a format has a width or precision.
+func padded(format string) bool {
+	for i := 0; i < len(format)-1; i++ {
+		if format[i] == '%' {
+			if c := format[i+1]; (c >= '1' && c <= '9') || c == '.' || c == '-' || c == '0' || c == ' ' || c == '+' || c == '#' {
+				return true
+			}
+			i++
+		}
+	}
+	return false
+}
+
+// uniq is Sprig's uniq (first occurrence kept, in order) in linear time
+// for the values JSON data holds: Sprig compares every pair with
+// reflect.DeepEqual, and 150,000 distinct strings took a render past its
+// budget. Values that cannot be map keys (lists, dicts) are compared with
+// the ones seen, at most MaxUniqDeep of them.
+func uniq(fn string, list any) ([]any, error) {
+	rv := reflect.ValueOf(list)
+	if rv.Kind() != reflect.Slice && rv.Kind() != reflect.Array {
+		return nil, fmt.Errorf("%s: cannot find uniq on type %T", fn, list)
+	}
+	seen := map[any]bool{}
+	var deep []any
+	out := make([]any, 0, rv.Len())
+	for i := range rv.Len() {
+		v := rv.Index(i).Interface()
+		switch k := reflect.ValueOf(v).Kind(); {
+		case v == nil || (k != reflect.Slice && k != reflect.Map && k != reflect.Array && reflect.TypeOf(v).Comparable()):
+			if seen[v] {
+				continue
+			}
+			seen[v] = true
+		default:
+			if slices.ContainsFunc(deep, func(d any) bool { return reflect.DeepEqual(d, v) }) {
+				continue
+			}
+			if deep = append(deep, v); len(deep) > MaxUniqDeep {
+				return nil, fmt.Errorf("%s: more than %d lists or dicts to compare", fn, MaxUniqDeep)
+			}
+		}
+		out = append(out, v)
+	}
+	return out, nil
+}
+
+// MaxUniqDeep is how many lists or dicts uniq compares pairwise.
+const MaxUniqDeep = 4096
 
 // checkFormat refuses a printf format that pads to more than MaxWidth, or
 // takes its width or precision from an argument (*), which object data may

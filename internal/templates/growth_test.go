@@ -1,6 +1,7 @@
 package templates
 
 import (
+	"fmt"
 	"slices"
 	"strings"
 	"testing"
@@ -49,6 +50,7 @@ func TestAGrowingCallIsRefusedBeforeItAllocates(t *testing.T) {
 		{"toPrettyJson deep", `{{ toPrettyJson .d }}`, map[string]any{"d": nest(20000)}, "toPrettyJson would make"},
 		{"split every rune", `{{ splitList "" .s }}`, map[string]any{"s": strings.Repeat("x", MaxSequence+2)}, "over the limit"},
 		{"repeat", `{{ repeat (int .n) "x" }}`, map[string]any{"n": 2e10}, "over the limit"},
+		{"printf %v of a list", `{{ printf "%4096v" .l }}`, map[string]any{"l": make([]any, 1000)}, "with a list or map argument"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			tpl, err := Parse(tc.name, tc.text)
@@ -68,6 +70,7 @@ func TestAGrowingCallIsRefusedBeforeItAllocates(t *testing.T) {
 		{`{{ toPrettyJson (list 1) }}`, "[\n  1\n]"},
 		{`{{ wrap 2 "abcd" }}`, "ab\ncd"},
 		{`{{ splitList "," "a,b" | len }}`, "2"},
+		{`{{ list "b" "a" "b" 1.0 1.0 (list 1) (list 1) | uniq | toJson }}`, `["b","a",1,[1]]`},
 	} {
 		tpl, err := Parse("ok", tc.text)
 		require.NoError(t, err)
@@ -84,4 +87,18 @@ func nest(n int) any {
 		v = []any{v}
 	}
 	return v
+}
+
+// uniq is linear: 150,000 distinct strings from data (a 1.4 MB object)
+// took a render past its budget with Sprig's pairwise uniq.
+func TestUniqOfManyDistinctValuesIsLinear(t *testing.T) {
+	l := make([]any, 150000)
+	for i := range l {
+		l[i] = fmt.Sprint(i)
+	}
+	tpl, err := Parse("u", `{{ uniq .l | len }}`)
+	require.NoError(t, err)
+	var out strings.Builder
+	require.NoError(t, tpl.Execute(&out, map[string]any{"l": l}))
+	assert.Equal(t, "150000", out.String())
 }
