@@ -2,6 +2,7 @@ package releases_test
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -198,4 +199,32 @@ func TestTheReleaseDirectoryIsCcmsAlone(t *testing.T) {
 		names = append(names, e.Name())
 	}
 	assert.Equal(t, []string{releases.MarkerFile, "notes.txt"}, names)
+}
+
+// BenchmarkFetch fetches a release of 200 small files and one of 8 MiB:
+// one read per chunk the manifest names, against an embedded etcd.
+func BenchmarkFetch(b *testing.B) {
+	cli := etcdtest.New(b, 1).Client(b)
+	s := releases.NewStore(cli, "")
+	for _, tc := range []struct {
+		name  string
+		files int
+		size  int
+	}{{"200 files of 2 KiB", 200, 2 << 10}, {"one file of 8 MiB", 1, 8 << 20}} {
+		dir := b.TempDir()
+		for i := range tc.files {
+			require.NoError(b, os.WriteFile(filepath.Join(dir, fmt.Sprintf("f%03d.tmpl", i)), make([]byte, tc.size), 0o644))
+		}
+		r, err := releases.Pack(dir)
+		require.NoError(b, err)
+		_, err = s.Push(context.Background(), r)
+		require.NoError(b, err)
+		b.Run(tc.name, func(b *testing.B) {
+			for b.Loop() {
+				if _, err := s.Fetch(context.Background(), r.ID); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
 }

@@ -234,10 +234,8 @@ func (s *Store) fetch(ctx context.Context, id string) (*Release, error) {
 	for _, f := range r.Files {
 		want += f.Chunks
 	}
-	for i := range r.Files {
-		if err := s.readFile(ctx, r, i, rev); err != nil {
-			return nil, err
-		}
+	if err := s.readChunks(ctx, r, rev); err != nil {
+		return nil, err
 	}
 	count, err := s.kv.Get(ctx, mkey+"/", clientv3.WithPrefix(), clientv3.WithCountOnly(), clientv3.WithRev(rev))
 	if err != nil {
@@ -249,24 +247,47 @@ func (s *Store) fetch(ctx context.Context, id string) (*Release, error) {
 	return r, r.Check()
 }
 
-// readFile reads file i's chunks at rev, each exactly as long as the
-// manifest says.
-func (s *Store) readFile(ctx context.Context, r *Release, i int, rev int64) error {
-	f := &r.Files[i]
-	f.Content = make([]byte, 0, f.Size)
-	for j := range f.Chunks {
-		part, err := s.kv.Get(ctx, s.keys.ReleaseChunkKey(r.ID, i, j), clientv3.WithRev(rev))
+// chunksPerRead is how many chunk keys one read asks for: a read holds
+// at most this many values, each within etcd's request limit, whatever a
+// writer stored under them.
+const chunksPerRead = 16
+
+// chunk is one chunk key a manifest names.
+type chunk struct {
+	file, n, size int
+	key           string
+}
+
+// readChunks reads every chunk r's manifest names at rev, in key order,
+// chunksPerRead at a time: each must be there, under exactly its key and
+// exactly as long as the manifest says.
+func (s *Store) readChunks(ctx context.Context, r *Release, rev int64) error {
+	var all []chunk
+	for i, f := range r.Files {
+		r.Files[i].Content = make([]byte, 0, f.Size)
+		for j := range f.Chunks {
+			all = append(all, chunk{file: i, n: j, size: min(ChunkBytes, f.Size-j*ChunkBytes), key: s.keys.ReleaseChunkKey(r.ID, i, j)})
+		}
+	}
+	for len(all) > 0 {
+		batch := all[:min(chunksPerRead, len(all))]
+		all = all[len(batch):]
+		resp, err := s.kv.Get(ctx, batch[0].key, clientv3.WithRange(batch[len(batch)-1].key+"\x00"),
+			clientv3.WithRev(rev), clientv3.WithLimit(int64(len(batch))))
 		if err != nil {
 			return etcdError{fmt.Errorf("read release %s: %w", r.Short(), err)}
 		}
-		if len(part.Kvs) == 0 {
-			return fmt.Errorf("release %s: file %s: chunk %d is missing", r.Short(), f.Path, j)
+		for k, c := range batch {
+			f := &r.Files[c.file]
+			if k >= len(resp.Kvs) || string(resp.Kvs[k].Key) != c.key {
+				return fmt.Errorf("release %s: file %s: chunk %d is missing", r.Short(), f.Path, c.n)
+			}
+			if v := resp.Kvs[k].Value; len(v) != c.size {
+				return fmt.Errorf("release %s: file %s: its content does not match its digest (chunk %d holds %d bytes, not %d)",
+					r.Short(), f.Path, c.n, len(v), c.size)
+			}
+			f.Content = append(f.Content, resp.Kvs[k].Value...)
 		}
-		if want := min(ChunkBytes, f.Size-j*ChunkBytes); len(part.Kvs[0].Value) != want {
-			return fmt.Errorf("release %s: file %s: its content does not match its digest (chunk %d holds %d bytes, not %d)",
-				r.Short(), f.Path, j, len(part.Kvs[0].Value), want)
-		}
-		f.Content = append(f.Content, part.Kvs[0].Value...)
 	}
 	return nil
 }
