@@ -6,9 +6,13 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/ccm-dev/ccm/api"
+	"github.com/ccm-dev/ccm/internal/cluster"
 )
 
 // hostingRounds is how many times each build converges each import.
@@ -53,6 +57,14 @@ func (b *bench) hosting() error {
 		sizes = []int{50}
 	}
 	for _, n := range sizes {
+		for i, ag := range agents {
+			d, err := b.hostingFleet(fmt.Sprintf("/hosting-fleet-%d-%d", n, i), ag.bin, ag.example, n)
+			if err != nil {
+				return fmt.Errorf("%s, 3 agents, %d sites: %w", ag.name, n, err)
+			}
+			b.add("hosting", fmt.Sprintf("%d new sites, 3 agents, put to all converged (%s)", n, ag.name), d.Seconds(), "s", 0, "",
+				"serial rollout, --debounce 1s, agent processes")
+		}
 		// The builds take turns, hostingRounds times: a shared machine's
 		// load moves between rounds, not between the two of one round.
 		runs := make([][]time.Duration, len(agents))
@@ -114,41 +126,12 @@ func (b *bench) exampleAt(rev string) (string, error) {
 // hostingRun puts n customers under prefix and times one ccm apply --once
 // of bin on the example at configDir, on a fresh root.
 func (b *bench) hostingRun(prefix, bin, configDir string, n int) (time.Duration, error) {
-	cli, err := b.client()
+	if _, err := b.putCustomers(prefix, n); err != nil {
+		return 0, err
+	}
+	root, state, err := b.hostingRoot(strings.TrimPrefix(prefix, "/"))
 	if err != nil {
 		return 0, err
-	}
-	defer cli.Close()
-	var ops []clientv3.Op
-	for i := range n {
-		user := fmt.Sprintf("c%04d", i)
-		ops = append(ops,
-			clientv3.OpPut(prefix+"/objects/users/"+user, fmt.Sprintf(`{"uid":%d}`, 3000+i)),
-			clientv3.OpPut(fmt.Sprintf("%s/objects/sites/site%04d", prefix, i), fmt.Sprintf(`{"user":%q,"domains":["site%04d.example.com"]}`, user, i)))
-		if len(ops) >= 100 {
-			if _, err := cli.Txn(b.ctx).Then(ops...).Commit(); err != nil {
-				return 0, err
-			}
-			ops = ops[:0]
-		}
-	}
-	if len(ops) > 0 {
-		if _, err := cli.Txn(b.ctx).Then(ops...).Commit(); err != nil {
-			return 0, err
-		}
-	}
-	base := filepath.Join(b.work, strings.TrimPrefix(prefix, "/"))
-	root, state := filepath.Join(base, "root"), filepath.Join(base, "state")
-	if err := os.MkdirAll(filepath.Join(root, "etc"), 0o755); err != nil {
-		return 0, err
-	}
-	if err := os.MkdirAll(state, 0o700); err != nil {
-		return 0, err
-	}
-	for name, text := range hostingAccounts {
-		if err := os.WriteFile(filepath.Join(root, "etc", name), []byte(text), 0o600); err != nil {
-			return 0, err
-		}
 	}
 	cmd := exec.Command(bin, "--endpoints", b.etcdURL, "--prefix", prefix, "--node", "web1", "--root", root, "--state-dir", state,
 		"--config-dir", configDir, "--log-level", "error", "apply", "--once", "--yes")
@@ -158,9 +141,122 @@ func (b *bench) hostingRun(prefix, bin, configDir string, n int) (time.Duration,
 	if err != nil {
 		return 0, fmt.Errorf("apply --once: %v: %s", err, out)
 	}
-	vhosts, _ := filepath.Glob(filepath.Join(root, "etc/nginx/sites-enabled/*.conf"))
-	if len(vhosts) != n {
-		return 0, fmt.Errorf("apply --once wrote %d vhosts of %d: %s", len(vhosts), n, out)
+	if got := countVhosts(root); got != n {
+		return 0, fmt.Errorf("apply --once wrote %d vhosts of %d: %s", got, n, out)
 	}
 	return took, nil
+}
+
+// putCustomers puts n customers (a user and a site each) under prefix and
+// returns the revision of the last write.
+func (b *bench) putCustomers(prefix string, n int) (int64, error) {
+	cli, err := b.client()
+	if err != nil {
+		return 0, err
+	}
+	defer cli.Close()
+	var ops []clientv3.Op
+	var rev int64
+	flush := func() error {
+		if len(ops) == 0 {
+			return nil
+		}
+		resp, err := cli.Txn(b.ctx).Then(ops...).Commit()
+		if err == nil {
+			rev = resp.Header.Revision
+		}
+		ops = ops[:0]
+		return err
+	}
+	for i := range n {
+		user := fmt.Sprintf("c%04d", i)
+		ops = append(ops,
+			clientv3.OpPut(prefix+"/objects/users/"+user, fmt.Sprintf(`{"uid":%d}`, 3000+i)),
+			clientv3.OpPut(fmt.Sprintf("%s/objects/sites/site%04d", prefix, i), fmt.Sprintf(`{"user":%q,"domains":["site%04d.example.com"]}`, user, i)))
+		if len(ops) >= 100 {
+			if err := flush(); err != nil {
+				return 0, err
+			}
+		}
+	}
+	return rev, flush()
+}
+
+// hostingRoot makes a fresh root with the base account files, and a state
+// directory, under name.
+func (b *bench) hostingRoot(name string) (root, state string, err error) {
+	base := filepath.Join(b.work, name)
+	root, state = filepath.Join(base, "root"), filepath.Join(base, "state")
+	if err := os.MkdirAll(filepath.Join(root, "etc"), 0o755); err != nil {
+		return "", "", err
+	}
+	if err := os.MkdirAll(state, 0o700); err != nil {
+		return "", "", err
+	}
+	for f, text := range hostingAccounts {
+		if err := os.WriteFile(filepath.Join(root, "etc", f), []byte(text), 0o600); err != nil {
+			return "", "", err
+		}
+	}
+	return root, state, nil
+}
+
+func countVhosts(root string) int {
+	vhosts, _ := filepath.Glob(filepath.Join(root, "etc/nginx/sites-enabled/*.conf"))
+	return len(vhosts)
+}
+
+// hostingFleet starts three agent processes of bin (a serial rollout,
+// --debounce 1s) on the example at configDir, waits until each reported
+// its first run, then puts n customers and times from the last put until
+// every node reports a converged run of it.
+func (b *bench) hostingFleet(prefix, bin, configDir string, n int) (time.Duration, error) {
+	cli, err := b.client()
+	if err != nil {
+		return 0, err
+	}
+	defer cli.Close()
+	c := cluster.New(cli, cluster.Options{Prefix: prefix})
+	var nodes []string
+	for i := range 3 {
+		node := fmt.Sprintf("web%d", i+1)
+		root, state, err := b.hostingRoot(strings.TrimPrefix(prefix, "/") + "/" + node)
+		if err != nil {
+			return 0, err
+		}
+		cmd := exec.Command(bin, "agent", "--debounce", "1s")
+		cmd.Env = append(os.Environ(), "CCM_ENDPOINTS="+b.etcdURL, "CCM_PREFIX="+prefix, "CCM_CONFIG_DIR="+configDir,
+			"CCM_ROOT="+root, "CCM_STATE_DIR="+state, "CCM_NODE="+node, "CCM_LOG_LEVEL=error")
+		if err := cmd.Start(); err != nil {
+			return 0, err
+		}
+		defer func() {
+			_ = cmd.Process.Signal(syscall.SIGTERM)
+			_ = cmd.Wait()
+		}()
+		nodes = append(nodes, node)
+	}
+	reported := func(rev int64) func() bool {
+		return func() bool {
+			for _, node := range nodes {
+				s, err := c.Status(b.ctx, node)
+				if err != nil || s == nil || s.Result != api.ResultConverged || s.Revision < rev {
+					return false
+				}
+			}
+			return true
+		}
+	}
+	if err := waitFor(2*time.Minute, 20*time.Millisecond, reported(0)); err != nil {
+		return 0, fmt.Errorf("agents' first runs: %w", err)
+	}
+	rev, err := b.putCustomers(prefix, n)
+	if err != nil {
+		return 0, err
+	}
+	start := time.Now()
+	if err := waitFor(10*time.Minute, 20*time.Millisecond, reported(rev)); err != nil {
+		return 0, fmt.Errorf("all converged: %w", err)
+	}
+	return time.Since(start), nil
 }
