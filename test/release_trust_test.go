@@ -333,6 +333,9 @@ func TestANodeRunsOnlyWhatASignerApprovedOnDebiansEtcd(t *testing.T) {
 			r = ops.run("", "release", "verify", id[:12], "--release-keys", keys)
 			assert.Equal(t, 0, r.code, "%s: %s", tc.name, r.stderr)
 			assert.Contains(t, r.stdout, "is whole")
+			convergedAt(t, "web3", objectChange(tc.name[:2]), id)
+			eventually(t, 30*time.Second, func() bool { return presence("web3").ReleaseStoredError == "" },
+				"%s: at its next run web3 finds the stored copy whole again", tc.name)
 		}
 		raw, err = os.ReadFile(log)
 		require.NoError(t, err)

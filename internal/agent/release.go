@@ -177,6 +177,7 @@ func (a *Agent) next(ctx context.Context) (*target, error) {
 	case id == cur.release && !cur.empty:
 		if id != "" { // back to the loaded release (a rollback): nothing failed to load
 			a.reloaded(nil)
+			a.recheckStored(ctx, cur)
 		}
 		return &target{sel: cur, release: id}, nil
 	case a.pending != nil && a.pending.release == id:
@@ -260,12 +261,33 @@ func (a *Agent) adopt(sel *selection) {
 	}
 }
 
+// recheckStored reads again the stored copy of the loaded release while
+// it is known broken: once a push repaired it, the node says so at its
+// next run. (Under runMu, as every use of sel.stored.)
+func (a *Agent) recheckStored(ctx context.Context, sel *selection) {
+	if sel.stored == nil {
+		return
+	}
+	r, err := releases.NewStore(a.opts.Client, a.opts.Prefix).Fetch(ctx, sel.release)
+	if releases.Transient(err) {
+		return
+	}
+	if verify := a.verifyRelease(); err == nil && verify != nil {
+		err = verify(r)
+	}
+	if err == nil {
+		a.log.Info("the copy in etcd of the release this node runs is whole again", zap.String("release", releases.Short(sel.release)))
+	}
+	sel.stored = err
+	a.storedState(sel)
+}
+
 // storedState reports whether the copy in etcd of the release sel is
 // loaded from can be used (sel.stored nil), in the log, the presence and
 // the metrics. A broken copy is not this node's failure: the node runs
 // its verified staged copy.
 func (a *Agent) storedState(sel *selection) {
-	if sel.stored != nil {
+	if sel.stored != nil && sel.stored.Error() != a.presence.value().ReleaseStoredError {
 		a.log.Warn("the copy in etcd of the release this node runs is broken: running its verified staged copy; ccm release push of the same directory repairs it",
 			zap.String("release", releases.Short(sel.release)), zap.Error(sel.stored))
 	}
