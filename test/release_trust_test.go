@@ -158,6 +158,10 @@ func TestANodeRunsOnlyWhatASignerApprovedOnDebiansEtcd(t *testing.T) {
 		assert.Equal(t, 1, r.code, r.stdout)
 		assert.Contains(t, r.stderr, "is not signed, and release keys are configured")
 		assert.NoFileExists(t, proof, "no check of an unsigned release runs")
+		r = web1.run("", "apply", "--once", "--yes")
+		assert.Equal(t, 1, r.code, r.stdout)
+		assert.Contains(t, r.stderr, "is not signed, and release keys are configured", "apply --once reads CCM_RELEASE_KEYS too")
+		assert.NoFileExists(t, proof)
 
 		pushed := pushAs(releaser, trustedDir(t, check+"    mode: \"0640\"\n", "", nil))
 		r = web1.run("", "plan", "--check", "--release", pushed[:12], "--label", "x=y")
