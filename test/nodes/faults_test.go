@@ -6,7 +6,9 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"sort"
 	"strconv"
@@ -292,20 +294,34 @@ func testNetworkFaults(t *testing.T, l *lab) {
 		l.after(t, f, "one-way")
 	})
 
+	// A slow link: 200 ms each way between one node and every etcd
+	// member. tc netem where the kernel has it; else (this project's
+	// machines have no sch_netem) a relay in the switch's namespace that
+	// holds every chunk 200 ms in each direction, which the node's
+	// CCM_ENDPOINTS point at for the test.
 	t.Run("SlowLink", func(t *testing.T) {
 		n := l.nodes[1]
-		if _, err := runShort("tc", "-n", swNS, "qdisc", "add", "dev", n.name, "root", "netem", "delay", "200ms"); err != nil {
-			t.Skipf("this kernel has no netem qdisc (sch_netem): %v", err)
-		}
 		f := l.begin(t)
-		if _, err := runShort("ip", "netns", "exec", n.ns, "tc", "qdisc", "add", "dev", "eth0", "root", "netem", "delay", "200ms"); err != nil {
-			t.Fatal(err)
+		if _, err := runShort("tc", "-n", swNS, "qdisc", "add", "dev", n.name, "root", "netem", "delay", "200ms"); err == nil {
+			defer l.must("tc", "-n", swNS, "qdisc", "del", "dev", n.name, "root")
+			l.must("ip", "netns", "exec", n.ns, "tc", "qdisc", "add", "dev", "eth0", "root", "netem", "delay", "200ms")
+			defer l.must("ip", "netns", "exec", n.ns, "tc", "qdisc", "del", "dev", "eth0", "root")
+		} else {
+			t.Logf("no netem here (%v): a relay delays %s's traffic to etcd instead", err, n.name)
+			eps := l.startRelay(t, relayDelay)
+			n.setEndpoints(t, eps)
+			defer n.setEndpoints(t, l.endpoints())
 		}
 		rev := l.put(t, "a", "slow")
 		l.converged(t, rev, "a", "slow", 3*time.Minute)
 		l.after(t, f, "slow")
-		l.must("tc", "-n", swNS, "qdisc", "del", "dev", n.name, "root")
-		l.must("ip", "netns", "exec", n.ns, "tc", "qdisc", "del", "dev", "eth0", "root")
+		if raw, err := os.ReadFile(filepath.Join(l.work, "relay.log")); err == nil {
+			conns := strings.Count(string(raw), "relay: "+n.ip+":")
+			t.Logf("%s's connections through the relay: %d", n.name, conns)
+			if conns == 0 {
+				t.Errorf("%s never went through the slow relay:\n%s", n.name, raw)
+			}
+		}
 	})
 	restarts := map[string]int{}
 	for _, n := range l.nodes {
@@ -319,4 +335,115 @@ func testNetworkFaults(t *testing.T, l *lab) {
 	for _, k := range names {
 		t.Logf("%s: NRestarts %d after every fault", k, restarts[k])
 	}
+}
+
+// relayDelay is how long the slow link holds each chunk, each way.
+const relayDelay = 200 * time.Millisecond
+
+// relayEnv carries the relay's listen=target pairs to the helper process.
+const relayEnv = "CCM_NODES_RELAY"
+
+// startRelay starts the relay (this test binary, as TestDelayRelay) in the
+// switch's namespace, one port per etcd member, and returns the endpoints
+// that go through it.
+func (l *lab) startRelay(t *testing.T, delay time.Duration) string {
+	var pairs, eps []string
+	for i, m := range l.etcd {
+		listen := fmt.Sprintf("%s1:%d", subnet, 23790+i)
+		pairs = append(pairs, listen+"="+m.ip+":2379")
+		eps = append(eps, "http://"+listen)
+	}
+	cmd := exec.Command("ip", "netns", "exec", swNS, os.Args[0], "-test.run=^TestDelayRelay$", "-test.timeout=0")
+	cmd.Env = []string{hostPath, relayEnv + "=" + strings.Join(pairs, ","), "CCM_NODES_RELAY_DELAY=" + delay.String()}
+	log, err := os.Create(filepath.Join(l.work, "relay.log"))
+	require(t, err)
+	defer log.Close()
+	cmd.Stdout, cmd.Stderr = log, log
+	require(t, cmd.Start())
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	eventually(t, 30*time.Second, func() bool {
+		_, err := runShort("ip", "netns", "exec", swNS, "curl", "-s", "-m", "5", eps[0]+"/health")
+		return err == nil
+	}, "the relay answers")
+	return strings.Join(eps, ",")
+}
+
+// setEndpoints points the node's agent at eps and restarts it.
+func (n *node) setEndpoints(t *testing.T, eps string) {
+	t.Helper()
+	n.must("sed", "-i", "s|^CCM_ENDPOINTS=.*|CCM_ENDPOINTS="+eps+"|", "/etc/default/ccm")
+	n.must("systemctl", "restart", "ccm")
+	eventually(t, 2*time.Minute, func() bool { return n.readyz() == "ok" }, "%s: ready through %s (it says %q)", n.name, eps, n.readyz())
+}
+
+// TestDelayRelay is the relay's process, not a test: it runs only when
+// startRelay sets CCM_NODES_RELAY, and forwards each listen address to its
+// target, holding every chunk for the delay in each direction, in order.
+func TestDelayRelay(t *testing.T) {
+	spec := os.Getenv(relayEnv)
+	if spec == "" {
+		t.Skip("the relay of TestNodes/NetworkFaults/SlowLink")
+	}
+	delay, err := time.ParseDuration(os.Getenv("CCM_NODES_RELAY_DELAY"))
+	require(t, err)
+	for _, pair := range strings.Split(spec, ",") {
+		listen, target, _ := strings.Cut(pair, "=")
+		ln, err := net.Listen("tcp", listen)
+		require(t, err)
+		go func() {
+			for {
+				c, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				fmt.Printf("relay: %s to %s\n", c.RemoteAddr(), target)
+				go relay(c, target, delay)
+			}
+		}()
+	}
+	select {} // until startRelay kills it
+}
+
+// relay joins c to a new connection to target, delaying both directions.
+func relay(c net.Conn, target string, delay time.Duration) {
+	defer c.Close()
+	u, err := net.Dial("tcp", target)
+	if err != nil {
+		return
+	}
+	defer u.Close()
+	done := make(chan struct{}, 2)
+	go func() { delayedCopy(u, c, delay); done <- struct{}{} }()
+	go func() { delayedCopy(c, u, delay); done <- struct{}{} }()
+	<-done
+}
+
+// delayedCopy copies src to dst, each chunk written delay after it was read.
+func delayedCopy(dst, src net.Conn, delay time.Duration) {
+	type chunk struct {
+		at   time.Time
+		data []byte
+	}
+	q := make(chan chunk, 1024)
+	go func() {
+		defer close(q)
+		for {
+			buf := make([]byte, 32<<10)
+			k, err := src.Read(buf)
+			if k > 0 {
+				q <- chunk{time.Now().Add(delay), buf[:k]}
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
+	for ch := range q {
+		time.Sleep(time.Until(ch.at))
+		if _, err := dst.Write(ch.data); err != nil {
+			break
+		}
+	}
+	_ = dst.Close()
+	_ = src.Close()
 }
