@@ -282,6 +282,10 @@ func TestANodeRunsOnlyWhatASignerApprovedOnDebiansEtcd(t *testing.T) {
 		}
 		proc := start()
 		convergedAt(t, "web3", objectChange("b"), id)
+		// ccm.plan verifies with the agent's keys before it stages anything.
+		unsigned := pushAs(releaser, trustedDir(t, "", "on_change:\n  - [sh, -c, 'echo evil >> "+log+"']\n", nil))
+		r := ops.run("", "plan", "--cluster", "--release", unsigned[:12])
+		assert.Regexp(t, `# node web3: no plan: .*release `+unsigned[:12]+` is not signed, and release keys are configured`, r.stdout)
 		helper := filepath.Join(releaseDir, id, "check", "helper")
 		info, err := os.Stat(helper)
 		require.NoError(t, err)
@@ -325,7 +329,7 @@ func TestANodeRunsOnlyWhatASignerApprovedOnDebiansEtcd(t *testing.T) {
 			}, "%s: web3 reports the broken copy", tc.name)
 			convergedAt(t, "web3", objectChange(tc.name[:1]), id)
 			noFailure(t)
-			r := ops.run("", "status")
+			r = ops.run("", "status")
 			assert.Regexp(t, `web3\s+\S+\s+`+id[:12]+`.*stored release broken, running the staged copy: .*`+tc.want, r.stdout)
 			r = ops.run("", "release", "verify", id[:12], "--release-keys", keys)
 			assert.Equal(t, 1, r.code, "%s: %s", tc.name, r.stdout)
