@@ -340,7 +340,7 @@ func TestStatusNamesNodesThatShareAnActionKey(t *testing.T) {
 	web1 := newNode(t, "web1", "../examples/ccm", etcd.Endpoints())
 	web1.start("agent", "--debounce", "0s")
 	eventually(t, 20*time.Second, func() bool { return nodeView(t, c, "web1").Presence != nil }, "web1 alive")
-	key, err := os.ReadFile(filepath.Join(web1.state, "action.key"))
+	key, err := os.ReadFile(filepath.Join(web1.state, "keys", "action.key"))
 	require.NoError(t, err)
 
 	web2 := newNode(t, "web2", "../examples/ccm", etcd.Endpoints())

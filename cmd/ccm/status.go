@@ -91,7 +91,7 @@ func printView(w io.Writer, v *cluster.View) {
 	}
 	fmt.Fprintf(w, "Lock: %s\n", holder)
 	for _, nodes := range v.SharedActionKeys {
-		fmt.Fprintf(w, "Action key: nodes %s publish the same key (cloned from one image?): each opens the secrets sealed to the others; delete <state-dir>/action.key on each and restart it\n",
+		fmt.Fprintf(w, "Action key: nodes %s publish the same key (cloned from one image?): each opens the secrets sealed to the others; delete <state-dir>/keys/action.key on each and restart it\n",
 			render.Escape(strings.Join(nodes, ", ")))
 	}
 	if v.Partial != "" {

@@ -15,15 +15,33 @@ import (
 	"github.com/ccm-dev/ccm/api"
 )
 
-// nodeKeyFile is the private key's file in the state directory.
-const nodeKeyFile = "action.key"
+// nodeKeyFile is the private key's file, in the keys directory of the
+// state directory (nodeKeyDir), which the agent creates 0700 itself: the
+// state directory may be 0755 (a plain mkdir).
+const (
+	nodeKeyDir  = "keys"
+	nodeKeyFile = "action.key"
+)
 
-// LoadNodeKey reads the node's key from the state directory, creating it
-// (mode 0600) at first start. A key or a directory that others may read
-// is refused: the key opens every secret sent to the node.
+// LoadNodeKey reads the node's key from <stateDir>/keys/action.key,
+// creating the directory (0700) and the key (0600) at first start. A key
+// at the layout before the keys directory, <stateDir>/action.key, is
+// moved there (it must be 0600). A key or a keys directory that others
+// may read is refused, and so is a state directory others may write: the
+// key opens every secret sent to the node.
 func LoadNodeKey(stateDir string) (*api.Key, error) {
-	path := filepath.Join(stateDir, nodeKeyFile)
-	if err := private(stateDir, "directory", "0700"); err != nil {
+	if err := notWritableByOthers(stateDir); err != nil {
+		return nil, fmt.Errorf("node key: %w", err)
+	}
+	dir := filepath.Join(stateDir, nodeKeyDir)
+	if err := os.Mkdir(dir, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
+		return nil, fmt.Errorf("node key: %w", err)
+	}
+	if err := private(dir, "directory", "0700"); err != nil {
+		return nil, fmt.Errorf("node key: %w", err)
+	}
+	path := filepath.Join(dir, nodeKeyFile)
+	if err := moveOldKey(filepath.Join(stateDir, nodeKeyFile), path); err != nil {
 		return nil, fmt.Errorf("node key: %w", err)
 	}
 	raw, err := os.ReadFile(path)
@@ -41,6 +59,31 @@ func LoadNodeKey(stateDir string) (*api.Key, error) {
 		return nil, fmt.Errorf("node key %s: %w", path, err)
 	}
 	return k, nil
+}
+
+// moveOldKey moves a key of the layout before the keys directory to
+// path: it replaces the one there, as it is the key the node published.
+func moveOldKey(old, path string) error {
+	if _, err := os.Lstat(old); errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err := private(old, "file", "0600"); err != nil {
+		return err
+	}
+	return os.Rename(old, path)
+}
+
+// notWritableByOthers refuses a directory that its group or others may
+// write: they could replace the keys directory.
+func notWritableByOthers(dir string) error {
+	st, err := os.Stat(dir)
+	if err != nil {
+		return err
+	}
+	if perm := st.Mode().Perm(); perm&0o022 != 0 {
+		return fmt.Errorf("the state directory %s is mode %04o: others may write it (chmod go-w %s)", dir, perm, dir)
+	}
+	return nil
 }
 
 // private refuses a path whose mode lets anyone but its owner in.
