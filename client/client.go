@@ -564,14 +564,7 @@ func (c *Client) labels(ctx context.Context) (map[string]map[string]string, erro
 	if err != nil {
 		return nil, fmt.Errorf("read %s: %w", prefix, err)
 	}
-	out := map[string]map[string]string{}
-	for _, kv := range resp.Kvs {
-		labels := map[string]string{}
-		if json.Unmarshal(kv.Value, &labels) == nil {
-			out[strings.TrimPrefix(string(kv.Key), prefix)] = labels
-		}
-	}
-	return out, nil
+	return api.DecodeLabels(c.keys, resp.Kvs), nil
 }
 
 // lease returns a lease of the retention period. One lease serves the

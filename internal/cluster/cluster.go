@@ -70,33 +70,7 @@ func (c *Cluster) Failures(ctx context.Context) ([]api.Failure, int64, error) {
 	if err != nil {
 		return nil, 0, fmt.Errorf("read %s: %w", c.FailuresRange(), err)
 	}
-	return decodeFailures(c.Keys, resp.Kvs), resp.Header.Revision, nil
-}
-
-// decodeFailures reads the failure records from a range of
-// FailuresRange, oldest first; keys that are not records are ignored.
-func decodeFailures(k api.Keys, kvs []*mvccpb.KeyValue) []api.Failure {
-	var out []api.Failure
-	for _, kv := range slices.SortedFunc(slices.Values(kvs), func(a, b *mvccpb.KeyValue) int {
-		return cmp.Compare(a.CreateRevision, b.CreateRevision)
-	}) {
-		node, ok := k.FailureOf(string(kv.Key))
-		if !ok {
-			continue
-		}
-		var f api.Failure
-		if err := json.Unmarshal(kv.Value, &f); err != nil {
-			// A flag someone set by hand still halts the rollout.
-			f = api.Failure{Error: string(kv.Value)}
-		}
-		if node == "" {
-			f.Legacy = true
-		} else {
-			f.Node = node
-		}
-		out = append(out, f)
-	}
-	return out
+	return api.DecodeFailures(c.Keys, resp.Kvs), resp.Header.Revision, nil
 }
 
 // Resume clears the failure flag, and only the flag: every node's record,
@@ -113,7 +87,7 @@ func (c *Cluster) Resume(ctx context.Context) ([]api.Failure, error) {
 		return nil, fmt.Errorf("delete %s: %w", c.FailuresRange(), err)
 	}
 	kvs := append(resp.Responses[0].GetResponseRange().Kvs, resp.Responses[1].GetResponseRange().Kvs...)
-	return decodeFailures(c.Keys, kvs), nil
+	return api.DecodeFailures(c.Keys, kvs), nil
 }
 
 // Unpause lifts the pause and returns it (nil: the rollout was not
@@ -123,7 +97,7 @@ func (c *Cluster) Unpause(ctx context.Context) (*api.Pause, error) {
 	if err != nil {
 		return nil, fmt.Errorf("delete %s: %w", c.PausedKey(), err)
 	}
-	return decodePause((*clientv3.GetResponse)(resp.Responses[0].GetResponseRange())), nil
+	return api.DecodePause(resp.Responses[0].GetResponseRange().Kvs), nil
 }
 
 // Node states, as ccm status shows them.
@@ -238,13 +212,13 @@ func (c *Cluster) View(ctx context.Context) (*View, error) {
 		newest = kvs[0].ModRevision
 	}
 	v := &View{
-		Failures: decodeFailures(c.Keys, resp.Responses[0].GetResponseRange().Kvs),
-		Pause:    decodePause((*clientv3.GetResponse)(resp.Responses[2].GetResponseRange())),
-		Rollout:  decodeRollout((*clientv3.GetResponse)(resp.Responses[3].GetResponseRange())),
+		Failures: api.DecodeFailures(c.Keys, resp.Responses[0].GetResponseRange().Kvs),
+		Pause:    api.DecodePause(resp.Responses[2].GetResponseRange().Kvs),
+		Rollout:  api.DecodeRollout(resp.Responses[3].GetResponseRange().Kvs),
 		Revision: resp.Header.Revision,
 		ReadAt:   time.Now().UTC(),
 
-		Quarantines: decodeQuarantines(c.Keys, resp.Responses[6].GetResponseRange().Kvs),
+		Quarantines: api.DecodeQuarantines(c.Keys, resp.Responses[6].GetResponseRange().Kvs),
 	}
 	if kvs := resp.Responses[7].GetResponseRange().Kvs; len(kvs) > 0 {
 		p, err := api.DecodeReleasePointer(c.ReleasePointerKey(), kvs[0].Value)
@@ -256,7 +230,7 @@ func (c *Cluster) View(ctx context.Context) (*View, error) {
 	if len(v.Failures) > 0 {
 		v.Failure = &v.Failures[0]
 	}
-	if canary := newestCanary(decodeCanaries(c.Keys, resp.Responses[5].GetResponseRange().Kvs)); canary.Revision > 0 {
+	if canary := newestCanary(api.DecodeCanaries(c.Keys, resp.Responses[5].GetResponseRange().Kvs)); canary.Revision > 0 {
 		v.Canary = &canary
 	}
 	nodes, err := c.scanNodes(ctx, resp.Header.Revision)
@@ -449,7 +423,7 @@ func (c *Cluster) viewLabels(ctx context.Context, rev int64) (map[string]map[str
 	if err != nil {
 		return nil, fmt.Errorf("read %s: %w", c.LabelsPrefix(), err)
 	}
-	return decodeLabels(c.Keys, resp.Kvs), nil
+	return api.DecodeLabels(c.Keys, resp.Kvs), nil
 }
 
 // ownNode reads the records of the cluster's own node (Options.Node) at
@@ -513,29 +487,14 @@ func (c *Cluster) nodeReads(name string, rev int64) []clientv3.Op {
 
 // nodeView decodes the responses to a node's nodeReads.
 func nodeView(name string, reads []*etcdserverpb.ResponseOp) *NodeView {
-	n := &NodeView{Name: name}
-	status, alive, problem := reads[0], reads[1], reads[2]
-	if kv := problem.GetResponseRange().Kvs; len(kv) > 0 {
-		n.Problem = &api.Problem{}
-		if json.Unmarshal(kv[0].Value, n.Problem) != nil {
-			n.Problem = &api.Problem{Error: "unreadable problem record"}
+	first := func(r *etcdserverpb.ResponseOp) *mvccpb.KeyValue {
+		if kvs := r.GetResponseRange().Kvs; len(kvs) > 0 {
+			return kvs[0]
 		}
+		return nil
 	}
-	if kv := status.GetResponseRange().Kvs; len(kv) > 0 {
-		n.Status = &api.Status{}
-		if json.Unmarshal(kv[0].Value, n.Status) != nil {
-			n.Status = &api.Status{Node: name, Result: "unreadable"}
-		}
-	}
-	if kv := alive.GetResponseRange().Kvs; len(kv) > 0 && kv[0].Lease != 0 { // not on a lease: not an agent's
-		n.Presence = &api.Presence{}
-		if json.Unmarshal(kv[0].Value, n.Presence) != nil {
-			n.Presence = &api.Presence{}
-		}
-		// The key says whose it is, and etcd what lease it is on.
-		n.Presence.Node, n.Presence.Lease = name, fmt.Sprintf("%x", kv[0].Lease)
-	}
-	return n
+	return &NodeView{Name: name, Status: api.DecodeStatus(name, first(reads[0])),
+		Presence: api.DecodePresence(name, first(reads[1])), Problem: api.DecodeProblem(first(reads[2]))}
 }
 
 // describe derives the node's state and whether it is behind. This is the

@@ -6,30 +6,8 @@ import (
 	"errors"
 	"fmt"
 
-	"go.etcd.io/etcd/api/v3/mvccpb"
-	clientv3 "go.etcd.io/etcd/client/v3"
-
 	"github.com/ccm-dev/ccm/api"
 )
-
-// decodeCanaries reads the canary records from a range of CanaryPrefix,
-// with the rule every agent and ccm status share: a record counts only
-// under its node's own key, and only for a change older than the record
-// itself (a node cannot approve a change before it exists, so a forged
-// record can at most approve what its node could have converged).
-func decodeCanaries(k api.Keys, kvs []*mvccpb.KeyValue) []api.Canary {
-	var out []api.Canary
-	for _, kv := range kvs {
-		node, ok := k.CanaryOf(string(kv.Key))
-		var c api.Canary
-		if !ok || json.Unmarshal(kv.Value, &c) != nil || c.Revision <= 0 || c.Revision >= kv.ModRevision {
-			continue
-		}
-		c.Node = node
-		out = append(out, c)
-	}
-	return out
-}
 
 // newestCanary is the record of the newest change a canary converged
 // (zero when none).
@@ -43,35 +21,13 @@ func newestCanary(records []api.Canary) api.Canary {
 	return newest
 }
 
-// decodeRollout reads the strategy from its key's range response; a
-// missing or unreadable value is the serial rollout.
-func decodeRollout(resp *clientv3.GetResponse) api.Rollout {
-	r := api.Serial
-	if len(resp.Kvs) > 0 && json.Unmarshal(resp.Kvs[0].Value, &r) != nil {
-		r = api.Serial
-	}
-	return r
-}
-
-// decodePause reads the pause from its key's range response, or nil.
 // Pause returns the pause, or nil when the rollout is not paused.
 func (c *Cluster) Pause(ctx context.Context) (*api.Pause, error) {
 	resp, err := c.client.Get(ctx, c.PausedKey())
 	if err != nil {
 		return nil, fmt.Errorf("read %s: %w", c.PausedKey(), err)
 	}
-	return decodePause(resp), nil
-}
-
-func decodePause(resp *clientv3.GetResponse) *api.Pause {
-	if len(resp.Kvs) == 0 {
-		return nil
-	}
-	p := &api.Pause{}
-	if err := json.Unmarshal(resp.Kvs[0].Value, p); err != nil {
-		p.Reason = string(resp.Kvs[0].Value) // set by hand: still a pause
-	}
-	return p
+	return api.DecodePause(resp.Kvs), nil
 }
 
 // Gate is what decides, under the lock, whether a node may run: the

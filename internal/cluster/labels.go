@@ -5,9 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"maps"
-	"strings"
 
-	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/ccm-dev/ccm/api"
@@ -20,20 +18,7 @@ func (c *Cluster) Labels(ctx context.Context) (map[string]map[string]string, err
 	if err != nil {
 		return nil, fmt.Errorf("read %s: %w", c.LabelsPrefix(), err)
 	}
-	return decodeLabels(c.Keys, resp.Kvs), nil
-}
-
-// decodeLabels reads labels keys, by node; a value that is not a JSON
-// object of strings is no labels.
-func decodeLabels(k api.Keys, kvs []*mvccpb.KeyValue) map[string]map[string]string {
-	out := map[string]map[string]string{}
-	for _, kv := range kvs {
-		labels := map[string]string{}
-		if json.Unmarshal(kv.Value, &labels) == nil {
-			out[strings.TrimPrefix(string(kv.Key), k.LabelsPrefix())] = labels
-		}
-	}
-	return out
+	return api.DecodeLabels(c.Keys, resp.Kvs), nil
 }
 
 // SetLabels changes a node's labels: set adds or replaces, remove deletes

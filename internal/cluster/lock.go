@@ -482,10 +482,10 @@ type queueState struct {
 func (l *Lock) decodeQueueReads(reads []*etcdserverpb.ResponseOp, rev int64) queueState {
 	c := l.s.c
 	st := queueState{
-		rollout:  decodeRollout((*clientv3.GetResponse)(reads[0].GetResponseRange())),
-		failures: decodeFailures(c.Keys, reads[2].GetResponseRange().Kvs),
-		pause:    decodePause((*clientv3.GetResponse)(reads[3].GetResponseRange())),
-		canary:   newestCanary(decodeCanaries(c.Keys, reads[4].GetResponseRange().Kvs)),
+		rollout:  api.DecodeRollout(reads[0].GetResponseRange().Kvs),
+		failures: api.DecodeFailures(c.Keys, reads[2].GetResponseRange().Kvs),
+		pause:    api.DecodePause(reads[3].GetResponseRange().Kvs),
+		canary:   newestCanary(api.DecodeCanaries(c.Keys, reads[4].GetResponseRange().Kvs)),
 		complete: true,
 		revision: rev,
 	}

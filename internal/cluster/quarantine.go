@@ -7,7 +7,6 @@ import (
 	"slices"
 	"strings"
 
-	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/ccm-dev/ccm/api"
@@ -19,40 +18,7 @@ func (c *Cluster) Quarantines(ctx context.Context) ([]api.Quarantine, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read %s: %w", c.QuarantinePrefix(), err)
 	}
-	return decodeQuarantines(c.Keys, resp.Kvs), nil
-}
-
-// decodeQuarantines reads quarantine records. The node and the object are
-// the key's, whatever the value claims, so a node can never quarantine in
-// another node's name; a value that is not a record, or that names a
-// revision from after its own write, holds nothing back (its revision is
-// 0).
-func decodeQuarantines(k api.Keys, kvs []*mvccpb.KeyValue) []api.Quarantine {
-	var out []api.Quarantine
-	for _, kv := range kvs {
-		node, typ, id, ok := k.QuarantineOf(string(kv.Key))
-		if !ok {
-			continue
-		}
-		var q api.Quarantine
-		if err := json.Unmarshal(kv.Value, &q); err != nil {
-			q = api.Quarantine{Error: fmt.Sprintf("unreadable record: %v", err)}
-		}
-		q.Node, q.Type, q.ID = node, typ, id
-		if q.Revision >= kv.ModRevision {
-			// A revision the object could not have had when the record
-			// was written: no node can quarantine a change in advance.
-			q.Revision = 0
-		}
-		out = append(out, q)
-	}
-	slices.SortFunc(out, func(a, b api.Quarantine) int {
-		if c := strings.Compare(a.Object(), b.Object()); c != 0 {
-			return c
-		}
-		return strings.Compare(a.Node, b.Node)
-	})
-	return out
+	return api.DecodeQuarantines(c.Keys, resp.Kvs), nil
 }
 
 // ClearQuarantine deletes the records of the objects named "type/id" (all

@@ -13,7 +13,7 @@ import (
 // value claims.
 func TestAFailureRecordBlamesTheNodeWhoseKeyItIs(t *testing.T) {
 	k := api.NewKeys("")
-	f := decodeFailures(k, []*mvccpb.KeyValue{
+	f := api.DecodeFailures(k, []*mvccpb.KeyValue{
 		{Key: []byte("/ccm/failure/web1"), Value: []byte(`{"node":"web2","error":"forged"}`), CreateRevision: 9},
 		{Key: []byte("/ccm/failure"), Value: []byte(`{"node":"web3","error":"old"}`), CreateRevision: 4},
 		{Key: []byte("/ccm/failures"), Value: []byte(`{"node":"web4"}`), CreateRevision: 2},
@@ -30,7 +30,7 @@ func TestAFailureRecordBlamesTheNodeWhoseKeyItIs(t *testing.T) {
 // turn the canary off for later changes.
 func TestACanaryRecordCannotApproveAFutureChange(t *testing.T) {
 	k := api.NewKeys("")
-	got := newestCanary(decodeCanaries(k, []*mvccpb.KeyValue{
+	got := newestCanary(api.DecodeCanaries(k, []*mvccpb.KeyValue{
 		{Key: []byte("/ccm/canary/web1"), Value: []byte(`{"node":"web9","revision":9223372036854775807}`), ModRevision: 50},
 		{Key: []byte("/ccm/canary/web2"), Value: []byte(`{"revision":40}`), ModRevision: 41},
 		{Key: []byte("/ccm/canary/web3"), Value: []byte(`{"revision":45}`), ModRevision: 45},
@@ -43,7 +43,7 @@ func TestACanaryRecordCannotApproveAFutureChange(t *testing.T) {
 // what its value claims; a key of another shape is no record.
 func TestAQuarantineRecordIsTheKeysNodeAndObject(t *testing.T) {
 	k := api.NewKeys("")
-	got := decodeQuarantines(k, []*mvccpb.KeyValue{
+	got := api.DecodeQuarantines(k, []*mvccpb.KeyValue{
 		{Key: []byte("/ccm/quarantine/web1/sites/shop"), Value: []byte(`{"node":"web2","type":"sites","id":"blog","revision":7,"error":"check failed"}`), ModRevision: 9},
 		{Key: []byte("/ccm/quarantine/web1/sites/shop/x"), Value: []byte(`{"revision":7}`), ModRevision: 9},
 		{Key: []byte("/ccm/quarantine/web3"), Value: []byte(`{"revision":7}`), ModRevision: 9},
