@@ -135,9 +135,9 @@ func (c *Client) validator(ctx context.Context) (Validator, int64, error) {
 	if len(resp.Kvs) == 0 {
 		return c.opts.Schemas, 0, nil
 	}
-	var p api.ReleasePointer
-	if err := json.Unmarshal(resp.Kvs[0].Value, &p); err != nil || p.ID == "" {
-		return nil, 0, fmt.Errorf("%s: not a release pointer ccm wrote", c.keys.ReleasePointerKey())
+	p, err := api.DecodeReleasePointer(c.keys.ReleasePointerKey(), resp.Kvs[0].Value)
+	if err != nil {
+		return nil, 0, fmt.Errorf("not a release pointer ccm wrote: %w", err)
 	}
 	v, err := c.opts.ReleaseSchemas(ctx, p.ID)
 	if err != nil {
