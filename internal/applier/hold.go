@@ -123,3 +123,57 @@ func (a *Applier) holdsOfAncestors(ctx context.Context, set *configs.Set, snap *
 		}
 	}
 }
+
+// rollBackHeld undoes, for every object that config held while it
+// applied (its tools or checks refused it), what the configurations that
+// already ran in this run changed for that object: each of their files
+// goes back to what its journal says it was, and their on_change runs
+// again. So an object is held across the whole run, also where a
+// configuration before the one that refused it had already written it.
+func (a *Applier) rollBackHeld(ctx context.Context, applied []*Plan, config string) {
+	if a.run == nil {
+		return
+	}
+	ctx = context.WithoutCancel(ctx)
+	for _, q := range applied {
+		var restored bool
+		var last *journal
+		for _, j := range a.run.done {
+			if j.Config == q.Config.Name {
+				last = j
+			}
+		}
+		if last == nil {
+			continue
+		}
+		for _, c := range q.Changes {
+			if c.file == nil || c.file.Object == "" || a.holds[c.file.Object] != config {
+				continue
+			}
+			for _, f := range last.Files {
+				if f.Path != c.Path {
+					continue
+				}
+				var err error
+				if f.Existed {
+					err = a.files.writeAtomic(rel(f.Path), f.Content, f.Mode, &f.UID, &f.GID)
+				} else {
+					err = a.files.remove(rel(f.Path))
+				}
+				delete(a.known, f.Real)
+				if err != nil {
+					a.log.Error("roll back a held object's file", zap.String("config", q.Config.Name), zap.String("path", f.Path), zap.Error(err))
+					continue
+				}
+				restored = true
+				a.log.Warn("rolled back: its object is held by a later configuration", zap.String("config", q.Config.Name),
+					zap.String("path", f.Path), zap.String("object", c.file.Object), zap.String("held_by", config))
+			}
+		}
+		if restored {
+			if err := a.onChangeAgain(ctx, last); err != nil {
+				a.log.Error("on_change after rolling back a held object", zap.String("config", q.Config.Name), zap.Error(err))
+			}
+		}
+	}
+}

@@ -98,3 +98,38 @@ func TestARunWithoutTheAccountConfigurationStillHoldsWhatItRefuses(t *testing.T)
 	assert.Equal(t, []string{"users/root"}, r.Held)
 	assert.NoFileExists(t, f.path("/etc/cron.d/ccm-root"))
 }
+
+// A configuration that already wrote an object in this run is rolled back
+// for that object when a later configuration's check refuses it: the
+// object is held across the whole run, at its last good version.
+func TestAnEarlierConfigurationIsRolledBackForAnObjectALaterOneRefuses(t *testing.T) {
+	f := newFixture(t, map[string]string{
+		"a.yaml": `
+subscribes: [sites]
+files:
+  - {path: "/a/{{ .Object.ID }}", for_each: sites, content: "{{ .Object.Data.v }}\n"}
+on_change:
+  - [sh, -c, "echo x >> ../on_change_a"]
+`,
+		"b.yaml": `
+subscribes: [sites]
+depends_on: [a]
+files:
+  - path: "/b/{{ .Object.ID }}"
+    for_each: sites
+    content: "{{ .Object.Data.v }}\n"
+    check: [grep, -qv, bad, "{{ .Staged }}"]
+`,
+	})
+	f.put("sites/x", `{"v":"v1"}`)
+	f.put("sites/y", `{"v":"v1"}`)
+	require.NoError(t, f.run().Err)
+	f.put("sites/x", `{"v":"bad"}`)
+	f.put("sites/y", `{"v":"v2"}`)
+	r := f.run()
+	require.NoError(t, r.Err)
+	assert.Equal(t, []string{"sites/x"}, r.Held)
+	assert.Equal(t, "v1\n", f.read("/a/x"), "a is rolled back for x")
+	assert.Equal(t, "v2\n", f.read("/a/y"), "and only for x")
+	assert.Equal(t, "v1\n", f.read("/b/x"))
+}

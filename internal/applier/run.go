@@ -385,6 +385,7 @@ func (a *Applier) Run(ctx context.Context, kind runkind.Kind, set *configs.Set, 
 		}
 	}
 	// Phase 2: creations and updates, in dependency order.
+	var applied []*Plan // what phase 2 carried out, in order
 	for i, p := range plans {
 		if p == nil || p.Orphan {
 			continue
@@ -408,9 +409,14 @@ func (a *Applier) Run(ctx context.Context, kind runkind.Kind, set *configs.Set, 
 		if !removed[n] { // still ours: removed by a later run
 			files = append(files, p.stale()...)
 		}
+		before := len(a.holds)
 		if err := a.step(ctx, r, rs, fw, files); err == nil || errors.Is(err, ErrOnChange) {
 			a.settle(fw)
 		}
+		if len(a.holds) > before { // this configuration held objects while applying
+			a.rollBackHeld(ctx, applied, fw.Config.Name)
+		}
+		applied = append(applied, fw)
 	}
 	if rs.rollback {
 		a.rollBackRun(ctx, rs, a.run)
