@@ -44,3 +44,11 @@ func TestASealedValueIsTheDocumentedSealedBox(t *testing.T) {
 	require.True(t, ok, "opens as the documented box")
 	assert.Equal(t, "s3cret", string(msg))
 }
+
+// A name outside the key grammar is ErrBadName, which callers match.
+func TestABadNameIsErrBadName(t *testing.T) {
+	err := api.CheckName("id", "a/b")
+	assert.ErrorIs(t, err, api.ErrBadName)
+	assert.Contains(t, err.Error(), `id "a/b"`)
+	assert.NoError(t, api.CheckName("id", "shop.example"))
+}

@@ -124,3 +124,18 @@ func TestTheViewReadsTheClustersRecords(t *testing.T) {
 	assert.Equal(t, map[string]string{"role": "web"}, web1.Labels)
 	assert.Nil(t, v.Nodes["web2"].Presence, "no agent's presence")
 }
+
+// A call whose labels match no alive node is ErrNoTargets, and writes
+// nothing.
+func TestACallToNoNodeIsErrNoTargets(t *testing.T) {
+	t.Parallel()
+	etcd := etcdtest.New(t, 1)
+	raw := etcd.Client(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	_, err := client.New(raw, client.Options{}).Start(ctx, client.Call{Action: "x", To: client.Targets{Labels: map[string]string{"role": "none"}}})
+	require.ErrorIs(t, err, client.ErrNoTargets)
+	resp, err := raw.Get(ctx, "/ccm/", clientv3.WithPrefix(), clientv3.WithCountOnly())
+	require.NoError(t, err)
+	assert.Zero(t, resp.Count)
+}

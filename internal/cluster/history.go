@@ -18,9 +18,9 @@ import (
 // written deletes those older than this.
 const HistoryRetention = 90 * 24 * time.Hour
 
-// ErrHistoryTaken is returned when a history record's key already
+// errHistoryTaken is returned when a history record's key already
 // exists: records are never overwritten.
-var ErrHistoryTaken = errors.New("history key taken")
+var errHistoryTaken = errors.New("history key taken")
 
 // Record appends h to the history (at h.Time, now when zero), in one
 // transaction that creates its key only if it does not exist and deletes
@@ -45,7 +45,7 @@ func (c *Cluster) Record(ctx context.Context, h api.History) error {
 		return fmt.Errorf("write %s: %w", key, deniedHint(err, "write on "+c.HistoryPrefix()+" (an operator's role: ccm rbac print --operator NAME)"))
 	}
 	if !resp.Succeeded {
-		return fmt.Errorf("write %s: %w", key, ErrHistoryTaken)
+		return fmt.Errorf("write %s: %w", key, errHistoryTaken)
 	}
 	return nil
 }
