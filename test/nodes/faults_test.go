@@ -267,6 +267,47 @@ func testNetworkFaults(t *testing.T, l *lab) {
 		l.after(t, f, "leader")
 	})
 
+	// A node on the minority side: one member cut off from the other two,
+	// and the node able to reach only that member. It must stop being
+	// ready (no leader, no linearizable read) and change nothing, while
+	// the majority side converges; healed, it converges.
+	t.Run("NodeWithTheMinority", func(t *testing.T) {
+		f := l.begin(t)
+		n, m := l.nodes[2], l.etcd[2]
+		var rules [][]string
+		for _, other := range l.etcd[:2] {
+			rules = append(rules,
+				[]string{"netns", "exec", m.ns, "iptables", "-A", "INPUT", "-s", other.ip, "-j", "DROP"},
+				[]string{"netns", "exec", n.ns, "iptables", "-A", "OUTPUT", "-d", other.ip, "-j", "DROP"})
+		}
+		for _, r := range rules {
+			l.must("ip", r...)
+		}
+		healed := false
+		heal := func() {
+			if healed {
+				return
+			}
+			healed = true
+			for _, r := range rules {
+				r[4] = "-D"
+				l.must("ip", r...)
+			}
+		}
+		defer heal()
+		eventually(t, 2*time.Minute, func() bool { return n.readyz() != "ok" }, "%s, with the minority member only, stops being ready", n.name)
+		before := n.serves("a")
+		rev := l.put(t, "a", "majority")
+		l.convergedOn(t, rev, l.others(n), 3*time.Minute)
+		if got := n.serves("a"); got != before {
+			t.Errorf("%s changed a on the minority side: %q, was %q", n.name, got, before)
+		}
+		heal()
+		eventually(t, time.Minute, func() bool { _, err := l.etcdctl("endpoint", "health", "--cluster"); return err == nil }, "etcd heals")
+		l.converged(t, rev, "a", "majority", 3*time.Minute)
+		l.after(t, f, "minority")
+	})
+
 	t.Run("IsolatedLongerThanTheLease", func(t *testing.T) {
 		f := l.begin(t)
 		n := l.nodes[1]
