@@ -131,8 +131,8 @@ func (a *Agent) prepare(ctx context.Context, b *debounce.Batch) (*target, error)
 // applies nothing and is prepared again.
 func (a *Agent) request(t *target) rollout.Request {
 	return rollout.Request{Set: t.sel.set, Snapshot: a.snapshot, Target: a.releaseTarget, Release: t.sel.release,
-		Broken: t.broken, Begin: func(ctx context.Context) error {
-			id, err := a.release.reread(ctx, a.opts.Client)
+		Broken: t.broken, Begin: func(ctx context.Context, gate cluster.Gate) error {
+			id, err := a.release.atGate(gate)
 			if err != nil && !errors.Is(err, errBadPointer) {
 				return err
 			}

@@ -11,6 +11,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
+	"github.com/ccm-dev/ccm/internal/cluster"
 	"github.com/ccm-dev/ccm/internal/follow"
 	"github.com/ccm-dev/ccm/internal/releases"
 )
@@ -56,15 +57,7 @@ func (r *releaseState) wait(ctx context.Context) error {
 
 // set records the pointer's value (nil: absent) at rev.
 func (r *releaseState) set(raw []byte, rev int64) {
-	id, err := "", error(nil)
-	if raw != nil {
-		ptr, perr := releases.DecodePointer(r.key, raw)
-		if perr != nil {
-			err = fmt.Errorf("%w: %w", errBadPointer, perr)
-		} else {
-			id = ptr.ID
-		}
-	}
+	id, err := r.decode(raw)
 	r.mu.Lock()
 	changed := id != r.id || (err == nil) != (r.err == nil)
 	r.id, r.err = id, err
@@ -100,20 +93,32 @@ func (r *releaseState) Apply(_ context.Context, resp clientv3.WatchResponse) err
 	return nil
 }
 
-// reread reads the pointer from etcd, records it, and returns the release
-// it names ("" for none); its error is etcd's, or errBadPointer.
-func (r *releaseState) reread(ctx context.Context, cli *clientv3.Client) (string, error) {
-	resp, err := cli.Get(ctx, r.key)
+// decode returns the release a pointer's value names ("" for none, raw
+// nil); its error is errBadPointer.
+func (r *releaseState) decode(raw []byte) (string, error) {
+	if raw == nil {
+		return "", nil
+	}
+	ptr, err := releases.DecodePointer(r.key, raw)
 	if err != nil {
-		return "", fmt.Errorf("read %s: %w", r.key, err)
+		return "", fmt.Errorf("%w: %w", errBadPointer, err)
 	}
-	if len(resp.Kvs) == 0 {
-		r.set(nil, 0)
-	} else {
-		r.set(resp.Kvs[0].Value, resp.Kvs[0].ModRevision)
+	return ptr.ID, nil
+}
+
+// atGate returns the release the pointer names as the lock's gate read
+// it, at the run's revision ("" for none), and records it unless the
+// watch already holds a later one; its error is errBadPointer. A
+// promotion after that revision is a later change, which the pointer's
+// watch brings to a run of its own.
+func (r *releaseState) atGate(gate cluster.Gate) (string, error) {
+	r.mu.Lock()
+	later := r.rev > gate.Revision
+	r.mu.Unlock()
+	if !later {
+		r.set(gate.ReleasePointer, gate.ReleaseRevision)
 	}
-	id, _, err := r.pointer()
-	return id, err
+	return r.decode(gate.ReleasePointer)
 }
 
 // watchRelease follows <prefix>/release.

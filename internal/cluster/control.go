@@ -36,6 +36,13 @@ type Gate struct {
 	Failure  *api.Failure
 	Pause    *api.Pause
 	Revision int64
+	// Quarantines is every quarantine record, and ReleasePointer the
+	// release pointer's value (nil: none) at ReleaseRevision, its mod
+	// revision: read in the same request, so that a run has what it holds
+	// back and what it converges without a round trip of its own.
+	Quarantines     []api.Quarantine
+	ReleasePointer  []byte
+	ReleaseRevision int64
 }
 
 // SetPause pauses the rollout.

@@ -282,6 +282,8 @@ type Lock struct {
 	// operator, or anyone); stopWatch ends that watch.
 	deleted   atomic.Bool
 	stopWatch context.CancelFunc
+	// finished is set once Finish released the lock with the status.
+	finished atomic.Bool
 }
 
 // Lock waits for a slot of the cluster lock. Like etcd's
@@ -356,6 +358,8 @@ func (l *Lock) Fence() error {
 	switch {
 	case l.s.Lost():
 		return fmt.Errorf("%w: the session ended", ErrLockLost)
+	case l.finished.Load():
+		return fmt.Errorf("%w: the run finished and released it", ErrLockLost)
 	case l.deleted.Load():
 		return fmt.Errorf("%w: the lock key %s was deleted", ErrLockLost, l.key)
 	case time.Now().After(l.s.Deadline()):
@@ -433,8 +437,10 @@ type queueQuery struct {
 
 // queueReads are what tells whether this node holds a slot, and what a
 // holder checks first: the rollout strategy, this node's own key, the
-// failure records, the pause and the canary records, then the keys queued
-// before it (see queueQuery), in this order.
+// failure records, the pause and the canary records, the quarantine
+// records and the release pointer (which the run reads at the gate's
+// revision: no round trip of their own), then the keys queued before it
+// (see queueQuery), in this order.
 func (l *Lock) queueReads(q queueQuery) []clientv3.Op {
 	c := l.s.c
 	ops := []clientv3.Op{
@@ -443,6 +449,8 @@ func (l *Lock) queueReads(q queueQuery) []clientv3.Op {
 		clientv3.OpGet(c.FailuresRange(), clientv3.WithPrefix()),
 		clientv3.OpGet(c.PausedKey()),
 		clientv3.OpGet(c.CanaryPrefix(), clientv3.WithPrefix()),
+		clientv3.OpGet(c.QuarantinePrefix(), clientv3.WithPrefix()),
+		clientv3.OpGet(c.ReleasePointerKey()),
 	}
 	if q.known != nil {
 		for _, k := range q.known {
@@ -472,9 +480,13 @@ type queueState struct {
 	failures []api.Failure
 	pause    *api.Pause
 	canary   api.Canary // the newest change a canary converged
-	queued   []Queued   // the keys read of those queued before this one
-	complete bool       // every key before this one was read
-	revision int64      // the revision of the read
+	// quarantines and release are the quarantine records and the
+	// release pointer's key (nil: none), for the gate.
+	quarantines []api.Quarantine
+	release     *mvccpb.KeyValue
+	queued      []Queued // the keys read of those queued before this one
+	complete    bool     // every key before this one was read
+	revision    int64    // the revision of the read
 }
 
 // decodeQueueReads decodes reads, the responses to queueReads at revision
@@ -492,8 +504,12 @@ func (l *Lock) decodeQueueReads(reads []*etcdserverpb.ResponseOp, rev int64) que
 	if own := reads[1].GetResponseRange().Kvs; len(own) > 0 {
 		st.ownRev = own[0].CreateRevision
 	}
+	st.quarantines = api.DecodeQuarantines(c.Keys, reads[5].GetResponseRange().Kvs)
+	if kvs := reads[6].GetResponseRange().Kvs; len(kvs) > 0 {
+		st.release = kvs[0]
+	}
 	var queued []*mvccpb.KeyValue
-	for _, r := range reads[5:] { // the queue: one range, or the known keys one by one
+	for _, r := range reads[7:] { // the queue: one range, or the known keys one by one
 		queued = append(queued, r.GetResponseRange().Kvs...)
 		st.complete = st.complete && !r.GetResponseRange().More
 	}
@@ -522,9 +538,20 @@ func (l *Lock) waitPredecessors(ctx context.Context, st queueState) error {
 		}
 		if st.complete && len(preds) < l.slots {
 			// A slot: every key before this one was read, with the gate.
-			l.gate = &Gate{Pause: st.pause, Revision: st.revision}
+			l.gate = &Gate{Pause: st.pause, Revision: st.revision, Quarantines: st.quarantines}
+			if st.release != nil {
+				l.gate.ReleasePointer, l.gate.ReleaseRevision = st.release.Value, st.release.ModRevision
+			}
 			if len(st.failures) > 0 {
 				l.gate.Failure = &st.failures[0]
+			}
+			if st.rollout.Slots() == 1 {
+				// No mark with one slot: the waiter behind this key
+				// watches it until it goes, which it must wait for anyway,
+				// and ccm status names the first key as the holder. The
+				// mark would cost a commit and wake that waiter for a
+				// read that cannot give it the lock.
+				return nil
 			}
 			break
 		}
@@ -551,8 +578,9 @@ func (l *Lock) waitPredecessors(ctx context.Context, st queueState) error {
 		}
 		st = l.decodeQueueReads(resp.Responses, resp.Header.Revision)
 	}
-	// The mark wakes the waiter behind this key, and names the holder in
-	// ccm status; it is fenced, and the key stays on its lease.
+	// With batches, the mark wakes the waiter behind this key, which then
+	// watches for the holders' releases, and names the holder in ccm
+	// status; it is fenced, and the key stays on its lease.
 	held, _ := json.Marshal(Held{Since: time.Now().UTC()})
 	resp, err := c.client.Txn(ctx).If(l.isOwner()).Then(clientv3.OpPut(l.key, string(held), clientv3.WithIgnoreLease())).Commit()
 	if err != nil {
@@ -700,26 +728,47 @@ func (l *Lock) SetFailure(ctx context.Context, f api.Failure) error {
 // A canary that converged also records its change, in the same
 // transaction: the other nodes may then share the lock.
 func (l *Lock) WriteStatus(ctx context.Context, s api.Status) error {
-	if !l.canary || s.Result != api.ResultConverged {
-		return l.put(ctx, l.s.c.StatusKey(l.s.c.node), s)
+	return l.writeStatus(ctx, s)
+}
+
+// Finish records this node's last run, as WriteStatus does, and releases
+// the lock in the same transaction: the end of a run is one commit, and
+// the next node's wake comes with the status it may read. Once it
+// succeeded, the holder acts no more (Fence refuses), and Release does
+// nothing. If it fails, the lock is still held, and Release releases it.
+func (l *Lock) Finish(ctx context.Context, s api.Status) error {
+	if err := l.writeStatus(ctx, s, clientv3.OpDelete(l.key)); err != nil {
+		return err
 	}
+	l.finished.Store(true)
+	if l.stopWatch != nil {
+		l.stopWatch()
+	}
+	return nil
+}
+
+// writeStatus writes the status (and a converged canary's change) and
+// more, in one transaction fenced by the lock.
+func (l *Lock) writeStatus(ctx context.Context, s api.Status, more ...clientv3.Op) error {
+	key := l.s.c.StatusKey(l.s.c.node)
 	status, err := json.Marshal(s)
 	if err != nil {
 		return err
 	}
-	canary, err := json.Marshal(api.Canary{Node: s.Node, Revision: s.Revision})
-	if err != nil {
-		return err
+	ops := append([]clientv3.Op{clientv3.OpPut(key, string(status))}, more...)
+	if l.canary && s.Result == api.ResultConverged {
+		canary, err := json.Marshal(api.Canary{Node: s.Node, Revision: s.Revision})
+		if err != nil {
+			return err
+		}
+		ops = append(ops, clientv3.OpPut(l.s.c.CanaryKey(l.s.c.node), string(canary)))
 	}
-	resp, err := l.s.c.client.Txn(ctx).If(l.isOwner()).Then(
-		clientv3.OpPut(l.s.c.StatusKey(l.s.c.node), string(status)),
-		clientv3.OpPut(l.s.c.CanaryKey(l.s.c.node), string(canary)),
-	).Commit()
+	resp, err := l.s.c.client.Txn(ctx).If(l.isOwner()).Then(ops...).Commit()
 	if err != nil {
-		return fmt.Errorf("write %s: %w", l.s.c.StatusKey(l.s.c.node), err)
+		return fmt.Errorf("write %s: %w", key, err)
 	}
 	if !resp.Succeeded {
-		return fmt.Errorf("write %s: %w", l.s.c.StatusKey(l.s.c.node), ErrLockLost)
+		return fmt.Errorf("write %s: %w", key, ErrLockLost)
 	}
 	return nil
 }
@@ -729,6 +778,9 @@ func (l *Lock) WriteStatus(ctx context.Context, s api.Status) error {
 // fails, it abandons the session, so that the lock ends with the lease
 // within the TTL instead of being held while the agent runs.
 func (l *Lock) Release() error {
+	if l.finished.Load() {
+		return nil // Finish released it
+	}
 	if l.stopWatch != nil {
 		l.stopWatch()
 	}

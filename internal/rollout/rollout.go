@@ -105,8 +105,9 @@ type Request struct {
 	// pause let the run go, before the snapshot: where the agent checks
 	// that what it prepared is still what the cluster asks for, and
 	// switches to it. An error ends the run before anything is applied,
-	// as one that could not start.
-	Begin func(ctx context.Context) error
+	// as one that could not start. gate holds the release pointer as read
+	// with the lock.
+	Begin func(ctx context.Context, gate cluster.Gate) error
 	// Release is the configuration release the run converges ("" for
 	// the node's --config-dir); the node's status records it.
 	Release string
@@ -232,7 +233,7 @@ func (r *Runner) locked(ctx context.Context, lock *cluster.Lock, req Request) Re
 		return Result{Paused: p, FlagRevision: rev, Err: fmt.Errorf("%w by %s since %s (%s); ccm resume --pause lifts it", ErrPaused, p.By, p.Time.Format(time.RFC3339), p.Reason)}
 	}
 	if req.Begin != nil {
-		if err := req.Begin(ctx); err != nil {
+		if err := req.Begin(ctx, gate); err != nil {
 			return Result{Err: err}
 		}
 	}
@@ -243,10 +244,10 @@ func (r *Runner) locked(ctx context.Context, lock *cluster.Lock, req Request) Re
 	for _, err := range snap.Ignored {
 		r.log.Warn("ignored key", zap.Error(err))
 	}
-	quarantines, err := r.opts.Cluster.Quarantines(ctx)
-	if err != nil {
-		return Result{Err: err}
-	}
+	// The quarantine records as read with the lock: this node's own are
+	// written under it, and another's record that arrives during the run
+	// binds the next one, as a record written just after a read would.
+	quarantines := gate.Quarantines
 	retry := r.retried(quarantines, req.Names)
 	full := snap
 	snap = Hold(snap, slices.DeleteFunc(slices.Clone(quarantines), func(q api.Quarantine) bool { return retry[q.Object()] }))
@@ -461,7 +462,8 @@ func abortCause(r *applier.Report) string {
 }
 
 // record writes the status and, after a failure, the flag, both fenced by
-// the lock; it updates the metrics and returns the run's error.
+// the lock, and releases the lock with the status; it updates the metrics
+// and returns the run's error.
 func (r *Runner) record(ctx context.Context, lock *cluster.Lock, res *Result) error {
 	s, report := res.Status, res.Report
 	r.observe(s.Result, report)
@@ -480,7 +482,9 @@ func (r *Runner) record(ctx context.Context, lock *cluster.Lock, res *Result) er
 			return errors.Join(report.Err, fmt.Errorf("%w: could not raise the failure flag: %w", ErrNotRecorded, err))
 		}
 	}
-	statusErr := lock.WriteStatus(wctx, s)
+	// The status and the lock's release are one commit (Lock.Finish);
+	// if it fails, Run's Release still releases.
+	statusErr := lock.Finish(wctx, s)
 	switch {
 	case report.Failed():
 		return fmt.Errorf("%w; failure flag set", report.Err)
@@ -500,7 +504,7 @@ func (r *Runner) halt(ctx context.Context, lock *cluster.Lock, f *api.Failure, r
 		Error: fmt.Sprintf("failure flag set by %s (configuration %s)", f.By(), f.Configuration)}
 	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), statusTimeout)
 	defer cancel()
-	if err := lock.WriteStatus(wctx, s); err != nil {
+	if err := lock.Finish(wctx, s); err != nil {
 		r.log.Warn("write status", zap.Error(err))
 	}
 	return Result{Status: s, Failure: f,
