@@ -96,7 +96,9 @@ func (p *presence) wake() {
 
 // changedAt records a change at rev that concerns the node. Only the first
 // one since the node was last up to date is announced: one write per
-// rollout, not one per event.
+// rollout, not one per event; and only if the node has not converged it
+// pendingGrace later, so that a change the node converges at once costs
+// no write of the presence (the status says it converged).
 func (p *presence) changedAt(rev int64) {
 	p.mu.Lock()
 	behind := p.current.Pending > p.upTo
@@ -105,6 +107,23 @@ func (p *presence) changedAt(rev int64) {
 	}
 	p.mu.Unlock()
 	if !behind {
+		// The timer's function only signals the session owner, which
+		// announces; it needs no stop: a late signal finds nothing to do.
+		time.AfterFunc(pendingGrace, p.wakeIfBehind)
+	}
+}
+
+// pendingGrace is how long a change may stay unconverged before the node
+// announces it is behind: ccm status shows a node waiting for the lock,
+// paused or debouncing as behind this much later.
+const pendingGrace = time.Second
+
+// wakeIfBehind announces the presence if a change is still pending.
+func (p *presence) wakeIfBehind() {
+	p.mu.Lock()
+	behind := p.current.Pending > p.upTo
+	p.mu.Unlock()
+	if behind {
 		p.wake()
 	}
 }
