@@ -13,7 +13,7 @@ import (
 	"github.com/ccm-dev/ccm/internal/objects"
 	"github.com/ccm-dev/ccm/internal/render"
 	"github.com/ccm-dev/ccm/internal/runkind"
-	"github.com/ccm-dev/ccm/internal/templates/templategen"
+	"github.com/ccm-dev/ccm/internal/render/templategen"
 )
 
 // ccm plan right after a successful run finds nothing to change, for every
