@@ -215,7 +215,7 @@ func (a *app) planCluster(ctx context.Context, color bool, signKey, release stri
 		return err
 	}
 	var changed, failed bool
-	call := client.Call{Action: agent.ActionPlan, To: client.Targets{All: true}, By: caller()}
+	call := client.Call{Action: agent.ActionPlan, To: client.Targets{All: true}, By: a.by()}
 	if release != "" {
 		call.Params = map[string]string{agent.PlanRelease: release}
 	}
