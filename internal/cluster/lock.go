@@ -737,13 +737,15 @@ func (l *Lock) WriteStatus(ctx context.Context, s api.Status) error {
 // succeeded, the holder acts no more (Fence refuses), and Release does
 // nothing. If it fails, the lock is still held, and Release releases it.
 func (l *Lock) Finish(ctx context.Context, s api.Status) error {
+	// The fence's watch ends first: the run acts no more, and the
+	// deletion then costs etcd one event (to the waiter behind), not two.
+	if l.stopWatch != nil {
+		l.stopWatch()
+	}
 	if err := l.writeStatus(ctx, s, clientv3.OpDelete(l.key)); err != nil {
 		return err
 	}
 	l.finished.Store(true)
-	if l.stopWatch != nil {
-		l.stopWatch()
-	}
 	return nil
 }
 
