@@ -90,6 +90,11 @@ func TestASerialHandoffCostsOneCommitOneEventAndOneRead(t *testing.T) {
 			v, err := admin.View(context.Background())
 			return err == nil && len(v.Waiting) == n
 		}, "%d nodes queue behind the holder", n)
+		v, err := admin.View(context.Background())
+		require.NoError(t, err)
+		require.NotEmpty(t, v.Queue)
+		assert.Equal(t, "blocker", v.Holder)
+		assert.True(t, v.Queue[0].Held, "ccm lock break and status show the first key as held, without its mark")
 		c0, e0, t0 := memberCounts(t, m)
 		require.NoError(t, blocker.Finish(context.Background(), api.Status{Node: "blocker", Result: api.ResultConverged, Time: time.Now()}))
 		for range n {
