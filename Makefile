@@ -72,12 +72,12 @@ chaos:
 	CCM_CHAOS_ROUNDS=$(CHAOS_ROUNDS) $(GO) -C test test -count=1 -timeout 60m -run 'TestChaos' -v .
 
 ## bench: the benchmark command against a real etcd on loopback; prints a table, writes bench/results.json
-## (its scale scenario runs FLEET agent processes on a 3-member Debian etcd)
+## (its scale scenario runs FLEET agent processes on a 3-member Debian etcd, for each size of the comma-separated list)
 ## BASELINE=<git rev> also measures ccm as built at that revision (before and after in one run);
 ## CONFD=<binary> measures confd beside ccm on the one-file scenario; PROFILES=<dir> keeps the agent's profiles.
 BASELINE ?=
 PROFILES ?=
-FLEET    ?= 200
+FLEET    ?= 200,500
 DRIFT_CHURN ?= 10m
 bench:
 	$(GO) run ./bench -out bench/results.json -fleet $(FLEET) -drift-churn $(DRIFT_CHURN) $(if $(BASELINE),-baseline $(BASELINE)) $(if $(PROFILES),-profiles $(PROFILES))

@@ -23,16 +23,17 @@ import (
 	"github.com/ccm-dev/ccm/internal/objects"
 )
 
-// fleetSize is how many agent processes the scale scenario runs.
-var fleetSize = flag.Int("fleet", 200, "agent processes of the scale scenario")
+// fleetSizes are how many agent processes the scale scenario runs, one
+// fleet after the other.
+var fleetSizes = flag.String("fleet", "200,500", "agent processes of the scale scenario, a comma-separated `LIST` of sizes")
 
 // scaleTimeout bounds one rollout of the scale scenario.
 var scaleTimeout = flag.Duration("fleet-timeout", 5*time.Minute, "longest rollout of the scale scenario")
 
-// fleet (the scale scenario): fleetSize agent processes (the node build, the systemd unit's
+// fleet (the scale scenario): for each of fleetSizes, that many agent processes (the node build, the systemd unit's
 // environment) on a 3-member Debian etcd on loopback, --debounce 1s, a
 // trivial configuration. Each build (this one, and the baseline's) runs a
-// serial rollout and one in batches of fleetSize/20: the time from one
+// serial rollout and one in batches of a twentieth of the fleet: the time from one
 // put until every node reported that revision converged, and the CPU
 // time the three etcd processes spent on it. Then the time ccm status
 // --json takes, and the view the dashboard reads, at that size.
@@ -44,11 +45,17 @@ func (b *bench) fleet() error {
 	if b.baseline != "" {
 		builds = append(builds, struct{ name, bin string }{"before (" + b.baselineRev + ")", b.baseline})
 	}
-	n, batch := *fleetSize, max(*fleetSize/20, 2)
-	for _, build := range builds {
-		for _, strategy := range []api.Rollout{api.Serial, {Batch: batch}} {
-			if err := b.scaleRollout(build.name, build.bin, n, strategy); err != nil {
-				return fmt.Errorf("%s, %s: %w", build.name, strategy, err)
+	for _, size := range strings.Split(*fleetSizes, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(size))
+		if err != nil || n < 1 {
+			return fmt.Errorf("-fleet: %q is no number of agents", size)
+		}
+		batch := max(n/20, 2)
+		for _, build := range builds {
+			for _, strategy := range []api.Rollout{api.Serial, {Batch: batch}} {
+				if err := b.scaleRollout(build.name, build.bin, n, strategy); err != nil {
+					return fmt.Errorf("%s, %s: %w", build.name, strategy, err)
+				}
 			}
 		}
 	}
@@ -132,7 +139,7 @@ files:
 		return err
 	}
 	what := fmt.Sprintf("%d agent processes, %s", n, strategy)
-	b.add("scale", what+": put to all converged ("+build+")", took.Seconds(), "s", 0, "", "3-member Debian etcd, --debounce 1s")
+	b.add("scale", what+": put to all converged ("+build+")", took.Seconds(), "s", 0, "", fmt.Sprintf("3-member Debian etcd, --debounce 1s; %.1f ms per node", ms(took)/float64(n)))
 	b.add("scale", what+": etcd CPU per rollout ("+build+")", cpu.Seconds(), "s", 0, "", "user+system of the 3 members")
 	if build != "this build" || strategy.Slots() > 1 {
 		return nil
