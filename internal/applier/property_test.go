@@ -12,8 +12,8 @@ import (
 	"github.com/ccm-dev/ccm/internal/configs"
 	"github.com/ccm-dev/ccm/internal/objects"
 	"github.com/ccm-dev/ccm/internal/render"
-	"github.com/ccm-dev/ccm/internal/runkind"
 	"github.com/ccm-dev/ccm/internal/render/templategen"
+	"github.com/ccm-dev/ccm/internal/runkind"
 )
 
 // ccm plan right after a successful run finds nothing to change, for every

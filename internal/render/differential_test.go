@@ -12,9 +12,9 @@ import (
 
 	"github.com/ccm-dev/ccm/internal/objects"
 	"github.com/ccm-dev/ccm/internal/render"
+	"github.com/ccm-dev/ccm/internal/render/templategen"
 	"github.com/ccm-dev/ccm/internal/runkind"
 	"github.com/ccm-dev/ccm/internal/templates"
-	"github.com/ccm-dev/ccm/internal/render/templategen"
 )
 
 // The renderer's caches (whole for_each files, range elements) must never
