@@ -65,6 +65,11 @@ func (b *bench) hosting() error {
 			b.add("hosting", fmt.Sprintf("%d new sites, 3 agents, put to all converged (%s)", n, ag.name), d.Seconds(), "s", 0, "",
 				"serial rollout, --debounce 1s, agent processes")
 		}
+		if n == 50 {
+			if err := b.hostingOneSite(fmt.Sprintf("/hosting-one-%d", n), n); err != nil {
+				return fmt.Errorf("one new site: %w", err)
+			}
+		}
 		// The builds take turns, hostingRounds times: a shared machine's
 		// load moves between rounds, not between the two of one round.
 		runs := make([][]time.Duration, len(agents))
@@ -257,6 +262,97 @@ func (b *bench) hostingFleet(prefix, bin, configDir string, n int) (time.Duratio
 	start := time.Now()
 	if err := waitFor(10*time.Minute, 20*time.Millisecond, reported(rev)); err != nil {
 		return 0, fmt.Errorf("all converged: %w", err)
+	}
+	return time.Since(start), nil
+}
+
+// hostingOneSite converges n customers on one agent process of this build
+// (--debounce 0s), then adds one customer at a time, five times, and
+// compares the time from the put to the node's converged status with the
+// floor: that customer's own checks run directly (the example's helpers on
+// its vhost and pool, and crontab's) plus one etcd put.
+func (b *bench) hostingOneSite(prefix string, n int) error {
+	cli, err := b.client()
+	if err != nil {
+		return err
+	}
+	defer cli.Close()
+	if _, err := b.putCustomers(prefix, n); err != nil {
+		return err
+	}
+	root, state, err := b.hostingRoot(strings.TrimPrefix(prefix, "/"))
+	if err != nil {
+		return err
+	}
+	example, err := filepath.Abs("examples/ccm")
+	if err != nil {
+		return err
+	}
+	cmd := exec.Command(b.ccm, "agent", "--debounce", "0s")
+	cmd.Env = append(os.Environ(), "CCM_ENDPOINTS="+b.etcdURL, "CCM_PREFIX="+prefix, "CCM_CONFIG_DIR="+example,
+		"CCM_ROOT="+root, "CCM_STATE_DIR="+state, "CCM_NODE=web1", "CCM_LOG_LEVEL=error")
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	defer func() {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		_ = cmd.Wait()
+	}()
+	c := cluster.New(cli, cluster.Options{Prefix: prefix})
+	converged := func(rev int64) func() bool {
+		return func() bool {
+			s, err := c.Status(b.ctx, "web1")
+			return err == nil && s != nil && s.Result == api.ResultConverged && s.Revision >= rev
+		}
+	}
+	if err := waitFor(5*time.Minute, 20*time.Millisecond, func() bool { return countVhosts(root) == n && converged(0)() }); err != nil {
+		return fmt.Errorf("initial converge: %w", err)
+	}
+	var took, floor []time.Duration
+	for i := n; i < n+5; i++ {
+		user := fmt.Sprintf("c%04d", i)
+		start := time.Now()
+		resp, err := cli.Txn(b.ctx).Then(
+			clientv3.OpPut(prefix+"/objects/users/"+user, fmt.Sprintf(`{"uid":%d}`, 3000+i)),
+			clientv3.OpPut(fmt.Sprintf("%s/objects/sites/site%04d", prefix, i), fmt.Sprintf(`{"user":%q,"domains":["site%04d.example.com"]}`, user, i))).Commit()
+		if err != nil {
+			return err
+		}
+		put := time.Since(start)
+		if err := waitFor(time.Minute, time.Millisecond, converged(resp.Header.Revision)); err != nil {
+			return fmt.Errorf("site %d: %w", i, err)
+		}
+		took = append(took, time.Since(start))
+		checks, err := siteChecks(example, root, i)
+		if err != nil {
+			return err
+		}
+		floor = append(floor, put+checks)
+	}
+	t, f := percentile(sortDurations(took), 50), percentile(sortDurations(floor), 50)
+	b.add("hosting", fmt.Sprintf("one new site after %d, put to converged", n), ms(t), "ms", 0, "", fmt.Sprintf("median of %d; --debounce 0s", len(took)))
+	b.add("hosting", "one new site: its checks plus one etcd put", ms(f), "ms", 0, "", "the example's helpers run directly on its files")
+	b.add("hosting", "one new site: over its floor", t.Seconds()/f.Seconds(), "x", 1.2, "<= 1.2", "")
+	return nil
+}
+
+// siteChecks runs the example's checks of site i's files directly, as a
+// run would (CCM_ROOT set), and returns how long they took.
+func siteChecks(example, root string, i int) (time.Duration, error) {
+	vhost := filepath.Join(root, fmt.Sprintf("etc/nginx/sites-enabled/site%04d.conf", i))
+	pool := filepath.Join(root, fmt.Sprintf("etc/php/8.2/fpm/pool.d/site%04d.conf", i))
+	cron := filepath.Join(root, fmt.Sprintf("etc/cron.d/ccm-c%04d", i))
+	start := time.Now()
+	for _, argv := range [][]string{
+		{filepath.Join(example, "check/nginx-vhost"), vhost},
+		{filepath.Join(example, "check/php-fpm-pool"), pool},
+		{"grep", "-q", "^# managed by ccm", cron},
+	} {
+		cmd := exec.Command(argv[0], argv[1:]...)
+		cmd.Env = append(os.Environ(), "CCM_ROOT="+root)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return 0, fmt.Errorf("%v: %v: %s", argv, err, out)
+		}
 	}
 	return time.Since(start), nil
 }
