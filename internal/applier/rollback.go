@@ -4,6 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
 
 	"go.uber.org/zap"
 )
@@ -133,6 +136,10 @@ func rollsBack(err error) bool { return err != nil && !errors.Is(err, ErrOnChang
 // flock). The next run converges forward as usual. It returns the
 // configurations rolled back.
 func (a *Applier) RollBackInterrupted() ([]string, error) {
+	entries, err := os.ReadDir(filepath.Join(a.opts.StateDir, journalDir))
+	if errors.Is(err, fs.ErrNotExist) || (err == nil && len(entries) == 0) {
+		return nil, nil // the common start: nothing was interrupted
+	}
 	closeAll, err := a.open(true)
 	if err != nil {
 		return nil, err
