@@ -263,8 +263,8 @@ func (c *Cluster) View(ctx context.Context) (*View, error) {
 			// Only the presence on the same lease can name its node.
 			q.Node = cmp.Or(byLease[q.Lease], "(lease "+q.Lease+")")
 		}
-		// The first key holds the lock: nothing is queued before it. With
-		// one slot it writes no mark (see Lock.waitPredecessors).
+		// The first key holds the lock: nothing is queued before it, even
+		// between its slot and its held_since mark.
 		q.Held = q.Held || i == 0
 		v.Queue = append(v.Queue, q)
 		if q.Held {

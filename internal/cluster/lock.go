@@ -307,19 +307,26 @@ func (s *Session) Lock(ctx context.Context, target func() int64) (*Lock, error) 
 	cli := s.c.client
 	key := s.c.LockKey(s.c.node, s.Lease())
 	l := &Lock{s: s, key: key, target: target}
-	// The queue is read in the same request that joins it: without
-	// contention the lock is one round trip and the mark.
+	// The queue is read in the same request that joins it, and a key that
+	// joins an empty queue holds a slot at once (whatever the strategy):
+	// it is written with its held_since mark. Without contention the lock
+	// is one round trip and one commit.
+	lease := clientv3.WithLease(s.session.Lease())
+	held, _ := json.Marshal(Held{Since: time.Now().UTC()})
+	join := clientv3.OpTxn([]clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(s.c.LockPrefix()), "=", 0).WithPrefix()},
+		[]clientv3.Op{clientv3.OpPut(key, string(held), lease)}, []clientv3.Op{clientv3.OpPut(key, "", lease)})
 	resp, err := cli.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
-		Then(append([]clientv3.Op{clientv3.OpPut(key, "", clientv3.WithLease(s.session.Lease()))}, l.queueReads(queueQuery{})...)...).
+		Then(append([]clientv3.Op{join}, l.queueReads(queueQuery{})...)...).
 		Else(append([]clientv3.Op{clientv3.OpGet(key)}, l.queueReads(queueQuery{})...)...).Commit()
 	if err != nil {
 		return nil, fmt.Errorf("lock %s: %w", key, err)
 	}
 	l.rev = resp.Header.Revision
+	marked := resp.Succeeded && resp.Responses[0].GetResponseTxn().GetSucceeded()
 	if !resp.Succeeded {
 		l.rev = resp.Responses[0].GetResponseRange().Kvs[0].CreateRevision
 	}
-	if err := l.waitPredecessors(ctx, l.decodeQueueReads(resp.Responses[1:], resp.Header.Revision)); err != nil {
+	if err := l.waitPredecessors(ctx, l.decodeQueueReads(resp.Responses[1:], resp.Header.Revision), marked); err != nil {
 		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 		defer cancel()
 		_, _ = cli.Delete(dctx, key)
@@ -519,9 +526,10 @@ func (l *Lock) decodeQueueReads(reads []*etcdserverpb.ResponseOp, rev int64) que
 
 // waitPredecessors returns once fewer lock keys created before l's count
 // than the rollout strategy has slots (one: no key before it), and l's
-// key still exists; then it marks the key held. A change of strategy takes
-// effect at once. st is the first read of the queue.
-func (l *Lock) waitPredecessors(ctx context.Context, st queueState) error {
+// key still exists; then it marks the key held, unless the join did
+// (marked). A change of strategy takes effect at once. st is the first
+// read of the queue.
+func (l *Lock) waitPredecessors(ctx context.Context, st queueState, marked bool) error {
 	c := l.s.c
 	ctx, cancel := l.s.Context(ctx)
 	defer cancel()
@@ -545,13 +553,8 @@ func (l *Lock) waitPredecessors(ctx context.Context, st queueState) error {
 			if len(st.failures) > 0 {
 				l.gate.Failure = &st.failures[0]
 			}
-			if st.rollout.Slots() == 1 {
-				// No mark with one slot: the waiter behind this key
-				// watches it until it goes, which it must wait for anyway,
-				// and ccm status names the first key as the holder. The
-				// mark would cost a commit and wake that waiter for a
-				// read that cannot give it the lock.
-				return nil
+			if marked {
+				return nil // joined an empty queue, with the mark
 			}
 			break
 		}
@@ -578,9 +581,11 @@ func (l *Lock) waitPredecessors(ctx context.Context, st queueState) error {
 		}
 		st = l.decodeQueueReads(resp.Responses, resp.Header.Revision)
 	}
-	// With batches, the mark wakes the waiter behind this key, which then
-	// watches for the holders' releases, and names the holder in ccm
-	// status; it is fenced, and the key stays on its lease.
+	// In a batch, the mark wakes the waiter behind this key, which then
+	// watches for the holders' releases (with one slot that waiter
+	// watches for deletions only: see waitTurn); it names the holder and
+	// since when in ccm status and ccm lock break. It is fenced, and the
+	// key stays on its lease.
 	held, _ := json.Marshal(Held{Since: time.Now().UTC()})
 	resp, err := c.client.Txn(ctx).If(l.isOwner()).Then(clientv3.OpPut(l.key, string(held), clientv3.WithIgnoreLease())).Commit()
 	if err != nil {
@@ -620,6 +625,13 @@ func (l *Lock) waitTurn(ctx context.Context, preds []Queued, rev int64) error {
 		return c.client.Watch(wctx, key, append(opts, clientv3.WithRev(rev))...)
 	}
 	last := preds[len(preds)-1]
+	// With one slot (the strategy's, not a canary's, which a canary
+	// record can widen) only the key before it going can give it the
+	// lock: that key's held_since mark would wake it for nothing.
+	lastOpts := []clientv3.OpOption{}
+	if l.slots == 1 && !l.canary {
+		lastOpts = append(lastOpts, clientv3.WithFilterPut())
+	}
 	// Its own key going ends the session's wait with the session (ccm lock
 	// break revokes the lease) or, as the first waiter, with the watch of
 	// the keys; a waiter further back finds it gone on its next read. A
@@ -628,7 +640,7 @@ func (l *Lock) waitTurn(ctx context.Context, preds []Queued, rev int64) error {
 	var keys, canaries clientv3.WatchChan
 	var ahead map[string]bool // the first waiter's: keys before it still there
 	if !last.Held {
-		keys = watch(last.Key)
+		keys = watch(last.Key, lastOpts...)
 	} else {
 		ahead = map[string]bool{}
 		for _, q := range preds {
