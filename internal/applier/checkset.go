@@ -29,12 +29,11 @@ type stagedFile struct {
 // change whose check refuses it.
 //
 // A file entry with check_all is checked as a whole set in one process;
-// when the set is refused, it is bisected: each half is checked, and a
-// half is known to hold a culprit without a run when its sibling passed.
-// k bad files among n cost at most k·log2(n)+1 runs. A per-file check
-// runs on the pool of Options.CheckWorkers. Either way a file is refused
-// exactly when it would be on its own, for a check whose verdict on a set
-// is the conjunction of its verdicts on each file (nginx -t, php-fpm -t).
+// a refused set is bisected (see bisect for what it costs). A per-file
+// check runs on the pool of Options.CheckWorkers. Either way a file is
+// refused exactly when it would be on its own, for a check whose verdict
+// on a set is the conjunction of its verdicts on each file (nginx -t,
+// php-fpm -t on files that do not interact).
 func (a *Applier) checkStaged(ctx context.Context, p *Plan, staged map[int]string) map[int]error {
 	sets := map[string][]stagedFile{} // check_all argv -> its files
 	var single []stagedFile
