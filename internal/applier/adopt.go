@@ -64,8 +64,8 @@ func (a *Applier) loadOriginal(p string) (*original, error) {
 // before anything replaces them.
 func (a *Applier) saveOriginals(p *Plan) error {
 	for _, c := range p.Changes {
-		if c.Action != Adopt {
-			continue
+		if c.Action != Adopt || c.dropOld {
+			continue // an oversized original is replaced, not kept
 		}
 		if o, err := a.loadOriginal(c.Path); err != nil || o != nil {
 			continue // the first original is the one to keep

@@ -418,7 +418,7 @@ func TestModeDriftIsAnAttributeOnlyChange(t *testing.T) {
 	fi, err := os.Stat(f.path("/etc/nginx/sites/a.conf"))
 	require.NoError(t, err)
 	assert.Equal(t, os.FileMode(0o640), fi.Mode())
-	assert.Equal(t, ino, inode(t, f.path("/etc/nginx/sites/a.conf")), "fixed in place")
+	assert.NotEqual(t, ino, inode(t, f.path("/etc/nginx/sites/a.conf")), "a fresh copy: an inode is never chmodded in place")
 }
 
 func TestApplyRemovesTempFilesACrashLeftBehind(t *testing.T) {
@@ -782,15 +782,20 @@ func TestStalledMeasuresARunThatMakesNoProgress(t *testing.T) {
 // /home/alice swaps a managed file, or a managed directory, for a symlink
 // to a root-owned place (inside the root, as /etc is with --root /) right
 // between ccm's plan and its write. A check command does the swap, so the
-// race is won every time. No symlink is followed.
+// race is won every time. No symlink is followed: a file whose mode was
+// wrong gets a fresh copy renamed over the symlink (an inode is never
+// chmodded in place), a directory is refused.
 func TestAPathSwappedForASymlinkMidRunIsRefused(t *testing.T) {
-	tests := []struct{ name, files string }{
+	tests := []struct {
+		name, files string
+		replaced    bool // the symlink is replaced, not refused
+	}{
 		{"file: chmod", `
   - {path: /home/alice/.forward, content: "alice@example.com\n", mode: "0640"}
-  - {path: /home/alice/trigger, content: "new\n", check: [sh, -c, 'ln -sfn "$0/etc/shadow" "$0/home/alice/.forward"', ROOT]}`},
+  - {path: /home/alice/trigger, content: "new\n", check: [sh, -c, 'ln -sfn "$0/etc/shadow" "$0/home/alice/.forward"', ROOT]}`, true},
 		{"directory: write", `
   - {path: /home/alice/conf/a.conf, content: "new\n", check: [sh, -c, 'mv "$0/home/alice/conf" "$0/home/alice/conf.old" && ln -sfn "$0/etc" "$0/home/alice/conf"', ROOT]}
-  - {path: /home/alice/conf/b.conf, content: "new\n"}`},
+  - {path: /home/alice/conf/b.conf, content: "new\n"}`, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -805,8 +810,15 @@ func TestAPathSwappedForASymlinkMidRunIsRefused(t *testing.T) {
 			require.NoError(t, os.WriteFile(f.path("/home/alice/.forward"), []byte("alice@example.com\n"), 0o644))
 
 			r := f.run()
-			require.Error(t, r.Err, "the swapped path is refused")
-			assert.Contains(t, r.Err.Error(), "symlink")
+			if tt.replaced {
+				require.NoError(t, r.Err)
+				fi, err := os.Lstat(f.path("/home/alice/.forward"))
+				require.NoError(t, err)
+				assert.Equal(t, os.FileMode(0o640), fi.Mode(), "a regular file, renamed over the symlink")
+			} else {
+				require.Error(t, r.Err, "the swapped path is refused")
+				assert.Contains(t, r.Err.Error(), "symlink")
+			}
 			fi, err := os.Stat(f.path("/etc/shadow"))
 			require.NoError(t, err)
 			assert.Equal(t, os.FileMode(0o600), fi.Mode().Perm(), "the file the symlink points to is not chmodded")

@@ -260,11 +260,17 @@ func (a *Applier) stageAll(ctx context.Context, p *Plan, tx *txn) (map[int]strin
 			return nil, err
 		}
 	}
+	defer func() {
+		for _, m := range tx.moved {
+			a.log.Warn("a file stood where a directory belongs; moved aside", zap.String("config", p.Config.Name), zap.String("path", a.files.name(rel(m[0]))), zap.String("moved_to", a.files.name(m[1])))
+		}
+		tx.moved = nil
+	}()
 	staged := map[int]string{}
 	var failed []objectCheck
 	for i := range p.Changes {
 		c := &p.Changes[i]
-		if c.removes() || !c.Content || (c.file != nil && c.file.Object != "" && p.Output.Held[c.file.Object]) {
+		if c.removes() || !c.Content && !c.rewrite || (c.file != nil && c.file.Object != "" && p.Output.Held[c.file.Object]) {
 			continue
 		}
 		if err := tx.ensureDir(path.Dir(c.Path), configs.DefaultDirMode, configs.Ownership{}, false); err != nil {
@@ -377,6 +383,9 @@ func (a *Applier) commitAll(ctx context.Context, p *Plan, staged map[int]string)
 		if len(c.Attrs) > 0 {
 			fields = append(fields, zap.Strings("attrs", c.Attrs))
 		}
+		if c.aside != "" {
+			a.log.Warn("a managed file's path held "+c.displace+"; moved aside", zap.String("config", p.Config.Name), zap.String("path", c.Real), zap.String("moved_to", a.files.name(c.aside)))
+		}
 		a.log.Info("file", fields...)
 	}
 	return nil
@@ -405,6 +414,7 @@ type txn struct {
 	files       *tree
 	createdDirs []string        // as the configuration names them
 	present     map[string]bool // directories known to exist: 10,000 files in one directory stat it once
+	moved       [][2]string     // a non-directory moved aside: its path, where to
 }
 
 // ensureDir creates dir (a configuration's absolute path) and missing
@@ -423,7 +433,14 @@ func (t *txn) ensureDir(dir string, mode fs.FileMode, own configs.Ownership, fix
 			return fmt.Errorf("%s is a symlink; refusing to follow it", t.files.name(rel(dir)))
 		}
 		if !st.mode.IsDir() {
-			return fmt.Errorf("%s exists and is not a directory", t.files.name(rel(dir)))
+			// A file (a FIFO, a socket) standing where a directory
+			// belongs is moved aside, never deleted nor written through.
+			aside, err := t.files.moveAside(rel(dir))
+			if err != nil {
+				return fmt.Errorf("%s exists and is not a directory; moving it aside: %w", t.files.name(rel(dir)), err)
+			}
+			t.moved = append(t.moved, [2]string{dir, aside})
+			return t.ensureDir(dir, mode, own, fix)
 		}
 		t.markPresent(dir)
 		if !fix || len(attrChanges(st, mode, own)) == 0 {
@@ -460,6 +477,15 @@ func (t *tree) apply(c *Change, tmp string) error {
 		o := c.orig
 		err = t.writeAtomic(rel(c.Path), o.Content, o.Mode, &o.UID, &o.GID)
 	case tmp != "":
+		if c.displace != "" {
+			c.aside, err = t.moveAside(rel(c.Path))
+			if errors.Is(err, fs.ErrNotExist) {
+				c.aside, err = "", nil // gone meanwhile
+			}
+			if err != nil {
+				break
+			}
+		}
 		err = t.commit(tmp, rel(c.Path))
 	default:
 		err = t.setAttrs(rel(c.Path), c.file.Mode, c.file.Ownership)

@@ -80,7 +80,7 @@ func (a *Applier) newJournal(p *Plan, m manifest, dirs []string) *journal {
 		j.OnChange = append(j.OnChange, c)
 	}
 	for _, c := range p.Changes {
-		j.Files = append(j.Files, journalFile{Path: c.Path, Real: c.Real, Existed: c.old.exists,
+		j.Files = append(j.Files, journalFile{Path: c.Path, Real: c.Real, Existed: c.old.exists && !c.dropOld,
 			Content: c.Old, Mode: c.old.mode, UID: c.old.uid, GID: c.old.gid})
 	}
 	return j

@@ -3,12 +3,15 @@ package applier
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io/fs"
 	"path"
 	"slices"
 	"sort"
 	"strings"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/ccm-dev/ccm/internal/accounts"
 	"github.com/ccm-dev/ccm/internal/configs"
@@ -38,6 +41,8 @@ type state struct {
 	exists   bool
 	mode     fs.FileMode
 	uid, gid int
+	size     int64
+	nlink    uint64
 }
 
 // Change is one file that converging would create, update or remove.
@@ -55,6 +60,17 @@ type Change struct {
 	old   state
 	file  *render.File
 	orig  *original // Restore: what is put back
+	// dropOld: the old file is larger than max_file_size; its content is
+	// not read nor journaled, and a rollback does not put it back.
+	dropOld bool
+	// rewrite: only owner or mode differ, and a fresh copy is renamed
+	// over the file rather than the inode changed in place.
+	rewrite bool
+	// displace names what stands at the path instead of a regular file
+	// ("a FIFO"); it is moved aside before the new file is renamed in.
+	displace string
+	// aside is where it was moved.
+	aside string
 }
 
 // modifies reports whether carrying out the change touches the disk (an
@@ -336,11 +352,15 @@ func (a *Applier) plan(ctx context.Context, cfg *configs.Config, snap *objects.S
 			continue
 		}
 		p.checked = append(p.checked, i)
-		c, err := a.planFile(f)
+		c, err := a.planFile(f, fileLimit(cfg))
+		if err != nil && f.Object != "" {
+			take(f.Object, err) // one customer's path never fails the configuration
+			continue
+		}
 		if err != nil {
 			return nil, err
 		}
-		if c != nil && c.Action == Adopt && f.Object != "" {
+		if c != nil && (c.Action == Adopt || c.displace != "" && a.listed[f.Path] == 0) && f.Object != "" {
 			// A path of object data never takes over a file ccm did not
 			// write: sites/www would replace Debian's www.conf pool.
 			take(f.Object, fmt.Errorf("%s exists and ccm did not write it: a file of object data never adopts one", f.Real))
@@ -357,7 +377,7 @@ func (a *Applier) plan(ctx context.Context, cfg *configs.Config, snap *objects.S
 		if out.Has(path) || claimed[path] != "" || p.held(path) {
 			continue
 		}
-		c, err := a.planRemove(path)
+		c, err := a.planRemove(path, fileLimit(cfg))
 		if err != nil {
 			return nil, err
 		}
@@ -409,24 +429,46 @@ func (a *Applier) mayTakeDir(dc *DirChange) error {
 	return fmt.Errorf("%s exists, owned by uid %d, which is not an account ccm made: ccm never hands it to object data", d.Real, st.uid)
 }
 
-func (a *Applier) planFile(f *render.File) (*Change, error) {
+// planFile compares one rendered file with the disk. What stands at its
+// path is read through one descriptor, bounded by limit (the
+// configuration's max_file_size): mode, owner and content all come from
+// that descriptor's inode. A path that holds no regular file (a FIFO, a
+// symlink, a directory, a socket, a device) is planned as a creation that
+// first moves it aside; one under a component that is not a directory
+// (a file standing for a parent) is a creation too (ensureDir moves that
+// aside).
+func (a *Applier) planFile(f *render.File, limit int64) (*Change, error) {
+	c := &Change{Path: f.Path, Real: f.Real, New: f.Content, file: f}
 	st, err := a.files.lstat(rel(f.Path))
+	if errors.Is(err, unix.ENOTDIR) {
+		c.Action, c.Content = Create, true
+		return c, nil
+	}
 	if err != nil {
 		return nil, err
 	}
-	c := &Change{Path: f.Path, Real: f.Real, New: f.Content, old: st, file: f}
 	if !st.exists {
 		c.Action, c.Content = Create, true
 		return c, nil
 	}
+	var over bool
+	if st.mode.IsRegular() {
+		if st, c.Old, over, err = a.files.readRegular(rel(f.Path), max(limit, int64(len(f.Content)))); err != nil {
+			return nil, err
+		}
+	}
 	if !st.mode.IsRegular() {
-		return nil, fmt.Errorf("%s exists and is not a regular file", f.Real)
+		c.Action, c.Content, c.displace = Create, true, typeName(st.mode)
+		return c, nil
 	}
-	if c.Old, err = a.files.readFile(rel(f.Path)); err != nil {
-		return nil, err
-	}
-	c.Content = !bytes.Equal(c.Old, f.Content)
+	c.old = st
+	c.Content = over || !bytes.Equal(c.Old, f.Content)
+	c.dropOld = over
 	c.Attrs = attrChanges(st, f.Mode, f.Ownership)
+	// An inode whose owner or mode is wrong is never fixed in place: it
+	// may be a customer's file with the right content and another link
+	// (or an open descriptor) they keep. A fresh copy replaces it.
+	c.rewrite = len(c.Attrs) > 0
 	c.Action = Update
 	if a.listed[f.Path] == 0 {
 		c.Action = Adopt // a file ccm did not write: keep its original
@@ -438,7 +480,16 @@ func (a *Applier) planFile(f *render.File) (*Change, error) {
 	return c, nil
 }
 
-func (a *Applier) planRemove(path string) (*Change, error) {
+// fileLimit is how much of an existing file at a managed path is read
+// and kept in the journal: the configuration's max_file_size.
+func fileLimit(cfg *configs.Config) int64 {
+	if cfg == nil || cfg.MaxFileSize <= 0 {
+		return configs.DefaultMaxFileSize
+	}
+	return int64(cfg.MaxFileSize)
+}
+
+func (a *Applier) planRemove(path string, limit int64) (*Change, error) {
 	real, err := render.Confine(a.opts.Root, path)
 	if err != nil {
 		return nil, fmt.Errorf("stale file %s: %w", path, err)
@@ -450,11 +501,11 @@ func (a *Applier) planRemove(path string) (*Change, error) {
 	if !st.mode.IsRegular() {
 		return nil, nil // replaced by something ccm did not write
 	}
-	old, err := a.files.readFile(rel(path))
-	if err != nil {
+	st, old, over, err := a.files.readRegular(rel(path), limit)
+	if err != nil || !st.mode.IsRegular() {
 		return nil, err
 	}
-	c := &Change{Action: Remove, Path: path, Real: real, Old: old, Content: true, old: st}
+	c := &Change{Action: Remove, Path: path, Real: real, Old: old, Content: true, old: st, dropOld: over}
 	if c.orig, err = a.loadOriginal(path); err != nil {
 		return nil, err
 	}

@@ -10,10 +10,8 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"time"
 
 	"go.uber.org/zap"
-	"golang.org/x/sys/unix"
 
 	"github.com/ccm-dev/ccm/internal/configs"
 	"github.com/ccm-dev/ccm/internal/render"
@@ -240,6 +238,12 @@ func (a *Applier) repairOne(ctx context.Context, c convergedRender, reals []stri
 		if err != nil {
 			return drifted, err
 		}
+		if st.exists && !st.mode.IsDir() && !st.mode.IsRegular() {
+			// A symlink may be an operator's relocated directory: as a
+			// run does, refuse to follow or replace it.
+			drifted = append(drifted, Drift{Config: c.cfg.Name, Path: d.Path, Real: d.Real, What: []string{"not a directory (" + typeName(st.mode) + ")"}})
+			return drifted, fmt.Errorf("%s is %s, not a directory; refusing to follow or replace it", d.Real, typeName(st.mode))
+		}
 		if st.exists && !st.mode.IsDir() {
 			drifted = append(drifted, Drift{Config: c.cfg.Name, Path: d.Path, Real: d.Real, What: []string{"not a directory"}})
 			displace = append(displace, d.Path)
@@ -264,7 +268,7 @@ func (a *Applier) repairOne(ctx context.Context, c convergedRender, reals []stri
 		if !c.out.Live(f.Object) || unresolved(f.Ownership) || !under(f.Real, want) {
 			continue
 		}
-		ch, err := a.planFileUnder(f, displace)
+		ch, err := a.planFileUnder(c, f, displace)
 		if err != nil {
 			return drifted, err
 		}
@@ -312,17 +316,20 @@ func ancestorOf(dir string, reals map[string]bool) bool {
 
 // planFileUnder is planFile, where a file under a directory about to be
 // displaced is missing.
-func (a *Applier) planFileUnder(f *render.File, displaced []string) (*Change, error) {
+func (a *Applier) planFileUnder(c convergedRender, f *render.File, displaced []string) (*Change, error) {
 	for _, d := range displaced {
 		if strings.HasPrefix(f.Path, strings.TrimSuffix(d, "/")+"/") {
 			return &Change{Path: f.Path, Real: f.Real, New: f.Content, file: f, Action: Create, Content: true}, nil
 		}
 	}
-	return a.planFile(f)
+	return a.planFile(f, fileLimit(c.cfg))
 }
 
 // whatDiffers names what of a file differed, never its content.
 func whatDiffers(c *Change) []string {
+	if c.displace != "" {
+		return []string{"not a regular file (" + c.displace + ")"}
+	}
 	if c.Action == Create {
 		return []string{"missing"}
 	}
@@ -333,15 +340,13 @@ func whatDiffers(c *Change) []string {
 	return append(what, c.Attrs...)
 }
 
-// displace moves the non-directory standing at a managed directory's path
-// aside in the same directory: ccm deletes only what it wrote.
+// displace moves the regular file standing at a managed directory's path
+// aside in the same directory, under a name no other entry has: ccm
+// deletes only what it wrote.
 func (a *Applier) displace(dir string) error {
-	aside := fmt.Sprintf("%s.ccm-displaced-%d", path.Base(dir), time.Now().Unix())
-	err := a.files.at("rename", rel(dir), func(dirfd int, base string) error {
-		return unix.Renameat(dirfd, base, dirfd, aside)
-	})
+	aside, err := a.files.moveAside(rel(dir))
 	if err == nil {
-		a.log.Warn("a file stood where a managed directory belongs; moved aside", zap.String("path", a.files.name(rel(dir))), zap.String("moved_to", aside))
+		a.log.Warn("a file stood where a managed directory belongs; moved aside", zap.String("path", a.files.name(rel(dir))), zap.String("moved_to", a.files.name(aside)))
 	}
 	return err
 }

@@ -11,6 +11,7 @@ import (
 	"path"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -126,7 +127,69 @@ func (t *tree) lstat(p string) (state, error) {
 	if err != nil {
 		return state{}, err
 	}
-	return state{exists: true, mode: fileMode(st.Mode), uid: int(st.Uid), gid: int(st.Gid)}, nil
+	return statState(&st), nil
+}
+
+// statState is a stat's type, mode, owner, size and link count.
+func statState(st *unix.Stat_t) state {
+	return state{exists: true, mode: fileMode(st.Mode), uid: int(st.Uid), gid: int(st.Gid), size: st.Size, nlink: uint64(st.Nlink)}
+}
+
+// readRegular opens p without following it and returns its state as the
+// descriptor's fstat has it, and, when it is a regular file of at most
+// limit bytes, its content read through the same descriptor (never more
+// than limit+1 bytes: a 2 GB sparse file at a managed path is not read).
+// over is set when the file is larger than limit; the content is then nil.
+// A path that is not a regular file by the time it is opened is returned
+// with its state and no content.
+func (t *tree) readRegular(p string, limit int64) (st state, content []byte, over bool, err error) {
+	f, err := t.open(p, unix.O_RDONLY|unix.O_NONBLOCK, 0)
+	if err != nil {
+		return state{}, nil, false, err
+	}
+	defer f.Close()
+	var raw unix.Stat_t
+	if err := unix.Fstat(int(f.Fd()), &raw); err != nil {
+		return state{}, nil, false, t.pathErr("fstat", p, err)
+	}
+	st = statState(&raw)
+	if !st.mode.IsRegular() {
+		return st, nil, false, nil
+	}
+	if st.size > limit {
+		return st, nil, true, nil
+	}
+	content, err = io.ReadAll(io.LimitReader(f, limit+1))
+	if err != nil {
+		return st, nil, false, t.pathErr("read", p, err)
+	}
+	if int64(len(content)) > limit { // it grew meanwhile
+		return st, nil, true, nil
+	}
+	return st, content, false, nil
+}
+
+// moveAside renames what stands at p (never following it) to a new name
+// beside it, NAME.ccm-displaced-UNIXTIME-RANDOM; the rename never replaces
+// an existing entry (RENAME_NOREPLACE). It returns the new name.
+func (t *tree) moveAside(p string) (string, error) {
+	base := path.Base(p)
+	if len(base) > 200 {
+		base = base[:200]
+	}
+	var aside string
+	err := t.at("rename", p, func(dirfd int, name string) error {
+		for {
+			var rnd [4]byte
+			_, _ = rand.Read(rnd[:])
+			aside = fmt.Sprintf("%s.ccm-displaced-%d-%s", base, time.Now().Unix(), hex.EncodeToString(rnd[:]))
+			err := unix.Renameat2(dirfd, name, dirfd, aside, unix.RENAME_NOREPLACE)
+			if !errors.Is(err, unix.EEXIST) {
+				return err
+			}
+		}
+	})
+	return path.Join(path.Dir(p), aside), err
 }
 
 // fileMode converts a stat mode to an fs.FileMode (type and permissions).
@@ -185,6 +248,8 @@ func typeName(m fs.FileMode) string {
 		return "a device"
 	case m.IsDir():
 		return "a directory"
+	case m&fs.ModeSymlink != 0:
+		return "a symlink"
 	}
 	return m.Type().String()
 }
@@ -395,17 +460,40 @@ func (t *tree) withFile(p string, fn func(*os.File) error) error {
 	return nil
 }
 
-// removeStaleTemps removes temp files that a crashed run left in dir.
+// removeStaleTemps removes temp files that a crashed run left in dir:
+// only names ccm makes (.ccm-NAME.<12 hex digits>.tmp), and only files
+// the agent's user owns, so a customer's own .ccm-x.tmp in a managed
+// directory of theirs is never deleted. (A temp staged with a customer's
+// owner that a crash left stays, harmless, until removed by hand.)
 func (t *tree) removeStaleTemps(dir string) {
 	entries, err := t.readDir(dir)
 	if err != nil {
 		return
 	}
+	euid := os.Geteuid()
 	for _, e := range entries {
-		if n := e.Name(); strings.HasPrefix(n, tempPrefix) && strings.HasSuffix(n, ".tmp") && e.Type().IsRegular() {
-			t.remove(path.Join(dir, n))
+		n := e.Name()
+		if !isTempName(n) || !e.Type().IsRegular() {
+			continue
 		}
+		if st, err := t.lstat(path.Join(dir, n)); err != nil || st.uid != euid || st.nlink != 1 {
+			continue
+		}
+		t.remove(path.Join(dir, n))
 	}
+}
+
+// isTempName reports whether n is a name stage gives a temp file.
+func isTempName(n string) bool {
+	rest, ok := strings.CutPrefix(n, tempPrefix)
+	if !ok {
+		return false
+	}
+	if rest, ok = strings.CutSuffix(rest, ".tmp"); !ok || len(rest) < 14 || rest[len(rest)-13] != '.' {
+		return false
+	}
+	_, err := hex.DecodeString(rest[len(rest)-12:])
+	return err == nil
 }
 
 func idOr(id *int) int {
