@@ -343,3 +343,77 @@ func TestDriftWatchOnlyReportsAndTheNextRunRepairs(t *testing.T) {
 	assert.Equal(t, "a1\n", d.read("/sites/a.conf"), "an event-driven run reads the drifted file again")
 	assert.Equal(t, "b2\n", d.read("/sites/b.conf"))
 }
+
+// Whatever stands at a managed file's path instead of a regular file (a
+// FIFO, a symlink, a directory), or at its parent directory's, is moved
+// aside and the file repaired: no repair fails, no run fails, and the
+// failure flag that would halt every node stays down.
+func TestDriftANonRegularEntryAtAManagedFileIsMovedAsideAndRepaired(t *testing.T) {
+	t.Parallel()
+	d := startDriftAgent(t, drift.Options{Storm: 100})
+	a := filepath.Join(d.root, "sites/a.conf")
+	elsewhere := filepath.Join(t.TempDir(), "target")
+	require.NoError(t, os.WriteFile(elsewhere, []byte("not ccm's\n"), 0o600))
+	cases := []struct {
+		name, path, moved, content string
+		drift                      func(t *testing.T)
+	}{
+		{"fifo", "/sites/a.conf", a, "a1\n", func(t *testing.T) {
+			require.NoError(t, os.Remove(a))
+			require.NoError(t, syscall.Mkfifo(a, 0o644))
+		}},
+		{"symlink", "/sites/a.conf", a, "a1\n", func(t *testing.T) {
+			require.NoError(t, os.Remove(a))
+			require.NoError(t, os.Symlink(elsewhere, a))
+		}},
+		{"directory", "/sites/a.conf", a, "a1\n", func(t *testing.T) {
+			require.NoError(t, os.Remove(a))
+			require.NoError(t, os.Mkdir(a, 0o755))
+		}},
+		{"parent replaced by a file", "/other/index.conf", filepath.Join(d.root, "other"), "index\n", func(t *testing.T) {
+			other := filepath.Join(d.root, "other")
+			require.NoError(t, os.Rename(other, filepath.Join(t.TempDir(), "old")))
+			require.NoError(t, os.WriteFile(other, []byte("mine\n"), 0o644))
+		}},
+	}
+	for _, c := range cases {
+		before := d.repairs()
+		c.drift(t)
+		require.Eventually(t, func() bool { return d.repairs() > before && d.read(c.path) == c.content }, 30*time.Second, 5*time.Millisecond,
+			"%s: repaired", c.name)
+		st, err := os.Lstat(filepath.Join(d.root, c.path))
+		require.NoError(t, err)
+		assert.True(t, st.Mode().IsRegular(), "%s: a regular file again", c.name)
+		moved, err := filepath.Glob(c.moved + ".ccm-displaced-*")
+		require.NoError(t, err)
+		assert.NotEmpty(t, moved, "%s: what stood there is kept aside", c.name)
+	}
+	target, err := os.ReadFile(elsewhere)
+	require.NoError(t, err)
+	assert.Equal(t, "not ccm's\n", string(target), "a symlink is never followed")
+	assert.Equal(t, 0.0, testutil.ToFloat64(d.ag.Metrics().Runs.WithLabelValues(api.ResultFailed)), "no run failed")
+	v, err := d.cluster.View(context.Background())
+	require.NoError(t, err)
+	assert.Nil(t, v.Failure, "the failure flag stays down")
+}
+
+// A managed directory that an operator relocated (replaced by a symlink
+// to elsewhere) is refused by a repair as by a run, never moved aside.
+func TestDriftASymlinkedManagedDirectoryIsRefusedNotReplaced(t *testing.T) {
+	t.Parallel()
+	d := startDriftAgent(t, drift.Options{})
+	sites, moved := filepath.Join(d.root, "sites"), filepath.Join(d.root, "srv-sites")
+	require.NoError(t, os.Rename(sites, moved))
+	require.NoError(t, os.Symlink(moved, sites))
+	s := d.reported(t, "web1", 0, api.ResultFailed)
+	assert.Contains(t, s.Error, "symlink")
+	st, err := os.Lstat(sites)
+	require.NoError(t, err)
+	assert.Equal(t, os.ModeSymlink, st.Mode().Type(), "the operator's symlink stays")
+	b, err := os.ReadFile(filepath.Join(moved, "a.conf"))
+	require.NoError(t, err)
+	assert.Equal(t, "a1\n", string(b), "the relocated files are untouched")
+	aside, err := filepath.Glob(sites + ".ccm-displaced-*")
+	require.NoError(t, err)
+	assert.Empty(t, aside)
+}
