@@ -255,9 +255,16 @@ func (p *Plan) accountsFirst() bool {
 // stageAll creates directories, then stages and checks every changed file.
 // It returns the staged temp files by change index.
 func (a *Applier) stageAll(ctx context.Context, p *Plan, tx *txn) (map[int]string, error) {
+	// A directory of an object that cannot be made (a customer's symlink
+	// where it belongs) leaves that object out, as a failed check does:
+	// one customer never fails the configuration.
+	var shape []objectCheck
 	for _, d := range p.Dirs {
 		if err := tx.ensureDir(d.Dir.Path, d.Dir.Mode, d.Dir.Ownership, true); err != nil {
-			return nil, err
+			if d.Dir.Object == "" {
+				return nil, err
+			}
+			shape = addShape(shape, d.Dir.Object, err)
 		}
 	}
 	defer func() {
@@ -273,8 +280,15 @@ func (a *Applier) stageAll(ctx context.Context, p *Plan, tx *txn) (map[int]strin
 		if c.removes() || !c.Content && !c.rewrite || (c.file != nil && c.file.Object != "" && p.Output.Held[c.file.Object]) {
 			continue
 		}
+		if slices.ContainsFunc(shape, func(o objectCheck) bool { return o.object == c.file.Object }) {
+			continue
+		}
 		if err := tx.ensureDir(path.Dir(c.Path), configs.DefaultDirMode, configs.Ownership{}, false); err != nil {
-			return staged, err
+			if c.file.Object == "" {
+				return staged, err
+			}
+			shape = addShape(shape, c.file.Object, err)
+			continue
 		}
 		uid, gid := c.file.UID, c.file.GID
 		if c.old.exists { // keep the owner of a file whose owner is not managed
@@ -301,6 +315,7 @@ func (a *Applier) stageAll(ctx context.Context, p *Plan, tx *txn) (map[int]strin
 	if err := everyCheckFailed(failed, p.Output.Files); err != nil {
 		return staged, err
 	}
+	failed = append(failed, shape...)
 	if len(failed) > 0 {
 		staged = a.dropFailed(p, staged, failed)
 	}
@@ -309,6 +324,14 @@ func (a *Applier) stageAll(ctx context.Context, p *Plan, tx *txn) (map[int]strin
 		tmps = append(tmps, tmp)
 	}
 	return staged, a.files.syncStaged(tmps)
+}
+
+// addShape adds an object whose directory cannot be made, once.
+func addShape(shape []objectCheck, object string, err error) []objectCheck {
+	if slices.ContainsFunc(shape, func(o objectCheck) bool { return o.object == object }) {
+		return shape
+	}
+	return append(shape, objectCheck{object, err})
 }
 
 // objectCheck is a for_each file whose check failed: its object is

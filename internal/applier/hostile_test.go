@@ -197,3 +197,44 @@ func TestACustomersTempLikeFileIsNotRemoved(t *testing.T) {
 	assert.FileExists(t, theirs)
 	assert.Equal(t, "managed\n", f.read("/home/cust/app.conf"))
 }
+
+// A customer's symlink where a directory of their object belongs (a
+// declared one, or the parent of one of their files) leaves that object
+// out; the configuration, and every other customer, converges.
+func TestASymlinkedObjectDirectoryLeavesOnlyThatObjectOut(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, map[string]string{"homes.yaml": `subscribes: [sites]
+directories:
+  - {path: '/srv/{{ .Object.ID }}', for_each: sites, mode: "0755"}
+files:
+  - {path: '/home/{{ .Object.ID }}/.ssh/authorized_keys', for_each: sites, content: "key {{ .Object.ID }}\n"}
+  - {path: /srv/index.html, content: "x\n"}
+`})
+	f.put("sites/a", `{}`)
+	f.put("sites/b", `{}`)
+	_, err := f.apply("homes")
+	require.NoError(t, err)
+	for name, link := range map[string]string{"/srv/a": "/srv/a-moved", "/home/b/.ssh": "/home/b/keys"} {
+		require.NoError(t, os.Rename(f.path(name), f.path(link)))
+		require.NoError(t, os.Symlink(f.path(link), f.path(name)))
+	}
+	require.NoError(t, os.Chmod(f.path("/srv/a-moved"), 0o700)) // so /srv/a differs
+	require.NoError(t, os.WriteFile(f.path("/home/b/keys/authorized_keys"), []byte("hand\n"), 0o644))
+	f.put("sites/c", `{}`)
+
+	p, err := f.apply("homes")
+	require.NoError(t, err, "one customer's symlink fails no configuration")
+	assert.Equal(t, "key c\n", f.read("/home/c/.ssh/authorized_keys"))
+	var left []string
+	for _, o := range p.Output.Failed {
+		left = append(left, o.Ref())
+		assert.ErrorContains(t, o.Err, "symlink")
+	}
+	assert.ElementsMatch(t, []string{"sites/a", "sites/b"}, left)
+	b, err := os.ReadFile(f.path("/home/b/keys/authorized_keys"))
+	require.NoError(t, err)
+	assert.Equal(t, "hand\n", string(b), "nothing written through the symlink")
+	st, err := os.Stat(f.path("/srv/a-moved"))
+	require.NoError(t, err)
+	assert.Equal(t, os.FileMode(0o700), st.Mode().Perm(), "nothing changed through the symlink")
+}
