@@ -15,6 +15,7 @@ import (
 
 	"github.com/ccm-dev/ccm/internal/configs"
 	"github.com/ccm-dev/ccm/internal/objects"
+	"github.com/ccm-dev/ccm/internal/ratelog"
 	"github.com/ccm-dev/ccm/internal/render"
 	"github.com/ccm-dev/ccm/internal/runkind"
 )
@@ -269,7 +270,7 @@ func (a *Applier) stageAll(ctx context.Context, p *Plan, tx *txn) (map[int]strin
 	}
 	defer func() {
 		for _, m := range tx.moved {
-			a.log.Warn("a file stood where a directory belongs; moved aside", zap.String("config", p.Config.Name), zap.String("path", a.files.name(rel(m[0]))), zap.String("moved_to", a.files.name(m[1])))
+			a.log.Warn("a file stood where a directory belongs; moved aside", zap.String("config", p.Config.Name), zap.String("path", a.files.name(rel(m[0]))), zap.String("moved_to", a.files.name(m[1])), ratelog.Each())
 		}
 		tx.moved = nil
 	}()
@@ -407,7 +408,7 @@ func (a *Applier) commitAll(ctx context.Context, p *Plan, staged map[int]string)
 			fields = append(fields, zap.Strings("attrs", c.Attrs))
 		}
 		if c.aside != "" {
-			a.log.Warn("a managed file's path held "+c.displace+"; moved aside", zap.String("config", p.Config.Name), zap.String("path", c.Real), zap.String("moved_to", a.files.name(c.aside)))
+			a.log.Warn("a managed file's path held "+c.displace+"; moved aside", zap.String("config", p.Config.Name), zap.String("path", c.Real), zap.String("moved_to", a.files.name(c.aside)), ratelog.Each())
 		}
 		a.log.Info("file", fields...)
 	}

@@ -9,12 +9,19 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest/observer"
 	"golang.org/x/sys/unix"
 
+	"github.com/ccm-dev/ccm/internal/applier"
 	"github.com/ccm-dev/ccm/internal/configs"
+	"github.com/ccm-dev/ccm/internal/ratelog"
+	"github.com/ccm-dev/ccm/internal/render"
 )
 
 // custConf manages files in a customer's home: what stands at their paths
@@ -160,10 +167,14 @@ func TestAWrongOwnerIsFixedWithAFreshCopyNeverInPlace(t *testing.T) {
 	assert.NotEqual(t, inode(t, keep), inode(t, f.path("/home/cust/app.conf")), "a fresh inode")
 }
 
-// Two displacements of one path within a second keep both.
+// Two displacements of one path within a second keep both, and each is
+// logged, though warnings are rate-limited.
 func TestMovingAsideTwiceInOneSecondKeepsBoth(t *testing.T) {
 	t.Parallel()
 	f, _ := custFixture(t)
+	core, logs := observer.New(zapcore.InfoLevel)
+	f.applier = applier.New(applier.Options{Root: f.root, StateDir: filepath.Join(f.tmp, "state"), ConfigDir: f.dir, Node: render.Node{Name: "n1"},
+		Logger: zap.New(ratelog.New(core, time.Minute))})
 	require.NoError(t, f.run().Err) // the render a repair restores
 	dir := f.path("/home/cust/app")
 	for _, content := range []string{"one\n", "two\n"} {
@@ -181,6 +192,7 @@ func TestMovingAsideTwiceInOneSecondKeepsBoth(t *testing.T) {
 		got = append(got, string(b))
 	}
 	assert.ElementsMatch(t, []string{"one\n", "two\n"}, got)
+	assert.Len(t, logs.FilterMessageSnippet("moved aside").All(), 2, "each displacement is logged")
 }
 
 // A customer's own file named like a ccm temp file in a managed directory

@@ -14,6 +14,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/ccm-dev/ccm/internal/configs"
+	"github.com/ccm-dev/ccm/internal/ratelog"
 	"github.com/ccm-dev/ccm/internal/render"
 )
 
@@ -346,7 +347,7 @@ func whatDiffers(c *Change) []string {
 func (a *Applier) displace(dir string) error {
 	aside, err := a.files.moveAside(rel(dir))
 	if err == nil {
-		a.log.Warn("a file stood where a managed directory belongs; moved aside", zap.String("path", a.files.name(rel(dir))), zap.String("moved_to", a.files.name(aside)))
+		a.log.Warn("a file stood where a managed directory belongs; moved aside", zap.String("path", a.files.name(rel(dir))), zap.String("moved_to", a.files.name(aside)), ratelog.Each())
 	}
 	return err
 }

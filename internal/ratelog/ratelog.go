@@ -62,10 +62,18 @@ func (l *limited) Check(ent zapcore.Entry, ce *zapcore.CheckedEntry) *zapcore.Ch
 	return ce
 }
 
+// unlimited marks a line that is never limited; encoders skip it.
+const unlimited = "ratelog.unlimited"
+
+// Each is a field that exempts its line from the limit: a warning that
+// tells of an event each time (a customer's file moved aside), not of a
+// retry. Encoders write nothing for it.
+func Each() zapcore.Field { return zapcore.Field{Type: zapcore.SkipType, String: unlimited} }
+
 // Write writes the entry unless its cause was written within the
 // interval.
 func (l *limited) Write(ent zapcore.Entry, fields []zapcore.Field) error {
-	if ent.Level < zapcore.WarnLevel {
+	if ent.Level < zapcore.WarnLevel || each(fields) {
 		return l.Core.Write(ent, fields)
 	}
 	n, ok := l.state.admit(key(ent, fields), ent.Time)
@@ -107,6 +115,15 @@ func (s *state) forget(now time.Time) {
 			delete(s.causes, k)
 		}
 	}
+}
+
+func each(fields []zapcore.Field) bool {
+	for _, f := range fields {
+		if f.Type == zapcore.SkipType && f.String == unlimited {
+			return true
+		}
+	}
+	return false
 }
 
 // key is the cause of an entry: level, logger, message and error text.

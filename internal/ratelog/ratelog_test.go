@@ -41,3 +41,13 @@ func TestOneLinePerCausePerIntervalWithTheCountLeftOut(t *testing.T) {
 	require.Len(t, last, 3)
 	assert.Equal(t, int64(99), last[2].ContextMap()["suppressed"], "the next line says how many were left out")
 }
+
+// A warning marked Each tells of an event each time: none is limited.
+func TestALineMarkedEachIsNeverLimited(t *testing.T) {
+	core, logs := observer.New(zapcore.DebugLevel)
+	log := zap.New(ratelog.New(core, 30*time.Second))
+	for i := range 3 {
+		log.Warn("moved aside", zap.Int("n", i), ratelog.Each())
+	}
+	assert.Len(t, logs.FilterMessage("moved aside").All(), 3)
+}
