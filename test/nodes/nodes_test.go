@@ -94,6 +94,7 @@ func TestNodes(t *testing.T) {
 	t.Run("StopStartRestartUpgrade", func(t *testing.T) { testStopStartRestartUpgrade(t, l) })
 	t.Run("WatchdogRestartsAFrozenAgent", func(t *testing.T) { testWatchdogRestartsAFrozenAgent(t, l) })
 	t.Run("NetworkFaults", func(t *testing.T) { testNetworkFaults(t, l) })
+	t.Run("HostileUsersOnRealNodes", func(t *testing.T) { testHostileUsersOnRealNodes(t, l) })
 	t.Logf("make nodes-test: TestNodes took %s", time.Since(start).Round(time.Second))
 }
 
