@@ -15,7 +15,11 @@
 //   - One watch per directory that holds a managed path, never per file:
 //     watches used <= managed directories. A directory no longer needed
 //     loses its watch (no leak across deploys); a directory deleted or
-//     moved is watched again by path once it is back.
+//     moved is watched again by path once it is back. A watch follows its
+//     inode when a parent is moved: each watch records the directory's
+//     device and inode, checked for the watches under a directory event
+//     and for every watch each ScanEvery, and a stale one is dropped,
+//     its paths checked, and the path watched again.
 //   - ccm's own writes are not drift: every batch is checked against the
 //     converged render (digest, mode, owner), so a path that matches what
 //     ccm wrote is left alone, and a repair's own events find nothing.

@@ -276,6 +276,7 @@ func (w *Watcher) Run(ctx context.Context) error {
 			l.refresh()
 			l.due(time.Now())
 		case <-scan.C:
+			l.verify(l.in.dirs())
 			l.scan()
 		case <-flush.C:
 		}
@@ -397,6 +398,30 @@ func (l *loop) scan() {
 	l.add(paths...)
 }
 
+// verify drops the watches, among dirs, whose path names another
+// directory now (a parent moved, and the watch with it: `mv x x.old &&
+// mkdir -p x/y` would leave x/y unseen), queues their paths, and has the
+// next refresh watch them again.
+func (l *loop) verify(dirs []string) {
+	for _, d := range l.in.stale(dirs) {
+		l.in.remove(d)
+		l.rewatch = true
+		l.add(l.under(d)...)
+	}
+}
+
+// watchedUnder lists the watched directories equal to or under p.
+func (l *loop) watchedUnder(p string) []string {
+	prefix := strings.TrimSuffix(p, "/") + "/"
+	var out []string
+	for _, d := range l.in.dirs() {
+		if d == p || strings.HasPrefix(d, prefix) {
+			out = append(out, d)
+		}
+	}
+	return out
+}
+
 // under returns the managed paths equal to or under p.
 func (l *loop) under(p string) []string {
 	prefix := strings.TrimSuffix(p, "/") + "/"
@@ -427,17 +452,20 @@ func (l *loop) handle(evs []event) {
 			}
 			l.add(l.managed...)
 		case ev.gone: // the directory itself was deleted or moved
-			// A moved directory keeps its watch on the inode: drop it,
-			// and watch the path again once it is back.
+			// A moved directory keeps its watch on the inode, and so do
+			// the directories below it: drop them, and watch the paths
+			// again once they are back.
 			l.in.remove(ev.dir)
 			l.rewatch = true
 			l.add(l.under(ev.dir)...)
+			l.verify(l.watchedUnder(ev.dir))
 		default:
 			p := path.Join(ev.dir, ev.name)
 			if l.set[p] {
 				l.add(p)
 			} else if ev.isDir {
 				l.add(l.under(p)...) // a managed directory (or a parent) removed or replaced
+				l.verify(l.watchedUnder(p))
 			} else if len(l.under(p)) > 0 {
 				l.add(l.under(p)...) // a file where a managed directory was
 			}

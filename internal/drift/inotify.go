@@ -48,6 +48,22 @@ type inotify struct {
 	mu    sync.Mutex // the reader resolves descriptors while the loop adds
 	byDir map[string]int
 	byWd  map[int]string
+	// ids is the device and inode each watch was added on: a watch
+	// follows its inode when a directory above it is moved, so the path
+	// may name another directory since.
+	ids map[string]fileID
+}
+
+// fileID is a directory's device and inode.
+type fileID struct{ dev, ino uint64 }
+
+// idOf is dir's device and inode, without following a symlink.
+func idOf(dir string) (fileID, bool) {
+	var st unix.Stat_t
+	if err := unix.Lstat(dir, &st); err != nil {
+		return fileID{}, false
+	}
+	return fileID{uint64(st.Dev), st.Ino}, true
 }
 
 func openInotify(faults Faults) (*inotify, error) {
@@ -59,13 +75,13 @@ func openInotify(faults Faults) (*inotify, error) {
 		return nil, os.NewSyscallError("inotify_init1", err)
 	}
 	// Non-blocking under the runtime's poller: close ends a read.
-	return &inotify{f: os.NewFile(uintptr(fd), "inotify"), faults: faults, byDir: map[string]int{}, byWd: map[int]string{}}, nil
+	return &inotify{f: os.NewFile(uintptr(fd), "inotify"), faults: faults, byDir: map[string]int{}, byWd: map[int]string{}, ids: map[string]fileID{}}, nil
 }
 
 // noInotify is an inotify without an instance: it watches nothing, so
 // that every directory is scanned.
 func noInotify() *inotify {
-	return &inotify{byDir: map[string]int{}, byWd: map[int]string{}}
+	return &inotify{byDir: map[string]int{}, byWd: map[int]string{}, ids: map[string]fileID{}}
 }
 
 func (in *inotify) close() {
@@ -82,6 +98,7 @@ func (in *inotify) add(dir string) error {
 	if err != nil {
 		return err
 	}
+	id, _ := idOf(dir) // before the watch: a directory swapped in between is found stale
 	var wd int
 	var werr error
 	if err := sc.Control(func(fd uintptr) { wd, werr = unix.InotifyAddWatch(int(fd), dir, watchMask) }); err != nil {
@@ -97,17 +114,40 @@ func (in *inotify) add(dir string) error {
 	defer in.mu.Unlock()
 	if old, ok := in.byWd[wd]; ok && old != dir {
 		delete(in.byDir, old) // the same directory by another path
+		delete(in.ids, old)
 	}
 	in.byDir[dir] = wd
 	in.byWd[wd] = dir
+	in.ids[dir] = id
 	return nil
+}
+
+// stale lists the watched directories, among dirs, whose path no longer
+// names the directory watched (moved with a parent, deleted, replaced).
+func (in *inotify) stale(dirs []string) []string {
+	var out []string
+	for _, d := range dirs {
+		in.mu.Lock()
+		want, ok := in.ids[d]
+		in.mu.Unlock()
+		if !ok {
+			continue
+		}
+		if id, ok := idOf(d); !ok || id != want {
+			out = append(out, d)
+		}
+	}
+	return out
 }
 
 func (in *inotify) remove(dir string) {
 	in.mu.Lock()
 	wd, ok := in.byDir[dir]
 	delete(in.byDir, dir)
-	delete(in.byWd, wd)
+	delete(in.ids, dir)
+	if ok && in.byWd[wd] == dir {
+		delete(in.byWd, wd)
+	}
 	in.mu.Unlock()
 	if !ok || in.f == nil {
 		return
@@ -192,6 +232,7 @@ func (in *inotify) parse(buf []byte) []event {
 		if ok && raw.Mask&unix.IN_IGNORED != 0 {
 			delete(in.byWd, int(raw.Wd))
 			delete(in.byDir, dir)
+			delete(in.ids, dir)
 		}
 		in.mu.Unlock()
 		if !ok {

@@ -135,3 +135,30 @@ func TestWithoutAnInstanceEverythingIsScanned(t *testing.T) {
 	assert.Equal(t, 0, s.Watches)
 	assert.Equal(t, 1, s.Scanned)
 }
+
+// A parent of a watched directory moved away, and the directory made
+// again in its place (`mv x x.old && mkdir -p x/y`), does not blind the
+// watcher: the watch followed the old inode, and is put on the new one.
+func TestADirectoryMovedWithItsParentIsWatchedAgain(t *testing.T) {
+	root := t.TempDir()
+	dir := filepath.Join(root, "x", "y")
+	require.NoError(t, os.MkdirAll(dir, 0o755))
+	file := filepath.Join(dir, "a.conf")
+	require.NoError(t, os.WriteFile(file, nil, 0o644))
+	rep := &standIn{}
+	rep.set(file)
+	w := drift.New(rep, drift.Options{Mode: drift.Repair, Quiet: time.Millisecond, Refresh: 5 * time.Millisecond, ScanEvery: 10 * time.Millisecond}, nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- w.Run(ctx) }()
+	t.Cleanup(func() { cancel(); require.NoError(t, <-done) })
+	require.Eventually(t, func() bool { return w.Status().Watches == 1 }, 10*time.Second, time.Millisecond)
+
+	require.NoError(t, os.Rename(filepath.Join(root, "x"), filepath.Join(root, "x.old")))
+	require.NoError(t, os.MkdirAll(dir, 0o755))
+	require.Eventually(t, func() bool { return rep.wasAsked(file) }, 10*time.Second, time.Millisecond, "the moved directory's path is checked")
+	require.Eventually(t, func() bool { return w.Status().Watches == 1 && w.Status().Scanned == 0 }, 10*time.Second, time.Millisecond)
+	rep.forget()
+	require.NoError(t, os.WriteFile(file, []byte("hand\n"), 0o644))
+	require.Eventually(t, func() bool { return rep.wasAsked(file) }, 10*time.Second, time.Millisecond, "a write in the new directory is seen")
+}
