@@ -27,7 +27,9 @@
 //     directory is watched: foreign files are not touched.
 //   - A path repaired Storm times within Window is repaired with backoff
 //     (doubling, up to MaxBackoff) and reported, not fought at full speed.
-//   - On IN_Q_OVERFLOW every managed path is checked once.
+//   - On IN_Q_OVERFLOW every managed path is checked once, at most once
+//     per FullEvery (a flood that overflows again and again is one full
+//     check per interval, the overflows after it owed to the next).
 //   - Where a watch cannot be had (the MaxWatches limit, or ENOSPC from
 //     fs.inotify.max_user_watches), the directories without one are
 //     scanned every ScanEvery instead, and that is logged once. Without

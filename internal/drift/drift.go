@@ -70,6 +70,7 @@ const (
 	DefaultStorm      = 5
 	DefaultWindow     = 10 * time.Minute
 	DefaultMaxBackoff = 5 * time.Minute
+	DefaultFullEvery  = 10 * time.Second
 	// backoffBase is the first delay of a path in backoff.
 	backoffBase = 10 * time.Second
 )
@@ -93,6 +94,11 @@ type Options struct {
 	Storm      int
 	Window     time.Duration
 	MaxBackoff time.Duration
+	// FullEvery is the least time between two full checks: a flood of
+	// events that overflows the queue again and again (a customer's
+	// loop in a watched directory) makes one full check per FullEvery,
+	// not one per batch.
+	FullEvery time.Duration
 	// Faults injects the kernel's failure modes (tests).
 	Faults Faults
 	Logger *zap.Logger
@@ -135,6 +141,9 @@ func (o *Options) defaults() {
 	if o.MaxBackoff <= 0 {
 		o.MaxBackoff = DefaultMaxBackoff
 	}
+	if o.FullEvery <= 0 {
+		o.FullEvery = DefaultFullEvery
+	}
 	if o.Logger == nil {
 		o.Logger = zap.NewNop()
 	}
@@ -163,6 +172,8 @@ type Status struct {
 	Backoff []string `json:"backoff,omitempty"`
 	// FullChecks counts checks of every managed path (overflow).
 	FullChecks int `json:"full_checks,omitempty"`
+	// Overflows counts the kernel's queue overflows seen.
+	Overflows int `json:"overflows,omitempty"`
 }
 
 // Watcher watches the managed paths and repairs their drift.
@@ -227,6 +238,8 @@ type loop struct {
 	dirs     map[string]bool // the directories of the managed paths
 	missing  map[string]bool // those that did not exist at the last refresh
 	refused  map[string]bool // those whose watch failed otherwise (logged once)
+	lastFull time.Time       // the last full check
+	fullOwed bool            // an overflow came within FullEvery of it
 }
 
 // Run watches until ctx is cancelled. In mode Off it returns at once.
@@ -445,12 +458,9 @@ func (l *loop) handle(evs []event) {
 	for _, ev := range evs {
 		switch {
 		case ev.overflow:
-			l.w.log.Warn("drift: the kernel's inotify queue overflowed; checking every managed path once")
-			l.w.update(func(s *Status) { s.FullChecks++ })
-			if m := l.w.opts.Metrics; m != nil {
-				m.DriftFullChecks.Inc()
-			}
-			l.add(l.managed...)
+			l.w.update(func(s *Status) { s.Overflows++ })
+			l.fullOwed = true
+			l.fullCheck(time.Now())
 		case ev.gone: // the directory itself was deleted or moved
 			// A moved directory keeps its watch on the inode, and so do
 			// the directories below it: drop them, and watch the paths
@@ -488,8 +498,25 @@ func (l *loop) add(paths ...string) {
 	}
 }
 
-// due moves the paths whose backoff ended back into the batch.
+// fullCheck checks every managed path once, if one is owed and none ran
+// within FullEvery (else the refresh tick after it does).
+func (l *loop) fullCheck(now time.Time) {
+	if !l.fullOwed || !l.lastFull.IsZero() && now.Sub(l.lastFull) < l.w.opts.FullEvery {
+		return
+	}
+	l.fullOwed, l.lastFull = false, now
+	l.w.log.Warn("drift: the kernel's inotify queue overflowed; checking every managed path once")
+	l.w.update(func(s *Status) { s.FullChecks++ })
+	if m := l.w.opts.Metrics; m != nil {
+		m.DriftFullChecks.Inc()
+	}
+	l.add(l.managed...)
+}
+
+// due moves the paths whose backoff ended back into the batch, and runs
+// a full check owed.
 func (l *loop) due(now time.Time) {
+	l.fullCheck(now)
 	var ready []string
 	for p := range l.deferred {
 		if h := l.hist[p]; h == nil || !now.Before(h.until) {

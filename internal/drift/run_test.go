@@ -162,3 +162,27 @@ func TestADirectoryMovedWithItsParentIsWatchedAgain(t *testing.T) {
 	require.NoError(t, os.WriteFile(file, []byte("hand\n"), 0o644))
 	require.Eventually(t, func() bool { return rep.wasAsked(file) }, 10*time.Second, time.Millisecond, "a write in the new directory is seen")
 }
+
+// A flood that overflows the kernel's queue again and again makes one
+// full check per FullEvery, not one per batch.
+func TestOverflowsMakeAtMostOneFullCheckPerInterval(t *testing.T) {
+	root := t.TempDir()
+	file := filepath.Join(root, "a.conf")
+	require.NoError(t, os.WriteFile(file, nil, 0o644))
+	flood := filepath.Join(root, "flood")
+	rep := &standIn{}
+	rep.set(file)
+	w := drift.New(rep, drift.Options{Mode: drift.Repair, Quiet: time.Millisecond, Refresh: 5 * time.Millisecond, FullEvery: time.Hour,
+		Faults: drift.Faults{Overflow: func(real string) bool { return real == flood }}}, nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- w.Run(ctx) }()
+	t.Cleanup(func() { cancel(); require.NoError(t, <-done) })
+	require.Eventually(t, func() bool { return w.Status().Watches == 1 }, 10*time.Second, time.Millisecond)
+	for i := 0; w.Status().Overflows < 20; i++ {
+		require.Less(t, i, 100000, "overflows are reported")
+		require.NoError(t, os.WriteFile(flood, []byte("x"), 0o644))
+	}
+	require.Eventually(t, func() bool { return rep.wasAsked(file) }, 10*time.Second, time.Millisecond, "the first overflow checks everything")
+	assert.Equal(t, 1, w.Status().FullChecks, "one full check for 20 overflows within FullEvery")
+}
