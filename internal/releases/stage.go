@@ -106,7 +106,9 @@ type Staged struct {
 // etcd is broken (and etcd answered), a staged copy that holds is still
 // used, and the reason returned in Staged.Stored: a bad copy in etcd does
 // not stop a node that holds a good one. A release that does not verify
-// is never staged.
+// is never staged; a fetched copy that does not verify is Damaged, like
+// one whose chunks changed: whoever may write releases can strip a
+// signature, and that must not halt the nodes.
 func (d *Dir) Stage(ctx context.Context, s *Store, id string, verify func(*Release) error) (*Staged, error) {
 	if err := CheckID(id); err != nil {
 		return nil, err
@@ -116,7 +118,12 @@ func (d *Dir) Stage(ctx context.Context, s *Store, id string, verify func(*Relea
 		return nil, ferr
 	}
 	if ferr == nil && verify != nil {
-		ferr = verify(r)
+		if err := verify(r); err != nil {
+			// A signature stripped, garbled or swapped in etcd is damage
+			// to the stored copy, as a changed chunk is: never this
+			// node's failure.
+			ferr = damagedError{err}
+		}
 	}
 	tree := filepath.Join(d.path, id)
 	held, herr := d.check(id, verify)
@@ -195,12 +202,15 @@ func (d *Dir) readManifest(p, id string) (*Release, error) {
 	if !info.Mode().IsRegular() || ownerOf(info) != os.Geteuid() || info.Mode().Perm()&0o022 != 0 {
 		return nil, fmt.Errorf("staged release %s: %s is not a file of ccm's that only it may write", Short(id), p)
 	}
+	if info.Size() > MaxManifestBytes {
+		return nil, fmt.Errorf("staged release %s: %s: %d bytes, over the manifest limit of %d", Short(id), p, info.Size(), MaxManifestBytes)
+	}
 	raw, err := os.ReadFile(p)
 	if err != nil {
 		return nil, err
 	}
-	r := &Release{}
-	if err := json.Unmarshal(raw, r); err != nil || r.ID != id {
+	r, err := decodeManifest(raw)
+	if err != nil || r.ID != id {
 		return nil, fmt.Errorf("staged release %s: %s is not its manifest", Short(id), p)
 	}
 	if err := checkManifest(r); err != nil {

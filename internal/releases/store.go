@@ -1,6 +1,7 @@
 package releases
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -10,6 +11,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/hiddeco/sshsig"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/ccm-dev/ccm/api"
@@ -44,6 +46,8 @@ type Pushed struct {
 // immutable: pushing the same content again writes nothing while the
 // stored copy is whole, and rewrites it when it is not (Pushed.Repaired),
 // keeping a stored manifest that lists the same files (its signature).
+// A signed r also restores its signature: a stored manifest whose
+// signature is missing, garbled or not by r's key is rewritten.
 func (s *Store) Push(ctx context.Context, r *Release) (Pushed, error) {
 	if err := r.Check(); err != nil {
 		return Pushed{}, err
@@ -56,22 +60,32 @@ func (s *Store) Push(ctx context.Context, r *Release) (Pushed, error) {
 	var out Pushed
 	keepManifest := false
 	if len(resp.Kvs) > 0 {
+		stored, err := decodeManifest(resp.Kvs[0].Value)
+		keepManifest = err == nil && stored.ID == r.ID && sameFiles(stored, r) && signedAs(stored, r)
 		_, ferr := s.Fetch(ctx, r.ID)
 		switch {
-		case ferr == nil:
+		case ferr == nil && keepManifest:
 			return out, nil
+		case ferr == nil:
+			// Whole, but the signature this push carries is not the
+			// stored one's: missing, garbled or another key's. Only the
+			// manifest is rewritten.
+			out.Repaired = fmt.Errorf("release %s: its stored manifest's signature is missing or not by the key this push signs with", r.Short())
 		case Transient(ferr):
 			return out, ferr
+		default:
+			out.Repaired = ferr
 		}
-		out.Repaired = ferr
-		stored := &Release{}
-		keepManifest = json.Unmarshal(resp.Kvs[0].Value, stored) == nil && stored.ID == r.ID && sameFiles(stored, r)
-		// Chunks the manifest does not name go too: a fetch refuses them.
-		if _, err := s.kv.Delete(ctx, mkey+"/", clientv3.WithPrefix()); err != nil {
-			return out, fmt.Errorf("repair release %s: %w", r.Short(), err)
+		if ferr != nil {
+			// Chunks the manifest does not name go too: a fetch refuses them.
+			if _, err := s.kv.Delete(ctx, mkey+"/", clientv3.WithPrefix()); err != nil {
+				return out, fmt.Errorf("repair release %s: %w", r.Short(), err)
+			}
+			if err := s.putChunks(ctx, r); err != nil {
+				return out, err
+			}
 		}
-	}
-	if err := s.putChunks(ctx, r); err != nil {
+	} else if err := s.putChunks(ctx, r); err != nil {
 		return out, err
 	}
 	if keepManifest {
@@ -129,6 +143,24 @@ func (s *Store) putChunks(ctx context.Context, r *Release) error {
 		}
 	}
 	return nil
+}
+
+// signedAs reports whether the stored manifest carries a signature that
+// holds by the key that signed r; true when r is unsigned (a push without
+// --sign-key keeps whatever signature is stored).
+func signedAs(stored, r *Release) bool {
+	if r.Signature == "" {
+		return true
+	}
+	want, err := sshsig.Unarmor([]byte(r.Signature))
+	if err != nil || stored.Signature == "" {
+		return false
+	}
+	sig, err := sshsig.Unarmor([]byte(stored.Signature))
+	if err != nil || !bytes.Equal(sig.PublicKey.Marshal(), want.PublicKey.Marshal()) {
+		return false
+	}
+	return sshsig.Verify(bytes.NewReader(SignedBytes(stored.ID)), sig, sig.PublicKey, sig.HashAlgorithm, SignatureNamespace) == nil
 }
 
 // sameFiles reports whether two manifests list the same files.
@@ -223,8 +255,8 @@ func (s *Store) fetch(ctx context.Context, id string) (*Release, error) {
 	if len(resp.Kvs) == 0 {
 		return nil, fmt.Errorf("release %s: %w", Short(id), ErrNotFound)
 	}
-	r := &Release{}
-	if err := json.Unmarshal(resp.Kvs[0].Value, r); err != nil || r.ID != id {
+	r, err := decodeManifest(resp.Kvs[0].Value)
+	if err != nil || r.ID != id {
 		return nil, fmt.Errorf("release %s: its manifest is not one ccm wrote", Short(id))
 	}
 	if err := checkManifest(r); err != nil {

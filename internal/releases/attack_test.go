@@ -1,0 +1,138 @@
+package releases_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"golang.org/x/crypto/ssh"
+
+	"github.com/ccm-dev/ccm/api"
+	"github.com/ccm-dev/ccm/internal/etcdtest"
+	"github.com/ccm-dev/ccm/internal/releases"
+)
+
+// The release writer rewrites a signed release's stored manifest: its
+// signature stripped, garbled, or another key's. A node without a staged
+// copy sees damage to the stored copy (Damaged: retried, never the
+// failure flag), a node with one keeps running it, and a push of the same
+// directory with the signing key restores the signature.
+func TestAStrippedSignatureIsDamageThatASignedPushRepairs(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	cli := etcdtest.New(t, 1).Client(t)
+	s := releases.NewStore(cli, "")
+	good, other := signer(t), signer(t)
+	trusted := func(k ssh.PublicKey) (string, bool) {
+		return "ops", string(k.Marshal()) == string(good.PublicKey().Marshal())
+	}
+	verify := releases.Verifier(trusted)
+	r, err := releases.Pack(configDir(t))
+	require.NoError(t, err)
+	require.NoError(t, r.Sign(good, "ops"))
+	_, err = s.Push(ctx, r)
+	require.NoError(t, err)
+	held, err := releases.OpenDir(filepath.Join(t.TempDir(), "held"))
+	require.NoError(t, err)
+	_, err = held.Stage(ctx, s, r.ID, verify)
+	require.NoError(t, err)
+
+	byOther := *r
+	require.NoError(t, byOther.Sign(other, "intruder"))
+	for _, tc := range []struct{ name, signature, want string }{
+		{"stripped", "", "is not signed"},
+		{"garbled", "-----BEGIN SSH SIGNATURE-----\ngarbage\n-----END SSH SIGNATURE-----\n", "signature"},
+		{"another key's", byOther.Signature, "which is not a release key"},
+	} {
+		forged := *r
+		forged.Signature = tc.signature
+		raw, err := json.Marshal(&forged)
+		require.NoError(t, err)
+		_, err = cli.Put(ctx, api.NewKeys("").ReleaseKey(r.ID), string(raw))
+		require.NoError(t, err)
+
+		fresh, err := releases.OpenDir(filepath.Join(t.TempDir(), "fresh"))
+		require.NoError(t, err)
+		_, err = fresh.Stage(ctx, s, r.ID, verify)
+		assert.ErrorContains(t, err, tc.want, tc.name)
+		assert.True(t, releases.Damaged(err), "%s: a node without a staged copy: damage to the stored copy, not its failure: %v", tc.name, err)
+
+		st, err := held.Stage(ctx, s, r.ID, verify)
+		require.NoError(t, err, tc.name)
+		assert.ErrorContains(t, st.Stored, tc.want, tc.name)
+
+		p, err := s.Push(ctx, r)
+		require.NoError(t, err, tc.name)
+		assert.ErrorContains(t, p.Repaired, "signature is missing or not by the key this push signs with", tc.name)
+		got, err := s.Fetch(ctx, r.ID)
+		require.NoError(t, err, tc.name)
+		_, err = got.Verify(trusted)
+		require.NoError(t, err, "%s: the push restored the signature", tc.name)
+		p, err = s.Push(ctx, r)
+		require.NoError(t, err)
+		assert.Equal(t, releases.Pushed{}, p, "%s: whole and signed: nothing written", tc.name)
+	}
+}
+
+// A path of many segments (the review's "a/"×600000+"a" made the check
+// quadratic, for minutes) is refused by its length; a segment over
+// NAME_MAX and a path of too many segments are refused too, at check
+// and at fetch, naming the limit.
+func TestAManifestPathOverTheLimitsIsRefusedCheaply(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	cli := etcdtest.New(t, 1).Client(t)
+	s := releases.NewStore(cli, "")
+	for _, tc := range []struct{ name, path, want string }{
+		{"the review's path", strings.Repeat("a/", 600000) + "a", "1200001 bytes, over the path limit of 4096"},
+		{"a long path", strings.Repeat("a/", 2100) + "a", "4201 bytes, over the path limit of 4096"},
+		{"a long segment", strings.Repeat("a", 256), "a segment of 256 bytes, over the limit of 255"},
+		{"deep", strings.Repeat("a/", 64) + "a", "65 segments, over the limit of 64"},
+	} {
+		r := &releases.Release{Files: []releases.File{{Path: tc.path, Mode: 0o644, Size: 0, Chunks: 1,
+			SHA256: "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"}}}
+		r.ID = releases.Digest(r.Files)
+		assert.ErrorContains(t, r.Check(), tc.want, tc.name)
+		raw, err := json.Marshal(r)
+		require.NoError(t, err)
+		if len(raw) < 1<<20 {
+			_, err = cli.Put(ctx, api.NewKeys("").ReleaseKey(r.ID), string(raw))
+			require.NoError(t, err)
+			_, err = s.Fetch(ctx, r.ID)
+			assert.ErrorContains(t, err, tc.want, "%s: at fetch", tc.name)
+		}
+	}
+}
+
+// BenchmarkCheckManifest checks the largest manifest the limits allow:
+// MaxFiles paths of MaxSegments-1 segments, each path near MaxPathBytes.
+func BenchmarkCheckManifest(b *testing.B) {
+	r := &releases.Release{}
+	seg := strings.Repeat("s", 60)
+	for i := range releases.MaxFiles {
+		p := strings.Repeat(seg+"/", releases.MaxSegments-2) + fmt.Sprintf("f%05d", i)
+		r.Files = append(r.Files, releases.File{Path: p, Mode: 0o644, Chunks: 1,
+			SHA256: "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"})
+	}
+	r.ID = releases.Digest(r.Files)
+	for b.Loop() {
+		if err := r.Check(); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// An error names a hostile path by its first bytes, not all of them.
+func TestAnErrorNamesALongPathShortly(t *testing.T) {
+	t.Parallel()
+	r := &releases.Release{Files: []releases.File{{Path: strings.Repeat("a/", 600000) + "a", Mode: 0o644, Chunks: 1}}}
+	r.ID = releases.Digest(r.Files)
+	err := r.Check()
+	require.Error(t, err)
+	assert.Less(t, len(err.Error()), 1000)
+}
