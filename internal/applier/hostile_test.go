@@ -61,6 +61,9 @@ func TestAnOversizedFileAtAManagedPathIsReplacedWithoutReadingIt(t *testing.T) {
 	conf := f.path("/home/cust/app.conf")
 	require.NoError(t, os.Truncate(conf, 1<<20)) // sparse: 1 MiB of holes
 	require.NoError(t, os.WriteFile(mark+".refuse", nil, 0o644))
+	p := f.plan("cust")
+	require.Len(t, p.Changes, 1)
+	assert.Contains(t, p.Changes[0].Diff(), "larger than max_file_size; not read")
 
 	_, err := f.apply("cust")
 	require.Error(t, err, "validate refuses")
