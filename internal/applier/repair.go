@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"maps"
 	"path"
 	"slices"
@@ -140,8 +141,11 @@ func (r *RepairReport) Err() error {
 // journaled step with the rules of a run: checks, validate (restoring the
 // files on failure), the manifest, on_change once. Paths that no
 // converged render owns are ignored: a foreign file is never touched. A
-// regular file standing where a managed directory belongs is moved aside
-// (renamed to NAME.ccm-displaced-UNIXTIME), never deleted.
+// file (a FIFO, ...) standing where a managed directory belongs, or
+// anything but a regular file where a managed file belongs, is moved
+// aside (renamed to NAME.ccm-displaced-UNIXTIME-RANDOM), never deleted;
+// a symlink where a managed directory belongs is refused, as a run
+// refuses it.
 func (a *Applier) Repair(ctx context.Context, reals []string, fix bool) *RepairReport {
 	a.repairs.serial.Lock()
 	defer a.repairs.serial.Unlock()
@@ -239,7 +243,7 @@ func (a *Applier) repairOne(ctx context.Context, c convergedRender, reals []stri
 		if err != nil {
 			return drifted, err
 		}
-		if st.exists && !st.mode.IsDir() && !st.mode.IsRegular() {
+		if st.exists && st.mode&fs.ModeSymlink != 0 {
 			// A symlink may be an operator's relocated directory: as a
 			// run does, refuse to follow or replace it.
 			drifted = append(drifted, Drift{Config: c.cfg.Name, Path: d.Path, Real: d.Real, What: []string{"not a directory (" + typeName(st.mode) + ")"}})
@@ -341,9 +345,9 @@ func whatDiffers(c *Change) []string {
 	return append(what, c.Attrs...)
 }
 
-// displace moves the regular file standing at a managed directory's path
-// aside in the same directory, under a name no other entry has: ccm
-// deletes only what it wrote.
+// displace moves the file (not a symlink) standing at a managed
+// directory's path aside in the same directory, under a name no other
+// entry has, without opening it: ccm deletes only what it wrote.
 func (a *Applier) displace(dir string) error {
 	aside, err := a.files.moveAside(rel(dir))
 	if err == nil {
