@@ -90,10 +90,14 @@ func WritePlans(w io.Writer, plans []*Plan, color bool) bool {
 		}
 		for i := range p.Changes {
 			c := &p.Changes[i]
-			switch c.Action {
-			case Adopt:
+			switch {
+			case c.displace != "":
+				fmt.Fprintf(w, "* move aside %s: it is %s, not a regular file; it is renamed beside it, then the file written\n", render.Escape(c.Path), c.displace)
+			case c.Action == Adopt && c.dropOld:
+				fmt.Fprintf(w, "* adopt %s: ccm did not write it; it is larger than max_file_size, so it is replaced and not kept\n", render.Escape(c.Path))
+			case c.Action == Adopt:
 				fmt.Fprintf(w, "* adopt %s: ccm did not write it; its original is kept and put back when ccm stops managing it\n", render.Escape(c.Path))
-			case Restore:
+			case c.Action == Restore:
 				fmt.Fprintf(w, "* restore %s: the original from before ccm adopted it\n", render.Escape(c.Path))
 			}
 			fmt.Fprint(w, pal.diff(c.Diff()))

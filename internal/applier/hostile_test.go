@@ -123,6 +123,11 @@ func TestANonRegularEntryAtAManagedFilePathIsMovedAside(t *testing.T) {
 				require.NoError(t, os.Remove(f.path(p)))
 				moved = append(moved, replace(t, f.path(p), elsewhere))
 			}
+			if name == "fifo" {
+				var out strings.Builder
+				applier.WritePlans(&out, []*applier.Plan{f.plan("cust")}, false)
+				assert.Contains(t, out.String(), "* move aside /home/cust/app.conf: it is a FIFO, not a regular file")
+			}
 			_, err := f.apply("cust")
 			require.NoError(t, err)
 			assert.Equal(t, "managed\n", f.read("/home/cust/app.conf"))

@@ -88,7 +88,7 @@ func (c *Change) Diff() string {
 		return ""
 	}
 	if c.dropOld {
-		return fmt.Sprintf("%s: the file on disk (%d bytes) is larger than max_file_size; not read, it is replaced\n", c.Path, c.old.size)
+		return fmt.Sprintf("%s: the file on disk (%d bytes) is larger than max_file_size; not read, it is replaced\n", render.Escape(c.Path), c.old.size)
 	}
 	return render.Unified(c.Path, c.Old, c.New, c.Action != Create, c.Action != Remove)
 }

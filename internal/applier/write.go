@@ -201,6 +201,14 @@ func fileMode(m uint32) fs.FileMode {
 	case unix.S_IFLNK:
 		mode |= fs.ModeSymlink
 	case unix.S_IFREG:
+	case unix.S_IFIFO:
+		mode |= fs.ModeNamedPipe
+	case unix.S_IFSOCK:
+		mode |= fs.ModeSocket
+	case unix.S_IFCHR:
+		mode |= fs.ModeDevice | fs.ModeCharDevice
+	case unix.S_IFBLK:
+		mode |= fs.ModeDevice
 	default:
 		mode |= fs.ModeIrregular
 	}
