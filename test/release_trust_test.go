@@ -351,6 +351,70 @@ func TestANodeRunsOnlyWhatASignerApprovedOnDebiansEtcd(t *testing.T) {
 		stop(proc)
 	})
 
+	// Attack review: the release writer strips the signature of the
+	// promoted release. A node with no staged copy raised the flag and
+	// halted every node; push said "nothing written"; an operator could
+	// promote an unsigned release.
+	t.Run("a stripped signature halts no node, push with the key restores it, promote with keys refuses unsigned", func(t *testing.T) {
+		fresh()
+		dir := trustedDir(t, "", "", map[string]string{"notes.txt": "stripped\n"})
+		id := pushAs(releaser, dir, "--sign-key", key)
+		promoteAs(id)
+		stop := func(p *exec.Cmd) {
+			require.NoError(t, p.Process.Signal(syscall.SIGTERM))
+			_, _ = p.Process.Wait()
+		}
+		web1 := nodeAs("web1")
+		held := web1.start("agent", "--debounce", "0s", "--release-dir", filepath.Join(t.TempDir(), "releases"), "--release-keys", keys)
+		defer stop(held)
+		convergedAt(t, "web1", objectChange("s1"), id)
+
+		k := api.NewKeys("")
+		resp, err := writer.Get(ctx, k.ReleaseKey(id))
+		require.NoError(t, err)
+		require.Len(t, resp.Kvs, 1)
+		var m releases.Release
+		require.NoError(t, json.Unmarshal(resp.Kvs[0].Value, &m))
+		m.Signature = ""
+		raw, err := json.Marshal(&m)
+		require.NoError(t, err)
+		_, err = writer.Put(ctx, k.ReleaseKey(id), string(raw))
+		require.NoError(t, err)
+
+		web2 := nodeAs("web2")
+		fresh2 := web2.start("agent", "--debounce", "0s", "--release-dir", filepath.Join(t.TempDir(), "releases"), "--release-keys", keys)
+		defer stop(fresh2)
+		eventually(t, 60*time.Second, func() bool {
+			p := presence("web2")
+			return p != nil && strings.Contains(p.ReloadError, "is not signed, and release keys are configured")
+		}, "web2, with no staged copy, reports the stripped signature as a load error")
+		noFailure(t)
+		convergedAt(t, "web1", objectChange("s2"), id)
+		noFailure(t)
+
+		r := ops.run("", "release", "verify", id[:12], "--release-keys", keys)
+		assert.Equal(t, 1, r.code, r.stdout)
+		assert.Contains(t, r.stderr, "push of the same directory with --sign-key restores its signature")
+		r = releaser.run("", "release", "push", dir, "--sign-key", key)
+		require.Equal(t, 0, r.code, r.stderr)
+		assert.Contains(t, r.stderr, "was stored and broken", "push with the key repairs the stripped signature")
+		r = ops.run("", "release", "verify", id[:12], "--release-keys", keys)
+		assert.Equal(t, 0, r.code, r.stderr)
+		convergedAt(t, "web2", objectChange("s3"), id)
+		noFailure(t)
+
+		unsigned := pushAs(releaser, trustedDir(t, "", "", map[string]string{"notes.txt": "unsigned\n"}))
+		for _, args := range [][]string{nil, {"--force"}} {
+			r = ops.run("", append([]string{"release", "promote", unsigned[:12], "--release-keys", keys}, args...)...)
+			assert.Equal(t, 1, r.code, "%v: %s", args, r.stdout)
+			assert.Contains(t, r.stderr, "not promoted: release "+unsigned[:12]+" is not signed", "%v", args)
+		}
+		ops.env = append(ops.env, "CCM_RELEASE_KEYS="+keys)
+		r = ops.run("", "release", "promote", unsigned[:12])
+		ops.env = ops.env[:len(ops.env)-1]
+		assert.Equal(t, 1, r.code, "CCM_RELEASE_KEYS too: %s", r.stdout)
+	})
+
 	// 7. A secret in a release was readable by every role that reads
 	// the cluster.
 	t.Run("push refuses a file that is not readable by everyone", func(t *testing.T) {

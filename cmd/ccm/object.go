@@ -69,7 +69,7 @@ func (a *app) keyCmd(use, short string, fn func(ctx context.Context, kv clientv3
 }
 
 func newObjectPutCmd(a *app) *cobra.Command {
-	var file string
+	var file, keysFile string
 	cmd := &cobra.Command{
 		Use:   "put TYPE ID [-f FILE]",
 		Short: "Create or replace an object from a JSON file or stdin",
@@ -92,10 +92,11 @@ func newObjectPutCmd(a *app) *cobra.Command {
 			if err != nil {
 				return fmt.Errorf("object %s: %w", key, err)
 			}
-			return a.putObjects(cmd, []client.Object{{Type: args[0], ID: args[1], Data: data}})
+			return a.putObjects(cmd, []client.Object{{Type: args[0], ID: args[1], Data: data}}, keysFile)
 		},
 	}
 	cmd.Flags().StringVarP(&file, "file", "f", "", "JSON file (default: stdin)")
+	releaseKeysFlag(cmd, &keysFile)
 	return cmd
 }
 
@@ -180,7 +181,8 @@ func newObjectListCmd(a *app) *cobra.Command {
 }
 
 func newObjectImportCmd(a *app) *cobra.Command {
-	return &cobra.Command{
+	var keysFile string
+	cmd := &cobra.Command{
 		Use:   "import FILE.json",
 		Short: `Put every object of a file shaped {"<type>": {"<id>": {...}}}`,
 		Long: `The whole file is checked first, against the schemas of the promoted release
@@ -199,13 +201,15 @@ any object is malformed, and every bad object is named.`,
 					objs = append(objs, client.Object{Type: typ, ID: o.ID, Data: o.Data})
 				}
 			}
-			if err := a.putObjects(cmd, objs); err != nil {
+			if err := a.putObjects(cmd, objs, keysFile); err != nil {
 				return err
 			}
 			fmt.Fprintf(a.stdout, "Imported %d objects.\n", countObjects(snap))
 			return nil
 		},
 	}
+	releaseKeysFlag(cmd, &keysFile)
+	return cmd
 }
 
 func newObjectExportCmd(a *app) *cobra.Command {
@@ -250,14 +254,19 @@ func (a *app) schemas() (*schemas.Set, error) { return schemas.Load(a.configDir)
 
 // putObjects writes objs through the client's one object path, checked
 // against the schemas of the promoted release, or of the configuration
-// directory while none is.
-func (a *app) putObjects(cmd *cobra.Command, objs []client.Object) error {
+// directory while none is. With release keys (keysFile, as the agent's
+// --release-keys) the release's schemas are read only once it verifies.
+func (a *app) putObjects(cmd *cobra.Command, objs []client.Object, keysFile string) error {
 	sch, err := a.schemas()
 	if err != nil {
 		return err
 	}
+	verify, err := a.loadVerifier(keysFile)
+	if err != nil {
+		return err
+	}
 	return a.withCluster(cmd, func(ctx context.Context, c *cluster.Cluster) error {
-		of := releases.NewStore(c.Client(), a.prefix).Schemas()
+		of := releases.NewStore(c.Client(), a.prefix).Schemas(verify)
 		cli := client.New(c.Client(), client.Options{Prefix: a.prefix, RequestTimeout: a.timeout, Schemas: sch,
 			ReleaseSchemas: func(ctx context.Context, id string) (client.Validator, error) { return of(ctx, id) }})
 		_, err := cli.PutObjects(ctx, objs)

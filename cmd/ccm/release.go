@@ -242,7 +242,7 @@ Exit codes: 0 whole, 1 not.`,
 					return fmt.Errorf("--release-keys: %w", err)
 				}
 				if signer, err = r.Verify(keys.Trusted); err != nil {
-					return err
+					return fmt.Errorf("%w\nthe copy in etcd is broken: ccm release push of the same directory with --sign-key restores its signature", err)
 				}
 			}
 			size := 0
@@ -259,22 +259,40 @@ Exit codes: 0 whole, 1 not.`,
 
 func newReleasePromoteCmd(a *app) *cobra.Command {
 	var force bool
-	var reason string
+	var reason, keysFile string
 	cmd := &cobra.Command{
-		Use:   "promote ID [--force] [--message TEXT]",
+		Use:   "promote ID [--force] [--message TEXT] [--release-keys FILE]",
 		Short: "Make every agent run release ID, through the lock and the rollout strategy",
 		Long: `Move <prefix>/release to the stored release ID (6 or more digits). Every object
 is checked against the release's schemas first: if any breaks them, nothing is
 promoted and each is named (--force promotes anyway; those objects are then
-quarantined by the first node that runs them). The pointer moves only if no
-object was written since the check and nobody promoted meanwhile.`,
+quarantined by the first node that runs them). With --release-keys
+(CCM_RELEASE_KEYS, as the agents') a release that is not signed by a release
+key is never promoted, --force or not: the nodes would refuse it. The pointer
+moves only if no object was written since the check and nobody promoted
+meanwhile.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			verify, err := a.releaseVerifier(keysFile)
+			if err != nil {
+				return err
+			}
 			return a.withCluster(cmd, func(ctx context.Context, c *cluster.Cluster) error {
 				s := releases.NewStore(c.Client(), a.prefix)
 				id, err := s.Resolve(ctx, args[0])
 				if err != nil {
 					return err
+				}
+				if verify != nil {
+					// The nodes would refuse it: never promote what they
+					// cannot load (--force or not).
+					r, err := s.Fetch(ctx, id)
+					if err == nil {
+						err = verify(r)
+					}
+					if err != nil {
+						return fmt.Errorf("release %s not promoted: %w", releases.Short(id), err)
+					}
 				}
 				cur, rev, err := s.Current(ctx)
 				if err != nil {
@@ -286,7 +304,7 @@ object was written since the check and nobody promoted meanwhile.`,
 				}
 				p := releases.Promotion{ID: id, By: a.by(), Reason: reason}
 				if !force {
-					if p.ObjectsAt, err = a.checkObjectsUnder(ctx, c, s, id); err != nil {
+					if p.ObjectsAt, err = a.checkObjectsUnder(ctx, c, s, id, verify); err != nil {
 						return err
 					}
 				}
@@ -302,6 +320,7 @@ object was written since the check and nobody promoted meanwhile.`,
 	}
 	cmd.Flags().BoolVar(&force, "force", false, "promote even if existing objects break the release's schemas")
 	cmd.Flags().StringVar(&reason, "message", "", "why it is promoted")
+	releaseKeysFlag(cmd, &keysFile)
 	return cmd
 }
 
@@ -319,8 +338,8 @@ func printPromotion(a *app, prev, next *api.ReleasePointer) {
 // release id, and returns the revision it read them at; the error names
 // every object that breaks them, one per line. Objects that are not JSON
 // objects at all are left to the quarantine, as under any release.
-func (a *app) checkObjectsUnder(ctx context.Context, c *cluster.Cluster, s *releases.Store, id string) (int64, error) {
-	dir, cleanup, err := s.Open(ctx, id, nil)
+func (a *app) checkObjectsUnder(ctx context.Context, c *cluster.Cluster, s *releases.Store, id string, verify func(*releases.Release) error) (int64, error) {
+	dir, cleanup, err := s.Open(ctx, id, verify)
 	if err != nil {
 		return 0, err
 	}
@@ -426,6 +445,15 @@ func releaseKeysFlag(cmd *cobra.Command, file *string) {
 func (a *app) releaseVerifier(file string) (func(*releases.Release) error, error) {
 	if file == "" {
 		a.log.Warn(releases.NoKeysWarning)
+		return nil, nil
+	}
+	return a.loadVerifier(file)
+}
+
+// loadVerifier is releaseVerifier without the warning (nil without a
+// file): for commands that read a release's schemas, not its code.
+func (a *app) loadVerifier(file string) (func(*releases.Release) error, error) {
+	if file == "" {
 		return nil, nil
 	}
 	keys, err := actions.LoadReleaseKeys(file)

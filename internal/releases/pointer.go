@@ -128,8 +128,9 @@ func (s *Store) Rollback(ctx context.Context, by string) (*api.ReleasePointer, e
 
 // Schemas returns the object schemas of release id, loaded once per
 // release: what ccm object put and import check objects against once it
-// is promoted (client.Options.ReleaseSchemas).
-func (s *Store) Schemas() func(ctx context.Context, id string) (*schemas.Set, error) {
+// is promoted (client.Options.ReleaseSchemas), once verify (nil: no
+// check) accepts its signature.
+func (s *Store) Schemas(verify func(*Release) error) func(ctx context.Context, id string) (*schemas.Set, error) {
 	var mu sync.Mutex
 	cache := map[string]*schemas.Set{}
 	return func(ctx context.Context, id string) (*schemas.Set, error) {
@@ -138,7 +139,7 @@ func (s *Store) Schemas() func(ctx context.Context, id string) (*schemas.Set, er
 		if sch, ok := cache[id]; ok {
 			return sch, nil
 		}
-		dir, cleanup, err := s.Open(ctx, id, nil)
+		dir, cleanup, err := s.Open(ctx, id, verify)
 		if err != nil {
 			return nil, err
 		}

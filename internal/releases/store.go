@@ -225,10 +225,13 @@ func (s *Store) Resolve(ctx context.Context, prefix string) (string, error) {
 // an error naming it, and nothing more is read.
 func (s *Store) Fetch(ctx context.Context, id string) (*Release, error) {
 	r, err := s.fetch(ctx, id)
-	if err != nil && !Transient(err) {
-		return nil, damagedError{err}
+	switch {
+	case err == nil:
+		return r, nil
+	case Transient(err):
+		return nil, err
 	}
-	return r, nil
+	return nil, damagedError{err}
 }
 
 // damagedError marks a copy of a release in etcd that is not whole:
