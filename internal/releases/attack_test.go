@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -135,4 +136,43 @@ func TestAnErrorNamesALongPathShortly(t *testing.T) {
 	err := r.Check()
 	require.Error(t, err)
 	assert.Less(t, len(err.Error()), 1000)
+}
+
+// A release directory under a directory another user could change is
+// refused, as sshd's StrictModes would: that user could rename it away
+// and plant a tree whose commands ccm runs by path. A sticky directory
+// (/tmp) and a symlink to a safe place are fine; a symlink into an unsafe
+// one is not.
+func TestAReleaseDirectoryUnderAnotherUsersDirectoryIsRefused(t *testing.T) {
+	t.Parallel()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: chowns a directory to nobody")
+	}
+	base := t.TempDir()
+	mkdir := func(name string, mode os.FileMode, uid int) string {
+		p := filepath.Join(base, name)
+		require.NoError(t, os.Mkdir(p, 0o755))
+		require.NoError(t, os.Chmod(p, mode))
+		require.NoError(t, os.Chown(p, uid, uid))
+		return p
+	}
+	nob := mkdir("nob", 0o755, 65534)
+	ww := mkdir("ww", 0o777, 0)
+	sticky := mkdir("sticky", 0o777|os.ModeSticky, 0)
+	safe := mkdir("safe", 0o755, 0)
+	require.NoError(t, os.Symlink(nob, filepath.Join(base, "link-nob")))
+	require.NoError(t, os.Symlink(safe, filepath.Join(base, "link-safe")))
+
+	_, err := releases.OpenDir(filepath.Join(nob, "rd"))
+	assert.ErrorContains(t, err, nob+" above it is owned by uid 65534, not by root")
+	_, err = releases.OpenDir(filepath.Join(nob, "deeper", "rd"))
+	assert.ErrorContains(t, err, nob+" above it is owned by uid 65534")
+	_, err = releases.OpenDir(filepath.Join(ww, "rd"))
+	assert.ErrorContains(t, err, ww+" above it is writable by others")
+	_, err = releases.OpenDir(filepath.Join(base, "link-nob", "rd"))
+	assert.ErrorContains(t, err, nob+" above it is owned by uid 65534", "the symlink's target is checked")
+	_, err = releases.OpenDir(filepath.Join(sticky, "rd"))
+	assert.NoError(t, err)
+	_, err = releases.OpenDir(filepath.Join(base, "link-safe", "rd"))
+	assert.NoError(t, err)
 }

@@ -30,7 +30,9 @@ type Dir struct{ path string }
 // without MarkerFile is taken only when it is empty or holds nothing but
 // what ccm stages (a release directory of an older ccm); anything else
 // is refused, naming it. The directory must be owned by the caller (root
-// on a node); it is made writable by nobody else.
+// on a node), and every directory above it by root or the caller and
+// writable by nobody else unless sticky (checkAncestors); it is made
+// writable by nobody else.
 func OpenDir(path string) (*Dir, error) {
 	abs, err := filepath.Abs(path)
 	if err != nil {
@@ -38,6 +40,16 @@ func OpenDir(path string) (*Dir, error) {
 	}
 	if err := os.MkdirAll(abs, 0o755); err != nil {
 		return nil, err
+	}
+	if err := checkAncestors(abs); err != nil {
+		return nil, err
+	}
+	if real, err := filepath.EvalSymlinks(abs); err != nil {
+		return nil, err
+	} else if real != abs {
+		if err := checkAncestors(real); err != nil {
+			return nil, err
+		}
 	}
 	info, err := os.Lstat(abs)
 	if err != nil {
@@ -74,6 +86,34 @@ func OpenDir(path string) (*Dir, error) {
 		return nil, err
 	}
 	return d, nil
+}
+
+// checkAncestors refuses a release directory under a directory that
+// someone other than root or ccm could change, as sshd's StrictModes
+// does: every directory above it must be owned by root or the caller and
+// writable by nobody else, unless it is sticky (/tmp). Whoever could
+// rename the release directory away could plant a tree in its place,
+// and ccm runs commands from it by path.
+func checkAncestors(dir string) error {
+	var errs []error
+	for p := filepath.Dir(dir); ; p = filepath.Dir(p) {
+		info, err := os.Lstat(p)
+		if err != nil {
+			return err
+		}
+		if info.Mode()&fs.ModeSymlink == 0 { // a symlink's own owner and mode mean nothing; its target is checked too
+			uid, perm := ownerOf(info), info.Mode()
+			switch {
+			case uid != 0 && uid != os.Geteuid():
+				errs = append(errs, fmt.Errorf("release directory %s: %s above it is owned by uid %d, not by root: its owner could replace the release directory", dir, p, uid))
+			case perm&0o022 != 0 && perm&fs.ModeSticky == 0:
+				errs = append(errs, fmt.Errorf("release directory %s: %s above it is writable by others (%s) without the sticky bit: they could replace the release directory", dir, p, perm))
+			}
+		}
+		if p == filepath.Dir(p) {
+			return errors.Join(errs...)
+		}
+	}
 }
 
 // Path is the directory.
