@@ -7,10 +7,12 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	clientv3 "go.etcd.io/etcd/client/v3"
 	"golang.org/x/crypto/ssh"
 
 	"github.com/ccm-dev/ccm/api"
@@ -175,4 +177,68 @@ func TestAReleaseDirectoryUnderAnotherUsersDirectoryIsRefused(t *testing.T) {
 	assert.NoError(t, err)
 	_, err = releases.OpenDir(filepath.Join(base, "link-safe", "rd"))
 	assert.NoError(t, err)
+}
+
+// countingKV counts the bytes of the values etcd returns to Gets.
+type countingKV struct {
+	clientv3.KV
+	bytes atomic.Int64
+}
+
+func (c *countingKV) Get(ctx context.Context, key string, opts ...clientv3.OpOption) (*clientv3.GetResponse, error) {
+	resp, err := c.KV.Get(ctx, key, opts...)
+	if err == nil {
+		for _, kv := range resp.Kvs {
+			c.bytes.Add(int64(len(kv.Value)))
+		}
+	}
+	return resp, err
+}
+
+// Listing releases reads their manifests, never their chunks nor what a
+// release writer stored beside them (the review's 60 × 1 MB junk keys
+// made ccm release list, and every command that resolves an id, read
+// them all).
+func TestListingReleasesReadsOnlyTheirManifests(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	cli := etcdtest.New(t, 1).Client(t)
+	kv := &countingKV{KV: cli}
+	s := releases.NewStore(kv, "")
+	r, err := releases.Pack(configDir(t)) // chunks of 1.5 MiB in all
+	require.NoError(t, err)
+	_, err = s.Push(ctx, r)
+	require.NoError(t, err)
+	k := api.NewKeys("")
+	for i := range 3 {
+		_, err = cli.Put(ctx, fmt.Sprintf("%s/junk/%d", k.ReleaseKey(r.ID), i), strings.Repeat("x", 1<<20))
+		require.NoError(t, err)
+		_, err = cli.Put(ctx, fmt.Sprintf("%sjunk%d/x", k.ReleasesPrefix(), i), strings.Repeat("x", 1<<20))
+		require.NoError(t, err)
+	}
+	other := pushed(t, s, 0o755)
+	many := t.TempDir() // more chunk keys than one read of ids asks for
+	for i := range 300 {
+		require.NoError(t, os.WriteFile(filepath.Join(many, fmt.Sprintf("f%03d", i)), []byte{byte(i)}, 0o644))
+	}
+	third, err := releases.Pack(many)
+	require.NoError(t, err)
+	_, err = s.Push(ctx, third)
+	require.NoError(t, err)
+
+	kv.bytes.Store(0)
+	all, err := s.List(ctx)
+	require.NoError(t, err)
+	var ids []string
+	for _, x := range all {
+		ids = append(ids, x.ID)
+	}
+	assert.ElementsMatch(t, []string{r.ID, other.ID, third.ID}, ids)
+	assert.Less(t, kv.bytes.Load(), int64(64<<10), "only the manifests are read")
+
+	kv.bytes.Store(0)
+	id, err := s.Resolve(ctx, r.ID[:8])
+	require.NoError(t, err)
+	assert.Equal(t, r.ID, id)
+	assert.Zero(t, kv.bytes.Load(), "resolving an id reads keys only")
 }

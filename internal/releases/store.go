@@ -171,20 +171,26 @@ func sameFiles(a, b *Release) bool {
 }
 
 // List returns every stored release's manifest (files without content),
-// oldest first.
+// oldest first. It reads the ids (keys only, skipping every release's
+// chunks), then each manifest alone: whatever else is stored under
+// releases/ is never read.
 func (s *Store) List(ctx context.Context) ([]*Release, error) {
-	resp, err := s.kv.Get(ctx, s.keys.ReleasesPrefix(), clientv3.WithPrefix())
+	ids, err := s.ids(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("read %s: %w", s.keys.ReleasesPrefix(), err)
+		return nil, err
 	}
 	var out []*Release
-	for _, kv := range resp.Kvs {
-		id := strings.TrimPrefix(string(kv.Key), s.keys.ReleasesPrefix())
-		if strings.Contains(id, "/") {
-			continue // a chunk
+	for _, id := range ids {
+		mkey := s.keys.ReleaseKey(id)
+		resp, err := s.kv.Get(ctx, mkey)
+		if err != nil {
+			return nil, fmt.Errorf("read %s: %w", mkey, err)
 		}
-		r := &Release{}
-		if err := json.Unmarshal(kv.Value, r); err != nil || r.ID != id {
+		if len(resp.Kvs) == 0 {
+			continue // deleted meanwhile
+		}
+		r, err := decodeManifest(resp.Kvs[0].Value)
+		if err != nil || r.ID != id {
 			continue // not a manifest ccm wrote: never offered
 		}
 		out = append(out, r)
@@ -193,20 +199,52 @@ func (s *Store) List(ctx context.Context) ([]*Release, error) {
 	return out, nil
 }
 
+// idsPerRead is how many keys one read of the release ids asks for.
+const idsPerRead = 256
+
+// ids returns the id of every key <prefix>/releases/<id>, in key order,
+// reading keys only, and past each name's children (<name>/...) at once.
+func (s *Store) ids(ctx context.Context) ([]string, error) {
+	prefix := s.keys.ReleasesPrefix()
+	end := clientv3.GetPrefixRangeEnd(prefix)
+	var ids []string
+	for start := prefix; ; {
+		resp, err := s.kv.Get(ctx, start, clientv3.WithRange(end), clientv3.WithKeysOnly(), clientv3.WithLimit(idsPerRead))
+		if err != nil {
+			return nil, fmt.Errorf("read %s: %w", prefix, err)
+		}
+		name := ""
+		for _, kv := range resp.Kvs {
+			rel := strings.TrimPrefix(string(kv.Key), prefix)
+			var child bool
+			name, _, child = strings.Cut(rel, "/")
+			if !child && CheckID(name) == nil && (len(ids) == 0 || ids[len(ids)-1] != name) {
+				ids = append(ids, name)
+			}
+		}
+		if !resp.More || len(resp.Kvs) == 0 {
+			return ids, nil
+		}
+		// '0' follows '/': past <name> and everything under <name>/. No id
+		// is skipped: one starts with a hex digit, never below '0'.
+		start = prefix + name + "0"
+	}
+}
+
 // Resolve returns the full ID of the stored release whose ID starts with
 // prefix (at least 6 hex digits), or an error naming every match.
 func (s *Store) Resolve(ctx context.Context, prefix string) (string, error) {
 	if len(prefix) < 6 {
 		return "", fmt.Errorf("release %q: give at least 6 digits of its id", prefix)
 	}
-	all, err := s.List(ctx)
+	all, err := s.ids(ctx)
 	if err != nil {
 		return "", err
 	}
 	var ids []string
-	for _, r := range all {
-		if strings.HasPrefix(r.ID, prefix) {
-			ids = append(ids, r.ID)
+	for _, id := range all {
+		if strings.HasPrefix(id, prefix) {
+			ids = append(ids, id)
 		}
 	}
 	switch len(ids) {
