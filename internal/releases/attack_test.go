@@ -242,3 +242,26 @@ func TestListingReleasesReadsOnlyTheirManifests(t *testing.T) {
 	assert.Equal(t, r.ID, id)
 	assert.Zero(t, kv.bytes.Load(), "resolving an id reads keys only")
 }
+
+// ccm object put reads the schemas of the promoted release only once it
+// verifies with the release keys, as the nodes would load it.
+func TestSchemasAreReadOnlyFromAVerifiedRelease(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	cli := etcdtest.New(t, 1).Client(t)
+	s := releases.NewStore(cli, "")
+	good := signer(t)
+	verify := releases.Verifier(func(k ssh.PublicKey) (string, bool) {
+		return "ops", string(k.Marshal()) == string(good.PublicKey().Marshal())
+	})
+	r := pushed(t, s, 0o755)
+	_, err := s.Schemas(verify)(ctx, r.ID)
+	assert.ErrorContains(t, err, "is not signed, and release keys are configured")
+	_, err = s.Schemas(nil)(ctx, r.ID)
+	assert.NoError(t, err, "without keys, etcd's RBAC alone")
+	require.NoError(t, r.Sign(good, "ops"))
+	_, err = s.Push(ctx, r)
+	require.NoError(t, err)
+	_, err = s.Schemas(verify)(ctx, r.ID)
+	assert.NoError(t, err)
+}

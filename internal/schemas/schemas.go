@@ -7,6 +7,7 @@ package schemas
 import (
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"sort"
@@ -38,6 +39,11 @@ func Load(configDir string) (*Set, error) {
 	}
 	sort.Strings(paths)
 	c := jsonschema.NewCompiler()
+	abs, err := filepath.Abs(s.Dir)
+	if err != nil {
+		return nil, err
+	}
+	c.UseLoader(dirLoader{dir: abs})
 	c.DefaultDraft(jsonschema.Draft2020)
 	c.AssertFormat()
 	var errs []error
@@ -142,4 +148,37 @@ func cycle(ve *jsonschema.ValidationError) error {
 		}
 	}
 	return nil
+}
+
+// maxSchemaBytes is the largest schema file a $ref loads.
+const maxSchemaBytes = 1 << 20
+
+// dirLoader loads what a schema's $ref names only from the schemas
+// directory itself: a <type>.json beside it, a regular file of at most
+// maxSchemaBytes. Anything else (another file, a device, http) is refused:
+// a schema comes from a release, and what it names must be in it.
+type dirLoader struct{ dir string }
+
+// Load loads the schema at url.
+func (l dirLoader) Load(url string) (any, error) {
+	p, err := jsonschema.FileLoader{}.ToFile(url)
+	if err != nil {
+		return nil, fmt.Errorf("$ref %s: refused: a schema refers only to schemas/<type>.json beside it", url)
+	}
+	if filepath.Dir(p) != l.dir || filepath.Ext(p) != ".json" {
+		return nil, fmt.Errorf("$ref %s: refused: outside %s, and a schema refers only to schemas/<type>.json beside it", url, l.dir)
+	}
+	info, err := os.Lstat(p)
+	if err != nil {
+		return nil, err
+	}
+	if !info.Mode().IsRegular() || info.Size() > maxSchemaBytes {
+		return nil, fmt.Errorf("$ref %s: refused: not a regular file of at most %d bytes", url, maxSchemaBytes)
+	}
+	f, err := os.Open(p)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return jsonschema.UnmarshalJSON(io.LimitReader(f, maxSchemaBytes))
 }
