@@ -113,12 +113,18 @@ func loadKeys(file string, allowed []string) (*AuthorizedKeys, error) {
 	return ak, nil
 }
 
-// Trusted returns the name of key when the file holds it and it has not
-// expired: the check a release's signature needs (releases.Verify).
+// Trusted returns the name of key and true when the file holds it and
+// it has not expired: the check a release's signature needs
+// (releases.Verify). For a key the file holds that has expired it
+// returns why ("NAME, whose expiry-time ... has passed") and false; for
+// any other key, "" and false.
 func (ak *AuthorizedKeys) Trusted(key ssh.PublicKey) (string, bool) {
 	g, ok := ak.keys[string(key.Marshal())]
-	if !ok || (!g.Expires.IsZero() && time.Now().After(g.Expires)) {
+	switch {
+	case !ok:
 		return "", false
+	case !g.Expires.IsZero() && time.Now().After(g.Expires):
+		return fmt.Sprintf("%s, whose expiry-time %s in %s has passed", g.Name, g.Expires.Format(time.RFC3339), ak.file), false
 	}
 	return g.Name, true
 }
@@ -127,12 +133,18 @@ func (ak *AuthorizedKeys) Trusted(key ssh.PublicKey) (string, bool) {
 func grantOf(options, allowed []string) (*Grant, []error) {
 	g := &Grant{}
 	var errs []error
+	seen := map[string]bool{}
 	for _, opt := range options {
 		name, value, hasValue := strings.Cut(opt, "=")
 		if !slices.Contains(allowed, name) {
 			errs = append(errs, fmt.Errorf("option %s: ccm reads only %s here, and refuses a key rather than ignore an option", name, strings.Join(allowed, ", ")))
 			continue
 		}
+		if seen[name] {
+			errs = append(errs, fmt.Errorf("option %s: given twice; give each option once (which one would hold is not obvious)", name))
+			continue
+		}
+		seen[name] = true
 		if uq, err := strconv.Unquote(value); err == nil {
 			value = uq
 		}

@@ -17,6 +17,7 @@ import (
 
 	"github.com/ccm-dev/ccm/api"
 	"github.com/ccm-dev/ccm/internal/actions"
+	"github.com/ccm-dev/ccm/internal/releases"
 )
 
 // newKey returns an ed25519 signer and its authorized_keys line body.
@@ -147,4 +148,27 @@ func rsaPublic(t *testing.T) ssh.PublicKey {
 	pub, err := ssh.NewPublicKey(&k.PublicKey)
 	require.NoError(t, err)
 	return pub
+}
+
+// An option given twice is refused (the last one won, silently); an
+// expired release key is reported as expired, not as unknown.
+func TestARepeatedOptionIsRefusedAndAnExpiredReleaseKeySaysSo(t *testing.T) {
+	_, line := newKey(t)
+	file := writeKeys(t, `expiry-time="20990101",expiry-time="20000101" `+line+" ci@example")
+	_, err := actions.LoadReleaseKeys(file)
+	assert.ErrorContains(t, err, file+": line 1: option expiry-time: given twice")
+	_, err = actions.LoadAuthorizedKeys(file)
+	assert.ErrorContains(t, err, "option expiry-time: given twice", "action keys too")
+
+	s, line := newKey(t)
+	ak, err := actions.LoadReleaseKeys(writeKeys(t, `expiry-time="20000101Z" `+line+" old@example"))
+	require.NoError(t, err)
+	name, ok := ak.Trusted(s.PublicKey())
+	assert.False(t, ok)
+	assert.Contains(t, name, "old@example, whose expiry-time 2000-01-01T00:00:00Z")
+	r, err := releases.Pack(t.TempDir())
+	require.NoError(t, err)
+	require.NoError(t, r.Sign(s, "old@example"))
+	_, err = r.Verify(ak.Trusted)
+	assert.ErrorContains(t, err, "a release key no longer valid")
 }

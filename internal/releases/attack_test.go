@@ -32,7 +32,10 @@ func TestAStrippedSignatureIsDamageThatASignedPushRepairs(t *testing.T) {
 	s := releases.NewStore(cli, "")
 	good, other := signer(t), signer(t)
 	trusted := func(k ssh.PublicKey) (string, bool) {
-		return "ops", string(k.Marshal()) == string(good.PublicKey().Marshal())
+		if string(k.Marshal()) != string(good.PublicKey().Marshal()) {
+			return "", false
+		}
+		return "ops", true
 	}
 	verify := releases.Verifier(trusted)
 	r, err := releases.Pack(configDir(t))
@@ -252,7 +255,10 @@ func TestSchemasAreReadOnlyFromAVerifiedRelease(t *testing.T) {
 	s := releases.NewStore(cli, "")
 	good := signer(t)
 	verify := releases.Verifier(func(k ssh.PublicKey) (string, bool) {
-		return "ops", string(k.Marshal()) == string(good.PublicKey().Marshal())
+		if string(k.Marshal()) != string(good.PublicKey().Marshal()) {
+			return "", false
+		}
+		return "ops", true
 	})
 	r := pushed(t, s, 0o755)
 	_, err := s.Schemas(verify)(ctx, r.ID)

@@ -191,7 +191,8 @@ func (r *Release) Sign(signer ssh.Signer, comment string) error {
 }
 
 // Verify checks the release's signature against the trusted keys
-// (trusted returns a key's name, and whether it is trusted), and returns
+// (trusted returns a key's name, and whether it is trusted; a name with
+// false says why a known key is not trusted now), and returns
 // the name of the key that signed it. An unsigned release, or one signed
 // by any other key, is refused.
 func (r *Release) Verify(trusted func(ssh.PublicKey) (string, bool)) (string, error) {
@@ -209,7 +210,10 @@ func (r *Release) Verify(trusted func(ssh.PublicKey) (string, bool)) (string, er
 		return "", fmt.Errorf("release %s: signature: %w", r.Short(), err)
 	}
 	name, ok := trusted(sig.PublicKey)
-	if !ok {
+	switch {
+	case !ok && name != "":
+		return "", fmt.Errorf("release %s is signed by %s (%s), a release key no longer valid", r.Short(), name, ssh.FingerprintSHA256(sig.PublicKey))
+	case !ok:
 		return "", fmt.Errorf("release %s is signed by %s, which is not a release key", r.Short(), ssh.FingerprintSHA256(sig.PublicKey))
 	}
 	if err := sshsig.Verify(bytes.NewReader(SignedBytes(r.ID)), sig, sig.PublicKey, sig.HashAlgorithm, SignatureNamespace); err != nil {

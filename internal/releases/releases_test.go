@@ -122,7 +122,10 @@ func TestOnlyAReleaseSignedByAReleaseKeyVerifies(t *testing.T) {
 	require.NoError(t, err)
 	good, other := signer(t), signer(t)
 	trusted := func(k ssh.PublicKey) (string, bool) {
-		return "ops@example", string(k.Marshal()) == string(good.PublicKey().Marshal())
+		if string(k.Marshal()) != string(good.PublicKey().Marshal()) {
+			return "", false
+		}
+		return "ops@example", true
 	}
 	_, err = r.Verify(trusted)
 	assert.ErrorContains(t, err, "is not signed, and release keys are configured")
