@@ -21,6 +21,7 @@ const defaultsFile = "/etc/default/ccm"
 // override both.
 type settings struct {
 	file map[string]string
+	path string // the defaults file read ("" for none)
 }
 
 // loadSettings reads the defaults file when it exists and is readable (an
@@ -31,7 +32,7 @@ func loadSettings() (settings, error) {
 	if !ok {
 		path = defaultsFile
 	}
-	s := settings{file: map[string]string{}}
+	s := settings{file: map[string]string{}, path: path}
 	if path == "" {
 		return s, nil
 	}

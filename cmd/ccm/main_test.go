@@ -208,3 +208,19 @@ func TestCommandsReadTheDefaultsFile(t *testing.T) {
 	assert.Equal(t, 1, code)
 	assert.Contains(t, stderr, file+":2: want NAME=VALUE")
 }
+
+// An empty CCM_RELEASE_KEYS in the environment does not hide the node's
+// release keys in the defaults file (and so turn verification off): the
+// command refuses, saying so.
+func TestAnEmptyReleaseKeysVariableDoesNotTurnVerificationOff(t *testing.T) {
+	defaults := filepath.Join(t.TempDir(), "ccm")
+	require.NoError(t, os.WriteFile(defaults, []byte("CCM_RELEASE_KEYS=/etc/ccm/release_keys\n"), 0o644))
+	t.Setenv("CCM_DEFAULTS_FILE", defaults)
+	t.Setenv("CCM_RELEASE_KEYS", "")
+	code, _, stderr := ccm(t, append(offline(t), "plan", "--objects", "../../examples/objects.json")...)
+	assert.Equal(t, 1, code)
+	assert.Contains(t, stderr, "CCM_RELEASE_KEYS is empty in the environment, and "+defaults+" sets it to /etc/ccm/release_keys: an empty value does not turn release verification off")
+
+	code, _, stderr = ccm(t, append(offline(t), "--log-level", "error", "plan", "--objects", "../../examples/objects.json", "--release-keys", "")...)
+	assert.Equal(t, exitChanges, code, "an explicit flag decides: %s", stderr)
+}

@@ -177,6 +177,13 @@ func (a *app) bindEnv(fs *pflag.FlagSet) error {
 		}
 		env := "CCM_" + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
 		if v, ok := a.settings.lookup(env); ok {
+			if fv := a.settings.file[env]; f.Name == "release-keys" && v == "" && fv != "" {
+				// Verification is never turned off by an empty variable
+				// that hides the node's setting: say so, and do nothing.
+				errs = append(errs, fmt.Errorf("%s is empty in the environment, and %s sets it to %s: an empty value does not turn release verification off; unset it, or give --release-keys",
+					env, a.settings.path, fv))
+				return
+			}
 			if err := fs.Set(f.Name, v); err != nil {
 				errs = append(errs, fmt.Errorf("%s: %w", env, err))
 			}
