@@ -217,9 +217,10 @@ func TestAnOnChangeAddedByAReleaseRunsOncePerNode(t *testing.T) {
 }
 
 // With --release-keys, an unsigned release, or one signed by another key,
-// is never loaded: the node's run fails with why, the flag stops the
-// rest, and ccm status shows the failed load. A release signed by a
-// release key then runs.
+// is never loaded: each node says why (reload_error, ccm status) and keeps
+// the release it runs. No node raises the flag: whoever may write
+// releases can strip a signature, and that alone must not halt the
+// cluster (the attack review of issue 35). A rollback ends it.
 func TestAnUnsignedReleaseIsRefusedWhereKeysAreConfigured(t *testing.T) {
 	t.Parallel()
 	etcd := etcdtest.New(t, 1)
@@ -238,29 +239,28 @@ func TestAnUnsignedReleaseIsRefusedWhereKeysAreConfigured(t *testing.T) {
 		}
 		bad := push(t, admin, release(t, "evil-"+strings.ReplaceAll(tc.name, " ", "-")+":", ""), args...)
 		promote(t, etcd, admin, bad)
-		failed := failedNode(t, c, tc.name+": the first node to load it fails")
-		f, err := c.Failure(context.Background())
-		require.NoError(t, err)
-		assert.Equal(t, "(release)", f.Configuration)
-		assert.Contains(t, f.Error, tc.want)
-		var v *cluster.View
 		eventually(t, 30*time.Second, func() bool {
-			v, err = c.View(context.Background())
+			v, err := c.View(context.Background())
+			if err != nil {
+				return false
+			}
+			refused := 0
 			for _, n := range v.Nodes {
-				if n.Name == failed {
-					return strings.Contains(n.ReloadError, tc.want)
+				if strings.Contains(n.ReloadError, tc.want) {
+					refused++
 				}
 			}
-			return false
-		}, "%s: the failed load is in the view", tc.name)
+			return refused == len(nodes)
+		}, "%s: every node says why it does not load it", tc.name)
+		f, err := c.Failure(context.Background())
+		require.NoError(t, err)
+		assert.Nil(t, f, "%s: no node's failure", tc.name)
 		for _, n := range nodes {
 			assert.Equal(t, 1.0, testutil.ToFloat64(n.ag.Metrics().Release.WithLabelValues(good[:12])), "%s: ccm_release_info", n.name)
-			if n.name == failed {
-				assert.Equal(t, 1.0, testutil.ToFloat64(n.ag.Metrics().ReloadFailed), "%s: ccm_reload_failed", n.name)
-			}
+			assert.Equal(t, 1.0, testutil.ToFloat64(n.ag.Metrics().ReloadFailed), "%s: ccm_reload_failed", n.name)
 		}
 		r := admin.action("status")
-		assert.Regexp(t, failed+`\s+failed\s+`+good[:12]+`\s+\d+\s+yes\s+failed\s+\S+\s+reload failed: release `+bad[:12], r.stdout)
+		assert.Regexp(t, nodes[0].name+`\s.*`+good[:12]+`.*reload failed: release `+bad[:12], r.stdout)
 		for _, n := range nodes {
 			assert.Equal(t, "good:a\n", n.read("/sites/s000.conf"), "%s: %s never loaded", n.name, tc.name)
 			entries, _ := os.ReadDir(filepath.Join(n.state, "releases"))
@@ -270,7 +270,6 @@ func TestAnUnsignedReleaseIsRefusedWhereKeysAreConfigured(t *testing.T) {
 		}
 		r = admin.action("release", "rollback")
 		require.Equal(t, 0, r.code, r.stderr)
-		require.Equal(t, 0, admin.action("resume").code)
 		onRelease(t, nodes, good, promoted(t, etcd))
 	}
 }
