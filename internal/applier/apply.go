@@ -308,6 +308,16 @@ func (a *Applier) stageAll(ctx context.Context, p *Plan, tx *txn) (map[int]strin
 	}
 	errs := a.checkStaged(ctx, p, names)
 	for _, i := range slices.Sorted(maps.Keys(errs)) {
+		// A check the fence or a stop killed refused nothing: no object is
+		// quarantined for the node's lost lock.
+		if errors.Is(errs[i], ErrFenced) {
+			return staged, errs[i]
+		}
+		if cause := context.Cause(ctx); cause != nil {
+			return staged, cause
+		}
+	}
+	for _, i := range slices.Sorted(maps.Keys(errs)) {
 		if p.Changes[i].file.Object == "" {
 			return staged, errs[i]
 		}
