@@ -86,7 +86,7 @@ func TestANodeRunsOnlyWhatASignerApprovedOnDebiansEtcd(t *testing.T) {
 	e := etcdtest.StartExternal(t)
 	e.EnableAuth("root-secret")
 	admin := nodeOn(t, e, "", "root", "root-secret")
-	for _, n := range []string{"web1", "web2", "web3"} {
+	for _, n := range []string{"web1", "web2", "web3", "web4"} {
 		grantNodeRole(t, e, admin, n, n+"-secret")
 	}
 	grantRole(t, e, admin, "ops-secret", "--operator", "alice")
@@ -381,13 +381,13 @@ func TestANodeRunsOnlyWhatASignerApprovedOnDebiansEtcd(t *testing.T) {
 		_, err = writer.Put(ctx, k.ReleaseKey(id), string(raw))
 		require.NoError(t, err)
 
-		web2 := nodeAs("web2")
-		fresh2 := web2.start("agent", "--debounce", "0s", "--release-dir", filepath.Join(t.TempDir(), "releases"), "--release-keys", keys)
-		defer stop(fresh2)
+		web4 := nodeAs("web4") // never started before: no staged copy, no earlier presence
+		fresh4 := web4.start("agent", "--debounce", "0s", "--release-dir", filepath.Join(t.TempDir(), "releases"), "--release-keys", keys)
+		defer stop(fresh4)
 		eventually(t, 60*time.Second, func() bool {
-			p := presence("web2")
+			p := presence("web4")
 			return p != nil && strings.Contains(p.ReloadError, "is not signed, and release keys are configured")
-		}, "web2, with no staged copy, reports the stripped signature as a load error")
+		}, "web4, with no staged copy, reports the stripped signature as a load error")
 		noFailure(t)
 		convergedAt(t, "web1", objectChange("s2"), id)
 		noFailure(t)
@@ -400,7 +400,7 @@ func TestANodeRunsOnlyWhatASignerApprovedOnDebiansEtcd(t *testing.T) {
 		assert.Contains(t, r.stderr, "was stored and broken", "push with the key repairs the stripped signature")
 		r = ops.run("", "release", "verify", id[:12], "--release-keys", keys)
 		assert.Equal(t, 0, r.code, r.stderr)
-		convergedAt(t, "web2", objectChange("s3"), id)
+		convergedAt(t, "web4", objectChange("s3"), id)
 		noFailure(t)
 
 		unsigned := pushAs(releaser, trustedDir(t, "", "", map[string]string{"notes.txt": "unsigned\n"}))
