@@ -319,7 +319,9 @@ func TestDriftAFailedRepairRaisesTheFailureRecord(t *testing.T) {
 	}, 30*time.Second, 5*time.Millisecond, "the failure record names the node and the configuration")
 	assert.Equal(t, "hand\n", d.read("/sites/a.conf"), "validate refused: the files are as before the repair")
 	assert.Equal(t, 0.0, d.repairs(), "nothing counted as repaired")
-	assert.Equal(t, 1.0, testutil.ToFloat64(d.ag.Metrics().DriftFound.WithLabelValues("sites")))
+	// Found once by the failed repair, and again by each look while the
+	// flag holds repairs back: never counted as repaired.
+	assert.GreaterOrEqual(t, testutil.ToFloat64(d.ag.Metrics().DriftFound.WithLabelValues("sites")), 1.0)
 }
 
 // --drift watch reports and changes nothing; the next run of the

@@ -124,6 +124,9 @@ type RepairReport struct {
 	// Ran lists the configurations whose repair changed the disk (and ran
 	// validate and on_change).
 	Ran []string
+	// Fixed says the call was asked to restore what drifted (fix), not
+	// only to report it: a caller that held a repair back reports drift.
+	Fixed bool
 }
 
 // Err joins the failures, naming each configuration.
@@ -149,7 +152,7 @@ func (r *RepairReport) Err() error {
 func (a *Applier) Repair(ctx context.Context, reals []string, fix bool) *RepairReport {
 	a.repairs.serial.Lock()
 	defer a.repairs.serial.Unlock()
-	rep := &RepairReport{Failed: map[string]error{}}
+	rep := &RepairReport{Failed: map[string]error{}, Fixed: fix}
 	closeAll, err := a.open(fix)
 	if err != nil {
 		for _, n := range a.configsOf(reals) {

@@ -550,7 +550,7 @@ func (l *loop) flush(ctx context.Context, now time.Time) {
 	slices.Sort(paths)
 	fix := l.w.opts.Mode == Repair
 	rep := l.w.rep.Repair(ctx, paths, fix)
-	l.record(rep, fix, time.Now())
+	l.record(rep, rep.Fixed, time.Now()) // the repairer may have held it back
 }
 
 // record counts a batch's drift, and puts the paths repaired too often in
