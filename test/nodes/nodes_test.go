@@ -227,8 +227,9 @@ func testReloadWithoutProcps(t *testing.T, l *lab) {
 	}, "%s: the agent logs the reload", n.name)
 }
 
-// Actions under the shipped unit: before, every one failed with "fork/exec
-// ...: function not implemented" (RestrictNamespaces=yes refuses clone3).
+// Actions under the shipped unit: before, every one failed to start with
+// ENOSYS from fork/exec ("function not implemented": RestrictNamespaces=yes
+// refuses clone3).
 func testActionsUnderTheUnit(t *testing.T, l *lab) {
 	n := l.nodes[0]
 	out, err := l.cli("action", "run", "whoami", "--node", n.name, "--json")
