@@ -154,12 +154,7 @@ func (a *Applier) rollBackHeld(ctx context.Context, applied []*Plan, config stri
 				if f.Path != c.Path {
 					continue
 				}
-				var err error
-				if f.Existed {
-					err = a.files.writeAtomic(rel(f.Path), f.Content, f.Mode, &f.UID, &f.GID)
-				} else {
-					err = a.files.remove(rel(f.Path))
-				}
+				err := a.restoreFile(f)
 				delete(a.known, f.Real)
 				if err != nil {
 					a.log.Error("roll back a held object's file", zap.String("config", q.Config.Name), zap.String("path", f.Path), zap.Error(err))

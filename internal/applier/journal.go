@@ -134,13 +134,7 @@ func (a *Applier) restore(j *journal) error {
 	var errs []error
 	for i := len(j.Files) - 1; i >= 0; i-- {
 		f := j.Files[i]
-		var err error
-		if f.Existed {
-			err = a.files.writeAtomic(rel(f.Path), f.Content, f.Mode, &f.UID, &f.GID)
-		} else {
-			err = a.files.remove(rel(f.Path))
-		}
-		if err != nil {
+		if err := a.restoreFile(f); err != nil {
 			errs = append(errs, fmt.Errorf("restore %s: %w", f.Path, err))
 			continue
 		}
@@ -153,6 +147,14 @@ func (a *Applier) restore(j *journal) error {
 		return errors.Join(errs...) // the journal stays: the next run restores again
 	}
 	return a.removeJournal(j.Config)
+}
+
+// restoreFile puts one path back as the journal recorded it.
+func (a *Applier) restoreFile(f journalFile) error {
+	if f.Existed {
+		return a.files.writeAtomic(rel(f.Path), f.Content, f.Mode, &f.UID, &f.GID)
+	}
+	return a.files.remove(rel(f.Path))
 }
 
 // finish carries a journaled run to its end once its files are in place:
