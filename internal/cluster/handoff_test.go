@@ -28,6 +28,9 @@ func memberCounts(t *testing.T, m *etcdtest.Members) (commits, events, txns floa
 	defer resp.Body.Close()
 	raw, err := io.ReadAll(resp.Body)
 	require.NoError(t, err)
+	// A metric the member does not report would read as zero and pass
+	// every bound: each must be there.
+	found := map[string]bool{}
 	for _, line := range strings.Split(string(raw), "\n") {
 		name, value, ok := strings.Cut(line, " ")
 		if !ok {
@@ -36,13 +39,14 @@ func memberCounts(t *testing.T, m *etcdtest.Members) (commits, events, txns floa
 		v, _ := strconv.ParseFloat(value, 64)
 		switch {
 		case name == "etcd_server_proposals_committed_total":
-			commits = v
+			commits, found["commits"] = v, true
 		case name == "etcd_debugging_mvcc_events_total":
-			events = v
+			events, found["events"] = v, true
 		case strings.HasPrefix(name, "grpc_server_handled_total{") && strings.Contains(name, `grpc_method="Txn"`):
-			txns += v
+			txns, found["txns"] = txns+v, true
 		}
 	}
+	require.Len(t, found, 3, "the member reports commits, watch events and Txn calls: %v", found)
 	return commits, events, txns
 }
 

@@ -254,10 +254,7 @@ const closeTimeout = 5 * time.Second
 // presence key and any lock key of the session. Its error is the
 // revoke's: nil when the lease is revoked or was gone already.
 func (s *Session) Close() error {
-	if s.stopKA != nil {
-		s.stopKA()
-	}
-	s.session.Orphan()
+	s.abandon()
 	if s.kaDone != nil {
 		<-s.kaDone // the client closes the channel once the context ends
 	}
@@ -267,6 +264,15 @@ func (s *Session) Close() error {
 		return fmt.Errorf("revoke lease %s: %w", s.Lease(), err)
 	}
 	return nil
+}
+
+// abandon stops renewing the session's lease, which then ends within its
+// TTL.
+func (s *Session) abandon() {
+	if s.stopKA != nil {
+		s.stopKA()
+	}
+	s.session.Orphan()
 }
 
 // Lock is a held slot of the cluster lock.
@@ -813,11 +819,9 @@ func (l *Lock) Release() error {
 	// Still held, and the keep-alives may well reach a member that has a
 	// leader: the lock would stay held for as long as the agent runs.
 	// Stop renewing, so that the lease and the lock end within the TTL.
-	if l.s.stopKA != nil {
-		l.s.stopKA()
-	}
-	l.s.session.Orphan()
-	return fmt.Errorf("unlock %s: %w (the session is abandoned: the lock ends with its lease, within %s)", l.key, err, l.s.ttl)
+	l.s.abandon()
+	_, ttl := l.s.renewal()
+	return fmt.Errorf("unlock %s: %w (the session is abandoned: the lock ends with its lease, within %s)", l.key, err, ttl)
 }
 
 // Release tries releaseAttempts times, releasePause apart. Each try asks

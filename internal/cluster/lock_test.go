@@ -4,10 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
-	"net/http"
-	"strconv"
-	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -304,20 +300,8 @@ func TestABatchReleaseWakesOneWaiterNotTheQueue(t *testing.T) {
 // eventsSent reads the member's count of watch events it sent.
 func eventsSent(t *testing.T, m *etcdtest.Members) float64 {
 	t.Helper()
-	resp, err := http.Get(m.Endpoints()[0] + "/metrics")
-	require.NoError(t, err)
-	defer resp.Body.Close()
-	raw, err := io.ReadAll(resp.Body)
-	require.NoError(t, err)
-	for _, line := range strings.Split(string(raw), "\n") {
-		if v, ok := strings.CutPrefix(line, "etcd_debugging_mvcc_events_total "); ok {
-			f, err := strconv.ParseFloat(v, 64)
-			require.NoError(t, err)
-			return f
-		}
-	}
-	t.Fatal("no etcd_debugging_mvcc_events_total in the member's metrics")
-	return 0
+	_, events, _ := memberCounts(t, m)
+	return events
 }
 
 // During an upgrade an old agent raises the one legacy flag,

@@ -6,6 +6,7 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/ccm-dev/ccm/api"
@@ -101,10 +102,11 @@ func TestANodesRoleViewsItsOwnNodeAndSaysTheViewIsPartial(t *testing.T) {
 
 	_, err = cluster.New(nodeCli, cluster.Options{Node: "web2"}).View(ctx)
 	require.Error(t, err, "another node's records are not web1's to read")
+	require.ErrorIs(t, err, rpctypes.ErrPermissionDenied)
 	assert.Contains(t, err.Error(), "ccm rbac print --viewer")
 
 	_, err = cluster.New(releaser, cluster.Options{Node: "ci"}).View(ctx)
-	require.Error(t, err)
+	require.ErrorIs(t, err, rpctypes.ErrPermissionDenied)
 	assert.Contains(t, err.Error(), "permission denied")
 	assert.Contains(t, err.Error(), "needs read on the cluster's prefix (a viewer's role: ccm rbac print --viewer NAME)")
 }
