@@ -222,12 +222,6 @@ func (db *DB) UID(name string) (int, bool) {
 	return e.id, ok
 }
 
-// UserName returns the name of the user with uid.
-func (db *DB) UserName(uid int) (string, bool) {
-	n, ok := db.uidName[uid]
-	return n, ok
-}
-
 // GID returns the ID of a group.
 func (db *DB) GID(name string) (int, bool) {
 	e, ok := db.groups[name]

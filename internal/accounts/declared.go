@@ -1,6 +1,7 @@
 package accounts
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"path"
@@ -312,8 +313,8 @@ func (pol Policy) parseGroup(g Group) (group, error) {
 	return out, errors.Join(errs...)
 }
 
-func (pol Policy) maxUID() int { return cmpOr(pol.MaxUID, DefaultMax) }
-func (pol Policy) maxGID() int { return cmpOr(pol.MaxGID, DefaultMax) }
+func (pol Policy) maxUID() int { return cmp.Or(pol.MaxUID, DefaultMax) }
+func (pol Policy) maxGID() int { return cmp.Or(pol.MaxGID, DefaultMax) }
 
 func (pol Policy) homeBases() []string {
 	if len(pol.Homes) == 0 {
@@ -329,13 +330,6 @@ func (pol Policy) groupRule() GroupRule {
 		deny = DefaultDenyGroups
 	}
 	return GroupRule{MinGID: pol.MinGID, Deny: deny}
-}
-
-func cmpOr(v, def int) int {
-	if v == 0 {
-		return def
-	}
-	return v
 }
 
 // CheckPolicy checks the literal settings of a policy as a configuration

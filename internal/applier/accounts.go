@@ -9,6 +9,7 @@ import (
 	"io/fs"
 	"maps"
 	"slices"
+	"strconv"
 	"strings"
 
 	"go.uber.org/zap"
@@ -102,11 +103,22 @@ func (a *Applier) resolveOwners(p *Plan, db *accounts.DB, final bool) error {
 		}
 	}()
 	ccms := a.allOwned()
+	// The verdict on an account depends on its name and ID alone: once per
+	// call, not once per file of every customer.
+	checked := map[string]error{}
+	check := func(field, name string, id int) error {
+		k := field + "\x00" + name + "\x00" + strconv.Itoa(id)
+		err, ok := checked[k]
+		if !ok {
+			err = p.Config.Accounts.CheckOwnerAccount(db, field, name, id, ccms)
+			checked[k] = err
+		}
+		return err
+	}
 	resolve := func(own *configs.Ownership, path, object string) {
 		if !unresolved(*own) {
 			return
 		}
-		pol := p.Config.Accounts
 		for _, f := range []struct {
 			kind, field, name string
 			id                **int
@@ -121,7 +133,7 @@ func (a *Applier) resolveOwners(p *Plan, db *accounts.DB, final bool) error {
 			case ok:
 				// A customer's data must not hand a path to root, nobody
 				// or a group that reaches root (accounts.Policy.CheckOwner).
-				if err = pol.CheckOwnerAccount(db, f.field, f.name, id, ccms); err == nil {
+				if err = check(f.field, f.name, id); err == nil {
 					*f.id = &id
 					continue
 				}

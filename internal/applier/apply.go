@@ -307,14 +307,14 @@ func (a *Applier) stageAll(ctx context.Context, p *Plan, tx *txn) (map[int]strin
 		names[i] = a.files.name(tmp)
 	}
 	errs := a.checkStaged(ctx, p, names)
+	// A check the fence or a stop killed refused nothing: no object is
+	// quarantined for the node's lost lock.
+	if cause := context.Cause(ctx); cause != nil && len(errs) > 0 {
+		return staged, cause
+	}
 	for _, i := range slices.Sorted(maps.Keys(errs)) {
-		// A check the fence or a stop killed refused nothing: no object is
-		// quarantined for the node's lost lock.
 		if errors.Is(errs[i], ErrFenced) {
 			return staged, errs[i]
-		}
-		if cause := context.Cause(ctx); cause != nil {
-			return staged, cause
 		}
 	}
 	for _, i := range slices.Sorted(maps.Keys(errs)) {

@@ -325,6 +325,7 @@ func (a *Applier) plan(ctx context.Context, cfg *configs.Config, snap *objects.S
 			taken[object], takenOrder = err, append(takenOrder, object)
 		}
 	}
+	ccmUID := a.ccmUIDs()
 	for _, d := range out.Directories {
 		if !out.Live(d.Object) {
 			continue
@@ -334,7 +335,7 @@ func (a *Applier) plan(ctx context.Context, cfg *configs.Config, snap *objects.S
 			return nil, err
 		}
 		if dc != nil && d.Object != "" {
-			if err := a.mayTakeDir(dc); err != nil {
+			if err := a.mayTakeDir(dc, ccmUID); err != nil {
 				take(d.Object, err)
 				continue
 			}
@@ -411,7 +412,7 @@ func (a *Applier) planDir(d render.Directory) (*DirChange, error) {
 // object unless its owner now is an account ccm made: a customer's
 // users/www must not be given an operator's /home/www, nor sites/x a
 // root-owned /srv/www/x.
-func (a *Applier) mayTakeDir(dc *DirChange) error {
+func (a *Applier) mayTakeDir(dc *DirChange, ccmUID func(int) (bool, error)) error {
 	d := dc.Dir
 	if !dc.Exist || !slices.ContainsFunc(dc.Attrs, func(s string) bool {
 		return strings.HasPrefix(s, "owner ") || strings.HasPrefix(s, "group ")
@@ -422,14 +423,31 @@ func (a *Applier) mayTakeDir(dc *DirChange) error {
 	if err != nil {
 		return err
 	}
-	db, err := accounts.Read(a.opts.Root)
-	if err != nil {
+	if ours, err := ccmUID(st.uid); err != nil || ours {
 		return err
 	}
-	if name, ok := db.UserName(st.uid); ok && slices.Contains(a.allOwned().Users, name) {
-		return nil
-	}
 	return fmt.Errorf("%s exists, owned by uid %d, which is not an account ccm made: ccm never hands it to object data", d.Real, st.uid)
+}
+
+// ccmUIDs returns whether a uid is an account ccm made, reading the
+// root's accounts once, at the first question.
+func (a *Applier) ccmUIDs() func(uid int) (bool, error) {
+	var uids map[int]bool
+	return func(uid int) (bool, error) {
+		if uids == nil {
+			db, err := accounts.Read(a.opts.Root)
+			if err != nil {
+				return false, err
+			}
+			uids = map[int]bool{}
+			for _, name := range a.allOwned().Users {
+				if id, ok := db.UID(name); ok {
+					uids[id] = true
+				}
+			}
+		}
+		return uids[uid], nil
+	}
 }
 
 // planFile compares one rendered file with the disk. What stands at its

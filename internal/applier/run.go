@@ -108,13 +108,7 @@ func (a *Applier) Select(set *configs.Set, names []string) ([]string, error) {
 		}
 		only[n] = true
 	}
-	var out []string
-	for _, n := range set.Order {
-		if only[n] && set.Configs[n].Matches(a.opts.Node.Labels) {
-			out = append(out, n)
-		}
-	}
-	return out, nil
+	return slices.DeleteFunc(a.SelectAll(set), func(n string) bool { return !only[n] }), nil
 }
 
 // SelectAll returns every configuration of set that runs on this node, in

@@ -120,33 +120,26 @@ type Faults struct {
 }
 
 func (o *Options) defaults() {
-	if o.Quiet <= 0 {
-		o.Quiet = DefaultQuiet
-	}
-	if o.MaxWait <= 0 {
-		o.MaxWait = DefaultMaxWait
-	}
-	if o.ScanEvery <= 0 {
-		o.ScanEvery = DefaultScanEvery
-	}
-	if o.Refresh <= 0 {
-		o.Refresh = DefaultRefresh
-	}
-	if o.Storm <= 0 {
-		o.Storm = DefaultStorm
-	}
-	if o.Window <= 0 {
-		o.Window = DefaultWindow
-	}
-	if o.MaxBackoff <= 0 {
-		o.MaxBackoff = DefaultMaxBackoff
-	}
-	if o.FullEvery <= 0 {
-		o.FullEvery = DefaultFullEvery
-	}
+	o.Quiet = positive(o.Quiet, DefaultQuiet)
+	o.MaxWait = positive(o.MaxWait, DefaultMaxWait)
+	o.ScanEvery = positive(o.ScanEvery, DefaultScanEvery)
+	o.Refresh = positive(o.Refresh, DefaultRefresh)
+	o.Storm = positive(o.Storm, DefaultStorm)
+	o.Window = positive(o.Window, DefaultWindow)
+	o.MaxBackoff = positive(o.MaxBackoff, DefaultMaxBackoff)
+	o.FullEvery = positive(o.FullEvery, DefaultFullEvery)
 	if o.Logger == nil {
 		o.Logger = zap.NewNop()
 	}
+}
+
+// positive is v, or def where v is zero or negative (a ticker panics on
+// either).
+func positive[T ~int | ~int64](v, def T) T {
+	if v <= 0 {
+		return def
+	}
+	return v
 }
 
 // Repaired is the last drift a Watcher found.
@@ -476,8 +469,8 @@ func (l *loop) handle(evs []event) {
 			} else if ev.isDir {
 				l.add(l.under(p)...) // a managed directory (or a parent) removed or replaced
 				l.verify(l.watchedUnder(p))
-			} else if len(l.under(p)) > 0 {
-				l.add(l.under(p)...) // a file where a managed directory was
+			} else if u := l.under(p); len(u) > 0 {
+				l.add(u...) // a file where a managed directory was
 			}
 		}
 	}

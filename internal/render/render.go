@@ -120,14 +120,7 @@ func (o *Output) Fail(f ObjectFailure) {
 // entries stay in place, so indexes and pointers into Files hold).
 func (o *Output) Drop(f ObjectFailure) {
 	o.Fail(f)
-	ref := f.Ref()
-	for i := range o.Files {
-		if o.Files[i].Object == ref {
-			delete(o.paths, o.Files[i].Path)
-		}
-	}
-	o.Users = slices.DeleteFunc(o.Users, func(x accounts.User) bool { return x.Object == ref })
-	o.Groups = slices.DeleteFunc(o.Groups, func(x accounts.Group) bool { return x.Object == ref })
+	o.HoldBack(f.Ref())
 }
 
 // Live reports whether an entry rendered for object ("" for none) is

@@ -22,8 +22,10 @@ type Meter struct {
 // NewMeter returns a meter of limit bytes.
 func NewMeter(limit int64) *Meter { return &Meter{limit: limit} }
 
-// Abort makes every later metered call of the render fail: the render is
-// over another budget (its memory) and must stop at its next call.
+// Abort makes every later metered call of the render (one of at least
+// meterFree bytes) fail: the render is over another budget (its memory)
+// and stops at its next large call. A render of small calls alone is not
+// stopped by it: its watch has reported it stuck, and the process exits.
 func (m *Meter) Abort() { m.aborted.Store(true) }
 
 // meterFree is the size below which a call is not metered: finding the
