@@ -480,7 +480,7 @@ func (t *txn) ensureDir(dir string, mode fs.FileMode, own configs.Ownership, fix
 		if !fix || len(attrChanges(st, mode, own)) == 0 {
 			return nil
 		}
-		return t.files.setAttrs(rel(dir), mode, own)
+		return t.files.setDirAttrs(rel(dir), mode, own)
 	}
 	if err := t.ensureDir(path.Dir(dir), configs.DefaultDirMode, configs.Ownership{}, false); err != nil {
 		return err
@@ -490,7 +490,7 @@ func (t *txn) ensureDir(dir string, mode fs.FileMode, own configs.Ownership, fix
 	}
 	t.createdDirs = append(t.createdDirs, dir)
 	t.markPresent(dir)
-	return t.files.setAttrs(rel(dir), mode, own)
+	return t.files.setDirAttrs(rel(dir), mode, own)
 }
 
 func (t *txn) markPresent(dir string) {
@@ -522,7 +522,7 @@ func (t *tree) apply(c *Change, tmp string) error {
 		}
 		err = t.commit(tmp, rel(c.Path))
 	default:
-		err = t.setAttrs(rel(c.Path), c.file.Mode, c.file.Ownership)
+		err = t.setFileAttrs(rel(c.Path), c.file.Mode, c.file.Ownership)
 	}
 	if err != nil {
 		return fmt.Errorf("%s %s: %w", c.Action, c.Path, err)

@@ -11,6 +11,7 @@ import (
 	"path"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -390,10 +391,24 @@ func (t *tree) remove(p string) error {
 	return err
 }
 
-// setAttrs sets owner and mode on the inode it opens, so the check and the
-// change concern the same file.
-func (t *tree) setAttrs(p string, mode fs.FileMode, own configs.Ownership) error {
-	f, err := t.open(p, unix.O_RDONLY|unix.O_NONBLOCK, 0)
+// setDirAttrs sets owner and mode on the directory it opens, so the check
+// and the change concern the same inode. It opens with O_DIRECTORY: a
+// file renamed in for the directory between ccm's look and its open (a
+// customer's executable, or a hard link to a root-owned file) is refused,
+// never given the directory's owner, group or setgid mode.
+func (t *tree) setDirAttrs(p string, mode fs.FileMode, own configs.Ownership) error {
+	return t.setAttrs(p, unix.O_DIRECTORY, mode, own)
+}
+
+// setFileAttrs sets owner and mode on the regular file it opens, if it is
+// the file's one name: an inode that another name shares (a hard link a
+// user made to a file of theirs, or to root's) is refused, never changed.
+func (t *tree) setFileAttrs(p string, mode fs.FileMode, own configs.Ownership) error {
+	return t.setAttrs(p, 0, mode, own)
+}
+
+func (t *tree) setAttrs(p string, kind uint64, mode fs.FileMode, own configs.Ownership) error {
+	f, err := t.open(p, unix.O_RDONLY|unix.O_NONBLOCK|unix.O_NOCTTY|kind, 0)
 	if err != nil {
 		return err
 	}
@@ -402,8 +417,13 @@ func (t *tree) setAttrs(p string, mode fs.FileMode, own configs.Ownership) error
 	if err != nil {
 		return err
 	}
-	if !fi.Mode().IsRegular() && !fi.IsDir() {
-		return fmt.Errorf("%s is neither a regular file nor a directory", t.name(p))
+	switch {
+	case kind == unix.O_DIRECTORY && !fi.IsDir():
+		return fmt.Errorf("%s is not a directory", t.name(p))
+	case kind != unix.O_DIRECTORY && !fi.Mode().IsRegular():
+		return fmt.Errorf("%s is not a regular file", t.name(p))
+	case kind != unix.O_DIRECTORY && fi.Sys().(*syscall.Stat_t).Nlink != 1:
+		return fmt.Errorf("%s has other names (hard links): refusing to change its owner or mode", t.name(p))
 	}
 	if own.UID != nil || own.GID != nil {
 		if err := f.Chown(idOr(own.UID), idOr(own.GID)); err != nil {
