@@ -22,6 +22,9 @@ const defaultsFile = "/etc/default/ccm"
 type settings struct {
 	file map[string]string
 	path string // the defaults file read ("" for none)
+	// unreadable is set when the defaults file exists but this user may
+	// not read it: it may name release keys this command cannot see.
+	unreadable bool
 }
 
 // loadSettings reads the defaults file when it exists and is readable (an
@@ -37,7 +40,11 @@ func loadSettings() (settings, error) {
 		return s, nil
 	}
 	raw, err := os.ReadFile(path)
-	if errors.Is(err, fs.ErrNotExist) || errors.Is(err, fs.ErrPermission) {
+	if errors.Is(err, fs.ErrNotExist) {
+		return s, nil
+	}
+	if errors.Is(err, fs.ErrPermission) {
+		s.unreadable = true
 		return s, nil
 	}
 	if err != nil {

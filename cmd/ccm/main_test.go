@@ -12,6 +12,7 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"go.uber.org/zap"
 )
 
 var update = flag.Bool("update", false, "rewrite golden files")
@@ -223,4 +224,20 @@ func TestAnEmptyReleaseKeysVariableDoesNotTurnVerificationOff(t *testing.T) {
 
 	code, _, stderr = ccm(t, append(offline(t), "--log-level", "error", "plan", "--objects", "../../examples/objects.json", "--release-keys", "")...)
 	assert.Equal(t, exitChanges, code, "an explicit flag decides: %s", stderr)
+}
+
+// A defaults file this user cannot read may name the node's release keys:
+// a command that loads a release refuses rather than run unverified (as a
+// non-root operator's ccm plan --check --release did; root reads every
+// file, so the unreadable file is given here as loadSettings finds it).
+func TestAnUnreadableDefaultsFileDoesNotTurnVerificationOff(t *testing.T) {
+	a := &app{settings: settings{path: "/etc/default/ccm", unreadable: true}, log: zap.NewNop()}
+	verify, err := a.releaseVerifier("")
+	require.Error(t, err)
+	assert.Nil(t, verify)
+	assert.Contains(t, err.Error(), "/etc/default/ccm cannot be read by this user")
+	a.settings.unreadable = false
+	verify, err = a.releaseVerifier("")
+	assert.NoError(t, err, "no defaults file at all: no keys, with the warning")
+	assert.Nil(t, verify)
 }

@@ -443,6 +443,11 @@ func releaseKeysFlag(cmd *cobra.Command, file *string) {
 // the release keys in file. Without a file it warns, as the agent does,
 // and returns nil: etcd's RBAC alone then decides what runs.
 func (a *app) releaseVerifier(file string) (func(*releases.Release) error, error) {
+	if file == "" && a.settings.unreadable {
+		// Verification must not be off only because this user cannot
+		// read the node's settings.
+		return nil, fmt.Errorf("%s cannot be read by this user, and it may name the node's release keys (CCM_RELEASE_KEYS): run as root, or give --release-keys", a.settings.path)
+	}
 	if file == "" {
 		a.log.Warn(releases.NoKeysWarning)
 		return nil, nil
