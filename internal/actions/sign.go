@@ -80,6 +80,11 @@ func loadKeys(file string, allowed []string) (*AuthorizedKeys, error) {
 		fail := func(format string, a ...any) {
 			errs = append(errs, fmt.Errorf("%s: line %d: %s", file, i+1, fmt.Sprintf(format, a...)))
 		}
+		if strings.ContainsFunc(line, func(r rune) bool { return r < 0x20 && r != '\t' || r == 0x7f }) {
+			// A lone CR would join the next key into this line's comment.
+			fail("holds a control character (a CR line ending?): one key a line, LF-terminated")
+			continue
+		}
 		key, comment, options, _, err := ssh.ParseAuthorizedKey([]byte(line))
 		if err != nil {
 			fail("not an OpenSSH public key: %v", err)
@@ -145,7 +150,14 @@ func grantOf(options, allowed []string) (*Grant, []error) {
 			continue
 		}
 		seen[name] = true
-		if uq, err := strconv.Unquote(value); err == nil {
+		// Only OpenSSH's double quotes quote: a backquoted `*` is not
+		// every node, as OpenSSH reads it literally.
+		if strings.HasPrefix(value, `"`) {
+			uq, err := strconv.Unquote(value)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("option %s: %s is not a double-quoted value", name, value))
+				continue
+			}
 			value = uq
 		}
 		if !hasValue || value == "" {
