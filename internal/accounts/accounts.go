@@ -3,6 +3,11 @@
 // groupdel and chpasswd from shadow-utils), as argv lists with no shell,
 // under --prefix so that a --root holds its own /etc. It never writes
 // /etc/passwd, /etc/group or /etc/shadow itself: it only reads them.
+//
+// A Runner carries out a run's changes with as few tool runs as the tools
+// allow: one tool run per account created or changed (no batch tool of
+// shadow-utils serves a --root), and one chpasswd run for every password
+// of the run, on its standard input.
 package accounts
 
 import (

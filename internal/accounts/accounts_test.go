@@ -51,10 +51,26 @@ func applyWith(t *testing.T, root string, groups []accounts.Group, users []accou
 	var lines []string
 	for _, c := range changes {
 		lines = append(lines, c.Line)
-		require.NoError(t, accounts.Run(context.Background(), c))
 		*owned = owned.After(c)
 	}
+	runAll(t, changes)
 	return lines
+}
+
+// runAll runs changes as the applier does, with one Runner: each in turn,
+// then the queued passwords. It requires every one to succeed, and
+// returns the Runner (Ran: every tool run's argv).
+func runAll(t *testing.T, changes []accounts.Change) *accounts.Runner {
+	t.Helper()
+	r := &accounts.Runner{}
+	for _, c := range changes {
+		_, err := r.Run(context.Background(), c)
+		require.NoError(t, err)
+	}
+	for _, res := range r.Flush(context.Background(), nil) {
+		require.NoError(t, res.Err)
+	}
+	return r
 }
 
 func passwd(t *testing.T, root string) string {

@@ -92,9 +92,11 @@ func TestANewlineInAHashNeverReachesChpasswd(t *testing.T) {
 	db, err := accounts.Read(root)
 	require.NoError(t, err)
 	changes, problems := db.Plan(nil, []accounts.User{{Name: "alice2", UID: "2001", Password: "$6$abc\nroot:$6$PWNED", Object: "users/alice2"}}, policy, accounts.State{Owned: *owned}, root)
-	for _, c := range changes { // what a plan would run, with the real tools
-		_ = accounts.Run(t.Context(), c)
+	r := &accounts.Runner{} // what a plan would run, with the real tools
+	for _, c := range changes {
+		_, _ = r.Run(t.Context(), c)
 	}
+	r.Flush(t.Context(), nil)
 	require.Len(t, problems, 1)
 	assert.Empty(t, changes)
 	assert.Contains(t, fileOf(t, root, "shadow"), "root:*:", "root's hash is untouched")
@@ -131,8 +133,8 @@ func TestARemovedAccountsIDIsRetired(t *testing.T) {
 		require.NoError(t, err)
 		changes, problems := db.Plan(nil, users, pol, accounts.State{Owned: *owned, Retired: retired}, root)
 		var lines []string
+		runAll(t, changes)
 		for _, c := range changes {
-			require.NoError(t, accounts.Run(t.Context(), c))
 			*owned = owned.After(c)
 			retired = retired.After(c)
 			lines = append(lines, c.Line)

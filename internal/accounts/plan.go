@@ -1,10 +1,8 @@
 package accounts
 
 import (
-	"context"
 	"fmt"
 	"maps"
-	"os/exec"
 	"slices"
 	"strconv"
 	"strings"
@@ -20,12 +18,11 @@ const (
 	Remove Op = "remove"
 )
 
-// Step is one command of a change: an argv with no shell, and what it
-// reads on its standard input (a password hash never reaches a command
-// line).
+// Step is one command of a change: an argv with no shell. Nothing secret
+// is ever in one: a password hash reaches chpasswd on its standard input,
+// through Runner.Flush.
 type Step struct {
-	Argv  []string
-	Stdin []byte
+	Argv []string
 	// Gone is the exit status with which the tool says the account is
 	// already gone (a private group userdel took with its user): not a
 	// failure.
@@ -46,7 +43,16 @@ type Change struct {
 	// ID is the uid or gid a creation gives, or a removal retires (-1:
 	// none); PrivateGID that of the private group useradd makes.
 	ID, PrivateGID int
+	// hash is the password a change sets (it has no Steps then): only
+	// Plan sets it, from a parsed Hash, and a Runner sets it with every
+	// other hash of the run in one chpasswd run under root.
+	hash Hash
+	root string
 }
+
+// setsPassword reports whether c sets a password hash, which a Runner
+// queues for its one chpasswd run instead of running c's steps.
+func (c Change) setsPassword() bool { return c.hash != "" }
 
 // Removes reports whether the change removes an account.
 func (c Change) Removes() bool { return c.Op == Remove }
@@ -448,17 +454,9 @@ func (pl *planner) user(u user) ([]Change, error) {
 			what = "changed"
 		}
 		out = append(out, Change{Kind: "user", Name: string(u.name), Op: Modify, Line: fmt.Sprintf("~ user %s: password %s", u.name, what), Object: u.object, ID: -1, PrivateGID: -1,
-			Steps: []Step{{Argv: chpasswd(pl.root), Stdin: []byte(string(u.name) + ":" + string(u.password) + "\n")}}})
+			hash: u.password, root: pl.root})
 	}
 	return out, nil
-}
-
-// chpasswd sets hashed passwords read from its standard input.
-func chpasswd(root string) []string {
-	if root == "" || root == "/" {
-		return []string{"chpasswd", "-e"}
-	}
-	return []string{"chpasswd", "-e", "--root", root}
 }
 
 // createUser makes u with a uid ccm picked (or declared), and its private
@@ -604,28 +602,4 @@ func (pl *planner) members(g group) *Change {
 	}
 	return &Change{Kind: "group", Name: string(g.name), Op: Modify, Line: fmt.Sprintf("~ group %s: members %s -> %s", g.name, orNone(strings.Join(have, ",")), orNone(strings.Join(want, ","))),
 		Steps: []Step{{Argv: append(pl.tool("groupmod"), "-U", strings.Join(want, ","), string(g.name))}}, Object: g.object, ID: -1, PrivateGID: -1}
-}
-
-// toolEnv is the whole environment of the tools: no secret, and nothing
-// of the agent's, reaches them.
-var toolEnv = []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL=C"}
-
-// Run carries out one change, step by step. An error names the change as
-// ccm plan shows it, and what the tool said.
-func Run(ctx context.Context, c Change) error {
-	for _, s := range c.Steps {
-		cmd := exec.CommandContext(ctx, s.Argv[0], s.Argv[1:]...)
-		cmd.Env = toolEnv
-		if s.Stdin != nil {
-			cmd.Stdin = strings.NewReader(string(s.Stdin))
-		}
-		out, err := cmd.CombinedOutput()
-		if ee, ok := err.(*exec.ExitError); ok && s.Gone != 0 && ee.ExitCode() == s.Gone {
-			continue
-		}
-		if err != nil {
-			return fmt.Errorf("%s: %s: %w: %s", c.Line, s.Argv[0], err, strings.TrimSpace(string(out)))
-		}
-	}
-	return nil
 }

@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"go.uber.org/zap"
 
@@ -236,29 +237,46 @@ func (a *Applier) applyAccounts(ctx context.Context, p *Plan, removes bool) erro
 	}
 	ran := false
 	var failed error
-	for _, c := range slices.Clone(p.Accounts) {
-		if c.Removes() != removes || (c.Object != "" && p.Output.Held[c.Object]) {
-			continue
-		}
-		if err := fenced(ctx, "changing "+c.Kind+" "+c.Name); err != nil {
-			failed = err
-			break
-		}
-		runCtx, cancel := context.WithTimeout(ctx, cmp.Or(p.Config.Timeout, configs.DefaultTimeout)) // an orphan sets none
-		err := accounts.Run(runCtx, c)
-		cancel()
-		ran = true
-		if err != nil && c.Object != "" {
+	held := func(c accounts.Change) bool { return c.Object != "" && p.Output.Held[c.Object] }
+	timeout := cmp.Or(p.Config.Timeout, configs.DefaultTimeout) // an orphan sets none
+	// One Runner: each account's own tool now, every password of the
+	// configuration in one chpasswd run once they exist.
+	tools := &accounts.Runner{}
+	done := func(c accounts.Change, err error) error {
+		switch {
+		case err != nil && c.Object != "":
 			a.leaveOut(p, c.Object, err)
-			continue
-		}
-		if err != nil {
-			failed = err
-			break
+			return nil
+		case err != nil:
+			return err
 		}
 		a.log.Info("account", zap.String("config", p.Config.Name), zap.String("change", c.Line))
 		owned = owned.After(c)
 		retired = retired.After(c)
+		return nil
+	}
+	for _, c := range slices.Clone(p.Accounts) {
+		if c.Removes() != removes || held(c) {
+			continue
+		}
+		if failed = fenced(ctx, "changing "+c.Kind+" "+c.Name); failed != nil {
+			break
+		}
+		runCtx, cancel := context.WithTimeout(ctx, timeout)
+		queued, err := tools.Run(runCtx, c)
+		cancel()
+		ran = true
+		if queued {
+			continue
+		}
+		if failed = done(c, err); failed != nil {
+			break
+		}
+	}
+	if failed == nil {
+		// A configuration that failed sets none of its queued passwords: a
+		// user it created stays locked (useradd's "!") until a run sets it.
+		failed = a.setPasswords(ctx, tools, held, timeout, done)
 	}
 	if ran {
 		m.Owned = owned
@@ -274,6 +292,24 @@ func (a *Applier) applyAccounts(ctx context.Context, p *Plan, removes bool) erro
 		return fmt.Errorf("accounts: %w", err)
 	}
 	return a.resolveOwners(p, db, true)
+}
+
+// setPasswords runs the passwords tools queued, skipping those of objects
+// held since, through done: a failure quarantines its object alone.
+func (a *Applier) setPasswords(ctx context.Context, tools *accounts.Runner, held func(accounts.Change) bool, timeout time.Duration, done func(accounts.Change, error) error) error {
+	if tools.Queued() == 0 {
+		return nil
+	}
+	if err := fenced(ctx, "setting passwords"); err != nil {
+		return err
+	}
+	runCtx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	var errs []error
+	for _, res := range tools.Flush(runCtx, held) {
+		errs = append(errs, done(res.Change, res.Err))
+	}
+	return errors.Join(errs...)
 }
 
 // retiredPath holds the node's retired uids and gids (accounts.Retired),

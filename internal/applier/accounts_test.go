@@ -227,3 +227,28 @@ files:
 	uid, _ := owner(t, f.path("/srv/shop"))
 	assert.Equal(t, 3001, uid)
 }
+
+// Every password of a run is set once the users exist (one chpasswd run,
+// accounts.Runner), for new users and changed hashes alike.
+func TestARunSetsEveryPasswordOnceItsUsersExist(t *testing.T) {
+	f := newFixture(t, map[string]string{"users.yaml": `
+users:
+  - {name: "{{ .Object.ID }}", for_each: users, uid: "{{ .Object.Data.uid }}", password: "{{ .Object.Data.hash }}"}
+`})
+	withEtc(t, f)
+	f.put("users/cust01", `{"uid":3001,"hash":"$6$salt1$first"}`)
+	f.put("users/cust02", `{"uid":3002,"hash":"$6$salt2$second"}`)
+	require.NoError(t, f.run().Err)
+	shadow := func() string {
+		raw, err := os.ReadFile(f.path("/etc/shadow"))
+		require.NoError(t, err)
+		return string(raw)
+	}
+	assert.Contains(t, shadow(), "cust01:$6$salt1$first:")
+	assert.Contains(t, shadow(), "cust02:$6$salt2$second:")
+
+	f.put("users/cust02", `{"uid":3002,"hash":"$6$salt2$changed"}`)
+	require.NoError(t, f.run().Err)
+	assert.Contains(t, shadow(), "cust02:$6$salt2$changed:")
+	assert.Contains(t, shadow(), "cust01:$6$salt1$first:")
+}

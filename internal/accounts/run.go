@@ -1,0 +1,215 @@
+package accounts
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os/exec"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+)
+
+// toolEnv is the whole environment of the tools: no secret, and nothing
+// of the agent's, reaches them.
+var toolEnv = []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL=C"}
+
+// Runner carries out one run's account changes with as few tool runs as
+// the tools allow. Every account is created or changed by its own
+// groupadd, useradd, usermod or groupmod, in the plan's order: no batch
+// tool of shadow-utils serves a --root (newusers has no --prefix, its -R
+// is broken in Debian 12's 4.13, and it takes clear-text passwords). Every
+// password of the run, of new and existing users alike, is set by one
+// chpasswd -e run that reads "name:hash" lines on its standard input
+// (Flush). The zero Runner is ready to use; it is not safe for concurrent
+// use.
+type Runner struct {
+	queued []Change
+	// Ran is the argv of every tool run so far, in order. It never holds a
+	// secret: a hash reaches chpasswd only on its standard input.
+	Ran [][]string
+}
+
+// Run carries out c. A change that sets a password is queued for Flush
+// (queued is true, and nothing ran); any other runs its steps now, one
+// tool run each. An error names the change as ccm plan shows it, and what
+// the tool said.
+func (r *Runner) Run(ctx context.Context, c Change) (queued bool, err error) {
+	if c.setsPassword() {
+		r.queued = append(r.queued, c)
+		return true, nil
+	}
+	for _, s := range c.Steps {
+		out, err := r.exec(ctx, s.Argv, "")
+		if ee, ok := err.(*exec.ExitError); ok && s.Gone != 0 && ee.ExitCode() == s.Gone {
+			continue
+		}
+		if err != nil {
+			return false, fmt.Errorf("%s: %s: %w: %s", c.Line, s.Argv[0], err, strings.TrimSpace(string(out)))
+		}
+	}
+	return false, nil
+}
+
+// Queued is the number of passwords waiting for Flush.
+func (r *Runner) Queued() int { return len(r.queued) }
+
+// Result is what became of one change a Runner queued.
+type Result struct {
+	Change Change
+	Err    error // nil: the password is set
+}
+
+// Flush sets the queued passwords, but those skip reports (a held
+// object's, whose account is left as it is), with one chpasswd -e run per
+// root (a run has one), and empties the queue. chpasswd changes all or
+// nothing: when it refuses, the lines it names ("line N") fail with what
+// it said, and the rest are set without them; when it names none, or the
+// rest fail again, each line runs alone, so that an error is always one
+// account's. The results are in the order of the queue, root by root.
+func (r *Runner) Flush(ctx context.Context, skip func(Change) bool) []Result {
+	byRoot := map[string][]Change{}
+	var roots []string
+	for _, c := range r.queued {
+		if skip != nil && skip(c) {
+			continue
+		}
+		if _, ok := byRoot[c.root]; !ok {
+			roots = append(roots, c.root)
+		}
+		byRoot[c.root] = append(byRoot[c.root], c)
+	}
+	r.queued = nil
+	var results []Result
+	for _, root := range roots {
+		cs := byRoot[root]
+		for i, err := range r.setPasswords(ctx, root, cs, true) {
+			results = append(results, Result{Change: cs[i], Err: err})
+		}
+	}
+	return results
+}
+
+// setPasswords sets the passwords of cs, all under root, with one
+// chpasswd run, and returns the error of each (nil: set). With attribute,
+// a refusal that names lines fails those and tries the rest once more;
+// otherwise each line runs alone.
+func (r *Runner) setPasswords(ctx context.Context, root string, cs []Change, attribute bool) []error {
+	errs := make([]error, len(cs))
+	var in strings.Builder
+	var lines []int // the index in cs of each input line
+	for i, c := range cs {
+		line, err := passwordLine(c)
+		if err != nil {
+			errs[i] = err
+			continue
+		}
+		in.WriteString(line)
+		lines = append(lines, i)
+	}
+	if len(lines) == 0 {
+		return errs
+	}
+	out, err := r.exec(ctx, chpasswd(root), in.String())
+	if err == nil {
+		return errs
+	}
+	said := strings.TrimSpace(string(out))
+	fail := func(i int, what string) {
+		errs[i] = fmt.Errorf("%s: chpasswd: %w: %s", cs[i].Line, err, what)
+	}
+	named := refusedLines(said, len(lines))
+	switch {
+	case len(lines) == 1 || ctx.Err() != nil:
+		for _, i := range lines {
+			fail(i, said)
+		}
+		return errs
+	case attribute && len(named) > 0:
+		var rest []int
+		for n, i := range lines {
+			if what, ok := named[n+1]; ok {
+				fail(i, what)
+			} else {
+				rest = append(rest, i)
+			}
+		}
+		r.retry(ctx, root, cs, rest, errs)
+	default:
+		for _, i := range lines {
+			r.retry(ctx, root, cs, []int{i}, errs)
+		}
+	}
+	return errs
+}
+
+// retry sets the passwords of cs at the indexes idx again, with one
+// chpasswd run that attributes no refusal, into errs.
+func (r *Runner) retry(ctx context.Context, root string, cs []Change, idx []int, errs []error) {
+	if len(idx) == 0 {
+		return
+	}
+	sub := make([]Change, len(idx))
+	for n, i := range idx {
+		sub[n] = cs[i]
+	}
+	for n, err := range r.setPasswords(ctx, root, sub, false) {
+		errs[idx[n]] = err
+	}
+}
+
+// lineSaid is how chpasswd names a refused input line.
+var lineSaid = regexp.MustCompile(`(?m)^chpasswd: line ([0-9]+): (.*)$`)
+
+// refusedLines maps the input lines chpasswd names in what it said (out)
+// to what it said of each; nil when it names one outside 1 to n.
+func refusedLines(out string, n int) map[int]string {
+	named := map[int]string{}
+	for _, m := range lineSaid.FindAllStringSubmatch(out, -1) {
+		k, err := strconv.Atoi(m[1])
+		if err != nil || k < 1 || k > n {
+			return nil
+		}
+		named[k] = m[2]
+	}
+	return named
+}
+
+// passwordLine is the line of chpasswd's input for c: the name and the
+// hash, both parsed by Plan (declared.go). A character that would end the
+// field or the line can never be in either; it is refused here all the
+// same, since this line is where it would do harm.
+func passwordLine(c Change) (string, error) {
+	if err := CheckName("name", c.Name); err != nil {
+		return "", fmt.Errorf("%s: %w", c.Line, err)
+	}
+	if _, err := ParseHash(string(c.hash)); err != nil || strings.ContainsAny(string(c.hash), ":\n\r\x00") {
+		return "", fmt.Errorf("%s: refused: the hash is not one Plan parsed", c.Line)
+	}
+	return c.Name + ":" + string(c.hash) + "\n", nil
+}
+
+// chpasswd sets hashed passwords read from its standard input, under
+// root (it has no --prefix: --root chroots into root).
+func chpasswd(root string) []string {
+	if root == "" || root == "/" {
+		return []string{"chpasswd", "-e"}
+	}
+	return []string{"chpasswd", "-e", "--root", root}
+}
+
+// exec runs argv with no shell, the tools' environment and stdin (""
+// for none), and records argv in r.Ran.
+func (r *Runner) exec(ctx context.Context, argv []string, stdin string) ([]byte, error) {
+	if len(argv) == 0 {
+		return nil, errors.New("accounts: a step with no argv")
+	}
+	r.Ran = append(r.Ran, slices.Clone(argv))
+	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
+	cmd.Env = toolEnv
+	if stdin != "" {
+		cmd.Stdin = strings.NewReader(stdin)
+	}
+	return cmd.CombinedOutput()
+}

@@ -1,0 +1,166 @@
+package accounts_test
+
+import (
+	"fmt"
+	"os/exec"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/ccm-dev/ccm/internal/accounts"
+)
+
+// tools counts the tool runs of r by tool name.
+func tools(r *accounts.Runner) map[string]int {
+	n := map[string]int{}
+	for _, argv := range r.Ran {
+		n[argv[0]]++
+	}
+	return n
+}
+
+// hashOf is a well-formed SHA-512 crypt hash, different for each i.
+func hashOf(i int) string {
+	return fmt.Sprintf("$6$salt%04d$%s", i, strings.Repeat(fmt.Sprintf("h%04d", i), 18)[:86])
+}
+
+// assertNoHashInArgv fails when any tool run's argv holds one of hashes:
+// an argv is readable by every local user in /proc/PID/cmdline.
+func assertNoHashInArgv(t *testing.T, r *accounts.Runner, hashes []string) {
+	t.Helper()
+	for _, argv := range r.Ran {
+		joined := strings.Join(argv, " ")
+		assert.NotContains(t, joined, "$6$", "argv %q holds a hash", argv[0])
+		for _, h := range hashes {
+			assert.NotContains(t, joined, h)
+		}
+	}
+}
+
+// New users cost one useradd each, the tool that can serve a --root, and
+// their passwords one chpasswd run between them, on its standard input.
+func TestNewUsersCostOneUseraddEachAndOneChpasswd(t *testing.T) {
+	t.Parallel()
+	root := newRoot(t)
+	n := 50
+	if testing.Short() {
+		n = 8
+	}
+	var users []accounts.User
+	var hashes []string
+	for i := range n {
+		hashes = append(hashes, hashOf(i))
+		users = append(users, accounts.User{Name: fmt.Sprintf("c%04d", i), UID: fmt.Sprint(3000 + i), Password: hashes[i], Object: fmt.Sprintf("users/c%04d", i)})
+	}
+	db, err := accounts.Read(root)
+	require.NoError(t, err)
+	changes, problems := db.Plan(nil, users, policy, accounts.State{}, root)
+	require.Empty(t, problems)
+	r := runAll(t, changes)
+
+	assert.Equal(t, map[string]int{"useradd": n, "chpasswd": 1}, tools(r))
+	assert.Equal(t, []string{"chpasswd", "-e", "--root", root}, r.Ran[len(r.Ran)-1], "after every useradd")
+	assertNoHashInArgv(t, r, hashes)
+	shadow := fileOf(t, root, "shadow")
+	for i, h := range hashes {
+		assert.Contains(t, shadow, fmt.Sprintf("c%04d:%s:", i, h))
+	}
+	assert.Contains(t, shadow, "root:*:", "root's hash is untouched")
+}
+
+// A changed hash of a user ccm made is one chpasswd run, and nothing else
+// (no usermod -p, which would put the hash in argv).
+func TestAChangedHashIsOneChpasswdRunAndNoUsermod(t *testing.T) {
+	t.Parallel()
+	root := newRoot(t)
+	owned := &accounts.Owned{}
+	users := []accounts.User{{Name: "cust01", UID: "3001", Password: hashOf(1), Object: "users/cust01"}}
+	apply(t, root, nil, users, owned)
+
+	users[0].Password = hashOf(2)
+	db, err := accounts.Read(root)
+	require.NoError(t, err)
+	changes, problems := db.Plan(nil, users, policy, accounts.State{Owned: *owned}, root)
+	require.Empty(t, problems)
+	require.Len(t, changes, 1)
+	assert.Equal(t, "~ user cust01: password changed", changes[0].Line)
+	r := runAll(t, changes)
+	assert.Equal(t, [][]string{{"chpasswd", "-e", "--root", root}}, r.Ran)
+	assertNoHashInArgv(t, r, []string{hashOf(1), hashOf(2)})
+	assert.Contains(t, fileOf(t, root, "shadow"), "cust01:"+hashOf(2)+":")
+}
+
+// chpasswd changes all or nothing: a line it refuses fails its own
+// account, named, and every other password of the run is set all the
+// same, in one more run.
+func TestARefusedPasswordFailsItsAccountAlone(t *testing.T) {
+	t.Parallel()
+	root := newRoot(t)
+	pol := policy
+	pol.Adopt = []string{"alice"}
+	users := []accounts.User{
+		{Name: "cust01", UID: "3001", Password: hashOf(1), Object: "users/cust01"},
+		{Name: "alice", Password: hashOf(2), Object: "users/alice"},
+		{Name: "cust02", UID: "3002", Password: hashOf(3), Object: "users/cust02"},
+	}
+	db, err := accounts.Read(root)
+	require.NoError(t, err)
+	changes, problems := db.Plan(nil, users, pol, accounts.State{}, root)
+	require.Empty(t, problems)
+	// alice goes between the plan and the run: chpasswd refuses her line.
+	out, err := exec.Command("userdel", "--prefix", root, "alice").CombinedOutput()
+	require.NoError(t, err, "%s", out)
+
+	r := &accounts.Runner{}
+	for _, c := range changes {
+		_, err := r.Run(t.Context(), c)
+		require.NoError(t, err)
+	}
+	failed := map[string]string{}
+	var set []string
+	for _, res := range r.Flush(t.Context(), nil) {
+		if res.Err != nil {
+			failed[res.Change.Object] = res.Err.Error()
+		} else {
+			set = append(set, res.Change.Name)
+		}
+	}
+	require.Len(t, failed, 1)
+	assert.Contains(t, failed["users/alice"], "~ user alice: password changed: chpasswd:")
+	assert.Contains(t, failed["users/alice"], "user 'alice' does not exist")
+	assert.Equal(t, []string{"cust01", "cust02"}, set)
+	assert.Equal(t, map[string]int{"useradd": 2, "chpasswd": 2}, tools(r), "the batch, then the rest without alice")
+	shadow := fileOf(t, root, "shadow")
+	assert.Contains(t, shadow, "cust01:"+hashOf(1)+":")
+	assert.Contains(t, shadow, "cust02:"+hashOf(3)+":")
+}
+
+// A held object's queued password is not set.
+func TestAHeldObjectsPasswordIsNotSet(t *testing.T) {
+	t.Parallel()
+	root := newRoot(t)
+	users := []accounts.User{
+		{Name: "cust01", UID: "3001", Password: hashOf(1), Object: "users/cust01"},
+		{Name: "cust02", UID: "3002", Password: hashOf(2), Object: "users/cust02"},
+	}
+	db, err := accounts.Read(root)
+	require.NoError(t, err)
+	changes, problems := db.Plan(nil, users, policy, accounts.State{}, root)
+	require.Empty(t, problems)
+	r := &accounts.Runner{}
+	for _, c := range changes {
+		_, err := r.Run(t.Context(), c)
+		require.NoError(t, err)
+	}
+	assert.Equal(t, 2, r.Queued())
+	res := r.Flush(t.Context(), func(c accounts.Change) bool { return c.Object == "users/cust02" })
+	require.Len(t, res, 1)
+	assert.NoError(t, res[0].Err)
+	assert.Equal(t, "cust01", res[0].Change.Name)
+	shadow := fileOf(t, root, "shadow")
+	assert.Contains(t, shadow, "cust01:"+hashOf(1)+":")
+	assert.Contains(t, shadow, "cust02:!:", "useradd's locked password stays")
+	assert.Zero(t, r.Queued())
+}
