@@ -147,6 +147,7 @@ func run(out string, idle time.Duration, quick bool, only, profiles, confd, base
 		{"throughput", b.throughput},
 		{"rollout", b.rollout},
 		{"actions", b.actions},
+		{"cli", b.cli},
 		{"debounce", b.debounce},
 		{"footprint", b.footprint},
 		{"drift", b.drift},
