@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"unicode"
 )
 
@@ -112,11 +113,16 @@ func maxName(field string) string {
 // gost-yescrypt at the costs Debian's tools make (j7T to jDT), and bcrypt
 // at cost 04 to 13. A cost is bounded because every login attempt on the
 // name (sshd, su, PAM, as root) pays it: $2b$31$ is two days of CPU a try.
-var hashForms = []*regexp.Regexp{
-	regexp.MustCompile(`^\$(1|5|6)\$(rounds=([0-9]{4,7})\$)?[./0-9A-Za-z]{1,16}\$[./0-9A-Za-z]{1,86}$`),
-	regexp.MustCompile(`^\$(y|gy)\$j[7-9A-D]T\$[./0-9A-Za-z]{1,86}\$[./0-9A-Za-z]{1,86}$`),
-	regexp.MustCompile(`^\$2[aby]\$(0[4-9]|1[0-3])\$[./0-9A-Za-z]{53}$`),
-}
+// They are compiled on first use, not at start-up: every ccm command
+// would pay their compilation (about 0.3 ms), and only a plan or an
+// apply with accounts reads them.
+var hashForms = sync.OnceValue(func() []*regexp.Regexp {
+	return []*regexp.Regexp{
+		regexp.MustCompile(`^\$(1|5|6)\$(rounds=([0-9]{4,7})\$)?[./0-9A-Za-z]{1,16}\$[./0-9A-Za-z]{1,86}$`),
+		regexp.MustCompile(`^\$(y|gy)\$j[7-9A-D]T\$[./0-9A-Za-z]{1,86}\$[./0-9A-Za-z]{1,86}$`),
+		regexp.MustCompile(`^\$2[aby]\$(0[4-9]|1[0-3])\$[./0-9A-Za-z]{53}$`),
+	}
+})
 
 // MaxRounds is the most rounds= a SHA-256 or SHA-512 hash may ask for
 // (the default is 5000).
@@ -129,7 +135,7 @@ func ParseHash(s string) (Hash, error) {
 	case "", "!", "*", "!*":
 		return Hash(s), nil
 	}
-	for _, re := range hashForms {
+	for _, re := range hashForms() {
 		m := re.FindStringSubmatch(strings.TrimPrefix(s, "!"))
 		if m == nil {
 			continue
