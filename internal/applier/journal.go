@@ -13,6 +13,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/ccm-dev/ccm/internal/accounts"
+
 	"go.uber.org/zap"
 )
 
@@ -33,9 +35,10 @@ type journal struct {
 	Timeout  time.Duration `json:"timeout"`
 	// Manifest is what the state directory records once validate passed.
 	Manifest manifest `json:"manifest"`
-	// SameFiles says that the manifest's files are the ones the state
-	// directory records already, and are left out: a run that changes one
-	// of 10,000 files does not write 10,000 paths, durably, twice.
+	// SameFiles says that the files of the manifest and of Prev are the
+	// ones the state directory records already, and are left out of both:
+	// a run that changes one of 10,000 files does not write 10,000 paths,
+	// durably, three times.
 	SameFiles bool `json:"same_files,omitempty"`
 	// Files is the old state of every path the run changes.
 	Files []journalFile `json:"files"`
@@ -71,10 +74,14 @@ func (a *Applier) newJournal(p *Plan, m manifest, dirs []string) *journal {
 	cfg := p.Config
 	j := &journal{Config: cfg.Name, Dir: cfg.Dir(), Root: a.opts.Root, Validate: cfg.Validate, Timeout: cfg.Timeout, Manifest: m, Dirs: dirs}
 	if prev, ok := a.manifests[cfg.Name]; ok {
+		prev.Owned = accounts.Owned{} // a rollback keeps the accounts as they are then
 		j.Prev = &prev
-	}
-	if old, ok := a.manifests[cfg.Name]; ok && len(m.Files) > 0 && slices.Equal(old.Files, m.Files) && maps.Equal(old.Objects, m.Objects) {
-		j.Manifest.Files, j.Manifest.Objects, j.SameFiles = nil, nil, true
+		if len(m.Files) > 0 && slices.Equal(prev.Files, m.Files) && maps.Equal(prev.Objects, m.Objects) {
+			// Both manifests list what the state directory lists, before
+			// the run and after it alike: neither is written twice.
+			j.Manifest.Files, j.Manifest.Objects, j.SameFiles = nil, nil, true
+			j.Prev.Files, j.Prev.Objects = nil, nil
+		}
 	}
 	for _, c := range cfg.OnChange {
 		j.OnChange = append(j.OnChange, c)

@@ -94,6 +94,9 @@ func (a *Applier) rollBack(j *journal) error {
 		return a.saveManifest(j.Config, manifest{Owned: cur.Owned})
 	}
 	m := *j.Prev
+	if j.SameFiles { // the same before the run and after it
+		m.Files, m.Objects = cur.Files, cur.Objects
+	}
 	m.Owned = cur.Owned // accounts the run created are still ccm's
 	return a.saveManifest(j.Config, m)
 }

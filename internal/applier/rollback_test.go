@@ -64,3 +64,40 @@ validate: [sh, -c, 'test ! -e "$0"', ` + strconv.Quote(broken) + `]
 	assert.Equal(t, "v2\n", f.read("/pools/a.conf"), "the next run converges forward")
 	assert.Equal(t, "v2\n", f.read("/pools/b.conf"))
 }
+
+// A rolled-back run that changed one file of many puts back the manifest
+// the state directory had: its journal leaves the unchanged file list out
+// (it is the one recorded), and the rollback still restores it whole, so
+// a later run still prunes a file of the list.
+func TestARollbackOfOneChangedFileOfManyKeepsTheFileList(t *testing.T) {
+	t.Parallel()
+	broken := filepath.Join(t.TempDir(), "broken")
+	f := newFixture(t, map[string]string{
+		"pools.yaml": `name: pools
+subscribes: [sites]
+files:
+  - {path: '/pools/{{ .Object.ID }}.conf', for_each: sites, content: "{{ .Object.Data.v }}\n"}
+`,
+		"vhosts.yaml": `name: vhosts
+subscribes: [sites]
+depends_on: [pools]
+files:
+  - {path: '/vhosts/{{ .Object.ID }}.conf', for_each: sites, content: "{{ .Object.Data.v }}\n"}
+validate: [sh, -c, 'test ! -e "$0"', ` + strconv.Quote(broken) + `]
+`})
+	f.put("sites/a", `{"v":"v1"}`)
+	f.put("sites/b", `{"v":"v1"}`)
+	require.NoError(t, f.run().Err)
+
+	f.put("sites/a", `{"v":"v2"}`) // one file of two: the same list
+	require.NoError(t, os.WriteFile(broken, nil, 0o644))
+	require.ErrorIs(t, f.run().Err, applier.ErrValidate)
+	assert.Equal(t, "v1\n", f.read("/pools/a.conf"), "rolled back")
+
+	require.NoError(t, os.Remove(broken))
+	f.del("sites/b")
+	require.NoError(t, f.run().Err)
+	assert.Equal(t, "v2\n", f.read("/pools/a.conf"))
+	assert.NoFileExists(t, f.path("/pools/b.conf"), "the restored manifest still lists b: its file is pruned")
+	assert.NoFileExists(t, f.path("/vhosts/b.conf"))
+}
