@@ -85,3 +85,7 @@ require (
 	k8s.io/utils v0.0.0-20260108192941-914a6e750570 // indirect
 	sigs.k8s.io/yaml v1.6.0 // indirect
 )
+
+// The drafts' meta-schemas compile on first use instead of at every
+// command's start: third_party/jsonschema/README.ccm.md.
+replace github.com/santhosh-tekuri/jsonschema/v6 => ./third_party/jsonschema

@@ -15,6 +15,9 @@ type Compiler struct {
 	mediaTypes    map[string]*MediaType
 	assertFormat  bool
 	assertContent bool
+	// meta is set on the compiler of the drafts' meta-schemas
+	// (compileMeta), which must not wait for itself.
+	meta bool
 }
 
 // NewCompiler create Compiler Object.
@@ -176,6 +179,9 @@ func (c *Compiler) MustCompile(loc string) *Schema {
 
 // Compile compiles json-schema at given loc.
 func (c *Compiler) Compile(loc string) (*Schema, error) {
+	if !c.meta {
+		compileMeta()
+	}
 	uf, err := absolute(loc)
 	if err != nil {
 		return nil, err

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync"
 )
 
 // A Draft represents json-schema specification.
@@ -124,16 +125,28 @@ var (
 	draftLatest = Draft2020
 )
 
-func init() {
-	c := NewCompiler()
-	c.AssertFormat()
-	for _, d := range []*Draft{Draft4, Draft6, Draft7, Draft2019, Draft2020} {
-		d.sch = c.MustCompile(d.url)
-		for name := range d.allVocabs {
-			d.allVocabs[name] = c.MustCompile(strings.TrimSuffix(d.url, "schema") + "meta/" + name)
+// compileMeta compiles the drafts' meta-schemas, once, before the first
+// schema a caller compiles. (ccm's patch: upstream compiles them in an
+// init function, which every program that links the package pays at
+// start-up, about 4 ms, whether or not it compiles a schema.) Compile
+// calls it on every compiler but the one it uses itself, so that a
+// meta-schema is compiled exactly as upstream's init compiles it: with
+// the drafts compiled before it in place, and those after not yet.
+func compileMeta() {
+	metaOnce.Do(func() {
+		c := NewCompiler()
+		c.meta = true
+		c.AssertFormat()
+		for _, d := range []*Draft{Draft4, Draft6, Draft7, Draft2019, Draft2020} {
+			d.sch = c.MustCompile(d.url)
+			for name := range d.allVocabs {
+				d.allVocabs[name] = c.MustCompile(strings.TrimSuffix(d.url, "schema") + "meta/" + name)
+			}
 		}
-	}
+	})
 }
+
+var metaOnce sync.Once
 
 func draftFromURL(url string) *Draft {
 	u, frag := split(url)
