@@ -195,6 +195,10 @@ func (a *Applier) applyPlan(ctx context.Context, p *Plan, files []string) error 
 		tx.removeCreatedDirs()
 		return err
 	}
+	// The staged files and the journal must both be durable before the
+	// first rename, and neither before the other: their fsyncs overlap.
+	synced := a.files.syncLater(slices.Collect(maps.Values(staged)))
+	defer synced() // before the staged files are removed
 	files = p.keepHeld(files)
 	j := a.newJournal(p, manifest{Files: files, OnChangePending: p.PendingOnChange, Objects: p.objectsOf(files), Digest: p.digest}, tx.createdDirs)
 	if len(p.Changes) > 0 {
@@ -202,7 +206,8 @@ func (a *Applier) applyPlan(ctx context.Context, p *Plan, files []string) error 
 			tx.removeCreatedDirs()
 			return err
 		}
-		if err := a.writeJournal(j); err != nil {
+		if err := errors.Join(a.writeJournal(j), synced()); err != nil {
+			_ = a.removeJournal(j.Config) // nothing was renamed: nothing to restore
 			tx.removeCreatedDirs()
 			return err
 		}
@@ -330,11 +335,7 @@ func (a *Applier) stageAll(ctx context.Context, p *Plan, tx *txn) (map[int]strin
 	if len(failed) > 0 {
 		staged = a.dropFailed(p, staged, failed)
 	}
-	tmps := make([]string, 0, len(staged))
-	for _, tmp := range staged {
-		tmps = append(tmps, tmp)
-	}
-	return staged, a.files.syncStaged(tmps)
+	return staged, nil // applyPlan makes them durable
 }
 
 // addShape adds an object whose directory cannot be made, once.

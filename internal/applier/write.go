@@ -11,6 +11,7 @@ import (
 	"path"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -436,6 +437,17 @@ func (t *tree) setAttrs(p string, kind uint64, mode fs.FileMode, own configs.Own
 // syncBatch is the number of staged files from which one syncfs(2) of
 // their filesystem is cheaper than an fsync each.
 const syncBatch = 16
+
+// syncLater starts syncStaged(tmps) and returns a function that waits for
+// its result, as often as it is called.
+func (t *tree) syncLater(tmps []string) func() error {
+	if len(tmps) == 0 {
+		return func() error { return nil }
+	}
+	done := make(chan error, 1)
+	go func() { done <- t.syncStaged(tmps) }()
+	return sync.OnceValue(func() error { return <-done })
+}
 
 // syncStaged makes staged files durable before they are renamed into
 // place: a crash after the rename must never expose an empty or partial
