@@ -1,6 +1,7 @@
 package render_test
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -10,6 +11,7 @@ import (
 	"github.com/ccm-dev/ccm/internal/configs"
 	"github.com/ccm-dev/ccm/internal/objects"
 	"github.com/ccm-dev/ccm/internal/render"
+	"github.com/ccm-dev/ccm/internal/runkind"
 )
 
 // benchSnapshot returns n site objects like the example's.
@@ -73,6 +75,54 @@ func BenchmarkUnified(b *testing.B) {
 	for b.Loop() {
 		if render.Unified("/x", o, n, true, true) == "" {
 			b.Fatal("no diff")
+		}
+	}
+}
+
+// BenchmarkOneFileEvent renders 10,000 sites into one file through the
+// cache after one site changed: the one-file event's render.
+func BenchmarkOneFileEvent(b *testing.B) {
+	dir := b.TempDir()
+	if err := os.MkdirAll(filepath.Join(dir, "templates"), 0o755); err != nil {
+		b.Fatal(err)
+	}
+	tmpl := "# managed by ccm\n{{- range .Objects.sites }}\n{{ index .Data.domains 0 }} {{ .ID }} {{ .Data.user }};\n{{- end }}\n"
+	if err := os.WriteFile(filepath.Join(dir, "templates", "sites.map.tmpl"), []byte(tmpl), 0o644); err != nil {
+		b.Fatal(err)
+	}
+	yaml := "subscribes: [sites]\nfiles:\n  - {path: /etc/nginx/sites.map, template: sites.map.tmpl}\n"
+	if err := os.WriteFile(filepath.Join(dir, "sites.yaml"), []byte(yaml), 0o644); err != nil {
+		b.Fatal(err)
+	}
+	set, err := configs.Load(dir)
+	if err != nil {
+		b.Fatal(err)
+	}
+	cfg, root, cache := set.Configs["sites"], b.TempDir(), render.NewCache()
+	const n = 10000
+	build := func(changed int, rev int64) *objects.Snapshot {
+		bl := objects.NewBuilder("/ccm", rev, nil)
+		for i := 0; i < n; i++ {
+			r := int64(i + 2)
+			if i == changed {
+				r = rev
+			}
+			bl.Add(fmt.Sprintf("/ccm/objects/sites/site%05d", i),
+				[]byte(fmt.Sprintf(`{"user":"u%d","domains":["s%d-%d.example.com"]}`, i, i, r)), r)
+		}
+		return bl.Snapshot()
+	}
+	snaps := []*objects.Snapshot{build(-1, n+2), build(7, n+3), build(7919, n+4)}
+	ctx := context.Background()
+	if _, err := cache.Render(ctx, cfg, snaps[0], render.Node{Name: "n"}, root, runkind.Full); err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	i := 0
+	for b.Loop() {
+		i++
+		if _, err := cache.Render(ctx, cfg, snaps[1+i%2], render.Node{Name: "n"}, root, runkind.Changed); err != nil {
+			b.Fatal(err)
 		}
 	}
 }

@@ -97,6 +97,13 @@ func (c *Cache) render(cfg *configs.Config, snap *objects.Snapshot, node Node, r
 		}
 	}
 	for body, outs := range cc.ranges {
+		if outs.gen != cc.gen { // not called in this render
+			delete(cc.ranges, body)
+			continue
+		}
+		if len(outs.elems) == outs.used {
+			continue
+		}
 		for k, e := range outs.elems {
 			if e.gen != cc.gen {
 				delete(outs.elems, k)

@@ -11,16 +11,43 @@ import (
 // ID, and the size of its last whole output.
 type rangeOutputs struct {
 	elems map[[2]string]*rangeEntry
-	size  int
+	// last is the entries of the last call, in its order (nil where an
+	// element was not kept): a call over the same list, as an event's
+	// render is, finds its entries by position, without hashing.
+	last []*rangeEntry
+	size int
+	// gen is the render that last called the body, and used how many of
+	// elems it used: the sweep of stale entries skips a body with none.
+	gen  uint64
+	used int
 }
 
 // rangeEntry is one element's output, valid while the object's revision
 // is unchanged: a rewritten body reads nothing but its element (see
 // templates.Ranger).
 type rangeEntry struct {
+	typ, id  string
 	revision int64
 	out      string
 	gen      uint64
+}
+
+// entry returns the kept entry of objs[i], or nil.
+func (r *rangeOutputs) entry(i int, o objects.Object) *rangeEntry {
+	if i < len(r.last) {
+		if e := r.last[i]; e != nil && e.id == o.ID && e.typ == o.Type {
+			return e
+		}
+	}
+	return r.elems[[2]string{o.Type, o.ID}]
+}
+
+// use marks e as used by the render gen.
+func (r *rangeOutputs) use(e *rangeEntry, gen uint64) {
+	if e.gen != gen {
+		e.gen = gen
+		r.used++
+	}
 }
 
 // rangeMemo is what a render's ranges share: the budget of the file being
@@ -55,11 +82,15 @@ func (d Data) CCMRange(body, loop *template.Template, value any) (string, error)
 		outs = &rangeOutputs{elems: make(map[[2]string]*rangeEntry, len(objs))}
 		cc.ranges[body] = outs
 	}
+	if outs.gen != cc.gen {
+		outs.gen, outs.used = cc.gen, 0
+	}
 	w.Grow(outs.size)
-	for _, o := range objs {
-		key := [2]string{o.Type, o.ID}
-		if e, ok := outs.elems[key]; ok && o.Revision > 0 && e.revision == o.Revision {
-			e.gen = cc.gen
+	order := make([]*rangeEntry, len(objs))
+	for i, o := range objs {
+		if e := outs.entry(i, o); e != nil && o.Revision > 0 && e.revision == o.Revision {
+			outs.use(e, cc.gen)
+			order[i] = e
 			if _, err := w.WriteString(e.out); err != nil {
 				return "", err
 			}
@@ -70,9 +101,16 @@ func (d Data) CCMRange(body, loop *template.Template, value any) (string, error)
 			return "", err
 		}
 		if o.Revision > 0 {
-			outs.elems[key] = &rangeEntry{revision: o.Revision, out: string(w.Bytes()[start:]), gen: cc.gen}
+			e := &rangeEntry{typ: o.Type, id: o.ID, revision: o.Revision, out: string(w.Bytes()[start:])}
+			if old := outs.elems[[2]string{o.Type, o.ID}]; old != nil && old.gen == cc.gen {
+				e.gen = cc.gen // counted already
+			}
+			outs.use(e, cc.gen)
+			outs.elems[[2]string{o.Type, o.ID}] = e
+			order[i] = e
 		}
 	}
+	outs.last = order
 	outs.size = w.Len()
 	return w.String(), nil
 }
