@@ -199,15 +199,19 @@ type Sent struct {
 	binding   api.Binding // the cluster a signed request is for
 	action    string
 	recorded  bool // the call record is written
+	lease     *earlyLease
 }
 
 // Send writes the call's requests and returns without waiting; Batch is
 // ignored. Read the outcome with Get or Resume, or ccm action get.
 func (c *Client) Send(ctx context.Context, call Call) (*Sent, error) {
+	lease := c.leaseEarly(ctx, call)
+	defer c.endLease(lease)
 	s, req, err := c.prepare(ctx, call, api.NewID(time.Now()))
 	if err != nil {
 		return nil, err
 	}
+	s.lease = lease
 	rev, err := c.write(ctx, s, req, append(slices.Clone(s.Nodes), s.NotAlive...))
 	s.Revision = rev
 	return s, err
@@ -248,13 +252,15 @@ type Handle struct {
 func (c *Client) Start(ctx context.Context, call Call) (*Handle, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	id := api.NewID(time.Now())
-	early := c.watchEarly(ctx, id, call)
+	early, lease := c.watchEarly(ctx, id, call), c.leaseEarly(ctx, call)
 	s, req, err := c.prepare(ctx, call, id)
 	if err != nil {
 		early.discard()
+		c.endLease(lease)
 		cancel()
 		return nil, err
 	}
+	s.lease = lease
 	return &Handle{ID: id, Sent: s, c: c, ctx: ctx, cancel: cancel, call: call, req: req, early: early}, nil
 }
 
@@ -266,6 +272,7 @@ func (c *Client) Start(ctx context.Context, call Call) (*Handle, error) {
 // early (etcd unreachable) ends the iteration: Err returns it.
 func (h *Handle) Replies() iter.Seq[NodeReply] {
 	return func(yield func(NodeReply) bool) {
+		defer h.c.endLease(h.Sent.lease)
 		var waiting sync.WaitGroup // the awaits, which withdraw at cancel
 		defer waiting.Wait()
 		defer h.cancel()
@@ -477,11 +484,16 @@ func (c *Client) prepare(ctx context.Context, call Call, id string) (*Sent, *api
 		ID: s.ID, Action: call.Action, Params: call.Params, By: call.By, Created: now,
 		Deadline: call.Timing.Deadline, Timeout: api.Duration(call.Timing.Timeout), ReplyKey: s.ReplyKey.Public(),
 	}
-	s.retention = call.Timing.Retention
-	if s.retention <= 0 {
-		s.retention = DefaultRetention
-	}
+	s.retention = retentionOf(call)
 	return s, req, nil
+}
+
+// retentionOf is how long etcd keeps the call's requests and replies.
+func retentionOf(call Call) time.Duration {
+	if call.Timing.Retention <= 0 {
+		return DefaultRetention
+	}
+	return call.Timing.Retention
 }
 
 // binding is the cluster a signed request is for: the prefix and etcd's
@@ -585,6 +597,78 @@ func (c *Client) lease(ctx context.Context, retention time.Duration, fresh bool)
 	return resp.ID, nil
 }
 
+// callLease is the lease a call's put writes on: the call's early lease
+// when it has one (then held for the calls after it), else lease's.
+func (c *Client) callLease(ctx context.Context, s *Sent, fresh bool) (clientv3.LeaseID, error) {
+	if e := s.lease; e != nil && !fresh {
+		<-e.done
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		if e.id != 0 {
+			if l, ok := c.leases[s.retention]; !ok || time.Since(l.granted) >= s.retention/24 {
+				c.leases[s.retention] = heldLease{id: e.id, granted: e.at}
+			}
+			e.adopted = true
+			return e.id, nil
+		}
+	}
+	return c.lease(ctx, s.retention, fresh)
+}
+
+// earlyLease is a call's retention lease, granted while prepare reads the
+// nodes' presence, so that a client's first call (a CLI's every call)
+// waits for one etcd round trip fewer. It is the call's own until its put
+// writes on it (adopted); a call that wrote nothing revokes it.
+type earlyLease struct {
+	ctx     context.Context
+	done    chan struct{}
+	id      clientv3.LeaseID // 0 when the grant failed (put grants again)
+	at      time.Time
+	adopted bool // under Client.mu
+}
+
+// leaseEarly starts granting the call's lease, unless the client holds
+// one (nil then).
+func (c *Client) leaseEarly(ctx context.Context, call Call) *earlyLease {
+	retention := retentionOf(call)
+	c.mu.Lock()
+	l, ok := c.leases[retention]
+	c.mu.Unlock()
+	if ok && time.Since(l.granted) < retention/24 {
+		return nil
+	}
+	e := &earlyLease{ctx: ctx, done: make(chan struct{})}
+	go func() {
+		defer close(e.done)
+		rctx, cancel := c.request(ctx)
+		defer cancel()
+		e.at = time.Now()
+		if resp, err := c.cli.Grant(rctx, int64(retention.Seconds())); err == nil {
+			e.id = resp.ID
+		}
+	}()
+	return e
+}
+
+// endLease returns once the call's early grant is over, and revokes its
+// lease if no put wrote on it: a call that writes nothing leaves no lease
+// for the retention period.
+func (c *Client) endLease(e *earlyLease) {
+	if e == nil {
+		return
+	}
+	<-e.done
+	c.mu.Lock()
+	unused := e.id != 0 && !e.adopted
+	c.mu.Unlock()
+	if !unused {
+		return
+	}
+	ctx, cancel := c.request(context.WithoutCancel(e.ctx))
+	defer cancel()
+	_, _ = c.cli.Revoke(ctx, e.id) // else it expires with the retention
+}
+
 type heldLease struct {
 	id      clientv3.LeaseID
 	granted time.Time
@@ -655,7 +739,7 @@ func (c *Client) put(ctx context.Context, s *Sent, nodes, bodies []string) (int6
 	ctx, cancel := c.request(ctx)
 	defer cancel()
 	for fresh := false; ; fresh = true {
-		lease, err := c.lease(ctx, s.retention, fresh)
+		lease, err := c.callLease(ctx, s, fresh)
 		if err != nil {
 			return 0, err
 		}
