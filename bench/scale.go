@@ -30,19 +30,29 @@ var fleetSizes = flag.String("fleet", "200,500", "agent processes of the scale s
 // scaleTimeout bounds one rollout of the scale scenario.
 var scaleTimeout = flag.Duration("fleet-timeout", 5*time.Minute, "longest rollout of the scale scenario")
 
+// scaleParts picks the parts of the scale scenario (-fleet-only).
+var scaleParts = flag.String("fleet-only", "", "run only this part of the scale scenario: rollout, or fanout (default both)")
+
 // fleet (the scale scenario): for each of fleetSizes, that many agent processes (the node build, the systemd unit's
 // environment) on a 3-member Debian etcd on loopback, --debounce 1s, a
 // trivial configuration. Each build (this one, and the baseline's) runs a
 // serial rollout and one in batches of a twentieth of the fleet: the time from one
 // put until every node reported that revision converged, and the CPU
 // time the three etcd processes spent on it. Then the time ccm status
-// --json takes, and the view the dashboard reads, at that size.
+// --json takes, and the view the dashboard reads, at that size; and this
+// build's fan-out (bench/fanout.go): an action to every node, and to
+// the half of the fleet a label picks.
 func (b *bench) fleet() error {
 	if _, err := exec.LookPath("etcd"); err != nil {
 		return errors.New("needs Debian's etcd (apt-get install etcd-server), as .ci/run installs it")
 	}
+	switch *scaleParts {
+	case "", "rollout", "fanout":
+	default:
+		return fmt.Errorf("-fleet-only: %q is neither rollout nor fanout", *scaleParts)
+	}
 	builds := []struct{ name, bin string }{{"this build", b.ccm}}
-	if b.baseline != "" {
+	if b.baseline != "" && *scaleParts != "fanout" {
 		builds = append(builds, struct{ name, bin string }{"before (" + b.baselineRev + ")", b.baseline})
 	}
 	for _, size := range strings.Split(*fleetSizes, ",") {
@@ -50,10 +60,16 @@ func (b *bench) fleet() error {
 		if err != nil || n < 1 {
 			return fmt.Errorf("-fleet: %q is no number of agents", size)
 		}
+		if *scaleParts == "fanout" {
+			if err := b.scaleFleet(builds[0].name, builds[0].bin, n, api.Serial); err != nil {
+				return fmt.Errorf("fan-out: %w", err)
+			}
+			continue
+		}
 		batch := max(n/20, 2)
 		for _, build := range builds {
 			for _, strategy := range []api.Rollout{api.Serial, {Batch: batch}} {
-				if err := b.scaleRollout(build.name, build.bin, n, strategy); err != nil {
+				if err := b.scaleFleet(build.name, build.bin, n, strategy); err != nil {
 					return fmt.Errorf("%s, %s: %w", build.name, strategy, err)
 				}
 			}
@@ -62,62 +78,112 @@ func (b *bench) fleet() error {
 	return nil
 }
 
-// scaleRollout measures one build under one strategy on a fresh etcd.
-func (b *bench) scaleRollout(build, bin string, n int, strategy api.Rollout) error {
-	etcd, err := startMembers(filepath.Join(b.work, "scale-etcd"), 3)
-	if err != nil {
-		return err
+// fleetRun is a fleet of agent processes on a fresh 3-member etcd.
+type fleetRun struct {
+	etcd   *members
+	cli    *clientv3.Client
+	names  []string
+	procs  []*exec.Cmd
+	logs   []*os.File
+	home   string
+	prefix string
+}
+
+// startFleet starts n agents of bin on a fresh etcd, under strategy.
+func (b *bench) startFleet(bin string, n int, strategy api.Rollout) (_ *fleetRun, err error) {
+	f := &fleetRun{prefix: "/scale", home: filepath.Join(b.work, "scale")}
+	if f.etcd, err = startMembers(filepath.Join(b.work, "scale-etcd"), 3); err != nil {
+		return nil, err
 	}
-	defer etcd.stop()
-	cli, err := clientv3.New(clientv3.Config{Endpoints: etcd.endpoints, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	defer func() {
+		if err != nil {
+			f.stop()
+		}
+	}()
+	f.cli, err = clientv3.New(clientv3.Config{Endpoints: f.etcd.endpoints, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
 	if err != nil {
-		return err
+		return f, err
 	}
-	defer cli.Close()
-	const prefix = "/scale"
 	raw, _ := json.Marshal(strategy)
-	if _, err := cli.Put(b.ctx, prefix+"/rollout", string(raw)); err != nil {
-		return err
+	if _, err := f.cli.Put(b.ctx, f.prefix+"/rollout", string(raw)); err != nil {
+		return f, err
 	}
 	dir, err := b.configDir("scale", map[string]string{"motd.yaml": `subscribes: [motd]
 files:
   - path: /etc/motd
     content: "{{ range .Objects.motd }}{{ .Data.text }}{{ end }}\n"
 `})
-	if err != nil {
-		return err
+	if err == nil {
+		err = withFanoutHandler(dir)
 	}
-	var procs []*exec.Cmd
-	defer func() {
-		for _, p := range procs {
-			_ = p.Process.Signal(syscall.SIGTERM)
-		}
-		for _, p := range procs {
-			_, _ = p.Process.Wait()
-		}
-	}()
+	if err != nil {
+		return f, err
+	}
 	for i := range n {
 		name := fmt.Sprintf("n%03d", i)
-		home := filepath.Join(b.work, "scale", name)
-		p := exec.Command(bin, "agent", "--endpoints", strings.Join(etcd.endpoints, ","), "--prefix", prefix,
+		home := filepath.Join(f.home, name)
+		p := exec.Command(bin, "agent", "--endpoints", strings.Join(f.etcd.endpoints, ","), "--prefix", f.prefix,
 			"--node", name, "--config-dir", dir, "--root", filepath.Join(home, "root"), "--state-dir", filepath.Join(home, "state"),
 			"--debounce", "1s", "--log-level", "error")
 		p.Env = append(os.Environ(), "CCM_LOG_FORMAT=json", "GOGC=50") // the unit's environment
 		if err := os.MkdirAll(filepath.Join(home, "root"), 0o755); err != nil {
-			return err
+			return f, err
 		}
 		logFile, err := os.Create(filepath.Join(home, "log"))
 		if err != nil {
-			return err
+			return f, err
 		}
-		defer logFile.Close()
+		f.logs = append(f.logs, logFile)
 		p.Stderr = logFile
 		if err := p.Start(); err != nil {
+			return f, err
+		}
+		f.procs, f.names = append(f.procs, p), append(f.names, name)
+	}
+	return f, nil
+}
+
+// stop ends the agents, then etcd, and removes their files.
+func (f *fleetRun) stop() {
+	for _, p := range f.procs {
+		_ = p.Process.Signal(syscall.SIGTERM)
+	}
+	for _, p := range f.procs {
+		_, _ = p.Process.Wait()
+	}
+	for _, l := range f.logs {
+		_ = l.Close()
+	}
+	if f.cli != nil {
+		f.cli.Close()
+	}
+	f.etcd.stop()
+	_ = os.RemoveAll(f.home)
+}
+
+// scaleFleet measures one build under one strategy on a fresh etcd: the
+// rollout, and for this build's serial fleet ccm status, the view and the
+// fan-out (as -fleet-only picks).
+func (b *bench) scaleFleet(build, bin string, n int, strategy api.Rollout) error {
+	f, err := b.startFleet(bin, n, strategy)
+	if err != nil {
+		return err
+	}
+	defer f.stop()
+	if *scaleParts != "fanout" {
+		if err := b.scaleRollout(f, build, bin, n, strategy); err != nil {
 			return err
 		}
-		procs = append(procs, p)
 	}
-	defer os.RemoveAll(filepath.Join(b.work, "scale"))
+	if build != "this build" || strategy.Slots() > 1 || *scaleParts == "rollout" {
+		return nil
+	}
+	return b.fanout(f)
+}
+
+// scaleRollout measures one rollout of a fleet, after a warm-up one.
+func (b *bench) scaleRollout(f *fleetRun, build, bin string, n int, strategy api.Rollout) error {
+	cli, etcd, prefix := f.cli, f.etcd, f.prefix
 	rollout := func(text string) (time.Duration, time.Duration, error) {
 		cpu := etcd.cpu()
 		start := time.Now()
@@ -126,7 +192,7 @@ files:
 			return 0, 0, err
 		}
 		if err := allConverged(b.ctx, cli, prefix, n, put.Header.Revision, *scaleTimeout); err != nil {
-			log, _ := os.ReadFile(filepath.Join(b.work, "scale", "n000", "log"))
+			log, _ := os.ReadFile(filepath.Join(f.home, "n000", "log"))
 			return 0, 0, fmt.Errorf("%w; the first agent's log:\n%s", err, log[max(0, len(log)-3000):])
 		}
 		return time.Since(start), etcd.cpu() - cpu, nil
@@ -247,9 +313,12 @@ func startMembers(dir string, n int) (*members, error) {
 }
 
 // cpu is the user and system CPU time the members used so far.
-func (m *members) cpu() time.Duration {
+func (m *members) cpu() time.Duration { return procsCPU(m.procs) }
+
+// procsCPU is the user and system CPU time processes used so far.
+func procsCPU(procs []*exec.Cmd) time.Duration {
 	var total time.Duration
-	for _, p := range m.procs {
+	for _, p := range procs {
 		raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p.Process.Pid))
 		if err != nil {
 			continue
