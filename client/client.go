@@ -205,6 +205,9 @@ type Sent struct {
 // Send writes the call's requests and returns without waiting; Batch is
 // ignored. Read the outcome with Get or Resume, or ccm action get.
 func (c *Client) Send(ctx context.Context, call Call) (*Sent, error) {
+	if err := checkCall(call); err != nil {
+		return nil, err
+	}
 	lease := c.leaseEarly(ctx, call)
 	defer c.endLease(lease)
 	s, req, err := c.prepare(ctx, call, api.NewID(time.Now()))
@@ -250,6 +253,9 @@ type Handle struct {
 // the call (etcd unreachable, no node to call, a bad parameter) is
 // returned here, and no request is written.
 func (c *Client) Start(ctx context.Context, call Call) (*Handle, error) {
+	if err := checkCall(call); err != nil {
+		return nil, err
+	}
 	ctx, cancel := context.WithCancel(ctx)
 	id := api.NewID(time.Now())
 	early, lease := c.watchEarly(ctx, id, call), c.leaseEarly(ctx, call)
@@ -415,24 +421,11 @@ type result struct {
 
 // prepare resolves the call's nodes and builds its request.
 func (c *Client) prepare(ctx context.Context, call Call, id string) (*Sent, *api.Request, error) {
-	if call.Action == "" {
-		return nil, nil, errors.New("no action named")
-	}
-	for _, n := range call.To.Nodes {
-		if err := api.CheckName("node", n); err != nil {
-			return nil, nil, err
-		}
-	}
 	ctx, cancel := c.request(ctx)
 	defer cancel()
 	live, err := c.alive(ctx, call)
 	if err != nil {
 		return nil, nil, err
-	}
-	for k := range call.Secrets {
-		if _, ok := call.Params[k]; ok {
-			return nil, nil, fmt.Errorf("parameter %s is given both in clear and as a secret", k)
-		}
 	}
 	var labels map[string]map[string]string // an operator's, never a node's own
 	if len(call.To.Labels) > 0 {
@@ -494,6 +487,25 @@ func retentionOf(call Call) time.Duration {
 		return DefaultRetention
 	}
 	return call.Timing.Retention
+}
+
+// checkCall refuses a call that could never be sent, before anything is
+// asked of etcd.
+func checkCall(call Call) error {
+	if call.Action == "" {
+		return errors.New("no action named")
+	}
+	for _, n := range call.To.Nodes {
+		if err := api.CheckName("node", n); err != nil {
+			return err
+		}
+	}
+	for k := range call.Secrets {
+		if _, ok := call.Params[k]; ok {
+			return fmt.Errorf("parameter %s is given both in clear and as a secret", k)
+		}
+	}
+	return nil
 }
 
 // binding is the cluster a signed request is for: the prefix and etcd's
