@@ -46,6 +46,9 @@ type repairs struct {
 	converged map[string]convergedRender
 	seq       uint64
 	index     managedIndex
+	// moved says that the converged renders' paths may differ from the
+	// index: a run that rewrote files in place publishes nothing.
+	moved bool
 }
 
 // managedIndex maps a real path to the configuration that renders it.
@@ -63,14 +66,46 @@ func (a *Applier) settle(p *Plan) {
 		r.converged = map[string]convergedRender{}
 	}
 	r.seq++
+	if old, ok := r.converged[p.Config.Name]; !ok || !slices.Equal(livePaths(old.out), livePaths(p.Output)) {
+		r.moved = true
+	}
 	r.converged[p.Config.Name] = convergedRender{cfg: p.Config, out: p.Output, seq: r.seq}
 }
 
-// unsettle forgets a configuration whose files are all removed.
-func (a *Applier) unsettle(config string) { delete(a.repairs.converged, config) }
+// livePaths lists the real paths of out's live directories and files, in
+// its order.
+func livePaths(out *render.Output) []string {
+	paths := make([]string, 0, len(out.Directories)+len(out.Files))
+	for _, d := range out.Directories {
+		if out.Live(d.Object) {
+			paths = append(paths, d.Real)
+		}
+	}
+	for i := range out.Files {
+		if f := &out.Files[i]; out.Live(f.Object) {
+			paths = append(paths, f.Real)
+		}
+	}
+	return paths
+}
 
-// publishManaged indexes the converged renders for Managed and Repair.
+// unsettle forgets a configuration whose files are all removed.
+func (a *Applier) unsettle(config string) {
+	if _, ok := a.repairs.converged[config]; ok {
+		a.repairs.moved = true
+		delete(a.repairs.converged, config)
+	}
+}
+
+// publishManaged indexes the converged renders for Managed and Repair,
+// when their paths changed: an event that rewrote one file of 10,000 in
+// place neither rebuilds the index nor has the drift watcher compare
+// 10,000 watches.
 func (a *Applier) publishManaged() {
+	if !a.repairs.moved && a.repairs.index.list.Load() != nil {
+		return
+	}
+	a.repairs.moved = false
 	idx := map[string]string{}
 	for name, c := range a.repairs.converged {
 		for _, d := range c.out.Directories {

@@ -101,3 +101,37 @@ validate: [sh, -c, 'test ! -e "$0"', ` + strconv.Quote(broken) + `]
 	assert.NoFileExists(t, f.path("/pools/b.conf"), "the restored manifest still lists b: its file is pruned")
 	assert.NoFileExists(t, f.path("/vhosts/b.conf"))
 }
+
+// The drift watcher's index of managed paths changes only when the paths
+// do: an event that rewrites one file in place publishes no new
+// generation (the watcher compares nothing), one that adds a file does,
+// and so does one that removes one.
+func TestManagedPathsArePublishedOnlyWhenTheyChange(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, map[string]string{"pools.yaml": `name: pools
+subscribes: [sites]
+files:
+  - {path: '/pools/{{ .Object.ID }}.conf', for_each: sites, content: "{{ .Object.Data.v }}\n"}
+`})
+	f.put("sites/a", `{"v":"v1"}`)
+	require.NoError(t, f.run().Err)
+	first := f.applier.Managed()
+	assert.Equal(t, []string{f.path("/pools/a.conf")}, first.Paths)
+
+	f.put("sites/a", `{"v":"v2"}`)
+	require.NoError(t, f.run().Err)
+	assert.Equal(t, "v2\n", f.read("/pools/a.conf"))
+	assert.Equal(t, first.Generation, f.applier.Managed().Generation, "rewritten in place: the same paths")
+
+	f.put("sites/b", `{"v":"v1"}`)
+	require.NoError(t, f.run().Err)
+	added := f.applier.Managed()
+	assert.Greater(t, added.Generation, first.Generation)
+	assert.Equal(t, []string{f.path("/pools/a.conf"), f.path("/pools/b.conf")}, added.Paths)
+
+	f.del("sites/a")
+	require.NoError(t, f.run().Err)
+	removed := f.applier.Managed()
+	assert.Greater(t, removed.Generation, added.Generation)
+	assert.Equal(t, []string{f.path("/pools/b.conf")}, removed.Paths)
+}
