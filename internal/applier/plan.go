@@ -210,7 +210,7 @@ func (p *Plan) keepHeld(files []string) []string {
 // objectsOf maps each of files that belongs to a for_each object to it:
 // as rendered now, or as recorded for a file kept for a quarantined one.
 func (p *Plan) objectsOf(files []string) map[string]string {
-	rendered := map[string]string{}
+	rendered := make(map[string]string, len(p.Output.Files)) // sized: 10,000 files rehashed twice was a tenth of an event
 	for i := range p.Output.Files {
 		if f := &p.Output.Files[i]; f.Object != "" && p.Output.Live(f.Object) {
 			rendered[f.Path] = f.Object
@@ -224,7 +224,7 @@ func (p *Plan) objectsOf(files []string) map[string]string {
 		}
 		if ok {
 			if out == nil {
-				out = map[string]string{}
+				out = make(map[string]string, len(files))
 			}
 			out[path] = o
 		}
