@@ -241,9 +241,10 @@ func sortDurations(d []time.Duration) []time.Duration {
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 
-// buildAt builds ccm as it was at git revision rev, in a scratch work tree
-// under work, and returns the binary and the short revision.
-func buildAt(work, rev string) (bin, short string, err error) {
+// buildAt builds ccm as it was at git revision rev (with the build tags
+// given, if any), in a scratch work tree under work, and returns the
+// binary and the short revision.
+func buildAt(work, rev string, tags ...string) (bin, short string, err error) {
 	out, err := exec.Command("git", "rev-parse", "--short", rev).Output()
 	if err != nil {
 		return "", "", err
@@ -254,8 +255,8 @@ func buildAt(work, rev string) (bin, short string, err error) {
 		return "", "", fmt.Errorf("%v: %s", err, out)
 	}
 	defer exec.Command("git", "worktree", "remove", "--force", tree).Run()
-	bin = filepath.Join(work, "ccm-"+short)
-	build := exec.Command("go", "build", "-o", bin, "./cmd/ccm")
+	bin = filepath.Join(work, strings.Join(append([]string{"ccm", short}, tags...), "-"))
+	build := exec.Command("go", "build", "-tags", strings.Join(tags, ","), "-o", bin, "./cmd/ccm")
 	build.Dir = tree
 	if out, err := build.CombinedOutput(); err != nil {
 		return "", "", fmt.Errorf("build: %v: %s", err, out)
