@@ -31,3 +31,21 @@ func TestAPasswordLineRefusesWhatWouldSplitIt(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, "a:$6$salt$abc\n", line)
 }
+
+// Only a line chpasswd names, within the input, is blamed; anything else
+// sends every line to run alone.
+func TestRefusedLinesTrustsOnlyLinesOfTheInput(t *testing.T) {
+	for _, tc := range []struct {
+		out  string
+		n    int
+		want map[int]string
+	}{
+		{"chpasswd: line 2: user 'zz' does not exist\nchpasswd: error detected, changes ignored", 3, map[int]string{2: "user 'zz' does not exist"}},
+		{"chpasswd: line 1: a\nchpasswd: line 3: b", 3, map[int]string{1: "a", 3: "b"}},
+		{"chpasswd: cannot lock /etc/shadow; try again later.", 3, map[int]string{}},
+		{"chpasswd: line 4: user 'zz' does not exist", 3, nil},
+		{"chpasswd: line 0: ?", 3, nil},
+	} {
+		assert.Equal(t, tc.want, refusedLines(tc.out, tc.n), tc.out)
+	}
+}
