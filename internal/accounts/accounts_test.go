@@ -15,7 +15,7 @@ import (
 
 // newRoot is a root with an /etc for the real tools, holding one system
 // account and one human account ccm did not create.
-func newRoot(t *testing.T) string {
+func newRoot(t testing.TB) string {
 	t.Helper()
 	if _, err := exec.LookPath("useradd"); err != nil || os.Geteuid() != 0 {
 		t.Skip("needs root and shadow-utils (Debian's passwd package)")

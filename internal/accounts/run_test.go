@@ -164,3 +164,41 @@ func TestAHeldObjectsPasswordIsNotSet(t *testing.T) {
 	assert.Contains(t, shadow, "cust02:!:", "useradd's locked password stays")
 	assert.Zero(t, r.Queued())
 }
+
+// BenchmarkNewUsersWithPasswords creates 50 users with a hash each under a
+// fresh root with the real tools: the Runner's one chpasswd run ("batch"),
+// against a Flush after every change ("per-user", what a chpasswd per user
+// cost before the Runner batched them).
+func BenchmarkNewUsersWithPasswords(b *testing.B) {
+	const n = 50
+	var users []accounts.User
+	for i := range n {
+		users = append(users, accounts.User{Name: fmt.Sprintf("c%04d", i), UID: fmt.Sprint(3000 + i), Password: hashOf(i), Object: fmt.Sprintf("users/c%04d", i)})
+	}
+	for _, mode := range []string{"batch", "per-user"} {
+		b.Run(mode, func(b *testing.B) {
+			for b.Loop() {
+				b.StopTimer()
+				root := newRoot(b)
+				db, err := accounts.Read(root)
+				require.NoError(b, err)
+				changes, problems := db.Plan(nil, users, policy, accounts.State{}, root)
+				require.Empty(b, problems)
+				b.StartTimer()
+				r := &accounts.Runner{}
+				for _, c := range changes {
+					_, err := r.Run(b.Context(), c)
+					require.NoError(b, err)
+					if mode == "per-user" {
+						for _, res := range r.Flush(b.Context(), nil) {
+							require.NoError(b, res.Err)
+						}
+					}
+				}
+				for _, res := range r.Flush(b.Context(), nil) {
+					require.NoError(b, res.Err)
+				}
+			}
+		})
+	}
+}
