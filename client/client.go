@@ -696,28 +696,48 @@ func matches(labels, want map[string]string) bool {
 }
 
 // write puts the request for each node, as few transactions as etcd
-// allows, and returns the revision of the first.
+// allows, and returns the revision of the first. The transactions go out
+// together (writers at a time), not one after the other: the nodes each
+// one wakes send their claims at once, and a transaction sent after them
+// queued behind them (a call to 500 agent processes wrote its last
+// requests more than a second after its first).
 func (c *Client) write(ctx context.Context, s *Sent, req *api.Request, nodes []string) (int64, error) {
-	var first int64
-	for chunk := range slices.Chunk(nodes, api.MaxTxnOps-1) { // and the call record
-		bodies := make([]string, len(chunk))
-		for i, n := range chunk {
+	chunks := slices.Collect(slices.Chunk(nodes, api.MaxTxnOps-1)) // and the call record
+	bodies := make([][]string, len(chunks))
+	for i, chunk := range chunks {
+		bodies[i] = make([]string, len(chunk))
+		for j, n := range chunk {
 			raw, err := c.body(s, req, n)
 			if err != nil {
 				return 0, err
 			}
-			bodies[i] = raw
-		}
-		rev, err := c.put(ctx, s, chunk, bodies)
-		if err != nil {
-			return 0, fmt.Errorf("write the requests: %w", err)
-		}
-		if first == 0 {
-			first = rev
+			bodies[i][j] = raw
 		}
 	}
-	return first, nil
+	revs, errs := make([]int64, len(chunks)), make([]error, len(chunks))
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, writers)
+	for i := range chunks {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			revs[i], errs[i] = c.put(ctx, s, chunks[i], bodies[i], i == 0)
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return 0, fmt.Errorf("write the requests: %w", err)
+	}
+	if len(revs) == 0 {
+		return 0, nil
+	}
+	return revs[0], nil
 }
+
+// writers bounds the transactions of requests a call writes at a time.
+const writers = 8
 
 // body is the request for one node: its secrets sealed to the node's key
 // (once per node), then signed for the node.
@@ -746,8 +766,10 @@ func (c *Client) body(s *Sent, req *api.Request, node string) (string, error) {
 }
 
 // put writes one transaction of requests on the retention lease, with a
-// new lease if the one held was revoked.
-func (c *Client) put(ctx context.Context, s *Sent, nodes, bodies []string) (int64, error) {
+// new lease if the one held was revoked. The first transaction of a write
+// carries the call record, if none was written yet; the others, written
+// beside it, never touch it.
+func (c *Client) put(ctx context.Context, s *Sent, nodes, bodies []string, first bool) (int64, error) {
 	ctx, cancel := c.request(ctx)
 	defer cancel()
 	for fresh := false; ; fresh = true {
@@ -759,7 +781,10 @@ func (c *Client) put(ctx context.Context, s *Sent, nodes, bodies []string) (int6
 		for i, n := range nodes {
 			ops = append(ops, clientv3.OpPut(c.keys.ActionKey(n, s.ID), bodies[i], clientv3.WithLease(lease)))
 		}
-		record := c.record(s, lease)
+		var record []clientv3.Op
+		if first {
+			record = c.record(s, lease)
+		}
 		resp, err := c.cli.Txn(ctx).Then(append(ops, record...)...).Commit()
 		if errors.Is(err, rpctypes.ErrLeaseNotFound) && !fresh {
 			continue
@@ -775,7 +800,9 @@ func (c *Client) put(ctx context.Context, s *Sent, nodes, bodies []string) (int6
 		if err != nil {
 			return 0, err
 		}
-		s.recorded = true
+		if first {
+			s.recorded = true
+		}
 		return resp.Header.Revision, nil
 	}
 }
@@ -803,8 +830,18 @@ type waiter struct {
 // watch starts following the reply and the presence of each node, and
 // returns once etcd has created every watch: a watch created before the
 // request is written sees the reply at once, where one that starts from a
-// past revision waits for etcd's catch-up loop (up to 100 ms).
+// past revision waits for etcd's catch-up loop (up to 100 ms). Many
+// nodes share one watch (watchShared).
 func (c *Client) watch(ctx context.Context, id string, nodes []string) ([]*waiter, error) {
+	if len(nodes) >= sharedWatchMin {
+		return c.watchShared(ctx, id, nodes)
+	}
+	return c.watchEach(ctx, id, nodes)
+}
+
+// watchEach is watch with two watches per node: its reply and its
+// presence.
+func (c *Client) watchEach(ctx context.Context, id string, nodes []string) ([]*waiter, error) {
 	var ws []*waiter
 	for _, n := range nodes {
 		wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
