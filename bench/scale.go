@@ -165,6 +165,15 @@ func (f *fleetRun) stop() {
 // rollout, and for this build's serial fleet ccm status, the view and the
 // fan-out (as -fleet-only picks).
 func (b *bench) scaleFleet(build, bin string, n int, strategy api.Rollout) error {
+	// A fleet that fails (a timeout at 500 agents on a loaded machine)
+	// ends the run before the table is printed: each fleet's results go
+	// to stderr as it ends.
+	from := len(b.report.Results)
+	defer func() {
+		for _, r := range b.report.Results[from:] {
+			fmt.Fprintf(os.Stderr, "   %s: %v %s (%s)\n", r.Metric, r.Value, r.Unit, r.Note)
+		}
+	}()
 	f, err := b.startFleet(bin, n, strategy)
 	if err != nil {
 		return err
