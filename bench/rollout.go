@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
 
 	"github.com/ccm-dev/ccm/api"
@@ -154,6 +155,11 @@ func (b *bench) lockRoundTrip(pfx string) (time.Duration, error) {
 		return 0, err
 	}
 	defer cli.Close()
+	return lockRoundTripOn(cli, pfx)
+}
+
+// lockRoundTripOn is lockRoundTrip on the etcd of cli.
+func lockRoundTripOn(cli *clientv3.Client, pfx string) (time.Duration, error) {
 	s, err := concurrency.NewSession(cli, concurrency.WithTTL(30))
 	if err != nil {
 		return 0, err

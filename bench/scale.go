@@ -61,17 +61,28 @@ func (b *bench) fleet() error {
 			return fmt.Errorf("-fleet: %q is no number of agents", size)
 		}
 		if *scaleParts == "fanout" {
-			if err := b.scaleFleet(builds[0].name, builds[0].bin, n, api.Serial); err != nil {
+			if _, err := b.scaleFleet(builds[0].name, builds[0].bin, n, api.Serial); err != nil {
 				return fmt.Errorf("fan-out: %w", err)
 			}
 			continue
 		}
 		batch := max(n/20, 2)
 		for _, build := range builds {
+			var serial time.Duration
 			for _, strategy := range []api.Rollout{api.Serial, {Batch: batch}} {
-				if err := b.scaleFleet(build.name, build.bin, n, strategy); err != nil {
+				took, err := b.scaleFleet(build.name, build.bin, n, strategy)
+				if err != nil {
 					return fmt.Errorf("%s, %s: %w", build.name, strategy, err)
 				}
+				if strategy.Slots() == 1 {
+					serial = took
+					continue
+				}
+				target, most := "", 0.0
+				if build.name == "this build" && n >= 500 {
+					target, most = "<= 0.5x serial", 0.5
+				}
+				b.add("scale", fmt.Sprintf("%d agent processes: batches of %d against serial (%s)", n, batch, build.name), took.Seconds()/serial.Seconds(), "x", most, target, "put to all converged, each on a fresh fleet")
 			}
 		}
 	}
@@ -164,7 +175,7 @@ func (f *fleetRun) stop() {
 // scaleFleet measures one build under one strategy on a fresh etcd: the
 // rollout, and for this build's serial fleet ccm status, the view and the
 // fan-out (as -fleet-only picks).
-func (b *bench) scaleFleet(build, bin string, n int, strategy api.Rollout) error {
+func (b *bench) scaleFleet(build, bin string, n int, strategy api.Rollout) (time.Duration, error) {
 	// A fleet that fails (a timeout at 500 agents on a loaded machine)
 	// ends the run before the table is printed: each fleet's results go
 	// to stderr as it ends.
@@ -176,22 +187,24 @@ func (b *bench) scaleFleet(build, bin string, n int, strategy api.Rollout) error
 	}()
 	f, err := b.startFleet(bin, n, strategy)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	defer f.stop()
+	var took time.Duration
 	if *scaleParts != "fanout" {
-		if err := b.scaleRollout(f, build, bin, n, strategy); err != nil {
-			return err
+		if took, err = b.scaleRollout(f, build, bin, n, strategy); err != nil {
+			return 0, err
 		}
 	}
 	if build != "this build" || strategy.Slots() > 1 || *scaleParts == "rollout" {
-		return nil
+		return took, nil
 	}
-	return b.fanout(f)
+	return took, b.fanout(f)
 }
 
-// scaleRollout measures one rollout of a fleet, after a warm-up one.
-func (b *bench) scaleRollout(f *fleetRun, build, bin string, n int, strategy api.Rollout) error {
+// scaleRollout measures one rollout of a fleet, after a warm-up one, and
+// returns how long it took.
+func (b *bench) scaleRollout(f *fleetRun, build, bin string, n int, strategy api.Rollout) (time.Duration, error) {
 	cli, etcd, prefix := f.cli, f.etcd, f.prefix
 	rollout := func(text string) (time.Duration, time.Duration, error) {
 		cpu := etcd.cpu()
@@ -207,30 +220,46 @@ func (b *bench) scaleRollout(f *fleetRun, build, bin string, n int, strategy api
 		return time.Since(start), etcd.cpu() - cpu, nil
 	}
 	if _, _, err := rollout("warm-up"); err != nil {
-		return fmt.Errorf("warm-up: %w", err)
+		return 0, fmt.Errorf("warm-up: %w", err)
 	}
 	took, cpu, err := rollout("measured")
 	if err != nil {
-		return err
+		return 0, err
 	}
 	what := fmt.Sprintf("%d agent processes, %s", n, strategy)
-	b.add("scale", what+": put to all converged ("+build+")", took.Seconds(), "s", 0, "", fmt.Sprintf("3-member Debian etcd, --debounce 1s; %.1f ms per node", ms(took)/float64(n)))
+	target, most := "", 0.0
+	if build == "this build" && strategy.Slots() == 1 && n >= 500 {
+		target, most = "<= 15 s", 15
+	}
+	b.add("scale", what+": put to all converged ("+build+")", took.Seconds(), "s", most, target, fmt.Sprintf("3-member Debian etcd, --debounce 1s; %.1f ms per node", ms(took)/float64(n)))
 	b.add("scale", what+": etcd CPU per rollout ("+build+")", cpu.Seconds(), "s", 0, "", "user+system of the 3 members")
 	if build != "this build" || strategy.Slots() > 1 {
-		return nil
+		return took, nil
 	}
+	// The lock's own round trip on this etcd, with the fleet idle: an
+	// uncontended acquire and release, the floor of a serial handoff.
+	rt, err := lockRoundTripOn(cli, prefix+"-floor")
+	if err != nil {
+		return 0, err
+	}
+	target, most = "", 0
+	if n >= 500 {
+		target, most = "<= 3x", 3
+	}
+	b.add("scale", what+": per node / lock round trip", ms(took)/float64(n)/ms(rt), "x", most, target,
+		fmt.Sprintf("%.1f ms per node; an uncontended acquire and release on the same etcd, fleet idle: %.2f ms", ms(took)/float64(n), ms(rt)))
 	start := time.Now()
 	out, err := exec.Command(bin, "status", "--json", "--endpoints", strings.Join(etcd.endpoints, ","), "--prefix", prefix).Output()
 	if err != nil && len(out) == 0 {
-		return fmt.Errorf("ccm status: %w", err)
+		return 0, fmt.Errorf("ccm status: %w", err)
 	}
 	b.add("scale", fmt.Sprintf("%d nodes: ccm status --json", n), ms(time.Since(start)), "ms", 0, "", fmt.Sprintf("%d bytes", len(out)))
 	start = time.Now()
 	if _, err := cluster.New(cli, cluster.Options{Prefix: prefix}).View(b.ctx); err != nil {
-		return err
+		return 0, err
 	}
 	b.add("scale", fmt.Sprintf("%d nodes: the view the dashboard reads", n), ms(time.Since(start)), "ms", 0, "", "cluster.View, in process")
-	return nil
+	return took, nil
 }
 
 // allConverged waits until n nodes report rev (or later) converged,
