@@ -42,9 +42,10 @@ func (f *fixture) checkRuns(log string) []string {
 // Two bad sites among 64 are found by bisecting the whole-set check, and
 // quarantined exactly as per-file checks would: the 62 others are written,
 // the two are left out, each named with its final path. The bound is
-// bisect's, k·(log2(n)+1)+1 runs for k bad files (64 per-file checks
-// before). site00 and site63 cost the most (an exhaustive simulation of
-// every pair: 15 runs for 961 of the 2,016 pairs).
+// search's, k·(log2(n)+1)+1 runs for k bad files (64 per-file checks
+// before), the least that keeps one bad file within log2(n)+2;
+// site00 and site63 are one of the 961 pairs that cost 15 (every pair
+// is run in TestBisectFindsTwoBadSitesOf64InAtMost15Runs).
 func TestAWholeSetCheckFindsTwoBadSitesOf64ByBisection(t *testing.T) {
 	t.Parallel()
 	log := filepath.Join(t.TempDir(), "runs")
