@@ -55,3 +55,33 @@ files:
 	}, "the record is lifted")
 	assert.Equal(t, "a\n", n.read("/sites/s001.conf"))
 }
+
+// A malformed object is quarantined by the configuration that reads its
+// type, never by another one of the run: the trial found crons/a ({not
+// json) recorded under motd, which reads no crons.
+func TestAMalformedObjectIsQuarantinedByTheConfigurationThatReadsIt(t *testing.T) {
+	t.Parallel()
+	etcd := etcdtest.New(t, 1)
+	dir := t.TempDir()
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "motd.yaml"), []byte("files:\n  - {path: /etc/motd, content: \"hello\\n\"}\n"), 0o644))
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "sites.yaml"), []byte("subscribes: [sites]\nfiles:\n  - {path: '/sites/{{ .Object.ID }}.conf', for_each: sites, content: \"{{ .Object.Data.v }}\\n\"}\n"), 0o644))
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "crons.yaml"), []byte("subscribes: [crons]\nfiles:\n  - {path: '/crons/{{ .Object.ID }}', for_each: crons, content: \"{{ .Object.Data.v }}\\n\"}\n"), 0o644))
+	putSites(t, etcd, 2, "a")
+	cli := etcd.Client(t)
+	c := cluster.New(cli, cluster.Options{})
+	var rev int64
+	for _, kv := range [][2]string{{"crons/ok", `{"v":"1"}`}, {"crons/a", `{not json`}} {
+		resp, err := cli.Put(context.Background(), "/ccm/objects/"+kv[0], kv[1])
+		require.NoError(t, err)
+		rev = resp.Header.Revision
+	}
+	// The agent's first run is a full run: every configuration, motd first.
+	n := startAgent(t, etcd, "web1", dir, agentConfig{})
+	n.reported(t, rev, api.ResultConverged)
+	qs, err := c.Quarantines(context.Background())
+	require.NoError(t, err)
+	require.Len(t, qs, 1)
+	assert.Equal(t, "crons/a", qs[0].Object())
+	assert.Equal(t, "crons", qs[0].Configuration)
+	assert.Equal(t, "1\n", n.read("/crons/ok"))
+}
