@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
@@ -47,7 +48,7 @@ func (c *Client) watchShared(ctx context.Context, id string, nodes []string) ([]
 	case wr, ok := <-wch:
 		if err := wr.Err(); err != nil || !ok {
 			cancel()
-			if errors.Is(err, rpctypes.ErrPermissionDenied) {
+			if deniedWatch(err) {
 				return c.watchEach(ctx, id, nodes)
 			}
 			return nil, fmt.Errorf("watch the replies: %w", errors.Join(err, ctx.Err()))
@@ -114,4 +115,11 @@ func deliver(r route, wr clientv3.WatchResponse) {
 	case r.ch <- wr:
 	case <-r.done:
 	}
+}
+
+// deniedWatch reports whether a watch failed for want of permission. etcd
+// cancels such a watch with the reason as text, which etcd's client hands
+// back as a plain error.
+func deniedWatch(err error) bool {
+	return err != nil && (errors.Is(err, rpctypes.ErrPermissionDenied) || strings.Contains(err.Error(), rpctypes.ErrPermissionDenied.Error()))
 }
