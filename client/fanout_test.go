@@ -269,3 +269,57 @@ func TestACallToManyNodesWatchesEachNodeWhereTheRoleMayNotWatchThemAll(t *testin
 	}
 	assert.Equal(t, len(all), got)
 }
+
+// A node whose agent comes and goes again and again before it picks its
+// request up holds up no other node's reply: the other nodes' replies
+// arrive while it waits out its pickup timeout, and its end comes last.
+// (The shared watch once blocked on that node's presence deletions, which
+// its waiter no longer reads, until the node's pickup timeout.)
+func TestACallToManyNodesIsNotHeldUpByANodeThatComesAndGoes(t *testing.T) {
+	t.Parallel()
+	etcd := etcdtest.New(t, 1)
+	raw := etcd.Client(t)
+	all := names(20)
+	const flapping = "n00"
+	leases := nodes(t, raw, nil, all, pong) // every node alive, no engine yet
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	h, err := client.New(raw, client.Options{}).Start(ctx, client.Call{Action: "ping", To: client.Targets{All: true}, Timing: client.Timing{PickupTimeout: 3 * time.Second}})
+	require.NoError(t, err)
+	keys := api.NewKeys(api.DefaultPrefix)
+	written := raw.Watch(ctx, keys.ActionKey(flapping, h.ID), clientv3.WithCreatedNotify())
+	<-written
+	var order []string
+	ends := map[string]error{}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for r := range h.Replies() {
+			order = append(order, r.Node)
+			ends[r.Node] = r.Err
+		}
+	}()
+	for wr := range written {
+		if len(wr.Events) > 0 {
+			break // the requests are written
+		}
+	}
+	for range 5 {
+		_, err := raw.Revoke(ctx, leases[flapping])
+		require.NoError(t, err)
+		l, err := raw.Grant(ctx, 60)
+		require.NoError(t, err)
+		_, err = raw.Put(ctx, keys.AliveKey(flapping), fmt.Sprintf(`{"node":%q}`, flapping), clientv3.WithLease(l.ID))
+		require.NoError(t, err)
+		leases[flapping] = l.ID
+	}
+	nodes(t, raw, all[1:], nil, pong) // the other nodes' agents start
+	<-done
+	require.NoError(t, h.Err())
+	require.Len(t, order, len(all))
+	assert.Equal(t, flapping, order[len(order)-1], "the node that came and went ends last, at its pickup timeout")
+	assert.ErrorIs(t, ends[flapping], client.ErrNoPickup)
+	for _, n := range all[1:] {
+		assert.NoError(t, ends[n], n)
+	}
+}

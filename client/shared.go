@@ -104,12 +104,26 @@ func dispatch(wch clientv3.WatchChan, routes map[string]route) {
 			if !ok || r.put != (ev.Type == mvccpb.PUT) {
 				continue
 			}
-			deliver(r, clientv3.WatchResponse{Header: wr.Header, Events: []*clientv3.Event{ev}})
+			one := clientv3.WatchResponse{Header: wr.Header, Events: []*clientv3.Event{ev}}
+			if r.put {
+				deliver(r, one)
+				continue
+			}
+			// A deletion of the alive key is a signal, which a waiter
+			// stops reading once it has one (a node not picked up yet
+			// is left to the pickup timeout): one that waits says all,
+			// and a node whose agent restarts again and again never
+			// holds up the other nodes' replies.
+			select {
+			case r.ch <- one:
+			default:
+			}
 		}
 	}
 }
 
-// deliver sends wr to a route's waiter, unless the waiter is done.
+// deliver sends wr to a route's waiter, unless the waiter is done: a
+// waiter reads its replies until it is.
 func deliver(r route, wr clientv3.WatchResponse) {
 	select {
 	case r.ch <- wr:
