@@ -214,14 +214,20 @@ func (s *Session) Announce(ctx context.Context, p api.Presence) error {
 		}
 		return nil
 	}
-	resp, err = s.c.client.Txn(ctx).If(clientv3.Compare(clientv3.LeaseValue(key), "=", lease)).Then(put).Commit()
+	resp, err = s.c.client.Txn(ctx).If(clientv3.Compare(clientv3.LeaseValue(key), "=", lease)).Then(put).Else(clientv3.OpGet(key)).Commit()
 	if err != nil {
 		return fmt.Errorf("write %s: %w", key, err)
 	}
-	if !resp.Succeeded {
-		return fmt.Errorf("write %s: %w", key, ErrNodeTaken)
+	if resp.Succeeded {
+		return nil
 	}
-	return nil
+	if len(resp.Responses[0].GetResponseRange().Kvs) == 0 {
+		// Gone between the two transactions: this session's own lease
+		// expired (an agent starved under load), which is no other
+		// agent's claim. The caller opens a new session and tries again.
+		return fmt.Errorf("write %s: it vanished with this session's lease", key)
+	}
+	return fmt.Errorf("write %s: %w", key, ErrNodeTaken)
 }
 
 // Done is closed when the lease is gone (expired, revoked or closed).
