@@ -4,17 +4,14 @@ import (
 	"context"
 	"flag"
 	"fmt"
-	"io"
-	"net/http"
 	"os"
 	"path/filepath"
-	"strconv"
-	"strings"
 	"time"
 
 	"github.com/ccm-dev/ccm/api"
 	"github.com/ccm-dev/ccm/client"
 	"github.com/ccm-dev/ccm/internal/cluster"
+	"github.com/ccm-dev/ccm/internal/etcdtest"
 )
 
 // fanoutRepeats is how many calls of each kind the scale scenario's
@@ -191,38 +188,18 @@ func (c etcdCounts) String() string {
 func (m *members) counts() (etcdCounts, error) {
 	var c etcdCounts
 	for _, ep := range m.endpoints {
-		resp, err := http.Get(ep + "/metrics")
+		mc, err := etcdtest.MemberCounts(ep)
 		if err != nil {
 			return c, err
 		}
-		raw, err := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		if err != nil {
-			return c, err
-		}
-		found := 0
-		for _, line := range strings.Split(string(raw), "\n") {
-			name, value, ok := strings.Cut(line, " ")
-			if !ok {
-				continue
-			}
-			v, _ := strconv.ParseFloat(value, 64)
-			switch {
-			case name == "etcd_server_proposals_committed_total":
-				c.commits, found = max(c.commits, v), found+1
-			case name == "etcd_debugging_mvcc_events_total":
-				c.events, found = c.events+v, found+1
-			case strings.HasPrefix(name, "grpc_server_msg_received_total{") && strings.Contains(name, `grpc_method="Watch"`):
-				c.watches += v
-			case strings.HasPrefix(name, "grpc_server_handled_total{") && strings.Contains(name, `grpc_method="Txn"`):
-				c.txns += v
-			case strings.HasPrefix(name, "grpc_server_handled_total{") && strings.Contains(name, `grpc_method="Range"`):
-				c.ranges += v
-			}
-		}
-		if found < 2 {
+		if !mc.Reported["commits"] || !mc.Reported["events"] {
 			return c, fmt.Errorf("%s/metrics: no commits or watch events", ep)
 		}
+		c.commits = max(c.commits, mc.Commits)
+		c.events += mc.Events
+		c.watches += mc.WatchRequests
+		c.txns += mc.Txns
+		c.ranges += mc.Ranges
 	}
 	return c, nil
 }

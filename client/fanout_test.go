@@ -5,10 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
-	"net/http"
-	"strconv"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -62,27 +58,12 @@ func names(n int) []string {
 // received (creations and cancellations) and the watch events it sent.
 func watchCounts(t *testing.T, m *etcdtest.Members) (requests, events float64) {
 	t.Helper()
-	resp, err := http.Get(m.Endpoints()[0] + "/metrics")
+	c, err := etcdtest.MemberCounts(m.Endpoints()[0])
 	require.NoError(t, err)
-	defer resp.Body.Close()
-	raw, err := io.ReadAll(resp.Body)
-	require.NoError(t, err)
-	found := map[string]bool{} // a metric not reported would pass every bound
-	for _, line := range strings.Split(string(raw), "\n") {
-		name, value, ok := strings.Cut(line, " ")
-		if !ok {
-			continue
-		}
-		v, _ := strconv.ParseFloat(value, 64)
-		switch {
-		case strings.HasPrefix(name, "grpc_server_msg_received_total{") && strings.Contains(name, `grpc_method="Watch"`):
-			requests, found["requests"] = requests+v, true
-		case name == "etcd_debugging_mvcc_events_total":
-			events, found["events"] = v, true
-		}
+	for _, name := range []string{"watch requests", "events"} {
+		require.True(t, c.Reported[name], "the member reports %s: %v", name, c.Reported)
 	}
-	require.Len(t, found, 2, "the member reports watch requests and events: %v", found)
-	return requests, events
+	return c.WatchRequests, c.Events
 }
 
 // A call to many nodes follows their replies and presence with one watch

@@ -3,10 +3,6 @@ package cluster_test
 import (
 	"context"
 	"fmt"
-	"io"
-	"net/http"
-	"strconv"
-	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -23,31 +19,12 @@ import (
 // and transactions served.
 func memberCounts(t *testing.T, m *etcdtest.Members) (commits, events, txns float64) {
 	t.Helper()
-	resp, err := http.Get(m.Endpoints()[0] + "/metrics")
+	c, err := etcdtest.MemberCounts(m.Endpoints()[0])
 	require.NoError(t, err)
-	defer resp.Body.Close()
-	raw, err := io.ReadAll(resp.Body)
-	require.NoError(t, err)
-	// A metric the member does not report would read as zero and pass
-	// every bound: each must be there.
-	found := map[string]bool{}
-	for _, line := range strings.Split(string(raw), "\n") {
-		name, value, ok := strings.Cut(line, " ")
-		if !ok {
-			continue
-		}
-		v, _ := strconv.ParseFloat(value, 64)
-		switch {
-		case name == "etcd_server_proposals_committed_total":
-			commits, found["commits"] = v, true
-		case name == "etcd_debugging_mvcc_events_total":
-			events, found["events"] = v, true
-		case strings.HasPrefix(name, "grpc_server_handled_total{") && strings.Contains(name, `grpc_method="Txn"`):
-			txns, found["txns"] = txns+v, true
-		}
+	for _, name := range []string{"commits", "events", "txns"} {
+		require.True(t, c.Reported[name], "the member reports %s: %v", name, c.Reported)
 	}
-	require.Len(t, found, 3, "the member reports commits, watch events and Txn calls: %v", found)
-	return commits, events, txns
+	return c.Commits, c.Events, c.Txns
 }
 
 // A serial handoff costs etcd two commits (the holder's status with its
