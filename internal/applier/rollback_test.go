@@ -12,6 +12,25 @@ import (
 	"github.com/ccm-dev/ccm/internal/applier"
 )
 
+// poolsAndVhosts is a configuration directory of two: pools (with extra,
+// a line of YAML) and vhosts, which depends on it and whose validate fails
+// while the file broken exists.
+func poolsAndVhosts(extra, broken string) map[string]string {
+	return map[string]string{
+		"pools.yaml": `name: pools
+subscribes: [sites]
+files:
+  - {path: '/pools/{{ .Object.ID }}.conf', for_each: sites, content: "{{ .Object.Data.v }}\n"}
+` + extra + "\n",
+		"vhosts.yaml": `name: vhosts
+subscribes: [sites]
+depends_on: [pools]
+files:
+  - {path: '/vhosts/{{ .Object.ID }}.conf', for_each: sites, content: "{{ .Object.Data.v }}\n"}
+validate: [sh, -c, 'test ! -e "$0"', ` + strconv.Quote(broken) + `]
+`}
+}
+
 // A run is one transaction: when its second configuration fails, the
 // first, which converged in the same run, is rolled back to what it was
 // before the run, and its on_change runs again so that its service reloads
@@ -21,20 +40,7 @@ func TestAFailedRunRollsBackEveryConfigurationItChanged(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
 	log, broken := filepath.Join(dir, "log"), filepath.Join(dir, "broken")
-	f := newFixture(t, map[string]string{
-		"pools.yaml": `name: pools
-subscribes: [sites]
-files:
-  - {path: '/pools/{{ .Object.ID }}.conf', for_each: sites, content: "{{ .Object.Data.v }}\n"}
-on_change: [[sh, -c, 'echo pools >> "$0"', ` + strconv.Quote(log) + `]]
-`,
-		"vhosts.yaml": `name: vhosts
-subscribes: [sites]
-depends_on: [pools]
-files:
-  - {path: '/vhosts/{{ .Object.ID }}.conf', for_each: sites, content: "{{ .Object.Data.v }}\n"}
-validate: [sh, -c, 'test ! -e "$0"', ` + strconv.Quote(broken) + `]
-`})
+	f := newFixture(t, poolsAndVhosts(`on_change: [[sh, -c, 'echo pools >> "$0"', `+strconv.Quote(log)+`]]`, broken))
 	f.put("sites/a", `{"v":"v1"}`)
 	require.NoError(t, f.run().Err)
 	require.NoError(t, os.Remove(log))
@@ -72,19 +78,7 @@ validate: [sh, -c, 'test ! -e "$0"', ` + strconv.Quote(broken) + `]
 func TestARollbackOfOneChangedFileOfManyKeepsTheFileList(t *testing.T) {
 	t.Parallel()
 	broken := filepath.Join(t.TempDir(), "broken")
-	f := newFixture(t, map[string]string{
-		"pools.yaml": `name: pools
-subscribes: [sites]
-files:
-  - {path: '/pools/{{ .Object.ID }}.conf', for_each: sites, content: "{{ .Object.Data.v }}\n"}
-`,
-		"vhosts.yaml": `name: vhosts
-subscribes: [sites]
-depends_on: [pools]
-files:
-  - {path: '/vhosts/{{ .Object.ID }}.conf', for_each: sites, content: "{{ .Object.Data.v }}\n"}
-validate: [sh, -c, 'test ! -e "$0"', ` + strconv.Quote(broken) + `]
-`})
+	f := newFixture(t, poolsAndVhosts("", broken))
 	f.put("sites/a", `{"v":"v1"}`)
 	f.put("sites/b", `{"v":"v1"}`)
 	require.NoError(t, f.run().Err)
