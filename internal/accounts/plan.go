@@ -186,11 +186,34 @@ func (db *DB) Plan(groups []Group, users []User, pol Policy, st State, root stri
 	fail := func(object, kind, name string, err error) {
 		problems = append(problems, Problem{Object: object, Err: fmt.Errorf("%s %s: %w", kind, name, err)})
 	}
+	// An account belongs to one object: the one it was made for, and the
+	// first of a run's declarations. A name from object data that another
+	// object's account has would otherwise hand that account (its
+	// password, shell, home and groups) to the second object.
+	declaredBy := map[string]string{}
+	belongs := func(kind, name, object string) error {
+		key := kind + ":" + name
+		if o := owned.Objects[key]; o != "" && object != "" && o != object {
+			return fmt.Errorf("belongs to object %s: an account is changed only by the object it was made for", o)
+		}
+		if o, ok := declaredBy[key]; ok && o != object {
+			if o == "" {
+				return fmt.Errorf("is declared by the configuration itself too: an account belongs to one object")
+			}
+			return fmt.Errorf("is declared by object %s too: an account belongs to one object", o)
+		}
+		declaredBy[key] = object
+		return nil
+	}
 	declaredG := map[string]bool{}
 	var gs []group
 	for _, raw := range groups {
 		// Declared even when a field fails: a held object's account stays.
 		declaredG[raw.Name] = true
+		if err := belongs("group", raw.Name, raw.Object); err != nil {
+			fail(raw.Object, "group", raw.Name, err)
+			continue
+		}
 		g, err := pol.parseGroup(raw)
 		if err != nil {
 			fail(raw.Object, "group", raw.Name, err)
@@ -213,6 +236,10 @@ func (db *DB) Plan(groups []Group, users []User, pol Policy, st State, root stri
 		declaredU[raw.Name] = true
 		if raw.Group == "" {
 			declaredG[raw.Name] = true
+		}
+		if err := belongs("user", raw.Name, raw.Object); err != nil {
+			fail(raw.Object, "user", raw.Name, err)
+			continue
 		}
 		u, err := pol.parseUser(raw, db.shellsFor(pol))
 		if err != nil {

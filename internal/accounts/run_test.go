@@ -202,3 +202,37 @@ func BenchmarkNewUsersWithPasswords(b *testing.B) {
 		})
 	}
 }
+
+// An account belongs to the object it was made for. A second object whose
+// data names the same account (login: alice in mallory's object) is
+// refused as that object's problem: it changes neither the password nor
+// anything else of alice's, and alice's own object still converges.
+// Two objects new in one run that name one account: the first keeps it.
+func TestAnAccountIsChangedOnlyByTheObjectItWasMadeFor(t *testing.T) {
+	t.Parallel()
+	root := newRoot(t)
+	owned := &accounts.Owned{}
+	apply(t, root, nil, []accounts.User{{Name: "cust11", UID: "3001", Password: hashOf(1), Object: "users/cust11"}}, owned)
+	require.Equal(t, "users/cust11", owned.Objects["user:cust11"])
+
+	users := []accounts.User{
+		{Name: "cust11", UID: "3001", Password: hashOf(1), Object: "users/cust11"},
+		{Name: "cust11", UID: "3001", Password: hashOf(666), Shell: "/bin/sh", Object: "users/mallory"},
+		{Name: "cust12", UID: "3002", Object: "users/cust12"},
+		{Name: "cust12", UID: "3002", Object: "users/eve"},
+	}
+	db, err := accounts.Read(root)
+	require.NoError(t, err)
+	changes, problems := db.Plan(nil, users, policy, accounts.State{Owned: *owned, AllOwned: *owned}, root)
+	require.Len(t, problems, 2)
+	assert.Equal(t, "users/mallory", problems[0].Object)
+	assert.ErrorContains(t, problems[0].Err, "user cust11: belongs to object users/cust11")
+	assert.Equal(t, "users/eve", problems[1].Object)
+	assert.ErrorContains(t, problems[1].Err, "user cust12: is declared by object users/cust12 too")
+	for _, c := range changes {
+		assert.NotEqual(t, "users/mallory", c.Object, c.Line)
+		assert.NotEqual(t, "users/eve", c.Object, c.Line)
+	}
+	runAll(t, changes)
+	assert.Contains(t, fileOf(t, root, "shadow"), "cust11:"+hashOf(1)+":", "cust11's password is cust11's object's")
+}
