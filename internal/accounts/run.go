@@ -4,11 +4,15 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
+	"time"
 )
 
 // toolEnv is the whole environment of the tools: no secret, and nothing
@@ -206,10 +210,42 @@ func (r *Runner) exec(ctx context.Context, argv []string, stdin string) ([]byte,
 		return nil, errors.New("accounts: a step with no argv")
 	}
 	r.Ran = append(r.Ran, slices.Clone(argv))
-	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
+	tool, err := toolPath(argv[0])
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.CommandContext(ctx, tool, argv[1:]...)
 	cmd.Env = toolEnv
 	if stdin != "" {
 		cmd.Stdin = strings.NewReader(stdin)
 	}
+	// The tool and what it starts (chpasswd and useradd run nscd and
+	// sss_cache) are one process group, killed whole when ctx ends; a
+	// child that keeps the output pipe open is waited for no longer than
+	// toolWaitDelay, so a hung helper cannot hold the run (and the lock).
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
+	cmd.WaitDelay = toolWaitDelay
 	return cmd.CombinedOutput()
+}
+
+// toolWaitDelay bounds the wait for a tool's output once it was killed.
+const toolWaitDelay = 2 * time.Second
+
+// toolDirs are where the account tools are looked up: the tools'
+// environment's PATH, never the agent's own.
+var toolDirs = []string{"/usr/sbin", "/usr/bin", "/sbin", "/bin"}
+
+// toolPath returns the tool named name from toolDirs.
+func toolPath(name string) (string, error) {
+	if strings.Contains(name, "/") {
+		return name, nil
+	}
+	for _, d := range toolDirs {
+		p := filepath.Join(d, name)
+		if st, err := os.Stat(p); err == nil && st.Mode().IsRegular() && st.Mode()&0o111 != 0 {
+			return p, nil
+		}
+	}
+	return "", fmt.Errorf("%s: not found in %s", name, strings.Join(toolDirs, ":"))
 }

@@ -1,10 +1,14 @@
 package accounts_test
 
 import (
+	"context"
 	"fmt"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -235,4 +239,42 @@ func TestAnAccountIsChangedOnlyByTheObjectItWasMadeFor(t *testing.T) {
 	}
 	runAll(t, changes)
 	assert.Contains(t, fileOf(t, root, "shadow"), "cust11:"+hashOf(1)+":", "cust11's password is cust11's object's")
+}
+
+// A helper the tool starts and that outlives it (nscd, run by chpasswd
+// inside its --root) cannot hold the run past its deadline: the tool's
+// whole process group is killed, and its output is waited for no longer
+// than toolWaitDelay. It had waited for the helper to exit: here never,
+// so the test returns at all only if the run is cut off.
+func TestAHungHelperOfATool(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds a static helper")
+	}
+	t.Parallel()
+	root := newRoot(t)
+	src := filepath.Join(t.TempDir(), "main.go")
+	require.NoError(t, os.WriteFile(src, []byte("package main\n\nimport \"time\"\n\nfunc main() { time.Sleep(time.Hour) }\n"), 0o644))
+	require.NoError(t, os.MkdirAll(filepath.Join(root, "usr/sbin"), 0o755))
+	build := exec.Command("go", "build", "-o", filepath.Join(root, "usr/sbin/nscd"), src)
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	out, err := build.CombinedOutput()
+	require.NoError(t, err, "%s", out)
+
+	owned := &accounts.Owned{}
+	apply(t, root, nil, []accounts.User{{Name: "cust21", UID: "3021", Object: "users/cust21"}}, owned)
+	db, err := accounts.Read(root)
+	require.NoError(t, err)
+	changes, problems := db.Plan(nil, []accounts.User{{Name: "cust21", UID: "3021", Password: hashOf(21), Object: "users/cust21"}},
+		policy, accounts.State{Owned: *owned}, root)
+	require.Empty(t, problems)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	r := &accounts.Runner{}
+	for _, c := range changes {
+		_, err := r.Run(ctx, c)
+		require.NoError(t, err)
+	}
+	results := r.Flush(ctx, nil)
+	require.Len(t, results, 1)
+	assert.Error(t, results[0].Err, "the run was cut off")
 }
