@@ -33,7 +33,16 @@ type Runner struct {
 	// Ran is the argv of every tool run so far, in order. It never holds a
 	// secret: a hash reaches chpasswd only on its standard input.
 	Ran [][]string
+	// Timeout bounds each tool run (zero: the caller's context alone). A
+	// run cut off by it fails with an error that wraps
+	// context.DeadlineExceeded, and is not retried line by line.
+	Timeout time.Duration
 }
+
+// passwordChunk is the most lines one chpasswd run reads: its time grows
+// faster than its input (it rewrites the shadow file per line), and each
+// run has its own Timeout.
+const passwordChunk = 1000
 
 // Run carries out c. A change that sets a password is queued for Flush
 // (queued is true, and nothing ran); any other runs its steps now, one
@@ -71,7 +80,9 @@ type Result struct {
 // nothing: when it refuses, the lines it names ("line N") fail with what
 // it said, and the rest are set without them; when it names none, or the
 // rest fail again, each line runs alone, so that an error is always one
-// account's. The results are in the order of the queue, root by root.
+// account's. A run cut off by its Timeout fails all its lines, unretried.
+// Above passwordChunk lines, the queue is set in chunks of that many, one
+// run each. The results are in the order of the queue, root by root.
 func (r *Runner) Flush(ctx context.Context, skip func(Change) bool) []Result {
 	byRoot := map[string][]Change{}
 	var roots []string
@@ -87,9 +98,10 @@ func (r *Runner) Flush(ctx context.Context, skip func(Change) bool) []Result {
 	r.queued = nil
 	var results []Result
 	for _, root := range roots {
-		cs := byRoot[root]
-		for i, err := range r.setPasswords(ctx, root, cs, true) {
-			results = append(results, Result{Change: cs[i], Err: err})
+		for cs := range slices.Chunk(byRoot[root], passwordChunk) {
+			for i, err := range r.setPasswords(ctx, root, cs, true) {
+				results = append(results, Result{Change: cs[i], Err: err})
+			}
 		}
 	}
 	return results
@@ -125,7 +137,7 @@ func (r *Runner) setPasswords(ctx context.Context, root string, cs []Change, att
 	}
 	named := refusedLines(said, len(lines))
 	switch {
-	case len(lines) == 1 || ctx.Err() != nil:
+	case len(lines) == 1 || ctx.Err() != nil || errors.Is(err, context.DeadlineExceeded):
 		for _, i := range lines {
 			fail(i, said)
 		}
@@ -214,6 +226,11 @@ func (r *Runner) exec(ctx context.Context, argv []string, stdin string) ([]byte,
 	if err != nil {
 		return nil, err
 	}
+	if r.Timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, r.Timeout)
+		defer cancel()
+	}
 	cmd := exec.CommandContext(ctx, tool, argv[1:]...)
 	cmd.Env = toolEnv
 	if stdin != "" {
@@ -226,7 +243,11 @@ func (r *Runner) exec(ctx context.Context, argv []string, stdin string) ([]byte,
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
 	cmd.WaitDelay = toolWaitDelay
-	return cmd.CombinedOutput()
+	out, err := cmd.CombinedOutput()
+	if err != nil && ctx.Err() != nil {
+		err = fmt.Errorf("%w (%w)", ctx.Err(), err)
+	}
+	return out, err
 }
 
 // toolWaitDelay bounds the wait for a tool's output once it was killed.

@@ -11,7 +11,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"time"
 
 	"go.uber.org/zap"
 
@@ -241,7 +240,7 @@ func (a *Applier) applyAccounts(ctx context.Context, p *Plan, removes bool) erro
 	timeout := cmp.Or(p.Config.Timeout, configs.DefaultTimeout) // an orphan sets none
 	// One Runner: each account's own tool now, every password of the
 	// configuration in one chpasswd run once they exist.
-	tools := &accounts.Runner{}
+	tools := &accounts.Runner{Timeout: timeout}
 	done := func(c accounts.Change, err error) error {
 		switch {
 		case err != nil && c.Object != "":
@@ -262,9 +261,7 @@ func (a *Applier) applyAccounts(ctx context.Context, p *Plan, removes bool) erro
 		if failed = fenced(ctx, "changing "+c.Kind+" "+c.Name); failed != nil {
 			break
 		}
-		runCtx, cancel := context.WithTimeout(ctx, timeout)
-		queued, err := tools.Run(runCtx, c)
-		cancel()
+		queued, err := tools.Run(ctx, c)
 		ran = true
 		if queued {
 			continue
@@ -276,7 +273,7 @@ func (a *Applier) applyAccounts(ctx context.Context, p *Plan, removes bool) erro
 	if failed == nil {
 		// A configuration that failed sets none of its queued passwords: a
 		// user it created stays locked (useradd's "!") until a run sets it.
-		failed = a.setPasswords(ctx, tools, held, timeout, done)
+		failed = a.setPasswords(ctx, tools, held, done)
 	}
 	if ran {
 		m.Owned = owned
@@ -295,21 +292,49 @@ func (a *Applier) applyAccounts(ctx context.Context, p *Plan, removes bool) erro
 }
 
 // setPasswords runs the passwords tools queued, skipping those of objects
-// held since, through done: a failure quarantines its object alone.
-func (a *Applier) setPasswords(ctx context.Context, tools *accounts.Runner, held func(accounts.Change) bool, timeout time.Duration, done func(accounts.Change, error) error) error {
+// held since, through done: a failure quarantines its object alone. A
+// failure that is the node's, not an object's, fails the configuration and
+// quarantines nobody (nodePasswordFailure).
+func (a *Applier) setPasswords(ctx context.Context, tools *accounts.Runner, held func(accounts.Change) bool, done func(accounts.Change, error) error) error {
 	if tools.Queued() == 0 {
 		return nil
 	}
 	if err := fenced(ctx, "setting passwords"); err != nil {
 		return err
 	}
-	runCtx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
+	results := tools.Flush(ctx, held)
+	if err := nodePasswordFailure(results); err != nil {
+		return err
+	}
 	var errs []error
-	for _, res := range tools.Flush(runCtx, held) {
+	for _, res := range results {
 		errs = append(errs, done(res.Change, res.Err))
 	}
 	return errors.Join(errs...)
+}
+
+// nodePasswordFailure is the error of a password run that failed for the
+// node rather than for a customer: one cut off by its timeout (a hung
+// helper, a slow disk), or one in which every one of two or more accounts
+// failed (the shadow file's lock held, chpasswd missing). Every hash was
+// typed before it was queued, so no object's data can fail them all;
+// quarantining each would hold every customer of the node for the node's
+// fault. Nil when the failures are objects' own.
+func nodePasswordFailure(results []accounts.Result) error {
+	failed := 0
+	for _, r := range results {
+		if r.Err == nil {
+			continue
+		}
+		if errors.Is(r.Err, context.DeadlineExceeded) {
+			return fmt.Errorf("setting passwords: %w", r.Err)
+		}
+		failed++
+	}
+	if failed > 1 && failed == len(results) {
+		return fmt.Errorf("setting passwords: all %d failed, the first: %w", failed, results[0].Err)
+	}
+	return nil
 }
 
 // retiredPath holds the node's retired uids and gids (accounts.Retired),

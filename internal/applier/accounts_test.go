@@ -252,3 +252,33 @@ users:
 	assert.Contains(t, shadow(), "cust02:$6$salt2$changed:")
 	assert.Contains(t, shadow(), "cust01:$6$salt1$first:")
 }
+
+// A password run that fails for the node, not for a customer (here the
+// shadow file's lock is held, so every account of the run fails), fails the
+// configuration and quarantines nobody: a quarantine's record would hold
+// every customer of the node on every node. It had quarantined each.
+func TestAPasswordRunThatFailsForEveryAccountFailsTheConfiguration(t *testing.T) {
+	f := newFixture(t, map[string]string{"users.yaml": `
+users:
+  - {name: "{{ .Object.ID }}", for_each: users, uid: "{{ .Object.Data.uid }}", password: "{{ .Object.Data.hash }}"}
+`})
+	withEtc(t, f)
+	f.put("users/cust01", `{"uid":3001,"hash":"$6$salt1$first"}`)
+	f.put("users/cust02", `{"uid":3002,"hash":"$6$salt2$second"}`)
+	require.NoError(t, f.run().Err)
+
+	require.NoError(t, os.WriteFile(f.path("/etc/shadow.lock"), nil, 0o600))
+	f.put("users/cust01", `{"uid":3001,"hash":"$6$salt1$changed"}`)
+	f.put("users/cust02", `{"uid":3002,"hash":"$6$salt2$changed"}`)
+	r := f.run()
+	require.Error(t, r.Err)
+	assert.Contains(t, r.Err.Error(), "setting passwords: all 2 failed")
+	assert.Empty(t, r.Quarantined, "the node's fault holds no customer")
+
+	require.NoError(t, os.Remove(f.path("/etc/shadow.lock")))
+	require.NoError(t, f.run().Err)
+	raw, err := os.ReadFile(f.path("/etc/shadow"))
+	require.NoError(t, err)
+	assert.Contains(t, string(raw), "cust01:$6$salt1$changed:")
+	assert.Contains(t, string(raw), "cust02:$6$salt2$changed:")
+}
