@@ -125,7 +125,7 @@ func TestAccountsRefuseSystemAccountsAndCollisions(t *testing.T) {
 	_, problems := db.Plan(
 		[]accounts.Group{{Name: "www-data"}, {Name: "low", GID: "100"}, {Name: "dup", GID: "1500"}},
 		[]accounts.User{
-			{Name: "www-data", Shell: "/bin/bash", Object: "sites/a"},
+			{Name: "www-data", Group: "www-data", Shell: "/bin/bash", Object: "sites/a"},
 			{Name: "thief", UID: "1500", Object: "sites/b"},
 			{Name: "low", UID: "999"},
 			{Name: "x", UID: "4000"}, {Name: "y", UID: "4000"},

@@ -1,6 +1,7 @@
 package accounts
 
 import (
+	"errors"
 	"fmt"
 	"maps"
 	"slices"
@@ -53,6 +54,22 @@ type Change struct {
 // setsPassword reports whether c sets a password hash, which a Runner
 // queues for its one chpasswd run instead of running c's steps.
 func (c Change) setsPassword() bool { return c.hash != "" }
+
+// Landed reports whether creation c, reported failed, is in db all the
+// same: useradd writes the account files, then runs nscd and sss_cache,
+// and a run cut off in those has made the account. One that landed is
+// ccm's (Owned.After), or no later run would ever change it again.
+func (c Change) Landed(db *DB) bool {
+	if c.Op != Create || c.ID < 0 {
+		return false
+	}
+	if c.Kind == "user" {
+		uid, ok := db.UID(c.Name)
+		return ok && uid == c.ID
+	}
+	gid, ok := db.GID(c.Name)
+	return ok && gid == c.ID
+}
 
 // Removes reports whether the change removes an account.
 func (c Change) Removes() bool { return c.Op == Remove }
@@ -180,40 +197,30 @@ type Problem struct {
 // hand out a retired one either.
 func (db *DB) Plan(groups []Group, users []User, pol Policy, st State, root string) ([]Change, []Problem) {
 	owned, held := st.Owned, st.Held
-	pl := planner{db: db, pol: pol, root: root, owned: owned, ccms: st.AllOwned, retired: st.Retired, gids: map[int]string{}, uids: map[int]string{}, newGroups: map[string]int{}}
+	pl := planner{db: db, pol: pol, root: root, owned: owned, ccms: st.AllOwned, retired: st.Retired, gids: map[int]string{}, uids: map[int]string{}, newGroups: map[string]int{},
+		groupObjects: map[string]string{}}
+	for _, o := range []Owned{st.AllOwned, owned} {
+		for key, obj := range o.Objects {
+			if name, ok := strings.CutPrefix(key, "group:"); ok {
+				pl.groupObjects[name] = obj
+			}
+		}
+	}
 	var out []Change
 	var problems []Problem
 	fail := func(object, kind, name string, err error) {
 		problems = append(problems, Problem{Object: object, Err: fmt.Errorf("%s %s: %w", kind, name, err)})
 	}
-	// An account belongs to one object: the one it was made for, and the
-	// first of a run's declarations. A name from object data that another
-	// object's account has would otherwise hand that account (its
-	// password, shell, home and groups) to the second object.
-	declaredBy := map[string]string{}
-	belongs := func(kind, name, object string) error {
-		key := kind + ":" + name
-		if o := owned.Objects[key]; o != "" && object != "" && o != object {
-			return fmt.Errorf("belongs to object %s: an account is changed only by the object it was made for", o)
-		}
-		if o, ok := declaredBy[key]; ok && o != object {
-			if o == "" {
-				return fmt.Errorf("is declared by the configuration itself too: an account belongs to one object")
-			}
-			return fmt.Errorf("is declared by object %s too: an account belongs to one object", o)
-		}
-		declaredBy[key] = object
-		return nil
-	}
+	claims := accountClaims(groups, users, owned)
 	declaredG := map[string]bool{}
 	var gs []group
 	for _, raw := range groups {
-		// Declared even when a field fails: a held object's account stays.
-		declaredG[raw.Name] = true
-		if err := belongs("group", raw.Name, raw.Object); err != nil {
+		if err := claims.refuse("group:"+raw.Name, raw.Object); err != nil {
 			fail(raw.Object, "group", raw.Name, err)
 			continue
 		}
+		// Declared even when a field fails: a held object's account stays.
+		declaredG[raw.Name] = true
 		g, err := pol.parseGroup(raw)
 		if err != nil {
 			fail(raw.Object, "group", raw.Name, err)
@@ -231,15 +238,19 @@ func (db *DB) Plan(groups []Group, users []User, pol Policy, st State, root stri
 	}
 	declaredU := map[string]bool{}
 	for _, raw := range users {
+		err := claims.refuse("user:"+raw.Name, raw.Object)
+		if err == nil && raw.Group == "" {
+			err = claims.refuse("group:"+raw.Name, raw.Object) // its private group
+		}
+		if err != nil {
+			fail(raw.Object, "user", raw.Name, err)
+			continue
+		}
 		// Declared even when a field fails: a held object's account, and
 		// its private group, stay.
 		declaredU[raw.Name] = true
 		if raw.Group == "" {
 			declaredG[raw.Name] = true
-		}
-		if err := belongs("user", raw.Name, raw.Object); err != nil {
-			fail(raw.Object, "user", raw.Name, err)
-			continue
 		}
 		u, err := pol.parseUser(raw, db.shellsFor(pol))
 		if err != nil {
@@ -276,6 +287,66 @@ func (db *DB) Plan(groups []Group, users []User, pol Policy, st State, root stri
 	return out, problems
 }
 
+// claims is who declares each account of a run ("user:NAME",
+// "group:NAME", a user's private group included): the objects ("type/id")
+// and "" for the configuration itself. An account belongs to one
+// declarer, and a name from object data that another's account has would
+// otherwise hand that account (its password, shell, home, groups and
+// members) to the second object.
+type claims struct {
+	by    map[string][]string
+	owned Owned
+}
+
+// accountClaims reads every declaration of a run before any is planned:
+// who wins may not depend on the order of the entries or of the objects.
+func accountClaims(groups []Group, users []User, owned Owned) claims {
+	cl := claims{by: map[string][]string{}, owned: owned}
+	add := func(key, object string) {
+		if !slices.Contains(cl.by[key], object) {
+			cl.by[key] = append(cl.by[key], object)
+		}
+	}
+	for _, g := range groups {
+		add("group:"+g.Name, g.Object)
+	}
+	for _, u := range users {
+		add("user:"+u.Name, u.Object)
+		if u.Group == "" {
+			add("group:"+u.Name, u.Object)
+		}
+	}
+	return cl
+}
+
+// refuse is why object ("" for the configuration) may not declare the
+// account key, nil when it may. The configuration's own declaration
+// wins over any object's; then the object the account was made for; an
+// account with no such object (adopted, or made before ccm recorded it)
+// that two objects name is refused to both, so that neither sort order
+// nor a missing owner hands it over.
+func (cl claims) refuse(key, object string) error {
+	others := slices.DeleteFunc(slices.Clone(cl.by[key]), func(o string) bool { return o == object })
+	switch {
+	case len(others) == 0:
+		if o := cl.owned.Objects[key]; o != "" && object != "" && o != object {
+			return fmt.Errorf("belongs to object %s: an account is changed only by the object it was made for", o)
+		}
+		return nil
+	case object == "":
+		return nil // the configuration's own: the objects are refused
+	case slices.Contains(others, ""):
+		return errors.New("is declared by the configuration itself: an account belongs to one declarer")
+	}
+	if o := cl.owned.Objects[key]; o != "" {
+		if o == object {
+			return nil
+		}
+		return fmt.Errorf("belongs to object %s: an account is changed only by the object it was made for", o)
+	}
+	return fmt.Errorf("is declared by object %s too, and was made for neither: an account belongs to one object, so neither changes it", strings.Join(others, ", "))
+}
+
 type planner struct {
 	db      *DB
 	pol     Policy
@@ -287,6 +358,9 @@ type planner struct {
 	// creates with their gid: a collision within one plan is caught too.
 	gids, uids map[int]string
 	newGroups  map[string]int
+	// groupObjects is the object each group was made for: recorded by any
+	// configuration (ccms), or planned in this run.
+	groupObjects map[string]string
 }
 
 // tool is the argv of a shadow-utils tool, under --prefix for a --root.
@@ -323,6 +397,7 @@ func (pl *planner) group(g group) (*Change, error) {
 			return nil, err
 		}
 		pl.newGroups[string(g.name)] = gid
+		pl.groupObjects[string(g.name)] = g.object
 		argv := append(pl.tool("groupadd"), "-g", strconv.Itoa(gid))
 		line := "+ group " + string(g.name)
 		if g.gid != nil {
@@ -415,10 +490,16 @@ func adopted(owned bool) string {
 	return " (adopted)"
 }
 
-// mayJoin refuses a group that a declared user may not join: one that
-// breaks the group rule (min_gid, deny_groups), or that exists and that no
-// configuration of ccm's made nor adopt: names (an operator's group).
-func (pl *planner) mayJoin(g Name) error {
+// mayJoin refuses a group that a declared user (of object, "" for the
+// configuration's own) may not join: one that breaks the group rule
+// (min_gid, deny_groups), one made for another object (a customer's
+// private group: its members read that customer's group-readable files),
+// or one that exists and that no configuration of ccm's made nor adopt:
+// names (an operator's group).
+func (pl *planner) mayJoin(g Name, object string) error {
+	if o := pl.groupObjects[string(g)]; object != "" && o != "" && o != object {
+		return fmt.Errorf("group %s belongs to object %s: a user joins only the groups of its own object or of the configuration", g, o)
+	}
 	gid, ok := pl.groupID(g)
 	if !ok {
 		return fmt.Errorf("group %s does not exist and no configuration declares it", g)
@@ -461,7 +542,7 @@ func (pl *planner) user(u user) ([]Change, error) {
 		if g == "" {
 			continue
 		}
-		if err := pl.mayJoin(g); err != nil {
+		if err := pl.mayJoin(g, u.object); err != nil {
 			return nil, err
 		}
 	}
@@ -523,9 +604,11 @@ func (pl *planner) createUser(u user, rule idRule) ([]Change, error) {
 				Steps: []Step{{Argv: append(pl.tool("groupadd"), "-g", strconv.Itoa(gid), group)}}})
 			argv = append(argv, "-g", group)
 			pl.newGroups[group] = gid
+			pl.groupObjects[group] = u.object
 		}
 		if private {
 			pl.newGroups[group] = uid
+			pl.groupObjects[group] = u.object
 		}
 	}
 	desc = append(desc, "group "+group)

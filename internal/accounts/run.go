@@ -34,8 +34,8 @@ type Runner struct {
 	// secret: a hash reaches chpasswd only on its standard input.
 	Ran [][]string
 	// Timeout bounds each tool run (zero: the caller's context alone). A
-	// run cut off by it fails with an error that wraps
-	// context.DeadlineExceeded, and is not retried line by line.
+	// run cut off by it, or by the caller's context, fails with
+	// ErrNodeFailure.
 	Timeout time.Duration
 }
 
@@ -78,11 +78,11 @@ type Result struct {
 // object's, whose account is left as it is), with one chpasswd -e run per
 // root (a run has one), and empties the queue. chpasswd changes all or
 // nothing: when it refuses, the lines it names ("line N") fail with what
-// it said, and the rest are set without them; when it names none, or the
-// rest fail again, each line runs alone, so that an error is always one
-// account's. A run cut off by its Timeout fails all its lines, unretried.
-// Above passwordChunk lines, the queue is set in chunks of that many, one
-// run each. The results are in the order of the queue, root by root.
+// it said, and the rest are set without them (setPasswords); a failure
+// that names no line is the node's (ErrNodeFailure). Above passwordChunk
+// lines, the queue is set in chunks of that many, one run each; after a
+// chunk failed for the node, the rest are not run and fail with it. The
+// results are in the order of the queue, root by root.
 func (r *Runner) Flush(ctx context.Context, skip func(Change) bool) []Result {
 	byRoot := map[string][]Change{}
 	var roots []string
@@ -97,21 +97,41 @@ func (r *Runner) Flush(ctx context.Context, skip func(Change) bool) []Result {
 	}
 	r.queued = nil
 	var results []Result
+	var node error // the first failure of the node's
 	for _, root := range roots {
 		for cs := range slices.Chunk(byRoot[root], passwordChunk) {
-			for i, err := range r.setPasswords(ctx, root, cs, true) {
+			if node != nil {
+				for _, c := range cs {
+					results = append(results, Result{Change: c, Err: fmt.Errorf("%s: not run: %w", c.Line, node)})
+				}
+				continue
+			}
+			for i, err := range r.setPasswords(ctx, root, cs) {
 				results = append(results, Result{Change: cs[i], Err: err})
+				if node == nil && errors.Is(err, ErrNodeFailure) {
+					node = err
+				}
 			}
 		}
 	}
 	return results
 }
 
-// setPasswords sets the passwords of cs, all under root, with one
-// chpasswd run, and returns the error of each (nil: set). With attribute,
-// a refusal that names lines fails those and tries the rest once more;
-// otherwise each line runs alone.
-func (r *Runner) setPasswords(ctx context.Context, root string, cs []Change, attribute bool) []error {
+// ErrNodeFailure marks a tool run that failed for the node rather than for
+// an account: a tool missing or cut off by its Timeout, or a chpasswd
+// refusal that names no line (the shadow file's lock held, a file it
+// cannot write). No customer's data can cause one: every field was
+// typed, and a tool's time is not theirs to set.
+var ErrNodeFailure = errors.New("a failure of the node's, not of an account's")
+
+// setPasswords sets the passwords of cs under root with one chpasswd run,
+// and returns each change's error. A refusal chpasswd names ("line N")
+// is that account's, and the rest run again without it. A failure that
+// names no line (the shadow file's lock held, a file it cannot write, a
+// run cut off by its Timeout) is the node's: every line fails with
+// ErrNodeFailure, and none runs again alone, which had cost a run (and,
+// with the lock held, 15 s) per line.
+func (r *Runner) setPasswords(ctx context.Context, root string, cs []Change) []error {
 	errs := make([]error, len(cs))
 	var in strings.Builder
 	var lines []int // the index in cs of each input line
@@ -132,47 +152,32 @@ func (r *Runner) setPasswords(ctx context.Context, root string, cs []Change, att
 		return errs
 	}
 	said := strings.TrimSpace(string(out))
-	fail := func(i int, what string) {
-		errs[i] = fmt.Errorf("%s: chpasswd: %w: %s", cs[i].Line, err, what)
-	}
 	named := refusedLines(said, len(lines))
-	switch {
-	case len(lines) == 1 || ctx.Err() != nil || errors.Is(err, context.DeadlineExceeded):
+	if len(named) == 0 || errors.Is(err, ErrNodeFailure) {
 		for _, i := range lines {
-			fail(i, said)
+			errs[i] = fmt.Errorf("%s: chpasswd: %w: %w: %s", cs[i].Line, ErrNodeFailure, err, said)
 		}
 		return errs
-	case attribute && len(named) > 0:
-		var rest []int
-		for n, i := range lines {
-			if what, ok := named[n+1]; ok {
-				fail(i, what)
-			} else {
-				rest = append(rest, i)
-			}
-		}
-		r.retry(ctx, root, cs, rest, errs)
-	default:
-		for _, i := range lines {
-			r.retry(ctx, root, cs, []int{i}, errs)
+	}
+	var rest []int
+	for n, i := range lines {
+		if what, ok := named[n+1]; ok {
+			errs[i] = fmt.Errorf("%s: chpasswd: %w: %s", cs[i].Line, err, what)
+		} else {
+			rest = append(rest, i)
 		}
 	}
-	return errs
-}
-
-// retry sets the passwords of cs at the indexes idx again, with one
-// chpasswd run that attributes no refusal, into errs.
-func (r *Runner) retry(ctx context.Context, root string, cs []Change, idx []int, errs []error) {
-	if len(idx) == 0 {
-		return
+	if len(rest) == 0 {
+		return errs
 	}
-	sub := make([]Change, len(idx))
-	for n, i := range idx {
+	sub := make([]Change, len(rest))
+	for n, i := range rest {
 		sub[n] = cs[i]
 	}
-	for n, err := range r.setPasswords(ctx, root, sub, false) {
-		errs[idx[n]] = err
+	for n, err := range r.setPasswords(ctx, root, sub) {
+		errs[rest[n]] = err
 	}
+	return errs
 }
 
 // lineSaid is how chpasswd names a refused input line.
@@ -224,7 +229,7 @@ func (r *Runner) exec(ctx context.Context, argv []string, stdin string) ([]byte,
 	r.Ran = append(r.Ran, slices.Clone(argv))
 	tool, err := toolPath(argv[0])
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("%w: %w", ErrNodeFailure, err)
 	}
 	if r.Timeout > 0 {
 		var cancel context.CancelFunc
@@ -244,8 +249,17 @@ func (r *Runner) exec(ctx context.Context, argv []string, stdin string) ([]byte,
 	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
 	cmd.WaitDelay = toolWaitDelay
 	out, err := cmd.CombinedOutput()
-	if err != nil && ctx.Err() != nil {
-		err = fmt.Errorf("%w (%w)", ctx.Err(), err)
+	if cmd.Process != nil {
+		// Whatever the tool left in its group (a helper that outlived
+		// it) goes with it, whether it succeeded or not.
+		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+	}
+	switch {
+	case err != nil && ctx.Err() != nil:
+		err = fmt.Errorf("%w: cut off after %s: %w (%w)", ErrNodeFailure, r.Timeout, ctx.Err(), err)
+	case errors.Is(err, exec.ErrWaitDelay) && cmd.ProcessState != nil && cmd.ProcessState.Success():
+		// The tool succeeded; a helper it left held its output.
+		err = nil
 	}
 	return out, err
 }

@@ -211,7 +211,8 @@ func BenchmarkNewUsersWithPasswords(b *testing.B) {
 // data names the same account (login: alice in mallory's object) is
 // refused as that object's problem: it changes neither the password nor
 // anything else of alice's, and alice's own object still converges.
-// Two objects new in one run that name one account: the first keeps it.
+// Two objects new in one run that name one account made for neither: both
+// are refused, whatever their order (it had gone to the first by ID).
 func TestAnAccountIsChangedOnlyByTheObjectItWasMadeFor(t *testing.T) {
 	t.Parallel()
 	root := newRoot(t)
@@ -228,14 +229,16 @@ func TestAnAccountIsChangedOnlyByTheObjectItWasMadeFor(t *testing.T) {
 	db, err := accounts.Read(root)
 	require.NoError(t, err)
 	changes, problems := db.Plan(nil, users, policy, accounts.State{Owned: *owned, AllOwned: *owned}, root)
-	require.Len(t, problems, 2)
+	require.Len(t, problems, 3)
 	assert.Equal(t, "users/mallory", problems[0].Object)
 	assert.ErrorContains(t, problems[0].Err, "user cust11: belongs to object users/cust11")
-	assert.Equal(t, "users/eve", problems[1].Object)
-	assert.ErrorContains(t, problems[1].Err, "user cust12: is declared by object users/cust12 too")
+	assert.Equal(t, "users/cust12", problems[1].Object)
+	assert.ErrorContains(t, problems[1].Err, "user cust12: is declared by object users/eve too, and was made for neither")
+	assert.Equal(t, "users/eve", problems[2].Object)
+	assert.ErrorContains(t, problems[2].Err, "user cust12: is declared by object users/cust12 too, and was made for neither")
 	for _, c := range changes {
 		assert.NotEqual(t, "users/mallory", c.Object, c.Line)
-		assert.NotEqual(t, "users/eve", c.Object, c.Line)
+		assert.NotEqual(t, "cust12", c.Name, c.Line)
 	}
 	runAll(t, changes)
 	assert.Contains(t, fileOf(t, root, "shadow"), "cust11:"+hashOf(1)+":", "cust11's password is cust11's object's")

@@ -242,7 +242,14 @@ func (a *Applier) applyAccounts(ctx context.Context, p *Plan, removes bool) erro
 	// configuration in one chpasswd run once they exist.
 	tools := &accounts.Runner{Timeout: timeout}
 	done := func(c accounts.Change, err error) error {
+		if err != nil && c.Op == accounts.Create {
+			if db, rerr := accounts.Read(a.opts.Root); rerr == nil && c.Landed(db) {
+				owned, retired = owned.After(c), retired.After(c)
+			}
+		}
 		switch {
+		case errors.Is(err, accounts.ErrNodeFailure):
+			return err // the node's: the configuration fails, and no customer is held for it
 		case err != nil && c.Object != "":
 			a.leaveOut(p, c.Object, err)
 			return nil
@@ -314,25 +321,17 @@ func (a *Applier) setPasswords(ctx context.Context, tools *accounts.Runner, held
 }
 
 // nodePasswordFailure is the error of a password run that failed for the
-// node rather than for a customer: one cut off by its timeout (a hung
-// helper, a slow disk), or one in which every one of two or more accounts
-// failed (the shadow file's lock held, chpasswd missing). Every hash was
-// typed before it was queued, so no object's data can fail them all;
-// quarantining each would hold every customer of the node for the node's
-// fault. Nil when the failures are objects' own.
+// node rather than for a customer (accounts.ErrNodeFailure: a run cut off
+// by its timeout, or a refusal that names no line, such as the shadow
+// file's lock held). Every hash was typed before it was queued, so no
+// object's data can cause one; quarantining each account's object would
+// hold customers on every node for one node's fault. Nil when every
+// failure is an account's own.
 func nodePasswordFailure(results []accounts.Result) error {
-	failed := 0
 	for _, r := range results {
-		if r.Err == nil {
-			continue
-		}
-		if errors.Is(r.Err, context.DeadlineExceeded) {
+		if errors.Is(r.Err, accounts.ErrNodeFailure) {
 			return fmt.Errorf("setting passwords: %w", r.Err)
 		}
-		failed++
-	}
-	if failed > 1 && failed == len(results) {
-		return fmt.Errorf("setting passwords: all %d failed, the first: %w", failed, results[0].Err)
 	}
 	return nil
 }

@@ -254,10 +254,11 @@ users:
 }
 
 // A password run that fails for the node, not for a customer (here the
-// shadow file's lock is held, so every account of the run fails), fails the
-// configuration and quarantines nobody: a quarantine's record would hold
-// every customer of the node on every node. It had quarantined each.
-func TestAPasswordRunThatFailsForEveryAccountFailsTheConfiguration(t *testing.T) {
+// shadow file's lock is held: chpasswd names no line), fails the
+// configuration and quarantines nobody, for one account as for two: a
+// quarantine's record would hold the customers of the node on every node.
+// It had quarantined each, after a chpasswd run per line.
+func TestAPasswordRunThatFailsForTheNodeFailsTheConfiguration(t *testing.T) {
 	f := newFixture(t, map[string]string{"users.yaml": `
 users:
   - {name: "{{ .Object.ID }}", for_each: users, uid: "{{ .Object.Data.uid }}", password: "{{ .Object.Data.hash }}"}
@@ -269,10 +270,15 @@ users:
 
 	require.NoError(t, os.WriteFile(f.path("/etc/shadow.lock"), nil, 0o600))
 	f.put("users/cust01", `{"uid":3001,"hash":"$6$salt1$changed"}`)
-	f.put("users/cust02", `{"uid":3002,"hash":"$6$salt2$changed"}`)
 	r := f.run()
-	require.Error(t, r.Err)
-	assert.Contains(t, r.Err.Error(), "setting passwords: all 2 failed")
+	require.Error(t, r.Err, "one account")
+	assert.Contains(t, r.Err.Error(), "setting passwords: ")
+	assert.ErrorContains(t, r.Err, "cannot lock")
+	assert.Empty(t, r.Quarantined, "the node's fault holds no customer")
+
+	f.put("users/cust02", `{"uid":3002,"hash":"$6$salt2$changed"}`)
+	r = f.run()
+	require.Error(t, r.Err, "two accounts")
 	assert.Empty(t, r.Quarantined, "the node's fault holds no customer")
 
 	require.NoError(t, os.Remove(f.path("/etc/shadow.lock")))
