@@ -109,7 +109,7 @@ func (p *presence) changedAt(rev int64) {
 	if !behind {
 		// The timer's function only signals the session owner, which
 		// announces; it needs no stop: a late signal finds nothing to do.
-		time.AfterFunc(pendingGrace, p.wakeIfBehind)
+		time.AfterFunc(pendingGrace, func() { p.wakeIfBehind(rev) })
 	}
 }
 
@@ -118,10 +118,15 @@ func (p *presence) changedAt(rev int64) {
 // paused or debouncing as behind this much later.
 const pendingGrace = time.Second
 
-// wakeIfBehind announces the presence if a change is still pending.
-func (p *presence) wakeIfBehind() {
+// wakeIfBehind announces the presence if the change at rev is still not
+// converged. A later change the node is behind on is not this timer's: it
+// came when the node was up to date (changedAt), and has its own grace.
+// This timer had announced it, a write of the presence for a change a few
+// milliseconds old, whenever a busy node took more than the grace for a
+// stream of changes it converged one by one.
+func (p *presence) wakeIfBehind(rev int64) {
 	p.mu.Lock()
-	behind := p.current.Pending > p.upTo
+	behind := p.upTo < rev
 	p.mu.Unlock()
 	if behind {
 		p.wake()
