@@ -37,7 +37,72 @@ type Cache struct {
 type configCache struct {
 	entries map[cacheKey]*cacheEntry
 	ranges  map[*template.Template]*rangeOutputs // element outputs of rewritten ranges, by body
+	memos   map[*configs.File]*fileMemo          // each for_each entry's entries, by position
+	files   *lastFiles                           // the last render's files
 	gen     uint64
+}
+
+// lastFiles is the files of a configuration's last render and their set
+// of paths: a render that makes the same files again shares the set.
+type lastFiles struct {
+	list []File
+	set  *fileSet
+}
+
+// fileMemo is the entries a for_each file entry used in its last render,
+// by the object's position in the list: an event's render, over the same
+// list, finds each by position, without hashing its key (the range
+// memo's way, memo.go).
+type fileMemo struct {
+	last []*cacheEntry
+	gen  uint64
+}
+
+// memo returns the memo of f, marked as used by this render.
+func (cc *configCache) memo(f *configs.File) *fileMemo {
+	m := cc.memos[f]
+	if m == nil {
+		m = &fileMemo{}
+		cc.memos[f] = m
+	}
+	m.gen = cc.gen
+	return m
+}
+
+// at returns the entry kept at pos if it is id's, or nil. A nil memo
+// keeps none.
+func (m *fileMemo) at(pos int, id string) *cacheEntry {
+	if m == nil || pos >= len(m.last) {
+		return nil
+	}
+	if e := m.last[pos]; e != nil && e.id == id {
+		return e
+	}
+	return nil
+}
+
+// set keeps e at pos. Positions are set in increasing order, each read
+// (at) before it is set, so the list is rewritten in place.
+func (m *fileMemo) set(pos int, e *cacheEntry) {
+	switch {
+	case m == nil:
+	case pos < len(m.last):
+		m.last[pos] = e
+	default:
+		for len(m.last) < pos {
+			m.last = append(m.last, nil)
+		}
+		m.last = append(m.last, e)
+	}
+}
+
+// done ends a render that called the entry n times: what was kept past
+// n is another list's.
+func (m *fileMemo) done(n int) {
+	if n < len(m.last) {
+		clear(m.last[n:])
+		m.last = m.last[:n]
+	}
 }
 
 type cacheKey struct {
@@ -46,6 +111,7 @@ type cacheKey struct {
 }
 
 type cacheEntry struct {
+	id       string  // of the object, as in its key
 	revision int64   // of the object
 	versions []int64 // of the types the templates read, in deps order
 	file     File
@@ -79,7 +145,7 @@ func (c *Cache) Render(ctx context.Context, cfg *configs.Config, snap *objects.S
 func (c *Cache) render(cfg *configs.Config, snap *objects.Snapshot, node Node, root string, kind runkind.Kind, b budget) (*Output, error) {
 	cc := c.configs[cfg.Name]
 	if cc == nil || kind == runkind.Full {
-		cc = &configCache{entries: map[cacheKey]*cacheEntry{}, ranges: map[*template.Template]*rangeOutputs{}}
+		cc = &configCache{entries: map[cacheKey]*cacheEntry{}, ranges: map[*template.Template]*rangeOutputs{}, memos: map[*configs.File]*fileMemo{}}
 		c.configs[cfg.Name] = cc
 	}
 	cc.gen++
@@ -94,6 +160,11 @@ func (c *Cache) render(cfg *configs.Config, snap *objects.Snapshot, node Node, r
 			if e.gen != cc.gen {
 				delete(cc.entries, k)
 			}
+		}
+	}
+	for f, m := range cc.memos {
+		if m.gen != cc.gen { // an entry of a reloaded directory
+			delete(cc.memos, f)
 		}
 	}
 	for body, outs := range cc.ranges {

@@ -122,3 +122,37 @@ func TestAConfigurationCannotChangeWhatAnotherRenders(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, "s3=stored", string(out.Files[0].Content))
 }
+
+func TestARenderThatSharesTheLastOnesPathsStillFindsAPathRenderedTwice(t *testing.T) {
+	cfg := loadConfig(t, "subscribes: [sites]\nfiles:\n  - path: '/x/{{ .Object.Data.name }}'\n    for_each: sites\n    content: '{{ .Object.ID }}'\n")
+	cache, root := render.NewCache(), t.TempDir()
+	objs := map[string]string{"sites/a": `{"name":"a"}`, "sites/b": `{"name":"b"}`, "sites/c": `{"name":"c"}`}
+	render1 := func(rev int64, kind runkind.Kind) *render.Output {
+		b := objects.NewBuilder("/ccm", rev, nil)
+		for key, value := range objs {
+			r := int64(2)
+			if key == "sites/c" {
+				r = rev
+			}
+			b.Add("/ccm/objects/"+key, []byte(value), r)
+		}
+		out, err := cache.Render(context.Background(), cfg, b.Snapshot(), render.Node{}, root, kind)
+		require.NoError(t, err)
+		return out
+	}
+	first := render1(3, runkind.Full)
+	second := render1(3, runkind.Changed)
+	assert.True(t, second.SameFiles(first), "the same files: the set of paths is shared")
+	second.HoldBack("sites/b")
+	assert.False(t, second.Has("/x/b"))
+	assert.True(t, first.Has("/x/b"), "a hold changes its own output's paths alone")
+	assert.False(t, second.SameFiles(first))
+
+	objs["sites/c"] = `{"name":"a"}` // c now renders a's path
+	third := render1(4, runkind.Changed)
+	assert.False(t, third.SameFiles(first))
+	require.Len(t, third.Failed, 1)
+	assert.Equal(t, "c", third.Failed[0].ID)
+	assert.ErrorContains(t, third.Failed[0].Err, "file /x/a is rendered twice")
+	assert.True(t, third.Has("/x/a") && third.Has("/x/b") && !third.Has("/x/c"))
+}

@@ -1,6 +1,7 @@
 package render
 
 import (
+	"maps"
 	"slices"
 
 	"github.com/ccm-dev/ccm/internal/accounts"
@@ -12,10 +13,18 @@ import (
 // configuration that found it records the quarantine).
 func (o *Output) HoldBack(object string) {
 	o.hold(object)
+	var has map[string]bool // a copy: the set may be another output's too
 	for i := range o.Files {
-		if o.Files[i].Object == object {
-			delete(o.paths, o.Files[i].Path)
+		if o.Files[i].Object != object {
+			continue
 		}
+		if has == nil {
+			if has = map[string]bool{}; o.paths != nil {
+				has = maps.Clone(o.paths.has)
+			}
+			o.paths = &fileSet{has: has}
+		}
+		delete(has, o.Files[i].Path)
 	}
 	o.Users = slices.DeleteFunc(o.Users, func(x accounts.User) bool { return x.Object == object })
 	o.Groups = slices.DeleteFunc(o.Groups, func(x accounts.Group) bool { return x.Object == object })

@@ -77,11 +77,24 @@ type Output struct {
 	// Held is every object ("type/id") left out, failed or held back by
 	// the snapshot's quarantine: its files stay as they are.
 	Held  map[string]bool
-	paths map[string]bool
+	paths *fileSet
 }
 
+// fileSet is the paths of an output's files. It is never changed once
+// the render returned (HoldBack changes a copy), so outputs may share it.
+type fileSet struct{ has map[string]bool }
+
 // Has reports whether the output has a file at path.
-func (o *Output) Has(path string) bool { return o.paths[path] }
+func (o *Output) Has(path string) bool { return o.paths != nil && o.paths.has[path] }
+
+// SameFiles reports whether o and p have the same files at the same paths,
+// for the same objects, in the same order, with the same answers from
+// Has: o was rendered from p's cache entries, or p from o's. It answers
+// in O(1) and may say false for equal outputs. Whether an object is Live
+// is not part of it.
+func (o *Output) SameFiles(p *Output) bool {
+	return o != nil && p != nil && o.paths != nil && o.paths == p.paths
+}
 
 // ObjectFailure is one object that failed on its own: its render, its
 // owner, its schema or its check. It is quarantined, not the configuration.
@@ -197,29 +210,61 @@ func (r *renderer) render(cfg *configs.Config, snap *objects.Snapshot, node Node
 			return nil, err
 		}
 	}
-	seen := make(map[string]bool, r.expected())
+	// The files are checked for a path rendered twice as they are added.
+	// While they are those of the last render, path for path and object
+	// for object, they cannot be (it had none), and its set of paths is
+	// shared instead of hashing 10,000 paths again; from the first file
+	// that differs, the paths so far go into a set of their own.
+	var prev []File
+	if r.cache != nil && r.cache.files != nil {
+		prev = r.cache.files.list
+	}
+	var seen map[string]bool
+	matching := prev != nil
+	add := func(file File, data Data) error {
+		if n := len(out.Files); matching {
+			if n < len(prev) && prev[n].Path == file.Path && prev[n].Object == file.Object {
+				out.Files = append(out.Files, file)
+				return nil
+			}
+			matching, seen = false, pathSet(out.Files, r.expected())
+		}
+		if seen[file.Path] {
+			return fmt.Errorf("file %s is rendered twice%s", file.Path, objectSuffix(data))
+		}
+		seen[file.Path] = true
+		out.Files = append(out.Files, file)
+		return nil
+	}
+	if !matching {
+		seen = make(map[string]bool, r.expected())
+	}
 	out.Files = slices.Grow(out.Files, r.expected()) // 10,000 files appended one by one copied the list about 20 times
 	for i := range cfg.Files {
 		f := &cfg.Files[i]
 		var versions []int64
 		cached := false
+		var memo *fileMemo
 		if r.cache != nil && f.ForEach != "" {
 			var deps []string
 			deps, cached = r.deps.deps(f)
 			versions = versionsOf(snap, deps, r.left)
+			if cached {
+				memo = r.cache.memo(f)
+			}
 		}
+		pos := 0
 		err := each(f.ForEach, data, out, func(data Data) error {
-			file, err := r.file(c, f, data, cached, versions)
+			file, err := r.file(c, f, data, cached, versions, memo, pos)
+			pos++
 			if err != nil {
 				return err
 			}
-			if seen[file.Path] {
-				return fmt.Errorf("file %s is rendered twice%s", file.Path, objectSuffix(data))
-			}
-			seen[file.Path] = true
-			out.Files = append(out.Files, file)
-			return nil
+			return add(file, data)
 		})
+		if memo != nil {
+			memo.done(pos)
+		}
 		if err != nil {
 			return nil, err
 		}
@@ -228,19 +273,43 @@ func (r *renderer) render(cfg *configs.Config, snap *objects.Snapshot, node Node
 	if !slices.IsSortedFunc(out.Files, byPath) {
 		slices.SortFunc(out.Files, byPath)
 	}
-	out.paths = seen
+	switch {
+	case matching && len(out.Files) == len(prev):
+		out.paths = r.cache.files.set
+	case matching:
+		out.paths = &fileSet{has: pathSet(out.Files, 0)}
+	default:
+		out.paths = &fileSet{has: seen}
+	}
+	if r.cache != nil {
+		r.cache.files = &lastFiles{list: out.Files, set: out.paths}
+	}
 	return out, nil
+}
+
+// pathSet returns the set of files' paths, sized for at least n.
+func pathSet(files []File, n int) map[string]bool {
+	seen := make(map[string]bool, max(n, len(files)))
+	for i := range files {
+		seen[files[i].Path] = true
+	}
+	return seen
 }
 
 // file renders one file, or takes it from the cache when the object has
 // not changed since the last render.
-func (r *renderer) file(c *confiner, f *configs.File, data Data, cached bool, versions []int64) (File, error) {
+func (r *renderer) file(c *confiner, f *configs.File, data Data, cached bool, versions []int64, memo *fileMemo, pos int) (File, error) {
 	var key cacheKey
 	if cached {
 		key = cacheKey{file: f, id: data.Object.ID}
-		if e, ok := r.cache.entries[key]; ok && e.revision == data.Object.Revision && slices.Equal(e.versions, versions) {
+		e := memo.at(pos, data.Object.ID)
+		if e == nil {
+			e = r.cache.entries[key]
+		}
+		if e != nil && e.revision == data.Object.Revision && slices.Equal(e.versions, versions) {
 			e.gen = r.cache.gen
 			r.used++
+			memo.set(pos, e)
 			return e.file, nil
 		}
 	}
@@ -258,8 +327,10 @@ func (r *renderer) file(c *confiner, f *configs.File, data Data, cached bool, ve
 	}
 	file := File{Path: p, Real: real, Content: tight(buf.Bytes()), Mode: f.Mode, Ownership: own, Check: f.Check, CheckAll: f.CheckAll, Object: ref(data)}
 	if cached {
-		r.cache.entries[key] = &cacheEntry{revision: data.Object.Revision, versions: versions, file: file, gen: r.cache.gen}
+		e := &cacheEntry{id: key.id, revision: data.Object.Revision, versions: versions, file: file, gen: r.cache.gen}
+		r.cache.entries[key] = e
 		r.used++
+		memo.set(pos, e)
 	}
 	return file, nil
 }
