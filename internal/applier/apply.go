@@ -57,10 +57,11 @@ type Applier struct {
 	// files and state are the root and the state directory, open for the
 	// duration of one public call (see open).
 	files, state *tree
-	known        map[string]known  // real path -> desired state last written or verified
-	owners       map[string]string // path -> the configuration that last rendered it
-	listed       map[string]int    // path -> how many cached manifests list it
-	allLoaded    bool              // every manifest of the state directory is cached
+	known        map[string]known          // real path -> desired state last written or verified
+	owners       map[string]string         // path -> the configuration that last rendered it
+	ownedFrom    map[string]*render.Output // configuration -> the output own took its paths from (own)
+	listed       map[string]int            // path -> how many cached manifests list it
+	allLoaded    bool                      // every manifest of the state directory is cached
 	progress     progress
 	// pending is the accounts ("user:NAME", "group:NAME") the plans of
 	// the current call create: owners resolved once they exist. snap is
@@ -91,7 +92,7 @@ func New(opts Options) *Applier {
 	if log == nil {
 		log = zap.NewNop()
 	}
-	return &Applier{opts: opts, log: log, cache: render.NewCache(), manifests: map[string]manifest{}, known: map[string]known{}, owners: map[string]string{}, listed: map[string]int{},
+	return &Applier{opts: opts, log: log, cache: render.NewCache(), manifests: map[string]manifest{}, known: map[string]known{}, owners: map[string]string{}, ownedFrom: map[string]*render.Output{}, listed: map[string]int{},
 		pending: map[string]bool{}}
 }
 
@@ -152,10 +153,10 @@ func (a *Applier) Apply(ctx context.Context, cfg *configs.Config, snap *objects.
 		return nil, err
 	}
 	defer closeAll()
-	return a.apply(ctx, cfg, snap, claimed, runkind.Full)
+	return a.apply(ctx, cfg, snap, &claims{paths: claimed}, runkind.Full)
 }
 
-func (a *Applier) apply(ctx context.Context, cfg *configs.Config, snap *objects.Snapshot, claimed map[string]string, kind runkind.Kind) (*Plan, error) {
+func (a *Applier) apply(ctx context.Context, cfg *configs.Config, snap *objects.Snapshot, claimed *claims, kind runkind.Kind) (*Plan, error) {
 	a.pending, a.holds = map[string]bool{}, runHolds{}
 	p, err := a.plan(ctx, cfg, snap, claimed, kind)
 	if err != nil {

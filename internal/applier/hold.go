@@ -113,7 +113,7 @@ func (a *Applier) holdsOfAncestors(ctx context.Context, set *configs.Set, snap *
 	pending := maps.Clone(a.pending)
 	defer func() { a.pending = pending }()
 	for _, n := range todo {
-		p, err := a.plan(ctx, set.Configs[n], snap, map[string]string{}, kind)
+		p, err := a.plan(ctx, set.Configs[n], snap, &claims{}, kind)
 		if err != nil {
 			a.log.Warn("planning a dependency for its holds", zap.String("config", n), zap.Error(err))
 			continue

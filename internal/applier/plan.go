@@ -298,12 +298,12 @@ func (a *Applier) Plan(cfg *configs.Config, snap *objects.Snapshot, claimed map[
 	}
 	defer closeAll()
 	a.pending, a.holds = map[string]bool{}, runHolds{}
-	return a.plan(context.Background(), cfg, snap, claimed, runkind.Full)
+	return a.plan(context.Background(), cfg, snap, &claims{paths: claimed}, runkind.Full)
 }
 
 // plan is Plan; in a runkind.Changed run, files known to be in their desired state are
 // not read from disk, and unchanged objects are not rendered again.
-func (a *Applier) plan(ctx context.Context, cfg *configs.Config, snap *objects.Snapshot, claimed map[string]string, kind runkind.Kind) (*Plan, error) {
+func (a *Applier) plan(ctx context.Context, cfg *configs.Config, snap *objects.Snapshot, claimed *claims, kind runkind.Kind) (*Plan, error) {
 	a.snap = snap // the revisions of the objects it quarantines
 	out, err := a.cache.Render(ctx, cfg, snap, a.opts.Node, a.opts.Root, kind)
 	if err != nil {
@@ -349,7 +349,7 @@ func (a *Applier) plan(ctx context.Context, cfg *configs.Config, snap *objects.S
 		if !out.Live(f.Object) {
 			continue
 		}
-		if other, ok := claimed[f.Path]; ok && other != cfg.Name {
+		if other, ok := claimed.of(f.Path); ok && other != cfg.Name {
 			return nil, fmt.Errorf("file %s is also written by configuration %q", f.Path, other)
 		}
 		if kind == runkind.Changed && a.trusted(f) {
@@ -378,7 +378,7 @@ func (a *Applier) plan(ctx context.Context, cfg *configs.Config, snap *objects.S
 		a.leaveOut(p, object, taken[object])
 	}
 	for _, path := range m.Files {
-		if out.Has(path) || claimed[path] != "" || p.held(path) {
+		if by, _ := claimed.of(path); out.Has(path) || by != "" || p.held(path) {
 			continue
 		}
 		c, err := a.planRemove(path, fileLimit(cfg))

@@ -78,6 +78,7 @@ type Output struct {
 	// the snapshot's quarantine: its files stay as they are.
 	Held  map[string]bool
 	paths *fileSet
+	all   *fileSet // every file's path, held or not: never changed
 }
 
 // fileSet is the paths of an output's files. It is never changed once
@@ -87,8 +88,12 @@ type fileSet struct{ has map[string]bool }
 // Has reports whether the output has a file at path.
 func (o *Output) Has(path string) bool { return o.paths != nil && o.paths.has[path] }
 
-// SameFiles reports whether o and p have the same files at the same paths,
-// for the same objects, in the same order, with the same answers from
+// Renders reports whether the output has a file at path, held back or
+// not.
+func (o *Output) Renders(path string) bool { return o.all != nil && o.all.has[path] }
+
+// SameFiles reports whether o and p have the same files at the same paths
+// (as configured and on disk), for the same objects, in the same order, with the same answers from
 // Has: o was rendered from p's cache entries, or p from o's. It answers
 // in O(1) and may say false for equal outputs. Whether an object is Live
 // is not part of it.
@@ -223,7 +228,7 @@ func (r *renderer) render(cfg *configs.Config, snap *objects.Snapshot, node Node
 	matching := prev != nil
 	add := func(file File, data Data) error {
 		if n := len(out.Files); matching {
-			if n < len(prev) && prev[n].Path == file.Path && prev[n].Object == file.Object {
+			if n < len(prev) && prev[n].Path == file.Path && prev[n].Real == file.Real && prev[n].Object == file.Object {
 				out.Files = append(out.Files, file)
 				return nil
 			}
@@ -281,6 +286,7 @@ func (r *renderer) render(cfg *configs.Config, snap *objects.Snapshot, node Node
 	default:
 		out.paths = &fileSet{has: seen}
 	}
+	out.all = out.paths
 	if r.cache != nil {
 		r.cache.files = &lastFiles{list: out.Files, set: out.paths}
 	}
