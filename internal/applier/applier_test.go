@@ -2,6 +2,8 @@ package applier_test
 
 import (
 	"context"
+	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -840,4 +842,58 @@ func TestAStateFileThatIsAFIFOIsNamed(t *testing.T) {
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), filepath.Join(state, "c.json")+" is not a regular file (a FIFO)")
 	assert.NoFileExists(t, f.path("/x"))
+}
+
+// The events after the first record the manifest they found without
+// listing it again (the same files); what they record must stay what a
+// full listing would, through a rollback and a removal.
+func TestChangedRunsWithTheSameFilesKeepTheManifestWhole(t *testing.T) {
+	marker := filepath.Join(t.TempDir(), "broken")
+	f := newFixture(t, map[string]string{"web.yaml": sites + "validate: [test, '!', -e, " + strconv.Quote(marker) + "]\n"})
+	for _, id := range []string{"a", "b", "c"} {
+		f.put("sites/"+id, `{"name":"`+id+`"}`)
+	}
+	manifest := func() (files []string, objects map[string]string) {
+		raw, err := os.ReadFile(filepath.Join(f.tmp, "state", "configs", "web.json"))
+		require.NoError(t, err)
+		var m struct {
+			Files   []string          `json:"files"`
+			Objects map[string]string `json:"objects"`
+		}
+		require.NoError(t, json.Unmarshal(raw, &m))
+		return m.Files, m.Objects
+	}
+	run := func() *applier.Report {
+		return f.applier.Run(context.Background(), runkind.Changed, f.set, f.snap(), []string{"web"})
+	}
+	require.NoError(t, f.applier.Run(context.Background(), runkind.Full, f.set, f.snap(), []string{"web"}).Err)
+	all := []string{"/etc/nginx/sites/a.conf", "/etc/nginx/sites/b.conf", "/etc/nginx/sites/c.conf"}
+	objs := map[string]string{all[0]: "sites/a", all[1]: "sites/b", all[2]: "sites/c"}
+	for i := range 3 {
+		f.put("sites/b", fmt.Sprintf(`{"name":"b%d"}`, i))
+		require.NoError(t, run().Err)
+		files, objects := manifest()
+		assert.Equal(t, all, files)
+		assert.Equal(t, objs, objects)
+	}
+	require.NoError(t, os.WriteFile(marker, nil, 0o644))
+	f.put("sites/c", `{"name":"c2"}`)
+	require.Error(t, run().Err)
+	files, objects := manifest()
+	assert.Equal(t, all, files, "rolled back")
+	assert.Equal(t, objs, objects)
+	require.NoError(t, os.Remove(marker))
+	require.NoError(t, run().Err)
+	assert.Equal(t, "server_name c2;\n", f.read("/etc/nginx/sites/c.conf"))
+
+	f.del("sites/a")
+	require.NoError(t, run().Err)
+	files, objects = manifest()
+	assert.Equal(t, all[1:], files)
+	assert.Equal(t, map[string]string{all[1]: "sites/b", all[2]: "sites/c"}, objects)
+	assert.NoFileExists(t, f.path(all[0]))
+	f.put("sites/b", `{"name":"b9"}`)
+	require.NoError(t, run().Err)
+	files, _ = manifest()
+	assert.Equal(t, all[1:], files)
 }

@@ -200,8 +200,19 @@ func (a *Applier) applyPlan(ctx context.Context, p *Plan, files []string) error 
 	// first rename, and neither before the other: their fsyncs overlap.
 	synced := a.files.syncLater(slices.Collect(maps.Values(staged)))
 	defer synced() // before the staged files are removed
-	files = p.keepHeld(files)
-	j := a.newJournal(p, manifest{Files: files, OnChangePending: p.PendingOnChange, Objects: p.objectsOf(files), Digest: p.digest}, tx.createdDirs)
+	m := manifest{OnChangePending: p.PendingOnChange, Digest: p.digest}
+	recorded, ok := a.manifests[p.Config.Name]
+	same := ok && recorded.unchanged(p.Output, files)
+	if same {
+		m.Files, m.Objects, m.from = recorded.Files, recorded.Objects, p.Output
+	} else {
+		files = p.keepHeld(files)
+		m.Files, m.Objects = files, p.objectsOf(files)
+		if rendersExactly(p.Output, files) {
+			m.from = p.Output
+		}
+	}
+	j := a.newJournal(p, m, tx.createdDirs, same)
 	if len(p.Changes) > 0 {
 		if err := a.saveOriginals(p); err != nil {
 			tx.removeCreatedDirs()

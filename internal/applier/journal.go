@@ -69,14 +69,15 @@ const journalDir = "journal"
 
 func journalPath(config string) string { return path.Join(journalDir, config+".json") }
 
-// newJournal records what applying p would change and then do.
-func (a *Applier) newJournal(p *Plan, m manifest, dirs []string) *journal {
+// newJournal records what applying p would change and then do. same says
+// that m's files are the recorded manifest's (manifest.unchanged).
+func (a *Applier) newJournal(p *Plan, m manifest, dirs []string, same bool) *journal {
 	cfg := p.Config
 	j := &journal{Config: cfg.Name, Dir: cfg.Dir(), Root: a.opts.Root, Validate: cfg.Validate, Timeout: cfg.Timeout, Manifest: m, Dirs: dirs}
 	if prev, ok := a.manifests[cfg.Name]; ok {
 		prev.Owned = accounts.Owned{} // a rollback keeps the accounts as they are then
 		j.Prev = &prev
-		if len(m.Files) > 0 && slices.Equal(prev.Files, m.Files) && maps.Equal(prev.Objects, m.Objects) {
+		if same || len(m.Files) > 0 && slices.Equal(prev.Files, m.Files) && maps.Equal(prev.Objects, m.Objects) {
 			// Both manifests list what the state directory lists, before
 			// the run and after it alike: neither is written twice.
 			j.Manifest.Files, j.Manifest.Objects, j.SameFiles = nil, nil, true

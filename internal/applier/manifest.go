@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"maps"
 	"path"
+	"reflect"
 	"slices"
 	"strings"
 
@@ -14,6 +15,7 @@ import (
 
 	"github.com/ccm-dev/ccm/internal/accounts"
 	"github.com/ccm-dev/ccm/internal/configs"
+	"github.com/ccm-dev/ccm/internal/render"
 )
 
 // manifest is what ccm remembers of one configuration between runs.
@@ -35,12 +37,58 @@ type manifest struct {
 	// Digest is the configuration's definition (configs.Config.Digest)
 	// when it last converged: a new one runs validate and on_change.
 	Digest string `json:"digest,omitempty"`
+	// from is an output whose rendered paths Files lists, in its order,
+	// none held back (nil: not known): a run whose output has the same
+	// files (render.Output.SameFiles) and holds none back records Files
+	// and Objects again, unchanged, without listing them (unchanged).
+	from *render.Output
+}
+
+// unchanged reports whether applying a plan of out that records files
+// records m's Files and Objects as they are: files is m.Files itself, and
+// out has the files of m.from, none held back. (Objects maps a rendered
+// path to its object, else to what the manifest before had: the same
+// files give the same map.)
+func (m manifest) unchanged(out *render.Output, files []string) bool {
+	return m.from != nil && len(files) > 0 && len(files) == len(m.Files) && &files[0] == &m.Files[0] &&
+		len(out.Held) == 0 && out.SameFiles(m.from)
+}
+
+// rendersExactly reports whether files are out's paths, in its order,
+// none held back: a manifest of files may record out as its from.
+func rendersExactly(out *render.Output, files []string) bool {
+	if len(out.Held) > 0 || len(files) != len(out.Files) {
+		return false
+	}
+	for i := range files {
+		if files[i] != out.Files[i].Path {
+			return false
+		}
+	}
+	return true
 }
 
 // same reports whether two manifests record the same thing.
 func (m manifest) same(o manifest) bool {
-	return m.OnChangePending == o.OnChangePending && m.Digest == o.Digest && slices.Equal(m.Files, o.Files) && maps.Equal(m.Objects, o.Objects) &&
+	return m.OnChangePending == o.OnChangePending && m.Digest == o.Digest && sameStrings(m.Files, o.Files) && sameMap(m.Objects, o.Objects) &&
 		slices.Equal(m.Users, o.Users) && slices.Equal(m.Groups, o.Groups) && maps.Equal(m.Owned.Objects, o.Owned.Objects)
+}
+
+// sameStrings is slices.Equal, at once for one slice (a manifest that
+// records the files it had).
+func sameStrings(a, b []string) bool {
+	if len(a) == len(b) && len(a) > 0 && &a[0] == &b[0] {
+		return true
+	}
+	return slices.Equal(a, b)
+}
+
+// sameMap is maps.Equal, at once for one map.
+func sameMap(a, b map[string]string) bool {
+	if len(a) == len(b) && len(a) > 0 && reflect.ValueOf(a).UnsafePointer() == reflect.ValueOf(b).UnsafePointer() {
+		return true
+	}
+	return maps.Equal(a, b)
 }
 
 // manifestDir holds the manifests, in the state directory.
@@ -76,6 +124,10 @@ func (a *Applier) loadManifest(config string) (manifest, error) {
 func (a *Applier) saveManifest(config string, m manifest) error {
 	m.Root = a.opts.Root
 	if old, ok := a.manifests[config]; ok && old.same(m) {
+		if m.from != nil { // the same files: the newer output says so too
+			old.from = m.from
+			a.manifests[config] = old
+		}
 		return nil
 	}
 	a.forgetManifest(config)

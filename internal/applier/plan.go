@@ -377,7 +377,11 @@ func (a *Applier) plan(ctx context.Context, cfg *configs.Config, snap *objects.S
 	for _, object := range takenOrder {
 		a.leaveOut(p, object, taken[object])
 	}
-	for _, path := range m.Files {
+	stale := m.Files
+	if m.from != nil && out.SameFiles(m.from) { // every file of the manifest is rendered
+		stale = nil
+	}
+	for _, path := range stale {
 		if by, _ := claimed.of(path); out.Has(path) || by != "" || p.held(path) {
 			continue
 		}

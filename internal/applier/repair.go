@@ -66,10 +66,21 @@ func (a *Applier) settle(p *Plan) {
 		r.converged = map[string]convergedRender{}
 	}
 	r.seq++
-	if old, ok := r.converged[p.Config.Name]; !ok || !slices.Equal(livePaths(old.out), livePaths(p.Output)) {
+	if old, ok := r.converged[p.Config.Name]; !ok || !sameLivePaths(old.out, p.Output) {
 		r.moved = true
 	}
 	r.converged[p.Config.Name] = convergedRender{cfg: p.Config, out: p.Output, seq: r.seq}
+}
+
+// sameLivePaths is slices.Equal(livePaths(a), livePaths(b)), at once for
+// outputs with the same files (render.Output.SameFiles) that hold nothing
+// back: their files' real paths are the same, all live.
+func sameLivePaths(a, b *render.Output) bool {
+	if a.SameFiles(b) && len(a.Held) == 0 && len(b.Held) == 0 &&
+		slices.EqualFunc(a.Directories, b.Directories, func(x, y render.Directory) bool { return x.Real == y.Real }) {
+		return true
+	}
+	return slices.Equal(livePaths(a), livePaths(b))
 }
 
 // livePaths lists the real paths of out's live directories and files, in

@@ -416,12 +416,18 @@ func (a *Applier) Run(ctx context.Context, kind runkind.Kind, set *configs.Set, 
 		}
 		a.holdAll(p) // what an earlier configuration's tools or checks held
 		fw := p.writes()
-		if m, err := a.loadManifest(n); err == nil {
+		m, err := a.loadManifest(n)
+		if err == nil {
 			fw.PendingOnChange = m.OnChangePending
 		}
-		files := renderedPaths(p.Output)
-		if !removed[n] { // still ours: removed by a later run
-			files = append(files, p.stale()...)
+		var files []string
+		if err == nil && m.unchanged(p.Output, m.Files) && len(p.stale()) == 0 {
+			files = m.Files // the same files: not listed again (applyPlan)
+		} else {
+			files = renderedPaths(p.Output)
+			if !removed[n] { // still ours: removed by a later run
+				files = append(files, p.stale()...)
+			}
 		}
 		before := len(a.holds)
 		if err := a.step(ctx, r, rs, fw, files); err == nil || errors.Is(err, ErrOnChange) {
