@@ -78,7 +78,10 @@ func TestACrashMidRunIsRolledBackAndConvergedAtTheNextStart(t *testing.T) {
 					assert.Contains(t, string(journal), `"same_files":true`, "an update of a file the manifest lists leaves the list out of the journal")
 				}
 
-				r := n.run("", "apply", "--once", "--lock-ttl", "1s")
+				// The crashed run's lease is short (1 s), so that this run
+				// waits little for it; this run's own is not, so that a
+				// loaded machine cannot starve its keep-alive mid-run.
+				r := n.run("", "apply", "--once", "--lock-ttl", "10s")
 				if validateFails {
 					assert.Equal(t, 1, r.code, "the run after the rollback fails validate: %s", r.stderr)
 					assert.Equal(t, "v1\n", n.read("/sites/a.conf"), "restored byte for byte")
