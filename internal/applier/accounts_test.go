@@ -228,9 +228,11 @@ files:
 	assert.Equal(t, 3001, uid)
 }
 
-// Every password of a run is set once the users exist (one chpasswd run,
-// accounts.Runner), for new users and changed hashes alike.
-func TestARunSetsEveryPasswordOnceItsUsersExist(t *testing.T) {
+// twoUsersWithPasswords is a fixture whose configuration declares a user
+// with a password per users object, after a run that made cust01 and
+// cust02 with their first hashes.
+func twoUsersWithPasswords(t *testing.T) *fixture {
+	t.Helper()
 	f := newFixture(t, map[string]string{"users.yaml": `
 users:
   - {name: "{{ .Object.ID }}", for_each: users, uid: "{{ .Object.Data.uid }}", password: "{{ .Object.Data.hash }}"}
@@ -239,6 +241,13 @@ users:
 	f.put("users/cust01", `{"uid":3001,"hash":"$6$salt1$first"}`)
 	f.put("users/cust02", `{"uid":3002,"hash":"$6$salt2$second"}`)
 	require.NoError(t, f.run().Err)
+	return f
+}
+
+// Every password of a run is set once the users exist (one chpasswd run,
+// accounts.Runner), for new users and changed hashes alike.
+func TestARunSetsEveryPasswordOnceItsUsersExist(t *testing.T) {
+	f := twoUsersWithPasswords(t)
 	shadow := func() string {
 		raw, err := os.ReadFile(f.path("/etc/shadow"))
 		require.NoError(t, err)
@@ -259,14 +268,7 @@ users:
 // quarantine's record would hold the customers of the node on every node.
 // It had quarantined each, after a chpasswd run per line.
 func TestAPasswordRunThatFailsForTheNodeFailsTheConfiguration(t *testing.T) {
-	f := newFixture(t, map[string]string{"users.yaml": `
-users:
-  - {name: "{{ .Object.ID }}", for_each: users, uid: "{{ .Object.Data.uid }}", password: "{{ .Object.Data.hash }}"}
-`})
-	withEtc(t, f)
-	f.put("users/cust01", `{"uid":3001,"hash":"$6$salt1$first"}`)
-	f.put("users/cust02", `{"uid":3002,"hash":"$6$salt2$second"}`)
-	require.NoError(t, f.run().Err)
+	f := twoUsersWithPasswords(t)
 
 	require.NoError(t, os.WriteFile(f.path("/etc/shadow.lock"), nil, 0o600))
 	f.put("users/cust01", `{"uid":3001,"hash":"$6$salt1$changed"}`)

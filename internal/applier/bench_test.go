@@ -2,14 +2,13 @@ package applier_test
 
 import (
 	"context"
-	"fmt"
 	"os"
 	"path/filepath"
 	"testing"
 
 	"github.com/ccm-dev/ccm/internal/applier"
 	"github.com/ccm-dev/ccm/internal/configs"
-	"github.com/ccm-dev/ccm/internal/objects"
+	"github.com/ccm-dev/ccm/internal/objects/objectstest"
 	"github.com/ccm-dev/ccm/internal/render"
 	"github.com/ccm-dev/ccm/internal/runkind"
 )
@@ -38,19 +37,7 @@ func BenchmarkPerFileRun(b *testing.B) {
 	}
 	a := applier.New(applier.Options{Root: b.TempDir(), StateDir: filepath.Join(b.TempDir(), "state"), ConfigDir: dir, Node: render.Node{Name: "n1"}})
 	const n = 10000
-	build := func(changed int, rev int64) *objects.Snapshot {
-		bl := objects.NewBuilder("/ccm", rev, nil)
-		for i := 0; i < n; i++ {
-			r := int64(i + 2)
-			if i == changed {
-				r = rev
-			}
-			bl.Add(fmt.Sprintf("/ccm/objects/sites/site%05d", i),
-				[]byte(fmt.Sprintf(`{"user":"u%d","domains":["s%d-%d.example.com"]}`, i, i, r)), r)
-		}
-		return bl.Snapshot()
-	}
-	snaps := []*objects.Snapshot{build(-1, n+2), build(7, n+3), build(7919, n+4)}
+	snaps := objectstest.SiteEvents(n)
 	ctx, names := context.Background(), []string{"sites"}
 	if r := a.Run(ctx, runkind.Full, set, snaps[0], names); r.Err != nil {
 		b.Fatal(r.Err)

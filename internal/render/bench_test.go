@@ -10,6 +10,7 @@ import (
 
 	"github.com/ccm-dev/ccm/internal/configs"
 	"github.com/ccm-dev/ccm/internal/objects"
+	"github.com/ccm-dev/ccm/internal/objects/objectstest"
 	"github.com/ccm-dev/ccm/internal/render"
 	"github.com/ccm-dev/ccm/internal/runkind"
 )
@@ -114,19 +115,7 @@ func benchEvent(b *testing.B, entry, tmpl string) {
 	}
 	cfg, root, cache := set.Configs["sites"], b.TempDir(), render.NewCache()
 	const n = 10000
-	build := func(changed int, rev int64) *objects.Snapshot {
-		bl := objects.NewBuilder("/ccm", rev, nil)
-		for i := 0; i < n; i++ {
-			r := int64(i + 2)
-			if i == changed {
-				r = rev
-			}
-			bl.Add(fmt.Sprintf("/ccm/objects/sites/site%05d", i),
-				[]byte(fmt.Sprintf(`{"user":"u%d","domains":["s%d-%d.example.com"]}`, i, i, r)), r)
-		}
-		return bl.Snapshot()
-	}
-	snaps := []*objects.Snapshot{build(-1, n+2), build(7, n+3), build(7919, n+4)}
+	snaps := objectstest.SiteEvents(n)
 	ctx := context.Background()
 	if _, err := cache.Render(ctx, cfg, snaps[0], render.Node{Name: "n"}, root, runkind.Full); err != nil {
 		b.Fatal(err)
