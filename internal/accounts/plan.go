@@ -327,24 +327,17 @@ func accountClaims(groups []Group, users []User, owned Owned) claims {
 // nor a missing owner hands it over.
 func (cl claims) refuse(key, object string) error {
 	others := slices.DeleteFunc(slices.Clone(cl.by[key]), func(o string) bool { return o == object })
-	switch {
-	case len(others) == 0:
-		if o := cl.owned.Objects[key]; o != "" && object != "" && o != object {
-			return fmt.Errorf("belongs to object %s: an account is changed only by the object it was made for", o)
-		}
-		return nil
+	switch o := cl.owned.Objects[key]; {
 	case object == "":
 		return nil // the configuration's own: the objects are refused
 	case slices.Contains(others, ""):
 		return errors.New("is declared by the configuration itself: an account belongs to one declarer")
-	}
-	if o := cl.owned.Objects[key]; o != "" {
-		if o == object {
-			return nil
-		}
+	case o != "" && o != object:
 		return fmt.Errorf("belongs to object %s: an account is changed only by the object it was made for", o)
+	case o == "" && len(others) > 0:
+		return fmt.Errorf("is declared by object %s too, and was made for neither: an account belongs to one object, so neither changes it", strings.Join(others, ", "))
 	}
-	return fmt.Errorf("is declared by object %s too, and was made for neither: an account belongs to one object, so neither changes it", strings.Join(others, ", "))
+	return nil
 }
 
 type planner struct {

@@ -299,9 +299,9 @@ func (a *Applier) applyAccounts(ctx context.Context, p *Plan, removes bool) erro
 }
 
 // setPasswords runs the passwords tools queued, skipping those of objects
-// held since, through done: a failure quarantines its object alone. A
-// failure that is the node's, not an object's, fails the configuration and
-// quarantines nobody (nodePasswordFailure).
+// held since, through done: a failure quarantines its object alone, and
+// one that is the node's (accounts.ErrNodeFailure) fails the
+// configuration and quarantines nobody (done decides both).
 func (a *Applier) setPasswords(ctx context.Context, tools *accounts.Runner, held func(accounts.Change) bool, done func(accounts.Change, error) error) error {
 	if tools.Queued() == 0 {
 		return nil
@@ -309,29 +309,20 @@ func (a *Applier) setPasswords(ctx context.Context, tools *accounts.Runner, held
 	if err := fenced(ctx, "setting passwords"); err != nil {
 		return err
 	}
-	results := tools.Flush(ctx, held)
-	if err := nodePasswordFailure(results); err != nil {
-		return err
-	}
 	var errs []error
-	for _, res := range results {
-		errs = append(errs, done(res.Change, res.Err))
-	}
-	return errors.Join(errs...)
-}
-
-// nodePasswordFailure is the error of a password run that failed for the
-// node rather than for a customer (accounts.ErrNodeFailure: a run cut off
-// by its timeout, or a refusal that names no line, such as the shadow
-// file's lock held). Every hash was typed before it was queued, so no
-// object's data can cause one; quarantining each account's object would
-// hold customers on every node for one node's fault. Nil when every
-// failure is an account's own.
-func nodePasswordFailure(results []accounts.Result) error {
-	for _, r := range results {
-		if errors.Is(r.Err, accounts.ErrNodeFailure) {
-			return fmt.Errorf("setting passwords: %w", r.Err)
+	node := false
+	for _, res := range tools.Flush(ctx, held) {
+		err := done(res.Change, res.Err)
+		if errors.Is(err, accounts.ErrNodeFailure) { // one line for the node's failure, not one per account
+			if node {
+				continue
+			}
+			node = true
 		}
+		errs = append(errs, err)
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("setting passwords: %w", err)
 	}
 	return nil
 }
