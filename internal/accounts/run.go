@@ -249,9 +249,9 @@ func (r *Runner) exec(ctx context.Context, argv []string, stdin string) ([]byte,
 	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
 	cmd.WaitDelay = toolWaitDelay
 	out, err := cmd.CombinedOutput()
-	if cmd.Process != nil {
-		// Whatever the tool left in its group (a helper that outlived
-		// it) goes with it, whether it succeeded or not.
+	if errors.Is(err, exec.ErrWaitDelay) {
+		// A helper the tool left holds its output: it goes with its
+		// group, which it keeps alive (so the group's ID is not reused).
 		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
 	}
 	switch {

@@ -219,7 +219,10 @@ func (a *Applier) applyAccounts(ctx context.Context, p *Plan, removes bool) erro
 	if err != nil {
 		return err
 	}
-	owned := accounts.Owned{Users: slices.Clone(m.Users), Groups: slices.Clone(m.Groups)}
+	// Objects too: which object each account was made for is what keeps
+	// another object from it (accounts.claims); a run that dropped it handed
+	// every account over at the next.
+	owned := accounts.Owned{Users: slices.Clone(m.Users), Groups: slices.Clone(m.Groups), Objects: maps.Clone(m.Owned.Objects)}
 	retired, err := a.loadRetired()
 	if err != nil {
 		return err
@@ -361,6 +364,12 @@ func (a *Applier) allOwned() accounts.Owned {
 		m := a.manifests[name]
 		all.Users = append(all.Users, m.Users...)
 		all.Groups = append(all.Groups, m.Groups...)
+		for key, obj := range m.Owned.Objects { // a group made for an object is that object's to join
+			if all.Objects == nil {
+				all.Objects = map[string]string{}
+			}
+			all.Objects[key] = obj
+		}
 	}
 	return all
 }

@@ -290,3 +290,42 @@ func TestAPasswordRunThatFailsForTheNodeFailsTheConfiguration(t *testing.T) {
 	assert.Contains(t, string(raw), "cust01:$6$salt1$changed:")
 	assert.Contains(t, string(raw), "cust02:$6$salt2$changed:")
 }
+
+// Which object an account was made for survives the runs after it: a
+// later run of the configuration had saved its manifest without it, and
+// then an object naming cust11 had both objects refused and cust11's
+// account removed (attack review).
+func TestAnAccountsObjectSurvivesLaterRuns(t *testing.T) {
+	f := newFixture(t, map[string]string{"users.yaml": `
+users:
+  - {name: "{{ .Object.Data.login }}", for_each: users, uid: "{{ .Object.Data.uid }}", password: "{{ .Object.Data.hash }}"}
+`})
+	withEtc(t, f)
+	f.put("users/cust11", `{"login":"cust11","uid":3011,"hash":"$6$salt1$first"}`)
+	require.NoError(t, f.run().Err)
+	f.put("users/cust12", `{"login":"cust12","uid":3012,"hash":"$6$salt2$first"}`)
+	require.NoError(t, f.run().Err)
+	f.put("users/mallory", `{"login":"cust11","uid":3011,"hash":"$6$salt3$evil"}`)
+	r := f.run()
+	var held []string
+	for _, q := range r.Quarantined {
+		held = append(held, q.Type+"/"+q.ID)
+	}
+	assert.Equal(t, []string{"users/mallory"}, held, "mallory alone is refused")
+	assert.Contains(t, f.read("/etc/passwd"), "cust11:")
+	assert.Contains(t, f.read("/etc/shadow"), "cust11:$6$salt1$first:")
+}
+
+// A user of another configuration joins no group made for an object
+// either: the groups' objects of every configuration are known.
+func TestAUserOfAnotherConfigurationJoinsNoObjectsGroup(t *testing.T) {
+	f := newFixture(t, map[string]string{
+		"a.yaml": "users:\n  - {name: \"{{ .Object.ID }}\", for_each: users, uid: \"{{ .Object.Data.uid }}\"}\n",
+		"b.yaml": "depends_on: [a]\nusers:\n  - {name: \"{{ .Object.ID }}\", for_each: members, uid: \"{{ .Object.Data.uid }}\", groups: [\"{{ .Object.Data.g }}\"]}\n"})
+	withEtc(t, f)
+	f.put("users/cust11", `{"uid":3011}`)
+	require.NoError(t, f.run().Err)
+	f.put("members/mallory", `{"uid":3666,"g":"cust11"}`)
+	f.run()
+	assert.NotContains(t, f.read("/etc/group"), "cust11:x:3011:mallory")
+}
