@@ -143,6 +143,7 @@ func run(out string, idle time.Duration, quick bool, only, profiles, confd, base
 	}{
 		{"latency", b.latency},
 		{"onefile", b.onefile},
+		{"onefile-etcd34", b.onefileEtcd34},
 		{"perfile", b.perfile},
 		{"throughput", b.throughput},
 		{"rollout", b.rollout},

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
@@ -34,11 +35,17 @@ const onefileTmpl = `# managed by ccm
 // the same for that revision's ccm, and with -confd, confd on the same
 // data, one after the other in the same run.
 func (b *bench) onefile() error {
+	_, err := b.onefileOn("onefile", "/one", 35, 15)
+	return err
+}
+
+// onefileOn runs the one-file scenario as scenario, with its sites under
+// prefix, on the bench's etcd as it is then.
+func (b *bench) onefileOn(scenario, prefix string, rssTarget, p50Target float64) ([]eventRun, error) {
 	const n, writes = 10000, 100
-	const prefix = "/one"
-	dir, err := b.configDir("onefile", map[string]string{"sites.yaml": onefileYAML, "templates/sites.map.tmpl": onefileTmpl})
+	dir, err := b.configDir(scenario, map[string]string{"sites.yaml": onefileYAML, "templates/sites.map.tmpl": onefileTmpl})
 	if err != nil {
-		return err
+		return nil, err
 	}
 	last := []byte(fmt.Sprintf(" s%06d ", n-1))
 	file := func(root string) func(int) string {
@@ -50,7 +57,35 @@ func (b *bench) onefile() error {
 			return bytes.Contains(got, last)
 		}
 	}
-	return b.eventScenario("onefile", "one file of 10,000 sites", prefix, dir, n, writes, file, converged, 35, 15)
+	return b.eventScenario(scenario, "one file of 10,000 sites", prefix, dir, n, writes, file, converged, rssTarget, p50Target)
+}
+
+// onefileEtcd34 is the one-file scenario on one member of Debian's etcd
+// (3.4 in Debian 12), the etcd the issue that set its target measured:
+// there the target is half of the baseline's p50 in the same run, since
+// what a commit costs differs from the embedded etcd's.
+func (b *bench) onefileEtcd34() error {
+	version, err := exec.Command("etcd", "--version").Output()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "   skipped: needs Debian's etcd (apt-get install etcd-server), as .ci/run installs it")
+		return nil
+	}
+	m, err := startMembers(filepath.Join(b.work, "etcd34"), 1)
+	if err != nil {
+		return err
+	}
+	defer m.stop()
+	embedded := b.etcdURL
+	b.etcdURL = m.endpoints[0]
+	defer func() { b.etcdURL = embedded }()
+	runs, err := b.onefileOn("onefile-etcd34", "/one34", 0, 0)
+	if err != nil || len(runs) < 2 {
+		return err
+	}
+	now, before := ms(percentile(sortDurations(runs[0].lat), 50)), ms(percentile(sortDurations(runs[1].lat), 50))
+	b.add("onefile-etcd34", "event-to-file p50 against the baseline", now/before, "x", 0.5, "<= 0.5x",
+		fmt.Sprintf("%.1f ms against %.1f ms (%s), one member of %s", now, before, b.baselineRev, strings.SplitN(string(version), "\n", 2)[0]))
+	return nil
 }
 
 // perfile: as onefile, with one file per site (the example's vhosts).
@@ -69,18 +104,19 @@ func (b *bench) perfile() error {
 	converged := func(root string) func() bool {
 		return func() bool { return countFiles(filepath.Join(root, "etc/nginx/sites-enabled")) == n }
 	}
-	return b.eventScenario("perfile", "10,000 files, one per site", prefix, dir, n, writes, file, converged, 0, 8)
+	_, err = b.eventScenario("perfile", "10,000 files, one per site", prefix, dir, n, writes, file, converged, 0, 8)
+	return err
 }
 
 // eventScenario loads n sites under prefix, then measures each agent in
 // turn (this ccm, the baseline, confd for onefile): RSS once converged,
 // and the event-to-file latency of writes changes. rssTarget and p50Target
-// (0: none) are this ccm's targets.
+// (0: none) are this ccm's targets. It returns the runs, this ccm's first.
 func (b *bench) eventScenario(scenario, what, prefix, configDir string, n, writes int,
-	fileOf func(root string) func(int) string, converged func(root string) func() bool, rssTarget, p50Target float64) error {
+	fileOf func(root string) func(int) string, converged func(root string) func() bool, rssTarget, p50Target float64) ([]eventRun, error) {
 	cli, err := b.sites(prefix, n)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer cli.Close()
 	type agent struct{ label, bin string }
@@ -97,7 +133,7 @@ func (b *bench) eventScenario(scenario, what, prefix, configDir string, n, write
 		}
 		r, err := b.runAgent(cli, scenario, a.bin, i == 0, prefix, configDir, root, n, writes, fileOf(root), converged(root), profile)
 		if err != nil {
-			return fmt.Errorf("%s: %w", a.label, err)
+			return nil, fmt.Errorf("%s: %w", a.label, err)
 		}
 		runs = append(runs, r)
 	}
@@ -111,7 +147,7 @@ func (b *bench) eventScenario(scenario, what, prefix, configDir string, n, write
 		if b.confd != "" {
 			c, err := b.runConfd(prefix, n, writes)
 			if err != nil {
-				return fmt.Errorf("confd: %w", err)
+				return nil, fmt.Errorf("confd: %w", err)
 			}
 			rssNote += fmt.Sprintf("confd in this run: %.1f MB; ", c.rss)
 			p50Note += fmt.Sprintf("; confd in this run: %.0f ms", c.p50)
@@ -128,9 +164,13 @@ func (b *bench) eventScenario(scenario, what, prefix, configDir string, n, write
 		rssTargetText = fmt.Sprintf("<= %.0f MB and <= confd", rssTarget)
 	}
 	b.add(scenario, "RSS after converging", now.rss, "MB", rssTarget, rssTargetText, fmt.Sprintf("%s%.1f MB after %d events", rssNote, now.rssAfter, writes))
-	b.add(scenario, "event-to-file p50", ms(percentile(sortDurations(now.lat), 50)), "ms", p50Target, fmt.Sprintf("<= %.0f ms", p50Target), p50Note)
+	p50TargetText := ""
+	if p50Target > 0 {
+		p50TargetText = fmt.Sprintf("<= %.0f ms", p50Target)
+	}
+	b.add(scenario, "event-to-file p50", ms(percentile(sortDurations(now.lat), 50)), "ms", p50Target, p50TargetText, p50Note)
 	b.add(scenario, "event-to-file p90", ms(percentile(sortDurations(now.lat), 90)), "ms", 0, "", "")
-	return nil
+	return runs, nil
 }
 
 // eventRun is what runAgent measured.

@@ -69,7 +69,7 @@ var passwordVar = regexp.MustCompile(`"\$CCM_[A-Z]+_PASSWORD"`)
 func externalClient(t *testing.T, e *etcdtest.External, user, password string) *clientv3.Client {
 	t.Helper()
 	cert, key := e.PKI.Issue(user)
-	cli, err := cluster.NewClient(cluster.ClientConfig{Endpoints: []string{e.Endpoint}, CACert: e.PKI.CACert, Cert: cert, Key: key, User: user, Password: password, DialTimeout: 2 * time.Second})
+	cli, err := cluster.NewClient(cluster.ClientConfig{Endpoints: []string{e.Endpoint}, CACert: e.PKI.CACert, Cert: cert, Key: key, User: user, Password: password, DialTimeout: 10 * time.Second})
 	require.NoError(t, err)
 	t.Cleanup(func() { cli.Close() })
 	return cli

@@ -86,7 +86,7 @@ func startAgent(t *testing.T, etcd *etcdtest.Cluster, name, configDir string, cf
 			eps = etcd.Endpoints()
 		}
 		var err error
-		cli, err = cluster.NewClient(cluster.ClientConfig{Endpoints: eps, DialTimeout: 2 * time.Second})
+		cli, err = cluster.NewClient(cluster.ClientConfig{Endpoints: eps, DialTimeout: 10 * time.Second})
 		require.NoError(t, err)
 	}
 	n := &agentNode{cli: cli, name: name, root: t.TempDir(), state: stateDir(t), done: make(chan error, 1)}

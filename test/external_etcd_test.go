@@ -122,7 +122,7 @@ func TestANodeCannotWriteOutsideItsRole(t *testing.T) {
 // rootClient is a client of the external etcd with root's certificate.
 func rootClient(t *testing.T, e *etcdtest.External) *clientv3.Client {
 	t.Helper()
-	cli, err := cluster.NewClient(cluster.ClientConfig{Endpoints: []string{e.Endpoint}, CACert: e.PKI.CACert, Cert: e.RootCert, Key: e.RootKey, DialTimeout: 2 * time.Second})
+	cli, err := cluster.NewClient(cluster.ClientConfig{Endpoints: []string{e.Endpoint}, CACert: e.PKI.CACert, Cert: e.RootCert, Key: e.RootKey, DialTimeout: 10 * time.Second})
 	require.NoError(t, err)
 	t.Cleanup(func() { cli.Close() })
 	return cli

@@ -83,7 +83,7 @@ func startFleet(t *testing.T, sec security, agentArgs ...string) *fleet {
 	f := &fleet{t: t, m: m, ran: filepath.Join(t.TempDir(), "ran.log")}
 	dir := actionConfig(t, map[string]string{"record": "command: [BIN/record]\nrun_as: {user: ME}\n"},
 		map[string]string{"record": fmt.Sprintf("echo \"$CCM_ACTION_ID@$CCM_NODE\" >> %q\n", f.ran)})
-	rootCfg := cluster.ClientConfig{Endpoints: m.Endpoints(), DialTimeout: 2 * time.Second}
+	rootCfg := cluster.ClientConfig{Endpoints: m.Endpoints(), DialTimeout: 10 * time.Second}
 	admin := newNode(t, "", dir, m.Endpoints())
 	if sec != plainEtcd {
 		m.EnableAuth("root-secret")

@@ -20,9 +20,12 @@ func TestSIGHUPUnderAReleaseRepairsAHandEdit(t *testing.T) {
 	t.Parallel()
 	etcd := etcdtest.New(t, 1)
 	admin := caller(t, etcd, t.TempDir())
-	putSites(t, etcd, 1, "a")
+	rev := putSites(t, etcd, 1, "a")
 	local := release(t, "dir:", "")
 	n := startAgent(t, etcd, "web1", local, agentConfig{})
+	// Its first run, of --config-dir, is reported before the promotion:
+	// started later, it would be at a revision past the promotion's.
+	onRelease(t, []*agentNode{n}, "", rev)
 	id := push(t, admin, release(t, "rel:", ""))
 	onRelease(t, []*agentNode{n}, id, promote(t, etcd, admin, id))
 	require.Equal(t, "rel:a\n", n.read("/sites/s000.conf"))

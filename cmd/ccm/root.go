@@ -388,8 +388,15 @@ type notAnswered struct {
 
 // Error says so, with the request's own words, without the gRPC frame
 // ("rpc error: code = Unknown desc = ") that etcd puts around a deadline.
+// A request refused for want of a leader failed before --timeout (the
+// client tries other members for a second: cluster.requireLeader), and
+// says that instead.
 func (e *notAnswered) Error() string {
-	return fmt.Sprintf("etcd at %s did not answer within --timeout %s (no quorum?): %s", e.endpoints, e.timeout,
+	what := "did not answer within --timeout " + e.timeout.String()
+	if errors.Is(e.err, rpctypes.ErrNoLeader) {
+		what = "has no member with a leader"
+	}
+	return fmt.Sprintf("etcd at %s %s (no quorum?): %s", e.endpoints, what,
 		strings.ReplaceAll(e.err.Error(), "rpc error: code = Unknown desc = ", ""))
 }
 

@@ -15,9 +15,11 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"maps"
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -85,7 +87,123 @@ type Owned struct {
 	Groups []string `json:"groups,omitempty"`
 	// Objects maps "user:NAME" and "group:NAME" to the object ("type/id")
 	// the account was made for: never removed while that object is held.
+	// An account the configuration made for itself maps to ByConfiguration,
+	// so that no object takes it over once the configuration stops
+	// declaring it. One with no entry was made before ccm recorded this.
 	Objects map[string]string `json:"account_objects,omitempty"`
+}
+
+// ByConfiguration is the Owned.Objects entry of an account the
+// configuration declared itself (an entry without for_each). No object
+// reference ("type/id") can be it.
+const ByConfiguration = "-"
+
+// Contested is the Owned.Objects entry of an account made before ccm
+// recorded for whom that two objects named at once: either may be its own,
+// so it is frozen for objects from then on (Plan): it changes nothing,
+// none joins it, and it goes once nobody names it. No object reference
+// can be it.
+const Contested = "?"
+
+// candidate is the prefix of the Owned.Objects entry of an account made
+// before ccm recorded for whom that one object named while another object
+// was held: "~type/id". Only that object gets it, in a run that holds
+// none; another that names it alone makes it Contested.
+const candidate = "~"
+
+// objectOf is the object a recorded entry names: "" for none, for the
+// configuration itself, and for a contested or candidate's account.
+func objectOf(entry string) string {
+	if entry == ByConfiguration || entry == Contested || strings.HasPrefix(entry, candidate) {
+		return ""
+	}
+	return entry
+}
+
+// settled reports whether an entry says for whom the account was made (an
+// object or the configuration), or that it is contested for good: not an
+// account still waiting for its one declarer.
+func settled(entry string, ok bool) bool {
+	return ok && !strings.HasPrefix(entry, candidate)
+}
+
+// Declared returns o with a record of whom each account o owns with no
+// entry was made for, from the declarations of a run: ByConfiguration
+// where the configuration declares it (it wins, as in Plan); Contested
+// where two objects name it, or one other than the candidate seen before;
+// the one object that names it when no object is held (a held object
+// renders nothing, and the account may be its own), if it is the
+// candidate or there is none; while an object is held, that object as the
+// candidate. Plan freezes every account not settled. An account made
+// before ccm recorded for whom is then kept from the other objects: the
+// configuration's once it no longer declares it, an object's once another
+// names it, and one whose object left while another was held from the
+// next object to name it.
+//
+// Accounts adopt: names (adopted) are recorded alike once an object names
+// them, so that one that two objects named, or whose object was held, goes
+// to no other object either.
+func (o Owned) Declared(groups []Group, users []User, held map[string]bool, adopted ...string) Owned {
+	by := accountClaims(groups, users, o).by
+	for _, key := range slices.Sorted(maps.Keys(by)) {
+		entry, recorded := o.Objects[key]
+		if settled(entry, recorded) && entry != Contested || !o.ours(key, adopted) {
+			continue
+		}
+		var rec string
+		switch decl := by[key]; {
+		case slices.Contains(decl, ""):
+			rec = ByConfiguration
+		case entry == Contested: // stays so
+			continue
+		case len(decl) > 1, recorded && entry != candidate+decl[0]:
+			rec = Contested // two at once, or another than the one seen before
+		case len(held) == 0:
+			rec = decl[0]
+		case !recorded:
+			rec = candidate + decl[0] // seen while an object is held: only it gets it
+		default:
+			continue
+		}
+		o = o.record(key, rec)
+	}
+	return o
+}
+
+// record returns o with rec as the entry of key, o's own map untouched.
+func (o Owned) record(key, rec string) Owned {
+	objs := maps.Clone(o.Objects)
+	if objs == nil {
+		objs = map[string]string{}
+	}
+	objs[key] = rec
+	o.Objects = objs
+	return o
+}
+
+// ours reports whether the account key ("user:NAME", "group:NAME") is the
+// configuration's: made by it, or named in adopted.
+func (o Owned) ours(key string, adopted []string) bool {
+	kind, name, _ := strings.Cut(key, ":")
+	list := o.Users
+	if kind == "group" {
+		list = o.Groups
+	}
+	return slices.Contains(list, name) || slices.Contains(adopted, name)
+}
+
+// Records returns o with the entries of from (Declared's, of the same
+// manifest) for the accounts with no settled entry, and the
+// configuration's over a contested one (it wins, as in Plan).
+func (o Owned) Records(from Owned) Owned {
+	for key, rec := range from.Objects {
+		cur, ok := o.Objects[key]
+		if settled(cur, ok) && !(cur == Contested && rec == ByConfiguration) || cur == rec {
+			continue
+		}
+		o = o.record(key, rec)
+	}
+	return o
 }
 
 var namePattern = regexp.MustCompile(`^[a-z_][a-z0-9_-]{0,31}$`)

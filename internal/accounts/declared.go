@@ -51,9 +51,12 @@ const DefaultMax = 59999
 var DefaultHomeBases = []string{"/home"}
 
 // DefaultDenyGroups are the groups that give a user root's reach, or
-// another user's: no account of object data joins them, and run_as refuses
-// a user in one (actions).
-var DefaultDenyGroups = []string{"root", "adm", "disk", "shadow", "sudo", "wheel", "docker", "lxd", "systemd-journal"}
+// another user's: no account of object data joins them or makes them, and
+// run_as refuses a user in one (actions). admin is in Ubuntu's stock
+// sudoers (%admin) and polkit's AdminIdentities with no such group on the
+// node; lpadmin, libvirt and incus-admin are root's reach through a
+// daemon's socket.
+var DefaultDenyGroups = []string{"root", "adm", "admin", "disk", "shadow", "sudo", "wheel", "docker", "lxd", "incus-admin", "libvirt", "lpadmin", "systemd-journal"}
 
 // alwaysShells are the shells a user may have whatever etc/shells says:
 // they give no shell at all.

@@ -91,9 +91,12 @@ func (o Owned) After(c Change) Owned {
 		if objs == nil {
 			objs = map[string]string{}
 		}
-		if obj == "" {
+		switch {
+		case c.Op == Remove:
 			delete(objs, key)
-		} else {
+		case obj == "":
+			objs[key] = ByConfiguration
+		default:
 			objs[key] = obj
 		}
 		if len(objs) == 0 {
@@ -174,6 +177,24 @@ type State struct {
 	// Held names the objects ("type/id") held back in this run: an account
 	// made for one of them is never removed while it is held.
 	Held map[string]bool
+	// TakenUIDs and TakenGIDs are the IDs the plans of other
+	// configurations of this run give, with the name each goes to: every
+	// plan reads the same etc/passwd, and two would give one ID.
+	TakenUIDs, TakenGIDs map[int]string
+}
+
+// Adoptable is the names of adopt that no other configuration made: an
+// account another configuration made is that one's, and its object's, so
+// adopt: never hands it to an object of this one.
+func (st State) Adoptable(adopt []string) []string {
+	return slices.DeleteFunc(slices.Clone(adopt), func(name string) bool {
+		for _, key := range []string{"user:" + name, "group:" + name} {
+			if st.AllOwned.ours(key, nil) && !st.Owned.ours(key, nil) {
+				return true
+			}
+		}
+		return false
+	})
 }
 
 // Problem is a declared account ccm refuses to touch, or cannot create.
@@ -196,26 +217,59 @@ type Problem struct {
 // every ID itself (the lowest above all it knows), so that the tools never
 // hand out a retired one either.
 func (db *DB) Plan(groups []Group, users []User, pol Policy, st State, root string) ([]Change, []Problem) {
-	owned, held := st.Owned, st.Held
+	held := st.Held
+	// What a run will record (applier) holds for this plan too.
+	adopted := st.Adoptable(pol.Adopt)
+	owned := st.Owned.Declared(groups, users, held, adopted...)
 	pl := planner{db: db, pol: pol, root: root, owned: owned, ccms: st.AllOwned, retired: st.Retired, gids: map[int]string{}, uids: map[int]string{}, newGroups: map[string]int{},
-		groupObjects: map[string]string{}}
+		groupObjects: map[string]string{}, userObjects: map[string]string{}, declaredUsers: map[string]bool{}, configGroups: map[string]bool{}, privateGroups: map[string]bool{}, recorded: map[string]bool{}}
 	for _, o := range []Owned{st.AllOwned, owned} {
 		for key, obj := range o.Objects {
+			if objectOf(obj) != "" || obj == ByConfiguration {
+				pl.recorded[key] = true
+			}
+			if obj = objectOf(obj); obj == "" {
+				continue // the configuration's: everyone's to join
+			}
 			if name, ok := strings.CutPrefix(key, "group:"); ok {
 				pl.groupObjects[name] = obj
+			} else if name, ok := strings.CutPrefix(key, "user:"); ok {
+				pl.userObjects[name] = obj
 			}
 		}
 	}
+	maps.Copy(pl.uids, st.TakenUIDs)
+	maps.Copy(pl.gids, st.TakenGIDs)
 	var out []Change
 	var problems []Problem
 	fail := func(object, kind, name string, err error) {
 		problems = append(problems, Problem{Object: object, Err: fmt.Errorf("%s %s: %w", kind, name, err)})
 	}
 	claims := accountClaims(groups, users, owned)
+	claims.adopted, claims.all = adopted, st.AllOwned
+	claims.exists = func(key string) bool {
+		kind, name, _ := strings.Cut(key, ":")
+		if kind == "group" {
+			_, ok := db.groups[name]
+			return ok
+		}
+		_, ok := db.users[name]
+		return ok
+	}
 	declaredG := map[string]bool{}
 	var gs []group
 	for _, raw := range groups {
+		if raw.Object == "" {
+			pl.configGroups[raw.Name] = true
+		}
+	}
+	for _, raw := range groups {
+		if claims.frozen("group:"+raw.Name, raw.Object, held) {
+			declaredG[raw.Name] = true
+			continue
+		}
 		if err := claims.refuse("group:"+raw.Name, raw.Object); err != nil {
+			declaredG[raw.Name] = declaredG[raw.Name] || claims.keeps("group:"+raw.Name, raw.Object)
 			fail(raw.Object, "group", raw.Name, err)
 			continue
 		}
@@ -238,11 +292,20 @@ func (db *DB) Plan(groups []Group, users []User, pol Policy, st State, root stri
 	}
 	declaredU := map[string]bool{}
 	for _, raw := range users {
+		if claims.frozen("user:"+raw.Name, raw.Object, held) || raw.Group == "" && claims.frozen("group:"+raw.Name, raw.Object, held) {
+			declaredU[raw.Name] = true
+			declaredG[raw.Name] = declaredG[raw.Name] || raw.Group == ""
+			continue
+		}
 		err := claims.refuse("user:"+raw.Name, raw.Object)
 		if err == nil && raw.Group == "" {
 			err = claims.refuse("group:"+raw.Name, raw.Object) // its private group
 		}
 		if err != nil {
+			if claims.keeps("user:"+raw.Name, raw.Object) {
+				declaredU[raw.Name] = true
+				declaredG[raw.Name] = declaredG[raw.Name] || raw.Group == "" && claims.keeps("group:"+raw.Name, raw.Object)
+			}
 			fail(raw.Object, "user", raw.Name, err)
 			continue
 		}
@@ -265,12 +328,26 @@ func (db *DB) Plan(groups []Group, users []User, pol Policy, st State, root stri
 		out = append(out, cs...)
 	}
 	for _, g := range gs {
-		if c := pl.members(g); c != nil {
+		c, err := pl.members(g)
+		if err != nil {
+			fail(g.object, "group", string(g.name), err)
+			continue
+		}
+		if c != nil {
 			out = append(out, *c)
 		}
 	}
+	// An account is never removed while the object it was made for is
+	// held; one made before ccm recorded for whom, while any object is.
+	heldFor := func(key string) bool {
+		o, ok := owned.Objects[key]
+		if objectOf(o) == "" && o != ByConfiguration {
+			return len(held) > 0 // not made for a known object
+		}
+		return ok && held[o]
+	}
 	for _, name := range owned.Users {
-		if e, ok := db.users[name]; ok && !declaredU[name] && !held[owned.Objects["user:"+name]] {
+		if e, ok := db.users[name]; ok && !declaredU[name] && !heldFor("user:"+name) {
 			argv := append(pl.tool("userdel"), name)
 			if pol.RemoveHome {
 				argv = append(pl.tool("userdel"), "-r", name)
@@ -279,7 +356,7 @@ func (db *DB) Plan(groups []Group, users []User, pol Policy, st State, root stri
 		}
 	}
 	for _, name := range owned.Groups {
-		if e, ok := db.groups[name]; ok && !declaredG[name] && !held[owned.Objects["group:"+name]] {
+		if e, ok := db.groups[name]; ok && !declaredG[name] && !heldFor("group:"+name) {
 			out = append(out, Change{Kind: "group", Name: name, Op: Remove, Line: "- group " + name,
 				Steps: []Step{{Argv: append(pl.tool("groupdel"), name), Gone: 6}}, ID: e.id, PrivateGID: -1})
 		}
@@ -296,12 +373,18 @@ func (db *DB) Plan(groups []Group, users []User, pol Policy, st State, root stri
 type claims struct {
 	by    map[string][]string
 	owned Owned
+	// all is every configuration's accounts, adopted the names adopt:
+	// lists (an adopted account is frozen and recorded as a made one).
+	all     Owned
+	adopted []string
+	// exists reports whether the account key is on disk.
+	exists func(key string) bool
 }
 
 // accountClaims reads every declaration of a run before any is planned:
 // who wins may not depend on the order of the entries or of the objects.
 func accountClaims(groups []Group, users []User, owned Owned) claims {
-	cl := claims{by: map[string][]string{}, owned: owned}
+	cl := claims{by: map[string][]string{}, owned: owned, exists: func(string) bool { return true }}
 	add := func(key, object string) {
 		if !slices.Contains(cl.by[key], object) {
 			cl.by[key] = append(cl.by[key], object)
@@ -320,24 +403,86 @@ func accountClaims(groups []Group, users []User, owned Owned) claims {
 }
 
 // refuse is why object ("" for the configuration) may not declare the
-// account key, nil when it may. The configuration's own declaration
-// wins over any object's; then the object the account was made for; an
+// account key, nil when it may. The object an account was made for keeps
+// it, and the configuration's entry naming it fails (a customer who took
+// a name first does not become the operator's account, password and
+// all); otherwise the configuration's own declaration wins over any
+// object's; an
 // account with no such object (adopted, or made before ccm recorded it)
 // that two objects name is refused to both, so that neither sort order
 // nor a missing owner hands it over.
 func (cl claims) refuse(key, object string) error {
 	others := slices.DeleteFunc(slices.Clone(cl.by[key]), func(o string) bool { return o == object })
-	switch o := cl.owned.Objects[key]; {
+	entry := cl.owned.Objects[key]
+	o := objectOf(entry)
+	if object != "" && entry == "" && !cl.owned.ours(key, nil) && cl.all.ours(key, nil) { // no entry: the list scans only then
+		return errors.New("was made by another configuration: adopt: reaches no account ccm made")
+	}
+	switch {
+	case object == "" && o != "":
+		return fmt.Errorf("was made for object %s: the configuration takes over no object's account (it would keep that customer's password); the object's data or the entry must change", o)
 	case object == "":
 		return nil // the configuration's own: the objects are refused
+	case o == object:
+		return nil // its own, even against the configuration's entry (which fails)
 	case slices.Contains(others, ""):
 		return errors.New("is declared by the configuration itself: an account belongs to one declarer")
+	case entry == ByConfiguration:
+		return errors.New("was made by the configuration for itself: no object takes over an account the configuration made, even once it no longer declares it")
 	case o != "" && o != object:
 		return fmt.Errorf("belongs to object %s: an account is changed only by the object it was made for", o)
 	case o == "" && len(others) > 0:
 		return fmt.Errorf("is declared by object %s too, and was made for neither: an account belongs to one object, so neither changes it", strings.Join(others, ", "))
 	}
 	return nil
+}
+
+// mayName refuses a group name that object ("" for the configuration's
+// own) may not declare, as a group or as a user's private group: one in
+// deny_groups. A customer's "wheel", on a node without one, would be root
+// to its members (its user among them) wherever sudoers names %wheel.
+func (pl *planner) mayName(group, object string) error {
+	if object == "" || !slices.Contains(pl.pol.groupRule().Deny, group) {
+		return nil
+	}
+	return fmt.Errorf("group %s is denied (deny_groups): no object makes a group of that name, nor a user whose private group it would be", group)
+}
+
+// keeps reports whether a refused declaration of key by object still
+// keeps the account from removal: its own recorded object names it
+// (refused for another account's sake, a private group another object
+// took).
+func (cl claims) keeps(key, object string) bool {
+	return cl.owned.Objects[key] == object
+}
+
+// frozen reports whether object's declaration of key is kept and changes
+// nothing in this run: the account is ccm's, made before ccm recorded for
+// which object, and it is contested (two objects named it at once), or
+// not recorded yet and either an object is held (it renders nothing, and
+// may be the one the account was made for) or two objects name it
+// (Owned.Declared records it in a run with one declarer and none held).
+// No object then changes it, takes it over or gets it removed, and
+// neither object is quarantined for it.
+func (cl claims) frozen(key, object string, held map[string]bool) bool {
+	if object == "" {
+		return false
+	}
+	// An account with its object recorded, the common case, is settled by
+	// a map read: the list scans below would cost O(accounts) each.
+	entry, ok := cl.owned.Objects[key]
+	if settled(entry, ok) && entry != Contested {
+		return false
+	}
+	if !cl.ownedAccount(key) || !cl.exists(key) {
+		return false // gone (an operator's userdel): the one declarer makes it again
+	}
+	return entry == Contested || len(held) > 0 || len(cl.by[key]) > 1
+}
+
+// ownedAccount reports whether the configuration made the account key.
+func (cl claims) ownedAccount(key string) bool {
+	return cl.owned.ours(key, cl.adopted)
 }
 
 type planner struct {
@@ -352,8 +497,47 @@ type planner struct {
 	gids, uids map[int]string
 	newGroups  map[string]int
 	// groupObjects is the object each group was made for: recorded by any
-	// configuration (ccms), or planned in this run.
-	groupObjects map[string]string
+	// configuration (ccms), or planned in this run; userObjects the same of
+	// users, and declaredUsers the users this run declares.
+	groupObjects, userObjects map[string]string
+	declaredUsers             map[string]bool
+	// configGroups are the groups the configuration declares itself,
+	// privateGroups the users' private groups this plan makes.
+	configGroups, privateGroups map[string]bool
+	// recorded is the accounts ("user:NAME", "group:NAME") whose object,
+	// or the configuration, any configuration recorded.
+	recorded map[string]bool
+}
+
+// unrecorded reports whether the account key is ccm's (any
+// configuration's) with no record of whom it was made for: it may be a
+// customer's, so no object's user newly joins it or lists it.
+func (pl *planner) unrecorded(key string) bool {
+	if pl.recorded[key] {
+		return false
+	}
+	kind, name, _ := strings.Cut(key, ":")
+	for _, o := range []Owned{pl.owned, pl.ccms} {
+		list := o.Users
+		if kind == "group" {
+			list = o.Groups
+		}
+		if slices.Contains(list, name) {
+			return true
+		}
+	}
+	return false
+}
+
+// member reports whether user is in group g on disk, as a member or by its
+// primary gid.
+func (db *DB) member(user string, g Name) bool {
+	grp, ok := db.groups[string(g)]
+	if !ok {
+		return false
+	}
+	u, ok := db.users[user]
+	return slices.Contains(grp.members, user) || ok && u.gid == grp.id
 }
 
 // tool is the argv of a shadow-utils tool, under --prefix for a --root.
@@ -377,6 +561,9 @@ func (pl *planner) group(g group) (*Change, error) {
 	cur, exists := pl.db.groups[string(g.name)]
 	rule := pl.gidRule()
 	if err := rule.claim(string(g.name), cur, exists, g.gid); err != nil {
+		return nil, err
+	}
+	if err := pl.mayName(string(g.name), g.object); err != nil {
 		return nil, err
 	}
 	if exists {
@@ -487,11 +674,17 @@ func adopted(owned bool) string {
 // configuration's own) may not join: one that breaks the group rule
 // (min_gid, deny_groups), one made for another object (a customer's
 // private group: its members read that customer's group-readable files),
-// or one that exists and that no configuration of ccm's made nor adopt:
-// names (an operator's group).
-func (pl *planner) mayJoin(g Name, object string) error {
-	if o := pl.groupObjects[string(g)]; object != "" && o != "" && o != object {
+// a user's private group to a user of another object (the configuration's
+// own users' too), one made before ccm recorded for whom that the user is
+// not in already (it may be a customer's), or one that exists and that no
+// configuration of ccm's made nor adopt: names (an operator's group).
+func (pl *planner) mayJoin(g, user Name, object string) error {
+	o := pl.groupObjects[string(g)]
+	if object != "" && o != "" && o != object {
 		return fmt.Errorf("group %s belongs to object %s: a user joins only the groups of its own object or of the configuration", g, o)
+	}
+	if object != "" && o == "" && pl.unrecorded("group:"+string(g)) && !pl.db.member(string(user), g) {
+		return fmt.Errorf("group %s was made before ccm recorded for which object: a user of an object joins it only once a run has recorded it", g)
 	}
 	gid, ok := pl.groupID(g)
 	if !ok {
@@ -500,11 +693,31 @@ func (pl *planner) mayJoin(g Name, object string) error {
 	if err := pl.pol.groupRule().Check(string(g), gid); err != nil {
 		return err
 	}
+	if object != "" && pl.privateGroup(g) && pl.userObjects[string(g)] != object {
+		return fmt.Errorf("group %s is user %s's private group: a user of an object joins only its own object's", g, g)
+	}
 	_, planned := pl.newGroups[string(g)]
 	if planned || slices.Contains(pl.ccms.Groups, string(g)) || slices.Contains(pl.owned.Groups, string(g)) || slices.Contains(pl.pol.Adopt, string(g)) {
 		return nil
 	}
 	return fmt.Errorf("group %s exists and is not ccm's: a declared user joins only groups ccm made (or adopt: names)", g)
+}
+
+// privateGroup reports whether group g is the private group of the user
+// of its name: made with it in this plan, or that user's primary group on
+// disk. A group the configuration declares itself is everyone's, even when
+// a user is named after it and has it as primary group (a customer's user
+// "web" in the configuration's "web").
+func (pl *planner) privateGroup(g Name) bool {
+	if pl.configGroups[string(g)] {
+		return false
+	}
+	if pl.privateGroups[string(g)] {
+		return true
+	}
+	u, isUser := pl.db.users[string(g)]
+	grp, isGroup := pl.db.groups[string(g)]
+	return isUser && isGroup && u.gid == grp.id
 }
 
 // groupID returns the gid of a group on disk or created by this plan.
@@ -522,10 +735,21 @@ func (pl *planner) user(u user) ([]Change, error) {
 	if err := rule.claim(string(u.name), cur, exists, u.uid); err != nil {
 		return nil, err
 	}
+	if u.group == "" {
+		if err := pl.mayName(string(u.name), u.object); err != nil {
+			return nil, err
+		}
+	}
 	if exists {
 		if err := pl.mayChange("user", u.name, pl.owned.Users); err != nil {
 			return nil, err
 		}
+	}
+	pl.declaredUsers[string(u.name)] = true
+	if u.object != "" {
+		pl.userObjects[string(u.name)] = u.object
+	} else {
+		delete(pl.userObjects, string(u.name)) // the configuration's own wins
 	}
 	joins := append([]Name{u.group}, u.groups...)
 	if u.group == "" && !exists && pl.hasGroup(u.name) {
@@ -535,7 +759,7 @@ func (pl *planner) user(u user) ([]Change, error) {
 		if g == "" {
 			continue
 		}
-		if err := pl.mayJoin(g, u.object); err != nil {
+		if err := pl.mayJoin(g, u.name, u.object); err != nil {
 			return nil, err
 		}
 	}
@@ -603,6 +827,7 @@ func (pl *planner) createUser(u user, rule idRule) ([]Change, error) {
 			pl.newGroups[group] = uid
 			pl.groupObjects[group] = u.object
 		}
+		pl.privateGroups[group] = true
 	}
 	desc = append(desc, "group "+group)
 	if len(u.groups) > 0 {
@@ -689,20 +914,56 @@ func (db *DB) memberOf(user string) []string {
 	return out
 }
 
-func (pl *planner) members(g group) *Change {
+// members is the change that sets g's members, nil when they are set
+// already (or g leaves them alone). Each member of an object's group
+// joins it as a user of that object would (mayList).
+func (pl *planner) members(g group) (*Change, error) {
 	if !g.membersOK {
-		return nil
+		return nil, nil
 	}
 	want := make([]string, len(g.members))
+	var errs []error
 	for i, n := range g.members {
 		want[i] = string(n)
+		errs = append(errs, pl.mayList(n, g))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
 	}
 	slices.Sort(want)
 	want = slices.Compact(want)
 	have := slices.Sorted(slices.Values(pl.db.groups[string(g.name)].members))
 	if slices.Equal(want, have) {
-		return nil
+		return nil, nil
 	}
 	return &Change{Kind: "group", Name: string(g.name), Op: Modify, Line: fmt.Sprintf("~ group %s: members %s -> %s", g.name, orNone(strings.Join(have, ",")), orNone(strings.Join(want, ","))),
-		Steps: []Step{{Argv: append(pl.tool("groupmod"), "-U", strings.Join(want, ","), string(g.name))}}, Object: g.object, ID: -1, PrivateGID: -1}
+		Steps: []Step{{Argv: append(pl.tool("groupmod"), "-U", strings.Join(want, ","), string(g.name))}}, Object: g.object, ID: -1, PrivateGID: -1}, nil
+}
+
+// mayList refuses a member that the group g of an object may not list:
+// a member joins g as surely as a user that names it in groups:, so the
+// same rules hold (g's own name passed the group rule in Plan). Each
+// member must be a user of g's own object or one ccm made for no
+// object, or one adopt: names: never a system account, an operator's
+// user, or another object's customer. The configuration's own groups
+// (no for_each) list whom the operator wrote.
+func (pl *planner) mayList(member Name, g group) error {
+	if g.object == "" {
+		return nil
+	}
+	name := string(member)
+	o := pl.userObjects[name]
+	if o != "" && o != g.object {
+		return fmt.Errorf("member %s belongs to object %s: a group of an object lists only users of that object or of the configuration", member, o)
+	}
+	if o == "" && pl.unrecorded("user:"+name) && !pl.db.member(name, g.name) {
+		return fmt.Errorf("member %s was made before ccm recorded for which object: a group of an object lists it only once a run has recorded it", member)
+	}
+	if e, ok := pl.db.users[name]; ok && e.id < pl.pol.MinUID {
+		return fmt.Errorf("member %s is a system account (uid %d, below min_uid %d): an object's group never lists one", member, e.id, pl.pol.MinUID)
+	}
+	if pl.declaredUsers[name] || slices.Contains(pl.ccms.Users, name) || slices.Contains(pl.owned.Users, name) || slices.Contains(pl.pol.Adopt, name) {
+		return nil
+	}
+	return fmt.Errorf("member %s is not a user ccm made or declares (or adopt: names): an object's group lists only ccm's users", member)
 }

@@ -168,13 +168,14 @@ func releaseMemory() { debug.FreeOSMemory() }
 func (a *Agent) snapshot(ctx context.Context, rev int64) (*objects.Snapshot, error) {
 	syncCtx, cancel := context.WithTimeout(ctx, syncTimeout)
 	defer cancel()
-	if err := a.watcher.SyncTo(syncCtx, rev); err != nil {
+	snap, err := a.watcher.Snapshot(syncCtx, rev)
+	if err != nil {
 		// What it holds is certain only up to the last event applied:
 		// the run claims no more.
 		a.log.Warn("mirror not confirmed up to date; rendering what it holds, up to its last event", zap.Error(err))
 		return a.mirror.AppliedSnapshot(), nil
 	}
-	return a.mirror.Snapshot(), nil
+	return snap, nil
 }
 
 // postpone puts a batch back after an attempt that could not run, and

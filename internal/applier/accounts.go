@@ -60,7 +60,10 @@ func (a *Applier) planAccounts(p *Plan, m manifest) error {
 	if err != nil {
 		return err
 	}
-	st := accounts.State{Owned: m.Owned, AllOwned: a.allOwned(), Retired: retired, Held: p.Output.Held}
+	st := accounts.State{Owned: m.Owned, AllOwned: a.allOwned(), Retired: retired, Held: p.Output.Held,
+		TakenUIDs: a.takenUIDs, TakenGIDs: a.takenGIDs}
+	p.declared = m.Owned.Declared(p.Output.Groups, p.Output.Users, p.Output.Held, st.Adoptable(p.Config.Accounts.Adopt)...)
+	st.Owned = p.declared
 	changes, problems := db.Plan(p.Output.Groups, p.Output.Users, p.Config.Accounts, st, a.opts.Root)
 	var errs []error
 	for _, pr := range problems {
@@ -82,9 +85,28 @@ func (a *Applier) planAccounts(p *Plan, m manifest) error {
 			if c.Private {
 				a.pending["group:"+c.Name] = true
 			}
+			a.take(c)
 		}
 	}
 	return a.resolveOwners(p, db, false)
+}
+
+// take records the IDs creation c gives, for the plans after it in this
+// run (accounts.State.TakenUIDs).
+func (a *Applier) take(c accounts.Change) {
+	if a.takenUIDs == nil {
+		a.takenUIDs, a.takenGIDs = map[int]string{}, map[int]string{}
+	}
+	switch {
+	case c.ID < 0:
+	case c.Kind == "user":
+		a.takenUIDs[c.ID] = c.Name
+	default:
+		a.takenGIDs[c.ID] = c.Name
+	}
+	if c.Private && c.PrivateGID >= 0 {
+		a.takenGIDs[c.PrivateGID] = c.Name
+	}
 }
 
 // resolveOwners fills the IDs of named owners and groups from db. A name
@@ -223,6 +245,13 @@ func (a *Applier) applyAccounts(ctx context.Context, p *Plan, removes bool) erro
 	// another object from it (accounts.claims); a run that dropped it handed
 	// every account over at the next.
 	owned := accounts.Owned{Users: slices.Clone(m.Users), Groups: slices.Clone(m.Groups), Objects: maps.Clone(m.Owned.Objects)}
+	// An account made before ccm recorded for whom is recorded now as the
+	// plan saw its declarers (accounts.Owned.Declared, before any object
+	// was left out: one left out after would make a contested account its
+	// squatter's candidate): the configuration's, which no object takes
+	// over once it stops declaring it, one object's, or contested.
+	owned = owned.Records(p.declared)
+	recorded := !maps.Equal(owned.Objects, m.Owned.Objects)
 	retired, err := a.loadRetired()
 	if err != nil {
 		return err
@@ -245,7 +274,7 @@ func (a *Applier) applyAccounts(ctx context.Context, p *Plan, removes bool) erro
 	// configuration in one chpasswd run once they exist.
 	tools := &accounts.Runner{Timeout: timeout}
 	done := func(c accounts.Change, err error) error {
-		if err != nil && c.Op == accounts.Create {
+		if err != nil && c.Op == accounts.Create && !a.ownedElsewhere(p.Config.Name, c) {
 			if db, rerr := accounts.Read(a.opts.Root); rerr == nil && c.Landed(db) {
 				owned, retired = owned.After(c), retired.After(c)
 			}
@@ -285,7 +314,7 @@ func (a *Applier) applyAccounts(ctx context.Context, p *Plan, removes bool) erro
 		// user it created stays locked (useradd's "!") until a run sets it.
 		failed = a.setPasswords(ctx, tools, held, done)
 	}
-	if ran {
+	if ran || recorded {
 		m.Owned = owned
 		if err := errors.Join(a.saveManifest(p.Config.Name, m), a.writeState(retiredPath, retired)); err != nil {
 			return err
@@ -356,6 +385,23 @@ func (a *Applier) loadRetired() (accounts.Retired, error) {
 	return r, nil
 }
 
+// ownedElsewhere reports whether a configuration other than config
+// records the account c creates: a creation that failed on it did not land,
+// it found another's (oneCreator keeps two in one run apart).
+func (a *Applier) ownedElsewhere(config string, c accounts.Change) bool {
+	a.loadManifests()
+	for name, m := range a.manifests {
+		list := m.Users
+		if c.Kind == "group" {
+			list = m.Groups
+		}
+		if name != config && slices.Contains(list, c.Name) {
+			return true
+		}
+	}
+	return false
+}
+
 // allOwned is every account any configuration's manifest says ccm made.
 func (a *Applier) allOwned() accounts.Owned {
 	a.loadManifests()
@@ -364,7 +410,17 @@ func (a *Applier) allOwned() accounts.Owned {
 		m := a.manifests[name]
 		all.Users = append(all.Users, m.Users...)
 		all.Groups = append(all.Groups, m.Groups...)
+		made := map[string]bool{} // a set: the loop below reads it once per record
+		for _, n := range m.Users {
+			made["user:"+n] = true
+		}
+		for _, n := range m.Groups {
+			made["group:"+n] = true
+		}
 		for key, obj := range m.Owned.Objects { // a group made for an object is that object's to join
+			if !made[key] {
+				continue // an adopted account's record: the configuration that made it says whose it is
+			}
 			if all.Objects == nil {
 				all.Objects = map[string]string{}
 			}

@@ -67,7 +67,10 @@ type Applier struct {
 	// the current call create: owners resolved once they exist. snap is
 	// the call's snapshot.
 	pending map[string]bool
-	snap    *objects.Snapshot
+	// takenUIDs and takenGIDs are the IDs the plans of the current call
+	// give (take), with the name each goes to.
+	takenUIDs, takenGIDs map[int]string
+	snap                 *objects.Snapshot
 	// holds is the objects held in the current call, by any
 	// configuration: held by all of them (hold.go).
 	holds runHolds
@@ -156,8 +159,14 @@ func (a *Applier) Apply(ctx context.Context, cfg *configs.Config, snap *objects.
 	return a.apply(ctx, cfg, snap, &claims{paths: claimed}, runkind.Full)
 }
 
+// beginCall forgets what the last call's plans left for the plans after
+// them (pending owners, holds, the IDs creations give).
+func (a *Applier) beginCall() {
+	a.pending, a.holds, a.takenUIDs, a.takenGIDs = map[string]bool{}, runHolds{}, nil, nil
+}
+
 func (a *Applier) apply(ctx context.Context, cfg *configs.Config, snap *objects.Snapshot, claimed *claims, kind runkind.Kind) (*Plan, error) {
-	a.pending, a.holds = map[string]bool{}, runHolds{}
+	a.beginCall()
 	p, err := a.plan(ctx, cfg, snap, claimed, kind)
 	if err != nil {
 		return nil, err

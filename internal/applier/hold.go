@@ -110,8 +110,8 @@ func (a *Applier) holdsOfAncestors(ctx context.Context, set *configs.Set, snap *
 	if len(todo) == 0 {
 		return
 	}
-	pending := maps.Clone(a.pending)
-	defer func() { a.pending = pending }()
+	pending, uids, gids := maps.Clone(a.pending), maps.Clone(a.takenUIDs), maps.Clone(a.takenGIDs)
+	defer func() { a.pending, a.takenUIDs, a.takenGIDs = pending, uids, gids }()
 	for _, n := range todo {
 		p, err := a.plan(ctx, set.Configs[n], snap, &claims{}, kind)
 		if err != nil {

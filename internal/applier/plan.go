@@ -109,6 +109,10 @@ type Plan struct {
 	// Accounts are the users and groups to create, change or remove, in
 	// the order they run.
 	Accounts []accounts.Change
+	// declared is the configuration's accounts with the records of this
+	// run's declarers (accounts.Owned.Declared), as the plan saw them,
+	// before any object was left out: applyAccounts saves these.
+	declared accounts.Owned
 	// HeldBy maps an object held because another configuration of the run
 	// held it to that configuration (hold.go).
 	HeldBy map[string]string
@@ -297,7 +301,7 @@ func (a *Applier) Plan(cfg *configs.Config, snap *objects.Snapshot, claimed map[
 		return nil, err
 	}
 	defer closeAll()
-	a.pending, a.holds = map[string]bool{}, runHolds{}
+	a.beginCall()
 	return a.plan(context.Background(), cfg, snap, &claims{paths: claimed}, runkind.Full)
 }
 

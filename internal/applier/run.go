@@ -11,6 +11,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/ccm-dev/ccm/internal/accounts"
 	"github.com/ccm-dev/ccm/internal/configs"
 	"github.com/ccm-dev/ccm/internal/objects"
 	"github.com/ccm-dev/ccm/internal/render"
@@ -155,7 +156,7 @@ func (e planError) Error() string { return fmt.Sprintf("configuration %s: %v", e
 // each failure. A file a configuration no longer renders is removed only
 // if no other configuration renders it now (it moved).
 func (a *Applier) planEach(ctx context.Context, set *configs.Set, snap *objects.Snapshot, names []string, kind runkind.Kind) ([]*Plan, []planError) {
-	a.pending, a.holds = map[string]bool{}, runHolds{}
+	a.beginCall()
 	a.holdsOfAncestors(ctx, set, snap, names, kind)
 	claimed := &claims{}
 	var plans []*Plan
@@ -174,6 +175,7 @@ func (a *Applier) planEach(ctx context.Context, set *configs.Set, snap *objects.
 		}
 		plans = append(plans, p)
 	}
+	errs = append(errs, a.oneCreator(plans)...)
 	if kind == runkind.Full && a.full(set, names) {
 		for _, n := range a.orphans(set) {
 			p, err := a.plan(ctx, &configs.Config{Name: n}, snap, claimed, runkind.Full)
@@ -204,6 +206,84 @@ func (a *Applier) planEach(ctx context.Context, set *configs.Set, snap *objects.
 		}
 	}
 	return plans, errs
+}
+
+// oneCreator leaves each account that two configurations of the run
+// create to one of them, before any runs: every plan read the same
+// etc/passwd, so both would create it, the second useradd would fail on
+// an account that landed, and both manifests would record it, a
+// customer's object as its owner beside the operator's configuration. An
+// object's creation is refused (its object quarantined); of two
+// configurations' own, the first in the run's order keeps it and the
+// others fail, as they would in a later run ("exists and is not ccm's").
+func (a *Applier) oneCreator(plans []*Plan) []planError {
+	by := map[string][]*Plan{}
+	objectOf := map[*Plan]map[string]string{}
+	for _, p := range plans {
+		if p == nil {
+			continue
+		}
+		objectOf[p] = map[string]string{}
+		for _, c := range p.Accounts {
+			if c.Op != accounts.Create {
+				continue
+			}
+			keys := []string{c.Kind + ":" + c.Name}
+			if c.Private {
+				keys = append(keys, "group:"+c.Name)
+			}
+			for _, k := range keys {
+				if !slices.Contains(by[k], p) {
+					by[k] = append(by[k], p)
+				}
+				objectOf[p][k] = c.Object
+			}
+		}
+	}
+	// Every conflict at once: one error per plan, or per object.
+	type who struct {
+		p      *Plan
+		object string
+	}
+	conflicts := map[who][]error{}
+	var order []who
+	for _, k := range slices.Sorted(maps.Keys(by)) {
+		ps := by[k]
+		if len(ps) < 2 {
+			continue
+		}
+		kind, name, _ := strings.Cut(k, ":")
+		kept := false
+		for _, p := range ps {
+			object := objectOf[p][k]
+			if object == "" && !kept {
+				kept = true // the first configuration's own
+				continue
+			}
+			var others []string
+			for _, o := range ps {
+				if o != p {
+					others = append(others, o.Config.Name)
+				}
+			}
+			w := who{p, object}
+			if _, seen := conflicts[w]; !seen {
+				order = append(order, w)
+			}
+			conflicts[w] = append(conflicts[w], fmt.Errorf("%s %s: configuration %s creates it in this run too: an account belongs to one declarer", kind, name, strings.Join(others, ", ")))
+		}
+	}
+	var errs []planError
+	for _, w := range order {
+		err := errors.Join(conflicts[w]...)
+		if w.object != "" {
+			a.leaveOut(w.p, w.object, err)
+			continue
+		}
+		errs = append(errs, planError{w.p.Config.Name, err})
+		plans[slices.Index(plans, w.p)] = nil
+	}
+	return errs
 }
 
 // collision reports a file of p that a configuration not in this run

@@ -7,11 +7,14 @@ import (
 	"fmt"
 	"net"
 	"net/url"
+	"strings"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	"go.etcd.io/etcd/client/pkg/v3/transport"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+	"google.golang.org/grpc"
 )
 
 // ClientConfig says how to reach etcd.
@@ -61,6 +64,7 @@ func NewClient(cfg ClientConfig) (*clientv3.Client, error) {
 		// Objects of several MB: etcd's --max-request-bytes is the limit
 		// that counts, not gRPC's 2 MB default.
 		MaxCallSendMsgSize: MaxObjectBytes,
+		DialOptions:        []grpc.DialOption{grpc.WithChainUnaryInterceptor(requireLeader())},
 	}
 	cli, err := clientv3.New(config)
 	if err != nil {
@@ -71,6 +75,49 @@ func NewClient(cfg ClientConfig) (*clientv3.Client, error) {
 		cli.Auth = freshAuth{Auth: cli.Auth, config: config}
 	}
 	return cli, nil
+}
+
+// requireLeader sends every request but the maintenance ones (a
+// member's own status) with etcd's require-leader flag, and sends one
+// that a member refused for having no leader again, to the balancer's
+// next member. A member cut off from the majority otherwise takes a
+// request and holds it until the caller's deadline (a linearizable read,
+// a write, a lease grant): with the balancer's round robin, one request in
+// three timed out while the other two members served the cluster. The
+// member refuses before it acts (etcd's gRPC interceptor), so a write is
+// resent safely. Refusals are retried for up to noLeaderPatience (a
+// member with a leader may still be connecting), then returned: no member
+// reached has a leader. The etcd client's own retry then tries a read or
+// a lease grant again until the caller's deadline; a write fails.
+func requireLeader() grpc.UnaryClientInterceptor {
+	return func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+		if strings.HasPrefix(method, "/etcdserverpb.Maintenance/") {
+			return invoker(ctx, method, req, reply, cc, opts...)
+		}
+		ctx = clientv3.WithRequireLeader(ctx)
+		giveUp := time.Now().Add(noLeaderPatience)
+		for pause := 10 * time.Millisecond; ; pause *= 2 {
+			err := invoker(ctx, method, req, reply, cc, opts...)
+			if !noLeader(err) || time.Now().Add(pause).After(giveUp) {
+				return err
+			}
+			select {
+			case <-ctx.Done():
+				return err
+			case <-time.After(pause):
+			}
+		}
+	}
+}
+
+// noLeaderPatience bounds how long requireLeader tries members for one
+// with a leader.
+const noLeaderPatience = time.Second
+
+// noLeader reports whether err is a member's refusal of a request it got
+// without a leader.
+func noLeader(err error) bool {
+	return err != nil && rpctypes.ErrorDesc(err) == rpctypes.ErrNoLeader.Error()
 }
 
 // freshAuth authenticates on a connection of its own, which carries no

@@ -331,6 +331,10 @@ func (s *Session) Lock(ctx context.Context, target func() int64) (*Lock, error) 
 		Then(append([]clientv3.Op{join}, l.queueReads(queueQuery{})...)...).
 		Else(append([]clientv3.Op{clientv3.OpGet(key)}, l.queueReads(queueQuery{})...)...).Commit()
 	if err != nil {
+		// The join may have landed with its answer lost (a deadline
+		// under load): a key left in the queue on a live lease would
+		// hold every later waiter, or hold the lock unknown to anyone.
+		l.leave(ctx)
 		return nil, fmt.Errorf("lock %s: %w", key, err)
 	}
 	l.rev = resp.Header.Revision
@@ -339,13 +343,19 @@ func (s *Session) Lock(ctx context.Context, target func() int64) (*Lock, error) 
 		l.rev = resp.Responses[0].GetResponseRange().Kvs[0].CreateRevision
 	}
 	if err := l.waitPredecessors(ctx, l.decodeQueueReads(resp.Responses[1:], resp.Header.Revision), marked); err != nil {
-		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-		defer cancel()
-		_, _ = cli.Delete(dctx, key)
+		l.leave(ctx)
 		return nil, fmt.Errorf("lock %s: %w", key, err)
 	}
 	l.watchKey()
 	return l, nil
+}
+
+// leave takes a waiter's key out of the queue after a failed Lock, even
+// once ctx is done; a key that is not there costs a no-op delete.
+func (l *Lock) leave(ctx context.Context) {
+	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	_, _ = l.s.c.client.Delete(dctx, l.key)
 }
 
 // watchKey follows the holder's own lock key, so that Fence knows it was

@@ -11,6 +11,8 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/status"
 
 	"github.com/ccm-dev/ccm/api"
 	"github.com/ccm-dev/ccm/internal/cluster"
@@ -329,4 +331,42 @@ func TestAnUpgradedNodeObeysTheLegacyFailureFlag(t *testing.T) {
 	f, err := b.Failure(ctx)
 	require.NoError(t, err)
 	assert.Nil(t, f, "resume cleared the legacy flag")
+}
+
+// A join of the queue whose answer is lost (here: the caller's deadline
+// passes after etcd applied it, before the answer came) leaves no key behind: the lock
+// goes to the next node at once, not once the session ends. Before, the
+// key held the lock, unknown to anyone, for as long as its session lived.
+func TestAJoinWhoseAnswerWasLostLeavesNoKey(t *testing.T) {
+	slow(t)
+	etcd := etcdtest.New(t, 1)
+	var lost atomic.Bool
+	loseOne := func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+		err := invoker(ctx, method, req, reply, cc, opts...)
+		if err == nil && method == "/etcdserverpb.KV/Txn" && lost.CompareAndSwap(false, true) {
+			<-ctx.Done() // the answer arrives after the caller's deadline
+			return status.FromContextError(ctx.Err()).Err()
+		}
+		return err
+	}
+	cli, err := clientv3.New(clientv3.Config{Endpoints: etcd.Endpoints(), DialTimeout: 5 * time.Second,
+		DialOptions: []grpc.DialOption{grpc.WithChainUnaryInterceptor(loseOne)}})
+	require.NoError(t, err)
+	defer cli.Close()
+	a := cluster.New(cli, cluster.Options{Node: "a"})
+	s, err := a.NewSession(context.Background(), cluster.SessionOptions{TTL: 30 * time.Second})
+	require.NoError(t, err)
+	defer s.Close()
+	short, stop := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer stop()
+	_, err = s.Lock(short, nil)
+	require.ErrorIs(t, err, context.DeadlineExceeded, "the join's answer is lost")
+	require.True(t, lost.Load())
+
+	b := cluster.New(etcd.Client(t), cluster.Options{Node: "b"})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	lb, err := acquire(ctx, t, b, 5*time.Second, nil)
+	require.NoError(t, err, "b gets the lock while a's session lives")
+	require.NoError(t, lb.Release())
 }

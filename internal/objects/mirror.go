@@ -253,20 +253,20 @@ func (m *Mirror) Applied() int64 {
 	return m.applied
 }
 
-// Keys returns how many keys the mirror holds: objects, malformed objects
-// and keys outside the grammar, as a count of the prefix in etcd finds
-// them.
-func (m *Mirror) Keys() int64 {
+// Held returns, read together, the revision of the last event applied
+// and how many keys the mirror holds: objects, malformed objects and keys
+// outside the grammar, as a count of the prefix in etcd finds them.
+func (m *Mirror) Held() (applied, keys int64) {
 	m.mu.RLock()
 	defer m.mu.RUnlock()
-	n := int64(len(m.ignored))
+	keys = int64(len(m.ignored))
 	for _, l := range m.sorted {
-		n += int64(len(l))
+		keys += int64(len(l))
 	}
 	for _, bad := range m.invalid {
-		n += int64(len(bad))
+		keys += int64(len(bad))
 	}
-	return n
+	return m.applied, keys
 }
 
 // WaitRevision blocks until the mirror reaches rev or ctx ends.
@@ -287,21 +287,37 @@ func (m *Mirror) WaitRevision(ctx context.Context, rev int64) error {
 }
 
 // Snapshot returns the mirror's objects as a Snapshot at its revision.
-func (m *Mirror) Snapshot() *Snapshot { return m.snapshot(false) }
+func (m *Mirror) Snapshot() *Snapshot { return m.snapshot(func() int64 { return m.rev }) }
 
 // AppliedSnapshot is Snapshot at the revision of the last event applied,
 // not of a progress notification: what a run may claim when it could not
 // confirm that the mirror holds every write up to its revision (a
 // progress notification of an older etcd may come ahead of events).
-func (m *Mirror) AppliedSnapshot() *Snapshot { return m.snapshot(true) }
+func (m *Mirror) AppliedSnapshot() *Snapshot { return m.snapshot(func() int64 { return m.applied }) }
 
-func (m *Mirror) snapshot(applied bool) *Snapshot {
+// SnapshotConfirmed is Snapshot at what a confirmation vouches for: with
+// held as its last event applied, the mirror held what etcd held at
+// target. While held is still the last event applied, the snapshot
+// claims the later of target and held, not a revision a progress
+// notification that came ahead of events moved the mirror to. Once later
+// events came, it claims the last of them: the events between held and
+// target may net to nothing (an object created, then deleted), and part
+// of them does not.
+func (m *Mirror) SnapshotConfirmed(target, held int64) *Snapshot {
+	return m.snapshot(func() int64 {
+		if m.applied == held {
+			return min(m.rev, max(target, held))
+		}
+		return m.applied
+	})
+}
+
+// snapshot copies the mirror at the revision claim returns, read under
+// the mirror's lock.
+func (m *Mirror) snapshot(claim func() int64) *Snapshot {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	rev := m.rev
-	if applied {
-		rev = m.applied
-	}
+	rev := claim()
 	s := &Snapshot{Revision: rev, Types: make(map[string][]Object, len(m.sorted)), Invalid: map[string][]error{},
 		Versions: make(map[string]int64, len(m.version))}
 	for typ, v := range m.version {

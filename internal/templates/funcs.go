@@ -89,6 +89,7 @@ func FuncMap() template.FuncMap {
 		fm[name] = all[name]
 	}
 	owned(fm, all)
+	cachedRegexps(fm)
 	bound(fm)
 	boundGrowth(fm)
 	return fm

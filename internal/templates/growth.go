@@ -155,7 +155,7 @@ func boundGrowth(fm template.FuncMap) {
 	}
 	for _, name := range []string{"regexReplaceAll", "mustRegexReplaceAll"} {
 		fm[name] = func(regex, s, repl string) (string, error) {
-			re, err := regexp.Compile(regex)
+			re, err := compile(regex)
 			if err != nil {
 				return "", err
 			}
@@ -167,7 +167,7 @@ func boundGrowth(fm template.FuncMap) {
 	}
 	for _, name := range []string{"regexReplaceAllLiteral", "mustRegexReplaceAllLiteral"} {
 		fm[name] = func(regex, s, repl string) (string, error) {
-			re, err := regexp.Compile(regex)
+			re, err := compile(regex)
 			if err != nil {
 				return "", err
 			}

@@ -120,6 +120,7 @@ func Parse(name, text string) (*Template, error) {
 	if err := checkExcluded(t); err != nil {
 		return nil, err
 	}
+	rememberLiterals(t)
 	reads, qualify := analyze(t)
 	if err := memoize(t, qualify); err != nil {
 		return nil, fmt.Errorf("template %s: %w", name, err)
@@ -136,22 +137,16 @@ func checkExcluded(t *template.Template) error {
 		err  error
 	}
 	var all []found
-	for _, tt := range t.Templates() {
-		if tt.Tree == nil {
-			continue
+	walkTemplates(t, func(tree *parse.Tree, n parse.Node) {
+		id, ok := n.(*parse.IdentifierNode)
+		if !ok {
+			return
 		}
-		tree := tt.Tree
-		walk(tree.Root, func(n parse.Node) {
-			id, ok := n.(*parse.IdentifierNode)
-			if !ok {
-				return
-			}
-			if why := excluded[id.Ident]; why != "" {
-				loc, _ := tree.ErrorContext(id)
-				all = append(all, found{tree.Name, id.Pos, fmt.Errorf("template: %s: function %q is not allowed: %s", loc, id.Ident, why)})
-			}
-		})
-	}
+		if why := excluded[id.Ident]; why != "" {
+			loc, _ := tree.ErrorContext(id)
+			all = append(all, found{tree.Name, id.Pos, fmt.Errorf("template: %s: function %q is not allowed: %s", loc, id.Ident, why)})
+		}
+	})
 	sort.Slice(all, func(i, j int) bool {
 		if all[i].tree != all[j].tree {
 			return all[i].tree < all[j].tree
@@ -163,6 +158,16 @@ func checkExcluded(t *template.Template) error {
 		errs[i] = f.err
 	}
 	return errors.Join(errs...)
+}
+
+// walkTemplates calls fn for every node of each of t's parsed templates,
+// with the template's tree.
+func walkTemplates(t *template.Template, fn func(*parse.Tree, parse.Node)) {
+	for _, tt := range t.Templates() {
+		if tree := tt.Tree; tree != nil {
+			walk(tree.Root, func(n parse.Node) { fn(tree, n) })
+		}
+	}
 }
 
 // walk calls fn for n and every node below it.

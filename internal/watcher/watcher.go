@@ -161,6 +161,13 @@ func (w *Watcher) Lag(ctx context.Context) (int64, error) {
 // revision the caller read from etcd (the agent reads it with the failure
 // flag, once it holds the lock), so that the run renders the newest state.
 func (w *Watcher) SyncTo(ctx context.Context, target int64) error {
+	_, err := w.syncTo(ctx, target)
+	return err
+}
+
+// syncTo is SyncTo; it returns the last event applied when the mirror
+// was confirmed to hold what etcd held at target (see confirm).
+func (w *Watcher) syncTo(ctx context.Context, target int64) (int64, error) {
 	// Writes outside objects/ (status, lock) advance the revision without
 	// a watch event; a progress notification confirms them.
 	for w.mirror.Revision() < target {
@@ -168,13 +175,13 @@ func (w *Watcher) SyncTo(ctx context.Context, target int64) error {
 		if errors.Is(err, follow.ErrNotWatching) { // starting, or resuming: wait for it
 			select {
 			case <-ctx.Done():
-				return ctx.Err()
+				return 0, ctx.Err()
 			case <-time.After(20 * time.Millisecond):
 			}
 			continue
 		}
 		if err != nil {
-			return err
+			return 0, err
 		}
 		wait, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
 		err = w.mirror.WaitRevision(wait, target)
@@ -183,11 +190,34 @@ func (w *Watcher) SyncTo(ctx context.Context, target int64) error {
 			break
 		}
 		if ctx.Err() != nil {
-			return ctx.Err()
+			return 0, ctx.Err()
 		}
 	}
 	return w.confirm(ctx, target)
 }
+
+// Snapshot is the mirror once SyncTo(target) holds, at a revision the
+// watcher can vouch for. Where an endpoint may send progress
+// notifications ahead of events, that is what the confirmation vouched
+// for (objects.Mirror.SnapshotConfirmed), not a notification's revision
+// past it: a run that claimed the mirror's revision reported writes
+// converged that it had not rendered (test:
+// TestEveryReportedRevisionHoldsItsWritesOnDebiansEtcd).
+func (w *Watcher) Snapshot(ctx context.Context, target int64) (*objects.Snapshot, error) {
+	held, err := w.syncTo(ctx, target)
+	if err != nil {
+		return nil, err
+	}
+	if w.early.Load() == 2 { // every endpoint's progress follows its events
+		return w.mirror.Snapshot(), nil
+	}
+	return w.mirror.SnapshotConfirmed(target, held), nil
+}
+
+// errCompacted says that the revision a run would have been confirmed at
+// was compacted away first: the watch lists again, and the run claims no
+// more than the mirror's last event applied.
+var errCompacted = errors.New("the revision to confirm the mirror at was compacted")
 
 // confirm waits until the mirror holds what etcd held at target: etcd 3.4
 // before 3.4.25 (Debian 12 ships 3.4.23) and 3.5 before 3.5.8 may send a
@@ -195,36 +225,43 @@ func (w *Watcher) SyncTo(ctx context.Context, target int64) error {
 // reached target can still miss writes. Unless it applied an event past
 // target already, one read of the prefix at target (its key count and its
 // newest write, keys only) must match: no object written after the last
-// event applied, and as many keys as the mirror holds.
-func (w *Watcher) confirm(ctx context.Context, target int64) error {
+// event applied, and as many keys as the mirror holds. It returns that
+// last event applied, read together with the count.
+func (w *Watcher) confirm(ctx context.Context, target int64) (int64, error) {
 	if !w.earlyProgress(ctx) {
-		return nil
+		held, _ := w.mirror.Held()
+		return held, nil
 	}
 	prefix := objects.Prefix(w.opts.Prefix)
-	for w.mirror.Applied() < target {
+	for {
+		if held, _ := w.mirror.Held(); held >= target {
+			return held, nil
+		}
 		// Both reads in one request: one round trip a run.
 		resp, err := w.client.Txn(ctx).Then(
 			clientv3.OpGet(prefix, clientv3.WithPrefix(), clientv3.WithCountOnly(), clientv3.WithRev(target)),
 			clientv3.OpGet(prefix, append(clientv3.WithLastRev(), clientv3.WithPrefix(), clientv3.WithKeysOnly(), clientv3.WithRev(target))...),
 		).Commit()
+		if errors.Is(err, rpctypes.ErrCompacted) {
+			return 0, fmt.Errorf("%w: revision %d", errCompacted, target)
+		}
 		if err != nil {
-			return confirmErr(err)
+			return 0, err
 		}
 		count, newest := resp.Responses[0].GetResponseRange(), resp.Responses[1].GetResponseRange()
 		var last int64
 		if len(newest.Kvs) > 0 {
 			last = newest.Kvs[0].ModRevision
 		}
-		if w.mirror.Applied() >= last && w.mirror.Keys() == count.Count {
-			return nil
+		if held, keys := w.mirror.Held(); held >= last && keys == count.Count {
+			return held, nil
 		}
 		select {
 		case <-ctx.Done():
-			return ctx.Err()
+			return 0, ctx.Err()
 		case <-time.After(20 * time.Millisecond): // the events are on their way
 		}
 	}
-	return nil
 }
 
 // earlyProgress reports whether an endpoint runs an etcd that may send a
@@ -274,13 +311,4 @@ func sendsEarlyProgress(v string) bool {
 		return patch < 8
 	}
 	return false
-}
-
-// confirmErr is nil for a target compacted away (the watch relists, and a
-// later run confirms), and err otherwise.
-func confirmErr(err error) error {
-	if errors.Is(err, rpctypes.ErrCompacted) {
-		return nil
-	}
-	return err
 }

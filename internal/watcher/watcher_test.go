@@ -91,6 +91,8 @@ func TestWatcherMirrorsEveryWrite(t *testing.T) {
 	snap := m.Snapshot()
 	assert.Len(t, snap.List("sites"), 200)
 	assert.Equal(t, "s000", snap.List("sites")[0].ID)
+	// The sink hears of a change after the mirror has it: wait for it.
+	require.Eventually(t, func() bool { _, maxRev := s.snapshot(); return maxRev >= last }, 10*time.Second, 10*time.Millisecond)
 	reasons, maxRev := s.snapshot()
 	assert.Equal(t, []string{"start"}, reasons)
 	assert.Equal(t, last, maxRev)
@@ -141,6 +143,9 @@ func TestWatcherRelistsAfterCompaction(t *testing.T) {
 
 	require.NoError(t, m.WaitRevision(ctxTimeout(t), last))
 	assert.Len(t, m.Snapshot().List("users"), 20)
+	// The sink hears of a re-list after the mirror is reset (a test
+	// that read it at once failed under load): wait for the second one.
+	require.Eventually(t, func() bool { r, _ := s.snapshot(); return len(r) >= 2 }, 10*time.Second, 10*time.Millisecond, "a compaction past the mirror forces a re-list")
 	reasons, _ := s.snapshot()
 	assert.Equal(t, []string{"start", "compacted"}, reasons, "a compaction past the mirror forces a re-list")
 }
