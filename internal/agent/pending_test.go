@@ -7,6 +7,7 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/ccm-dev/ccm/api"
 	"github.com/ccm-dev/ccm/internal/etcdtest"
@@ -24,6 +25,14 @@ func TestPendingIsTheOldestChangeThatConcernsTheNode(t *testing.T) {
 	n.reported(t, "web1", rev, api.ResultConverged)
 	_, err := n.admin.Put(context.Background(), "/ccm/paused", `{"by":"test","reason":"hold"}`)
 	require.NoError(t, err)
+	// A run that read its gate before the pause (the one the event of
+	// sites/a queued during the first run) may still be under way, and
+	// renders whatever its mirror holds by then: the puts wait until no
+	// node holds or waits for the lock, read after the pause.
+	require.Eventually(t, func() bool {
+		resp, err := n.admin.Get(context.Background(), n.cluster.LockPrefix(), clientv3.WithPrefix(), clientv3.WithCountOnly())
+		return err == nil && resp.Count == 0
+	}, 30*time.Second, 10*time.Millisecond, "no run that began before the pause is under way")
 
 	n.put(t, "others/x", `{}`)
 	sites := n.put(t, "sites/b", `{"v": "two"}`)
