@@ -91,7 +91,10 @@ func TestACallToManyNodesCostsEtcdOneWatch(t *testing.T) {
 	call := func(to []string) {
 		t.Helper()
 		got := 0
-		for r, err := range c.Run(ctx, client.Call{Action: "ping", To: client.Targets{Nodes: to}}) {
+		// The first call meets 40 engines that have only just started:
+		// the pickup wait is generous (the counts are what is measured).
+		timing := client.Timing{PickupTimeout: 30 * time.Second}
+		for r, err := range c.Run(ctx, client.Call{Action: "ping", To: client.Targets{Nodes: to}, Timing: timing}) {
 			require.NoError(t, err)
 			require.Equal(t, api.StateSucceeded, r.State, "%s: %s", r.Node, r.Error)
 			got++
@@ -132,7 +135,7 @@ func TestACallToManyNodesReportsTheLostAndTheSilentNode(t *testing.T) {
 	c := client.New(raw, client.Options{})
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	h, err := c.Start(ctx, client.Call{Action: "ping", To: client.Targets{All: true}, Timing: client.Timing{PickupTimeout: 3 * time.Second}})
+	h, err := c.Start(ctx, client.Call{Action: "ping", To: client.Targets{All: true}, Timing: client.Timing{PickupTimeout: 15 * time.Second}}) // loaded: 19 engines start beside it
 	require.NoError(t, err)
 	keys := api.NewKeys(api.DefaultPrefix)
 	// n00's agent goes away once its action runs: its presence is
