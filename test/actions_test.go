@@ -275,13 +275,13 @@ func readPids(t *testing.T, file string) []int {
 func TestActionTimeoutKillsTheWholeProcessGroup(t *testing.T) {
 	etcd := etcdtest.New(t, 1)
 	pids := filepath.Join(t.TempDir(), "pids")
-	dir := actionConfig(t, map[string]string{"hang": "command: [BIN/hang]\nrun_as: {user: ME}\ntimeout: 1s\n"},
+	dir := actionConfig(t, map[string]string{"hang": "command: [BIN/hang]\nrun_as: {user: ME}\ntimeout: 3s\n"},
 		map[string]string{"hang": fmt.Sprintf("sleep 300 &\necho $! $$ > %s\nwait\n", pids)})
 	n := startAgent(t, etcd, "web1", dir, agentConfig{})
 	n.reported(t, 1, api.ResultConverged)
 
 	// ccm_actions_running shows the action while it runs (it runs for its
-	// whole timeout of 1 s), and ccm_action_duration_seconds observes it.
+	// whole timeout of 3 s), and ccm_action_duration_seconds observes it.
 	m := n.ag.Metrics()
 	var sawRunning atomic.Bool
 	watching := make(chan struct{})
@@ -299,7 +299,7 @@ func TestActionTimeoutKillsTheWholeProcessGroup(t *testing.T) {
 	assert.Equal(t, 1, testutil.CollectAndCount(m.ActionDuration), "ccm_action_duration_seconds observed the action")
 	r := replies["web1"]
 	assert.Equal(t, api.StateTimedOut, r.State)
-	assert.Contains(t, r.Error, "killed with its process group after the timeout of 1s")
+	assert.Contains(t, r.Error, "killed with its process group after the timeout of 3s")
 	assert.Less(t, time.Since(start), 30*time.Second)
 	for _, pid := range readPids(t, pids) {
 		eventually(t, 10*time.Second, func() bool { return !alive(pid) }, "process %d of the group is killed", pid)

@@ -78,7 +78,7 @@ func TestACrashMidRunIsRolledBackAndConvergedAtTheNextStart(t *testing.T) {
 					assert.Contains(t, string(journal), `"same_files":true`, "an update of a file the manifest lists leaves the list out of the journal")
 				}
 
-				// The crashed run's lease is short (1 s), so that this run
+				// The crashed run's lease is short (3 s), so that this run
 				// waits little for it; this run's own is not, so that a
 				// loaded machine cannot starve its keep-alive mid-run.
 				r := n.run("", "apply", "--once", "--lock-ttl", "10s")
@@ -113,13 +113,13 @@ func crash(t *testing.T, n *node, step, marker string) {
 	t.Helper()
 	if step != "on_change" {
 		n.env = []string{"CCM_CRASH_AT=" + step}
-		r := n.run("", "apply", "--once", "--lock-ttl", "1s")
+		r := n.run("", "apply", "--once", "--lock-ttl", "3s") // a fence check has 0.9 s of slack, not 0.5 s
 		n.env = nil
 		require.Equal(t, -1, r.code, "killed at %s: %s", step, r.stderr)
 		return
 	}
 	require.NoError(t, os.WriteFile(marker+".hang", nil, 0o644))
-	proc := n.start("apply", "--once", "--lock-ttl", "1s")
+	proc := n.start("apply", "--once", "--lock-ttl", "3s")
 	eventually(t, 20*time.Second, func() bool { _, err := os.Stat(marker + ".pid"); return err == nil }, "on_change started")
 	require.NoError(t, proc.Process.Signal(syscall.SIGKILL))
 	_, _ = proc.Process.Wait()

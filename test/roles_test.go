@@ -53,7 +53,9 @@ func TestThePrintedAPIOperatorAndViewerRoles(t *testing.T) {
 	ok(api, "object", "get", "sites", "a")
 	ok(api, "status")
 	cli := externalClient(t, e, "ccm-api-capi", "api-secret")
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	// Long: the same context serves a request after the ten commands
+	// below, each a process with TLS and password authentication.
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	for _, key := range []string{"/ccm/failure", "/ccm/paused", "/ccm/rollout"} {
 		_, err := cli.Get(ctx, key)

@@ -307,12 +307,12 @@ func (a *Agent) storedState(sel *selection) {
 // reloaded records how the last load of a configuration ended (nil: it
 // succeeded), in the presence and the metrics.
 func (a *Agent) reloaded(err error) {
-	a.presence.reloaded(err)
 	failed := 0.0
 	if err != nil {
 		failed = 1
 	}
-	a.metrics.ReloadFailed.Set(failed)
+	a.metrics.ReloadFailed.Set(failed) // before the presence wakes its readers
+	a.presence.reloaded(err)
 }
 
 // published announces the release the agent has loaded, in the presence

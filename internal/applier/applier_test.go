@@ -373,7 +373,7 @@ func TestCommandTimeoutKillsTheProcessGroup(t *testing.T) {
 files:
   - {path: /x, content: x}
 validate: [sh, -c, 'sleep 300 & echo $! > "$0"; wait', ` + strconv.Quote(pidfile) + `]
-timeout: 500ms
+timeout: 2s
 `})
 	start := time.Now()
 	_, err := f.apply("c")
